@@ -1,0 +1,2 @@
+//! cachetiers crate.
+#![forbid(unsafe_code)]

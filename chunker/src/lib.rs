@@ -1,0 +1,2 @@
+//! chunker crate.
+#![forbid(unsafe_code)]

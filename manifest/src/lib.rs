@@ -1,0 +1,2 @@
+//! manifest crate.
+#![forbid(unsafe_code)]
