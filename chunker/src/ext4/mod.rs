@@ -1,0 +1,127 @@
+//! Our own deterministic ext4 writer.
+//!
+//! Layout of an image (4 KiB blocks):
+//!
+//! ```text
+//! chunk 0            superblock, group descriptors (written last)
+//! chunk 1 ..         layer 1 file data, layer 2 file data (each layer
+//!                    starting on a chunk boundary), in tar order
+//! next chunk ..      metadata: inode tables, bitmaps, directories, extent
+//!                    tree blocks, xattr blocks, long symlinks
+//! then               free space (zeros), as configured
+//! ```
+//!
+//! File data streams out while the layers are read ([`Ext4Builder::write_file`]);
+//! the metadata region is written by [`Ext4Builder::finish`] from the flattened
+//! [`Tree`]. Nothing depends on the clock, random numbers or hash-map order.
+
+mod data;
+
+pub use data::MAX_EXTENT_LEN;
+use data::DataWriter;
+
+use std::io::{self, Read};
+
+use crate::sink::ImageSink;
+use crate::tree::{FileData, Tree};
+
+/// The filesystem block size; the only one we write.
+pub const BLOCK_SIZE: u32 = 4096;
+
+/// The default chunk size, to which layers are aligned.
+pub const DEFAULT_CHUNK_SIZE: u64 = 512 * 1024;
+
+/// Options that shape an image. The same options and input give the same
+/// bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ext4Options {
+    /// Chunk size in bytes: a power of two from 64 KiB to 4 MiB.
+    pub chunk_size: u64,
+    /// Extra free space in bytes, beyond what the tree needs.
+    pub free_bytes: u64,
+    /// Free inodes beyond the ones the tree uses.
+    pub spare_inodes: u32,
+}
+
+impl Default for Ext4Options {
+    fn default() -> Self {
+        Ext4Options {
+            chunk_size: DEFAULT_CHUNK_SIZE,
+            free_bytes: 64 * 1024 * 1024,
+            spare_inodes: 4096,
+        }
+    }
+}
+
+/// What an image ended up holding.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ext4Summary {
+    /// Image size in bytes.
+    pub size: u64,
+    /// First block of the metadata region.
+    pub metadata_start: u64,
+    /// Inodes in use, the reserved ones included.
+    pub inodes_used: u64,
+    /// Blocks in use.
+    pub blocks_used: u64,
+}
+
+/// Errors from building an image.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Ext4Error {
+    /// The options cannot give a valid image.
+    #[error("invalid ext4 option: {0}")]
+    Options(String),
+    /// The tree does not fit ext4's limits.
+    #[error("the tree does not fit in ext4: {0}")]
+    TooLarge(String),
+    /// Writing to the sink failed.
+    #[error("writing the image failed")]
+    Io(#[from] io::Error),
+}
+
+/// Builds one image: data first, layer by layer, then metadata.
+pub struct Ext4Builder<S: ImageSink> {
+    sink: S,
+    opts: Ext4Options,
+    data: DataWriter,
+}
+
+impl<S: ImageSink> Ext4Builder<S> {
+    /// Start an image in `sink`.
+    pub fn new(sink: S, opts: Ext4Options) -> Result<Self, Ext4Error> {
+        let cs = opts.chunk_size;
+        if !cs.is_power_of_two() || !(64 * 1024..=4 * 1024 * 1024).contains(&cs) {
+            return Err(Ext4Error::Options(format!(
+                "chunk size {cs} is not a power of two from 64 KiB to 4 MiB"
+            )));
+        }
+        let chunk_blocks = cs / u64::from(BLOCK_SIZE);
+        Ok(Ext4Builder {
+            sink,
+            opts,
+            // Chunk 0 is the header region.
+            data: DataWriter::new(chunk_blocks, chunk_blocks),
+        })
+    }
+
+    /// Begin a layer: its data starts on the next chunk boundary.
+    pub fn begin_layer(&mut self) {
+        self.data.align_to_chunk();
+    }
+
+    /// Stream exactly `size` bytes of one regular file from `src` into the
+    /// image. All-zero blocks become holes.
+    pub fn write_file(&mut self, src: &mut dyn Read, size: u64) -> io::Result<FileData> {
+        self.data.write_file(&mut self.sink, src, size)
+    }
+
+    /// Write the metadata for `tree` and the header, and finish the sink.
+    pub fn finish(mut self, tree: &Tree) -> Result<(S, Ext4Summary), Ext4Error> {
+        self.data.align_to_chunk();
+        let summary = writer::write_metadata(&mut self.sink, tree, self.data.next_block(), &self.opts)?;
+        self.sink.finish(summary.size)?;
+        Ok((self.sink, summary))
+    }
+}
