@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Install everything the tests need on a fresh Debian machine, build the real
+# Debian test images (cached), then run every test in the workspace.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" != 0 ]; then
+    echo "scripts/test.sh: run as root (tests loop-mount images and install packages)" >&2
+    exit 1
+fi
+
+bash scripts/install-deps.sh
+
+# Caches live outside the clone; they only save time, never decide results.
+export IMAGEFS_CACHE="${IMAGEFS_CACHE:-/var/cache/imagefs}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$IMAGEFS_CACHE/target}"
+mkdir -p "$IMAGEFS_CACHE"
+
+bash scripts/build-debian-images.sh
+
+cargo build --workspace --all-targets --locked
+cargo test --workspace --locked
