@@ -1,2 +1,38 @@
-//! manifest crate.
+//! manifest: the formats and the cryptography of imagefs.
+//!
+//! Everything that is written to disk or sent between machines is defined
+//! here, and nowhere else. The layers, from the bottom up:
+//!
+//! - [`ids`]: [`ChunkId`], [`ChunkKey`], [`ChunkIndex`], [`ByteOffset`],
+//!   [`ManifestDigest`]; [`chunk_size`]: [`ChunkSize`].
+//! - [`convergent`]: per-chunk convergent encryption. A chunk's key is
+//!   HMAC-SHA-256(domain secret, plaintext), its object is AES-256-GCM of
+//!   the plaintext under that key, and its id is SHA-256 of the object.
+//! - [`format`]: the [`Manifest`] (device geometry, chunk table, OCI start
+//!   config, domain) and its compact v1 binary encoding.
+//! - [`keys`]: the [`KeyProvider`] trait and [`LocalKeyProvider`], master
+//!   keys (with rotation) and domain secrets in a private key directory.
+//! - [`seal`]: the sealed envelope: the encoded manifest encrypted under a
+//!   random data key, that key wrapped by a key provider.
+//! - [`wire`]: the byte reader shared by both decoders, and its
+//!   [`DecodeError`].
 #![forbid(unsafe_code)]
+
+pub mod chunk_size;
+pub mod convergent;
+pub mod format;
+pub mod ids;
+pub mod keys;
+pub mod seal;
+pub mod wire;
+
+pub use chunk_size::{ChunkSize, ChunkSizeError};
+pub use convergent::{
+    ConvergentError, DomainSecret, EncryptedChunk, decrypt_chunk, decrypt_chunk_owned,
+    derive_chunk_key, encrypt_chunk, encrypt_chunk_owned, verify_object,
+};
+pub use format::{ChunkEntry, DomainMismatch, FormatError, ImageConfig, Manifest};
+pub use ids::{ByteOffset, ChunkId, ChunkIndex, ChunkKey, IdParseError, ManifestDigest};
+pub use keys::{DataKey, KeyError, KeyProvider, LocalKeyProvider, WrappedKey, validate_domain};
+pub use seal::{SealError, seal, unseal, unseal_for_domain};
+pub use wire::DecodeError;
