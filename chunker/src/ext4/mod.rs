@@ -15,7 +15,19 @@
 //! the metadata region is written by [`Ext4Builder::finish`] from the flattened
 //! [`Tree`]. Nothing depends on the clock, random numbers or hash-map order.
 
+mod bytes;
 mod data;
+mod dir;
+mod extent;
+mod group;
+mod inode;
+mod layout;
+mod plan;
+mod superblock;
+#[cfg(test)]
+mod tests;
+mod writer;
+mod xattr;
 
 pub use data::MAX_EXTENT_LEN;
 use data::DataWriter;
@@ -76,6 +88,34 @@ pub enum Ext4Error {
     /// The tree does not fit ext4's limits.
     #[error("the tree does not fit in ext4: {0}")]
     TooLarge(String),
+    /// The tree holds something ext4 cannot represent as given (a bad
+    /// name, device number, symlink target or file extent).
+    #[error("{path}: {reason}")]
+    BadEntry {
+        /// The path of the offending entry.
+        path: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// POSIX ACLs travel as `system.posix_acl_*` xattrs whose ext4 on-disk
+    /// format differs from the xattr value; we refuse rather than write
+    /// them wrongly.
+    #[error("{path}: ACL xattr {name} is not supported yet")]
+    AclNotSupported {
+        /// The path of the entry carrying the ACL.
+        path: String,
+        /// The xattr name.
+        name: String,
+    },
+    /// An xattr that ext4 cannot store: unknown namespace, or too large
+    /// for the inode plus one block.
+    #[error("{path}: {reason}")]
+    Xattr {
+        /// The path of the entry carrying the xattrs.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// Writing to the sink failed.
     #[error("writing the image failed")]
     Io(#[from] io::Error),

@@ -1,0 +1,134 @@
+//! Block groups: the 32-byte group descriptors and the two bitmaps of each
+//! group.
+//!
+//! Descriptor offsets follow `struct ext4_group_desc` without the 64bit
+//! feature (kernel `fs/ext4/ext4.h`). No checksums and no `bg_flags`: we set
+//! neither `metadata_csum` nor `uninit_bg`, so every bitmap and inode table
+//! is written out in full.
+
+use super::BLOCK_SIZE;
+use super::bytes::{put_u16, put_u32};
+
+/// Bytes per group descriptor (no 64bit feature).
+pub(crate) const DESC_SIZE: usize = 32;
+
+/// One group descriptor.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct GroupDesc {
+    /// Block holding this group's block bitmap.
+    pub block_bitmap: u32,
+    /// Block holding this group's inode bitmap.
+    pub inode_bitmap: u32,
+    /// First block of this group's inode table.
+    pub inode_table: u32,
+    /// Free blocks in the group.
+    pub free_blocks: u16,
+    /// Free inodes in the group.
+    pub free_inodes: u16,
+    /// Directories among the group's inodes.
+    pub used_dirs: u16,
+}
+
+impl GroupDesc {
+    /// The 32 on-disk bytes.
+    pub(crate) fn encode(&self) -> [u8; DESC_SIZE] {
+        let mut b = [0u8; DESC_SIZE];
+        put_u32(&mut b, 0x00, self.block_bitmap);
+        put_u32(&mut b, 0x04, self.inode_bitmap);
+        put_u32(&mut b, 0x08, self.inode_table);
+        put_u16(&mut b, 0x0C, self.free_blocks);
+        put_u16(&mut b, 0x0E, self.free_inodes);
+        put_u16(&mut b, 0x10, self.used_dirs);
+        // bg_flags, exclude bitmap, bitmap checksums, itable_unused and
+        // bg_checksum stay 0: no uninit_bg, no metadata_csum.
+        b
+    }
+}
+
+/// A one-block bitmap; bit `i` is bit `i % 8` of byte `i / 8`.
+#[derive(Clone)]
+pub(crate) struct Bitmap {
+    bytes: Vec<u8>,
+}
+
+impl Bitmap {
+    /// An all-clear bitmap of one block.
+    pub(crate) fn new() -> Self {
+        Bitmap {
+            bytes: vec![0; BLOCK_SIZE as usize],
+        }
+    }
+
+    /// Set bits `start..end`.
+    pub(crate) fn set_range(&mut self, start: usize, end: usize) {
+        let mut i = start;
+        // Bit by bit up to a byte boundary, then whole bytes.
+        while i < end && i % 8 != 0 {
+            self.bytes[i / 8] |= 1 << (i % 8);
+            i += 1;
+        }
+        while i + 8 <= end {
+            self.bytes[i / 8] = 0xFF;
+            i += 8;
+        }
+        while i < end {
+            self.bytes[i / 8] |= 1 << (i % 8);
+            i += 1;
+        }
+    }
+
+    /// Number of clear bits among the first `n`.
+    pub(crate) fn count_clear(&self, n: usize) -> usize {
+        let full = n / 8;
+        let mut set: usize = self.bytes[..full]
+            .iter()
+            .map(|b| b.count_ones() as usize)
+            .sum();
+        for i in full * 8..n {
+            set += usize::from(self.bytes[i / 8] >> (i % 8) & 1);
+        }
+        n - set
+    }
+
+    /// The block's bytes.
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_range_and_count() {
+        let mut b = Bitmap::new();
+        b.set_range(3, 21);
+        assert_eq!(b.as_bytes()[0], 0b1111_1000);
+        assert_eq!(b.as_bytes()[1], 0xFF);
+        assert_eq!(b.as_bytes()[2], 0b0001_1111);
+        assert_eq!(b.count_clear(32), 32 - 18);
+        assert_eq!(b.count_clear(5), 3);
+        b.set_range(0, 32768);
+        assert_eq!(b.count_clear(32768), 0);
+    }
+
+    #[test]
+    fn descriptor_offsets() {
+        let d = GroupDesc {
+            block_bitmap: 0x0102_0304,
+            inode_bitmap: 5,
+            inode_table: 6,
+            free_blocks: 7,
+            free_inodes: 8,
+            used_dirs: 9,
+        };
+        let b = d.encode();
+        assert_eq!(&b[0..4], &[4, 3, 2, 1]);
+        assert_eq!(b[4], 5);
+        assert_eq!(b[8], 6);
+        assert_eq!(b[0x0C], 7);
+        assert_eq!(b[0x0E], 8);
+        assert_eq!(b[0x10], 9);
+    }
+}

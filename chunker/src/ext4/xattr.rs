@@ -1,0 +1,264 @@
+//! Extended attributes: in the inode first, the rest in one xattr block.
+//!
+//! Both places use the same entry format (`struct ext4_xattr_entry`):
+//! name length (1), name index (1), value offset (2), value inode (4),
+//! value size (4), hash (4), then the name suffix padded to 4 bytes. Entries
+//! grow from the front, values (padded to 4 bytes) from the back, and four
+//! zero bytes end the entry list.
+//!
+//! - In the inode, the area after the extra fields starts with the magic;
+//!   value offsets count from the first entry.
+//! - The block starts with a 32-byte header (magic, refcount, block count,
+//!   hash); value offsets count from the block start.
+//!
+//! Entries are sorted as e2fsprogs and the kernel sort them (name index,
+//! then name length, then name), which the kernel's lookup in blocks
+//! relies on. Hashes follow `ext2fs_ext_attr_hash_entry`, which e2fsck
+//! verifies.
+
+use std::collections::BTreeMap;
+
+use super::BLOCK_SIZE;
+use super::bytes::{get_u32, put_u16, put_u32};
+use super::inode::INLINE_XATTR_SIZE;
+
+const XATTR_MAGIC: u32 = 0xEA02_0000;
+const ENTRY_HEADER: usize = 16;
+const BLOCK_HEADER: usize = 32;
+/// The four zero bytes that end an entry list.
+const END_MARK: usize = 4;
+
+/// Name prefixes and their on-disk indexes, most specific first. The two
+/// ACL names map to indexes 2 and 3, but their values need converting to
+/// ext4's own ACL format, which we do not do yet.
+const PREFIXES: &[(&[u8], u8)] = &[
+    (b"system.posix_acl_access", 2),
+    (b"system.posix_acl_default", 3),
+    (b"user.", 1),
+    (b"trusted.", 4),
+    (b"security.", 6),
+    (b"system.", 7),
+];
+
+/// Why a set of xattrs cannot be stored.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum XattrError {
+    /// A POSIX ACL, by its full name.
+    Acl(String),
+    /// Anything else, explained.
+    Other(String),
+}
+
+/// The encoded xattrs of one inode.
+#[derive(Debug)]
+pub(crate) struct Encoded {
+    /// The in-inode area (all zeros when nothing is stored there).
+    pub inline: [u8; INLINE_XATTR_SIZE],
+    /// The xattr block, when the inode area was not enough.
+    pub block: Option<Vec<u8>>,
+}
+
+struct Attr<'a> {
+    index: u8,
+    name: &'a [u8],
+    value: &'a [u8],
+}
+
+impl Attr<'_> {
+    fn entry_len(&self) -> usize {
+        (ENTRY_HEADER + self.name.len()).next_multiple_of(4)
+    }
+
+    fn value_len(&self) -> usize {
+        self.value.len().next_multiple_of(4)
+    }
+}
+
+fn split_name(full: &[u8]) -> Result<(u8, &[u8]), XattrError> {
+    let shown = || String::from_utf8_lossy(full).into_owned();
+    let (prefix, index) = PREFIXES
+        .iter()
+        .find(|(p, _)| full.starts_with(p))
+        .ok_or_else(|| XattrError::Other(format!("xattr {} has an unknown namespace", shown())))?;
+    if *index == 2 || *index == 3 {
+        return Err(XattrError::Acl(shown()));
+    }
+    let suffix = &full[prefix.len()..];
+    if suffix.is_empty() || suffix.len() > 255 {
+        return Err(XattrError::Other(format!(
+            "xattr name {} must have 1 to 255 bytes after its namespace",
+            shown()
+        )));
+    }
+    Ok((*index, suffix))
+}
+
+/// `ext2fs_ext_attr_hash_entry`: the name bytes (as C `char`, signed on
+/// the platforms e2fsprogs and Linux grew up on, so we match that), then
+/// the value as little-endian 32-bit words, zero padded.
+pub(crate) fn entry_hash(name: &[u8], value: &[u8]) -> u32 {
+    let mut hash: u32 = 0;
+    for &c in name {
+        hash = (hash << 5) ^ (hash >> 27) ^ (c as i8 as i32 as u32);
+    }
+    let mut padded = value.to_vec();
+    padded.resize(value.len().next_multiple_of(4), 0);
+    for word in padded.chunks(4) {
+        hash = (hash << 16) ^ (hash >> 16) ^ get_u32(word, 0);
+    }
+    hash
+}
+
+/// Write entries and values into `area`, entries from `entries_at`, value
+/// offsets relative to `base`. Returns the entry hashes in order.
+fn fill(area: &mut [u8], entries_at: usize, base: usize, attrs: &[&Attr<'_>]) -> Vec<u32> {
+    let mut at = entries_at;
+    let mut value_end = area.len();
+    let mut hashes = Vec::with_capacity(attrs.len());
+    for a in attrs {
+        let offs = if a.value.is_empty() {
+            0
+        } else {
+            value_end -= a.value_len();
+            area[value_end..value_end + a.value.len()].copy_from_slice(a.value);
+            value_end - base
+        };
+        let hash = entry_hash(a.name, a.value);
+        area[at] = a.name.len() as u8;
+        area[at + 1] = a.index;
+        put_u16(area, at + 2, offs as u16);
+        // e_value_inum (at + 4): 0, values are stored inline.
+        put_u32(area, at + 8, a.value.len() as u32);
+        put_u32(area, at + 12, hash);
+        area[at + ENTRY_HEADER..at + ENTRY_HEADER + a.name.len()].copy_from_slice(a.name);
+        hashes.push(hash);
+        at += a.entry_len();
+    }
+    hashes
+}
+
+/// Encode `xattrs` (full names to values) for one inode: as many as fit in
+/// the inode (in sorted order), the rest in one block.
+pub(crate) fn encode(xattrs: &BTreeMap<Vec<u8>, Vec<u8>>) -> Result<Encoded, XattrError> {
+    let mut attrs = Vec::with_capacity(xattrs.len());
+    for (name, value) in xattrs {
+        let (index, name) = split_name(name)?;
+        attrs.push(Attr { index, name, value });
+    }
+    attrs.sort_by(|a, b| (a.index, a.name.len(), a.name).cmp(&(b.index, b.name.len(), b.name)));
+
+    // In the inode: 4 bytes of magic, then entries, end mark and values.
+    let mut inline_room = INLINE_XATTR_SIZE - 4 - END_MARK;
+    let mut block_room = BLOCK_SIZE as usize - BLOCK_HEADER - END_MARK;
+    let mut in_inode = Vec::new();
+    let mut in_block = Vec::new();
+    for a in &attrs {
+        let need = a.entry_len() + a.value_len();
+        if need <= inline_room {
+            inline_room -= need;
+            in_inode.push(a);
+        } else if need <= block_room {
+            block_room -= need;
+            in_block.push(a);
+        } else {
+            return Err(XattrError::Other(format!(
+                "xattrs need more room than the inode and one {BLOCK_SIZE}-byte block \
+                 (at {}, value of {} bytes)",
+                String::from_utf8_lossy(a.name),
+                a.value.len()
+            )));
+        }
+    }
+
+    let mut inline = [0u8; INLINE_XATTR_SIZE];
+    if !in_inode.is_empty() {
+        put_u32(&mut inline, 0, XATTR_MAGIC);
+        fill(&mut inline, 4, 4, &in_inode);
+    }
+    let block = (!in_block.is_empty()).then(|| {
+        let mut b = vec![0u8; BLOCK_SIZE as usize];
+        put_u32(&mut b, 0, XATTR_MAGIC);
+        put_u32(&mut b, 4, 1); // h_refcount: one inode uses it
+        put_u32(&mut b, 8, 1); // h_blocks
+        let hashes = fill(&mut b, BLOCK_HEADER, 0, &in_block);
+        put_u32(&mut b, 12, block_hash(&hashes));
+        b
+    });
+    Ok(Encoded { inline, block })
+}
+
+/// `ext2fs_ext_attr_block_rehash`: the entry hashes folded together; 0 if
+/// any entry hash is 0.
+fn block_hash(hashes: &[u32]) -> u32 {
+    let mut hash: u32 = 0;
+    for &h in hashes {
+        if h == 0 {
+            return 0;
+        }
+        hash = (hash << 16) ^ (hash >> 16) ^ h;
+    }
+    hash
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(items: &[(&str, &[u8])]) -> BTreeMap<Vec<u8>, Vec<u8>> {
+        items
+            .iter()
+            .map(|(k, v)| (k.as_bytes().to_vec(), v.to_vec()))
+            .collect()
+    }
+
+    #[test]
+    fn small_ones_stay_in_the_inode() {
+        let e = encode(&map(&[("user.a", b"1"), ("security.capability", &[1; 20])])).unwrap();
+        assert!(e.block.is_none());
+        assert_eq!(get_u32(&e.inline, 0), XATTR_MAGIC);
+        // Sorted by index: user (1) before security (6).
+        assert_eq!(e.inline[4 + 1], 1);
+        assert_eq!(e.inline[4], 1);
+        assert_eq!(&e.inline[4 + 16..4 + 17], b"a");
+        // The single value byte sits (padded) at the very end of the area;
+        // the offset counts from the first entry, 4 bytes in.
+        assert_eq!(u16::from_le_bytes([e.inline[6], e.inline[7]]), (96 - 4 - 4) as u16);
+    }
+
+    #[test]
+    fn big_ones_go_to_the_block() {
+        let big = vec![7u8; 3000];
+        let e = encode(&map(&[("user.big", &big), ("user.s", b"x")])).unwrap();
+        let b = e.block.unwrap();
+        assert_eq!(get_u32(&b, 0), XATTR_MAGIC);
+        assert_eq!(get_u32(&b, 4), 1);
+        assert_eq!(get_u32(&b, 8), 1);
+        assert_eq!(&b[32 + 16..32 + 19], b"big");
+        let offs = usize::from(u16::from_le_bytes([b[34], b[35]]));
+        assert_eq!(offs, 4096 - 3000);
+        assert_eq!(get_u32(&b, 32 + 12), entry_hash(b"big", &big));
+        assert_eq!(get_u32(&b, 12), block_hash(&[entry_hash(b"big", &big)]));
+        let too_big = vec![1u8; 5000];
+        assert!(matches!(encode(&map(&[("user.x", &too_big)])), Err(XattrError::Other(_))));
+    }
+
+    #[test]
+    fn acls_and_unknown_namespaces_are_refused() {
+        assert_eq!(
+            encode(&map(&[("system.posix_acl_access", b"x")])).unwrap_err(),
+            XattrError::Acl("system.posix_acl_access".into())
+        );
+        assert!(matches!(encode(&map(&[("foo.bar", b"x")])), Err(XattrError::Other(_))));
+        assert!(matches!(encode(&map(&[("user.", b"x")])), Err(XattrError::Other(_))));
+    }
+
+    #[test]
+    fn hash_matches_e2fsprogs() {
+        // Worked by hand from ext2fs_ext_attr_hash_entry: name "a" gives
+        // 0x61; one value word 0x00000031 ("1") folds in as
+        // (0x61 << 16) ^ (0x61 >> 16) ^ 0x31.
+        assert_eq!(entry_hash(b"a", b"1"), (0x61 << 16) ^ 0x31);
+        // High name bytes count as signed chars.
+        assert_eq!(entry_hash(&[0x80], b""), 0xFFFF_FF80);
+    }
+}
