@@ -1,2 +1,21 @@
-//! cachetiers crate.
+//! cachetiers: where encrypted chunks live.
+//!
+//! - [`store`]: the [`ChunkStore`] trait (get, put, contains, remove by
+//!   [`ChunkId`](manifest::ChunkId)) that every tier implements, and
+//!   [`StoreError`];
+//! - [`dir_store`]: [`DirStore`], the first tier: a local directory of
+//!   sharded, atomically written objects, plus the sealed manifests and
+//!   the tags that name them;
+//! - [`tag`]: tag name rules.
+//!
+//! Every tier holds only ciphertext addressed by its SHA-256, and checks
+//! it on the way in and out.
 #![forbid(unsafe_code)]
+
+pub mod dir_store;
+pub mod store;
+pub mod tag;
+
+pub use dir_store::DirStore;
+pub use store::{ChunkStore, MAX_OBJECT_LEN, PutOutcome, StoreError};
+pub use tag::{TagNameError, validate_tag_name};

@@ -53,7 +53,7 @@ impl ChunkSize {
     }
 
     /// The size in bytes.
-    pub fn bytes(self) -> u32 {
+    pub const fn bytes(self) -> u32 {
         self.0
     }
 

@@ -8,11 +8,11 @@
 //! - [`convergent`]: per-chunk convergent encryption. A chunk's key is
 //!   HMAC-SHA-256(domain secret, plaintext), its object is AES-256-GCM of
 //!   the plaintext under that key, and its id is SHA-256 of the object.
-//! - [`format`]: the [`Manifest`] (device geometry, chunk table, OCI start
+//! - [`format`](mod@format): the [`Manifest`] (device geometry, chunk table, OCI start
 //!   config, domain) and its compact v1 binary encoding.
 //! - [`keys`]: the [`KeyProvider`] trait and [`LocalKeyProvider`], master
 //!   keys (with rotation) and domain secrets in a private key directory.
-//! - [`seal`]: the sealed envelope: the encoded manifest encrypted under a
+//! - [`seal`](mod@seal): the sealed envelope: the encoded manifest encrypted under a
 //!   random data key, that key wrapped by a key provider.
 //! - [`wire`]: the byte reader shared by both decoders, and its
 //!   [`DecodeError`].

@@ -1,0 +1,135 @@
+//! The named-blob area of a [`DirStore`]: sealed manifests stored under
+//! their digest, and tags that name a digest.
+
+use std::fs;
+use std::io::ErrorKind;
+
+use manifest::ManifestDigest;
+
+use super::atomic::{io_error, sync_dir};
+use super::{DirStore, Limited, read_limited};
+use crate::store::StoreError;
+use crate::tag::validate_tag_name;
+
+/// Largest sealed manifest accepted (a 4 TiB device at 64 KiB chunks is
+/// about 4 GiB of table; real manifests are a few MiB).
+const MAX_MANIFEST_LEN: u64 = 1 << 30;
+/// Largest tag file (`sha256:` + 64 hex + newline, with room to spare).
+const MAX_TAG_FILE_LEN: u64 = 1024;
+
+impl DirStore {
+    /// Stores a sealed manifest under its SHA-256 digest and returns the
+    /// digest. Idempotent. Syncs every chunk stored through this handle
+    /// first, so a stored manifest never names a chunk that a crash could
+    /// lose.
+    pub fn put_manifest(&self, sealed: &[u8]) -> Result<ManifestDigest, StoreError> {
+        let digest = ManifestDigest::of(sealed);
+        self.sync()?;
+        if !self.has_manifest(&digest)? {
+            let dir = self.manifests_dir();
+            self.write_in(&dir, &digest.to_hex(), sealed)?;
+        }
+        self.sync()?;
+        Ok(digest)
+    }
+
+    /// Whether a manifest with this digest is stored.
+    pub fn has_manifest(&self, digest: &ManifestDigest) -> Result<bool, StoreError> {
+        let path = self.manifests_dir().join(digest.to_hex());
+        match fs::symlink_metadata(&path) {
+            Ok(meta) => Ok(meta.is_file()),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(io_error("inspect", &path)(e)),
+        }
+    }
+
+    /// The sealed manifest stored under `digest`, checked against it.
+    pub fn get_manifest(&self, digest: &ManifestDigest) -> Result<Vec<u8>, StoreError> {
+        let path = self.manifests_dir().join(digest.to_hex());
+        match read_limited(&path, MAX_MANIFEST_LEN)? {
+            Limited::Missing => Err(StoreError::ManifestNotFound { digest: *digest }),
+            Limited::TooLong(len) => Err(StoreError::ManifestCorrupt {
+                digest: *digest,
+                path,
+                problem: format!("it is {len} bytes, over the {MAX_MANIFEST_LEN}-byte limit"),
+            }),
+            Limited::Bytes(bytes) => {
+                let actual = ManifestDigest::of(&bytes);
+                if actual != *digest {
+                    return Err(StoreError::ManifestCorrupt {
+                        digest: *digest,
+                        path,
+                        problem: format!("its bytes hash to {actual}"),
+                    });
+                }
+                Ok(bytes)
+            }
+        }
+    }
+
+    /// Points tag `name` at `digest` (replacing what it pointed at). The
+    /// manifest must already be stored.
+    pub fn set_tag(&self, name: &str, digest: &ManifestDigest) -> Result<(), StoreError> {
+        validate_tag_name(name)?;
+        if !self.has_manifest(digest)? {
+            return Err(StoreError::ManifestNotFound { digest: *digest });
+        }
+        let dir = self.tags_dir();
+        self.write_in(&dir, name, format!("{digest}\n").as_bytes())?;
+        sync_dir(&dir)
+    }
+
+    /// The digest tag `name` points at.
+    pub fn tag(&self, name: &str) -> Result<ManifestDigest, StoreError> {
+        validate_tag_name(name)?;
+        let path = self.tags_dir().join(name);
+        let bytes = match read_limited(&path, MAX_TAG_FILE_LEN)? {
+            Limited::Missing => {
+                return Err(StoreError::UnknownTag {
+                    name: name.to_owned(),
+                });
+            }
+            Limited::TooLong(len) => format!("<{len} bytes>").into_bytes(),
+            Limited::Bytes(bytes) => bytes,
+        };
+        let text = String::from_utf8_lossy(&bytes);
+        text.trim().parse().map_err(|source| StoreError::BadTag {
+            name: name.to_owned(),
+            path,
+            source,
+        })
+    }
+
+    /// Every tag and the digest it points at, sorted by name. Files that
+    /// are not valid tags (temporary files) are skipped.
+    pub fn tags(&self) -> Result<Vec<(String, ManifestDigest)>, StoreError> {
+        let mut tags = Vec::new();
+        for name in super::read_dir_names(&self.tags_dir())? {
+            if validate_tag_name(&name).is_ok() {
+                let digest = self.tag(&name)?;
+                tags.push((name, digest));
+            }
+        }
+        tags.sort();
+        Ok(tags)
+    }
+
+    /// Resolves a digest (`sha256:<64 hex>`) or a tag name to the digest of
+    /// a manifest that is in the store.
+    pub fn resolve(&self, digest_or_tag: &str) -> Result<ManifestDigest, StoreError> {
+        let digest = if digest_or_tag.starts_with(ManifestDigest::PREFIX) {
+            digest_or_tag
+                .parse()
+                .map_err(|source| StoreError::BadDigest {
+                    text: digest_or_tag.to_owned(),
+                    source,
+                })?
+        } else {
+            self.tag(digest_or_tag)?
+        };
+        if !self.has_manifest(&digest)? {
+            return Err(StoreError::ManifestNotFound { digest });
+        }
+        Ok(digest)
+    }
+}

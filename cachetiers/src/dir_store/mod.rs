@@ -1,0 +1,297 @@
+//! [`DirStore`]: chunks, sealed manifests and tags in a local directory.
+//!
+//! ```text
+//! <root>/
+//!   chunks/ab/cd/abcd…(64 hex)   encrypted chunk objects, by id
+//!   manifests/<64 hex>           sealed manifests, by digest
+//!   tags/<name>                  "sha256:<64 hex>\n"
+//! ```
+//!
+//! Every file is written atomically (temporary file in the same directory,
+//! fsync, rename), so a write that fails or a crash never leaves a partial
+//! object under its final name. Directory entries of new chunks are made
+//! durable by [`DirStore::sync`], which [`DirStore::put_manifest`] calls
+//! first: once a manifest is stored, every chunk it names is too.
+
+mod atomic;
+mod manifests;
+
+use std::collections::BTreeSet;
+use std::fs::{self, File};
+use std::io::{ErrorKind, Read};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
+
+use manifest::{ChunkId, verify_object};
+
+pub use atomic::TEMP_PREFIX;
+use atomic::{Written, io_error, sync_dir, write_atomically};
+
+use crate::store::{ChunkStore, MAX_OBJECT_LEN, PutOutcome, StoreError};
+
+/// A chunk store in a local directory. Cheap to share: wrap it in an `Arc`.
+#[derive(Debug)]
+pub struct DirStore {
+    root: PathBuf,
+    /// Directories with entries not yet synced.
+    dirty: Mutex<BTreeSet<PathBuf>>,
+}
+
+impl DirStore {
+    /// Opens the store at `root`, creating it (and its `chunks`,
+    /// `manifests` and `tags` directories) if needed.
+    pub fn create(root: impl Into<PathBuf>) -> Result<Self, StoreError> {
+        let store = Self::at(root.into());
+        for dir in [store.chunks_dir(), store.manifests_dir(), store.tags_dir()] {
+            fs::create_dir_all(&dir).map_err(io_error("create directory", &dir))?;
+        }
+        Ok(store)
+    }
+
+    /// Opens an existing store; fails with [`StoreError::NotAStore`] if
+    /// `root` has no `chunks` directory.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Self, StoreError> {
+        let store = Self::at(root.into());
+        if !store.chunks_dir().is_dir() {
+            return Err(StoreError::NotAStore { path: store.root });
+        }
+        Ok(store)
+    }
+
+    fn at(root: PathBuf) -> Self {
+        Self {
+            root,
+            dirty: Mutex::new(BTreeSet::new()),
+        }
+    }
+
+    /// The store's root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn chunks_dir(&self) -> PathBuf {
+        self.root.join("chunks")
+    }
+
+    fn manifests_dir(&self) -> PathBuf {
+        self.root.join("manifests")
+    }
+
+    fn tags_dir(&self) -> PathBuf {
+        self.root.join("tags")
+    }
+
+    /// The directory holding chunk `id`: `chunks/ab/cd` for an id starting
+    /// `abcd`.
+    fn shard_dir(&self, id: &ChunkId) -> PathBuf {
+        let hex = id.to_hex();
+        self.chunks_dir().join(&hex[0..2]).join(&hex[2..4])
+    }
+
+    /// Where chunk `id` is stored: `<root>/chunks/ab/cd/<64 hex>`.
+    pub fn chunk_path(&self, id: &ChunkId) -> PathBuf {
+        self.shard_dir(id).join(id.to_hex())
+    }
+
+    fn mark_dirty(&self, dirs: impl IntoIterator<Item = PathBuf>) {
+        self.dirty
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend(dirs);
+    }
+
+    /// Makes every chunk stored so far by this handle durable (syncs the
+    /// directories that gained entries).
+    pub fn sync(&self) -> Result<(), StoreError> {
+        let dirs = std::mem::take(&mut *self.dirty.lock().unwrap_or_else(PoisonError::into_inner));
+        // Deepest first, so a new shard's entry is synced after its contents.
+        for dir in dirs.iter().rev() {
+            if let Err(e) = sync_dir(dir) {
+                self.mark_dirty(dirs);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `bytes` under `dir/name` atomically, creating `dir` (and
+    /// recording new directories for [`DirStore::sync`]) if needed.
+    fn write_in(&self, dir: &Path, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        if write_atomically(dir, name, bytes)? == Written::Done {
+            self.mark_dirty([dir.to_path_buf()]);
+            return Ok(());
+        }
+        let mut created = Vec::new();
+        let mut missing = Some(dir);
+        while let Some(d) = missing.filter(|d| !d.exists()) {
+            created.push(d.to_path_buf());
+            missing = d.parent();
+        }
+        fs::create_dir_all(dir).map_err(io_error("create directory", dir))?;
+        if let Some(top) = created.last().and_then(|d| d.parent()) {
+            created.push(top.to_path_buf());
+        }
+        self.mark_dirty(created);
+        match write_atomically(dir, name, bytes)? {
+            Written::Done => Ok(()),
+            Written::NoDirectory => Err(io_error("write into", dir)(ErrorKind::NotFound.into())),
+        }
+    }
+
+    /// Every chunk id in the store, sorted. Temporary files and anything
+    /// else that is not a chunk in its right shard are ignored.
+    pub fn ids(&self) -> Result<Vec<ChunkId>, StoreError> {
+        let mut ids = Vec::new();
+        let chunks = self.chunks_dir();
+        for first in read_dir_names(&chunks)? {
+            if !is_shard_name(&first) {
+                continue;
+            }
+            let first_dir = chunks.join(&first);
+            for second in read_dir_names(&first_dir)? {
+                if !is_shard_name(&second) {
+                    continue;
+                }
+                for name in read_dir_names(&first_dir.join(&second))? {
+                    if let Ok(id) = name.parse::<ChunkId>()
+                        && name == id.to_hex()
+                        && name[0..2] == first
+                        && name[2..4] == second
+                    {
+                        ids.push(id);
+                    }
+                }
+            }
+        }
+        ids.sort();
+        Ok(ids)
+    }
+
+    fn location(&self, id: &ChunkId) -> String {
+        self.chunk_path(id).display().to_string()
+    }
+}
+
+fn is_shard_name(name: &str) -> bool {
+    name.len() == 2
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// The UTF-8 names in `dir` (others cannot be ours).
+fn read_dir_names(dir: &Path) -> Result<Vec<String>, StoreError> {
+    let mut names = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io_error("list", dir))? {
+        let entry = entry.map_err(io_error("list", dir))?;
+        if let Ok(name) = entry.file_name().into_string() {
+            names.push(name);
+        }
+    }
+    Ok(names)
+}
+
+/// The result of [`read_limited`].
+pub(crate) enum Limited {
+    /// The file does not exist.
+    Missing,
+    /// The file is longer than the limit (its length).
+    TooLong(u64),
+    /// The whole file.
+    Bytes(Vec<u8>),
+}
+
+/// Reads a whole file of at most `limit` bytes.
+pub(crate) fn read_limited(path: &Path, limit: u64) -> Result<Limited, StoreError> {
+    let file = match File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Limited::Missing),
+        Err(e) => return Err(io_error("read", path)(e)),
+    };
+    let len = file.metadata().map_err(io_error("read", path))?.len();
+    if len > limit {
+        return Ok(Limited::TooLong(len));
+    }
+    let mut bytes = Vec::with_capacity(len as usize);
+    file.take(limit + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io_error("read", path))?;
+    if bytes.len() as u64 > limit {
+        return Ok(Limited::TooLong(bytes.len() as u64));
+    }
+    Ok(Limited::Bytes(bytes))
+}
+
+impl ChunkStore for DirStore {
+    fn get(&self, id: &ChunkId) -> Result<Option<Vec<u8>>, StoreError> {
+        let corrupt = |problem: String| StoreError::Corrupt {
+            id: *id,
+            location: self.location(id),
+            problem,
+        };
+        match read_limited(&self.chunk_path(id), MAX_OBJECT_LEN as u64)? {
+            Limited::Missing => Ok(None),
+            Limited::TooLong(len) => Err(corrupt(format!(
+                "it is {len} bytes, over the {MAX_OBJECT_LEN}-byte limit"
+            ))),
+            Limited::Bytes(object) => {
+                let actual = ChunkId::of_object(&object);
+                if actual != *id {
+                    return Err(corrupt(format!("its bytes hash to {actual}")));
+                }
+                Ok(Some(object))
+            }
+        }
+    }
+
+    fn put(&self, id: &ChunkId, object: &[u8]) -> Result<PutOutcome, StoreError> {
+        if object.len() > MAX_OBJECT_LEN {
+            return Err(StoreError::TooLarge {
+                id: *id,
+                len: object.len(),
+            });
+        }
+        if verify_object(id, object).is_err() {
+            return Err(StoreError::IdMismatch {
+                id: *id,
+                actual: ChunkId::of_object(object),
+            });
+        }
+        let path = self.chunk_path(id);
+        match fs::symlink_metadata(&path) {
+            // Present with the right length: dedup. (A same-length corrupt
+            // copy is caught by `get` and dropped with `remove`.)
+            Ok(meta) if meta.is_file() && meta.len() == object.len() as u64 => {
+                return Ok(PutOutcome::AlreadyPresent);
+            }
+            // Present but wrong: replaced below.
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(io_error("inspect", &path)(e)),
+        }
+        self.write_in(&self.shard_dir(id), &id.to_hex(), object)?;
+        Ok(PutOutcome::Stored)
+    }
+
+    fn contains(&self, id: &ChunkId) -> Result<bool, StoreError> {
+        let path = self.chunk_path(id);
+        match fs::symlink_metadata(&path) {
+            Ok(meta) => Ok(meta.is_file()),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(io_error("inspect", &path)(e)),
+        }
+    }
+
+    fn remove(&self, id: &ChunkId) -> Result<bool, StoreError> {
+        let path = self.chunk_path(id);
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(io_error("remove", &path)(e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,210 @@
+//! The chunk store trait every tier implements, and its error type.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use manifest::{ChunkId, IdParseError, ManifestDigest};
+
+use crate::tag::TagNameError;
+
+/// Largest object any store accepts or returns: the largest chunk plus its
+/// GCM tag.
+pub const MAX_OBJECT_LEN: usize =
+    manifest::ChunkSize::MAX.bytes() as usize + manifest::convergent::TAG_LEN;
+
+/// What a [`ChunkStore::put`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutOutcome {
+    /// The object was new and is now stored.
+    Stored,
+    /// The object was already there; nothing was written (dedup).
+    AlreadyPresent,
+}
+
+impl PutOutcome {
+    /// Whether this put wrote a new object.
+    pub fn is_new(self) -> bool {
+        self == PutOutcome::Stored
+    }
+}
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// A file system operation failed.
+    #[error("cannot {action} {}: {source}", path.display())]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The directory is not a chunk store.
+    #[error("{} is not a chunk store (no `chunks` directory); create one with `convert`", path.display())]
+    NotAStore {
+        /// The directory.
+        path: PathBuf,
+    },
+    /// A stored object does not match its id. It was not returned.
+    #[error("chunk {id} is corrupt in {location}: {problem}")]
+    Corrupt {
+        /// The id the object is stored under.
+        id: ChunkId,
+        /// Where it is (a path, a URL, a tier name).
+        location: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// A put was refused because the bytes do not hash to the id.
+    #[error("refusing to store chunk {id}: the bytes given hash to {actual}")]
+    IdMismatch {
+        /// The id the caller gave.
+        id: ChunkId,
+        /// The SHA-256 of the bytes the caller gave.
+        actual: ChunkId,
+    },
+    /// A put was refused because the object is too large to be a chunk.
+    #[error("refusing to store chunk {id}: {len} bytes is over the {MAX_OBJECT_LEN}-byte limit")]
+    TooLarge {
+        /// The id the caller gave.
+        id: ChunkId,
+        /// The object's length.
+        len: usize,
+    },
+    /// No manifest with this digest is stored.
+    #[error("manifest {digest} is not in the store")]
+    ManifestNotFound {
+        /// The digest asked for.
+        digest: ManifestDigest,
+    },
+    /// A stored manifest does not match its digest.
+    #[error("manifest {digest} is corrupt in {}: {problem}", path.display())]
+    ManifestCorrupt {
+        /// The digest it is stored under.
+        digest: ManifestDigest,
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// Text that starts like a digest is not a valid digest.
+    #[error("`{text}` is not a valid manifest digest: {source}")]
+    BadDigest {
+        /// The text given.
+        text: String,
+        /// What is wrong with it.
+        source: IdParseError,
+    },
+    /// No tag with this name exists.
+    #[error("no tag named `{name}` in the store")]
+    UnknownTag {
+        /// The tag name.
+        name: String,
+    },
+    /// A tag name is not allowed.
+    #[error(transparent)]
+    InvalidTag(#[from] TagNameError),
+    /// A tag file does not contain a digest.
+    #[error("tag `{name}` ({}) does not contain a manifest digest: {source}", path.display())]
+    BadTag {
+        /// The tag name.
+        name: String,
+        /// The tag file.
+        path: PathBuf,
+        /// What is wrong with its content.
+        source: IdParseError,
+    },
+    /// A remote tier failed (network, service, protocol).
+    #[error("{tier} failed: {source}")]
+    Backend {
+        /// Which tier.
+        tier: String,
+        /// The underlying error.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// A store of encrypted chunk objects, addressed by [`ChunkId`].
+///
+/// Every tier implements this: a local directory, the shared host cache,
+/// the AZ cache nodes, the origin object store. It is object-safe
+/// (`Arc<dyn ChunkStore>`) and implementations are `Send + Sync`, so one
+/// store serves many threads.
+///
+/// The methods block. Async code calls them through
+/// `tokio::task::spawn_blocking` with an `Arc<dyn ChunkStore>`; they take
+/// `&self` and own nothing borrowed across the call, which is what that
+/// needs.
+///
+/// A store only ever holds ciphertext, and checks it: `put` refuses bytes
+/// that do not hash to the id, and `get` never returns such bytes.
+pub trait ChunkStore: Send + Sync {
+    /// The object stored under `id`.
+    ///
+    /// `Ok(None)` is a miss (normal for a cache: fill from the next tier).
+    /// An object that fails its hash check is an error
+    /// ([`StoreError::Corrupt`]), never returned as data.
+    fn get(&self, id: &ChunkId) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Stores `object` under `id` after checking that SHA-256(object) is
+    /// `id`. Idempotent: an object already present is not written again,
+    /// and [`PutOutcome::AlreadyPresent`] says so. A put that fails leaves
+    /// nothing visible under `id`.
+    fn put(&self, id: &ChunkId, object: &[u8]) -> Result<PutOutcome, StoreError>;
+
+    /// Whether an object is stored under `id` (without reading or checking
+    /// it).
+    fn contains(&self, id: &ChunkId) -> Result<bool, StoreError>;
+
+    /// Drops the object stored under `id`, for example a copy found
+    /// corrupt. Returns whether there was one.
+    fn remove(&self, id: &ChunkId) -> Result<bool, StoreError>;
+}
+
+impl<T: ChunkStore + ?Sized> ChunkStore for Arc<T> {
+    fn get(&self, id: &ChunkId) -> Result<Option<Vec<u8>>, StoreError> {
+        (**self).get(id)
+    }
+    fn put(&self, id: &ChunkId, object: &[u8]) -> Result<PutOutcome, StoreError> {
+        (**self).put(id, object)
+    }
+    fn contains(&self, id: &ChunkId) -> Result<bool, StoreError> {
+        (**self).contains(id)
+    }
+    fn remove(&self, id: &ChunkId) -> Result<bool, StoreError> {
+        (**self).remove(id)
+    }
+}
+
+impl<T: ChunkStore + ?Sized> ChunkStore for Box<T> {
+    fn get(&self, id: &ChunkId) -> Result<Option<Vec<u8>>, StoreError> {
+        (**self).get(id)
+    }
+    fn put(&self, id: &ChunkId, object: &[u8]) -> Result<PutOutcome, StoreError> {
+        (**self).put(id, object)
+    }
+    fn contains(&self, id: &ChunkId) -> Result<bool, StoreError> {
+        (**self).contains(id)
+    }
+    fn remove(&self, id: &ChunkId) -> Result<bool, StoreError> {
+        (**self).remove(id)
+    }
+}
+
+impl<T: ChunkStore + ?Sized> ChunkStore for &T {
+    fn get(&self, id: &ChunkId) -> Result<Option<Vec<u8>>, StoreError> {
+        (**self).get(id)
+    }
+    fn put(&self, id: &ChunkId, object: &[u8]) -> Result<PutOutcome, StoreError> {
+        (**self).put(id, object)
+    }
+    fn contains(&self, id: &ChunkId) -> Result<bool, StoreError> {
+        (**self).contains(id)
+    }
+    fn remove(&self, id: &ChunkId) -> Result<bool, StoreError> {
+        (**self).remove(id)
+    }
+}
