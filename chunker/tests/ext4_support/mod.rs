@@ -216,12 +216,41 @@ impl Built {
     pub fn check_view(&self) {
         let fs = ext4_view::Ext4::load_from_path(&self.path).expect("ext4-view loads the image");
         let mut bad = Vec::new();
-        for e in self.expected() {
+        // Metadata comes from each directory's listing rather than a path
+        // lookup per entry: lookups scan linear directories, which would
+        // make a 100,000-entry directory quadratic.
+        let expected = self.expected();
+        let mut found: BTreeMap<Vec<u8>, Result<ext4_view::Metadata, String>> = BTreeMap::new();
+        found.insert(b"/".to_vec(), fs.symlink_metadata("/").map_err(|e| e.to_string()));
+        for e in expected.iter().filter(|e| e.inode.is_dir()) {
+            let Ok(entries) = fs.read_dir(&e.path[..]) else { continue };
+            for d in entries {
+                let d = d.unwrap();
+                let name = d.file_name().as_ref().to_vec();
+                if name != b"." && name != b".." {
+                    found.insert(bytes_path(&e.path, &name), d.metadata().map_err(|e| e.to_string()));
+                }
+            }
+        }
+        for e in expected {
             let path = show(&e.path);
-            let md = match fs.symlink_metadata(&e.path[..]) {
-                Ok(md) => md,
-                Err(err) => {
+            let md = match found.get(&e.path) {
+                Some(Ok(md)) => md,
+                Some(Err(err)) if e.inode.meta.mtime.secs as i32 as u32 >= 1 << 31 => {
+                    // ext4-view 1.0 decodes the 32-bit seconds field with
+                    // i32::try_from(u32), so it rejects every time whose
+                    // low word has the top bit set (before 1970, after
+                    // 2038) that the kernel reads fine; the mount checks
+                    // cover these.
+                    eprintln!("NOTE {path}: ext4-view 1.0 cannot decode mtime {:?}: {err}", e.inode.meta.mtime);
+                    continue;
+                }
+                Some(Err(err)) => {
                     bad.push(format!("{path}: ext4-view: {err}"));
+                    continue;
+                }
+                None => {
+                    bad.push(format!("{path}: ext4-view does not find it"));
                     continue;
                 }
             };
@@ -246,10 +275,10 @@ impl Built {
                     if md.len() != data.size {
                         bad.push(format!("{path}: ext4-view size {} want {}", md.len(), data.size));
                     }
-                    let mut f = fs.open(&e.path[..]).unwrap();
                     let mut h = Sha256::new();
                     let mut buf = vec![0u8; 1 << 20];
-                    loop {
+                    let mut f = (data.size > 0).then(|| fs.open(&e.path[..]).unwrap());
+                    while let Some(f) = &mut f {
                         let n = f.read_bytes(&mut buf).unwrap();
                         if n == 0 {
                             break;
