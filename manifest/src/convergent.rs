@@ -73,8 +73,9 @@ impl fmt::Debug for DomainSecret {
 }
 
 /// One chunk after encryption: what goes into the store (`id`, `object`)
-/// and what goes into the manifest (`id`, `key`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// and what goes into the manifest (`id`, `key`). `Debug` shows the id and
+/// the object's length, never the key or the bytes.
+#[derive(Clone, PartialEq, Eq)]
 pub struct EncryptedChunk {
     /// SHA-256 of `object`.
     pub id: ChunkId,
@@ -82,6 +83,16 @@ pub struct EncryptedChunk {
     pub key: ChunkKey,
     /// Ciphertext followed by the 16-byte GCM tag.
     pub object: Vec<u8>,
+}
+
+impl fmt::Debug for EncryptedChunk {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EncryptedChunk")
+            .field("id", &self.id)
+            .field("key", &self.key)
+            .field("object_len", &self.object.len())
+            .finish()
+    }
 }
 
 /// The convergent key of a plaintext: HMAC-SHA-256(domain secret, plaintext).
@@ -290,7 +301,12 @@ mod tests {
     }
 
     #[test]
-    fn secret_debug_is_redacted() {
+    fn debug_output_is_redacted() {
         assert_eq!(format!("{:?}", secret(0xcd)), "DomainSecret(<redacted>)");
+        let chunk = encrypt_chunk(&secret(1), b"hello");
+        let shown = format!("{chunk:?}");
+        assert!(shown.contains("<redacted>"), "{shown}");
+        assert!(shown.contains("object_len: 21"), "{shown}");
+        assert!(!shown.contains(&chunk.key.reveal_hex()[..8]), "{shown}");
     }
 }
