@@ -50,7 +50,7 @@ pub enum SealError {
     },
     /// The wrapped data key failed authentication: wrong master key, or the
     /// envelope was altered.
-    #[error("cannot unwrap the manifest's data key with master key `{key_id}`: {source}")]
+    #[error("cannot unwrap the manifest's data key: {source}")]
     KeyUnwrap {
         /// The master key id recorded in the envelope.
         key_id: String,

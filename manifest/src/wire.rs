@@ -20,7 +20,11 @@ pub enum DecodeError {
         available: usize,
     },
     /// The magic number is not the expected one.
-    #[error("bad magic: expected {expected:02x?}, found {found:02x?} (not a {what})")]
+    #[error(
+        "bad magic: expected \"{}\", found \"{}\" (not a {what})",
+        expected.escape_ascii(),
+        found.escape_ascii()
+    )]
     BadMagic {
         /// What the input was expected to be.
         what: &'static str,

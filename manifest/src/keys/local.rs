@@ -51,10 +51,14 @@ fn is_key_id(id: &str) -> bool {
 }
 
 impl LocalKeyProvider {
-    /// Opens the key directory at `dir`, creating it (mode 0700) and a
-    /// first master key if needed. An existing directory is checked.
+    /// Opens the key directory at `dir`, creating it (mode 0700; missing
+    /// parents with default permissions) and a first master key if needed.
+    /// An existing directory is checked.
     pub fn create(dir: impl Into<PathBuf>) -> Result<Self, KeyError> {
         let provider = Self { dir: dir.into() };
+        if let Some(parent) = provider.dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            fs::create_dir_all(parent).map_err(io_error("create directory", parent))?;
+        }
         ensure_private_dir(&provider.dir)?;
         ensure_private_dir(&provider.master_dir())?;
         ensure_private_dir(&provider.domains_dir())?;
@@ -224,7 +228,7 @@ mod tests {
     #[test]
     fn directory_and_files_are_private() {
         let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("keys");
+        let dir = tmp.path().join("parent/keys");
         let p = LocalKeyProvider::create(&dir).unwrap();
         p.domain_secret("default").unwrap();
         let id = p.current_key_id().unwrap();
