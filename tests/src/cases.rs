@@ -1,0 +1,387 @@
+//! The generated test images, each with the facts its flattened tree must
+//! show (an expected model checked independently of the umoci reference).
+
+use std::collections::BTreeSet;
+
+use sha2::{Digest, Sha256};
+
+use crate::imagegen::{Compression, Entry, Image, Layer};
+use crate::treecheck::{FileKind, Listing};
+
+/// A fact about the flattened tree.
+#[derive(Clone, Debug)]
+pub enum Expect {
+    /// The path does not exist.
+    Absent(&'static str),
+    /// A regular file with exactly this content.
+    Content(String, Vec<u8>),
+    /// The path has this type.
+    Kind(&'static str, FileKind),
+    /// Permission bits (with setuid/setgid/sticky).
+    Mode(&'static str, u32),
+    /// Owner and group.
+    Owner(&'static str, u32, u32),
+    /// mtime seconds and nanoseconds.
+    Mtime(&'static str, i64, u32),
+    /// An extended attribute's value.
+    Xattr(&'static str, &'static str, Vec<u8>),
+    /// Device numbers.
+    Rdev(&'static str, u32, u32),
+    /// A symlink target.
+    Target(&'static str, Vec<u8>),
+    /// These paths are one inode (and no other path is).
+    Linked(Vec<&'static str>),
+    /// Not hard-linked to anything.
+    NotLinked(&'static str),
+    /// A directory with exactly this many entries.
+    DirSize(&'static str, usize),
+}
+
+/// One generated image and what it must flatten to.
+pub struct Case {
+    /// Short name, used for file names.
+    pub name: &'static str,
+    /// The image.
+    pub image: Image,
+    /// Paths whose metadata the OCI rules leave to the implementation
+    /// (implicit parent directories and the root): mode/owner/mtime ignored
+    /// when comparing with the umoci reference.
+    pub unspecified: BTreeSet<String>,
+    /// Facts checked against every listing.
+    pub expect: Vec<Expect>,
+}
+
+/// A version-2 `security.capability` value granting `cap` (bit number) as
+/// effective and permitted.
+pub fn capability(cap: u32) -> Vec<u8> {
+    let mut v = Vec::new();
+    v.extend(0x0200_0001u32.to_le_bytes()); // VFS_CAP_REVISION_2 | EFFECTIVE
+    v.extend((1u32 << cap).to_le_bytes()); // permitted, low word
+    v.extend(0u32.to_le_bytes()); // inheritable, low word
+    v.extend(0u32.to_le_bytes()); // permitted, high word
+    v.extend(0u32.to_le_bytes()); // inheritable, high word
+    v
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len);
+    let mut block = Sha256::digest([seed]).to_vec();
+    while out.len() < len {
+        out.extend_from_slice(&block);
+        block = Sha256::digest(&block).to_vec();
+    }
+    out.truncate(len);
+    out
+}
+
+fn long(prefix: &str, len: usize) -> String {
+    let mut s = prefix.to_string();
+    while s.len() < len {
+        s.push(char::from(b'a' + (s.len() % 26) as u8));
+    }
+    s
+}
+
+fn set(paths: &[&str]) -> BTreeSet<String> {
+    paths.iter().map(|s| s.to_string()).collect()
+}
+
+/// Whiteouts, opaque directories, hard links, replacements, implicit
+/// parents, symlinks, devices, FIFOs, owners, mode bits, sub-second mtimes,
+/// xattrs and long names over three layers (plain, gzip, zstd).
+pub fn changeset() -> Case {
+    let big_xattr = pattern(2000, 7);
+    let slow_target = long("/usr/share/slow/target/", 150);
+    let pax_name = long("long/pax-", 180);
+    let gnu_name = long("long/gnu-", 220);
+    let gnu_link = long("long/gnulink-", 130);
+    let l1 = vec![
+        Entry::dir("etc").mtime(1_600_000_100, 111_111_111),
+        Entry::file("etc/passwd", b"root:x:0:0::/root:/bin/sh\n"),
+        Entry::file("etc/hidden", b"deleted by layer 2"),
+        Entry::dir("opq"),
+        Entry::file("opq/a", b"lower a"),
+        Entry::dir("opq/sub"),
+        Entry::file("opq/sub/b", b"lower b"),
+        Entry::file("f2d", b"file that becomes a dir"),
+        Entry::dir("d2f"),
+        Entry::file("d2f/child", b"child of a dir that becomes a file"),
+        Entry::dir("lower"),
+        Entry::file("lower/target", b"lower-layer file, linked from above").owner(5, 6),
+        Entry::dir("wdir"),
+        Entry::file("wdir/x", b"x"),
+        Entry::dir("wdir/y"),
+        Entry::file("suid", b"#!/bin/sh\n").mode(0o4755),
+        Entry::file("sgid", b"#!/bin/sh\n").mode(0o2755),
+        Entry::dir("sticky").mode(0o1777),
+        Entry::file("allbits", b"all mode bits").mode(0o7777),
+        Entry::file("nobits", b"no mode bits").mode(0),
+        Entry::file("owned", b"owned").owner(1000, 1001),
+        Entry::file("bigid", b"big ids").owner(3_000_000, 4_000_000),
+        Entry::dir("bigiddir").owner(2_097_152, 0xFFFF_FFFE),
+        Entry::file("nanos", b"sub-second").mtime(1_600_000_123, 456_789_012),
+        Entry::file("cap", b"\x7fELF")
+            .mode(0o755)
+            .xattr("security.capability", capability(10)),
+        Entry::file("uxattr", b"x")
+            .xattr("user.one", b"1")
+            .xattr("user.two", b"second value"),
+        Entry::file("bigxattr", b"y").xattr("user.big", &big_xattr),
+        Entry::dir("xdir").xattr("user.dirattr", b"on a dir"),
+        Entry::symlink("fastlink", b"etc/passwd"),
+        Entry::symlink("slowlink", slow_target.as_bytes()),
+        Entry::symlink("dangling", b"/nowhere/at/all"),
+        Entry::dir("dev"),
+        Entry::char_dev("dev/null", 1, 3).mode(0o666),
+        Entry::block_dev("dev/sda", 8, 0).mode(0o660).owner(0, 6),
+        Entry::block_dev("dev/bigdev", 259, 65_536).mode(0o600),
+        Entry::fifo("fifo").mode(0o620),
+        Entry::file("implicit/a/b/file", b"parents not listed"),
+        Entry::dir("long"),
+        Entry::file(pax_name.as_bytes(), b"pax long name"),
+        Entry::file(gnu_name.as_bytes(), b"gnu long name").gnu_long_names(),
+        Entry::hardlink(gnu_link.as_bytes(), gnu_name.as_bytes()).gnu_long_names(),
+        Entry::file("empty", b""),
+        Entry::dir("hl"),
+        Entry::file("hl/a", b"linked twice, first name removed later").mode(0o640),
+        Entry::hardlink("hl/b", b"hl/a"),
+        Entry::hardlink("hl/c", b"hl/a"),
+    ];
+    let l2 = vec![
+        Entry::whiteout("etc/hidden"),
+        Entry::file("opq/new", b"added before the marker"),
+        Entry::opaque("opq"),
+        Entry::dir("f2d").mode(0o750),
+        Entry::file("f2d/inner", b"inside the new dir"),
+        Entry::file("d2f", b"now a file"),
+        Entry::dir("upper"),
+        Entry::hardlink("upper/link", b"lower/target"),
+        Entry::whiteout("wdir"),
+        Entry::dir("l2"),
+        Entry::file("l2/orig", b"same-layer hard link"),
+        Entry::hardlink("l2/link1", b"l2/orig"),
+        Entry::file("etc/passwd", b"root:x:0:0::/root:/bin/bash\n"),
+    ];
+    let l3 = vec![
+        Entry::whiteout("hl/a"),
+        Entry::file("etc/new", b"third layer").mtime(1_600_000_300, 999_999_999),
+    ];
+    let image = Image::new(vec![
+        Layer::new(l1),
+        Layer::new(l2).compressed(Compression::Gzip),
+        Layer::new(l3).compressed(Compression::Zstd),
+    ]);
+    use Expect::*;
+    use FileKind as K;
+    let expect = vec![
+        Absent("/etc/hidden"),
+        Absent("/etc/.wh.hidden"),
+        Absent("/opq/a"),
+        Absent("/opq/sub"),
+        Absent("/opq/.wh..wh..opq"),
+        Content("/opq/new".into(), b"added before the marker".to_vec()),
+        DirSize("/opq", 1),
+        Kind("/f2d", K::Dir),
+        Mode("/f2d", 0o750),
+        Content("/f2d/inner".into(), b"inside the new dir".to_vec()),
+        Content("/d2f".into(), b"now a file".to_vec()),
+        Absent("/d2f/child"),
+        Linked(vec!["/lower/target", "/upper/link"]),
+        Owner("/upper/link", 5, 6),
+        Absent("/wdir"),
+        Linked(vec!["/l2/link1", "/l2/orig"]),
+        Content(
+            "/etc/passwd".into(),
+            b"root:x:0:0::/root:/bin/bash\n".to_vec(),
+        ),
+        Mode("/suid", 0o4755),
+        Mode("/sgid", 0o2755),
+        Mode("/sticky", 0o1777),
+        Mode("/allbits", 0o7777),
+        Mode("/nobits", 0),
+        Owner("/owned", 1000, 1001),
+        Owner("/bigid", 3_000_000, 4_000_000),
+        Owner("/bigiddir", 2_097_152, 0xFFFF_FFFE),
+        Mtime("/nanos", 1_600_000_123, 456_789_012),
+        Mtime("/etc/new", 1_600_000_300, 999_999_999),
+        Xattr("/cap", "security.capability", capability(10)),
+        Xattr("/uxattr", "user.two", b"second value".to_vec()),
+        Xattr("/bigxattr", "user.big", big_xattr),
+        Xattr("/xdir", "user.dirattr", b"on a dir".to_vec()),
+        Target("/fastlink", b"etc/passwd".to_vec()),
+        Target("/slowlink", slow_target.into_bytes()),
+        Target("/dangling", b"/nowhere/at/all".to_vec()),
+        Rdev("/dev/null", 1, 3),
+        Kind("/dev/null", K::CharDev),
+        Rdev("/dev/sda", 8, 0),
+        Kind("/dev/sda", K::BlockDev),
+        Rdev("/dev/bigdev", 259, 65_536),
+        Kind("/fifo", K::Fifo),
+        Mode("/fifo", 0o620),
+        Content("/implicit/a/b/file".into(), b"parents not listed".to_vec()),
+        Kind("/implicit/a", K::Dir),
+        Content(format!("/{pax_name}"), b"pax long name".to_vec()),
+        Content(format!("/{gnu_name}"), b"gnu long name".to_vec()),
+        Content(format!("/{gnu_link}"), b"gnu long name".to_vec()),
+        Content("/empty".into(), Vec::new()),
+        Absent("/hl/a"),
+        Linked(vec!["/hl/b", "/hl/c"]),
+        Content(
+            "/hl/b".into(),
+            b"linked twice, first name removed later".to_vec(),
+        ),
+        Mode("/hl/c", 0o640),
+    ];
+    Case {
+        name: "changeset",
+        image,
+        unspecified: set(&["/", "/implicit", "/implicit/a", "/implicit/a/b"]),
+        expect,
+    }
+}
+
+/// One directory holding 100,000 entries.
+pub fn big_dir() -> Case {
+    let mut entries = vec![Entry::dir("many")];
+    for i in 0..100_000 {
+        let e = if i % 1000 == 0 {
+            Entry::file(format!("many/f{i:06}"), format!("file {i}"))
+        } else {
+            Entry::file(format!("many/f{i:06}"), b"")
+        };
+        entries.push(e);
+    }
+    Case {
+        name: "bigdir",
+        image: Image::new(vec![Layer::new(entries).compressed(Compression::Gzip)]),
+        unspecified: set(&["/"]),
+        expect: vec![
+            Expect::DirSize("/many", 100_000),
+            Expect::Content("/many/f099000".into(), b"file 99000".to_vec()),
+        ],
+    }
+}
+
+/// Files that are mostly zeros (holes once flattened), and a file whose
+/// data alternates with holes block by block (many extents, a deep tree).
+pub fn sparse() -> Case {
+    let tail = pattern(10_000, 3);
+    // 2000 data blocks separated by holes: 2000 extents, a depth-2 tree.
+    let fragments: Vec<(u64, Vec<u8>)> = (0..2000u32)
+        .map(|i| (4096, pattern(4096, (i % 251) as u8)))
+        .collect();
+    let entries = vec![
+        Entry::sparse("zeros-then-tail", 64 << 20, &tail),
+        Entry::sparse("all-zeros", 8 << 20, b""),
+        Entry::sparse("unaligned", 12_345, b"end"),
+        Entry::file("dense", pattern(3 << 20, 9)),
+        Entry::sparse_runs("fragmented", fragments),
+    ];
+    Case {
+        name: "sparse",
+        image: Image::new(vec![Layer::new(entries).compressed(Compression::Zstd)]),
+        unspecified: set(&["/"]),
+        expect: vec![Expect::Kind("/zeros-then-tail", FileKind::File)],
+    }
+}
+
+/// Size of the file in [`huge`]: just over 4 GiB.
+pub const HUGE_SIZE: u64 = (4 << 30) + (1 << 20) + 4096;
+
+/// A file over 4 GiB (zeros, then data), in an uncompressed layer.
+pub fn huge() -> Case {
+    let tail = pattern(8192, 4);
+    let zeros = HUGE_SIZE - tail.len() as u64;
+    Case {
+        name: "huge",
+        image: Image::new(vec![Layer::new(vec![
+            Entry::file("small-before", b"before"),
+            Entry::sparse("huge", zeros, &tail),
+            Entry::file("small-after", b"after"),
+        ])]),
+        unspecified: set(&["/"]),
+        expect: vec![
+            Expect::Content("/small-after".into(), b"after".to_vec()),
+            Expect::Kind("/huge", FileKind::File),
+        ],
+    }
+}
+
+/// Checks every fact of `expect` in `listing`; returns the failures.
+pub fn check(listing: &Listing, expect: &[Expect]) -> Vec<String> {
+    let mut bad = Vec::new();
+    let hex = |b: &[u8]| hex::encode(Sha256::digest(b));
+    for e in expect {
+        let path: &str = match e {
+            Expect::Content(p, _) => p,
+            Expect::Absent(p)
+            | Expect::Kind(p, _)
+            | Expect::Mode(p, _)
+            | Expect::Owner(p, ..)
+            | Expect::Mtime(p, ..)
+            | Expect::Xattr(p, ..)
+            | Expect::Rdev(p, ..)
+            | Expect::Target(p, _)
+            | Expect::NotLinked(p)
+            | Expect::DirSize(p, _) => p,
+            Expect::Linked(ps) => ps[0],
+        };
+        let got = listing.get(path);
+        let ok = match (e, got) {
+            (Expect::Absent(_), g) => g.is_none(),
+            (_, None) => false,
+            (Expect::Content(_, c), Some(g)) => {
+                g.kind == FileKind::File && g.sha256.as_deref() == Some(hex(c).as_str())
+            }
+            (Expect::Kind(_, k), Some(g)) => g.kind == *k,
+            (Expect::Mode(_, m), Some(g)) => g.mode == *m,
+            (Expect::Owner(_, u, gid), Some(g)) => g.uid == *u && g.gid == *gid,
+            (Expect::Mtime(_, s, n), Some(g)) => g.mtime == *s && g.mtime_nanos == *n,
+            (Expect::Xattr(_, k, v), Some(g)) => g.xattrs.get(*k) == Some(v),
+            (Expect::Rdev(_, a, b), Some(g)) => g.rdev == Some((*a, *b)),
+            (Expect::Target(_, t), Some(g)) => g.target.as_ref() == Some(t),
+            (Expect::NotLinked(_), Some(g)) => g.link_group.is_none(),
+            (Expect::DirSize(p, n), Some(g)) => {
+                let prefix = format!("{p}/");
+                let count = listing
+                    .range(prefix.clone()..)
+                    .take_while(|(k, _)| k.starts_with(&prefix))
+                    .filter(|(k, _)| !k[prefix.len()..].contains('/'))
+                    .count();
+                g.kind == FileKind::Dir && count == *n
+            }
+            (Expect::Linked(ps), Some(g)) => {
+                let group = g.link_group.clone();
+                let members: Vec<&String> = listing
+                    .iter()
+                    .filter(|(_, e)| group.is_some() && e.link_group == group)
+                    .map(|(p, _)| p)
+                    .collect();
+                group.is_some()
+                    && members.len() == ps.len()
+                    && ps.iter().all(|p| members.iter().any(|m| m == p))
+            }
+        };
+        if !ok {
+            bad.push(format!("expected {e:?}, found {got:?}"));
+        }
+    }
+    bad
+}
+
+/// The masking rules for fields that a listing cannot see are the caller's;
+/// this skips the facts a producer cannot check (xattrs, rdev, links for
+/// ext4-view).
+pub fn visible_to_ext4_view(expect: &[Expect]) -> Vec<Expect> {
+    expect
+        .iter()
+        .filter(|e| {
+            !matches!(
+                e,
+                Expect::Xattr(..) | Expect::Rdev(..) | Expect::Linked(_) | Expect::NotLinked(_)
+            )
+        })
+        .cloned()
+        .collect()
+}

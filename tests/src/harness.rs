@@ -1,0 +1,131 @@
+//! Process and mount helpers shared by the integration tests.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Prints `SKIP: <reason>` to stderr (tests return right after).
+pub fn skip(reason: &str) {
+    eprintln!("SKIP: {reason}");
+}
+
+/// True when `tool` is on `PATH` (or in `/sbin`, `/usr/sbin`); otherwise
+/// prints a SKIP line naming it.
+pub fn require_tool(tool: &str) -> bool {
+    if find_tool(tool).is_some() {
+        return true;
+    }
+    skip(&format!(
+        "`{tool}` is not installed (run scripts/install-deps.sh)"
+    ));
+    false
+}
+
+/// The full path of `tool`, looking in `PATH`, `/usr/sbin` and `/sbin`.
+pub fn find_tool(tool: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+        .map(|d| d.join(tool))
+        .find(|p| p.is_file())
+}
+
+/// True when running as root; otherwise prints a SKIP line with `why`.
+pub fn require_root(why: &str) -> bool {
+    let out = Command::new("id").arg("-u").output();
+    let root = matches!(out, Ok(o) if String::from_utf8_lossy(&o.stdout).trim() == "0");
+    if !root {
+        skip(&format!("not running as root, needed for {why}"));
+    }
+    root
+}
+
+/// Runs a command, returning (success, stdout+stderr).
+pub fn run(cmd: &mut Command) -> (bool, String) {
+    match cmd.output() {
+        Ok(o) => (
+            o.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            ),
+        ),
+        Err(e) => (false, format!("could not run {cmd:?}: {e}")),
+    }
+}
+
+/// Panics with e2fsck's output unless `e2fsck -fn IMAGE` exits 0.
+pub fn assert_fsck_clean(image: &Path) {
+    let tool = find_tool("e2fsck").expect("e2fsck");
+    let (ok, out) = run(Command::new(tool).arg("-fn").arg(image));
+    assert!(
+        ok,
+        "e2fsck -fn {} reported problems:\n{out}",
+        image.display()
+    );
+}
+
+/// A mounted filesystem, unmounted on drop.
+pub struct Mount {
+    dir: PathBuf,
+}
+
+impl Mount {
+    /// `mount -o loop,OPTS IMAGE DIR`. `Ok(None)` (after a SKIP line) when
+    /// the kernel refuses loop mounts here; `Err` when the mount fails for
+    /// another reason (a bad image).
+    pub fn loop_mount(image: &Path, dir: &Path, read_only: bool) -> Result<Option<Mount>, String> {
+        let opts = if read_only { "loop,ro" } else { "loop,rw" };
+        let (ok, out) = run(Command::new("mount")
+            .args(["-t", "ext4", "-o", opts])
+            .arg(image)
+            .arg(dir));
+        if ok {
+            return Ok(Some(Mount {
+                dir: dir.to_path_buf(),
+            }));
+        }
+        let not_permitted = out.contains("permission denied")
+            || out.contains("must be superuser")
+            || out.contains("Operation not permitted")
+            || out.contains("failed to setup loop device")
+            || out.contains("could not find any free loop device");
+        if not_permitted {
+            skip(&format!("loop mount not permitted here: {}", out.trim()));
+            return Ok(None);
+        }
+        Err(format!(
+            "mount -o {opts} {} failed: {}",
+            image.display(),
+            out.trim()
+        ))
+    }
+
+    /// The mount point.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Unmounts now, reporting failure.
+    pub fn unmount(mut self) -> Result<(), String> {
+        let r = self.do_unmount();
+        self.dir = PathBuf::new();
+        r
+    }
+
+    fn do_unmount(&self) -> Result<(), String> {
+        if self.dir.as_os_str().is_empty() {
+            return Ok(());
+        }
+        let (ok, out) = run(Command::new("umount").arg(&self.dir));
+        if ok { Ok(()) } else { Err(out) }
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if let Err(e) = self.do_unmount() {
+            eprintln!("umount {} failed: {e}", self.dir.display());
+        }
+    }
+}

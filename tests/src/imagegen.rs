@@ -1,0 +1,769 @@
+//! Builds OCI images from a list of layers, each a list of tar entries, and
+//! writes them as an OCI layout directory, an oci-archive or a docker-archive.
+//!
+//! Output is deterministic: no clock, fixed entry order, gzip without a
+//! timestamp, JSON with sorted keys. Helpers at the end turn a good image into
+//! the bad inputs the flattener must reject.
+
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::tarw::{MAX_OCTAL7, MAX_OCTAL11, RawHeader, TarWriter};
+
+/// The default mtime of generated entries (2020-09-13).
+pub const DEFAULT_MTIME: i64 = 1_600_000_000;
+
+/// A regular file's content.
+#[derive(Clone, Debug)]
+pub enum Data {
+    /// These bytes.
+    Bytes(Vec<u8>),
+    /// Runs of (zero bytes, then these bytes), in order; the zeros are
+    /// streamed, never held whole.
+    Sparse(Vec<(u64, Vec<u8>)>),
+}
+
+impl Data {
+    /// Size in bytes.
+    pub fn len(&self) -> u64 {
+        match self {
+            Data::Bytes(b) => b.len() as u64,
+            Data::Sparse(runs) => runs.iter().map(|(z, d)| z + d.len() as u64).sum(),
+        }
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn reader(&self) -> Box<dyn Read + '_> {
+        match self {
+            Data::Bytes(b) => Box::new(&b[..]),
+            Data::Sparse(runs) => Box::new(RunsReader {
+                runs,
+                index: 0,
+                offset: 0,
+            }),
+        }
+    }
+}
+
+/// Reads runs of (zeros, data) without materializing the zeros.
+struct RunsReader<'a> {
+    runs: &'a [(u64, Vec<u8>)],
+    index: usize,
+    /// Position inside the current run (zeros first, then data).
+    offset: u64,
+}
+
+impl Read for RunsReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while let Some((zeros, data)) = self.runs.get(self.index) {
+            let run_len = zeros + data.len() as u64;
+            if self.offset >= run_len {
+                self.index += 1;
+                self.offset = 0;
+                continue;
+            }
+            let n = if self.offset < *zeros {
+                let n = buf.len().min((zeros - self.offset) as usize);
+                buf[..n].fill(0);
+                n
+            } else {
+                let start = (self.offset - zeros) as usize;
+                let n = buf.len().min(data.len() - start);
+                buf[..n].copy_from_slice(&data[start..start + n]);
+                n
+            };
+            self.offset += n as u64;
+            return Ok(n);
+        }
+        Ok(0)
+    }
+}
+
+/// What a tar entry is.
+#[derive(Clone, Debug)]
+pub enum Kind {
+    /// Regular file.
+    File(Data),
+    /// Directory.
+    Dir,
+    /// Symbolic link to this target.
+    Symlink(Vec<u8>),
+    /// Hard link to this path (as named in the archive).
+    Hardlink(Vec<u8>),
+    /// Character device.
+    CharDev(u32, u32),
+    /// Block device.
+    BlockDev(u32, u32),
+    /// Named pipe.
+    Fifo,
+}
+
+/// How names longer than 100 bytes are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LongNames {
+    /// PAX `path` / `linkpath` records.
+    Pax,
+    /// GNU `././@LongLink` records of type `L` / `K`.
+    Gnu,
+}
+
+/// One tar entry.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    /// Path exactly as written to the archive (a `/` is appended for dirs).
+    pub path: Vec<u8>,
+    /// Type and type-specific data.
+    pub kind: Kind,
+    /// Permission bits including setuid/setgid/sticky.
+    pub mode: u32,
+    /// Owner; above 2^21-1 it goes into a PAX record.
+    pub uid: u32,
+    /// Group; above 2^21-1 it goes into a PAX record.
+    pub gid: u32,
+    /// Seconds since the epoch.
+    pub mtime: i64,
+    /// Nanoseconds; non-zero values go into a PAX `mtime` record.
+    pub mtime_nanos: u32,
+    /// Extended attributes (PAX `SCHILY.xattr.NAME`).
+    pub xattrs: Vec<(String, Vec<u8>)>,
+    /// Extension used for long names.
+    pub long_names: LongNames,
+}
+
+impl Entry {
+    fn new(path: impl AsRef<[u8]>, kind: Kind, mode: u32) -> Self {
+        Entry {
+            path: path.as_ref().to_vec(),
+            kind,
+            mode,
+            uid: 0,
+            gid: 0,
+            mtime: DEFAULT_MTIME,
+            mtime_nanos: 0,
+            xattrs: Vec::new(),
+            long_names: LongNames::Pax,
+        }
+    }
+    /// A regular file (mode 0644).
+    pub fn file(path: impl AsRef<[u8]>, content: impl AsRef<[u8]>) -> Self {
+        Self::new(
+            path,
+            Kind::File(Data::Bytes(content.as_ref().to_vec())),
+            0o644,
+        )
+    }
+    /// A file of `zeros` zero bytes followed by `tail`.
+    pub fn sparse(path: impl AsRef<[u8]>, zeros: u64, tail: impl AsRef<[u8]>) -> Self {
+        Self::sparse_runs(path, vec![(zeros, tail.as_ref().to_vec())])
+    }
+    /// A file of runs of (zero bytes, then data).
+    pub fn sparse_runs(path: impl AsRef<[u8]>, runs: Vec<(u64, Vec<u8>)>) -> Self {
+        Self::new(path, Kind::File(Data::Sparse(runs)), 0o644)
+    }
+    /// A directory (mode 0755).
+    pub fn dir(path: impl AsRef<[u8]>) -> Self {
+        Self::new(path, Kind::Dir, 0o755)
+    }
+    /// A symbolic link (mode 0777).
+    pub fn symlink(path: impl AsRef<[u8]>, target: impl AsRef<[u8]>) -> Self {
+        Self::new(path, Kind::Symlink(target.as_ref().to_vec()), 0o777)
+    }
+    /// A hard link to `target`.
+    pub fn hardlink(path: impl AsRef<[u8]>, target: impl AsRef<[u8]>) -> Self {
+        Self::new(path, Kind::Hardlink(target.as_ref().to_vec()), 0o644)
+    }
+    /// A character device.
+    pub fn char_dev(path: impl AsRef<[u8]>, major: u32, minor: u32) -> Self {
+        Self::new(path, Kind::CharDev(major, minor), 0o666)
+    }
+    /// A block device.
+    pub fn block_dev(path: impl AsRef<[u8]>, major: u32, minor: u32) -> Self {
+        Self::new(path, Kind::BlockDev(major, minor), 0o660)
+    }
+    /// A FIFO.
+    pub fn fifo(path: impl AsRef<[u8]>) -> Self {
+        Self::new(path, Kind::Fifo, 0o644)
+    }
+    /// The whiteout that deletes `path` (`DIR/.wh.NAME`, an empty file).
+    pub fn whiteout(path: &str) -> Self {
+        let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
+        let p = if dir.is_empty() {
+            format!(".wh.{name}")
+        } else {
+            format!("{dir}/.wh.{name}")
+        };
+        Self::file(p, b"")
+    }
+    /// The opaque marker of directory `dir` (`DIR/.wh..wh..opq`).
+    pub fn opaque(dir: &str) -> Self {
+        Self::file(format!("{dir}/.wh..wh..opq"), b"")
+    }
+    /// Sets the permission bits.
+    pub fn mode(mut self, mode: u32) -> Self {
+        self.mode = mode;
+        self
+    }
+    /// Sets owner and group.
+    pub fn owner(mut self, uid: u32, gid: u32) -> Self {
+        self.uid = uid;
+        self.gid = gid;
+        self
+    }
+    /// Sets the mtime.
+    pub fn mtime(mut self, secs: i64, nanos: u32) -> Self {
+        self.mtime = secs;
+        self.mtime_nanos = nanos;
+        self
+    }
+    /// Adds an extended attribute.
+    pub fn xattr(mut self, name: &str, value: impl AsRef<[u8]>) -> Self {
+        self.xattrs
+            .push((name.to_string(), value.as_ref().to_vec()));
+        self
+    }
+    /// Uses GNU records for long names.
+    pub fn gnu_long_names(mut self) -> Self {
+        self.long_names = LongNames::Gnu;
+        self
+    }
+
+    /// Writes this entry (with any extension headers) to `w`.
+    pub fn write_to<W: Write>(&self, w: &mut TarWriter<W>) -> io::Result<()> {
+        let mut path = self.path.clone();
+        if matches!(self.kind, Kind::Dir) && !path.ends_with(b"/") {
+            path.push(b'/');
+        }
+        let (typeflag, link, size): (u8, &[u8], u64) = match &self.kind {
+            Kind::File(d) => (b'0', b"", d.len()),
+            Kind::Dir => (b'5', b"", 0),
+            Kind::Symlink(t) => (b'2', t, 0),
+            Kind::Hardlink(t) => (b'1', t, 0),
+            Kind::CharDev(..) => (b'3', b"", 0),
+            Kind::BlockDev(..) => (b'4', b"", 0),
+            Kind::Fifo => (b'6', b"", 0),
+        };
+        let (devmajor, devminor) = match self.kind {
+            Kind::CharDev(a, b) | Kind::BlockDev(a, b) => (a, b),
+            _ => (0, 0),
+        };
+        let mut pax: Vec<(String, Vec<u8>)> = Vec::new();
+        let gnu = self.long_names == LongNames::Gnu;
+        let mut name = path.clone();
+        if path.len() > 100 {
+            if gnu {
+                w.gnu_long(b'L', &path)?;
+            } else {
+                pax.push(("path".into(), path.clone()));
+            }
+            name.truncate(100);
+        }
+        let mut linkname = link.to_vec();
+        if link.len() > 100 {
+            if gnu {
+                w.gnu_long(b'K', link)?;
+            } else {
+                pax.push(("linkpath".into(), link.to_vec()));
+            }
+            linkname.truncate(100);
+        }
+        let uid = u64::from(self.uid);
+        let gid = u64::from(self.gid);
+        if uid > MAX_OCTAL7 {
+            pax.push(("uid".into(), uid.to_string().into_bytes()));
+        }
+        if gid > MAX_OCTAL7 {
+            pax.push(("gid".into(), gid.to_string().into_bytes()));
+        }
+        if self.mtime_nanos != 0 {
+            let v = format!("{}.{:09}", self.mtime, self.mtime_nanos);
+            pax.push(("mtime".into(), v.into_bytes()));
+        }
+        assert!(size <= MAX_OCTAL11, "sizes above 8 GiB are not supported");
+        for (k, v) in &self.xattrs {
+            pax.push((format!("SCHILY.xattr.{k}"), v.clone()));
+        }
+        if !pax.is_empty() {
+            w.pax(&pax)?;
+        }
+        let header = RawHeader {
+            name,
+            mode: self.mode,
+            uid: if uid > MAX_OCTAL7 { 0 } else { uid },
+            gid: if gid > MAX_OCTAL7 { 0 } else { gid },
+            size,
+            mtime: u64::try_from(self.mtime).expect("negative mtimes are not supported"),
+            typeflag,
+            linkname,
+            devmajor,
+            devminor,
+            gnu,
+        };
+        match &self.kind {
+            Kind::File(d) => w.entry(&header, d.reader()),
+            _ => w.entry(&header, io::empty()),
+        }
+    }
+}
+
+/// Layer compression.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compression {
+    /// Plain tar.
+    None,
+    /// gzip.
+    Gzip,
+    /// zstd.
+    Zstd,
+}
+
+impl Compression {
+    /// The OCI layer media type for this compression.
+    pub fn oci_media_type(self) -> &'static str {
+        match self {
+            Compression::None => "application/vnd.oci.image.layer.v1.tar",
+            Compression::Gzip => "application/vnd.oci.image.layer.v1.tar+gzip",
+            Compression::Zstd => "application/vnd.oci.image.layer.v1.tar+zstd",
+        }
+    }
+    /// The Docker layer media type (zstd has the OCI one only).
+    pub fn docker_media_type(self) -> &'static str {
+        match self {
+            Compression::None => "application/vnd.docker.image.rootfs.diff.tar",
+            Compression::Gzip => "application/vnd.docker.image.rootfs.diff.tar.gzip",
+            Compression::Zstd => "application/vnd.oci.image.layer.v1.tar+zstd",
+        }
+    }
+}
+
+/// One layer: entries in archive order, and how it is stored.
+#[derive(Clone, Debug)]
+pub struct Layer {
+    /// Entries in the order they appear in the tar.
+    pub entries: Vec<Entry>,
+    /// Compression of the blob.
+    pub compression: Compression,
+    /// A media type to write instead of the one `compression` implies.
+    pub media_type: Option<String>,
+    /// Bad input: cut the tar stream after this many bytes (before compressing).
+    pub truncate_tar_at: Option<u64>,
+    /// Bad input: damage the compressed stream in its middle (digest stays valid).
+    pub corrupt_compressed: bool,
+}
+
+impl Layer {
+    /// An uncompressed layer of these entries.
+    pub fn new(entries: Vec<Entry>) -> Self {
+        Layer {
+            entries,
+            compression: Compression::None,
+            media_type: None,
+            truncate_tar_at: None,
+            corrupt_compressed: false,
+        }
+    }
+    /// Sets the compression.
+    pub fn compressed(mut self, c: Compression) -> Self {
+        self.compression = c;
+        self
+    }
+}
+
+/// The runtime part of the image config.
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    /// `config.Entrypoint`.
+    pub entrypoint: Vec<String>,
+    /// `config.Cmd`.
+    pub cmd: Vec<String>,
+    /// `config.Env`.
+    pub env: Vec<String>,
+    /// `config.WorkingDir`.
+    pub working_dir: String,
+    /// `config.User`.
+    pub user: String,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        RunConfig {
+            entrypoint: vec!["/bin/sh".into(), "-c".into()],
+            cmd: vec!["echo hello".into()],
+            env: vec![
+                "PATH=/usr/local/bin:/usr/bin:/bin".into(),
+                "LANG=C.UTF-8".into(),
+            ],
+            working_dir: "/".into(),
+            user: "0:0".into(),
+        }
+    }
+}
+
+/// A whole image.
+#[derive(Clone, Debug, Default)]
+pub struct Image {
+    /// Layers, lowest first.
+    pub layers: Vec<Layer>,
+    /// Runtime config.
+    pub config: RunConfig,
+    /// Write Docker media types (manifest, config, layers) in OCI layouts.
+    pub docker_media_types: bool,
+}
+
+/// Digests of what was written (`sha256:<hex>`).
+#[derive(Clone, Debug)]
+pub struct Written {
+    /// The manifest blob.
+    pub manifest: String,
+    /// The config blob.
+    pub config: String,
+    /// Each layer blob, lowest first.
+    pub layers: Vec<String>,
+    /// Each layer's diff_id (digest of the uncompressed tar).
+    pub diff_ids: Vec<String>,
+}
+
+struct HashWriter<W> {
+    inner: W,
+    hash: Sha256,
+    limit: Option<u64>,
+    written: u64,
+}
+
+impl<W: Write> Write for HashWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let take = match self.limit {
+            Some(l) => buf.len().min(l.saturating_sub(self.written) as usize),
+            None => buf.len(),
+        };
+        self.inner.write_all(&buf[..take])?;
+        self.hash.update(&buf[..take]);
+        self.written += take as u64;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+fn hash_writer<W: Write>(inner: W, limit: Option<u64>) -> HashWriter<W> {
+    HashWriter {
+        inner,
+        hash: Sha256::new(),
+        limit,
+        written: 0,
+    }
+}
+
+fn digest_of(h: Sha256) -> String {
+    format!("sha256:{}", hex::encode(h.finalize()))
+}
+
+/// `sha256:<hex>` of a byte string.
+pub fn sha256_digest(bytes: &[u8]) -> String {
+    digest_of(Sha256::new_with_prefix(bytes))
+}
+
+/// `sha256:<hex>` of a file's content.
+pub fn file_digest(path: &Path) -> io::Result<String> {
+    let mut h = hash_writer(io::sink(), None);
+    io::copy(&mut File::open(path)?, &mut h)?;
+    Ok(digest_of(h.hash))
+}
+
+/// The hex part of `sha256:<hex>`.
+pub fn hex_of(digest: &str) -> &str {
+    digest.strip_prefix("sha256:").unwrap_or(digest)
+}
+
+/// Path of a blob in an OCI layout.
+pub fn blob_path(layout: &Path, digest: &str) -> PathBuf {
+    layout.join("blobs/sha256").join(hex_of(digest))
+}
+
+/// Writes a layer blob into `blobs`, returning (digest, diff_id, size).
+fn write_layer(layer: &Layer, blobs: &Path) -> io::Result<(String, String, u64)> {
+    let tmp = blobs.join(".layer.tmp");
+    let file = BufWriter::new(File::create(&tmp)?);
+    let outer = hash_writer(file, None);
+    let (outer, diff_id) = match layer.compression {
+        Compression::None => {
+            let inner = hash_writer(outer, layer.truncate_tar_at);
+            let inner = write_entries(&layer.entries, inner)?;
+            (inner.inner, inner.hash)
+        }
+        Compression::Gzip => {
+            let gz = flate2::write::GzEncoder::new(outer, flate2::Compression::new(6));
+            let inner = write_entries(&layer.entries, hash_writer(gz, layer.truncate_tar_at))?;
+            (inner.inner.finish()?, inner.hash)
+        }
+        Compression::Zstd => {
+            let z = zstd::stream::write::Encoder::new(outer, 3)?;
+            let inner = write_entries(&layer.entries, hash_writer(z, layer.truncate_tar_at))?;
+            (inner.inner.finish()?, inner.hash)
+        }
+    };
+    let mut digest = digest_of(outer.hash);
+    let mut size = outer.written;
+    outer
+        .inner
+        .into_inner()
+        .map_err(|e| e.into_error())?
+        .sync_all()?;
+    if layer.corrupt_compressed {
+        let mut f = fs::OpenOptions::new().read(true).write(true).open(&tmp)?;
+        // Past the gzip/zstd header, inside the compressed data.
+        let at = (size / 2).max(20);
+        assert!(at + 8 < size, "layer too small to corrupt");
+        f.seek(SeekFrom::Start(at))?;
+        f.write_all(&[0xde, 0xad, 0xbe, 0xef, 0x55, 0xaa, 0x00, 0xff])?;
+        drop(f);
+        digest = file_digest(&tmp)?;
+        size = fs::metadata(&tmp)?.len();
+    }
+    fs::rename(&tmp, blobs.join(hex_of(&digest)))?;
+    Ok((digest, digest_of(diff_id), size))
+}
+
+fn write_entries<W: Write>(entries: &[Entry], w: W) -> io::Result<W> {
+    let mut t = TarWriter::new(w);
+    for e in entries {
+        e.write_to(&mut t)?;
+    }
+    t.finish()
+}
+
+fn write_blob(blobs: &Path, bytes: &[u8]) -> io::Result<String> {
+    let d = sha256_digest(bytes);
+    fs::write(blobs.join(hex_of(&d)), bytes)?;
+    Ok(d)
+}
+
+fn to_json(v: &Value) -> Vec<u8> {
+    serde_json::to_vec(v).expect("json")
+}
+
+impl Image {
+    /// An image of these layers with the default run config.
+    pub fn new(layers: Vec<Layer>) -> Self {
+        Image {
+            layers,
+            ..Image::default()
+        }
+    }
+
+    /// The same image with zstd layers recompressed as gzip (same tar
+    /// streams, so the same diff_ids and tree): umoci 0.4 cannot read zstd.
+    pub fn without_zstd(&self) -> Image {
+        let mut img = self.clone();
+        for l in &mut img.layers {
+            if l.compression == Compression::Zstd {
+                l.compression = Compression::Gzip;
+            }
+        }
+        img
+    }
+
+    fn config_json(&self, diff_ids: &[String]) -> Value {
+        let c = &self.config;
+        json!({
+            "architecture": "amd64",
+            "os": "linux",
+            "created": "2020-09-13T12:26:40Z",
+            "config": {
+                "Entrypoint": c.entrypoint,
+                "Cmd": c.cmd,
+                "Env": c.env,
+                "WorkingDir": c.working_dir,
+                "User": c.user,
+            },
+            "rootfs": {"type": "layers", "diff_ids": diff_ids},
+            "history": diff_ids.iter().map(|_| json!({"created_by": "imagegen"})).collect::<Vec<_>>(),
+        })
+    }
+
+    /// Writes an OCI image layout at `dir` (created if needed) with `ref_name`
+    /// as the `org.opencontainers.image.ref.name` annotation.
+    pub fn write_oci_layout(&self, dir: &Path, ref_name: &str) -> io::Result<Written> {
+        let blobs = dir.join("blobs/sha256");
+        fs::create_dir_all(&blobs)?;
+        let (mut layers, mut diff_ids, mut descs) = (Vec::new(), Vec::new(), Vec::new());
+        for l in &self.layers {
+            let (digest, diff_id, size) = write_layer(l, &blobs)?;
+            let mt = match (&l.media_type, self.docker_media_types) {
+                (Some(m), _) => m.clone(),
+                (None, false) => l.compression.oci_media_type().to_string(),
+                (None, true) => l.compression.docker_media_type().to_string(),
+            };
+            descs.push(json!({"mediaType": mt, "digest": digest, "size": size}));
+            layers.push(digest);
+            diff_ids.push(diff_id);
+        }
+        let (manifest_mt, config_mt) = if self.docker_media_types {
+            (
+                "application/vnd.docker.distribution.manifest.v2+json",
+                "application/vnd.docker.container.image.v1+json",
+            )
+        } else {
+            (
+                "application/vnd.oci.image.manifest.v1+json",
+                "application/vnd.oci.image.config.v1+json",
+            )
+        };
+        let config = to_json(&self.config_json(&diff_ids));
+        let config_digest = write_blob(&blobs, &config)?;
+        let manifest = to_json(&json!({
+            "schemaVersion": 2,
+            "mediaType": manifest_mt,
+            "config": {"mediaType": config_mt, "digest": config_digest, "size": config.len()},
+            "layers": descs,
+        }));
+        let manifest_digest = write_blob(&blobs, &manifest)?;
+        let index = json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": [{
+                "mediaType": manifest_mt,
+                "digest": manifest_digest,
+                "size": manifest.len(),
+                "annotations": {"org.opencontainers.image.ref.name": ref_name},
+            }],
+        });
+        fs::write(dir.join("index.json"), to_json(&index))?;
+        fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+        Ok(Written {
+            manifest: manifest_digest,
+            config: config_digest,
+            layers,
+            diff_ids,
+        })
+    }
+
+    /// Writes an oci-archive (a tar of the OCI layout) at `file`.
+    pub fn write_oci_archive(&self, file: &Path, ref_name: &str) -> io::Result<Written> {
+        let tmp = tempfile::tempdir()?;
+        let written = self.write_oci_layout(tmp.path(), ref_name)?;
+        let mut names = vec![
+            ("oci-layout".to_string(), false),
+            ("index.json".to_string(), false),
+            ("blobs/".to_string(), true),
+            ("blobs/sha256/".to_string(), true),
+        ];
+        let mut blob_names: Vec<String> = fs::read_dir(tmp.path().join("blobs/sha256"))?
+            .map(|e| e.map(|e| format!("blobs/sha256/{}", e.file_name().to_string_lossy())))
+            .collect::<Result<_, _>>()?;
+        blob_names.sort();
+        names.extend(blob_names.into_iter().map(|n| (n, false)));
+        let mut t = TarWriter::new(BufWriter::new(File::create(file)?));
+        for (name, is_dir) in names {
+            let e = if is_dir {
+                Entry::dir(name)
+            } else {
+                let path = tmp.path().join(&name);
+                let size = fs::metadata(&path)?.len();
+                let header = RawHeader {
+                    name: name.into_bytes(),
+                    mode: 0o644,
+                    size,
+                    mtime: DEFAULT_MTIME as u64,
+                    typeflag: b'0',
+                    ..RawHeader::default()
+                };
+                t.entry(&header, File::open(&path)?)?;
+                continue;
+            };
+            e.write_to(&mut t)?;
+        }
+        t.finish()?
+            .into_inner()
+            .map_err(|e| e.into_error())?
+            .sync_all()?;
+        Ok(written)
+    }
+
+    /// Writes a docker-archive (as `docker save` does: `manifest.json`,
+    /// `<hex>.json` config and `<hex>/layer.tar` per layer) at `file`.
+    /// Layers keep their compression (docker itself writes them plain).
+    pub fn write_docker_archive(&self, file: &Path, repo_tag: &str) -> io::Result<Written> {
+        let tmp = tempfile::tempdir()?;
+        let written = self.write_oci_layout(tmp.path(), "latest")?;
+        let config_name = format!("{}.json", hex_of(&written.config));
+        let layer_names: Vec<String> = written
+            .diff_ids
+            .iter()
+            .map(|d| format!("{}/layer.tar", hex_of(d)))
+            .collect();
+        let manifest = to_json(&json!([{
+            "Config": config_name,
+            "RepoTags": [repo_tag],
+            "Layers": layer_names,
+        }]));
+        let mut t = TarWriter::new(BufWriter::new(File::create(file)?));
+        let put = |t: &mut TarWriter<_>, name: &str, src: &mut dyn Read, size: u64| {
+            let header = RawHeader {
+                name: name.as_bytes().to_vec(),
+                mode: 0o644,
+                size,
+                mtime: DEFAULT_MTIME as u64,
+                typeflag: b'0',
+                ..RawHeader::default()
+            };
+            t.entry(&header, src)
+        };
+        let config_path = blob_path(tmp.path(), &written.config);
+        put(
+            &mut t,
+            &config_name,
+            &mut File::open(&config_path)?,
+            fs::metadata(&config_path)?.len(),
+        )?;
+        let mut seen = std::collections::BTreeSet::new();
+        for (digest, name) in written.layers.iter().zip(&layer_names) {
+            if !seen.insert(name.clone()) {
+                continue;
+            }
+            let dir = name.trim_end_matches("/layer.tar");
+            Entry::dir(dir).write_to(&mut t)?;
+            let p = blob_path(tmp.path(), digest);
+            put(&mut t, name, &mut File::open(&p)?, fs::metadata(&p)?.len())?;
+        }
+        put(
+            &mut t,
+            "manifest.json",
+            &mut &manifest[..],
+            manifest.len() as u64,
+        )?;
+        t.finish()?
+            .into_inner()
+            .map_err(|e| e.into_error())?
+            .sync_all()?;
+        Ok(written)
+    }
+}
+
+/// Bad input: flips one byte in the middle of a blob after it was written,
+/// so its content no longer matches its digest.
+pub fn corrupt_blob(layout: &Path, digest: &str) -> io::Result<()> {
+    let p = blob_path(layout, digest);
+    let mut bytes = fs::read(&p)?;
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    fs::write(&p, bytes)
+}
+
+/// Bad input: removes a blob.
+pub fn remove_blob(layout: &Path, digest: &str) -> io::Result<()> {
+    fs::remove_file(blob_path(layout, digest))
+}
+
+/// Bytes of a generated tar of `entries` (uncompressed), for inspection.
+pub fn tar_bytes(entries: &[Entry]) -> Vec<u8> {
+    write_entries(entries, Vec::new()).expect("in-memory tar")
+}
