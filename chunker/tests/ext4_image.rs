@@ -20,13 +20,18 @@ fn opts() -> Ext4Options {
 }
 
 fn dir() -> InodeKind {
-    InodeKind::Dir { entries: BTreeMap::new() }
+    InodeKind::Dir {
+        entries: BTreeMap::new(),
+    }
 }
 
 fn with_xattrs(mode: u16, xattrs: &[(&str, &[u8])]) -> Metadata {
     Metadata {
         mode,
-        xattrs: xattrs.iter().map(|(k, v)| (k.as_bytes().to_vec(), v.to_vec())).collect(),
+        xattrs: xattrs
+            .iter()
+            .map(|(k, v)| (k.as_bytes().to_vec(), v.to_vec()))
+            .collect(),
         ..Metadata::default()
     }
 }
@@ -53,9 +58,23 @@ fn every_file_type() {
     b.file("etc/hello", b"hello, world\n", meta(0o644));
     b.file("empty", b"", meta(0o600));
     b.node("dir", dir(), meta(0o750));
-    b.node("link", InodeKind::Symlink { target: b"etc/hello".to_vec() }, meta(0o777));
-    b.node("dev/null", InodeKind::CharDev { major: 1, minor: 3 }, meta(0o666));
-    b.node("dev/sda", InodeKind::BlockDev { major: 8, minor: 0 }, meta(0o660));
+    b.node(
+        "link",
+        InodeKind::Symlink {
+            target: b"etc/hello".to_vec(),
+        },
+        meta(0o777),
+    );
+    b.node(
+        "dev/null",
+        InodeKind::CharDev { major: 1, minor: 3 },
+        meta(0o666),
+    );
+    b.node(
+        "dev/sda",
+        InodeKind::BlockDev { major: 8, minor: 0 },
+        meta(0o660),
+    );
     b.node("fifo", InodeKind::Fifo, meta(0o644));
     b.node("sock", InodeKind::Socket, meta(0o755));
     b.file("name with spaces and \u{e9}", b"x", meta(0o644));
@@ -76,17 +95,39 @@ fn the_trees_own_lost_and_found_is_used() {
 fn modes_owners_and_times() {
     let mut b = ImageBuilder::new(opts());
     let t = |secs, nanos| Timestamp { secs, nanos };
-    let m = |mode, uid, gid, mtime| Metadata { mode, uid, gid, mtime, ..Metadata::default() };
-    b.file("setuid", b"u", m(0o4755, 0, 0, t(1_700_000_000, 123_456_789)));
+    let m = |mode, uid, gid, mtime| Metadata {
+        mode,
+        uid,
+        gid,
+        mtime,
+        ..Metadata::default()
+    };
+    b.file(
+        "setuid",
+        b"u",
+        m(0o4755, 0, 0, t(1_700_000_000, 123_456_789)),
+    );
     b.file("setgid", b"g", m(0o2711, 1, 2, t(1, 1)));
     b.node("sticky", dir(), m(0o1777, 0, 0, t(0, 999_999_999)));
     b.file("all-bits", b"7", m(0o7777, 0, 0, t(0, 0)));
     b.file("no-bits", b"0", m(0, 0, 0, t(0, 0)));
-    b.file("big-ids", b"i", m(0o640, 70_000, 4_000_000_000, t(-1, 500_000_000)));
-    b.file("before-1970", b"b", m(0o644, 65_535, 65_536, t(-1_000_000_000, 42)));
+    b.file(
+        "big-ids",
+        b"i",
+        m(0o640, 70_000, 4_000_000_000, t(-1, 500_000_000)),
+    );
+    b.file(
+        "before-1970",
+        b"b",
+        m(0o644, 65_535, 65_536, t(-1_000_000_000, 42)),
+    );
     b.file("after-2038", b"a", m(0o644, 0, 0, t(4_102_444_800, 5)));
     b.node("old-dir", dir(), m(0o700, 1000, 1000, t(-86_400, 0)));
-    b.node("fifo-owned", InodeKind::Fifo, m(0o620, 123_456, 654_321, t(17, 17)));
+    b.node(
+        "fifo-owned",
+        InodeKind::Fifo,
+        m(0o620, 123_456, 654_321, t(17, 17)),
+    );
     let root = b.tree.root();
     b.tree.inode_mut(root).meta = m(0o711, 5, 6, t(1_234_567_890, 987_654_321));
     b.build().check_all();
@@ -98,8 +139,16 @@ fn xattrs_in_inode_and_block() {
     let big = vec![0xA5u8; 3000];
     let cap = capability();
     b.file("small", b"s", with_xattrs(0o644, &[("user.a", b"1")]));
-    b.file("cap", b"c", with_xattrs(0o755, &[("security.capability", &cap)]));
-    b.file("big", b"b", with_xattrs(0o644, &[("user.big", &big), ("user.small", b"x")]));
+    b.file(
+        "cap",
+        b"c",
+        with_xattrs(0o755, &[("security.capability", &cap)]),
+    );
+    b.file(
+        "big",
+        b"b",
+        with_xattrs(0o644, &[("user.big", &big), ("user.small", b"x")]),
+    );
     b.file(
         "many",
         b"m",
@@ -116,23 +165,55 @@ fn xattrs_in_inode_and_block() {
             ],
         ),
     );
-    b.node("xdir", dir(), with_xattrs(0o755, &[("user.dir", &[1u8; 1000]), ("trusted.d", b"d")]));
-    b.node("xlink", InodeKind::Symlink { target: b"small".to_vec() }, with_xattrs(0o777, &[("trusted.l", &[2u8; 500])]));
-    b.node("xfifo", InodeKind::Fifo, with_xattrs(0o644, &[("trusted.f", b"f")]));
+    b.node(
+        "xdir",
+        dir(),
+        with_xattrs(0o755, &[("user.dir", &[1u8; 1000]), ("trusted.d", b"d")]),
+    );
+    b.node(
+        "xlink",
+        InodeKind::Symlink {
+            target: b"small".to_vec(),
+        },
+        with_xattrs(0o777, &[("trusted.l", &[2u8; 500])]),
+    );
+    b.node(
+        "xfifo",
+        InodeKind::Fifo,
+        with_xattrs(0o644, &[("trusted.f", b"f")]),
+    );
     let root = b.tree.root();
-    b.tree.inode_mut(root).meta.xattrs.insert(b"user.root".to_vec(), b"r".to_vec());
+    b.tree
+        .inode_mut(root)
+        .meta
+        .xattrs
+        .insert(b"user.root".to_vec(), b"r".to_vec());
     b.build().check_all();
 }
 
 #[test]
 fn hard_links() {
     let mut b = ImageBuilder::new(opts());
-    b.file("a", b"shared bytes", with_xattrs(0o644, &[("user.k", b"v")]));
+    b.file(
+        "a",
+        b"shared bytes",
+        with_xattrs(0o644, &[("user.k", b"v")]),
+    );
     b.link("d/b", "a");
     b.link("d/e/c", "a");
-    b.node("dev/tty", InodeKind::CharDev { major: 5, minor: 0 }, meta(0o666));
+    b.node(
+        "dev/tty",
+        InodeKind::CharDev { major: 5, minor: 0 },
+        meta(0o666),
+    );
     b.link("dev/tty-again", "dev/tty");
-    b.node("s", InodeKind::Symlink { target: b"a".to_vec() }, meta(0o777));
+    b.node(
+        "s",
+        InodeKind::Symlink {
+            target: b"a".to_vec(),
+        },
+        meta(0o777),
+    );
     b.link("s2", "s");
     b.file("single", b"1", meta(0o644));
     let built = b.build();
@@ -146,21 +227,47 @@ fn fast_and_slow_symlinks() {
     let mut b = ImageBuilder::new(opts());
     for len in [1usize, 59, 60, 61, 4095] {
         let target: Vec<u8> = (0..len).map(|i| b"abcdefghij/"[i % 11]).collect();
-        b.node(&format!("l{len}"), InodeKind::Symlink { target }, meta(0o777));
+        b.node(
+            &format!("l{len}"),
+            InodeKind::Symlink { target },
+            meta(0o777),
+        );
     }
-    b.node("slow-with-xattr", InodeKind::Symlink { target: vec![b'x'; 100] }, with_xattrs(0o777, &[("trusted.big", &[3u8; 2000])]));
+    b.node(
+        "slow-with-xattr",
+        InodeKind::Symlink {
+            target: vec![b'x'; 100],
+        },
+        with_xattrs(0o777, &[("trusted.big", &[3u8; 2000])]),
+    );
     b.build().check_all();
 }
 
 #[test]
 fn devices() {
     let mut b = ImageBuilder::new(opts());
-    for (i, (major, minor)) in [(0, 0), (1, 3), (255, 255), (256, 0), (0, 256), (300, 70_000), (4095, 1_048_575)]
-        .into_iter()
-        .enumerate()
+    for (i, (major, minor)) in [
+        (0, 0),
+        (1, 3),
+        (255, 255),
+        (256, 0),
+        (0, 256),
+        (300, 70_000),
+        (4095, 1_048_575),
+    ]
+    .into_iter()
+    .enumerate()
     {
-        b.node(&format!("c{i}"), InodeKind::CharDev { major, minor }, meta(0o600));
-        b.node(&format!("b{i}"), InodeKind::BlockDev { major, minor }, meta(0o600));
+        b.node(
+            &format!("c{i}"),
+            InodeKind::CharDev { major, minor },
+            meta(0o600),
+        );
+        b.node(
+            &format!("b{i}"),
+            InodeKind::BlockDev { major, minor },
+            meta(0o600),
+        );
     }
     b.build().check_all();
 }
@@ -179,7 +286,9 @@ fn sparse_file() {
     let built = b.build();
     // Only the four data blocks take room in the data region.
     let id = built.tree.lookup(&ext4_support::p("sparse")).unwrap();
-    let InodeKind::File(fd) = &built.tree.inode(id).kind else { panic!() };
+    let InodeKind::File(fd) = &built.tree.inode(id).kind else {
+        panic!()
+    };
     assert_eq!(fd.allocated_blocks(), 4);
     built.check_all();
 }
@@ -202,7 +311,9 @@ fn fragmented_files_need_deep_extent_trees() {
     }
     let built = b.build();
     let id = built.tree.lookup(&ext4_support::p("frag1600")).unwrap();
-    let InodeKind::File(fd) = &built.tree.inode(id).kind else { panic!() };
+    let InodeKind::File(fd) = &built.tree.inode(id).kind else {
+        panic!()
+    };
     assert_eq!(fd.extents.len(), 1600);
     built.check_all();
 }
@@ -221,7 +332,10 @@ fn file_over_4_gib() {
 
 #[test]
 fn directory_with_100k_entries() {
-    let mut b = ImageBuilder::new(Ext4Options { spare_inodes: 100, ..opts() });
+    let mut b = ImageBuilder::new(Ext4Options {
+        spare_inodes: 100,
+        ..opts()
+    });
     for i in 0..100_000 {
         b.file(&format!("big/entry-{i:06}"), b"", meta(0o644));
     }
@@ -238,17 +352,31 @@ fn deep_nesting() {
         path.push_str(&format!("d{i:03}/"));
     }
     b.file(&format!("{path}bottom"), b"deep", meta(0o644));
-    b.node(&format!("{path}link"), InodeKind::Symlink { target: b"bottom".to_vec() }, meta(0o777));
+    b.node(
+        &format!("{path}link"),
+        InodeKind::Symlink {
+            target: b"bottom".to_vec(),
+        },
+        meta(0o777),
+    );
     b.build().check_all();
 }
 
 #[test]
 fn many_groups_with_a_partial_last_group() {
     // 25 groups of 128 MiB and a bit: bitmaps and tables for every group.
-    let opts = Ext4Options { free_bytes: 25 * (128 << 20) + 12345 * 4096, spare_inodes: 5000, ..opts() };
+    let opts = Ext4Options {
+        free_bytes: 25 * (128 << 20) + 12345 * 4096,
+        spare_inodes: 5000,
+        ..opts()
+    };
     let mut b = ImageBuilder::new(opts);
     for i in 0..50 {
-        b.file(&format!("f{i}"), &vec![i as u8 + 1; 5000 * (i + 1)], meta(0o644));
+        b.file(
+            &format!("f{i}"),
+            &vec![i as u8 + 1; 5000 * (i + 1)],
+            meta(0o644),
+        );
         b.begin_layer();
     }
     let built = b.build();
@@ -274,12 +402,21 @@ fn layers_with_deleted_and_replaced_files() {
 
 #[test]
 fn chunk_size_4_mib() {
-    let opts = Ext4Options { chunk_size: 4 << 20, ..opts() };
+    let opts = Ext4Options {
+        chunk_size: 4 << 20,
+        ..opts()
+    };
     let mut b = ImageBuilder::new(opts);
     b.file("l1", &vec![1u8; 3 << 20], meta(0o644));
     b.begin_layer();
     b.file("l2", &vec![2u8; 5 << 20], meta(0o644));
-    b.node("l2dir/x", InodeKind::Symlink { target: b"../l2".to_vec() }, meta(0o777));
+    b.node(
+        "l2dir/x",
+        InodeKind::Symlink {
+            target: b"../l2".to_vec(),
+        },
+        meta(0o777),
+    );
     let built = b.build();
     assert_eq!(built.summary.size % (4 << 20), 0);
     assert_eq!(built.summary.metadata_start % 1024, 0);
@@ -287,11 +424,28 @@ fn chunk_size_4_mib() {
 }
 
 fn mixed_tree(b: &mut ImageBuilder) {
-    b.file("a", b"alpha", with_xattrs(0o644, &[("user.x", &[9u8; 3000])]));
+    b.file(
+        "a",
+        b"alpha",
+        with_xattrs(0o644, &[("user.x", &[9u8; 3000])]),
+    );
     b.file("frag", &fragmented(20), meta(0o600));
     b.link("hard", "a");
-    b.node("l", InodeKind::Symlink { target: vec![b'q'; 80] }, meta(0o777));
-    b.node("c", InodeKind::CharDev { major: 300, minor: 70_000 }, meta(0o600));
+    b.node(
+        "l",
+        InodeKind::Symlink {
+            target: vec![b'q'; 80],
+        },
+        meta(0o777),
+    );
+    b.node(
+        "c",
+        InodeKind::CharDev {
+            major: 300,
+            minor: 70_000,
+        },
+        meta(0o600),
+    );
     for i in 0..500 {
         b.file(&format!("many/{i}"), format!("{i}").as_bytes(), meta(0o644));
     }

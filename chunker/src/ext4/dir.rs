@@ -118,12 +118,26 @@ mod tests {
 
     #[test]
     fn entries_fill_blocks_and_stretch_the_last() {
-        let names: Vec<Vec<u8>> = (0..1000).map(|i| format!("file-{i:05}").into_bytes()).collect();
+        let names: Vec<Vec<u8>> = (0..1000)
+            .map(|i| format!("file-{i:05}").into_bytes())
+            .collect();
         let mut entries = vec![
-            DirEntry { name: b".", ino: 2, file_type: file_type::DIR },
-            DirEntry { name: b"..", ino: 2, file_type: file_type::DIR },
+            DirEntry {
+                name: b".",
+                ino: 2,
+                file_type: file_type::DIR,
+            },
+            DirEntry {
+                name: b"..",
+                ino: 2,
+                file_type: file_type::DIR,
+            },
         ];
-        entries.extend(names.iter().map(|n| DirEntry { name: n, ino: 12, file_type: file_type::REG }));
+        entries.extend(names.iter().map(|n| DirEntry {
+            name: n,
+            ino: 12,
+            file_type: file_type::REG,
+        }));
         let bytes = encode(&entries);
         let lens = entries.iter().map(|e| e.name.len());
         assert_eq!(bytes.len() as u64, block_count(lens) * 4096);
@@ -133,7 +147,7 @@ mod tests {
             let mut off = 0;
             while off < 4096 {
                 let r = rec_len(block, off);
-                assert!(r >= 8 && r % 4 == 0);
+                assert!(r >= 8 && r.is_multiple_of(4));
                 seen += 1;
                 off += r;
             }

@@ -63,7 +63,7 @@ impl Bitmap {
     pub(crate) fn set_range(&mut self, start: usize, end: usize) {
         let mut i = start;
         // Bit by bit up to a byte boundary, then whole bytes.
-        while i < end && i % 8 != 0 {
+        while i < end && !i.is_multiple_of(8) {
             self.bytes[i / 8] |= 1 << (i % 8);
             i += 1;
         }

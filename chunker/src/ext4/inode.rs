@@ -69,7 +69,11 @@ pub(crate) fn encode_device(major: u32, minor: u32) -> Option<[u8; 60]> {
     if major < 256 && minor < 256 {
         put_u32(&mut b, 0, (major << 8) | minor);
     } else {
-        put_u32(&mut b, 4, (minor & 0xFF) | (major << 8) | ((minor & !0xFF) << 12));
+        put_u32(
+            &mut b,
+            4,
+            (minor & 0xFF) | (major << 8) | ((minor & !0xFF) << 12),
+        );
     }
     Some(b)
 }
@@ -158,7 +162,10 @@ mod tests {
         assert_eq!(t(1 << 31, 0), (0x8000_0000, 1));
         assert_eq!(t(i64::MAX, 0), t(MAX_SECS, 0));
         let (lo, extra) = t(MAX_SECS, 0);
-        assert_eq!(i64::from(lo as i32) + (i64::from(extra & 3) << 32), MAX_SECS);
+        assert_eq!(
+            i64::from(lo as i32) + (i64::from(extra & 3) << 32),
+            MAX_SECS
+        );
     }
 
     #[test]

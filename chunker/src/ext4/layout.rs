@@ -18,9 +18,9 @@
 //! and one inode table per group), so [`Geometry::compute`] iterates to a
 //! fixed point.
 
+use super::group::DESC_SIZE;
 use super::inode::INODE_SIZE;
 use super::{BLOCK_SIZE, Ext4Error};
-use super::group::DESC_SIZE;
 
 /// Blocks per group: one bitmap block's worth of bits.
 pub(crate) const BLOCKS_PER_GROUP: u64 = 8 * BLOCK_SIZE as u64;

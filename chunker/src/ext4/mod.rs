@@ -29,8 +29,8 @@ mod tests;
 mod writer;
 mod xattr;
 
-pub use data::MAX_EXTENT_LEN;
 use data::DataWriter;
+pub use data::MAX_EXTENT_LEN;
 
 use std::io::{self, Read};
 
@@ -160,7 +160,8 @@ impl<S: ImageSink> Ext4Builder<S> {
     /// Write the metadata for `tree` and the header, and finish the sink.
     pub fn finish(mut self, tree: &Tree) -> Result<(S, Ext4Summary), Ext4Error> {
         self.data.align_to_chunk();
-        let summary = writer::write_metadata(&mut self.sink, tree, self.data.next_block(), &self.opts)?;
+        let summary =
+            writer::write_metadata(&mut self.sink, tree, self.data.next_block(), &self.opts)?;
         self.sink.finish(summary.size)?;
         Ok((self.sink, summary))
     }

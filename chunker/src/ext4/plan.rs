@@ -140,7 +140,9 @@ impl<'t> Plan<'t> {
             .and_then(|e| e.get(LOST_FOUND))
             .copied()
             .filter(|&id| tree.inode(id).is_dir());
-        let has_lf_name = tree.entries(root).is_some_and(|e| e.contains_key(LOST_FOUND));
+        let has_lf_name = tree
+            .entries(root)
+            .is_some_and(|e| e.contains_key(LOST_FOUND));
         // A non-directory named lost+found is kept as it is; e2fsck will
         // complain about it, but it is what the image holds.
         let add_lost_found = !has_lf_name;
@@ -215,7 +217,10 @@ impl<'t> Plan<'t> {
 
     /// The highest inode number in use (10 when only reserved ones are).
     pub(crate) fn last_ino(&self) -> u32 {
-        self.nodes.last().map_or(ROOT_INO, |n| n.ino).max(FIRST_INO - 1)
+        self.nodes
+            .last()
+            .map_or(ROOT_INO, |n| n.ino)
+            .max(FIRST_INO - 1)
     }
 
     /// Inode number of a tree inode.
@@ -246,8 +251,16 @@ impl<'t> Plan<'t> {
     /// A directory node's entries, `.` and `..` first, then by name.
     pub(crate) fn dir_entries(&self, node: &Node) -> Vec<DirEntry<'t>> {
         let mut out = vec![
-            DirEntry { name: b".", ino: node.ino, file_type: file_type::DIR },
-            DirEntry { name: b"..", ino: node.parent, file_type: file_type::DIR },
+            DirEntry {
+                name: b".",
+                ino: node.ino,
+                file_type: file_type::DIR,
+            },
+            DirEntry {
+                name: b"..",
+                ino: node.parent,
+                file_type: file_type::DIR,
+            },
         ];
         if let Source::Tree(id) = node.source {
             let tree = self.tree;
@@ -258,7 +271,11 @@ impl<'t> Plan<'t> {
                 file_type: file_type_of(tree.inode(child)),
             }));
             if id == tree.root() && self.add_lost_found {
-                let lf = DirEntry { name: LOST_FOUND, ino: FIRST_INO, file_type: file_type::DIR };
+                let lf = DirEntry {
+                    name: LOST_FOUND,
+                    ino: FIRST_INO,
+                    file_type: file_type::DIR,
+                };
                 let at = out[2..].partition_point(|e| e.name < LOST_FOUND) + 2;
                 out.insert(at, lf);
             }
@@ -277,8 +294,14 @@ impl<'t> Plan<'t> {
     /// Xattrs of a node, encoded.
     pub(crate) fn xattrs(&self, node: &Node) -> Result<xattr::Encoded, Ext4Error> {
         xattr::encode(&self.meta(node).xattrs).map_err(|e| match e {
-            XattrError::Acl(name) => Ext4Error::AclNotSupported { path: self.path(node), name },
-            XattrError::Other(reason) => Ext4Error::Xattr { path: self.path(node), reason },
+            XattrError::Acl(name) => Ext4Error::AclNotSupported {
+                path: self.path(node),
+                name,
+            },
+            XattrError::Other(reason) => Ext4Error::Xattr {
+                path: self.path(node),
+                reason,
+            },
         })
     }
 
@@ -289,24 +312,32 @@ impl<'t> Plan<'t> {
         match node.source {
             Source::Tree(id) => match &self.tree.inode(id).kind {
                 InodeKind::File(data) => Some(extent::build(&data.extents, tree_at)),
-                InodeKind::Dir { .. } => {
-                    Some(extent::build(&extent::contiguous(node.first_block, node.data_blocks), tree_at))
-                }
-                InodeKind::Symlink { .. } if node.data_blocks > 0 => {
-                    Some(extent::build(&extent::contiguous(node.first_block, 1), tree_at))
-                }
+                InodeKind::Dir { .. } => Some(extent::build(
+                    &extent::contiguous(node.first_block, node.data_blocks),
+                    tree_at,
+                )),
+                InodeKind::Symlink { .. } if node.data_blocks > 0 => Some(extent::build(
+                    &extent::contiguous(node.first_block, 1),
+                    tree_at,
+                )),
                 _ => None,
             },
-            Source::LostFound => {
-                Some(extent::build(&extent::contiguous(node.first_block, node.data_blocks), tree_at))
-            }
+            Source::LostFound => Some(extent::build(
+                &extent::contiguous(node.first_block, node.data_blocks),
+                tree_at,
+            )),
         }
     }
 
     fn size_node(&self, node: &mut Node, data_start: u64, data_end: u64) -> Result<(), Ext4Error> {
         let source = node.source;
-        let bad = |reason: String| Ext4Error::BadEntry { path: self.source_path(source), reason };
-        let empty_dir = InodeKind::Dir { entries: Default::default() };
+        let bad = |reason: String| Ext4Error::BadEntry {
+            path: self.source_path(source),
+            reason,
+        };
+        let empty_dir = InodeKind::Dir {
+            entries: Default::default(),
+        };
         let kind = match source {
             Source::Tree(id) => &self.tree.inode(id).kind,
             Source::LostFound => &empty_dir,
@@ -359,13 +390,19 @@ impl<'t> Plan<'t> {
 fn check_extents(data: &FileData, data_start: u64, data_end: u64) -> Result<(), String> {
     let size_blocks = data.size.div_ceil(u64::from(BLOCK_SIZE));
     if size_blocks > 1 << 32 {
-        return Err(format!("file of {} bytes exceeds ext4's 16 TiB limit", data.size));
+        return Err(format!(
+            "file of {} bytes exceeds ext4's 16 TiB limit",
+            data.size
+        ));
     }
     let mut end = 0;
     for e in &data.extents {
         let (l, p, n) = (e.logical, e.physical, u64::from(e.len));
         if n == 0 || e.len > MAX_EXTENT_LEN || l < end || l + n > size_blocks {
-            return Err(format!("bad extent {e:?} for a file of {} bytes", data.size));
+            return Err(format!(
+                "bad extent {e:?} for a file of {} bytes",
+                data.size
+            ));
         }
         if p < data_start || p + n > data_end {
             return Err(format!("extent {e:?} lies outside the data region"));

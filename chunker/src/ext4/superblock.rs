@@ -101,7 +101,10 @@ impl Superblock {
         put_u32(
             &mut b,
             0x64,
-            RO_COMPAT_LARGE_FILE | RO_COMPAT_HUGE_FILE | RO_COMPAT_DIR_NLINK | RO_COMPAT_EXTRA_ISIZE,
+            RO_COMPAT_LARGE_FILE
+                | RO_COMPAT_HUGE_FILE
+                | RO_COMPAT_DIR_NLINK
+                | RO_COMPAT_EXTRA_ISIZE,
         );
         b[0x68..0x78].copy_from_slice(&self.uuid);
         // s_volume_name, s_last_mounted, s_algorithm_usage_bitmap,

@@ -36,7 +36,7 @@ struct RegionWriter<'a> {
 impl RegionWriter<'_> {
     fn write(&mut self, block: u64, bytes: &[u8]) -> Result<(), Ext4Error> {
         debug_assert!(block >= self.next, "metadata writes must go forward");
-        debug_assert!(bytes.len() % BS as usize == 0);
+        debug_assert!(bytes.len().is_multiple_of(BS as usize));
         let blocks: Vec<&[u8]> = bytes.chunks(BS as usize).collect();
         let mut i = 0;
         while i < blocks.len() {
@@ -101,7 +101,13 @@ pub(crate) fn write_metadata(
     let free_blocks: u64 = descs.iter().map(|d| u64::from(d.free_blocks)).sum();
     let free_inodes: u64 = descs.iter().map(|d| u64::from(d.free_inodes)).sum();
     out.hash.update(b"imagefs ext4 geometry");
-    for v in [geo.blocks, geo.groups, geo.inodes_per_group, free_blocks, free_inodes] {
+    for v in [
+        geo.blocks,
+        geo.groups,
+        geo.inodes_per_group,
+        free_blocks,
+        free_inodes,
+    ] {
         out.hash.update(v.to_le_bytes());
     }
     let digest = out.hash.finalize();
@@ -158,7 +164,11 @@ fn write_block_bitmaps(
         if let Source::Tree(id) = node.source
             && let InodeKind::File(data) = &tree.inode(id).kind
         {
-            used.extend(data.extents.iter().map(|e| (e.physical, e.physical + u64::from(e.len))));
+            used.extend(
+                data.extents
+                    .iter()
+                    .map(|e| (e.physical, e.physical + u64::from(e.len))),
+            );
         }
     }
     used.sort_unstable();
@@ -183,7 +193,10 @@ fn write_block_bitmaps(
             first += 1;
         }
         for &(s, e) in used[first..].iter().take_while(|r| r.0 < end) {
-            bitmap.set_range((s.max(start) - start) as usize, (e.min(end) - start) as usize);
+            bitmap.set_range(
+                (s.max(start) - start) as usize,
+                (e.min(end) - start) as usize,
+            );
         }
         let n = (end - start) as usize;
         desc.free_blocks = bitmap.count_clear(n) as u16;
@@ -275,7 +288,11 @@ fn disk_inode(plan: &Plan<'_>, node: &Node) -> Result<DiskInode, Ext4Error> {
             disk.mode |= mode::S_IFDIR;
             disk.size = node.data_blocks * BS;
             let links = 2 + plan.subdirs(node);
-            disk.links = if links > DIR_LINK_MAX { 1 } else { links as u16 };
+            disk.links = if links > DIR_LINK_MAX {
+                1
+            } else {
+                links as u16
+            };
         }
         Some(InodeKind::File(data)) => {
             disk.mode |= mode::S_IFREG;
@@ -292,7 +309,11 @@ fn disk_inode(plan: &Plan<'_>, node: &Node) -> Result<DiskInode, Ext4Error> {
         }
         Some(InodeKind::CharDev { major, minor }) | Some(InodeKind::BlockDev { major, minor }) => {
             let is_char = matches!(kind, Some(InodeKind::CharDev { .. }));
-            disk.mode |= if is_char { mode::S_IFCHR } else { mode::S_IFBLK };
+            disk.mode |= if is_char {
+                mode::S_IFCHR
+            } else {
+                mode::S_IFBLK
+            };
             disk.block = inode::encode_device(*major, *minor).expect("checked when planning");
         }
         Some(InodeKind::Fifo) => disk.mode |= mode::S_IFIFO,
@@ -312,7 +333,11 @@ fn disk_inode(plan: &Plan<'_>, node: &Node) -> Result<DiskInode, Ext4Error> {
 
 /// A node's directory or symlink blocks, extent tree blocks and xattr
 /// block, in that order from its first block.
-fn write_extra_blocks(out: &mut RegionWriter<'_>, plan: &Plan<'_>, node: &Node) -> Result<(), Ext4Error> {
+fn write_extra_blocks(
+    out: &mut RegionWriter<'_>,
+    plan: &Plan<'_>,
+    node: &Node,
+) -> Result<(), Ext4Error> {
     if node.extra_blocks() == 0 {
         return Ok(());
     }

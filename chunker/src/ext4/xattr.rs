@@ -222,7 +222,10 @@ mod tests {
         assert_eq!(&e.inline[4 + 16..4 + 17], b"a");
         // The single value byte sits (padded) at the very end of the area;
         // the offset counts from the first entry, 4 bytes in.
-        assert_eq!(u16::from_le_bytes([e.inline[6], e.inline[7]]), (96 - 4 - 4) as u16);
+        assert_eq!(
+            u16::from_le_bytes([e.inline[6], e.inline[7]]),
+            (96 - 4 - 4) as u16
+        );
     }
 
     #[test]
@@ -239,7 +242,10 @@ mod tests {
         assert_eq!(get_u32(&b, 32 + 12), entry_hash(b"big", &big));
         assert_eq!(get_u32(&b, 12), block_hash(&[entry_hash(b"big", &big)]));
         let too_big = vec![1u8; 5000];
-        assert!(matches!(encode(&map(&[("user.x", &too_big)])), Err(XattrError::Other(_))));
+        assert!(matches!(
+            encode(&map(&[("user.x", &too_big)])),
+            Err(XattrError::Other(_))
+        ));
     }
 
     #[test]
@@ -248,8 +254,14 @@ mod tests {
             encode(&map(&[("system.posix_acl_access", b"x")])).unwrap_err(),
             XattrError::Acl("system.posix_acl_access".into())
         );
-        assert!(matches!(encode(&map(&[("foo.bar", b"x")])), Err(XattrError::Other(_))));
-        assert!(matches!(encode(&map(&[("user.", b"x")])), Err(XattrError::Other(_))));
+        assert!(matches!(
+            encode(&map(&[("foo.bar", b"x")])),
+            Err(XattrError::Other(_))
+        ));
+        assert!(matches!(
+            encode(&map(&[("user.", b"x")])),
+            Err(XattrError::Other(_))
+        ));
     }
 
     #[test]

@@ -79,10 +79,22 @@ impl ImageBuilder {
     }
 
     /// A regular file of `size` bytes read from `src`.
-    pub fn file_from(&mut self, path: &str, src: &mut dyn Read, size: u64, meta: Metadata) -> InodeId {
-        let mut tee = Tee { inner: src, hash: Sha256::new() };
+    pub fn file_from(
+        &mut self,
+        path: &str,
+        src: &mut dyn Read,
+        size: u64,
+        meta: Metadata,
+    ) -> InodeId {
+        let mut tee = Tee {
+            inner: src,
+            hash: Sha256::new(),
+        };
         let data = self.builder.write_file(&mut tee, size).unwrap();
-        let id = self.tree.insert(&p(path), InodeKind::File(data), meta).unwrap();
+        let id = self
+            .tree
+            .insert(&p(path), InodeKind::File(data), meta)
+            .unwrap();
         self.hashes.insert(id, tee.hash.finalize().to_vec());
         id
     }
@@ -186,18 +198,28 @@ impl Built {
             if tree.inode(id).is_dir() {
                 dir_paths.insert(id, path.clone());
             }
-            out.push(Expected { path, id, inode: tree.inode(id), children: children(id, false) });
+            out.push(Expected {
+                path,
+                id,
+                inode: tree.inode(id),
+                children: children(id, false),
+            });
         });
         out
     }
 
     fn subdirs(&self, e: &Expected<'_>) -> usize {
-        let tree_subdirs = self
-            .tree
-            .entries(e.id)
-            .map_or(0, |en| en.values().filter(|&&c| self.tree.inode(c).is_dir()).count());
+        let tree_subdirs = self.tree.entries(e.id).map_or(0, |en| {
+            en.values()
+                .filter(|&&c| self.tree.inode(c).is_dir())
+                .count()
+        });
         let added_lf = e.id == self.tree.root()
-            && !self.tree.entries(e.id).unwrap().contains_key(&b"lost+found"[..]);
+            && !self
+                .tree
+                .entries(e.id)
+                .unwrap()
+                .contains_key(&b"lost+found"[..]);
         tree_subdirs + usize::from(added_lf)
     }
 
@@ -221,14 +243,22 @@ impl Built {
         // make a 100,000-entry directory quadratic.
         let expected = self.expected();
         let mut found: BTreeMap<Vec<u8>, Result<ext4_view::Metadata, String>> = BTreeMap::new();
-        found.insert(b"/".to_vec(), fs.symlink_metadata("/").map_err(|e| e.to_string()));
+        found.insert(
+            b"/".to_vec(),
+            fs.symlink_metadata("/").map_err(|e| e.to_string()),
+        );
         for e in expected.iter().filter(|e| e.inode.is_dir()) {
-            let Ok(entries) = fs.read_dir(&e.path[..]) else { continue };
+            let Ok(entries) = fs.read_dir(&e.path[..]) else {
+                continue;
+            };
             for d in entries {
                 let d = d.unwrap();
                 let name = d.file_name().as_ref().to_vec();
                 if name != b"." && name != b".." {
-                    found.insert(bytes_path(&e.path, &name), d.metadata().map_err(|e| e.to_string()));
+                    found.insert(
+                        bytes_path(&e.path, &name),
+                        d.metadata().map_err(|e| e.to_string()),
+                    );
                 }
             }
         }
@@ -242,7 +272,10 @@ impl Built {
                     // low word has the top bit set (before 1970, after
                     // 2038) that the kernel reads fine; the mount checks
                     // cover these.
-                    eprintln!("NOTE {path}: ext4-view 1.0 cannot decode mtime {:?}: {err}", e.inode.meta.mtime);
+                    eprintln!(
+                        "NOTE {path}: ext4-view 1.0 cannot decode mtime {:?}: {err}",
+                        e.inode.meta.mtime
+                    );
                     continue;
                 }
                 Some(Err(err)) => {
@@ -265,7 +298,13 @@ impl Built {
                 InodeKind::Fifo => ft.is_fifo(),
                 InodeKind::Socket => ft.is_socket(),
             };
-            let got = (md.mode(), md.uid(), md.gid(), md.modified().seconds(), md.modified().nanoseconds());
+            let got = (
+                md.mode(),
+                md.uid(),
+                md.gid(),
+                md.modified().seconds(),
+                md.modified().nanoseconds(),
+            );
             let want = (m.mode & 0o7777, m.uid, m.gid, m.mtime.secs, m.mtime.nanos);
             if !type_ok || got != want {
                 bad.push(format!("{path}: ext4-view type ok {type_ok}, (mode, uid, gid, secs, nanos) {got:?} want {want:?}"));
@@ -273,7 +312,11 @@ impl Built {
             match &e.inode.kind {
                 InodeKind::File(data) => {
                     if md.len() != data.size {
-                        bad.push(format!("{path}: ext4-view size {} want {}", md.len(), data.size));
+                        bad.push(format!(
+                            "{path}: ext4-view size {} want {}",
+                            md.len(),
+                            data.size
+                        ));
                     }
                     let mut h = Sha256::new();
                     let mut buf = vec![0u8; 1 << 20];
@@ -304,7 +347,11 @@ impl Built {
                         .collect();
                     names.sort();
                     if Some(&names) != e.children.as_ref() {
-                        bad.push(format!("{path}: ext4-view lists {} entries, want {}", names.len(), e.children.as_ref().unwrap().len()));
+                        bad.push(format!(
+                            "{path}: ext4-view lists {} entries, want {}",
+                            names.len(),
+                            e.children.as_ref().unwrap().len()
+                        ));
                     }
                 }
                 _ => {}
@@ -316,7 +363,9 @@ impl Built {
     /// Loop-mount the image and compare through the kernel. Read-write
     /// mounts also write to the image and then run e2fsck again.
     pub fn check_mount(&self, read_only: bool) {
-        let Some(mnt) = Mount::new(&self.path, read_only) else { return };
+        let Some(mnt) = Mount::new(&self.path, read_only) else {
+            return;
+        };
         let mut bad = Vec::new();
         let mut ino_of: BTreeMap<InodeId, u64> = BTreeMap::new();
         let mut id_of: BTreeMap<u64, InodeId> = BTreeMap::new();
@@ -341,14 +390,33 @@ impl Built {
                 InodeKind::Fifo => (ft.is_fifo(), u64::from(e.inode.names)),
                 InodeKind::Socket => (ft.is_socket(), u64::from(e.inode.names)),
             };
-            let got = (md.mode() & 0o7777, md.uid(), md.gid(), md.mtime(), md.mtime_nsec(), md.nlink());
-            let want = (u32::from(m.mode & 0o7777), m.uid, m.gid, m.mtime.secs, i64::from(m.mtime.nanos), links);
+            let got = (
+                md.mode() & 0o7777,
+                md.uid(),
+                md.gid(),
+                md.mtime(),
+                md.mtime_nsec(),
+                md.nlink(),
+            );
+            let want = (
+                u32::from(m.mode & 0o7777),
+                m.uid,
+                m.gid,
+                m.mtime.secs,
+                i64::from(m.mtime.nanos),
+                links,
+            );
             if !type_ok || got != want {
                 bad.push(format!("{path}: kernel type ok {type_ok}, (mode, uid, gid, secs, nanos, nlink) {got:?} want {want:?}"));
             }
             // Hard-link identity: one inode number per tree inode.
-            if *ino_of.entry(e.id).or_insert(md.ino()) != md.ino() || *id_of.entry(md.ino()).or_insert(e.id) != e.id {
-                bad.push(format!("{path}: inode number {} breaks hard-link identity", md.ino()));
+            if *ino_of.entry(e.id).or_insert(md.ino()) != md.ino()
+                || *id_of.entry(md.ino()).or_insert(e.id) != e.id
+            {
+                bad.push(format!(
+                    "{path}: inode number {} breaks hard-link identity",
+                    md.ino()
+                ));
             }
             let mut names: BTreeSet<Vec<u8>> = BTreeSet::new();
             for name in xattr::list(&host).unwrap() {
@@ -365,7 +433,11 @@ impl Built {
             match &e.inode.kind {
                 InodeKind::File(data) => {
                     if md.len() != data.size {
-                        bad.push(format!("{path}: kernel size {} want {}", md.len(), data.size));
+                        bad.push(format!(
+                            "{path}: kernel size {} want {}",
+                            md.len(),
+                            data.size
+                        ));
                     } else if hash_file(&host) != self.hashes[&e.id] {
                         bad.push(format!("{path}: kernel content differs"));
                     }
@@ -378,9 +450,14 @@ impl Built {
                 }
                 InodeKind::CharDev { major, minor } | InodeKind::BlockDev { major, minor } => {
                     let rdev = md.rdev();
-                    let got = (((rdev >> 8) & 0xfff) | ((rdev >> 32) & !0xfff), (rdev & 0xff) | ((rdev >> 12) & !0xff));
+                    let got = (
+                        ((rdev >> 8) & 0xfff) | ((rdev >> 32) & !0xfff),
+                        (rdev & 0xff) | ((rdev >> 12) & !0xff),
+                    );
                     if got != (u64::from(*major), u64::from(*minor)) {
-                        bad.push(format!("{path}: kernel device {got:?} want {major}:{minor}"));
+                        bad.push(format!(
+                            "{path}: kernel device {got:?} want {major}:{minor}"
+                        ));
                     }
                 }
                 InodeKind::Dir { .. } => {
@@ -390,7 +467,11 @@ impl Built {
                         .collect();
                     names.sort();
                     if Some(&names) != e.children.as_ref() {
-                        bad.push(format!("{path}: kernel lists {} entries, want {}", names.len(), e.children.as_ref().unwrap().len()));
+                        bad.push(format!(
+                            "{path}: kernel lists {} entries, want {}",
+                            names.len(),
+                            e.children.as_ref().unwrap().len()
+                        ));
                     }
                 }
                 _ => {}
@@ -409,7 +490,14 @@ impl Built {
             fs::remove_file(d.join("f3")).unwrap();
         }
         drop(mnt);
-        report(if read_only { "read-only mount" } else { "read-write mount" }, bad);
+        report(
+            if read_only {
+                "read-only mount"
+            } else {
+                "read-write mount"
+            },
+            bad,
+        );
         if !read_only {
             fsck(&self.path);
         }
@@ -442,7 +530,9 @@ fn report(what: &str, bad: Vec<String>) {
 pub fn fsck(image: &Path) {
     let e2fsck = Path::new("/usr/sbin/e2fsck");
     if !e2fsck.exists() {
-        eprintln!("SKIP e2fsck check: /usr/sbin/e2fsck is not installed (apt-get install e2fsprogs)");
+        eprintln!(
+            "SKIP e2fsck check: /usr/sbin/e2fsck is not installed (apt-get install e2fsprogs)"
+        );
         return;
     }
     let out = Command::new(e2fsck).arg("-fn").arg(image).output().unwrap();
@@ -464,24 +554,41 @@ impl Mount {
     /// Mount, or say why not and return `None` when we lack the privilege
     /// or the loop device support to mount.
     fn new(image: &Path, read_only: bool) -> Option<Mount> {
-        let uid = Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+        let uid = Command::new("id")
+            .arg("-u")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
         if uid.as_deref().ok() != Some("0") {
             eprintln!("SKIP kernel mount check: not running as root");
             return None;
         }
         let dir = tempfile::tempdir().unwrap();
         let opts = if read_only { "loop,ro" } else { "loop" };
-        let out = Command::new("mount").args(["-t", "ext4", "-o", opts]).arg(image).arg(dir.path()).output().unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "ext4", "-o", opts])
+            .arg(image)
+            .arg(dir.path())
+            .output()
+            .unwrap();
         if !out.status.success() {
             let err = String::from_utf8_lossy(&out.stderr).to_lowercase();
-            if err.contains("permission denied") || err.contains("operation not permitted") || err.contains("failed to setup loop device") {
+            if err.contains("permission denied")
+                || err.contains("operation not permitted")
+                || err.contains("failed to setup loop device")
+            {
                 eprintln!("SKIP kernel mount check: mount is not permitted here: {err}");
                 return None;
             }
-            let dmesg = Command::new("dmesg").output().map(|o| o.stdout).unwrap_or_default();
+            let dmesg = Command::new("dmesg")
+                .output()
+                .map(|o| o.stdout)
+                .unwrap_or_default();
             let dmesg = String::from_utf8_lossy(&dmesg);
             let tail: Vec<&str> = dmesg.lines().rev().take(10).collect();
-            panic!("mount -o {opts} failed: {err}\nkernel log:\n{}", tail.join("\n"));
+            panic!(
+                "mount -o {opts} failed: {err}\nkernel log:\n{}",
+                tail.join("\n")
+            );
         }
         Some(Mount { dir })
     }
@@ -489,7 +596,10 @@ impl Mount {
 
 impl Drop for Mount {
     fn drop(&mut self) {
-        let ok = Command::new("umount").arg(self.dir.path()).status().is_ok_and(|s| s.success());
+        let ok = Command::new("umount")
+            .arg(self.dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
         if !ok && !std::thread::panicking() {
             panic!("umount {} failed", self.dir.path().display());
         }
