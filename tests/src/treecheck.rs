@@ -76,6 +76,8 @@ pub struct Mask {
     pub rdev: bool,
     /// Ignore hard-link identity everywhere.
     pub link_group: bool,
+    /// Ignore sub-second mtimes everywhere.
+    pub mtime_nanos: bool,
     /// Ignore the mtime of these paths (for example implicit parents).
     pub mtime_of: BTreeSet<String>,
     /// Ignore mode, owner and mtime of these paths.
@@ -106,6 +108,9 @@ impl Mask {
             }
             if self.link_group {
                 e.link_group = None;
+            }
+            if self.mtime_nanos {
+                e.mtime_nanos = 0;
             }
             if self.mtime_of.contains(path) || self.meta_of.contains(path) {
                 e.mtime = 0;

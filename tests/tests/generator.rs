@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use tests::cases::{self, Case};
+use tests::cases::{self, Case, Expect};
 use tests::harness::{require_root, require_tool, run};
 use tests::imagegen::{Compression, Entry, file_digest};
 use tests::treecheck::{Mask, assert_same, umoci_reference};
@@ -180,4 +180,65 @@ fn escaping_and_long_names_are_written_verbatim() {
             ("a".repeat(150), Some("3000000".to_string())),
         ]
     );
+}
+
+/// The listing producers agree with each other on an image made by
+/// `mke2fs -d` from umoci's rootfs: the kernel mount shows the reference
+/// tree, ext4-view shows it too (minus what it cannot see).
+#[test]
+fn listing_producers_agree_on_mke2fs_image() {
+    use tests::harness::{Mount, assert_fsck_clean};
+    use tests::treecheck::{list_dir, list_ext4_image};
+    if !require_tool("umoci")
+        || !require_tool("mke2fs")
+        || !require_tool("e2fsck")
+        || !require_root("umoci unpack and mount")
+    {
+        return;
+    }
+    let case = cases::changeset();
+    let tmp = tempfile::tempdir().unwrap();
+    umoci_listing(&case, tmp.path());
+    // mke2fs -d (e2fsprogs 1.47) fails on a 2000-byte xattr; drop it here.
+    let rootfs = tmp.path().join("bundle/rootfs");
+    xattr::remove(rootfs.join("bigxattr"), "user.big").unwrap();
+    let reference = tests::treecheck::list_dir(&rootfs, &[]).unwrap();
+    let image = tmp.path().join("disk.img");
+    let (ok, out) = run(Command::new("mke2fs")
+        .args(["-q", "-t", "ext4", "-I", "256", "-O", "^has_journal", "-d"])
+        .arg(tmp.path().join("bundle/rootfs"))
+        .arg(&image)
+        .arg("64M"));
+    assert!(ok, "mke2fs: {out}");
+    assert_fsck_clean(&image);
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let Some(m) = Mount::loop_mount(&image, &mnt, true).unwrap() else {
+        return;
+    };
+    let mounted = list_dir(m.path(), &["/lost+found"]).unwrap();
+    m.unmount().unwrap();
+    // mke2fs -d drops sub-second mtimes.
+    let mask = Mask {
+        meta_of: ["/".to_string()].into(),
+        mtime_nanos: true,
+        ..Mask::default()
+    };
+    assert_same("umoci", &reference, "mount", &mounted, &mask);
+    let viewed = list_ext4_image(&image, &["/lost+found"]).unwrap();
+    let mask = Mask {
+        meta_of: ["/".to_string()].into(),
+        mtime_nanos: true,
+        ..Mask::ext4_view()
+    };
+    assert_same("umoci", &reference, "ext4-view", &viewed, &mask);
+    let expect: Vec<_> = case
+        .expect
+        .into_iter()
+        .filter(|e| !matches!(e, Expect::Mtime(..) | Expect::Xattr(_, "user.big", _)))
+        .collect();
+    let bad = cases::check(&mounted, &expect);
+    assert!(bad.is_empty(), "mount:\n  {}", bad.join("\n  "));
+    let bad = cases::check(&viewed, &cases::visible_to_ext4_view(&expect));
+    assert!(bad.is_empty(), "ext4-view:\n  {}", bad.join("\n  "));
 }
