@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Install the Debian packages the tests and benchmarks need (Debian 12,
+# bookworm, as root).  Idempotent and fast when everything is present: it only
+# touches apt when a package is missing.  Quiet unless it installs something
+# or something fails.
+#
+# Usage: scripts/install-deps.sh
+set -euo pipefail
+
+export DEBIAN_FRONTEND=noninteractive
+
+# Packages that must be installed.
+required=(
+    e2fsprogs debootstrap umoci skopeo busybox-static zstd attr libclang-dev
+    tar gzip util-linux kmod cpio
+)
+# Packages installed only if the distribution has them.
+optional=(fuse3)
+
+die() { echo "install-deps: $*" >&2; exit 1; }
+
+installed() {
+    [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null || true)" = "install ok installed" ]
+}
+
+missing=()
+for p in "${required[@]}" "${optional[@]}"; do
+    installed "$p" || missing+=("$p")
+done
+[ "${#missing[@]}" -eq 0 ] && exit 0
+
+[ "$(id -u)" = 0 ] || die "need root to install: ${missing[*]}"
+command -v apt-get >/dev/null || die "apt-get not found (this script is for Debian); install by hand: ${missing[*]}"
+
+log=$(mktemp -t install-deps.XXXXXX)
+trap 'rm -f "$log"' EXIT
+
+# A missing package means the package lists may be stale (or absent on a
+# fresh machine): refresh them once.  A failure here is not fatal by itself —
+# an unrelated, unreachable third-party source makes apt-get update fail while
+# the Debian lists are fine — the install below decides.
+if ! apt-get update >"$log" 2>&1; then
+    echo "install-deps: warning: 'apt-get update' reported errors (continuing):" >&2
+    grep -E '^(E|W):' "$log" >&2 || tail -n 20 "$log" >&2
+fi
+
+# Drop optional packages the distribution does not have.
+to_install=()
+for p in "${missing[@]}"; do
+    optional_pkg=0
+    for o in "${optional[@]}"; do [ "$p" = "$o" ] && optional_pkg=1; done
+    if [ "$optional_pkg" = 1 ]; then
+        candidate=$(apt-cache policy "$p" 2>/dev/null | awk '/Candidate:/ {print $2}')
+        if [ -z "$candidate" ] || [ "$candidate" = "(none)" ]; then
+            echo "install-deps: optional package $p is not available; skipping" >&2
+            continue
+        fi
+    fi
+    to_install+=("$p")
+done
+[ "${#to_install[@]}" -eq 0 ] && exit 0
+
+if ! apt-get install -y --no-install-recommends "${to_install[@]}" >"$log" 2>&1; then
+    cat "$log" >&2
+    die "apt-get install failed for: ${to_install[*]}"
+fi
+
+# Check that apt really did install everything.
+for p in "${to_install[@]}"; do
+    installed "$p" || { cat "$log" >&2; die "package $p is still not installed"; }
+done
+echo "install-deps: installed ${to_install[*]}"
