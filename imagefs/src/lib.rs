@@ -1,0 +1,15 @@
+//! imagefs: reading images back from sealed manifests and chunk stores.
+//!
+//! Layers:
+//! - [`open`]: find a manifest by digest or tag and unseal it;
+//! - [`verify`]: check every chunk of an image (present, id, decryption);
+//! - [`export`]: reassemble the plaintext image into a sparse file.
+#![forbid(unsafe_code)]
+
+pub mod export;
+pub mod open;
+pub mod verify;
+
+pub use export::{ExportError, ExportReport, export};
+pub use open::{OpenError, OpenedImage, open_image};
+pub use verify::{BadChunk, VerifyReport, verify};
