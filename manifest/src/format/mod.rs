@@ -6,6 +6,7 @@
 
 pub mod codec;
 pub mod manifest;
+mod json;
 
 pub use codec::{MANIFEST_MAGIC, MANIFEST_VERSION};
 pub use manifest::{ChunkEntry, DomainMismatch, ImageConfig, Manifest};
