@@ -468,3 +468,41 @@ fn same_tree_gives_identical_bytes() {
     let other = std::fs::read(&b.build().path).unwrap();
     assert_ne!(images[0][0x468..0x478], other[0x468..0x478]);
 }
+
+#[test]
+fn more_than_65000_subdirectories_link_count_1() {
+    let mut b = ImageBuilder::new(opts());
+    for i in 0..65_001 {
+        b.node(&format!("wide/d{i}"), dir(), meta(0o755));
+    }
+    b.file("wide/d7/file", b"f", meta(0o644));
+    let built = b.build();
+    // ext4-view looks each directory up by path through a 65,001-entry
+    // linear parent, which is quadratic; e2fsck and the kernel check it.
+    ext4_support::fsck(&built.path);
+    built.check_mount(true);
+    built.check_mount(false);
+}
+
+#[test]
+fn free_space_is_usable_when_mounted() {
+    let free = 16 << 20;
+    let mut b = ImageBuilder::new(Ext4Options {
+        free_bytes: free,
+        ..opts()
+    });
+    b.file("a", &[1u8; 100_000], meta(0o644));
+    let built = b.build();
+    built.with_rw_mount(|root| {
+        // All but a little of the free space asked for takes a file
+        // (the new file's own extent blocks come out of the rest).
+        let data = vec![0x77u8; free as usize - (256 << 10)];
+        std::fs::write(root.join("fill"), &data).unwrap();
+        let f = std::fs::File::options()
+            .write(true)
+            .open(root.join("fill"))
+            .unwrap();
+        f.sync_all().unwrap();
+        assert_eq!(std::fs::read(root.join("fill")).unwrap().len(), data.len());
+    });
+}

@@ -29,6 +29,9 @@ const INODES_PER_BLOCK: u64 = BLOCK_SIZE as u64 / INODE_SIZE as u64;
 /// The most inodes a group can have: one inode bitmap block's worth.
 const MAX_INODES_PER_GROUP: u64 = 8 * BLOCK_SIZE as u64;
 
+/// The most blocks Linux holds back from allocation on a mounted ext4.
+const KERNEL_RESERVE_MAX: u64 = 4096;
+
 /// Where everything goes, in blocks.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Geometry {
@@ -58,8 +61,8 @@ impl Geometry {
     /// Size the image: file data ends before `first_free` (a chunk
     /// boundary), the tree needs `extra_blocks` per-inode blocks and
     /// `inodes_used` inodes (reserved ones included), plus `spare_inodes`
-    /// and `free_blocks` of room; the image ends on a `chunk_blocks`
-    /// boundary.
+    /// and `free_blocks` of room (plus what the kernel holds back); the
+    /// image ends on a `chunk_blocks` boundary.
     pub(crate) fn compute(
         first_free: u64,
         extra_blocks: u64,
@@ -70,13 +73,27 @@ impl Geometry {
     ) -> Result<Geometry, Ext4Error> {
         let inodes_needed = inodes_used + spare_inodes;
         let mut groups = inodes_needed.div_ceil(MAX_INODES_PER_GROUP).max(1);
+        let mut reserve = 0;
         let (blocks, inodes_per_group) = loop {
             let ipg = inodes_needed
                 .div_ceil(groups)
                 .next_multiple_of(INODES_PER_BLOCK)
                 .min(MAX_INODES_PER_GROUP);
             let meta = groups * (2 + ipg / INODES_PER_BLOCK) + extra_blocks;
-            let blocks = (first_free + meta + free_blocks).next_multiple_of(chunk_blocks);
+            let blocks = (first_free + meta + free_blocks + reserve).next_multiple_of(chunk_blocks);
+            // Linux keeps min(2 %, 4096) blocks back from ordinary
+            // allocation (`ext4_calculate_resv_clusters`); add them so
+            // that the free space asked for is free space a mounted image
+            // can use. An image asked to have none gets none.
+            let want_reserve = if free_blocks > 0 {
+                blocks.div_ceil(50).min(KERNEL_RESERVE_MAX)
+            } else {
+                0
+            };
+            if want_reserve > reserve {
+                reserve = want_reserve;
+                continue;
+            }
             let need = blocks.div_ceil(BLOCKS_PER_GROUP);
             if need > groups {
                 // More blocks than the groups cover: more groups, which
@@ -141,6 +158,9 @@ mod tests {
     fn small_image_is_one_group() {
         let g = Geometry::compute(32, 3, 12, 100, 0, 16).unwrap();
         assert_eq!(g.groups, 1);
+        let roomy = Geometry::compute(32, 3, 12, 100, 10_000, 16).unwrap();
+        // 2 % of the total on top of the free blocks asked for.
+        assert!(roomy.blocks >= 32 + 12 + 10_000 + roomy.blocks / 50);
         assert_eq!(g.inodes_per_group, 112);
         assert_eq!(g.itable_blocks, 7);
         assert_eq!(g.meta_end, 32 + 2 + 7 + 3);
@@ -154,7 +174,7 @@ mod tests {
         let g = Geometry::compute(16, 10, 20, 4096, free, 16).unwrap();
         assert!(g.groups > 20);
         assert_eq!(g.groups, g.blocks.div_ceil(BLOCKS_PER_GROUP));
-        assert!(g.meta_end + free <= g.blocks);
+        assert!(g.meta_end + free + 4096 <= g.blocks);
         assert_eq!(g.inodes_per_group % 16, 0);
         assert!(g.inodes_per_group * g.groups >= 4116);
         assert!(g.group_blocks(g.groups - 1) < BLOCKS_PER_GROUP);

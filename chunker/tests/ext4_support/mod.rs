@@ -504,6 +504,19 @@ impl Built {
     }
 }
 
+impl Built {
+    /// Run `f` on the image mounted read-write (skipped, loudly, where we
+    /// cannot mount), then check it with e2fsck.
+    pub fn with_rw_mount(&self, f: impl FnOnce(&Path)) {
+        let Some(mnt) = Mount::new(&self.path, false) else {
+            return;
+        };
+        f(mnt.dir.path());
+        drop(mnt);
+        fsck(&self.path);
+    }
+}
+
 fn hash_file(path: &Path) -> Vec<u8> {
     let mut f = fs::File::open(path).unwrap();
     let mut h = Sha256::new();
