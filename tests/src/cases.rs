@@ -15,6 +15,8 @@ pub enum Expect {
     Absent(&'static str),
     /// A regular file with exactly this content.
     Content(String, Vec<u8>),
+    /// A regular file with this SHA-256 (hex) and size.
+    Sha256(String, String, u64),
     /// The path has this type.
     Kind(&'static str, FileKind),
     /// Permission bits (with setuid/setgid/sticky).
@@ -314,7 +316,7 @@ pub fn check(listing: &Listing, expect: &[Expect]) -> Vec<String> {
     let hex = |b: &[u8]| hex::encode(Sha256::digest(b));
     for e in expect {
         let path: &str = match e {
-            Expect::Content(p, _) => p,
+            Expect::Content(p, _) | Expect::Sha256(p, ..) => p,
             Expect::Absent(p)
             | Expect::Kind(p, _)
             | Expect::Mode(p, _)
@@ -333,6 +335,9 @@ pub fn check(listing: &Listing, expect: &[Expect]) -> Vec<String> {
             (_, None) => false,
             (Expect::Content(_, c), Some(g)) => {
                 g.kind == FileKind::File && g.sha256.as_deref() == Some(hex(c).as_str())
+            }
+            (Expect::Sha256(_, h, size), Some(g)) => {
+                g.kind == FileKind::File && g.sha256.as_ref() == Some(h) && g.size == *size
             }
             (Expect::Kind(_, k), Some(g)) => g.kind == *k,
             (Expect::Mode(_, m), Some(g)) => g.mode == *m,

@@ -41,6 +41,13 @@ impl Data {
         self.len() == 0
     }
 
+    /// SHA-256 (hex) of the content, streamed.
+    pub fn sha256(&self) -> String {
+        let mut h = hash_writer(io::sink(), None);
+        io::copy(&mut self.reader(), &mut h).expect("hash in memory");
+        hex::encode(h.hash.finalize())
+    }
+
     fn reader(&self) -> Box<dyn Read + '_> {
         match self {
             Data::Bytes(b) => Box::new(&b[..]),

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cases;
+pub mod e2e;
 pub mod harness;
 pub mod imagegen;
 pub mod tarw;
