@@ -182,6 +182,17 @@ fn xattrs_in_inode_and_block() {
         InodeKind::Fifo,
         with_xattrs(0o644, &[("trusted.f", b"f")]),
     );
+    b.node(
+        "xdev",
+        InodeKind::BlockDev {
+            major: 300,
+            minor: 70_000,
+        },
+        with_xattrs(
+            0o600,
+            &[("trusted.dev", &[5u8; 1500]), ("security.s", b"s")],
+        ),
+    );
     let root = b.tree.root();
     b.tree
         .inode_mut(root)
