@@ -3,13 +3,20 @@
 //! Layout of an image (4 KiB blocks):
 //!
 //! ```text
-//! chunk 0            superblock, group descriptors (written last)
+//! chunk 0            superblock, group descriptors (written last); the
+//!                    rest of the chunk is free space
 //! chunk 1 ..         layer 1 file data, layer 2 file data (each layer
 //!                    starting on a chunk boundary), in tar order
-//! next chunk ..      metadata: inode tables, bitmaps, directories, extent
+//! next chunk ..      metadata: bitmaps, inode tables, directories, extent
 //!                    tree blocks, xattr blocks, long symlinks
-//! then               free space (zeros), as configured
+//! then               free space (zeros), as configured, plus what Linux
+//!                    holds back; padded to a whole chunk
 //! ```
+//!
+//! One file per on-disk concept: `superblock`, `group` (descriptors and
+//! bitmaps), `inode`, `extent` (extent trees), `dir` (directory
+//! blocks), `xattr`; `layout` sizes and places the metadata, `plan`
+//! numbers the inodes, and `writer` writes it all out.
 //!
 //! File data streams out while the layers are read ([`Ext4Builder::write_file`]);
 //! the metadata region is written by [`Ext4Builder::finish`] from the flattened

@@ -227,3 +227,20 @@ fn too_many_groups_for_the_header_chunk() {
         Err(Ext4Error::TooLarge(_))
     ));
 }
+
+#[test]
+fn blocks_claimed_twice_are_an_error() {
+    let mut b = Ext4Builder::new(VecSink::default(), opts()).unwrap();
+    let fd = b.write_file(&mut &[1u8; 5000][..], 5000).unwrap();
+    let mut tree = Tree::new();
+    // A copy of the same FileData instead of a hard link.
+    tree.insert(&path("a"), InodeKind::File(fd.clone()), Metadata::default())
+        .unwrap();
+    tree.insert(&path("b"), InodeKind::File(fd), Metadata::default())
+        .unwrap();
+    let err = b.finish(&tree).unwrap_err();
+    assert!(
+        matches!(&err, Ext4Error::BadEntry { path, reason } if path == "/b" && reason.contains("/a")),
+        "{err}"
+    );
+}

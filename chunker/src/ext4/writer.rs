@@ -159,7 +159,11 @@ fn write_block_bitmaps(
     descs: &mut [GroupDesc],
 ) -> Result<(), Ext4Error> {
     let tree = plan.tree();
-    let mut used: Vec<(u64, u64)> = vec![(0, 1 + geo.gdt_blocks), (geo.meta_start, geo.meta_end)];
+    // (start, end, owning node): None for the header and metadata region.
+    let mut used: Vec<(u64, u64, Option<&Node>)> = vec![
+        (0, 1 + geo.gdt_blocks, None),
+        (geo.meta_start, geo.meta_end, None),
+    ];
     for node in &plan.nodes {
         if let Source::Tree(id) = node.source
             && let InodeKind::File(data) = &tree.inode(id).kind
@@ -167,20 +171,20 @@ fn write_block_bitmaps(
             used.extend(
                 data.extents
                     .iter()
-                    .map(|e| (e.physical, e.physical + u64::from(e.len))),
+                    .map(|e| (e.physical, e.physical + u64::from(e.len), Some(node))),
             );
         }
     }
-    used.sort_unstable();
+    used.sort_unstable_by_key(|r| (r.0, r.1));
     for pair in used.windows(2) {
-        if pair[1].0 < pair[0].1 {
+        let ((_, end, a), (start, _, b)) = (pair[0], pair[1]);
+        if start < end {
+            // Two inodes claiming the same blocks: a caller that copied a
+            // file's FileData instead of making a hard link, say.
+            let name = |n: Option<&Node>| n.map_or("filesystem metadata".into(), |n| plan.path(n));
             return Err(Ext4Error::BadEntry {
-                path: "/".into(),
-                reason: format!(
-                    "blocks {}..{} belong to two files or to a file and metadata",
-                    pair[1].0,
-                    pair[0].1.min(pair[1].1)
-                ),
+                path: name(b),
+                reason: format!("its data blocks from {start} are also used by {}", name(a)),
             });
         }
     }
@@ -192,7 +196,7 @@ fn write_block_bitmaps(
         while first < used.len() && used[first].1 <= start {
             first += 1;
         }
-        for &(s, e) in used[first..].iter().take_while(|r| r.0 < end) {
+        for &(s, e, _) in used[first..].iter().take_while(|r| r.0 < end) {
             bitmap.set_range(
                 (s.max(start) - start) as usize,
                 (e.min(end) - start) as usize,
