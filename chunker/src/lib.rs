@@ -1,11 +1,20 @@
 //! chunker: from an OCI image to a deterministic ext4 image.
 //!
 //! Layers, from input to output:
+//! - [`oci`]: image sources, blobs and layer streams, digests checked;
+//! - [`flatten`]: layers applied to the tree, file data streamed to ext4;
 //! - [`tree`]: the flattened file tree that layers add up to;
 //! - [`ext4`]: the ext4 writer (file data streamed, metadata at the end);
 //! - [`sink`]: where image bytes go.
 #![forbid(unsafe_code)]
 
 pub mod ext4;
+pub mod flatten;
+pub mod oci;
 pub mod sink;
 pub mod tree;
+
+pub use flatten::{
+    FlattenError, FlattenOptions, FlattenReport, LayerReport, flatten_into, flatten_to_file,
+};
+pub use oci::{ImageConfig, ImageSource};

@@ -1,0 +1,144 @@
+//! Flattening: an image's layers, applied in order, into one ext4 image.
+//!
+//! [`flatten_into`] and [`flatten_to_file`] are the entry points: open the
+//! source, stream each layer's files into an [`Ext4Builder`] (each layer
+//! starting on a chunk boundary) while the changesets build the [`Tree`],
+//! check each layer's digests once it has been read, then write the
+//! metadata. A digest mismatch found at the end of a layer is still an
+//! error: the output is discarded ([`flatten_to_file`] removes it).
+
+pub mod apply;
+pub mod entry;
+mod output;
+
+use std::io;
+use std::path::PathBuf;
+
+pub use apply::{LayerError, apply_layer};
+pub use entry::EntryError;
+pub use output::flatten_to_file;
+
+use crate::ext4::{Ext4Builder, Ext4Error, Ext4Options, Ext4Summary};
+use crate::oci::{Digest, Image, ImageConfig, ImageSource, SourceError};
+use crate::sink::ImageSink;
+use crate::tree::Tree;
+
+/// How to flatten.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FlattenOptions {
+    /// Options of the ext4 image.
+    pub ext4: Ext4Options,
+}
+
+/// What one layer contributed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LayerReport {
+    /// The blob digest (computed, and checked where the source records it).
+    pub digest: Digest,
+    /// The uncompressed digest (checked against the config).
+    pub diff_id: Digest,
+    /// The media type; for a `docker save` layer, the OCI type of what
+    /// its magic bytes showed.
+    pub media_type: String,
+    /// Bytes of the blob as stored.
+    pub compressed_bytes: u64,
+    /// Bytes of the uncompressed tar.
+    pub uncompressed_bytes: u64,
+    /// Tar entries (whiteouts included, PAX global headers not).
+    pub entries: u64,
+}
+
+/// What a flattening produced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FlattenReport {
+    /// The manifest digest (for a legacy `docker save` archive, which has
+    /// no manifest blob, the config digest).
+    pub image_digest: Digest,
+    /// What a VM needs to start the image.
+    pub config: ImageConfig,
+    /// The layers, bottom first.
+    pub layers: Vec<LayerReport>,
+    /// The ext4 image.
+    pub ext4: Ext4Summary,
+}
+
+/// Errors from flattening an image.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FlattenError {
+    /// Opening the image or checking a blob failed.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// A layer's tar or one of its entries is bad.
+    #[error(transparent)]
+    Layer(#[from] LayerError),
+    /// The ext4 image cannot be written.
+    #[error("cannot build the ext4 image")]
+    Ext4(#[from] Ext4Error),
+    /// The output file cannot be created or put in place.
+    #[error("cannot write {}", path.display())]
+    Output {
+        /// The output (or its temporary) path.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+}
+
+/// Apply every layer of `image` to a new tree, streaming file data into
+/// `builder`. Each layer's digests are checked after it is read. The tree
+/// is returned for [`Ext4Builder::finish`] (and for tests to inspect).
+pub fn flatten_layers<S: ImageSink>(
+    image: &Image,
+    builder: &mut Ext4Builder<S>,
+) -> Result<(Tree, Vec<LayerReport>), FlattenError> {
+    let mut tree = Tree::new();
+    let mut reports = Vec::with_capacity(image.layers.len());
+    for layer in &image.layers {
+        builder.begin_layer();
+        let (mut stream, media_type) = image.open_layer(layer)?;
+        let entries = apply_layer(&mut stream, layer.name(), &mut tree, builder)?;
+        let digests = stream.finish()?;
+        reports.push(LayerReport {
+            digest: digests.digest,
+            diff_id: digests.diff_id,
+            media_type,
+            compressed_bytes: digests.compressed_bytes,
+            uncompressed_bytes: digests.uncompressed_bytes,
+            entries,
+        });
+    }
+    Ok((tree, reports))
+}
+
+/// Flatten an opened image into `sink`.
+pub fn flatten_image<S: ImageSink>(
+    image: &Image,
+    sink: S,
+    opts: &FlattenOptions,
+) -> Result<(S, FlattenReport), FlattenError> {
+    let mut builder = Ext4Builder::new(sink, opts.ext4.clone())?;
+    let (tree, layers) = flatten_layers(image, &mut builder)?;
+    let (sink, ext4) = builder.finish(&tree)?;
+    let report = FlattenReport {
+        image_digest: image.digest.clone(),
+        config: image.config.clone(),
+        layers,
+        ext4,
+    };
+    Ok((sink, report))
+}
+
+/// Flatten the image `source` names into `sink`. On error the sink's
+/// contents are meaningless and should be discarded.
+pub fn flatten_into<S: ImageSink>(
+    source: &ImageSource,
+    sink: S,
+    opts: &FlattenOptions,
+) -> Result<(S, FlattenReport), FlattenError> {
+    let image = Image::open(source)?;
+    flatten_image(&image, sink, opts)
+}
+
+#[cfg(test)]
+mod tests;

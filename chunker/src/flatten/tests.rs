@@ -1,0 +1,533 @@
+//! Changeset semantics on generated layers, asserted on the resulting tree
+//! and the file bytes in the image.
+
+use std::cell::RefCell;
+use std::fs;
+use std::io;
+use std::rc::Rc;
+
+use super::*;
+use crate::ext4::BLOCK_SIZE;
+use crate::oci::testimg::{TarWriter, TestImage, TestLayer, header};
+use crate::oci::{Compression, Image};
+use crate::sink::{ImageSink, VecSink};
+use crate::tree::{FileData, InodeKind, Timestamp};
+
+/// A sink whose bytes the test can still read while the builder owns it.
+#[derive(Clone, Default)]
+struct SharedSink(Rc<RefCell<Vec<u8>>>);
+
+impl ImageSink for SharedSink {
+    fn write_at(&mut self, offset: u64, buf: &[u8]) -> io::Result<()> {
+        let mut v = self.0.borrow_mut();
+        let end = offset as usize + buf.len();
+        if v.len() < end {
+            v.resize(end, 0);
+        }
+        v[offset as usize..end].copy_from_slice(buf);
+        Ok(())
+    }
+
+    fn finish(&mut self, _len: u64) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+struct Flat {
+    tree: Tree,
+    image: SharedSink,
+    reports: Vec<LayerReport>,
+}
+
+impl Flat {
+    fn id(&self, path: &str) -> Option<crate::tree::InodeId> {
+        let comps: Vec<&[u8]> = path.split('/').map(str::as_bytes).collect();
+        self.tree.lookup(&comps)
+    }
+
+    fn inode(&self, path: &str) -> &crate::tree::Inode {
+        self.tree
+            .inode(self.id(path).unwrap_or_else(|| panic!("{path} missing")))
+    }
+
+    fn exists(&self, path: &str) -> bool {
+        self.id(path).is_some()
+    }
+
+    fn content(&self, path: &str) -> Vec<u8> {
+        let InodeKind::File(data) = &self.inode(path).kind else {
+            panic!("{path} is not a file");
+        };
+        read_file(&self.image.0.borrow(), data)
+    }
+}
+
+fn read_file(image: &[u8], data: &FileData) -> Vec<u8> {
+    let bs = u64::from(BLOCK_SIZE);
+    let mut out = vec![0u8; data.size as usize];
+    for e in &data.extents {
+        for i in 0..u64::from(e.len) {
+            let from = ((e.physical + i) * bs) as usize;
+            let to = ((e.logical + i) * bs) as usize;
+            let n = (bs as usize).min(out.len() - to);
+            out[to..to + n].copy_from_slice(&image[from..from + n]);
+        }
+    }
+    out
+}
+
+fn flatten_layers_of(layers: Vec<TarWriter>) -> Result<Flat, FlattenError> {
+    let tmp = tempfile::tempdir().unwrap();
+    let img = TestImage::new(
+        layers
+            .iter()
+            .map(|t| TestLayer::new(t.finish(), Compression::Gzip))
+            .collect(),
+    );
+    img.write_layout(tmp.path(), "t");
+    let image = Image::open(&ImageSource::OciLayout {
+        dir: tmp.path().to_owned(),
+        reference: None,
+    })?;
+    let sink = SharedSink::default();
+    let mut b = Ext4Builder::new(sink.clone(), Ext4Options::default())?;
+    let (tree, reports) = flatten_layers(&image, &mut b)?;
+    Ok(Flat {
+        tree,
+        image: sink,
+        reports,
+    })
+}
+
+fn flat(layers: Vec<TarWriter>) -> Flat {
+    flatten_layers_of(layers).unwrap()
+}
+
+fn layer(f: impl FnOnce(&mut TarWriter)) -> TarWriter {
+    let mut t = TarWriter::new();
+    f(&mut t);
+    t
+}
+
+#[test]
+fn files_stream_into_the_image_in_layer_order() {
+    let big: Vec<u8> = (0..3 * BLOCK_SIZE + 17).map(|i| (i % 251) as u8).collect();
+    let f = flat(vec![
+        layer(|t| {
+            t.dir("./usr/").file("./usr/big", &big).file("empty", b"");
+        }),
+        layer(|t| {
+            t.file("usr/small", b"tiny");
+        }),
+    ]);
+    assert_eq!(f.content("usr/big"), big);
+    assert_eq!(f.content("empty"), b"");
+    assert_eq!(f.content("usr/small"), b"tiny");
+    // Each layer's data starts on a chunk boundary.
+    let chunk_blocks = Ext4Options::default().chunk_size / u64::from(BLOCK_SIZE);
+    let InodeKind::File(d) = &f.inode("usr/small").kind else {
+        panic!()
+    };
+    assert_eq!(d.extents[0].physical % chunk_blocks, 0);
+    assert_eq!(f.reports.len(), 2);
+    assert_eq!(f.reports[0].entries, 3);
+    assert!(f.reports[0].media_type.ends_with("+gzip"));
+    assert!(f.reports[0].uncompressed_bytes > big.len() as u64);
+}
+
+#[test]
+fn whiteouts_remove_lower_entries_only() {
+    let f = flat(vec![
+        layer(|t| {
+            t.file("a/x", b"1")
+                .file("a/y", b"2")
+                .dir("d")
+                .file("d/sub/z", b"3");
+        }),
+        layer(|t| {
+            // Same-layer entry before its own whiteout survives.
+            t.file("a/new", b"n").file(".wh.new_elsewhere", b"");
+            t.file("a/.wh.x", b"")
+                .file("a/.wh.new", b"")
+                .file(".wh.d", b"");
+            t.file("a/.wh.never_existed", b"");
+        }),
+    ]);
+    assert!(!f.exists("a/x"));
+    assert!(f.exists("a/y"));
+    assert!(!f.exists("d"));
+    assert_eq!(f.content("a/new"), b"n");
+    // Whiteout files themselves never appear.
+    assert!(!f.exists("a/.wh.x"));
+    assert!(!f.exists(".wh.new_elsewhere"));
+}
+
+#[test]
+fn opaque_dir_hides_lower_children_but_keeps_same_layer_ones() {
+    let f = flat(vec![
+        layer(|t| {
+            t.file("o/lower", b"l")
+                .file("o/keep/deep", b"d")
+                .file("o/keep/other", b"o");
+            t.file("p/lower", b"l");
+        }),
+        layer(|t| {
+            // Entries of this layer come before the marker.
+            t.file("o/before", b"b").file("o/keep/mine", b"m");
+            t.file("o/.wh..wh..opq", b"");
+            t.file("o/after", b"a");
+            t.file("p/.wh..wh..opq", b"").file("q/.wh..wh..opq", b"");
+        }),
+    ]);
+    assert!(!f.exists("o/lower"));
+    assert!(!f.exists("o/keep/deep"));
+    assert!(!f.exists("o/keep/other"));
+    assert_eq!(f.content("o/keep/mine"), b"m");
+    assert_eq!(f.content("o/before"), b"b");
+    assert_eq!(f.content("o/after"), b"a");
+    assert!(f.inode("p").is_dir());
+    assert!(f.tree.entries(f.id("p").unwrap()).unwrap().is_empty());
+    // A marker implies its directory.
+    assert!(f.inode("q").is_dir());
+    assert!(!f.exists("o/.wh..wh..opq"));
+}
+
+#[test]
+fn hardlinks_to_lower_and_same_layer_files() {
+    let f = flat(vec![
+        layer(|t| {
+            t.file("bin/busybox", b"BB");
+        }),
+        layer(|t| {
+            t.hardlink("bin/sh", "bin/busybox");
+            t.file("x", b"X").hardlink("./y", "./x");
+            // The lower name goes, the link keeps the inode.
+            t.file("bin/.wh.busybox", b"");
+        }),
+    ]);
+    assert!(!f.exists("bin/busybox"));
+    assert_eq!(f.content("bin/sh"), b"BB");
+    assert_eq!(f.id("x"), f.id("y"));
+    assert_eq!(f.inode("x").names, 2);
+    assert_eq!(f.inode("bin/sh").names, 1);
+}
+
+#[test]
+fn file_and_directory_replace_each_other() {
+    let f = flat(vec![
+        layer(|t| {
+            t.file("f2d", b"file")
+                .file("d2f/inner", b"i")
+                .dir("dd")
+                .file("dd/keep", b"k");
+        }),
+        layer(|t| {
+            t.dir("f2d").file("f2d/child", b"c");
+            t.file("d2f", b"now a file");
+            t.dir("dd");
+        }),
+    ]);
+    assert!(f.inode("f2d").is_dir());
+    assert_eq!(f.content("f2d/child"), b"c");
+    assert_eq!(f.content("d2f"), b"now a file");
+    assert!(!f.exists("d2f/inner"));
+    // Directory over directory keeps the children.
+    assert_eq!(f.content("dd/keep"), b"k");
+}
+
+#[test]
+fn every_entry_kind_and_attribute() {
+    let long = format!("deep/{}/{}", "n".repeat(120), "file-with-a-long-name");
+    let long_target = "t".repeat(150);
+    let f = flat(vec![layer(|t| {
+        let mut h = header(b"./", tar::EntryType::Directory, 0o700, 0);
+        h.set_mtime(42);
+        t.raw(h, b"");
+        let mut h = header(b"suid", tar::EntryType::Regular, 0o4755, 1);
+        h.set_uid(1000);
+        h.set_gid(1001);
+        h.set_mtime(1_600_000_000);
+        t.raw(h, b"s");
+        t.raw(
+            header(b"sgid-sticky", tar::EntryType::Directory, 0o3775, 0),
+            b"",
+        );
+        t.symlink("link", "../target/elsewhere");
+        let mut h = header(b"dev/null", tar::EntryType::Char, 0o666, 0);
+        h.set_device_major(1).unwrap();
+        h.set_device_minor(3).unwrap();
+        t.raw(h, b"");
+        let mut h = header(b"dev/sda", tar::EntryType::Block, 0o660, 0);
+        h.set_device_major(8).unwrap();
+        h.set_device_minor(0).unwrap();
+        t.raw(h, b"");
+        t.raw(header(b"run/fifo", tar::EntryType::Fifo, 0o600, 0), b"");
+        t.pax(&[
+            ("mtime", b"1700000000.123456789"),
+            ("uid", b"3000000000"),
+            ("gid", b"70000"),
+            (
+                "SCHILY.xattr.security.capability",
+                b"\x01\x00\x00\x02\x00\x20\x00\x00",
+            ),
+            ("SCHILY.xattr.user.note", b"hi"),
+            ("SCHILY.xattr.trusted.t", b"\x00"),
+        ]);
+        t.file("bin/ping", b"ping");
+        t.pax(&[("mtime", b"-1.5")]);
+        t.file("old", b"o");
+        t.pax(&[("path", long.as_bytes())]);
+        t.file("ignored-short-name", b"pax long");
+        t.gnu_long(b'L', b"gnu/long/".repeat(20).as_slice());
+        t.file("gnu-short", b"gnu long");
+        t.pax(&[("linkpath", long_target.as_bytes())]);
+        t.symlink("pax-link", "short");
+        t.gnu_long(b'L', format!("hl/{}", "h".repeat(110)).as_bytes());
+        t.gnu_long(b'K', long.as_bytes());
+        t.hardlink("hl-short", "short");
+        t.pax_global(b"22 comment=whatever\n");
+    })]);
+    let root = f.tree.inode(f.tree.root());
+    assert_eq!((root.meta.mode, root.meta.mtime.secs), (0o700, 42));
+    let s = f.inode("suid");
+    assert_eq!((s.meta.mode, s.meta.uid, s.meta.gid), (0o4755, 1000, 1001));
+    assert_eq!(
+        s.meta.mtime,
+        Timestamp {
+            secs: 1_600_000_000,
+            nanos: 0
+        }
+    );
+    assert_eq!(f.inode("sgid-sticky").meta.mode, 0o3775);
+    assert_eq!(
+        f.inode("link").kind,
+        InodeKind::Symlink {
+            target: b"../target/elsewhere".to_vec()
+        }
+    );
+    assert_eq!(
+        f.inode("dev/null").kind,
+        InodeKind::CharDev { major: 1, minor: 3 }
+    );
+    assert_eq!(
+        f.inode("dev/sda").kind,
+        InodeKind::BlockDev { major: 8, minor: 0 }
+    );
+    assert_eq!(f.inode("run/fifo").kind, InodeKind::Fifo);
+    let ping = f.inode("bin/ping");
+    assert_eq!(
+        ping.meta.mtime,
+        Timestamp {
+            secs: 1_700_000_000,
+            nanos: 123_456_789
+        }
+    );
+    assert_eq!((ping.meta.uid, ping.meta.gid), (3_000_000_000, 70000));
+    assert_eq!(
+        ping.meta.xattrs[&b"security.capability".to_vec()],
+        b"\x01\x00\x00\x02\x00\x20\x00\x00"
+    );
+    assert_eq!(ping.meta.xattrs[&b"user.note".to_vec()], b"hi");
+    assert_eq!(ping.meta.xattrs.len(), 3);
+    assert_eq!(
+        f.inode("old").meta.mtime,
+        Timestamp {
+            secs: -2,
+            nanos: 500_000_000
+        }
+    );
+    assert_eq!(f.content(&long), b"pax long");
+    assert!(!f.exists("ignored-short-name"));
+    let gnu = "gnu/long/".repeat(20);
+    assert_eq!(f.content(gnu.trim_end_matches('/')), b"gnu long");
+    assert_eq!(
+        f.inode("pax-link").kind,
+        InodeKind::Symlink {
+            target: long_target.into_bytes()
+        }
+    );
+    assert_eq!(f.id(&format!("hl/{}", "h".repeat(110))), f.id(&long));
+    // The global header is not an entry.
+    assert_eq!(f.reports[0].entries, 13);
+}
+
+#[test]
+fn gnu_sparse_file_keeps_its_holes() {
+    // Build a GNU sparse entry by hand: 2 data runs in a 1 MiB file.
+    let mut t = TarWriter::new();
+    let mut h = tar::Header::new_gnu();
+    h.as_old_mut().name[..6].copy_from_slice(b"sparse");
+    h.set_entry_type(tar::EntryType::GNUSparse);
+    h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
+    h.set_size(2 * 512);
+    {
+        let gnu = h.as_gnu_mut().unwrap();
+        let set = |field: &mut [u8], v: u64| {
+            let s = format!("{:0width$o}", v, width = field.len() - 1);
+            field[..s.len()].copy_from_slice(s.as_bytes());
+        };
+        set(&mut gnu.realsize, 1 << 20);
+        set(&mut gnu.sparse[0].offset, 0);
+        set(&mut gnu.sparse[0].numbytes, 512);
+        set(&mut gnu.sparse[1].offset, (1 << 20) - 512);
+        set(&mut gnu.sparse[1].numbytes, 512);
+    }
+    let mut data = vec![b'a'; 512];
+    data.extend(vec![b'z'; 512]);
+    t.raw(h, &data);
+    let f = flat(vec![t]);
+    let content = f.content("sparse");
+    assert_eq!(content.len(), 1 << 20);
+    assert!(content[..512].iter().all(|&b| b == b'a'));
+    assert!(content[512..(1 << 20) - 512].iter().all(|&b| b == 0));
+    assert!(content[(1 << 20) - 512..].iter().all(|&b| b == b'z'));
+    let InodeKind::File(d) = &f.inode("sparse").kind else {
+        panic!()
+    };
+    assert_eq!(d.allocated_blocks(), 2);
+}
+
+fn entry_error(layers: Vec<TarWriter>) -> (Digest, String, EntryError) {
+    match flatten_layers_of(layers) {
+        Err(FlattenError::Layer(LayerError::Entry {
+            layer,
+            entry,
+            source,
+        })) => (layer, entry, source),
+        Err(other) => panic!("unexpected error {other}"),
+        Ok(_) => panic!("flattening succeeded"),
+    }
+}
+
+#[test]
+fn escaping_paths_are_refused_naming_layer_and_entry() {
+    let cases: Vec<(&[u8], tar::EntryType, &[u8])> = vec![
+        (b"../evil", tar::EntryType::Regular, b""),
+        (b"a/../../evil", tar::EntryType::Regular, b""),
+        (b"/etc/passwd", tar::EntryType::Regular, b""),
+        (b"a/../../.wh.x", tar::EntryType::Regular, b""),
+        (b"ok", tar::EntryType::Link, b"../../etc/shadow"),
+        (b"ok", tar::EntryType::Link, b"/etc/shadow"),
+    ];
+    for (path, kind, link) in cases {
+        let mut t = TarWriter::new();
+        let mut h = header(path, kind, 0o644, 0);
+        h.set_link_name_literal(link).unwrap();
+        t.raw(h, b"");
+        let tmp_first = TarWriter::new();
+        let (layer, entry, err) = entry_error(vec![tmp_first, t]);
+        assert_eq!(entry.as_bytes(), path);
+        let msg = FlattenError::from(LayerError::Entry {
+            layer: layer.clone(),
+            entry: entry.clone(),
+            source: err,
+        });
+        // The message names both the layer and the entry.
+        let text = msg.to_string();
+        assert!(
+            text.contains(layer.as_str()) && text.contains(&entry),
+            "{text}"
+        );
+        let cause = std::error::Error::source(&msg).unwrap().to_string();
+        assert!(
+            cause.contains("root") || cause.contains("absolute"),
+            "{cause}"
+        );
+    }
+}
+
+#[test]
+fn bad_entries_name_the_problem() {
+    let (_, entry, err) = entry_error(vec![layer(|t| {
+        t.raw(header(b"vol", tar::EntryType::new(b'V'), 0o644, 0), b"");
+    })]);
+    assert_eq!(entry, "vol");
+    assert!(matches!(err, EntryError::UnknownType('V')), "{err}");
+    let (_, _, err) = entry_error(vec![layer(|t| {
+        t.hardlink("l", "missing");
+    })]);
+    assert!(matches!(err, EntryError::Tree(_)), "{err}");
+    let (_, _, err) = entry_error(vec![layer(|t| {
+        t.file("f", b"x").file("f/under", b"y");
+    })]);
+    assert!(matches!(err, EntryError::Tree(_)), "{err}");
+}
+
+#[test]
+fn truncated_layer_is_an_error_naming_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut t = TarWriter::new();
+    t.file("big", &vec![7u8; 10_000]);
+    let mut tar = t.finish();
+    tar.truncate(3000);
+    let w =
+        TestImage::new(vec![TestLayer::new(tar, Compression::None)]).write_layout(tmp.path(), "x");
+    let err = flatten_into(
+        &ImageSource::OciLayout {
+            dir: tmp.path().to_owned(),
+            reference: None,
+        },
+        VecSink::default(),
+        &FlattenOptions::default(),
+    )
+    .unwrap_err();
+    match &err {
+        FlattenError::Layer(LayerError::Entry {
+            layer,
+            source: EntryError::Data(e),
+            ..
+        }) => {
+            assert_eq!(layer, &w.layers[0]);
+            assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
+        }
+        other => panic!("{other}"),
+    }
+}
+
+#[test]
+fn flatten_to_file_leaves_nothing_on_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = tmp.path().join("layout");
+    let mut img = TestImage::new(vec![TestLayer::new(
+        layer(|t| {
+            t.file("etc/os-release", b"ID=test\n");
+        })
+        .finish(),
+        Compression::Zstd,
+    )]);
+    let w = img.write_layout(&layout, "x");
+    let source: ImageSource = format!("oci:{}", layout.display()).parse().unwrap();
+    let out_dir = tmp.path().join("out");
+    fs::create_dir(&out_dir).unwrap();
+    let out = out_dir.join("disk.img");
+    let report = flatten_to_file(&source, &out, &FlattenOptions::default()).unwrap();
+    assert_eq!(report.image_digest, w.manifest);
+    assert_eq!(report.config.cmd, ["echo hi"]);
+    assert_eq!(report.layers[0].digest, w.layers[0]);
+    assert_eq!(report.layers[0].diff_id, w.diff_ids[0]);
+    assert_eq!(fs::metadata(&out).unwrap().len(), report.ext4.size);
+    assert_eq!(fs::read_dir(&out_dir).unwrap().count(), 1);
+
+    // A diff_id mismatch is found only after the layer streamed out; the
+    // output must still not appear.
+    img.layers[0].diff_id = Some(Digest::of(b"other"));
+    fs::remove_dir_all(&layout).unwrap();
+    img.write_layout(&layout, "x");
+    let out2 = out_dir.join("disk2.img");
+    let err = flatten_to_file(&source, &out2, &FlattenOptions::default()).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            FlattenError::Source(SourceError::DiffIdMismatch { .. })
+        ),
+        "{err}"
+    );
+    let names: Vec<_> = fs::read_dir(&out_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["disk.img"]);
+}

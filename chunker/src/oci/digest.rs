@@ -1,0 +1,151 @@
+//! Content digests (`sha256:<hex>`) and a reader that hashes what passes
+//! through it.
+//!
+//! Every blob of an image is named by its digest, so checking a blob is
+//! hashing its bytes as they stream by and comparing at the end: nothing is
+//! read twice and nothing is held in memory.
+
+use std::fmt;
+use std::io::{self, Read};
+use std::str::FromStr;
+
+use sha2::{Digest as _, Sha256};
+
+/// A `sha256:<64 lowercase hex>` content digest, the only algorithm images
+/// use in practice.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Digest(String);
+
+/// A string that is not a digest we can check.
+#[derive(Debug, thiserror::Error)]
+#[error("{0:?} is not a sha256 digest (sha256:<64 hex digits>)")]
+pub struct BadDigest(pub String);
+
+impl Digest {
+    /// The digest of `bytes`.
+    pub fn of(bytes: &[u8]) -> Self {
+        Digest::from_hash(Sha256::digest(bytes).as_slice())
+    }
+
+    fn from_hash(hash: &[u8]) -> Self {
+        Digest(format!("sha256:{}", hex::encode(hash)))
+    }
+
+    /// The hex part, as used in blob file names.
+    pub fn hex(&self) -> &str {
+        &self.0["sha256:".len()..]
+    }
+
+    /// The whole digest, `sha256:<hex>`.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The digest whose hex part is `hex`, if it is well formed.
+    pub fn from_hex(hex: &str) -> Option<Self> {
+        format!("sha256:{hex}").parse().ok()
+    }
+}
+
+impl FromStr for Digest {
+    type Err = BadDigest;
+
+    fn from_str(s: &str) -> Result<Self, BadDigest> {
+        let hex = s
+            .strip_prefix("sha256:")
+            .ok_or_else(|| BadDigest(s.into()))?;
+        let ok = hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        if ok {
+            Ok(Digest(s.to_owned()))
+        } else {
+            Err(BadDigest(s.into()))
+        }
+    }
+}
+
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Digest {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A reader that hashes and counts every byte read through it.
+#[derive(Debug)]
+pub struct HashReader<R> {
+    inner: R,
+    hash: Sha256,
+    count: u64,
+}
+
+impl<R: Read> HashReader<R> {
+    /// Hash what is read from `inner`.
+    pub fn new(inner: R) -> Self {
+        HashReader {
+            inner,
+            hash: Sha256::new(),
+            count: 0,
+        }
+    }
+
+    /// Read the rest of the stream so the digest covers all of it.
+    pub fn drain(&mut self) -> io::Result<u64> {
+        io::copy(self, &mut io::sink())
+    }
+
+    /// The inner reader, the digest of the bytes read so far and their count.
+    pub fn finish(self) -> (R, Digest, u64) {
+        let digest = Digest::from_hash(self.hash.finalize().as_slice());
+        (self.inner, digest, self.count)
+    }
+}
+
+impl<R: Read> Read for HashReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hash.update(&buf[..n]);
+        self.count += n as u64;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_rejects() {
+        let d = Digest::of(b"abc");
+        assert_eq!(
+            d.as_str(),
+            "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(d.as_str().parse::<Digest>().unwrap(), d);
+        assert_eq!(Digest::from_hex(d.hex()), Some(d));
+        for bad in [
+            "sha512:ab",
+            "sha256:ABC",
+            "ba7816bf",
+            "sha256:../../etc/passwd",
+        ] {
+            assert!(bad.parse::<Digest>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn hash_reader_covers_drained_bytes() {
+        let mut r = HashReader::new(&b"hello world"[..]);
+        let mut five = [0; 5];
+        r.read_exact(&mut five).unwrap();
+        assert_eq!(r.drain().unwrap(), 6);
+        let (_, d, n) = r.finish();
+        assert_eq!(n, 11);
+        assert_eq!(d, Digest::of(b"hello world"));
+    }
+}

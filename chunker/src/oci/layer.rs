@@ -1,0 +1,158 @@
+//! A layer's tar stream: decompressed, with both digests checked.
+//!
+//! The blob digest covers the compressed bytes and the diff_id the
+//! uncompressed ones. Both are hashed while the tar is read; the caller
+//! reads the tar, then calls [`LayerStream::finish`], which drains whatever
+//! the tar reader left (end-of-archive padding, trailing frames) so the
+//! hashes cover the whole blob before comparing.
+
+use std::io::{self, BufReader, Read};
+
+use flate2::read::MultiGzDecoder;
+
+use super::SourceError;
+use super::digest::{Digest, HashReader};
+use super::spec::Compression;
+use super::store::FileRange;
+
+/// What the digests of a fully read layer turned out to be.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LayerDigests {
+    /// Digest of the blob as stored.
+    pub digest: Digest,
+    /// Digest of the uncompressed tar.
+    pub diff_id: Digest,
+    /// Size of the blob as stored.
+    pub compressed_bytes: u64,
+    /// Size of the uncompressed tar.
+    pub uncompressed_bytes: u64,
+}
+
+enum Decoder {
+    Plain(HashReader<FileRange>),
+    // Multi-member, because concatenated gzip members are one valid stream.
+    Gzip(MultiGzDecoder<HashReader<FileRange>>),
+    Zstd(zstd::Decoder<'static, BufReader<HashReader<FileRange>>>),
+}
+
+impl Decoder {
+    fn into_inner(self) -> HashReader<FileRange> {
+        match self {
+            Decoder::Plain(r) => r,
+            Decoder::Gzip(r) => r.into_inner(),
+            Decoder::Zstd(r) => r.into_inner().into_inner(),
+        }
+    }
+}
+
+impl Read for Decoder {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Decoder::Plain(r) => r.read(buf),
+            Decoder::Gzip(r) => r.read(buf),
+            Decoder::Zstd(r) => r.read(buf),
+        }
+    }
+}
+
+/// The uncompressed tar of one layer, hashed as it is read.
+pub struct LayerStream {
+    inner: HashReader<Decoder>,
+    name: Digest,
+    expected_digest: Option<Digest>,
+    expected_size: Option<u64>,
+    expected_diff_id: Digest,
+}
+
+impl std::fmt::Debug for LayerStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LayerStream")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LayerStream {
+    /// Decompress `blob` as `compression`. `name` is what errors call the
+    /// layer; `expected_digest` and `expected_size` are checked when known
+    /// (a `docker save` archive does not record them).
+    pub fn new(
+        blob: FileRange,
+        compression: Compression,
+        name: Digest,
+        expected_digest: Option<Digest>,
+        expected_size: Option<u64>,
+        expected_diff_id: Digest,
+    ) -> Result<Self, SourceError> {
+        let raw = HashReader::new(blob);
+        let decoder =
+            match compression {
+                Compression::None => Decoder::Plain(raw),
+                Compression::Gzip => Decoder::Gzip(MultiGzDecoder::new(raw)),
+                Compression::Zstd => Decoder::Zstd(zstd::Decoder::new(raw).map_err(|source| {
+                    SourceError::ReadBlob {
+                        digest: name.clone(),
+                        source,
+                    }
+                })?),
+            };
+        Ok(LayerStream {
+            inner: HashReader::new(decoder),
+            name,
+            expected_digest,
+            expected_size,
+            expected_diff_id,
+        })
+    }
+
+    /// Read the rest of the layer and check both digests.
+    pub fn finish(mut self) -> Result<LayerDigests, SourceError> {
+        let read_err = |name: &Digest| {
+            let digest = name.clone();
+            move |source| SourceError::ReadBlob { digest, source }
+        };
+        self.inner.drain().map_err(read_err(&self.name))?;
+        let (decoder, diff_id, uncompressed_bytes) = self.inner.finish();
+        let mut raw = decoder.into_inner();
+        // A decoder may stop before the end of its input; the blob digest
+        // must still cover every stored byte.
+        raw.drain().map_err(read_err(&self.name))?;
+        let (_, digest, compressed_bytes) = raw.finish();
+        if let Some(expected) = self.expected_digest
+            && digest != expected
+        {
+            return Err(SourceError::DigestMismatch {
+                digest: expected,
+                actual: digest,
+            });
+        }
+        if let Some(expected) = self.expected_size
+            && compressed_bytes != expected
+        {
+            return Err(SourceError::SizeMismatch {
+                digest: self.name,
+                expected,
+                actual: compressed_bytes,
+            });
+        }
+        if diff_id != self.expected_diff_id {
+            return Err(SourceError::DiffIdMismatch {
+                layer: self.name,
+                expected: self.expected_diff_id,
+                actual: diff_id,
+            });
+        }
+        Ok(LayerDigests {
+            digest,
+            diff_id,
+            compressed_bytes,
+            uncompressed_bytes,
+        })
+    }
+}
+
+impl Read for LayerStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner.read(buf)
+    }
+}
