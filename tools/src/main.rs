@@ -1,4 +1,29 @@
-//! The `imagefs` command line: parses arguments and calls library functions.
+//! The `imagefs` command line. It parses arguments and calls library
+//! functions that tests call too; nothing of substance lives here.
 #![forbid(unsafe_code)]
 
-fn main() {}
+mod args;
+mod report;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = args::Cli::parse();
+    match cli.command.run() {
+        Ok(()) => ExitCode::SUCCESS,
+        // A closed pipe (`imagefs inspect … | head`) is the reader's choice.
+        Err(err)
+            if err
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) =>
+        {
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("imagefs: {}", args::render_error(err.as_ref()));
+            ExitCode::FAILURE
+        }
+    }
+}

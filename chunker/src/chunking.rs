@@ -1,0 +1,170 @@
+//! Cutting the image byte stream into fixed-size chunks.
+//!
+//! [`ChunkingSink`] is an [`ImageSink`]: the ext4 writer streams into it and
+//! it hands each completed chunk to a [`ChunkConsumer`] as soon as the writer
+//! has moved past it, so only one chunk (plus the header chunk, which the
+//! writer fills last) is held at a time. A chunk that was never written, or
+//! whose bytes are all zero, is a hole and is not handed on.
+
+use std::io;
+
+use crate::sink::ImageSink;
+
+/// Receives the non-hole chunks of an image.
+pub trait ChunkConsumer {
+    /// Chunk number `index` holds `data` (exactly one chunk size long, not
+    /// all zeros). Data chunks arrive in increasing order; chunk 0 comes last.
+    fn chunk(&mut self, index: u64, data: Vec<u8>) -> io::Result<()>;
+}
+
+/// An [`ImageSink`] that cuts the image into chunks.
+#[derive(Debug)]
+pub struct ChunkingSink<C: ChunkConsumer> {
+    chunk_size: u64,
+    header: Vec<u8>,
+    current: Option<(u64, Vec<u8>)>,
+    consumer: C,
+    chunks: u64,
+}
+
+impl<C: ChunkConsumer> ChunkingSink<C> {
+    /// Cut into chunks of `chunk_size` bytes (a power of two).
+    pub fn new(chunk_size: u64, consumer: C) -> Self {
+        ChunkingSink {
+            chunk_size,
+            header: Vec::new(),
+            current: None,
+            consumer,
+            chunks: 0,
+        }
+    }
+
+    /// The number of chunks in the finished image, holes included.
+    pub fn chunk_count(&self) -> u64 {
+        self.chunks
+    }
+
+    /// The consumer, to collect its results after [`ImageSink::finish`].
+    pub fn into_consumer(self) -> C {
+        self.consumer
+    }
+
+    fn flush_current(&mut self) -> io::Result<()> {
+        if let Some((index, data)) = self.current.take() {
+            if data.iter().any(|&b| b != 0) {
+                self.consumer.chunk(index, data)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn write_in_chunk(&mut self, index: u64, within: usize, buf: &[u8]) -> io::Result<()> {
+        let size = self.chunk_size as usize;
+        if index == 0 {
+            if self.header.is_empty() {
+                self.header = vec![0; size];
+            }
+            self.header[within..within + buf.len()].copy_from_slice(buf);
+            return Ok(());
+        }
+        match &self.current {
+            Some((cur, _)) if *cur == index => {}
+            Some((cur, _)) if *cur > index => {
+                return Err(io::Error::other(format!(
+                    "chunking: write to chunk {index} after chunk {cur} was started"
+                )));
+            }
+            _ => {
+                self.flush_current()?;
+                self.current = Some((index, vec![0; size]));
+            }
+        }
+        let (_, data) = self.current.as_mut().expect("current chunk was just set");
+        data[within..within + buf.len()].copy_from_slice(buf);
+        Ok(())
+    }
+}
+
+impl<C: ChunkConsumer> ImageSink for ChunkingSink<C> {
+    fn write_at(&mut self, offset: u64, mut buf: &[u8]) -> io::Result<()> {
+        let mut offset = offset;
+        while !buf.is_empty() {
+            let index = offset / self.chunk_size;
+            let within = (offset % self.chunk_size) as usize;
+            let n = buf.len().min(self.chunk_size as usize - within);
+            self.write_in_chunk(index, within, &buf[..n])?;
+            buf = &buf[n..];
+            offset += n as u64;
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self, len: u64) -> io::Result<()> {
+        if len % self.chunk_size != 0 {
+            return Err(io::Error::other(format!(
+                "chunking: image length {len} is not a multiple of the chunk size {}",
+                self.chunk_size
+            )));
+        }
+        if let Some((cur, _)) = &self.current {
+            if *cur >= len / self.chunk_size {
+                return Err(io::Error::other(format!(
+                    "chunking: chunk {cur} was written past the image end {len}"
+                )));
+            }
+        }
+        self.flush_current()?;
+        let header = std::mem::take(&mut self.header);
+        if header.iter().any(|&b| b != 0) {
+            self.consumer.chunk(0, header)?;
+        }
+        self.chunks = len / self.chunk_size;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Default)]
+    struct Collect(Vec<(u64, Vec<u8>)>);
+
+    impl ChunkConsumer for Collect {
+        fn chunk(&mut self, index: u64, data: Vec<u8>) -> io::Result<()> {
+            self.0.push((index, data));
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn chunks_in_order_header_last_holes_skipped() {
+        let mut s = ChunkingSink::new(8, Collect::default());
+        s.write_at(8, &[1; 4]).unwrap();
+        // Spans chunks 1 and 2.
+        s.write_at(14, &[2; 4]).unwrap();
+        // Chunk 3 written with zeros only: a hole.
+        s.write_at(24, &[0; 8]).unwrap();
+        s.write_at(40, &[3]).unwrap();
+        s.write_at(1, &[9]).unwrap();
+        s.finish(56).unwrap();
+        assert_eq!(s.chunk_count(), 7);
+        let got = s.into_consumer().0;
+        let idx: Vec<u64> = got.iter().map(|(i, _)| *i).collect();
+        assert_eq!(idx, [1, 2, 5, 0]);
+        assert_eq!(got[0].1, [1, 1, 1, 1, 0, 0, 2, 2]);
+        assert_eq!(got[1].1, [2, 2, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(got[3].1[1], 9);
+    }
+
+    #[test]
+    fn going_backwards_or_past_the_end_is_an_error() {
+        let mut s = ChunkingSink::new(8, Collect::default());
+        s.write_at(16, &[1]).unwrap();
+        assert!(s.write_at(8, &[1]).is_err());
+        let mut s = ChunkingSink::new(8, Collect::default());
+        s.write_at(16, &[1]).unwrap();
+        assert!(s.finish(16).is_err());
+        assert!(ChunkingSink::new(8, Collect::default()).finish(12).is_err());
+    }
+}

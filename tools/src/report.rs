@@ -1,0 +1,121 @@
+//! What the subcommands print.
+
+use std::io::{self, Write};
+use std::path::Path;
+
+use chunker::convert::ConvertReport;
+use chunker::flatten::FlattenReport;
+use imagefs::{OpenedImage, VerifyReport};
+use manifest::ChunkEntry;
+
+const MB: f64 = 1e6;
+
+/// `flatten`: one line per layer, then the image.
+pub fn flattened(out: &mut dyn Write, r: &FlattenReport, output: &Path) -> io::Result<()> {
+    for l in &r.layers {
+        writeln!(
+            out,
+            "layer {} {} {:.1} MB -> {:.1} MB, {} entries",
+            l.digest,
+            l.media_type,
+            l.compressed_bytes as f64 / MB,
+            l.uncompressed_bytes as f64 / MB,
+            l.entries
+        )?;
+    }
+    writeln!(
+        out,
+        "{}: ext4 image of {:.1} MB ({} inodes, {} blocks used) from {}",
+        output.display(),
+        r.ext4.size as f64 / MB,
+        r.ext4.inodes_used,
+        r.ext4.blocks_used,
+        r.image_digest
+    )?;
+    Ok(())
+}
+
+/// `convert`: the digest first (scripts read line one), then a summary.
+pub fn converted(out: &mut dyn Write, r: &ConvertReport) -> io::Result<()> {
+    let secs = r.elapsed.as_secs_f64().max(1e-9);
+    writeln!(out, "{}", r.digest)?;
+    writeln!(
+        out,
+        "chunks {} (holes {}, new {}, already present {}), {:.1} MB written, manifest {} bytes",
+        r.chunks,
+        r.holes,
+        r.new_chunks,
+        r.existing_chunks,
+        r.bytes_written as f64 / MB,
+        r.manifest_bytes
+    )?;
+    writeln!(
+        out,
+        "image {:.1} MB in {:.2} s: {:.1} MB/s",
+        r.image_bytes as f64 / MB,
+        secs,
+        r.image_bytes as f64 / MB / secs
+    )?;
+    Ok(())
+}
+
+/// `inspect`: JSON, or a readable summary and the chunk table.
+pub fn inspected(
+    out: &mut dyn Write,
+    o: &OpenedImage,
+    json: bool,
+    show_keys: bool,
+) -> io::Result<()> {
+    let m = &o.manifest;
+    if json {
+        let mut v = m.to_json(show_keys);
+        v["digest"] = serde_json::Value::String(o.digest.to_string());
+        writeln!(out, "{v:#}")?;
+        return Ok(());
+    }
+    writeln!(out, "digest       {}", o.digest)?;
+    writeln!(out, "source       {}", m.source_digest)?;
+    writeln!(out, "domain       {}", m.domain)?;
+    writeln!(out, "filesystem   {}", m.filesystem)?;
+    writeln!(out, "device size  {} bytes", m.device_size)?;
+    writeln!(out, "chunk size   {}", m.chunk_size)?;
+    writeln!(
+        out,
+        "chunks       {} ({} holes, {} stored)",
+        m.chunks.len(),
+        m.hole_count(),
+        m.present_count()
+    )?;
+    writeln!(out, "entrypoint   {:?}", m.config.entrypoint)?;
+    writeln!(out, "cmd          {:?}", m.config.cmd)?;
+    writeln!(out, "env          {:?}", m.config.env)?;
+    writeln!(out, "working dir  {:?}", m.config.working_dir)?;
+    writeln!(out, "user         {:?}", m.config.user)?;
+    writeln!(out, "sealed size  {} bytes", o.sealed_bytes)?;
+    for (i, c) in m.chunks.iter().enumerate() {
+        match c {
+            ChunkEntry::Hole => {}
+            ChunkEntry::Present { id, key } if show_keys => {
+                writeln!(out, "{i:>8} {id} {}", key.reveal_hex())?
+            }
+            ChunkEntry::Present { id, .. } => writeln!(out, "{i:>8} {id}")?,
+        }
+    }
+    Ok(())
+}
+
+/// `verify`: every bad chunk by index and id, then a total.
+pub fn verified(out: &mut dyn Write, o: &OpenedImage, r: &VerifyReport) -> io::Result<()> {
+    for b in &r.bad {
+        writeln!(out, "bad chunk {} {}: {}", b.index, b.id, b.problem)?;
+    }
+    writeln!(
+        out,
+        "{}: {} chunks checked, {} holes, {} bad",
+        o.digest,
+        r.checked,
+        r.holes,
+        r.bad.len()
+    )?;
+    Ok(())
+}
