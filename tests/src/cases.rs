@@ -93,7 +93,12 @@ fn set(paths: &[&str]) -> BTreeSet<String> {
 /// parents, symlinks, devices, FIFOs, owners, mode bits, sub-second mtimes,
 /// xattrs and long names over three layers (plain, gzip, zstd).
 pub fn changeset() -> Case {
-    let big_xattr = pattern(2000, 7);
+    // No newline bytes here: binary values with newlines have their own
+    // case (`xattr_newline`), so that one failure does not hide the rest.
+    let big_xattr: Vec<u8> = pattern(2000, 7)
+        .into_iter()
+        .map(|b| if b == b'\n' { b'\x0b' } else { b })
+        .collect();
     let slow_target = long("/usr/share/slow/target/", 150);
     let pax_name = long("long/pax-", 180);
     let gnu_name = long("long/gnu-", 220);
@@ -240,6 +245,28 @@ pub fn changeset() -> Case {
         image,
         unspecified: set(&["/", "/implicit", "/implicit/a", "/implicit/a/b"]),
         expect,
+    }
+}
+
+/// Binary xattr values containing newline bytes (PAX records are
+/// length-prefixed, so any byte may appear): a capability set whose
+/// permitted word is 0x0a (CAP_DAC_OVERRIDE | CAP_FOWNER) and a user xattr
+/// that is just "a\nb=c\n".
+pub fn xattr_newline() -> Case {
+    let mut cap = capability(1);
+    cap[4] = 0x0a;
+    let entries = vec![
+        Entry::file("capnl", b"x").xattr("security.capability", &cap),
+        Entry::file("usernl", b"y").xattr("user.nl", b"a\nb=c\n"),
+    ];
+    Case {
+        name: "xattr-newline",
+        image: Image::new(vec![Layer::new(entries)]),
+        unspecified: set(&["/"]),
+        expect: vec![
+            Expect::Xattr("/capnl", "security.capability", cap),
+            Expect::Xattr("/usernl", "user.nl", b"a\nb=c\n".to_vec()),
+        ],
     }
 }
 

@@ -32,16 +32,19 @@ pub fn tools_present() -> bool {
     require_tool("e2fsck") && require_tool("mount") && require_root("loop mounts")
 }
 
-/// The umoci reference listing of a case (zstd layers recompressed as gzip,
-/// which umoci 0.4 requires; the tar streams are the same). `None` (after a
+/// The umoci reference listing of a case (zstd layers recompressed as gzip
+/// and OCI media types, which umoci 0.4 requires; the tar streams are the
+/// same). `None` (after a
 /// SKIP line) when umoci is missing.
 pub fn umoci_listing(case: &Case, work: &Path) -> Option<Listing> {
     if !require_tool("umoci") {
         return None;
     }
     let layout = work.join("reference-oci");
-    case.image
-        .without_zstd()
+    // umoci 0.4 reads neither zstd layers nor Docker media types.
+    let mut image = case.image.without_zstd();
+    image.docker_media_types = false;
+    image
         .write_oci_layout(&layout, "ref")
         .expect("write reference layout");
     let listing =

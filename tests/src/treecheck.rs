@@ -276,7 +276,10 @@ pub fn list_ext4_image(image: &Path, ignore: &[&str]) -> io::Result<Listing> {
             FileType::Fifo => FileKind::Fifo,
             FileType::Socket => FileKind::Socket,
         };
-        let sha256 = if kind == FileKind::File {
+        let sha256 = if kind == FileKind::File && md.len() == 0 {
+            // Skips a path lookup per empty file (100,000 in one directory).
+            Some(hex::encode(Sha256::digest(b"")))
+        } else if kind == FileKind::File {
             let f = fs.open(path.as_str()).map_err(ext4_err)?;
             Some(sha256_reader(f)?)
         } else {

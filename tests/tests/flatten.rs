@@ -86,6 +86,12 @@ fn changeset_each_compression_throughout() {
     }
 }
 
+/// PAX records are length-prefixed: xattr values may contain newlines.
+#[test]
+fn xattr_values_with_newlines() {
+    flatten_case(&cases::xattr_newline(), SourceKind::OciDir);
+}
+
 #[test]
 fn directory_with_100000_entries() {
     flatten_case(&cases::big_dir(), SourceKind::OciDir);
@@ -165,12 +171,6 @@ fn file_over_4_gib() {
             alloc[0]
         );
     }
-    let size = std::fs::metadata(&image).unwrap().len();
-    assert!(
-        size > cases::HUGE_SIZE,
-        "image of {size} bytes cannot hold a {} byte file",
-        cases::HUGE_SIZE
-    );
 }
 
 /// Two images sharing their first layers: the ext4-view listing of each

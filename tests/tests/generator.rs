@@ -40,6 +40,11 @@ fn umoci_unpacks_changeset_as_expected() {
 }
 
 #[test]
+fn umoci_unpacks_xattr_newline_as_expected() {
+    check_case_with_umoci(cases::xattr_newline());
+}
+
+#[test]
 fn umoci_unpacks_big_dir_as_expected() {
     check_case_with_umoci(cases::big_dir());
 }
