@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, Read};
 
 use super::entry::{self, Change, Components, EntryError, PaxAttrs};
+use super::sparse::{self, SparseReader};
 use crate::ext4::Ext4Builder;
 use crate::oci::Digest;
 use crate::sink::ImageSink;
@@ -115,7 +116,6 @@ impl Applier {
         tree: &mut Tree,
         builder: &mut Ext4Builder<S>,
     ) -> Result<(), EntryError> {
-        let path = entry::normalize_path(&entry.path_bytes())?;
         let pax = match entry.pax_extensions().map_err(EntryError::Header)? {
             Some(records) => {
                 let mut pairs = Vec::new();
@@ -127,6 +127,13 @@ impl Applier {
             }
             None => PaxAttrs::default(),
         };
+        // A PAX sparse file's header holds a made-up name; the real one is
+        // in its records.
+        let raw_path = match pax.sparse.as_ref().and_then(|s| s.name.clone()) {
+            Some(name) => name,
+            None => entry.path_bytes().into_owned(),
+        };
+        let path = entry::normalize_path(&raw_path)?;
         let (name, parent) = match path.split_last() {
             Some((name, parent)) => (name.as_slice(), parent),
             None => (&b""[..], &path[..0]),
@@ -164,14 +171,27 @@ impl Applier {
         };
         let inode = match kind {
             tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
-                if pax.sparse {
-                    return Err(EntryError::PaxSparse);
-                }
                 // For a GNU sparse entry the tar crate expands the holes
                 // as zeros; the writer turns zero blocks back into holes.
-                let size = entry.size();
-                let data = builder.write_file(entry, size).map_err(EntryError::Data)?;
-                InodeKind::File(data)
+                let data = match &pax.sparse {
+                    None => {
+                        let size = entry.size();
+                        builder.write_file(entry, size)
+                    }
+                    Some(sp) => {
+                        let size = sp.real_size.ok_or_else(|| EntryError::BadSparse {
+                            reason: "no real size".into(),
+                        })?;
+                        let map = if sp.major == Some(1) {
+                            sparse::read_map_v1(entry)?
+                        } else {
+                            sp.map.clone()
+                        };
+                        sparse::check_map(&map, size)?;
+                        builder.write_file(&mut SparseReader::new(entry, &map, size), size)
+                    }
+                };
+                InodeKind::File(data.map_err(EntryError::Data)?)
             }
             tar::EntryType::Directory => InodeKind::Dir {
                 entries: BTreeMap::new(),
@@ -238,6 +258,8 @@ pub fn apply_layer<R: Read, S: ImageSink>(
             .apply(&mut entry, tree, builder)
             .map_err(|source| LayerError::Entry {
                 layer: layer.clone(),
+                // The header's path: a PAX sparse file's real name may be
+                // what failed to parse.
                 entry: String::from_utf8_lossy(&entry.path_bytes()).into_owned(),
                 source,
             })?;

@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::io;
 
+use super::sparse::PaxSparse;
 use crate::tree::{Metadata, Timestamp, TreeError};
 
 /// The whiteout prefix: `.wh.NAME` hides `NAME` of lower layers.
@@ -52,9 +53,12 @@ pub enum EntryError {
         /// The value.
         value: String,
     },
-    /// GNU sparse files in PAX form (`GNU.sparse.*` records) are not read.
-    #[error("PAX-format GNU sparse files are not supported")]
-    PaxSparse,
+    /// A GNU sparse file whose map is malformed.
+    #[error("bad sparse file map: {reason}")]
+    BadSparse {
+        /// What is wrong.
+        reason: String,
+    },
     /// The tree refused the change.
     #[error(transparent)]
     Tree(#[from] TreeError),
@@ -126,8 +130,8 @@ pub struct PaxAttrs {
     pub gid: Option<u32>,
     /// `SCHILY.xattr.NAME` records.
     pub xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
-    /// A `GNU.sparse.*` record was present.
-    pub sparse: bool,
+    /// `GNU.sparse.*` records: the entry is a sparse file in PAX form.
+    pub sparse: Option<PaxSparse>,
 }
 
 fn pax_error(key: &[u8], value: &[u8]) -> EntryError {
@@ -159,7 +163,7 @@ pub fn pax_attrs<'a>(
                 if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
                     out.xattrs.insert(name.to_vec(), value.to_vec());
                 } else if key.starts_with(b"GNU.sparse.") {
-                    out.sparse = true;
+                    out.sparse.get_or_insert_default().record(key, value)?;
                 }
             }
         }
@@ -366,7 +370,7 @@ mod tests {
             a.xattrs[&b"security.capability".to_vec()],
             b"\x01\x00\x00\x02"
         );
-        assert!(!a.sparse);
+        assert!(a.sparse.is_none());
         assert!(pax_attrs(vec![(&b"uid"[..], &b"-1"[..])]).is_err());
 
         let mut h = tar::Header::new_gnu();

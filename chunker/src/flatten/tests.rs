@@ -531,3 +531,55 @@ fn flatten_to_file_leaves_nothing_on_error() {
         .collect();
     assert_eq!(names, ["disk.img"]);
 }
+
+#[test]
+fn pax_sparse_files_1_0_and_0_1() {
+    let size: u64 = 3 << 20;
+    let mut t = TarWriter::new();
+    // 1.0: the map leads the data, padded to 512 bytes.
+    let mut stored = format!("2\n0\n4\n{}\n3\n", size - 3).into_bytes();
+    stored.resize(512, 0);
+    stored.extend_from_slice(b"headEND");
+    let real = size.to_string();
+    t.pax(&[
+        ("GNU.sparse.major", b"1"),
+        ("GNU.sparse.minor", b"0"),
+        ("GNU.sparse.name", b"var/sparse-1.0"),
+        ("GNU.sparse.realsize", real.as_bytes()),
+    ]);
+    t.file("var/GNUSparseFile.123/sparse-1.0", &stored);
+    // 0.1: the map is a record.
+    let map = format!("{},2", 1 << 20);
+    t.pax(&[
+        ("GNU.sparse.size", real.as_bytes()),
+        ("GNU.sparse.numblocks", b"1"),
+        ("GNU.sparse.map", map.as_bytes()),
+        ("GNU.sparse.name", b"var/sparse-0.1"),
+    ]);
+    t.file("var/GNUSparseFile.124/sparse-0.1", b"mm");
+    let f = flat(vec![t]);
+    assert!(!f.exists("var/GNUSparseFile.123"));
+    let a = f.content("var/sparse-1.0");
+    assert_eq!(a.len() as u64, size);
+    assert_eq!(&a[..4], b"head");
+    assert_eq!(&a[a.len() - 3..], b"END");
+    assert!(a[4..a.len() - 3].iter().all(|&b| b == 0));
+    let b = f.content("var/sparse-0.1");
+    assert_eq!(b.len() as u64, size);
+    assert_eq!(&b[1 << 20..(1 << 20) + 2], b"mm");
+    let InodeKind::File(d) = &f.inode("var/sparse-0.1").kind else {
+        panic!()
+    };
+    assert_eq!(d.allocated_blocks(), 1);
+
+    // A map that runs past the file is refused.
+    let mut t = TarWriter::new();
+    t.pax(&[
+        ("GNU.sparse.size", b"10"),
+        ("GNU.sparse.map", b"5,10"),
+        ("GNU.sparse.name", b"x"),
+    ]);
+    t.file("GNUSparseFile.1/x", b"0123456789");
+    let (_, _, err) = entry_error(vec![t]);
+    assert!(matches!(err, EntryError::BadSparse { .. }), "{err}");
+}

@@ -80,7 +80,7 @@ impl<'de> serde::Deserialize<'de> for Digest {
 #[derive(Debug)]
 pub struct HashReader<R> {
     inner: R,
-    hash: Sha256,
+    hash: Option<Sha256>,
     count: u64,
 }
 
@@ -89,7 +89,17 @@ impl<R: Read> HashReader<R> {
     pub fn new(inner: R) -> Self {
         HashReader {
             inner,
-            hash: Sha256::new(),
+            hash: Some(Sha256::new()),
+            count: 0,
+        }
+    }
+
+    /// Only count what is read from `inner` (when another reader already
+    /// hashes the same bytes); [`HashReader::finish`] then has no digest.
+    pub fn counting(inner: R) -> Self {
+        HashReader {
+            inner,
+            hash: None,
             count: 0,
         }
     }
@@ -99,9 +109,12 @@ impl<R: Read> HashReader<R> {
         io::copy(self, &mut io::sink())
     }
 
-    /// The inner reader, the digest of the bytes read so far and their count.
-    pub fn finish(self) -> (R, Digest, u64) {
-        let digest = Digest::from_hash(self.hash.finalize().as_slice());
+    /// The inner reader, the digest of the bytes read so far (`None` when
+    /// only counting) and their count.
+    pub fn finish(self) -> (R, Option<Digest>, u64) {
+        let digest = self
+            .hash
+            .map(|h| Digest::from_hash(h.finalize().as_slice()));
         (self.inner, digest, self.count)
     }
 }
@@ -109,7 +122,9 @@ impl<R: Read> HashReader<R> {
 impl<R: Read> Read for HashReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.hash.update(&buf[..n]);
+        if let Some(h) = &mut self.hash {
+            h.update(&buf[..n]);
+        }
         self.count += n as u64;
         Ok(n)
     }
@@ -146,6 +161,9 @@ mod tests {
         assert_eq!(r.drain().unwrap(), 6);
         let (_, d, n) = r.finish();
         assert_eq!(n, 11);
-        assert_eq!(d, Digest::of(b"hello world"));
+        assert_eq!(d, Some(Digest::of(b"hello world")));
+        let mut c = HashReader::counting(&b"abc"[..]);
+        assert_eq!(c.drain().unwrap(), 3);
+        assert_eq!(c.finish().1, None);
     }
 }

@@ -207,6 +207,7 @@ fn read_small(
             source,
         })?;
     let (_, actual, _) = hashing.finish();
+    let actual = actual.expect("a hashing reader has a digest");
     if let Some(expected) = expected
         && *expected != actual
     {

@@ -29,7 +29,9 @@ pub struct LayerDigests {
 }
 
 enum Decoder {
-    Plain(HashReader<FileRange>),
+    // Buffered: the tar reader asks for 512-byte headers, one syscall each
+    // otherwise. Buffered bytes have been hashed already.
+    Plain(BufReader<HashReader<FileRange>>),
     // Multi-member, because concatenated gzip members are one valid stream.
     Gzip(MultiGzDecoder<HashReader<FileRange>>),
     Zstd(zstd::Decoder<'static, BufReader<HashReader<FileRange>>>),
@@ -38,7 +40,7 @@ enum Decoder {
 impl Decoder {
     fn into_inner(self) -> HashReader<FileRange> {
         match self {
-            Decoder::Plain(r) => r,
+            Decoder::Plain(r) => r.into_inner(),
             Decoder::Gzip(r) => r.into_inner(),
             Decoder::Zstd(r) => r.into_inner().into_inner(),
         }
@@ -87,7 +89,7 @@ impl LayerStream {
         let raw = HashReader::new(blob);
         let decoder =
             match compression {
-                Compression::None => Decoder::Plain(raw),
+                Compression::None => Decoder::Plain(BufReader::with_capacity(256 * 1024, raw)),
                 Compression::Gzip => Decoder::Gzip(MultiGzDecoder::new(raw)),
                 Compression::Zstd => Decoder::Zstd(zstd::Decoder::new(raw).map_err(|source| {
                     SourceError::ReadBlob {
@@ -96,8 +98,14 @@ impl LayerStream {
                     }
                 })?),
             };
+        // An uncompressed blob is its own tar: its digest is the diff_id,
+        // so hashing it twice would only halve the throughput.
+        let inner = match compression {
+            Compression::None => HashReader::counting(decoder),
+            _ => HashReader::new(decoder),
+        };
         Ok(LayerStream {
-            inner: HashReader::new(decoder),
+            inner,
             name,
             expected_digest,
             expected_size,
@@ -118,6 +126,8 @@ impl LayerStream {
         // must still cover every stored byte.
         raw.drain().map_err(read_err(&self.name))?;
         let (_, digest, compressed_bytes) = raw.finish();
+        let digest = digest.expect("the blob is always hashed");
+        let diff_id = diff_id.unwrap_or_else(|| digest.clone());
         if let Some(expected) = self.expected_digest
             && digest != expected
         {
