@@ -5,9 +5,14 @@
 //! - [`flatten`]: layers applied to the tree, file data streamed to ext4;
 //! - [`tree`]: the flattened file tree that layers add up to;
 //! - [`ext4`]: the ext4 writer (file data streamed, metadata at the end);
-//! - [`sink`]: where image bytes go.
+//! - [`sink`]: where image bytes go;
+//! - [`chunking`]: the image stream cut into chunks, holes skipped;
+//! - [`convert`]: the whole pipeline, chunks encrypted in parallel into a
+//!   store and a sealed manifest.
 #![forbid(unsafe_code)]
 
+pub mod chunking;
+pub mod convert;
 pub mod ext4;
 pub mod flatten;
 pub mod oci;

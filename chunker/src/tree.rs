@@ -375,7 +375,10 @@ impl Tree {
         let Some(dir) = self.lookup(path) else {
             return false;
         };
-        let Some(names) = self.entries(dir).map(|e| e.keys().cloned().collect::<Vec<_>>()) else {
+        let Some(names) = self
+            .entries(dir)
+            .map(|e| e.keys().cloned().collect::<Vec<_>>())
+        else {
             return false;
         };
         for name in names {
@@ -410,8 +413,10 @@ impl Tree {
     /// Visit every directory entry depth-first in name order, parents before
     /// children: `(parent, name, inode)`. The root itself is not visited.
     pub fn walk(&self, mut visit: impl FnMut(InodeId, &[u8], InodeId)) {
-        let mut stack: Vec<(InodeId, std::collections::btree_map::Iter<'_, Vec<u8>, InodeId>)> =
-            Vec::new();
+        let mut stack: Vec<(
+            InodeId,
+            std::collections::btree_map::Iter<'_, Vec<u8>, InodeId>,
+        )> = Vec::new();
         if let Some(e) = self.entries(self.root()) {
             stack.push((self.root(), e.iter()));
         }

@@ -136,7 +136,10 @@ fn export_gives_back_the_flattened_image() {
     let m = manifest_of(&env, &r);
     let e = imagefs::export(&env.store, &m, &out).unwrap();
     assert_eq!(e.size, fs::metadata(&flat).unwrap().len());
-    assert!(fs::read(&flat).unwrap() == fs::read(&out).unwrap(), "export differs from flatten");
+    assert!(
+        fs::read(&flat).unwrap() == fs::read(&out).unwrap(),
+        "export differs from flatten"
+    );
     let report = imagefs::verify(&env.store, &m, 2);
     assert!(report.bad.is_empty(), "{:?}", report.bad);
     assert_eq!(report.checked, r.new_chunks);
@@ -160,14 +163,25 @@ fn converting_twice_stores_nothing_new() {
 #[test]
 fn images_sharing_a_base_share_its_chunks() {
     let env = env();
-    let a = run(&env, &write_layout(&env, &app_image("a", 10), "a"), &options("d"));
-    let b = run(&env, &write_layout(&env, &app_image("b", 20), "b"), &options("d"));
+    let a = run(
+        &env,
+        &write_layout(&env, &app_image("a", 10), "a"),
+        &options("d"),
+    );
+    let b = run(
+        &env,
+        &write_layout(&env, &app_image("b", 20), "b"),
+        &options("d"),
+    );
     let (ma, mb) = (manifest_of(&env, &a), manifest_of(&env, &b));
     let shared = ids(&ma).intersection(&ids(&mb)).count() as u64;
     // The base layer's 705 KB of file data fill at least 10 whole chunks,
     // which must be the same objects in both images.
     let base_chunks = 705_000 / CHUNK;
-    assert!(shared >= base_chunks, "only {shared} shared chunks, want >= {base_chunks}");
+    assert!(
+        shared >= base_chunks,
+        "only {shared} shared chunks, want >= {base_chunks}"
+    );
     assert_eq!(b.existing_chunks, shared, "{b:?}");
     // The second image stores its own layer and metadata, not the base.
     let own = 300_000u64.div_ceil(CHUNK) + 1;
@@ -204,7 +218,11 @@ fn domains_do_not_share_objects() {
 #[test]
 fn verify_names_a_flipped_chunk() {
     let env = env();
-    let r = run(&env, &write_layout(&env, &app_image("a", 10), "a"), &options("d"));
+    let r = run(
+        &env,
+        &write_layout(&env, &app_image("a", 10), "a"),
+        &options("d"),
+    );
     let m = manifest_of(&env, &r);
     let (index, id) = m
         .chunks
@@ -296,15 +314,31 @@ fn a_failed_convert_leaves_the_store_valid() {
     };
     let err = convert(&source, &env.store, &env.keys, &opts).unwrap_err();
     let text = format!("{err:?}");
-    assert!(text.contains("sha256:"), "error should name the layer: {text}");
+    assert!(
+        text.contains("sha256:"),
+        "error should name the layer: {text}"
+    );
     assert_store_valid(&env.dir.path().join("store"));
     assert!(env.store.tags().unwrap().is_empty());
-    assert!(fs::read_dir(env.dir.path().join("store/manifests")).unwrap().next().is_none());
+    assert!(
+        fs::read_dir(env.dir.path().join("store/manifests"))
+            .unwrap()
+            .next()
+            .is_none()
+    );
     // The objects that did get stored are real and reused by a good convert.
     let before: Vec<ChunkId> = env.store.ids().unwrap();
     let base_chunks = 705_000 / CHUNK;
-    assert!(before.len() as u64 >= base_chunks, "{} objects", before.len());
-    let good = run(&env, &write_layout(&env, &app_image("a", 10), "a"), &options("d"));
+    assert!(
+        before.len() as u64 >= base_chunks,
+        "{} objects",
+        before.len()
+    );
+    let good = run(
+        &env,
+        &write_layout(&env, &app_image("a", 10), "a"),
+        &options("d"),
+    );
     assert!(good.existing_chunks >= base_chunks, "{good:?}");
     for id in before {
         assert!(env.store.contains(&id).unwrap());

@@ -76,7 +76,8 @@ impl DataWriter {
                 match (is_data, run_start) {
                     (true, None) => run_start = Some(b),
                     (false, Some(start)) => {
-                        let bytes = &buf[start * BLOCK_SIZE as usize..(b * BLOCK_SIZE as usize).min(want)];
+                        let bytes =
+                            &buf[start * BLOCK_SIZE as usize..(b * BLOCK_SIZE as usize).min(want)];
                         let mut block = Vec::new();
                         let out: &[u8] = if bytes.len() % BLOCK_SIZE as usize == 0 {
                             bytes
@@ -152,8 +153,16 @@ mod tests {
         assert_eq!(
             d.extents,
             [
-                Extent { logical: 0, physical: 16, len: 1 },
-                Extent { logical: 2, physical: 17, len: 3 },
+                Extent {
+                    logical: 0,
+                    physical: 16,
+                    len: 1
+                },
+                Extent {
+                    logical: 2,
+                    physical: 17,
+                    len: 3
+                },
             ]
         );
         assert_eq!(w.next_block(), 20);
@@ -168,17 +177,31 @@ mod tests {
     fn merges_across_read_steps_and_splits_at_limit() {
         let mut v = Vec::new();
         push_extent(&mut v, 0, 100, u64::from(MAX_EXTENT_LEN) - 1);
-        push_extent(&mut v, u64::from(MAX_EXTENT_LEN) - 1, 100 + u64::from(MAX_EXTENT_LEN) - 1, 3);
+        push_extent(
+            &mut v,
+            u64::from(MAX_EXTENT_LEN) - 1,
+            100 + u64::from(MAX_EXTENT_LEN) - 1,
+            3,
+        );
         assert_eq!(v.len(), 2);
         assert_eq!(v[0].len, MAX_EXTENT_LEN);
-        assert_eq!(v[1], Extent { logical: u64::from(MAX_EXTENT_LEN), physical: 100 + u64::from(MAX_EXTENT_LEN), len: 2 });
+        assert_eq!(
+            v[1],
+            Extent {
+                logical: u64::from(MAX_EXTENT_LEN),
+                physical: 100 + u64::from(MAX_EXTENT_LEN),
+                len: 2
+            }
+        );
     }
 
     #[test]
     fn short_source_is_an_error() {
         let mut sink = VecSink::default();
         let mut w = DataWriter::new(0, 16);
-        let err = w.write_file(&mut sink, &mut [1u8; 10].as_slice(), 20).unwrap_err();
+        let err = w
+            .write_file(&mut sink, &mut [1u8; 10].as_slice(), 20)
+            .unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
     }
 }
