@@ -517,3 +517,12 @@ fn free_space_is_usable_when_mounted() {
         assert_eq!(std::fs::read(root.join("fill")).unwrap().len(), data.len());
     });
 }
+
+#[test]
+fn default_options() {
+    let mut b = ImageBuilder::new(Ext4Options::default());
+    mixed_tree(&mut b);
+    let built = b.build();
+    assert_eq!(built.summary.size % Ext4Options::default().chunk_size, 0);
+    built.check_all();
+}

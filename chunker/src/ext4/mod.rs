@@ -133,6 +133,7 @@ pub struct Ext4Builder<S: ImageSink> {
     sink: S,
     opts: Ext4Options,
     data: DataWriter,
+    identity: Vec<u8>,
 }
 
 impl<S: ImageSink> Ext4Builder<S> {
@@ -150,6 +151,7 @@ impl<S: ImageSink> Ext4Builder<S> {
             opts,
             // Chunk 0 is the header region.
             data: DataWriter::new(chunk_blocks, chunk_blocks),
+            identity: Vec::new(),
         })
     }
 
@@ -164,11 +166,26 @@ impl<S: ImageSink> Ext4Builder<S> {
         self.data.write_file(&mut self.sink, src, size)
     }
 
+    /// Mix bytes that identify the content (layer digests, say) into the
+    /// filesystem UUID. Without them the UUID follows the metadata alone,
+    /// so two images differing only in file bytes would share it. Calls
+    /// accumulate in order; the same calls give the same UUID.
+    pub fn identify(&mut self, bytes: &[u8]) {
+        self.identity
+            .extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+        self.identity.extend_from_slice(bytes);
+    }
+
     /// Write the metadata for `tree` and the header, and finish the sink.
     pub fn finish(mut self, tree: &Tree) -> Result<(S, Ext4Summary), Ext4Error> {
         self.data.align_to_chunk();
-        let summary =
-            writer::write_metadata(&mut self.sink, tree, self.data.next_block(), &self.opts)?;
+        let summary = writer::write_metadata(
+            &mut self.sink,
+            tree,
+            self.data.next_block(),
+            &self.opts,
+            &self.identity,
+        )?;
         self.sink.finish(summary.size)?;
         Ok((self.sink, summary))
     }

@@ -119,6 +119,20 @@ fn deterministic_bytes_and_uuid() {
     let uuid = |img: &[u8]| img[1024 + 0x68..1024 + 0x78].to_vec();
     assert_ne!(uuid(&one), uuid(&three));
     assert_eq!(uuid(&one)[6] >> 4, 8, "a version 8 UUID");
+
+    // Same metadata, different bytes: the identity tells them apart.
+    let with_identity = |id: &[u8]| {
+        let mut b = Ext4Builder::new(VecSink::default(), opts()).unwrap();
+        b.identify(id);
+        b.finish(&tree).unwrap().0.bytes
+    };
+    let (a, b) = (
+        with_identity(b"layer sha256:aa"),
+        with_identity(b"layer sha256:bb"),
+    );
+    assert_ne!(uuid(&a), uuid(&b));
+    assert_eq!(a[..1024 + 0x68], b[..1024 + 0x68]);
+    assert!(with_identity(b"layer sha256:aa") == a);
 }
 
 fn meta_with(name: &str, value: &[u8]) -> Metadata {

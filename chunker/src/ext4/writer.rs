@@ -6,8 +6,9 @@
 //! then block 0 (superblock) and the group descriptor table. All-zero
 //! blocks are skipped: the sink reads unwritten ranges as zeros.
 //!
-//! The UUID and hash seed come from a SHA-256 over everything written, so
-//! they are deterministic and differ between different trees.
+//! The UUID and hash seed come from a SHA-256 over the caller's identity
+//! bytes and everything written, so they are deterministic and differ
+//! between different trees (and, given identities, different contents).
 
 use sha2::{Digest, Sha256};
 
@@ -60,11 +61,13 @@ impl RegionWriter<'_> {
 
 /// Write the metadata for `tree` from block `first_free` (a chunk boundary
 /// after all file data), then the header; say what the image holds.
+/// `identity` (see [`super::Ext4Builder::identify`]) goes into the UUID.
 pub(crate) fn write_metadata(
     sink: &mut dyn ImageSink,
     tree: &crate::tree::Tree,
     first_free: u64,
     opts: &Ext4Options,
+    identity: &[u8],
 ) -> Result<Ext4Summary, Ext4Error> {
     let chunk_blocks = opts.chunk_size / BS;
     let mut plan = Plan::new(tree, chunk_blocks, first_free)?;
@@ -83,6 +86,9 @@ pub(crate) fn write_metadata(
         next: geo.meta_start,
         hash: Sha256::new(),
     };
+    out.hash.update(b"imagefs ext4 identity");
+    out.hash.update((identity.len() as u64).to_le_bytes());
+    out.hash.update(identity);
     let mut descs = vec![GroupDesc::default(); geo.groups as usize];
     for (g, d) in descs.iter_mut().enumerate() {
         let g = g as u64;
