@@ -243,3 +243,49 @@ fn source_kinds_agree() {
         );
     }
 }
+
+/// Dedup-aware layout: two images sharing two base layers (8 MiB of file
+/// data in files of odd sizes) but with different upper layers have the
+/// base layers' data in identical 512 KiB chunks at identical offsets.
+#[test]
+fn base_layer_data_is_shared() {
+    const CHUNK: usize = 512 << 10;
+    let base: Vec<Layer> = (0..2u8)
+        .map(|l| {
+            let files = (0..8u8).map(|i| {
+                let len = (512 << 10) + 1000 * usize::from(i) + 77;
+                Entry::file(format!("base{l}-{i}"), cases::pattern(len, l * 16 + i))
+            });
+            Layer::new(files.collect()).compressed(Compression::Gzip)
+        })
+        .collect();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut images = Vec::new();
+    for (i, upper) in ["python", "node"].iter().enumerate() {
+        let mut layers = base.clone();
+        layers.push(Layer::new(vec![Entry::file(
+            format!("app-{upper}"),
+            cases::pattern(300_000 + i * 70_001, 200 + i as u8),
+        )]));
+        let dir = tmp.path().join(upper);
+        let layout = dir.join("oci");
+        Image::new(layers).write_oci_layout(&layout, "t").unwrap();
+        let image = dir.join("disk.img");
+        flatten(&format!("oci:{}:t", layout.display()), &image).unwrap();
+        images.push(std::fs::read(&image).unwrap());
+    }
+    let chunks = |b: &[u8]| -> Vec<Vec<u8>> { b.chunks(CHUNK).map(<[u8]>::to_vec).collect() };
+    let (a, b) = (chunks(&images[0]), chunks(&images[1]));
+    let same_nonzero = a
+        .iter()
+        .zip(&b)
+        .filter(|(x, y)| x == y && x.iter().any(|&v| v != 0))
+        .count();
+    let base_bytes: usize = (0..8).map(|i| (512 << 10) + 1000 * i + 77).sum::<usize>() * 2;
+    let needed = base_bytes / CHUNK - 2;
+    assert!(
+        same_nonzero >= needed,
+        "only {same_nonzero} non-zero chunks are identical at the same offset; \
+         the base layers' {base_bytes} bytes of data fill at least {needed}"
+    );
+}
