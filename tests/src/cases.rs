@@ -270,6 +270,39 @@ pub fn xattr_newline() -> Case {
     }
 }
 
+/// Layers that list the root directory itself (`./`): its attributes come
+/// from the last layer that lists it.
+pub fn root_entry() -> Case {
+    let l1 = vec![
+        Entry::dir("./")
+            .mode(0o700)
+            .owner(7, 8)
+            .mtime(1_600_000_400, 1),
+        Entry::file("./a", b"a"),
+    ];
+    let l2 = vec![
+        Entry::dir("./")
+            .mode(0o751)
+            .owner(9, 10)
+            .mtime(1_600_000_500, 2),
+        Entry::file("./b", b"b"),
+    ];
+    Case {
+        name: "root-entry",
+        image: Image::new(vec![
+            Layer::new(l1),
+            Layer::new(l2).compressed(Compression::Gzip),
+        ]),
+        unspecified: BTreeSet::new(),
+        expect: vec![
+            Expect::Mode("/", 0o751),
+            Expect::Owner("/", 9, 10),
+            Expect::Mtime("/", 1_600_000_500, 2),
+            Expect::Content("/a".into(), b"a".to_vec()),
+        ],
+    }
+}
+
 /// One directory holding 100,000 entries.
 pub fn big_dir() -> Case {
     let mut entries = vec![Entry::dir("many")];
@@ -396,7 +429,13 @@ pub fn check(listing: &Listing, expect: &[Expect]) -> Vec<String> {
             }
         };
         if !ok {
-            bad.push(format!("expected {e:?}, found {got:?}"));
+            let shown = match (e, got) {
+                (Expect::Mode(..), Some(g)) => format!("mode {:o}", g.mode),
+                _ => format!("{got:?}"),
+            };
+            bad.push(format!(
+                "expected {e:?} (modes are decimal here), found {shown}"
+            ));
         }
     }
     bad

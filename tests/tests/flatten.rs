@@ -86,6 +86,12 @@ fn changeset_each_compression_throughout() {
     }
 }
 
+/// `./` entries set the root directory's attributes.
+#[test]
+fn root_directory_entry() {
+    flatten_case(&cases::root_entry(), SourceKind::OciDir);
+}
+
 /// PAX records are length-prefixed: xattr values may contain newlines.
 #[test]
 fn xattr_values_with_newlines() {
