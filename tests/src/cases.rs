@@ -270,6 +270,86 @@ pub fn xattr_newline() -> Case {
     }
 }
 
+/// More replacement rules: a hard-linked name replaced above, a directory
+/// re-listed (merged, attributes from above), symlink↔directory swaps, a
+/// whiteout of something that never existed, an opaque marker for a new
+/// directory, an entry listed twice in one layer, and a deleted path
+/// re-created as another type.
+pub fn changeset2() -> Case {
+    let l1 = vec![
+        Entry::file("a", b"old a"),
+        Entry::hardlink("b", b"a"),
+        Entry::dir("merge").mode(0o755).mtime(1_600_000_001, 0),
+        Entry::file("merge/keep", b"kept"),
+        Entry::symlink("s2d", b"somewhere"),
+        Entry::dir("d2s"),
+        Entry::file("d2s/gone", b"gone"),
+        Entry::file("gone", b"deleted, then back as a dir"),
+        Entry::dir("dev2"),
+        Entry::fifo("dev2/p2f"),
+        Entry::file("dev2/f2c", b"becomes a char device"),
+    ];
+    let l2 = vec![
+        Entry::file("a", b"new a").mode(0o600),
+        Entry::dir("merge")
+            .mode(0o700)
+            .owner(3, 4)
+            .mtime(1_600_000_002, 200),
+        Entry::file("merge/added", b"added"),
+        Entry::dir("s2d"),
+        Entry::file("s2d/in", b"in"),
+        Entry::symlink("d2s", b"/etc"),
+        Entry::whiteout("never-existed"),
+        Entry::whiteout("gone"),
+        Entry::opaque("newdir"),
+        Entry::file("newdir/f", b"f"),
+        Entry::file("twice", b"first"),
+        Entry::file("twice", b"second"),
+        Entry::file("dev2/p2f", b"fifo became a file"),
+        Entry::char_dev("dev2/f2c", 5, 1),
+    ];
+    let l3 = vec![Entry::dir("gone").mode(0o711)];
+    use Expect::*;
+    use FileKind as K;
+    Case {
+        name: "changeset2",
+        image: Image::new(vec![
+            Layer::new(l1).compressed(Compression::Zstd),
+            Layer::new(l2),
+            Layer::new(l3).compressed(Compression::Gzip),
+        ]),
+        // newdir is implied by its opaque marker, never listed.
+        unspecified: set(&["/", "/newdir"]),
+        expect: vec![
+            Content("/a".into(), b"new a".to_vec()),
+            Mode("/a", 0o600),
+            NotLinked("/a"),
+            Content("/b".into(), b"old a".to_vec()),
+            NotLinked("/b"),
+            Mode("/merge", 0o700),
+            Owner("/merge", 3, 4),
+            Mtime("/merge", 1_600_000_002, 200),
+            Content("/merge/keep".into(), b"kept".to_vec()),
+            Content("/merge/added".into(), b"added".to_vec()),
+            Kind("/s2d", K::Dir),
+            Content("/s2d/in".into(), b"in".to_vec()),
+            Kind("/d2s", K::Symlink),
+            Target("/d2s", b"/etc".to_vec()),
+            Absent("/never-existed"),
+            Absent("/.wh.never-existed"),
+            Kind("/gone", K::Dir),
+            Mode("/gone", 0o711),
+            DirSize("/gone", 0),
+            Kind("/newdir", K::Dir),
+            DirSize("/newdir", 1),
+            Content("/twice".into(), b"second".to_vec()),
+            Content("/dev2/p2f".into(), b"fifo became a file".to_vec()),
+            Kind("/dev2/f2c", K::CharDev),
+            Rdev("/dev2/f2c", 5, 1),
+        ],
+    }
+}
+
 /// Layers that list the root directory itself (`./`): its attributes come
 /// from the last layer that lists it.
 pub fn root_entry() -> Case {

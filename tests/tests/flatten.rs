@@ -86,6 +86,11 @@ fn changeset_each_compression_throughout() {
     }
 }
 
+#[test]
+fn changeset2_from_oci_dir() {
+    flatten_case(&cases::changeset2(), SourceKind::OciDir);
+}
+
 /// `./` entries set the root directory's attributes.
 #[test]
 fn root_directory_entry() {

@@ -45,6 +45,11 @@ fn umoci_unpacks_xattr_newline_as_expected() {
 }
 
 #[test]
+fn umoci_unpacks_changeset2_as_expected() {
+    check_case_with_umoci(cases::changeset2());
+}
+
+#[test]
 fn umoci_unpacks_root_entry_as_expected() {
     check_case_with_umoci(cases::root_entry());
 }
