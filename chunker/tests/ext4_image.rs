@@ -320,6 +320,10 @@ fn fragmented_files_need_deep_extent_trees() {
     for n in [4, 5, 340, 1360, 1361, 1600] {
         b.file(&format!("frag{n}"), &fragmented(n), meta(0o644));
     }
+    // A deep tree whose first extent starts after a hole.
+    let mut holey = vec![0u8; 4096];
+    holey.extend_from_slice(&fragmented(1400));
+    b.file("frag-after-hole", &holey, meta(0o644));
     let built = b.build();
     let id = built.tree.lookup(&ext4_support::p("frag1600")).unwrap();
     let InodeKind::File(fd) = &built.tree.inode(id).kind else {
