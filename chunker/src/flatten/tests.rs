@@ -583,3 +583,77 @@ fn pax_sparse_files_1_0_and_0_1() {
     let (_, _, err) = entry_error(vec![t]);
     assert!(matches!(err, EntryError::BadSparse { .. }), "{err}");
 }
+
+#[test]
+fn corrupt_gzip_layer_fails_naming_the_layer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut t = TarWriter::new();
+    t.file("a", &vec![1u8; 100_000]).file("b", b"b");
+    let w = TestImage::new(vec![TestLayer::new(t.finish(), Compression::Gzip)])
+        .write_layout(tmp.path(), "x");
+    let blob = tmp.path().join("blobs/sha256").join(w.layers[0].hex());
+    let mut bytes = fs::read(&blob).unwrap();
+    let mid = bytes.len() / 2;
+    bytes.truncate(mid);
+    fs::write(&blob, bytes).unwrap();
+    let source = ImageSource::OciLayout {
+        dir: tmp.path().to_owned(),
+        reference: None,
+    };
+    let err = flatten_into(&source, VecSink::default(), &FlattenOptions::default()).unwrap_err();
+    let named = match &err {
+        FlattenError::Layer(LayerError::Read { layer, .. })
+        | FlattenError::Layer(LayerError::Entry { layer, .. }) => layer == &w.layers[0],
+        FlattenError::Source(SourceError::ReadBlob { digest, .. }) => digest == &w.layers[0],
+        _ => false,
+    };
+    assert!(named, "{err}");
+}
+
+#[test]
+fn docker_archive_flattens_with_sniffed_media_types() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("save.tar");
+    let img = TestImage::new(vec![
+        TestLayer::new(
+            layer(|t| {
+                t.file("etc/a", b"a");
+            })
+            .finish(),
+            Compression::None,
+        ),
+        TestLayer::new(
+            layer(|t| {
+                t.file("etc/.wh.a", b"").file("etc/b", b"b");
+            })
+            .finish(),
+            Compression::Gzip,
+        ),
+    ]);
+    let (files, w) = img.docker_files("app:latest");
+    crate::oci::testimg::write_tar(&file, &files);
+    let source: ImageSource = format!("docker-archive:{}:app:latest", file.display())
+        .parse()
+        .unwrap();
+    let image = Image::open(&source).unwrap();
+    let sink = SharedSink::default();
+    let mut b = Ext4Builder::new(sink.clone(), Ext4Options::default()).unwrap();
+    let (tree, reports) = flatten_layers(&image, &mut b).unwrap();
+    let f = Flat {
+        tree,
+        image: sink,
+        reports,
+    };
+    assert!(!f.exists("etc/a"));
+    assert_eq!(f.content("etc/b"), b"b");
+    assert_eq!(
+        f.reports[0].media_type,
+        "application/vnd.oci.image.layer.v1.tar"
+    );
+    assert_eq!(
+        f.reports[1].media_type,
+        "application/vnd.oci.image.layer.v1.tar+gzip"
+    );
+    assert_eq!(f.reports[1].digest, w.layers[1]);
+    assert_eq!(f.reports[1].diff_id, w.diff_ids[1]);
+}
