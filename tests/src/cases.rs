@@ -350,6 +350,55 @@ pub fn changeset2() -> Case {
     }
 }
 
+/// Hard links to a symlink, a FIFO and a device.
+pub fn special_hard_links() -> Case {
+    let l1 = vec![
+        Entry::symlink("sym", b"target-of-sym"),
+        Entry::hardlink("sym-hl", b"sym"),
+        Entry::fifo("pipe"),
+        Entry::hardlink("pipe-hl", b"pipe"),
+        Entry::char_dev("tty", 4, 1),
+        Entry::hardlink("tty-hl", b"tty"),
+    ];
+    use Expect::*;
+    Case {
+        name: "special-hard-links",
+        image: Image::new(vec![Layer::new(l1)]),
+        unspecified: set(&["/"]),
+        expect: vec![
+            Linked(vec!["/sym", "/sym-hl"]),
+            Target("/sym-hl", b"target-of-sym".to_vec()),
+            Linked(vec!["/pipe", "/pipe-hl"]),
+            Linked(vec!["/tty", "/tty-hl"]),
+            Rdev("/tty-hl", 4, 1),
+        ],
+    }
+}
+
+/// An upper-layer entry below a lower-layer symlink to a directory
+/// (`lib -> usr/lib`, as in merged-/usr systems). Docker's and containerd's
+/// layer appliers and umoci all resolve the parent inside the root, so the
+/// file lands in `usr/lib`.
+pub fn symlinked_parent() -> Case {
+    let l1 = vec![
+        Entry::dir("usr"),
+        Entry::dir("usr/lib"),
+        Entry::file("usr/lib/libc.so", b"libc"),
+        Entry::symlink("lib", b"usr/lib"),
+    ];
+    let l2 = vec![Entry::file("lib/libnew.so", b"new lib")];
+    use Expect::*;
+    Case {
+        name: "symlinked-parent",
+        image: Image::new(vec![Layer::new(l1), Layer::new(l2)]),
+        unspecified: set(&["/"]),
+        expect: vec![
+            Kind("/lib", FileKind::Symlink),
+            Content("/usr/lib/libnew.so".into(), b"new lib".to_vec()),
+        ],
+    }
+}
+
 /// Layers that list the root directory itself (`./`): its attributes come
 /// from the last layer that lists it.
 pub fn root_entry() -> Case {

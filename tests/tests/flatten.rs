@@ -91,6 +91,18 @@ fn changeset2_from_oci_dir() {
     flatten_case(&cases::changeset2(), SourceKind::OciDir);
 }
 
+#[test]
+fn hard_links_to_symlink_fifo_and_device() {
+    flatten_case(&cases::special_hard_links(), SourceKind::OciDir);
+}
+
+/// A layer writes below a lower layer's symlink to a directory; like
+/// docker, containerd and umoci, the flattener must resolve it in the root.
+#[test]
+fn entry_below_symlinked_parent() {
+    flatten_case(&cases::symlinked_parent(), SourceKind::OciDir);
+}
+
 /// `./` entries set the root directory's attributes.
 #[test]
 fn root_directory_entry() {

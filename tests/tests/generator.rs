@@ -50,6 +50,16 @@ fn umoci_unpacks_changeset2_as_expected() {
 }
 
 #[test]
+fn umoci_unpacks_special_hard_links_as_expected() {
+    check_case_with_umoci(cases::special_hard_links());
+}
+
+#[test]
+fn umoci_unpacks_symlinked_parent_as_expected() {
+    check_case_with_umoci(cases::symlinked_parent());
+}
+
+#[test]
 fn umoci_unpacks_root_entry_as_expected() {
     check_case_with_umoci(cases::root_entry());
 }
