@@ -79,6 +79,9 @@ fn every_file_type() {
     b.node("sock", InodeKind::Socket, meta(0o755));
     b.file("name with spaces and \u{e9}", b"x", meta(0o644));
     b.file(&"n".repeat(255), b"long name", meta(0o644));
+    // Names are bytes, not necessarily UTF-8.
+    let raw: &[&[u8]] = &[b"raw-\xff\xfe-name"];
+    b.tree.insert(raw, InodeKind::Fifo, meta(0o644)).unwrap();
     b.build().check_all();
 }
 
