@@ -245,13 +245,31 @@ fn ref_names(index: &Index) -> String {
         .manifests
         .iter()
         .map(|m| {
+            // The full name, where recorded, says more than a bare tag.
             m.annotations
-                .get(spec::REF_NAME)
-                .or_else(|| m.annotations.get(spec::CONTAINERD_NAME))
+                .get(spec::CONTAINERD_NAME)
+                .or_else(|| m.annotations.get(spec::REF_NAME))
                 .map_or("<unnamed>", String::as_str)
         })
         .collect();
     names.join(", ")
+}
+
+/// Whether an index entry is the image `r` names: by its ref name
+/// annotation, or by the full name Docker and containerd record
+/// (`docker.io/library/app:1`), which `app:1` and `library/app:1` also name.
+fn names_ref(desc: &Descriptor, r: &str) -> bool {
+    if desc.annotations.get(spec::REF_NAME).map(String::as_str) == Some(r) {
+        return true;
+    }
+    let Some(full) = desc.annotations.get(spec::CONTAINERD_NAME) else {
+        return false;
+    };
+    [full.as_str()]
+        .into_iter()
+        .chain(full.strip_prefix("docker.io/"))
+        .chain(full.strip_prefix("docker.io/library/"))
+        .any(|name| name == r)
 }
 
 fn from_layout(store: Store, reference: Option<&str>) -> Result<Image, SourceError> {
@@ -268,10 +286,7 @@ fn from_layout(store: Store, reference: Option<&str>) -> Result<Image, SourceErr
         Some(r) => index
             .manifests
             .iter()
-            .find(|m| {
-                m.annotations.get(spec::REF_NAME).map(String::as_str) == Some(r)
-                    || m.annotations.get(spec::CONTAINERD_NAME).map(String::as_str) == Some(r)
-            })
+            .find(|m| names_ref(m, r))
             .ok_or_else(|| SourceError::RefNotFound {
                 reference: r.to_owned(),
                 location: store.location(),

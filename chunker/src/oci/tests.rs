@@ -232,7 +232,12 @@ fn docker_archive_legacy_and_sniffed_layers() {
 fn docker_archive_with_oci_layout_uses_the_layout() {
     let tmp = tempfile::tempdir().unwrap();
     let file = tmp.path().join("save.tar");
-    let (mut files, w) = two_layers().layout_files("app:1");
+    let (mut files, w) = two_layers().layout_files("1");
+    // Docker 25+ records the full name too.
+    let index = files.iter_mut().find(|(p, _)| p == "index.json").unwrap();
+    let mut v: serde_json::Value = serde_json::from_slice(&index.1).unwrap();
+    v["manifests"][0]["annotations"]["io.containerd.image.name"] = "docker.io/library/app:1".into();
+    index.1 = serde_json::to_vec(&v).unwrap();
     let (docker, _) = two_layers().docker_files("app:1");
     files.extend(docker.into_iter().filter(|(p, _)| p == "manifest.json"));
     testimg::write_tar(&file, &files);
