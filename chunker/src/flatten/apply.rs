@@ -149,7 +149,11 @@ impl Applier {
             Change::Put => {}
         }
         let meta = entry::metadata(entry.header(), &pax)?;
-        let kind = entry.header().entry_type();
+        let mut kind = entry.header().entry_type();
+        if kind == tar::EntryType::Regular && raw_path.ends_with(b"/") && entry.size() == 0 {
+            // Pre-POSIX tars mark directories only by the trailing slash.
+            kind = tar::EntryType::Directory;
+        }
         if path.is_empty() {
             // `./` itself: the root directory's attributes.
             if !kind.is_dir() {

@@ -383,3 +383,14 @@ fn docker_archive_flattens_with_sniffed_media_types() {
     assert_eq!(f.reports[1].digest, w.layers[1]);
     assert_eq!(f.reports[1].diff_id, w.diff_ids[1]);
 }
+
+#[test]
+fn old_style_directory_entry_is_a_directory() {
+    let f = flat(vec![layer(|t| {
+        t.raw(header(b"olddir/", tar::EntryType::Regular, 0o750, 0), b"");
+        t.file("olddir/f", b"x");
+    })]);
+    assert!(f.inode("olddir").is_dir());
+    assert_eq!(f.inode("olddir").meta.mode, 0o750);
+    assert_eq!(f.content("olddir/f"), b"x");
+}
