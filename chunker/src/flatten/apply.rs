@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, Read};
 
 use super::entry::{self, Change, Components, EntryError, PaxAttrs};
+use super::resolve;
 use super::sparse::{self, SparseReader};
 use crate::ext4::Ext4Builder;
 use crate::oci::Digest;
@@ -134,6 +135,8 @@ impl Applier {
             None => entry.path_bytes().into_owned(),
         };
         let path = entry::normalize_path(&raw_path)?;
+        // Parents that are symlinks in lower layers lead where they point.
+        let path = resolve::resolve_parent(tree, &path)?;
         let (name, parent) = match path.split_last() {
             Some((name, parent)) => (name.as_slice(), parent),
             None => (&b""[..], &path[..0]),
@@ -219,6 +222,7 @@ impl Applier {
                         target: String::from_utf8_lossy(&raw).into_owned(),
                     });
                 }
+                let target = resolve::resolve_parent(tree, &target)?;
                 tree.link(&at, &refs(&target))?;
                 self.mark(&path);
                 return Ok(());

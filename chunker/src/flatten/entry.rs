@@ -36,6 +36,9 @@ pub enum EntryError {
         /// The target as written.
         target: String,
     },
+    /// Resolving the path's symlinked parents went round in circles.
+    #[error("too many levels of symbolic links in the path")]
+    SymlinkLoop,
     /// A link entry without a target.
     #[error("the link has no target")]
     NoLinkTarget,

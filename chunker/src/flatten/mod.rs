@@ -10,6 +10,7 @@
 pub mod apply;
 pub mod entry;
 mod output;
+pub mod resolve;
 pub mod sparse;
 
 use std::io;

@@ -394,3 +394,25 @@ fn old_style_directory_entry_is_a_directory() {
     assert_eq!(f.inode("olddir").meta.mode, 0o750);
     assert_eq!(f.content("olddir/f"), b"x");
 }
+
+#[test]
+fn entries_below_lower_symlinks_land_where_they_point() {
+    let f = flat(vec![
+        layer(|t| {
+            t.file("usr/lib/libc.so", b"libc").symlink("lib", "usr/lib");
+            t.symlink("abs", "/usr/lib").symlink("esc", "../../..");
+        }),
+        layer(|t| {
+            t.file("lib/libnew.so", b"new lib");
+            t.hardlink("abs/libc-hl", "lib/libc.so");
+            t.file("esc/etc/passwd", b"inside");
+            t.file("lib/.wh.libc.so", b"");
+        }),
+    ]);
+    assert!(matches!(f.inode("lib").kind, InodeKind::Symlink { .. }));
+    assert_eq!(f.content("usr/lib/libnew.so"), b"new lib");
+    assert_eq!(f.content("usr/lib/libc-hl"), b"libc");
+    assert!(!f.exists("usr/lib/libc.so"));
+    assert_eq!(f.content("etc/passwd"), b"inside");
+    assert!(matches!(f.inode("esc").kind, InodeKind::Symlink { .. }));
+}
