@@ -378,15 +378,27 @@ pub fn special_hard_links() -> Case {
 /// An upper-layer entry below a lower-layer symlink to a directory
 /// (`lib -> usr/lib`, as in merged-/usr systems). Docker's and containerd's
 /// layer appliers and umoci all resolve the parent inside the root, so the
-/// file lands in `usr/lib`.
+/// file lands in `usr/lib`; absolute targets and `..` are resolved with
+/// the image root as `/` (never the host's).
 pub fn symlinked_parent() -> Case {
     let l1 = vec![
         Entry::dir("usr"),
         Entry::dir("usr/lib"),
         Entry::file("usr/lib/libc.so", b"libc"),
         Entry::symlink("lib", b"usr/lib"),
+        Entry::symlink("lib64", b"/usr/lib"),
+        Entry::symlink("chain1", b"chain2"),
+        Entry::symlink("chain2", b"./usr/../usr/lib"),
+        Entry::dir("opt"),
+        Entry::dir("usr/share"),
+        Entry::symlink("usr/share/up", b"../../../../../opt"),
     ];
-    let l2 = vec![Entry::file("lib/libnew.so", b"new lib")];
+    let l2 = vec![
+        Entry::file("lib/libnew.so", b"new lib"),
+        Entry::file("lib64/abs.so", b"through an absolute symlink"),
+        Entry::file("chain1/chain.so", b"through two symlinks"),
+        Entry::file("usr/share/up/clamped", b"`..` stops at the root"),
+    ];
     use Expect::*;
     Case {
         name: "symlinked-parent",
@@ -395,6 +407,13 @@ pub fn symlinked_parent() -> Case {
         expect: vec![
             Kind("/lib", FileKind::Symlink),
             Content("/usr/lib/libnew.so".into(), b"new lib".to_vec()),
+            Content(
+                "/usr/lib/abs.so".into(),
+                b"through an absolute symlink".to_vec(),
+            ),
+            Content("/usr/lib/chain.so".into(), b"through two symlinks".to_vec()),
+            Content("/opt/clamped".into(), b"`..` stops at the root".to_vec()),
+            Kind("/usr/share/up", FileKind::Symlink),
         ],
     }
 }
