@@ -398,19 +398,19 @@ pub fn symlinked_parent() -> Case {
         Entry::file("lib64/abs.so", b"through an absolute symlink"),
         Entry::file("chain1/chain.so", b"through two symlinks"),
         Entry::file("usr/share/up/clamped", b"`..` stops at the root"),
+        Entry::hardlink("lib/hl.so", b"lib/libc.so"),
     ];
+    let l3 = vec![Entry::whiteout("lib64/abs.so")];
     use Expect::*;
     Case {
         name: "symlinked-parent",
-        image: Image::new(vec![Layer::new(l1), Layer::new(l2)]),
+        image: Image::new(vec![Layer::new(l1), Layer::new(l2), Layer::new(l3)]),
         unspecified: set(&["/"]),
         expect: vec![
+            Linked(vec!["/usr/lib/hl.so", "/usr/lib/libc.so"]),
+            Absent("/usr/lib/abs.so"),
             Kind("/lib", FileKind::Symlink),
             Content("/usr/lib/libnew.so".into(), b"new lib".to_vec()),
-            Content(
-                "/usr/lib/abs.so".into(),
-                b"through an absolute symlink".to_vec(),
-            ),
             Content("/usr/lib/chain.so".into(), b"through two symlinks".to_vec()),
             Content("/opt/clamped".into(), b"`..` stops at the root".to_vec()),
             Kind("/usr/share/up", FileKind::Symlink),
