@@ -65,6 +65,15 @@ pub fn capability(cap: u32) -> Vec<u8> {
     v
 }
 
+/// [`pattern`] with newline bytes replaced (binary PAX values with
+/// newlines have their own case, `xattr_newline`).
+pub fn pattern_no_newline(len: usize, seed: u8) -> Vec<u8> {
+    pattern(len, seed)
+        .into_iter()
+        .map(|b| if b == b'\n' { b'\x0b' } else { b })
+        .collect()
+}
+
 /// Deterministic pseudo-random bytes.
 pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
     let mut out = Vec::with_capacity(len);
@@ -95,10 +104,7 @@ fn set(paths: &[&str]) -> BTreeSet<String> {
 pub fn changeset() -> Case {
     // No newline bytes here: binary values with newlines have their own
     // case (`xattr_newline`), so that one failure does not hide the rest.
-    let big_xattr: Vec<u8> = pattern(2000, 7)
-        .into_iter()
-        .map(|b| if b == b'\n' { b'\x0b' } else { b })
-        .collect();
+    let big_xattr = pattern_no_newline(2000, 7);
     let slow_target = long("/usr/share/slow/target/", 150);
     let pax_name = long("long/pax-", 180);
     let gnu_name = long("long/gnu-", 220);
@@ -346,6 +352,102 @@ pub fn changeset2() -> Case {
             Content("/dev2/p2f".into(), b"fifo became a file".to_vec()),
             Kind("/dev2/f2c", K::CharDev),
             Rdev("/dev2/f2c", 5, 1),
+        ],
+    }
+}
+
+/// Boundaries: a path split into the ustar prefix field, a name of exactly
+/// 100 bytes (no NUL in the header), a 255-byte component, UTF-8 and spaces
+/// in names, symlink targets of 59/60/61 bytes (the fast-symlink limit),
+/// many small xattrs that overflow the inode, a large xattr on a directory,
+/// and 100 names for one file.
+pub fn boundaries() -> Case {
+    let long_dir = long("p/", 112);
+    let prefixed = format!("{long_dir}/{}", long("file-", 80));
+    let hundred = long("hundred/", 100);
+    let max_component = format!("max/{}", long("n", 255));
+    let t = |n: usize| long("/target/", n);
+    let mut many = Entry::file("many-xattrs", b"m");
+    for i in 0..20 {
+        many = many.xattr(&format!("user.attr{i:02}"), pattern_no_newline(30, i as u8));
+    }
+    let mut l1 = vec![
+        Entry::dir("p"),
+        Entry::dir(long_dir.as_bytes()),
+        Entry::file(prefixed.as_bytes(), b"prefix field").ustar_prefix(),
+        Entry::dir("hundred"),
+        Entry::file(hundred.as_bytes(), b"exactly 100"),
+        Entry::dir("max"),
+        Entry::file(max_component.as_bytes(), b"255"),
+        Entry::dir("café"),
+        Entry::file("café/naïve ファイル with spaces", b"utf-8"),
+        Entry::symlink("t59", t(59).as_bytes()),
+        Entry::symlink("t60", t(60).as_bytes()),
+        Entry::symlink("t61", t(61).as_bytes()),
+        many,
+        Entry::dir("bigxdir").xattr("user.big", pattern_no_newline(3000, 42)),
+        Entry::dir("links"),
+        Entry::file("links/origin", b"one inode, 100 names"),
+    ];
+    for i in 0..99 {
+        l1.push(Entry::hardlink(format!("links/l{i:02}"), b"links/origin"));
+    }
+    use Expect::*;
+    Case {
+        name: "boundaries",
+        image: Image::new(vec![Layer::new(l1).compressed(Compression::Gzip)]),
+        unspecified: set(&["/"]),
+        expect: vec![
+            Content(format!("/{prefixed}"), b"prefix field".to_vec()),
+            Content(format!("/{hundred}"), b"exactly 100".to_vec()),
+            Content(format!("/{max_component}"), b"255".to_vec()),
+            Content("/café/naïve ファイル with spaces".into(), b"utf-8".to_vec()),
+            Target("/t59", t(59).into_bytes()),
+            Target("/t60", t(60).into_bytes()),
+            Target("/t61", t(61).into_bytes()),
+            Xattr("/many-xattrs", "user.attr19", pattern_no_newline(30, 19)),
+            Xattr("/bigxdir", "user.big", pattern_no_newline(3000, 42)),
+            DirSize("/links", 100),
+        ],
+    }
+}
+
+/// A POSIX ACL as a PAX xattr (`system.posix_acl_access`, in the xattr
+/// format: version 2, then (tag, perm, id) entries). ext4 stores ACLs in its
+/// own on-disk format, so a writer that copies the bytes verbatim breaks them.
+pub fn acl() -> Case {
+    let mut v = 2u32.to_le_bytes().to_vec();
+    for (tag, perm, id) in [
+        (1u16, 6u16, u32::MAX),
+        (2, 4, 1000),
+        (4, 4, u32::MAX),
+        (0x10, 4, u32::MAX),
+        (0x20, 0, u32::MAX),
+    ] {
+        v.extend(tag.to_le_bytes());
+        v.extend(perm.to_le_bytes());
+        v.extend(id.to_le_bytes());
+    }
+    let mut d = 2u32.to_le_bytes().to_vec();
+    for (tag, perm) in [(1u16, 7u16), (4, 5), (0x20, 5)] {
+        d.extend(tag.to_le_bytes());
+        d.extend(perm.to_le_bytes());
+        d.extend(u32::MAX.to_le_bytes());
+    }
+    Case {
+        name: "acl",
+        image: Image::new(vec![Layer::new(vec![
+            Entry::file("acl-file", b"acl")
+                .mode(0o640)
+                .xattr("system.posix_acl_access", &v),
+            Entry::dir("acl-dir")
+                .mode(0o755)
+                .xattr("system.posix_acl_default", &d),
+        ])]),
+        unspecified: set(&["/"]),
+        expect: vec![
+            Expect::Xattr("/acl-file", "system.posix_acl_access", v),
+            Expect::Xattr("/acl-dir", "system.posix_acl_default", d),
         ],
     }
 }

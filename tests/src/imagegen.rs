@@ -120,6 +120,9 @@ pub enum LongNames {
     Pax,
     /// GNU `././@LongLink` records of type `L` / `K`.
     Gnu,
+    /// The ustar `prefix` field (path split at a `/`, prefix ≤ 155 and
+    /// name ≤ 100 bytes); link names still use PAX.
+    UstarPrefix,
 }
 
 /// One tar entry.
@@ -236,6 +239,11 @@ impl Entry {
             .push((name.to_string(), value.as_ref().to_vec()));
         self
     }
+    /// Uses the ustar prefix field for a long path.
+    pub fn ustar_prefix(mut self) -> Self {
+        self.long_names = LongNames::UstarPrefix;
+        self
+    }
     /// Uses GNU records for long names.
     pub fn gnu_long_names(mut self) -> Self {
         self.long_names = LongNames::Gnu;
@@ -264,7 +272,17 @@ impl Entry {
         let mut pax: Vec<(String, Vec<u8>)> = Vec::new();
         let gnu = self.long_names == LongNames::Gnu;
         let mut name = path.clone();
-        if path.len() > 100 {
+        let mut prefix = Vec::new();
+        if path.len() > 100 && self.long_names == LongNames::UstarPrefix {
+            let split = (0..path.len())
+                .rev()
+                .find(|&i| {
+                    path[i] == b'/' && i <= 155 && path.len() - i - 1 <= 100 && i + 1 < path.len()
+                })
+                .expect("path cannot be split into ustar prefix and name");
+            prefix = path[..split].to_vec();
+            name = path[split + 1..].to_vec();
+        } else if path.len() > 100 {
             if gnu {
                 w.gnu_long(b'L', &path)?;
             } else {
@@ -312,6 +330,7 @@ impl Entry {
             devmajor,
             devminor,
             gnu,
+            prefix,
         };
         match &self.kind {
             Kind::File(d) => w.entry(&header, d.reader()),

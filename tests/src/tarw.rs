@@ -38,6 +38,8 @@ pub struct RawHeader {
     pub devminor: u32,
     /// GNU magic (`ustar  \0`) instead of POSIX (`ustar\000`).
     pub gnu: bool,
+    /// ustar `prefix` field (≤ 155 bytes; POSIX headers only).
+    pub prefix: Vec<u8>,
 }
 
 fn octal(field: &mut [u8], value: u64) {
@@ -74,6 +76,8 @@ impl RawHeader {
         h[297..301].copy_from_slice(b"root");
         octal(&mut h[329..337], u64::from(self.devmajor));
         octal(&mut h[337..345], u64::from(self.devminor));
+        assert!(self.prefix.len() <= 155 && (self.prefix.is_empty() || !self.gnu));
+        h[345..345 + self.prefix.len()].copy_from_slice(&self.prefix);
         h[148..156].copy_from_slice(b"        ");
         let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
         let s = format!("{sum:06o}\0 ");

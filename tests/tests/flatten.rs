@@ -104,6 +104,17 @@ fn entry_below_symlinked_parent() {
     flatten_case(&cases::symlinked_parent(), SourceKind::OciDir);
 }
 
+#[test]
+fn name_symlink_xattr_and_link_boundaries() {
+    flatten_case(&cases::boundaries(), SourceKind::OciDir);
+}
+
+/// POSIX ACLs given as PAX xattrs must read back as the same ACLs.
+#[test]
+fn posix_acls() {
+    flatten_case(&cases::acl(), SourceKind::OciDir);
+}
+
 /// `./` entries set the root directory's attributes.
 #[test]
 fn root_directory_entry() {

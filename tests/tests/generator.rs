@@ -60,6 +60,16 @@ fn umoci_unpacks_symlinked_parent_as_expected() {
 }
 
 #[test]
+fn umoci_unpacks_boundaries_as_expected() {
+    check_case_with_umoci(cases::boundaries());
+}
+
+#[test]
+fn umoci_unpacks_acl_as_expected() {
+    check_case_with_umoci(cases::acl());
+}
+
+#[test]
 fn umoci_unpacks_root_entry_as_expected() {
     check_case_with_umoci(cases::root_entry());
 }
