@@ -1,0 +1,306 @@
+//! Convert benchmark (issue 3, item 8), one run, ratios against baselines
+//! measured in the same run:
+//! - convert throughput (MB/s of image data) with 1 thread and with all
+//!   cores, next to `sha256sum` over the same image bytes;
+//! - peak memory (VmHWM) of a conversion of the Debian image and of a
+//!   synthetic multi-GiB image, to show it does not grow with size;
+//! - sealed manifest bytes per GiB of image;
+//! - bytes the second of two images sharing a base adds to the store,
+//!   beyond its own application layer.
+//!
+//! Each conversion runs in a child process (this binary, re-executed) so
+//! its peak memory is its own.
+
+use std::fs;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::Instant;
+
+use cachetiers::DirStore;
+use chunker::convert::{ConvertOptions, convert};
+use chunker::flatten::{FlattenOptions, flatten_to_file};
+use chunker::oci::ImageSource;
+use manifest::LocalKeyProvider;
+use sha2::{Digest, Sha256};
+
+const GIB: f64 = (1u64 << 30) as f64;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    let result = if args.get(1).map(String::as_str) == Some("--child") {
+        child(&args[2..])
+    } else {
+        parent()
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("convert bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `--child SOURCE STORE KEYS THREADS`: convert once and print one result
+/// line: seconds, image bytes, new bytes written, manifest bytes, VmHWM KiB.
+fn child(args: &[String]) -> Result<(), String> {
+    let [source, store, keys, threads] = args else {
+        return Err("child: SOURCE STORE KEYS THREADS".into());
+    };
+    let source: ImageSource = source.parse().map_err(|e| format!("{e}"))?;
+    let store = DirStore::create(store).map_err(|e| e.to_string())?;
+    let keys = LocalKeyProvider::create(keys).map_err(|e| e.to_string())?;
+    let opts = ConvertOptions {
+        threads: threads.parse().map_err(|_| "threads")?,
+        ..ConvertOptions::default()
+    };
+    let t = Instant::now();
+    let r = convert(&source, &store, &keys, &opts).map_err(|e| format!("{e:?}"))?;
+    let secs = t.elapsed().as_secs_f64();
+    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let hwm = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    let app_layer: u64 = r
+        .flatten
+        .layers
+        .last()
+        .map_or(0, |l| l.uncompressed_bytes);
+    println!(
+        "RESULT {secs} {} {} {} {hwm} {app_layer}",
+        r.image_bytes, r.bytes_written, r.manifest_bytes
+    );
+    Ok(())
+}
+
+struct Run {
+    secs: f64,
+    image: u64,
+    written: u64,
+    manifest: u64,
+    hwm_kib: u64,
+    app_layer: u64,
+}
+
+fn run_child(source: &str, store: &Path, keys: &Path, threads: usize) -> Result<Run, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let out = Command::new(exe)
+        .arg("--child")
+        .arg(source)
+        .arg(store)
+        .arg(keys)
+        .arg(threads.to_string())
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(format!(
+            "converting {source}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix("RESULT "))
+        .ok_or("child printed no result")?;
+    let f: Vec<f64> = line
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(f64::NAN))
+        .collect();
+    Ok(Run {
+        secs: f[0],
+        image: f[1] as u64,
+        written: f[2] as u64,
+        manifest: f[3] as u64,
+        hwm_kib: f[4] as u64,
+        app_layer: f[5] as u64,
+    })
+}
+
+fn layout_dir() -> PathBuf {
+    if let Ok(p) = std::env::var("IMAGEFS_DEBIAN_OCI") {
+        return PathBuf::from(p);
+    }
+    let cache = std::env::var("IMAGEFS_CACHE").unwrap_or_else(|_| "/var/cache/imagefs".into());
+    Path::new(&cache).join("debian-images/oci")
+}
+
+fn sha256sum_secs(path: &Path) -> Result<f64, String> {
+    let t = Instant::now();
+    let st = Command::new("sha256sum")
+        .arg(path)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .map_err(|e| format!("sha256sum: {e}"))?;
+    if !st.success() {
+        return Err("sha256sum failed".into());
+    }
+    Ok(t.elapsed().as_secs_f64())
+}
+
+/// An uncompressed single-layer OCI image holding `gib` GiB of
+/// incompressible, non-repeating file data, written as a stream.
+fn synthetic_image(dir: &Path, gib: u64) -> io::Result<String> {
+    let blobs = dir.join("blobs/sha256");
+    fs::create_dir_all(&blobs)?;
+    let tmp = blobs.join("layer.tmp");
+    struct Hashing<W: Write>(W, Sha256);
+    impl<W: Write> Write for Hashing<W> {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            let n = self.0.write(b)?;
+            self.1.update(&b[..n]);
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            self.0.flush()
+        }
+    }
+    struct Noise(u64, u64);
+    impl Read for Noise {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = buf.len().min(self.1 as usize) & !7;
+            let n = if n == 0 { (self.1 as usize).min(buf.len()) } else { n };
+            for c in buf[..n].chunks_mut(8) {
+                self.0 ^= self.0 << 13;
+                self.0 ^= self.0 >> 7;
+                self.0 ^= self.0 << 17;
+                c.copy_from_slice(&self.0.to_le_bytes()[..c.len()]);
+            }
+            self.1 -= n as u64;
+            Ok(n)
+        }
+    }
+    let file = io::BufWriter::with_capacity(1 << 20, fs::File::create(&tmp)?);
+    let mut tar = tar::Builder::new(Hashing(file, Sha256::new()));
+    for i in 0..gib {
+        let size = 1u64 << 30;
+        let mut h = tar::Header::new_gnu();
+        h.set_size(size);
+        h.set_mode(0o644);
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mtime(0);
+        tar.append_data(&mut h, format!("data/blob{i}.bin"), Noise(i * 7919 + 1, size))?;
+    }
+    let Hashing(mut file, hash) = tar.into_inner()?;
+    file.flush()?;
+    let size = fs::metadata(&tmp)?.len();
+    let layer = format!("sha256:{}", hex::encode(hash.finalize()));
+    fs::rename(&tmp, blobs.join(&layer[7..]))?;
+    let config = serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "config": {"Cmd": ["/bin/true"]},
+        "rootfs": {"type": "layers", "diff_ids": [layer]},
+    });
+    let put = |bytes: Vec<u8>| -> io::Result<(String, usize)> {
+        let d = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
+        fs::write(blobs.join(&d[7..]), &bytes)?;
+        Ok((d, bytes.len()))
+    };
+    let (cfg, cfg_len) = put(serde_json::to_vec(&config)?)?;
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cfg, "size": cfg_len},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer, "size": size}],
+    });
+    let (man, man_len) = put(serde_json::to_vec(&manifest)?)?;
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": man, "size": man_len,
+            "annotations": {"org.opencontainers.image.ref.name": "big"},
+        }],
+    });
+    fs::write(dir.join("index.json"), serde_json::to_vec(&index)?)?;
+    fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+    Ok(format!("oci:{}:big", dir.display()))
+}
+
+fn parent() -> Result<(), String> {
+    let layout = layout_dir();
+    if !layout.join("index.json").exists() {
+        println!(
+            "SKIP: no Debian image layout at {} (run scripts/build-debian-images.sh)",
+            layout.display()
+        );
+        return Ok(());
+    }
+    let work = tempfile::Builder::new()
+        .prefix("imagefs-convert-bench-")
+        .tempdir_in("/var/tmp")
+        .map_err(|e| e.to_string())?;
+    let w = work.path();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let python = format!("oci:{}:python", layout.display());
+    let node = format!("oci:{}:node", layout.display());
+
+    // Baseline: sha256sum over the very image bytes convert chunks.
+    let flat = w.join("python.img");
+    let source: ImageSource = python.parse().map_err(|e| format!("{e}"))?;
+    flatten_to_file(&source, &flat, &FlattenOptions::default()).map_err(|e| e.to_string())?;
+    sha256sum_secs(&flat)?; // warm the page cache
+    let sha = sha256sum_secs(&flat)?;
+    let img_mb = fs::metadata(&flat).map_err(|e| e.to_string())?.len() as f64 / 1e6;
+
+    let keys = w.join("keys");
+    let one = run_child(&python, &w.join("store-1"), &keys, 1)?;
+    let all = run_child(&python, &w.join("store-n"), &keys, cores)?;
+    println!();
+    println!("convert throughput, python image ({img_mb:.1} MB of image data)");
+    println!("{:<22} {:>8} {:>10} {:>12}", "", "secs", "MB/s", "vs sha256sum");
+    println!("{:<22} {:>8.2} {:>10.1} {:>11.2}x", "sha256sum", sha, img_mb / sha, 1.0);
+    for (name, r) in [("convert, 1 thread", &one), (&*format!("convert, {cores} threads"), &all)] {
+        let mbs = r.image as f64 / 1e6 / r.secs;
+        println!(
+            "{:<22} {:>8.2} {:>10.1} {:>11.2}x",
+            name,
+            r.secs,
+            mbs,
+            mbs / (img_mb / sha)
+        );
+    }
+
+    // The second image sharing the base, into the store that has python.
+    let second = run_child(&node, &w.join("store-n"), &keys, cores)?;
+    let beyond = second.written.saturating_sub(second.app_layer);
+    println!();
+    println!("node image after python, same store (sharing the base layer)");
+    println!(
+        "image {:.1} MB, own app layer {:.1} MB, new bytes stored {:.1} MB, beyond its app layer {:.1} MB = {:.1}% of the image (goal <= 10%)",
+        second.image as f64 / 1e6,
+        second.app_layer as f64 / 1e6,
+        second.written as f64 / 1e6,
+        beyond as f64 / 1e6,
+        100.0 * beyond as f64 / second.image as f64
+    );
+
+    // Memory does not grow with image size.
+    let big_dir = w.join("big-oci");
+    let gib = std::env::var("IMAGEFS_BENCH_GIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3u64);
+    let big = synthetic_image(&big_dir, gib).map_err(|e| format!("synthetic image: {e}"))?;
+    let big_run = run_child(&big, &w.join("store-big"), &keys, cores)?;
+    println!();
+    println!("peak memory (VmHWM of the converting process)");
+    println!("{:<28} {:>12} {:>12} {:>16}", "image", "image MB", "peak MiB", "manifest B/GiB");
+    for (name, r) in [("python (Debian)", &all), (&*format!("synthetic {gib} GiB"), &big_run)] {
+        println!(
+            "{:<28} {:>12.1} {:>12.1} {:>16.0}",
+            name,
+            r.image as f64 / 1e6,
+            r.hwm_kib as f64 / 1024.0,
+            r.manifest as f64 / (r.image as f64 / GIB)
+        );
+    }
+    println!(
+        "synthetic convert: {:.1} MB/s with {cores} threads",
+        big_run.image as f64 / 1e6 / big_run.secs
+    );
+    Ok(())
+}
