@@ -433,7 +433,7 @@ impl Default for RunConfig {
 }
 
 /// A whole image.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Image {
     /// Layers, lowest first.
     pub layers: Vec<Layer>,
@@ -441,6 +441,19 @@ pub struct Image {
     pub config: RunConfig,
     /// Write Docker media types (manifest, config, layers) in OCI layouts.
     pub docker_media_types: bool,
+    /// The config's architecture.
+    pub architecture: String,
+}
+
+impl Default for Image {
+    fn default() -> Self {
+        Image {
+            layers: Vec::new(),
+            config: RunConfig::default(),
+            docker_media_types: false,
+            architecture: "amd64".into(),
+        }
+    }
 }
 
 /// Digests of what was written (`sha256:<hex>`).
@@ -566,6 +579,16 @@ fn write_entries<W: Write>(entries: &[Entry], w: W) -> io::Result<W> {
     t.finish()
 }
 
+fn write_index_json(dir: &Path, manifests: Vec<Value>) -> io::Result<()> {
+    let index = json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": manifests,
+    });
+    fs::write(dir.join("index.json"), to_json(&index))?;
+    fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)
+}
+
 fn write_blob(blobs: &Path, bytes: &[u8]) -> io::Result<String> {
     let d = sha256_digest(bytes);
     fs::write(blobs.join(hex_of(&d)), bytes)?;
@@ -600,7 +623,7 @@ impl Image {
     fn config_json(&self, diff_ids: &[String]) -> Value {
         let c = &self.config;
         json!({
-            "architecture": "amd64",
+            "architecture": self.architecture,
             "os": "linux",
             "created": "2020-09-13T12:26:40Z",
             "config": {
@@ -615,14 +638,13 @@ impl Image {
         })
     }
 
-    /// Writes an OCI image layout at `dir` (created if needed) with `ref_name`
-    /// as the `org.opencontainers.image.ref.name` annotation.
-    pub fn write_oci_layout(&self, dir: &Path, ref_name: &str) -> io::Result<Written> {
-        let blobs = dir.join("blobs/sha256");
-        fs::create_dir_all(&blobs)?;
+    /// Writes the image's blobs into `blobs`; returns the manifest's
+    /// descriptor and the digests.
+    fn write_blobs(&self, blobs: &Path) -> io::Result<(Value, Written)> {
+        fs::create_dir_all(blobs)?;
         let (mut layers, mut diff_ids, mut descs) = (Vec::new(), Vec::new(), Vec::new());
         for l in &self.layers {
-            let (digest, diff_id, size) = write_layer(l, &blobs)?;
+            let (digest, diff_id, size) = write_layer(l, blobs)?;
             let mt = match (&l.media_type, self.docker_media_types) {
                 (Some(m), _) => m.clone(),
                 (None, false) => l.compression.oci_media_type().to_string(),
@@ -644,32 +666,70 @@ impl Image {
             )
         };
         let config = to_json(&self.config_json(&diff_ids));
-        let config_digest = write_blob(&blobs, &config)?;
+        let config_digest = write_blob(blobs, &config)?;
         let manifest = to_json(&json!({
             "schemaVersion": 2,
             "mediaType": manifest_mt,
             "config": {"mediaType": config_mt, "digest": config_digest, "size": config.len()},
             "layers": descs,
         }));
-        let manifest_digest = write_blob(&blobs, &manifest)?;
-        let index = json!({
-            "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.index.v1+json",
-            "manifests": [{
-                "mediaType": manifest_mt,
-                "digest": manifest_digest,
-                "size": manifest.len(),
-                "annotations": {"org.opencontainers.image.ref.name": ref_name},
-            }],
+        let manifest_digest = write_blob(blobs, &manifest)?;
+        let desc = json!({
+            "mediaType": manifest_mt,
+            "digest": manifest_digest,
+            "size": manifest.len(),
         });
-        fs::write(dir.join("index.json"), to_json(&index))?;
-        fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
-        Ok(Written {
+        let written = Written {
             manifest: manifest_digest,
             config: config_digest,
             layers,
             diff_ids,
-        })
+        };
+        Ok((desc, written))
+    }
+
+    /// Writes an OCI image layout at `dir` (created if needed) with `ref_name`
+    /// as the `org.opencontainers.image.ref.name` annotation.
+    pub fn write_oci_layout(&self, dir: &Path, ref_name: &str) -> io::Result<Written> {
+        let (mut desc, written) = self.write_blobs(&dir.join("blobs/sha256"))?;
+        desc["annotations"] = json!({"org.opencontainers.image.ref.name": ref_name});
+        write_index_json(dir, vec![desc])?;
+        Ok(written)
+    }
+
+    /// Writes an OCI layout whose `ref_name` points at an image index (a
+    /// blob) listing one image per platform: `(image, architecture)`.
+    /// Returns the index digest and each image's digests.
+    pub fn write_multi_platform_layout(
+        images: &[(&Image, &str)],
+        dir: &Path,
+        ref_name: &str,
+    ) -> io::Result<(String, Vec<Written>)> {
+        let blobs = dir.join("blobs/sha256");
+        let mut descs = Vec::new();
+        let mut all = Vec::new();
+        for (image, arch) in images {
+            let mut image = (*image).clone();
+            image.architecture = arch.to_string();
+            let (mut desc, written) = image.write_blobs(&blobs)?;
+            desc["platform"] = json!({"architecture": arch, "os": "linux"});
+            descs.push(desc);
+            all.push(written);
+        }
+        let index = to_json(&json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": descs,
+        }));
+        let digest = write_blob(&blobs, &index)?;
+        let desc = json!({
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "digest": digest,
+            "size": index.len(),
+            "annotations": {"org.opencontainers.image.ref.name": ref_name},
+        });
+        write_index_json(dir, vec![desc])?;
+        Ok((digest, all))
     }
 
     /// Writes an oci-archive (a tar of the OCI layout) at `file`.
@@ -757,6 +817,15 @@ impl Image {
             }
             let dir = name.trim_end_matches("/layer.tar");
             Entry::dir(dir).write_to(&mut t)?;
+            // The legacy per-layer files `docker save` also writes.
+            put(&mut t, &format!("{dir}/VERSION"), &mut &b"1.0"[..], 3)?;
+            let json = to_json(&json!({"id": dir}));
+            put(
+                &mut t,
+                &format!("{dir}/json"),
+                &mut &json[..],
+                json.len() as u64,
+            )?;
             let p = blob_path(tmp.path(), digest);
             put(&mut t, name, &mut File::open(&p)?, fs::metadata(&p)?.len())?;
         }

@@ -221,3 +221,38 @@ fn docker_archive_diff_id_mismatch() {
     assert_names(&err, "docker diff_id mismatch", &[hex_of(&w.diff_ids[0])]);
     assert_eq!(dir_names(&out_dir), Vec::<String>::new());
 }
+
+#[test]
+fn unknown_ref() {
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = tmp.path().join("oci");
+    image(|_| {}).write_oci_layout(&layout, "present").unwrap();
+    let out_dir = tmp.path().join("out");
+    std::fs::create_dir(&out_dir).unwrap();
+    let err = flatten(
+        &format!("oci:{}:absent", layout.display()),
+        &out_dir.join("disk.img"),
+    )
+    .expect_err("an unknown ref flattened");
+    assert_names(&err, "unknown ref", &["absent", "present"]);
+    assert_eq!(dir_names(&out_dir), Vec::<String>::new());
+}
+
+#[test]
+fn index_without_amd64() {
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = tmp.path().join("oci");
+    let img = image(|_| {});
+    let (index, _) =
+        Image::write_multi_platform_layout(&[(&img, "arm64"), (&img, "riscv64")], &layout, "m")
+            .unwrap();
+    let out_dir = tmp.path().join("out");
+    std::fs::create_dir(&out_dir).unwrap();
+    let err = flatten(
+        &format!("oci:{}:m", layout.display()),
+        &out_dir.join("disk.img"),
+    )
+    .expect_err("an index without amd64 flattened");
+    assert_names(&err, "no amd64", &[hex_of(&index), "arm64"]);
+    assert_eq!(dir_names(&out_dir), Vec::<String>::new());
+}

@@ -337,3 +337,47 @@ fn base_layer_data_is_shared() {
          the two base layers' data fill at least {needed}"
     );
 }
+
+fn one_file_image(content: &str) -> Image {
+    Image::new(vec![Layer::new(vec![Entry::file("arch", content)])])
+}
+
+/// A tag naming an image index picks the linux/amd64 image from it.
+#[test]
+fn multi_platform_index_picks_amd64() {
+    if !require_tool("e2fsck") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = tmp.path().join("oci");
+    let (arm, amd) = (one_file_image("arm64"), one_file_image("amd64"));
+    Image::write_multi_platform_layout(&[(&arm, "arm64"), (&amd, "amd64")], &layout, "multi")
+        .unwrap();
+    let image = tmp.path().join("disk.img");
+    flatten(&format!("oci:{}:multi", layout.display()), &image).unwrap();
+    assert_fsck_clean(&image);
+    let listing = list_ext4_image(&image, &["/lost+found"]).unwrap();
+    let bad = cases::check(
+        &listing,
+        &[Expect::Content("/arch".into(), b"amd64".to_vec())],
+    );
+    assert!(bad.is_empty(), "{bad:?}");
+}
+
+/// `oci:DIR` without `:REF` works when the layout holds one image.
+#[test]
+fn oci_dir_without_ref() {
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = tmp.path().join("oci");
+    one_file_image("only")
+        .write_oci_layout(&layout, "whatever")
+        .unwrap();
+    let image = tmp.path().join("disk.img");
+    flatten(&format!("oci:{}", layout.display()), &image).unwrap();
+    let listing = list_ext4_image(&image, &["/lost+found"]).unwrap();
+    let bad = cases::check(
+        &listing,
+        &[Expect::Content("/arch".into(), b"only".to_vec())],
+    );
+    assert!(bad.is_empty(), "{bad:?}");
+}
