@@ -64,11 +64,7 @@ fn child(args: &[String]) -> Result<(), String> {
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .unwrap_or(0);
-    let app_layer: u64 = r
-        .flatten
-        .layers
-        .last()
-        .map_or(0, |l| l.uncompressed_bytes);
+    let app_layer: u64 = r.flatten.layers.last().map_or(0, |l| l.uncompressed_bytes);
     println!(
         "RESULT {secs} {} {} {} {hwm} {app_layer}",
         r.image_bytes, r.bytes_written, r.manifest_bytes
@@ -162,7 +158,11 @@ fn synthetic_image(dir: &Path, gib: u64) -> io::Result<String> {
     impl Read for Noise {
         fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
             let n = buf.len().min(self.1 as usize) & !7;
-            let n = if n == 0 { (self.1 as usize).min(buf.len()) } else { n };
+            let n = if n == 0 {
+                (self.1 as usize).min(buf.len())
+            } else {
+                n
+            };
             for c in buf[..n].chunks_mut(8) {
                 self.0 ^= self.0 << 13;
                 self.0 ^= self.0 >> 7;
@@ -182,7 +182,11 @@ fn synthetic_image(dir: &Path, gib: u64) -> io::Result<String> {
         h.set_mode(0o644);
         h.set_entry_type(tar::EntryType::Regular);
         h.set_mtime(0);
-        tar.append_data(&mut h, format!("data/blob{i}.bin"), Noise(i * 7919 + 1, size))?;
+        tar.append_data(
+            &mut h,
+            format!("data/blob{i}.bin"),
+            Noise(i * 7919 + 1, size),
+        )?;
     }
     let Hashing(mut file, hash) = tar.into_inner()?;
     file.flush()?;
@@ -251,9 +255,21 @@ fn parent() -> Result<(), String> {
     let all = run_child(&python, &w.join("store-n"), &keys, cores)?;
     println!();
     println!("convert throughput, python image ({img_mb:.1} MB of image data)");
-    println!("{:<22} {:>8} {:>10} {:>12}", "", "secs", "MB/s", "vs sha256sum");
-    println!("{:<22} {:>8.2} {:>10.1} {:>11.2}x", "sha256sum", sha, img_mb / sha, 1.0);
-    for (name, r) in [("convert, 1 thread", &one), (&*format!("convert, {cores} threads"), &all)] {
+    println!(
+        "{:<22} {:>8} {:>10} {:>12}",
+        "", "secs", "MB/s", "vs sha256sum"
+    );
+    println!(
+        "{:<22} {:>8.2} {:>10.1} {:>11.2}x",
+        "sha256sum",
+        sha,
+        img_mb / sha,
+        1.0
+    );
+    for (name, r) in [
+        ("convert, 1 thread", &one),
+        (&*format!("convert, {cores} threads"), &all),
+    ] {
         let mbs = r.image as f64 / 1e6 / r.secs;
         println!(
             "{:<22} {:>8.2} {:>10.1} {:>11.2}x",
@@ -288,8 +304,14 @@ fn parent() -> Result<(), String> {
     let big_run = run_child(&big, &w.join("store-big"), &keys, cores)?;
     println!();
     println!("peak memory (VmHWM of the converting process)");
-    println!("{:<28} {:>12} {:>12} {:>16}", "image", "image MB", "peak MiB", "manifest B/GiB");
-    for (name, r) in [("python (Debian)", &all), (&*format!("synthetic {gib} GiB"), &big_run)] {
+    println!(
+        "{:<28} {:>12} {:>12} {:>16}",
+        "image", "image MB", "peak MiB", "manifest B/GiB"
+    );
+    for (name, r) in [
+        ("python (Debian)", &all),
+        (&*format!("synthetic {gib} GiB"), &big_run),
+    ] {
         println!(
             "{:<28} {:>12.1} {:>12.1} {:>16.0}",
             name,

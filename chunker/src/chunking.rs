@@ -50,10 +50,10 @@ impl<C: ChunkConsumer> ChunkingSink<C> {
     }
 
     fn flush_current(&mut self) -> io::Result<()> {
-        if let Some((index, data)) = self.current.take() {
-            if data.iter().any(|&b| b != 0) {
-                self.consumer.chunk(index, data)?;
-            }
+        if let Some((index, data)) = self.current.take()
+            && data.iter().any(|&b| b != 0)
+        {
+            self.consumer.chunk(index, data)?;
         }
         Ok(())
     }
@@ -100,18 +100,18 @@ impl<C: ChunkConsumer> ImageSink for ChunkingSink<C> {
     }
 
     fn finish(&mut self, len: u64) -> io::Result<()> {
-        if len % self.chunk_size != 0 {
+        if !len.is_multiple_of(self.chunk_size) {
             return Err(io::Error::other(format!(
                 "chunking: image length {len} is not a multiple of the chunk size {}",
                 self.chunk_size
             )));
         }
-        if let Some((cur, _)) = &self.current {
-            if *cur >= len / self.chunk_size {
-                return Err(io::Error::other(format!(
-                    "chunking: chunk {cur} was written past the image end {len}"
-                )));
-            }
+        if let Some((cur, _)) = &self.current
+            && *cur >= len / self.chunk_size
+        {
+            return Err(io::Error::other(format!(
+                "chunking: chunk {cur} was written past the image end {len}"
+            )));
         }
         self.flush_current()?;
         let header = std::mem::take(&mut self.header);

@@ -99,6 +99,9 @@ pub enum ConvertError {
     Worker(String),
 }
 
+/// The work queue the encryption workers share.
+type Queue = Arc<Mutex<Receiver<(u64, Vec<u8>)>>>;
+
 struct Done {
     index: u64,
     id: ChunkId,
@@ -158,7 +161,7 @@ impl Progress {
 }
 
 fn worker(
-    rx: Arc<Mutex<Receiver<(u64, Vec<u8>)>>>,
+    rx: Queue,
     done: std::sync::mpsc::Sender<Done>,
     secret: &DomainSecret,
     store: &dyn ChunkStore,

@@ -38,9 +38,9 @@ pub enum ExportError {
         index: ChunkIndex,
         /// Its id.
         id: ChunkId,
-        /// The store's error.
+        /// The store's error (boxed: it is large and errors are rare).
         #[source]
-        source: StoreError,
+        source: Box<StoreError>,
     },
     /// The object does not decrypt with the manifest's key.
     #[error("decrypting chunk {index}")]
@@ -112,7 +112,7 @@ fn write_all(
             .map_err(|source| ExportError::Store {
                 index,
                 id: *id,
-                source,
+                source: Box::new(source),
             })?
             .ok_or(ExportError::Missing { index, id: *id })?;
         let plain = decrypt_chunk_owned(id, key, object)

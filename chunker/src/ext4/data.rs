@@ -79,7 +79,7 @@ impl DataWriter {
                         let bytes =
                             &buf[start * BLOCK_SIZE as usize..(b * BLOCK_SIZE as usize).min(want)];
                         let mut block = Vec::new();
-                        let out: &[u8] = if bytes.len() % BLOCK_SIZE as usize == 0 {
+                        let out: &[u8] = if bytes.len().is_multiple_of(BLOCK_SIZE as usize) {
                             bytes
                         } else {
                             block.extend_from_slice(bytes);

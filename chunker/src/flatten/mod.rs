@@ -121,6 +121,10 @@ pub fn flatten_image<S: ImageSink>(
 ) -> Result<(S, FlattenReport), FlattenError> {
     let mut builder = Ext4Builder::new(sink, opts.ext4.clone())?;
     let (tree, layers) = flatten_layers(image, &mut builder)?;
+    // The filesystem UUID follows the layers' content, not just metadata.
+    for layer in &layers {
+        builder.identify(layer.diff_id.to_string().as_bytes());
+    }
     let (sink, ext4) = builder.finish(&tree)?;
     let report = FlattenReport {
         image_digest: image.digest.clone(),
