@@ -344,3 +344,38 @@ fn a_failed_convert_leaves_the_store_valid() {
         assert!(env.store.contains(&id).unwrap());
     }
 }
+
+#[test]
+fn a_real_debian_image_round_trips() {
+    let layout = tests::e2e::debian_layout();
+    if !layout.join("index.json").is_file() {
+        tests::harness::skip(&format!(
+            "no Debian image layout at {} (build it with scripts/build-debian-images.sh)",
+            layout.display()
+        ));
+        return;
+    }
+    if !tests::harness::require_tool("e2fsck") {
+        return;
+    }
+    let env = env();
+    let source: ImageSource = format!("oci:{}:python", layout.display()).parse().unwrap();
+    let opts = ConvertOptions {
+        tag: Some("python".into()),
+        ..ConvertOptions::default()
+    };
+    let r = run(&env, &source, &opts);
+    let m = manifest_of(&env, &r);
+    let report = imagefs::verify(&env.store, &m, 2);
+    assert!(report.bad.is_empty(), "{:?}", report.bad);
+    let flat = env.dir.path().join("flat.img");
+    flatten_to_file(&source, &flat, &opts.flatten).unwrap();
+    let out = env.dir.path().join("export.img");
+    imagefs::export(&env.store, &m, &out).unwrap();
+    assert_eq!(
+        tests::e2e::image_digest(&flat),
+        tests::e2e::image_digest(&out),
+        "export differs from flatten"
+    );
+    tests::harness::assert_fsck_clean(&out);
+}
