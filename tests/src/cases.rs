@@ -620,6 +620,70 @@ pub fn huge() -> Case {
     }
 }
 
+/// Runs of a sparse test file: (offset, data) written into a file of
+/// [`GNU_SPARSE_SIZE`] bytes; everything else is a hole.
+pub fn gnu_sparse_runs() -> Vec<(u64, Vec<u8>)> {
+    vec![
+        (1 << 20, pattern(5000, 11)),
+        (7 << 20, pattern(8192, 12)),
+        (GNU_SPARSE_SIZE - 100, pattern(100, 13)),
+    ]
+}
+
+/// Size of the file that [`gnu_tar_sparse`] archives.
+pub const GNU_SPARSE_SIZE: u64 = 10 << 20;
+
+/// A one-layer image made by GNU tar with `--sparse` and the given format
+/// options (`--format=gnu`, or `--format=posix --sparse-version=X`): GNU
+/// tar's own sparse encodings (old GNU headers, PAX 0.0, 0.1, 1.0). `work`
+/// holds the file tree tar reads.
+pub fn gnu_tar_sparse(work: &std::path::Path, format_args: &[&str]) -> std::io::Result<Case> {
+    use std::io::{Seek, SeekFrom, Write};
+    let root = work.join("sparse-src");
+    std::fs::create_dir_all(&root)?;
+    let mut f = std::fs::File::create(root.join("holes"))?;
+    f.set_len(GNU_SPARSE_SIZE)?;
+    for (off, data) in gnu_sparse_runs() {
+        f.seek(SeekFrom::Start(off))?;
+        f.write_all(&data)?;
+    }
+    drop(f);
+    std::fs::write(root.join("plain"), b"not sparse")?;
+    let out = std::process::Command::new("tar")
+        .args([
+            "--sparse",
+            "--numeric-owner",
+            "--owner=0",
+            "--group=0",
+            "--mtime=@1600000000",
+        ])
+        .args(format_args)
+        .arg("-C")
+        .arg(&root)
+        .args(["-cf", "-", "holes", "plain"])
+        .output()?;
+    if !out.status.success() {
+        return Err(std::io::Error::other(
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ));
+    }
+    let mut layer = Layer::new(Vec::new());
+    layer.raw_tar = Some(out.stdout);
+    let mut expected = vec![0u8; GNU_SPARSE_SIZE as usize];
+    for (off, data) in gnu_sparse_runs() {
+        expected[off as usize..off as usize + data.len()].copy_from_slice(&data);
+    }
+    Ok(Case {
+        name: "gnu-sparse",
+        image: Image::new(vec![layer]),
+        unspecified: set(&["/"]),
+        expect: vec![
+            Expect::Content("/holes".into(), expected),
+            Expect::Content("/plain".into(), b"not sparse".to_vec()),
+        ],
+    })
+}
+
 /// Checks every fact of `expect` in `listing`; returns the failures.
 pub fn check(listing: &Listing, expect: &[Expect]) -> Vec<String> {
     let mut bad = Vec::new();

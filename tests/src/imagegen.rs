@@ -382,6 +382,8 @@ pub struct Layer {
     pub truncate_tar_at: Option<u64>,
     /// Bad input: damage the compressed stream in its middle (digest stays valid).
     pub corrupt_compressed: bool,
+    /// A ready-made tar stream (from another tool) used instead of `entries`.
+    pub raw_tar: Option<Vec<u8>>,
 }
 
 impl Layer {
@@ -393,6 +395,7 @@ impl Layer {
             media_type: None,
             truncate_tar_at: None,
             corrupt_compressed: false,
+            raw_tar: None,
         }
     }
     /// Sets the compression.
@@ -535,17 +538,17 @@ fn write_layer(layer: &Layer, blobs: &Path) -> io::Result<(String, String, u64)>
     let (outer, diff_id) = match layer.compression {
         Compression::None => {
             let inner = hash_writer(outer, layer.truncate_tar_at);
-            let inner = write_entries(&layer.entries, inner)?;
+            let inner = write_layer_tar(layer, inner)?;
             (inner.inner, inner.hash)
         }
         Compression::Gzip => {
             let gz = flate2::write::GzEncoder::new(outer, flate2::Compression::new(6));
-            let inner = write_entries(&layer.entries, hash_writer(gz, layer.truncate_tar_at))?;
+            let inner = write_layer_tar(layer, hash_writer(gz, layer.truncate_tar_at))?;
             (inner.inner.finish()?, inner.hash)
         }
         Compression::Zstd => {
             let z = zstd::stream::write::Encoder::new(outer, 3)?;
-            let inner = write_entries(&layer.entries, hash_writer(z, layer.truncate_tar_at))?;
+            let inner = write_layer_tar(layer, hash_writer(z, layer.truncate_tar_at))?;
             (inner.inner.finish()?, inner.hash)
         }
     };
@@ -569,6 +572,17 @@ fn write_layer(layer: &Layer, blobs: &Path) -> io::Result<(String, String, u64)>
     }
     fs::rename(&tmp, blobs.join(hex_of(&digest)))?;
     Ok((digest, digest_of(diff_id), size))
+}
+
+fn write_layer_tar<W: Write>(layer: &Layer, mut w: W) -> io::Result<W> {
+    match &layer.raw_tar {
+        Some(bytes) => {
+            w.write_all(bytes)?;
+            w.flush()?;
+            Ok(w)
+        }
+        None => write_entries(&layer.entries, w),
+    }
 }
 
 fn write_entries<W: Write>(entries: &[Entry], w: W) -> io::Result<W> {
