@@ -180,6 +180,8 @@ fn synthetic_image(dir: &Path, gib: u64) -> io::Result<String> {
         let mut h = tar::Header::new_gnu();
         h.set_size(size);
         h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
         h.set_entry_type(tar::EntryType::Regular);
         h.set_mtime(0);
         tar.append_data(
