@@ -1,6 +1,22 @@
-//! Helpers for the end-to-end tests in `tests/`: a generator of OCI test
-//! images, a canonical tree listing with three producers and a diff, and
-//! small process/mount utilities.
+//! Helpers for the end-to-end tests in `tests/`.
+//!
+//! - [`imagegen`] builds OCI images from layers of tar entries and writes
+//!   them as an OCI layout, an oci-archive or a docker-archive, plus bad
+//!   inputs; [`tarw`] is its byte-exact tar writer.
+//! - [`cases`] holds the generated test images and the facts their
+//!   flattened trees must show (the expected model).
+//! - [`treecheck`] lists a tree canonically from a host directory (a mount
+//!   or an unpacked rootfs), from an ext4 image through `ext4-view`, or from
+//!   `umoci unpack` (the independent reference), and diffs two listings.
+//! - [`e2e`] runs every check on a flattened image: `e2fsck -fn`, ext4-view,
+//!   a read-only loop mount, a read-write mount of a copy.
+//! - [`harness`] finds tools, prints `SKIP:` lines, and mounts/unmounts.
+//!
+//! Integration tests: `generator.rs` (the generator against umoci and
+//! skopeo), `flatten.rs` (every flattening and ext4 case), `bad_inputs.rs`
+//! (errors name the culprit, nothing is left behind), `debian.rs` (the real
+//! images from `scripts/build-debian-images.sh`). They need root, e2fsprogs,
+//! umoci, skopeo and GNU tar; a test that lacks one prints `SKIP: <reason>`.
 #![forbid(unsafe_code)]
 
 pub mod cases;

@@ -155,6 +155,17 @@ fn gnu_tar_sparse_formats() {
     }
 }
 
+/// A layer written by GNU tar from a real directory tree.
+#[test]
+fn gnu_tar_written_layer() {
+    if !require_tool("tar") || !e2e::tools_present() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let case = cases::gnu_tar_tree(work.path()).unwrap();
+    flatten_case(&case, SourceKind::OciDir);
+}
+
 /// `./` entries set the root directory's attributes.
 #[test]
 fn root_directory_entry() {
