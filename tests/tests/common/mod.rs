@@ -12,10 +12,15 @@ use tests::e2e::{self, Reference, dir_names, error_chain, image_digest};
 /// Flattens `source` (`oci:DIR[:REF]`, `oci-archive:FILE`, `docker-archive:FILE`)
 /// into `output`, returning the full error chain as text on failure.
 pub fn flatten(source: &str, output: &Path) -> Result<(), String> {
+    flatten_with(source, output, &FlattenOptions::default())
+}
+
+/// [`flatten`] with options.
+pub fn flatten_with(source: &str, output: &Path, opts: &FlattenOptions) -> Result<(), String> {
     let src: ImageSource = source
         .parse()
         .unwrap_or_else(|e| panic!("image source {source:?} does not parse: {e}"));
-    flatten_to_file(&src, output, &FlattenOptions::default())
+    flatten_to_file(&src, output, opts)
         .map(|_| ())
         .map_err(|e| error_chain(&e))
 }
