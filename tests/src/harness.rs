@@ -117,8 +117,25 @@ impl Mount {
         if self.dir.as_os_str().is_empty() {
             return Ok(());
         }
-        let (ok, out) = run(Command::new("umount").arg(&self.dir));
-        if ok { Ok(()) } else { Err(out) }
+        // "target is busy" can be transient (a process that briefly holds a
+        // file: a fork in another test thread, a scanner); retry for a while,
+        // then detach lazily so no mount outlives the test, and report it.
+        let mut last = String::new();
+        for _ in 0..100 {
+            let (ok, out) = run(Command::new("umount").arg(&self.dir));
+            if ok {
+                return Ok(());
+            }
+            if !out.contains("busy") {
+                return Err(out);
+            }
+            last = out;
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let (_, lazy) = run(Command::new("umount").arg("-l").arg(&self.dir));
+        Err(format!(
+            "{last} (still busy after retries; lazily unmounted: {lazy})"
+        ))
     }
 }
 
