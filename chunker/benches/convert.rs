@@ -11,9 +11,11 @@
 //! Each conversion runs in a child process (this binary, re-executed) so
 //! its peak memory is its own.
 
+mod common;
+
 use std::fs;
 use std::io::{self, Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, ExitCode};
 use std::time::Instant;
 
@@ -114,14 +116,6 @@ fn run_child(source: &str, store: &Path, keys: &Path, threads: usize) -> Result<
         hwm_kib: f[4] as u64,
         app_layer: f[5] as u64,
     })
-}
-
-fn layout_dir() -> PathBuf {
-    if let Ok(p) = std::env::var("IMAGEFS_DEBIAN_OCI") {
-        return PathBuf::from(p);
-    }
-    let cache = std::env::var("IMAGEFS_CACHE").unwrap_or_else(|_| "/var/cache/imagefs".into());
-    Path::new(&cache).join("debian-images/oci")
 }
 
 fn sha256sum_secs(path: &Path) -> Result<f64, String> {
@@ -227,7 +221,7 @@ fn synthetic_image(dir: &Path, gib: u64) -> io::Result<String> {
 }
 
 fn parent() -> Result<(), String> {
-    let layout = layout_dir();
+    let layout = common::layout_dir();
     if !layout.join("index.json").exists() {
         println!(
             "SKIP: no Debian image layout at {} (run scripts/build-debian-images.sh)",

@@ -10,6 +10,8 @@
 //! that `scripts/build-debian-images.sh` builds. Missing pieces are reported
 //! and the benchmark stops without printing made-up numbers.
 
+mod common;
+
 use std::collections::{BTreeMap, HashSet};
 use std::fs;
 use std::io::{self, Read};
@@ -32,14 +34,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn layout_dir() -> PathBuf {
-    if let Ok(p) = std::env::var("IMAGEFS_DEBIAN_OCI") {
-        return PathBuf::from(p);
-    }
-    let cache = std::env::var("IMAGEFS_CACHE").unwrap_or_else(|_| "/var/cache/imagefs".into());
-    Path::new(&cache).join("debian-images/oci")
 }
 
 fn sh(cmd: &mut Command) -> Result<String, String> {
@@ -65,7 +59,7 @@ struct Flattened {
 }
 
 fn run() -> Result<(), String> {
-    let layout = layout_dir();
+    let layout = common::layout_dir();
     if !layout.join("index.json").exists() {
         println!(
             "SKIP: no Debian image layout at {} (run scripts/build-debian-images.sh)",

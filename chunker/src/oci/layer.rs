@@ -33,7 +33,8 @@ enum Decoder {
     // otherwise. Buffered bytes have been hashed already.
     Plain(BufReader<HashReader<FileRange>>),
     // Multi-member, because concatenated gzip members are one valid stream.
-    Gzip(MultiGzDecoder<HashReader<FileRange>>),
+    // Boxed: the inflate state is large, and there is one per layer.
+    Gzip(Box<MultiGzDecoder<HashReader<FileRange>>>),
     Zstd(zstd::Decoder<'static, BufReader<HashReader<FileRange>>>),
 }
 
@@ -90,7 +91,7 @@ impl LayerStream {
         let decoder =
             match compression {
                 Compression::None => Decoder::Plain(BufReader::with_capacity(256 * 1024, raw)),
-                Compression::Gzip => Decoder::Gzip(MultiGzDecoder::new(raw)),
+                Compression::Gzip => Decoder::Gzip(Box::new(MultiGzDecoder::new(raw))),
                 Compression::Zstd => Decoder::Zstd(zstd::Decoder::new(raw).map_err(|source| {
                     SourceError::ReadBlob {
                         digest: name.clone(),
