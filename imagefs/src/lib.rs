@@ -3,10 +3,12 @@
 //! Layers:
 //! - [`open`]: find a manifest by digest or tag and unseal it;
 //! - [`verify`]: check every chunk of an image (present, id, decryption);
-//! - [`export`]: reassemble the plaintext image into a sparse file.
+//! - [`export`]: reassemble the plaintext image into a sparse file;
+//! - [`fuse`]: a read-only FUSE view of an image (`imagefs mount`).
 #![forbid(unsafe_code)]
 
 pub mod export;
+pub mod fuse;
 pub mod open;
 pub mod verify;
 

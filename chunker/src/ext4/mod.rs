@@ -22,6 +22,7 @@
 //! the metadata region is written by [`Ext4Builder::finish`] from the flattened
 //! [`Tree`]. Nothing depends on the clock, random numbers or hash-map order.
 
+mod acl;
 mod bytes;
 mod data;
 mod dir;
@@ -104,15 +105,16 @@ pub enum Ext4Error {
         /// What is wrong with it.
         reason: String,
     },
-    /// POSIX ACLs travel as `system.posix_acl_*` xattrs whose ext4 on-disk
-    /// format differs from the xattr value; we refuse rather than write
-    /// them wrongly.
-    #[error("{path}: ACL xattr {name} is not supported yet")]
-    AclNotSupported {
+    /// A `system.posix_acl_*` xattr whose value is not a valid ACL, so it
+    /// cannot be converted to ext4's on-disk ACL format.
+    #[error("{path}: ACL xattr {name}: {reason}")]
+    Acl {
         /// The path of the entry carrying the ACL.
         path: String,
         /// The xattr name.
         name: String,
+        /// What is wrong with the value.
+        reason: String,
     },
     /// An xattr that ext4 cannot store: unknown namespace, or too large
     /// for the inode plus one block.

@@ -294,9 +294,10 @@ impl<'t> Plan<'t> {
     /// Xattrs of a node, encoded.
     pub(crate) fn xattrs(&self, node: &Node) -> Result<xattr::Encoded, Ext4Error> {
         xattr::encode(&self.meta(node).xattrs).map_err(|e| match e {
-            XattrError::Acl(name) => Ext4Error::AclNotSupported {
+            XattrError::Acl(name, reason) => Ext4Error::Acl {
                 path: self.path(node),
                 name,
+                reason,
             },
             XattrError::Other(reason) => Ext4Error::Xattr {
                 path: self.path(node),

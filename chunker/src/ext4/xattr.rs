@@ -16,9 +16,11 @@
 //! relies on. Hashes follow `ext2fs_ext_attr_hash_entry`, which e2fsck
 //! verifies.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use super::BLOCK_SIZE;
+use super::acl;
 use super::bytes::{get_u32, put_u16, put_u32};
 use super::inode::INLINE_XATTR_SIZE;
 
@@ -29,8 +31,8 @@ const BLOCK_HEADER: usize = 32;
 const END_MARK: usize = 4;
 
 /// Name prefixes and their on-disk indexes, most specific first. The two
-/// ACL names map to indexes 2 and 3, but their values need converting to
-/// ext4's own ACL format, which we do not do yet.
+/// ACL names are whole names (index 2 and 3 with an empty suffix) whose
+/// values are converted to ext4's own ACL format.
 const PREFIXES: &[(&[u8], u8)] = &[
     (b"system.posix_acl_access", 2),
     (b"system.posix_acl_default", 3),
@@ -43,8 +45,8 @@ const PREFIXES: &[(&[u8], u8)] = &[
 /// Why a set of xattrs cannot be stored.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum XattrError {
-    /// A POSIX ACL, by its full name.
-    Acl(String),
+    /// A malformed POSIX ACL: its full name and what is wrong.
+    Acl(String, String),
     /// Anything else, explained.
     Other(String),
 }
@@ -78,10 +80,16 @@ fn split_name(full: &[u8]) -> Result<(u8, &[u8]), XattrError> {
     let shown = || String::from_utf8_lossy(full).into_owned();
     let (prefix, index) = PREFIXES
         .iter()
-        .find(|(p, _)| full.starts_with(p))
+        .find(|(p, i)| {
+            if is_acl(*i) {
+                full == *p
+            } else {
+                full.starts_with(p)
+            }
+        })
         .ok_or_else(|| XattrError::Other(format!("xattr {} has an unknown namespace", shown())))?;
-    if *index == 2 || *index == 3 {
-        return Err(XattrError::Acl(shown()));
+    if is_acl(*index) {
+        return Ok((*index, b""));
     }
     let suffix = &full[prefix.len()..];
     if suffix.is_empty() || suffix.len() > 255 {
@@ -91,6 +99,10 @@ fn split_name(full: &[u8]) -> Result<(u8, &[u8]), XattrError> {
         )));
     }
     Ok((*index, suffix))
+}
+
+fn is_acl(index: u8) -> bool {
+    index == 2 || index == 3
 }
 
 /// `ext2fs_ext_attr_hash_entry`: the name bytes (as C `char`, signed on
@@ -140,11 +152,26 @@ fn fill(area: &mut [u8], entries_at: usize, base: usize, attrs: &[&Attr<'_>]) ->
 /// Encode `xattrs` (full names to values) for one inode: as many as fit in
 /// the inode (in sorted order), the rest in one block.
 pub(crate) fn encode(xattrs: &BTreeMap<Vec<u8>, Vec<u8>>) -> Result<Encoded, XattrError> {
-    let mut attrs = Vec::with_capacity(xattrs.len());
-    for (name, value) in xattrs {
-        let (index, name) = split_name(name)?;
-        attrs.push(Attr { index, name, value });
+    let mut values = Vec::with_capacity(xattrs.len());
+    for (full, value) in xattrs {
+        let (index, name) = split_name(full)?;
+        let value = if is_acl(index) {
+            let disk = acl::to_disk(value)
+                .map_err(|why| XattrError::Acl(String::from_utf8_lossy(full).into_owned(), why))?;
+            Cow::Owned(disk)
+        } else {
+            Cow::Borrowed(value.as_slice())
+        };
+        values.push((index, name, value));
     }
+    let mut attrs: Vec<Attr<'_>> = values
+        .iter()
+        .map(|(index, name, value)| Attr {
+            index: *index,
+            name,
+            value,
+        })
+        .collect();
     attrs.sort_by(|a, b| (a.index, a.name.len(), a.name).cmp(&(b.index, b.name.len(), b.name)));
 
     // In the inode: 4 bytes of magic, then entries, end mark and values.
@@ -249,11 +276,23 @@ mod tests {
     }
 
     #[test]
-    fn acls_and_unknown_namespaces_are_refused() {
-        assert_eq!(
+    fn acls_are_converted_and_unknown_namespaces_refused() {
+        assert!(matches!(
             encode(&map(&[("system.posix_acl_access", b"x")])).unwrap_err(),
-            XattrError::Acl("system.posix_acl_access".into())
-        );
+            XattrError::Acl(name, _) if name == "system.posix_acl_access"
+        ));
+        // Owner rwx, group r-x, other ---: version 2 in, version 1 out.
+        let vfs = [
+            2, 0, 0, 0, 1, 0, 7, 0, 0, 0, 0, 0, 4, 0, 5, 0, 0, 0, 0, 0, 0x20, 0, 0, 0, 0, 0, 0, 0,
+        ];
+        let e = encode(&map(&[("system.posix_acl_default", &vfs)])).unwrap();
+        assert_eq!(e.inline[4], 0, "an ACL entry has an empty name");
+        assert_eq!(e.inline[5], 3);
+        let size = get_u32(&e.inline, 4 + 8) as usize;
+        assert_eq!(size, 4 + 3 * 4);
+        // A name that only starts like an ACL name is an ordinary system. xattr.
+        let e = encode(&map(&[("system.posix_acl_accessx", b"v")])).unwrap();
+        assert_eq!(e.inline[5], 7);
         assert!(matches!(
             encode(&map(&[("foo.bar", b"x")])),
             Err(XattrError::Other(_))

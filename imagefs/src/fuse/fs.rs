@@ -1,0 +1,195 @@
+//! The fuser `Filesystem` for the file tree: each request goes to the tree
+//! thread (see `tree.rs`), which replies.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+
+use fuser::{
+    AccessFlags, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, LockOwner,
+    OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry,
+    ReplyOpen, ReplyStatfs, ReplyXattr, Request,
+};
+
+use super::attr::TTL;
+use super::tree::TreeHandle;
+
+/// The read-only file tree of an ext4 image.
+pub(crate) struct TreeFs {
+    tree: TreeHandle,
+}
+
+impl TreeFs {
+    pub(crate) fn new(tree: TreeHandle) -> TreeFs {
+        TreeFs { tree }
+    }
+}
+
+/// Opening for writing is refused: the image is read-only.
+fn writable(flags: OpenFlags) -> bool {
+    !matches!(flags.acc_mode(), OpenAccMode::O_RDONLY)
+}
+
+impl Filesystem for TreeFs {
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let name = name.as_bytes().to_vec();
+        self.tree.run(move |t| match t.lookup(parent.0, &name) {
+            Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
+            Err(e) => reply.error(e),
+        });
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        self.tree.run(move |t| match t.getattr(ino.0) {
+            Ok(attr) => reply.attr(&TTL, &attr),
+            Err(e) => reply.error(e),
+        });
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        self.tree.run(move |t| match t.readlink(ino.0) {
+            Ok(target) => reply.data(&target),
+            Err(e) => reply.error(e),
+        });
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if writable(flags) {
+            reply.error(Errno::EROFS);
+            return;
+        }
+        self.tree.run(move |t| match t.open(ino.0) {
+            // The image never changes: keep its pages across opens.
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+            Err(e) => reply.error(e),
+        });
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        self.tree
+            .run(move |t| match t.read(ino.0, fh.0, offset, size) {
+                Ok(data) => reply.data(&data),
+                Err(e) => reply.error(e),
+            });
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.tree.run(move |t| {
+            t.release(fh.0);
+            reply.ok();
+        });
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        self.tree.run(move |t| match t.opendir(ino.0) {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_CACHE_DIR),
+            Err(e) => reply.error(e),
+        });
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        self.tree.run(move |t| {
+            let Some(items) = t.dir_items(fh.0) else {
+                reply.error(Errno::EBADF);
+                return;
+            };
+            // An entry's offset is the position of the next one.
+            let start = usize::try_from(offset).unwrap_or(usize::MAX);
+            for (i, item) in items.iter().enumerate().skip(start) {
+                let name = OsStr::from_bytes(&item.name);
+                if reply.add(INodeNo(item.ino), i as u64 + 1, item.kind, name) {
+                    break;
+                }
+            }
+            reply.ok();
+        });
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.tree.run(move |t| {
+            t.releasedir(fh.0);
+            reply.ok();
+        });
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        self.tree.run(move |t| {
+            let s = t.stats();
+            reply.statfs(
+                s.blocks,
+                s.free_blocks,
+                s.avail_blocks,
+                s.inodes,
+                s.free_inodes,
+                s.block_size,
+                255,
+                s.block_size,
+            );
+        });
+    }
+
+    /// `ext4-view` 1.0 does not expose extended attributes: none is found.
+    fn getxattr(&self, _req: &Request, ino: INodeNo, _name: &OsStr, _size: u32, reply: ReplyXattr) {
+        self.tree.run(move |t| {
+            reply.error(if t.exists(ino.0) {
+                Errno::NO_XATTR
+            } else {
+                Errno::ENOENT
+            })
+        });
+    }
+
+    /// `ext4-view` 1.0 does not expose extended attributes: the list is
+    /// empty.
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        self.tree.run(move |t| {
+            if !t.exists(ino.0) {
+                reply.error(Errno::ENOENT);
+            } else if size == 0 {
+                reply.size(0);
+            } else {
+                reply.data(&[]);
+            }
+        });
+    }
+
+    fn access(&self, _req: &Request, _ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        if mask.contains(AccessFlags::W_OK) {
+            reply.error(Errno::EROFS);
+        } else {
+            reply.ok();
+        }
+    }
+}

@@ -1,0 +1,174 @@
+//! A read-only FUSE view of an image, for people to browse (`imagefs mount`).
+//!
+//! Two shapes:
+//! - the file tree, read by the `ext4-view` crate from the image's bytes
+//!   ([`MountOptions::raw`] off);
+//! - `--raw`: the whole block device as one file, `/disk.img`.
+//!
+//! The bytes come from a [`ByteSource`]: a plain file holding an exported
+//! image, or a lazily fetched image (chunks through the cache tiers). An
+//! error from the source (a chunk that cannot be fetched) becomes `EIO` for
+//! the caller and one line on stderr naming the path, the offset and the
+//! source's error text.
+//!
+//! What `ext4-view` 1.0 does not expose, this view cannot show: extended
+//! attributes (`getxattr` answers `ENODATA`, `listxattr` an empty list),
+//! device numbers (`rdev` is 0), and inode numbers, so FUSE inode numbers
+//! are assigned per path (the root is 1) and each name of a hard-linked
+//! file is its own inode with a link count of 1.
+
+mod attr;
+mod fs;
+mod raw;
+mod source;
+mod tree;
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use fuser::{BackgroundSession, Config, MountOption, SessionACL};
+
+pub use raw::RAW_NAME;
+pub use source::ByteSource;
+
+/// How to mount.
+#[derive(Clone, Debug, Default)]
+pub struct MountOptions {
+    /// Show the whole block device as one file, `/disk.img`.
+    pub raw: bool,
+    /// Let every user read the mount (FUSE's `allow_other`; needs root or
+    /// `user_allow_other` in `/etc/fuse.conf`).
+    pub allow_other: bool,
+    /// The name shown as the mount's source in `/proc/mounts`.
+    pub fs_name: Option<String>,
+}
+
+/// Errors from mounting.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MountError {
+    /// The image's bytes are not an ext4 filesystem `ext4-view` can read.
+    #[error("reading the ext4 filesystem of the image")]
+    Ext4 {
+        /// The cause.
+        #[source]
+        source: ext4_view::Ext4Error,
+    },
+    /// The FUSE mount itself failed (no `/dev/fuse`, not permitted, a bad
+    /// mount point).
+    #[error("mounting FUSE at {mountpoint}")]
+    Fuse {
+        /// Where.
+        mountpoint: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// Unmounting failed.
+    #[error("unmounting {mountpoint}")]
+    Unmount {
+        /// Where.
+        mountpoint: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The thread that reads the tree could not be started.
+    #[error("starting the ext4 thread")]
+    Thread(#[source] io::Error),
+    /// Installing the SIGINT/SIGTERM handlers failed.
+    #[error("installing signal handlers")]
+    Signals(#[source] io::Error),
+}
+
+/// A live mount, served by a background thread. Dropping it unmounts.
+#[derive(Debug)]
+pub struct Mounted {
+    session: Option<BackgroundSession>,
+    mountpoint: PathBuf,
+}
+
+impl Mounted {
+    /// Where it is mounted.
+    pub fn mountpoint(&self) -> &Path {
+        &self.mountpoint
+    }
+
+    /// Unmounts and waits for the serving thread to end.
+    pub fn unmount(mut self) -> Result<(), MountError> {
+        match self.session.take() {
+            Some(s) => s.umount_and_join().map_err(|source| MountError::Unmount {
+                mountpoint: self.mountpoint.clone(),
+                source,
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if let Some(s) = self.session.take()
+            && let Err(e) = s.umount_and_join()
+        {
+            eprintln!("imagefs: unmounting {}: {e}", self.mountpoint.display());
+        }
+    }
+}
+
+/// Mounts `source` read-only at `mountpoint` and serves it from a
+/// background thread until the returned [`Mounted`] is dropped or
+/// unmounted.
+pub fn mount(
+    source: Arc<dyn ByteSource>,
+    mountpoint: &Path,
+    opts: &MountOptions,
+) -> Result<Mounted, MountError> {
+    let mut config = Config::default();
+    config.mount_options = vec![
+        MountOption::RO,
+        MountOption::NoDev,
+        MountOption::NoSuid,
+        MountOption::DefaultPermissions,
+        MountOption::FSName(opts.fs_name.clone().unwrap_or_else(|| "imagefs".into())),
+        MountOption::Subtype("imagefs".into()),
+    ];
+    if opts.allow_other {
+        config.acl = SessionACL::All;
+    }
+    let fuse_err = |source| MountError::Fuse {
+        mountpoint: mountpoint.to_path_buf(),
+        source,
+    };
+    let session = if opts.raw {
+        fuser::spawn_mount(raw::RawFs::new(source), mountpoint, &config).map_err(fuse_err)?
+    } else {
+        let tree = tree::TreeHandle::start(source)?;
+        fuser::spawn_mount(fs::TreeFs::new(tree), mountpoint, &config).map_err(fuse_err)?
+    };
+    Ok(Mounted {
+        session: Some(session),
+        mountpoint: mountpoint.to_path_buf(),
+    })
+}
+
+/// Mounts like [`mount`], then waits for SIGINT or SIGTERM and unmounts.
+/// `on_ready` runs once the mount is up (to print where it is).
+pub fn mount_until_signal(
+    source: Arc<dyn ByteSource>,
+    mountpoint: &Path,
+    opts: &MountOptions,
+    on_ready: impl FnOnce(&Path),
+) -> Result<(), MountError> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    // Handlers first: a signal that arrives right after the mount is up
+    // must not kill the process with the mount still in place.
+    let mut signals =
+        signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).map_err(MountError::Signals)?;
+    let mounted = mount(source, mountpoint, opts)?;
+    on_ready(mounted.mountpoint());
+    // `forever` yields only on a signal; one is enough.
+    let _ = signals.forever().next();
+    mounted.unmount()
+}

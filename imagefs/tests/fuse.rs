@@ -1,0 +1,375 @@
+//! Issue 4, the FUSE debug mount: a generated image, flattened to ext4,
+//! mounted through real FUSE and compared with a kernel loop mount of the
+//! same bytes; `--raw` mode; an unreadable range becoming `EIO`.
+//!
+//! Needs root and `/dev/fuse` (and loop devices for the comparison); says
+//! `SKIP: <reason>` and returns without them.
+
+use std::fs::{self, File};
+use std::io::{self, ErrorKind, Read};
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use chunker::ext4::Ext4Options;
+use chunker::flatten::{FlattenOptions, flatten_to_file};
+use chunker::oci::ImageSource;
+use imagefs::fuse::{ByteSource, MountError, MountOptions, Mounted, RAW_NAME, mount};
+use sha2::{Digest, Sha256};
+use tempfile::TempDir;
+use tests::harness::{self, Mount};
+use tests::imagegen::{Compression, Entry, Image, Layer};
+use tests::treecheck::{Mask, assert_same, list_dir};
+
+/// Bytes that do not repeat, so every block differs.
+fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn sample_image() -> Image {
+    let mut base = vec![
+        Entry::dir("etc"),
+        Entry::file("etc/os-release", "ID=fuse-test\n"),
+        Entry::file("etc/empty", b""),
+        Entry::file("usr/lib/libbig.so", noise(1, 1_300_000)),
+        Entry::file("usr/lib/libodd.so", noise(2, 70_001)).mtime(1_650_000_000, 123_456_789),
+        Entry::sparse("usr/lib/sparse.img", 3 << 20, b"tail after a hole"),
+        Entry::file("bin/hello", "#!/bin/sh\necho hello\n").mode(0o4755),
+        Entry::hardlink("bin/hi", "bin/hello"),
+        Entry::symlink("bin/greet", "hello"),
+        Entry::symlink(
+            "bin/far",
+            "/usr/lib/../lib/a-rather-long-target-name-beyond-sixty-bytes/x/y",
+        ),
+        Entry::symlink("bin/dangling", "/nowhere"),
+        Entry::file("home/user/notes", "mine\n")
+            .owner(1000, 1000)
+            .mode(0o600),
+        Entry::dir("home/user/private")
+            .owner(1000, 1000)
+            .mode(0o700),
+        Entry::dir("tmp").mode(0o1777),
+        Entry::char_dev("dev/null", 1, 3).mode(0o666),
+        Entry::block_dev("dev/loop9", 7, 9),
+        Entry::fifo("run/pipe"),
+        Entry::file(b"odd/name \xff\xfe with bytes".as_slice(), "not utf-8\n"),
+        Entry::file("app/ping", "capable\n").xattr("user.note", "a value"),
+        Entry::file("deep/a/b/c/d/e/f", "deep\n"),
+    ];
+    // Enough names for a directory of several blocks.
+    for i in 0..400 {
+        base.push(Entry::file(
+            format!("many/entry-with-a-longish-name-{i:04}"),
+            format!("{i}\n"),
+        ));
+    }
+    let upper = Layer::new(vec![
+        Entry::whiteout("etc/os-release"),
+        Entry::file("etc/os-release", "ID=fuse-test\nVERSION=2\n"),
+    ])
+    .compressed(Compression::Zstd);
+    Image::new(vec![Layer::new(base).compressed(Compression::Gzip), upper])
+}
+
+/// A flattened image in a temporary directory.
+struct Flat {
+    dir: TempDir,
+    image: PathBuf,
+}
+
+fn flatten() -> Flat {
+    let dir = tempfile::tempdir().unwrap();
+    let layout = dir.path().join("oci");
+    sample_image().write_oci_layout(&layout, "t").unwrap();
+    let src: ImageSource = format!("oci:{}:t", layout.display()).parse().unwrap();
+    let image = dir.path().join("image.ext4");
+    let opts = FlattenOptions {
+        ext4: Ext4Options {
+            chunk_size: 64 * 1024,
+            free_bytes: 1 << 20,
+            spare_inodes: 64,
+        },
+    };
+    flatten_to_file(&src, &image, &opts).expect("flatten");
+    Flat { dir, image }
+}
+
+/// True when FUSE can be tried here; otherwise prints a SKIP line.
+fn fuse_available() -> bool {
+    if !Path::new("/dev/fuse").exists() {
+        harness::skip("/dev/fuse does not exist");
+        return false;
+    }
+    harness::require_root("mounting FUSE")
+}
+
+fn is_mounted(dir: &Path) -> bool {
+    let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let want = dir.to_string_lossy();
+    mounts
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(want.as_ref()))
+}
+
+/// A FUSE mount that is gone when this is dropped, test failure or not.
+struct Guard {
+    mounted: Option<Mounted>,
+    dir: PathBuf,
+}
+
+impl Guard {
+    fn path(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Some(m) = self.mounted.take()
+            && let Err(e) = m.unmount()
+        {
+            eprintln!("unmounting {}: {e}", self.dir.display());
+        }
+        if is_mounted(&self.dir) {
+            // Last resort, so that no later test meets a dead mount.
+            let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+        }
+    }
+}
+
+/// Mounts `source` at `dir`; `None` after a SKIP line when FUSE mounts are
+/// not permitted here.
+fn fuse_mount(source: Arc<dyn ByteSource>, dir: &Path, raw: bool) -> Option<Guard> {
+    let opts = MountOptions {
+        raw,
+        ..MountOptions::default()
+    };
+    match mount(source, dir, &opts) {
+        Ok(m) => {
+            let canonical = fs::canonicalize(dir).unwrap();
+            Some(Guard {
+                mounted: Some(m),
+                dir: canonical,
+            })
+        }
+        Err(MountError::Fuse { source, .. })
+            if matches!(
+                source.kind(),
+                ErrorKind::PermissionDenied | ErrorKind::NotFound
+            ) || source.raw_os_error() == Some(1) =>
+        {
+            harness::skip(&format!("FUSE mount not permitted here: {source}"));
+            None
+        }
+        Err(e) => panic!("mounting FUSE at {}: {e:?}", dir.display()),
+    }
+}
+
+fn open_image(path: &Path) -> Arc<dyn ByteSource> {
+    Arc::new(File::open(path).unwrap())
+}
+
+fn sha256_file(path: &Path) -> String {
+    let mut f = File::open(path).unwrap();
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    hex::encode(h.finalize())
+}
+
+/// `stat -f` numbers that must agree: block size, inodes, free inodes,
+/// free blocks.
+fn statfs(dir: &Path) -> String {
+    let out = Command::new("stat")
+        .args(["-f", "-c", "%S %c %d %f"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "stat -f {}", dir.display());
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn tree_matches_a_kernel_loop_mount() {
+    if !fuse_available() {
+        return;
+    }
+    let flat = flatten();
+    let kdir = flat.dir.path().join("kernel");
+    let fdir = flat.dir.path().join("fuse");
+    fs::create_dir(&kdir).unwrap();
+    fs::create_dir(&fdir).unwrap();
+    let Some(kernel) = Mount::loop_mount(&flat.image, &kdir, true).unwrap() else {
+        return;
+    };
+    let Some(fuse) = fuse_mount(open_image(&flat.image), &fdir, false) else {
+        return;
+    };
+
+    let ignore = ["/lost+found"];
+    let want = list_dir(kernel.path(), &ignore).unwrap();
+    let got = list_dir(fuse.path(), &ignore).unwrap();
+    assert!(
+        want.len() > 400,
+        "kernel listing has {} entries",
+        want.len()
+    );
+    // ext4-view 1.0 exposes no xattrs, device numbers or inode numbers.
+    assert_same("kernel", &want, "fuse", &got, &Mask::ext4_view());
+
+    // The root is FUSE inode 1; directories count their links as ext4 does.
+    assert_eq!(fs::metadata(fuse.path()).unwrap().ino(), 1);
+    for (path, e) in &want {
+        if e.kind == tests::treecheck::FileKind::Dir {
+            let rel = path.trim_start_matches('/');
+            let k = fs::metadata(kernel.path().join(rel)).unwrap().nlink();
+            let f = fs::metadata(fuse.path().join(rel)).unwrap().nlink();
+            assert_eq!(k, f, "link count of directory {path}");
+        }
+    }
+
+    // Reads at odd offsets and sizes, backwards, across blocks and holes.
+    for rel in [
+        "usr/lib/libbig.so",
+        "usr/lib/sparse.img",
+        "usr/lib/libodd.so",
+    ] {
+        let k = File::open(kernel.path().join(rel)).unwrap();
+        let f = File::open(fuse.path().join(rel)).unwrap();
+        let len = k.metadata().unwrap().len();
+        for &(off, n) in &[
+            (len - 1, 1),
+            (len / 2 + 7, 9000),
+            (4095, 2),
+            (0, 300_000),
+            (len - 5000, 10_000),
+            (len + 10, 10),
+        ] {
+            let read = |file: &File| {
+                let mut buf = vec![0u8; n];
+                let got = file.read_at(&mut buf, off).unwrap();
+                buf.truncate(got);
+                buf
+            };
+            assert_eq!(read(&k), read(&f), "{rel} at {off} ({n} bytes)");
+        }
+    }
+
+    assert_eq!(statfs(kernel.path()), statfs(fuse.path()));
+
+    // Read-only; no extended attributes (ext4-view cannot read them).
+    let err = fs::OpenOptions::new()
+        .append(true)
+        .open(fuse.path().join("etc/empty"))
+        .unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(30), "EROFS expected, got {err}");
+    assert!(
+        xattr::list(fuse.path().join("app/ping"))
+            .unwrap()
+            .next()
+            .is_none()
+    );
+    assert_eq!(
+        xattr::get(fuse.path().join("app/ping"), "user.note").unwrap(),
+        None
+    );
+    let missing = fs::symlink_metadata(fuse.path().join("etc/nothing")).unwrap_err();
+    assert_eq!(missing.kind(), ErrorKind::NotFound);
+
+    drop(fuse);
+    assert!(!is_mounted(&fs::canonicalize(&fdir).unwrap()));
+    kernel.unmount().unwrap();
+}
+
+#[test]
+fn raw_mode_shows_the_device_as_one_file() {
+    if !fuse_available() {
+        return;
+    }
+    let flat = flatten();
+    let dir = flat.dir.path().join("raw");
+    fs::create_dir(&dir).unwrap();
+    let Some(fuse) = fuse_mount(open_image(&flat.image), &dir, true) else {
+        return;
+    };
+    let names: Vec<String> = fs::read_dir(fuse.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, [RAW_NAME]);
+    let disk = fuse.path().join(RAW_NAME);
+    assert_eq!(
+        fs::metadata(&disk).unwrap().len(),
+        fs::metadata(&flat.image).unwrap().len()
+    );
+    assert_eq!(sha256_file(&disk), sha256_file(&flat.image));
+    // An unaligned read near the end.
+    let len = fs::metadata(&flat.image).unwrap().len();
+    let mut a = vec![0u8; 777];
+    let mut b = vec![0u8; 777];
+    FileExt::read_exact_at(&File::open(&disk).unwrap(), &mut a, len - 1000).unwrap();
+    FileExt::read_exact_at(&File::open(&flat.image).unwrap(), &mut b, len - 1000).unwrap();
+    assert_eq!(a, b);
+}
+
+/// A source whose reads fail while `failing` is set, like a chunk that no
+/// tier can serve.
+struct Flaky {
+    file: File,
+    failing: AtomicBool,
+}
+
+impl ByteSource for Flaky {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(io::Error::other("chunk 17 (test): every tier missed"));
+        }
+        FileExt::read_exact_at(&self.file, buf, offset)
+    }
+
+    fn size(&self) -> u64 {
+        ByteSource::size(&self.file)
+    }
+}
+
+#[test]
+fn unreadable_bytes_become_eio_and_the_mount_recovers() {
+    if !fuse_available() {
+        return;
+    }
+    let flat = flatten();
+    let dir = flat.dir.path().join("flaky");
+    fs::create_dir(&dir).unwrap();
+    let flaky = Arc::new(Flaky {
+        file: File::open(&flat.image).unwrap(),
+        failing: AtomicBool::new(false),
+    });
+    let Some(fuse) = fuse_mount(flaky.clone(), &dir, false) else {
+        return;
+    };
+    let big = fuse.path().join("usr/lib/libbig.so");
+    assert_eq!(fs::metadata(&big).unwrap().len(), 1_300_000);
+
+    flaky.failing.store(true, Ordering::SeqCst);
+    let err = fs::read(&big).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(5), "EIO expected, got {err}");
+
+    flaky.failing.store(false, Ordering::SeqCst);
+    assert_eq!(fs::read(&big).unwrap(), noise(1, 1_300_000));
+}
