@@ -6,7 +6,8 @@
 //! - [`dir_store`]: [`DirStore`], the first tier: a local directory of
 //!   sharded, atomically written objects, plus the sealed manifests and
 //!   the tags that name them;
-//! - [`tag`]: tag name rules.
+//! - [`tag`]: tag name rules;
+//! - [`tiered`]: the tiered reader and [`SingleFlight`].
 //!
 //! Every tier holds only ciphertext addressed by its SHA-256, and checks
 //! it on the way in and out.
@@ -15,7 +16,9 @@
 pub mod dir_store;
 pub mod store;
 pub mod tag;
+pub mod tiered;
 
 pub use dir_store::DirStore;
 pub use store::{ChunkStore, MAX_OBJECT_LEN, PutOutcome, StoreError};
 pub use tag::{TagNameError, validate_tag_name};
+pub use tiered::{Flight, SingleFlight};

@@ -8,10 +8,12 @@
 #![forbid(unsafe_code)]
 
 pub mod export;
+pub mod lazy;
 pub mod fuse;
 pub mod open;
 pub mod verify;
 
 pub use export::{ExportError, ExportReport, export};
+pub use lazy::{LazyError, LazyImage, LazyMetrics, LazyOptions};
 pub use open::{OpenError, OpenedImage, open_image};
 pub use verify::{BadChunk, VerifyReport, verify};

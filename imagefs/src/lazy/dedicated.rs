@@ -1,0 +1,346 @@
+//! The dedicated local tier: one instance's plaintext copy of its device.
+//!
+//! ```text
+//! <dir>/
+//!   data      sparse plaintext file, exactly the device size
+//!   present   64-byte header, then one bit per chunk (bit i%8 of byte i/8)
+//! ```
+//!
+//! The header binds the bitmap to one image: magic `IMGFSDT1`, a
+//! fingerprint (SHA-256 over the device size, the chunk size and the chunk
+//! table's ids and holes), the device size, the chunk size and the chunk
+//! count. A bitmap whose length, magic, fingerprint, geometry or padding
+//! bits are wrong, or a `data` file of the wrong size, is not trusted: the
+//! tier starts empty and every chunk is fetched again.
+//!
+//! # Crash safety
+//!
+//! A set bit promises that the chunk's bytes in `data` are complete. The
+//! order of a fill keeps that promise through a crash at any point:
+//!
+//! 1. the chunk's plaintext is written into `data` at its offset;
+//! 2. `data` is `fdatasync`ed: the bytes are durable;
+//! 3. only then is the bit set, by rewriting the one bitmap byte that
+//!    holds it (`pwrite` of a single byte, which cannot be torn).
+//!
+//! A crash before 3 leaves the bit clear (the chunk is fetched again); a
+//! crash after 3 leaves a set bit over durable data. Bits only go from 0
+//! to 1, and a byte is rewritten under a lock from the in-memory copy, so
+//! two fills of neighbouring chunks cannot undo each other. The bitmap is
+//! not synced per fill: losing a recent bit costs a refetch, never wrong
+//! data. A new or reset bitmap is written atomically (temporary file,
+//! fsync, rename, directory fsync) before `data` is (re)created.
+//!
+//! One process uses a directory at a time; that is the caller's to ensure
+//! (one dedicated directory per instance).
+//!
+//! # Writes (later)
+//!
+//! Copy-on-write guest writes will land here only: a write materialises
+//! the chunks it touches (fetching them first if partly covered), writes
+//! the new bytes into `data` and sets their bits through
+//! [`DedicatedTier::store_chunk`]'s ordering (data durable, then the bit).
+//! A set bit then means "read from `data`", whatever the manifest says,
+//! which is why reads check the bitmap before treating a chunk as a hole.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use manifest::{ChunkEntry, ChunkId, ChunkIndex, Manifest};
+
+/// Magic at the start of the `present` file.
+const MAGIC: &[u8; 8] = b"IMGFSDT1";
+/// Size of the `present` header.
+const HEADER_LEN: usize = 64;
+/// The plaintext file.
+const DATA_FILE: &str = "data";
+/// The presence bitmap file.
+const PRESENT_FILE: &str = "present";
+
+/// Errors from the dedicated tier.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum DedicatedError {
+    /// A file operation failed.
+    #[error("dedicated tier: cannot {action} {}: {source}", path.display())]
+    Io {
+        /// What was being done (names the chunk when there is one).
+        action: String,
+        /// The file or directory.
+        path: PathBuf,
+        /// The cause (shared: errors are handed to every waiting reader).
+        source: Arc<io::Error>,
+    },
+}
+
+fn io_err(action: impl Into<String>, path: &Path) -> impl FnOnce(io::Error) -> DedicatedError {
+    let action = action.into();
+    let path = path.to_path_buf();
+    move |source| DedicatedError::Io {
+        action,
+        path,
+        source: Arc::new(source),
+    }
+}
+
+/// What [`DedicatedTier::open`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DedicatedState {
+    /// No earlier state: a new, empty tier.
+    Created,
+    /// An earlier process's tier, reused with this many chunks present.
+    Reused {
+        /// Chunks present.
+        present: u64,
+    },
+    /// Earlier state that could not be trusted was discarded.
+    Reset {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The dedicated local tier of one instance (see the module docs).
+#[derive(Debug)]
+pub struct DedicatedTier {
+    dir: PathBuf,
+    data: File,
+    present: File,
+    /// In-memory copy of the bitmap (after the header).
+    bits: Vec<AtomicU8>,
+    /// Serialises bitmap byte rewrites.
+    bitmap_write: Mutex<()>,
+}
+
+/// The fingerprint and header that bind a bitmap to `manifest`.
+fn header(manifest: &Manifest) -> [u8; HEADER_LEN] {
+    let mut desc = Vec::with_capacity(32 + manifest.chunks.len() * 33);
+    desc.extend_from_slice(b"imagefs dedicated tier v1\0");
+    desc.extend_from_slice(&manifest.device_size.to_le_bytes());
+    desc.extend_from_slice(&manifest.chunk_size.bytes().to_le_bytes());
+    for entry in &manifest.chunks {
+        match entry {
+            ChunkEntry::Hole => desc.push(0),
+            ChunkEntry::Present { id, .. } => {
+                desc.push(1);
+                desc.extend_from_slice(id.as_bytes());
+            }
+        }
+    }
+    // ChunkId::of_object is SHA-256 over the bytes.
+    let fingerprint = ChunkId::of_object(&desc);
+    let mut h = [0u8; HEADER_LEN];
+    h[0..8].copy_from_slice(MAGIC);
+    h[8..40].copy_from_slice(fingerprint.as_bytes());
+    h[40..48].copy_from_slice(&manifest.device_size.to_le_bytes());
+    h[48..52].copy_from_slice(&manifest.chunk_size.bytes().to_le_bytes());
+    h[56..64].copy_from_slice(&(manifest.chunks.len() as u64).to_le_bytes());
+    h
+}
+
+/// Checks an existing `present` file; `Err` says why it is not trusted.
+fn check_bitmap(bytes: &[u8], expected_header: &[u8], chunks: u64) -> Result<(), String> {
+    let bitmap_len = chunks.div_ceil(8) as usize;
+    if bytes.len() != HEADER_LEN + bitmap_len {
+        return Err(format!(
+            "bitmap file is {} bytes, expected {}",
+            bytes.len(),
+            HEADER_LEN + bitmap_len
+        ));
+    }
+    if &bytes[0..8] != MAGIC {
+        return Err("bitmap file has no IMGFSDT1 magic".into());
+    }
+    if bytes[..HEADER_LEN] != *expected_header {
+        return Err("bitmap file belongs to another image or geometry".into());
+    }
+    let spare = (bitmap_len as u64 * 8 - chunks) as u32;
+    if spare > 0 {
+        let last = bytes[bytes.len() - 1];
+        if last >> (8 - spare) != 0 {
+            return Err("bitmap file has bits set past the last chunk".into());
+        }
+    }
+    Ok(())
+}
+
+/// Writes `bytes` to `dir/name` atomically and durably.
+fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), DedicatedError> {
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let result = (|| {
+        let mut f = File::create(&tmp).map_err(io_err("create", &tmp))?;
+        f.write_all(bytes).map_err(io_err("write", &tmp))?;
+        f.sync_all().map_err(io_err("sync", &tmp))?;
+        let target = dir.join(name);
+        fs::rename(&tmp, &target).map_err(io_err("rename into place", &target))?;
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err("sync directory", dir))
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+impl DedicatedTier {
+    /// Opens the tier in `dir` for `manifest` (creating `dir` if needed),
+    /// reusing an earlier process's state when it belongs to the same
+    /// image and is intact, and starting empty otherwise.
+    pub fn open(dir: &Path, manifest: &Manifest) -> Result<(Self, DedicatedState), DedicatedError> {
+        fs::create_dir_all(dir).map_err(io_err("create directory", dir))?;
+        let chunks = manifest.chunks.len() as u64;
+        let expected = header(manifest);
+        let present_path = dir.join(PRESENT_FILE);
+        let data_path = dir.join(DATA_FILE);
+        let verdict =
+            match fs::read(&present_path) {
+                Ok(bytes) => check_bitmap(&bytes, &expected, chunks).and_then(|()| {
+                    match fs::metadata(&data_path) {
+                        Ok(m) if m.is_file() && m.len() == manifest.device_size => Ok(bytes),
+                        Ok(m) => Err(format!(
+                            "data file is {} bytes, expected {}",
+                            m.len(),
+                            manifest.device_size
+                        )),
+                        Err(e) => Err(format!("data file unreadable: {e}")),
+                    }
+                }),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Err(String::new()),
+                Err(e) => Err(format!("bitmap file unreadable: {e}")),
+            };
+        let (bitmap, state) = match verdict {
+            Ok(bytes) => {
+                let bitmap = bytes[HEADER_LEN..].to_vec();
+                let present = bitmap.iter().map(|b| u64::from(b.count_ones())).sum();
+                (bitmap, DedicatedState::Reused { present })
+            }
+            Err(reason) => {
+                // Distrust everything: an empty bitmap first, then a fresh
+                // data file, so no set bit can ever cover old bytes.
+                let empty = vec![0u8; chunks.div_ceil(8) as usize];
+                let mut file = expected.to_vec();
+                file.extend_from_slice(&empty);
+                write_atomically(dir, PRESENT_FILE, &file)?;
+                let data = File::create(&data_path).map_err(io_err("create", &data_path))?;
+                data.set_len(manifest.device_size)
+                    .map_err(io_err("size", &data_path))?;
+                data.sync_all().map_err(io_err("sync", &data_path))?;
+                let state = if reason.is_empty() {
+                    DedicatedState::Created
+                } else {
+                    DedicatedState::Reset { reason }
+                };
+                (empty, state)
+            }
+        };
+        let rw = |path: &Path| {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(path)
+                .map_err(io_err("open", path))
+        };
+        Ok((
+            Self {
+                dir: dir.to_path_buf(),
+                data: rw(&data_path)?,
+                present: rw(&present_path)?,
+                bits: bitmap.into_iter().map(AtomicU8::new).collect(),
+                bitmap_write: Mutex::new(()),
+            },
+            state,
+        ))
+    }
+
+    /// The tier's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Whether chunk `index` is present (its bytes are in `data`).
+    pub fn is_present(&self, index: ChunkIndex) -> bool {
+        let Ok(i) = usize::try_from(index.0) else {
+            return false;
+        };
+        self.bits
+            .get(i / 8)
+            .is_some_and(|b| b.load(Ordering::Acquire) & (1 << (i % 8)) != 0)
+    }
+
+    /// How many chunks are present.
+    pub fn present_count(&self) -> u64 {
+        self.bits
+            .iter()
+            .map(|b| u64::from(b.load(Ordering::Relaxed).count_ones()))
+            .sum()
+    }
+
+    /// Reads `buf.len()` bytes at device offset `offset`, all inside the
+    /// present chunk `index`.
+    pub fn read_at(
+        &self,
+        index: ChunkIndex,
+        buf: &mut [u8],
+        offset: u64,
+    ) -> Result<(), DedicatedError> {
+        let path = self.dir.join(DATA_FILE);
+        self.data
+            .read_exact_at(buf, offset)
+            .map_err(io_err(format!("read {index} from"), &path))
+    }
+
+    /// Stores the whole plaintext of chunk `index`, which starts at device
+    /// offset `start`, and marks it present: data written and synced first,
+    /// then the bit (see the module docs).
+    pub fn store_chunk(
+        &self,
+        index: ChunkIndex,
+        start: u64,
+        plain: &[u8],
+    ) -> Result<(), DedicatedError> {
+        let data_path = self.dir.join(DATA_FILE);
+        let i = usize::try_from(index.0)
+            .ok()
+            .filter(|i| i / 8 < self.bits.len())
+            .ok_or_else(|| {
+                io_err(format!("store {index} in"), &data_path)(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "chunk index outside the device",
+                ))
+            })?;
+        self.data
+            .write_all_at(plain, start)
+            .map_err(io_err(format!("write {index} to"), &data_path))?;
+        self.data
+            .sync_data()
+            .map_err(io_err(format!("sync {index} in"), &data_path))?;
+        let _guard = self
+            .bitmap_write
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let byte = self.bits[i / 8].fetch_or(1 << (i % 8), Ordering::AcqRel) | (1 << (i % 8));
+        let present_path = self.dir.join(PRESENT_FILE);
+        self.present
+            .write_all_at(&[byte], (HEADER_LEN + i / 8) as u64)
+            .map_err(io_err(format!("mark {index} present in"), &present_path))
+    }
+
+    /// Makes every bit set so far durable.
+    pub fn sync(&self) -> Result<(), DedicatedError> {
+        self.present
+            .sync_data()
+            .map_err(io_err("sync", &self.dir.join(PRESENT_FILE)))
+    }
+}
+
+impl Drop for DedicatedTier {
+    fn drop(&mut self) {
+        // Best effort: a lost bit only costs a refetch.
+        let _ = self.present.sync_data();
+    }
+}

@@ -1,0 +1,534 @@
+//! [`LazyImage`]: a read-only block view of an unsealed manifest whose
+//! chunks are fetched from a chunk store only when first read.
+//!
+//! A read resolves the chunks it covers. For each one, in order:
+//!
+//! 1. present in the **dedicated tier** ([`dedicated`]; the instance's own
+//!    plaintext copy): read from there, the store is not touched;
+//! 2. a **hole** in the manifest: zeros, nothing fetched;
+//! 3. in the small in-memory cache of recent plaintext chunks: copied out;
+//! 4. otherwise **fetched** from the store (usually a
+//!    [`TieredStore`](cachetiers::tiered::TieredStore), which verifies each
+//!    object against its id at every tier), decrypted and authenticated
+//!    with the manifest's key, checked for length, kept in the dedicated
+//!    tier (when there is one) and in the memory cache, and copied out.
+//!
+//! Concurrent readers of the same cold chunk share one fetch (single-flight,
+//! [`SingleFlight`]). Optional read-ahead ([`readahead`]) fetches the next
+//! chunks after a read in background threads.
+//!
+//! Writes (copy-on-write into the dedicated tier only) come later; the
+//! dedicated tier's module docs say where they fit.
+
+pub mod dedicated;
+pub mod readahead;
+
+use std::collections::VecDeque;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use cachetiers::{ChunkStore, Flight, SingleFlight, StoreError};
+use manifest::{ChunkEntry, ChunkId, ChunkIndex, ConvergentError, Manifest, decrypt_chunk_owned};
+
+pub use dedicated::{DedicatedError, DedicatedState, DedicatedTier};
+use readahead::Readahead;
+
+/// How a [`LazyImage`] behaves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LazyOptions {
+    /// After a read, fetch up to this many following chunks in the
+    /// background (0 disables read-ahead; the default, so that fetch
+    /// counts are exact).
+    pub readahead_chunks: usize,
+    /// Background threads for read-ahead (at most `readahead_chunks`;
+    /// at least one when read-ahead is on).
+    pub readahead_threads: usize,
+    /// How many recently fetched plaintext chunks to keep in memory
+    /// (0 disables the memory cache).
+    pub memory_chunks: usize,
+}
+
+impl Default for LazyOptions {
+    fn default() -> Self {
+        Self {
+            readahead_chunks: 0,
+            readahead_threads: 2,
+            memory_chunks: 8,
+        }
+    }
+}
+
+/// Errors from a [`LazyImage`]. Cloneable: one failed fetch is reported to
+/// every reader that waited for it.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum LazyError {
+    /// The read reaches past the end of the device.
+    #[error("read of {len} bytes at offset {offset} is outside the {size}-byte device")]
+    OutOfRange {
+        /// Where the read starts.
+        offset: u64,
+        /// Its length.
+        len: u64,
+        /// The device size.
+        size: u64,
+    },
+    /// The manifest's chunk table does not match its geometry.
+    #[error("manifest is inconsistent: {problem}")]
+    BadManifest {
+        /// What is wrong.
+        problem: String,
+    },
+    /// Every tier of the store missed.
+    #[error("{index} ({id}) is not in the store (every tier missed)")]
+    Missing {
+        /// Its position.
+        index: ChunkIndex,
+        /// Its id.
+        id: ChunkId,
+    },
+    /// The store failed (for a tiered store the error says what each tier
+    /// said).
+    #[error("fetching {index} ({id}): {source}")]
+    Store {
+        /// Its position.
+        index: ChunkIndex,
+        /// Its id.
+        id: ChunkId,
+        /// The store's error.
+        #[source]
+        source: Arc<StoreError>,
+    },
+    /// The object failed its id check or does not decrypt with the
+    /// manifest's key.
+    #[error("decrypting {index} ({id}): {source}")]
+    Decrypt {
+        /// Its position.
+        index: ChunkIndex,
+        /// Its id.
+        id: ChunkId,
+        /// The cause.
+        #[source]
+        source: ConvergentError,
+    },
+    /// The plaintext has the wrong length for its place in the device.
+    #[error("{index} ({id}) decrypts to {got} bytes, expected {expected}")]
+    WrongLength {
+        /// Its position.
+        index: ChunkIndex,
+        /// Its id.
+        id: ChunkId,
+        /// Bytes decrypted.
+        got: u64,
+        /// Bytes the chunk covers.
+        expected: u64,
+    },
+    /// The dedicated tier failed.
+    #[error("{index} ({id}): {source}")]
+    Dedicated {
+        /// Its position.
+        index: ChunkIndex,
+        /// Its id, when it has one (holes do not).
+        id: String,
+        /// The cause.
+        #[source]
+        source: DedicatedError,
+    },
+    /// Opening the dedicated tier failed.
+    #[error("opening the dedicated tier: {0}")]
+    OpenDedicated(#[source] DedicatedError),
+}
+
+/// Counters of a [`LazyImage`], as read by [`LazyImage::metrics`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LazyMetrics {
+    /// Bytes returned to readers.
+    pub bytes_read: u64,
+    /// Chunk reads served by the dedicated tier.
+    pub dedicated_hits: u64,
+    /// Chunk reads served by the memory cache.
+    pub memory_hits: u64,
+    /// Chunk reads of holes (zeros, no fetch).
+    pub hole_reads: u64,
+    /// Objects fetched from the store (one per `ChunkStore::get`).
+    pub store_fetches: u64,
+    /// Bytes of those objects.
+    pub store_bytes: u64,
+    /// Chunk reads that waited for another reader's fetch.
+    pub shared_fetches: u64,
+    /// Fetches started by read-ahead.
+    pub readahead_fetches: u64,
+    /// Fetches that failed.
+    pub fetch_errors: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    bytes_read: AtomicU64,
+    dedicated_hits: AtomicU64,
+    memory_hits: AtomicU64,
+    hole_reads: AtomicU64,
+    store_fetches: AtomicU64,
+    store_bytes: AtomicU64,
+    shared_fetches: AtomicU64,
+    readahead_fetches: AtomicU64,
+    fetch_errors: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64, by: u64) {
+    counter.fetch_add(by, Ordering::Relaxed);
+}
+
+/// The result of fetching one chunk, shared between waiting readers.
+type Fetched = Result<Arc<Vec<u8>>, LazyError>;
+
+/// Everything the readers and the read-ahead threads share.
+struct Inner {
+    manifest: Manifest,
+    store: Arc<dyn ChunkStore>,
+    dedicated: Option<DedicatedTier>,
+    memory: Mutex<VecDeque<(u64, Arc<Vec<u8>>)>>,
+    memory_chunks: usize,
+    flights: SingleFlight<u64, Fetched>,
+    counters: Counters,
+}
+
+/// A read-only block view of an unsealed manifest over a chunk store (see
+/// the module docs). Cheap to share between threads by reference: every
+/// method takes `&self`.
+pub struct LazyImage {
+    inner: Arc<Inner>,
+    readahead: Option<Readahead>,
+    dedicated_state: Option<DedicatedState>,
+}
+
+impl std::fmt::Debug for LazyImage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LazyImage")
+            .field("size", &self.size())
+            .field("chunk_size", &self.inner.manifest.chunk_size)
+            .field("dedicated", &self.inner.dedicated)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LazyImage {
+    /// A lazy view of `manifest` over `store`, with the dedicated tier in
+    /// `dedicated` (reused if an earlier process left a valid one there).
+    pub fn open(
+        manifest: Manifest,
+        store: Arc<dyn ChunkStore>,
+        dedicated: Option<&Path>,
+        options: LazyOptions,
+    ) -> Result<Self, LazyError> {
+        manifest
+            .check_consistent()
+            .map_err(|problem| LazyError::BadManifest { problem })?;
+        let (dedicated, dedicated_state) = match dedicated {
+            Some(dir) => {
+                let (tier, state) =
+                    DedicatedTier::open(dir, &manifest).map_err(LazyError::OpenDedicated)?;
+                (Some(tier), Some(state))
+            }
+            None => (None, None),
+        };
+        let inner = Arc::new(Inner {
+            manifest,
+            store,
+            dedicated,
+            memory: Mutex::new(VecDeque::new()),
+            memory_chunks: options.memory_chunks,
+            flights: SingleFlight::new(),
+            counters: Counters::default(),
+        });
+        let readahead = (options.readahead_chunks > 0).then(|| {
+            Readahead::start(
+                Arc::clone(&inner),
+                options.readahead_chunks,
+                options.readahead_threads,
+            )
+        });
+        Ok(Self {
+            inner,
+            readahead,
+            dedicated_state,
+        })
+    }
+
+    /// The device size in bytes.
+    pub fn size(&self) -> u64 {
+        self.inner.manifest.device_size
+    }
+
+    /// The manifest this view serves.
+    pub fn manifest(&self) -> &Manifest {
+        &self.inner.manifest
+    }
+
+    /// What opening the dedicated tier found (`None` without one).
+    pub fn dedicated_state(&self) -> Option<&DedicatedState> {
+        self.dedicated_state.as_ref()
+    }
+
+    /// How many chunks the dedicated tier holds (0 without one).
+    pub fn dedicated_present(&self) -> u64 {
+        self.inner
+            .dedicated
+            .as_ref()
+            .map_or(0, DedicatedTier::present_count)
+    }
+
+    /// Fills `buf` with the device bytes starting at `offset`. A read that
+    /// reaches past the end of the device fails with
+    /// [`LazyError::OutOfRange`] and reads nothing.
+    pub fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<(), LazyError> {
+        let size = self.size();
+        let len = buf.len() as u64;
+        let end = offset
+            .checked_add(len)
+            .filter(|&end| end <= size)
+            .ok_or(LazyError::OutOfRange { offset, len, size })?;
+        if len == 0 {
+            return Ok(());
+        }
+        let chunk_size = self.inner.manifest.chunk_size.as_u64();
+        let mut pos = offset;
+        while pos < end {
+            let index = ChunkIndex(pos / chunk_size);
+            let start = index.0 * chunk_size;
+            let chunk_end = (start + chunk_size).min(size);
+            let n = (end.min(chunk_end) - pos) as usize;
+            let at = (pos - offset) as usize;
+            self.inner
+                .read_chunk_part(index, &mut buf[at..at + n], pos - start)?;
+            pos += n as u64;
+        }
+        bump(&self.inner.counters.bytes_read, len);
+        if let Some(readahead) = &self.readahead {
+            readahead.after_read(ChunkIndex((end - 1) / chunk_size));
+        }
+        Ok(())
+    }
+
+    /// Makes the dedicated tier's presence bits durable (they are written
+    /// as chunks arrive but not synced one by one).
+    pub fn sync(&self) -> Result<(), LazyError> {
+        match &self.inner.dedicated {
+            Some(d) => d.sync().map_err(LazyError::OpenDedicated),
+            None => Ok(()),
+        }
+    }
+
+    /// Waits until read-ahead has nothing queued or running (returns at
+    /// once without read-ahead). For tests and orderly shutdown.
+    pub fn wait_readahead_idle(&self) {
+        if let Some(readahead) = &self.readahead {
+            readahead.wait_idle();
+        }
+    }
+
+    /// A snapshot of the counters.
+    pub fn metrics(&self) -> LazyMetrics {
+        let c = &self.inner.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        LazyMetrics {
+            bytes_read: get(&c.bytes_read),
+            dedicated_hits: get(&c.dedicated_hits),
+            memory_hits: get(&c.memory_hits),
+            hole_reads: get(&c.hole_reads),
+            store_fetches: get(&c.store_fetches),
+            store_bytes: get(&c.store_bytes),
+            shared_fetches: get(&c.shared_fetches),
+            readahead_fetches: get(&c.readahead_fetches),
+            fetch_errors: get(&c.fetch_errors),
+        }
+    }
+
+    /// Readers currently waiting for another reader's fetch (a gauge).
+    pub fn waiting_readers(&self) -> usize {
+        self.inner.flights.waiting()
+    }
+}
+
+impl Inner {
+    /// Copies bytes `within..within + dst.len()` of chunk `index` into `dst`.
+    fn read_chunk_part(
+        &self,
+        index: ChunkIndex,
+        dst: &mut [u8],
+        within: u64,
+    ) -> Result<(), LazyError> {
+        let entry = self
+            .manifest
+            .chunk(index)
+            .ok_or_else(|| LazyError::BadManifest {
+                problem: format!("no entry for {index}"),
+            })?;
+        let start = index.0 * self.manifest.chunk_size.as_u64();
+        // The dedicated tier first: with writes, a set bit wins over a hole.
+        if let Some(d) = &self.dedicated
+            && d.is_present(index)
+        {
+            bump(&self.counters.dedicated_hits, 1);
+            return d
+                .read_at(index, dst, start + within)
+                .map_err(|source| LazyError::Dedicated {
+                    index,
+                    id: entry.id().map_or_else(|| "hole".into(), ChunkId::to_hex),
+                    source,
+                });
+        }
+        if entry.is_hole() {
+            bump(&self.counters.hole_reads, 1);
+            dst.fill(0);
+            return Ok(());
+        }
+        let plain = self.load(index, false)?;
+        let from = within as usize;
+        let part = plain
+            .get(from..from + dst.len())
+            .ok_or_else(|| LazyError::BadManifest {
+                problem: format!("{index} is shorter than its span"),
+            })?;
+        dst.copy_from_slice(part);
+        Ok(())
+    }
+
+    fn memory_get(&self, index: ChunkIndex) -> Option<Arc<Vec<u8>>> {
+        if self.memory_chunks == 0 {
+            return None;
+        }
+        let mut memory = self.memory.lock().unwrap_or_else(PoisonError::into_inner);
+        let pos = memory.iter().position(|(i, _)| *i == index.0)?;
+        let entry = memory.remove(pos)?;
+        let plain = Arc::clone(&entry.1);
+        memory.push_front(entry);
+        Some(plain)
+    }
+
+    fn memory_put(&self, index: ChunkIndex, plain: &Arc<Vec<u8>>) {
+        if self.memory_chunks == 0 {
+            return;
+        }
+        let mut memory = self.memory.lock().unwrap_or_else(PoisonError::into_inner);
+        if memory.iter().any(|(i, _)| *i == index.0) {
+            return;
+        }
+        memory.push_front((index.0, Arc::clone(plain)));
+        memory.truncate(self.memory_chunks);
+    }
+
+    /// The plaintext of present chunk `index`: from memory, or fetched once
+    /// however many readers ask at the same time.
+    fn load(&self, index: ChunkIndex, readahead: bool) -> Fetched {
+        if let Some(plain) = self.memory_get(index) {
+            if !readahead {
+                bump(&self.counters.memory_hits, 1);
+            }
+            return Ok(plain);
+        }
+        let (result, flight) = self.flights.run(&index.0, || self.fetch(index, readahead));
+        if flight == Flight::Joined {
+            bump(&self.counters.shared_fetches, 1);
+        }
+        result
+    }
+
+    /// Fetches, verifies, decrypts and keeps chunk `index` (the single
+    /// flight's leader does this).
+    fn fetch(&self, index: ChunkIndex, readahead: bool) -> Fetched {
+        // A flight for this chunk may have finished between our memory
+        // check and becoming leader.
+        if let Some(plain) = self.memory_get(index) {
+            return Ok(plain);
+        }
+        let result = self.fetch_uncached(index, readahead);
+        if result.is_err() {
+            bump(&self.counters.fetch_errors, 1);
+        }
+        result
+    }
+
+    fn fetch_uncached(&self, index: ChunkIndex, readahead: bool) -> Fetched {
+        let Some(ChunkEntry::Present { id, key }) = self.manifest.chunk(index) else {
+            return Err(LazyError::BadManifest {
+                problem: format!("{index} is not a stored chunk"),
+            });
+        };
+        let (start, expected) =
+            self.manifest
+                .chunk_span(index)
+                .ok_or_else(|| LazyError::BadManifest {
+                    problem: format!("{index} is outside the device"),
+                })?;
+        if let Some(d) = &self.dedicated
+            && d.is_present(index)
+        {
+            // Filled by another flight since the reader looked.
+            let mut plain = vec![0u8; expected as usize];
+            d.read_at(index, &mut plain, start.0)
+                .map_err(|source| LazyError::Dedicated {
+                    index,
+                    id: id.to_hex(),
+                    source,
+                })?;
+            return Ok(Arc::new(plain));
+        }
+        bump(&self.counters.store_fetches, 1);
+        if readahead {
+            bump(&self.counters.readahead_fetches, 1);
+        }
+        let object = self
+            .store
+            .get(id)
+            .map_err(|source| LazyError::Store {
+                index,
+                id: *id,
+                source: Arc::new(source),
+            })?
+            .ok_or(LazyError::Missing { index, id: *id })?;
+        bump(&self.counters.store_bytes, object.len() as u64);
+        let plain = decrypt_chunk_owned(id, key, object).map_err(|source| LazyError::Decrypt {
+            index,
+            id: *id,
+            source,
+        })?;
+        if plain.len() as u64 != expected {
+            return Err(LazyError::WrongLength {
+                index,
+                id: *id,
+                got: plain.len() as u64,
+                expected,
+            });
+        }
+        if let Some(d) = &self.dedicated {
+            d.store_chunk(index, start.0, &plain)
+                .map_err(|source| LazyError::Dedicated {
+                    index,
+                    id: id.to_hex(),
+                    source,
+                })?;
+        }
+        let plain = Arc::new(plain);
+        self.memory_put(index, &plain);
+        Ok(plain)
+    }
+
+    /// Whether chunk `index` would need a fetch (read-ahead's filter).
+    fn needs_fetch(&self, index: ChunkIndex) -> bool {
+        let stored = matches!(self.manifest.chunk(index), Some(ChunkEntry::Present { .. }));
+        let in_dedicated = self.dedicated.as_ref().is_some_and(|d| d.is_present(index));
+        let in_memory = self.memory_chunks > 0
+            && self
+                .memory
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .iter()
+                .any(|(i, _)| *i == index.0);
+        stored && !in_dedicated && !in_memory
+    }
+}
+
+#[cfg(test)]
+mod tests;

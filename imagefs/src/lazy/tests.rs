@@ -1,0 +1,222 @@
+//! Unit tests of [`LazyImage`] over a real directory store holding a
+//! synthetic image (64 KiB chunks; chunk 2 is a hole; the last chunk is
+//! short).
+
+use std::sync::Arc;
+
+use cachetiers::{ChunkStore, DirStore};
+use manifest::{ChunkEntry, ChunkSize, DomainSecret, ImageConfig, Manifest, encrypt_chunk};
+
+use super::*;
+
+const CHUNK: usize = 64 * 1024;
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    dir: std::path::PathBuf,
+    store: Arc<DirStore>,
+    manifest: Manifest,
+    image: Vec<u8>,
+}
+
+fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Five chunks: 0, 1, 3 data, 2 a hole, 4 a 1000-byte tail.
+fn fixture() -> Fixture {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
+    let store = Arc::new(DirStore::create(dir.join("store")).unwrap());
+    let secret = DomainSecret::from_bytes([7; 32]);
+    let sizes = [CHUNK, CHUNK, CHUNK, CHUNK, 1000];
+    let mut image = Vec::new();
+    let mut chunks = Vec::new();
+    for (i, &len) in sizes.iter().enumerate() {
+        if i == 2 {
+            image.extend(std::iter::repeat_n(0u8, len));
+            chunks.push(ChunkEntry::Hole);
+            continue;
+        }
+        let plain = noise(i as u64 + 1, len);
+        let enc = encrypt_chunk(&secret, &plain);
+        store.put(&enc.id, &enc.object).unwrap();
+        image.extend_from_slice(&plain);
+        chunks.push(ChunkEntry::Present {
+            id: enc.id,
+            key: enc.key,
+        });
+    }
+    let manifest = Manifest {
+        source_digest: String::new(),
+        domain: "test".into(),
+        filesystem: "ext4".into(),
+        config: ImageConfig::default(),
+        device_size: image.len() as u64,
+        chunk_size: ChunkSize::MIN,
+        chunks,
+    };
+    Fixture {
+        _dir: tmp,
+        dir,
+        store,
+        manifest,
+        image,
+    }
+}
+
+fn options(memory_chunks: usize) -> LazyOptions {
+    LazyOptions {
+        memory_chunks,
+        ..LazyOptions::default()
+    }
+}
+
+fn open(f: &Fixture, dedicated: bool, opts: LazyOptions) -> LazyImage {
+    let dir = f.dir.join("dedicated");
+    LazyImage::open(
+        f.manifest.clone(),
+        f.store.clone(),
+        dedicated.then_some(dir.as_path()),
+        opts,
+    )
+    .unwrap()
+}
+
+#[test]
+fn whole_image_and_odd_ranges_match() {
+    let f = fixture();
+    for dedicated in [false, true] {
+        let lazy = open(&f, dedicated, options(0));
+        assert_eq!(lazy.size(), f.image.len() as u64);
+        let mut all = vec![0xAA; f.image.len()];
+        lazy.read_exact_at(&mut all, 0).unwrap();
+        assert!(all == f.image);
+        for (off, len) in [
+            (0, 1),
+            (CHUNK - 3, 7),
+            (CHUNK * 2 - 5, CHUNK + 10),
+            (f.image.len() - 1, 1),
+        ] {
+            let mut buf = vec![0x55; len];
+            lazy.read_exact_at(&mut buf, off as u64).unwrap();
+            assert!(buf == f.image[off..off + len], "{off}+{len}");
+        }
+    }
+}
+
+#[test]
+fn reads_past_the_end_fail_and_read_nothing() {
+    let f = fixture();
+    let lazy = open(&f, false, options(0));
+    let size = lazy.size();
+    let mut buf = [0u8; 2];
+    let err = lazy.read_exact_at(&mut buf, size - 1).unwrap_err();
+    assert!(matches!(err, LazyError::OutOfRange { offset, len: 2, .. } if offset == size - 1));
+    assert!(err.to_string().contains("outside"), "{err}");
+    assert!(lazy.read_exact_at(&mut buf, u64::MAX).is_err());
+    lazy.read_exact_at(&mut [], size).unwrap();
+    assert_eq!(lazy.metrics().store_fetches, 0);
+}
+
+#[test]
+fn a_range_fetches_exactly_its_chunks_and_holes_fetch_nothing() {
+    let f = fixture();
+    let lazy = open(&f, false, options(0));
+    let mut buf = vec![0u8; CHUNK];
+    // Spans chunk 0's end and chunk 1's start.
+    lazy.read_exact_at(&mut buf, CHUNK as u64 / 2).unwrap();
+    assert_eq!(lazy.metrics().store_fetches, 2);
+    // The hole.
+    lazy.read_exact_at(&mut buf, 2 * CHUNK as u64).unwrap();
+    assert!(buf.iter().all(|&b| b == 0));
+    let m = lazy.metrics();
+    assert_eq!((m.store_fetches, m.hole_reads), (2, 1));
+    assert_eq!(m.bytes_read, 2 * CHUNK as u64);
+}
+
+#[test]
+fn memory_cache_serves_repeated_reads() {
+    let f = fixture();
+    let lazy = open(&f, false, options(2));
+    let mut buf = [0u8; 512];
+    for i in 0..10 {
+        lazy.read_exact_at(&mut buf, i * 512).unwrap();
+    }
+    let m = lazy.metrics();
+    assert_eq!((m.store_fetches, m.memory_hits), (1, 9));
+}
+
+#[test]
+fn missing_chunk_names_index_and_id() {
+    let f = fixture();
+    let ChunkEntry::Present { id, .. } = &f.manifest.chunks[3] else {
+        unreachable!()
+    };
+    f.store.remove(id).unwrap();
+    let lazy = open(&f, false, options(0));
+    let mut buf = [0u8; 10];
+    let err = lazy.read_exact_at(&mut buf, 3 * CHUNK as u64).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("chunk #3") && text.contains(&id.to_hex()),
+        "{text}"
+    );
+    assert_eq!(lazy.metrics().fetch_errors, 1);
+}
+
+#[test]
+fn dedicated_tier_survives_a_restart() {
+    let f = fixture();
+    {
+        let lazy = open(&f, true, options(0));
+        assert_eq!(lazy.dedicated_state(), Some(&DedicatedState::Created));
+        let mut all = vec![0u8; f.image.len()];
+        lazy.read_exact_at(&mut all, 0).unwrap();
+        assert_eq!(lazy.metrics().store_fetches, 4);
+        assert_eq!(lazy.dedicated_present(), 4);
+    }
+    let lazy = open(&f, true, options(0));
+    assert_eq!(
+        lazy.dedicated_state(),
+        Some(&DedicatedState::Reused { present: 4 })
+    );
+    let mut all = vec![0u8; f.image.len()];
+    lazy.read_exact_at(&mut all, 0).unwrap();
+    assert!(all == f.image);
+    let m = lazy.metrics();
+    assert_eq!((m.store_fetches, m.dedicated_hits), (0, 4));
+}
+
+#[test]
+fn readahead_fetches_the_next_chunks() {
+    let f = fixture();
+    let opts = LazyOptions {
+        readahead_chunks: 2,
+        readahead_threads: 2,
+        memory_chunks: 8,
+    };
+    let lazy = open(&f, false, opts);
+    let mut buf = [0u8; 100];
+    lazy.read_exact_at(&mut buf, 0).unwrap();
+    lazy.wait_readahead_idle();
+    // Chunk 0 read; chunk 1 read ahead; chunk 2 is a hole (skipped).
+    let m = lazy.metrics();
+    assert_eq!((m.store_fetches, m.readahead_fetches), (2, 1));
+    lazy.read_exact_at(&mut buf, CHUNK as u64).unwrap();
+    lazy.wait_readahead_idle();
+    let m = lazy.metrics();
+    // Chunk 1 came from memory; chunk 3 was read ahead (2 is a hole).
+    assert_eq!(
+        (m.store_fetches, m.memory_hits, m.readahead_fetches),
+        (3, 1, 2)
+    );
+}
