@@ -81,6 +81,22 @@ pub enum Command {
         #[arg(short, long)]
         output: PathBuf,
     },
+    /// Mount an image read-only through FUSE, fetching chunks as they are
+    /// read; SIGINT or SIGTERM unmounts.
+    Mount {
+        /// sha256:DIGEST or a tag.
+        image: String,
+        /// An existing, empty directory.
+        mountpoint: PathBuf,
+        /// Show the whole block device as one file, `disk.img`.
+        #[arg(long)]
+        raw: bool,
+        /// Let every user read the mount (FUSE `allow_other`).
+        #[arg(long)]
+        allow_other: bool,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
 }
 
 /// Where chunks, manifests and keys are.
@@ -218,6 +234,42 @@ impl Command {
                     exported.size,
                     exported.chunks,
                     exported.holes
+                )?;
+                Ok(())
+            }
+            Command::Mount {
+                image,
+                mountpoint,
+                raw,
+                allow_other,
+                store,
+            } => {
+                let (dir, keys) = store.open(false)?;
+                let opened = imagefs::open_image(&dir, &image, &keys, None)?;
+                let digest = opened.digest;
+                let lazy = imagefs::LazyImage::open(
+                    opened.manifest,
+                    std::sync::Arc::new(dir),
+                    None,
+                    imagefs::LazyOptions::default(),
+                )?;
+                let opts = imagefs::fuse::MountOptions {
+                    raw,
+                    allow_other,
+                    fs_name: Some(format!("imagefs:{digest}")),
+                };
+                imagefs::fuse::mount_until_signal(
+                    std::sync::Arc::new(lazy),
+                    &mountpoint,
+                    &opts,
+                    |at| {
+                        // A closed stdout must not stop the mount.
+                        let _ = writeln!(
+                            stdout(),
+                            "mounted {digest} at {}; SIGINT or SIGTERM unmounts",
+                            at.display()
+                        );
+                    },
                 )?;
                 Ok(())
             }

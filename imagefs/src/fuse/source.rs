@@ -97,3 +97,15 @@ pub(crate) fn error_chain(err: &dyn Error) -> String {
     }
     out
 }
+
+/// A lazily fetched image: its errors name the chunk and what each tier
+/// said.
+impl ByteSource for crate::lazy::LazyImage {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        crate::lazy::LazyImage::read_exact_at(self, buf, offset).map_err(io::Error::other)
+    }
+
+    fn size(&self) -> u64 {
+        crate::lazy::LazyImage::size(self)
+    }
+}
