@@ -131,10 +131,17 @@ fn start(store: &Path, dir: &Path, extra: &[&str]) -> Option<Running> {
     Some(running)
 }
 
-fn stop_with(mut running: Running, signal: &str) {
+/// Sends `signal`, waits for a clean exit and returns what went to stderr.
+fn stop_with(running: Running, signal: &str) -> String {
     let pid = running.child.id().to_string();
     let ok = Command::new("kill").args([signal, &pid]).status().unwrap();
     assert!(ok.success(), "kill {signal} {pid}");
+    wait_clean(running, signal)
+}
+
+/// Waits for a clean exit (status 0, mount gone) and returns what went to
+/// stderr.
+fn wait_clean(mut running: Running, after: &str) -> String {
     let status = running.child.wait().unwrap();
     let mut err = String::new();
     running
@@ -148,7 +155,8 @@ fn stop_with(mut running: Running, signal: &str) {
         status.success(),
         "imagefs mount exited with {status}: {err}"
     );
-    assert!(!is_mounted(&running.dir), "still mounted after {signal}");
+    assert!(!is_mounted(&running.dir), "still mounted after {after}");
+    err
 }
 
 #[test]
@@ -185,4 +193,44 @@ fn raw_mount_unmounts_on_sigint() {
     // The ext4 magic at offset 1080.
     assert_eq!(&disk[1080..1082], &[0x53, 0xEF]);
     stop_with(running, "-INT");
+}
+
+#[test]
+fn an_external_umount_ends_the_process_cleanly() {
+    let s = store();
+    let dir = s.path().join("ext");
+    fs::create_dir(&dir).unwrap();
+    let dir = fs::canonicalize(&dir).unwrap();
+    let Some(running) = start(s.path(), &dir, &[]) else {
+        return;
+    };
+    let (ok, out) = harness::run(Command::new("umount").arg(&dir));
+    assert!(ok, "umount {}: {out}", dir.display());
+    let err = wait_clean(running, "umount");
+    assert!(err.contains("unmounted from outside"), "stderr: {err}");
+}
+
+#[test]
+fn a_chunk_missing_from_the_store_is_eio_with_a_log_line_naming_it() {
+    let s = store();
+    let dir = s.path().join("eio");
+    fs::create_dir(&dir).unwrap();
+    let dir = fs::canonicalize(&dir).unwrap();
+    let Some(running) = start(s.path(), &dir, &[]) else {
+        return;
+    };
+    // The metadata is read; then every chunk object goes away.
+    assert_eq!(fs::metadata(dir.join("data/blob")).unwrap().len(), 900_000);
+    fs::remove_dir_all(s.path().join("store/chunks")).unwrap();
+    let err = fs::read(dir.join("data/blob")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(5), "EIO expected, got {err}");
+    let log = stop_with(running, "-TERM");
+    let line = log
+        .lines()
+        .find(|l| l.contains("/data/blob"))
+        .unwrap_or_else(|| panic!("no log line naming the file: {log}"));
+    assert!(
+        line.contains("chunk") && line.contains("not in the store"),
+        "log line does not name the chunk and the tiers: {line}"
+    );
 }

@@ -95,6 +95,14 @@ impl Mounted {
         &self.mountpoint
     }
 
+    /// Whether the mount is still served (false once someone else has
+    /// unmounted it, for example with `umount`).
+    pub fn is_serving(&self) -> bool {
+        self.session
+            .as_ref()
+            .is_some_and(|s| !s.guard.is_finished())
+    }
+
     /// Unmounts and waits for the serving thread to end.
     pub fn unmount(mut self) -> Result<(), MountError> {
         match self.session.take() {
@@ -154,6 +162,7 @@ pub fn mount(
 }
 
 /// Mounts like [`mount`], then waits for SIGINT or SIGTERM and unmounts.
+/// Returns as well when the mount goes away otherwise (`umount`).
 /// `on_ready` runs once the mount is up (to print where it is).
 pub fn mount_until_signal(
     source: Arc<dyn ByteSource>,
@@ -166,9 +175,28 @@ pub fn mount_until_signal(
     // must not kill the process with the mount still in place.
     let mut signals =
         signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).map_err(MountError::Signals)?;
-    let mounted = mount(source, mountpoint, opts)?;
+    let mut mounted = mount(source, mountpoint, opts)?;
     on_ready(mounted.mountpoint());
-    // `forever` yields only on a signal; one is enough.
-    let _ = signals.forever().next();
-    mounted.unmount()
+    // Checked a few times a second: a signal, or the session ending on its
+    // own (an external `umount`), which no signal announces.
+    loop {
+        if signals.pending().next().is_some() {
+            return mounted.unmount();
+        }
+        if !mounted.is_serving() {
+            eprintln!(
+                "imagefs: {} was unmounted from outside",
+                mounted.mountpoint().display()
+            );
+            // Joins the ended session; there is nothing left to unmount.
+            return match mounted.session.take() {
+                Some(s) => s.join().map_err(|source| MountError::Unmount {
+                    mountpoint: mounted.mountpoint.clone(),
+                    source,
+                }),
+                None => Ok(()),
+            };
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
 }
