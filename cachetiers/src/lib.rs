@@ -21,4 +21,4 @@ pub mod tiered;
 pub use dir_store::DirStore;
 pub use store::{ChunkStore, MAX_OBJECT_LEN, PutOutcome, StoreError};
 pub use tag::{TagNameError, validate_tag_name};
-pub use tiered::{Flight, SingleFlight};
+pub use tiered::{Flight, SingleFlight, TierSnapshot, TieredError, TieredSnapshot, TieredStore};

@@ -1,8 +1,333 @@
 //! The tiered reader: an ordered stack of chunk stores read top-down.
 //!
-//! - [`flight`]: [`SingleFlight`], which makes concurrent requests for
-//!   the same chunk share one fetch.
+//! [`TieredStore`] holds named tiers, fastest first (dedicated plaintext
+//! lives above it, in `imagefs`; here: shared local, AZ cache, origin). A
+//! get tries each tier in order:
+//!
+//! - a verified object is a hit: every tier above it is filled with it
+//!   (`put`; a failing fill is counted and remembered, never fatal);
+//! - a miss goes on to the next tier;
+//! - an object whose SHA-256 is not its id (or a tier's own
+//!   [`StoreError::Corrupt`]) is a verification failure: counted, dropped
+//!   from that tier (`remove`), and the read goes on;
+//! - any other error (I/O, unreachable) is counted and the read goes on.
+//!
+//! When no tier serves the chunk, [`TieredStore::fetch`] fails with
+//! [`TieredError::Unavailable`], naming the id and what each tier said.
+//! Concurrent gets of the same id share one fetch ([`SingleFlight`]).
+//!
+//! Submodules: [`flight`] holds [`SingleFlight`]; [`metrics`] holds the
+//! per-tier counters, latency histograms and their Prometheus text.
 
 pub mod flight;
+pub mod metrics;
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use manifest::ChunkId;
 
 pub use flight::{Flight, SingleFlight};
+use metrics::TierCounters;
+pub use metrics::{LATENCY_BUCKETS, TierSnapshot, TieredSnapshot};
+
+use crate::store::{ChunkStore, PutOutcome, StoreError};
+
+/// What one tier said about one chunk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TierOutcome {
+    /// It did not have it.
+    Miss,
+    /// It had a copy that failed verification (now dropped).
+    Corrupt(String),
+    /// It failed.
+    Failed(String),
+}
+
+/// One tier's answer, in a [`TieredError::Unavailable`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TierAttempt {
+    /// The tier's name.
+    pub tier: String,
+    /// What it said.
+    pub outcome: TierOutcome,
+}
+
+impl fmt::Display for TierAttempt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.outcome {
+            TierOutcome::Miss => write!(f, "{}: miss", self.tier),
+            TierOutcome::Corrupt(why) => write!(f, "{}: corrupt copy dropped ({why})", self.tier),
+            TierOutcome::Failed(why) => write!(f, "{}: failed ({why})", self.tier),
+        }
+    }
+}
+
+/// Errors from a [`TieredStore`]. Cloneable: one failed fetch is handed
+/// to every thread that waited for it.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum TieredError {
+    /// No tier could serve the chunk.
+    #[error("chunk {id} is unavailable from every tier: {}", list(attempts))]
+    Unavailable {
+        /// The chunk.
+        id: ChunkId,
+        /// What each tier said, fastest first.
+        attempts: Vec<TierAttempt>,
+    },
+    /// A tiered store needs at least one tier.
+    #[error("a tiered store needs at least one tier")]
+    NoTiers,
+    /// Two tiers have the same name (metrics would mix them up).
+    #[error("two tiers are named `{name}`")]
+    DuplicateTier {
+        /// The name.
+        name: String,
+    },
+    /// The fetching thread unwound before it had an answer.
+    #[error("chunk {id}: the fetch was abandoned")]
+    Abandoned {
+        /// The chunk.
+        id: ChunkId,
+    },
+}
+
+fn list(attempts: &[TierAttempt]) -> String {
+    attempts
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl TieredError {
+    /// Whether every tier simply missed (no failure, no corruption).
+    pub fn is_clean_miss(&self) -> bool {
+        matches!(self, TieredError::Unavailable { attempts, .. }
+            if attempts.iter().all(|a| a.outcome == TierOutcome::Miss))
+    }
+}
+
+/// A verified object and the tier it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fetched {
+    /// The object (its SHA-256 is its id).
+    pub object: Vec<u8>,
+    /// Index of the tier that served it (0 is the fastest).
+    pub tier: usize,
+}
+
+struct Tier {
+    name: String,
+    store: Arc<dyn ChunkStore>,
+    counters: TierCounters,
+}
+
+/// Named chunk stores read fastest first, with fill-up, verification,
+/// single-flight and metrics (see the module docs).
+///
+/// As a [`ChunkStore`] itself: `get` is [`TieredStore::fetch`] (a miss in
+/// every tier is `Ok(None)`; any failure makes it an error naming each
+/// tier); `contains` asks the tiers in order; `remove` drops the object
+/// from every tier; and `put` writes to the **last** tier (the origin)
+/// only. The origin is the source of truth: an object put only into a
+/// cache could be evicted and lost, while one in the origin reaches the
+/// caches on its first read. Instances do not write shared tiers anyway
+/// (DESIGN.md, Isolation).
+pub struct TieredStore {
+    tiers: Vec<Tier>,
+    flights: SingleFlight<ChunkId, Result<Fetched, TieredError>>,
+    shared_fetches: AtomicU64,
+    unavailable: AtomicU64,
+}
+
+impl fmt::Debug for TieredStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TieredStore")
+            .field(
+                "tiers",
+                &self.tiers.iter().map(|t| &t.name).collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl TieredStore {
+    /// A tiered store over `tiers`, fastest first, each with a unique name.
+    pub fn new(tiers: Vec<(String, Arc<dyn ChunkStore>)>) -> Result<Self, TieredError> {
+        if tiers.is_empty() {
+            return Err(TieredError::NoTiers);
+        }
+        for (i, (name, _)) in tiers.iter().enumerate() {
+            if tiers[..i].iter().any(|(other, _)| other == name) {
+                return Err(TieredError::DuplicateTier { name: name.clone() });
+            }
+        }
+        Ok(Self {
+            tiers: tiers
+                .into_iter()
+                .map(|(name, store)| Tier {
+                    name,
+                    store,
+                    counters: TierCounters::default(),
+                })
+                .collect(),
+            flights: SingleFlight::new(),
+            shared_fetches: AtomicU64::new(0),
+            unavailable: AtomicU64::new(0),
+        })
+    }
+
+    /// The tiers' names, fastest first.
+    pub fn tier_names(&self) -> Vec<&str> {
+        self.tiers.iter().map(|t| t.name.as_str()).collect()
+    }
+
+    /// The object stored under `id`, from the fastest tier that has a
+    /// verified copy; the tiers above it are filled. Concurrent fetches of
+    /// the same id share one.
+    pub fn fetch(&self, id: &ChunkId) -> Result<Fetched, TieredError> {
+        let (result, flight) = self.flights.run(id, || self.fetch_once(id));
+        if flight == Flight::Joined {
+            self.shared_fetches.fetch_add(1, Ordering::Relaxed);
+        }
+        result
+    }
+
+    fn fetch_once(&self, id: &ChunkId) -> Result<Fetched, TieredError> {
+        let mut attempts = Vec::new();
+        for (k, tier) in self.tiers.iter().enumerate() {
+            let c = &tier.counters;
+            let started = Instant::now();
+            let got = tier.store.get(id);
+            c.observe(started.elapsed());
+            let outcome = match got {
+                Ok(Some(object)) => {
+                    let actual = ChunkId::of_object(&object);
+                    if actual == *id {
+                        c.hits.fetch_add(1, Ordering::Relaxed);
+                        c.bytes.fetch_add(object.len() as u64, Ordering::Relaxed);
+                        self.fill_above(k, id, &object);
+                        return Ok(Fetched { object, tier: k });
+                    }
+                    self.drop_corrupt(tier, id, format!("its bytes hash to {actual}"))
+                }
+                Ok(None) => {
+                    c.misses.fetch_add(1, Ordering::Relaxed);
+                    TierOutcome::Miss
+                }
+                Err(StoreError::Corrupt { problem, .. }) => self.drop_corrupt(tier, id, problem),
+                Err(e) => {
+                    c.errors.fetch_add(1, Ordering::Relaxed);
+                    let message = e.to_string();
+                    c.note_error(format!("get {id}: {message}"));
+                    TierOutcome::Failed(message)
+                }
+            };
+            attempts.push(TierAttempt {
+                tier: tier.name.clone(),
+                outcome,
+            });
+        }
+        self.unavailable.fetch_add(1, Ordering::Relaxed);
+        Err(TieredError::Unavailable { id: *id, attempts })
+    }
+
+    /// Counts a verification failure at `tier` and drops its copy.
+    fn drop_corrupt(&self, tier: &Tier, id: &ChunkId, problem: String) -> TierOutcome {
+        let c = &tier.counters;
+        c.verification_failures.fetch_add(1, Ordering::Relaxed);
+        c.note_error(format!("chunk {id} corrupt: {problem}"));
+        if let Err(e) = tier.store.remove(id) {
+            c.errors.fetch_add(1, Ordering::Relaxed);
+            c.note_error(format!("dropping corrupt chunk {id}: {e}"));
+        }
+        TierOutcome::Corrupt(problem)
+    }
+
+    /// Writes a verified object into every tier above `hit`.
+    fn fill_above(&self, hit: usize, id: &ChunkId, object: &[u8]) {
+        for tier in &self.tiers[..hit] {
+            let c = &tier.counters;
+            match tier.store.put(id, object) {
+                Ok(_) => {
+                    c.fills.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    c.fill_failures.fetch_add(1, Ordering::Relaxed);
+                    c.note_error(format!("fill {id}: {e}"));
+                }
+            }
+        }
+    }
+
+    /// The counters of every tier, now.
+    pub fn metrics(&self) -> TieredSnapshot {
+        TieredSnapshot {
+            tiers: self
+                .tiers
+                .iter()
+                .map(|t| t.counters.snapshot(&t.name))
+                .collect(),
+            shared_fetches: self.shared_fetches.load(Ordering::Relaxed),
+            unavailable: self.unavailable.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The counters in the Prometheus text format.
+    pub fn render_prometheus(&self) -> String {
+        self.metrics().to_prometheus()
+    }
+
+    /// Threads currently waiting for another thread's fetch (a gauge).
+    pub fn waiting(&self) -> usize {
+        self.flights.waiting()
+    }
+}
+
+impl ChunkStore for TieredStore {
+    fn get(&self, id: &ChunkId) -> Result<Option<Vec<u8>>, StoreError> {
+        match self.fetch(id) {
+            Ok(fetched) => Ok(Some(fetched.object)),
+            Err(e) if e.is_clean_miss() => Ok(None),
+            Err(e) => Err(StoreError::Backend {
+                tier: "tiered store".into(),
+                source: Box::new(e),
+            }),
+        }
+    }
+
+    fn put(&self, id: &ChunkId, object: &[u8]) -> Result<PutOutcome, StoreError> {
+        // `new` refuses an empty list, so there is a last tier.
+        match self.tiers.last() {
+            Some(origin) => origin.store.put(id, object),
+            None => Err(StoreError::Backend {
+                tier: "tiered store".into(),
+                source: Box::new(TieredError::NoTiers),
+            }),
+        }
+    }
+
+    fn contains(&self, id: &ChunkId) -> Result<bool, StoreError> {
+        for tier in &self.tiers {
+            if tier.store.contains(id)? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    fn remove(&self, id: &ChunkId) -> Result<bool, StoreError> {
+        let mut any = false;
+        for tier in &self.tiers {
+            any |= tier.store.remove(id)?;
+        }
+        Ok(any)
+    }
+}
+
+#[cfg(test)]
+mod tests;

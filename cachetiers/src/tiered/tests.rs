@@ -1,0 +1,210 @@
+//! Tests of [`TieredStore`] over real directory stores in a tempdir.
+
+use std::sync::{OnceLock, Weak};
+
+use super::*;
+use crate::DirStore;
+
+struct Env {
+    _dir: tempfile::TempDir,
+    stores: Vec<Arc<DirStore>>,
+    tiered: Arc<TieredStore>,
+}
+
+fn env(n: usize) -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let stores: Vec<Arc<DirStore>> = (0..n)
+        .map(|i| Arc::new(DirStore::create(dir.path().join(format!("t{i}"))).unwrap()))
+        .collect();
+    let tiers = stores
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (format!("t{i}"), Arc::clone(s) as Arc<dyn ChunkStore>))
+        .collect();
+    Env {
+        _dir: dir,
+        tiered: Arc::new(TieredStore::new(tiers).unwrap()),
+        stores,
+    }
+}
+
+fn object(seed: u8) -> (ChunkId, Vec<u8>) {
+    let bytes: Vec<u8> = (0..1000u32).map(|i| (i as u8) ^ seed).collect();
+    (ChunkId::of_object(&bytes), bytes)
+}
+
+#[test]
+fn a_hit_below_fills_every_tier_above() {
+    let e = env(3);
+    let (id, bytes) = object(1);
+    e.stores[2].put(&id, &bytes).unwrap();
+    let fetched = e.tiered.fetch(&id).unwrap();
+    assert_eq!(
+        (fetched.object.as_slice(), fetched.tier),
+        (bytes.as_slice(), 2)
+    );
+    assert!(e.stores[0].contains(&id).unwrap() && e.stores[1].contains(&id).unwrap());
+    let m = e.tiered.metrics();
+    let t: Vec<(u64, u64, u64, u64)> = m
+        .tiers
+        .iter()
+        .map(|t| (t.hits, t.misses, t.fills, t.bytes))
+        .collect();
+    assert_eq!(t, vec![(0, 1, 1, 0), (0, 1, 1, 0), (1, 0, 0, 1000)]);
+    // Now tier 0 serves it.
+    assert_eq!(e.tiered.fetch(&id).unwrap().tier, 0);
+    assert_eq!(e.tiered.metrics().tiers[0].hits, 1);
+    assert_eq!(m.tiers[0].latency_buckets.iter().sum::<u64>(), 1);
+}
+
+#[test]
+fn a_corrupt_copy_is_dropped_refetched_and_refilled() {
+    let e = env(2);
+    let (id, bytes) = object(2);
+    e.stores[0].put(&id, &bytes).unwrap();
+    e.stores[1].put(&id, &bytes).unwrap();
+    let mut bad = bytes.clone();
+    bad[10] ^= 1;
+    std::fs::write(e.stores[0].chunk_path(&id), &bad).unwrap();
+    let fetched = e.tiered.fetch(&id).unwrap();
+    assert_eq!((fetched.tier, fetched.object == bytes), (1, true));
+    let m = e.tiered.metrics();
+    assert_eq!(m.tiers[0].verification_failures, 1);
+    assert_eq!(m.tiers[0].fills, 1);
+    assert!(
+        m.tiers[0]
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains(&id.to_hex())
+    );
+    // Tier 0 holds the good object again.
+    assert_eq!(e.stores[0].get(&id).unwrap(), Some(bytes));
+}
+
+#[test]
+fn a_failing_tier_is_skipped() {
+    let e = env(2);
+    let (id, bytes) = object(3);
+    e.stores[1].put(&id, &bytes).unwrap();
+    // A directory where tier 0's object should be: reading it fails.
+    std::fs::create_dir_all(e.stores[0].chunk_path(&id)).unwrap();
+    assert_eq!(e.tiered.get(&id).unwrap(), Some(bytes));
+    let m = e.tiered.metrics();
+    assert_eq!((m.tiers[0].errors, m.tiers[0].fill_failures), (1, 1));
+}
+
+#[test]
+fn unavailable_everywhere_names_the_id_and_each_tier() {
+    let e = env(2);
+    let (id, bytes) = object(4);
+    assert_eq!(e.tiered.get(&id).unwrap(), None);
+    let err = e.tiered.fetch(&id).unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains(&id.to_hex()), "{text}");
+    assert!(
+        text.contains("t0: miss") && text.contains("t1: miss"),
+        "{text}"
+    );
+    // A corrupt copy and nothing else: an error, not a miss.
+    let mut bad = bytes.clone();
+    bad[0] ^= 1;
+    std::fs::create_dir_all(e.stores[1].chunk_path(&id).parent().unwrap()).unwrap();
+    std::fs::write(e.stores[1].chunk_path(&id), &bad).unwrap();
+    let err = e.tiered.get(&id).unwrap_err().to_string();
+    assert!(err.contains("t1: corrupt copy dropped"), "{err}");
+    assert!(!e.stores[1].chunk_path(&id).exists());
+    assert_eq!(e.tiered.metrics().unavailable, 3);
+}
+
+/// A directory store whose first get waits until `waiters` other threads
+/// wait on the tiered store's single flight.
+struct Gate {
+    inner: DirStore,
+    tiered: OnceLock<Weak<TieredStore>>,
+    waiters: usize,
+    gets: AtomicU64,
+}
+
+impl ChunkStore for Gate {
+    fn get(&self, id: &ChunkId) -> Result<Option<Vec<u8>>, StoreError> {
+        if self.gets.fetch_add(1, Ordering::SeqCst) == 0
+            && let Some(tiered) = self.tiered.get().and_then(Weak::upgrade)
+        {
+            while tiered.waiting() < self.waiters {
+                std::thread::yield_now();
+            }
+        }
+        self.inner.get(id)
+    }
+    fn put(&self, id: &ChunkId, object: &[u8]) -> Result<PutOutcome, StoreError> {
+        self.inner.put(id, object)
+    }
+    fn contains(&self, id: &ChunkId) -> Result<bool, StoreError> {
+        self.inner.contains(id)
+    }
+    fn remove(&self, id: &ChunkId) -> Result<bool, StoreError> {
+        self.inner.remove(id)
+    }
+}
+
+#[test]
+fn concurrent_gets_share_one_fetch() {
+    let dir = tempfile::tempdir().unwrap();
+    let (id, bytes) = object(5);
+    let origin = DirStore::create(dir.path().join("origin")).unwrap();
+    origin.put(&id, &bytes).unwrap();
+    let gate = Arc::new(Gate {
+        inner: origin,
+        tiered: OnceLock::new(),
+        waiters: 7,
+        gets: AtomicU64::new(0),
+    });
+    let tiered = Arc::new(
+        TieredStore::new(vec![(
+            "origin".into(),
+            Arc::clone(&gate) as Arc<dyn ChunkStore>,
+        )])
+        .unwrap(),
+    );
+    gate.tiered.set(Arc::downgrade(&tiered)).unwrap();
+    let results: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8).map(|_| s.spawn(|| tiered.get(&id))).collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(
+        results
+            .iter()
+            .all(|r| r.as_ref().unwrap().as_deref() == Some(&bytes[..]))
+    );
+    assert_eq!(gate.gets.load(Ordering::SeqCst), 1);
+    let m = tiered.metrics();
+    assert_eq!((m.tiers[0].hits, m.shared_fetches), (1, 7));
+}
+
+#[test]
+fn put_goes_to_the_origin_and_metrics_render() {
+    let e = env(2);
+    let (id, bytes) = object(6);
+    assert!(e.tiered.put(&id, &bytes).unwrap().is_new());
+    assert!(!e.stores[0].contains(&id).unwrap() && e.stores[1].contains(&id).unwrap());
+    assert!(e.tiered.contains(&id).unwrap());
+    e.tiered.get(&id).unwrap();
+    let text = e.tiered.render_prometheus();
+    assert!(
+        text.contains("imagefs_tier_hits_total{tier=\"t1\"} 1\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("imagefs_tier_misses_total{tier=\"t0\"} 1\n"),
+        "{text}"
+    );
+    assert!(text.contains("imagefs_tier_get_seconds_bucket{tier=\"t0\",le=\"+Inf\"} 1\n"));
+    assert!(text.contains("imagefs_tier_get_seconds_count{tier=\"t1\"} 1\n"));
+    assert!(e.tiered.remove(&id).unwrap());
+    assert!(!e.tiered.contains(&id).unwrap());
+    assert!(matches!(
+        TieredStore::new(vec![]),
+        Err(TieredError::NoTiers)
+    ));
+}
