@@ -196,6 +196,21 @@ fn a_chunk_missing_everywhere_names_its_id() {
         err.contains(&id.to_hex()) && err.contains(&format!("chunk #{index}")),
         "{err}"
     );
+    // A corrupt origin copy: the error names the tier and what it said.
+    let (index, id) = present(&e.manifest)[1];
+    let mut bad = e.origin.get(&id).unwrap().unwrap();
+    bad[0] ^= 1;
+    std::fs::write(e.origin.chunk_path(&id), &bad).unwrap();
+    let err = image
+        .read_exact_at(&mut buf, index as u64 * CHUNK)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains(&format!("chunk #{index}")), "{err}");
+    assert!(
+        err.contains("fast: miss") && err.contains("origin: corrupt copy dropped"),
+        "{err}"
+    );
+    assert!(err.contains(&id.to_hex()), "{err}");
     let mut past = [0u8; 1];
     let err = image.read_exact_at(&mut past, image.size()).unwrap_err();
     assert!(err.to_string().contains("outside"), "{err}");
