@@ -8,8 +8,8 @@
 #![forbid(unsafe_code)]
 
 pub mod export;
-pub mod lazy;
 pub mod fuse;
+pub mod lazy;
 pub mod open;
 pub mod verify;
 

@@ -20,7 +20,7 @@ const OTHER: u16 = 0x20;
 /// Convert a VFS-format ACL value to ext4's disk format, or say what is
 /// wrong with it.
 pub(crate) fn to_disk(value: &[u8]) -> Result<Vec<u8>, String> {
-    if value.len() < 4 || (value.len() - 4) % 8 != 0 {
+    if value.len() < 4 || !(value.len() - 4).is_multiple_of(8) {
         return Err(format!(
             "an ACL value of {} bytes is not a 4-byte header plus 8-byte entries",
             value.len()

@@ -5,8 +5,8 @@
 //!   byte layout.
 
 pub mod codec;
-pub mod manifest;
 mod json;
+pub mod manifest;
 
 pub use codec::{MANIFEST_MAGIC, MANIFEST_VERSION};
 pub use manifest::{ChunkEntry, DomainMismatch, ImageConfig, Manifest};
