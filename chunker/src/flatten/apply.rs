@@ -10,12 +10,16 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, Read};
 
 use super::entry::{self, Change, Components, EntryError, PaxAttrs};
+use super::pax;
 use super::resolve;
 use super::sparse::{self, SparseReader};
 use crate::ext4::Ext4Builder;
 use crate::oci::Digest;
 use crate::sink::ImageSink;
 use crate::tree::{InodeKind, Tree, implicit_dir_metadata};
+
+/// PAX records as `(key, value)` pairs.
+type PaxRecords = Vec<(Vec<u8>, Vec<u8>)>;
 
 /// Errors from reading one layer's tar.
 #[derive(Debug, thiserror::Error)]
@@ -114,16 +118,26 @@ impl Applier {
     fn apply<R: Read, S: ImageSink>(
         &mut self,
         entry: &mut tar::Entry<'_, R>,
+        recovered: &dyn Fn() -> Option<PaxRecords>,
         tree: &mut Tree,
         builder: &mut Ext4Builder<S>,
     ) -> Result<(), EntryError> {
-        let pax = match entry.pax_extensions().map_err(EntryError::Header)? {
+        let pairs = match entry.pax_extensions().map_err(EntryError::Header)? {
             Some(records) => {
-                let mut pairs = Vec::new();
-                for r in records {
-                    let r = r.map_err(EntryError::Header)?;
-                    pairs.push((r.key_bytes().to_vec(), r.value_bytes().to_vec()));
+                let parsed: Result<Vec<_>, _> = records
+                    .map(|r| r.map(|r| (r.key_bytes().to_vec(), r.value_bytes().to_vec())))
+                    .collect();
+                match parsed {
+                    Ok(pairs) => Some(pairs),
+                    // The crate splits records on newlines; values may hold
+                    // them. Read the records by their length prefixes.
+                    Err(err) => Some(recovered().ok_or(EntryError::Header(err))?),
                 }
+            }
+            None => None,
+        };
+        let pax = match pairs {
+            Some(pairs) => {
                 entry::pax_attrs(pairs.iter().map(|(k, v)| (k.as_slice(), v.as_slice())))?
             }
             None => PaxAttrs::default(),
@@ -250,11 +264,19 @@ pub fn apply_layer<R: Read, S: ImageSink>(
         layer: layer.clone(),
         source,
     };
-    let mut archive = tar::Archive::new(reader);
+    let kept = pax::Recorded::default();
+    let mut archive = tar::Archive::new(pax::Recorder::new(reader, kept.clone()));
     let mut applier = Applier::default();
     let mut count = 0;
-    for entry in archive.entries().map_err(read_err)? {
+    let mut entries = archive.entries().map_err(read_err)?;
+    // Where the headers of the next entry start: after this one's data.
+    let mut next_header = 0u64;
+    loop {
+        kept.keep_from(next_header);
+        let Some(entry) = entries.next() else { break };
         let mut entry = entry.map_err(read_err)?;
+        next_header = (entry.raw_file_position() + entry.size()).next_multiple_of(512);
+        let header_at = entry.raw_header_position();
         let kind = entry.header().entry_type();
         if kind.is_pax_global_extensions() {
             // Global defaults (often just a comment); OCI layers do not
@@ -262,8 +284,9 @@ pub fn apply_layer<R: Read, S: ImageSink>(
             continue;
         }
         count += 1;
+        let recovered = || pax::records_before(&kept, header_at);
         applier
-            .apply(&mut entry, tree, builder)
+            .apply(&mut entry, &recovered, tree, builder)
             .map_err(|source| LayerError::Entry {
                 layer: layer.clone(),
                 // The header's path: a PAX sparse file's real name may be

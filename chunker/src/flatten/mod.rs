@@ -10,6 +10,7 @@
 pub mod apply;
 pub mod entry;
 mod output;
+mod pax;
 pub mod resolve;
 pub mod sparse;
 
