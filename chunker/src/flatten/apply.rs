@@ -274,6 +274,8 @@ pub fn apply_layer<R: Read, S: ImageSink>(
     loop {
         kept.keep_from(next_header);
         let Some(entry) = entries.next() else { break };
+        // The headers are read; the entry's data need not be kept.
+        kept.freeze();
         let mut entry = entry.map_err(read_err)?;
         next_header = (entry.raw_file_position() + entry.size()).next_multiple_of(512);
         let header_at = entry.raw_header_position();

@@ -22,6 +22,8 @@ struct Kept {
     from: u64,
     bytes: Vec<u8>,
     overflow: bool,
+    /// Set once the entry's header has been read: its data is not kept.
+    frozen: bool,
 }
 
 /// The shared view of what a [`Recorder`] kept.
@@ -35,6 +37,13 @@ impl Recorded {
         k.from = from;
         k.bytes.clear();
         k.overflow = false;
+        k.frozen = false;
+    }
+
+    /// Stop keeping bytes (the entry's header has been read); what was
+    /// kept stays for [`records_before`].
+    pub fn freeze(&self) {
+        self.0.borrow_mut().frozen = true;
     }
 }
 
@@ -64,7 +73,7 @@ impl<R: Read> Read for Recorder<R> {
         let start = self.pos;
         self.pos += n as u64;
         let mut k = self.kept.0.borrow_mut();
-        if self.pos > k.from && !k.overflow {
+        if self.pos > k.from && !k.overflow && !k.frozen {
             let skip = k.from.saturating_sub(start) as usize;
             let take = &buf[skip..n];
             if k.bytes.len() + take.len() > KEEP_LIMIT {
@@ -163,6 +172,9 @@ mod tests {
         let mut buf = [0u8; 4];
         r.read_exact(&mut buf).unwrap();
         r.read_exact(&mut buf).unwrap();
+        assert_eq!(kept.0.borrow().bytes, b"34567");
+        kept.freeze();
+        r.read_exact(&mut buf[..2]).unwrap();
         assert_eq!(kept.0.borrow().bytes, b"34567");
     }
 }
