@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use tests::imagegen::noise;
 
 use chunker::ext4::Ext4Options;
 use chunker::flatten::{FlattenOptions, flatten_to_file};
@@ -22,19 +23,6 @@ use tempfile::TempDir;
 use tests::harness::{self, Mount};
 use tests::imagegen::{Compression, Entry, Image, Layer};
 use tests::treecheck::{Mask, assert_same, list_dir};
-
-/// Bytes that do not repeat, so every block differs.
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 fn sample_image() -> Image {
     let mut base = vec![

@@ -4,6 +4,7 @@
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
+use tests::imagegen::noise;
 
 use cachetiers::{ChunkStore, DirStore, PutOutcome, StoreError, TieredStore};
 use chunker::convert::{ConvertOptions, convert};
@@ -15,18 +16,6 @@ use manifest::{ChunkEntry, ChunkId, LocalKeyProvider, Manifest};
 use tests::imagegen::{Compression, Entry, Image, Layer};
 
 const CHUNK: u64 = 64 * 1024;
-
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 struct Env {
     dir: tempfile::TempDir,

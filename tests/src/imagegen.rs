@@ -876,3 +876,18 @@ pub fn remove_blob(layout: &Path, digest: &str) -> io::Result<()> {
 pub fn tar_bytes(entries: &[Entry]) -> Vec<u8> {
     write_entries(entries, Vec::new()).expect("in-memory tar")
 }
+
+/// `len` pseudo-random bytes from `seed` (xorshift): file content that
+/// neither compresses nor repeats within a chunk, so no chunk dedupes by
+/// accident. The same seed gives the same bytes.
+pub fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}

@@ -7,6 +7,7 @@
 use std::collections::BTreeSet;
 use std::fs;
 use std::path::Path;
+use tests::imagegen::noise;
 
 use cachetiers::{ChunkStore, DirStore};
 use chunker::convert::{ConvertOptions, ConvertReport, convert};
@@ -18,19 +19,6 @@ use tempfile::TempDir;
 use tests::imagegen::{Compression, Entry, Image, Layer};
 
 const CHUNK: u64 = 64 * 1024;
-
-/// Bytes that do not repeat within a chunk, so no chunk dedupes by accident.
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 fn base_layer() -> Layer {
     Layer::new(vec![

@@ -2,6 +2,7 @@
 //! synthetic image (64 KiB chunks; chunk 2 is a hole; the last chunk is
 //! short).
 
+use ::tests::imagegen::noise;
 use std::sync::Arc;
 
 use cachetiers::{ChunkStore, DirStore};
@@ -17,18 +18,6 @@ struct Fixture {
     store: Arc<DirStore>,
     manifest: Manifest,
     image: Vec<u8>,
-}
-
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 /// Five chunks: 0, 1, 3 data, 2 a hole, 4 a 1000-byte tail.
