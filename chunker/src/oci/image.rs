@@ -24,20 +24,13 @@ const MAX_JSON: u64 = 64 * 1024 * 1024;
 /// index); deeper than this is a loop or nonsense.
 const MAX_INDEX_DEPTH: u32 = 4;
 
-/// The parts of an image config a VM needs to start, plus the layer
-/// digests. Empty strings and lists mean "not set in the image".
+/// The parts of an image config a VM needs to start (the manifest's own
+/// [`manifest::ImageConfig`], so conversion carries it over as is), plus
+/// the platform and the layer digests.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ImageConfig {
-    /// `Entrypoint`.
-    pub entrypoint: Vec<String>,
-    /// `Cmd`.
-    pub cmd: Vec<String>,
-    /// `Env`, each `NAME=value`, in image order.
-    pub env: Vec<String>,
-    /// `WorkingDir`.
-    pub working_dir: String,
-    /// `User`.
-    pub user: String,
+    /// Entrypoint, cmd, env, working dir and user; empty means not set.
+    pub run: manifest::ImageConfig,
     /// CPU architecture (`amd64`).
     pub architecture: String,
     /// Operating system (`linux`).
@@ -50,11 +43,13 @@ impl From<ConfigFile> for ImageConfig {
     fn from(c: ConfigFile) -> Self {
         let run = c.config.unwrap_or_default();
         ImageConfig {
-            entrypoint: run.entrypoint.unwrap_or_default(),
-            cmd: run.cmd.unwrap_or_default(),
-            env: run.env.unwrap_or_default(),
-            working_dir: run.working_dir.unwrap_or_default(),
-            user: run.user.unwrap_or_default(),
+            run: manifest::ImageConfig {
+                entrypoint: run.entrypoint.unwrap_or_default(),
+                cmd: run.cmd.unwrap_or_default(),
+                env: run.env.unwrap_or_default(),
+                working_dir: run.working_dir.unwrap_or_default(),
+                user: run.user.unwrap_or_default(),
+            },
             architecture: c.architecture,
             os: c.os,
             diff_ids: c.rootfs.diff_ids,

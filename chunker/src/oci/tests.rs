@@ -54,11 +54,11 @@ fn layout_opens_with_config_and_checked_layers() {
         let image = Image::open(&oci(tmp.path(), reference)).unwrap();
         assert_eq!(image.digest, w.manifest);
         let c = &image.config;
-        assert_eq!(c.entrypoint, ["/bin/sh", "-c"]);
-        assert_eq!(c.cmd, ["echo hi"]);
-        assert_eq!(c.env, ["PATH=/usr/bin:/bin", "A=b"]);
-        assert_eq!(c.working_dir, "/srv");
-        assert_eq!(c.user, "1000:1000");
+        assert_eq!(c.run.entrypoint, ["/bin/sh", "-c"]);
+        assert_eq!(c.run.cmd, ["echo hi"]);
+        assert_eq!(c.run.env, ["PATH=/usr/bin:/bin", "A=b"]);
+        assert_eq!(c.run.working_dir, "/srv");
+        assert_eq!(c.run.user, "1000:1000");
         assert_eq!(c.diff_ids, w.diff_ids);
         let layers = read_all_layers(&image).unwrap();
         assert_eq!(layers.len(), 2);
@@ -178,7 +178,7 @@ fn docker_archive_legacy_and_sniffed_layers() {
     )
     .unwrap();
     assert_eq!(image.digest, w.config);
-    assert_eq!(image.config.cmd, ["echo hi"]);
+    assert_eq!(image.config.run.cmd, ["echo hi"]);
     let layers = read_all_layers(&image).unwrap();
     assert_eq!(layers[0].1, "application/vnd.oci.image.layer.v1.tar+gzip");
     assert_eq!(layers[1].1, "application/vnd.oci.image.layer.v1.tar+zstd");

@@ -106,7 +106,7 @@ fn flatten_to_file_leaves_nothing_on_error() {
     let out = out_dir.join("disk.img");
     let report = flatten_to_file(&source, &out, &FlattenOptions::default()).unwrap();
     assert_eq!(report.image_digest, w.manifest);
-    assert_eq!(report.config.cmd, ["echo hi"]);
+    assert_eq!(report.config.run.cmd, ["echo hi"]);
     assert_eq!(report.layers[0].digest, w.layers[0]);
     assert_eq!(report.layers[0].diff_id, w.diff_ids[0]);
     assert_eq!(fs::metadata(&out).unwrap().len(), report.ext4.size);
