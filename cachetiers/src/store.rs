@@ -164,47 +164,24 @@ pub trait ChunkStore: Send + Sync {
     fn remove(&self, id: &ChunkId) -> Result<bool, StoreError>;
 }
 
-impl<T: ChunkStore + ?Sized> ChunkStore for Arc<T> {
-    fn get(&self, id: &ChunkId) -> Result<Option<Vec<u8>>, StoreError> {
-        (**self).get(id)
-    }
-    fn put(&self, id: &ChunkId, object: &[u8]) -> Result<PutOutcome, StoreError> {
-        (**self).put(id, object)
-    }
-    fn contains(&self, id: &ChunkId) -> Result<bool, StoreError> {
-        (**self).contains(id)
-    }
-    fn remove(&self, id: &ChunkId) -> Result<bool, StoreError> {
-        (**self).remove(id)
-    }
+/// Smart pointers and references to a store are stores.
+macro_rules! forward_store {
+    ($($ptr:ty),*) => {$(
+        impl<T: ChunkStore + ?Sized> ChunkStore for $ptr {
+            fn get(&self, id: &ChunkId) -> Result<Option<Vec<u8>>, StoreError> {
+                (**self).get(id)
+            }
+            fn put(&self, id: &ChunkId, object: &[u8]) -> Result<PutOutcome, StoreError> {
+                (**self).put(id, object)
+            }
+            fn contains(&self, id: &ChunkId) -> Result<bool, StoreError> {
+                (**self).contains(id)
+            }
+            fn remove(&self, id: &ChunkId) -> Result<bool, StoreError> {
+                (**self).remove(id)
+            }
+        }
+    )*};
 }
 
-impl<T: ChunkStore + ?Sized> ChunkStore for Box<T> {
-    fn get(&self, id: &ChunkId) -> Result<Option<Vec<u8>>, StoreError> {
-        (**self).get(id)
-    }
-    fn put(&self, id: &ChunkId, object: &[u8]) -> Result<PutOutcome, StoreError> {
-        (**self).put(id, object)
-    }
-    fn contains(&self, id: &ChunkId) -> Result<bool, StoreError> {
-        (**self).contains(id)
-    }
-    fn remove(&self, id: &ChunkId) -> Result<bool, StoreError> {
-        (**self).remove(id)
-    }
-}
-
-impl<T: ChunkStore + ?Sized> ChunkStore for &T {
-    fn get(&self, id: &ChunkId) -> Result<Option<Vec<u8>>, StoreError> {
-        (**self).get(id)
-    }
-    fn put(&self, id: &ChunkId, object: &[u8]) -> Result<PutOutcome, StoreError> {
-        (**self).put(id, object)
-    }
-    fn contains(&self, id: &ChunkId) -> Result<bool, StoreError> {
-        (**self).contains(id)
-    }
-    fn remove(&self, id: &ChunkId) -> Result<bool, StoreError> {
-        (**self).remove(id)
-    }
-}
+forward_store!(Arc<T>, Box<T>, &T);

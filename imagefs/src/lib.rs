@@ -17,3 +17,19 @@ pub use export::{ExportError, ExportReport, export};
 pub use lazy::{LazyError, LazyImage, LazyMetrics, LazyOptions};
 pub use open::{OpenError, OpenedImage, open_image};
 pub use verify::{BadChunk, VerifyReport, verify};
+
+/// An error and its causes on one line (a cause already quoted by its
+/// parent is not repeated), for log lines and the command line.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut cur = err.source();
+    while let Some(cause) = cur {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cur = cause.source();
+    }
+    out
+}

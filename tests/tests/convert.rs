@@ -233,14 +233,7 @@ fn verify_names_a_flipped_chunk() {
 
 fn open_err(store: &DirStore, name: &str, keys: &LocalKeyProvider, domain: Option<&str>) -> String {
     let err = imagefs::open_image(store, name, keys, domain).unwrap_err();
-    let mut text = err.to_string();
-    let mut cur = std::error::Error::source(&err);
-    while let Some(c) = cur {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cur = c.source();
-    }
-    text
+    tests::e2e::error_chain(&err)
 }
 
 #[test]

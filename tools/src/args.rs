@@ -301,21 +301,6 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{s:?} is too large"))
 }
 
-/// An error and its chain of causes on one line.
-pub fn render_error(err: &dyn Error) -> String {
-    let mut out = err.to_string();
-    let mut cur = err.source();
-    while let Some(cause) = cur {
-        let text = cause.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        cur = cause.source();
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

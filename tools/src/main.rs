@@ -22,7 +22,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(err) => {
-            eprintln!("imagefs: {}", args::render_error(err.as_ref()));
+            eprintln!("imagefs: {}", imagefs::error_chain(err.as_ref()));
             ExitCode::FAILURE
         }
     }

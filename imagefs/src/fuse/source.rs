@@ -1,6 +1,7 @@
 //! Where a mount's bytes come from, and the adapter `ext4-view` reads
 //! through.
 
+use crate::error_chain;
 use std::error::Error;
 use std::fmt;
 use std::fs::File;
@@ -81,21 +82,6 @@ impl ext4_view::Ext4Read for Ext4Reader {
     ) -> Result<(), Box<dyn Error + Send + Sync + 'static>> {
         read_range(&*self.0, dst, start_byte).map_err(|e| Box::new(e) as _)
     }
-}
-
-/// An error and its causes on one line.
-pub(crate) fn error_chain(err: &dyn Error) -> String {
-    let mut out = err.to_string();
-    let mut cur = err.source();
-    while let Some(cause) = cur {
-        let text = cause.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        cur = cause.source();
-    }
-    out
 }
 
 /// A lazily fetched image: its errors name the chunk and what each tier

@@ -21,7 +21,8 @@ use fuser::{Errno, FileAttr, FileType};
 
 use super::MountError;
 use super::attr::{FsStats, file_attr, kind};
-use super::source::{ByteSource, Ext4Reader, error_chain};
+use super::source::{ByteSource, Ext4Reader};
+use crate::error_chain;
 
 /// Work for the tree thread.
 type Job = Box<dyn FnOnce(&mut Tree) + Send>;
