@@ -3,6 +3,8 @@
 //! - [`store`]: the [`ChunkStore`] trait (get, put, contains, remove by
 //!   [`ChunkId`](manifest::ChunkId)) that every tier implements, and
 //!   [`StoreError`];
+//! - [`catalog`]: the [`Catalog`] trait (sealed manifests and tags) and
+//!   [`Origin`], a chunk store that is also a catalog;
 //! - [`dir_store`]: [`DirStore`], the first tier: a local directory of
 //!   sharded, atomically written objects, plus the sealed manifests and
 //!   the tags that name them;
@@ -13,11 +15,13 @@
 //! it on the way in and out.
 #![forbid(unsafe_code)]
 
+pub mod catalog;
 pub mod dir_store;
 pub mod store;
 pub mod tag;
 pub mod tiered;
 
+pub use catalog::{Catalog, Origin};
 pub use dir_store::DirStore;
 pub use store::{ChunkStore, MAX_OBJECT_LEN, PutOutcome, StoreError};
 pub use tag::{TagNameError, validate_tag_name};

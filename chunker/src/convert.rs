@@ -10,7 +10,7 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cachetiers::{ChunkStore, DirStore, StoreError};
+use cachetiers::{ChunkStore, Origin, StoreError};
 use manifest::{
     ChunkEntry, ChunkId, ChunkKey, ChunkSize, DomainSecret, KeyProvider, Manifest, ManifestDigest,
     encrypt_chunk_owned,
@@ -201,7 +201,7 @@ fn worker(
 /// chunks, never a manifest naming a missing chunk.
 pub fn convert(
     source: &ImageSource,
-    store: &DirStore,
+    store: &dyn Origin,
     keys: &dyn KeyProvider,
     opts: &ConvertOptions,
 ) -> Result<ConvertReport, ConvertError> {

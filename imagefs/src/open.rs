@@ -1,6 +1,6 @@
 //! Finding and unsealing a manifest.
 
-use cachetiers::{DirStore, StoreError};
+use cachetiers::{Catalog, StoreError};
 use manifest::{KeyProvider, Manifest, ManifestDigest, SealError, unseal, unseal_for_domain};
 
 /// A manifest read from a store, with the digest it was found under.
@@ -41,7 +41,7 @@ pub enum OpenError {
 /// Resolve `name` (a `sha256:` digest or a tag) in `store` and unseal it.
 /// With `domain`, a manifest of another domain is refused.
 pub fn open_image(
-    store: &DirStore,
+    store: &dyn Catalog,
     name: &str,
     keys: &dyn KeyProvider,
     domain: Option<&str>,

@@ -8,6 +8,7 @@ use manifest::ManifestDigest;
 
 use super::atomic::{io_error, sync_dir};
 use super::{DirStore, Limited, read_limited};
+use crate::catalog::Catalog;
 use crate::store::StoreError;
 use crate::tag::validate_tag_name;
 
@@ -131,5 +132,23 @@ impl DirStore {
             return Err(StoreError::ManifestNotFound { digest });
         }
         Ok(digest)
+    }
+}
+
+impl Catalog for DirStore {
+    fn put_manifest(&self, sealed: &[u8]) -> Result<ManifestDigest, StoreError> {
+        DirStore::put_manifest(self, sealed)
+    }
+    fn get_manifest(&self, digest: &ManifestDigest) -> Result<Vec<u8>, StoreError> {
+        DirStore::get_manifest(self, digest)
+    }
+    fn set_tag(&self, name: &str, digest: &ManifestDigest) -> Result<(), StoreError> {
+        DirStore::set_tag(self, name, digest)
+    }
+    fn resolve(&self, digest_or_tag: &str) -> Result<ManifestDigest, StoreError> {
+        DirStore::resolve(self, digest_or_tag)
+    }
+    fn location(&self) -> String {
+        self.root().display().to_string()
     }
 }

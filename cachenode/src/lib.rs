@@ -1,0 +1,2 @@
+//! cachenode: the AZ cache tier over HTTP (skeleton; being built).
+#![forbid(unsafe_code)]

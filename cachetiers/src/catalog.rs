@@ -1,0 +1,63 @@
+//! The [`Catalog`] trait: sealed manifests by digest, and the tags that
+//! name them. Every origin (a directory, an object store) is a catalog as
+//! well as a chunk store; caches are not, since a manifest is read once,
+//! at open, straight from the origin.
+
+use manifest::ManifestDigest;
+
+use crate::store::{ChunkStore, StoreError};
+
+/// Where sealed manifests and tags live.
+///
+/// Writes keep the order that makes a store valid at every moment: a
+/// manifest is stored only after every chunk it names (the caller puts the
+/// chunks first, and `put_manifest` makes them durable), and a tag only
+/// after its manifest.
+pub trait Catalog: Send + Sync {
+    /// Stores a sealed manifest under its SHA-256 digest and returns the
+    /// digest. Idempotent.
+    fn put_manifest(&self, sealed: &[u8]) -> Result<ManifestDigest, StoreError>;
+
+    /// The sealed manifest stored under `digest`, checked against it.
+    fn get_manifest(&self, digest: &ManifestDigest) -> Result<Vec<u8>, StoreError>;
+
+    /// Points tag `name` at `digest`; the manifest must be stored.
+    fn set_tag(&self, name: &str, digest: &ManifestDigest) -> Result<(), StoreError>;
+
+    /// Resolves a digest (`sha256:<64 hex>`) or a tag name to the digest
+    /// of a stored manifest.
+    fn resolve(&self, digest_or_tag: &str) -> Result<ManifestDigest, StoreError>;
+
+    /// Where this catalog is, for messages (a path or a URL).
+    fn location(&self) -> String;
+}
+
+/// A source of truth: chunks, manifests and tags in one place. What
+/// `convert` writes to and what `open_image` reads from.
+pub trait Origin: ChunkStore + Catalog {}
+
+impl<T: ChunkStore + Catalog + ?Sized> Origin for T {}
+
+macro_rules! forward_catalog {
+    ($($ptr:ty),*) => {$(
+        impl<T: Catalog + ?Sized> Catalog for $ptr {
+            fn put_manifest(&self, sealed: &[u8]) -> Result<ManifestDigest, StoreError> {
+                (**self).put_manifest(sealed)
+            }
+            fn get_manifest(&self, digest: &ManifestDigest) -> Result<Vec<u8>, StoreError> {
+                (**self).get_manifest(digest)
+            }
+            fn set_tag(&self, name: &str, digest: &ManifestDigest) -> Result<(), StoreError> {
+                (**self).set_tag(name, digest)
+            }
+            fn resolve(&self, digest_or_tag: &str) -> Result<ManifestDigest, StoreError> {
+                (**self).resolve(digest_or_tag)
+            }
+            fn location(&self) -> String {
+                (**self).location()
+            }
+        }
+    )*};
+}
+
+forward_catalog!(std::sync::Arc<T>, Box<T>, &T);
