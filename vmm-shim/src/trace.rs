@@ -1,0 +1,108 @@
+//! Access traces: the reads a guest made, in order.
+//!
+//! Text format, one read per line: `OFFSET LEN [anything else]`, where OFFSET
+//! and LEN are bytes (decimal or `0x` hex) and fields are separated by
+//! whitespace or commas. Blank lines and lines starting with `#` are skipped;
+//! extra fields (a timestamp, a request type) are ignored, except that a line
+//! whose third field is a write/flush marker (`W`, `write`, `F`, `flush`) is
+//! skipped, so a recorded trace of a writable run replays its reads.
+
+use std::path::Path;
+
+use crate::error::{Error, Result};
+use crate::probe::TraceEntry;
+
+fn num(s: &str) -> Option<u64> {
+    if let Some(h) = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        u64::from_str_radix(h, 16).ok()
+    } else {
+        s.parse().ok()
+    }
+}
+
+/// Parses trace text; `path` only names the source in errors.
+pub fn parse(text: &str, path: &Path) -> Result<Vec<TraceEntry>> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let fields: Vec<&str> = line
+            .split(|c: char| c.is_whitespace() || c == ',')
+            .filter(|f| !f.is_empty())
+            .collect();
+        if fields.len() < 2 {
+            return Err(Error::Trace {
+                path: path.to_path_buf(),
+                reason: format!("line {}: want OFFSET LEN, got {line:?}", i + 1),
+            });
+        }
+        if fields.len() >= 3
+            && matches!(
+                fields[2].to_ascii_lowercase().as_str(),
+                "w" | "write" | "f" | "flush"
+            )
+        {
+            continue;
+        }
+        let bad = |what: &str| Error::Trace {
+            path: path.to_path_buf(),
+            reason: format!("line {}: {what} in {line:?}", i + 1),
+        };
+        let offset = num(fields[0]).ok_or_else(|| bad("bad offset"))?;
+        let len = num(fields[1]).ok_or_else(|| bad("bad length"))?;
+        let len = u32::try_from(len).map_err(|_| bad("length over 4 GiB"))?;
+        if offset % 512 != 0 || len % 512 != 0 || len == 0 {
+            return Err(bad("offset and length must be multiples of 512 (length > 0)"));
+        }
+        out.push(TraceEntry { offset, len });
+    }
+    if out.is_empty() {
+        return Err(Error::Trace {
+            path: path.to_path_buf(),
+            reason: "no reads in the trace".into(),
+        });
+    }
+    Ok(out)
+}
+
+/// Reads and parses a trace file.
+pub fn load(path: &Path) -> Result<Vec<TraceEntry>> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse(&text, path)
+}
+
+/// Writes a trace in the text format.
+pub fn format(trace: &[TraceEntry]) -> String {
+    let mut s = String::from("# offset len (bytes)\n");
+    for e in trace {
+        s.push_str(&format!("{} {}\n", e.offset, e.len));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_rejects() {
+        let p = Path::new("t");
+        let t = parse("# c\n0 4096\n0x1000,512, 17.5\n8192 512 W\n", p).unwrap();
+        assert_eq!(
+            t,
+            vec![
+                TraceEntry { offset: 0, len: 4096 },
+                TraceEntry { offset: 4096, len: 512 }
+            ]
+        );
+        assert!(parse("1 512\n", p).unwrap_err().to_string().contains("line 1"));
+        assert!(parse("0\n", p).is_err());
+        assert!(parse("# nothing\n", p).is_err());
+        assert!(parse("0 zz\n", p).unwrap_err().to_string().contains("bad length"));
+    }
+}

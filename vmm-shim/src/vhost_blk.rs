@@ -1,0 +1,254 @@
+//! The vhost-user frontend for one virtio-blk queue, through the `vhost`
+//! crate: session setup at connect time, queue hand-over when the guest's
+//! driver sets DRIVER_OK.
+
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+
+use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserProtocolFeatures};
+use vhost::vhost_user::{Frontend, VhostUserFrontend};
+use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+
+use crate::error::{Error, Result};
+use crate::memory::GuestRam;
+
+/// vhost-user's own feature bit: the backend speaks protocol features.
+pub const VHOST_USER_F_PROTOCOL_FEATURES: u64 = 1 << 30;
+/// Size of `struct virtio_blk_config` (virtio 1.1, without the zoned fields).
+pub const BLK_CONFIG_LEN: usize = 60;
+
+/// Where the guest put queue 0, in guest-physical addresses.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueLayout {
+    /// Entries in the queue.
+    pub size: u16,
+    /// Descriptor table.
+    pub desc: u64,
+    /// Driver (avail) ring.
+    pub avail: u64,
+    /// Device (used) ring.
+    pub used: u64,
+}
+
+/// A connected vhost-user-blk backend.
+pub struct VhostBlk {
+    frontend: Frontend,
+    path: PathBuf,
+    /// The backend's virtio features (with vhost-user's protocol bit).
+    backend_features: u64,
+    protocol: VhostUserProtocolFeatures,
+    /// The device's config space, as GET_CONFIG returned it.
+    config: Vec<u8>,
+    /// The largest queue the backend accepts.
+    queue_max: u16,
+    /// Signalled by the guest's QueueNotify (through an ioeventfd or the VMM).
+    pub kick: EventFd,
+    /// Signalled by the backend when it puts entries in the used ring.
+    pub call: EventFd,
+    /// A second handle on the socket, for the watchdog to notice a hang-up.
+    watch: UnixStream,
+}
+
+impl std::fmt::Debug for VhostBlk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VhostBlk")
+            .field("path", &self.path)
+            .field("backend_features", &format_args!("{:#x}", self.backend_features))
+            .field("protocol", &self.protocol)
+            .field("capacity_sectors", &self.capacity_sectors())
+            .finish_non_exhaustive()
+    }
+}
+
+impl VhostBlk {
+    /// Connects to the backend at `path`, sets the owner, negotiates protocol
+    /// features (CONFIG is required, REPLY_ACK and MQ are taken when offered)
+    /// and reads the device config.
+    pub fn connect(path: &Path) -> Result<Self> {
+        let p = path.to_path_buf();
+        let stream = UnixStream::connect(path).map_err(|e| Error::BackendConnect {
+            path: p.clone(),
+            source: e,
+        })?;
+        let watch = stream.try_clone().map_err(|source| Error::Host {
+            what: "dup vhost-user socket",
+            source,
+        })?;
+        let mut frontend = Frontend::from_stream(stream, 1);
+        let ctx = |what: &'static str| {
+            let p = p.clone();
+            move |source| Error::Vhost { path: p, what, source }
+        };
+        frontend.set_owner().map_err(ctx("SET_OWNER"))?;
+        let backend_features = frontend.get_features().map_err(ctx("GET_FEATURES"))?;
+        if backend_features & VHOST_USER_F_PROTOCOL_FEATURES == 0 {
+            return Err(Error::BackendUnsupported {
+                path: p,
+                what: "no VHOST_USER_F_PROTOCOL_FEATURES (needed for GET_CONFIG)".into(),
+            });
+        }
+        let offered = frontend
+            .get_protocol_features()
+            .map_err(ctx("GET_PROTOCOL_FEATURES"))?;
+        if !offered.contains(VhostUserProtocolFeatures::CONFIG) {
+            return Err(Error::BackendUnsupported {
+                path: p,
+                what: format!("protocol feature CONFIG not offered (offered {offered:?})"),
+            });
+        }
+        let wanted = VhostUserProtocolFeatures::CONFIG
+            | VhostUserProtocolFeatures::REPLY_ACK
+            | VhostUserProtocolFeatures::MQ;
+        let protocol = offered & wanted;
+        frontend
+            .set_protocol_features(protocol)
+            .map_err(ctx("SET_PROTOCOL_FEATURES"))?;
+        if protocol.contains(VhostUserProtocolFeatures::MQ) {
+            let n = frontend.get_queue_num().map_err(ctx("GET_QUEUE_NUM"))?;
+            if n == 0 {
+                return Err(Error::BackendUnsupported {
+                    path: p,
+                    what: "backend reports 0 queues".into(),
+                });
+            }
+        }
+        let (_, config) = frontend
+            .get_config(
+                0,
+                BLK_CONFIG_LEN as u32,
+                VhostUserConfigFlags::WRITABLE,
+                &[0u8; BLK_CONFIG_LEN],
+            )
+            .map_err(ctx("GET_CONFIG"))?;
+        let kick = EventFd::new(EFD_NONBLOCK).map_err(|source| Error::Host {
+            what: "kick eventfd",
+            source,
+        })?;
+        let call = EventFd::new(EFD_NONBLOCK).map_err(|source| Error::Host {
+            what: "call eventfd",
+            source,
+        })?;
+        Ok(Self {
+            frontend,
+            path: p,
+            backend_features,
+            protocol,
+            config,
+            queue_max: 256,
+            kick,
+            call,
+            watch,
+        })
+    }
+
+    /// The socket path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The virtio features to offer the guest (vhost-user's bit removed).
+    pub fn device_features(&self) -> u64 {
+        self.backend_features & !VHOST_USER_F_PROTOCOL_FEATURES
+    }
+
+    /// The device config space.
+    pub fn config(&self) -> &[u8] {
+        &self.config
+    }
+
+    /// Capacity in 512-byte sectors, from the config space.
+    pub fn capacity_sectors(&self) -> u64 {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&self.config[..8]);
+        u64::from_le_bytes(b)
+    }
+
+    /// The largest queue the transport advertises.
+    pub fn queue_max(&self) -> u16 {
+        self.queue_max
+    }
+
+    /// The protocol features in use.
+    pub fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        self.protocol
+    }
+
+    /// A handle on the socket for hang-up detection.
+    pub fn watch_socket(&self) -> &UnixStream {
+        &self.watch
+    }
+
+    /// Hands queue 0 to the backend: features, memory table (the memfd),
+    /// vring size/base/addresses, kick and call eventfds, and enable.
+    pub fn activate(&mut self, ram: &GuestRam, driver_features: u64, q: QueueLayout) -> Result<()> {
+        let p = self.path.clone();
+        let ctx = |what: &'static str| {
+            let p = p.clone();
+            move |source| Error::Vhost { path: p, what, source }
+        };
+        self.frontend
+            .set_features(driver_features | VHOST_USER_F_PROTOCOL_FEATURES)
+            .map_err(ctx("SET_FEATURES"))?;
+        let region = VhostUserMemoryRegionInfo {
+            guest_phys_addr: 0,
+            memory_size: ram.size(),
+            userspace_addr: ram.host_base(),
+            mmap_offset: 0,
+            mmap_handle: ram.fd(),
+        };
+        self.frontend
+            .set_mem_table(&[region])
+            .map_err(ctx("SET_MEM_TABLE"))?;
+        self.frontend
+            .set_vring_num(0, q.size)
+            .map_err(ctx("SET_VRING_NUM"))?;
+        self.frontend
+            .set_vring_base(0, 0)
+            .map_err(ctx("SET_VRING_BASE"))?;
+        // vhost-user ring addresses are the frontend's virtual addresses; the
+        // backend translates them through the memory table.
+        let cfg = VringConfigData {
+            queue_max_size: self.queue_max,
+            queue_size: q.size,
+            flags: 0,
+            desc_table_addr: ram.host_addr(q.desc)?,
+            used_ring_addr: ram.host_addr(q.used)?,
+            avail_ring_addr: ram.host_addr(q.avail)?,
+            log_addr: None,
+        };
+        self.frontend
+            .set_vring_addr(0, &cfg)
+            .map_err(ctx("SET_VRING_ADDR"))?;
+        self.frontend
+            .set_vring_kick(0, &self.kick)
+            .map_err(ctx("SET_VRING_KICK"))?;
+        self.frontend
+            .set_vring_call(0, &self.call)
+            .map_err(ctx("SET_VRING_CALL"))?;
+        self.frontend
+            .set_vring_enable(0, true)
+            .map_err(ctx("SET_VRING_ENABLE"))?;
+        Ok(())
+    }
+
+    /// Stops queue 0 (the guest reset the device).
+    pub fn deactivate(&mut self) -> Result<()> {
+        let p = self.path.clone();
+        self.frontend
+            .set_vring_enable(0, false)
+            .map_err(|source| Error::Vhost {
+                path: p.clone(),
+                what: "SET_VRING_ENABLE(false)",
+                source,
+            })?;
+        self.frontend
+            .get_vring_base(0)
+            .map_err(|source| Error::Vhost {
+                path: p,
+                what: "GET_VRING_BASE",
+                source,
+            })?;
+        Ok(())
+    }
+}
