@@ -8,6 +8,8 @@
 //! - [`dir_store`]: [`DirStore`], the first tier: a local directory of
 //!   sharded, atomically written objects, plus the sealed manifests and
 //!   the tags that name them;
+//! - [`origin`]: [`ObjectOrigin`], the origin tier over `object_store`,
+//!   and [`open_origin`], which opens a directory, `file://` or `s3://`;
 //! - [`tag`]: tag name rules;
 //! - [`tiered`]: the tiered reader and [`SingleFlight`].
 //!
@@ -17,12 +19,14 @@
 
 pub mod catalog;
 pub mod dir_store;
+pub mod origin;
 pub mod store;
 pub mod tag;
 pub mod tiered;
 
 pub use catalog::{Catalog, Origin};
 pub use dir_store::DirStore;
+pub use origin::{ObjectOrigin, OriginError, RequestLimits, S3Settings, open_origin};
 pub use store::{ChunkStore, MAX_OBJECT_LEN, PutOutcome, StoreError};
 pub use tag::{TagNameError, validate_tag_name};
 pub use tiered::{Flight, SingleFlight, TierSnapshot, TieredError, TieredSnapshot, TieredStore};

@@ -1,0 +1,376 @@
+//! [`ObjectOrigin`]: chunks, sealed manifests and tags in an object store
+//! (S3, or a local directory through `object_store`), with the key layout
+//! of [`DirStore`](crate::DirStore).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use manifest::{ChunkId, ManifestDigest, verify_object};
+use object_store::path::Path as Key;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+
+use super::runtime::{self, RuntimeError};
+use crate::catalog::Catalog;
+use crate::store::{ChunkStore, MAX_OBJECT_LEN, PutOutcome, StoreError};
+use crate::tag::validate_tag_name;
+
+/// Largest sealed manifest accepted (as for a [`DirStore`](crate::DirStore)).
+const MAX_MANIFEST_LEN: u64 = 1 << 30;
+/// Largest tag object (`sha256:` + 64 hex + newline, with room to spare).
+const MAX_TAG_LEN: u64 = 1024;
+
+/// A failed request to the object store, naming what was asked and of
+/// which object (the `source` of a [`StoreError::Backend`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RequestError {
+    /// The service (or the local file system) answered with an error.
+    #[error("cannot {action} {url}: {source}")]
+    Service {
+        /// What was being done (`get`, `put`, …).
+        action: &'static str,
+        /// The object's URL.
+        url: String,
+        /// The object store's error.
+        source: object_store::Error,
+    },
+    /// No answer within the operation's time bound.
+    #[error("cannot {action} {url}: no answer within {}s", timeout.as_secs())]
+    TimedOut {
+        /// What was being done.
+        action: &'static str,
+        /// The object's URL.
+        url: String,
+        /// The bound.
+        timeout: Duration,
+    },
+    /// The request could not be run at all.
+    #[error("cannot {action} {url}: {source}")]
+    Runtime {
+        /// What was being done.
+        action: &'static str,
+        /// The object's URL.
+        url: String,
+        /// Why.
+        source: RuntimeError,
+    },
+}
+
+/// What a bounded read found.
+enum Fetched {
+    Missing,
+    TooLong(u64),
+    Bytes(Vec<u8>),
+}
+
+/// An origin in an object store: `chunks/ab/cd/<64 hex>`,
+/// `manifests/<64 hex>` and `tags/<name>` under a key prefix, exactly as a
+/// [`DirStore`](crate::DirStore) lays them out on disk, so a directory
+/// written by one reads through the other.
+///
+/// The [`ChunkStore`] and [`Catalog`] methods block; the requests run on a
+/// runtime shared by every object origin in the process, and each one
+/// ends (with [`StoreError::Backend`] naming the origin) within its time
+/// bound, however the service behaves.
+#[derive(Debug, Clone)]
+pub struct ObjectOrigin {
+    store: Arc<dyn ObjectStore>,
+    /// `""` or `a/b/`: prepended to every key.
+    prefix: String,
+    /// The URL of the store's root (`s3://bucket`, `file:///dir`), without
+    /// the prefix; object URLs are this, `/`, and the full key.
+    root_url: String,
+    /// Upper bound for one operation, retries included.
+    op_timeout: Duration,
+}
+
+impl ObjectOrigin {
+    /// An origin over `store`, whose keys all start with `prefix` (slashes
+    /// at either end do not matter). `root_url` names the store in
+    /// messages (`s3://bucket`); `op_timeout` bounds each operation,
+    /// retries included (the store's own client options should time out
+    /// sooner; this is the backstop).
+    pub fn new(
+        store: Arc<dyn ObjectStore>,
+        root_url: impl Into<String>,
+        prefix: &str,
+        op_timeout: Duration,
+    ) -> Self {
+        let prefix = prefix.trim_matches('/');
+        Self {
+            store,
+            prefix: if prefix.is_empty() {
+                String::new()
+            } else {
+                format!("{prefix}/")
+            },
+            root_url: root_url.into().trim_end_matches('/').to_owned(),
+            op_timeout,
+        }
+    }
+
+    /// The underlying object store.
+    pub fn object_store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    /// The full key of chunk `id`: `<prefix>chunks/ab/cd/<64 hex>`.
+    pub fn chunk_key(&self, id: &ChunkId) -> String {
+        let hex = id.to_hex();
+        format!("{}chunks/{}/{}/{hex}", self.prefix, &hex[0..2], &hex[2..4])
+    }
+
+    /// The full key of manifest `digest`: `<prefix>manifests/<64 hex>`.
+    pub fn manifest_key(&self, digest: &ManifestDigest) -> String {
+        format!("{}manifests/{}", self.prefix, digest.to_hex())
+    }
+
+    /// The full key of tag `name` (not validated): `<prefix>tags/<name>`.
+    pub fn tag_key(&self, name: &str) -> String {
+        format!("{}tags/{name}", self.prefix)
+    }
+
+    /// The URL of the object under `key`, for messages.
+    pub fn object_url(&self, key: &str) -> String {
+        format!("{}/{key}", self.root_url)
+    }
+
+    fn backend(&self, source: RequestError) -> StoreError {
+        StoreError::Backend {
+            tier: self.location(),
+            source: Box::new(source),
+        }
+    }
+
+    /// Runs one request on the shared runtime, bounded by `op_timeout`.
+    /// `NotFound` is `Ok(None)`; every other failure is a
+    /// [`StoreError::Backend`] naming the object.
+    fn request<T, F, Fut>(
+        &self,
+        action: &'static str,
+        key: &str,
+        f: F,
+    ) -> Result<Option<T>, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Arc<dyn ObjectStore>, Key) -> Fut,
+        Fut: Future<Output = object_store::Result<T>> + Send + 'static,
+    {
+        let fut = f(self.store.clone(), Key::from(key));
+        let timeout = self.op_timeout;
+        let url = self.object_url(key);
+        let outcome = runtime::run(async move { tokio::time::timeout(timeout, fut).await });
+        match outcome {
+            Ok(Ok(Ok(value))) => Ok(Some(value)),
+            Ok(Ok(Err(object_store::Error::NotFound { .. }))) => Ok(None),
+            Ok(Ok(Err(source))) => Err(self.backend(RequestError::Service {
+                action,
+                url,
+                source,
+            })),
+            Ok(Err(_elapsed)) => Err(self.backend(RequestError::TimedOut {
+                action,
+                url,
+                timeout,
+            })),
+            Err(source) => Err(self.backend(RequestError::Runtime {
+                action,
+                url,
+                source,
+            })),
+        }
+    }
+
+    /// Reads the object under `key` if it is at most `limit` bytes.
+    fn fetch(&self, key: &str, limit: u64) -> Result<Fetched, StoreError> {
+        let got = self.request("get", key, |store, key| async move {
+            let result = store.get(&key).await?;
+            let len = result.range.end.saturating_sub(result.range.start);
+            if len > limit {
+                // Not read: a huge object must not fill memory.
+                return Ok(Fetched::TooLong(len));
+            }
+            let bytes = result.bytes().await?;
+            if bytes.len() as u64 > limit {
+                return Ok(Fetched::TooLong(bytes.len() as u64));
+            }
+            Ok(Fetched::Bytes(bytes.to_vec()))
+        })?;
+        Ok(got.unwrap_or(Fetched::Missing))
+    }
+
+    /// The size of the object under `key`, if there is one.
+    fn size(&self, key: &str) -> Result<Option<u64>, StoreError> {
+        self.request("inspect", key, |store, key| async move {
+            Ok(store.head(&key).await?.size)
+        })
+    }
+
+    /// Writes `bytes` under `key` (replacing what is there: every write is
+    /// atomic in an object store, so readers see the old or the new).
+    fn write(&self, key: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        let payload = PutPayload::from(bytes.to_vec());
+        self.request("put", key, |store, key| async move {
+            store.put(&key, payload).await.map(drop)
+        })?;
+        Ok(())
+    }
+
+    fn has_manifest(&self, digest: &ManifestDigest) -> Result<bool, StoreError> {
+        Ok(self.size(&self.manifest_key(digest))?.is_some())
+    }
+
+    /// The digest tag `name` points at.
+    pub fn tag(&self, name: &str) -> Result<ManifestDigest, StoreError> {
+        validate_tag_name(name)?;
+        let key = self.tag_key(name);
+        let bytes = match self.fetch(&key, MAX_TAG_LEN)? {
+            Fetched::Missing => {
+                return Err(StoreError::UnknownTag {
+                    name: name.to_owned(),
+                });
+            }
+            Fetched::TooLong(len) => format!("<{len} bytes>").into_bytes(),
+            Fetched::Bytes(bytes) => bytes,
+        };
+        let text = String::from_utf8_lossy(&bytes);
+        text.trim().parse().map_err(|source| StoreError::BadTag {
+            name: name.to_owned(),
+            path: PathBuf::from(self.object_url(&key)),
+            source,
+        })
+    }
+}
+
+impl ChunkStore for ObjectOrigin {
+    fn get(&self, id: &ChunkId) -> Result<Option<Vec<u8>>, StoreError> {
+        let key = self.chunk_key(id);
+        let corrupt = |problem: String| StoreError::Corrupt {
+            id: *id,
+            location: self.object_url(&key),
+            problem,
+        };
+        match self.fetch(&key, MAX_OBJECT_LEN as u64)? {
+            Fetched::Missing => Ok(None),
+            Fetched::TooLong(len) => Err(corrupt(format!(
+                "it is {len} bytes, over the {MAX_OBJECT_LEN}-byte limit"
+            ))),
+            Fetched::Bytes(object) => {
+                let actual = ChunkId::of_object(&object);
+                if actual != *id {
+                    return Err(corrupt(format!("its bytes hash to {actual}")));
+                }
+                Ok(Some(object))
+            }
+        }
+    }
+
+    fn put(&self, id: &ChunkId, object: &[u8]) -> Result<PutOutcome, StoreError> {
+        if object.len() > MAX_OBJECT_LEN {
+            return Err(StoreError::TooLarge {
+                id: *id,
+                len: object.len(),
+            });
+        }
+        if verify_object(id, object).is_err() {
+            return Err(StoreError::IdMismatch {
+                id: *id,
+                actual: ChunkId::of_object(object),
+            });
+        }
+        let key = self.chunk_key(id);
+        // Present with the right length: dedup (a same-length corrupt copy
+        // is caught by `get` and dropped with `remove`). A HEAD rather than
+        // a conditional PUT, which not every S3 service supports; two
+        // writers racing write the same bytes.
+        if self.size(&key)? == Some(object.len() as u64) {
+            return Ok(PutOutcome::AlreadyPresent);
+        }
+        self.write(&key, object)?;
+        Ok(PutOutcome::Stored)
+    }
+
+    fn contains(&self, id: &ChunkId) -> Result<bool, StoreError> {
+        Ok(self.size(&self.chunk_key(id))?.is_some())
+    }
+
+    fn remove(&self, id: &ChunkId) -> Result<bool, StoreError> {
+        let key = self.chunk_key(id);
+        // S3 deletes succeed whether or not the object exists, so ask first.
+        if self.size(&key)?.is_none() {
+            return Ok(false);
+        }
+        let deleted = self.request("delete", &key, |store, key| async move {
+            store.delete(&key).await
+        })?;
+        Ok(deleted.is_some())
+    }
+}
+
+impl Catalog for ObjectOrigin {
+    /// Stores a sealed manifest under its digest. Every chunk put before
+    /// is already durable: an object store acknowledges a put once it is
+    /// stored (and the local file system store syncs each file).
+    fn put_manifest(&self, sealed: &[u8]) -> Result<ManifestDigest, StoreError> {
+        let digest = ManifestDigest::of(sealed);
+        let key = self.manifest_key(&digest);
+        if self.size(&key)? != Some(sealed.len() as u64) {
+            self.write(&key, sealed)?;
+        }
+        Ok(digest)
+    }
+
+    fn get_manifest(&self, digest: &ManifestDigest) -> Result<Vec<u8>, StoreError> {
+        let key = self.manifest_key(digest);
+        let corrupt = |problem: String| StoreError::ManifestCorrupt {
+            digest: *digest,
+            path: PathBuf::from(self.object_url(&key)),
+            problem,
+        };
+        match self.fetch(&key, MAX_MANIFEST_LEN)? {
+            Fetched::Missing => Err(StoreError::ManifestNotFound { digest: *digest }),
+            Fetched::TooLong(len) => Err(corrupt(format!(
+                "it is {len} bytes, over the {MAX_MANIFEST_LEN}-byte limit"
+            ))),
+            Fetched::Bytes(bytes) => {
+                let actual = ManifestDigest::of(&bytes);
+                if actual != *digest {
+                    return Err(corrupt(format!("its bytes hash to {actual}")));
+                }
+                Ok(bytes)
+            }
+        }
+    }
+
+    fn set_tag(&self, name: &str, digest: &ManifestDigest) -> Result<(), StoreError> {
+        validate_tag_name(name)?;
+        if !self.has_manifest(digest)? {
+            return Err(StoreError::ManifestNotFound { digest: *digest });
+        }
+        self.write(&self.tag_key(name), format!("{digest}\n").as_bytes())
+    }
+
+    fn resolve(&self, digest_or_tag: &str) -> Result<ManifestDigest, StoreError> {
+        let digest = if digest_or_tag.starts_with(ManifestDigest::PREFIX) {
+            digest_or_tag
+                .parse()
+                .map_err(|source| StoreError::BadDigest {
+                    text: digest_or_tag.to_owned(),
+                    source,
+                })?
+        } else {
+            self.tag(digest_or_tag)?
+        };
+        if !self.has_manifest(&digest)? {
+            return Err(StoreError::ManifestNotFound { digest });
+        }
+        Ok(digest)
+    }
+
+    fn location(&self) -> String {
+        format!("{}/{}", self.root_url, self.prefix.trim_end_matches('/'))
+            .trim_end_matches('/')
+            .to_owned()
+    }
+}

@@ -1,0 +1,335 @@
+//! `file://` origins over real directories (the same layout as a
+//! `DirStore`, both ways), URL parsing, calls from async code, and the
+//! bound on an unreachable S3 endpoint. The S3 protocol itself is tested
+//! against a real Garage server in `tests/tests/origin_s3.rs`.
+
+use std::fs;
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use manifest::{ChunkId, DomainSecret, EncryptedChunk, ManifestDigest, encrypt_chunk};
+
+use super::*;
+use crate::catalog::Catalog;
+use crate::store::{ChunkStore, MAX_OBJECT_LEN, PutOutcome};
+
+fn chunk(seed: u8) -> EncryptedChunk {
+    let plain: Vec<u8> = (0..4096u32).map(|i| (i as u8).wrapping_mul(seed)).collect();
+    encrypt_chunk(&DomainSecret::from_bytes([seed; 32]), &plain)
+}
+
+fn file_url(root: &Path) -> String {
+    format!("file://{}", root.display())
+}
+
+#[test]
+fn file_origin_reads_what_a_dir_store_wrote() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("store");
+    let dir = DirStore::create(&root).unwrap();
+    let c = chunk(1);
+    dir.put(&c.id, &c.object).unwrap();
+    let digest = dir.put_manifest(b"sealed manifest bytes").unwrap();
+    dir.set_tag("app:v1", &digest).unwrap();
+
+    let origin = open_origin(&file_url(&root), false).unwrap();
+    assert_eq!(origin.location(), file_url(&root));
+    assert_eq!(origin.get(&c.id).unwrap(), Some(c.object.clone()));
+    assert!(origin.contains(&c.id).unwrap());
+    assert_eq!(origin.get(&chunk(2).id).unwrap(), None);
+    assert!(!origin.contains(&chunk(2).id).unwrap());
+    assert_eq!(origin.resolve("app:v1").unwrap(), digest);
+    assert_eq!(origin.resolve(&digest.to_string()).unwrap(), digest);
+    assert_eq!(
+        origin.get_manifest(&digest).unwrap(),
+        b"sealed manifest bytes"
+    );
+    assert_eq!(
+        origin.put(&c.id, &c.object).unwrap(),
+        PutOutcome::AlreadyPresent
+    );
+}
+
+#[test]
+fn dir_store_reads_what_a_file_origin_wrote() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("store");
+    let origin = ObjectOrigin::local(&root, true).unwrap();
+    let chunks: Vec<_> = (1..=5).map(chunk).collect();
+    for c in &chunks {
+        assert_eq!(origin.put(&c.id, &c.object).unwrap(), PutOutcome::Stored);
+    }
+    for c in &chunks {
+        assert_eq!(
+            origin.put(&c.id, &c.object).unwrap(),
+            PutOutcome::AlreadyPresent
+        );
+    }
+    let digest = origin.put_manifest(b"m1").unwrap();
+    assert_eq!(digest, ManifestDigest::of(b"m1"));
+    assert_eq!(origin.put_manifest(b"m1").unwrap(), digest);
+    origin.set_tag("t", &digest).unwrap();
+
+    let dir = DirStore::open(&root).unwrap();
+    let mut ids: Vec<ChunkId> = chunks.iter().map(|c| c.id).collect();
+    ids.sort();
+    // Exactly the chunks: no staging files left behind under chunk names.
+    assert_eq!(dir.ids().unwrap(), ids);
+    for c in &chunks {
+        assert_eq!(dir.get(&c.id).unwrap(), Some(c.object.clone()));
+        assert_eq!(fs::read(dir.chunk_path(&c.id)).unwrap(), c.object);
+    }
+    assert_eq!(dir.tags().unwrap(), vec![("t".to_owned(), digest)]);
+    assert_eq!(dir.get_manifest(&digest).unwrap(), b"m1");
+    assert_eq!(
+        fs::read_to_string(root.join("tags/t")).unwrap(),
+        format!("{digest}\n")
+    );
+    let names: Vec<_> = fs::read_dir(root.join("manifests"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names, vec![digest.to_hex()]);
+}
+
+#[test]
+fn corrupt_and_oversized_objects_are_errors_naming_the_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("store");
+    let origin = ObjectOrigin::local(&root, true).unwrap();
+    let dir = DirStore::open(&root).unwrap();
+    let (a, b) = (chunk(1), chunk(2));
+    origin.put(&a.id, &a.object).unwrap();
+    fs::write(dir.chunk_path(&a.id), &b.object).unwrap();
+    let err = origin.get(&a.id).unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{msg}");
+    assert!(msg.contains(&origin.chunk_key(&a.id)), "{msg}");
+    assert!(msg.contains(&format!("hash to {}", b.id)), "{msg}");
+    assert!(msg.starts_with(&format!("chunk {}", a.id)), "{msg}");
+
+    fs::write(dir.chunk_path(&a.id), vec![7u8; MAX_OBJECT_LEN + 1]).unwrap();
+    let msg = origin.get(&a.id).unwrap_err().to_string();
+    assert!(msg.contains("over the"), "{msg}");
+
+    // A wrong-length copy is replaced by the next put; a corrupt copy is
+    // dropped with remove.
+    assert_eq!(origin.put(&a.id, &a.object).unwrap(), PutOutcome::Stored);
+    assert_eq!(origin.get(&a.id).unwrap(), Some(a.object.clone()));
+    assert!(origin.remove(&a.id).unwrap());
+    assert!(!origin.remove(&a.id).unwrap());
+    assert_eq!(origin.get(&a.id).unwrap(), None);
+
+    let digest = origin.put_manifest(b"manifest").unwrap();
+    fs::write(root.join("manifests").join(digest.to_hex()), b"other").unwrap();
+    let err = origin.get_manifest(&digest).unwrap_err();
+    assert!(matches!(err, StoreError::ManifestCorrupt { .. }), "{err}");
+    assert!(
+        err.to_string().contains(&origin.manifest_key(&digest)),
+        "{err}"
+    );
+}
+
+#[test]
+fn puts_are_checked_against_the_id() {
+    let tmp = tempfile::tempdir().unwrap();
+    let origin = ObjectOrigin::local(&tmp.path().join("s"), true).unwrap();
+    let (a, b) = (chunk(1), chunk(2));
+    let err = origin.put(&a.id, &b.object).unwrap_err();
+    assert!(
+        matches!(err, StoreError::IdMismatch { id, actual } if id == a.id && actual == b.id),
+        "{err}"
+    );
+    let big = vec![0u8; MAX_OBJECT_LEN + 1];
+    let err = origin.put(&ChunkId::of_object(&big), &big).unwrap_err();
+    assert!(matches!(err, StoreError::TooLarge { .. }), "{err}");
+    assert!(!origin.contains(&a.id).unwrap());
+    assert!(
+        fs::read_dir(tmp.path().join("s/chunks"))
+            .unwrap()
+            .next()
+            .is_none()
+    );
+}
+
+#[test]
+fn tags_and_digests_resolve_like_a_dir_store() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("s");
+    let origin = ObjectOrigin::local(&root, true).unwrap();
+    let missing = ManifestDigest::of(b"never stored");
+    assert!(matches!(
+        origin.set_tag("x", &missing),
+        Err(StoreError::ManifestNotFound { .. })
+    ));
+    assert!(matches!(
+        origin.resolve(&missing.to_string()),
+        Err(StoreError::ManifestNotFound { .. })
+    ));
+    assert!(matches!(
+        origin.resolve("nope"),
+        Err(StoreError::UnknownTag { .. })
+    ));
+    assert!(matches!(
+        origin.resolve("a/b"),
+        Err(StoreError::InvalidTag(_))
+    ));
+    assert!(matches!(
+        origin.resolve("sha256:xyz"),
+        Err(StoreError::BadDigest { .. })
+    ));
+    let d1 = origin.put_manifest(b"one").unwrap();
+    let d2 = origin.put_manifest(b"two").unwrap();
+    origin.set_tag("x", &d1).unwrap();
+    assert_eq!(origin.resolve("x").unwrap(), d1);
+    origin.set_tag("x", &d2).unwrap();
+    assert_eq!(origin.resolve("x").unwrap(), d2);
+    assert!(matches!(
+        origin.set_tag("../x", &d1),
+        Err(StoreError::InvalidTag(_))
+    ));
+    fs::write(root.join("tags/bad"), b"not a digest").unwrap();
+    let err = origin.resolve("bad").unwrap_err();
+    assert!(matches!(err, StoreError::BadTag { .. }), "{err}");
+    assert!(matches!(
+        origin.get_manifest(&missing),
+        Err(StoreError::ManifestNotFound { .. })
+    ));
+}
+
+#[test]
+fn locations_open_the_right_kind_of_origin() {
+    let tmp = tempfile::tempdir().unwrap();
+    let plain = tmp.path().join("plain");
+    let err = open_origin(plain.to_str().unwrap(), false).err().unwrap();
+    assert!(
+        matches!(
+            &err,
+            OriginError::Store {
+                source: StoreError::NotAStore { .. },
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let origin = open_origin(plain.to_str().unwrap(), true).unwrap();
+    assert_eq!(origin.location(), plain.display().to_string());
+    assert!(plain.join("chunks").is_dir());
+
+    let via_file = tmp.path().join("via-file");
+    assert!(matches!(
+        open_origin(&file_url(&via_file), false),
+        Err(OriginError::Store { .. })
+    ));
+    open_origin(&file_url(&via_file), true).unwrap();
+    for dir in ["chunks", "manifests", "tags"] {
+        assert!(via_file.join(dir).is_dir(), "{dir}");
+    }
+
+    let err = open_origin("gs://bucket/x", false).err().unwrap();
+    assert!(
+        matches!(&err, OriginError::UnsupportedScheme { scheme, .. } if scheme == "gs"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("s3://bucket/prefix"), "{err}");
+    for bad in ["file://relative/path", "s3:///prefix", ""] {
+        let err = open_origin(bad, true).err().unwrap();
+        assert!(matches!(err, OriginError::BadUrl { .. }), "{bad}: {err}");
+    }
+    let s3 = S3Settings {
+        endpoint: Some("http://127.0.0.1:9".into()),
+        region: Some("garage".into()),
+        access_key_id: Some("id".into()),
+        secret_access_key: Some("secret".into()),
+        ..S3Settings::new("bucket", "/some/prefix/")
+    };
+    let origin = ObjectOrigin::s3(&s3).unwrap();
+    assert_eq!(origin.location(), "s3://bucket/some/prefix");
+    let id = chunk(1).id;
+    let hex = id.to_hex();
+    assert_eq!(
+        origin.chunk_key(&id),
+        format!("some/prefix/chunks/{}/{}/{hex}", &hex[0..2], &hex[2..4])
+    );
+}
+
+#[test]
+fn usable_from_async_code_and_spawn_blocking() {
+    let tmp = tempfile::tempdir().unwrap();
+    let origin: Arc<dyn Origin> =
+        Arc::new(ObjectOrigin::local(&tmp.path().join("s"), true).unwrap());
+    let c = chunk(3);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let o = origin.clone();
+        let (id, object) = (c.id, c.object.clone());
+        let put = tokio::task::spawn_blocking(move || o.put(&id, &object))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(put, PutOutcome::Stored);
+        // Straight from a task on a single-threaded runtime: blocks this
+        // runtime's only thread, but the request runs on the origin's.
+        assert_eq!(origin.get(&c.id).unwrap(), Some(c.object.clone()));
+        // The last reference dropped inside async code.
+        drop(origin);
+    });
+}
+
+/// An error and its sources, `: `-separated, skipping a cause its parent
+/// already quotes.
+fn chain(err: &dyn std::error::Error) -> String {
+    let mut msg = err.to_string();
+    let mut source = err.source();
+    while let Some(e) = source {
+        let text = e.to_string();
+        if !msg.contains(&text) {
+            msg.push_str(&format!(": {text}"));
+        }
+        source = e.source();
+    }
+    msg
+}
+
+/// A port on loopback with nothing listening (bound, then released).
+fn closed_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+#[test]
+fn unreachable_s3_fails_with_an_error_naming_the_origin() {
+    let settings = S3Settings {
+        endpoint: Some(format!("http://127.0.0.1:{}", closed_port())),
+        region: Some("garage".into()),
+        access_key_id: Some("GK0000".into()),
+        secret_access_key: Some("0".repeat(64)),
+        limits: RequestLimits {
+            retry_timeout: Duration::from_secs(2),
+            ..RequestLimits::default()
+        },
+        ..S3Settings::new("bucket", "p")
+    };
+    let origin = ObjectOrigin::s3(&settings).unwrap();
+    let c = chunk(1);
+    // Run in a thread with a watchdog: a hang fails the test instead of
+    // stalling it.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send((origin.get(&c.id), origin.put(&c.id, &c.object)));
+    });
+    let (get, put) = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("requests to an unreachable origin did not end within 60 s");
+    for err in [get.unwrap_err(), put.unwrap_err()] {
+        let msg = chain(&err);
+        eprintln!("{msg}");
+        assert!(matches!(err, StoreError::Backend { .. }), "{msg}");
+        assert!(msg.starts_with("s3://bucket/p failed"), "{msg}");
+        assert!(msg.contains("/p/chunks/"), "{msg}");
+    }
+}
