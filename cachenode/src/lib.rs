@@ -1,2 +1,25 @@
-//! cachenode: the AZ cache tier over HTTP (skeleton; being built).
+//! cachenode: the AZ cache tier over HTTP, both sides.
+//!
+//! - [`client`]: what an instance uses. [`AzTier`] is a
+//!   [`ChunkStore`](cachetiers::ChunkStore) over the AZ's cache nodes:
+//!   [`client::hrw`] (rendezvous hashing) picks each chunk's owner, a get
+//!   goes to the owner, hedges to the second choice when the owner is
+//!   slow and fails over down the preference order; objects are checked
+//!   against their id. Configured by [`AzConfig`] (TOML-readable).
+//! - [`server`]: what runs on a cache node. [`server::run`] /
+//!   [`server::start`] / [`server::serve`] serve `GET /v1/chunks/{id}`
+//!   from the node's local store, filled once per chunk from the origin
+//!   (a [`TieredStore`](cachetiers::TieredStore) of `node-local` over
+//!   `origin`), plus `/metrics` and `/healthz`. Configured by
+//!   [`NodeConfig`].
+//!
+//! Both sides speak plain HTTP/1.1: the nodes live on the AZ network and
+//! carry only ciphertext addressed by its SHA-256, which every reader
+//! checks.
 #![forbid(unsafe_code)]
+
+pub mod client;
+pub mod server;
+
+pub use client::{AzConfig, AzError, AzSnapshot, AzTier, NodeError, NodeSnapshot};
+pub use server::{CacheNode, NodeConfig, RunningNode, ServerError};

@@ -1,0 +1,144 @@
+//! Counters of the AZ client tier and their snapshot.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Live counters of one node.
+#[derive(Debug, Default)]
+pub(super) struct NodeCounters {
+    pub(super) requests: AtomicU64,
+    pub(super) errors: AtomicU64,
+    pub(super) corrupt: AtomicU64,
+}
+
+/// Live counters of the tier.
+#[derive(Debug)]
+pub(super) struct AzCounters {
+    pub(super) calls: AtomicU64,
+    pub(super) requests: AtomicU64,
+    pub(super) hedges_sent: AtomicU64,
+    pub(super) hedge_wins: AtomicU64,
+    pub(super) failovers: AtomicU64,
+    pub(super) unavailable: AtomicU64,
+    pub(super) nodes: Vec<NodeCounters>,
+}
+
+impl AzCounters {
+    pub(super) fn new(nodes: usize) -> Self {
+        Self {
+            calls: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+            hedges_sent: AtomicU64::new(0),
+            hedge_wins: AtomicU64::new(0),
+            failovers: AtomicU64::new(0),
+            unavailable: AtomicU64::new(0),
+            nodes: (0..nodes).map(|_| NodeCounters::default()).collect(),
+        }
+    }
+
+    pub(super) fn snapshot(&self, urls: &[String]) -> AzSnapshot {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        AzSnapshot {
+            calls: get(&self.calls),
+            requests: get(&self.requests),
+            hedges_sent: get(&self.hedges_sent),
+            hedge_wins: get(&self.hedge_wins),
+            failovers: get(&self.failovers),
+            unavailable: get(&self.unavailable),
+            nodes: urls
+                .iter()
+                .zip(&self.nodes)
+                .map(|(url, c)| NodeSnapshot {
+                    url: url.clone(),
+                    requests: get(&c.requests),
+                    errors: get(&c.errors),
+                    corrupt: get(&c.corrupt),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// One node's counters at one moment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeSnapshot {
+    /// The node's base URL.
+    pub url: String,
+    /// Requests sent to it (gets, hedges and HEADs).
+    pub requests: u64,
+    /// Requests that failed: connect errors, statuses other than 200 and
+    /// 404, timeouts, oversized or corrupt objects.
+    pub errors: u64,
+    /// Of those, objects whose bytes did not hash to their id.
+    pub corrupt: u64,
+}
+
+/// The AZ tier's counters at one moment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AzSnapshot {
+    /// Chunk-store calls that went to the nodes (get and contains).
+    pub calls: u64,
+    /// HTTP requests sent, all nodes together.
+    pub requests: u64,
+    /// Requests sent to a further node because the one in flight was
+    /// slower than `hedge_after`.
+    pub hedges_sent: u64,
+    /// Calls whose answer came from a hedge.
+    pub hedge_wins: u64,
+    /// Requests sent to a further node because one failed.
+    pub failovers: u64,
+    /// Calls that no node answered.
+    pub unavailable: u64,
+    /// Per node, in configuration order.
+    pub nodes: Vec<NodeSnapshot>,
+}
+
+/// Escapes a Prometheus label value.
+fn label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+impl AzSnapshot {
+    /// The snapshot in the Prometheus text format
+    /// (`imagefs_az_requests_total`, `imagefs_az_node_errors_total{node="…"}`, …).
+    pub fn to_prometheus(&self) -> String {
+        let mut out = String::new();
+        let totals = [
+            ("calls", "Chunk-store calls sent to the AZ nodes", self.calls),
+            ("requests", "HTTP requests sent to AZ nodes", self.requests),
+            ("hedges_sent", "Hedged requests sent", self.hedges_sent),
+            ("hedge_wins", "Calls answered by a hedge", self.hedge_wins),
+            ("failovers", "Requests sent after a node failed", self.failovers),
+            ("unavailable", "Calls no node answered", self.unavailable),
+        ];
+        for (name, help, value) in totals {
+            let _ = writeln!(out, "# HELP imagefs_az_{name}_total {help}.");
+            let _ = writeln!(out, "# TYPE imagefs_az_{name}_total counter");
+            let _ = writeln!(out, "imagefs_az_{name}_total {value}");
+        }
+        type Field = fn(&NodeSnapshot) -> u64;
+        let per_node: [(&str, &str, Field); 3] = [
+            ("requests", "HTTP requests sent to the node", |n| n.requests),
+            ("errors", "Requests to the node that failed", |n| n.errors),
+            ("corrupt", "Objects from the node that failed their id check", |n| {
+                n.corrupt
+            }),
+        ];
+        for (name, help, field) in per_node {
+            let _ = writeln!(out, "# HELP imagefs_az_node_{name}_total {help}.");
+            let _ = writeln!(out, "# TYPE imagefs_az_node_{name}_total counter");
+            for node in &self.nodes {
+                let _ = writeln!(
+                    out,
+                    "imagefs_az_node_{name}_total{{node=\"{}\"}} {}",
+                    label(&node.url),
+                    field(node)
+                );
+            }
+        }
+        out
+    }
+}

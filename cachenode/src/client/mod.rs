@@ -1,0 +1,265 @@
+//! The AZ cache tier as seen by an instance: [`AzTier`], a
+//! [`ChunkStore`] over the AZ's cache nodes.
+//!
+//! - [`hrw`]: rendezvous hashing, which node owns which chunk;
+//! - [`AzConfig`]: node URLs and timeouts (TOML-readable);
+//! - [`AzTier`]: get with hedge and failover, over a small runtime of its
+//!   own;
+//! - [`AzSnapshot`]: its counters; [`AzError`], [`NodeError`]: its errors.
+
+mod config;
+mod counters;
+mod error;
+mod fetch;
+pub mod hrw;
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use cachetiers::{ChunkStore, MAX_OBJECT_LEN, PutOutcome, StoreError};
+use manifest::ChunkId;
+
+pub use config::AzConfig;
+pub use counters::{AzSnapshot, NodeSnapshot};
+pub use error::{AzError, NodeError};
+
+use counters::AzCounters;
+use fetch::{Answer, Ask, Call, ask_nodes};
+
+/// The tier name used in errors (`StoreError::Backend { tier: "az", .. }`).
+pub const TIER_NAME: &str = "az";
+
+/// Worker threads of the tier's runtime: the work is waiting on sockets,
+/// so two serve any number of calling threads.
+const WORKER_THREADS: usize = 2;
+
+/// How much longer than the configured timeout a blocking call waits for
+/// the runtime's answer before giving up on it (the runtime enforces the
+/// timeout itself; this only guards against a runtime that stopped).
+const ANSWER_GRACE: Duration = Duration::from_secs(5);
+
+/// The AZ cache nodes as one [`ChunkStore`] tier.
+///
+/// Each chunk has an owner among the nodes, chosen by rendezvous hashing
+/// ([`hrw`]), so the AZ keeps one copy of each chunk and every instance
+/// asks the same node. A get asks the owner, hedges to the second choice
+/// if the owner is slow, and fails over down the preference order when a
+/// node fails (see [`AzTier::get`](ChunkStore::get)).
+///
+/// The tier owns a small tokio runtime; its [`ChunkStore`] methods block
+/// the calling thread until the answer is in (never longer than the
+/// configured timeout plus a grace). They may be called from any thread,
+/// including from inside a tokio runtime (nothing panics), but async code
+/// should call them through `spawn_blocking` so as not to stall a worker.
+pub struct AzTier {
+    config: AzConfig,
+    call: Call,
+    counters: Arc<AzCounters>,
+    handle: tokio::runtime::Handle,
+    /// `Some` until drop, which shuts it down without blocking.
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl fmt::Debug for AzTier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AzTier")
+            .field("nodes", &self.call.nodes)
+            .field("timeout", &self.call.timeout)
+            .field("hedge_after", &self.call.hedge_after)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AzTier {
+    /// A tier over the nodes of `config`, after checking it (at least one
+    /// node, `http://host:port` URLs without duplicates, non-zero
+    /// timeouts). Sends nothing yet.
+    pub fn new(config: AzConfig) -> Result<Self, AzError> {
+        let nodes = config.validated_nodes()?;
+        // No proxy: the nodes are on the AZ network, and an HTTP_PROXY
+        // meant for the outside world must not be used to reach them.
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .connect_timeout(config.connect_timeout())
+            .timeout(config.timeout())
+            .build()
+            .map_err(|source| AzError::Client { source })?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(WORKER_THREADS)
+            .thread_name("az-tier")
+            .enable_all()
+            .build()
+            .map_err(|source| AzError::Runtime { source })?;
+        let counters = Arc::new(AzCounters::new(nodes.len()));
+        Ok(Self {
+            call: Call {
+                client,
+                nodes: nodes.into(),
+                timeout: config.timeout(),
+                hedge_after: config.hedge_after(),
+            },
+            config,
+            counters,
+            handle: runtime.handle().clone(),
+            runtime: Some(runtime),
+        })
+    }
+
+    /// The configuration it was built from.
+    pub fn config(&self) -> &AzConfig {
+        &self.config
+    }
+
+    /// The node URLs (normalized), in configuration order.
+    pub fn nodes(&self) -> &[String] {
+        &self.call.nodes
+    }
+
+    /// The nodes in the order they are asked for `id`: the owner first.
+    pub fn preference(&self, id: &ChunkId) -> Vec<&str> {
+        hrw::preference_order(id, &self.call.nodes)
+            .into_iter()
+            .map(|k| self.call.nodes[k].as_str())
+            .collect()
+    }
+
+    /// The counters, now.
+    pub fn counters(&self) -> AzSnapshot {
+        self.counters.snapshot(&self.call.nodes)
+    }
+
+    /// Asks the nodes on the tier's runtime and waits for the answer.
+    fn ask(&self, id: &ChunkId, ask: Ask) -> Result<Answer, StoreError> {
+        self.counters
+            .calls
+            .fetch_add(1, Ordering::Relaxed);
+        let call = self.call.clone();
+        let counters = Arc::clone(&self.counters);
+        let id = *id;
+        let answer = self.block_on(async move { ask_nodes(call, &counters, id, ask).await });
+        let failures = match answer {
+            Some(Ok(answer)) => return Ok(answer),
+            Some(Err(failures)) => failures,
+            None => {
+                self.counters.unavailable.fetch_add(1, Ordering::Relaxed);
+                return Err(StoreError::Backend {
+                    tier: TIER_NAME.into(),
+                    source: Box::new(AzError::NoAnswer { id }),
+                });
+            }
+        };
+        self.counters.unavailable.fetch_add(1, Ordering::Relaxed);
+        let corrupt: Vec<String> = failures
+            .iter()
+            .filter(|f| matches!(f, NodeError::Corrupt { .. }))
+            .map(|f| f.url().to_string())
+            .collect();
+        let unavailable = AzError::Unavailable { id, failures };
+        if corrupt.is_empty() {
+            return Err(StoreError::Backend {
+                tier: TIER_NAME.into(),
+                source: Box::new(unavailable),
+            });
+        }
+        // A node served bad bytes: report it as corruption so the tiered
+        // store counts a verification failure for this tier.
+        Err(StoreError::Corrupt {
+            id,
+            location: corrupt.join(", "),
+            problem: unavailable.to_string(),
+        })
+    }
+
+    /// Runs `future` on the tier's runtime and waits for its output;
+    /// `None` if the runtime did not deliver it in time (it was shut down).
+    ///
+    /// The output comes back over a std channel rather than through
+    /// `Runtime::block_on`, which panics when called from inside another
+    /// runtime: this way any thread may call.
+    fn block_on<T: Send + 'static>(
+        &self,
+        future: impl Future<Output = T> + Send + 'static,
+    ) -> Option<T> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.handle.spawn(async move {
+            // The caller may have given up; nothing to do then.
+            let _ = tx.send(future.await);
+        });
+        rx.recv_timeout(self.call.timeout + ANSWER_GRACE).ok()
+    }
+}
+
+impl Drop for AzTier {
+    fn drop(&mut self) {
+        // Dropping a runtime blocks on its workers, which panics inside
+        // another runtime; nothing of ours needs waiting for.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl ChunkStore for AzTier {
+    /// Gets the object from the nodes.
+    ///
+    /// GET `{node}/v1/chunks/{id}`, to the owner first; if it has not
+    /// answered after `hedge_after`, to the second choice too; a node
+    /// that fails (connect error, 5xx, wrong bytes) is followed by the
+    /// next one. The first answer wins:
+    /// - 200 with bytes that hash to `id` (at most `MAX_OBJECT_LEN`):
+    ///   the object;
+    /// - 404: `Ok(None)`. A node that misses asks the origin itself, so a
+    ///   404 means the origin does not have the chunk either.
+    ///
+    /// When no node answers within `timeout`: [`StoreError::Corrupt`]
+    /// (location: the nodes' URLs) if a node sent bytes that do not hash
+    /// to `id`, else [`StoreError::Backend`] with [`AzError::Unavailable`],
+    /// naming each node asked and what it said.
+    fn get(&self, id: &ChunkId) -> Result<Option<Vec<u8>>, StoreError> {
+        match self.ask(id, Ask::Get)? {
+            Answer::Found(object) => Ok(Some(object)),
+            Answer::Missing => Ok(None),
+        }
+    }
+
+    /// Checks the object, then writes nothing and answers
+    /// [`PutOutcome::AlreadyPresent`].
+    ///
+    /// Nodes fill themselves: the owner of a chunk fetches it from the
+    /// origin on its first miss, so any chunk in the origin is already
+    /// reachable through this tier. Instances never write shared tiers
+    /// (DESIGN.md, Isolation): a node serves only what it verified from
+    /// the origin. The fill a tiered store attempts after an origin hit is
+    /// therefore done (by the node) rather than refused.
+    fn put(&self, id: &ChunkId, object: &[u8]) -> Result<PutOutcome, StoreError> {
+        if object.len() > MAX_OBJECT_LEN {
+            return Err(StoreError::TooLarge {
+                id: *id,
+                len: object.len(),
+            });
+        }
+        let actual = ChunkId::of_object(object);
+        if actual != *id {
+            return Err(StoreError::IdMismatch { id: *id, actual });
+        }
+        Ok(PutOutcome::AlreadyPresent)
+    }
+
+    /// HEAD `{node}/v1/chunks/{id}` with the same hedge and failover as
+    /// `get`: whether the owner node or its origin has the chunk.
+    fn contains(&self, id: &ChunkId) -> Result<bool, StoreError> {
+        Ok(matches!(self.ask(id, Ask::Head)?, Answer::Found(_)))
+    }
+
+    /// Does nothing and answers `false`: an instance cannot drop a node's
+    /// copy. A node verifies every object it serves from its own store and
+    /// drops bad copies itself, and bytes that fail the id check here are
+    /// never returned.
+    fn remove(&self, _id: &ChunkId) -> Result<bool, StoreError> {
+        Ok(false)
+    }
+}

@@ -1,0 +1,188 @@
+//! The node's HTTP routes, their handlers and the request counters.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use cachetiers::ChunkStore;
+use manifest::ChunkId;
+
+use super::CacheNode;
+
+/// Requests served, by route and status code.
+#[derive(Debug, Default)]
+pub(super) struct HttpCounters {
+    by_route: Mutex<BTreeMap<(&'static str, &'static str, u16), u64>>,
+}
+
+impl HttpCounters {
+    fn record(&self, method: &'static str, route: &'static str, status: StatusCode) {
+        *self
+            .by_route
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry((method, route, status.as_u16()))
+            .or_default() += 1;
+    }
+
+    /// The number of requests to `route` answered with `status`.
+    pub(super) fn count(&self, route: &str, status: u16) -> u64 {
+        self.by_route
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .filter(|((_, r, s), _)| *r == route && *s == status)
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    /// `imagefs_node_http_requests_total{method,route,code}`.
+    pub(super) fn to_prometheus(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "# HELP imagefs_node_http_requests_total HTTP requests answered by the cache node."
+        );
+        let _ = writeln!(out, "# TYPE imagefs_node_http_requests_total counter");
+        let counts = self
+            .by_route
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        for ((method, route, code), n) in counts {
+            let _ = writeln!(
+                out,
+                "imagefs_node_http_requests_total{{method=\"{method}\",route=\"{route}\",code=\"{code}\"}} {n}"
+            );
+        }
+        out
+    }
+}
+
+/// The node's routes (see the [module docs](super)).
+pub(super) fn router(node: Arc<CacheNode>) -> Router {
+    Router::new()
+        .route("/v1/chunks/{id}", get(get_chunk).head(head_chunk))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .layer(middleware::from_fn_with_state(Arc::clone(&node), count))
+        .with_state(node)
+}
+
+/// A fixed label for a request path (unbounded paths would make
+/// unbounded metric series).
+fn route_of(path: &str) -> &'static str {
+    if path.starts_with("/v1/chunks/") {
+        "chunk"
+    } else {
+        match path {
+            "/metrics" => "metrics",
+            "/healthz" => "healthz",
+            _ => "other",
+        }
+    }
+}
+
+fn method_of(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        _ => "other",
+    }
+}
+
+/// Middleware: counts every answer by method, route and status.
+async fn count(State(node): State<Arc<CacheNode>>, request: Request, next: Next) -> Response {
+    let method = method_of(request.method());
+    let route = route_of(request.uri().path());
+    let response = next.run(request).await;
+    node.http.record(method, route, response.status());
+    response
+}
+
+/// A plain-text answer of one line.
+fn text(status: StatusCode, message: impl Into<String>) -> Response {
+    let mut line: String = message.into().replace(['\r', '\n'], " ");
+    line.push('\n');
+    (status, line).into_response()
+}
+
+fn parse_id(text_id: &str) -> Result<ChunkId, Response> {
+    text_id.parse().map_err(|e| {
+        text(
+            StatusCode::BAD_REQUEST,
+            format!("`{text_id}` is not a chunk id (64 hex digits): {e}"),
+        )
+    })
+}
+
+/// `GET /v1/chunks/{id}`: from the node's store, else from the origin
+/// (once for concurrent requests), verified and kept.
+async fn get_chunk(State(node): State<Arc<CacheNode>>, Path(text_id): Path<String>) -> Response {
+    let id = match parse_id(&text_id) {
+        Ok(id) => id,
+        Err(response) => return response,
+    };
+    let fetching = Arc::clone(&node);
+    match tokio::task::spawn_blocking(move || fetching.store.fetch(&id)).await {
+        Ok(Ok(fetched)) => {
+            let mut response = Response::new(Body::from(fetched.object));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            response
+        }
+        Ok(Err(e)) if e.is_clean_miss() => {
+            text(StatusCode::NOT_FOUND, format!("chunk {id} is not in the origin"))
+        }
+        Ok(Err(e)) => text(StatusCode::BAD_GATEWAY, e.to_string()),
+        Err(e) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("chunk {id}: the fetch died: {e}"),
+        ),
+    }
+}
+
+/// `HEAD /v1/chunks/{id}`: 200 if the node or its origin has the chunk,
+/// 404 if neither does; nothing is fetched.
+async fn head_chunk(State(node): State<Arc<CacheNode>>, Path(text_id): Path<String>) -> Response {
+    let id = match parse_id(&text_id) {
+        Ok(id) => id,
+        Err(response) => return response,
+    };
+    let asking = Arc::clone(&node);
+    match tokio::task::spawn_blocking(move || asking.store.contains(&id)).await {
+        Ok(Ok(true)) => StatusCode::OK.into_response(),
+        Ok(Ok(false)) => StatusCode::NOT_FOUND.into_response(),
+        Ok(Err(e)) => text(StatusCode::BAD_GATEWAY, format!("chunk {id}: {e}")),
+        Err(e) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("chunk {id}: the lookup died: {e}"),
+        ),
+    }
+}
+
+/// `GET /metrics`: Prometheus text.
+async fn metrics(State(node): State<Arc<CacheNode>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4"),
+        )],
+        node.render_metrics(),
+    )
+        .into_response()
+}
+
+/// `GET /healthz`: the node is serving.
+async fn healthz() -> &'static str {
+    "ok"
+}

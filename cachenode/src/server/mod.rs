@@ -1,0 +1,392 @@
+//! The cache-node server: an AZ cache node that serves chunks over HTTP
+//! from its local store, filling it from the origin.
+//!
+//! Routes:
+//!
+//! - `GET /v1/chunks/{id}`: 200 with the object
+//!   (`application/octet-stream`); 400 if `id` is not 64 hex digits; 404
+//!   if neither the local store nor the origin has it; 502 with one line
+//!   naming the chunk and what each tier said when the origin failed or
+//!   served a bad copy.
+//! - `HEAD /v1/chunks/{id}`: 200 or 404, whether the node or its origin
+//!   has the chunk (nothing is fetched).
+//! - `GET /metrics`: Prometheus text: the tiers' counters
+//!   ([`TieredStore::render_prometheus`]) and HTTP requests by status.
+//! - `GET /healthz`: 200 `ok`.
+//!
+//! The stores are a [`TieredStore`] of `node-local` over `origin`: a miss
+//! is fetched once from the origin however many requests wait for it
+//! (single-flight), verified, kept locally and served.
+//!
+//! Entry points, from most to least managed: [`run`] (blocks until
+//! SIGINT/SIGTERM), [`start`] (a [`RunningNode`] on threads of its own),
+//! [`serve`] (async, on the caller's runtime and listener).
+
+mod http;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cachetiers::{ChunkStore, TieredError, TieredStore};
+use serde::Deserialize;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// Name of the node's own store in metrics and errors.
+pub const LOCAL_TIER: &str = "node-local";
+/// Name of the origin in metrics and errors.
+pub const ORIGIN_TIER: &str = "origin";
+
+/// Worker threads of the node's runtime. Store calls run on tokio's
+/// blocking pool, so the workers only move bytes between sockets.
+const WORKER_THREADS: usize = 2;
+
+/// How long a stop waits for requests in flight to finish.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// Settings of a cache node.
+///
+/// ```toml
+/// listen = "0.0.0.0:8420"
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Address and port to listen on; port 0 picks a free port (see
+    /// [`RunningNode::addr`]).
+    pub listen: SocketAddr,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8420)),
+        }
+    }
+}
+
+/// Why a cache node could not be set up or stopped serving.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// The tiered store could not be built.
+    #[error("cannot build the cache node's tiers: {source}")]
+    Tiers {
+        /// The underlying error.
+        source: TieredError,
+    },
+    /// The node's runtime could not be started.
+    #[error("cannot start the cache node's runtime: {source}")]
+    Runtime {
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The listener does not know its own address.
+    #[error("cannot tell which address the cache node listens on: {source}")]
+    NoLocalAddr {
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// Serving failed.
+    #[error("cache node on {addr} stopped: {source}")]
+    Serve {
+        /// The address it listened on.
+        addr: SocketAddr,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The server's task ended without a result (it panicked).
+    #[error("cache node on {addr} died: {reason}")]
+    Died {
+        /// The address it listened on.
+        addr: SocketAddr,
+        /// Why.
+        reason: String,
+    },
+    /// The signal handlers could not be installed.
+    #[error("cannot wait for SIGINT/SIGTERM: {source}")]
+    Signal {
+        /// The underlying error.
+        source: std::io::Error,
+    },
+}
+
+/// A cache node's state: its tiers and its HTTP counters.
+#[derive(Debug)]
+pub struct CacheNode {
+    store: TieredStore,
+    http: http::HttpCounters,
+}
+
+impl CacheNode {
+    /// A node that serves from `local` and fills it from `origin`.
+    pub fn new(
+        local: Arc<dyn ChunkStore>,
+        origin: Arc<dyn ChunkStore>,
+    ) -> Result<Self, ServerError> {
+        let store = TieredStore::new(vec![
+            (LOCAL_TIER.to_string(), local),
+            (ORIGIN_TIER.to_string(), origin),
+        ])
+        .map_err(|source| ServerError::Tiers { source })?;
+        Ok(Self {
+            store,
+            http: http::HttpCounters::default(),
+        })
+    }
+
+    /// The tiered store (tier 0 `node-local`, tier 1 `origin`), for its
+    /// metrics.
+    pub fn store(&self) -> &TieredStore {
+        &self.store
+    }
+
+    /// How many requests to `route` (`"chunk"`, `"metrics"`, `"healthz"`,
+    /// `"other"`) were answered with `status`.
+    pub fn http_count(&self, route: &str, status: u16) -> u64 {
+        self.http.count(route, status)
+    }
+
+    /// What `GET /metrics` answers.
+    pub fn render_metrics(&self) -> String {
+        let mut text = self.store.render_prometheus();
+        text.push_str(&self.http.to_prometheus());
+        text
+    }
+
+    /// The HTTP routes over this node.
+    pub fn router(self: &Arc<Self>) -> axum::Router {
+        http::router(Arc::clone(self))
+    }
+}
+
+/// Serves `node` on `listener` until `shutdown` completes, then finishes
+/// the requests in flight and returns. Runs on the caller's runtime.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    node: Arc<CacheNode>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let addr = listener
+        .local_addr()
+        .map_err(|source| ServerError::NoLocalAddr { source })?;
+    axum::serve(listener, node.router())
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(|source| ServerError::Serve { addr, source })
+}
+
+/// Completes on SIGINT or SIGTERM. Needs a tokio runtime.
+pub async fn shutdown_signal() -> Result<(), ServerError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term =
+        signal(SignalKind::terminate()).map_err(|source| ServerError::Signal { source })?;
+    let mut int =
+        signal(SignalKind::interrupt()).map_err(|source| ServerError::Signal { source })?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}
+
+/// A cache node serving on a runtime of its own. Dropping it stops it
+/// (like [`RunningNode::stop`], ignoring the result).
+#[derive(Debug)]
+pub struct RunningNode {
+    addr: SocketAddr,
+    node: Arc<CacheNode>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), ServerError>>>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+/// Binds `config.listen` and serves a node over `local` and `origin` on
+/// a new runtime, returning at once. Call it from a plain thread (not
+/// from inside a tokio runtime).
+pub fn start(
+    config: &NodeConfig,
+    local: Arc<dyn ChunkStore>,
+    origin: Arc<dyn ChunkStore>,
+) -> Result<RunningNode, ServerError> {
+    start_node(config, Arc::new(CacheNode::new(local, origin)?))
+}
+
+/// [`start`] for a node already built (to share its counters).
+pub fn start_node(config: &NodeConfig, node: Arc<CacheNode>) -> Result<RunningNode, ServerError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(WORKER_THREADS)
+        .thread_name("cache-node")
+        .enable_all()
+        .build()
+        .map_err(|source| ServerError::Runtime { source })?;
+    let bind_error = |source| ServerError::Bind {
+        addr: config.listen,
+        source,
+    };
+    // Bound with std so that nothing here has to block on the runtime.
+    let std_listener = std::net::TcpListener::bind(config.listen).map_err(bind_error)?;
+    std_listener.set_nonblocking(true).map_err(bind_error)?;
+    let addr = std_listener.local_addr().map_err(bind_error)?;
+    let listener = {
+        let _entered = runtime.enter();
+        tokio::net::TcpListener::from_std(std_listener).map_err(bind_error)?
+    };
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = runtime.spawn(serve(listener, Arc::clone(&node), async move {
+        // A dropped sender stops the node too.
+        let _ = stopped.await;
+    }));
+    Ok(RunningNode {
+        addr,
+        node,
+        stop: Some(stop),
+        task: Some(task),
+        runtime: Some(runtime),
+    })
+}
+
+/// Serves a node over `local` and `origin` on `config.listen` until
+/// SIGINT or SIGTERM, then finishes the requests in flight. Says where
+/// it listens on stderr (`cache node listening on http://ADDR`). For
+/// the CLI; blocks.
+pub fn run(
+    config: &NodeConfig,
+    local: Arc<dyn ChunkStore>,
+    origin: Arc<dyn ChunkStore>,
+) -> Result<(), ServerError> {
+    let node = start(config, local, origin)?;
+    eprintln!("cache node listening on {}", node.url());
+    node.run_until_signal()
+}
+
+impl RunningNode {
+    /// The address actually bound (the real port when `listen` asked for
+    /// port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://ADDR`, the base URL clients use (a wildcard listen address
+    /// is shown as the loopback address of its family).
+    pub fn url(&self) -> String {
+        let mut addr = self.addr;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(match addr {
+                SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            });
+        }
+        format!("http://{addr}")
+    }
+
+    /// The node (its store and counters).
+    pub fn node(&self) -> &Arc<CacheNode> {
+        &self.node
+    }
+
+    /// Blocks until SIGINT or SIGTERM (or until the server fails), then
+    /// stops.
+    pub fn run_until_signal(mut self) -> Result<(), ServerError> {
+        self.wait(shutdown_signal())?;
+        self.stop()
+    }
+
+    /// Blocks until `shutdown` completes (or the server fails), then
+    /// stops.
+    pub fn run_until(mut self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
+        self.wait(async {
+            shutdown.await;
+            Ok(())
+        })?;
+        self.stop()
+    }
+
+    /// Waits on the node's runtime for `until` or for the server to end.
+    fn wait(
+        &mut self,
+        until: impl Future<Output = Result<(), ServerError>>,
+    ) -> Result<(), ServerError> {
+        let (Some(runtime), Some(task)) = (&self.runtime, &mut self.task) else {
+            return Ok(());
+        };
+        let addr = self.addr;
+        let ended = runtime.block_on(async {
+            tokio::select! {
+                ended = task => (true, self_task_result(addr, ended)),
+                signalled = until => (false, signalled),
+            }
+        });
+        let (task_ended, result) = ended;
+        if task_ended {
+            // A finished task must not be awaited again by the stop.
+            self.task = None;
+        }
+        result
+    }
+
+    /// Stops accepting, lets the requests in flight finish (up to 10 s),
+    /// closes the listener and returns how serving ended. Call it from a
+    /// plain thread; from inside a tokio runtime it does not wait.
+    pub fn stop(mut self) -> Result<(), ServerError> {
+        self.shut_down()
+    }
+
+    fn shut_down(&mut self) -> Result<(), ServerError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let Some(runtime) = self.runtime.take() else {
+            return Ok(());
+        };
+        let task = self.task.take();
+        if tokio::runtime::Handle::try_current().is_ok() {
+            // Blocking here would panic; the runtime goes down in the
+            // background and takes the listener with it.
+            runtime.shutdown_background();
+            return Ok(());
+        }
+        let addr = self.addr;
+        let result = match task {
+            Some(task) => runtime.block_on(async {
+                match tokio::time::timeout(STOP_GRACE, task).await {
+                    Ok(ended) => self_task_result(addr, ended),
+                    // Requests still in flight are cut off below.
+                    Err(_) => Ok(()),
+                }
+            }),
+            None => Ok(()),
+        };
+        runtime.shutdown_timeout(STOP_GRACE);
+        result
+    }
+}
+
+/// The server task's outcome as one result.
+fn self_task_result(
+    addr: SocketAddr,
+    ended: Result<Result<(), ServerError>, tokio::task::JoinError>,
+) -> Result<(), ServerError> {
+    ended.unwrap_or_else(|e| {
+        Err(ServerError::Died {
+            addr,
+            reason: e.to_string(),
+        })
+    })
+}
+
+impl Drop for RunningNode {
+    fn drop(&mut self) {
+        let _ = self.shut_down();
+    }
+}
