@@ -13,6 +13,8 @@ export DEBIAN_FRONTEND=noninteractive
 required=(
     e2fsprogs debootstrap umoci skopeo busybox-static zstd attr libclang-dev
     tar gzip util-linux kmod cpio
+    # The QEMU guest tests (qemu-system-common brings qemu-storage-daemon).
+    qemu-system-x86
 )
 # Packages installed only if the distribution has them.
 optional=(fuse3)
@@ -23,11 +25,31 @@ installed() {
     [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null || true)" = "install ok installed" ]
 }
 
+# Garage, the S3 server the origin tests start (tests/src/garage.rs), is not
+# in Debian: build it once with cargo into a cache outside the clone.  Slow
+# (about 20 minutes on 2 cores), so only when it is missing.  Runs after the
+# Debian packages, on every way out below.
+install_garage() {
+    local version=2.5.0
+    local tools="${IMAGEFS_CACHE:-/var/cache/imagefs}/tools"
+    [ -n "${IMAGEFS_GARAGE:-}" ] && return 0
+    [ -x "$tools/bin/garage" ] && return 0
+    command -v cargo >/dev/null || die "cargo not found; it is needed to build garage"
+    mkdir -p "$tools" || die "cannot create $tools"
+    local glog="$tools/garage-install.log"
+    echo "install-deps: building garage $version into $tools (slow; log: $glog)" >&2
+    if ! cargo install garage --version "$version" --locked --root "$tools" >"$glog" 2>&1; then
+        tail -n 30 "$glog" >&2
+        die "cargo install garage failed (log: $glog)"
+    fi
+    echo "install-deps: installed garage into $tools/bin"
+}
+
 missing=()
 for p in "${required[@]}" "${optional[@]}"; do
     installed "$p" || missing+=("$p")
 done
-[ "${#missing[@]}" -eq 0 ] && exit 0
+[ "${#missing[@]}" -eq 0 ] && { install_garage; exit 0; }
 
 [ "$(id -u)" = 0 ] || die "need root to install: ${missing[*]}"
 command -v apt-get >/dev/null || die "apt-get not found (this script is for Debian); install by hand: ${missing[*]}"
@@ -58,7 +80,7 @@ for p in "${missing[@]}"; do
     fi
     to_install+=("$p")
 done
-[ "${#to_install[@]}" -eq 0 ] && exit 0
+[ "${#to_install[@]}" -eq 0 ] && { install_garage; exit 0; }
 
 if ! apt-get install -y --no-install-recommends "${to_install[@]}" >"$log" 2>&1; then
     cat "$log" >&2
@@ -70,3 +92,4 @@ for p in "${to_install[@]}"; do
     installed "$p" || { cat "$log" >&2; die "package $p is still not installed"; }
 done
 echo "install-deps: installed ${to_install[*]}"
+install_garage

@@ -10,6 +10,7 @@
 //!   `umoci unpack` (the independent reference), and diffs two listings.
 //! - [`e2e`] runs every check on a flattened image: `e2fsck -fn`, ext4-view,
 //!   a read-only loop mount, a read-write mount of a copy.
+//! - [`garage`] starts a real single-node Garage S3 server.
 //! - [`harness`] finds tools, prints `SKIP:` lines, and mounts/unmounts.
 //!
 //! Integration tests: `generator.rs` (the generator against umoci and
@@ -21,6 +22,7 @@
 
 pub mod cases;
 pub mod e2e;
+pub mod garage;
 pub mod harness;
 pub mod imagegen;
 pub mod tarw;
