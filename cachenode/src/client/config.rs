@@ -115,7 +115,9 @@ fn normalize_node_url(given: &str) -> Result<String, AzError> {
         return Err(bad("no host".into()));
     }
     if url.path() != "/" || url.query().is_some() || url.fragment().is_some() {
-        return Err(bad("a node URL is only http://host:port, without a path".into()));
+        return Err(bad(
+            "a node URL is only http://host:port, without a path".into()
+        ));
     }
     if !url.username().is_empty() || url.password().is_some() {
         return Err(bad("a node URL carries no credentials".into()));
@@ -137,7 +139,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            (full.timeout_ms, full.hedge_after_ms, full.connect_timeout_ms),
+            (
+                full.timeout_ms,
+                full.hedge_after_ms,
+                full.connect_timeout_ms
+            ),
             (7, 3, 2)
         );
         assert!(toml::from_str::<AzConfig>("nodez = []").is_err());

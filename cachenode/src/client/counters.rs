@@ -107,11 +107,19 @@ impl AzSnapshot {
     pub fn to_prometheus(&self) -> String {
         let mut out = String::new();
         let totals = [
-            ("calls", "Chunk-store calls sent to the AZ nodes", self.calls),
+            (
+                "calls",
+                "Chunk-store calls sent to the AZ nodes",
+                self.calls,
+            ),
             ("requests", "HTTP requests sent to AZ nodes", self.requests),
             ("hedges_sent", "Hedged requests sent", self.hedges_sent),
             ("hedge_wins", "Calls answered by a hedge", self.hedge_wins),
-            ("failovers", "Requests sent after a node failed", self.failovers),
+            (
+                "failovers",
+                "Requests sent after a node failed",
+                self.failovers,
+            ),
             ("unavailable", "Calls no node answered", self.unavailable),
         ];
         for (name, help, value) in totals {
@@ -123,9 +131,11 @@ impl AzSnapshot {
         let per_node: [(&str, &str, Field); 3] = [
             ("requests", "HTTP requests sent to the node", |n| n.requests),
             ("errors", "Requests to the node that failed", |n| n.errors),
-            ("corrupt", "Objects from the node that failed their id check", |n| {
-                n.corrupt
-            }),
+            (
+                "corrupt",
+                "Objects from the node that failed their id check",
+                |n| n.corrupt,
+            ),
         ];
         for (name, help, field) in per_node {
             let _ = writeln!(out, "# HELP imagefs_az_node_{name}_total {help}.");

@@ -80,12 +80,18 @@ impl AzTier {
     /// timeouts). Sends nothing yet.
     pub fn new(config: AzConfig) -> Result<Self, AzError> {
         let nodes = config.validated_nodes()?;
+        // reqwest's TLS (enabled in this workspace for the S3 origin, with
+        // no bundled crypto provider) panics at build without a
+        // process-wide provider. No TLS is ever used here; ring is the one
+        // cachetiers installs too, and an error means one is installed.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         // No proxy: the nodes are on the AZ network, and an HTTP_PROXY
-        // meant for the outside world must not be used to reach them.
+        // meant for the outside world must not be used to reach them. No
+        // request timeout either: each call's deadline (`timeout_ms`)
+        // covers all its requests and cancels those still in flight.
         let client = reqwest::Client::builder()
             .no_proxy()
             .connect_timeout(config.connect_timeout())
-            .timeout(config.timeout())
             .build()
             .map_err(|source| AzError::Client { source })?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -134,9 +140,7 @@ impl AzTier {
 
     /// Asks the nodes on the tier's runtime and waits for the answer.
     fn ask(&self, id: &ChunkId, ask: Ask) -> Result<Answer, StoreError> {
-        self.counters
-            .calls
-            .fetch_add(1, Ordering::Relaxed);
+        self.counters.calls.fetch_add(1, Ordering::Relaxed);
         let call = self.call.clone();
         let counters = Arc::clone(&self.counters);
         let id = *id;

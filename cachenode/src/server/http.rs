@@ -140,9 +140,10 @@ async fn get_chunk(State(node): State<Arc<CacheNode>>, Path(text_id): Path<Strin
             );
             response
         }
-        Ok(Err(e)) if e.is_clean_miss() => {
-            text(StatusCode::NOT_FOUND, format!("chunk {id} is not in the origin"))
-        }
+        Ok(Err(e)) if e.is_clean_miss() => text(
+            StatusCode::NOT_FOUND,
+            format!("chunk {id} is not in the origin"),
+        ),
         Ok(Err(e)) => text(StatusCode::BAD_GATEWAY, e.to_string()),
         Err(e) => text(
             StatusCode::INTERNAL_SERVER_ERROR,
