@@ -156,7 +156,9 @@ void __attribute__((section(".text.start"), noreturn, used)) _start(struct probe
     volatile struct used_elem *used_ring = (volatile struct used_elem *)(qused + 4);
     volatile struct trace_entry *tr = (volatile struct trace_entry *)P->trace_addr;
     volatile struct trace_result *res = (volatile struct trace_result *)P->result_addr;
-    *(volatile uint16_t *)qavail = 1; /* VRING_AVAIL_F_NO_INTERRUPT: we poll */
+    /* When polling, ask the device not to signal completions at all
+       (VRING_AVAIL_F_NO_INTERRUPT); when halting, the signal is what wakes us. */
+    *(volatile uint16_t *)qavail = P->wait_mode == WAIT_POLL ? 1 : 0;
 
     uint64_t slot_entry[64];
     uint32_t free_slots[64], nfree = 0;

@@ -105,11 +105,10 @@ fn run(cli: Cli) -> Result<()> {
         } => {
             let entries = crate::trace::load(&trace)?;
             let cfg = RunConfig {
-                socket,
-                trace: entries,
                 params: opts.params(),
                 keep_data: dump.is_some(),
                 timeout: Duration::from_secs(opts.timeout),
+                ..RunConfig::new(socket, entries)
             };
             let run = run_probe(&cfg)?;
             print!("{}", run.console);
@@ -138,8 +137,7 @@ fn run(cli: Cli) -> Result<()> {
                 for i in 0..cfg.trace.len() {
                     all.extend_from_slice(&run.data(i)?);
                 }
-                std::fs::write(&path, all)
-                    .map_err(|source| crate::Error::Io { path, source })?;
+                std::fs::write(&path, all).map_err(|source| crate::Error::Io { path, source })?;
             }
             Ok(())
         }

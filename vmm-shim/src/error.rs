@@ -43,6 +43,16 @@ pub enum Error {
         /// The cause.
         source: vhost::Error,
     },
+    /// The backend did not answer within the I/O limit.
+    #[error("vhost-user backend {path}: no reply within {secs} s during {what}")]
+    BackendTimeout {
+        /// The socket path.
+        path: PathBuf,
+        /// The phase.
+        what: &'static str,
+        /// The limit.
+        secs: u64,
+    },
     /// The backend lacks something the frontend needs.
     #[error("vhost-user backend {path}: {what}")]
     BackendUnsupported {
@@ -64,7 +74,9 @@ pub enum Error {
         total: u64,
     },
     /// The watchdog stopped a guest that ran too long.
-    #[error("guest did not finish within {secs} s ({completed} of {total} requests completed); VM stopped")]
+    #[error(
+        "guest did not finish within {secs} s ({completed} of {total} requests completed); VM stopped"
+    )]
     Timeout {
         /// The limit.
         secs: u64,

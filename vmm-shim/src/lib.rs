@@ -8,6 +8,7 @@
 //! user-accessible page tables) is what runs here; [`linux`] holds the Linux
 //! guest path for hosts whose KVM boots stock kernels.
 
+pub mod backend;
 pub mod cli;
 pub mod error;
 pub mod layout;

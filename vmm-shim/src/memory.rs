@@ -4,9 +4,7 @@
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd};
 
-use vm_memory::{
-    Bytes, FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap, MmapRegion,
-};
+use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
 
 use crate::error::{Error, Result};
 
@@ -45,11 +43,12 @@ impl GuestRam {
         })?;
         // MmapRegion::from_file maps MAP_SHARED, so the backend's mapping of
         // the same memfd sees the guest's writes and vice versa.
-        let region =
-            MmapRegion::from_file(FileOffset::new(map_file, 0), len).map_err(|e| Error::Memory {
+        let region = MmapRegion::from_file(FileOffset::new(map_file, 0), len).map_err(|e| {
+            Error::Memory {
                 what: "mmap memfd".into(),
                 source: std::io::Error::other(e.to_string()),
-            })?;
+            }
+        })?;
         let host = region.as_ptr() as u64;
         let region = GuestRegionMmap::new(region, GuestAddress(0))
             .ok_or_else(|| Error::Config("guest RAM region overflows".into()))?;
@@ -57,7 +56,12 @@ impl GuestRam {
             what: "guest memory map".into(),
             source: std::io::Error::other(e.to_string()),
         })?;
-        Ok(Self { file, mem, host, size })
+        Ok(Self {
+            file,
+            mem,
+            host,
+            size,
+        })
     }
 
     /// Size in bytes.
@@ -79,9 +83,9 @@ impl GuestRam {
     /// (what vhost-user's SET_VRING_ADDR expects).
     pub fn host_addr(&self, gpa: u64) -> Result<u64> {
         if gpa >= self.size {
-            return Err(Error::GuestMemory(vm_memory::GuestMemoryError::InvalidGuestAddress(
-                GuestAddress(gpa),
-            )));
+            return Err(Error::GuestMemory(
+                vm_memory::GuestMemoryError::InvalidGuestAddress(GuestAddress(gpa)),
+            ));
         }
         Ok(self.host + gpa)
     }

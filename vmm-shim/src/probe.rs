@@ -272,6 +272,11 @@ pub fn read_outcome(ram: &GuestRam) -> Result<Outcome> {
     })
 }
 
+/// Reads the probe's completed-request counter (it changes while it runs).
+pub fn read_completed(ram: &GuestRam) -> Result<u64> {
+    ram.read_u64(layout::PARAMS + off::COMPLETED)
+}
+
 /// Reads the per-request results.
 pub fn read_results(ram: &GuestRam, placement: &Placement, n: usize) -> Result<Vec<RequestResult>> {
     let mut bytes = vec![0u8; n * ENTRY_LEN as usize];

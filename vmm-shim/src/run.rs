@@ -7,9 +7,10 @@
 //! thread is out, so a signal that lands between two KVM_RUNs is not lost.
 
 use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Once;
+use std::sync::{Arc, Once};
 use std::time::{Duration, Instant};
 
 use kvm_ioctls::{IoEventAddress, VcpuExit, VcpuFd};
@@ -45,6 +46,26 @@ pub struct RunConfig {
     pub keep_data: bool,
     /// Watchdog limit for the whole run.
     pub timeout: Duration,
+    /// Limit for each vhost-user reply during setup and activation.
+    pub io_timeout: Duration,
+    /// Updated with the guest's completed-request count while it runs.
+    pub progress: Option<Arc<AtomicU64>>,
+}
+
+impl RunConfig {
+    /// A configuration with default probe parameters and limits (120 s run,
+    /// 10 s per vhost-user reply), buffers recycled.
+    pub fn new(socket: PathBuf, trace: Vec<TraceEntry>) -> Self {
+        Self {
+            socket,
+            trace,
+            params: Params::default(),
+            keep_data: false,
+            timeout: Duration::from_secs(120),
+            io_timeout: Duration::from_secs(10),
+            progress: None,
+        }
+    }
 }
 
 /// A finished run.
@@ -77,13 +98,19 @@ impl ProbeRun {
 
     /// VM creation to the first completed read.
     pub fn to_first_completion(&self) -> Duration {
-        let first = self.results.iter().map(|r| r.tsc_complete).min().unwrap_or(self.outcome.tsc_start);
+        let first = self
+            .results
+            .iter()
+            .map(|r| r.tsc_complete)
+            .min()
+            .unwrap_or(self.outcome.tsc_start);
         self.setup + self.tsc_to_duration(first.saturating_sub(self.outcome.tsc_start))
     }
 
     /// VM creation to the last read of the trace ("ready").
     pub fn to_ready(&self) -> Duration {
-        self.setup + self.tsc_to_duration(self.outcome.tsc_end.saturating_sub(self.outcome.tsc_start))
+        self.setup
+            + self.tsc_to_duration(self.outcome.tsc_end.saturating_sub(self.outcome.tsc_start))
     }
 
     /// Per-request latencies (submit to completion seen), in trace order.
@@ -149,14 +176,9 @@ pub fn run_probe(cfg: &RunConfig) -> Result<ProbeRun> {
     let ram = GuestRam::new(placement.ram_size)?;
     let mut machine = Machine::new(ram)?;
     probe::write_guest(&machine.ram, &cfg.trace, &cfg.params, &placement)?;
-    machine.enter_long_mode(
-        layout::PROBE_LOAD,
-        layout::STACK_TOP - 8,
-        layout::PARAMS,
-        0,
-    )?;
+    machine.enter_long_mode(layout::PROBE_LOAD, layout::STACK_TOP - 8, layout::PARAMS, 0)?;
     let tsc_khz = machine.tsc_khz()?;
-    let backend = VhostBlk::connect(&cfg.socket)?;
+    let backend = VhostBlk::connect(&cfg.socket, cfg.io_timeout)?;
     let backend_capacity = backend.capacity_sectors();
     let kick = match machine.vm.register_ioevent(
         &backend.kick,
@@ -169,8 +191,14 @@ pub fn run_probe(cfg: &RunConfig) -> Result<ProbeRun> {
     let mut dev = MmioBlk::new(backend);
     let setup = start.elapsed();
 
-    // The socket stays open as long as `dev`, which outlives the scope below.
-    let watch_fd = dev.backend().watch_socket().as_raw_fd();
+    let watch = dev
+        .backend()
+        .watch_socket()
+        .try_clone()
+        .map_err(|source| Error::Host {
+            what: "dup vhost-user socket",
+            source,
+        })?;
     let stop = AtomicBool::new(false);
     let tid = AtomicU64::new(0);
     let mut console = Vec::new();
@@ -184,7 +212,16 @@ pub fn run_probe(cfg: &RunConfig) -> Result<ProbeRun> {
             tid.store(me as u64, Ordering::SeqCst);
             vcpu_loop(vcpu, &mut dev, ram, &stop, &mut console, cfg.params.wait)
         });
-        let reason = watchdog(&handle, &stop, &tid, start, cfg.timeout, watch_fd);
+        let reason = watchdog(&Watch {
+            handle: &handle,
+            stop: &stop,
+            tid: &tid,
+            start,
+            timeout: cfg.timeout,
+            sock: &watch,
+            ram,
+            progress: cfg.progress.as_deref(),
+        });
         let end = handle
             .join()
             .unwrap_or_else(|_| Err(Error::VcpuExit("vCPU thread panicked".into())));
@@ -236,25 +273,44 @@ pub fn run_probe(cfg: &RunConfig) -> Result<ProbeRun> {
 
 /// Watches the run from the calling thread; returns why it stopped the vCPU,
 /// or None when the vCPU thread ended by itself.
-fn watchdog(
-    handle: &std::thread::ScopedJoinHandle<'_, Result<VcpuEnd>>,
-    stop: &AtomicBool,
-    tid: &AtomicU64,
+struct Watch<'a, 'b> {
+    handle: &'a std::thread::ScopedJoinHandle<'b, Result<VcpuEnd>>,
+    stop: &'a AtomicBool,
+    tid: &'a AtomicU64,
     start: Instant,
     timeout: Duration,
-    sock: i32,
-) -> Option<StopReason> {
+    sock: &'a UnixStream,
+    ram: &'a GuestRam,
+    progress: Option<&'a AtomicU64>,
+}
+
+fn watchdog(w: &Watch<'_, '_>) -> Option<StopReason> {
+    let Watch {
+        handle,
+        stop,
+        tid,
+        start,
+        timeout,
+        sock,
+        ram,
+        progress,
+    } = *w;
     let reason = loop {
+        if let Some(p) = progress
+            && let Ok(n) = probe::read_completed(ram)
+        {
+            p.store(n, Ordering::SeqCst);
+        }
         if handle.is_finished() {
             return None;
         }
         let mut pfd = libc::pollfd {
-            fd: sock,
+            fd: sock.as_raw_fd(),
             events: libc::POLLRDHUP,
             revents: 0,
         };
         // SAFETY: `pfd` is a valid pollfd for the duration of the call and
-        // `sock` is an open descriptor (the backend session outlives this loop).
+        // its fd belongs to `sock`, which is borrowed for the whole loop.
         let n = unsafe { libc::poll(&mut pfd, 1, 20) };
         if n > 0 && pfd.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0 {
             break StopReason::BackendGone;
@@ -264,6 +320,8 @@ fn watchdog(
         }
     };
     stop.store(true, Ordering::SeqCst);
+    // Unblocks a vCPU thread waiting on a vhost-user reply (activation).
+    let _ = sock.shutdown(std::net::Shutdown::Both);
     while !handle.is_finished() {
         let t = tid.load(Ordering::SeqCst);
         if t != 0 {

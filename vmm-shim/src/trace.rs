@@ -54,7 +54,9 @@ pub fn parse(text: &str, path: &Path) -> Result<Vec<TraceEntry>> {
         let len = num(fields[1]).ok_or_else(|| bad("bad length"))?;
         let len = u32::try_from(len).map_err(|_| bad("length over 4 GiB"))?;
         if offset % 512 != 0 || len % 512 != 0 || len == 0 {
-            return Err(bad("offset and length must be multiples of 512 (length > 0)"));
+            return Err(bad(
+                "offset and length must be multiples of 512 (length > 0)",
+            ));
         }
         out.push(TraceEntry { offset, len });
     }
@@ -96,13 +98,29 @@ mod tests {
         assert_eq!(
             t,
             vec![
-                TraceEntry { offset: 0, len: 4096 },
-                TraceEntry { offset: 4096, len: 512 }
+                TraceEntry {
+                    offset: 0,
+                    len: 4096
+                },
+                TraceEntry {
+                    offset: 4096,
+                    len: 512
+                }
             ]
         );
-        assert!(parse("1 512\n", p).unwrap_err().to_string().contains("line 1"));
+        assert!(
+            parse("1 512\n", p)
+                .unwrap_err()
+                .to_string()
+                .contains("line 1")
+        );
         assert!(parse("0\n", p).is_err());
         assert!(parse("# nothing\n", p).is_err());
-        assert!(parse("0 zz\n", p).unwrap_err().to_string().contains("bad length"));
+        assert!(
+            parse("0 zz\n", p)
+                .unwrap_err()
+                .to_string()
+                .contains("bad length")
+        );
     }
 }

@@ -2,8 +2,11 @@
 //! crate: session setup at connect time, queue hand-over when the guest's
 //! driver sets DRIVER_OK.
 
+use std::net::Shutdown;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::Duration;
 
 use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserProtocolFeatures};
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
@@ -48,13 +51,55 @@ pub struct VhostBlk {
     pub call: EventFd,
     /// A second handle on the socket, for the watchdog to notice a hang-up.
     watch: UnixStream,
+    io_timeout: Duration,
+}
+
+/// Shuts the socket down if a phase of the conversation takes too long. The
+/// `vhost` crate retries reads that time out (SO_RCVTIMEO gives EAGAIN, which
+/// it loops on), so a shutdown is the way to make its blocked read return.
+struct Deadline {
+    tx: Option<mpsc::Sender<()>>,
+    handle: Option<std::thread::JoinHandle<bool>>,
+}
+
+impl Deadline {
+    fn arm(sock: &UnixStream, limit: Duration) -> Result<Self> {
+        let s = sock.try_clone().map_err(|source| Error::Host {
+            what: "dup vhost-user socket",
+            source,
+        })?;
+        let (tx, rx) = mpsc::channel::<()>();
+        let handle = std::thread::spawn(move || match rx.recv_timeout(limit) {
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                let _ = s.shutdown(Shutdown::Both);
+                true
+            }
+            _ => false,
+        });
+        Ok(Self {
+            tx: Some(tx),
+            handle: Some(handle),
+        })
+    }
+
+    /// Ends the phase; true when the deadline had fired.
+    fn disarm(mut self) -> bool {
+        drop(self.tx.take());
+        self.handle
+            .take()
+            .map(|h| h.join().unwrap_or(true))
+            .unwrap_or(false)
+    }
 }
 
 impl std::fmt::Debug for VhostBlk {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("VhostBlk")
             .field("path", &self.path)
-            .field("backend_features", &format_args!("{:#x}", self.backend_features))
+            .field(
+                "backend_features",
+                &format_args!("{:#x}", self.backend_features),
+            )
             .field("protocol", &self.protocol)
             .field("capacity_sectors", &self.capacity_sectors())
             .finish_non_exhaustive()
@@ -64,8 +109,9 @@ impl std::fmt::Debug for VhostBlk {
 impl VhostBlk {
     /// Connects to the backend at `path`, sets the owner, negotiates protocol
     /// features (CONFIG is required, REPLY_ACK and MQ are taken when offered)
-    /// and reads the device config.
-    pub fn connect(path: &Path) -> Result<Self> {
+    /// and reads the device config. Every reply must arrive within
+    /// `io_timeout`, so a stopped or wedged backend is an error, not a hang.
+    pub fn connect(path: &Path, io_timeout: Duration) -> Result<Self> {
         let p = path.to_path_buf();
         let stream = UnixStream::connect(path).map_err(|e| Error::BackendConnect {
             path: p.clone(),
@@ -75,52 +121,16 @@ impl VhostBlk {
             what: "dup vhost-user socket",
             source,
         })?;
-        let mut frontend = Frontend::from_stream(stream, 1);
-        let ctx = |what: &'static str| {
-            let p = p.clone();
-            move |source| Error::Vhost { path: p, what, source }
-        };
-        frontend.set_owner().map_err(ctx("SET_OWNER"))?;
-        let backend_features = frontend.get_features().map_err(ctx("GET_FEATURES"))?;
-        if backend_features & VHOST_USER_F_PROTOCOL_FEATURES == 0 {
-            return Err(Error::BackendUnsupported {
+        let deadline = Deadline::arm(&watch, io_timeout)?;
+        let res = Self::handshake(stream, &p);
+        if deadline.disarm() {
+            return Err(Error::BackendTimeout {
                 path: p,
-                what: "no VHOST_USER_F_PROTOCOL_FEATURES (needed for GET_CONFIG)".into(),
+                what: "session setup",
+                secs: io_timeout.as_secs(),
             });
         }
-        let offered = frontend
-            .get_protocol_features()
-            .map_err(ctx("GET_PROTOCOL_FEATURES"))?;
-        if !offered.contains(VhostUserProtocolFeatures::CONFIG) {
-            return Err(Error::BackendUnsupported {
-                path: p,
-                what: format!("protocol feature CONFIG not offered (offered {offered:?})"),
-            });
-        }
-        let wanted = VhostUserProtocolFeatures::CONFIG
-            | VhostUserProtocolFeatures::REPLY_ACK
-            | VhostUserProtocolFeatures::MQ;
-        let protocol = offered & wanted;
-        frontend
-            .set_protocol_features(protocol)
-            .map_err(ctx("SET_PROTOCOL_FEATURES"))?;
-        if protocol.contains(VhostUserProtocolFeatures::MQ) {
-            let n = frontend.get_queue_num().map_err(ctx("GET_QUEUE_NUM"))?;
-            if n == 0 {
-                return Err(Error::BackendUnsupported {
-                    path: p,
-                    what: "backend reports 0 queues".into(),
-                });
-            }
-        }
-        let (_, config) = frontend
-            .get_config(
-                0,
-                BLK_CONFIG_LEN as u32,
-                VhostUserConfigFlags::WRITABLE,
-                &[0u8; BLK_CONFIG_LEN],
-            )
-            .map_err(ctx("GET_CONFIG"))?;
+        let (frontend, backend_features, protocol, config) = res?;
         let kick = EventFd::new(EFD_NONBLOCK).map_err(|source| Error::Host {
             what: "kick eventfd",
             source,
@@ -139,7 +149,72 @@ impl VhostBlk {
             kick,
             call,
             watch,
+            io_timeout,
         })
+    }
+
+    /// SET_OWNER, features, protocol features, queue count, config.
+    fn handshake(
+        stream: UnixStream,
+        p: &Path,
+    ) -> Result<(Frontend, u64, VhostUserProtocolFeatures, Vec<u8>)> {
+        let mut frontend = Frontend::from_stream(stream, 1);
+        let ctx = |what: &'static str| {
+            let p = p.to_path_buf();
+            move |source| Error::Vhost {
+                path: p,
+                what,
+                source,
+            }
+        };
+        frontend.set_owner().map_err(ctx("SET_OWNER"))?;
+        let backend_features = frontend.get_features().map_err(ctx("GET_FEATURES"))?;
+        if backend_features & VHOST_USER_F_PROTOCOL_FEATURES == 0 {
+            return Err(Error::BackendUnsupported {
+                path: p.to_path_buf(),
+                what: "no VHOST_USER_F_PROTOCOL_FEATURES (needed for GET_CONFIG)".into(),
+            });
+        }
+        let offered = frontend
+            .get_protocol_features()
+            .map_err(ctx("GET_PROTOCOL_FEATURES"))?;
+        if !offered.contains(VhostUserProtocolFeatures::CONFIG) {
+            return Err(Error::BackendUnsupported {
+                path: p.to_path_buf(),
+                what: format!("protocol feature CONFIG not offered (offered {offered:?})"),
+            });
+        }
+        let wanted = VhostUserProtocolFeatures::CONFIG
+            | VhostUserProtocolFeatures::REPLY_ACK
+            | VhostUserProtocolFeatures::MQ;
+        let protocol = offered & wanted;
+        frontend
+            .set_protocol_features(protocol)
+            .map_err(ctx("SET_PROTOCOL_FEATURES"))?;
+        if protocol.contains(VhostUserProtocolFeatures::MQ) {
+            let n = frontend.get_queue_num().map_err(ctx("GET_QUEUE_NUM"))?;
+            if n == 0 {
+                return Err(Error::BackendUnsupported {
+                    path: p.to_path_buf(),
+                    what: "backend reports 0 queues".into(),
+                });
+            }
+        }
+        let (_, config) = frontend
+            .get_config(
+                0,
+                BLK_CONFIG_LEN as u32,
+                VhostUserConfigFlags::WRITABLE,
+                &[0u8; BLK_CONFIG_LEN],
+            )
+            .map_err(ctx("GET_CONFIG"))?;
+        if config.len() < 8 {
+            return Err(Error::BackendUnsupported {
+                path: p.to_path_buf(),
+                what: format!("GET_CONFIG returned {} bytes", config.len()),
+            });
+        }
+        Ok((frontend, backend_features, protocol, config))
     }
 
     /// The socket path.
@@ -174,18 +249,42 @@ impl VhostBlk {
         self.protocol
     }
 
-    /// A handle on the socket for hang-up detection.
+    /// A handle on the socket for hang-up detection (and for a watchdog to
+    /// shut it down, which unblocks any pending vhost-user read).
     pub fn watch_socket(&self) -> &UnixStream {
         &self.watch
     }
 
     /// Hands queue 0 to the backend: features, memory table (the memfd),
     /// vring size/base/addresses, kick and call eventfds, and enable.
+    /// Every reply must come within the session's I/O timeout.
     pub fn activate(&mut self, ram: &GuestRam, driver_features: u64, q: QueueLayout) -> Result<()> {
+        let deadline = Deadline::arm(&self.watch, self.io_timeout)?;
+        let res = self.activate_inner(ram, driver_features, q);
+        if deadline.disarm() {
+            return Err(Error::BackendTimeout {
+                path: self.path.clone(),
+                what: "queue activation",
+                secs: self.io_timeout.as_secs(),
+            });
+        }
+        res
+    }
+
+    fn activate_inner(
+        &mut self,
+        ram: &GuestRam,
+        driver_features: u64,
+        q: QueueLayout,
+    ) -> Result<()> {
         let p = self.path.clone();
         let ctx = |what: &'static str| {
             let p = p.clone();
-            move |source| Error::Vhost { path: p, what, source }
+            move |source| Error::Vhost {
+                path: p,
+                what,
+                source,
+            }
         };
         self.frontend
             .set_features(driver_features | VHOST_USER_F_PROTOCOL_FEATURES)

@@ -111,13 +111,7 @@ impl MmioBlk {
                 1 => (self.device_features >> 32) as u32,
                 _ => 0,
             },
-            0x034 => {
-                if self.queue_sel == 0 {
-                    u32::from(self.backend.queue_max())
-                } else {
-                    0
-                }
-            }
+            0x034 if self.queue_sel == 0 => u32::from(self.backend.queue_max()),
             0x044 => u32::from(self.queue_sel == 0 && self.queue_ready),
             0x060 => self.interrupt_status,
             0x070 => self.status,
@@ -142,23 +136,17 @@ impl MmioBlk {
         let v = u32::from_le_bytes(b);
         match offset {
             0x014 => self.dev_sel = v,
-            0x020 => {
-                if self.status & STATUS_FEATURES_OK == 0 {
-                    match self.drv_sel {
-                        0 => set_lo(&mut self.driver_features, v),
-                        1 => set_hi(&mut self.driver_features, v),
-                        _ => {}
-                    }
-                }
-            }
+            0x020 if self.status & STATUS_FEATURES_OK == 0 => match self.drv_sel {
+                0 => set_lo(&mut self.driver_features, v),
+                1 => set_hi(&mut self.driver_features, v),
+                _ => {}
+            },
             0x024 => self.drv_sel = v,
             0x030 => self.queue_sel = v,
             0x038 if self.queue_sel == 0 => self.queue.size = v as u16,
             0x044 if self.queue_sel == 0 => self.queue_ready = v == 1,
-            0x050 => {
-                if v == 0 && self.activated {
-                    return Ok(Action::Kick);
-                }
+            0x050 if v == 0 && self.activated => {
+                return Ok(Action::Kick);
             }
             0x064 => self.interrupt_status &= !v,
             0x070 => return self.write_status(ram, v),
@@ -216,7 +204,8 @@ impl MmioBlk {
                     self.backend.queue_max()
                 )));
             }
-            self.backend.activate(ram, self.driver_features, self.queue)?;
+            self.backend
+                .activate(ram, self.driver_features, self.queue)?;
             self.activated = true;
             return Ok(Action::Activated);
         }

@@ -107,7 +107,9 @@ impl Machine {
         sregs.cr4 = CR4_PAE;
         sregs.cr0 = CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_WP | CR0_PG;
         sregs.efer = EFER_LME | EFER_LMA;
-        self.vcpu.set_sregs(&sregs).map_err(kvm("set sregs (long mode)"))?;
+        self.vcpu
+            .set_sregs(&sregs)
+            .map_err(kvm("set sregs (long mode)"))?;
         let regs = kvm_bindings::kvm_regs {
             rip,
             rsp,
