@@ -114,12 +114,13 @@ fn text(status: StatusCode, message: impl Into<String>) -> Response {
     (status, line).into_response()
 }
 
-fn parse_id(text_id: &str) -> Result<ChunkId, Response> {
+/// The chunk id in a request path, or the 400 answer.
+fn parse_id(text_id: &str) -> Result<ChunkId, Box<Response>> {
     text_id.parse().map_err(|e| {
-        text(
+        Box::new(text(
             StatusCode::BAD_REQUEST,
             format!("`{text_id}` is not a chunk id (64 hex digits): {e}"),
-        )
+        ))
     })
 }
 
@@ -128,7 +129,7 @@ fn parse_id(text_id: &str) -> Result<ChunkId, Response> {
 async fn get_chunk(State(node): State<Arc<CacheNode>>, Path(text_id): Path<String>) -> Response {
     let id = match parse_id(&text_id) {
         Ok(id) => id,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let fetching = Arc::clone(&node);
     match tokio::task::spawn_blocking(move || fetching.store.fetch(&id)).await {
@@ -157,7 +158,7 @@ async fn get_chunk(State(node): State<Arc<CacheNode>>, Path(text_id): Path<Strin
 async fn head_chunk(State(node): State<Arc<CacheNode>>, Path(text_id): Path<String>) -> Response {
     let id = match parse_id(&text_id) {
         Ok(id) => id,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let asking = Arc::clone(&node);
     match tokio::task::spawn_blocking(move || asking.store.contains(&id)).await {

@@ -192,7 +192,7 @@ impl Drop for Stub {
 pub fn stalled_node() -> Stub {
     Stub::start(axum::Router::new().route(
         "/v1/chunks/{id}",
-        axum::routing::get(|| std::future::pending::<String>()),
+        axum::routing::get(std::future::pending::<String>),
     ))
 }
 
