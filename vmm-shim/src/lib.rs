@@ -12,6 +12,7 @@ pub mod backend;
 pub mod cli;
 pub mod error;
 pub mod layout;
+pub mod linux;
 pub mod memory;
 pub mod probe;
 pub mod run;

@@ -64,6 +64,11 @@ impl GuestRam {
         })
     }
 
+    /// The vm-memory view (for loaders that take a `GuestMemoryBackend`).
+    pub fn mem(&self) -> &GuestMemoryMmap {
+        &self.mem
+    }
+
     /// Size in bytes.
     pub fn size(&self) -> u64 {
         self.size

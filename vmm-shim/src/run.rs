@@ -152,11 +152,11 @@ enum StopReason {
 
 extern "C" fn kick_vcpu(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
 
-fn vcpu_signal() -> libc::c_int {
+pub(crate) fn vcpu_signal() -> libc::c_int {
     SIGRTMIN() + 2
 }
 
-fn install_signal() -> Result<()> {
+pub(crate) fn install_signal() -> Result<()> {
     static ONCE: Once = Once::new();
     let mut res = Ok(());
     ONCE.call_once(|| {

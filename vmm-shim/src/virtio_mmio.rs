@@ -48,6 +48,7 @@ pub struct MmioBlk {
     status: u32,
     interrupt_status: u32,
     activated: bool,
+    irqfd: bool,
 }
 
 fn set_lo(v: &mut u64, lo: u32) {
@@ -73,7 +74,16 @@ impl MmioBlk {
             status: 0,
             interrupt_status: 0,
             activated: false,
+            irqfd: false,
         }
+    }
+
+    /// Completions reach the guest as an interrupt through an irqfd (the
+    /// backend's call eventfd), which the VMM never sees; InterruptStatus then
+    /// always reports "used buffer" once the queue is live, so the driver
+    /// checks its rings on every interrupt.
+    pub fn set_irqfd(&mut self, on: bool) {
+        self.irqfd = on;
     }
 
     /// The backend behind the transport.
@@ -113,7 +123,13 @@ impl MmioBlk {
             },
             0x034 if self.queue_sel == 0 => u32::from(self.backend.queue_max()),
             0x044 => u32::from(self.queue_sel == 0 && self.queue_ready),
-            0x060 => self.interrupt_status,
+            0x060 => {
+                if self.irqfd && self.activated {
+                    self.interrupt_status | 1
+                } else {
+                    self.interrupt_status
+                }
+            }
             0x070 => self.status,
             0x0fc => 0, // config generation: the config never changes
             _ => 0,

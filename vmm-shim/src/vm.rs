@@ -45,6 +45,16 @@ pub struct Machine {
 impl Machine {
     /// Opens /dev/kvm, creates a VM with `ram` as slot 0, and one vCPU.
     pub fn new(ram: GuestRam) -> Result<Self> {
+        Self::build(ram, false)
+    }
+
+    /// Like [`Machine::new`], with KVM's in-kernel interrupt controllers and
+    /// PIT (what a Linux guest needs) and the host's CPUID passed through.
+    pub fn with_irqchip(ram: GuestRam) -> Result<Self> {
+        Self::build(ram, true)
+    }
+
+    fn build(ram: GuestRam, irqchip: bool) -> Result<Self> {
         let kvm_sys = Kvm::new().map_err(kvm("open /dev/kvm"))?;
         let vm = kvm_sys.create_vm().map_err(kvm("create VM"))?;
         let region = kvm_userspace_memory_region {
@@ -58,7 +68,23 @@ impl Machine {
         // for as long as the VM exists: both live in this struct, and `vm` is
         // declared before `ram`, so the VM fd closes first on drop.
         unsafe { vm.set_user_memory_region(region) }.map_err(kvm("register guest RAM"))?;
+        if irqchip {
+            vm.set_tss_address(0xfffb_d000)
+                .map_err(kvm("set TSS address"))?;
+            vm.create_irq_chip().map_err(kvm("create irqchip"))?;
+            let pit = kvm_bindings::kvm_pit_config {
+                flags: kvm_bindings::KVM_PIT_SPEAKER_DUMMY,
+                ..Default::default()
+            };
+            vm.create_pit2(pit).map_err(kvm("create PIT"))?;
+        }
         let vcpu = vm.create_vcpu(0).map_err(kvm("create vCPU"))?;
+        if irqchip {
+            let cpuid = kvm_sys
+                .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+                .map_err(kvm("get supported CPUID"))?;
+            vcpu.set_cpuid2(&cpuid).map_err(kvm("set CPUID"))?;
+        }
         Ok(Self {
             kvm: kvm_sys,
             vm,
