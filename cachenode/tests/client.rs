@@ -240,6 +240,8 @@ fn every_node_down_is_an_error_naming_each() {
         assert!(message.contains(url.as_str()), "{url} not in: {message}");
     }
     assert!(message.contains(&id.to_hex()), "{message}");
+    // The cause under the HTTP client's own words is spelled out.
+    assert!(message.to_lowercase().contains("refused"), "{message}");
     assert_eq!(counters.unavailable, 1);
     assert_eq!(counters.nodes.iter().map(|n| n.errors).sum::<u64>(), 2);
 }

@@ -152,3 +152,39 @@ impl AzSnapshot {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_and_prometheus_text() {
+        let counters = AzCounters::new(2);
+        counters.calls.fetch_add(3, Ordering::Relaxed);
+        counters.hedges_sent.fetch_add(1, Ordering::Relaxed);
+        counters.nodes[1].errors.fetch_add(2, Ordering::Relaxed);
+        counters.nodes[1].corrupt.fetch_add(1, Ordering::Relaxed);
+        let urls = ["http://a:1".to_string(), "http://b:2".to_string()];
+        let snapshot = counters.snapshot(&urls);
+        assert_eq!(snapshot.calls, 3);
+        assert_eq!(snapshot.nodes[1].url, "http://b:2");
+        assert_eq!(
+            (snapshot.nodes[1].errors, snapshot.nodes[1].corrupt),
+            (2, 1)
+        );
+        let text = snapshot.to_prometheus();
+        for line in [
+            "imagefs_az_calls_total 3",
+            "imagefs_az_hedges_sent_total 1",
+            "imagefs_az_hedge_wins_total 0",
+            "imagefs_az_node_errors_total{node=\"http://a:1\"} 0",
+            "imagefs_az_node_errors_total{node=\"http://b:2\"} 2",
+            "imagefs_az_node_corrupt_total{node=\"http://b:2\"} 1",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing `{line}` in:\n{text}"
+            );
+        }
+    }
+}
