@@ -43,7 +43,16 @@ impl BackendProcess {
     }
 
     /// Starts an arbitrary backend command that will listen on `socket`.
-    pub fn spawn(mut cmd: Command, program: &str, socket: &Path) -> Result<Self> {
+    pub fn spawn(cmd: Command, program: &str, socket: &Path) -> Result<Self> {
+        Self::spawn_inner(cmd, program, socket, None)
+    }
+
+    fn spawn_inner(
+        mut cmd: Command,
+        program: &str,
+        socket: &Path,
+        tcp: Option<&str>,
+    ) -> Result<Self> {
         let _ = std::fs::remove_file(socket);
         let log = socket.with_extension("log");
         let out = std::fs::File::create(&log).map_err(|source| Error::Io {
@@ -69,17 +78,32 @@ impl BackendProcess {
             program: program.to_owned(),
             log,
         };
-        me.wait_for_socket(Duration::from_secs(30))?;
+        me.wait_for_socket(Duration::from_secs(60), tcp)?;
         Ok(me)
     }
 
-    fn wait_for_socket(&mut self, limit: Duration) -> Result<()> {
+    /// Starts a command that listens on TCP `addr` (an `imagefs
+    /// cache-node`); `socket` only names its log file.
+    pub fn spawn_tcp(cmd: Command, program: &str, socket: &Path, addr: &str) -> Result<Self> {
+        Self::spawn_inner(cmd, program, socket, Some(addr))
+    }
+
+    fn ready(&self, tcp: Option<&str>) -> bool {
+        match tcp {
+            Some(a) => std::net::TcpStream::connect(a).is_ok(),
+            // Not a test connection: imagefs serve takes its first
+            // connection as the frontend and exits when it goes away.
+            None => {
+                use std::os::unix::fs::FileTypeExt;
+                std::fs::metadata(&self.socket).is_ok_and(|m| m.file_type().is_socket())
+            }
+        }
+    }
+
+    fn wait_for_socket(&mut self, limit: Duration, tcp: Option<&str>) -> Result<()> {
         let start = Instant::now();
         loop {
-            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
-                // qemu-storage-daemon serves one frontend at a time and
-                // drops this probe connection at once; imagefs serve too.
-                std::thread::sleep(Duration::from_millis(20));
+            if self.ready(tcp) {
                 return Ok(());
             }
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -137,6 +161,26 @@ impl BackendProcess {
             });
         }
         Ok(())
+    }
+
+    /// Waits up to `limit` for the process to exit by itself (a backend
+    /// exits when its frontend disconnects); kills it if it does not.
+    /// Returns whether it exited by itself.
+    pub fn wait_exit(&mut self, limit: Duration) -> bool {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.stop();
+        false
+    }
+
+    /// Everything the process printed so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// Kills the process and waits for it.

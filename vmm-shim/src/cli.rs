@@ -1,6 +1,6 @@
 //! The `vmm-shim` command line (parsed here, executed by library calls).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -81,6 +81,84 @@ pub enum Command {
         #[command(flatten)]
         opts: ProbeOpts,
     },
+    /// Cold starts of a trace against `imagefs serve` in each cache
+    /// scenario, the download-everything baseline and qemu-storage-daemon.
+    Coldstart {
+        /// sha256:DIGEST or a tag.
+        #[arg(long)]
+        image: String,
+        /// The trace (`imagefs serve --record-trace` JSON lines, or
+        /// `OFFSET LEN` lines).
+        #[arg(long)]
+        trace: PathBuf,
+        /// Measured runs per scenario.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// The origin, as imagefs's `--store`.
+        #[arg(long, env = "IMAGEFS_STORE")]
+        store: String,
+        /// The key directory, as imagefs's `--keys`.
+        #[arg(long, env = "IMAGEFS_KEYS")]
+        keys: Option<PathBuf>,
+        /// The imagefs binary (default: $IMAGEFS_BIN, PATH, the shared build).
+        #[arg(long)]
+        imagefs: Option<PathBuf>,
+        /// Scratch directory for tiers, sockets and the exported image.
+        #[arg(long, default_value = "/tmp/vmm-shim-coldstart")]
+        work: PathBuf,
+        /// Scenarios (default: all).
+        #[arg(long, value_enum, value_delimiter = ',')]
+        scenarios: Vec<crate::coldstart::Scenario>,
+        /// Probe options.
+        #[command(flatten)]
+        opts: ProbeOpts,
+    },
+    /// Boot a Linux bzImage with an initramfs until the console shows a
+    /// marker (or the limit passes): the Linux-guest path, and the check of
+    /// whether this host's KVM boots stock kernels.
+    Linux {
+        /// The bzImage.
+        #[arg(long)]
+        kernel: PathBuf,
+        /// The initramfs.
+        #[arg(long)]
+        initramfs: Option<PathBuf>,
+        /// Extra kernel command line.
+        #[arg(long, default_value = "")]
+        cmdline: String,
+        /// A vhost-user-blk backend socket for /dev/vda.
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// Console text that means success.
+        #[arg(long, default_value = "Run /init as init process")]
+        marker: String,
+        /// Seconds to wait for it.
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+        /// Guest RAM in MiB.
+        #[arg(long, default_value_t = 512)]
+        mem: u64,
+    },
+}
+
+/// The `imagefs` binary: `$IMAGEFS_BIN`, else `imagefs` on PATH, else the
+/// project's shared build directory.
+pub fn default_imagefs() -> PathBuf {
+    if let Some(p) = std::env::var_os("IMAGEFS_BIN") {
+        return p.into();
+    }
+    if let Some(p) = crate::backend::which("imagefs") {
+        return p;
+    }
+    for p in [
+        "/var/cache/imagefs/target/release/imagefs",
+        "/var/cache/imagefs/target/debug/imagefs",
+    ] {
+        if Path::new(p).is_file() {
+            return p.into();
+        }
+    }
+    PathBuf::from("imagefs")
 }
 
 /// Runs the command line.
@@ -140,6 +218,81 @@ fn run(cli: Cli) -> Result<()> {
                 std::fs::write(&path, all).map_err(|source| crate::Error::Io { path, source })?;
             }
             Ok(())
+        }
+        Command::Coldstart {
+            image,
+            trace,
+            runs,
+            store,
+            keys,
+            imagefs,
+            work,
+            scenarios,
+            opts,
+        } => {
+            let cfg = crate::coldstart::ColdstartConfig {
+                imagefs: imagefs.unwrap_or_else(default_imagefs),
+                image,
+                store,
+                keys,
+                trace: crate::trace::load(&trace)?,
+                runs,
+                work,
+                scenarios: if scenarios.is_empty() {
+                    crate::coldstart::Scenario::ALL.to_vec()
+                } else {
+                    scenarios
+                },
+                params: opts.params(),
+                timeout: Duration::from_secs(opts.timeout),
+            };
+            println!(
+                "trace {}: {} reads, {} bytes; probe depth {}, wait {:?}; imagefs {}",
+                trace.display(),
+                cfg.trace.len(),
+                cfg.trace.iter().map(|e| u64::from(e.len)).sum::<u64>(),
+                cfg.params.depth,
+                cfg.params.wait,
+                cfg.imagefs.display()
+            );
+            let results = crate::coldstart::run(&cfg)?;
+            print!("{}", crate::coldstart::render(&results));
+            Ok(())
+        }
+        Command::Linux {
+            kernel,
+            initramfs,
+            cmdline,
+            socket,
+            marker,
+            timeout,
+            mem,
+        } => {
+            let cfg = crate::linux::LinuxConfig {
+                kernel,
+                initramfs,
+                cmdline,
+                socket,
+                ram_mib: mem,
+                marker,
+                timeout: Duration::from_secs(timeout),
+            };
+            let run = crate::linux::boot(&cfg)?;
+            print!("{}", run.console);
+            if run.reached_marker {
+                println!(
+                    "\nvmm-shim: reached {:?} after {:?}",
+                    cfg.marker, run.elapsed
+                );
+                Ok(())
+            } else {
+                Err(crate::Error::VcpuExit(format!(
+                    "this host's KVM did not bring {} to {:?} within {timeout} s ({} console bytes)",
+                    cfg.kernel.display(),
+                    cfg.marker,
+                    run.console.len()
+                )))
+            }
         }
     }
 }

@@ -10,6 +10,7 @@
 
 pub mod backend;
 pub mod cli;
+pub mod coldstart;
 pub mod error;
 pub mod layout;
 pub mod linux;

@@ -120,10 +120,10 @@ fn load(ram: &GuestRam, cfg: &LinuxConfig) -> Result<u64> {
         })?;
     let mut cmdline =
         Cmdline::new(CMDLINE_MAX).map_err(|e| Error::Config(format!("command line: {e}")))?;
-    let mut text = format!(
+    let mut text =
         "console=ttyS0 earlyprintk=serial,ttyS0,115200 reboot=k panic=-1 pci=off nomodules \
          i8042.noaux i8042.nomux i8042.dumbkbd tsc=reliable"
-    );
+            .to_string();
     if cfg.socket.is_some() {
         text.push_str(&format!(
             " virtio_mmio.device=4K@{:#x}:{BLK_IRQ}",
@@ -261,15 +261,14 @@ pub fn boot(cfg: &LinuxConfig) -> Result<LinuxRun> {
                         _ => data.fill(0xff),
                     },
                     Ok(VcpuExit::MmioWrite(addr, data)) => {
-                        if let Some(d) = dev.as_mut() {
-                            if (layout::VIRTIO_MMIO..layout::VIRTIO_MMIO + 0x1000).contains(&addr)
-                                && d.write(ram, addr - layout::VIRTIO_MMIO, data)? == Action::Kick
-                            {
-                                d.backend().kick.write(1).map_err(|source| Error::Host {
-                                    what: "signal kick eventfd",
-                                    source,
-                                })?;
-                            }
+                        if let Some(d) = dev.as_mut()
+                            && (layout::VIRTIO_MMIO..layout::VIRTIO_MMIO + 0x1000).contains(&addr)
+                            && d.write(ram, addr - layout::VIRTIO_MMIO, data)? == Action::Kick
+                        {
+                            d.backend().kick.write(1).map_err(|source| Error::Host {
+                                what: "signal kick eventfd",
+                                source,
+                            })?;
                         }
                     }
                     Ok(VcpuExit::Hlt) | Ok(VcpuExit::Shutdown) => {

@@ -1,5 +1,10 @@
 //! Access traces: the reads a guest made, in order.
 //!
+//! Two formats are read. `imagefs serve --record-trace` writes JSON lines: a
+//! header `{"format":"imagefs-trace",...}` and then one
+//! `{"t_ns":…,"queue":…,"offset":…,"len":…}` per guest read; a file whose
+//! first non-blank line starts with `{` is read that way.
+//!
 //! Text format, one read per line: `OFFSET LEN [anything else]`, where OFFSET
 //! and LEN are bytes (decimal or `0x` hex) and fields are separated by
 //! whitespace or commas. Blank lines and lines starting with `#` are skipped;
@@ -20,8 +25,55 @@ fn num(s: &str) -> Option<u64> {
     }
 }
 
+/// Parses `imagefs serve --record-trace` JSON lines.
+fn parse_json_lines(text: &str, path: &Path) -> Result<Vec<TraceEntry>> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let bad = |what: String| Error::Trace {
+            path: path.to_path_buf(),
+            reason: format!("line {}: {what}", i + 1),
+        };
+        let v: serde_json::Value =
+            serde_json::from_str(line).map_err(|e| bad(format!("not JSON: {e}")))?;
+        if let Some(f) = v.get("format") {
+            if f != "imagefs-trace" {
+                return Err(bad(format!("unknown trace format {f}")));
+            }
+            continue;
+        }
+        let field = |k: &str| {
+            v.get(k)
+                .and_then(serde_json::Value::as_u64)
+                .ok_or_else(|| bad(format!("no unsigned {k:?} in {line:?}")))
+        };
+        let offset = field("offset")?;
+        let len = u32::try_from(field("len")?).map_err(|_| bad("length over 4 GiB".into()))?;
+        if offset % 512 != 0 || len % 512 != 0 || len == 0 {
+            return Err(bad(format!(
+                "offset {offset} and length {len} must be multiples of 512 (length > 0)"
+            )));
+        }
+        out.push(TraceEntry { offset, len });
+    }
+    Ok(out)
+}
+
 /// Parses trace text; `path` only names the source in errors.
 pub fn parse(text: &str, path: &Path) -> Result<Vec<TraceEntry>> {
+    if text.trim_start().starts_with('{') {
+        let out = parse_json_lines(text, path)?;
+        if out.is_empty() {
+            return Err(Error::Trace {
+                path: path.to_path_buf(),
+                reason: "no reads in the trace".into(),
+            });
+        }
+        return Ok(out);
+    }
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let line = line.trim();
@@ -122,5 +174,36 @@ mod tests {
                 .to_string()
                 .contains("bad length")
         );
+    }
+
+    #[test]
+    fn parses_recorded_json_lines() {
+        let p = Path::new("t.jsonl");
+        let text = concat!(
+            r#"{"format":"imagefs-trace","version":1,"image":"sha256:00","device_size":1048576,"started_unix_ns":1}"#,
+            "\n",
+            r#"{"t_ns":5,"queue":0,"offset":4096,"len":512}"#,
+            "\n",
+            r#"{"t_ns":9,"queue":0,"offset":0,"len":1024}"#,
+            "\n"
+        );
+        let t = parse(text, p).unwrap();
+        assert_eq!(
+            t,
+            vec![
+                TraceEntry {
+                    offset: 4096,
+                    len: 512
+                },
+                TraceEntry {
+                    offset: 0,
+                    len: 1024
+                }
+            ]
+        );
+        let bad = r#"{"t_ns":5,"queue":0,"offset":4097,"len":512}"#;
+        assert!(parse(bad, p).unwrap_err().to_string().contains("line 1"));
+        let other = r#"{"format":"something-else"}"#;
+        assert!(parse(other, p).is_err());
     }
 }

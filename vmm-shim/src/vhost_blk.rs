@@ -113,10 +113,24 @@ impl VhostBlk {
     /// `io_timeout`, so a stopped or wedged backend is an error, not a hang.
     pub fn connect(path: &Path, io_timeout: Duration) -> Result<Self> {
         let p = path.to_path_buf();
-        let stream = UnixStream::connect(path).map_err(|e| Error::BackendConnect {
-            path: p.clone(),
-            source: e,
-        })?;
+        // A socket that exists but refuses (bound, not yet listening) is
+        // retried briefly; a missing socket is an error at once.
+        let mut tries = 0;
+        let stream = loop {
+            match UnixStream::connect(path) {
+                Ok(s) => break s,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused && tries < 50 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => {
+                    return Err(Error::BackendConnect {
+                        path: p.clone(),
+                        source: e,
+                    });
+                }
+            }
+        };
         let watch = stream.try_clone().map_err(|source| Error::Host {
             what: "dup vhost-user socket",
             source,
