@@ -287,10 +287,12 @@ fn run(cli: Cli) -> Result<()> {
                 Ok(())
             } else {
                 Err(crate::Error::VcpuExit(format!(
-                    "this host's KVM did not bring {} to {:?} within {timeout} s ({} console bytes)",
+                    "this host's KVM did not bring {} to {:?} within {timeout} s ({} console bytes; entry {:#x}, vCPU stopped at rip {})",
                     cfg.kernel.display(),
                     cfg.marker,
-                    run.console.len()
+                    run.console.len(),
+                    run.entry,
+                    run.rip.map_or("unknown".into(), |r| format!("{r:#x}"))
                 )))
             }
         }

@@ -63,6 +63,10 @@ pub struct LinuxRun {
     pub console: String,
     /// From VM creation to the marker or the time limit.
     pub elapsed: Duration,
+    /// Where the vCPU was when the run stopped (for a hang: where it hung).
+    pub rip: Option<u64>,
+    /// Where the kernel's 64-bit entry point was.
+    pub entry: u64,
 }
 
 impl LinuxRun {
@@ -315,6 +319,8 @@ pub fn boot(cfg: &LinuxConfig) -> Result<LinuxRun> {
             reached_marker,
             console,
             elapsed: start.elapsed(),
+            rip: machine.vcpu.get_regs().ok().map(|r| r.rip),
+            entry,
         }),
     }
 }
