@@ -294,7 +294,7 @@ impl Harness<'_> {
         drop(qsd);
         let mut s = sample_of(&run, extra);
         let allocated = allocated_bytes(raw);
-        s.tiers = vec![("raw-file".into(), allocated)];
+        s.tiers = vec![("raw-file-allocated".into(), allocated)];
         Ok(s)
     }
 
@@ -457,6 +457,12 @@ pub fn render(results: &[ScenarioResult]) -> String {
     );
     for r in results {
         if let Some(why) = &r.unavailable {
+            let why = why
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect::<Vec<_>>()
+                .join(" | ");
             out.push_str(&format!("{:<15} not run: {why}\n", r.scenario.name()));
             continue;
         }
