@@ -106,6 +106,9 @@ pub enum Command {
         /// Scratch directory for tiers, sockets and the exported image.
         #[arg(long, default_value = "/tmp/vmm-shim-coldstart")]
         work: PathBuf,
+        /// The image already exported (raw) for the qsd scenario.
+        #[arg(long)]
+        raw: Option<PathBuf>,
         /// Scenarios (default: all).
         #[arg(long, value_enum, value_delimiter = ',')]
         scenarios: Vec<crate::coldstart::Scenario>,
@@ -227,6 +230,7 @@ fn run(cli: Cli) -> Result<()> {
             keys,
             imagefs,
             work,
+            raw,
             scenarios,
             opts,
         } => {
@@ -245,6 +249,7 @@ fn run(cli: Cli) -> Result<()> {
                 },
                 params: opts.params(),
                 timeout: Duration::from_secs(opts.timeout),
+                raw,
             };
             println!(
                 "trace {}: {} reads, {} bytes; probe depth {}, wait {:?}; imagefs {}",

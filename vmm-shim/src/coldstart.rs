@@ -90,6 +90,9 @@ pub struct ColdstartConfig {
     pub params: Params,
     /// Watchdog limit per VM run.
     pub timeout: Duration,
+    /// An already-exported raw image for the `qsd` scenario (else it is
+    /// exported once with `imagefs export`).
+    pub raw: Option<PathBuf>,
 }
 
 /// One measured run.
@@ -348,7 +351,10 @@ impl Harness<'_> {
                 }
             }
             Scenario::Qsd => {
-                let (raw, _) = self.export()?;
+                let raw = match &self.cfg.raw {
+                    Some(r) => r.clone(),
+                    None => self.export()?.0,
+                };
                 for _ in 0..runs {
                     out.push(self.qsd_run(&raw, Duration::ZERO)?);
                 }
