@@ -44,7 +44,7 @@ pub struct ProbeOpts {
     #[arg(long, default_value_t = 1)]
     pub depth: u32,
     /// How the probe waits for completions.
-    #[arg(long, value_enum, default_value_t = Wait::Poll)]
+    #[arg(long, value_enum, default_value_t = Wait::Halt)]
     pub wait: Wait,
     /// Watchdog limit per VM run, seconds.
     #[arg(long, default_value_t = 120)]

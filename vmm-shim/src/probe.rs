@@ -46,11 +46,14 @@ mod off {
 /// How the probe waits for completions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum WaitMode {
-    /// Spin on the used ring (lowest latency; keeps a host core busy).
-    #[default]
+    /// Spin on the used ring (keeps a host core busy, which on a small
+    /// host slows the backend it waits for).
     Poll,
     /// `hlt` between checks; the VMM resumes the vCPU when the backend
-    /// signals the call eventfd (an interrupt without an interrupt controller).
+    /// signals the call eventfd (an interrupt without an interrupt
+    /// controller). The default: like a real guest, it leaves the CPU to the
+    /// backend while it waits.
+    #[default]
     Halt,
 }
 
@@ -81,7 +84,7 @@ pub struct Params {
 impl Default for Params {
     fn default() -> Self {
         Self {
-            wait: WaitMode::Poll,
+            wait: WaitMode::Halt,
             queue_size: 256,
             depth: 1,
             seg_bytes: 128 * 1024,

@@ -130,7 +130,11 @@ fn reads_known_blocks_polling() {
     let dir = tempfile::tempdir().unwrap();
     let (img, data) = pattern_image(dir.path());
     let qsd = BackendProcess::qemu_storage_daemon(&img, &dir.path().join("blk.sock")).unwrap();
-    check_run(qsd.socket(), &data, known_blocks(), Params::default());
+    let params = Params {
+        wait: WaitMode::Poll,
+        ..Params::default()
+    };
+    check_run(qsd.socket(), &data, known_blocks(), params);
 }
 
 #[test]
