@@ -50,6 +50,8 @@ pub struct RunConfig {
     pub io_timeout: Duration,
     /// Updated with the guest's completed-request count while it runs.
     pub progress: Option<Arc<AtomicU64>>,
+    /// Try a KVM ioeventfd for kicks (else every kick is an MMIO exit).
+    pub ioeventfd: bool,
 }
 
 impl RunConfig {
@@ -64,6 +66,7 @@ impl RunConfig {
             timeout: Duration::from_secs(120),
             io_timeout: Duration::from_secs(10),
             progress: None,
+            ioeventfd: true,
         }
     }
 }
@@ -180,13 +183,17 @@ pub fn run_probe(cfg: &RunConfig) -> Result<ProbeRun> {
     let tsc_khz = machine.tsc_khz()?;
     let backend = VhostBlk::connect(&cfg.socket, cfg.io_timeout)?;
     let backend_capacity = backend.capacity_sectors();
-    let kick = match machine.vm.register_ioevent(
-        &backend.kick,
-        &IoEventAddress::Mmio(layout::VIRTIO_MMIO + QUEUE_NOTIFY),
-        0u32,
-    ) {
-        Ok(()) => KickPath::Ioeventfd,
-        Err(_) => KickPath::MmioExit,
+    let kick = if !cfg.ioeventfd {
+        KickPath::MmioExit
+    } else {
+        match machine.vm.register_ioevent(
+            &backend.kick,
+            &IoEventAddress::Mmio(layout::VIRTIO_MMIO + QUEUE_NOTIFY),
+            0u32,
+        ) {
+            Ok(()) => KickPath::Ioeventfd,
+            Err(_) => KickPath::MmioExit,
+        }
     };
     let mut dev = MmioBlk::new(backend);
     let setup = start.elapsed();

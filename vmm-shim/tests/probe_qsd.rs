@@ -160,6 +160,24 @@ fn reads_known_blocks_halting_with_depth() {
 }
 
 #[test]
+fn kicks_through_mmio_exits_without_ioeventfd() {
+    skip_unless_ready!();
+    let dir = tempfile::tempdir().unwrap();
+    let (img, data) = pattern_image(dir.path());
+    let qsd = BackendProcess::qemu_storage_daemon(&img, &dir.path().join("blk.sock")).unwrap();
+    let trace = known_blocks();
+    let mut cfg = config(qsd.socket(), trace.clone(), Params::default());
+    cfg.ioeventfd = false;
+    let run = run_probe(&cfg).unwrap();
+    assert_eq!(run.kick, vmm_shim::KickPath::MmioExit);
+    for (i, e) in trace.iter().enumerate() {
+        assert_eq!(run.results[i].status, 0);
+        let want = &data[e.offset as usize..e.offset as usize + e.len as usize];
+        assert!(run.data(i).unwrap() == want, "entry {i}");
+    }
+}
+
+#[test]
 fn read_past_the_end_gets_an_error_status() {
     skip_unless_ready!();
     let dir = tempfile::tempdir().unwrap();
