@@ -4,7 +4,8 @@
 //! - [`open`]: find a manifest by digest or tag and unseal it;
 //! - [`verify`]: check every chunk of an image (present, id, decryption);
 //! - [`export`]: reassemble the plaintext image into a sparse file;
-//! - [`fuse`]: a read-only FUSE view of an image (`imagefs mount`).
+//! - [`fuse`]: a read-only FUSE view of an image (`imagefs mount`);
+//! - [`vhost`]: the image as a vhost-user-blk device (`imagefs serve`).
 #![forbid(unsafe_code)]
 
 pub mod export;
@@ -12,6 +13,7 @@ pub mod fuse;
 pub mod lazy;
 pub mod open;
 pub mod verify;
+pub mod vhost;
 
 pub use export::{ExportError, ExportReport, export};
 pub use lazy::{LazyError, LazyImage, LazyMetrics, LazyOptions};

@@ -34,14 +34,17 @@
 //! One process uses a directory at a time; that is the caller's to ensure
 //! (one dedicated directory per instance).
 //!
-//! # Writes (later)
+//! # Writes
 //!
-//! Copy-on-write guest writes will land here only: a write materialises
-//! the chunks it touches (fetching them first if partly covered), writes
-//! the new bytes into `data` and sets their bits through
-//! [`DedicatedTier::store_chunk`]'s ordering (data durable, then the bit).
-//! A set bit then means "read from `data`", whatever the manifest says,
-//! which is why reads check the bitmap before treating a chunk as a hole.
+//! Copy-on-write guest writes land here only
+//! ([`LazyImage::write_at`](super::LazyImage::write_at)): a write
+//! materialises the chunks it touches (fetching them first if partly
+//! covered, zeros for a hole) through [`DedicatedTier::store_chunk`]'s
+//! ordering (data durable, then the bit), then overwrites the new bytes in
+//! `data` with [`DedicatedTier::write_present`]. A set bit then means "read
+//! from `data`", whatever the manifest says, which is why reads check the
+//! bitmap before treating a chunk as a hole. [`DedicatedTier::flush`]
+//! (the guest's FLUSH) syncs `data` and the bitmap.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -328,6 +331,36 @@ impl DedicatedTier {
         self.present
             .write_all_at(&[byte], (HEADER_LEN + i / 8) as u64)
             .map_err(io_err(format!("mark {index} present in"), &present_path))
+    }
+
+    /// Overwrites `buf.len()` bytes at device offset `offset`, all inside
+    /// the present chunk `index` (a guest write to a materialised chunk).
+    /// Not synced: [`flush`](Self::flush) makes it durable.
+    pub fn write_present(
+        &self,
+        index: ChunkIndex,
+        buf: &[u8],
+        offset: u64,
+    ) -> Result<(), DedicatedError> {
+        let path = self.dir.join(DATA_FILE);
+        if !self.is_present(index) {
+            return Err(io_err(format!("write {index} to"), &path)(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "chunk is not materialised",
+            )));
+        }
+        self.data
+            .write_all_at(buf, offset)
+            .map_err(io_err(format!("write {index} to"), &path))
+    }
+
+    /// Makes every byte written and every bit set so far durable (the
+    /// guest's FLUSH).
+    pub fn flush(&self) -> Result<(), DedicatedError> {
+        self.data
+            .sync_data()
+            .map_err(io_err("sync", &self.dir.join(DATA_FILE)))?;
+        self.sync()
     }
 
     /// Makes every bit set so far durable.

@@ -17,8 +17,15 @@
 //! [`SingleFlight`]). Optional read-ahead ([`readahead`]) fetches the next
 //! chunks after a read in background threads.
 //!
-//! Writes (copy-on-write into the dedicated tier only) come later; the
-//! dedicated tier's module docs say where they fit.
+//! Writes ([`LazyImage::write_at`]) are copy-on-write into the dedicated
+//! tier only, so they need one: a chunk a write only partly covers is
+//! first materialised there (fetched and decrypted, or zeros for a hole),
+//! then overwritten. No write ever reaches the store or any shared tier;
+//! a fresh instance (another dedicated directory) sees the pristine image.
+//! [`LazyImage::flush`] makes the instance's writes durable in its own
+//! dedicated tier. A per-chunk lock (striped) orders materialisation
+//! against writes and against a concurrent fetch's fill, so a fetched
+//! pristine copy never overwrites a written chunk.
 
 pub mod dedicated;
 pub mod readahead;
@@ -138,6 +145,17 @@ pub enum LazyError {
     /// Opening the dedicated tier failed.
     #[error("opening the dedicated tier: {0}")]
     OpenDedicated(#[source] DedicatedError),
+    /// A write to a view without a dedicated tier (writes land only there).
+    #[error("write of {len} bytes at offset {offset}: the image is read-only (no dedicated tier)")]
+    ReadOnly {
+        /// Where the write starts.
+        offset: u64,
+        /// Its length.
+        len: u64,
+    },
+    /// Syncing the dedicated tier (a flush) failed.
+    #[error("flushing the dedicated tier: {0}")]
+    Flush(#[source] DedicatedError),
 }
 
 /// Counters of a [`LazyImage`], as read by [`LazyImage::metrics`].
@@ -161,6 +179,12 @@ pub struct LazyMetrics {
     pub readahead_fetches: u64,
     /// Fetches that failed.
     pub fetch_errors: u64,
+    /// Bytes written by [`LazyImage::write_at`].
+    pub bytes_written: u64,
+    /// Chunks materialised in the dedicated tier for a write.
+    pub write_materialised: u64,
+    /// Flushes.
+    pub flushes: u64,
 }
 
 #[derive(Debug, Default)]
@@ -174,7 +198,13 @@ struct Counters {
     shared_fetches: AtomicU64,
     readahead_fetches: AtomicU64,
     fetch_errors: AtomicU64,
+    bytes_written: AtomicU64,
+    write_materialised: AtomicU64,
+    flushes: AtomicU64,
 }
+
+/// Stripes of the per-chunk write lock (chunk index modulo this).
+const WRITE_STRIPES: usize = 64;
 
 fn bump(counter: &AtomicU64, by: u64) {
     counter.fetch_add(by, Ordering::Relaxed);
@@ -192,6 +222,9 @@ struct Inner {
     memory_chunks: usize,
     flights: SingleFlight<u64, Fetched>,
     counters: Counters,
+    /// Held while a chunk is materialised, written, or filled by a fetch
+    /// (see the module docs).
+    write_locks: Vec<Mutex<()>>,
 }
 
 /// A read-only block view of an unsealed manifest over a chunk store (see
@@ -241,6 +274,7 @@ impl LazyImage {
             memory_chunks: options.memory_chunks,
             flights: SingleFlight::new(),
             counters: Counters::default(),
+            write_locks: (0..WRITE_STRIPES).map(|_| Mutex::new(())).collect(),
         });
         let readahead = (options.readahead_chunks > 0).then(|| {
             Readahead::start(
@@ -311,6 +345,51 @@ impl LazyImage {
         Ok(())
     }
 
+    /// Whether writes are possible (there is a dedicated tier).
+    pub fn writable(&self) -> bool {
+        self.inner.dedicated.is_some()
+    }
+
+    /// Writes `buf` at device offset `offset`, copy-on-write into the
+    /// dedicated tier (see the module docs). A write that reaches past the
+    /// end of the device fails with [`LazyError::OutOfRange`] and writes
+    /// nothing; without a dedicated tier it fails with
+    /// [`LazyError::ReadOnly`]. Not durable until [`flush`](Self::flush).
+    pub fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), LazyError> {
+        let size = self.size();
+        let len = buf.len() as u64;
+        let end = offset
+            .checked_add(len)
+            .filter(|&end| end <= size)
+            .ok_or(LazyError::OutOfRange { offset, len, size })?;
+        if self.inner.dedicated.is_none() {
+            return Err(LazyError::ReadOnly { offset, len });
+        }
+        let chunk_size = self.inner.manifest.chunk_size.as_u64();
+        let mut pos = offset;
+        while pos < end {
+            let index = ChunkIndex(pos / chunk_size);
+            let start = index.0 * chunk_size;
+            let chunk_end = (start + chunk_size).min(size);
+            let n = (end.min(chunk_end) - pos) as usize;
+            let at = (pos - offset) as usize;
+            self.inner.write_chunk_part(index, &buf[at..at + n], pos)?;
+            pos += n as u64;
+        }
+        bump(&self.inner.counters.bytes_written, len);
+        Ok(())
+    }
+
+    /// Makes every write so far durable in the dedicated tier (data, then
+    /// presence bits). Without a dedicated tier there is nothing to flush.
+    pub fn flush(&self) -> Result<(), LazyError> {
+        bump(&self.inner.counters.flushes, 1);
+        match &self.inner.dedicated {
+            Some(d) => d.flush().map_err(LazyError::Flush),
+            None => Ok(()),
+        }
+    }
+
     /// Makes the dedicated tier's presence bits durable (they are written
     /// as chunks arrive but not synced one by one).
     pub fn sync(&self) -> Result<(), LazyError> {
@@ -342,6 +421,9 @@ impl LazyImage {
             shared_fetches: get(&c.shared_fetches),
             readahead_fetches: get(&c.readahead_fetches),
             fetch_errors: get(&c.fetch_errors),
+            bytes_written: get(&c.bytes_written),
+            write_materialised: get(&c.write_materialised),
+            flushes: get(&c.flushes),
         }
     }
 
@@ -352,6 +434,76 @@ impl LazyImage {
 }
 
 impl Inner {
+    fn write_lock(&self, index: ChunkIndex) -> std::sync::MutexGuard<'_, ()> {
+        self.write_locks[(index.0 % WRITE_STRIPES as u64) as usize]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Writes `src` at device offset `pos`, all inside chunk `index`:
+    /// materialises the chunk first unless the write covers all of it.
+    fn write_chunk_part(&self, index: ChunkIndex, src: &[u8], pos: u64) -> Result<(), LazyError> {
+        let Some(d) = &self.dedicated else {
+            return Err(LazyError::ReadOnly {
+                offset: pos,
+                len: src.len() as u64,
+            });
+        };
+        let (start, span) =
+            self.manifest
+                .chunk_span(index)
+                .ok_or_else(|| LazyError::BadManifest {
+                    problem: format!("{index} is outside the device"),
+                })?;
+        let id = || {
+            self.manifest
+                .chunk(index)
+                .and_then(ChunkEntry::id)
+                .map_or_else(|| "hole".into(), ChunkId::to_hex)
+        };
+        let dedicated_err = |source| LazyError::Dedicated {
+            index,
+            id: id(),
+            source,
+        };
+        let _guard = self.write_lock(index);
+        if d.is_present(index) {
+            return d.write_present(index, src, pos).map_err(dedicated_err);
+        }
+        if src.len() as u64 == span {
+            // Covers the whole chunk: nothing to keep of the old bytes.
+            bump(&self.counters.write_materialised, 1);
+            return d.store_chunk(index, start.0, src).map_err(dedicated_err);
+        }
+        let mut plain = match self.manifest.chunk(index) {
+            Some(ChunkEntry::Present { .. }) => {
+                // The fetch stores the chunk in the dedicated tier as a
+                // side effect only when it is the flight leader and not
+                // under our lock; take the plaintext and store it here.
+                self.load_for_write(index)?
+            }
+            _ => vec![0u8; span as usize],
+        };
+        let within = (pos - start.0) as usize;
+        plain[within..within + src.len()].copy_from_slice(src);
+        bump(&self.counters.write_materialised, 1);
+        d.store_chunk(index, start.0, &plain).map_err(dedicated_err)
+    }
+
+    /// The pristine plaintext of stored chunk `index`, for a write that
+    /// holds its write lock (so it must not wait on a fetch that would
+    /// take the same lock to fill the dedicated tier).
+    fn load_for_write(&self, index: ChunkIndex) -> Result<Vec<u8>, LazyError> {
+        if let Some(plain) = self.memory_get(index) {
+            return Ok(plain.as_ref().clone());
+        }
+        let result = self.fetch_plain(index, false);
+        if result.is_err() {
+            bump(&self.counters.fetch_errors, 1);
+        }
+        result
+    }
+
     /// Copies bytes `within..within + dst.len()` of chunk `index` into `dst`.
     fn read_chunk_part(
         &self,
@@ -451,7 +603,7 @@ impl Inner {
     }
 
     fn fetch_uncached(&self, index: ChunkIndex, readahead: bool) -> Fetched {
-        let Some(ChunkEntry::Present { id, key }) = self.manifest.chunk(index) else {
+        let Some(ChunkEntry::Present { id, .. }) = self.manifest.chunk(index) else {
             return Err(LazyError::BadManifest {
                 problem: format!("{index} is not a stored chunk"),
             });
@@ -475,6 +627,47 @@ impl Inner {
                 })?;
             return Ok(Arc::new(plain));
         }
+        let plain = self.fetch_plain(index, readahead)?;
+        if let Some(d) = &self.dedicated {
+            let _guard = self.write_lock(index);
+            if d.is_present(index) {
+                // A write materialised the chunk since we looked: its
+                // bytes win over the pristine copy we fetched.
+                let mut written = vec![0u8; expected as usize];
+                d.read_at(index, &mut written, start.0)
+                    .map_err(|source| LazyError::Dedicated {
+                        index,
+                        id: id.to_hex(),
+                        source,
+                    })?;
+                return Ok(Arc::new(written));
+            }
+            d.store_chunk(index, start.0, &plain)
+                .map_err(|source| LazyError::Dedicated {
+                    index,
+                    id: id.to_hex(),
+                    source,
+                })?;
+        }
+        let plain = Arc::new(plain);
+        self.memory_put(index, &plain);
+        Ok(plain)
+    }
+
+    /// Fetches chunk `index` from the store, verifies, decrypts and checks
+    /// its length (no caching).
+    fn fetch_plain(&self, index: ChunkIndex, readahead: bool) -> Result<Vec<u8>, LazyError> {
+        let Some(ChunkEntry::Present { id, key }) = self.manifest.chunk(index) else {
+            return Err(LazyError::BadManifest {
+                problem: format!("{index} is not a stored chunk"),
+            });
+        };
+        let (_, expected) =
+            self.manifest
+                .chunk_span(index)
+                .ok_or_else(|| LazyError::BadManifest {
+                    problem: format!("{index} is outside the device"),
+                })?;
         bump(&self.counters.store_fetches, 1);
         if readahead {
             bump(&self.counters.readahead_fetches, 1);
@@ -502,16 +695,6 @@ impl Inner {
                 expected,
             });
         }
-        if let Some(d) = &self.dedicated {
-            d.store_chunk(index, start.0, &plain)
-                .map_err(|source| LazyError::Dedicated {
-                    index,
-                    id: id.to_hex(),
-                    source,
-                })?;
-        }
-        let plain = Arc::new(plain);
-        self.memory_put(index, &plain);
         Ok(plain)
     }
 

@@ -209,3 +209,122 @@ fn readahead_fetches_the_next_chunks() {
         (3, 1, 2)
     );
 }
+
+/// Objects in the store (to show writes never reach it).
+fn store_objects(f: &Fixture) -> usize {
+    let mut n = 0;
+    let mut stack = vec![f.dir.join("store")];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            } else {
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
+fn open_at(f: &Fixture, dir: &str) -> LazyImage {
+    LazyImage::open(
+        f.manifest.clone(),
+        f.store.clone(),
+        Some(&f.dir.join(dir)),
+        options(2),
+    )
+    .unwrap()
+}
+
+#[test]
+fn writes_are_copy_on_write_into_the_dedicated_tier_only() {
+    let f = fixture();
+    let objects = store_objects(&f);
+    let mut expect = f.image.clone();
+    {
+        let lazy = open_at(&f, "instance-a");
+        assert!(lazy.writable());
+        // Partial writes: inside chunk 0, across chunks 1|2 (2 is a hole),
+        // the short tail chunk; and a whole chunk (3) that needs no fetch.
+        let writes: Vec<(usize, Vec<u8>)> = vec![
+            (100, vec![0xA1; 300]),
+            (2 * CHUNK - 10, vec![0xB2; 20]),
+            (4 * CHUNK + 10, vec![0xC3; 5]),
+            (3 * CHUNK, vec![0xD4; CHUNK]),
+        ];
+        for (off, data) in &writes {
+            lazy.write_at(data, *off as u64).unwrap();
+            expect[*off..*off + data.len()].copy_from_slice(data);
+        }
+        let m = lazy.metrics();
+        // Chunks 0, 1 and 4 were fetched to be materialised; 2 (a hole)
+        // and 3 (covered whole) were not.
+        assert_eq!(m.store_fetches, 3, "{m:?}");
+        assert_eq!(m.write_materialised, 5, "{m:?}");
+        let mut all = vec![0u8; f.image.len()];
+        lazy.read_exact_at(&mut all, 0).unwrap();
+        assert!(all == expect, "read-back differs from the writes");
+        lazy.flush().unwrap();
+        assert_eq!(lazy.metrics().flushes, 1);
+    }
+    assert_eq!(store_objects(&f), objects, "a write reached the store");
+    // The same instance after a restart keeps its writes.
+    let again = open_at(&f, "instance-a");
+    let mut all = vec![0u8; f.image.len()];
+    again.read_exact_at(&mut all, 0).unwrap();
+    assert!(all == expect, "flushed writes lost across a restart");
+    assert_eq!(again.metrics().store_fetches, 0);
+    // A fresh instance sees the pristine image.
+    let fresh = open_at(&f, "instance-b");
+    fresh.read_exact_at(&mut all, 0).unwrap();
+    assert!(all == f.image, "a fresh instance sees another's writes");
+}
+
+#[test]
+fn writes_need_a_dedicated_tier_and_stay_inside_the_device() {
+    let f = fixture();
+    let lazy = open(&f, false, options(0));
+    assert!(!lazy.writable());
+    let err = lazy.write_at(&[1, 2, 3], 0).unwrap_err();
+    assert!(
+        matches!(err, LazyError::ReadOnly { offset: 0, len: 3 }),
+        "{err}"
+    );
+    let lazy = open_at(&f, "instance");
+    let size = lazy.size();
+    let err = lazy.write_at(&[1, 2], size - 1).unwrap_err();
+    assert!(matches!(err, LazyError::OutOfRange { .. }), "{err}");
+    assert!(lazy.write_at(&[1], u64::MAX).is_err());
+    assert_eq!(
+        lazy.dedicated_present(),
+        0,
+        "a failed write materialised a chunk"
+    );
+    let mut last = [0u8; 1];
+    lazy.read_exact_at(&mut last, size - 1).unwrap();
+    assert_eq!(last[0], f.image[f.image.len() - 1]);
+}
+
+#[test]
+fn concurrent_readers_never_undo_a_write() {
+    let f = fixture();
+    let lazy = Arc::new(open_at(&f, "instance"));
+    // Readers fetch chunk 1 while a writer materialises and writes it: the
+    // fetch's fill must not overwrite the written bytes.
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            let lazy = Arc::clone(&lazy);
+            s.spawn(move || {
+                let mut buf = vec![0u8; 4096];
+                for _ in 0..20 {
+                    lazy.read_exact_at(&mut buf, CHUNK as u64).unwrap();
+                }
+            });
+        }
+        lazy.write_at(&[0xEE; 64], CHUNK as u64 + 8).unwrap();
+    });
+    let mut buf = [0u8; 64];
+    lazy.read_exact_at(&mut buf, CHUNK as u64 + 8).unwrap();
+    assert_eq!(buf, [0xEE; 64]);
+}

@@ -1,0 +1,837 @@
+//! Tests of the vhost-user-blk device: the configuration space, chain
+//! parsing on `virtio_queue::mock` queues (well-formed and hostile), and
+//! the backend driving a real `VringRwLock` over mock guest memory
+//! (completion, statuses, out-of-order completion around a blocked fetch,
+//! writes, the trace), and `serve` ending on a frontend disconnect.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use ::tests::imagegen::noise;
+use cachetiers::{ChunkStore, DirStore, PutOutcome, StoreError};
+use manifest::{
+    ChunkEntry, ChunkId, ChunkSize, DomainSecret, ImageConfig, Manifest, encrypt_chunk,
+};
+use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
+use virtio_bindings::virtio_blk::{
+    VIRTIO_BLK_F_RO, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_FLUSH,
+    VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
+};
+use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+use virtio_queue::desc::RawDescriptor;
+use virtio_queue::desc::split::Descriptor as SplitDescriptor;
+use virtio_queue::mock::MockSplitQueue;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::epoll::EventSet;
+
+use super::config::{BlkGeometry, CONFIG_LEN};
+use super::request::{Limits, ParseError, RequestKind, parse};
+use super::*;
+use crate::{LazyImage, LazyOptions};
+
+const CHUNK: usize = 64 * 1024;
+const MEM_SIZE: u64 = 0x100_0000; // 16 MiB of guest memory
+const QSIZE: u16 = 64;
+const HDR: u64 = 0x10_0000; // where request headers go
+const DATA: u64 = 0x20_0000; // data buffers
+const STATUS: u64 = 0x30_0000; // status bytes
+
+fn guest_memory() -> GuestMemoryMmap {
+    GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)]).unwrap()
+}
+
+fn desc(addr: u64, len: u32, write: bool) -> RawDescriptor {
+    let flags = if write { VRING_DESC_F_WRITE as u16 } else { 0 };
+    RawDescriptor::from(SplitDescriptor::new(addr, len, flags, 0))
+}
+
+/// Writes a request header for request `n` and returns its descriptor.
+fn header(mem: &GuestMemoryMmap, n: u64, code: u32, sector: u64) -> RawDescriptor {
+    let addr = HDR + n * 16;
+    let mut h = [0u8; 16];
+    h[0..4].copy_from_slice(&code.to_le_bytes());
+    h[8..16].copy_from_slice(&sector.to_le_bytes());
+    mem.write_slice(&h, GuestAddress(addr)).unwrap();
+    desc(addr, 16, false)
+}
+
+fn status_desc(n: u64) -> RawDescriptor {
+    desc(STATUS + n, 1, true)
+}
+
+fn limits(writable: bool) -> Limits {
+    Limits {
+        capacity_sectors: 100,
+        max_descriptors: 16,
+        max_data_len: 1 << 20,
+        writable,
+    }
+}
+
+fn parse_one(
+    mem: &GuestMemoryMmap,
+    descs: &[RawDescriptor],
+    writable: bool,
+) -> Result<request::Request, request::Rejected> {
+    let q = MockSplitQueue::new(mem, QSIZE);
+    let chain = q.build_desc_chain(descs).unwrap();
+    parse(chain, &limits(writable))
+}
+
+#[test]
+fn config_space_and_features() {
+    let g = BlkGeometry {
+        size: 1 << 20,
+        block_size: 512,
+        size_max: 1 << 20,
+        seg_max: 254,
+        queues: 4,
+        writable: false,
+    };
+    let c = g.config_bytes();
+    assert_eq!(u64::from_le_bytes(c[0..8].try_into().unwrap()), 2048);
+    assert_eq!(u32::from_le_bytes(c[12..16].try_into().unwrap()), 254);
+    assert_eq!(u32::from_le_bytes(c[20..24].try_into().unwrap()), 512);
+    assert_eq!(u16::from_le_bytes(c[34..36].try_into().unwrap()), 4);
+    assert_ne!(g.features() & (1 << VIRTIO_BLK_F_RO), 0);
+    let w = BlkGeometry {
+        writable: true,
+        ..g.clone()
+    };
+    assert_eq!(w.features() & (1 << VIRTIO_BLK_F_RO), 0);
+    // Reads past the end of the structure are cut short, never a panic.
+    assert_eq!(g.config_slice(0, 8), c[0..8]);
+    assert_eq!(g.config_slice(56, 100).len(), CONFIG_LEN - 56);
+    assert!(g.config_slice(u32::MAX, u32::MAX).is_empty());
+    assert_eq!(
+        &serial_of("0123456789abcdef0123456789"),
+        b"0123456789abcdef0123"
+    );
+}
+
+#[test]
+fn parses_reads_writes_flush_and_get_id() {
+    let mem = guest_memory();
+    let r = parse_one(
+        &mem,
+        &[
+            header(&mem, 0, VIRTIO_BLK_T_IN, 7),
+            desc(DATA, 1024, true),
+            desc(DATA + 4096, 512, true),
+            status_desc(0),
+        ],
+        false,
+    )
+    .unwrap();
+    assert_eq!(r.kind, RequestKind::Read { sector: 7 });
+    assert_eq!(r.data_len, 1536);
+    assert_eq!(r.data.len(), 2);
+    assert_eq!(r.offset(), Some(7 * 512));
+    assert_eq!(r.status, GuestAddress(STATUS));
+
+    // Any layout: the header split over two descriptors, and the status
+    // byte sharing the last data descriptor.
+    let h = header(&mem, 1, VIRTIO_BLK_T_IN, 3);
+    let hd = SplitDescriptor::from(h);
+    let r = parse_one(
+        &mem,
+        &[
+            desc(hd.addr().0, 6, false),
+            desc(hd.addr().0 + 6, 10, false),
+            desc(DATA, 513, true),
+        ],
+        false,
+    )
+    .unwrap();
+    assert_eq!(r.kind, RequestKind::Read { sector: 3 });
+    assert_eq!(r.data_len, 512);
+    assert_eq!(r.status, GuestAddress(DATA + 512));
+
+    let w = [
+        header(&mem, 2, VIRTIO_BLK_T_OUT, 99),
+        desc(DATA, 512, false),
+        status_desc(2),
+    ];
+    assert_eq!(
+        parse_one(&mem, &w, true).unwrap().kind,
+        RequestKind::Write { sector: 99 }
+    );
+    let flush = [header(&mem, 3, VIRTIO_BLK_T_FLUSH, 0), status_desc(3)];
+    assert_eq!(
+        parse_one(&mem, &flush, false).unwrap().kind,
+        RequestKind::Flush
+    );
+    let id = [
+        header(&mem, 4, VIRTIO_BLK_T_GET_ID, 0),
+        desc(DATA, 20, true),
+        status_desc(4),
+    ];
+    let r = parse_one(&mem, &id, false).unwrap();
+    assert_eq!((r.kind, r.data_len), (RequestKind::GetId, 20));
+}
+
+/// Every hostile chain gets the right error and, when it has a valid status
+/// byte, a status address.
+#[test]
+fn hostile_chains_are_rejected() {
+    let mem = guest_memory();
+    let h = |n, code, sector| header(&mem, n, code, sector);
+    let cases: Vec<(
+        &str,
+        Vec<RawDescriptor>,
+        bool,
+        fn(&ParseError) -> bool,
+        bool,
+    )> = vec![
+        (
+            "data outside guest memory",
+            vec![
+                h(0, VIRTIO_BLK_T_IN, 0),
+                desc(MEM_SIZE - 256, 512, true),
+                status_desc(0),
+            ],
+            false,
+            |e| matches!(e, ParseError::OutsideMemory { position: 1, .. }),
+            true,
+        ),
+        (
+            "address that wraps around",
+            vec![
+                h(1, VIRTIO_BLK_T_IN, 0),
+                desc(u64::MAX - 100, 512, true),
+                status_desc(1),
+            ],
+            false,
+            |e| matches!(e, ParseError::OutsideMemory { .. }),
+            true,
+        ),
+        (
+            "status outside guest memory",
+            vec![
+                h(2, VIRTIO_BLK_T_IN, 0),
+                desc(DATA, 512, true),
+                desc(MEM_SIZE + 5, 1, true),
+            ],
+            false,
+            |e| matches!(e, ParseError::OutsideMemory { .. }),
+            false,
+        ),
+        (
+            "read with device-readable data",
+            vec![
+                h(3, VIRTIO_BLK_T_IN, 0),
+                desc(DATA, 512, false),
+                status_desc(3),
+            ],
+            false,
+            |e| matches!(e, ParseError::WrongDirection { .. }),
+            true,
+        ),
+        (
+            "write with device-writable data",
+            vec![
+                h(4, VIRTIO_BLK_T_OUT, 0),
+                desc(DATA, 512, true),
+                status_desc(4),
+            ],
+            true,
+            |e| matches!(e, ParseError::WrongDirection { .. }),
+            true,
+        ),
+        (
+            "readable after writable",
+            vec![
+                h(5, VIRTIO_BLK_T_IN, 0),
+                desc(DATA, 512, true),
+                desc(DATA + 512, 1, false),
+            ],
+            false,
+            |e| matches!(e, ParseError::ReadableAfterWritable { position: 2 }),
+            false,
+        ),
+        (
+            "sectors past the end",
+            vec![
+                h(6, VIRTIO_BLK_T_IN, 99),
+                desc(DATA, 1024, true),
+                status_desc(6),
+            ],
+            false,
+            |e| {
+                matches!(
+                    e,
+                    ParseError::OutOfRange {
+                        sector: 99,
+                        sectors: 2,
+                        ..
+                    }
+                )
+            },
+            true,
+        ),
+        (
+            "sector number that overflows",
+            vec![
+                h(7, VIRTIO_BLK_T_IN, u64::MAX),
+                desc(DATA, 512, true),
+                status_desc(7),
+            ],
+            false,
+            |e| matches!(e, ParseError::OutOfRange { .. }),
+            true,
+        ),
+        (
+            "not whole sectors",
+            vec![
+                h(8, VIRTIO_BLK_T_IN, 0),
+                desc(DATA, 100, true),
+                status_desc(8),
+            ],
+            false,
+            |e| matches!(e, ParseError::BadLength { len: 100, .. }),
+            true,
+        ),
+        (
+            "no data",
+            vec![h(9, VIRTIO_BLK_T_IN, 0), status_desc(9)],
+            false,
+            |e| matches!(e, ParseError::BadLength { len: 0, .. }),
+            true,
+        ),
+        (
+            "write to a read-only device",
+            vec![
+                h(10, VIRTIO_BLK_T_OUT, 0),
+                desc(DATA, 512, false),
+                status_desc(10),
+            ],
+            false,
+            |e| matches!(e, ParseError::ReadOnly),
+            true,
+        ),
+        (
+            "unknown type",
+            vec![h(11, 0x77, 0), desc(DATA, 512, true), status_desc(11)],
+            false,
+            |e| matches!(e, ParseError::Unsupported(0x77)),
+            true,
+        ),
+        (
+            "no status",
+            vec![h(12, VIRTIO_BLK_T_FLUSH, 0)],
+            false,
+            |e| matches!(e, ParseError::NoStatus),
+            false,
+        ),
+        (
+            "short header",
+            vec![desc(HDR, 8, false), status_desc(13)],
+            false,
+            |e| matches!(e, ParseError::ShortHeader { readable: 8 }),
+            true,
+        ),
+        (
+            "too long",
+            vec![
+                h(14, VIRTIO_BLK_T_IN, 0),
+                desc(DATA, 2 << 20, true),
+                status_desc(14),
+            ],
+            false,
+            |e| matches!(e, ParseError::TooLong { .. }),
+            true,
+        ),
+        (
+            "GET_ID without a buffer",
+            vec![h(15, VIRTIO_BLK_T_GET_ID, 0), status_desc(15)],
+            false,
+            |e| matches!(e, ParseError::NoIdBuffer),
+            true,
+        ),
+    ];
+    for (name, descs, writable, check, has_status) in cases {
+        let rejected = parse_one(&mem, &descs, writable).expect_err(name);
+        assert!(check(&rejected.error), "{name}: got {:?}", rejected.error);
+        assert_eq!(
+            rejected.status.is_some(),
+            has_status,
+            "{name}: {rejected:?}"
+        );
+        let expected = if matches!(rejected.error, ParseError::Unsupported(_)) {
+            VIRTIO_BLK_S_UNSUPP
+        } else {
+            VIRTIO_BLK_S_IOERR
+        };
+        assert_eq!(u32::from(rejected.error.status()), expected, "{name}");
+    }
+}
+
+#[test]
+fn chains_longer_than_the_limit_are_rejected() {
+    let mem = guest_memory();
+    let mut descs = vec![header(&mem, 0, VIRTIO_BLK_T_IN, 0)];
+    descs.extend((0..15).map(|i| desc(DATA + i * 512, 512, true)));
+    descs.push(status_desc(0));
+    let rejected = parse_one(&mem, &descs, false).unwrap_err();
+    assert!(
+        matches!(rejected.error, ParseError::TooManyDescriptors { max: 16 }),
+        "{rejected:?}"
+    );
+}
+
+// ---- the backend over a real vring ----
+
+/// A store whose `get` of one chunk blocks until the gate opens.
+struct GatedStore {
+    inner: DirStore,
+    blocked: ChunkId,
+    open: Mutex<bool>,
+    cv: Condvar,
+}
+
+impl GatedStore {
+    fn release(&self) {
+        *self.open.lock().unwrap() = true;
+        self.cv.notify_all();
+    }
+}
+
+impl ChunkStore for GatedStore {
+    fn get(&self, id: &ChunkId) -> Result<Option<Vec<u8>>, StoreError> {
+        if *id == self.blocked {
+            let mut open = self.open.lock().unwrap();
+            while !*open {
+                open = self.cv.wait(open).unwrap();
+            }
+        }
+        self.inner.get(id)
+    }
+    fn put(&self, id: &ChunkId, object: &[u8]) -> Result<PutOutcome, StoreError> {
+        self.inner.put(id, object)
+    }
+    fn contains(&self, id: &ChunkId) -> Result<bool, StoreError> {
+        self.inner.contains(id)
+    }
+    fn remove(&self, id: &ChunkId) -> Result<bool, StoreError> {
+        self.inner.remove(id)
+    }
+}
+
+struct Device {
+    _tmp: tempfile::TempDir,
+    dir: PathBuf,
+    image: Vec<u8>,
+    store: Arc<GatedStore>,
+    lazy: Arc<LazyImage>,
+}
+
+/// Four data chunks; chunk 0's fetch blocks until released.
+fn device(dedicated: bool) -> Device {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
+    let inner = DirStore::create(dir.join("store")).unwrap();
+    let secret = DomainSecret::from_bytes([9; 32]);
+    let mut image = Vec::new();
+    let mut chunks = Vec::new();
+    for i in 0..4u64 {
+        let plain = noise(100 + i, CHUNK);
+        let enc = encrypt_chunk(&secret, &plain);
+        inner.put(&enc.id, &enc.object).unwrap();
+        image.extend_from_slice(&plain);
+        chunks.push(ChunkEntry::Present {
+            id: enc.id,
+            key: enc.key,
+        });
+    }
+    let blocked = *chunks[0].id().unwrap();
+    let manifest = Manifest {
+        source_digest: String::new(),
+        domain: "test".into(),
+        filesystem: "ext4".into(),
+        config: ImageConfig::default(),
+        device_size: image.len() as u64,
+        chunk_size: ChunkSize::MIN,
+        chunks,
+    };
+    let store = Arc::new(GatedStore {
+        inner,
+        blocked,
+        open: Mutex::new(false),
+        cv: Condvar::new(),
+    });
+    let dedicated_dir = dir.join("dedicated");
+    let lazy = LazyImage::open(
+        manifest,
+        store.clone(),
+        dedicated.then_some(dedicated_dir.as_path()),
+        LazyOptions::default(),
+    )
+    .unwrap();
+    Device {
+        _tmp: tmp,
+        dir,
+        image,
+        store,
+        lazy: Arc::new(lazy),
+    }
+}
+
+struct Harness<'a> {
+    mem: &'a GuestMemoryMmap,
+    q: MockSplitQueue<'a, GuestMemoryMmap>,
+    vring: VringRwLock,
+    backend: BlkBackend,
+    service: Arc<Service>,
+    next_desc: u16,
+}
+
+fn harness<'a>(mem: &'a GuestMemoryMmap, d: &Device, opts: &ServeOptions) -> Harness<'a> {
+    let q = MockSplitQueue::new(mem, QSIZE);
+    let atomic = GuestMemoryAtomic::new(mem.clone());
+    let vring = VringRwLock::new(atomic.clone(), QSIZE).unwrap();
+    vring
+        .set_queue_info(q.desc_table_addr().0, q.avail_addr().0, q.used_addr().0)
+        .unwrap();
+    vring.set_queue_size(QSIZE);
+    vring.set_queue_ready(true);
+    vring.set_enabled(true);
+    let service = service(Arc::clone(&d.lazy), opts).unwrap();
+    let backend = BlkBackend::new(Arc::clone(&service), atomic);
+    Harness {
+        mem,
+        q,
+        vring,
+        backend,
+        service,
+        next_desc: 0,
+    }
+}
+
+fn opts(writable: bool) -> ServeOptions {
+    let mut o = ServeOptions::new(
+        PathBuf::from("/nonexistent"),
+        "sha256:abcdef0123456789abcdef".into(),
+    );
+    o.writable = writable;
+    o.queue_size = QSIZE;
+    o.io_threads = 4;
+    o
+}
+
+impl Harness<'_> {
+    /// Puts a chain on the available ring; returns its head index.
+    fn submit(&mut self, descs: &[RawDescriptor]) -> u16 {
+        let head = self.next_desc;
+        let chained: Vec<RawDescriptor> = descs
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                let d = SplitDescriptor::from(*d);
+                let last = i + 1 == descs.len();
+                let flags = if last {
+                    d.flags()
+                } else {
+                    d.flags() | VRING_DESC_F_NEXT as u16
+                };
+                let next = if last { 0 } else { head + i as u16 + 1 };
+                RawDescriptor::from(SplitDescriptor::new(d.addr().0, d.len(), flags, next))
+            })
+            .collect();
+        for (i, d) in chained.iter().enumerate() {
+            self.q.desc_table().store(head + i as u16, *d).unwrap();
+        }
+        self.next_desc += descs.len() as u16;
+        let idx = self.q.avail().idx().load();
+        self.q
+            .avail()
+            .ring()
+            .ref_at(usize::from(idx % QSIZE))
+            .unwrap()
+            .store(head);
+        self.q.avail().idx().store(idx.wrapping_add(1));
+        head
+    }
+
+    /// Lets the backend take what is available (what a kick does).
+    fn kick(&self) {
+        self.backend
+            .handle_event(0, EventSet::IN, std::slice::from_ref(&self.vring), 0)
+            .unwrap();
+    }
+
+    /// Used-ring entries so far: (head, len).
+    fn used(&self) -> Vec<(u16, u32)> {
+        let n = self.q.used().idx().load();
+        (0..n)
+            .map(|i| {
+                let e = self
+                    .q
+                    .used()
+                    .ring()
+                    .ref_at(usize::from(i % QSIZE))
+                    .unwrap()
+                    .load();
+                (e.id() as u16, e.len())
+            })
+            .collect()
+    }
+
+    /// Waits (60 s watchdog) until `n` requests are complete.
+    fn wait_used(&self, n: usize) -> Vec<(u16, u32)> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let used = self.used();
+            if used.len() >= n {
+                return used;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "only {} of {n} requests completed",
+                used.len()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn status(&self, n: u64) -> u8 {
+        self.mem.read_obj(GuestAddress(STATUS + n)).unwrap()
+    }
+}
+
+#[test]
+fn backend_serves_reads_and_rejects_hostile_chains_with_a_status() {
+    let d = device(false);
+    d.store.release();
+    let mem = guest_memory();
+    let mut h = harness(&mem, &d, &opts(false));
+    // Poison the status bytes so a missing write shows.
+    mem.write_slice(&[0xFF; 16], GuestAddress(STATUS)).unwrap();
+    let read = h.submit(&[
+        header(&mem, 0, VIRTIO_BLK_T_IN, 130),
+        desc(DATA, 4096, true),
+        desc(DATA + 8192, 512, true),
+        status_desc(0),
+    ]);
+    let outside = h.submit(&[
+        header(&mem, 1, VIRTIO_BLK_T_IN, 0),
+        desc(MEM_SIZE - 100, 512, true),
+        status_desc(1),
+    ]);
+    let past_end = h.submit(&[
+        header(&mem, 2, VIRTIO_BLK_T_IN, 512),
+        desc(DATA + 16384, 512, true),
+        status_desc(2),
+    ]);
+    let unknown = h.submit(&[header(&mem, 3, 0x55, 0), status_desc(3)]);
+    let write_ro = h.submit(&[
+        header(&mem, 4, VIRTIO_BLK_T_OUT, 0),
+        desc(DATA + 20000, 512, false),
+        status_desc(4),
+    ]);
+    let get_id = h.submit(&[
+        header(&mem, 5, VIRTIO_BLK_T_GET_ID, 0),
+        desc(DATA + 30000, 20, true),
+        status_desc(5),
+    ]);
+    h.kick();
+    let used = h.wait_used(6);
+    let len_of = |head| used.iter().find(|u| u.0 == head).map(|u| u.1);
+    assert_eq!(len_of(read), Some(4096 + 512 + 1));
+    assert_eq!(h.status(0), VIRTIO_BLK_S_OK as u8);
+    let off = 130 * 512;
+    let mut got = vec![0u8; 4096];
+    mem.read_slice(&mut got, GuestAddress(DATA)).unwrap();
+    assert!(got == d.image[off..off + 4096], "read data differs");
+    let mut got = vec![0u8; 512];
+    mem.read_slice(&mut got, GuestAddress(DATA + 8192)).unwrap();
+    assert!(
+        got == d.image[off + 4096..off + 4608],
+        "second segment differs"
+    );
+    assert_eq!(h.status(1), VIRTIO_BLK_S_IOERR as u8);
+    assert_eq!(h.status(2), VIRTIO_BLK_S_IOERR as u8);
+    assert_eq!(h.status(3), VIRTIO_BLK_S_UNSUPP as u8);
+    assert_eq!(h.status(4), VIRTIO_BLK_S_IOERR as u8);
+    assert_eq!(h.status(5), VIRTIO_BLK_S_OK as u8);
+    let mut serial = [0u8; 20];
+    mem.read_slice(&mut serial, GuestAddress(DATA + 30000))
+        .unwrap();
+    assert_eq!(&serial, b"abcdef0123456789abcd");
+    assert_eq!(len_of(get_id), Some(21));
+    for head in [outside, past_end, unknown, write_ro] {
+        assert_eq!(
+            len_of(head),
+            Some(1),
+            "rejected {head} reports its status byte"
+        );
+    }
+    let report = h.service.stats.report(1);
+    assert_eq!(
+        (report.reads, report.rejected, report.get_ids),
+        (1, 4, 1),
+        "{report:?}"
+    );
+    assert_eq!(report.bytes_read, 4608);
+}
+
+/// A request waiting on a cold chunk does not hold up the requests behind
+/// it: they complete first, out of order.
+#[test]
+fn no_head_of_line_blocking() {
+    let d = device(false);
+    let mem = guest_memory();
+    let mut h = harness(&mem, &d, &opts(false));
+    // Chunk 2 is warm (in the memory cache); chunk 0 is cold and blocked.
+    let mut warm = vec![0u8; 512];
+    d.lazy.read_exact_at(&mut warm, 2 * CHUNK as u64).unwrap();
+    let sector = |chunk: usize| (chunk * CHUNK / 512) as u64;
+    let cold = h.submit(&[
+        header(&mem, 0, VIRTIO_BLK_T_IN, sector(0)),
+        desc(DATA, 4096, true),
+        status_desc(0),
+    ]);
+    let warm1 = h.submit(&[
+        header(&mem, 1, VIRTIO_BLK_T_IN, sector(2)),
+        desc(DATA + 0x1_0000, 4096, true),
+        status_desc(1),
+    ]);
+    let warm2 = h.submit(&[
+        header(&mem, 2, VIRTIO_BLK_T_IN, sector(2) + 8),
+        desc(DATA + 0x2_0000, 4096, true),
+        status_desc(2),
+    ]);
+    h.kick();
+    let used = h.wait_used(2);
+    let heads: Vec<u16> = used.iter().map(|u| u.0).collect();
+    assert!(
+        heads.contains(&warm1) && heads.contains(&warm2) && !heads.contains(&cold),
+        "warm requests should complete while the cold one waits: {heads:?}"
+    );
+    d.store.release();
+    let used = h.wait_used(3);
+    assert_eq!(used[2].0, cold, "the cold request completes last");
+    let mut got = vec![0u8; 4096];
+    mem.read_slice(&mut got, GuestAddress(DATA)).unwrap();
+    assert!(got == d.image[..4096]);
+}
+
+#[test]
+fn writes_and_flush_reach_only_the_dedicated_tier() {
+    let d = device(true);
+    d.store.release();
+    let mem = guest_memory();
+    let mut h = harness(&mem, &d, &opts(true));
+    mem.write_slice(&[0x5A; 1024], GuestAddress(DATA)).unwrap();
+    h.submit(&[
+        header(&mem, 0, VIRTIO_BLK_T_OUT, 3),
+        desc(DATA, 1024, false),
+        status_desc(0),
+    ]);
+    h.submit(&[header(&mem, 1, VIRTIO_BLK_T_FLUSH, 0), status_desc(1)]);
+    h.kick();
+    h.wait_used(2);
+    assert_eq!(h.status(0), VIRTIO_BLK_S_OK as u8);
+    assert_eq!(h.status(1), VIRTIO_BLK_S_OK as u8);
+    let mut back = vec![0u8; 2048];
+    d.lazy.read_exact_at(&mut back, 1024).unwrap();
+    assert!(back[..512] == d.image[1024..1536]);
+    assert!(back[512..1536].iter().all(|&b| b == 0x5A));
+    assert!(back[1536..] == d.image[2560..3072]);
+    assert_eq!(d.lazy.metrics().flushes, 1);
+    // A fresh instance of the same image sees the pristine bytes.
+    let fresh = LazyImage::open(
+        d.lazy.manifest().clone(),
+        d.store.clone(),
+        Some(&d.dir.join("another-instance")),
+        LazyOptions::default(),
+    )
+    .unwrap();
+    fresh.read_exact_at(&mut back, 1024).unwrap();
+    assert!(back == d.image[1024..3072]);
+}
+
+#[test]
+fn trace_records_reads_in_order() {
+    let d = device(false);
+    d.store.release();
+    let mem = guest_memory();
+    let path = d.dir.join("trace.jsonl");
+    let mut o = opts(false);
+    o.record_trace = Some(path.clone());
+    let mut h = harness(&mem, &d, &o);
+    for (n, sector) in [(0u64, 8u64), (1, 0), (2, 300)] {
+        h.submit(&[
+            header(&mem, n, VIRTIO_BLK_T_IN, sector),
+            desc(DATA + n * 0x1_0000, 1024, true),
+            status_desc(n),
+        ]);
+    }
+    h.submit(&[header(&mem, 3, VIRTIO_BLK_T_FLUSH, 0), status_desc(3)]);
+    h.kick();
+    h.wait_used(4);
+    let (header, records) = read_trace(&path).unwrap();
+    assert_eq!(header.image, "sha256:abcdef0123456789abcdef");
+    assert_eq!(header.device_size, d.image.len() as u64);
+    let got: Vec<(u64, u64)> = records.iter().map(|r| (r.offset, r.len)).collect();
+    assert_eq!(got, [(8 * 512, 1024), (0, 1024), (300 * 512, 1024)]);
+    assert!(records.windows(2).all(|w| w[0].t_ns <= w[1].t_ns));
+}
+
+#[test]
+fn serve_ends_when_the_frontend_disconnects() {
+    let d = device(false);
+    let socket = d.dir.join("blk.sock");
+    let o = ServeOptions::new(socket.clone(), "sha256:00".into());
+    let lazy = Arc::clone(&d.lazy);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(serve(lazy, &o, |_| {}));
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let stream = loop {
+        if let Ok(s) = std::os::unix::net::UnixStream::connect(&socket) {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "serve never listened");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    drop(stream);
+    let report = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("serve did not return after the disconnect")
+        .expect("a disconnect is a clean end");
+    assert_eq!(report.connections, 1);
+}
+
+#[test]
+fn serve_refuses_writable_without_a_dedicated_tier() {
+    let d = device(false);
+    let mut o = ServeOptions::new(d.dir.join("s.sock"), "sha256:00".into());
+    o.writable = true;
+    let err = serve(Arc::clone(&d.lazy), &o, |_| {}).unwrap_err();
+    assert!(matches!(err, ServeError::NotWritable), "{err}");
+    o.writable = false;
+    o.queue_size = 100;
+    assert!(matches!(
+        serve(Arc::clone(&d.lazy), &o, |_| {}).unwrap_err(),
+        ServeError::Options(_)
+    ));
+}
+
+#[test]
+fn histogram_quantiles() {
+    let mut h = Histogram::default();
+    for us in 1..=1000u64 {
+        h.record(us);
+    }
+    let p50 = h.quantile(0.5);
+    let p99 = h.quantile(0.99);
+    assert!((448..=500).contains(&p50), "{p50}");
+    assert!((896..=990).contains(&p99), "{p99}");
+    assert_eq!(Histogram::default().quantile(0.5), 0);
+    for us in [0, 15, 16, 17, 1000, u64::MAX] {
+        let i = Histogram::index(us);
+        assert!(Histogram::lower(i) <= us, "{us}");
+    }
+}
