@@ -11,6 +11,8 @@
 //! - [`e2e`] runs every check on a flattened image: `e2fsck -fn`, ext4-view,
 //!   a read-only loop mount, a read-write mount of a copy.
 //! - [`garage`] starts a real single-node Garage S3 server.
+//! - [`guest`] boots a Linux guest under QEMU against a vhost-user-blk
+//!   socket and reads what it printed.
 //! - [`harness`] finds tools, prints `SKIP:` lines, and mounts/unmounts.
 //!
 //! Integration tests: `generator.rs` (the generator against umoci and
@@ -23,6 +25,7 @@
 pub mod cases;
 pub mod e2e;
 pub mod garage;
+pub mod guest;
 pub mod harness;
 pub mod imagegen;
 pub mod tarw;

@@ -97,16 +97,20 @@ pub struct Service {
     pub(super) geometry: BlkGeometry,
     pub(super) serial: [u8; 20],
     pub(super) limits: Limits,
+    /// The largest queue a frontend may set up (QEMU asks for 1024).
+    pub(super) queue_size: u16,
     pool: Pool,
     pub(super) trace: Option<TraceWriter>,
     pub(super) stats: Stats,
 }
 
 impl Service {
-    /// A service for `image` with `io_threads` pool threads.
+    /// A service for `image` with `io_threads` pool threads, accepting
+    /// queues of up to `queue_size` descriptors.
     pub fn new(
         image: Arc<LazyImage>,
         geometry: BlkGeometry,
+        queue_size: u16,
         serial: [u8; 20],
         io_threads: usize,
         trace: Option<TraceWriter>,
@@ -122,6 +126,7 @@ impl Service {
             geometry,
             serial,
             limits,
+            queue_size,
             pool: Pool::new(io_threads)?,
             trace,
             stats: Stats::default(),
@@ -404,7 +409,7 @@ impl VhostUserBackend for BlkBackend {
     }
 
     fn max_queue_size(&self) -> usize {
-        self.service.geometry.seg_max as usize + 2
+        usize::from(self.service.queue_size)
     }
 
     fn features(&self) -> u64 {

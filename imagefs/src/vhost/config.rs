@@ -82,14 +82,19 @@ impl BlkGeometry {
         c
     }
 
-    /// `size` bytes of the configuration space from `offset`; what lies
-    /// outside the structure is left out (a frontend asking past the end
-    /// gets a shorter answer, never a panic).
+    /// `size` bytes of the configuration space from `offset` (at most 256,
+    /// vhost-user's limit). Bytes past this structure read as zeros: the
+    /// frontend asks for its own idea of the structure's size (QEMU 7.2
+    /// asks for the zoned fields too), whose further fields belong to
+    /// features not offered. Never panics.
     pub fn config_slice(&self, offset: u32, size: u32) -> Vec<u8> {
         let bytes = self.config_bytes();
+        let size = (size as usize).min(256);
+        let mut out = vec![0u8; size];
         let start = (offset as usize).min(CONFIG_LEN);
-        let end = start.saturating_add(size as usize).min(CONFIG_LEN);
-        bytes[start..end].to_vec()
+        let end = start.saturating_add(size).min(CONFIG_LEN);
+        out[..end - start].copy_from_slice(&bytes[start..end]);
+        out
     }
 }
 
