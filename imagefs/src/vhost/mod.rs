@@ -277,7 +277,7 @@ impl Stats {
 /// a hostile guest cannot flood the log.
 pub(crate) fn log_limited(logged: &AtomicU64, line: &str) {
     let n = logged.fetch_add(1, Ordering::Relaxed);
-    if n < 100 || n % 1000 == 0 {
+    if n < 100 || n.is_multiple_of(1000) {
         eprintln!("imagefs serve: {line}");
     }
 }

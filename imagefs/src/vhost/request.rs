@@ -377,7 +377,7 @@ where
         }
     };
     let check_range = |kind: &'static str, len: u64| {
-        if len == 0 || len % SECTOR_SIZE != 0 {
+        if len == 0 || !len.is_multiple_of(SECTOR_SIZE) {
             return Err(reject(ParseError::BadLength { kind, len }, status));
         }
         if len > limits.max_data_len {

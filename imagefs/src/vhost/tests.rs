@@ -174,19 +174,22 @@ fn parses_reads_writes_flush_and_get_id() {
     assert_eq!((r.kind, r.data_len), (RequestKind::GetId, 20));
 }
 
+/// Name, chain, device writable, expected error, whether it has a status.
+type HostileCase = (
+    &'static str,
+    Vec<RawDescriptor>,
+    bool,
+    fn(&ParseError) -> bool,
+    bool,
+);
+
 /// Every hostile chain gets the right error and, when it has a valid status
 /// byte, a status address.
 #[test]
 fn hostile_chains_are_rejected() {
     let mem = guest_memory();
     let h = |n, code, sector| header(&mem, n, code, sector);
-    let cases: Vec<(
-        &str,
-        Vec<RawDescriptor>,
-        bool,
-        fn(&ParseError) -> bool,
-        bool,
-    )> = vec![
+    let cases: Vec<HostileCase> = vec![
         (
             "data outside guest memory",
             vec![
