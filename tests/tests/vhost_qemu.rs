@@ -30,6 +30,9 @@ use tests::guest::{
 use tests::imagegen::{Entry, Image, Layer, noise};
 use tests::treecheck::{Listing, list_ext4_image};
 
+/// Bound on one guest boot of the generated image (a hang watchdog).
+const BOOT_TIMEOUT: Duration = Duration::from_secs(900);
+
 struct Tools {
     qemu: PathBuf,
     kernel: GuestKernel,
@@ -141,6 +144,8 @@ fn serve(t: &Tools, c: &Converted, socket: &Path, extra: &[&str], log: &Path) ->
 
 /// Boots one guest against a fresh `imagefs serve` and returns the
 /// script's output and the daemon's (after it exited on the disconnect).
+// Each argument is one knob of the boot the tests vary.
+#[allow(clippy::too_many_arguments)]
 fn run_guest(
     t: &Tools,
     c: &Converted,
@@ -149,6 +154,7 @@ fn run_guest(
     script: &str,
     rw: bool,
     queues: u16,
+    timeout: Duration,
 ) -> (guest::GuestOutput, String) {
     let socket = c.dir.path().join(format!("{name}.sock"));
     let mut daemon = serve(
@@ -168,7 +174,7 @@ fn run_guest(
             script,
             queues,
             mem_mib: 512,
-            timeout: Duration::from_secs(900),
+            timeout,
         },
         &c.dir.path().join(format!("{name}.console.log")),
     )
@@ -233,6 +239,7 @@ fn guest_reads_every_file_of_a_generated_image() {
         LIST_SCRIPT,
         false,
         2,
+        BOOT_TIMEOUT,
     );
     let facts = check_listing("generated", &c, &out);
     let hex = c.digest.trim_start_matches("sha256:");
@@ -294,6 +301,7 @@ fn guest_writes_land_only_in_its_own_instance() {
         write,
         true,
         1,
+        BOOT_TIMEOUT,
     );
     assert_eq!(out.rc, 0, "write script failed:\n{}", out.lines.join("\n"));
     assert!(
@@ -306,7 +314,7 @@ fn guest_writes_land_only_in_its_own_instance() {
 
     let look = "if [ -e /mnt/app/new-file ]; then echo PRESENT; cat /mnt/app/new-file; \
                 else echo ABSENT; fi";
-    let (fresh, _) = run_guest(&t, &c, "fresh", &[], look, false, 1);
+    let (fresh, _) = run_guest(&t, &c, "fresh", &[], look, false, 1, BOOT_TIMEOUT);
     assert_eq!(
         fresh.lines.first().map(String::as_str),
         Some("ABSENT"),
@@ -323,6 +331,7 @@ fn guest_writes_land_only_in_its_own_instance() {
         look,
         false,
         1,
+        BOOT_TIMEOUT,
     );
     assert_eq!(
         same.lines,
@@ -354,7 +363,18 @@ fn guest_reads_every_file_of_the_debian_image() {
     let Some(t) = tools() else { return };
     let source: ImageSource = format!("oci:{}:{tag}", layout.display()).parse().unwrap();
     let c = convert_source(&source, 512 * 1024, 16 << 20);
-    let (out, log) = run_guest(&t, &c, "debian", &["--queues", "2"], LIST_SCRIPT, false, 2);
+    let (out, log) = run_guest(
+        &t,
+        &c,
+        "debian",
+        &["--queues", "2"],
+        LIST_SCRIPT,
+        false,
+        2,
+        // Hashing every file of the image under TCG takes a while (about
+        // 700 files a minute on 2 busy cores).
+        Duration::from_secs(3600),
+    );
     check_listing(&format!("debian {tag}"), &c, &out);
     eprintln!("debian {tag}: {}", served_line(&log));
 }
