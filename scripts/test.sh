@@ -18,5 +18,10 @@ mkdir -p "$IMAGEFS_CACHE"
 
 bash scripts/build-debian-images.sh
 
+# RocksDB's C++ library is built once and linked by every cargo build
+# (its crate would otherwise compile it again for each feature set).
+ROCKSDB_LIB_DIR="$(bash scripts/rocksdb-lib.sh)"
+export ROCKSDB_LIB_DIR ROCKSDB_STATIC=1
+
 cargo build --workspace --all-targets --locked
 cargo test --workspace --locked

@@ -8,6 +8,8 @@
 //! - [`dir_store`]: [`DirStore`], the first tier: a local directory of
 //!   sharded, atomically written objects, plus the sealed manifests and
 //!   the tags that name them;
+//! - `rocks` (feature `rocksdb`): `RocksStore`, the shared local tier,
+//!   capacity-bounded with LRU eviction;
 //! - [`origin`]: [`ObjectOrigin`], the origin tier over `object_store`,
 //!   and [`open_origin`], which opens a directory, `file://` or `s3://`;
 //! - [`tag`]: tag name rules;
@@ -20,6 +22,8 @@
 pub mod catalog;
 pub mod dir_store;
 pub mod origin;
+#[cfg(feature = "rocksdb")]
+pub mod rocks;
 pub mod store;
 pub mod tag;
 pub mod tiered;
@@ -27,6 +31,8 @@ pub mod tiered;
 pub use catalog::{Catalog, Origin};
 pub use dir_store::DirStore;
 pub use origin::{ObjectOrigin, OriginError, RequestLimits, S3Settings, open_origin};
+#[cfg(feature = "rocksdb")]
+pub use rocks::{RocksStore, RocksUsage};
 pub use store::{ChunkStore, MAX_OBJECT_LEN, PutOutcome, StoreError};
 pub use tag::{TagNameError, validate_tag_name};
 pub use tiered::{Flight, SingleFlight, TierSnapshot, TieredError, TieredSnapshot, TieredStore};

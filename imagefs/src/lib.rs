@@ -5,13 +5,16 @@
 //! - [`verify`]: check every chunk of an image (present, id, decryption);
 //! - [`export`]: reassemble the plaintext image into a sparse file;
 //! - [`fuse`]: a read-only FUSE view of an image (`imagefs mount`);
-//! - [`vhost`]: the image as a vhost-user-blk device (`imagefs serve`).
+//! - [`vhost`]: the image as a vhost-user-blk device (`imagefs serve`);
+//! - [`tiers`]: the tier stack (shared local, AZ, origin) built from one
+//!   TOML configuration, and its statistics.
 #![forbid(unsafe_code)]
 
 pub mod export;
 pub mod fuse;
 pub mod lazy;
 pub mod open;
+pub mod tiers;
 pub mod verify;
 pub mod vhost;
 

@@ -3,14 +3,20 @@
 use std::error::Error;
 use std::io::{Write, stdout};
 use std::path::PathBuf;
+use std::sync::Arc;
+
+use cachetiers::Origin;
 
 use chunker::convert::{ConvertOptions, convert};
 use chunker::ext4::Ext4Options;
 use chunker::flatten::{FlattenOptions, flatten_to_file};
 use chunker::oci::ImageSource;
 use clap::{Parser, Subcommand};
+use imagefs::tiers::parse_size;
 
+use crate::node;
 use crate::report;
+use crate::tiers::{self, TierArgs};
 
 /// Boot microVMs from container images without downloading them first.
 #[derive(Debug, Parser)]
@@ -94,19 +100,41 @@ pub enum Command {
         /// Let every user read the mount (FUSE `allow_other`).
         #[arg(long)]
         allow_other: bool,
+        /// At exit, print each tier's counters and latencies to stderr.
+        #[arg(long)]
+        stats: bool,
         #[command(flatten)]
-        store: StoreArgs,
+        tiers: TierArgs,
+    },
+    /// Serve an image to a VM as a vhost-user-blk device on a Unix socket,
+    /// fetching chunks as the guest reads them; ends when the frontend
+    /// disconnects (unless --keep-alive).
+    Serve(crate::serve::ServeArgs),
+    /// Run an AZ cache node: GET /v1/chunks/{id}, /metrics, /healthz.
+    CacheNode(node::CacheNodeArgs),
+    /// Fetch every chunk of an image through the tiers, filling the caches
+    /// on the way (and checking each chunk).
+    Fetch {
+        /// sha256:DIGEST or a tag.
+        image: String,
+        #[command(flatten)]
+        tiers: TierArgs,
+        /// Parallel fetches.
+        #[arg(long, default_value_t = 4)]
+        threads: usize,
     },
 }
 
 /// Where chunks, manifests and keys are.
 #[derive(Debug, clap::Args)]
 pub struct StoreArgs {
-    /// The chunk store directory.
+    /// The store: a directory, file:///DIR or s3://BUCKET/PREFIX (S3
+    /// settings from AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID and
+    /// AWS_SECRET_ACCESS_KEY).
     #[arg(long, env = "IMAGEFS_STORE")]
-    store: PathBuf,
+    store: String,
     /// The key directory (master keys and domain secrets).
-    #[arg(long, env = "IMAGEFS_KEYS", default_value = "/var/lib/imagefs/keys")]
+    #[arg(long, env = "IMAGEFS_KEYS", default_value = tiers::DEFAULT_KEYS)]
     keys: PathBuf,
 }
 
@@ -139,12 +167,14 @@ impl StoreArgs {
     fn open(
         &self,
         create: bool,
-    ) -> Result<(cachetiers::DirStore, manifest::LocalKeyProvider), Box<dyn Error>> {
-        let store = if create {
-            cachetiers::DirStore::create(&self.store)?
-        } else {
-            cachetiers::DirStore::open(&self.store)?
-        };
+    ) -> Result<(Arc<dyn Origin>, manifest::LocalKeyProvider), Box<dyn Error>> {
+        let store = cachetiers::origin::open_origin(&self.store, create).map_err(|e| {
+            format!(
+                "opening the store {}: {}",
+                self.store,
+                imagefs::error_chain(&e)
+            )
+        })?;
         let keys = if create {
             manifest::LocalKeyProvider::create(&self.keys)?
         } else {
@@ -191,7 +221,7 @@ impl Command {
                 if let Some(n) = threads {
                     opts.threads = n;
                 }
-                let converted = convert(&source, &dir, &keys, &opts)?;
+                let converted = convert(&source, dir.as_ref(), &keys, &opts)?;
                 report::converted(&mut stdout(), &converted)?;
                 Ok(())
             }
@@ -202,15 +232,15 @@ impl Command {
                 show_keys,
             } => {
                 let (dir, keys) = store.open(false)?;
-                let opened = imagefs::open_image(&dir, &image, &keys, None)?;
+                let opened = imagefs::open_image(dir.as_ref(), &image, &keys, None)?;
                 report::inspected(&mut stdout(), &opened, json, show_keys)?;
                 Ok(())
             }
             Command::Verify { image, store } => {
                 let (dir, keys) = store.open(false)?;
-                let opened = imagefs::open_image(&dir, &image, &keys, None)?;
+                let opened = imagefs::open_image(dir.as_ref(), &image, &keys, None)?;
                 let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-                let verified = imagefs::verify(&dir, &opened.manifest, threads);
+                let verified = imagefs::verify(dir.as_ref(), &opened.manifest, threads);
                 report::verified(&mut stdout(), &opened, &verified)?;
                 if verified.bad.is_empty() {
                     Ok(())
@@ -224,8 +254,8 @@ impl Command {
                 output,
             } => {
                 let (dir, keys) = store.open(false)?;
-                let opened = imagefs::open_image(&dir, &image, &keys, None)?;
-                let exported = imagefs::export(&dir, &opened.manifest, &output)?;
+                let opened = imagefs::open_image(dir.as_ref(), &image, &keys, None)?;
+                let exported = imagefs::export(dir.as_ref(), &opened.manifest, &output)?;
                 writeln!(
                     stdout(),
                     "exported {} to {}: {} bytes, {} chunks, {} holes",
@@ -242,76 +272,70 @@ impl Command {
                 mountpoint,
                 raw,
                 allow_other,
-                store,
+                stats,
+                tiers,
             } => {
-                let (dir, keys) = store.open(false)?;
-                let opened = imagefs::open_image(&dir, &image, &keys, None)?;
+                let (config, tiers, keys) = tiers.open()?;
+                let opened = imagefs::open_image(tiers.origin.as_ref(), &image, &keys, None)?;
                 let digest = opened.digest;
-                let lazy = imagefs::LazyImage::open(
+                let lazy = Arc::new(imagefs::LazyImage::open(
                     opened.manifest,
-                    std::sync::Arc::new(dir),
-                    None,
-                    imagefs::LazyOptions::default(),
-                )?;
+                    tiers.store.clone(),
+                    tiers.dedicated.as_deref(),
+                    config.read.lazy_options(),
+                )?);
                 let opts = imagefs::fuse::MountOptions {
                     raw,
                     allow_other,
                     fs_name: Some(format!("imagefs:{digest}")),
                 };
-                imagefs::fuse::mount_until_signal(
-                    std::sync::Arc::new(lazy),
-                    &mountpoint,
-                    &opts,
-                    |at| {
+                let served =
+                    imagefs::fuse::mount_until_signal(lazy.clone(), &mountpoint, &opts, |at| {
                         // A closed stdout must not stop the mount.
                         let _ = writeln!(
                             stdout(),
                             "mounted {digest} at {}; SIGINT or SIGTERM unmounts",
                             at.display()
                         );
-                    },
-                )?;
+                    });
+                if stats {
+                    eprint!(
+                        "{}",
+                        imagefs::tiers::stats::render(&tiers.store.metrics(), &lazy.metrics())
+                    );
+                }
+                served?;
                 Ok(())
             }
+            Command::Serve(args) => args.run(),
+            Command::CacheNode(args) => args.run(),
+            Command::Fetch {
+                image,
+                tiers,
+                threads,
+            } => {
+                let (_, tiers, keys) = tiers.open()?;
+                let opened = imagefs::open_image(tiers.origin.as_ref(), &image, &keys, None)?;
+                let verified = imagefs::verify(tiers.store.as_ref(), &opened.manifest, threads);
+                report::verified(&mut stdout(), &opened, &verified)?;
+                eprint!(
+                    "{}",
+                    imagefs::tiers::stats::render(
+                        &tiers.store.metrics(),
+                        &imagefs::LazyMetrics::default()
+                    )
+                );
+                if verified.bad.is_empty() {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "{} chunk(s) of {} could not be fetched",
+                        verified.bad.len(),
+                        opened.digest
+                    )
+                    .into())
+                }
+            }
         }
-    }
-}
-
-/// Parse a byte size: a number with an optional K, M, G or T suffix
-/// (powers of 1024), optionally followed by `i`/`iB`/`B`.
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let t = t
-        .strip_suffix("iB")
-        .or_else(|| t.strip_suffix('B'))
-        .or_else(|| t.strip_suffix('i'))
-        .unwrap_or(t);
-    let (num, shift) = match t.chars().last() {
-        Some('k' | 'K') => (&t[..t.len() - 1], 10),
-        Some('m' | 'M') => (&t[..t.len() - 1], 20),
-        Some('g' | 'G') => (&t[..t.len() - 1], 30),
-        Some('t' | 'T') => (&t[..t.len() - 1], 40),
-        _ => (t, 0),
-    };
-    let n: u64 = num
-        .trim()
-        .parse()
-        .map_err(|_| format!("{s:?} is not a size (examples: 4096, 512K, 4M, 1G)"))?;
-    n.checked_mul(1 << shift)
-        .ok_or_else(|| format!("{s:?} is too large"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sizes() {
-        assert_eq!(parse_size("4096"), Ok(4096));
-        assert_eq!(parse_size("512K"), Ok(512 * 1024));
-        assert_eq!(parse_size("4MiB"), Ok(4 << 20));
-        assert_eq!(parse_size("1G"), Ok(1 << 30));
-        assert!(parse_size("x").is_err());
-        assert!(parse_size("99999999999T").is_err());
     }
 }

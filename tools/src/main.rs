@@ -3,7 +3,10 @@
 #![forbid(unsafe_code)]
 
 mod args;
+mod node;
 mod report;
+mod serve;
+mod tiers;
 
 use std::process::ExitCode;
 

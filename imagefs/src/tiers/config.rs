@@ -1,0 +1,290 @@
+//! The tier configuration file (TOML), shared by `mount`, `serve` and
+//! `cache-node`. Every section is optional except the origin; flags given
+//! on the command line override the file (the CLI merges them before
+//! calling [`super::open_tiers`]).
+//!
+//! ```toml
+//! keys = "/var/lib/imagefs/keys"      # master keys and domain secrets
+//!
+//! [dedicated]                         # the instance's own plaintext copy
+//! dir = "/var/lib/imagefs/instance-1"
+//!
+//! [shared]                            # host-wide encrypted chunks (RocksDB)
+//! path = "/var/cache/imagefs/shared"
+//! capacity = "20G"
+//!
+//! [az]                                # AZ cache nodes (HTTP)
+//! nodes = ["http://10.0.0.1:7070", "http://10.0.0.2:7070"]
+//! timeout_ms = 2000
+//! hedge_after_ms = 30
+//!
+//! [origin]                            # the source of truth
+//! url = "s3://bucket/prefix"          # or a directory, or file:///dir
+//!
+//! [read]
+//! readahead_chunks = 0
+//! memory_chunks = 8
+//!
+//! [node]                              # used by `imagefs cache-node`
+//! listen = "0.0.0.0:7070"
+//! data = "/var/cache/imagefs/node"
+//! capacity = "100G"
+//! ```
+//!
+//! S3 endpoint, region and credentials come from the usual environment
+//! variables (`AWS_ENDPOINT_URL`, `AWS_REGION`, `AWS_ACCESS_KEY_ID`,
+//! `AWS_SECRET_ACCESS_KEY`), never from this file.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TierConfig {
+    /// The key directory.
+    pub keys: Option<PathBuf>,
+    /// The dedicated local tier.
+    pub dedicated: Option<DedicatedConfig>,
+    /// The shared local tier.
+    pub shared: Option<SharedConfig>,
+    /// The AZ cache nodes.
+    pub az: Option<cachenode::client::AzConfig>,
+    /// The origin.
+    pub origin: Option<OriginConfig>,
+    /// How reads behave.
+    #[serde(default)]
+    pub read: ReadConfig,
+    /// The cache node's own settings.
+    pub node: Option<NodeSection>,
+}
+
+/// `[dedicated]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DedicatedConfig {
+    /// Directory of the instance's plaintext copy and presence bitmap.
+    pub dir: PathBuf,
+}
+
+/// `[shared]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SharedConfig {
+    /// The RocksDB directory.
+    pub path: PathBuf,
+    /// Most object bytes it holds.
+    pub capacity: ByteSize,
+}
+
+/// `[origin]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct OriginConfig {
+    /// A directory, `file:///dir` or `s3://bucket/prefix`.
+    pub url: String,
+}
+
+/// `[read]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReadConfig {
+    /// Chunks to fetch ahead of a read (0: off).
+    pub readahead_chunks: usize,
+    /// Threads doing read-ahead.
+    pub readahead_threads: usize,
+    /// Plaintext chunks kept in memory.
+    pub memory_chunks: usize,
+}
+
+impl Default for ReadConfig {
+    fn default() -> Self {
+        let d = crate::LazyOptions::default();
+        Self {
+            readahead_chunks: d.readahead_chunks,
+            readahead_threads: d.readahead_threads,
+            memory_chunks: d.memory_chunks,
+        }
+    }
+}
+
+impl ReadConfig {
+    /// As options for a [`LazyImage`](crate::LazyImage).
+    pub fn lazy_options(&self) -> crate::LazyOptions {
+        crate::LazyOptions {
+            readahead_chunks: self.readahead_chunks,
+            readahead_threads: self.readahead_threads,
+            memory_chunks: self.memory_chunks,
+        }
+    }
+}
+
+/// `[node]`: the cache node's own settings.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSection {
+    /// Address to listen on.
+    pub listen: Option<String>,
+    /// Its RocksDB directory.
+    pub data: Option<PathBuf>,
+    /// Most object bytes it holds.
+    pub capacity: Option<ByteSize>,
+}
+
+/// A byte count written as a number or as text with a K, M, G or T suffix
+/// (powers of 1024): `4096`, `"512K"`, `"20G"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Number(n) => Ok(ByteSize(n)),
+            Raw::Text(t) => parse_size(&t)
+                .map(ByteSize)
+                .map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} bytes", self.0)
+    }
+}
+
+/// Parse a byte size: a number with an optional K, M, G or T suffix
+/// (powers of 1024), optionally followed by `i`/`iB`/`B`.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let t = t
+        .strip_suffix("iB")
+        .or_else(|| t.strip_suffix('B'))
+        .or_else(|| t.strip_suffix('i'))
+        .unwrap_or(t);
+    let (num, shift) = match t.chars().last() {
+        Some('k' | 'K') => (&t[..t.len() - 1], 10),
+        Some('m' | 'M') => (&t[..t.len() - 1], 20),
+        Some('g' | 'G') => (&t[..t.len() - 1], 30),
+        Some('t' | 'T') => (&t[..t.len() - 1], 40),
+        _ => (t, 0),
+    };
+    let n: u64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (examples: 4096, 512K, 4M, 1G)"))?;
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+/// Errors reading a configuration file.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("reading tier configuration {}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has unknown or mistyped keys.
+    #[error("tier configuration {}: {source}", path.display())]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The cause (with line and column).
+        #[source]
+        source: Box<toml::de::Error>,
+    },
+}
+
+impl TierConfig {
+    /// Reads and parses `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source: Box::new(source),
+        })
+    }
+
+    /// Parses configuration text.
+    pub fn parse(text: &str) -> Result<Self, toml::de::Error> {
+        toml::from_str(text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_section() {
+        let c = TierConfig::parse(
+            r#"
+            keys = "/k"
+            [dedicated]
+            dir = "/d"
+            [shared]
+            path = "/s"
+            capacity = "2G"
+            [az]
+            nodes = ["http://a:1", "http://b:2"]
+            hedge_after_ms = 20
+            [origin]
+            url = "s3://bucket/prefix"
+            [read]
+            readahead_chunks = 4
+            [node]
+            listen = "127.0.0.1:7070"
+            capacity = 1048576
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.keys.as_deref(), Some(Path::new("/k")));
+        assert_eq!(c.shared.unwrap().capacity, ByteSize(2 << 30));
+        let az = c.az.unwrap();
+        assert_eq!(az.nodes.len(), 2);
+        assert_eq!(az.hedge_after_ms, 20);
+        assert_eq!(
+            az.timeout_ms,
+            cachenode::client::AzConfig::default().timeout_ms
+        );
+        assert_eq!(c.origin.unwrap().url, "s3://bucket/prefix");
+        assert_eq!(c.read.readahead_chunks, 4);
+        assert_eq!(c.read.memory_chunks, ReadConfig::default().memory_chunks);
+        assert_eq!(c.node.unwrap().capacity, Some(ByteSize(1 << 20)));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_sizes_are_named() {
+        let err = TierConfig::parse("[shared]\npath = \"/s\"\ncapacity = \"lots\"\n").unwrap_err();
+        assert!(err.to_string().contains("not a size"), "{err}");
+        let err = TierConfig::parse("[origin]\nurl = \"/o\"\nbucket = \"x\"\n").unwrap_err();
+        assert!(err.to_string().contains("bucket"), "{err}");
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("512K"), Ok(512 * 1024));
+        assert_eq!(parse_size("4MiB"), Ok(4 << 20));
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert!(parse_size("x").is_err());
+        assert!(parse_size("99999999999T").is_err());
+    }
+}

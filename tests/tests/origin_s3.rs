@@ -1,0 +1,245 @@
+//! The S3 origin against a real Garage server (started by
+//! `tests::garage`): convert into a bucket, open and export from it,
+//! dedup on a second convert, a corrupted object, the server going down
+//! and coming back, and `open_origin` configured from `AWS_*` variables.
+//!
+//! Without a `garage` binary each test prints `SKIP:` and returns.
+
+use std::fs;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cachetiers::{Catalog, ChunkStore, ObjectOrigin, S3Settings, StoreError, open_origin};
+use chunker::convert::{ConvertOptions, convert};
+use chunker::ext4::Ext4Options;
+use chunker::flatten::{FlattenOptions, flatten_to_file};
+use chunker::oci::ImageSource;
+use manifest::{ChunkId, LocalKeyProvider};
+use object_store::{ObjectStoreExt, PutPayload};
+use tests::garage::{Garage, GarageError};
+use tests::imagegen::{Compression, Entry, Image, Layer, noise};
+
+const CHUNK: u64 = 64 * 1024;
+/// Set in the child process of `open_origin_reads_the_aws_environment`.
+const CHILD_ENV: &str = "IMAGEFS_TEST_S3_CHILD";
+
+/// A Garage server, or `None` after a SKIP line when it is not installed.
+fn garage() -> Option<Garage> {
+    match Garage::start_new() {
+        Ok(g) => Some(g),
+        Err(GarageError::NotInstalled { looked }) => {
+            tests::harness::skip(&format!("garage not installed (looked in {looked})"));
+            None
+        }
+        Err(e) => panic!("{e}"),
+    }
+}
+
+fn settings(g: &Garage, prefix: &str) -> S3Settings {
+    S3Settings {
+        endpoint: Some(g.endpoint.clone()),
+        region: Some(g.region.clone()),
+        access_key_id: Some(g.key_id.clone()),
+        secret_access_key: Some(g.secret.clone()),
+        ..S3Settings::new(&g.bucket, prefix)
+    }
+}
+
+fn image() -> Image {
+    Image::new(vec![
+        Layer::new(vec![
+            Entry::dir("usr/lib"),
+            Entry::file("usr/lib/libbig.so", noise(1, 700_000)),
+            Entry::file("etc/os-release", b"ID=test\n"),
+        ])
+        .compressed(Compression::Gzip),
+        Layer::new(vec![Entry::file("app/a.bin", noise(7, 300_000))]).compressed(Compression::Zstd),
+    ])
+}
+
+fn options(tag: Option<&str>) -> ConvertOptions {
+    ConvertOptions {
+        flatten: FlattenOptions {
+            ext4: Ext4Options {
+                chunk_size: CHUNK,
+                free_bytes: 1 << 20,
+                spare_inodes: 64,
+            },
+        },
+        domain: "d".into(),
+        threads: 2,
+        tag: tag.map(str::to_owned),
+        progress: false,
+    }
+}
+
+/// Runs `f` in a thread and fails the test if it has not returned within
+/// 60 s (a hang, not a slow answer).
+fn within_a_minute<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(Duration::from_secs(60))
+        .unwrap_or_else(|_| panic!("{what}: no result within 60 s"))
+}
+
+#[test]
+fn convert_open_and_export_through_s3() {
+    let Some(g) = garage() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = LocalKeyProvider::create(tmp.path().join("keys")).unwrap();
+    let layout = tmp.path().join("oci");
+    image().write_oci_layout(&layout, "app").unwrap();
+    let source: ImageSource = format!("oci:{}:app", layout.display()).parse().unwrap();
+
+    let origin = ObjectOrigin::s3(&settings(&g, "images")).unwrap();
+    let first = convert(&source, &origin, &keys, &options(Some("app:v1"))).expect("convert");
+    assert!(first.new_chunks > 0, "{first:?}");
+    assert_eq!(first.new_chunks + first.holes, first.chunks);
+
+    let by_tag = imagefs::open_image(&origin, "app:v1", &keys, None).unwrap();
+    let by_digest = imagefs::open_image(&origin, &first.digest.to_string(), &keys, None).unwrap();
+    assert_eq!(by_tag.digest, first.digest);
+    assert_eq!(by_tag.manifest, by_digest.manifest);
+
+    let flat = tmp.path().join("flat.img");
+    flatten_to_file(&source, &flat, &options(None).flatten).unwrap();
+    let out = tmp.path().join("export.img");
+    imagefs::export(&origin, &by_tag.manifest, &out).unwrap();
+    assert!(
+        fs::read(&flat).unwrap() == fs::read(&out).unwrap(),
+        "export from S3 differs from flatten"
+    );
+    let report = imagefs::verify(&origin, &by_tag.manifest, 2);
+    assert!(report.bad.is_empty(), "{:?}", report.bad);
+    assert_eq!(report.checked, first.new_chunks);
+
+    let second = convert(&source, &origin, &keys, &options(Some("app:v1"))).expect("convert");
+    assert_eq!(second.new_chunks, 0, "{second:?}");
+    assert_eq!(second.bytes_written, 0);
+    assert_eq!(second.existing_chunks, first.new_chunks);
+
+    // Another prefix in the same bucket is another origin.
+    let other = ObjectOrigin::s3(&settings(&g, "elsewhere")).unwrap();
+    let id = *by_tag.manifest.chunks.iter().find_map(|c| c.id()).unwrap();
+    assert!(origin.contains(&id).unwrap());
+    assert!(!other.contains(&id).unwrap());
+    assert!(matches!(
+        other.resolve("app:v1"),
+        Err(StoreError::UnknownTag { .. })
+    ));
+
+    // `open_origin` with the settings in AWS_* variables, in a child
+    // process (setting the environment of this multi-threaded one is not
+    // sound).
+    let exe = std::env::current_exe().unwrap();
+    let out = Command::new(exe)
+        .args([
+            "--exact",
+            "open_origin_reads_the_aws_environment",
+            "--nocapture",
+        ])
+        .env(
+            CHILD_ENV,
+            format!("s3://{}/images {} {id}", g.bucket, first.digest),
+        )
+        .env("AWS_ENDPOINT_URL", &g.endpoint)
+        .env("AWS_REGION", &g.region)
+        .env("AWS_ACCESS_KEY_ID", &g.key_id)
+        .env("AWS_SECRET_ACCESS_KEY", &g.secret)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("CHILD OK"), "{text}");
+}
+
+/// Run by `convert_open_and_export_through_s3` as a child process with
+/// `AWS_*` set; on its own (no `IMAGEFS_TEST_S3_CHILD`) it has nothing to
+/// check and returns.
+#[test]
+fn open_origin_reads_the_aws_environment() {
+    let Ok(spec) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let parts: Vec<&str> = spec.split(' ').collect();
+    let [url, digest, id] = parts[..] else {
+        panic!("bad {CHILD_ENV}: {spec}");
+    };
+    let origin = open_origin(url, false).unwrap();
+    assert_eq!(origin.location(), url);
+    assert_eq!(origin.resolve("app:v1").unwrap().to_string(), digest);
+    let id: ChunkId = id.parse().unwrap();
+    let object = origin.get(&id).unwrap().expect("chunk present");
+    assert_eq!(ChunkId::of_object(&object), id);
+    println!("CHILD OK");
+}
+
+#[test]
+fn corrupt_objects_and_an_origin_that_goes_away() {
+    let Some(mut g) = garage() else { return };
+    let origin = Arc::new(ObjectOrigin::s3(&settings(&g, "p")).unwrap());
+    let objects: Vec<Vec<u8>> = (1..=3).map(|seed| noise(seed, 10_000)).collect();
+    let ids: Vec<ChunkId> = objects.iter().map(|o| ChunkId::of_object(o)).collect();
+    for (id, object) in ids.iter().zip(&objects) {
+        assert!(origin.put(id, object).unwrap().is_new());
+        assert!(!origin.put(id, object).unwrap().is_new());
+    }
+    let err = origin.put(&ids[0], &objects[1]).unwrap_err();
+    assert!(matches!(err, StoreError::IdMismatch { .. }), "{err}");
+
+    // Overwrite chunk 0 in the bucket with other bytes, behind the
+    // origin's back.
+    // (Through a client of its own: connections pooled by one runtime are
+    // not for another.)
+    let key = origin.chunk_key(&ids[0]);
+    let raw = ObjectOrigin::s3(&settings(&g, "p")).unwrap();
+    let store = raw.object_store().clone();
+    let raw_key = object_store::path::Path::from(key.as_str());
+    let other = objects[1].clone();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(store.put(&raw_key, PutPayload::from(other)))
+        .unwrap();
+    let err = origin.get(&ids[0]).unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{msg}");
+    assert!(msg.contains(&format!("s3://{}/{key}", g.bucket)), "{msg}");
+    assert!(msg.contains(&format!("hash to {}", ids[1])), "{msg}");
+    assert!(origin.remove(&ids[0]).unwrap());
+    assert_eq!(origin.get(&ids[0]).unwrap(), None);
+    assert!(!origin.remove(&ids[0]).unwrap());
+
+    // The origin goes down: requests fail, naming it, and do not hang.
+    g.stop();
+    let o = origin.clone();
+    let id = ids[1];
+    let (result, took) = within_a_minute("get from a stopped origin", move || {
+        let start = Instant::now();
+        (o.get(&id), start.elapsed())
+    });
+    let err = result.unwrap_err();
+    let msg = imagefs::error_chain(&err);
+    eprintln!("origin down: failed after {took:?}: {msg}");
+    assert!(matches!(err, StoreError::Backend { .. }), "{msg}");
+    assert!(
+        msg.starts_with(&format!("s3://{}/p failed", g.bucket)),
+        "{msg}"
+    );
+    assert!(msg.contains(&origin.chunk_key(&id)), "{msg}");
+
+    // And comes back on the same data.
+    g.start().unwrap();
+    let o = origin.clone();
+    let got = within_a_minute("get after restart", move || o.get(&id));
+    assert_eq!(got.unwrap(), Some(objects[1].clone()));
+    assert!(origin.contains(&ids[2]).unwrap());
+}

@@ -1,0 +1,79 @@
+//! `imagefs cache-node`: an AZ cache node over a capacity-bounded RocksDB
+//! store, filled from the origin.
+
+use std::error::Error;
+use std::io::{Write, stdout};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use cachenode::server::{NodeConfig, start};
+use imagefs::tiers::{TierConfig, parse_size};
+
+/// Arguments of `imagefs cache-node` (flags override the [node] and
+/// [origin] sections of `--config`).
+#[derive(Debug, clap::Args)]
+pub struct CacheNodeArgs {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// The node's RocksDB directory; kept across restarts.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Most object bytes the node keeps (least recently used go first).
+    #[arg(long, value_parser = parse_size)]
+    capacity: Option<u64>,
+    /// The origin: a directory, file:///DIR or s3://BUCKET/PREFIX.
+    #[arg(long)]
+    origin: Option<String>,
+    /// Tier configuration (TOML) with [node] and [origin] sections.
+    #[arg(long, env = "IMAGEFS_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+impl CacheNodeArgs {
+    /// Runs the node until SIGINT or SIGTERM.
+    pub fn run(self) -> Result<(), Box<dyn Error>> {
+        let file = match &self.config {
+            Some(path) => TierConfig::load(path)?,
+            None => TierConfig::default(),
+        };
+        let section = file.node.clone();
+        let listen = match (
+            self.listen,
+            section.as_ref().and_then(|n| n.listen.as_ref()),
+        ) {
+            (Some(a), _) => a,
+            (None, Some(text)) => text
+                .parse()
+                .map_err(|e| format!("[node] listen = {text:?}: {e}"))?,
+            (None, None) => return Err("give --listen (or [node] listen)".into()),
+        };
+        let data = self
+            .data
+            .or_else(|| section.as_ref().and_then(|n| n.data.clone()))
+            .ok_or("give --data (or [node] data)")?;
+        let capacity = self
+            .capacity
+            .or_else(|| section.as_ref().and_then(|n| n.capacity.map(|c| c.0)))
+            .ok_or("give --capacity (or [node] capacity)")?;
+        let origin_url = self
+            .origin
+            .or_else(|| file.origin.as_ref().map(|o| o.url.clone()))
+            .ok_or("give --origin (or [origin] url)")?;
+
+        let local = Arc::new(cachetiers::RocksStore::open(&data, capacity)?);
+        let origin = cachetiers::origin::open_origin(&origin_url, false)?;
+        let node = start(&NodeConfig { listen }, local, origin)?;
+        // Tests and scripts read this line for the real port.
+        writeln!(
+            stdout(),
+            "cache node listening on {} (data {}, capacity {capacity} bytes, origin {origin_url})",
+            node.url(),
+            data.display()
+        )?;
+        stdout().flush()?;
+        node.run_until_signal()?;
+        Ok(())
+    }
+}
