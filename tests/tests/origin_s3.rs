@@ -143,7 +143,7 @@ fn convert_open_and_export_through_s3() {
         ])
         .env(
             CHILD_ENV,
-            format!("s3://{}/images {} {id}", g.bucket, first.digest),
+            format!("s3://{}/images {} {id}", g.bucket, second.digest),
         )
         .env("AWS_ENDPOINT_URL", &g.endpoint)
         .env("AWS_REGION", &g.region)
