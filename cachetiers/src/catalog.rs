@@ -32,6 +32,22 @@ pub trait Catalog: Send + Sync {
     fn location(&self) -> String;
 }
 
+/// Parses `text` as a `sha256:` digest, or looks it up as a tag name with
+/// `tag`: the first half of every [`Catalog::resolve`].
+pub fn digest_or_tag(
+    text: &str,
+    tag: impl FnOnce(&str) -> Result<ManifestDigest, StoreError>,
+) -> Result<ManifestDigest, StoreError> {
+    if text.starts_with(ManifestDigest::PREFIX) {
+        text.parse().map_err(|source| StoreError::BadDigest {
+            text: text.to_owned(),
+            source,
+        })
+    } else {
+        tag(text)
+    }
+}
+
 /// A source of truth: chunks, manifests and tags in one place. What
 /// `convert` writes to and what `open_image` reads from.
 pub trait Origin: ChunkStore + Catalog {}

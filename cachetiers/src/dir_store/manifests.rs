@@ -118,16 +118,7 @@ impl DirStore {
     /// Resolves a digest (`sha256:<64 hex>`) or a tag name to the digest of
     /// a manifest that is in the store.
     pub fn resolve(&self, digest_or_tag: &str) -> Result<ManifestDigest, StoreError> {
-        let digest = if digest_or_tag.starts_with(ManifestDigest::PREFIX) {
-            digest_or_tag
-                .parse()
-                .map_err(|source| StoreError::BadDigest {
-                    text: digest_or_tag.to_owned(),
-                    source,
-                })?
-        } else {
-            self.tag(digest_or_tag)?
-        };
+        let digest = crate::catalog::digest_or_tag(digest_or_tag, |name| self.tag(name))?;
         if !self.has_manifest(&digest)? {
             return Err(StoreError::ManifestNotFound { digest });
         }

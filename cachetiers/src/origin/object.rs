@@ -352,16 +352,7 @@ impl Catalog for ObjectOrigin {
     }
 
     fn resolve(&self, digest_or_tag: &str) -> Result<ManifestDigest, StoreError> {
-        let digest = if digest_or_tag.starts_with(ManifestDigest::PREFIX) {
-            digest_or_tag
-                .parse()
-                .map_err(|source| StoreError::BadDigest {
-                    text: digest_or_tag.to_owned(),
-                    source,
-                })?
-        } else {
-            self.tag(digest_or_tag)?
-        };
+        let digest = crate::catalog::digest_or_tag(digest_or_tag, |name| self.tag(name))?;
         if !self.has_manifest(&digest)? {
             return Err(StoreError::ManifestNotFound { digest });
         }
