@@ -23,5 +23,7 @@ if [ ! -f "$lib_dir/librocksdb.a" ]; then
     cp "$built" "$lib_dir.tmp/librocksdb.a"
     rm -rf "$lib_dir"
     mv "$lib_dir.tmp" "$lib_dir"
+    # The C++ objects take gigabytes; only the library is kept.
+    rm -rf "$target"
 fi
 echo "$lib_dir"

@@ -14,6 +14,8 @@ bash scripts/install-deps.sh
 # Caches live outside the clone; they only save time, never decide results.
 export IMAGEFS_CACHE="${IMAGEFS_CACHE:-/var/cache/imagefs}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$IMAGEFS_CACHE/target}"
+# Incremental state only helps edit-compile loops and takes gigabytes.
+export CARGO_INCREMENTAL=0
 mkdir -p "$IMAGEFS_CACHE"
 
 bash scripts/build-debian-images.sh
@@ -23,5 +25,6 @@ bash scripts/build-debian-images.sh
 ROCKSDB_LIB_DIR="$(bash scripts/rocksdb-lib.sh)"
 export ROCKSDB_LIB_DIR ROCKSDB_STATIC=1
 
+df -h "$IMAGEFS_CACHE" /tmp
 cargo build --workspace --all-targets --locked
 cargo test --workspace --locked
