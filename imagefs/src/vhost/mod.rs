@@ -9,21 +9,26 @@
 //!
 //! [`serve`] listens on a Unix socket, serves one frontend (QEMU's
 //! `vhost-user-blk`, the vmm-shim) until it disconnects, and returns what
-//! was served; with `keep_alive` it then listens again for a reconnecting
-//! frontend instead.
+//! was served; with `keep_alive` it then waits on the same listening
+//! socket for a reconnecting frontend instead. SIGINT or SIGTERM ends it
+//! cleanly at any point (see [`ServeOptions::stop_on_signals`]).
 
 pub mod backend;
 pub mod config;
 pub mod request;
 pub mod trace;
 
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
-use vhost_user_backend::VhostUserDaemon;
+use vhost::vhost_user::{Error as VhostUserError, Listener};
+use vhost_user_backend::{Error as DaemonError, ShutdownHandle, VhostUserDaemon};
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 pub use backend::{BlkBackend, Service};
 pub use config::{BlkGeometry, serial_of};
@@ -49,6 +54,11 @@ pub struct ServeOptions {
     pub writable: bool,
     /// After the frontend disconnects, wait for the next one.
     pub keep_alive: bool,
+    /// SIGINT and SIGTERM end the run cleanly: the frontend (if any) is
+    /// disconnected and [`serve`] returns its report. Outside a run the
+    /// signals keep their default action. Off for callers that handle
+    /// signals themselves.
+    pub stop_on_signals: bool,
     /// Threads doing the blocking reads and writes, shared by the queues.
     pub io_threads: usize,
     /// Record the guest's reads here (see [`trace`]).
@@ -60,7 +70,8 @@ pub struct ServeOptions {
 
 impl ServeOptions {
     /// Defaults for `socket` and `image_digest`: one queue of up to 1024, 1 MiB
-    /// segments, read-only, 8 I/O threads, no trace.
+    /// segments, read-only, 8 I/O threads, no trace, stopped by SIGINT and
+    /// SIGTERM.
     pub fn new(socket: PathBuf, image_digest: String) -> Self {
         Self {
             socket,
@@ -69,6 +80,7 @@ impl ServeOptions {
             size_max: 1 << 20,
             writable: false,
             keep_alive: false,
+            stop_on_signals: true,
             io_threads: 8,
             record_trace: None,
             image_digest,
@@ -335,46 +347,198 @@ pub fn service(image: Arc<LazyImage>, opts: &ServeOptions) -> Result<Arc<Service
     .map_err(ServeError::Threads)
 }
 
+/// Asks a running [`serve`] to stop: wakes its wait for a frontend and
+/// disconnects the current one.
+struct Stop {
+    requested: AtomicBool,
+    wake: EventFd,
+    conn: Mutex<Option<ShutdownHandle>>,
+}
+
+impl Stop {
+    fn new() -> std::io::Result<Self> {
+        Ok(Self {
+            requested: AtomicBool::new(false),
+            wake: EventFd::new(EFD_NONBLOCK)?,
+            conn: Mutex::new(None),
+        })
+    }
+
+    fn request(&self) {
+        // The flag first: `serve` checks it after publishing a connection,
+        // so a request racing with a new connection is never lost.
+        self.requested.store(true, Ordering::SeqCst);
+        let _ = self.wake.write(1);
+        if let Some(conn) = &*self.conn.lock().unwrap_or_else(PoisonError::into_inner) {
+            conn.shutdown();
+        }
+    }
+
+    fn requested(&self) -> bool {
+        self.requested.load(Ordering::SeqCst)
+    }
+
+    fn set_conn(&self, conn: Option<ShutdownHandle>) {
+        *self.conn.lock().unwrap_or_else(PoisonError::into_inner) = conn;
+    }
+}
+
+/// The runs that SIGINT/SIGTERM stop. One thread per process receives the
+/// signals (installed at the first run, never removed: signal-hook cannot
+/// restore a default handler), stops every current run, or, when none is
+/// running, gives the signal its default action.
+static SIGNAL_TARGETS: Mutex<Vec<Arc<Stop>>> = Mutex::new(Vec::new());
+static SIGNAL_THREAD: OnceLock<Result<(), String>> = OnceLock::new();
+
+/// Registers `stop` with the signal thread while alive.
+struct SignalGuard(Arc<Stop>);
+
+impl SignalGuard {
+    fn new(stop: &Arc<Stop>) -> Result<Self, ServeError> {
+        use signal_hook::consts::{SIGINT, SIGTERM};
+        let started = SIGNAL_THREAD.get_or_init(|| {
+            let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+                .map_err(|e| format!("installing SIGINT/SIGTERM handlers: {e}"))?;
+            std::thread::Builder::new()
+                .name("imagefs-serve-signals".into())
+                .spawn(move || {
+                    for signal in signals.forever() {
+                        let targets = SIGNAL_TARGETS
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner);
+                        if targets.is_empty() {
+                            let _ = signal_hook::low_level::emulate_default_handler(signal);
+                        }
+                        for t in targets.iter() {
+                            t.request();
+                        }
+                    }
+                })
+                .map(|_| ())
+                .map_err(|e| format!("starting the signal thread: {e}"))
+        });
+        if let Err(e) = started {
+            return Err(ServeError::Threads(std::io::Error::other(e.clone())));
+        }
+        SIGNAL_TARGETS
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(Arc::clone(stop));
+        Ok(Self(Arc::clone(stop)))
+    }
+}
+
+impl Drop for SignalGuard {
+    fn drop(&mut self) {
+        SIGNAL_TARGETS
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|t| !Arc::ptr_eq(t, &self.0));
+    }
+}
+
+/// Waits until a frontend connects to `listener` (true) or a stop is
+/// requested (false).
+fn wait_for_frontend(listener: &Listener, stop: &Stop) -> std::io::Result<bool> {
+    const LISTENER: u64 = 0;
+    const WAKE: u64 = 1;
+    let epoll = Epoll::new()?;
+    epoll.ctl(
+        ControlOperation::Add,
+        listener.as_raw_fd(),
+        EpollEvent::new(EventSet::IN, LISTENER),
+    )?;
+    epoll.ctl(
+        ControlOperation::Add,
+        stop.wake.as_raw_fd(),
+        EpollEvent::new(EventSet::IN, WAKE),
+    )?;
+    let mut events = [EpollEvent::default(); 2];
+    loop {
+        if stop.requested() {
+            return Ok(false);
+        }
+        match epoll.wait(-1, &mut events) {
+            Ok(n) => {
+                if events[..n].iter().any(|e| e.data() == LISTENER) && !stop.requested() {
+                    return Ok(true);
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Serves `image` on `opts.socket` (see the module docs); `listening` is
-/// called each time the daemon starts to listen. Returns when the
-/// frontend disconnects (never with `keep_alive`, unless the daemon
-/// fails).
+/// called each time the daemon waits for a frontend. Returns when the
+/// frontend disconnects (with `keep_alive`, only when stopped by a signal
+/// or when the daemon fails).
 pub fn serve(
     image: Arc<LazyImage>,
     opts: &ServeOptions,
     mut listening: impl FnMut(&std::path::Path),
 ) -> Result<ServeReport, ServeError> {
     let service = service(image, opts)?;
+    let daemon_err = |message: String| ServeError::Daemon {
+        socket: opts.socket.clone(),
+        message,
+    };
+    let stop = Arc::new(Stop::new().map_err(ServeError::Threads)?);
+    let _signals = if opts.stop_on_signals {
+        Some(SignalGuard::new(&stop)?)
+    } else {
+        None
+    };
+    // One listening socket for the whole run (replacing a stale one): a
+    // frontend that reconnects (`keep_alive`) always finds it accepting.
+    let mut listener =
+        Listener::new(&opts.socket, true).map_err(|e| daemon_err(format!("listening: {e}")))?;
     let mut connections = 0;
     loop {
+        listening(&opts.socket);
+        if !wait_for_frontend(&listener, &stop)
+            .map_err(|e| daemon_err(format!("waiting for a frontend: {e}")))?
+        {
+            break;
+        }
         let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
         let backend = BlkBackend::new(Arc::clone(&service), mem.clone());
-        let daemon_err = |message: String| ServeError::Daemon {
-            socket: opts.socket.clone(),
-            message,
-        };
         let mut daemon = VhostUserDaemon::new("imagefs-vhost-blk".into(), backend, mem)
             .map_err(|e| daemon_err(e.to_string()))?;
-        listening(&opts.socket);
-        // Binds (replacing a stale socket), serves one frontend until it
-        // disconnects, then stops the queue workers through their exit
-        // events.
-        let result = daemon.serve(&opts.socket);
+        // The listener is readable, so this accepts without blocking.
+        daemon
+            .start(&mut listener)
+            .map_err(|e| daemon_err(e.to_string()))?;
         connections += 1;
+        stop.set_conn(daemon.shutdown_handle());
+        if stop.requested() {
+            daemon.request_shutdown();
+        }
+        let result = daemon.wait();
+        stop.set_conn(None);
+        // Stops and joins the queue workers through their exit events.
         drop(daemon);
         if let Some(trace) = &service.trace {
             let _ = trace.flush();
         }
         match result {
-            Ok(()) if opts.keep_alive => {
-                eprintln!(
-                    "imagefs serve: frontend disconnected; waiting for the next one (--keep-alive)"
-                );
-            }
-            Ok(()) => return Ok(service.stats.report(connections)),
+            // A frontend going away, even mid-message, is the normal end.
+            Ok(())
+            | Err(DaemonError::HandleRequest(
+                VhostUserError::Disconnected | VhostUserError::PartialMessage,
+            )) => {}
             Err(e) => return Err(daemon_err(e.to_string())),
         }
+        if stop.requested() || !opts.keep_alive {
+            break;
+        }
+        eprintln!("imagefs serve: frontend disconnected; waiting for the next one (--keep-alive)");
     }
+    if stop.requested() {
+        eprintln!("imagefs serve: stopped by a signal");
+    }
+    Ok(service.stats.report(connections))
 }
 
 #[cfg(test)]
