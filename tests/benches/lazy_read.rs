@@ -1,0 +1,583 @@
+//! Issue 4 benchmark: lazy reads through the tiers, one run, ratios
+//! against baselines measured in the same run.
+//!
+//! 1. Chunk fetch latency (p50/p99) of every stored chunk of the Debian
+//!    python image from each tier: the shared local tier (RocksDB), an
+//!    `imagefs cache-node` on loopback (cold, then warm) and Garage (S3).
+//! 2. Sequential read of the image's largest file through `imagefs mount`
+//!    (FUSE, dedicated tier warm) against the same file on a kernel loop
+//!    mount of the exported image, page cache dropped before every read.
+//! 3. Bytes fetched against bytes read: a cold mount, `find` over the whole
+//!    tree, then a handful of files read.
+//!
+//! Needs root, `/dev/fuse`, Garage, the Debian images
+//! (`scripts/build-debian-images.sh`) and a release `imagefs`
+//! (`cargo build --release -p tools`); says `SKIP:` otherwise.
+//! Run: `cargo bench -p tests --bench lazy_read`.
+
+use std::fs;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Instant;
+
+use cachenode::{AzConfig, AzTier};
+use cachetiers::{ChunkStore, ObjectOrigin, RocksStore, S3Settings};
+use manifest::{ChunkId, LocalKeyProvider};
+use tests::garage::Garage;
+use tests::harness::{self, Mount};
+
+/// Timed reads per side in part 2 (medians are reported).
+const ROUNDS: usize = 5;
+/// Files read after the `find` in part 3.
+const HANDFUL: usize = 5;
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("lazy_read: {e}");
+        std::process::exit(1);
+    }
+}
+
+type Res<T> = Result<T, String>;
+
+fn run() -> Res<()> {
+    let Some(mut setup) = Setup::new()? else {
+        return Ok(());
+    };
+    let ids = setup.chunk_ids()?;
+    println!(
+        "image: Debian python, {} stored chunks (unique), {} MB of objects in Garage\n",
+        ids.len(),
+        setup.stored_bytes / 1_000_000
+    );
+    fetch_latency(&setup, &ids)?;
+    fuse_vs_loop(&setup)?;
+    fetched_vs_read(&setup)?;
+    Ok(())
+}
+
+/// Everything the parts share: Garage holding the converted image, its
+/// keys, and the release binary.
+struct Setup {
+    dir: tempfile::TempDir,
+    garage: Garage,
+    imagefs: PathBuf,
+    origin_url: String,
+    stored_bytes: u64,
+}
+
+impl Setup {
+    fn new() -> Res<Option<Setup>> {
+        if !harness::require_root("loop mounts, FUSE and dropping the page cache") {
+            return Ok(None);
+        }
+        if !Path::new("/dev/fuse").exists() {
+            harness::skip("/dev/fuse does not exist");
+            return Ok(None);
+        }
+        let layout = tests::e2e::debian_layout();
+        let tags = tests::e2e::layout_tags(&layout).unwrap_or_default();
+        if !tags.iter().any(|t| t == "python") {
+            harness::skip(&format!(
+                "no Debian python image at {} (scripts/build-debian-images.sh)",
+                layout.display()
+            ));
+            return Ok(None);
+        }
+        let Some(imagefs) = release_imagefs() else {
+            return Ok(None);
+        };
+        let garage = match Garage::start_new() {
+            Ok(g) => g,
+            Err(e) => {
+                harness::skip(&format!("no Garage S3 server: {e}"));
+                return Ok(None);
+            }
+        };
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let origin_url = format!("s3://{}/bench", garage.bucket);
+        let setup = Setup {
+            dir,
+            garage,
+            imagefs,
+            origin_url,
+            stored_bytes: 0,
+        };
+        let source = format!("oci:{}:python", layout.display());
+        let started = Instant::now();
+        let out = setup.output(
+            setup
+                .cmd()
+                .args(["convert", &source, "--tag", "python", "--store"])
+                .arg(&setup.origin_url)
+                .arg("--keys")
+                .arg(setup.keys()),
+        )?;
+        println!(
+            "converted into Garage in {:.1} s: {}",
+            started.elapsed().as_secs_f64(),
+            out.lines().last().unwrap_or("")
+        );
+        Ok(Some(setup))
+    }
+
+    fn keys(&self) -> PathBuf {
+        self.dir.path().join("keys")
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// `imagefs` with Garage's credentials in its environment.
+    fn cmd(&self) -> Command {
+        let mut c = Command::new(&self.imagefs);
+        c.env("AWS_ENDPOINT_URL", &self.garage.endpoint)
+            .env("AWS_REGION", &self.garage.region)
+            .env("AWS_ACCESS_KEY_ID", &self.garage.key_id)
+            .env("AWS_SECRET_ACCESS_KEY", &self.garage.secret)
+            .env("AWS_ALLOW_HTTP", "true")
+            .env_remove("IMAGEFS_CONFIG");
+        c
+    }
+
+    fn output(&self, cmd: &mut Command) -> Res<String> {
+        let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "{cmd:?} failed ({}):\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    fn origin(&self) -> Res<ObjectOrigin> {
+        let s = S3Settings {
+            endpoint: Some(self.garage.endpoint.clone()),
+            region: Some(self.garage.region.clone()),
+            access_key_id: Some(self.garage.key_id.clone()),
+            secret_access_key: Some(self.garage.secret.clone()),
+            ..S3Settings::new(self.garage.bucket.clone(), "bench")
+        };
+        ObjectOrigin::s3(&s).map_err(|e| format!("open Garage as the origin: {e}"))
+    }
+
+    /// Every distinct stored chunk of the image, in device order.
+    fn chunk_ids(&mut self) -> Res<Vec<ChunkId>> {
+        let origin = self.origin()?;
+        let keys = LocalKeyProvider::open(self.keys()).map_err(|e| e.to_string())?;
+        let opened = imagefs::open_image(&origin, "python", &keys, None)
+            .map_err(|e| format!("open the image in Garage: {e}"))?;
+        let mut seen = std::collections::HashSet::new();
+        let ids: Vec<ChunkId> = opened
+            .manifest
+            .chunks
+            .iter()
+            .filter_map(|c| c.id().copied())
+            .filter(|id| seen.insert(*id))
+            .collect();
+        self.stored_bytes = 0;
+        for id in &ids {
+            let o = origin.get(id).map_err(|e| e.to_string())?;
+            self.stored_bytes += o.map_or(0, |o| o.len() as u64);
+        }
+        Ok(ids)
+    }
+
+    /// `imagefs mount python DIR` with the given tier flags and `--stats`;
+    /// returns once it has mounted.
+    fn mount(&self, mnt: &Path, tier_flags: &[&str]) -> Res<FuseMount> {
+        fs::create_dir_all(mnt).map_err(|e| e.to_string())?;
+        let mut cmd = self.cmd();
+        cmd.args(["mount", "python"])
+            .arg(mnt)
+            .args(["--stats", "--store", &self.origin_url])
+            .arg("--keys")
+            .arg(self.keys())
+            .args(tier_flags);
+        let (child, _) = spawn_until(cmd, "mounted ", "imagefs mount")?;
+        Ok(FuseMount {
+            child: Some(child),
+            dir: mnt.to_path_buf(),
+        })
+    }
+}
+
+/// `$CARGO_TARGET_DIR/release/imagefs` (or `IMAGEFS_BIN`): a debug build
+/// would make every comparison meaningless.
+fn release_imagefs() -> Option<PathBuf> {
+    let path = match std::env::var_os("IMAGEFS_BIN") {
+        Some(p) => PathBuf::from(p),
+        None => {
+            let target = std::env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| tests::guest::workspace_root().join("target"));
+            target.join("release/imagefs")
+        }
+    };
+    if path.is_file() {
+        Some(path)
+    } else {
+        harness::skip(&format!(
+            "no release imagefs at {} (cargo build --release -p tools, or set IMAGEFS_BIN)",
+            path.display()
+        ));
+        None
+    }
+}
+
+/// A child process that is killed if still running when dropped.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `cmd` and waits for a stdout line starting with `ready`.
+fn spawn_until(mut cmd: Command, ready: &str, what: &str) -> Res<(Killed, String)> {
+    let mut child = Killed(
+        cmd.stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("start {what}: {e}"))?,
+    );
+    let mut line = String::new();
+    let stdout = child.0.stdout.take().ok_or("no stdout")?;
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .map_err(|e| e.to_string())?;
+    if !line.starts_with(ready) {
+        let _ = child.0.kill();
+        let mut err = String::new();
+        if let Some(mut e) = child.0.stderr.take() {
+            let _ = e.read_to_string(&mut err);
+        }
+        return Err(format!("{what} did not start: {line}{err}"));
+    }
+    Ok((child, line))
+}
+
+/// A running `imagefs mount`; `stop` unmounts it and returns its stats.
+struct FuseMount {
+    child: Option<Killed>,
+    dir: PathBuf,
+}
+
+impl FuseMount {
+    fn stop(mut self) -> Res<String> {
+        let mut child = self.child.take().ok_or("already stopped")?;
+        let pid = child.0.id().to_string();
+        Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .map_err(|e| e.to_string())?;
+        let status = child.0.wait().map_err(|e| e.to_string())?;
+        let mut err = String::new();
+        if let Some(mut e) = child.0.stderr.take() {
+            let _ = e.read_to_string(&mut err);
+        }
+        if !status.success() {
+            return Err(format!("imagefs mount exited with {status}:\n{err}"));
+        }
+        Ok(err)
+    }
+}
+
+impl Drop for FuseMount {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+        }
+    }
+}
+
+/// Latencies in seconds, sorted; the quantile by nearest rank.
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((sorted.len() as f64) * q).ceil().max(1.0) as usize;
+    sorted[rank.min(sorted.len()) - 1]
+}
+
+fn time_gets(store: &dyn ChunkStore, ids: &[ChunkId], what: &str) -> Res<Vec<f64>> {
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        let t = Instant::now();
+        let got = store
+            .get(id)
+            .map_err(|e| format!("{what}: get {id}: {e}"))?;
+        out.push(t.elapsed().as_secs_f64());
+        if got.is_none() {
+            return Err(format!("{what}: chunk {id} missing"));
+        }
+    }
+    out.sort_by(f64::total_cmp);
+    Ok(out)
+}
+
+/// Part 1: p50/p99 of a get of every chunk from each tier.
+fn fetch_latency(s: &Setup, ids: &[ChunkId]) -> Res<()> {
+    let origin = s.origin()?;
+    let garage = time_gets(&origin, ids, "Garage")?;
+
+    // The shared local tier, filled from Garage, then reopened so the reads
+    // come from its files (and the OS page cache), not its memtable only.
+    let rocks_dir = s.path("shared-latency");
+    {
+        let rocks = RocksStore::open(&rocks_dir, 4 << 30).map_err(|e| e.to_string())?;
+        for id in ids {
+            let o = origin
+                .get(id)
+                .map_err(|e| e.to_string())?
+                .ok_or("chunk vanished")?;
+            rocks.put(id, &o).map_err(|e| e.to_string())?;
+        }
+    }
+    let rocks = RocksStore::open(&rocks_dir, 4 << 30).map_err(|e| e.to_string())?;
+    let shared = time_gets(&rocks, ids, "shared local")?;
+    drop(rocks);
+
+    let mut node_cmd = s.cmd();
+    node_cmd
+        .args(["cache-node", "--listen", "127.0.0.1:0", "--capacity", "1G"])
+        .arg("--data")
+        .arg(s.path("node"))
+        .args(["--origin", &s.origin_url]);
+    let (node, line) = spawn_until(node_cmd, "cache node listening on ", "imagefs cache-node")?;
+    let url = line
+        .trim_start_matches("cache node listening on ")
+        .split_whitespace()
+        .next()
+        .ok_or("no URL in the cache node's first line")?
+        .to_string();
+    let az = AzTier::new(AzConfig::with_nodes([url])).map_err(|e| e.to_string())?;
+    let node_cold = time_gets(&az, ids, "cache node (cold)")?;
+    let node_warm = time_gets(&az, ids, "cache node (warm)")?;
+    drop(node);
+
+    let base = quantile(&shared, 0.5);
+    println!("## Chunk fetch latency, {} gets per tier\n", ids.len());
+    println!("| tier | p50 ms | p99 ms | p50 / shared local p50 |\n| --- | ---: | ---: | ---: |");
+    for (name, lat) in [
+        ("shared local (RocksDB)", &shared),
+        ("cache node, loopback, warm", &node_warm),
+        ("cache node, loopback, cold (via Garage)", &node_cold),
+        ("Garage (S3, loopback)", &garage),
+    ] {
+        println!(
+            "| {name} | {:.3} | {:.3} | {:.1}x |",
+            quantile(lat, 0.5) * 1e3,
+            quantile(lat, 0.99) * 1e3,
+            quantile(lat, 0.5) / base
+        );
+    }
+    println!();
+    Ok(())
+}
+
+/// Every regular file under `dir` with its size (symlinks not followed).
+fn regular_files(dir: &Path) -> Res<Vec<(PathBuf, u64)>> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).map_err(|e| format!("{}: {e}", d.display()))? {
+            let e = e.map_err(|e| e.to_string())?;
+            let m = fs::symlink_metadata(e.path()).map_err(|e| e.to_string())?;
+            if m.is_dir() {
+                stack.push(e.path());
+            } else if m.is_file() {
+                out.push((e.path(), m.len()));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// `find DIR`: lstat of every entry; returns how many.
+fn find(dir: &Path) -> Res<usize> {
+    let mut n = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).map_err(|e| format!("{}: {e}", d.display()))? {
+            let e = e.map_err(|e| e.to_string())?;
+            let m = fs::symlink_metadata(e.path()).map_err(|e| e.to_string())?;
+            n += 1;
+            if m.is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+    Ok(n)
+}
+
+fn drop_page_cache() -> Res<()> {
+    let _ = Command::new("sync").status();
+    fs::write("/proc/sys/vm/drop_caches", "3").map_err(|e| format!("drop_caches: {e}"))
+}
+
+/// Reads `path` start to end in 1 MiB reads; seconds taken.
+fn read_through(path: &Path) -> Res<f64> {
+    let mut f = fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut buf = vec![0u8; 1 << 20];
+    let t = Instant::now();
+    loop {
+        let n = f
+            .read(&mut buf)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+    }
+    Ok(t.elapsed().as_secs_f64())
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Part 2: the largest file through FUSE (dedicated tier warm) against a
+/// loop mount of the exported image, page cache dropped before each read.
+fn fuse_vs_loop(s: &Setup) -> Res<()> {
+    let raw = s.path("python.img");
+    let mut export = s.cmd();
+    export
+        .args(["export", "python", "--store", &s.origin_url])
+        .arg("--keys")
+        .arg(s.keys())
+        .arg("--output")
+        .arg(&raw);
+    s.output(&mut export)?;
+    let loop_dir = s.path("loop");
+    fs::create_dir_all(&loop_dir).map_err(|e| e.to_string())?;
+    let Some(lo) = Mount::loop_mount(&raw, &loop_dir, true)? else {
+        return Ok(());
+    };
+    let (rel, size) = regular_files(&loop_dir)?
+        .into_iter()
+        .max_by_key(|(_, len)| *len)
+        .map(|(p, len)| (p.strip_prefix(&loop_dir).unwrap().to_path_buf(), len))
+        .ok_or("no regular file in the image")?;
+
+    let mnt = s.path("fuse");
+    let dedicated = s.path("dedicated-warm");
+    let m = s.mount(&mnt, &["--dedicated", dedicated.to_str().unwrap()])?;
+    // Warm the dedicated tier, and check the two sides agree.
+    let via_fuse = fs::read(mnt.join(&rel)).map_err(|e| format!("FUSE read: {e}"))?;
+    let via_loop = fs::read(loop_dir.join(&rel)).map_err(|e| e.to_string())?;
+    if via_fuse != via_loop {
+        return Err(format!(
+            "/{} differs between FUSE and the loop mount",
+            rel.display()
+        ));
+    }
+    let (mut fuse_t, mut loop_t) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        drop_page_cache()?;
+        loop_t.push(read_through(&loop_dir.join(&rel))?);
+        drop_page_cache()?;
+        fuse_t.push(read_through(&mnt.join(&rel))?);
+    }
+    let stats = m.stop()?;
+    lo.unmount()?;
+    let mb = size as f64 / 1e6;
+    let (f, l) = (median(fuse_t), median(loop_t));
+    println!(
+        "## Sequential read of /{} ({:.1} MB), page cache dropped before each read, median of {ROUNDS}\n",
+        rel.display(),
+        mb
+    );
+    println!("| path | MB/s | vs loop mount |\n| --- | ---: | ---: |");
+    println!(
+        "| kernel loop mount of the exported image | {:.0} | 1.00x |",
+        mb / l
+    );
+    println!(
+        "| imagefs mount (FUSE, dedicated tier warm) | {:.0} | {:.2}x (goal >= 0.9x) |",
+        mb / f,
+        l / f
+    );
+    println!("\nimagefs mount --stats:\n{stats}");
+    Ok(())
+}
+
+/// The first number after `after` in `line`.
+fn number_after(line: &str, after: &str) -> Res<u64> {
+    let at = line
+        .find(after)
+        .ok_or_else(|| format!("no `{after}` in {line}"))?;
+    line[at + after.len()..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| format!("no number after `{after}` in {line}"))
+}
+
+/// From the stats' `reads:` line: device bytes returned, chunks fetched,
+/// bytes fetched.
+fn fetched(stats: &str) -> Res<(u64, u64, u64)> {
+    let line = stats
+        .lines()
+        .find(|l| l.starts_with("reads: "))
+        .ok_or_else(|| format!("no reads: line in\n{stats}"))?;
+    let chunks = number_after(line, "fetched ")?;
+    Ok((
+        number_after(line, "reads: ")?,
+        chunks,
+        number_after(line, &format!("fetched {chunks} ("))?,
+    ))
+}
+
+/// Part 3: cold mount, `find`, a handful of files; bytes fetched against
+/// bytes read.
+fn fetched_vs_read(s: &Setup) -> Res<()> {
+    let mnt = s.path("cold");
+    let dedicated = s.path("dedicated-cold");
+    let m = s.mount(&mnt, &["--dedicated", dedicated.to_str().unwrap()])?;
+    let entries = find(&mnt)?;
+    let files = regular_files(&mnt)?;
+    // The largest file and evenly spaced others (by path): a mix of big
+    // libraries and small scripts, chosen the same way every run.
+    let mut pick: Vec<&(PathBuf, u64)> = vec![files.iter().max_by_key(|(_, l)| *l).ok_or("empty")?];
+    let step = files.len() / HANDFUL;
+    pick.extend(files.iter().step_by(step.max(1)).skip(1).take(HANDFUL - 1));
+    let mut app_bytes = 0u64;
+    for (p, _) in &pick {
+        app_bytes += fs::read(p)
+            .map_err(|e| format!("{}: {e}", p.display()))?
+            .len() as u64;
+    }
+    let stats = m.stop()?;
+    let (device_bytes, chunks, fetched_bytes) = fetched(&stats)?;
+    println!(
+        "## Cold mount: find over {entries} entries, then {} files read\n",
+        pick.len()
+    );
+    for (p, len) in &pick {
+        println!(
+            "- {} ({len} bytes)",
+            p.strip_prefix(&mnt).unwrap_or(p).display()
+        );
+    }
+    println!(
+        "\n| measure | bytes | vs files read |\n| --- | ---: | ---: |\n\
+         | file bytes the reader asked for | {app_bytes} | 1.00x |\n\
+         | device bytes FUSE read (metadata + data) | {device_bytes} | {:.2}x |\n\
+         | fetched: {chunks} chunks (ciphertext) | {fetched_bytes} | {:.2}x |\n\
+         | the whole image's stored objects | {} | {:.2}x |",
+        device_bytes as f64 / app_bytes as f64,
+        fetched_bytes as f64 / app_bytes as f64,
+        s.stored_bytes,
+        s.stored_bytes as f64 / app_bytes as f64,
+    );
+    println!("\nimagefs mount --stats:\n{stats}");
+    Ok(())
+}
