@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Record a block access trace with `imagefs serve --record-trace` while a
+# real Linux guest under QEMU (-M microvm, TCG, vhost-user-blk) boots from
+# the image and runs a command, for vmm-shim to replay.
+#
+#   vmm-shim/scripts/record-trace-serve.sh IMAGEFS_BIN IMAGE OUT_TRACE ['guest shell command']
+#
+# IMAGE is a tag or sha256:DIGEST; the tiers come from the environment as for
+# any imagefs command (IMAGEFS_STORE, IMAGEFS_KEYS or IMAGEFS_CONFIG). The
+# guest is Debian's stock kernel with the project's initramfs
+# (scripts/guest-kernel.sh): it mounts /dev/vda read-only on /mnt and runs
+# the command (default: the Debian python image's entrypoint check,
+# `python3 -c "import json, sqlite3"` chrooted into /mnt). OUT_TRACE gets
+# the daemon's JSON lines (imagefs::vhost::trace), which vmm-shim reads.
+set -euo pipefail
+imagefs=${1:?imagefs binary}
+image=${2:?image tag or digest}
+out=${3:?output trace}
+cmd=${4:-'chroot /mnt /usr/bin/python3 -c "import json, sqlite3; print(\"python ok\")"'}
+here=$(cd "$(dirname "$0")/../.." && pwd)
+eval "$(bash "$here/scripts/guest-kernel.sh")"   # KERNEL=… INITRD=…
+tmp=$(mktemp -d)
+serve_pid=
+cleanup() {
+    [ -n "$serve_pid" ] && kill "$serve_pid" 2>/dev/null || true
+    rm -rf "$tmp"
+}
+trap cleanup EXIT
+"$imagefs" serve "$image" --socket "$tmp/blk.sock" --record-trace "$out" --stats \
+    >"$tmp/serve.out" 2>"$tmp/serve.err" &
+serve_pid=$!
+for _ in $(seq 600); do
+    [ -S "$tmp/blk.sock" ] && break
+    kill -0 "$serve_pid" 2>/dev/null || { cat "$tmp/serve.err" >&2; exit 1; }
+    sleep 0.1
+done
+[ -S "$tmp/blk.sock" ] || { echo "record-trace-serve: no socket after 60 s" >&2; exit 1; }
+b64=$(printf '%s\n' "$cmd" | base64 -w0)
+timeout 300 qemu-system-x86_64 -M microvm,accel=tcg -m 512M -smp 1 -nographic -no-reboot \
+    -global virtio-mmio.force-legacy=false \
+    -object memory-backend-memfd,id=mem,size=512M,share=on -numa node,memdev=mem \
+    -chardev "socket,id=blk,path=$tmp/blk.sock" -device vhost-user-blk,chardev=blk,num-queues=1 \
+    -kernel "$KERNEL" -initrd "$INITRD" \
+    -cpu max -append "console=ttyS0 quiet panic=-1 reboot=t tsc_early_khz=2000000 lpj=4000000 no_timer_check imagefs.cmd=$b64" \
+    >"$tmp/console.log" 2>&1 || true
+# The frontend is gone: the daemon ends by itself and finishes the trace.
+for _ in $(seq 300); do
+    kill -0 "$serve_pid" 2>/dev/null || break
+    sleep 0.1
+done
+wait "$serve_pid" || { echo "record-trace-serve: imagefs serve failed:" >&2; cat "$tmp/serve.err" >&2; exit 1; }
+serve_pid=
+if ! grep -q "IMAGEFS-GUEST: END rc=0" "$tmp/console.log"; then
+    echo "record-trace-serve: the guest did not finish its command; console tail:" >&2
+    tail -20 "$tmp/console.log" >&2
+    exit 1
+fi
+echo "record-trace-serve: $(($(wc -l <"$out") - 1)) reads -> $out"
+grep "IMAGEFS-GUEST" "$tmp/console.log" | head -5
+cat "$tmp/serve.out" "$tmp/serve.err"

@@ -1,0 +1,244 @@
+//! The probe guest and the cold-start harness against the real
+//! `imagefs serve`, on the Debian base image converted into a directory
+//! store: the probe reads known blocks and the VMM checks them against
+//! `imagefs export`; then every cold-start scenario runs once.
+//!
+//! Needs /dev/kvm, qemu-storage-daemon, the `imagefs` binary of this
+//! workspace (`cargo build -p tools`, or `IMAGEFS_BIN`) and the Debian
+//! images (`scripts/build-debian-images.sh`); prints `SKIP:` otherwise.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use vmm_shim::backend::{BackendProcess, which};
+use vmm_shim::coldstart::{ColdstartConfig, Scenario, render, run};
+use vmm_shim::{Params, RunConfig, TraceEntry, run_probe};
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// This workspace's debug build, which `cargo test --workspace` has just
+/// built (a release binary elsewhere could be stale).
+fn imagefs() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("IMAGEFS_BIN") {
+        return Some(p.into());
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target"));
+    let p = target.join("debug/imagefs");
+    p.is_file().then_some(p)
+}
+
+fn debian_base() -> Option<String> {
+    let cache = std::env::var_os("IMAGEFS_CACHE").unwrap_or("/var/cache/imagefs".into());
+    let layout = Path::new(&cache).join("debian-images/oci");
+    let index = std::fs::read_to_string(layout.join("index.json")).ok()?;
+    index
+        .contains("\"base\"")
+        .then(|| format!("oci:{}:base", layout.display()))
+}
+
+struct Ready {
+    imagefs: PathBuf,
+    dir: tempfile::TempDir,
+    raw: PathBuf,
+}
+
+impl Ready {
+    fn store(&self) -> String {
+        self.dir.path().join("store").display().to_string()
+    }
+    fn keys(&self) -> PathBuf {
+        self.dir.path().join("keys")
+    }
+}
+
+fn run_imagefs(imagefs: &Path, args: &[&str]) {
+    let out = Command::new(imagefs)
+        .args(args)
+        .env_remove("IMAGEFS_CONFIG")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "imagefs {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Converts the Debian base image into a fresh store and exports it; `None`
+/// after a SKIP line when something needed is missing.
+fn prepare() -> Option<Ready> {
+    let missing = if let Err(e) = vmm_shim::vm::kvm_available() {
+        Some(e)
+    } else if which("qemu-storage-daemon").is_none() {
+        Some("qemu-storage-daemon not installed".into())
+    } else {
+        None
+    };
+    if let Some(why) = missing {
+        println!("SKIP: {why}");
+        return None;
+    }
+    let Some(imagefs) = imagefs() else {
+        println!("SKIP: no imagefs binary (cargo build -p tools, or set IMAGEFS_BIN)");
+        return None;
+    };
+    let Some(source) = debian_base() else {
+        println!("SKIP: no Debian base image (scripts/build-debian-images.sh)");
+        return None;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let r = Ready {
+        raw: dir.path().join("base.raw"),
+        imagefs,
+        dir,
+    };
+    let (store, keys) = (r.store(), r.keys().display().to_string());
+    run_imagefs(
+        &r.imagefs,
+        &[
+            "convert", &source, "--tag", "base", "--store", &store, "--keys", &keys,
+        ],
+    );
+    let raw = r.raw.display().to_string();
+    run_imagefs(
+        &r.imagefs,
+        &[
+            "export", "base", "--store", &store, "--keys", &keys, "--output", &raw,
+        ],
+    );
+    Some(r)
+}
+
+/// Reads at the device's start, across chunk boundaries (512 KiB chunks),
+/// of odd sizes, and near the end.
+fn known_blocks(size: u64) -> Vec<TraceEntry> {
+    let chunk = 512 * 1024;
+    let mut t = vec![
+        TraceEntry {
+            offset: 0,
+            len: 4096,
+        },
+        TraceEntry {
+            offset: 1024,
+            len: 1024,
+        },
+        TraceEntry {
+            offset: chunk - 4096,
+            len: 8192,
+        },
+        TraceEntry {
+            offset: 3 * chunk - 32768,
+            len: 65536,
+        },
+        TraceEntry {
+            offset: size - 4096,
+            len: 4096,
+        },
+    ];
+    t.extend((0..48u64).map(|i| TraceEntry {
+        offset: (i * 7919 * 4096) % (size - 65536),
+        len: 4096 * (1 + i as u32 % 16),
+    }));
+    t
+}
+
+#[test]
+fn probe_reads_known_blocks_through_imagefs_serve() {
+    let Some(r) = prepare() else { return };
+    let image = std::fs::read(&r.raw).unwrap();
+    let trace = known_blocks(image.len() as u64);
+    let socket = r.dir.path().join("blk.sock");
+    let mut cmd = Command::new(&r.imagefs);
+    cmd.args(["serve", "base", "--stats", "--store", &r.store()])
+        .arg("--keys")
+        .arg(r.keys())
+        .arg("--socket")
+        .arg(&socket)
+        .env_remove("IMAGEFS_CONFIG");
+    let mut serve = BackendProcess::spawn(cmd, "imagefs serve", &socket).unwrap();
+    let cfg = RunConfig {
+        params: Params::default(),
+        keep_data: true,
+        // A hang watchdog, not a timing assertion.
+        timeout: Duration::from_secs(120),
+        ..RunConfig::new(socket.clone(), trace.clone())
+    };
+    let run = run_probe(&cfg).unwrap_or_else(|e| panic!("{e}\n{}", serve.log_tail()));
+    assert_eq!(run.outcome.completed, trace.len() as u64);
+    for (i, e) in trace.iter().enumerate() {
+        assert_eq!(run.results[i].status, 0, "entry {i} status");
+        let want = &image[e.offset as usize..(e.offset + u64::from(e.len)) as usize];
+        assert!(
+            run.data(i).unwrap() == want,
+            "entry {i} ({} +{}) differs from imagefs export",
+            e.offset,
+            e.len
+        );
+    }
+    // The VMM has gone: the daemon ends by itself.
+    assert!(
+        serve.wait_exit(Duration::from_secs(30)),
+        "imagefs serve did not exit after the VM"
+    );
+    println!(
+        "{} reads through imagefs serve equal the exported image\n{}",
+        trace.len(),
+        serve.log()
+    );
+}
+
+#[test]
+fn coldstart_runs_every_scenario_against_imagefs_serve() {
+    let Some(r) = prepare() else { return };
+    let size = std::fs::metadata(&r.raw).unwrap().len();
+    let trace = known_blocks(size);
+    let cfg = ColdstartConfig {
+        imagefs: r.imagefs.clone(),
+        image: "base".into(),
+        store: r.store(),
+        keys: Some(r.keys()),
+        trace: trace.clone(),
+        runs: 1,
+        work: r.dir.path().join("work"),
+        scenarios: Scenario::ALL.to_vec(),
+        params: Params::default(),
+        timeout: Duration::from_secs(120),
+        raw: Some(r.raw.clone()),
+    };
+    let results = run(&cfg).unwrap();
+    print!("{}", render(&results));
+    let bytes: u64 = trace.iter().map(|e| u64::from(e.len)).sum();
+    for res in &results {
+        let name = res.scenario.name();
+        assert!(res.unavailable.is_none(), "{name}: {:?}", res.unavailable);
+        assert_eq!(res.samples.len(), 1, "{name}");
+        assert_eq!(res.samples[0].bytes_read, bytes, "{name}");
+    }
+    let tier = |s: Scenario, t: &str| {
+        let r = results.iter().find(|r| r.scenario == s).unwrap();
+        r.samples[0]
+            .tiers
+            .iter()
+            .find(|(n, _)| n == t)
+            .map_or(0, |(_, b)| *b)
+    };
+    // Each scenario's chunks came from the tier it prepared.
+    assert!(tier(Scenario::Origin, "origin") > 0);
+    assert!(tier(Scenario::AzWarm, "az") > 0);
+    assert_eq!(tier(Scenario::AzWarm, "origin"), 0);
+    assert!(tier(Scenario::SharedWarm, "shared-local") > 0);
+    assert_eq!(tier(Scenario::SharedWarm, "origin"), 0);
+    let dedicated = results
+        .iter()
+        .find(|r| r.scenario == Scenario::DedicatedWarm)
+        .unwrap();
+    assert_eq!(dedicated.samples[0].fetched, Some(0), "dedicated-warm fetched");
+}
