@@ -240,5 +240,9 @@ fn coldstart_runs_every_scenario_against_imagefs_serve() {
         .iter()
         .find(|r| r.scenario == Scenario::DedicatedWarm)
         .unwrap();
-    assert_eq!(dedicated.samples[0].fetched, Some(0), "dedicated-warm fetched");
+    assert_eq!(
+        dedicated.samples[0].fetched,
+        Some(0),
+        "dedicated-warm fetched"
+    );
 }
