@@ -5,12 +5,15 @@
 //! - [`verify`]: check every chunk of an image (present, id, decryption);
 //! - [`export`]: reassemble the plaintext image into a sparse file;
 //! - [`fuse`]: a read-only FUSE view of an image (`imagefs mount`);
+//! - [`ext4`]: the ext4 metadata the FUSE view needs beyond `ext4-view`
+//!   (inode numbers, link counts, device numbers, xattrs);
 //! - [`vhost`]: the image as a vhost-user-blk device (`imagefs serve`);
 //! - [`tiers`]: the tier stack (shared local, AZ, origin) built from one
 //!   TOML configuration, and its statistics.
 #![forbid(unsafe_code)]
 
 pub mod export;
+pub mod ext4;
 pub mod fuse;
 pub mod lazy;
 pub mod open;

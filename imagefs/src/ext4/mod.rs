@@ -1,0 +1,323 @@
+//! A small read-only ext4 reader for what `ext4-view` 1.0 does not expose:
+//! inode numbers, link counts, device numbers and extended attributes.
+//!
+//! The FUSE view reads file contents and most metadata with `ext4-view`;
+//! this reader resolves names to inode numbers (reading directories
+//! linearly, htree or not), decodes inodes, and reads their xattrs from
+//! the inode and the xattr block. It reads through the same
+//! [`ByteSource`] as the view, and caches what it decodes (bounded), since
+//! FUSE asks for the same inodes and xattrs over and over.
+//!
+//! One file per on-disk concept: `superblock`, `group` (descriptors),
+//! `inode`, `extent` and `blockmap` (where a file's blocks are), `dir`
+//! (directory blocks), `xattr` and `acl`. Every offset and count read from
+//! the image is checked before use: corrupt bytes give
+//! [`MetaError::Corrupt`] naming the inode or block, never a panic or an
+//! endless loop. It does not verify metadata checksums and does not
+//! replay the journal (images from the converter have none; `ext4-view`
+//! replays it for what it reads).
+
+mod acl;
+mod blockmap;
+mod bytes;
+mod dir;
+mod extent;
+mod group;
+mod inode;
+mod superblock;
+mod xattr;
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::Arc;
+
+pub use dir::DirEntry;
+pub use inode::{Inode, ROOT_INO};
+pub use xattr::Xattr;
+
+use crate::fuse::ByteSource;
+use extent::Run;
+use superblock::{Geometry, SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE};
+
+/// Errors from reading ext4 metadata.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MetaError {
+    /// The image's bytes could not be read.
+    #[error("reading image bytes {start}..{end}")]
+    Read {
+        /// The first byte.
+        start: u64,
+        /// One past the last byte.
+        end: u64,
+        /// The source's error (naming the chunk and the tier).
+        #[source]
+        source: io::Error,
+    },
+    /// The metadata is malformed; the text names the inode or block.
+    #[error("corrupt ext4 metadata: {0}")]
+    Corrupt(String),
+    /// A format this reader does not decode.
+    #[error("unsupported ext4 layout: {0}")]
+    Unsupported(String),
+    /// A name was looked up in something that is not a directory.
+    #[error("inode {0} is not a directory")]
+    NotADirectory(u32),
+}
+
+/// The most decoded inodes, directories' entries and xattr lists kept;
+/// past that, the cache starts over (simple, and bounded).
+const MAX_CACHED: usize = 16 * 1024;
+/// The most directory entries kept over all cached directories.
+const MAX_CACHED_NAMES: usize = 256 * 1024;
+/// The largest directory read: 2 GiB, ext4's limit without `largedir`.
+const MAX_DIR_BYTES: u64 = 1 << 31;
+
+/// A directory's names, in on-disk order, with an index by name.
+#[derive(Debug)]
+pub struct Dir {
+    /// The entries (without `.` and `..`).
+    pub entries: Vec<DirEntry>,
+    by_name: HashMap<Vec<u8>, usize>,
+}
+
+impl Dir {
+    /// The entry called `name`.
+    pub fn get(&self, name: &[u8]) -> Option<&DirEntry> {
+        self.by_name.get(name).map(|&i| &self.entries[i])
+    }
+}
+
+/// The reader, with its caches. Not shared between threads: the FUSE
+/// view's tree thread owns it.
+pub struct Ext4Meta {
+    source: Arc<dyn ByteSource>,
+    geom: Geometry,
+    tables: HashMap<u32, u64>,
+    inodes: HashMap<u32, Arc<Inode>>,
+    dirs: HashMap<u32, Arc<Dir>>,
+    cached_names: usize,
+    xattrs: HashMap<u32, Arc<[Xattr]>>,
+}
+
+impl std::fmt::Debug for Ext4Meta {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ext4Meta")
+            .field("geom", &self.geom)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Ext4Meta {
+    /// Reads and checks the superblock.
+    pub fn open(source: Arc<dyn ByteSource>) -> Result<Ext4Meta, MetaError> {
+        let mut sb = vec![0u8; SUPERBLOCK_SIZE];
+        read(&*source, &mut sb, SUPERBLOCK_OFFSET)?;
+        let geom = Geometry::decode(&sb)?;
+        Ok(Ext4Meta {
+            source,
+            geom,
+            tables: HashMap::new(),
+            inodes: HashMap::new(),
+            dirs: HashMap::new(),
+            cached_names: 0,
+            xattrs: HashMap::new(),
+        })
+    }
+
+    /// Inode `ino`, decoded.
+    pub fn inode(&mut self, ino: u32) -> Result<Arc<Inode>, MetaError> {
+        if let Some(i) = self.inodes.get(&ino) {
+            return Ok(Arc::clone(i));
+        }
+        if ino == 0 || ino > self.geom.inodes_count {
+            return Err(MetaError::Corrupt(format!(
+                "inode {ino} is outside 1..={}",
+                self.geom.inodes_count
+            )));
+        }
+        let group = (ino - 1) / self.geom.inodes_per_group;
+        let index = (ino - 1) % self.geom.inodes_per_group;
+        let table = self.inode_table(group)?;
+        let size = usize::from(self.geom.inode_size);
+        let offset = self
+            .geom
+            .block_offset(table)
+            .and_then(|t| t.checked_add(u64::from(index) * size as u64))
+            .ok_or_else(|| MetaError::Corrupt(format!("inode {ino}: table block {table}")))?;
+        let mut raw = vec![0u8; size];
+        read(&*self.source, &mut raw, offset)?;
+        let inode = Arc::new(Inode::decode(&self.geom, ino, &raw)?);
+        if self.inodes.len() >= MAX_CACHED {
+            self.inodes.clear();
+        }
+        self.inodes.insert(ino, Arc::clone(&inode));
+        Ok(inode)
+    }
+
+    fn inode_table(&mut self, group: u32) -> Result<u64, MetaError> {
+        if let Some(&t) = self.tables.get(&group) {
+            return Ok(t);
+        }
+        if group >= self.geom.groups {
+            return Err(MetaError::Corrupt(format!(
+                "block group {group} is past the {} groups",
+                self.geom.groups
+            )));
+        }
+        let offset = self.geom.descriptor_offset(group).ok_or_else(|| {
+            MetaError::Corrupt(format!("group descriptor {group} is past the end"))
+        })?;
+        let mut desc = vec![0u8; usize::from(self.geom.desc_size)];
+        read(&*self.source, &mut desc, offset)?;
+        let table = group::inode_table(&self.geom, group, &desc)?;
+        self.tables.insert(group, table);
+        Ok(table)
+    }
+
+    fn read_block(&self, block: u64) -> Result<Vec<u8>, MetaError> {
+        let offset = self.geom.block_offset(block).ok_or_else(|| {
+            MetaError::Corrupt(format!(
+                "block {block} is past the {} blocks",
+                self.geom.blocks_count
+            ))
+        })?;
+        let mut buf = vec![0u8; self.geom.block_size as usize];
+        read(&*self.source, &mut buf, offset)?;
+        Ok(buf)
+    }
+
+    /// The written blocks among the first `blocks` logical blocks of
+    /// `inode`.
+    fn runs(&self, inode: &Inode, blocks: u32) -> Result<Vec<Run>, MetaError> {
+        let mut read_block = |b| self.read_block(b);
+        if inode.flags & inode::INLINE_DATA_FL != 0 {
+            return Err(MetaError::Unsupported(format!(
+                "inode {}: inline data",
+                inode.ino
+            )));
+        }
+        if inode.flags & inode::EXTENTS_FL != 0 {
+            extent::runs(&self.geom, inode.ino, &inode.i_block, &mut read_block)
+        } else {
+            blockmap::runs(
+                &self.geom,
+                inode.ino,
+                &inode.i_block,
+                blocks,
+                &mut read_block,
+            )
+        }
+    }
+
+    /// The names in directory `ino`.
+    pub fn read_dir(&mut self, ino: u32) -> Result<Arc<Dir>, MetaError> {
+        if let Some(d) = self.dirs.get(&ino) {
+            return Ok(Arc::clone(d));
+        }
+        let inode = self.inode(ino)?;
+        if !inode.is_dir() {
+            return Err(MetaError::NotADirectory(ino));
+        }
+        if inode.size > MAX_DIR_BYTES {
+            return Err(MetaError::Corrupt(format!(
+                "directory inode {ino}: size {} is over {MAX_DIR_BYTES}",
+                inode.size
+            )));
+        }
+        let bs = u64::from(self.geom.block_size);
+        // Below 2^31 / 1024.
+        let blocks = inode.size.div_ceil(bs) as u32;
+        let mut entries = Vec::new();
+        for run in self.runs(&inode, blocks)? {
+            // Blocks past the size, from a sloppy tree, are not read;
+            // holes (and unwritten extents) are skipped as the kernel
+            // skips them.
+            let end = run.logical.saturating_add(run.len).min(blocks);
+            for logical in run.logical..end {
+                let physical = run.physical + u64::from(logical - run.logical);
+                let data = self.read_block(physical)?;
+                dir::parse_block(&self.geom, ino, logical, &data, &mut entries)?;
+            }
+        }
+        let mut by_name = HashMap::with_capacity(entries.len());
+        for (i, e) in entries.iter().enumerate() {
+            by_name.entry(e.name.clone()).or_insert(i);
+        }
+        let dir = Arc::new(Dir { entries, by_name });
+        if self.dirs.len() >= MAX_CACHED || self.cached_names + dir.entries.len() > MAX_CACHED_NAMES
+        {
+            self.dirs.clear();
+            self.cached_names = 0;
+        }
+        self.cached_names += dir.entries.len();
+        self.dirs.insert(ino, Arc::clone(&dir));
+        Ok(dir)
+    }
+
+    /// The entry `name` in directory `dir`, if there is one.
+    pub fn lookup(&mut self, dir: u32, name: &[u8]) -> Result<Option<DirEntry>, MetaError> {
+        Ok(self.read_dir(dir)?.get(name).cloned())
+    }
+
+    /// The inode a path names, from the root, without following symlinks
+    /// (`None` when a component does not exist).
+    pub fn resolve(&mut self, path: &[u8]) -> Result<Option<u32>, MetaError> {
+        let mut stack = vec![ROOT_INO];
+        for part in path.split(|&b| b == b'/') {
+            match part {
+                b"" | b"." => {}
+                b".." => {
+                    if stack.len() > 1 {
+                        stack.pop();
+                    }
+                }
+                name => {
+                    let dir = *stack.last().unwrap_or(&ROOT_INO);
+                    match self.lookup(dir, name)? {
+                        Some(e) => stack.push(e.ino),
+                        None => return Ok(None),
+                    }
+                }
+            }
+        }
+        Ok(stack.last().copied())
+    }
+
+    /// The extended attributes of inode `ino`: the in-inode ones first,
+    /// then the block's, as Linux lists them. Includes the ones Linux does
+    /// not show ([`Xattr::shown_by_linux`]).
+    pub fn xattrs(&mut self, ino: u32) -> Result<Arc<[Xattr]>, MetaError> {
+        if let Some(x) = self.xattrs.get(&ino) {
+            return Ok(Arc::clone(x));
+        }
+        let inode = self.inode(ino)?;
+        let mut out = Vec::new();
+        if let Some(area) = &inode.ibody {
+            xattr::parse_ibody(ino, area, &mut out)?;
+        }
+        if inode.xattr_block != 0 {
+            let data = self.read_block(inode.xattr_block)?;
+            xattr::parse_block(ino, inode.xattr_block, &data, &mut out)?;
+        }
+        let list: Arc<[Xattr]> = out.into();
+        if self.xattrs.len() >= MAX_CACHED {
+            self.xattrs.clear();
+        }
+        self.xattrs.insert(ino, Arc::clone(&list));
+        Ok(list)
+    }
+}
+
+fn read(source: &dyn ByteSource, buf: &mut [u8], offset: u64) -> Result<(), MetaError> {
+    source
+        .read_exact_at(buf, offset)
+        .map_err(|source| MetaError::Read {
+            start: offset,
+            end: offset.saturating_add(buf.len() as u64),
+            source,
+        })
+}
+
+#[cfg(test)]
+mod tests;
