@@ -1,6 +1,7 @@
 //! Issue 4, the FUSE debug mount: a generated image, flattened to ext4,
 //! mounted through real FUSE and compared with a kernel loop mount of the
-//! same bytes; `--raw` mode; an unreadable range becoming `EIO`.
+//! same bytes (contents, metadata, xattrs, device numbers, inode numbers
+//! and link counts); `--raw` mode; an unreadable range becoming `EIO`.
 //!
 //! Needs root and `/dev/fuse` (and loop devices for the comparison); says
 //! `SKIP: <reason>` and returns without them.
@@ -12,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use tests::cases::capability;
 use tests::imagegen::noise;
 
 use chunker::ext4::Ext4Options;
@@ -24,7 +26,37 @@ use tests::harness::{self, Mount};
 use tests::imagegen::{Compression, Entry, Image, Layer};
 use tests::treecheck::{Mask, assert_same, list_dir};
 
+/// A POSIX ACL in the xattr format: version 2, then (tag, perm, id).
+fn acl(entries: &[(u16, u16, u32)]) -> Vec<u8> {
+    let mut v = 2u32.to_le_bytes().to_vec();
+    for (tag, perm, id) in entries {
+        v.extend(tag.to_le_bytes());
+        v.extend(perm.to_le_bytes());
+        v.extend(id.to_le_bytes());
+    }
+    v
+}
+
 fn sample_image() -> Image {
+    let access = acl(&[
+        (1, 6, u32::MAX),
+        (2, 4, 1000),
+        (4, 4, u32::MAX),
+        (0x10, 4, u32::MAX),
+        (0x20, 0, u32::MAX),
+    ]);
+    let default = acl(&[
+        (1, 7, u32::MAX),
+        (4, 5, u32::MAX),
+        (8, 7, 4242),
+        (0x10, 7, u32::MAX),
+        (0x20, 5, u32::MAX),
+    ]);
+    // More than the inode holds: the rest spills into the xattr block.
+    let mut many = Entry::file("app/many-xattrs", "m\n");
+    for i in 0..30u8 {
+        many = many.xattr(&format!("user.attr{i:02}"), vec![i; 20 + usize::from(i)]);
+    }
     let mut base = vec![
         Entry::dir("etc"),
         Entry::file("etc/os-release", "ID=fuse-test\n"),
@@ -51,7 +83,22 @@ fn sample_image() -> Image {
         Entry::block_dev("dev/loop9", 7, 9),
         Entry::fifo("run/pipe"),
         Entry::file(b"odd/name \xff\xfe with bytes".as_slice(), "not utf-8\n"),
-        Entry::file("app/ping", "capable\n").xattr("user.note", "a value"),
+        Entry::file("app/ping", "capable\n")
+            .xattr("user.note", "a value")
+            .xattr("security.capability", capability(13)),
+        Entry::hardlink("app/ping-again", "app/ping"),
+        Entry::file("app/binary", "b")
+            .xattr("user.bin", b"\0\x01\n\xff\nline two\n")
+            .xattr("user.empty", b"")
+            .xattr("trusted.overlay.origin", b"\x00\xfb\x21"),
+        Entry::file("app/acl", "acl\n")
+            .mode(0o640)
+            .xattr("system.posix_acl_access", &access),
+        Entry::dir("app/shared")
+            .mode(0o2775)
+            .xattr("system.posix_acl_default", &default)
+            .xattr("user.dir", "on a directory"),
+        many,
         Entry::file("deep/a/b/c/d/e/f", "deep\n"),
     ];
     // Enough names for a directory of several blocks.
@@ -218,17 +265,39 @@ fn tree_matches_a_kernel_loop_mount() {
         "kernel listing has {} entries",
         want.len()
     );
-    // ext4-view 1.0 exposes no xattrs, device numbers or inode numbers.
-    assert_same("kernel", &want, "fuse", &got, &Mask::ext4_view());
+    // Everything, xattrs (every name and value), device numbers and hard
+    // links included.
+    assert_same("kernel", &want, "fuse", &got, &Mask::default());
+    let xattrs = |p: &str| want[p].xattrs.keys().cloned().collect::<Vec<_>>();
+    assert_eq!(xattrs("/app/many-xattrs").len(), 30);
+    assert_eq!(
+        xattrs("/app/binary").len(),
+        3,
+        "{:?}",
+        xattrs("/app/binary")
+    );
+    assert_eq!(xattrs("/app/acl"), ["system.posix_acl_access"]);
+    assert!(xattrs("/app/shared").contains(&"system.posix_acl_default".to_string()));
+    assert_eq!(
+        want["/app/ping"].link_group.as_deref(),
+        Some("/app/ping"),
+        "the kernel sees the hard link"
+    );
 
-    // The root is FUSE inode 1; directories count their links as ext4 does.
+    // Inode numbers and link counts are ext4's own (the root is FUSE's
+    // inode 1; ext4 calls it 2).
     assert_eq!(fs::metadata(fuse.path()).unwrap().ino(), 1);
-    for (path, e) in &want {
-        if e.kind == tests::treecheck::FileKind::Dir {
-            let rel = path.trim_start_matches('/');
-            let k = fs::metadata(kernel.path().join(rel)).unwrap().nlink();
-            let f = fs::metadata(fuse.path().join(rel)).unwrap().nlink();
-            assert_eq!(k, f, "link count of directory {path}");
+    for path in want.keys() {
+        if path.contains('\u{FFFD}') {
+            // Listed lossily: not a path to open.
+            continue;
+        }
+        let rel = path.trim_start_matches('/');
+        let k = fs::symlink_metadata(kernel.path().join(rel)).unwrap();
+        let f = fs::symlink_metadata(fuse.path().join(rel)).unwrap();
+        assert_eq!(k.nlink(), f.nlink(), "link count of {path}");
+        if path != "/" {
+            assert_eq!(k.ino(), f.ino(), "inode number of {path}");
         }
     }
 
@@ -261,20 +330,18 @@ fn tree_matches_a_kernel_loop_mount() {
 
     assert_eq!(statfs(kernel.path()), statfs(fuse.path()));
 
-    // Read-only; no extended attributes (ext4-view cannot read them).
+    // Read-only; a missing xattr is ENODATA (`None`).
     let err = fs::OpenOptions::new()
         .append(true)
         .open(fuse.path().join("etc/empty"))
         .unwrap_err();
     assert_eq!(err.raw_os_error(), Some(30), "EROFS expected, got {err}");
-    assert!(
-        xattr::list(fuse.path().join("app/ping"))
-            .unwrap()
-            .next()
-            .is_none()
-    );
     assert_eq!(
         xattr::get(fuse.path().join("app/ping"), "user.note").unwrap(),
+        Some(b"a value".to_vec())
+    );
+    assert_eq!(
+        xattr::get(fuse.path().join("app/ping"), "user.nothing").unwrap(),
         None
     );
     let missing = fs::symlink_metadata(fuse.path().join("etc/nothing")).unwrap_err();
@@ -354,10 +421,17 @@ fn unreadable_bytes_become_eio_and_the_mount_recovers() {
     let big = fuse.path().join("usr/lib/libbig.so");
     assert_eq!(fs::metadata(&big).unwrap().len(), 1_300_000);
 
+    // Looked up now; its xattr block is read only when asked for.
+    let many = fuse.path().join("app/many-xattrs");
+    assert!(fs::symlink_metadata(&many).unwrap().is_file());
+
     flaky.failing.store(true, Ordering::SeqCst);
     let err = fs::read(&big).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(5), "EIO expected, got {err}");
+    let err = xattr::list(&many).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(5), "EIO expected, got {err}");
 
     flaky.failing.store(false, Ordering::SeqCst);
     assert_eq!(fs::read(&big).unwrap(), noise(1, 1_300_000));
+    assert_eq!(xattr::list(&many).unwrap().count(), 30);
 }

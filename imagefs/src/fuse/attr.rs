@@ -25,6 +25,20 @@ pub(crate) fn kind(t: Ext4Type) -> FileType {
     }
 }
 
+/// The file type of an ext4 directory entry's type code, if it is one.
+pub(crate) fn dirent_kind(code: u8) -> Option<FileType> {
+    Some(match code {
+        1 => FileType::RegularFile,
+        2 => FileType::Directory,
+        3 => FileType::CharDevice,
+        4 => FileType::BlockDevice,
+        5 => FileType::NamedPipe,
+        6 => FileType::Socket,
+        7 => FileType::Symlink,
+        _ => return None,
+    })
+}
+
 /// A time stamp as a `SystemTime`.
 pub(crate) fn time(t: Timestamp) -> SystemTime {
     system_time(t.seconds(), t.nanoseconds())
@@ -40,11 +54,12 @@ fn system_time(secs: i64, nanos: u32) -> SystemTime {
     }
 }
 
-/// FUSE attributes of inode `ino` with metadata `md`. `ext4-view` does
-/// not expose the inode change time, the allocated size or device
-/// numbers: ctime is the mtime, the block count follows the size, rdev is
-/// 0.
-pub(crate) fn file_attr(ino: u64, md: &Metadata, nlink: u32, blksize: u32) -> FileAttr {
+/// FUSE attributes of inode `ino` with metadata `md`, the link count and
+/// device number from the inode (`rdev` packed as Linux's
+/// `new_encode_dev`). `ext4-view` does not expose the inode change time
+/// or the allocated size: ctime is the mtime, the block count follows the
+/// size.
+pub(crate) fn file_attr(ino: u64, md: &Metadata, nlink: u32, rdev: u32, blksize: u32) -> FileAttr {
     let mtime = time(md.modified());
     FileAttr {
         ino: INodeNo(ino),
@@ -59,7 +74,7 @@ pub(crate) fn file_attr(ino: u64, md: &Metadata, nlink: u32, blksize: u32) -> Fi
         nlink,
         uid: md.uid(),
         gid: md.gid(),
-        rdev: 0,
+        rdev,
         blksize,
         flags: 0,
     }

@@ -12,6 +12,7 @@ use fuser::{
 
 use super::attr::TTL;
 use super::tree::TreeHandle;
+use super::xattr::{self, XattrReply};
 
 /// The read-only file tree of an ext4 image.
 pub(crate) struct TreeFs {
@@ -21,6 +22,15 @@ pub(crate) struct TreeFs {
 impl TreeFs {
     pub(crate) fn new(tree: TreeHandle) -> TreeFs {
         TreeFs { tree }
+    }
+}
+
+/// Sends an xattr answer.
+fn send(reply: ReplyXattr, answer: Result<XattrReply, Errno>) {
+    match answer {
+        Ok(XattrReply::Size(n)) => reply.size(n),
+        Ok(XattrReply::Data(d)) => reply.data(&d),
+        Err(e) => reply.error(e),
     }
 }
 
@@ -160,28 +170,24 @@ impl Filesystem for TreeFs {
         });
     }
 
-    /// `ext4-view` 1.0 does not expose extended attributes: none is found.
-    fn getxattr(&self, _req: &Request, ino: INodeNo, _name: &OsStr, _size: u32, reply: ReplyXattr) {
+    fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let name = name.as_bytes().to_vec();
+        let privileged = req.uid() == 0;
         self.tree.run(move |t| {
-            reply.error(if t.exists(ino.0) {
-                Errno::NO_XATTR
-            } else {
-                Errno::ENOENT
-            })
+            let answer = t
+                .xattrs(ino.0)
+                .and_then(|attrs| xattr::get(&attrs, &name, size, privileged));
+            send(reply, answer);
         });
     }
 
-    /// `ext4-view` 1.0 does not expose extended attributes: the list is
-    /// empty.
-    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let privileged = req.uid() == 0;
         self.tree.run(move |t| {
-            if !t.exists(ino.0) {
-                reply.error(Errno::ENOENT);
-            } else if size == 0 {
-                reply.size(0);
-            } else {
-                reply.data(&[]);
-            }
+            let answer = t
+                .xattrs(ino.0)
+                .and_then(|attrs| xattr::list(&attrs, size, privileged));
+            send(reply, answer);
         });
     }
 

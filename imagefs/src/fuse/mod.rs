@@ -11,17 +11,23 @@
 //! the caller and one line on stderr naming the path, the offset and the
 //! source's error text.
 //!
-//! What `ext4-view` 1.0 does not expose, this view cannot show: extended
-//! attributes (`getxattr` answers `ENODATA`, `listxattr` an empty list),
-//! device numbers (`rdev` is 0), and inode numbers, so FUSE inode numbers
-//! are assigned per path (the root is 1) and each name of a hard-linked
-//! file is its own inode with a link count of 1.
+//! File contents, names and most metadata come from `ext4-view` 1.0; what
+//! it does not expose comes from this crate's own reader ([`crate::ext4`]):
+//! inode numbers (FUSE's are ext4's, except the root, which FUSE numbers
+//! 1), so the names of a hard-linked file are one inode; link counts and
+//! device numbers (`rdev`) from the inode; and extended attributes from
+//! the inode and its xattr block, POSIX ACLs in the format `getxattr`
+//! returns. As with Linux's ext4, `listxattr` shows `trusted.` names only
+//! to root and leaves out the `system.` ones ext4 has no handler for.
+//! `ext4-view` does not expose the change time or the allocated size:
+//! ctime shows the mtime and the block count follows the size.
 
 mod attr;
 mod fs;
 mod raw;
 mod source;
 mod tree;
+mod xattr;
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -54,6 +60,14 @@ pub enum MountError {
         /// The cause.
         #[source]
         source: ext4_view::Ext4Error,
+    },
+    /// The image's metadata cannot be read by the reader for inode
+    /// numbers and xattrs.
+    #[error("reading the ext4 metadata of the image")]
+    Meta {
+        /// The cause.
+        #[source]
+        source: crate::ext4::MetaError,
     },
     /// The FUSE mount itself failed (no `/dev/fuse`, not permitted, a bad
     /// mount point).

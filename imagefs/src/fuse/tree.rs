@@ -10,19 +10,27 @@
 //! the kernel's page, attribute and name caches absorb repeats. (One
 //! `Ext4` per FUSE thread would mean as many block caches and inode tables
 //! to keep in step, for no gain with fuser's single event-loop thread.)
+//!
+//! The same thread owns the [`Ext4Meta`] reader, for what `ext4-view`
+//! does not expose: names are resolved to ext4 inode numbers through it,
+//! and those are the FUSE inode numbers (except the root: FUSE calls it 1,
+//! ext4 2; ext4's inode 1 is never named). So hard links are one inode
+//! with its real link count, device nodes have their numbers, and xattrs
+//! are read by inode number.
 
 use std::collections::HashMap;
 use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread;
 
-use ext4_view::{Ext4, Ext4Error, File as Ext4File, FileType as Ext4Type, PathBuf as Ext4Path};
+use ext4_view::{Ext4, Ext4Error, File as Ext4File, PathBuf as Ext4Path};
 use fuser::{Errno, FileAttr, FileType};
 
 use super::MountError;
-use super::attr::{FsStats, file_attr, kind};
+use super::attr::{FsStats, dirent_kind, file_attr};
 use super::source::{ByteSource, Ext4Reader};
 use crate::error_chain;
+use crate::ext4::{Ext4Meta, MetaError, ROOT_INO, Xattr};
 
 /// Work for the tree thread.
 type Job = Box<dyn FnOnce(&mut Tree) + Send>;
@@ -61,7 +69,7 @@ impl TreeHandle {
             Ok(Ok(())) => Ok(TreeHandle {
                 jobs: Mutex::new(jobs),
             }),
-            Ok(Err(source)) => Err(MountError::Ext4 { source }),
+            Ok(Err(e)) => Err(e),
             Err(_) => Err(MountError::Thread(std::io::Error::other(
                 "the ext4 thread ended while loading the filesystem",
             ))),
@@ -85,20 +93,22 @@ pub(crate) struct DirItem {
     pub(crate) name: Vec<u8>,
 }
 
+/// An inode the kernel has been told about.
 struct Node {
+    /// The first path it was found under (any name of a hard-linked file
+    /// reads the same).
     path: Ext4Path,
+    /// The FUSE inode number of that path's directory.
     parent: u64,
-    /// A directory's link count (2 + subdirectories), once counted.
-    nlink: Option<u32>,
 }
 
 /// The tree thread's state.
 pub(crate) struct Tree {
     fs: Ext4,
+    meta: Ext4Meta,
     stats: FsStats,
-    /// Inode `n` is `nodes[n - 1]`; the root is 1.
-    nodes: Vec<Node>,
-    by_path: HashMap<Vec<u8>, u64>,
+    /// By FUSE inode number.
+    nodes: HashMap<u64, Node>,
     files: HashMap<u64, Ext4File>,
     dirs: HashMap<u64, Vec<DirItem>>,
     next_fh: u64,
@@ -107,26 +117,50 @@ pub(crate) struct Tree {
 /// The root's FUSE inode number.
 const ROOT: u64 = 1;
 
+/// The FUSE inode number of ext4 inode `ino`.
+fn fuse_ino(ino: u32) -> u64 {
+    if ino == ROOT_INO {
+        ROOT
+    } else {
+        u64::from(ino)
+    }
+}
+
+/// The ext4 inode number of FUSE inode `ino` (one the tree knows).
+fn ext4_ino(ino: u64) -> u32 {
+    if ino == ROOT {
+        ROOT_INO
+    } else {
+        // Every other known number came from `fuse_ino`.
+        u32::try_from(ino).unwrap_or(0)
+    }
+}
+
 impl Tree {
-    fn load(source: Arc<dyn ByteSource>) -> Result<Tree, Ext4Error> {
+    fn load(source: Arc<dyn ByteSource>) -> Result<Tree, MountError> {
+        let fs = Ext4::load(Box::new(Ext4Reader(Arc::clone(&source))))
+            .map_err(|source| MountError::Ext4 { source })?;
         // ext4-view has just read and checked the superblock, so reading
         // it again only fails if the source does.
-        let fs = Ext4::load(Box::new(Ext4Reader(Arc::clone(&source))))?;
         let stats = FsStats::read(&*source)
-            .map_err(|e| Ext4Error::Io(Box::new(e)))?
+            .map_err(|e| MountError::Ext4 {
+                source: Ext4Error::Io(Box::new(e)),
+            })?
             .unwrap_or_default();
-        let root = Ext4Path::new("/");
-        let mut by_path = HashMap::new();
-        by_path.insert(root.as_ref().to_vec(), ROOT);
+        let meta = Ext4Meta::open(source).map_err(|source| MountError::Meta { source })?;
+        let mut nodes = HashMap::new();
+        nodes.insert(
+            ROOT,
+            Node {
+                path: Ext4Path::new("/"),
+                parent: ROOT,
+            },
+        );
         Ok(Tree {
             fs,
+            meta,
             stats,
-            nodes: vec![Node {
-                path: root,
-                parent: ROOT,
-                nlink: None,
-            }],
-            by_path,
+            nodes,
             files: HashMap::new(),
             dirs: HashMap::new(),
             next_fh: 1,
@@ -134,31 +168,23 @@ impl Tree {
     }
 
     fn node(&self, ino: u64) -> Result<&Node, Errno> {
-        usize::try_from(ino)
-            .ok()
-            .and_then(|i| i.checked_sub(1))
-            .and_then(|i| self.nodes.get(i))
-            .ok_or(Errno::ENOENT)
+        self.nodes.get(&ino).ok_or(Errno::ENOENT)
     }
 
     fn path(&self, ino: u64) -> Result<Ext4Path, Errno> {
         self.node(ino).map(|n| n.path.clone())
     }
 
-    /// The inode number for `path`, a child of `parent`, assigned on
-    /// first sight.
-    fn intern(&mut self, path: Ext4Path, parent: u64) -> u64 {
-        if let Some(&ino) = self.by_path.get(path.as_ref()) {
-            return ino;
+    /// Remembers ext4 inode `ino`, found as `name` in directory `parent`,
+    /// and returns its FUSE inode number. A hard link already known under
+    /// another name keeps that name.
+    fn intern(&mut self, ino: u32, parent: u64, name: &[u8]) -> Result<u64, Errno> {
+        let fuse = fuse_ino(ino);
+        if !self.nodes.contains_key(&fuse) {
+            let path = self.child(parent, name)?;
+            self.nodes.insert(fuse, Node { path, parent });
         }
-        self.nodes.push(Node {
-            path: path.clone(),
-            parent,
-            nlink: None,
-        });
-        let ino = self.nodes.len() as u64;
-        self.by_path.insert(path.as_ref().to_vec(), ino);
-        ino
+        Ok(fuse)
     }
 
     /// The child path `name` of directory `parent`.
@@ -190,29 +216,16 @@ impl Tree {
         }
     }
 
-    /// A directory's link count: 2 plus its subdirectories (as ext4 keeps
-    /// it), counted once.
-    fn dir_nlink(&mut self, ino: u64) -> Result<u32, Errno> {
-        if let Some(n) = self.node(ino)?.nlink {
-            return Ok(n);
-        }
-        let path = self.path(ino)?;
-        let fail = |e| Self::fail("listing", &path, e);
-        let mut subdirs = 0u32;
-        for entry in self.fs.read_dir(&path).map_err(fail)? {
-            let entry = entry.map_err(fail)?;
-            let name = entry.file_name();
-            if entry.file_type().map_err(fail)? == Ext4Type::Directory
-                && name.as_ref() != b"."
-                && name.as_ref() != b".."
-            {
-                subdirs = subdirs.saturating_add(1);
+    /// The errno for an error of the metadata reader, logged like
+    /// [`Self::fail`]'s.
+    fn meta_fail(what: &str, path: &Ext4Path, e: MetaError) -> Errno {
+        match e {
+            MetaError::NotADirectory(_) => Errno::ENOTDIR,
+            e => {
+                eprintln!("imagefs: {what} {}: {}", path.display(), error_chain(&e));
+                Errno::EIO
             }
         }
-        let n = subdirs.saturating_add(2);
-        let i = (ino - 1) as usize;
-        self.nodes[i].nlink = Some(n);
-        Ok(n)
     }
 
     fn attr_of(&mut self, ino: u64, path: &Ext4Path) -> Result<FileAttr, Errno> {
@@ -220,8 +233,18 @@ impl Tree {
             .fs
             .symlink_metadata(path)
             .map_err(|e| Self::fail("reading metadata of", path, e))?;
-        let nlink = if md.is_dir() { self.dir_nlink(ino)? } else { 1 };
-        Ok(file_attr(ino, &md, nlink, self.stats.block_size.max(512)))
+        let inode = self
+            .meta
+            .inode(ext4_ino(ino))
+            .map_err(|e| Self::meta_fail("reading the inode of", path, e))?;
+        let blksize = self.stats.block_size.max(512);
+        Ok(file_attr(
+            ino,
+            &md,
+            inode.links.into(),
+            inode.rdev(),
+            blksize,
+        ))
     }
 
     /// Attributes of `name` in directory `parent`.
@@ -230,13 +253,14 @@ impl Tree {
             b"." => parent,
             b".." => self.node(parent)?.parent,
             _ => {
+                let dir = ext4_ino(parent);
                 let path = self.child(parent, name)?;
-                // Resolve before assigning an inode number to a name that
-                // does not exist.
-                self.fs
-                    .symlink_metadata(&path)
-                    .map_err(|e| Self::fail("looking up", &path, e))?;
-                self.intern(path, parent)
+                let entry = self
+                    .meta
+                    .lookup(dir, name)
+                    .map_err(|e| Self::meta_fail("looking up", &path, e))?
+                    .ok_or(Errno::ENOENT)?;
+                self.intern(entry.ino, parent, name)?
             }
         };
         self.getattr(ino)
@@ -322,16 +346,10 @@ impl Tree {
     pub(crate) fn opendir(&mut self, ino: u64) -> Result<u64, Errno> {
         let path = self.path(ino)?;
         let parent = self.node(ino)?.parent;
-        let fail = |e| Self::fail("listing", &path, e);
-        let mut raw = Vec::new();
-        for entry in self.fs.read_dir(&path).map_err(fail)? {
-            let entry = entry.map_err(fail)?;
-            let name = entry.file_name().as_ref().to_vec();
-            if name == b"." || name == b".." {
-                continue;
-            }
-            raw.push((name, entry.file_type().map_err(fail)?));
-        }
+        let dir = self
+            .meta
+            .read_dir(ext4_ino(ino))
+            .map_err(|e| Self::meta_fail("listing", &path, e))?;
         let mut items = vec![
             DirItem {
                 ino,
@@ -344,19 +362,25 @@ impl Tree {
                 name: b"..".to_vec(),
             },
         ];
-        let mut subdirs = 0u32;
-        for (name, t) in raw {
-            let child = self.child(ino, &name)?;
-            if t == Ext4Type::Directory {
-                subdirs = subdirs.saturating_add(1);
-            }
+        for e in &dir.entries {
+            let kind = match dirent_kind(e.file_type) {
+                Some(k) => k,
+                // No type in the entry (no `filetype` feature): the inode
+                // has it.
+                None => {
+                    let inode = self
+                        .meta
+                        .inode(e.ino)
+                        .map_err(|err| Self::meta_fail("listing", &path, err))?;
+                    dirent_kind(inode.dirent_type()).unwrap_or(FileType::RegularFile)
+                }
+            };
             items.push(DirItem {
-                ino: self.intern(child, ino),
-                kind: kind(t),
-                name,
+                ino: self.intern(e.ino, ino, &e.name)?,
+                kind,
+                name: e.name.clone(),
             });
         }
-        self.nodes[(ino - 1) as usize].nlink = Some(subdirs.saturating_add(2));
         let fh = self.new_fh();
         self.dirs.insert(fh, items);
         Ok(fh)
@@ -372,9 +396,13 @@ impl Tree {
         self.dirs.remove(&fh);
     }
 
-    /// Whether inode `ino` exists.
-    pub(crate) fn exists(&self, ino: u64) -> bool {
-        self.node(ino).is_ok()
+    /// The extended attributes of inode `ino` (all of them; the caller
+    /// picks what Linux shows).
+    pub(crate) fn xattrs(&mut self, ino: u64) -> Result<Arc<[Xattr]>, Errno> {
+        let path = self.path(ino)?;
+        self.meta
+            .xattrs(ext4_ino(ino))
+            .map_err(|e| Self::meta_fail("reading the xattrs of", &path, e))
     }
 
     /// The numbers `statfs` reports.
