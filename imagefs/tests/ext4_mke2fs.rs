@@ -1,0 +1,249 @@
+//! The ext4 metadata reader over filesystems it did not write: images
+//! made by `mke2fs` (ext4 with 4 KiB and 1 KiB blocks, small inodes, ext3
+//! with block maps and hashed directories), filled through a kernel loop
+//! mount (so the kernel wrote every xattr, ACL, shared xattr block and
+//! directory index), and the same tree copied by `mke2fs -d` (e2fsprogs'
+//! writer). For every path, the inode number, link count, device number
+//! and xattrs the reader finds must be what the kernel shows.
+//!
+//! Needs root, `mke2fs`, `mount`, `mknod` and loop devices; says
+//! `SKIP: <reason>` and returns without them.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+
+use imagefs::ext4::Ext4Meta;
+use tests::cases::capability;
+use tests::harness::{self, Mount};
+use tests::treecheck::list_dir;
+
+fn tools_present() -> bool {
+    ["mke2fs", "mount", "mknod", "mkfifo"]
+        .iter()
+        .all(|t| harness::require_tool(t))
+        && harness::require_root("loop mounts")
+}
+
+fn run(cmd: &mut Command) {
+    let (ok, out) = harness::run(cmd);
+    assert!(ok, "{cmd:?}: {out}");
+}
+
+/// A POSIX ACL in the xattr format: version 2, then (tag, perm, id).
+fn acl(entries: &[(u16, u16, u32)]) -> Vec<u8> {
+    let mut v = 2u32.to_le_bytes().to_vec();
+    for (tag, perm, id) in entries {
+        v.extend(tag.to_le_bytes());
+        v.extend(perm.to_le_bytes());
+        v.extend(id.to_le_bytes());
+    }
+    v
+}
+
+/// Fills a mounted filesystem, through the kernel.
+fn populate(m: &Path) {
+    let block_size = fs::metadata(m).unwrap().blksize() as usize;
+    const U: u32 = u32::MAX;
+    let set = |p: &str, name: &str, value: &[u8]| {
+        xattr::set(m.join(p), name, value).unwrap_or_else(|e| panic!("setxattr {p} {name}: {e}"))
+    };
+    fs::create_dir_all(m.join("etc")).unwrap();
+    fs::write(m.join("etc/conf"), "conf\n").unwrap();
+    set("etc/conf", "user.nl", b"a\nb=c\n");
+    set("etc/conf", "user.bin", &[0, 1, 2, 255, 10, 13, 0]);
+    set("etc/conf", "user.empty", b"");
+    set("etc/conf", "trusted.t", b"trusted\n");
+    set("etc/conf", "security.capability", &capability(13));
+    fs::hard_link(m.join("etc/conf"), m.join("etc/conf-link")).unwrap();
+    // ACLs with named entries (one equivalent to the mode would be folded
+    // into the mode and not stored).
+    fs::write(m.join("etc/acl"), "acl\n").unwrap();
+    set(
+        "etc/acl",
+        "system.posix_acl_access",
+        &acl(&[
+            (1, 6, U),
+            (2, 4, 1000),
+            (4, 4, U),
+            (8, 6, 50),
+            (0x10, 6, U),
+            (0x20, 0, U),
+        ]),
+    );
+    fs::create_dir(m.join("shared")).unwrap();
+    set(
+        "shared",
+        "system.posix_acl_default",
+        &acl(&[
+            (1, 7, U),
+            (2, 7, 1001),
+            (4, 5, U),
+            (0x10, 7, U),
+            (0x20, 5, U),
+        ]),
+    );
+    // Inherits the default ACL as its own access ACL.
+    fs::write(m.join("shared/inherits"), "i\n").unwrap();
+    // Identical xattrs too big for the inode: the kernel shares one block.
+    for f in ["same-a", "same-b"] {
+        fs::write(m.join(f), f).unwrap();
+        set(f, "user.same", &[7u8; 200]);
+    }
+    // As many as fit: the inode first, then the block.
+    fs::write(m.join("many"), "many\n").unwrap();
+    let mut n = 0;
+    while n < 40 && xattr::set(m.join("many"), format!("user.many.{n:02}"), &[n as u8; 24]).is_ok()
+    {
+        n += 1;
+    }
+    assert!(n >= 8, "only {n} xattrs fit");
+    fs::write(m.join("big"), "big\n").unwrap();
+    set("big", "user.big", &vec![0x5A; block_size - 200]);
+    // A directory of several blocks (hashed with dir_index), links,
+    // devices, a FIFO.
+    fs::create_dir(m.join("dir")).unwrap();
+    for i in 0..1500 {
+        fs::write(m.join(format!("dir/entry-with-a-longish-name-{i:04}")), b"").unwrap();
+    }
+    std::os::unix::fs::symlink("etc/conf", m.join("fast-link")).unwrap();
+    std::os::unix::fs::symlink("x/".repeat(60), m.join("slow-link")).unwrap();
+    run(Command::new("mknod")
+        .arg(m.join("null"))
+        .args(["c", "1", "3"]));
+    run(Command::new("mknod")
+        .arg(m.join("wide"))
+        .args(["b", "259", "70000"]));
+    run(Command::new("mkfifo").arg(m.join("fifo")));
+}
+
+/// Compares the reader's view of `image` with a kernel loop mount of it.
+fn check(image: &Path, label: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(kernel) = Mount::loop_mount(image, dir.path(), true).unwrap() else {
+        return;
+    };
+    let listing = list_dir(kernel.path(), &[]).unwrap();
+    let mut meta = Ext4Meta::open(Arc::new(File::open(image).unwrap())).unwrap();
+    let mut with_xattrs = 0;
+    for (path, entry) in &listing {
+        let md = fs::symlink_metadata(kernel.path().join(path.trim_start_matches('/'))).unwrap();
+        let ino = meta
+            .resolve(path.as_bytes())
+            .unwrap_or_else(|e| panic!("{label}: resolving {path}: {e}"))
+            .unwrap_or_else(|| panic!("{label}: {path} not found"));
+        assert_eq!(u64::from(ino), md.ino(), "{label}: inode number of {path}");
+        let inode = meta.inode(ino).unwrap();
+        assert_eq!(
+            u64::from(inode.links),
+            md.nlink(),
+            "{label}: link count of {path}"
+        );
+        assert_eq!(
+            u64::from(inode.rdev()),
+            md.rdev(),
+            "{label}: rdev of {path}"
+        );
+        let xattrs: BTreeMap<String, Vec<u8>> = meta
+            .xattrs(ino)
+            .unwrap_or_else(|e| panic!("{label}: xattrs of {path}: {e}"))
+            .iter()
+            .filter(|x| x.shown_by_linux())
+            .map(|x| (String::from_utf8(x.name.clone()).unwrap(), x.value.clone()))
+            .collect();
+        assert_eq!(xattrs, entry.xattrs, "{label}: xattrs of {path}");
+        with_xattrs += usize::from(!xattrs.is_empty());
+    }
+    assert!(listing.len() > 1500, "{label}: {} paths", listing.len());
+    assert!(
+        with_xattrs >= 9,
+        "{label}: only {with_xattrs} paths with xattrs"
+    );
+    // What the image was meant to exercise is there.
+    let mut inode_of = |p: &str| {
+        let ino = meta.resolve(p.as_bytes()).unwrap().unwrap();
+        meta.inode(ino).unwrap()
+    };
+    let (a, b, dir) = (inode_of("/same-a"), inode_of("/same-b"), inode_of("/dir"));
+    // The kernel shares identical xattr blocks and hashes big
+    // directories (EXT4_INDEX_FL); mke2fs -d does neither.
+    if !label.contains("mke2fs -d") {
+        assert!(
+            a.xattr_block != 0 && a.xattr_block == b.xattr_block,
+            "{label}: no shared xattr block"
+        );
+        assert!(dir.flags & 0x1000 != 0, "{label}: /dir is not hashed");
+    }
+    // EXT4_EXTENTS_FL: an extent tree rather than a block map.
+    assert_eq!(
+        dir.flags & 0x8_0000 == 0,
+        label.starts_with("ext3"),
+        "{label}: /dir's block mapping"
+    );
+    let ping = meta.resolve(b"/etc/conf").unwrap().unwrap();
+    assert_eq!(meta.resolve(b"/etc/conf-link").unwrap(), Some(ping));
+    eprintln!(
+        "{label}: {} paths, {with_xattrs} with xattrs, all as the kernel shows",
+        listing.len()
+    );
+    kernel.unmount().unwrap();
+}
+
+#[test]
+fn mke2fs_images_read_as_the_kernel_reads_them() {
+    if !tools_present() {
+        return;
+    }
+    // 64 MiB is a "small" filesystem to mke2fs (1 KiB blocks) unless the
+    // block size is given.
+    let variants: &[(&str, &[&str])] = &[
+        ("ext4, 4 KiB blocks", &["-t", "ext4", "-b", "4096"]),
+        (
+            "ext4, 1 KiB blocks, 128-byte inodes",
+            &["-t", "ext4", "-b", "1024", "-I", "128"],
+        ),
+        (
+            "ext3 (block maps, hashed directories)",
+            &["-t", "ext3", "-b", "4096"],
+        ),
+        (
+            "ext4 without 64bit or metadata_csum, 2 KiB blocks",
+            &["-t", "ext4", "-b", "2048", "-O", "^64bit,^metadata_csum"],
+        ),
+    ];
+    for (label, opts) in variants {
+        let work = tempfile::tempdir().unwrap();
+        let image = work.path().join("fs.img");
+        File::create(&image).unwrap().set_len(64 << 20).unwrap();
+        run(Command::new("mke2fs")
+            .args(["-q", "-F"])
+            .args(*opts)
+            .arg(&image));
+        let mnt = work.path().join("mnt");
+        fs::create_dir(&mnt).unwrap();
+        let Some(rw) = Mount::loop_mount(&image, &mnt, false).unwrap() else {
+            return;
+        };
+        populate(rw.path());
+        rw.unmount().unwrap();
+        check(&image, label);
+
+        // The same tree written by e2fsprogs.
+        let copy = work.path().join("copy.img");
+        File::create(&copy).unwrap().set_len(64 << 20).unwrap();
+        let Some(ro) = Mount::loop_mount(&image, &mnt, true).unwrap() else {
+            return;
+        };
+        run(Command::new("mke2fs")
+            .args(["-q", "-F"])
+            .args(*opts)
+            .arg("-d")
+            .arg(ro.path())
+            .arg(&copy));
+        ro.unmount().unwrap();
+        check(&copy, &format!("{label}, mke2fs -d"));
+    }
+}
