@@ -1,6 +1,7 @@
 //! `imagefs mount` the binary: an image converted into a store mounts by
-//! tag, reads lazily through the store, and unmounts cleanly on SIGTERM
-//! and on SIGINT (exit status 0, mount gone).
+//! tag, reads lazily through the store, shows the same tree, xattrs
+//! included, as the kernel's ext4 shows for the exported image, and
+//! unmounts cleanly on SIGTERM and on SIGINT (exit status 0, mount gone).
 //!
 //! Needs root and `/dev/fuse`; says `SKIP: <reason>` and returns without.
 
@@ -16,8 +17,10 @@ use chunker::flatten::FlattenOptions;
 use chunker::oci::ImageSource;
 use manifest::LocalKeyProvider;
 use tempfile::TempDir;
-use tests::harness;
+use tests::cases::capability;
+use tests::harness::{self, Mount};
 use tests::imagegen::{Entry, Image, Layer};
+use tests::treecheck::{Mask, assert_same, list_dir};
 
 fn pattern(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i * 7 + i / 251) as u8).collect()
@@ -25,12 +28,16 @@ fn pattern(len: usize) -> Vec<u8> {
 
 /// A store holding one converted image under the tag `t`.
 fn store() -> TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let image = Image::new(vec![Layer::new(vec![
+    store_of(Image::new(vec![Layer::new(vec![
         Entry::file("etc/hostname", "imagefs\n"),
         Entry::file("data/blob", pattern(900_000)),
         Entry::symlink("data/link", "blob"),
-    ])]);
+    ])]))
+}
+
+/// A store holding `image`, converted, under the tag `t`.
+fn store_of(image: Image) -> TempDir {
+    let dir = tempfile::tempdir().unwrap();
     let layout = dir.path().join("oci");
     image.write_oci_layout(&layout, "t").unwrap();
     let src: ImageSource = format!("oci:{}:t", layout.display()).parse().unwrap();
@@ -233,4 +240,144 @@ fn a_chunk_missing_from_the_store_is_eio_with_a_log_line_naming_it() {
         line.contains("chunk") && line.contains("not in the store"),
         "log line does not name the chunk and the tiers: {line}"
     );
+}
+
+/// A POSIX ACL in the xattr format: version 2, then (tag, perm, id).
+fn acl(entries: &[(u16, u16, u32)]) -> Vec<u8> {
+    let mut v = 2u32.to_le_bytes().to_vec();
+    for (tag, perm, id) in entries {
+        v.extend(tag.to_le_bytes());
+        v.extend(perm.to_le_bytes());
+        v.extend(id.to_le_bytes());
+    }
+    v
+}
+
+/// Files with every kind of xattr ext4 keeps: user ones with binary
+/// values and newlines, an empty one, security.capability, trusted ones,
+/// POSIX access and default ACLs (named users and groups too), so many
+/// that they spill from the inode into the xattr block, one large value;
+/// plus a hard link and devices.
+fn xattr_image() -> (Image, Vec<(&'static str, String)>) {
+    const U: u32 = u32::MAX;
+    let access = acl(&[
+        (1, 6, U),
+        (2, 6, 1000),
+        (4, 4, U),
+        (8, 4, 50),
+        (0x10, 6, U),
+        (0x20, 0, U),
+    ]);
+    let default = acl(&[
+        (1, 7, U),
+        (2, 7, 1001),
+        (4, 5, U),
+        (0x10, 7, U),
+        (0x20, 5, U),
+    ]);
+    let dir_access = acl(&[(1, 7, U), (4, 5, U), (8, 7, 60), (0x10, 7, U), (0x20, 1, U)]);
+    let mut many = Entry::file("data/many", "many\n");
+    let mut expect = Vec::new();
+    for i in 0..40u8 {
+        let name = format!("user.many.{i:02}");
+        many = many.xattr(&name, pattern(10 + usize::from(i) * 3));
+        expect.push(("/data/many", name));
+    }
+    let entries = vec![
+        Entry::file("bin/ping", "ping\n")
+            .mode(0o755)
+            .xattr("security.capability", capability(13))
+            .xattr("trusted.origin", "layer one\n"),
+        Entry::hardlink("bin/ping6", "bin/ping"),
+        Entry::file("etc/conf", "conf\n")
+            .xattr("user.nl", b"a\nb=c\n")
+            .xattr("user.bin", [0u8, 1, 2, 255, 10, 13, 0])
+            .xattr("user.empty", b""),
+        Entry::file("etc/acl", "acl\n")
+            .mode(0o660)
+            .xattr("system.posix_acl_access", &access),
+        Entry::dir("srv/shared")
+            .mode(0o2770)
+            .xattr("system.posix_acl_default", &default)
+            .xattr("system.posix_acl_access", &dir_access)
+            .xattr("user.note", "shared dir"),
+        Entry::file("data/big", "big\n").xattr("user.big", pattern(3000)),
+        many,
+        Entry::symlink("data/link", "big").xattr("trusted.link", "on a symlink"),
+        Entry::char_dev("dev/null", 1, 3),
+        Entry::block_dev("dev/wide", 259, 70000),
+    ];
+    expect.extend([
+        ("/bin/ping", "security.capability".into()),
+        ("/bin/ping", "trusted.origin".into()),
+        ("/bin/ping6", "security.capability".into()),
+        ("/etc/conf", "user.nl".into()),
+        ("/etc/conf", "user.bin".into()),
+        ("/etc/conf", "user.empty".into()),
+        ("/etc/acl", "system.posix_acl_access".into()),
+        ("/srv/shared", "system.posix_acl_default".into()),
+        ("/srv/shared", "system.posix_acl_access".into()),
+        ("/srv/shared", "user.note".into()),
+        ("/data/big", "user.big".into()),
+        ("/data/link", "trusted.link".into()),
+    ]);
+    (Image::new(vec![Layer::new(entries)]), expect)
+}
+
+#[test]
+fn mount_shows_every_xattr_as_the_kernel_does() {
+    let (image, expect) = xattr_image();
+    let s = store_of(image);
+    let dir = s.path().join("xmnt");
+    let kdir = s.path().join("kernel");
+    fs::create_dir(&dir).unwrap();
+    fs::create_dir(&kdir).unwrap();
+    let dir = fs::canonicalize(&dir).unwrap();
+    let Some(running) = start(s.path(), &dir, &[]) else {
+        return;
+    };
+    if !harness::require_tool("mount") {
+        return;
+    }
+    // The kernel reads the exported image: the same bytes, whole.
+    let exported = s.path().join("image.ext4");
+    let (ok, out) = harness::run(
+        Command::new(env!("CARGO_BIN_EXE_imagefs"))
+            .args(["export", "t", "--output"])
+            .arg(&exported)
+            .arg("--store")
+            .arg(s.path().join("store"))
+            .arg("--keys")
+            .arg(s.path().join("keys")),
+    );
+    assert!(ok, "imagefs export: {out}");
+    let Some(kernel) = Mount::loop_mount(&exported, &kdir, true).unwrap() else {
+        return;
+    };
+    let ignore = ["/lost+found"];
+    let want = list_dir(kernel.path(), &ignore).unwrap();
+    let got = list_dir(&dir, &ignore).unwrap();
+    // The reference itself: every xattr the image was made with.
+    for (path, name) in &expect {
+        assert!(
+            want[*path].xattrs.contains_key(name),
+            "the kernel does not show {name} on {path}"
+        );
+    }
+    // listxattr and getxattr, path by path.
+    let mut differ = Vec::new();
+    for (path, k) in &want {
+        let f = got.get(path).map(|e| &e.xattrs);
+        if f != Some(&k.xattrs) {
+            differ.push(format!(
+                "{path}: kernel {:?}, imagefs mount {f:?}",
+                k.xattrs
+            ));
+        }
+    }
+    assert!(differ.is_empty(), "xattrs differ:\n{}", differ.join("\n"));
+    // And everything else: devices, the hard link, modes, contents.
+    assert_same("kernel", &want, "imagefs mount", &got, &Mask::default());
+    stop_with(running, "-TERM");
+    kernel.unmount().unwrap();
 }
