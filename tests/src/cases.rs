@@ -608,12 +608,14 @@ pub fn huge() -> Case {
     let zeros = HUGE_SIZE - tail.len() as u64;
     Case {
         name: "huge",
-        image: Image::new(vec![Layer::new(vec![
-            Entry::file("small-before", b"before"),
-            Entry::sparse("huge", zeros, &tail),
-            Entry::file("small-after", b"after"),
-        ])
-        .compressed(Compression::Zstd)]),
+        image: Image::new(vec![
+            Layer::new(vec![
+                Entry::file("small-before", b"before"),
+                Entry::sparse("huge", zeros, &tail),
+                Entry::file("small-after", b"after"),
+            ])
+            .compressed(Compression::Zstd),
+        ]),
         unspecified: set(&["/"]),
         expect: vec![
             Expect::Content("/small-after".into(), b"after".to_vec()),
