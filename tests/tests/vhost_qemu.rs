@@ -8,11 +8,16 @@
 //! - `--writable`: the guest writes and syncs a file; a fresh instance
 //!   does not see it, the same instance (its dedicated tier) does, and the
 //!   store is unchanged;
-//! - the real Debian image (`scripts/build-debian-images.sh`), if built.
+//! - `--keep-alive`: two guests one after the other on the same socket
+//!   and daemon, then SIGTERM ends the daemon cleanly;
+//! - the real Debian image (`scripts/build-debian-images.sh`), if built,
+//!   converted into a Garage bucket and served from `s3://`: every file
+//!   hashed in the guest, compared with the flattened image.
 //!
 //! Needs qemu-system-x86, the guest kernel (scripts/guest-kernel.sh) and
-//! the `imagefs` binary (`cargo build -p tools`); prints `SKIP:` without
-//! them. Uses KVM where it boots a stock kernel, else TCG, and says which.
+//! the `imagefs` binary (`cargo build -p tools`), and Garage for the
+//! Debian case; prints `SKIP:` without them. Uses KVM where it boots a
+//! stock kernel, else TCG, and says which.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -23,6 +28,7 @@ use chunker::convert::{ConvertOptions, convert};
 use chunker::ext4::Ext4Options;
 use chunker::flatten::{FlattenOptions, flatten_to_file};
 use chunker::oci::ImageSource;
+use tests::garage::Garage;
 use tests::guest::{
     self, Accel, BootOptions, GuestKernel, LIST_SCRIPT, Proc, boot, compare, parse_listing,
     wait_for_socket,
@@ -58,10 +64,32 @@ fn tools() -> Option<Tools> {
 /// its flattened tree.
 struct Converted {
     dir: tempfile::TempDir,
-    store: PathBuf,
+    /// The origin as `--store` takes it: a directory or `s3://BUCKET/PREFIX`.
+    store: String,
+    /// What the origin needs in the environment (`AWS_*` for S3).
+    env: Vec<(&'static str, String)>,
     keys: PathBuf,
     digest: String,
     reference: Listing,
+}
+
+fn flatten_options(chunk_size: u64, free: u64) -> FlattenOptions {
+    FlattenOptions {
+        ext4: Ext4Options {
+            chunk_size,
+            free_bytes: free,
+            spare_inodes: 256,
+        },
+    }
+}
+
+/// The flattened image's listing, the reference the guest is compared with.
+fn reference_listing(source: &ImageSource, flatten: &FlattenOptions, dir: &Path) -> Listing {
+    let flat = dir.join("flat.img");
+    flatten_to_file(source, &flat, flatten).expect("flatten");
+    let reference = list_ext4_image(&flat, &["/lost+found"]).expect("list the flattened image");
+    let _ = fs::remove_file(&flat);
+    reference
 }
 
 fn convert_source(source: &ImageSource, chunk_size: u64, free: u64) -> Converted {
@@ -70,13 +98,7 @@ fn convert_source(source: &ImageSource, chunk_size: u64, free: u64) -> Converted
     let keys_dir = dir.path().join("keys");
     let store = cachetiers::DirStore::create(&store_dir).unwrap();
     let keys = manifest::LocalKeyProvider::create(&keys_dir).unwrap();
-    let flatten = FlattenOptions {
-        ext4: Ext4Options {
-            chunk_size,
-            free_bytes: free,
-            spare_inodes: 256,
-        },
-    };
+    let flatten = flatten_options(chunk_size, free);
     let opts = ConvertOptions {
         flatten: flatten.clone(),
         domain: "test".into(),
@@ -85,12 +107,10 @@ fn convert_source(source: &ImageSource, chunk_size: u64, free: u64) -> Converted
         progress: false,
     };
     let report = convert(source, &store, &keys, &opts).expect("convert");
-    let flat = dir.path().join("flat.img");
-    flatten_to_file(source, &flat, &flatten).expect("flatten");
-    let reference = list_ext4_image(&flat, &["/lost+found"]).expect("list the flattened image");
-    let _ = fs::remove_file(&flat);
+    let reference = reference_listing(source, &flatten, dir.path());
     Converted {
-        store: store_dir,
+        store: store_dir.to_str().unwrap().to_string(),
+        env: Vec::new(),
         keys: keys_dir,
         digest: report.digest.to_string(),
         reference,
@@ -124,6 +144,69 @@ fn generated() -> Converted {
     convert_source(&source, 64 * 1024, 4 << 20)
 }
 
+/// The AWS_* variables `--store s3://…` reads, for Garage `g`.
+fn s3_env(g: &Garage) -> Vec<(&'static str, String)> {
+    vec![
+        ("AWS_ENDPOINT_URL", g.endpoint.clone()),
+        ("AWS_REGION", g.region.clone()),
+        ("AWS_ACCESS_KEY_ID", g.key_id.clone()),
+        ("AWS_SECRET_ACCESS_KEY", g.secret.clone()),
+        ("AWS_ALLOW_HTTP", "true".into()),
+    ]
+}
+
+/// Converts `source` into Garage's bucket (prefix `prefix`) with `imagefs
+/// convert --store s3://…`, as a user would.
+fn convert_into_garage(
+    t: &Tools,
+    g: &Garage,
+    source: &ImageSource,
+    source_arg: &str,
+    prefix: &str,
+    chunk_size: u64,
+    free: u64,
+) -> Converted {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    let store = format!("s3://{}/{prefix}", g.bucket);
+    let env = s3_env(g);
+    let out = Command::new(&t.imagefs)
+        .args(["convert", source_arg, "--store", &store, "--keys"])
+        .arg(&keys)
+        .args(["--chunk-size", &chunk_size.to_string()])
+        .args(["--free-space", &free.to_string()])
+        .args(["--spare-inodes", "256"])
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .env_remove("IMAGEFS_CONFIG")
+        .output()
+        .expect("run imagefs convert");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "imagefs convert into {store} failed:\n{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let digest = stdout
+        .lines()
+        .find(|l| l.starts_with("sha256:"))
+        .unwrap_or_else(|| panic!("imagefs convert printed no digest:\n{stdout}"))
+        .trim()
+        .to_string();
+    eprintln!(
+        "converted into {store}: {}",
+        stdout.trim().replace('\n', "; ")
+    );
+    let reference = reference_listing(source, &flatten_options(chunk_size, free), dir.path());
+    Converted {
+        dir,
+        store,
+        env,
+        keys,
+        digest,
+        reference,
+    }
+}
+
 fn serve(t: &Tools, c: &Converted, socket: &Path, extra: &[&str], log: &Path) -> Proc {
     let _ = fs::remove_file(socket);
     let mut cmd = Command::new(&t.imagefs);
@@ -136,6 +219,7 @@ fn serve(t: &Tools, c: &Converted, socket: &Path, extra: &[&str], log: &Path) ->
         .arg("--keys")
         .arg(&c.keys)
         .args(extra)
+        .envs(c.env.iter().map(|(k, v)| (k, v)))
         .env_remove("IMAGEFS_CONFIG");
     let mut daemon = Proc::spawn(&mut cmd, log).expect("start imagefs serve");
     wait_for_socket(socket, &mut daemon, Duration::from_secs(60)).unwrap();
@@ -287,7 +371,7 @@ fn store_files(dir: &Path) -> usize {
 fn guest_writes_land_only_in_its_own_instance() {
     let Some(t) = tools() else { return };
     let c = generated();
-    let objects = store_files(&c.store);
+    let objects = store_files(Path::new(&c.store));
     let instance = c.dir.path().join("instance-1");
     let instance_arg = instance.to_str().unwrap().to_string();
     let write = "echo written-by-the-guest > /mnt/app/new-file && sync && cat /mnt/app/new-file \
@@ -343,10 +427,123 @@ fn guest_writes_land_only_in_its_own_instance() {
         same.lines
     );
     assert_eq!(
-        store_files(&c.store),
+        store_files(Path::new(&c.store)),
         objects,
         "a guest write reached the store"
     );
+}
+
+/// Waits (up to `limit`, a hang watchdog) until the daemon's log has
+/// `n` lines containing `what`; false if it exited or the time ran out.
+fn wait_for_log(daemon: &mut Proc, what: &str, n: usize, limit: Duration) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if daemon.output().matches(what).count() >= n {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline || !matches!(daemon.child.try_wait(), Ok(None)) {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn keep_alive_serves_a_second_guest_and_sigterm_ends_it_cleanly() {
+    let Some(t) = tools() else { return };
+    let c = generated();
+    let socket = c.dir.path().join("keep.sock");
+    let mut daemon = serve(
+        &t,
+        &c,
+        &socket,
+        &["--keep-alive"],
+        &c.dir.path().join("keep.serve.log"),
+    );
+    const WAITING: &str = "waiting for the next one (--keep-alive)";
+    for round in 1..=2 {
+        let name = format!("keep-alive guest {round}");
+        let out = boot(
+            &t.qemu,
+            &t.kernel,
+            t.accel,
+            &BootOptions {
+                socket: &socket,
+                rw: false,
+                script: LIST_SCRIPT,
+                queues: 1,
+                mem_mib: 512,
+                timeout: BOOT_TIMEOUT,
+            },
+            &c.dir.path().join(format!("keep{round}.console.log")),
+        )
+        .unwrap_or_else(|e| panic!("{name}: {e}\nimagefs serve said:\n{}", daemon.output()));
+        assert!(
+            out.mounted,
+            "{name}: /dev/vda did not mount:\n{}",
+            guest::tail(&out.console, 40)
+        );
+        check_listing(&name, &c, &out);
+        // QEMU has exited and disconnected: the daemon says it waits for
+        // the next frontend, and is still running.
+        assert!(
+            wait_for_log(&mut daemon, WAITING, round, Duration::from_secs(60)),
+            "{name}: imagefs serve --keep-alive did not wait for a next frontend:\n{}",
+            daemon.output()
+        );
+        assert!(
+            matches!(daemon.child.try_wait(), Ok(None)),
+            "{name}: imagefs serve --keep-alive exited after the frontend left:\n{}",
+            daemon.output()
+        );
+        eprintln!(
+            "{name}: done; the daemon is still serving {}",
+            socket.display()
+        );
+    }
+    let pid = daemon.child.id().to_string();
+    let (sent, said) = tests::harness::run(Command::new("kill").args(["-TERM", &pid]));
+    assert!(sent, "kill -TERM {pid}: {said}");
+    let status = daemon
+        .wait_timeout(Duration::from_secs(60))
+        .unwrap_or_else(|| panic!("imagefs serve still running 60 s after SIGTERM"));
+    let log = daemon.output();
+    assert!(
+        status.success(),
+        "imagefs serve did not end cleanly on SIGTERM ({status}):\n{log}"
+    );
+    let served = served_line(&log);
+    assert!(
+        served.contains(" 2 connection(s)"),
+        "expected two connections in the report: {served}"
+    );
+    assert!(
+        !socket.exists(),
+        "the socket {} is left behind",
+        socket.display()
+    );
+    eprintln!("keep-alive: SIGTERM ended the daemon cleanly ({status}): {served}");
+}
+
+/// The per-tier table `serve --stats` printed (its header to the
+/// `reads:` line).
+fn stats_table(log: &str) -> String {
+    log.lines()
+        .skip_while(|l| !l.starts_with("tier "))
+        .take_while(|l| !l.starts_with("served "))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The hits of tier `tier` in a [`stats_table`].
+fn tier_hits(table: &str, tier: &str) -> u64 {
+    table
+        .lines()
+        .find_map(|l| {
+            let mut f = l.split_whitespace();
+            (f.next() == Some(tier)).then(|| f.next()?.parse().ok())?
+        })
+        .unwrap_or(0)
 }
 
 #[test]
@@ -361,13 +558,21 @@ fn guest_reads_every_file_of_the_debian_image() {
         return;
     };
     let Some(t) = tools() else { return };
-    let source: ImageSource = format!("oci:{}:{tag}", layout.display()).parse().unwrap();
-    let c = convert_source(&source, 512 * 1024, 16 << 20);
+    let g = match Garage::start_new() {
+        Ok(g) => g,
+        Err(e) => {
+            tests::harness::skip(&format!("no Garage S3 server: {e}"));
+            return;
+        }
+    };
+    let source_arg = format!("oci:{}:{tag}", layout.display());
+    let source: ImageSource = source_arg.parse().unwrap();
+    let c = convert_into_garage(&t, &g, &source, &source_arg, "debian", 512 * 1024, 16 << 20);
     let (out, log) = run_guest(
         &t,
         &c,
         "debian",
-        &["--queues", "2"],
+        &["--queues", "2", "--stats"],
         LIST_SCRIPT,
         false,
         2,
@@ -375,6 +580,12 @@ fn guest_reads_every_file_of_the_debian_image() {
         // 700 files a minute on 2 busy cores).
         Duration::from_secs(3600),
     );
-    check_listing(&format!("debian {tag}"), &c, &out);
+    check_listing(&format!("debian {tag} from {}", c.store), &c, &out);
+    let table = stats_table(&log);
+    eprintln!("debian {tag}: serve --stats:\n{table}");
     eprintln!("debian {tag}: {}", served_line(&log));
+    assert!(
+        tier_hits(&table, "origin") > 0,
+        "no chunk came from the S3 origin:\n{log}"
+    );
 }
