@@ -34,6 +34,66 @@ pub struct GuestKernel {
     pub initrd: PathBuf,
 }
 
+impl GuestKernel {
+    /// The same kernel with `files` (a name in the guest's `/`, and the
+    /// host file to copy there, mode kept) added to its initramfs, without
+    /// rebuilding the cached one: a copy of it with a second `newc` archive
+    /// appended (Linux unpacks concatenated archives), written under `dir`.
+    /// Needs the `cpio` tool (scripts/install-deps.sh installs it).
+    pub fn with_files(&self, files: &[(&str, &Path)], dir: &Path) -> Result<GuestKernel, String> {
+        use std::io::Write;
+        let stage = dir.join("initrd-extra");
+        fs::create_dir_all(&stage).map_err(|e| format!("creating {}: {e}", stage.display()))?;
+        let mut list = String::new();
+        for (name, from) in files {
+            if name.is_empty() || name.contains('/') || name.starts_with('.') {
+                return Err(format!(
+                    "{name:?} is not a plain file name for the guest's /"
+                ));
+            }
+            fs::copy(from, stage.join(name))
+                .map_err(|e| format!("copying {} into the initramfs: {e}", from.display()))?;
+            list.push_str(name);
+            list.push('\n');
+        }
+        let cpio = find_tool("cpio").ok_or("`cpio` is not installed (scripts/install-deps.sh)")?;
+        let mut child = Command::new(cpio)
+            .args(["-o", "-H", "newc", "--quiet"])
+            .current_dir(&stage)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("starting cpio: {e}"))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin
+                .write_all(list.as_bytes())
+                .map_err(|e| format!("writing cpio's file list: {e}"))?;
+        }
+        let out = child
+            .wait_with_output()
+            .map_err(|e| format!("running cpio: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "cpio failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        let mut initrd = fs::read(&self.initrd)
+            .map_err(|e| format!("reading {}: {e}", self.initrd.display()))?;
+        // An uncompressed archive must start 4-byte aligned; the kernel
+        // skips the zeros in between.
+        initrd.resize(initrd.len().next_multiple_of(512), 0);
+        initrd.extend_from_slice(&out.stdout);
+        let path = dir.join("initramfs-extra.img");
+        fs::write(&path, &initrd).map_err(|e| format!("writing {}: {e}", path.display()))?;
+        Ok(GuestKernel {
+            kernel: self.kernel.clone(),
+            initrd: path,
+        })
+    }
+}
+
 /// The workspace root (for `scripts/`).
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

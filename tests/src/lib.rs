@@ -13,6 +13,8 @@
 //! - [`garage`] starts a real single-node Garage S3 server.
 //! - [`guest`] boots a Linux guest under QEMU against a vhost-user-blk
 //!   socket and reads what it printed.
+//! - [`blkbench`] is the guest half of the `vhost_guest` benchmark: a
+//!   static C program timing raw reads inside the guest, and its output.
 //! - [`harness`] finds tools, prints `SKIP:` lines, and mounts/unmounts.
 //!
 //! Integration tests: `generator.rs` (the generator against umoci and
@@ -22,6 +24,7 @@
 //! umoci, skopeo and GNU tar; a test that lacks one prints `SKIP: <reason>`.
 #![forbid(unsafe_code)]
 
+pub mod blkbench;
 pub mod cases;
 pub mod e2e;
 pub mod garage;
