@@ -22,6 +22,7 @@ mod blockmap;
 mod bytes;
 mod dir;
 mod extent;
+mod filemap;
 mod group;
 mod inode;
 mod superblock;
@@ -32,6 +33,7 @@ use std::io;
 use std::sync::Arc;
 
 pub use dir::DirEntry;
+pub use filemap::FileMap;
 pub use inode::{Inode, ROOT_INO};
 pub use xattr::Xattr;
 
@@ -208,6 +210,25 @@ impl Ext4Meta {
                 &mut read_block,
             )
         }
+    }
+
+    /// Where the bytes of regular file `ino` are on the device.
+    pub fn file_map(&mut self, ino: u32) -> Result<FileMap, MetaError> {
+        let inode = self.inode(ino)?;
+        let bs = u64::from(self.geom.block_size);
+        let blocks = u32::try_from(inode.size.div_ceil(bs)).map_err(|_| {
+            MetaError::Corrupt(format!(
+                "inode {ino}: size {} is past ext4's 2^32 blocks",
+                inode.size
+            ))
+        })?;
+        let runs = self.runs(&inode, blocks)?;
+        FileMap::new(ino, inode.size, bs, runs)
+    }
+
+    /// The source the metadata is read from.
+    pub fn source(&self) -> &dyn ByteSource {
+        &*self.source
     }
 
     /// The names in directory `ino`.

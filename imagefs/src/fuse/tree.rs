@@ -23,14 +23,14 @@ use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread;
 
-use ext4_view::{Ext4, Ext4Error, File as Ext4File, PathBuf as Ext4Path};
+use ext4_view::{Ext4, Ext4Error, PathBuf as Ext4Path};
 use fuser::{Errno, FileAttr, FileType};
 
 use super::MountError;
 use super::attr::{FsStats, dirent_kind, file_attr};
 use super::source::{ByteSource, Ext4Reader};
 use crate::error_chain;
-use crate::ext4::{Ext4Meta, MetaError, ROOT_INO, Xattr};
+use crate::ext4::{Ext4Meta, FileMap, MetaError, ROOT_INO, Xattr};
 
 /// Work for the tree thread.
 type Job = Box<dyn FnOnce(&mut Tree) + Send>;
@@ -109,7 +109,8 @@ pub(crate) struct Tree {
     stats: FsStats,
     /// By FUSE inode number.
     nodes: HashMap<u64, Node>,
-    files: HashMap<u64, Ext4File>,
+    /// Open files: where their bytes are on the device.
+    files: HashMap<u64, FileMap>,
     dirs: HashMap<u64, Vec<DirItem>>,
     next_fh: u64,
 }
@@ -291,12 +292,18 @@ impl Tree {
     /// Opens a regular file; returns the handle.
     pub(crate) fn open(&mut self, ino: u64) -> Result<u64, Errno> {
         let path = self.path(ino)?;
-        let file = self
-            .fs
+        // ext4-view checks that the path is a regular file it can read.
+        self.fs
             .open(&path)
             .map_err(|e| Self::fail("opening", &path, e))?;
+        // Reads then go by the file's extents, one device read per extent
+        // a request covers, instead of ext4-view's block-sized reads.
+        let map = self
+            .meta
+            .file_map(ext4_ino(ino))
+            .map_err(|e| Self::meta_fail("mapping the extents of", &path, e))?;
         let fh = self.new_fh();
-        self.files.insert(fh, file);
+        self.files.insert(fh, map);
         Ok(fh)
     }
 
@@ -308,32 +315,20 @@ impl Tree {
         offset: u64,
         size: u32,
     ) -> Result<Vec<u8>, Errno> {
-        let path = self.path(ino)?;
-        let file = self.files.get_mut(&fh).ok_or(Errno::EBADF)?;
-        let len = file.metadata().len();
-        if offset >= len {
+        let map = self.files.get(&fh).ok_or(Errno::EBADF)?;
+        if offset >= map.size() {
             return Ok(Vec::new());
         }
-        let want = (len - offset).min(u64::from(size)) as usize;
+        let want = (map.size() - offset).min(u64::from(size)) as usize;
         let mut buf = vec![0u8; want];
-        let what = || format!("reading at offset {offset} of");
-        // Sequential reads continue where the last one stopped; seeking
-        // walks the extent tree again.
-        if file.position() != offset {
-            file.seek_to(offset)
-                .map_err(|e| Self::fail(&what(), &path, e))?;
+        if let Err(e) = map.read_at(self.meta.source(), &mut buf, offset) {
+            let path = self.path(ino)?;
+            return Err(Self::meta_fail(
+                &format!("reading at offset {offset} of"),
+                &path,
+                e,
+            ));
         }
-        let mut done = 0;
-        while done < want {
-            let n = file
-                .read_bytes(&mut buf[done..])
-                .map_err(|e| Self::fail(&what(), &path, e))?;
-            if n == 0 {
-                break;
-            }
-            done += n;
-        }
-        buf.truncate(done);
         Ok(buf)
     }
 
