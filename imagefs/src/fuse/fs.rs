@@ -1,8 +1,10 @@
 //! The fuser `Filesystem` for the file tree: each request goes to the tree
-//! thread (see `tree.rs`), which replies.
+//! thread (see `tree.rs`), which replies, except reads of open files,
+//! which the FUSE thread serves itself (`open_files.rs`).
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
 
 use fuser::{
     AccessFlags, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, LockOwner,
@@ -11,17 +13,26 @@ use fuser::{
 };
 
 use super::attr::TTL;
+use super::open_files::OpenFiles;
+use super::source::ByteSource;
 use super::tree::TreeHandle;
 use super::xattr::{self, XattrReply};
 
 /// The read-only file tree of an ext4 image.
 pub(crate) struct TreeFs {
     tree: TreeHandle,
+    /// Reads of open files bypass the tree thread.
+    files: OpenFiles,
+    source: Arc<dyn ByteSource>,
 }
 
 impl TreeFs {
-    pub(crate) fn new(tree: TreeHandle) -> TreeFs {
-        TreeFs { tree }
+    pub(crate) fn new(tree: TreeHandle, files: OpenFiles, source: Arc<dyn ByteSource>) -> TreeFs {
+        TreeFs {
+            tree,
+            files,
+            source,
+        }
     }
 }
 
@@ -77,7 +88,7 @@ impl Filesystem for TreeFs {
     fn read(
         &self,
         _req: &Request,
-        ino: INodeNo,
+        _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         size: u32,
@@ -85,9 +96,9 @@ impl Filesystem for TreeFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        self.tree
-            .run(move |t| match t.read(ino.0, fh.0, offset, size) {
-                Ok(data) => reply.data(&data),
+        self.files
+            .read(&*self.source, fh.0, offset, size, |data| match data {
+                Ok(data) => reply.data(data),
                 Err(e) => reply.error(e),
             });
     }
@@ -102,10 +113,8 @@ impl Filesystem for TreeFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.tree.run(move |t| {
-            t.release(fh.0);
-            reply.ok();
-        });
+        self.files.remove(fh.0);
+        reply.ok();
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {

@@ -24,6 +24,7 @@
 
 mod attr;
 mod fs;
+mod open_files;
 mod raw;
 mod source;
 mod tree;
@@ -37,6 +38,9 @@ use fuser::{BackgroundSession, Config, MountOption, SessionACL};
 
 pub use raw::RAW_NAME;
 pub use source::ByteSource;
+
+/// FUSE event-loop threads.
+const FUSE_THREADS: usize = 2;
 
 /// How to mount.
 #[derive(Clone, Debug, Default)]
@@ -159,6 +163,11 @@ pub fn mount(
     if opts.allow_other {
         config.acl = SessionACL::All;
     }
+    // Reads of open files run on the FUSE threads themselves (everything
+    // else queues for the tree thread), so a second thread lets the
+    // kernel's read-ahead requests overlap.
+    config.n_threads = Some(FUSE_THREADS);
+    config.clone_fd = true;
     let fuse_err = |source| MountError::Fuse {
         mountpoint: mountpoint.to_path_buf(),
         source,
@@ -166,13 +175,37 @@ pub fn mount(
     let session = if opts.raw {
         fuser::spawn_mount(raw::RawFs::new(source), mountpoint, &config).map_err(fuse_err)?
     } else {
-        let tree = tree::TreeHandle::start(source)?;
-        fuser::spawn_mount(fs::TreeFs::new(tree), mountpoint, &config).map_err(fuse_err)?
+        let files = open_files::OpenFiles::default();
+        let tree = tree::TreeHandle::start(Arc::clone(&source), files.clone())?;
+        fuser::spawn_mount(fs::TreeFs::new(tree, files, source), mountpoint, &config)
+            .map_err(fuse_err)?
     };
+    raise_readahead(mountpoint);
     Ok(Mounted {
         session: Some(session),
         mountpoint: mountpoint.to_path_buf(),
     })
+}
+
+/// Read-ahead of the mount, in KiB.
+const READAHEAD_KIB: u32 = 1024;
+
+/// Raises the kernel's read-ahead for the mount from its 128 KiB default
+/// (which FUSE cannot raise at INIT), so sequential reads arrive in larger
+/// requests. Best effort: without root or sysfs the default stays.
+fn raise_readahead(mountpoint: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(md) = std::fs::metadata(mountpoint) else {
+        return;
+    };
+    // Linux's dev_t encoding of major and minor numbers.
+    let dev = md.dev();
+    let major = ((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff);
+    let minor = (dev & 0xff) | ((dev >> 12) & !0xff);
+    let knob = format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb");
+    if let Err(e) = std::fs::write(&knob, READAHEAD_KIB.to_string()) {
+        eprintln!("imagefs: read-ahead stays at the kernel's default ({knob}: {e})");
+    }
 }
 
 /// Mounts like [`mount`], then waits for SIGINT or SIGTERM and unmounts.

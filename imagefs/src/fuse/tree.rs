@@ -5,9 +5,11 @@
 //! shares between threads. One dedicated thread owns it (with one block
 //! cache and the inode table); FUSE handlers send that thread a closure
 //! holding the request and its reply object, and return at once. The
-//! thread runs the closures in arrival order and replies. Requests are
-//! therefore served one at a time; for a debug mount that is plenty, and
-//! the kernel's page, attribute and name caches absorb repeats. (One
+//! thread runs the closures in arrival order and replies. Metadata requests
+//! are therefore served one at a time; the kernel's page, attribute and
+//! name caches absorb repeats. Reads of open files do not queue here: the
+//! tree thread maps a file's extents at open, and the FUSE threads read by
+//! that map (`open_files.rs`). (One
 //! `Ext4` per FUSE thread would mean as many block caches and inode tables
 //! to keep in step, for no gain with fuser's single event-loop thread.)
 //!
@@ -28,9 +30,10 @@ use fuser::{Errno, FileAttr, FileType};
 
 use super::MountError;
 use super::attr::{FsStats, dirent_kind, file_attr};
+use super::open_files::{OpenFile, OpenFiles};
 use super::source::{ByteSource, Ext4Reader};
 use crate::error_chain;
-use crate::ext4::{Ext4Meta, FileMap, MetaError, ROOT_INO, Xattr};
+use crate::ext4::{Ext4Meta, MetaError, ROOT_INO, Xattr};
 
 /// Work for the tree thread.
 type Job = Box<dyn FnOnce(&mut Tree) + Send>;
@@ -44,13 +47,16 @@ pub(crate) struct TreeHandle {
 impl TreeHandle {
     /// Starts the tree thread: loads the filesystem (superblock, group
     /// descriptors, journal) and reports whether that worked.
-    pub(crate) fn start(source: Arc<dyn ByteSource>) -> Result<TreeHandle, MountError> {
+    pub(crate) fn start(
+        source: Arc<dyn ByteSource>,
+        files: OpenFiles,
+    ) -> Result<TreeHandle, MountError> {
         let (jobs, queue) = mpsc::channel::<Job>();
         let (ready, loaded) = mpsc::channel();
         thread::Builder::new()
             .name("imagefs-ext4".into())
             .spawn(move || {
-                let mut tree = match Tree::load(source) {
+                let mut tree = match Tree::load(source, files) {
                     Ok(t) => {
                         let _ = ready.send(Ok(()));
                         t
@@ -109,8 +115,8 @@ pub(crate) struct Tree {
     stats: FsStats,
     /// By FUSE inode number.
     nodes: HashMap<u64, Node>,
-    /// Open files: where their bytes are on the device.
-    files: HashMap<u64, FileMap>,
+    /// Open files, read by the FUSE threads.
+    files: OpenFiles,
     dirs: HashMap<u64, Vec<DirItem>>,
     next_fh: u64,
 }
@@ -138,7 +144,7 @@ fn ext4_ino(ino: u64) -> u32 {
 }
 
 impl Tree {
-    fn load(source: Arc<dyn ByteSource>) -> Result<Tree, MountError> {
+    fn load(source: Arc<dyn ByteSource>, files: OpenFiles) -> Result<Tree, MountError> {
         let fs = Ext4::load(Box::new(Ext4Reader(Arc::clone(&source))))
             .map_err(|source| MountError::Ext4 { source })?;
         // ext4-view has just read and checked the superblock, so reading
@@ -162,7 +168,7 @@ impl Tree {
             meta,
             stats,
             nodes,
-            files: HashMap::new(),
+            files,
             dirs: HashMap::new(),
             next_fh: 1,
         })
@@ -303,38 +309,14 @@ impl Tree {
             .file_map(ext4_ino(ino))
             .map_err(|e| Self::meta_fail("mapping the extents of", &path, e))?;
         let fh = self.new_fh();
-        self.files.insert(fh, map);
+        self.files.insert(
+            fh,
+            OpenFile {
+                map,
+                path: path.display().to_string(),
+            },
+        );
         Ok(fh)
-    }
-
-    /// Up to `size` bytes of open file `fh` at `offset` (fewer at the end).
-    pub(crate) fn read(
-        &mut self,
-        ino: u64,
-        fh: u64,
-        offset: u64,
-        size: u32,
-    ) -> Result<Vec<u8>, Errno> {
-        let map = self.files.get(&fh).ok_or(Errno::EBADF)?;
-        if offset >= map.size() {
-            return Ok(Vec::new());
-        }
-        let want = (map.size() - offset).min(u64::from(size)) as usize;
-        let mut buf = vec![0u8; want];
-        if let Err(e) = map.read_at(self.meta.source(), &mut buf, offset) {
-            let path = self.path(ino)?;
-            return Err(Self::meta_fail(
-                &format!("reading at offset {offset} of"),
-                &path,
-                e,
-            ));
-        }
-        Ok(buf)
-    }
-
-    /// Closes an open file.
-    pub(crate) fn release(&mut self, fh: u64) {
-        self.files.remove(&fh);
     }
 
     /// Lists a directory (with `.` and `..`) into a new handle.
