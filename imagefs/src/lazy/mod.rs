@@ -345,6 +345,30 @@ impl LazyImage {
         Ok(())
     }
 
+    /// Whether reading `len` bytes at `offset` needs no fetch: every chunk
+    /// it covers is in the dedicated tier or a hole, so the read costs a
+    /// local `pread` at most. (Chunks in the memory cache do not count:
+    /// they may be evicted before the read.)
+    pub fn is_local(&self, offset: u64, len: u64) -> bool {
+        let size = self.size();
+        let Some(end) = offset.checked_add(len).filter(|&e| e <= size && len > 0) else {
+            return false;
+        };
+        let chunk_size = self.inner.manifest.chunk_size.as_u64();
+        (offset / chunk_size..=(end - 1) / chunk_size).all(|i| {
+            let index = ChunkIndex(i);
+            self.inner
+                .dedicated
+                .as_ref()
+                .is_some_and(|d| d.is_present(index))
+                || self
+                    .inner
+                    .manifest
+                    .chunk(index)
+                    .is_some_and(|c| c.is_hole())
+        })
+    }
+
     /// Whether writes are possible (there is a dedicated tier).
     pub fn writable(&self) -> bool {
         self.inner.dedicated.is_some()

@@ -328,3 +328,29 @@ fn concurrent_readers_never_undo_a_write() {
     lazy.read_exact_at(&mut buf, CHUNK as u64 + 8).unwrap();
     assert_eq!(buf, [0xEE; 64]);
 }
+
+#[test]
+fn is_local_only_when_no_chunk_needs_a_fetch() {
+    let f = fixture();
+    let c = CHUNK as u64;
+    let img = open(&f, true, options(0));
+    // Chunk 2 is a hole: local without any read.
+    assert!(img.is_local(2 * c + 10, 100));
+    assert!(!img.is_local(0, 1));
+    assert!(!img.is_local(2 * c, c + 1), "spans the hole and chunk 3");
+    let mut buf = vec![0u8; CHUNK];
+    img.read_exact_at(&mut buf, 3 * c).unwrap();
+    assert!(
+        img.is_local(2 * c, 2 * c),
+        "chunk 3 is now in the dedicated tier"
+    );
+    assert!(!img.is_local(3 * c, c + 1), "chunk 4 is not");
+    // Nothing past the end, and no empty range, counts as local.
+    assert!(!img.is_local(f.image.len() as u64 - 1, 2));
+    assert!(!img.is_local(0, 0));
+    // Without a dedicated tier only holes are local.
+    let plain = open(&f, false, options(0));
+    plain.read_exact_at(&mut buf, 0).unwrap();
+    assert!(!plain.is_local(0, 1));
+    assert!(plain.is_local(2 * c, c));
+}

@@ -3,13 +3,15 @@
 //! One epoll worker per queue (the vhost-user-backend crate's threads,
 //! [`queues_per_thread`](VhostUserBackend::queues_per_thread) gives each
 //! queue its own) takes every available chain off its queue, parses it
-//! ([`request::parse`]) and hands the request to a small pool of I/O
-//! threads shared by all queues. A pool thread does the blocking
-//! [`LazyImage`] read or write, writes the status byte and puts the chain
-//! on the used ring itself, under the vring's lock, signalling the guest
-//! when EVENT_IDX says so. So a request waiting on a cold chunk holds one
-//! pool thread and nothing else: requests behind it on the same queue
-//! complete around it, out of order (no head-of-line blocking).
+//! ([`request::parse`]) and serves a read that needs no fetch (its chunks
+//! are in the dedicated tier, or holes) itself; anything else goes to a
+//! small pool of I/O threads shared by all queues. Whichever thread serves
+//! a request does the [`LazyImage`] read or write, writes the status byte
+//! and puts the chain on the used ring itself, under the vring's lock,
+//! signalling the guest when EVENT_IDX says so. So a request waiting on a
+//! cold chunk holds one pool thread and nothing else: requests behind it
+//! on the same queue complete around it, out of order (no head-of-line
+//! blocking).
 //!
 //! A rejected chain is completed at once by the queue worker, with its
 //! status (IOERR or UNSUPP) when it has a valid status byte, and a log
@@ -349,7 +351,19 @@ impl BlkBackend {
             mem.clone(),
         );
         let is_read = matches!(req.kind, RequestKind::Read { .. });
-        self.service.pool.submit(Box::new(move || {
+        // A read that needs no fetch (dedicated tier or holes) runs here on
+        // the queue worker: handing it to the pool would cost two thread
+        // switches, more than the local read itself. Anything that may
+        // wait (a fetch, a write, a flush) goes to the pool.
+        let inline = match req.kind {
+            RequestKind::Read { .. } => self
+                .service
+                .image
+                .is_local(req.offset().unwrap_or(0), req.data_len),
+            RequestKind::GetId => true,
+            RequestKind::Write { .. } | RequestKind::Flush => false,
+        };
+        let job = move || {
             let (status, used) = service.execute(queue, &req, &mem);
             let used = if mem.write_obj(status, req.status).is_ok() {
                 used
@@ -363,7 +377,12 @@ impl BlkBackend {
                 conn,
             }
             .inflight_add(queue, -1);
-        }));
+        };
+        if inline {
+            job();
+        } else {
+            self.service.pool.submit(Box::new(job));
+        }
     }
 
     fn inflight_add(&self, queue: u16, by: isize) {
