@@ -13,6 +13,9 @@ export DEBIAN_FRONTEND=noninteractive
 required=(
     e2fsprogs debootstrap umoci skopeo busybox-static zstd attr libclang-dev
     tar gzip util-linux kmod cpio
+    # C: RocksDB's build, the vmm-shim probe guest, the guest benchmark's
+    # static program.
+    gcc g++ libc6-dev
     # The QEMU guest tests (qemu-system-common brings qemu-storage-daemon).
     qemu-system-x86
 )

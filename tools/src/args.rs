@@ -108,7 +108,8 @@ pub enum Command {
     },
     /// Serve an image to a VM as a vhost-user-blk device on a Unix socket,
     /// fetching chunks as the guest reads them; ends when the frontend
-    /// disconnects (unless --keep-alive).
+    /// disconnects (unless --keep-alive), or cleanly, with its report, on
+    /// SIGINT or SIGTERM.
     Serve(crate::serve::ServeArgs),
     /// Run an AZ cache node: GET /v1/chunks/{id}, /metrics, /healthz.
     CacheNode(node::CacheNodeArgs),
