@@ -10,6 +10,13 @@ work="${1:-${TMPDIR:-/tmp}/imagefs-demo}"
 rm -rf "$work"
 mkdir -p "$work"
 
+# RocksDB's C++ library (the shared local tier) is built once and cached,
+# as for the tests (scripts/rocksdb-lib.sh); the first run on a fresh
+# machine spends most of its time there.
+if [ -z "${ROCKSDB_LIB_DIR:-}" ]; then
+    ROCKSDB_LIB_DIR="$(bash scripts/rocksdb-lib.sh)"
+    export ROCKSDB_LIB_DIR ROCKSDB_STATIC=1
+fi
 cargo build --release --locked -p tools -p tests --bins --example sample_image
 bin="$CARGO_TARGET_DIR/release"
 imagefs="$bin/imagefs"
