@@ -229,9 +229,7 @@ impl RocksStore {
                     freed = Some(len);
                 }
             }
-            self.db
-                .write_opt(batch, &WriteOptions::default())
-                .map_err(|e| self.err(e))?;
+            self.write(batch)?;
             if let Some(len) = freed {
                 state.bytes = state.bytes.saturating_sub(len);
                 state.objects = state.objects.saturating_sub(1);
@@ -241,18 +239,29 @@ impl RocksStore {
         Ok(())
     }
 
-    /// Marks `id` (stored with `old_stamp`, `len` bytes) as just used.
+    /// The stamp and length recorded for `id`, if it is stored.
+    fn stored(&self, id: &ChunkId) -> Result<Option<(u64, u64)>, StoreError> {
+        Ok(self
+            .db
+            .get_pinned_cf(self.cf(META)?, id.as_bytes())
+            .map_err(|e| self.err(e))?
+            .as_deref()
+            .and_then(parse_meta))
+    }
+
+    /// Applies `batch` atomically (through the WAL).
+    fn write(&self, batch: WriteBatch) -> Result<(), StoreError> {
+        self.db
+            .write_opt(batch, &WriteOptions::default())
+            .map_err(|e| self.err(e))
+    }
+
+    /// Marks `id` as just used.
     fn touch(&self, id: &ChunkId) -> Result<(), StoreError> {
         let (meta, lru) = (self.cf(META)?, self.cf(LRU)?);
         let mut state = self.lock();
         // Re-read under the lock: an eviction may have run since the get.
-        let Some((old, len)) = self
-            .db
-            .get_pinned_cf(meta, id.as_bytes())
-            .map_err(|e| self.err(e))?
-            .as_deref()
-            .and_then(parse_meta)
-        else {
+        let Some((old, len)) = self.stored(id)? else {
             return Ok(());
         };
         let stamp = state.clock;
@@ -261,9 +270,7 @@ impl RocksStore {
         batch.delete_cf(lru, lru_key(old, id));
         batch.put_cf(lru, lru_key(stamp, id), []);
         batch.put_cf(meta, id.as_bytes(), meta_value(stamp, len));
-        self.db
-            .write_opt(batch, &WriteOptions::default())
-            .map_err(|e| self.err(e))
+        self.write(batch)
     }
 }
 
@@ -342,9 +349,7 @@ impl ChunkStore for RocksStore {
         batch.put_cf(objects, id.as_bytes(), object);
         batch.put_cf(meta, id.as_bytes(), meta_value(stamp, len));
         batch.put_cf(lru, lru_key(stamp, id), []);
-        self.db
-            .write_opt(batch, &WriteOptions::default())
-            .map_err(|e| self.err(e))?;
+        self.write(batch)?;
         state.objects += 1;
         state.bytes += len;
         Ok(PutOutcome::Stored)
@@ -362,22 +367,14 @@ impl ChunkStore for RocksStore {
     fn remove(&self, id: &ChunkId) -> Result<bool, StoreError> {
         let (objects, meta, lru) = (self.cf(OBJECTS)?, self.cf(META)?, self.cf(LRU)?);
         let mut state = self.lock();
-        let Some((stamp, len)) = self
-            .db
-            .get_pinned_cf(meta, id.as_bytes())
-            .map_err(|e| self.err(e))?
-            .as_deref()
-            .and_then(parse_meta)
-        else {
+        let Some((stamp, len)) = self.stored(id)? else {
             return Ok(false);
         };
         let mut batch = WriteBatch::default();
         batch.delete_cf(objects, id.as_bytes());
         batch.delete_cf(meta, id.as_bytes());
         batch.delete_cf(lru, lru_key(stamp, id));
-        self.db
-            .write_opt(batch, &WriteOptions::default())
-            .map_err(|e| self.err(e))?;
+        self.write(batch)?;
         state.objects = state.objects.saturating_sub(1);
         state.bytes = state.bytes.saturating_sub(len);
         Ok(true)
