@@ -12,14 +12,17 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use tests::cases::capability;
 use tests::imagegen::noise;
 
 use chunker::ext4::Ext4Options;
 use chunker::flatten::{FlattenOptions, flatten_to_file};
 use chunker::oci::ImageSource;
-use imagefs::fuse::{ByteSource, MountError, MountOptions, Mounted, RAW_NAME, mount};
+use imagefs::fuse::{
+    ByteSource, MountError, MountOptions, Mounted, PassthroughOptions, PassthroughStats, RAW_NAME,
+    mount,
+};
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
 use tests::harness::{self, Mount};
@@ -434,4 +437,152 @@ fn unreadable_bytes_become_eio_and_the_mount_recovers() {
     flaky.failing.store(false, Ordering::SeqCst);
     assert_eq!(fs::read(&big).unwrap(), noise(1, 1_300_000));
     assert_eq!(xattr::list(&many).unwrap().count(), 30);
+}
+
+/// A plain file source that counts its reads and says its bytes are local
+/// only while `local` is set, like a dedicated tier before and after the
+/// chunks arrive.
+struct Warming {
+    file: File,
+    local: AtomicBool,
+    reads: AtomicU64,
+}
+
+impl ByteSource for Warming {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.reads.fetch_add(1, Ordering::SeqCst);
+        FileExt::read_exact_at(&self.file, buf, offset)
+    }
+
+    fn size(&self) -> u64 {
+        ByteSource::size(&self.file)
+    }
+
+    fn is_local(&self, offset: u64, len: u64) -> bool {
+        self.local.load(Ordering::SeqCst) && ByteSource::is_local(&self.file, offset, len)
+    }
+}
+
+/// Opens and reads `path` until `ok` holds of the mount's passthrough
+/// counters: a release reaches the daemon a moment after `close` returns,
+/// and until then a new open keeps the mode of the old one.
+fn read_until(m: &Mounted, path: &Path, ok: impl Fn(&PassthroughStats) -> bool) -> Vec<u8> {
+    for _ in 0..100 {
+        let bytes = fs::read(path).unwrap();
+        if ok(&m.passthrough_stats().unwrap()) {
+            return bytes;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!(
+        "{}: passthrough counters never got there: {:?}",
+        path.display(),
+        m.passthrough_stats()
+    );
+}
+
+#[test]
+fn files_held_locally_are_passed_through_to_the_kernel() {
+    if !fuse_available() {
+        return;
+    }
+    let flat = flatten();
+    let dir = flat.dir.path().join("passthrough-mnt");
+    let backing = flat.dir.path().join("backing");
+    fs::create_dir(&dir).unwrap();
+    let source = Arc::new(Warming {
+        file: File::open(&flat.image).unwrap(),
+        local: AtomicBool::new(false),
+        reads: AtomicU64::new(0),
+    });
+    // Left by a mount whose process was killed: removed at mount.
+    let stale = backing.join("imagefs-passthrough-4294967295");
+    fs::create_dir_all(&stale).unwrap();
+    fs::write(stale.join("12"), "old copy").unwrap();
+    let opts = MountOptions {
+        // Room for libbig.so (1.3 MB) alone.
+        passthrough: Some(PassthroughOptions {
+            dir: backing.clone(),
+            capacity: 1_350_000,
+        }),
+        ..MountOptions::default()
+    };
+    let m = match mount(source.clone(), &dir, &opts) {
+        Ok(m) => m,
+        Err(MountError::Fuse { source, .. }) => {
+            harness::skip(&format!("FUSE mount not permitted here: {source}"));
+            return;
+        }
+        Err(e) => panic!("mounting: {e:?}"),
+    };
+    let fuse = Guard {
+        mounted: Some(m),
+        dir: fs::canonicalize(&dir).unwrap(),
+    };
+    let m = fuse.mounted.as_ref().unwrap();
+    assert!(!stale.exists(), "a dead mount's copies are removed");
+    let big = fuse.path().join("usr/lib/libbig.so");
+    let want = noise(1, 1_300_000);
+
+    // Nothing local yet: served by reads.
+    let held = File::open(&big).unwrap();
+    assert_eq!(fs::read(&big).unwrap(), want);
+    // Local now, but an open in the normal mode holds the inode: the
+    // kernel refuses a second mode, so the new open stays normal (a wrong
+    // choice here is EIO for the reader).
+    source.local.store(true, Ordering::SeqCst);
+    assert_eq!(fs::read(&big).unwrap(), want);
+    let s = m.passthrough_stats().unwrap();
+    if !s.active {
+        harness::skip("the kernel does not offer FUSE passthrough here (Linux 6.9+, root)");
+        return;
+    }
+    assert_eq!((s.passthrough_opens, s.cached_opens), (0, 3), "{s:?}");
+    drop(held);
+
+    // With the normal opens gone, the next open is passed through: the
+    // file is copied once, then the kernel reads it with no daemon read.
+    let got = read_until(m, &big, |s| s.passthrough_opens > 0);
+    assert_eq!(got, want);
+    let s = m.passthrough_stats().unwrap();
+    assert_eq!(s.materialized_files, 1, "{s:?}");
+    assert_eq!(s.materialized_bytes, 1_300_000, "{s:?}");
+    let reads = source.reads.load(Ordering::SeqCst);
+    let held = File::open(&big).unwrap();
+    let mut again = vec![0u8; want.len()];
+    FileExt::read_exact_at(&held, &mut again, 0).unwrap();
+    assert_eq!(again, want);
+    assert_eq!(fs::read(&big).unwrap(), want);
+    assert_eq!(
+        source.reads.load(Ordering::SeqCst),
+        reads,
+        "a passed-through file was read through the daemon"
+    );
+    let s = m.passthrough_stats().unwrap();
+    assert!(s.passthrough_opens >= 3, "{s:?}");
+    assert_eq!(s.materialized_files, 1, "the backing file is reused: {s:?}");
+    assert_eq!(s.stored_bytes, 1_300_000, "{s:?}");
+
+    // No room for a second file while libbig.so is open: libodd.so is
+    // served by reads, and nothing is evicted.
+    let odd = fuse.path().join("usr/lib/libodd.so");
+    assert_eq!(fs::read(&odd).unwrap(), noise(2, 70_001));
+    assert_eq!(m.passthrough_stats().unwrap().evicted_files, 0);
+    drop(held);
+    // Once it is closed, libbig.so's copy makes way.
+    let got = read_until(m, &odd, |s| s.evicted_files == 1);
+    assert_eq!(got, noise(2, 70_001));
+    let s = m.passthrough_stats().unwrap();
+    assert_eq!(s.stored_bytes, 70_001, "{s:?}");
+    // Larger than the capacity: always served by reads.
+    let sparse = fs::read(fuse.path().join("usr/lib/sparse.img")).unwrap();
+    assert_eq!(sparse.len(), (3 << 20) + 17);
+    assert!(sparse.ends_with(b"tail after a hole"));
+    assert_eq!(m.passthrough_stats().unwrap().materialized_files, 2);
+    // Still readable after all that, and the backing directory goes with
+    // the mount.
+    assert_eq!(fs::read(&big).unwrap(), want);
+    drop(fuse);
+    let left: Vec<_> = fs::read_dir(&backing).unwrap().collect();
+    assert!(left.is_empty(), "left in {}: {left:?}", backing.display());
 }

@@ -103,6 +103,17 @@ pub enum Command {
         /// At exit, print each tier's counters and latencies to stderr.
         #[arg(long)]
         stats: bool,
+        /// Serve every read through the daemon: no FUSE passthrough, even
+        /// for files the dedicated tier holds in full.
+        #[arg(long)]
+        no_passthrough: bool,
+        /// Where files passed through to the kernel are copied (default:
+        /// the dedicated tier's directory; without one, no passthrough).
+        #[arg(long)]
+        passthrough_dir: Option<PathBuf>,
+        /// The most bytes of passthrough copies kept at once.
+        #[arg(long, value_parser = parse_size, default_value = "1G")]
+        passthrough_capacity: u64,
         #[command(flatten)]
         tiers: TierArgs,
     },
@@ -274,6 +285,9 @@ impl Command {
                 raw,
                 allow_other,
                 stats,
+                no_passthrough,
+                passthrough_dir,
+                passthrough_capacity,
                 tiers,
             } => {
                 let (config, tiers, keys) = tiers.open()?;
@@ -285,10 +299,17 @@ impl Command {
                     tiers.dedicated.as_deref(),
                     config.read.lazy_options(),
                 )?);
+                let passthrough_dir = passthrough_dir
+                    .or_else(|| config.dedicated.as_ref().map(|d| d.dir.clone()))
+                    .filter(|_| !no_passthrough);
                 let opts = imagefs::fuse::MountOptions {
                     raw,
                     allow_other,
                     fs_name: Some(format!("imagefs:{digest}")),
+                    passthrough: passthrough_dir.map(|dir| imagefs::fuse::PassthroughOptions {
+                        dir,
+                        capacity: passthrough_capacity,
+                    }),
                 };
                 let served =
                     imagefs::fuse::mount_until_signal(lazy.clone(), &mountpoint, &opts, |at| {
@@ -304,6 +325,9 @@ impl Command {
                         "{}",
                         imagefs::tiers::stats::render(&tiers.store.metrics(), &lazy.metrics())
                     );
+                    if let Ok(Some(p)) = &served {
+                        eprintln!("{}", crate::report::passthrough(p));
+                    }
                 }
                 served?;
                 Ok(())

@@ -119,3 +119,16 @@ pub fn verified(out: &mut dyn Write, o: &OpenedImage, r: &VerifyReport) -> io::R
     )?;
     Ok(())
 }
+
+/// `mount --stats`: what passthrough did.
+pub fn passthrough(p: &imagefs::fuse::PassthroughStats) -> String {
+    format!(
+        "passthrough: {} opens passed through, {} served by reads; {} files copied ({} bytes), {} evicted, {} bytes kept",
+        p.passthrough_opens,
+        p.cached_opens,
+        p.materialized_files,
+        p.materialized_bytes,
+        p.evicted_files,
+        p.stored_bytes
+    )
+}

@@ -381,3 +381,50 @@ fn mount_shows_every_xattr_as_the_kernel_does() {
     stop_with(running, "-TERM");
     kernel.unmount().unwrap();
 }
+
+#[test]
+fn a_file_the_dedicated_tier_holds_is_passed_through_and_its_copy_removed_at_exit() {
+    let s = store();
+    let dir = s.path().join("pt");
+    let dedicated = s.path().join("dedicated");
+    fs::create_dir(&dir).unwrap();
+    let dir = fs::canonicalize(&dir).unwrap();
+    let flags = ["--stats", "--dedicated", dedicated.to_str().unwrap()];
+    let Some(running) = start(s.path(), &dir, &flags) else {
+        return;
+    };
+    let copies = dedicated.join(format!("imagefs-passthrough-{}", running.child.id()));
+    let blob = dir.join("data/blob");
+    // The first read fetches the file into the dedicated tier; a later
+    // open (once the first one's release has reached the daemon) copies
+    // it out and passes it through.
+    let mut passed = false;
+    for _ in 0..100 {
+        assert_eq!(fs::read(&blob).unwrap(), pattern(900_000));
+        if fs::read_dir(&copies).unwrap().next().is_some() {
+            passed = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(fs::read(&blob).unwrap(), pattern(900_000));
+    let err = stop_with(running, "-TERM");
+    if err.contains("passthrough off") || err.contains("refused a passthrough") {
+        harness::skip(&format!("no FUSE passthrough here: {err}"));
+        return;
+    }
+    assert!(
+        passed,
+        "no passthrough copy appeared in {}: {err}",
+        copies.display()
+    );
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("passthrough:"))
+        .unwrap_or_else(|| panic!("no passthrough line in --stats: {err}"));
+    assert!(
+        line.contains("1 files copied (900000 bytes)") && !line.contains(" 0 opens passed"),
+        "{line}"
+    );
+    assert!(!copies.exists(), "{} left after exit", copies.display());
+}

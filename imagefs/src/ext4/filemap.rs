@@ -59,6 +59,12 @@ impl FileMap {
         self.size
     }
 
+    /// The written extents as (file offset, device offset, length) in
+    /// bytes, sorted by file offset.
+    pub fn extents(&self) -> &[(u64, u64, u64)] {
+        &self.extents
+    }
+
     /// How many device reads a read of the whole file takes.
     pub fn extent_count(&self) -> usize {
         self.extents.len()

@@ -7,13 +7,14 @@ use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 
 use fuser::{
-    AccessFlags, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, LockOwner,
-    OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry,
-    ReplyOpen, ReplyStatfs, ReplyXattr, Request,
+    AccessFlags, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory,
+    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
 };
 
 use super::attr::TTL;
 use super::open_files::OpenFiles;
+use super::passthrough::Passthrough;
 use super::source::ByteSource;
 use super::tree::TreeHandle;
 use super::xattr::{self, XattrReply};
@@ -24,14 +25,23 @@ pub(crate) struct TreeFs {
     /// Reads of open files bypass the tree thread.
     files: OpenFiles,
     source: Arc<dyn ByteSource>,
+    /// Opens of files whose bytes are all local may be handed to the
+    /// kernel (`passthrough.rs`).
+    passthrough: Option<Arc<Passthrough>>,
 }
 
 impl TreeFs {
-    pub(crate) fn new(tree: TreeHandle, files: OpenFiles, source: Arc<dyn ByteSource>) -> TreeFs {
+    pub(crate) fn new(
+        tree: TreeHandle,
+        files: OpenFiles,
+        source: Arc<dyn ByteSource>,
+        passthrough: Option<Arc<Passthrough>>,
+    ) -> TreeFs {
         TreeFs {
             tree,
             files,
             source,
+            passthrough,
         }
     }
 }
@@ -51,6 +61,22 @@ fn writable(flags: OpenFlags) -> bool {
 }
 
 impl Filesystem for TreeFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let Some(p) = &self.passthrough else {
+            return Ok(());
+        };
+        // Depth 1: backing files on a plain filesystem, and this mount
+        // itself usable below one stacked one (overlayfs).
+        match config.add_capabilities(InitFlags::FUSE_PASSTHROUGH) {
+            Ok(()) => match config.set_max_stack_depth(1) {
+                Ok(_) => p.set_enabled(true),
+                Err(max) => eprintln!("imagefs: passthrough off: stack depth limited to {max}"),
+            },
+            Err(_) => eprintln!("imagefs: passthrough off: the kernel does not offer it"),
+        }
+        Ok(())
+    }
+
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let name = name.as_bytes().to_vec();
         self.tree.run(move |t| match t.lookup(parent.0, &name) {
@@ -78,9 +104,16 @@ impl Filesystem for TreeFs {
             reply.error(Errno::EROFS);
             return;
         }
+        let passthrough = self.passthrough.clone();
+        let (files, source) = (self.files.clone(), Arc::clone(&self.source));
         self.tree.run(move |t| match t.open(ino.0) {
-            // The image never changes: keep its pages across opens.
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+            Ok(fh) => match (passthrough, files.get(fh)) {
+                (Some(p), Some(file)) => {
+                    p.open(ino.0, fh, &file.map, &*source, &file.path, reply);
+                }
+                // The image never changes: keep its pages across opens.
+                _ => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+            },
             Err(e) => reply.error(e),
         });
     }
@@ -114,6 +147,9 @@ impl Filesystem for TreeFs {
         reply: ReplyEmpty,
     ) {
         self.files.remove(fh.0);
+        if let Some(p) = &self.passthrough {
+            p.release(fh.0);
+        }
         reply.ok();
     }
 

@@ -21,10 +21,15 @@
 //! to root and leaves out the `system.` ones ext4 has no handler for.
 //! `ext4-view` does not expose the change time or the allocated size:
 //! ctime shows the mtime and the block count follows the size.
+//!
+//! Reads of open files run on the FUSE threads (`open_files.rs`); a file
+//! whose bytes are all local can instead be handed to the kernel with FUSE
+//! passthrough (`passthrough.rs`), which then reads a copy of it directly.
 
 mod attr;
 mod fs;
 mod open_files;
+mod passthrough;
 mod raw;
 mod source;
 mod tree;
@@ -36,6 +41,7 @@ use std::sync::Arc;
 
 use fuser::{BackgroundSession, Config, MountOption, SessionACL};
 
+pub use passthrough::{PassthroughOptions, PassthroughStats};
 pub use raw::RAW_NAME;
 pub use source::ByteSource;
 
@@ -52,6 +58,10 @@ pub struct MountOptions {
     pub allow_other: bool,
     /// The name shown as the mount's source in `/proc/mounts`.
     pub fs_name: Option<String>,
+    /// Hand files whose bytes are all local to the kernel (FUSE
+    /// passthrough, Linux 6.9+ and root), copied into backing files here.
+    /// Not used with `raw`.
+    pub passthrough: Option<PassthroughOptions>,
 }
 
 /// Errors from mounting.
@@ -95,6 +105,15 @@ pub enum MountError {
     /// The thread that reads the tree could not be started.
     #[error("starting the ext4 thread")]
     Thread(#[source] io::Error),
+    /// The directory for passthrough's backing files could not be made.
+    #[error("preparing the passthrough directory {dir}")]
+    Passthrough {
+        /// Which.
+        dir: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
     /// Installing the SIGINT/SIGTERM handlers failed.
     #[error("installing signal handlers")]
     Signals(#[source] io::Error),
@@ -105,12 +124,19 @@ pub enum MountError {
 pub struct Mounted {
     session: Option<BackgroundSession>,
     mountpoint: PathBuf,
+    passthrough: Option<Arc<passthrough::Passthrough>>,
 }
 
 impl Mounted {
     /// Where it is mounted.
     pub fn mountpoint(&self) -> &Path {
         &self.mountpoint
+    }
+
+    /// What passthrough has done so far (`None` when it was not asked
+    /// for).
+    pub fn passthrough_stats(&self) -> Option<PassthroughStats> {
+        self.passthrough.as_ref().map(|p| p.stats())
     }
 
     /// Whether the mount is still served (false once someone else has
@@ -172,18 +198,28 @@ pub fn mount(
         mountpoint: mountpoint.to_path_buf(),
         source,
     };
+    let mut passthrough = None;
     let session = if opts.raw {
         fuser::spawn_mount(raw::RawFs::new(source), mountpoint, &config).map_err(fuse_err)?
     } else {
+        if let Some(p) = &opts.passthrough {
+            let made =
+                passthrough::Passthrough::new(p).map_err(|source| MountError::Passthrough {
+                    dir: p.dir.clone(),
+                    source,
+                })?;
+            passthrough = Some(Arc::new(made));
+        }
         let files = open_files::OpenFiles::default();
         let tree = tree::TreeHandle::start(Arc::clone(&source), files.clone())?;
-        fuser::spawn_mount(fs::TreeFs::new(tree, files, source), mountpoint, &config)
-            .map_err(fuse_err)?
+        let fs = fs::TreeFs::new(tree, files, source, passthrough.clone());
+        fuser::spawn_mount(fs, mountpoint, &config).map_err(fuse_err)?
     };
     raise_readahead(mountpoint);
     Ok(Mounted {
         session: Some(session),
         mountpoint: mountpoint.to_path_buf(),
+        passthrough,
     })
 }
 
@@ -210,13 +246,14 @@ fn raise_readahead(mountpoint: &Path) {
 
 /// Mounts like [`mount`], then waits for SIGINT or SIGTERM and unmounts.
 /// Returns as well when the mount goes away otherwise (`umount`).
-/// `on_ready` runs once the mount is up (to print where it is).
+/// `on_ready` runs once the mount is up (to print where it is). Returns
+/// what passthrough did, when it was asked for.
 pub fn mount_until_signal(
     source: Arc<dyn ByteSource>,
     mountpoint: &Path,
     opts: &MountOptions,
     on_ready: impl FnOnce(&Path),
-) -> Result<(), MountError> {
+) -> Result<Option<PassthroughStats>, MountError> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     // Handlers first: a signal that arrives right after the mount is up
     // must not kill the process with the mount still in place.
@@ -228,13 +265,15 @@ pub fn mount_until_signal(
     // own (an external `umount`), which no signal announces.
     loop {
         if signals.pending().next().is_some() {
-            return mounted.unmount();
+            let stats = mounted.passthrough_stats();
+            return mounted.unmount().map(|()| stats);
         }
         if !mounted.is_serving() {
             eprintln!(
                 "imagefs: {} was unmounted from outside",
                 mounted.mountpoint().display()
             );
+            let stats = mounted.passthrough_stats();
             // Joins the ended session; there is nothing left to unmount.
             return match mounted.session.take() {
                 Some(s) => s.join().map_err(|source| MountError::Unmount {
@@ -242,7 +281,8 @@ pub fn mount_until_signal(
                     source,
                 }),
                 None => Ok(()),
-            };
+            }
+            .map(|()| stats);
         }
         std::thread::sleep(std::time::Duration::from_millis(200));
     }

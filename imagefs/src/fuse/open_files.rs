@@ -35,7 +35,7 @@ impl OpenFiles {
         self.lock().remove(&fh);
     }
 
-    fn get(&self, fh: u64) -> Option<Arc<OpenFile>> {
+    pub(crate) fn get(&self, fh: u64) -> Option<Arc<OpenFile>> {
         self.lock().get(&fh).cloned()
     }
 

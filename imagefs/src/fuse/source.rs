@@ -19,6 +19,14 @@ pub trait ByteSource: Send + Sync {
 
     /// The image's size in bytes.
     fn size(&self) -> u64;
+
+    /// Whether reading `len` bytes at `offset` needs no fetch: the bytes
+    /// are on this host. Only then may a file be handed to the kernel for
+    /// passthrough (see `passthrough.rs`). The default, false, is always
+    /// safe.
+    fn is_local(&self, _offset: u64, _len: u64) -> bool {
+        false
+    }
 }
 
 /// A plain file holding an image (an exported image, a flattened image).
@@ -31,6 +39,12 @@ impl ByteSource for File {
         // A file whose size cannot be read is an empty image: every read
         // then fails with an error naming the offset.
         self.metadata().map_or(0, |m| m.len())
+    }
+
+    fn is_local(&self, offset: u64, len: u64) -> bool {
+        offset
+            .checked_add(len)
+            .is_some_and(|end| end <= ByteSource::size(self))
     }
 }
 
@@ -93,5 +107,9 @@ impl ByteSource for crate::lazy::LazyImage {
 
     fn size(&self) -> u64 {
         crate::lazy::LazyImage::size(self)
+    }
+
+    fn is_local(&self, offset: u64, len: u64) -> bool {
+        crate::lazy::LazyImage::is_local(self, offset, len)
     }
 }
