@@ -20,9 +20,9 @@
 //! Run: `cargo bench -p tests --bench lazy_read`.
 
 use std::fs;
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Instant;
 
 use cachenode::{AzConfig, AzTier};
@@ -30,6 +30,7 @@ use cachetiers::{ChunkStore, ObjectOrigin, RocksStore, S3Settings};
 use manifest::{ChunkId, LocalKeyProvider};
 use tests::garage::Garage;
 use tests::harness::{self, Mount};
+use tests::process::Running;
 
 /// Timed reads per side in part 2 (medians are reported).
 const ROUNDS: usize = 9;
@@ -215,7 +216,7 @@ impl Setup {
             .arg("--keys")
             .arg(self.keys())
             .args(tier_flags);
-        let (child, _) = spawn_until(cmd, "mounted ", "imagefs mount")?;
+        let (child, _) = Running::spawn_until(cmd, "mounted ", "imagefs mount")?;
         Ok(FuseMount {
             child: Some(child),
             dir: mnt.to_path_buf(),
@@ -246,63 +247,16 @@ fn release_imagefs() -> Option<PathBuf> {
     }
 }
 
-/// A child process that is killed if still running when dropped.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts `cmd` and waits for a stdout line starting with `ready`.
-fn spawn_until(mut cmd: Command, ready: &str, what: &str) -> Res<(Killed, String)> {
-    let mut child = Killed(
-        cmd.stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("start {what}: {e}"))?,
-    );
-    let mut line = String::new();
-    let stdout = child.0.stdout.take().ok_or("no stdout")?;
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .map_err(|e| e.to_string())?;
-    if !line.starts_with(ready) {
-        let _ = child.0.kill();
-        let mut err = String::new();
-        if let Some(mut e) = child.0.stderr.take() {
-            let _ = e.read_to_string(&mut err);
-        }
-        return Err(format!("{what} did not start: {line}{err}"));
-    }
-    Ok((child, line))
-}
-
 /// A running `imagefs mount`; `stop` unmounts it and returns its stats.
 struct FuseMount {
-    child: Option<Killed>,
+    child: Option<Running>,
     dir: PathBuf,
 }
 
 impl FuseMount {
     fn stop(mut self) -> Res<String> {
-        let mut child = self.child.take().ok_or("already stopped")?;
-        let pid = child.0.id().to_string();
-        Command::new("kill")
-            .args(["-INT", &pid])
-            .status()
-            .map_err(|e| e.to_string())?;
-        let status = child.0.wait().map_err(|e| e.to_string())?;
-        let mut err = String::new();
-        if let Some(mut e) = child.0.stderr.take() {
-            let _ = e.read_to_string(&mut err);
-        }
-        if !status.success() {
-            return Err(format!("imagefs mount exited with {status}:\n{err}"));
-        }
-        Ok(err)
+        let child = self.child.take().ok_or("already stopped")?;
+        child.stop("-INT")
     }
 }
 
@@ -367,7 +321,8 @@ fn fetch_latency(s: &Setup, ids: &[ChunkId]) -> Res<()> {
         .arg("--data")
         .arg(s.path("node"))
         .args(["--origin", &s.origin_url]);
-    let (node, line) = spawn_until(node_cmd, "cache node listening on ", "imagefs cache-node")?;
+    let (node, line) =
+        Running::spawn_until(node_cmd, "cache node listening on ", "imagefs cache-node")?;
     let url = line
         .trim_start_matches("cache node listening on ")
         .split_whitespace()

@@ -16,6 +16,8 @@
 //! - [`blkbench`] is the guest half of the `vhost_guest` benchmark: a
 //!   static C program timing raw reads inside the guest, and its output.
 //! - [`harness`] finds tools, prints `SKIP:` lines, and mounts/unmounts.
+//! - [`process`] starts child processes (`imagefs mount`, cache nodes),
+//!   waits until they are ready, and stops them with a signal.
 //!
 //! Integration tests: `generator.rs` (the generator against umoci and
 //! skopeo), `flatten.rs` (every flattening and ext4 case), `bad_inputs.rs`
@@ -31,5 +33,6 @@ pub mod garage;
 pub mod guest;
 pub mod harness;
 pub mod imagegen;
+pub mod process;
 pub mod tarw;
 pub mod treecheck;

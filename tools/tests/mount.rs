@@ -6,9 +6,8 @@
 //! Needs root and `/dev/fuse`; says `SKIP: <reason>` and returns without.
 
 use std::fs;
-use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 use cachetiers::DirStore;
 use chunker::convert::{ConvertOptions, convert};
@@ -20,6 +19,7 @@ use tempfile::TempDir;
 use tests::cases::capability;
 use tests::harness::{self, Mount};
 use tests::imagegen::{Entry, Image, Layer};
+use tests::process;
 use tests::treecheck::{Mask, assert_same, list_dir};
 
 fn pattern(len: usize) -> Vec<u8> {
@@ -71,19 +71,22 @@ fn is_mounted(dir: &Path) -> bool {
 /// The running `imagefs mount`; killed and the mount detached on drop if
 /// the test did not end them.
 struct Running {
-    child: Child,
+    process: Option<process::Running>,
     dir: PathBuf,
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        drop(self.process.take());
         if is_mounted(&self.dir) {
             let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
         }
+    }
+}
+
+impl Running {
+    fn id(&self) -> u32 {
+        self.process.as_ref().map_or(0, process::Running::id)
     }
 }
 
@@ -97,71 +100,46 @@ fn start(store: &Path, dir: &Path, extra: &[&str]) -> Option<Running> {
     if !harness::require_root("mounting FUSE") {
         return None;
     }
-    let child = Command::new(env!("CARGO_BIN_EXE_imagefs"))
-        .arg("mount")
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_imagefs"));
+    cmd.arg("mount")
         .arg("t")
         .arg(dir)
         .args(extra)
         .arg("--store")
         .arg(store.join("store"))
         .arg("--keys")
-        .arg(store.join("keys"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut running = Running {
-        child,
-        dir: dir.to_path_buf(),
-    };
-    let mut line = String::new();
-    BufReader::new(running.child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    if !line.starts_with("mounted sha256:") {
-        let status = running.child.wait().unwrap();
-        let mut err = String::new();
-        running
-            .child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut err)
-            .unwrap();
-        if err.contains("Permission denied") || err.contains("Operation not permitted") {
-            harness::skip(&format!("FUSE mount not permitted here: {err}"));
-            return None;
+        .arg(store.join("keys"));
+    match process::Running::spawn_until(cmd, "mounted sha256:", "imagefs mount") {
+        Ok((process, _)) => {
+            assert!(is_mounted(dir), "{} is not in mountinfo", dir.display());
+            Some(Running {
+                process: Some(process),
+                dir: dir.to_path_buf(),
+            })
         }
-        panic!("imagefs mount did not come up ({status}): {line}{err}");
+        Err(e) if e.contains("Permission denied") || e.contains("Operation not permitted") => {
+            harness::skip(&format!("FUSE mount not permitted here: {e}"));
+            None
+        }
+        Err(e) => panic!("{e}"),
     }
-    assert!(is_mounted(dir), "{} is not in mountinfo", dir.display());
-    Some(running)
 }
 
 /// Sends `signal`, waits for a clean exit and returns what went to stderr.
-fn stop_with(running: Running, signal: &str) -> String {
-    let pid = running.child.id().to_string();
-    let ok = Command::new("kill").args([signal, &pid]).status().unwrap();
-    assert!(ok.success(), "kill {signal} {pid}");
-    wait_clean(running, signal)
+fn stop_with(mut running: Running, signal: &str) -> String {
+    let p = running.process.take().unwrap();
+    let err = p
+        .stop(signal)
+        .unwrap_or_else(|e| panic!("after {signal}: {e}"));
+    assert!(!is_mounted(&running.dir), "still mounted after {signal}");
+    err
 }
 
 /// Waits for a clean exit (status 0, mount gone) and returns what went to
 /// stderr.
 fn wait_clean(mut running: Running, after: &str) -> String {
-    let status = running.child.wait().unwrap();
-    let mut err = String::new();
-    running
-        .child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    assert!(
-        status.success(),
-        "imagefs mount exited with {status}: {err}"
-    );
+    let p = running.process.take().unwrap();
+    let err = p.wait().unwrap_or_else(|e| panic!("after {after}: {e}"));
     assert!(!is_mounted(&running.dir), "still mounted after {after}");
     err
 }
@@ -393,7 +371,7 @@ fn a_file_the_dedicated_tier_holds_is_passed_through_and_its_copy_removed_at_exi
     let Some(running) = start(s.path(), &dir, &flags) else {
         return;
     };
-    let copies = dedicated.join(format!("imagefs-passthrough-{}", running.child.id()));
+    let copies = dedicated.join(format!("imagefs-passthrough-{}", running.id()));
     let blob = dir.join("data/blob");
     // The first read fetches the file into the dedicated tier; a later
     // open (once the first one's release has reached the daemon) copies

@@ -16,15 +16,15 @@
 //! Needs root, `/dev/fuse` and Garage; says `SKIP:` otherwise.
 
 use std::fs;
-use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cachetiers::ChunkStore;
 use tests::garage::Garage;
 use tests::harness;
 use tests::imagegen::{Compression, Entry, Image, Layer, noise};
+use tests::process::Running;
 use tests::treecheck::{Mask, assert_same, list_dir, list_ext4_image};
 
 fn bin() -> Command {
@@ -57,52 +57,13 @@ fn can_mount() -> bool {
     harness::require_root("mounting FUSE")
 }
 
-/// A child process killed (SIGKILL) if the test ends early.
-struct Proc {
-    child: Child,
-    what: String,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Starts `cmd` and waits for a stdout line starting with `ready`;
 /// returns the process and that line.
-fn spawn_until(mut cmd: Command, ready: &str, what: &str) -> (Proc, String) {
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    if !line.starts_with(ready) {
-        let _ = child.kill();
-        let mut err = String::new();
-        child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut err)
-            .unwrap();
-        panic!("{what} did not start: {line}{err}");
-    }
-    (
-        Proc {
-            child,
-            what: what.to_string(),
-        },
-        line,
-    )
+fn spawn_until(cmd: Command, ready: &str, what: &str) -> (Running, String) {
+    Running::spawn_until(cmd, ready, what).unwrap_or_else(|e| panic!("{e}"))
 }
 
-fn start_node(g: &Garage, dir: &Path, name: &str, origin: &str) -> (Proc, String) {
+fn start_node(g: &Garage, dir: &Path, name: &str, origin: &str) -> (Running, String) {
     let mut cmd = bin();
     cmd.args([
         "cache-node",
@@ -126,30 +87,14 @@ fn start_node(g: &Garage, dir: &Path, name: &str, origin: &str) -> (Proc, String
 }
 
 struct Mounted {
-    proc: Proc,
+    proc: Running,
     dir: PathBuf,
 }
 
 impl Mounted {
     /// SIGINT, wait, and return stderr (the --stats table).
-    fn stop(mut self) -> String {
-        let pid = self.proc.child.id().to_string();
-        Command::new("kill").args(["-INT", &pid]).status().unwrap();
-        let status = self.proc.child.wait().unwrap();
-        let mut err = String::new();
-        self.proc
-            .child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut err)
-            .unwrap();
-        assert!(
-            status.success(),
-            "{} exited with {status}: {err}",
-            self.proc.what
-        );
-        err
+    fn stop(self) -> String {
+        self.proc.stop("-INT").unwrap_or_else(|e| panic!("{e}"))
     }
 }
 
