@@ -176,9 +176,21 @@ pub fn decrypt_chunk(
 pub fn decrypt_chunk_owned(
     id: &ChunkId,
     key: &ChunkKey,
-    mut object: Vec<u8>,
+    object: Vec<u8>,
 ) -> Result<Vec<u8>, ConvergentError> {
     verify_object(id, &object)?;
+    decrypt_checked_chunk_owned(id, key, object)
+}
+
+/// Like [`decrypt_chunk_owned`] for an object the caller has already
+/// checked against `id` (a chunk store that hashes what it returns), so it
+/// is not hashed again. AES-GCM still authenticates it under `key`: bytes
+/// that are not the chunk's fail with [`ConvergentError::Authentication`].
+pub fn decrypt_checked_chunk_owned(
+    id: &ChunkId,
+    key: &ChunkKey,
+    mut object: Vec<u8>,
+) -> Result<Vec<u8>, ConvergentError> {
     if object.len() < TAG_LEN {
         return Err(ConvergentError::TooShort {
             id: *id,
@@ -282,6 +294,11 @@ mod tests {
         );
         let err = decrypt_chunk(&chunk.id, &chunk.key, &bad).unwrap_err();
         assert!(err.to_string().contains(&chunk.id.to_string()), "{err}");
+        // Not hashed again, but still authenticated.
+        let err = decrypt_checked_chunk_owned(&chunk.id, &chunk.key, bad).unwrap_err();
+        assert_eq!(err, ConvergentError::Authentication { id: chunk.id });
+        let plain = decrypt_checked_chunk_owned(&chunk.id, &chunk.key, chunk.object).unwrap();
+        assert_eq!(plain, sample());
     }
 
     #[test]

@@ -208,6 +208,11 @@ impl Drop for AzTier {
 }
 
 impl ChunkStore for AzTier {
+    /// `get` hashes every object a node sends.
+    fn checks_gets(&self) -> bool {
+        true
+    }
+
     /// Gets the object from the nodes.
     ///
     /// GET `{node}/v1/chunks/{id}`, to the owner first; if it has not

@@ -224,6 +224,11 @@ pub(crate) fn read_limited(path: &Path, limit: u64) -> Result<Limited, StoreErro
 }
 
 impl ChunkStore for DirStore {
+    /// `get` hashes every object it returns.
+    fn checks_gets(&self) -> bool {
+        true
+    }
+
     fn get(&self, id: &ChunkId) -> Result<Option<Vec<u8>>, StoreError> {
         let corrupt = |problem: String| StoreError::Corrupt {
             id: *id,

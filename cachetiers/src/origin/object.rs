@@ -244,6 +244,11 @@ impl ObjectOrigin {
 }
 
 impl ChunkStore for ObjectOrigin {
+    /// `get` hashes every object it returns.
+    fn checks_gets(&self) -> bool {
+        true
+    }
+
     fn get(&self, id: &ChunkId) -> Result<Option<Vec<u8>>, StoreError> {
         let key = self.chunk_key(id);
         let corrupt = |problem: String| StoreError::Corrupt {

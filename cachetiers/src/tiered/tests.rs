@@ -208,3 +208,60 @@ fn put_goes_to_the_origin_and_metrics_render() {
         Err(TieredError::NoTiers)
     ));
 }
+
+/// A store that does not hash what it returns (it does not claim
+/// `checks_gets`), and returns one object's bytes flipped.
+struct Unchecked {
+    inner: DirStore,
+    flip: ChunkId,
+}
+
+impl ChunkStore for Unchecked {
+    fn get(&self, id: &ChunkId) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut got = self.inner.get(id)?;
+        if *id == self.flip
+            && let Some(bytes) = got.as_mut()
+        {
+            bytes[0] ^= 1;
+        }
+        Ok(got)
+    }
+    fn put(&self, id: &ChunkId, object: &[u8]) -> Result<PutOutcome, StoreError> {
+        self.inner.put(id, object)
+    }
+    fn contains(&self, id: &ChunkId) -> Result<bool, StoreError> {
+        self.inner.contains(id)
+    }
+    fn remove(&self, id: &ChunkId) -> Result<bool, StoreError> {
+        self.inner.remove(id)
+    }
+}
+
+#[test]
+fn a_tier_that_does_not_check_its_gets_is_checked_here() {
+    let dir = tempfile::tempdir().unwrap();
+    let (id, bytes) = object(9);
+    let (other, other_bytes) = object(10);
+    let unchecked = Unchecked {
+        inner: DirStore::create(dir.path().join("t0")).unwrap(),
+        flip: id,
+    };
+    unchecked.put(&id, &bytes).unwrap();
+    unchecked.put(&other, &other_bytes).unwrap();
+    let origin = Arc::new(DirStore::create(dir.path().join("t1")).unwrap());
+    origin.put(&id, &bytes).unwrap();
+    let tiered = TieredStore::new(vec![
+        ("t0".into(), Arc::new(unchecked) as Arc<dyn ChunkStore>),
+        ("t1".into(), Arc::clone(&origin) as Arc<dyn ChunkStore>),
+    ])
+    .unwrap();
+    assert!(tiered.checks_gets() && origin.checks_gets());
+    // The flipped copy is caught by the tiered store's own hash, counted
+    // and dropped; the origin's copy is returned.
+    let fetched = tiered.fetch(&id).unwrap();
+    assert_eq!((fetched.object, fetched.tier), (bytes, 1));
+    let m = tiered.metrics();
+    assert_eq!(m.tiers[0].verification_failures, 1);
+    // A good copy from the same tier passes.
+    assert_eq!(tiered.fetch(&other).unwrap().tier, 0);
+}

@@ -36,7 +36,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use cachetiers::{ChunkStore, Flight, SingleFlight, StoreError};
-use manifest::{ChunkEntry, ChunkId, ChunkIndex, ConvergentError, Manifest, decrypt_chunk_owned};
+use manifest::{
+    ChunkEntry, ChunkId, ChunkIndex, ConvergentError, Manifest, decrypt_checked_chunk_owned,
+    decrypt_chunk_owned,
+};
 
 pub use dedicated::{DedicatedError, DedicatedState, DedicatedTier};
 use readahead::Readahead;
@@ -706,7 +709,13 @@ impl Inner {
             })?
             .ok_or(LazyError::Missing { index, id: *id })?;
         bump(&self.counters.store_bytes, object.len() as u64);
-        let plain = decrypt_chunk_owned(id, key, object).map_err(|source| LazyError::Decrypt {
+        // Hashed once: by the store when it checks its gets, else here.
+        let plain = if self.store.checks_gets() {
+            decrypt_checked_chunk_owned(id, key, object)
+        } else {
+            decrypt_chunk_owned(id, key, object)
+        }
+        .map_err(|source| LazyError::Decrypt {
             index,
             id: *id,
             source,
