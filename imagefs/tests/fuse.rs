@@ -579,9 +579,17 @@ fn files_held_locally_are_passed_through_to_the_kernel() {
     assert_eq!(sparse.len(), (3 << 20) + 17);
     assert!(sparse.ends_with(b"tail after a hole"));
     assert_eq!(m.passthrough_stats().unwrap().materialized_files, 2);
-    // Still readable after all that, and the backing directory goes with
-    // the mount.
+    // Still readable after all that.
     assert_eq!(fs::read(&big).unwrap(), want);
+    // A copy deleted from under the mount is made again at the next open.
+    let own = backing.join(format!("imagefs-passthrough-{}", std::process::id()));
+    for f in fs::read_dir(&own).unwrap() {
+        fs::remove_file(f.unwrap().path()).unwrap();
+    }
+    let before = m.passthrough_stats().unwrap().materialized_files;
+    let got = read_until(m, &big, |s| s.materialized_files == before + 1);
+    assert_eq!(got, want);
+    // The backing directory goes with the mount.
     drop(fuse);
     let left: Vec<_> = fs::read_dir(&backing).unwrap().collect();
     assert!(left.is_empty(), "left in {}: {left:?}", backing.display());

@@ -70,7 +70,7 @@ pub struct PassthroughStats {
 
 /// How an open file is served.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum IoMode {
+enum IoMode {
     /// The daemon serves reads (page cache kept across opens).
     Cached,
     /// The kernel reads the backing file.
@@ -176,7 +176,7 @@ impl Passthrough {
     }
 
     /// Answers the open of handle `fh` of inode `ino`, in passthrough mode
-    /// when the rules above allow it, and says which mode was given.
+    /// when the rules above allow it.
     pub(crate) fn open(
         &self,
         ino: u64,
@@ -185,7 +185,7 @@ impl Passthrough {
         source: &dyn ByteSource,
         path: &str,
         reply: ReplyOpen,
-    ) -> IoMode {
+    ) {
         let mut st = self.lock();
         st.clock += 1;
         let io = st.inodes.entry(ino).or_default();
@@ -196,7 +196,7 @@ impl Passthrough {
             io.passthrough += 1;
             st.handles.insert(fh, (ino, IoMode::Passthrough));
             st.stats.passthrough_opens += 1;
-            return IoMode::Passthrough;
+            return;
         }
         let eligible = io.cached == 0
             && self.enabled.load(Ordering::SeqCst)
@@ -218,7 +218,7 @@ impl Passthrough {
                         io.backing = Some(id);
                         st.handles.insert(fh, (ino, IoMode::Passthrough));
                         st.stats.passthrough_opens += 1;
-                        return IoMode::Passthrough;
+                        return;
                     }
                     // Not root, or a backing filesystem the kernel will
                     // not stack on: no later file would do better.
@@ -239,7 +239,6 @@ impl Passthrough {
         st.stats.cached_opens += 1;
         // The image never changes: keep its pages across opens.
         reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
-        IoMode::Cached
     }
 
     /// Handle `fh` was released.
@@ -278,7 +277,16 @@ impl Passthrough {
         let path = self.dir.join(ino.to_string());
         if let Some(s) = st.stored.get_mut(&ino) {
             s.last_open = st.clock;
-            return File::open(&path).map(Some);
+            match File::open(&path) {
+                Ok(file) => return Ok(Some(file)),
+                // Gone from under us (someone cleaned the directory): it
+                // is copied again.
+                Err(_) => {
+                    let size = s.size;
+                    st.stored.remove(&ino);
+                    st.used -= size;
+                }
+            }
         }
         let size = map.size();
         if !self.make_room(st, size)? {
@@ -317,7 +325,10 @@ impl Passthrough {
             let Some((ino, bytes)) = victim else {
                 return Ok(false);
             };
-            fs::remove_file(self.dir.join(ino.to_string()))?;
+            match fs::remove_file(self.dir.join(ino.to_string())) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
             st.stored.remove(&ino);
             st.used -= bytes;
             st.stats.evicted_files += 1;
