@@ -17,7 +17,7 @@ use std::process::Command;
 use std::sync::Arc;
 
 use imagefs::ext4::Ext4Meta;
-use tests::cases::capability;
+use tests::cases::{acl_xattr, capability};
 use tests::harness::{self, Mount};
 use tests::treecheck::list_dir;
 
@@ -31,17 +31,6 @@ fn tools_present() -> bool {
 fn run(cmd: &mut Command) {
     let (ok, out) = harness::run(cmd);
     assert!(ok, "{cmd:?}: {out}");
-}
-
-/// A POSIX ACL in the xattr format: version 2, then (tag, perm, id).
-fn acl(entries: &[(u16, u16, u32)]) -> Vec<u8> {
-    let mut v = 2u32.to_le_bytes().to_vec();
-    for (tag, perm, id) in entries {
-        v.extend(tag.to_le_bytes());
-        v.extend(perm.to_le_bytes());
-        v.extend(id.to_le_bytes());
-    }
-    v
 }
 
 /// Fills a mounted filesystem, through the kernel.
@@ -65,7 +54,7 @@ fn populate(m: &Path) {
     set(
         "etc/acl",
         "system.posix_acl_access",
-        &acl(&[
+        &acl_xattr(&[
             (1, 6, U),
             (2, 4, 1000),
             (4, 4, U),
@@ -78,7 +67,7 @@ fn populate(m: &Path) {
     set(
         "shared",
         "system.posix_acl_default",
-        &acl(&[
+        &acl_xattr(&[
             (1, 7, U),
             (2, 7, 1001),
             (4, 5, U),

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use tests::cases::capability;
+use tests::cases::{acl_xattr, capability};
 use tests::imagegen::noise;
 
 use chunker::ext4::Ext4Options;
@@ -29,26 +29,15 @@ use tests::harness::{self, Mount};
 use tests::imagegen::{Compression, Entry, Image, Layer};
 use tests::treecheck::{Mask, assert_same, list_dir};
 
-/// A POSIX ACL in the xattr format: version 2, then (tag, perm, id).
-fn acl(entries: &[(u16, u16, u32)]) -> Vec<u8> {
-    let mut v = 2u32.to_le_bytes().to_vec();
-    for (tag, perm, id) in entries {
-        v.extend(tag.to_le_bytes());
-        v.extend(perm.to_le_bytes());
-        v.extend(id.to_le_bytes());
-    }
-    v
-}
-
 fn sample_image() -> Image {
-    let access = acl(&[
+    let access = acl_xattr(&[
         (1, 6, u32::MAX),
         (2, 4, 1000),
         (4, 4, u32::MAX),
         (0x10, 4, u32::MAX),
         (0x20, 0, u32::MAX),
     ]);
-    let default = acl(&[
+    let default = acl_xattr(&[
         (1, 7, u32::MAX),
         (4, 5, u32::MAX),
         (8, 7, 4242),

@@ -16,7 +16,7 @@ use chunker::flatten::FlattenOptions;
 use chunker::oci::ImageSource;
 use manifest::LocalKeyProvider;
 use tempfile::TempDir;
-use tests::cases::capability;
+use tests::cases::{acl_xattr, capability};
 use tests::harness::{self, Mount};
 use tests::imagegen::{Entry, Image, Layer};
 use tests::process;
@@ -220,17 +220,6 @@ fn a_chunk_missing_from_the_store_is_eio_with_a_log_line_naming_it() {
     );
 }
 
-/// A POSIX ACL in the xattr format: version 2, then (tag, perm, id).
-fn acl(entries: &[(u16, u16, u32)]) -> Vec<u8> {
-    let mut v = 2u32.to_le_bytes().to_vec();
-    for (tag, perm, id) in entries {
-        v.extend(tag.to_le_bytes());
-        v.extend(perm.to_le_bytes());
-        v.extend(id.to_le_bytes());
-    }
-    v
-}
-
 /// Files with every kind of xattr ext4 keeps: user ones with binary
 /// values and newlines, an empty one, security.capability, trusted ones,
 /// POSIX access and default ACLs (named users and groups too), so many
@@ -238,7 +227,7 @@ fn acl(entries: &[(u16, u16, u32)]) -> Vec<u8> {
 /// plus a hard link and devices.
 fn xattr_image() -> (Image, Vec<(&'static str, String)>) {
     const U: u32 = u32::MAX;
-    let access = acl(&[
+    let access = acl_xattr(&[
         (1, 6, U),
         (2, 6, 1000),
         (4, 4, U),
@@ -246,14 +235,14 @@ fn xattr_image() -> (Image, Vec<(&'static str, String)>) {
         (0x10, 6, U),
         (0x20, 0, U),
     ]);
-    let default = acl(&[
+    let default = acl_xattr(&[
         (1, 7, U),
         (2, 7, 1001),
         (4, 5, U),
         (0x10, 7, U),
         (0x20, 5, U),
     ]);
-    let dir_access = acl(&[(1, 7, U), (4, 5, U), (8, 7, 60), (0x10, 7, U), (0x20, 1, U)]);
+    let dir_access = acl_xattr(&[(1, 7, U), (4, 5, U), (8, 7, 60), (0x10, 7, U), (0x20, 1, U)]);
     let mut many = Entry::file("data/many", "many\n");
     let mut expect = Vec::new();
     for i in 0..40u8 {

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::io;
 use std::sync::{Arc, Mutex};
 
-use ::tests::cases::capability;
+use ::tests::cases::{acl_xattr, capability};
 use ::tests::imagegen::{Entry, Image, Layer};
 use chunker::ext4::Ext4Options;
 use chunker::flatten::{FlattenOptions, flatten_to_file};
@@ -47,29 +47,18 @@ fn mem(bytes: Vec<u8>) -> Arc<Mem> {
     })
 }
 
-/// A VFS-format ACL.
-fn acl(entries: &[(u16, u16, u32)]) -> Vec<u8> {
-    let mut v = 2u32.to_le_bytes().to_vec();
-    for (tag, perm, id) in entries {
-        v.extend(tag.to_le_bytes());
-        v.extend(perm.to_le_bytes());
-        v.extend(id.to_le_bytes());
-    }
-    v
-}
-
 /// Path → the xattrs put on it.
 type Want = BTreeMap<&'static str, Vec<(String, Vec<u8>)>>;
 
 fn sample() -> (Image, Want) {
-    let access = acl(&[
+    let access = acl_xattr(&[
         (1, 6, u32::MAX),
         (2, 4, 1000),
         (4, 4, u32::MAX),
         (0x10, 4, u32::MAX),
         (0x20, 0, u32::MAX),
     ]);
-    let default = acl(&[
+    let default = acl_xattr(&[
         (1, 7, u32::MAX),
         (4, 5, u32::MAX),
         (8, 5, 42),

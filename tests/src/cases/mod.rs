@@ -69,6 +69,18 @@ pub fn capability(cap: u32) -> Vec<u8> {
     v
 }
 
+/// A POSIX ACL in the xattr format `getxattr` returns: version 2, then
+/// (tag, perm, id) entries, little-endian.
+pub fn acl_xattr(entries: &[(u16, u16, u32)]) -> Vec<u8> {
+    let mut v = 2u32.to_le_bytes().to_vec();
+    for (tag, perm, id) in entries {
+        v.extend(tag.to_le_bytes());
+        v.extend(perm.to_le_bytes());
+        v.extend(id.to_le_bytes());
+    }
+    v
+}
+
 /// [`pattern`] with newline bytes replaced (binary PAX values with
 /// newlines have their own case, `xattr_newline`).
 pub fn pattern_no_newline(len: usize, seed: u8) -> Vec<u8> {
@@ -420,24 +432,14 @@ pub fn boundaries() -> Case {
 /// format: version 2, then (tag, perm, id) entries). ext4 stores ACLs in its
 /// own on-disk format, so a writer that copies the bytes verbatim breaks them.
 pub fn acl() -> Case {
-    let mut v = 2u32.to_le_bytes().to_vec();
-    for (tag, perm, id) in [
-        (1u16, 6u16, u32::MAX),
+    let v = acl_xattr(&[
+        (1, 6, u32::MAX),
         (2, 4, 1000),
         (4, 4, u32::MAX),
         (0x10, 4, u32::MAX),
         (0x20, 0, u32::MAX),
-    ] {
-        v.extend(tag.to_le_bytes());
-        v.extend(perm.to_le_bytes());
-        v.extend(id.to_le_bytes());
-    }
-    let mut d = 2u32.to_le_bytes().to_vec();
-    for (tag, perm) in [(1u16, 7u16), (4, 5), (0x20, 5)] {
-        d.extend(tag.to_le_bytes());
-        d.extend(perm.to_le_bytes());
-        d.extend(u32::MAX.to_le_bytes());
-    }
+    ]);
+    let d = acl_xattr(&[(1, 7, u32::MAX), (4, 5, u32::MAX), (0x20, 5, u32::MAX)]);
     Case {
         name: "acl",
         image: Image::new(vec![Layer::new(vec![
