@@ -69,7 +69,7 @@ impl Filesystem for TreeFs {
         // itself usable below one stacked one (overlayfs).
         match config.add_capabilities(InitFlags::FUSE_PASSTHROUGH) {
             Ok(()) => match config.set_max_stack_depth(1) {
-                Ok(_) => p.set_enabled(true),
+                Ok(_) => p.enable(),
                 Err(max) => eprintln!("imagefs: passthrough off: stack depth limited to {max}"),
             },
             Err(_) => eprintln!("imagefs: passthrough off: the kernel does not offer it"),

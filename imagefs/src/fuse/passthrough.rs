@@ -155,9 +155,9 @@ impl Passthrough {
         })
     }
 
-    /// Called at INIT with whether the kernel accepted passthrough.
-    pub(crate) fn set_enabled(&self, on: bool) {
-        self.enabled.store(on, Ordering::SeqCst);
+    /// Called at INIT once the kernel has accepted passthrough.
+    pub(crate) fn enable(&self) {
+        self.enabled.store(true, Ordering::SeqCst);
     }
 
     pub(crate) fn stats(&self) -> PassthroughStats {
