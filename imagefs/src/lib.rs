@@ -1,6 +1,8 @@
 //! imagefs: reading images back from sealed manifests and chunk stores.
 //!
-//! Layers:
+//! Layers, in the order the bytes flow:
+//! - [`device`]: the [`BlockDevice`] seam every byte supplier implements
+//!   and every transport and the ext4 reader consume;
 //! - [`open`]: find a manifest by digest or tag and unseal it;
 //! - [`verify`]: check every chunk of an image (present, id, decryption);
 //! - [`export`]: reassemble the plaintext image into a sparse file;
@@ -12,6 +14,7 @@
 //!   TOML configuration, and its statistics.
 #![forbid(unsafe_code)]
 
+pub mod device;
 pub mod export;
 pub mod ext4;
 pub mod fuse;
@@ -21,6 +24,7 @@ pub mod tiers;
 pub mod verify;
 pub mod vhost;
 
+pub use device::BlockDevice;
 pub use export::{ExportError, ExportReport, export};
 pub use lazy::{LazyError, LazyImage, LazyMetrics, LazyOptions};
 pub use open::{OpenError, OpenedImage, open_image};

@@ -20,7 +20,7 @@ use chunker::ext4::Ext4Options;
 use chunker::flatten::{FlattenOptions, flatten_to_file};
 use chunker::oci::ImageSource;
 use imagefs::fuse::{
-    ByteSource, MountError, MountOptions, Mounted, PassthroughOptions, PassthroughStats, RAW_NAME,
+    BlockDevice, MountError, MountOptions, Mounted, PassthroughOptions, PassthroughStats, RAW_NAME,
     mount,
 };
 use sha2::{Digest, Sha256};
@@ -176,7 +176,7 @@ impl Drop for Guard {
 
 /// Mounts `source` at `dir`; `None` after a SKIP line when FUSE mounts are
 /// not permitted here.
-fn fuse_mount(source: Arc<dyn ByteSource>, dir: &Path, raw: bool) -> Option<Guard> {
+fn fuse_mount(source: Arc<dyn BlockDevice>, dir: &Path, raw: bool) -> Option<Guard> {
     let opts = MountOptions {
         raw,
         ..MountOptions::default()
@@ -202,7 +202,7 @@ fn fuse_mount(source: Arc<dyn ByteSource>, dir: &Path, raw: bool) -> Option<Guar
     }
 }
 
-fn open_image(path: &Path) -> Arc<dyn ByteSource> {
+fn open_image(path: &Path) -> Arc<dyn BlockDevice> {
     Arc::new(File::open(path).unwrap())
 }
 
@@ -382,7 +382,7 @@ struct Flaky {
     failing: AtomicBool,
 }
 
-impl ByteSource for Flaky {
+impl BlockDevice for Flaky {
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         if self.failing.load(Ordering::SeqCst) {
             return Err(io::Error::other("chunk 17 (test): every tier missed"));
@@ -391,7 +391,7 @@ impl ByteSource for Flaky {
     }
 
     fn size(&self) -> u64 {
-        ByteSource::size(&self.file)
+        BlockDevice::size(&self.file)
     }
 }
 
@@ -437,18 +437,18 @@ struct Warming {
     reads: AtomicU64,
 }
 
-impl ByteSource for Warming {
+impl BlockDevice for Warming {
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         self.reads.fetch_add(1, Ordering::SeqCst);
         FileExt::read_exact_at(&self.file, buf, offset)
     }
 
     fn size(&self) -> u64 {
-        ByteSource::size(&self.file)
+        BlockDevice::size(&self.file)
     }
 
     fn is_local(&self, offset: u64, len: u64) -> bool {
-        self.local.load(Ordering::SeqCst) && ByteSource::is_local(&self.file, offset, len)
+        self.local.load(Ordering::SeqCst) && BlockDevice::is_local(&self.file, offset, len)
     }
 }
 

@@ -102,7 +102,7 @@ impl ServeArgs {
             record_trace: self.record_trace.clone(),
             ..ServeOptions::new(self.socket.clone(), digest.clone())
         };
-        let served = serve(Arc::clone(&lazy), &opts, |socket| {
+        let served = serve(lazy.clone(), &opts, |socket| {
             // A closed stdout must not stop the daemon.
             let mut out = stdout();
             let _ = writeln!(

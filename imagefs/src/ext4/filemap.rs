@@ -3,7 +3,7 @@
 //! `ext4-view`'s block-at-a-time reads).
 
 use super::extent::Run;
-use super::{ByteSource, MetaError, read};
+use super::{BlockDevice, MetaError, read};
 
 /// A regular file's written extents, in bytes, sorted by file offset, not
 /// overlapping and clipped at its size. What no extent covers (holes,
@@ -74,7 +74,7 @@ impl FileMap {
     /// `offset + buf.len()` within the size (bytes past it read as zeros).
     pub fn read_at(
         &self,
-        source: &dyn ByteSource,
+        source: &dyn BlockDevice,
         buf: &mut [u8],
         offset: u64,
     ) -> Result<(), MetaError> {
@@ -114,7 +114,7 @@ mod tests {
     /// A 64-block "device" whose every byte is its block number.
     struct Blocks;
 
-    impl ByteSource for Blocks {
+    impl BlockDevice for Blocks {
         fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
             if offset + buf.len() as u64 > self.size() {
                 return Err(std::io::Error::other(format!(

@@ -5,7 +5,7 @@
 //! this reader resolves names to inode numbers (reading directories
 //! linearly, htree or not), decodes inodes, and reads their xattrs from
 //! the inode and the xattr block. It reads through the same
-//! [`ByteSource`] as the view, and caches what it decodes (bounded), since
+//! [`BlockDevice`] as the view, and caches what it decodes (bounded), since
 //! FUSE asks for the same inodes and xattrs over and over.
 //!
 //! One file per on-disk concept: `superblock`, `group` (descriptors),
@@ -37,7 +37,7 @@ pub use filemap::FileMap;
 pub use inode::{Inode, ROOT_INO};
 pub use xattr::Xattr;
 
-use crate::fuse::ByteSource;
+use crate::device::BlockDevice;
 use extent::Run;
 use superblock::{Geometry, SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE};
 
@@ -93,7 +93,7 @@ impl Dir {
 /// The reader, with its caches. Not shared between threads: the FUSE
 /// view's tree thread owns it.
 pub struct Ext4Meta {
-    source: Arc<dyn ByteSource>,
+    source: Arc<dyn BlockDevice>,
     geom: Geometry,
     tables: HashMap<u32, u64>,
     inodes: HashMap<u32, Arc<Inode>>,
@@ -112,7 +112,7 @@ impl std::fmt::Debug for Ext4Meta {
 
 impl Ext4Meta {
     /// Reads and checks the superblock.
-    pub fn open(source: Arc<dyn ByteSource>) -> Result<Ext4Meta, MetaError> {
+    pub fn open(source: Arc<dyn BlockDevice>) -> Result<Ext4Meta, MetaError> {
         let mut sb = vec![0u8; SUPERBLOCK_SIZE];
         read(&*source, &mut sb, SUPERBLOCK_OFFSET)?;
         let geom = Geometry::decode(&sb)?;
@@ -227,7 +227,7 @@ impl Ext4Meta {
     }
 
     /// The source the metadata is read from.
-    pub fn source(&self) -> &dyn ByteSource {
+    pub fn source(&self) -> &dyn BlockDevice {
         &*self.source
     }
 
@@ -330,7 +330,7 @@ impl Ext4Meta {
     }
 }
 
-fn read(source: &dyn ByteSource, buf: &mut [u8], offset: u64) -> Result<(), MetaError> {
+fn read(source: &dyn BlockDevice, buf: &mut [u8], offset: u64) -> Result<(), MetaError> {
     source
         .read_exact_at(buf, offset)
         .map_err(|source| MetaError::Read {

@@ -20,7 +20,7 @@ struct Mem {
     reads: Mutex<Option<Vec<(u64, usize)>>>,
 }
 
-impl ByteSource for Mem {
+impl BlockDevice for Mem {
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         if let Some(r) = self.reads.lock().unwrap().as_mut() {
             r.push((offset, buf.len()));

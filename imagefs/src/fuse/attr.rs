@@ -6,7 +6,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use ext4_view::{FileType as Ext4Type, Metadata, Timestamp};
 use fuser::{FileAttr, FileType, INodeNo};
 
-use super::source::{ByteSource, SourceError, read_range};
+use super::source::{SourceError, read_range};
+use crate::device::BlockDevice;
 
 /// How long the kernel may cache attributes and names. The image never
 /// changes while mounted, so this is long.
@@ -104,7 +105,7 @@ fn le32(b: &[u8], at: usize) -> u32 {
 impl FsStats {
     /// Reads the superblock (1024 bytes at offset 1024). `None` in
     /// `Ok` when it is not an ext4 superblock.
-    pub(crate) fn read(source: &dyn ByteSource) -> Result<Option<FsStats>, SourceError> {
+    pub(crate) fn read(source: &dyn BlockDevice) -> Result<Option<FsStats>, SourceError> {
         let mut sb = [0u8; 1024];
         read_range(source, &mut sb, 1024)?;
         if u16::from_le_bytes([sb[0x38], sb[0x39]]) != 0xEF53 {

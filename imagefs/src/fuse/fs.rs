@@ -15,7 +15,7 @@ use fuser::{
 use super::attr::TTL;
 use super::open_files::OpenFiles;
 use super::passthrough::Passthrough;
-use super::source::ByteSource;
+use crate::device::BlockDevice;
 use super::tree::TreeHandle;
 use super::xattr::{self, XattrReply};
 
@@ -24,7 +24,7 @@ pub(crate) struct TreeFs {
     tree: TreeHandle,
     /// Reads of open files bypass the tree thread.
     files: OpenFiles,
-    source: Arc<dyn ByteSource>,
+    source: Arc<dyn BlockDevice>,
     /// Opens of files whose bytes are all local may be handed to the
     /// kernel (`passthrough.rs`).
     passthrough: Option<Arc<Passthrough>>,
@@ -34,7 +34,7 @@ impl TreeFs {
     pub(crate) fn new(
         tree: TreeHandle,
         files: OpenFiles,
-        source: Arc<dyn ByteSource>,
+        source: Arc<dyn BlockDevice>,
         passthrough: Option<Arc<Passthrough>>,
     ) -> TreeFs {
         TreeFs {

@@ -5,7 +5,7 @@
 //!   ([`MountOptions::raw`] off);
 //! - `--raw`: the whole block device as one file, `/disk.img`.
 //!
-//! The bytes come from a [`ByteSource`]: a plain file holding an exported
+//! The bytes come from a [`BlockDevice`]: a plain file holding an exported
 //! image, or a lazily fetched image (chunks through the cache tiers). An
 //! error from the source (a chunk that cannot be fetched) becomes `EIO` for
 //! the caller and one line on stderr naming the path, the offset and the
@@ -43,7 +43,7 @@ use fuser::{BackgroundSession, Config, MountOption, SessionACL};
 
 pub use passthrough::{PassthroughOptions, PassthroughStats};
 pub use raw::RAW_NAME;
-pub use source::ByteSource;
+pub use crate::device::BlockDevice;
 
 /// FUSE event-loop threads.
 const FUSE_THREADS: usize = 2;
@@ -173,7 +173,7 @@ impl Drop for Mounted {
 /// background thread until the returned [`Mounted`] is dropped or
 /// unmounted.
 pub fn mount(
-    source: Arc<dyn ByteSource>,
+    source: Arc<dyn BlockDevice>,
     mountpoint: &Path,
     opts: &MountOptions,
 ) -> Result<Mounted, MountError> {
@@ -249,7 +249,7 @@ fn raise_readahead(mountpoint: &Path) {
 /// `on_ready` runs once the mount is up (to print where it is). Returns
 /// what passthrough did, when it was asked for.
 pub fn mount_until_signal(
-    source: Arc<dyn ByteSource>,
+    source: Arc<dyn BlockDevice>,
     mountpoint: &Path,
     opts: &MountOptions,
     on_ready: impl FnOnce(&Path),

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use fuser::Errno;
 
-use super::source::ByteSource;
+use crate::device::BlockDevice;
 use crate::error_chain;
 use crate::ext4::FileMap;
 
@@ -50,7 +50,7 @@ impl OpenFiles {
     /// naming the file. The bytes live in a buffer the thread reuses.
     pub(crate) fn read<R>(
         &self,
-        source: &dyn ByteSource,
+        source: &dyn BlockDevice,
         fh: u64,
         offset: u64,
         size: u32,

@@ -9,7 +9,7 @@
 //! A backing file's offsets must be the file's own, so it cannot be the
 //! image (where the file is scattered over extents). A file is therefore
 //! copied once into a backing file ("materialized") when it is opened and
-//! every byte of it is local (`ByteSource::is_local`: the dedicated tier
+//! every byte of it is local (`BlockDevice::is_local`: the dedicated tier
 //! holds it); files that still need fetching stay on the normal path, and
 //! are eligible at a later open. The backing files live in a directory of
 //! their own, bounded by a capacity: the least recently opened files that
@@ -34,7 +34,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use fuser::{BackingId, FileHandle, FopenFlags, ReplyOpen};
 
-use super::source::ByteSource;
+use crate::device::BlockDevice;
 use crate::ext4::FileMap;
 
 /// Where backing files go, and how many bytes of them to keep.
@@ -182,7 +182,7 @@ impl Passthrough {
         ino: u64,
         fh: u64,
         map: &FileMap,
-        source: &dyn ByteSource,
+        source: &dyn BlockDevice,
         path: &str,
         reply: ReplyOpen,
     ) {
@@ -272,7 +272,7 @@ impl Passthrough {
         st: &mut State,
         ino: u64,
         map: &FileMap,
-        source: &dyn ByteSource,
+        source: &dyn BlockDevice,
     ) -> io::Result<Option<File>> {
         let path = self.dir.join(ino.to_string());
         if let Some(s) = st.stored.get_mut(&ino) {
@@ -351,7 +351,7 @@ impl Drop for Passthrough {
 }
 
 /// Writes the file's bytes (its extents; holes stay holes) to `to`.
-fn copy_file(map: &FileMap, source: &dyn ByteSource, to: &Path) -> io::Result<()> {
+fn copy_file(map: &FileMap, source: &dyn BlockDevice, to: &Path) -> io::Result<()> {
     let out = OpenOptions::new()
         .write(true)
         .create(true)

@@ -13,7 +13,8 @@ use fuser::{
 };
 
 use super::attr::TTL;
-use super::source::{ByteSource, read_range};
+use super::source::read_range;
+use crate::device::BlockDevice;
 
 /// The file's name in the mount's root.
 pub const RAW_NAME: &str = "disk.img";
@@ -26,11 +27,11 @@ const MAX_READ: u64 = 1 << 20;
 
 /// The filesystem holding only `/disk.img`.
 pub(crate) struct RawFs {
-    source: Arc<dyn ByteSource>,
+    source: Arc<dyn BlockDevice>,
 }
 
 impl RawFs {
-    pub(crate) fn new(source: Arc<dyn ByteSource>) -> RawFs {
+    pub(crate) fn new(source: Arc<dyn BlockDevice>) -> RawFs {
         RawFs { source }
     }
 

@@ -31,7 +31,8 @@ use fuser::{Errno, FileAttr, FileType};
 use super::MountError;
 use super::attr::{FsStats, dirent_kind, file_attr};
 use super::open_files::{OpenFile, OpenFiles};
-use super::source::{ByteSource, Ext4Reader};
+use super::source::Ext4Reader;
+use crate::device::BlockDevice;
 use crate::error_chain;
 use crate::ext4::{Ext4Meta, MetaError, ROOT_INO, Xattr};
 
@@ -48,7 +49,7 @@ impl TreeHandle {
     /// Starts the tree thread: loads the filesystem (superblock, group
     /// descriptors, journal) and reports whether that worked.
     pub(crate) fn start(
-        source: Arc<dyn ByteSource>,
+        source: Arc<dyn BlockDevice>,
         files: OpenFiles,
     ) -> Result<TreeHandle, MountError> {
         let (jobs, queue) = mpsc::channel::<Job>();
@@ -144,7 +145,7 @@ fn ext4_ino(ino: u64) -> u32 {
 }
 
 impl Tree {
-    fn load(source: Arc<dyn ByteSource>, files: OpenFiles) -> Result<Tree, MountError> {
+    fn load(source: Arc<dyn BlockDevice>, files: OpenFiles) -> Result<Tree, MountError> {
         let fs = Ext4::load(Box::new(Ext4Reader(Arc::clone(&source))))
             .map_err(|source| MountError::Ext4 { source })?;
         // ext4-view has just read and checked the superblock, so reading

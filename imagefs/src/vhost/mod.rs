@@ -34,7 +34,7 @@ pub use backend::{BlkBackend, Service};
 pub use config::{BlkGeometry, serial_of};
 pub use trace::{TraceError, TraceHeader, TraceRecord, TraceWriter, read_trace};
 
-use crate::LazyImage;
+use crate::BlockDevice;
 
 /// How [`serve`] runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -295,7 +295,7 @@ pub(crate) fn log_limited(logged: &AtomicU64, line: &str) {
 }
 
 /// Builds the [`Service`] (device shape, pool, trace) for `image`.
-pub fn service(image: Arc<LazyImage>, opts: &ServeOptions) -> Result<Arc<Service>, ServeError> {
+pub fn service(image: Arc<dyn BlockDevice>, opts: &ServeOptions) -> Result<Arc<Service>, ServeError> {
     if !(1..=64).contains(&opts.queues) {
         return Err(ServeError::Options(format!(
             "--queues {} is not in 1..=64",
@@ -475,7 +475,7 @@ fn wait_for_frontend(listener: &Listener, stop: &Stop) -> std::io::Result<bool> 
 /// frontend disconnects (with `keep_alive`, only when stopped by a signal
 /// or when the daemon fails).
 pub fn serve(
-    image: Arc<LazyImage>,
+    image: Arc<dyn BlockDevice>,
     opts: &ServeOptions,
     mut listening: impl FnMut(&std::path::Path),
 ) -> Result<ServeReport, ServeError> {

@@ -118,7 +118,7 @@ fn harness<'a>(mem: &'a GuestMemoryMmap, d: &Device, opts: &ServeOptions) -> Har
     vring.set_queue_size(QSIZE);
     vring.set_queue_ready(true);
     vring.set_enabled(true);
-    let service = service(Arc::clone(&d.lazy), opts).unwrap();
+    let service = service(d.lazy.clone(), opts).unwrap();
     let backend = BlkBackend::new(Arc::clone(&service), atomic);
     Harness {
         mem,
@@ -405,7 +405,7 @@ fn serve_ends_when_the_frontend_disconnects() {
     let d = device(false);
     let socket = d.dir.join("blk.sock");
     let o = ServeOptions::new(socket.clone(), "sha256:00".into());
-    let lazy = Arc::clone(&d.lazy);
+    let lazy = d.lazy.clone();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let _ = tx.send(serve(lazy, &o, |_| {}));
@@ -431,12 +431,12 @@ fn serve_refuses_writable_without_a_dedicated_tier() {
     let d = device(false);
     let mut o = ServeOptions::new(d.dir.join("s.sock"), "sha256:00".into());
     o.writable = true;
-    let err = serve(Arc::clone(&d.lazy), &o, |_| {}).unwrap_err();
+    let err = serve(d.lazy.clone(), &o, |_| {}).unwrap_err();
     assert!(matches!(err, ServeError::NotWritable), "{err}");
     o.writable = false;
     o.queue_size = 100;
     assert!(matches!(
-        serve(Arc::clone(&d.lazy), &o, |_| {}).unwrap_err(),
+        serve(d.lazy.clone(), &o, |_| {}).unwrap_err(),
         ServeError::Options(_)
     ));
 }
