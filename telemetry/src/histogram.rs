@@ -1,0 +1,1 @@
+//! Percentiles of samples and of bucketed histograms.

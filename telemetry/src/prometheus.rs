@@ -1,0 +1,1 @@
+//! Prometheus text exposition: metric lines with escaped labels.
