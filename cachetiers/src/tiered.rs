@@ -136,7 +136,7 @@ struct Tier {
 /// only. The origin is the source of truth: an object put only into a
 /// cache could be evicted and lost, while one in the origin reaches the
 /// caches on its first read. Instances do not write shared tiers anyway
-/// (DESIGN.md, Isolation).
+/// (shared tiers are read-only to instances).
 pub struct TieredStore {
     tiers: Vec<Tier>,
     flights: SingleFlight<ChunkId, Result<Fetched, TieredError>>,

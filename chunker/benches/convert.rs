@@ -1,4 +1,4 @@
-//! Convert benchmark (issue 3, item 8), one run, ratios against baselines
+//! Convert benchmark, one run, ratios against baselines
 //! measured in the same run:
 //! - convert throughput (MB/s of image data) with 1 thread and with all
 //!   cores, next to `sha256sum` over the same image bytes;

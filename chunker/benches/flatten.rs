@@ -1,4 +1,4 @@
-//! Flatten benchmark on the real Debian images (issue 2, item 8).
+//! Flatten benchmark on the real Debian images.
 //!
 //! Prints, from one run:
 //! - flatten throughput (MB/s of uncompressed layer data) of our writer next

@@ -1,4 +1,4 @@
-//! Issue 4, the FUSE debug mount: a generated image, flattened to ext4,
+//! The FUSE debug mount: a generated image, flattened to ext4,
 //! mounted through real FUSE and compared with a kernel loop mount of the
 //! same bytes (contents, metadata, xattrs, device numbers, inode numbers
 //! and link counts); `--raw` mode; an unreadable range becoming `EIO`.

@@ -1,4 +1,4 @@
-//! Issue 4 benchmark: lazy reads through the tiers, one run, ratios
+//! Lazy reads through the tiers, one run, ratios
 //! against baselines measured in the same run.
 //!
 //! 1. Chunk fetch latency (p50/p99) of every stored chunk of the Debian

@@ -1,4 +1,4 @@
-//! Issue 5, item 7: raw reads inside a real Linux guest (QEMU `-M
+//! Raw reads inside a real Linux guest (QEMU `-M
 //! microvm`, `vhost-user-blk`) served by `imagefs serve`, against the same
 //! reads served by `qemu-storage-daemon --export type=vhost-user-blk` from
 //! the exported raw image (the reference backend), in one run.

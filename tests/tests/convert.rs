@@ -1,4 +1,4 @@
-//! Issue 3: convergent-encrypted chunks, the sealed manifest and the store.
+//! Convergent-encrypted chunks, the sealed manifest and the store.
 //!
 //! Small generated images converted with 64 KiB chunks into a real
 //! directory store, then read back through `imagefs` (export, verify) and

@@ -1,4 +1,4 @@
-//! Issue 4: lazy reads fetch only what they need. A generated image is
+//! Lazy reads fetch only what they need. A generated image is
 //! converted into a directory origin, opened through the tier stack
 //! (RocksDB shared local tier above the origin, a dedicated tier in the
 //! reader) and mounted through real FUSE:

@@ -1,4 +1,4 @@
-//! Issue 5 end to end: a real Linux guest under QEMU (`-M microvm`,
+//! The vhost-user-blk daemon end to end: a real Linux guest under QEMU (`-M microvm`,
 //! memfd memory, `vhost-user-blk`) whose only disk is `imagefs serve`.
 //!
 //! - a generated image, converted into a directory store: the guest mounts

@@ -1,4 +1,4 @@
-//! Issue 4, the whole tier stack with real processes: Garage as the S3
+//! The whole tier stack with real processes: Garage as the S3
 //! origin, `imagefs cache-node` processes as the AZ tier, RocksDB as the
 //! shared local tier, and `imagefs mount` reading through all of them.
 //!

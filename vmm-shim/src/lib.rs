@@ -3,7 +3,7 @@
 //! `qemu-storage-daemon`), a freestanding probe guest that replays block
 //! access traces, and the cold-start harness built on them.
 //!
-//! See DESIGN.md, "This machine's KVM": under `kvm_pvm` a stock Linux kernel
+//! Under a pagetable-based nested KVM (`kvm_pvm`) a stock Linux kernel
 //! does not boot, so the probe guest (which needs only long mode and
 //! user-accessible page tables) is what runs here; [`linux`] holds the Linux
 //! guest path for hosts whose KVM boots stock kernels.

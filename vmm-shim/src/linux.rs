@@ -4,7 +4,7 @@
 //! line (`virtio_mmio.device=4K@0xd0000000:5`), completions delivered by
 //! irqfd on GSI 5.
 //!
-//! This machine's `kvm_pvm` does not boot stock kernels (DESIGN.md), so
+//! This machine's `kvm_pvm` does not boot stock kernels, so
 //! [`boot`] is also the check: it runs the kernel until a console marker
 //! appears or a time limit passes, and reports which.
 

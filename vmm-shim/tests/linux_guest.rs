@@ -106,7 +106,7 @@ fn linux_guest_mounts_the_device_or_skips() {
     if !run.reached_marker {
         println!(
             "SKIP: this host's KVM did not boot the stock kernel {} to userspace within {limit:?} \
-             (expected under kvm_pvm, see DESIGN.md); entry {:#x}, vCPU stopped at rip {:?}; \
+             (expected under kvm_pvm, which cannot boot a stock kernel); entry {:#x}, vCPU stopped at rip {:?}; \
              {} console bytes, last lines: {:?}",
             kernel.display(),
             run.entry,

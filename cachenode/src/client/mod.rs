@@ -241,7 +241,7 @@ impl ChunkStore for AzTier {
     /// Nodes fill themselves: the owner of a chunk fetches it from the
     /// origin on its first miss, so any chunk in the origin is already
     /// reachable through this tier. Instances never write shared tiers
-    /// (DESIGN.md, Isolation): a node serves only what it verified from
+    /// (shared tiers are read-only to instances): a node serves only what it verified from
     /// the origin. The fill a tiered store attempts after an origin hit is
     /// therefore done (by the node) rather than refused.
     fn put(&self, id: &ChunkId, object: &[u8]) -> Result<PutOutcome, StoreError> {

@@ -1,5 +1,6 @@
-//! [`LazyImage`]: a read-only block view of an unsealed manifest whose
-//! chunks are fetched from a chunk store only when first read.
+//! [`LazyImage`]: the block device of an unsealed manifest whose chunks
+//! are fetched from a chunk store only when first read, and whose writes
+//! land copy-on-write in the instance's dedicated tier.
 //!
 //! A read resolves the chunks it covers. For each one, in order:
 //!
@@ -159,6 +160,9 @@ pub enum LazyError {
     /// Syncing the dedicated tier (a flush) failed.
     #[error("flushing the dedicated tier: {0}")]
     Flush(#[source] DedicatedError),
+    /// Syncing the dedicated tier's presence bits failed.
+    #[error("syncing the dedicated tier's presence bits: {0}")]
+    Sync(#[source] DedicatedError),
 }
 
 /// Counters of a [`LazyImage`], as read by [`LazyImage::metrics`].
@@ -230,8 +234,9 @@ struct Inner {
     write_locks: Vec<Mutex<()>>,
 }
 
-/// A read-only block view of an unsealed manifest over a chunk store (see
-/// the module docs). Cheap to share between threads by reference: every
+/// The block device of an unsealed manifest over a chunk store: lazy
+/// reads, copy-on-write writes into the dedicated tier (see the module
+/// docs). Cheap to share between threads by reference: every
 /// method takes `&self`.
 pub struct LazyImage {
     inner: Arc<Inner>,
@@ -421,7 +426,7 @@ impl LazyImage {
     /// as chunks arrive but not synced one by one).
     pub fn sync(&self) -> Result<(), LazyError> {
         match &self.inner.dedicated {
-            Some(d) => d.sync().map_err(LazyError::OpenDedicated),
+            Some(d) => d.sync().map_err(LazyError::Sync),
             None => Ok(()),
         }
     }

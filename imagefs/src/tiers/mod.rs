@@ -1,4 +1,4 @@
-//! Building the tier stack that DESIGN.md describes from one
+//! Building the tier stack (dedicated, shared local, AZ, origin) from one
 //! configuration ([`config`]), and reporting on it ([`stats`]).
 //!
 //! ```text
