@@ -1,7 +1,8 @@
 //! End-to-end flatten tests on generated images: every flattening case
 //! (whiteouts, hard links, xattrs, devices, long names …), from each
-//! source kind and compression, checked with e2fsck, a loop mount and ext4-view against umoci's unpack of the same
-//! image and against the expected model, plus determinism.
+//! source kind and compression, checked with e2fsck, a loop mount and
+//! ext4-view against umoci's unpack of the same image and against the
+//! expected model, plus determinism.
 
 mod common;
 
