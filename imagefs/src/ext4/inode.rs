@@ -1,12 +1,15 @@
-//! One on-disk inode, decoded: the fields ext4-view does not expose
-//! (link count, device number, xattr block, in-inode xattr area) and the
-//! ones needed to read a directory (mode, flags, size, `i_block`).
+//! One on-disk inode, decoded as Linux's `__ext4_iget` decodes it: type
+//! and permissions, owner (both halves), the four times with their
+//! nanoseconds and epoch bits, size, allocated blocks, link count, flags,
+//! device number, xattr block and the in-inode xattr area.
 //!
-//! Layout (`struct ext4_inode`): mode 0x00, size_lo 0x04, links 0x1A,
+//! Layout (`struct ext4_inode`): mode 0x00, uid 0x02, size_lo 0x04, atime
+//! 0x08, ctime 0x0C, mtime 0x10, gid 0x18, links 0x1A, blocks_lo 0x1C,
 //! flags 0x20, i_block 0x28..0x64, file_acl_lo 0x68, size_high 0x6C,
-//! file_acl_high 0x76; with inodes larger than 128 bytes, i_extra_isize at
-//! 0x80, then the extra fields, then the in-inode xattr area up to the
-//! inode's end.
+//! blocks_high 0x74, file_acl_high 0x76, uid_high 0x78, gid_high 0x7A;
+//! with inodes larger than 128 bytes, i_extra_isize at 0x80, then the
+//! extra fields (ctime/mtime/atime_extra 0x84/0x88/0x8C, crtime 0x90,
+//! crtime_extra 0x94), then the in-inode xattr area up to the inode's end.
 
 use super::MetaError;
 use super::bytes::{le16, le32, slice};
@@ -18,16 +21,96 @@ pub const ROOT_INO: u32 = 2;
 
 /// The size of the base inode, before the extra fields.
 const GOOD_OLD_INODE_SIZE: usize = 128;
+/// `sizeof(struct ext4_inode)`: the kernel's extra size when the inode
+/// says 0 (it then reads the extra fields anyway).
+const FULL_INODE_SIZE: usize = 160;
+/// `EXT4_HUGE_FILE_FL`: `i_blocks` counts filesystem blocks.
+const HUGE_FILE_FL: u32 = 0x0004_0000;
 /// `EXT4_EXTENTS_FL`: `i_block` holds an extent tree.
 pub(crate) const EXTENTS_FL: u32 = 0x0008_0000;
+/// `EXT4_EA_INODE_FL`: the inode holds a large xattr value.
+pub(crate) const EA_INODE_FL: u32 = 0x0020_0000;
 /// `EXT4_INLINE_DATA_FL`: the data lives in `i_block` and an xattr.
 pub(crate) const INLINE_DATA_FL: u32 = 0x1000_0000;
 
 /// The file type bits of `i_mode`.
 const S_IFMT: u16 = 0o170000;
-const S_IFDIR: u16 = 0o040000;
-const S_IFCHR: u16 = 0o020000;
-const S_IFBLK: u16 = 0o060000;
+
+/// An inode's file type, from the type bits of its mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FileType {
+    /// A regular file.
+    Regular,
+    /// A directory.
+    Directory,
+    /// A character device.
+    CharDevice,
+    /// A block device.
+    BlockDevice,
+    /// A named pipe.
+    Fifo,
+    /// A socket.
+    Socket,
+    /// A symbolic link.
+    Symlink,
+}
+
+impl FileType {
+    /// The type `mode`'s type bits name; `None` for a value no file type
+    /// has.
+    pub fn from_mode(mode: u16) -> Option<FileType> {
+        Some(match mode & S_IFMT {
+            0o100000 => FileType::Regular,
+            0o040000 => FileType::Directory,
+            0o020000 => FileType::CharDevice,
+            0o060000 => FileType::BlockDevice,
+            0o010000 => FileType::Fifo,
+            0o140000 => FileType::Socket,
+            0o120000 => FileType::Symlink,
+            _ => return None,
+        })
+    }
+
+    /// The directory-entry type code (`EXT4_FT_*`).
+    pub fn dirent_type(self) -> u8 {
+        match self {
+            FileType::Regular => 1,
+            FileType::Directory => 2,
+            FileType::CharDevice => 3,
+            FileType::BlockDevice => 4,
+            FileType::Fifo => 5,
+            FileType::Socket => 6,
+            FileType::Symlink => 7,
+        }
+    }
+}
+
+/// A time as ext4 stores it: seconds since the epoch (negative before
+/// 1970) and nanoseconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timestamp {
+    /// Seconds since 1970-01-01 UTC.
+    pub secs: i64,
+    /// Nanoseconds within the second.
+    pub nsecs: u32,
+}
+
+impl Timestamp {
+    /// `ext4_decode_extra_time`: the base is signed 32-bit seconds; the
+    /// extra field's two low bits add multiples of 2^32 seconds (past
+    /// 2038) and its upper 30 bits are the nanoseconds.
+    fn decode(base: u32, extra: Option<u32>) -> Timestamp {
+        let mut secs = i64::from(base as i32);
+        let Some(extra) = extra else {
+            return Timestamp { secs, nsecs: 0 };
+        };
+        secs += i64::from(extra & 3) << 32;
+        Timestamp {
+            secs,
+            nsecs: extra >> 2,
+        }
+    }
+}
 
 /// A decoded inode.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -36,6 +119,19 @@ pub struct Inode {
     pub ino: u32,
     /// `i_mode`: type and permission bits.
     pub mode: u16,
+    /// Owner (`i_uid` and `l_i_uid_high`).
+    pub uid: u32,
+    /// Group (`i_gid` and `l_i_gid_high`).
+    pub gid: u32,
+    /// Last access.
+    pub atime: Timestamp,
+    /// Last content change.
+    pub mtime: Timestamp,
+    /// Last inode change.
+    pub ctime: Timestamp,
+    /// Creation; `None` when the inode has no room for it (as `statx`
+    /// then reports no birth time).
+    pub crtime: Option<Timestamp>,
     /// `i_links_count`: the number of names (for directories, 2 plus
     /// subdirectories, or 1 once that passes 65000, as ext4 keeps it).
     pub links: u16,
@@ -43,6 +139,8 @@ pub struct Inode {
     pub flags: u32,
     /// Size in bytes.
     pub size: u64,
+    /// Allocated space in 512-byte units (`st_blocks`).
+    pub blocks: u64,
     /// The block holding the rest of the xattrs, 0 when none.
     pub xattr_block: u64,
     /// `i_block`: extent tree root, block map, symlink target or device.
@@ -71,6 +169,7 @@ impl Inode {
             // this a deleted inode and refuses it too.
             return Err(bad("link count 0 (a free inode)".into()));
         }
+        let flags = f32(0x20)?;
         let i_block: [u8; 60] = slice(raw, 0x28, 60)
             .and_then(|s| s.try_into().ok())
             .ok_or_else(short)?;
@@ -82,46 +181,89 @@ impl Inode {
                 geom.blocks_count
             )));
         }
-        let ibody = if size > GOOD_OLD_INODE_SIZE {
+        // The bytes past the base the kernel takes as extra fields, and
+        // whether an xattr area follows them.
+        let (extra, ibody) = if size > GOOD_OLD_INODE_SIZE {
             let extra = usize::from(f16(0x80)?);
             if !extra.is_multiple_of(4) || GOOD_OLD_INODE_SIZE + extra > size {
                 return Err(bad(format!("i_extra_isize {extra} in a {size}-byte inode")));
             }
-            let area = &raw[GOOD_OLD_INODE_SIZE + extra..];
-            (le32(area, 0) == Some(XATTR_MAGIC)).then(|| area.to_vec())
+            if extra == 0 {
+                // "The extra space is currently unused. Use it.": the
+                // kernel reads the extra fields, and no xattr area.
+                (FULL_INODE_SIZE - GOOD_OLD_INODE_SIZE, None)
+            } else {
+                let area = &raw[GOOD_OLD_INODE_SIZE + extra..];
+                let ibody = (le32(area, 0) == Some(XATTR_MAGIC)).then(|| area.to_vec());
+                (extra, ibody)
+            }
+        } else {
+            (0, None)
+        };
+        // EXT4_FITS_IN_INODE: a field is read when it ends inside the
+        // base plus the extra fields.
+        let fits = |at: usize| at + 4 <= GOOD_OLD_INODE_SIZE + extra;
+        let extra_of = |at: usize| -> Result<Option<u32>, MetaError> {
+            if fits(at) {
+                f32(at).map(Some)
+            } else {
+                Ok(None)
+            }
+        };
+        let atime = Timestamp::decode(f32(0x08)?, extra_of(0x8C)?);
+        let ctime = Timestamp::decode(f32(0x0C)?, extra_of(0x84)?);
+        let mtime = Timestamp::decode(f32(0x10)?, extra_of(0x88)?);
+        let crtime = if fits(0x90) {
+            Some(Timestamp::decode(f32(0x90)?, extra_of(0x94)?))
         } else {
             None
+        };
+        // ext4_inode_blocks: 32 bits without huge_file, else 48 bits, in
+        // filesystem blocks when the inode has HUGE_FILE_FL.
+        let blocks_lo = u64::from(f32(0x1C)?);
+        let blocks = if geom.huge_file {
+            let count = blocks_lo | u64::from(f16(0x74)?) << 32;
+            if flags & HUGE_FILE_FL != 0 {
+                count << (geom.block_size.trailing_zeros() - 9)
+            } else {
+                count
+            }
+        } else {
+            blocks_lo
         };
         Ok(Inode {
             ino,
             mode,
+            uid: u32::from(f16(0x02)?) | u32::from(f16(0x78)?) << 16,
+            gid: u32::from(f16(0x18)?) | u32::from(f16(0x7A)?) << 16,
+            atime,
+            mtime,
+            ctime,
+            crtime,
             links,
-            flags: f32(0x20)?,
+            flags,
             size: u64::from(f32(0x04)?) | u64::from(f32(0x6C)?) << 32,
+            blocks,
             xattr_block,
             i_block,
             ibody,
         })
     }
 
+    /// The file type; `None` when the mode's type bits name none.
+    pub fn file_type(&self) -> Option<FileType> {
+        FileType::from_mode(self.mode)
+    }
+
     /// Whether this is a directory.
     pub fn is_dir(&self) -> bool {
-        self.mode & S_IFMT == S_IFDIR
+        self.file_type() == Some(FileType::Directory)
     }
 
     /// The directory-entry type code (`EXT4_FT_*`) of this inode's mode;
     /// 0 for an unknown type.
     pub fn dirent_type(&self) -> u8 {
-        match self.mode & S_IFMT {
-            0o100000 => 1,
-            S_IFDIR => 2,
-            S_IFCHR => 3,
-            S_IFBLK => 4,
-            0o010000 => 5,
-            0o140000 => 6,
-            0o120000 => 7,
-            _ => 0,
-        }
+        self.file_type().map_or(0, FileType::dirent_type)
     }
 
     /// The device number of a character or block device, as Linux's
@@ -129,8 +271,10 @@ impl Inode {
     /// other files. ext4 keeps small numbers in the old 16-bit form in
     /// `i_block[0]` and the others in the new form in `i_block[1]`.
     pub fn rdev(&self) -> u32 {
-        let kind = self.mode & S_IFMT;
-        if kind != S_IFCHR && kind != S_IFBLK {
+        if !matches!(
+            self.file_type(),
+            Some(FileType::CharDevice | FileType::BlockDevice)
+        ) {
             return 0;
         }
         let word = |i: usize| {
@@ -148,6 +292,43 @@ impl Inode {
             return (major << 8) | minor;
         }
         word(1)
+    }
+
+    /// `ext4_inode_is_fast_symlink`: a symlink whose target sits in
+    /// `i_block` (no blocks besides an xattr block's). `cluster_size` is
+    /// the filesystem's cluster size in bytes.
+    pub(crate) fn is_fast_symlink(&self, cluster_size: u64) -> bool {
+        if self.file_type() != Some(FileType::Symlink) {
+            return false;
+        }
+        if self.flags & EA_INODE_FL != 0 {
+            return self.size != 0 && self.size < 60;
+        }
+        if self.flags & INLINE_DATA_FL != 0 {
+            return false;
+        }
+        let ea_blocks = if self.xattr_block != 0 {
+            cluster_size >> 9
+        } else {
+            0
+        };
+        self.blocks.wrapping_sub(ea_blocks) == 0
+    }
+
+    /// The target of a fast symlink, checked as `__ext4_iget` checks it:
+    /// a size of 1 to 59 bytes, no NUL among them, a NUL after them.
+    pub(crate) fn fast_symlink_target(&self) -> Result<Vec<u8>, MetaError> {
+        let len = usize::try_from(self.size).unwrap_or(usize::MAX);
+        let target = self.i_block.get(..len);
+        match target {
+            Some(t) if len > 0 && len < 60 && !t.contains(&0) && self.i_block[len] == 0 => {
+                Ok(t.to_vec())
+            }
+            _ => Err(MetaError::Corrupt(format!(
+                "inode {}: fast symlink of size {}",
+                self.ino, self.size
+            ))),
+        }
     }
 }
 
@@ -231,5 +412,164 @@ pub(crate) mod tests {
                 .contains("xattr block")
         );
         assert!(Inode::decode(&g, 9, &raw(0o100644)[..200]).is_err());
+    }
+
+    #[test]
+    fn owner_halves_and_times_with_extra_fields() {
+        let mut b = raw(0o100644);
+        b[0x02..0x04].copy_from_slice(&0x1234u16.to_le_bytes());
+        b[0x78..0x7A].copy_from_slice(&0x0005u16.to_le_bytes());
+        b[0x18..0x1A].copy_from_slice(&0x4321u16.to_le_bytes());
+        b[0x7A..0x7C].copy_from_slice(&0x0006u16.to_le_bytes());
+        let put =
+            |b: &mut Vec<u8>, at: usize, v: u32| b[at..at + 4].copy_from_slice(&v.to_le_bytes());
+        put(&mut b, 0x08, 100); // atime
+        put(&mut b, 0x8C, 7 << 2);
+        put(&mut b, 0x0C, (-5i32) as u32); // ctime before 1970
+        put(&mut b, 0x84, 1 << 2);
+        put(&mut b, 0x10, 0x8000_0000); // mtime: base -2^31, epoch 1
+        put(&mut b, 0x88, 1 | (999_999_999 << 2));
+        put(&mut b, 0x90, 42); // crtime
+        put(&mut b, 0x94, 3 | (5 << 2));
+        let i = Inode::decode(&geom(), 12, &b).unwrap();
+        assert_eq!((i.uid, i.gid), (0x0005_1234, 0x0006_4321));
+        assert_eq!(
+            i.atime,
+            Timestamp {
+                secs: 100,
+                nsecs: 7
+            }
+        );
+        assert_eq!(i.ctime, Timestamp { secs: -5, nsecs: 1 });
+        assert_eq!(
+            i.mtime,
+            Timestamp {
+                secs: (1 << 31),
+                nsecs: 999_999_999
+            }
+        );
+        assert_eq!(
+            i.crtime,
+            Some(Timestamp {
+                secs: 42 + (3 << 32),
+                nsecs: 5
+            })
+        );
+        // i_extra_isize 4: only the checksum's high half fits, so no
+        // extra time fields and no crtime.
+        b[0x80] = 4;
+        let i = Inode::decode(&geom(), 12, &b).unwrap();
+        assert_eq!(
+            i.mtime,
+            Timestamp {
+                secs: -(1 << 31),
+                nsecs: 0
+            }
+        );
+        assert_eq!(i.crtime, None);
+        // i_extra_isize 20: ctime/mtime/atime_extra and crtime, not
+        // crtime_extra.
+        b[0x80] = 20;
+        let i = Inode::decode(&geom(), 12, &b).unwrap();
+        assert_eq!(
+            i.atime,
+            Timestamp {
+                secs: 100,
+                nsecs: 7
+            }
+        );
+        assert_eq!(i.crtime, Some(Timestamp { secs: 42, nsecs: 0 }));
+        // i_extra_isize 0: the kernel reads all extra fields anyway.
+        b[0x80] = 0;
+        b[160..164].copy_from_slice(&XATTR_MAGIC.to_le_bytes());
+        let i = Inode::decode(&geom(), 12, &b).unwrap();
+        assert_eq!(i.crtime.map(|t| t.nsecs), Some(5));
+        assert_eq!(i.ibody, None);
+        // A 128-byte inode has no extra fields at all.
+        let small = Geometry {
+            inode_size: 128,
+            ..geom()
+        };
+        let i = Inode::decode(&small, 12, &b[..128]).unwrap();
+        assert_eq!(
+            i.atime,
+            Timestamp {
+                secs: 100,
+                nsecs: 0
+            }
+        );
+        assert_eq!(i.crtime, None);
+        assert_eq!(i.ibody, None);
+    }
+
+    #[test]
+    fn allocated_blocks_with_and_without_huge_file() {
+        let mut b = raw(0o100644);
+        b[0x1C..0x20].copy_from_slice(&16u32.to_le_bytes());
+        b[0x74..0x76].copy_from_slice(&1u16.to_le_bytes());
+        let plain = Geometry {
+            huge_file: false,
+            ..geom()
+        };
+        assert_eq!(Inode::decode(&plain, 12, &b).unwrap().blocks, 16);
+        let huge = Geometry {
+            huge_file: true,
+            ..geom()
+        };
+        assert_eq!(Inode::decode(&huge, 12, &b).unwrap().blocks, (1 << 32) + 16);
+        // HUGE_FILE_FL: counted in 4 KiB blocks.
+        b[0x22] = 0x04;
+        assert_eq!(
+            Inode::decode(&huge, 12, &b).unwrap().blocks,
+            ((1 << 32) + 16) * 8
+        );
+    }
+
+    #[test]
+    fn fast_symlinks_as_the_kernel_decides() {
+        let mut b = raw(0o120777);
+        b[0x04] = 3;
+        b[0x28..0x2B].copy_from_slice(b"abc");
+        let i = Inode::decode(&geom(), 12, &b).unwrap();
+        assert!(i.is_fast_symlink(4096));
+        assert_eq!(i.fast_symlink_target().unwrap(), b"abc");
+        // With an xattr block its cluster is charged, and still fast.
+        b[0x68] = 9;
+        b[0x1C] = 8;
+        assert!(
+            Inode::decode(&geom(), 12, &b)
+                .unwrap()
+                .is_fast_symlink(4096)
+        );
+        // Any other block makes it slow.
+        b[0x1C] = 16;
+        assert!(
+            !Inode::decode(&geom(), 12, &b)
+                .unwrap()
+                .is_fast_symlink(4096)
+        );
+        // A NUL inside the target, or none after it, is corrupt.
+        b[0x1C] = 0;
+        b[0x68] = 0;
+        b[0x29] = 0;
+        assert!(
+            Inode::decode(&geom(), 12, &b)
+                .unwrap()
+                .fast_symlink_target()
+                .is_err()
+        );
+        b[0x29] = b'b';
+        b[0x2B] = b'd';
+        assert!(
+            Inode::decode(&geom(), 12, &b)
+                .unwrap()
+                .fast_symlink_target()
+                .is_err()
+        );
+        assert!(
+            !Inode::decode(&geom(), 12, &raw(0o100644))
+                .unwrap()
+                .is_fast_symlink(4096)
+        );
     }
 }

@@ -13,6 +13,8 @@ const MAGIC: u16 = 0xEF53;
 const INCOMPAT_FILETYPE: u32 = 0x0002;
 const INCOMPAT_META_BG: u32 = 0x0010;
 const INCOMPAT_64BIT: u32 = 0x0080;
+const RO_COMPAT_HUGE_FILE: u32 = 0x0008;
+const RO_COMPAT_BIGALLOC: u32 = 0x0200;
 /// The largest block size ext4 allows (log 6 above 1 KiB).
 const MAX_LOG_BLOCK_SIZE: u32 = 6;
 /// `EXT4_MIN_DESC_SIZE_64BIT` and `EXT4_MAX_DESC_SIZE`.
@@ -43,6 +45,30 @@ pub(crate) struct Geometry {
     pub is_64bit: bool,
     /// `filetype`: directory entries carry the file type.
     pub filetype: bool,
+    /// `huge_file`: `i_blocks` has 48 bits and may count blocks.
+    pub huge_file: bool,
+    /// Bytes per allocation cluster (the block size without `bigalloc`).
+    pub cluster_size: u64,
+    /// The counts `statfs` reports.
+    pub stats: FsStats,
+}
+
+/// The filesystem-wide counts `statfs` reports, from the superblock.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FsStats {
+    /// Block size in bytes.
+    pub block_size: u32,
+    /// Blocks in the filesystem.
+    pub blocks: u64,
+    /// Free blocks.
+    pub free_blocks: u64,
+    /// Free blocks available to unprivileged users: the free ones less
+    /// the reserved ones, never below 0.
+    pub avail_blocks: u64,
+    /// Inodes.
+    pub inodes: u64,
+    /// Free inodes.
+    pub free_inodes: u64,
 }
 
 fn bad(why: String) -> MetaError {
@@ -121,6 +147,28 @@ impl Geometry {
         } else {
             32
         };
+        let ro_compat = field32(0x64)?;
+        // s_log_cluster_size counts from 1 KiB like the block size; it
+        // only differs from it with bigalloc.
+        let cluster_size = if ro_compat & RO_COMPAT_BIGALLOC != 0 {
+            let log = field32(0x1C)?;
+            if log > MAX_LOG_BLOCK_SIZE + 16 {
+                return Err(bad(format!("cluster size 1 KiB << {log} is too large")));
+            }
+            1024u64 << log
+        } else {
+            u64::from(block_size)
+        };
+        let free_blocks = wide(0x0C, 0x158)?;
+        let reserved = wide(0x08, 0x154)?;
+        let stats = FsStats {
+            block_size,
+            blocks: blocks_count,
+            free_blocks,
+            avail_blocks: free_blocks.saturating_sub(reserved),
+            inodes: u64::from(inodes_count),
+            free_inodes: u64::from(field32(0x10)?),
+        };
         Ok(Geometry {
             block_size,
             blocks_count,
@@ -132,6 +180,9 @@ impl Geometry {
             groups,
             is_64bit,
             filetype: incompat & INCOMPAT_FILETYPE != 0,
+            huge_file: ro_compat & RO_COMPAT_HUGE_FILE != 0,
+            cluster_size,
+            stats,
         })
     }
 
