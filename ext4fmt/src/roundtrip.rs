@@ -297,7 +297,9 @@ fn acls_both_forms() {
     );
     assert_eq!(
         acl::decode_vfs(&disk[..disk.len() - 4]),
-        Err(Corrupt::AclSize { len: disk.len() - 4 })
+        Err(Corrupt::AclSize {
+            len: disk.len() - 4
+        })
     );
     assert!(matches!(
         acl::decode_disk(&vfs),
