@@ -94,8 +94,19 @@ pub fn encode_vfs(entries: &[AclEntry]) -> Vec<u8> {
     out
 }
 
+/// `ext4_acl_count`: the entries an on-disk ACL of `size` bytes holds
+/// (up to four short ones, then the long ones), if the size is possible.
+fn disk_count(size: usize) -> Option<usize> {
+    let size = size.checked_sub(4)?;
+    match size.checked_sub(4 * 4) {
+        None => size.is_multiple_of(4).then_some(size / 4),
+        Some(s) => s.is_multiple_of(8).then_some(s / 8 + 4),
+    }
+}
+
 /// Decodes the on-disk form, as `ext4_acl_from_disk` does: the version,
-/// known tags, and entries ending exactly at the value's end.
+/// the entry count the size implies, known tags, and entries ending
+/// exactly at the value's end.
 pub fn decode_disk(value: &[u8]) -> Result<Vec<AclEntry>, Corrupt> {
     let f = Fields::new(value, "ACL");
     let version = f.u32(0)?;
@@ -105,10 +116,10 @@ pub fn decode_disk(value: &[u8]) -> Result<Vec<AclEntry>, Corrupt> {
             want: DISK_VERSION,
         });
     }
-    let mut out = Vec::new();
+    let n = disk_count(value.len()).ok_or(Corrupt::AclSize { len: value.len() })?;
+    let mut out = Vec::with_capacity(n);
     let mut at = 4;
-    while at < value.len() {
-        let i = out.len();
+    for i in 0..n {
         let tag = f.u16(at)?;
         let perm = f.u16(at + 2)?;
         let id = if named(tag).map_err(|tag| Corrupt::AclTag { entry: i, tag })? {
@@ -120,6 +131,12 @@ pub fn decode_disk(value: &[u8]) -> Result<Vec<AclEntry>, Corrupt> {
             UNDEFINED_ID
         };
         out.push(AclEntry { tag, perm, id });
+    }
+    if at != value.len() {
+        return Err(Corrupt::AclEnd {
+            end: at,
+            len: value.len(),
+        });
     }
     Ok(out)
 }

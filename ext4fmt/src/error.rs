@@ -84,8 +84,16 @@ pub enum Corrupt {
         refcount: u32,
     },
     /// An ACL value's size is not a header plus whole entries.
-    #[error("an ACL value of {len} bytes is not a 4-byte header plus 8-byte entries")]
+    #[error("an ACL value of {len} bytes is not a header plus whole entries")]
     AclSize {
+        /// The value's bytes.
+        len: usize,
+    },
+    /// An on-disk ACL's entries end before its value does.
+    #[error("ACL entries end at byte {end} of {len}")]
+    AclEnd {
+        /// Where the entries end.
+        end: usize,
         /// The value's bytes.
         len: usize,
     },

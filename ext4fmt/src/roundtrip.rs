@@ -320,5 +320,23 @@ fn acls_both_forms() {
         acl::decode_vfs(&bad),
         Err(Corrupt::AclPerm { entry: 0, perm: 8 })
     );
-    assert!(acl::decode_disk(&disk[..disk.len() - 2]).is_err());
+    assert_eq!(
+        acl::decode_disk(&disk[..disk.len() - 2]),
+        Err(Corrupt::AclSize {
+            len: disk.len() - 2
+        })
+    );
+    // Two long entries where the size promises four short ones.
+    let two_long = acl::encode_disk(&[entries[1], entries[3]]);
+    assert!(matches!(
+        acl::decode_disk(&two_long),
+        Err(Corrupt::Short { .. })
+    ));
+    // Five short entries and 4 bytes over: one long entry was counted.
+    let mut five = acl::encode_disk(&[entries[0]; 5]);
+    five.extend([0; 4]);
+    assert_eq!(
+        acl::decode_disk(&five),
+        Err(Corrupt::AclEnd { end: 24, len: 28 })
+    );
 }

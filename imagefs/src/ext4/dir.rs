@@ -13,9 +13,9 @@
 //! at least 12 bytes, so a block is parsed in bounded steps.
 
 use super::MetaError;
-use super::bytes::{le16, le32};
 use super::inode::ROOT_INO;
 use super::superblock::Geometry;
+use ext4fmt::bytes::{le16, le32};
 
 /// The smallest record (`EXT4_DIR_REC_LEN(1)`).
 const MIN_REC_LEN: usize = 12;

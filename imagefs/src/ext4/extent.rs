@@ -12,8 +12,8 @@
 //! depth is at most 5 as in the kernel, and the nodes visited are capped.
 
 use super::MetaError;
-use super::bytes::{le16, le32};
 use super::superblock::Geometry;
+use ext4fmt::bytes::{le16, le32};
 
 const MAGIC: u16 = 0xF30A;
 const HEADER: usize = 12;

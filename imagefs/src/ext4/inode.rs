@@ -12,105 +12,16 @@
 //! crtime_extra 0x94), then the in-inode xattr area up to the inode's end.
 
 use super::MetaError;
-use super::bytes::{le16, le32, slice};
 use super::superblock::Geometry;
-use super::xattr::XATTR_MAGIC;
+use ext4fmt::device;
+use ext4fmt::inode::DiskInode;
+pub use ext4fmt::inode::{FileType, ROOT_INO};
+pub use ext4fmt::time::Timestamp;
 
-/// The root directory's inode number.
-pub const ROOT_INO: u32 = 2;
-
-/// The size of the base inode, before the extra fields.
-const GOOD_OLD_INODE_SIZE: usize = 128;
-/// `sizeof(struct ext4_inode)`: the kernel's extra size when the inode
-/// says 0 (it then reads the extra fields anyway).
-const FULL_INODE_SIZE: usize = 160;
-/// `EXT4_HUGE_FILE_FL`: `i_blocks` counts filesystem blocks.
-const HUGE_FILE_FL: u32 = 0x0004_0000;
 /// `EXT4_EXTENTS_FL`: `i_block` holds an extent tree.
-pub(crate) const EXTENTS_FL: u32 = 0x0008_0000;
-/// `EXT4_EA_INODE_FL`: the inode holds a large xattr value.
-pub(crate) const EA_INODE_FL: u32 = 0x0020_0000;
+pub(crate) use ext4fmt::inode::flags::EXTENTS as EXTENTS_FL;
 /// `EXT4_INLINE_DATA_FL`: the data lives in `i_block` and an xattr.
-pub(crate) const INLINE_DATA_FL: u32 = 0x1000_0000;
-
-/// The file type bits of `i_mode`.
-const S_IFMT: u16 = 0o170000;
-
-/// An inode's file type, from the type bits of its mode.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum FileType {
-    /// A regular file.
-    Regular,
-    /// A directory.
-    Directory,
-    /// A character device.
-    CharDevice,
-    /// A block device.
-    BlockDevice,
-    /// A named pipe.
-    Fifo,
-    /// A socket.
-    Socket,
-    /// A symbolic link.
-    Symlink,
-}
-
-impl FileType {
-    /// The type `mode`'s type bits name; `None` for a value no file type
-    /// has.
-    pub fn from_mode(mode: u16) -> Option<FileType> {
-        Some(match mode & S_IFMT {
-            0o100000 => FileType::Regular,
-            0o040000 => FileType::Directory,
-            0o020000 => FileType::CharDevice,
-            0o060000 => FileType::BlockDevice,
-            0o010000 => FileType::Fifo,
-            0o140000 => FileType::Socket,
-            0o120000 => FileType::Symlink,
-            _ => return None,
-        })
-    }
-
-    /// The directory-entry type code (`EXT4_FT_*`).
-    pub fn dirent_type(self) -> u8 {
-        match self {
-            FileType::Regular => 1,
-            FileType::Directory => 2,
-            FileType::CharDevice => 3,
-            FileType::BlockDevice => 4,
-            FileType::Fifo => 5,
-            FileType::Socket => 6,
-            FileType::Symlink => 7,
-        }
-    }
-}
-
-/// A time as ext4 stores it: seconds since the epoch (negative before
-/// 1970) and nanoseconds.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Timestamp {
-    /// Seconds since 1970-01-01 UTC.
-    pub secs: i64,
-    /// Nanoseconds within the second.
-    pub nsecs: u32,
-}
-
-impl Timestamp {
-    /// `ext4_decode_extra_time`: the base is signed 32-bit seconds; the
-    /// extra field's two low bits add multiples of 2^32 seconds (past
-    /// 2038) and its upper 30 bits are the nanoseconds.
-    fn decode(base: u32, extra: Option<u32>) -> Timestamp {
-        let mut secs = i64::from(base as i32);
-        let Some(extra) = extra else {
-            return Timestamp { secs, nsecs: 0 };
-        };
-        secs += i64::from(extra & 3) << 32;
-        Timestamp {
-            secs,
-            nsecs: extra >> 2,
-        }
-    }
-}
+pub(crate) use ext4fmt::inode::flags::INLINE_DATA as INLINE_DATA_FL;
 
 /// A decoded inode.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -143,8 +54,8 @@ pub struct Inode {
     pub blocks: u64,
     /// The block holding the rest of the xattrs, 0 when none.
     pub xattr_block: u64,
-    /// `i_block`: extent tree root, block map, symlink target or device.
-    pub(crate) i_block: [u8; 60],
+    /// The fields as stored.
+    disk: DiskInode,
     /// The in-inode xattr area, from its magic to the inode's end; `None`
     /// when the inode has no room for one or it does not start with the
     /// magic.
@@ -159,94 +70,35 @@ impl Inode {
         if raw.len() != size {
             return Err(bad(format!("{} bytes, not {size}", raw.len())));
         }
-        let short = || bad("shorter than its fields".into());
-        let f16 = |at| le16(raw, at).ok_or_else(short);
-        let f32 = |at| le32(raw, at).ok_or_else(short);
-        let mode = f16(0x00)?;
-        let links = f16(0x1A)?;
-        if links == 0 {
+        let disk = DiskInode::decode(raw, geom.is_64bit)
+            .map_err(MetaError::format(|| format!("inode {ino}")))?;
+        if disk.links == 0 {
             // Referenced by a directory entry yet free: the kernel calls
             // this a deleted inode and refuses it too.
             return Err(bad("link count 0 (a free inode)".into()));
         }
-        let flags = f32(0x20)?;
-        let i_block: [u8; 60] = slice(raw, 0x28, 60)
-            .and_then(|s| s.try_into().ok())
-            .ok_or_else(short)?;
-        let acl_hi = if geom.is_64bit { f16(0x76)? } else { 0 };
-        let xattr_block = u64::from(f32(0x68)?) | u64::from(acl_hi) << 32;
-        if xattr_block >= geom.blocks_count {
+        if disk.file_acl >= geom.blocks_count {
             return Err(bad(format!(
-                "xattr block {xattr_block} is past the {} blocks",
-                geom.blocks_count
+                "xattr block {} is past the {} blocks",
+                disk.file_acl, geom.blocks_count
             )));
         }
-        // The bytes past the base the kernel takes as extra fields, and
-        // whether an xattr area follows them.
-        let (extra, ibody) = if size > GOOD_OLD_INODE_SIZE {
-            let extra = usize::from(f16(0x80)?);
-            if !extra.is_multiple_of(4) || GOOD_OLD_INODE_SIZE + extra > size {
-                return Err(bad(format!("i_extra_isize {extra} in a {size}-byte inode")));
-            }
-            if extra == 0 {
-                // "The extra space is currently unused. Use it.": the
-                // kernel reads the extra fields, and no xattr area.
-                (FULL_INODE_SIZE - GOOD_OLD_INODE_SIZE, None)
-            } else {
-                let area = &raw[GOOD_OLD_INODE_SIZE + extra..];
-                let ibody = (le32(area, 0) == Some(XATTR_MAGIC)).then(|| area.to_vec());
-                (extra, ibody)
-            }
-        } else {
-            (0, None)
-        };
-        // EXT4_FITS_IN_INODE: a field is read when it ends inside the
-        // base plus the extra fields.
-        let fits = |at: usize| at + 4 <= GOOD_OLD_INODE_SIZE + extra;
-        let extra_of = |at: usize| -> Result<Option<u32>, MetaError> {
-            if fits(at) {
-                f32(at).map(Some)
-            } else {
-                Ok(None)
-            }
-        };
-        let atime = Timestamp::decode(f32(0x08)?, extra_of(0x8C)?);
-        let ctime = Timestamp::decode(f32(0x0C)?, extra_of(0x84)?);
-        let mtime = Timestamp::decode(f32(0x10)?, extra_of(0x88)?);
-        let crtime = if fits(0x90) {
-            Some(Timestamp::decode(f32(0x90)?, extra_of(0x94)?))
-        } else {
-            None
-        };
-        // ext4_inode_blocks: 32 bits without huge_file, else 48 bits, in
-        // filesystem blocks when the inode has HUGE_FILE_FL.
-        let blocks_lo = u64::from(f32(0x1C)?);
-        let blocks = if geom.huge_file {
-            let count = blocks_lo | u64::from(f16(0x74)?) << 32;
-            if flags & HUGE_FILE_FL != 0 {
-                count << (geom.block_size.trailing_zeros() - 9)
-            } else {
-                count
-            }
-        } else {
-            blocks_lo
-        };
         Ok(Inode {
             ino,
-            mode,
-            uid: u32::from(f16(0x02)?) | u32::from(f16(0x78)?) << 16,
-            gid: u32::from(f16(0x18)?) | u32::from(f16(0x7A)?) << 16,
-            atime,
-            mtime,
-            ctime,
-            crtime,
-            links,
-            flags,
-            size: u64::from(f32(0x04)?) | u64::from(f32(0x6C)?) << 32,
-            blocks,
-            xattr_block,
-            i_block,
-            ibody,
+            mode: disk.mode,
+            uid: disk.uid,
+            gid: disk.gid,
+            atime: disk.atime,
+            mtime: disk.mtime,
+            ctime: disk.ctime,
+            crtime: disk.crtime,
+            links: disk.links,
+            flags: disk.flags,
+            size: disk.size,
+            blocks: disk.st_blocks(geom.huge_file, geom.block_size),
+            xattr_block: disk.file_acl,
+            ibody: disk.xattr_area(raw).map(<[u8]>::to_vec),
+            disk,
         })
     }
 
@@ -271,64 +123,29 @@ impl Inode {
     /// other files. ext4 keeps small numbers in the old 16-bit form in
     /// `i_block[0]` and the others in the new form in `i_block[1]`.
     pub fn rdev(&self) -> u32 {
-        if !matches!(
-            self.file_type(),
-            Some(FileType::CharDevice | FileType::BlockDevice)
-        ) {
-            return 0;
+        match self.file_type() {
+            Some(FileType::CharDevice | FileType::BlockDevice) => device::decode(&self.disk.block),
+            _ => 0,
         }
-        let word = |i: usize| {
-            u32::from_le_bytes([
-                self.i_block[i * 4],
-                self.i_block[i * 4 + 1],
-                self.i_block[i * 4 + 2],
-                self.i_block[i * 4 + 3],
-            ])
-        };
-        let old = word(0);
-        if old != 0 {
-            let (major, minor) = ((old >> 8) & 0xFF, old & 0xFF);
-            // Old minors fit 8 bits, so the new form is just major:minor.
-            return (major << 8) | minor;
-        }
-        word(1)
     }
 
     /// `ext4_inode_is_fast_symlink`: a symlink whose target sits in
-    /// `i_block` (no blocks besides an xattr block's). `cluster_size` is
-    /// the filesystem's cluster size in bytes.
+    /// `i_block`. `cluster_size` is the filesystem's cluster size in bytes.
     pub(crate) fn is_fast_symlink(&self, cluster_size: u64) -> bool {
-        if self.file_type() != Some(FileType::Symlink) {
-            return false;
-        }
-        if self.flags & EA_INODE_FL != 0 {
-            return self.size != 0 && self.size < 60;
-        }
-        if self.flags & INLINE_DATA_FL != 0 {
-            return false;
-        }
-        let ea_blocks = if self.xattr_block != 0 {
-            cluster_size >> 9
-        } else {
-            0
-        };
-        self.blocks.wrapping_sub(ea_blocks) == 0
+        self.disk.is_fast_symlink(self.blocks, cluster_size)
     }
 
-    /// The target of a fast symlink, checked as `__ext4_iget` checks it:
-    /// a size of 1 to 59 bytes, no NUL among them, a NUL after them.
+    /// The target of a fast symlink, checked as `__ext4_iget` checks it.
     pub(crate) fn fast_symlink_target(&self) -> Result<Vec<u8>, MetaError> {
-        let len = usize::try_from(self.size).unwrap_or(usize::MAX);
-        let target = self.i_block.get(..len);
-        match target {
-            Some(t) if len > 0 && len < 60 && !t.contains(&0) && self.i_block[len] == 0 => {
-                Ok(t.to_vec())
-            }
-            _ => Err(MetaError::Corrupt(format!(
-                "inode {}: fast symlink of size {}",
-                self.ino, self.size
-            ))),
-        }
+        self.disk
+            .fast_symlink_target()
+            .map(<[u8]>::to_vec)
+            .map_err(MetaError::format(|| format!("inode {}", self.ino)))
+    }
+
+    /// `i_block`: extent tree root, block map, symlink target or device.
+    pub(crate) fn i_block(&self) -> &[u8; 60] {
+        &self.disk.block
     }
 }
 
@@ -336,6 +153,7 @@ impl Inode {
 pub(crate) mod tests {
     use super::*;
     use crate::ext4::superblock::tests::sample;
+    use ext4fmt::xattr::MAGIC as XATTR_MAGIC;
 
     /// A 256-byte regular file inode with one link.
     pub(crate) fn raw(mode: u16) -> Vec<u8> {

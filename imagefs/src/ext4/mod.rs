@@ -18,7 +18,6 @@
 
 mod acl;
 mod blockmap;
-mod bytes;
 mod cache;
 mod dir;
 mod extent;
@@ -61,6 +60,16 @@ pub enum MetaError {
     /// The metadata is malformed; the text names the inode or block.
     #[error("corrupt ext4 metadata: {0}")]
     Corrupt(String),
+    /// A structure breaks the ext4 format: `at` names the inode or block,
+    /// the source says what is wrong.
+    #[error("corrupt ext4 metadata: {at}: {source}")]
+    Format {
+        /// The inode or block.
+        at: String,
+        /// What the format decoder found.
+        #[source]
+        source: ext4fmt::FormatError,
+    },
     /// A format this reader does not decode.
     #[error("unsupported ext4 layout: {0}")]
     Unsupported(String),
@@ -70,6 +79,23 @@ pub enum MetaError {
     /// A link target was asked of something that is not a symlink.
     #[error("inode {0} is not a symbolic link")]
     NotASymlink(u32),
+}
+
+impl MetaError {
+    /// A mapper from a format error to [`MetaError::Format`] at `at()`.
+    pub(crate) fn format<E: Into<ext4fmt::FormatError>>(
+        at: impl Fn() -> String,
+    ) -> impl Fn(E) -> MetaError {
+        move |e| MetaError::Format {
+            at: at(),
+            source: e.into(),
+        }
+    }
+
+    /// Whether the metadata was found malformed (in either form).
+    pub fn is_corrupt(&self) -> bool {
+        matches!(self, MetaError::Corrupt(_) | MetaError::Format { .. })
+    }
 }
 
 /// The most decoded inodes, directories' entries and xattr lists kept;
@@ -205,12 +231,12 @@ impl Ext4Meta {
             )));
         }
         if inode.flags & inode::EXTENTS_FL != 0 {
-            extent::runs(&self.geom, inode.ino, &inode.i_block, &mut read_block)
+            extent::runs(&self.geom, inode.ino, inode.i_block(), &mut read_block)
         } else {
             blockmap::runs(
                 &self.geom,
                 inode.ino,
-                &inode.i_block,
+                inode.i_block(),
                 blocks,
                 &mut read_block,
             )
