@@ -207,11 +207,7 @@ fn source_errors_name_the_range() {
         Ext4Meta::open(mem(vec![0; 100])),
         Err(MetaError::Read { .. })
     ));
-    assert!(
-        Ext4Meta::open(mem(vec![0; 4096]))
-            .unwrap_err()
-            .is_corrupt()
-    );
+    assert!(Ext4Meta::open(mem(vec![0; 4096])).unwrap_err().is_corrupt());
     let meta = Ext4Meta::open(mem(flatten(&sample().0))).unwrap();
     assert!(meta.inode(0).is_err());
     assert!(meta.inode(u32::MAX).is_err());
