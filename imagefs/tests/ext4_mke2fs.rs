@@ -3,20 +3,24 @@
 //! with block maps and hashed directories), filled through a kernel loop
 //! mount (so the kernel wrote every xattr, ACL, shared xattr block and
 //! directory index), and the same tree copied by `mke2fs -d` (e2fsprogs'
-//! writer). For every path, the inode number, link count, device number
-//! and xattrs the reader finds must be what the kernel shows.
+//! writer). For every path, the inode number, mode, owner, the four times
+//! (birth time where `statx` gives one), link count, allocated blocks,
+//! device number, symlink target and xattrs the reader finds must be what
+//! the kernel shows.
 //!
 //! Needs root, `mke2fs`, `mount`, `mknod` and loop devices; says
 //! `SKIP: <reason>` and returns without them.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use imagefs::ext4::Ext4Meta;
+use imagefs::ext4::{Ext4Meta, FileType, Timestamp};
 use tests::cases::{acl_xattr, capability};
 use tests::harness::{self, Mount};
 use tests::treecheck::list_dir;
@@ -107,6 +111,58 @@ fn populate(m: &Path) {
         .arg(m.join("wide"))
         .args(["b", "259", "70000"]));
     run(Command::new("mkfifo").arg(m.join("fifo")));
+    // Owners with high halves, and times with nanoseconds before 1970,
+    // after 2038 (epoch bits; clamped on 128-byte inodes) and today.
+    std::os::unix::fs::chown(m.join("etc/conf"), Some(70000), Some(0x0002_0001)).unwrap();
+    std::os::unix::fs::lchown(m.join("slow-link"), Some(1234), Some(5678)).unwrap();
+    fs::set_permissions(m.join("etc/acl"), fs::Permissions::from_mode(0o4751)).unwrap();
+    let times = [
+        (
+            "etc/conf",
+            UNIX_EPOCH + Duration::new(1_700_000_000, 123_456_789),
+        ),
+        ("many", UNIX_EPOCH - Duration::new(1_000_000, 999)),
+        (
+            "big",
+            UNIX_EPOCH + Duration::new(5_000_000_000, 999_999_999),
+        ),
+    ];
+    for (p, t) in times {
+        let f = File::options().write(true).open(m.join(p)).unwrap();
+        f.set_times(fs::FileTimes::new().set_accessed(t).set_modified(t))
+            .unwrap();
+    }
+    // A file with allocated blocks beyond one.
+    fs::write(m.join("blocks"), vec![1u8; 3 * block_size + 1]).unwrap();
+}
+
+/// A kernel time as the reader's.
+fn kernel_time(secs: i64, nsecs: i64) -> Timestamp {
+    Timestamp {
+        secs,
+        nsecs: nsecs as u32,
+    }
+}
+
+fn system_time(t: SystemTime) -> Timestamp {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => Timestamp {
+            secs: d.as_secs() as i64,
+            nsecs: d.subsec_nanos(),
+        },
+        Err(e) => {
+            let d = e.duration();
+            let (secs, nsecs) = (-(d.as_secs() as i64), d.subsec_nanos());
+            if nsecs == 0 {
+                Timestamp { secs, nsecs }
+            } else {
+                Timestamp {
+                    secs: secs - 1,
+                    nsecs: 1_000_000_000 - nsecs,
+                }
+            }
+        }
+    }
 }
 
 /// Compares the reader's view of `image` with a kernel loop mount of it.
@@ -116,10 +172,12 @@ fn check(image: &Path, label: &str) {
         return;
     };
     let listing = list_dir(kernel.path(), &[]).unwrap();
-    let mut meta = Ext4Meta::open(Arc::new(File::open(image).unwrap())).unwrap();
+    let meta = Ext4Meta::open(Arc::new(File::open(image).unwrap())).unwrap();
     let mut with_xattrs = 0;
+    let (mut births, mut links) = (0, 0);
     for (path, entry) in &listing {
-        let md = fs::symlink_metadata(kernel.path().join(path.trim_start_matches('/'))).unwrap();
+        let host = kernel.path().join(path.trim_start_matches('/'));
+        let md = fs::symlink_metadata(&host).unwrap();
         let ino = meta
             .resolve(path.as_bytes())
             .unwrap_or_else(|e| panic!("{label}: resolving {path}: {e}"))
@@ -136,6 +194,36 @@ fn check(image: &Path, label: &str) {
             md.rdev(),
             "{label}: rdev of {path}"
         );
+        assert_eq!(u32::from(inode.mode), md.mode(), "{label}: mode of {path}");
+        assert_eq!(
+            (inode.uid, inode.gid),
+            (md.uid(), md.gid()),
+            "{label}: owner of {path}"
+        );
+        assert_eq!(inode.size, md.size(), "{label}: size of {path}");
+        assert_eq!(inode.blocks, md.blocks(), "{label}: st_blocks of {path}");
+        let times = [
+            (inode.atime, kernel_time(md.atime(), md.atime_nsec())),
+            (inode.mtime, kernel_time(md.mtime(), md.mtime_nsec())),
+            (inode.ctime, kernel_time(md.ctime(), md.ctime_nsec())),
+        ];
+        for (what, (ours, kernels)) in ["atime", "mtime", "ctime"].iter().zip(times) {
+            assert_eq!(ours, kernels, "{label}: {what} of {path}");
+        }
+        // statx gives a birth time exactly when the inode has room for one.
+        let birth = md.created().ok().map(system_time);
+        assert_eq!(inode.crtime, birth, "{label}: crtime of {path}");
+        births += usize::from(birth.is_some());
+        if inode.file_type() == Some(FileType::Symlink) {
+            let target = fs::read_link(&host).unwrap();
+            assert_eq!(
+                meta.read_link(ino)
+                    .unwrap_or_else(|e| panic!("{label}: target of {path}: {e}")),
+                target.as_os_str().as_bytes(),
+                "{label}: target of {path}"
+            );
+            links += 1;
+        }
         let xattrs: BTreeMap<String, Vec<u8>> = meta
             .xattrs(ino)
             .unwrap_or_else(|e| panic!("{label}: xattrs of {path}: {e}"))
@@ -152,7 +240,14 @@ fn check(image: &Path, label: &str) {
         "{label}: only {with_xattrs} paths with xattrs"
     );
     // What the image was meant to exercise is there.
-    let mut inode_of = |p: &str| {
+    assert!(links >= 2, "{label}: only {links} symlinks");
+    // 128-byte inodes have no room for a birth time.
+    assert_eq!(
+        births > 0,
+        !label.contains("128-byte"),
+        "{label}: {births} birth times"
+    );
+    let inode_of = |p: &str| {
         let ino = meta.resolve(p.as_bytes()).unwrap().unwrap();
         meta.inode(ino).unwrap()
     };

@@ -6,28 +6,12 @@
 //! stretched to the block's end, which is how ext4 marks the end of a block.
 
 use super::BLOCK_SIZE;
-use super::bytes::{put_u16, put_u32};
-
-/// `EXT4_FT_*` codes stored in directory entries (the `filetype` feature).
-pub(crate) mod file_type {
-    /// Regular file.
-    pub const REG: u8 = 1;
-    /// Directory.
-    pub const DIR: u8 = 2;
-    /// Character device.
-    pub const CHRDEV: u8 = 3;
-    /// Block device.
-    pub const BLKDEV: u8 = 4;
-    /// FIFO.
-    pub const FIFO: u8 = 5;
-    /// Socket.
-    pub const SOCK: u8 = 6;
-    /// Symbolic link.
-    pub const SYMLINK: u8 = 7;
-}
+use ext4fmt::dir::{DirEntry as DiskEntry, rec_len as record_len};
 
 /// The longest name a directory entry holds.
-pub(crate) const MAX_NAME_LEN: usize = 255;
+pub(crate) use ext4fmt::dir::MAX_NAME_LEN;
+/// `EXT4_FT_*` codes stored in directory entries (the `filetype` feature).
+pub(crate) use ext4fmt::dir::file_type;
 
 /// One entry to write.
 #[derive(Clone, Copy, Debug)]
@@ -38,10 +22,6 @@ pub(crate) struct DirEntry<'a> {
     pub ino: u32,
     /// One of [`file_type`].
     pub file_type: u8,
-}
-
-fn record_len(name_len: usize) -> usize {
-    (8 + name_len).next_multiple_of(4)
 }
 
 /// Why a name cannot be a directory entry, if it cannot.
@@ -78,32 +58,35 @@ pub(crate) fn block_count(name_lens: impl IntoIterator<Item = usize>) -> u64 {
 /// Encode `entries` (`.` and `..` first, as given) into whole blocks.
 pub(crate) fn encode(entries: &[DirEntry<'_>]) -> Vec<u8> {
     let bs = BLOCK_SIZE as usize;
-    let mut out = vec![0u8; bs];
+    // Where each record goes, and its length; the last of each block is
+    // stretched to the block's end.
+    let mut placed: Vec<(usize, usize)> = Vec::with_capacity(entries.len());
     let mut block_start = 0;
     let mut used = 0;
-    // Offset of the previous record in the current block, to stretch it.
-    let mut last: Option<usize> = None;
     for e in entries {
         let rec = record_len(e.name.len());
         if used + rec > bs {
-            if let Some(off) = last {
-                put_u16(&mut out, off + 4, (bs - (off - block_start)) as u16);
+            if let Some((off, len)) = placed.last_mut() {
+                *len = bs - (*off - block_start);
             }
-            block_start = out.len();
-            out.resize(out.len() + bs, 0);
+            block_start += bs;
             used = 0;
         }
-        let off = block_start + used;
-        put_u32(&mut out, off, e.ino);
-        put_u16(&mut out, off + 4, rec as u16);
-        out[off + 6] = e.name.len() as u8;
-        out[off + 7] = e.file_type;
-        out[off + 8..off + 8 + e.name.len()].copy_from_slice(e.name);
-        last = Some(off);
+        placed.push((block_start + used, rec));
         used += rec;
     }
-    if let Some(off) = last {
-        put_u16(&mut out, off + 4, (bs - (off - block_start)) as u16);
+    if let Some((off, len)) = placed.last_mut() {
+        *len = bs - (*off - block_start);
+    }
+    let mut out = vec![0u8; block_start + bs];
+    for (e, &(off, rec_len)) in entries.iter().zip(&placed) {
+        DiskEntry {
+            ino: e.ino,
+            rec_len,
+            file_type: e.file_type,
+            name: e.name.to_vec(),
+        }
+        .encode(&mut out, off);
     }
     out
 }

@@ -12,14 +12,10 @@
 //! No checksum tail: we do not set `metadata_csum`.
 
 use super::BLOCK_SIZE;
-use super::bytes::{put_u16, put_u32};
 use crate::tree::Extent;
+use ext4fmt::extent::{ENTRY_SIZE, HEADER_SIZE, Header, Index, Leaf, encode_node};
 
-const EXTENT_MAGIC: u16 = 0xF30A;
-const HEADER_SIZE: usize = 12;
-const ENTRY_SIZE: usize = 12;
-/// Entries in the root inside `i_block`.
-pub(crate) const ROOT_ENTRIES: usize = 4;
+pub(crate) use ext4fmt::extent::ROOT_ENTRIES;
 /// Entries in one tree block.
 pub(crate) const BLOCK_ENTRIES: usize = (BLOCK_SIZE as usize - HEADER_SIZE) / ENTRY_SIZE;
 
@@ -44,12 +40,13 @@ pub(crate) fn tree_blocks(n: usize) -> u64 {
     total
 }
 
-fn header(buf: &mut [u8], entries: usize, max: usize, depth: u16) {
-    put_u16(buf, 0, EXTENT_MAGIC);
-    put_u16(buf, 2, entries as u16);
-    put_u16(buf, 4, max as u16);
-    put_u16(buf, 6, depth);
-    // eh_generation (8..12): 0.
+fn header(entries: usize, max: usize, depth: u16) -> Header {
+    Header {
+        entries: entries as u16,
+        max: max as u16,
+        depth,
+        generation: 0,
+    }
 }
 
 /// One 12-byte entry of some level, with the first logical block it covers.
@@ -59,23 +56,31 @@ struct Entry {
 }
 
 fn leaf_entry(e: &Extent) -> Entry {
-    let mut b = [0u8; ENTRY_SIZE];
-    put_u32(&mut b, 0, e.logical as u32); // ee_block
-    put_u16(&mut b, 4, e.len as u16); // ee_len (≤ 32768: initialized)
-    put_u16(&mut b, 6, (e.physical >> 32) as u16); // ee_start_hi
-    put_u32(&mut b, 8, e.physical as u32); // ee_start_lo
-    Entry {
+    let leaf = Leaf {
         logical: e.logical as u32,
-        bytes: b,
+        // At most 32768: initialized.
+        len: e.len as u16,
+        unwritten: false,
+        start: e.physical,
+    };
+    Entry {
+        logical: leaf.logical,
+        bytes: leaf.encode(),
     }
 }
 
 fn index_entry(logical: u32, block: u64) -> Entry {
-    let mut b = [0u8; ENTRY_SIZE];
-    put_u32(&mut b, 0, logical); // ei_block
-    put_u32(&mut b, 4, block as u32); // ei_leaf_lo
-    put_u16(&mut b, 8, (block >> 32) as u16); // ei_leaf_hi
-    Entry { logical, bytes: b }
+    let bytes = Index {
+        logical,
+        leaf: block,
+    }
+    .encode();
+    Entry { logical, bytes }
+}
+
+fn node(buf: &mut [u8], header: &Header, entries: &[Entry]) {
+    let bytes: Vec<[u8; ENTRY_SIZE]> = entries.iter().map(|e| e.bytes).collect();
+    encode_node(buf, header, &bytes);
 }
 
 /// Build the tree for `extents` (sorted by logical block, each at most
@@ -88,27 +93,23 @@ pub(crate) fn build(extents: &[Extent], first_block: u64) -> ExtentTree {
     let mut depth = 0u16;
     while entries.len() > ROOT_ENTRIES {
         let mut parents = Vec::with_capacity(entries.len().div_ceil(BLOCK_ENTRIES));
-        for node in entries.chunks(BLOCK_ENTRIES) {
+        for chunk in entries.chunks(BLOCK_ENTRIES) {
             let mut b = vec![0u8; BLOCK_SIZE as usize];
-            header(&mut b, node.len(), BLOCK_ENTRIES, depth);
-            for (i, e) in node.iter().enumerate() {
-                let off = HEADER_SIZE + i * ENTRY_SIZE;
-                b[off..off + ENTRY_SIZE].copy_from_slice(&e.bytes);
-            }
+            node(&mut b, &header(chunk.len(), BLOCK_ENTRIES, depth), chunk);
             let block = first_block + blocks.len() as u64;
             // An index entry starts where its child's first entry starts.
-            parents.push(index_entry(node[0].logical, block));
+            parents.push(index_entry(chunk[0].logical, block));
             blocks.push(b);
         }
         entries = parents;
         depth += 1;
     }
     let mut root = [0u8; 60];
-    header(&mut root, entries.len(), ROOT_ENTRIES, depth);
-    for (i, e) in entries.iter().enumerate() {
-        let off = HEADER_SIZE + i * ENTRY_SIZE;
-        root[off..off + ENTRY_SIZE].copy_from_slice(&e.bytes);
-    }
+    node(
+        &mut root,
+        &header(entries.len(), ROOT_ENTRIES, depth),
+        &entries,
+    );
     ExtentTree { root, blocks }
 }
 
@@ -128,7 +129,12 @@ pub(crate) fn contiguous(physical: u64, count: u64) -> Vec<Extent> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ext4::bytes::get_u32;
+    use ext4fmt::bytes::le32;
+    use ext4fmt::extent::MAGIC as EXTENT_MAGIC;
+
+    fn get_u32(b: &[u8], at: usize) -> u32 {
+        le32(b, at).unwrap()
+    }
 
     fn u16_at(b: &[u8], off: usize) -> u16 {
         u16::from_le_bytes([b[off], b[off + 1]])

@@ -1,16 +1,15 @@
 //! Block groups: the 32-byte group descriptors and the two bitmaps of each
 //! group.
 //!
-//! Descriptor offsets follow `struct ext4_group_desc` without the 64bit
-//! feature (kernel `fs/ext4/ext4.h`). No checksums and no `bg_flags`: we set
-//! neither `metadata_csum` nor `uninit_bg`, so every bitmap and inode table
-//! is written out in full.
+//! Descriptors are encoded through [`ext4fmt::group`] in the 32-byte
+//! form (no 64bit feature). No checksums and no `bg_flags`: we set neither
+//! `metadata_csum` nor `uninit_bg`, so every bitmap and inode table is
+//! written out in full.
 
 use super::BLOCK_SIZE;
-use super::bytes::{put_u16, put_u32};
 
 /// Bytes per group descriptor (no 64bit feature).
-pub(crate) const DESC_SIZE: usize = 32;
+pub(crate) const DESC_SIZE: usize = ext4fmt::superblock::DESC_SIZE_32 as usize;
 
 /// One group descriptor.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -31,17 +30,16 @@ pub(crate) struct GroupDesc {
 
 impl GroupDesc {
     /// The 32 on-disk bytes.
-    pub(crate) fn encode(&self) -> [u8; DESC_SIZE] {
-        let mut b = [0u8; DESC_SIZE];
-        put_u32(&mut b, 0x00, self.block_bitmap);
-        put_u32(&mut b, 0x04, self.inode_bitmap);
-        put_u32(&mut b, 0x08, self.inode_table);
-        put_u16(&mut b, 0x0C, self.free_blocks);
-        put_u16(&mut b, 0x0E, self.free_inodes);
-        put_u16(&mut b, 0x10, self.used_dirs);
-        // bg_flags, exclude bitmap, bitmap checksums, itable_unused and
-        // bg_checksum stay 0: no uninit_bg, no metadata_csum.
-        b
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        ext4fmt::group::GroupDesc {
+            block_bitmap: u64::from(self.block_bitmap),
+            inode_bitmap: u64::from(self.inode_bitmap),
+            inode_table: u64::from(self.inode_table),
+            free_blocks: u32::from(self.free_blocks),
+            free_inodes: u32::from(self.free_inodes),
+            used_dirs: u32::from(self.used_dirs),
+        }
+        .encode(DESC_SIZE)
     }
 }
 

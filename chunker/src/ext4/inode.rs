@@ -1,11 +1,10 @@
 //! The 256-byte on-disk inode, with nanosecond timestamps and room for
 //! in-inode xattrs.
 //!
-//! Offsets follow `struct ext4_inode` (kernel `fs/ext4/ext4.h`): the
-//! 128-byte base, then `i_extra_isize` = 32 bytes of extra fields, then the
-//! in-inode xattr area up to byte 256.
+//! Encoded through [`ext4fmt::inode`]: the 128-byte base, then
+//! `i_extra_isize` = 32 bytes of extra fields, then the in-inode xattr
+//! area up to byte 256.
 
-use super::bytes::{put_u16, put_u32};
 use crate::tree::Timestamp;
 
 /// Bytes per on-disk inode.
@@ -17,65 +16,14 @@ pub(crate) const INLINE_XATTR_OFFSET: usize = 128 + EXTRA_ISIZE as usize;
 /// Size of the in-inode xattr area (magic, entries and values).
 pub(crate) const INLINE_XATTR_SIZE: usize = INODE_SIZE - INLINE_XATTR_OFFSET;
 
-/// `EXT4_EXTENTS_FL`: `i_block` holds an extent tree.
-pub(crate) const EXTENTS_FL: u32 = 0x0008_0000;
-/// `EXT4_HUGE_FILE_FL`: `i_blocks` counts filesystem blocks, not sectors.
-const HUGE_FILE_FL: u32 = 0x0004_0000;
-
+pub(crate) use ext4fmt::inode::flags::EXTENTS as EXTENTS_FL;
+use ext4fmt::inode::flags::HUGE_FILE as HUGE_FILE_FL;
 /// File type bits of `i_mode`.
-pub(crate) mod mode {
-    /// FIFO.
-    pub const S_IFIFO: u16 = 0o010000;
-    /// Character device.
-    pub const S_IFCHR: u16 = 0o020000;
-    /// Directory.
-    pub const S_IFDIR: u16 = 0o040000;
-    /// Block device.
-    pub const S_IFBLK: u16 = 0o060000;
-    /// Regular file.
-    pub const S_IFREG: u16 = 0o100000;
-    /// Symbolic link.
-    pub const S_IFLNK: u16 = 0o120000;
-    /// Socket.
-    pub const S_IFSOCK: u16 = 0o140000;
-}
-
-/// The earliest second an ext4 timestamp can hold (signed 32-bit base).
-pub(crate) const MIN_SECS: i64 = -(1 << 31);
-/// The latest second: two epoch bits extend the base by 3 × 2^32.
-pub(crate) const MAX_SECS: i64 = (1 << 34) - (1 << 31) - 1;
-
-/// Encode a time as ext4 does (`ext4_encode_extra_time`): the low field is
-/// the seconds truncated to 32 bits (read back as signed), the extra field
-/// holds two epoch bits that extend the range past 2038, and the
-/// nanoseconds shifted left by 2. Times outside ext4's range are clamped.
-pub(crate) fn encode_time(t: Timestamp) -> (u32, u32) {
-    let secs = t.secs.clamp(MIN_SECS, MAX_SECS);
-    let nanos = t.nanos.min(999_999_999);
-    let lo = secs as i32;
-    let epoch = ((secs - i64::from(lo)) >> 32) as u32 & 3;
-    (lo as u32, epoch | (nanos << 2))
-}
-
-/// Encode a device number into `i_block` as the kernel does: the old 8:8
-/// form in word 0 when both numbers fit a byte, otherwise the new 12:20
-/// form (`new_encode_dev`) in word 1. `None` when the numbers exceed 12:20
-/// bits, which Linux cannot represent.
+pub(crate) use ext4fmt::inode::mode;
+/// Encode a device number into `i_block` as the kernel does
+/// ([`ext4fmt::device::encode`]); `None` when Linux cannot represent it.
 pub(crate) fn encode_device(major: u32, minor: u32) -> Option<[u8; 60]> {
-    if major > 0xFFF || minor > 0xF_FFFF {
-        return None;
-    }
-    let mut b = [0u8; 60];
-    if major < 256 && minor < 256 {
-        put_u32(&mut b, 0, (major << 8) | minor);
-    } else {
-        put_u32(
-            &mut b,
-            4,
-            (minor & 0xFF) | (major << 8) | ((minor & !0xFF) << 12),
-        );
-    }
-    Some(b)
+    ext4fmt::device::encode(major, minor)
 }
 
 /// One inode's on-disk fields.
@@ -109,39 +57,37 @@ impl DiskInode {
     /// The 256 on-disk bytes.
     pub(crate) fn encode(&self) -> [u8; INODE_SIZE] {
         let mut b = [0u8; INODE_SIZE];
-        let (time_lo, time_extra) = encode_time(self.time);
-        put_u16(&mut b, 0x00, self.mode);
-        put_u16(&mut b, 0x02, self.uid as u16);
-        put_u32(&mut b, 0x04, self.size as u32);
-        put_u32(&mut b, 0x08, time_lo); // i_atime
-        put_u32(&mut b, 0x0C, time_lo); // i_ctime
-        put_u32(&mut b, 0x10, time_lo); // i_mtime
-        put_u16(&mut b, 0x18, self.gid as u16);
-        put_u16(&mut b, 0x1A, self.links);
+        let time = ext4fmt::Timestamp {
+            secs: self.time.secs,
+            nsecs: self.time.nanos,
+        };
         // i_blocks is in 512-byte sectors, 48 bits with huge_file. Beyond
         // that (a file of 128 PiB, not reachable in practice) the count is
         // in filesystem blocks with HUGE_FILE_FL, rather than truncated.
         let sectors = self.fs_blocks * 8;
-        let (count, flags) = if sectors >> 48 == 0 {
+        let (blocks, flags) = if sectors >> 48 == 0 {
             (sectors, self.flags)
         } else {
             (self.fs_blocks, self.flags | HUGE_FILE_FL)
         };
-        put_u32(&mut b, 0x1C, count as u32);
-        put_u32(&mut b, 0x20, flags);
-        b[0x28..0x64].copy_from_slice(&self.block);
-        put_u32(&mut b, 0x68, self.xattr_block as u32); // i_file_acl_lo
-        put_u32(&mut b, 0x6C, (self.size >> 32) as u32); // i_size_high
-        put_u16(&mut b, 0x74, (count >> 32) as u16); // l_i_blocks_high
-        put_u16(&mut b, 0x76, (self.xattr_block >> 32) as u16); // l_i_file_acl_high
-        put_u16(&mut b, 0x78, (self.uid >> 16) as u16); // l_i_uid_high
-        put_u16(&mut b, 0x7A, (self.gid >> 16) as u16); // l_i_gid_high
-        put_u16(&mut b, 0x80, EXTRA_ISIZE);
-        put_u32(&mut b, 0x84, time_extra); // i_ctime_extra
-        put_u32(&mut b, 0x88, time_extra); // i_mtime_extra
-        put_u32(&mut b, 0x8C, time_extra); // i_atime_extra
-        put_u32(&mut b, 0x90, time_lo); // i_crtime
-        put_u32(&mut b, 0x94, time_extra); // i_crtime_extra
+        ext4fmt::inode::DiskInode {
+            mode: self.mode,
+            uid: self.uid,
+            gid: self.gid,
+            size: self.size,
+            atime: time,
+            ctime: time,
+            mtime: time,
+            crtime: Some(time),
+            links: self.links,
+            blocks,
+            flags,
+            block: self.block,
+            generation: 0,
+            file_acl: self.xattr_block,
+            extra_isize: EXTRA_ISIZE,
+        }
+        .encode(&mut b);
         b[INLINE_XATTR_OFFSET..].copy_from_slice(&self.inline_xattrs);
         b
     }
@@ -150,34 +96,6 @@ impl DiskInode {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn time_encoding_matches_kernel() {
-        let t = |secs, nanos| encode_time(Timestamp { secs, nanos });
-        assert_eq!(t(0, 0), (0, 0));
-        assert_eq!(t(1, 5), (1, 5 << 2));
-        // Negative times stay in epoch 0, read back as signed.
-        assert_eq!(t(-1, 999_999_999), (u32::MAX, 999_999_999 << 2));
-        // 2^31 s (2038): base wraps to i32::MIN, epoch 1.
-        assert_eq!(t(1 << 31, 0), (0x8000_0000, 1));
-        assert_eq!(t(i64::MAX, 0), t(MAX_SECS, 0));
-        let (lo, extra) = t(MAX_SECS, 0);
-        assert_eq!(
-            i64::from(lo as i32) + (i64::from(extra & 3) << 32),
-            MAX_SECS
-        );
-    }
-
-    #[test]
-    fn device_encoding() {
-        let d = encode_device(8, 1).unwrap();
-        assert_eq!(&d[0..4], &0x0801u32.to_le_bytes());
-        let d = encode_device(300, 70000).unwrap();
-        assert_eq!(&d[0..4], &[0; 4]);
-        let want = (70000 & 0xFF) | (300 << 8) | ((70000 & !0xFF) << 12);
-        assert_eq!(&d[4..8], &(want as u32).to_le_bytes());
-        assert!(encode_device(4096, 0).is_none());
-    }
 
     #[test]
     fn field_offsets() {

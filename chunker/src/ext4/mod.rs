@@ -23,7 +23,6 @@
 //! [`Tree`]. Nothing depends on the clock, random numbers or hash-map order.
 
 mod acl;
-mod bytes;
 mod data;
 mod dir;
 mod extent;

@@ -1,10 +1,8 @@
 //! Extended attributes: in the inode first, the rest in one xattr block.
 //!
-//! Both places use the same entry format (`struct ext4_xattr_entry`):
-//! name length (1), name index (1), value offset (2), value inode (4),
-//! value size (4), hash (4), then the name suffix padded to 4 bytes. Entries
-//! grow from the front, values (padded to 4 bytes) from the back, and four
-//! zero bytes end the entry list.
+//! Both places use the same entry format ([`ext4fmt::xattr::Entry`]).
+//! Entries grow from the front, values (padded to 4 bytes) from the back,
+//! and four zero bytes end the entry list.
 //!
 //! - In the inode, the area after the extra fields starts with the magic;
 //!   value offsets count from the first entry.
@@ -21,26 +19,14 @@ use std::collections::BTreeMap;
 
 use super::BLOCK_SIZE;
 use super::acl;
-use super::bytes::{get_u32, put_u16, put_u32};
 use super::inode::INLINE_XATTR_SIZE;
-
-const XATTR_MAGIC: u32 = 0xEA02_0000;
-const ENTRY_HEADER: usize = 16;
-const BLOCK_HEADER: usize = 32;
-/// The four zero bytes that end an entry list.
-const END_MARK: usize = 4;
-
-/// Name prefixes and their on-disk indexes, most specific first. The two
-/// ACL names are whole names (index 2 and 3 with an empty suffix) whose
-/// values are converted to ext4's own ACL format.
-const PREFIXES: &[(&[u8], u8)] = &[
-    (b"system.posix_acl_access", 2),
-    (b"system.posix_acl_default", 3),
-    (b"user.", 1),
-    (b"trusted.", 4),
-    (b"security.", 6),
-    (b"system.", 7),
-];
+use ext4fmt::xattr::{
+    BLOCK_HEADER_SIZE as BLOCK_HEADER, BlockHeader, END_MARK_SIZE as END_MARK,
+    ENTRY_HEADER_SIZE as ENTRY_HEADER, Entry, IBODY_HEADER_SIZE, MAGIC as XATTR_MAGIC,
+    MAX_NAME_LEN, is_acl,
+};
+#[cfg(test)]
+use ext4fmt::xattr::{block_hash, entry_hash};
 
 /// Why a set of xattrs cannot be stored.
 #[derive(Debug, PartialEq, Eq)]
@@ -76,49 +62,19 @@ impl Attr<'_> {
     }
 }
 
+/// The name index and suffix of `full`; the ACL names are whole names
+/// (an empty suffix) whose values are converted to ext4's ACL format.
 fn split_name(full: &[u8]) -> Result<(u8, &[u8]), XattrError> {
     let shown = || String::from_utf8_lossy(full).into_owned();
-    let (prefix, index) = PREFIXES
-        .iter()
-        .find(|(p, i)| {
-            if is_acl(*i) {
-                full == *p
-            } else {
-                full.starts_with(p)
-            }
-        })
+    let (index, suffix) = ext4fmt::xattr::split_name(full)
         .ok_or_else(|| XattrError::Other(format!("xattr {} has an unknown namespace", shown())))?;
-    if is_acl(*index) {
-        return Ok((*index, b""));
-    }
-    let suffix = &full[prefix.len()..];
-    if suffix.is_empty() || suffix.len() > 255 {
+    if !is_acl(index) && (suffix.is_empty() || suffix.len() > MAX_NAME_LEN) {
         return Err(XattrError::Other(format!(
             "xattr name {} must have 1 to 255 bytes after its namespace",
             shown()
         )));
     }
-    Ok((*index, suffix))
-}
-
-fn is_acl(index: u8) -> bool {
-    index == 2 || index == 3
-}
-
-/// `ext2fs_ext_attr_hash_entry`: the name bytes (as C `char`, signed on
-/// the platforms e2fsprogs and Linux grew up on, so we match that), then
-/// the value as little-endian 32-bit words, zero padded.
-pub(crate) fn entry_hash(name: &[u8], value: &[u8]) -> u32 {
-    let mut hash: u32 = 0;
-    for &c in name {
-        hash = (hash << 5) ^ (hash >> 27) ^ (c as i8 as i32 as u32);
-    }
-    let mut padded = value.to_vec();
-    padded.resize(value.len().next_multiple_of(4), 0);
-    for word in padded.chunks(4) {
-        hash = (hash << 16) ^ (hash >> 16) ^ get_u32(word, 0);
-    }
-    hash
+    Ok((index, suffix))
 }
 
 /// Write entries and values into `area`, entries from `entries_at`, value
@@ -135,14 +91,17 @@ fn fill(area: &mut [u8], entries_at: usize, base: usize, attrs: &[&Attr<'_>]) ->
             area[value_end..value_end + a.value.len()].copy_from_slice(a.value);
             value_end - base
         };
-        let hash = entry_hash(a.name, a.value);
-        area[at] = a.name.len() as u8;
-        area[at + 1] = a.index;
-        put_u16(area, at + 2, offs as u16);
-        // e_value_inum (at + 4): 0, values are stored inline.
-        put_u32(area, at + 8, a.value.len() as u32);
-        put_u32(area, at + 12, hash);
-        area[at + ENTRY_HEADER..at + ENTRY_HEADER + a.name.len()].copy_from_slice(a.name);
+        let entry = Entry {
+            name_index: a.index,
+            value_offs: offs as u16,
+            // Values are stored inline, never in an inode of their own.
+            value_inum: 0,
+            value_size: a.value.len() as u32,
+            hash: ext4fmt::xattr::entry_hash(a.name, a.value),
+            name: a.name.to_vec(),
+        };
+        entry.encode(area, at);
+        let hash = entry.hash;
         hashes.push(hash);
         at += a.entry_len();
     }
@@ -156,8 +115,9 @@ pub(crate) fn encode(xattrs: &BTreeMap<Vec<u8>, Vec<u8>>) -> Result<Encoded, Xat
     for (full, value) in xattrs {
         let (index, name) = split_name(full)?;
         let value = if is_acl(index) {
-            let disk = acl::to_disk(value)
-                .map_err(|why| XattrError::Acl(String::from_utf8_lossy(full).into_owned(), why))?;
+            let disk = acl::to_disk(value).map_err(|why| {
+                XattrError::Acl(String::from_utf8_lossy(full).into_owned(), why.to_string())
+            })?;
             Cow::Owned(disk)
         } else {
             Cow::Borrowed(value.as_slice())
@@ -175,7 +135,7 @@ pub(crate) fn encode(xattrs: &BTreeMap<Vec<u8>, Vec<u8>>) -> Result<Encoded, Xat
     attrs.sort_by(|a, b| (a.index, a.name.len(), a.name).cmp(&(b.index, b.name.len(), b.name)));
 
     // In the inode: 4 bytes of magic, then entries, end mark and values.
-    let mut inline_room = INLINE_XATTR_SIZE - 4 - END_MARK;
+    let mut inline_room = INLINE_XATTR_SIZE - IBODY_HEADER_SIZE - END_MARK;
     let mut block_room = BLOCK_SIZE as usize - BLOCK_HEADER - END_MARK;
     let mut in_inode = Vec::new();
     let mut in_block = Vec::new();
@@ -199,37 +159,31 @@ pub(crate) fn encode(xattrs: &BTreeMap<Vec<u8>, Vec<u8>>) -> Result<Encoded, Xat
 
     let mut inline = [0u8; INLINE_XATTR_SIZE];
     if !in_inode.is_empty() {
-        put_u32(&mut inline, 0, XATTR_MAGIC);
-        fill(&mut inline, 4, 4, &in_inode);
+        inline[..IBODY_HEADER_SIZE].copy_from_slice(&XATTR_MAGIC.to_le_bytes());
+        fill(&mut inline, IBODY_HEADER_SIZE, IBODY_HEADER_SIZE, &in_inode);
     }
     let block = (!in_block.is_empty()).then(|| {
         let mut b = vec![0u8; BLOCK_SIZE as usize];
-        put_u32(&mut b, 0, XATTR_MAGIC);
-        put_u32(&mut b, 4, 1); // h_refcount: one inode uses it
-        put_u32(&mut b, 8, 1); // h_blocks
         let hashes = fill(&mut b, BLOCK_HEADER, 0, &in_block);
-        put_u32(&mut b, 12, block_hash(&hashes));
+        // One inode uses the block.
+        BlockHeader {
+            refcount: 1,
+            blocks: 1,
+            hash: ext4fmt::xattr::block_hash(&hashes),
+        }
+        .encode(&mut b);
         b
     });
     Ok(Encoded { inline, block })
 }
 
-/// `ext2fs_ext_attr_block_rehash`: the entry hashes folded together; 0 if
-/// any entry hash is 0.
-fn block_hash(hashes: &[u32]) -> u32 {
-    let mut hash: u32 = 0;
-    for &h in hashes {
-        if h == 0 {
-            return 0;
-        }
-        hash = (hash << 16) ^ (hash >> 16) ^ h;
-    }
-    hash
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn get_u32(b: &[u8], at: usize) -> u32 {
+        ext4fmt::bytes::le32(b, at).unwrap()
+    }
 
     fn map(items: &[(&str, &[u8])]) -> BTreeMap<Vec<u8>, Vec<u8>> {
         items

@@ -7,9 +7,9 @@
 //! bounded by the file's size; the depth is fixed, so there is no loop.
 
 use super::MetaError;
-use super::bytes::le32;
 use super::extent::Run;
 use super::superblock::Geometry;
+use ext4fmt::bytes::le32;
 
 const DIRECT: u32 = 12;
 

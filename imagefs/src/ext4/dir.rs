@@ -13,12 +13,9 @@
 //! at least 12 bytes, so a block is parsed in bounded steps.
 
 use super::MetaError;
-use super::bytes::{le16, le32};
 use super::inode::ROOT_INO;
 use super::superblock::Geometry;
-
-/// The smallest record (`EXT4_DIR_REC_LEN(1)`).
-const MIN_REC_LEN: usize = 12;
+use ext4fmt::dir::DirEntry as DiskEntry;
 
 /// One name in a directory.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -31,15 +28,6 @@ pub struct DirEntry {
     pub file_type: u8,
     /// The name (never `.` or `..`, which are left out).
     pub name: Vec<u8>,
-}
-
-/// `ext4_rec_len_from_disk`: with 64 KiB blocks a record spanning the
-/// whole block does not fit 16 bits and is stored as 65535 (or 0).
-fn rec_len(raw: u16, block_size: usize) -> usize {
-    if block_size >= 65536 && (raw == 65535 || raw == 0) {
-        return block_size;
-    }
-    usize::from(raw)
 }
 
 /// Appends the names in `block`, logical block `logical` of directory
@@ -58,27 +46,10 @@ pub(crate) fn parse_block(
                 "directory inode {dir}, block {logical}, offset {at}: {why}"
             ))
         };
-        let short = || bad("record header runs past the block".into());
-        let ino = le32(block, at).ok_or_else(short)?;
-        let len = rec_len(le16(block, at + 4).ok_or_else(short)?, block.len());
-        let name_len = usize::from(*block.get(at + 6).ok_or_else(short)?);
-        let file_type = if geom.filetype {
-            *block.get(at + 7).ok_or_else(short)?
-        } else {
-            0
-        };
-        if len < MIN_REC_LEN || !len.is_multiple_of(4) {
-            return Err(bad(format!("record length {len}")));
-        }
-        if len < (8 + name_len).next_multiple_of(4) {
-            return Err(bad(format!(
-                "record length {len} cannot hold a {name_len}-byte name"
-            )));
-        }
-        if len > block.len() - at {
-            return Err(bad(format!("record length {len} runs past the block")));
-        }
-        // As the kernel's `ext4_valid_inum`: the root or a file inode.
+        let e = DiskEntry::decode(block, at, geom.filetype).map_err(MetaError::format(|| {
+            format!("directory inode {dir}, block {logical}, offset {at}")
+        }))?;
+        let (ino, len, file_type) = (e.ino, e.rec_len, e.file_type);
         let reserved = ino != 0 && ino != ROOT_INO && ino < geom.first_ino;
         if ino > geom.inodes_count || reserved {
             return Err(bad(format!(
@@ -86,7 +57,7 @@ pub(crate) fn parse_block(
                 geom.first_ino, geom.inodes_count
             )));
         }
-        let name = &block[at + 8..at + 8 + name_len];
+        let name = &e.name[..];
         if ino != 0 && name != b"." && name != b".." {
             if name.is_empty() || name.contains(&b'/') || name.contains(&0) {
                 return Err(bad(format!("bad name {:?}", String::from_utf8_lossy(name))));
@@ -149,10 +120,13 @@ pub(crate) mod tests {
     #[test]
     fn corrupt_records_are_errors() {
         let cases: Vec<(Vec<u8>, &str)> = vec![
-            (record(12, 0, 1, b""), "record length 0"),
-            (record(12, 14, 1, b"a"), "record length 14"),
-            (record(12, 12, 1, b"abcdefgh"), "cannot hold"),
-            (record(12, 8192, 1, b"a"), "past the block"),
+            (record(12, 0, 1, b""), "length 0 for"),
+            (record(12, 14, 1, b"a"), "length 14 for"),
+            (
+                record(12, 12, 1, b"abcdefgh"),
+                "length 12 for a 8-byte name",
+            ),
+            (record(12, 8192, 1, b"a"), "4096 bytes left"),
             (record(9999, 4096, 1, b"a"), "inode 9999"),
             (record(8, 4096, 1, b"journal"), "inode 8"),
             (record(12, 4096, 1, b"a/b"), "bad name"),
@@ -170,12 +144,5 @@ pub(crate) mod tests {
         let mut b = record(12, 4092, 1, b"a");
         b.extend([1, 0]);
         assert!(parse(&b).unwrap_err().to_string().contains("offset 4092"));
-    }
-
-    #[test]
-    fn whole_block_records_of_64k_blocks() {
-        assert_eq!(rec_len(65535, 65536), 65536);
-        assert_eq!(rec_len(0, 65536), 65536);
-        assert_eq!(rec_len(0, 4096), 0);
     }
 }

@@ -12,16 +12,9 @@
 //! depth is at most 5 as in the kernel, and the nodes visited are capped.
 
 use super::MetaError;
-use super::bytes::{le16, le32};
 use super::superblock::Geometry;
+use ext4fmt::extent::{Header, Index, Leaf, entry};
 
-const MAGIC: u16 = 0xF30A;
-const HEADER: usize = 12;
-const ENTRY: usize = 12;
-/// `EXT4_MAX_EXTENT_DEPTH`.
-const MAX_DEPTH: u16 = 5;
-/// Lengths above this mark unwritten extents.
-const INIT_MAX_LEN: u16 = 32768;
 /// The most tree blocks one walk reads; far above any real tree for the
 /// directories and xattr values this reader walks.
 const MAX_NODES: usize = 1 << 16;
@@ -59,36 +52,17 @@ pub(crate) fn runs(
             )));
         }
         let bad = |why: String| MetaError::Corrupt(format!("{}: {why}", at()));
-        let short = || bad("shorter than its header".into());
-        let magic = le16(&node, 0).ok_or_else(short)?;
-        if magic != MAGIC {
-            return Err(bad(format!("magic {magic:#06x} is not {MAGIC:#06x}")));
-        }
-        let entries = usize::from(le16(&node, 2).ok_or_else(short)?);
-        let max = usize::from(le16(&node, 4).ok_or_else(short)?);
-        let depth = le16(&node, 6).ok_or_else(short)?;
-        if entries > max || HEADER + max * ENTRY > node.len() {
-            return Err(bad(format!(
-                "{entries} entries of at most {max} in {} bytes",
-                node.len()
-            )));
-        }
-        if depth > MAX_DEPTH || want_depth.is_some_and(|d| d != depth) {
+        let h = Header::decode(&node).map_err(MetaError::format(at))?;
+        let depth = h.depth;
+        if want_depth.is_some_and(|d| d != depth) {
             return Err(bad(format!("depth {depth} (expected {want_depth:?})")));
         }
         let mut children = Vec::new();
-        for i in 0..entries {
-            let e = &node[HEADER + i * ENTRY..HEADER + (i + 1) * ENTRY];
-            let logical = le32(e, 0).ok_or_else(short)?;
+        for i in 0..usize::from(h.entries) {
+            let e = entry(&node, i).map_err(MetaError::format(at))?;
             if depth == 0 {
-                let raw_len = le16(e, 4).ok_or_else(short)?;
-                let physical = u64::from(le32(e, 8).ok_or_else(short)?)
-                    | u64::from(le16(e, 6).ok_or_else(short)?) << 32;
-                let (len, written) = if raw_len > INIT_MAX_LEN {
-                    (raw_len - INIT_MAX_LEN, false)
-                } else {
-                    (raw_len, true)
-                };
+                let leaf = Leaf::decode(e).map_err(MetaError::format(at))?;
+                let (logical, len, physical) = (leaf.logical, leaf.len, leaf.start);
                 let fits = physical
                     .checked_add(u64::from(len))
                     .is_some_and(|end| end <= geom.blocks_count)
@@ -98,7 +72,7 @@ pub(crate) fn runs(
                         "extent {i}: {len} blocks at {physical} for logical block {logical}"
                     )));
                 }
-                if written {
+                if !leaf.unwritten {
                     out.push(Run {
                         logical,
                         physical,
@@ -106,8 +80,7 @@ pub(crate) fn runs(
                     });
                 }
             } else {
-                let child = u64::from(le32(e, 4).ok_or_else(short)?)
-                    | u64::from(le16(e, 8).ok_or_else(short)?) << 32;
+                let child = Index::decode(e).map_err(MetaError::format(at))?.leaf;
                 if child == 0 || child >= geom.blocks_count {
                     return Err(bad(format!("index {i} points at block {child}")));
                 }
@@ -126,6 +99,7 @@ pub(crate) fn runs(
 pub(crate) mod tests {
     use super::*;
     use crate::ext4::superblock::tests::sample;
+    use ext4fmt::extent::{INIT_MAX_LEN, MAGIC};
     use std::collections::HashMap;
 
     pub(crate) fn header(entries: u16, max: u16, depth: u16) -> Vec<u8> {
@@ -215,7 +189,7 @@ pub(crate) mod tests {
                 "extent 0",
             ),
             (node(header(1, 4, 1), &[index(0, 1 << 40)], 60), "index 0"),
-            (vec![0x0A, 0xF3], "shorter"),
+            (vec![0x0A, 0xF3], "fields reach byte"),
         ];
         for (root, want) in cases {
             let e = walk(&root, &HashMap::new()).unwrap_err().to_string();

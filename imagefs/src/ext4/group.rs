@@ -5,20 +5,17 @@
 //! `bg_inode_table_hi` at 0x28.
 
 use super::MetaError;
-use super::bytes::le32;
 use super::superblock::Geometry;
+use ext4fmt::group::{GroupDesc, WIDE_SIZE};
 
 /// The first block of the inode table described by `desc` (group
 /// `group`), checked to lie, whole, inside the filesystem.
 pub(crate) fn inode_table(geom: &Geometry, group: u32, desc: &[u8]) -> Result<u64, MetaError> {
     let bad = |why: String| MetaError::Corrupt(format!("group descriptor {group}: {why}"));
-    let lo = le32(desc, 0x08).ok_or_else(|| bad("shorter than 12 bytes".into()))?;
-    let hi = if geom.is_64bit && geom.desc_size >= 64 {
-        le32(desc, 0x28).ok_or_else(|| bad("shorter than 44 bytes".into()))?
-    } else {
-        0
-    };
-    let table = u64::from(lo) | u64::from(hi) << 32;
+    let wide = geom.is_64bit && usize::from(geom.desc_size) >= WIDE_SIZE;
+    let table = GroupDesc::decode(desc, wide)
+        .map_err(MetaError::format(|| format!("group descriptor {group}")))?
+        .inode_table;
     let table_bytes = u64::from(geom.inodes_per_group) * u64::from(geom.inode_size);
     let table_blocks = table_bytes.div_ceil(u64::from(geom.block_size));
     match table.checked_add(table_blocks) {

@@ -1,12 +1,11 @@
-//! A small read-only ext4 reader for what `ext4-view` 1.0 does not expose:
-//! inode numbers, link counts, device numbers and extended attributes.
-//!
-//! The FUSE view reads file contents and most metadata with `ext4-view`;
-//! this reader resolves names to inode numbers (reading directories
-//! linearly, htree or not), decodes inodes, and reads their xattrs from
-//! the inode and the xattr block. It reads through the same
-//! [`BlockDevice`] as the view, and caches what it decodes (bounded), since
-//! FUSE asks for the same inodes and xattrs over and over.
+//! A read-only ext4 reader: everything the FUSE view shows. It resolves
+//! names to inode numbers (reading directories linearly, htree or not),
+//! decodes inodes (type, permissions, owner, the four times, sizes, link
+//! counts, device numbers), reads symlink targets, maps files' blocks and
+//! reads xattrs from the inode and the xattr block. It reads through a
+//! [`BlockDevice`], and caches what it decodes (bounded, sharded behind
+//! locks), since FUSE threads ask for the same inodes over and over, all at
+//! once.
 //!
 //! One file per on-disk concept: `superblock`, `group` (descriptors),
 //! `inode`, `extent` and `blockmap` (where a file's blocks are), `dir`
@@ -19,7 +18,7 @@
 
 mod acl;
 mod blockmap;
-mod bytes;
+mod cache;
 mod dir;
 mod extent;
 mod filemap;
@@ -34,10 +33,12 @@ use std::sync::Arc;
 
 pub use dir::DirEntry;
 pub use filemap::FileMap;
-pub use inode::{Inode, ROOT_INO};
+pub use inode::{FileType, Inode, ROOT_INO, Timestamp};
+pub use superblock::FsStats;
 pub use xattr::Xattr;
 
 use crate::device::BlockDevice;
+use cache::Cache;
 use extent::Run;
 use superblock::{Geometry, SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE};
 
@@ -59,12 +60,42 @@ pub enum MetaError {
     /// The metadata is malformed; the text names the inode or block.
     #[error("corrupt ext4 metadata: {0}")]
     Corrupt(String),
+    /// A structure breaks the ext4 format: `at` names the inode or block,
+    /// the source says what is wrong.
+    #[error("corrupt ext4 metadata: {at}: {source}")]
+    Format {
+        /// The inode or block.
+        at: String,
+        /// What the format decoder found.
+        #[source]
+        source: ext4fmt::FormatError,
+    },
     /// A format this reader does not decode.
     #[error("unsupported ext4 layout: {0}")]
     Unsupported(String),
     /// A name was looked up in something that is not a directory.
     #[error("inode {0} is not a directory")]
     NotADirectory(u32),
+    /// A link target was asked of something that is not a symlink.
+    #[error("inode {0} is not a symbolic link")]
+    NotASymlink(u32),
+}
+
+impl MetaError {
+    /// A mapper from a format error to [`MetaError::Format`] at `at()`.
+    pub(crate) fn format<E: Into<ext4fmt::FormatError>>(
+        at: impl Fn() -> String,
+    ) -> impl Fn(E) -> MetaError {
+        move |e| MetaError::Format {
+            at: at(),
+            source: e.into(),
+        }
+    }
+
+    /// Whether the metadata was found malformed (in either form).
+    pub fn is_corrupt(&self) -> bool {
+        matches!(self, MetaError::Corrupt(_) | MetaError::Format { .. })
+    }
 }
 
 /// The most decoded inodes, directories' entries and xattr lists kept;
@@ -90,16 +121,14 @@ impl Dir {
     }
 }
 
-/// The reader, with its caches. Not shared between threads: the FUSE
-/// view's tree thread owns it.
+/// The reader, with its caches; shared by the threads that serve a mount.
 pub struct Ext4Meta {
     source: Arc<dyn BlockDevice>,
     geom: Geometry,
-    tables: HashMap<u32, u64>,
-    inodes: HashMap<u32, Arc<Inode>>,
-    dirs: HashMap<u32, Arc<Dir>>,
-    cached_names: usize,
-    xattrs: HashMap<u32, Arc<[Xattr]>>,
+    tables: Cache<u64>,
+    inodes: Cache<Inode>,
+    dirs: Cache<Dir>,
+    xattrs: Cache<[Xattr]>,
 }
 
 impl std::fmt::Debug for Ext4Meta {
@@ -119,18 +148,23 @@ impl Ext4Meta {
         Ok(Ext4Meta {
             source,
             geom,
-            tables: HashMap::new(),
-            inodes: HashMap::new(),
-            dirs: HashMap::new(),
-            cached_names: 0,
-            xattrs: HashMap::new(),
+            tables: Cache::new(MAX_CACHED, MAX_CACHED),
+            inodes: Cache::new(MAX_CACHED, MAX_CACHED),
+            dirs: Cache::new(MAX_CACHED, MAX_CACHED_NAMES),
+            xattrs: Cache::new(MAX_CACHED, MAX_CACHED),
         })
     }
 
+    /// The filesystem-wide counts `statfs` reports, as the superblock
+    /// had them when the reader opened it.
+    pub fn statfs(&self) -> FsStats {
+        self.geom.stats
+    }
+
     /// Inode `ino`, decoded.
-    pub fn inode(&mut self, ino: u32) -> Result<Arc<Inode>, MetaError> {
-        if let Some(i) = self.inodes.get(&ino) {
-            return Ok(Arc::clone(i));
+    pub fn inode(&self, ino: u32) -> Result<Arc<Inode>, MetaError> {
+        if let Some(i) = self.inodes.get(ino) {
+            return Ok(i);
         }
         if ino == 0 || ino > self.geom.inodes_count {
             return Err(MetaError::Corrupt(format!(
@@ -150,16 +184,13 @@ impl Ext4Meta {
         let mut raw = vec![0u8; size];
         read(&*self.source, &mut raw, offset)?;
         let inode = Arc::new(Inode::decode(&self.geom, ino, &raw)?);
-        if self.inodes.len() >= MAX_CACHED {
-            self.inodes.clear();
-        }
-        self.inodes.insert(ino, Arc::clone(&inode));
+        self.inodes.insert(ino, Arc::clone(&inode), 1);
         Ok(inode)
     }
 
-    fn inode_table(&mut self, group: u32) -> Result<u64, MetaError> {
-        if let Some(&t) = self.tables.get(&group) {
-            return Ok(t);
+    fn inode_table(&self, group: u32) -> Result<u64, MetaError> {
+        if let Some(t) = self.tables.get(group) {
+            return Ok(*t);
         }
         if group >= self.geom.groups {
             return Err(MetaError::Corrupt(format!(
@@ -173,7 +204,7 @@ impl Ext4Meta {
         let mut desc = vec![0u8; usize::from(self.geom.desc_size)];
         read(&*self.source, &mut desc, offset)?;
         let table = group::inode_table(&self.geom, group, &desc)?;
-        self.tables.insert(group, table);
+        self.tables.insert(group, Arc::new(table), 1);
         Ok(table)
     }
 
@@ -200,12 +231,12 @@ impl Ext4Meta {
             )));
         }
         if inode.flags & inode::EXTENTS_FL != 0 {
-            extent::runs(&self.geom, inode.ino, &inode.i_block, &mut read_block)
+            extent::runs(&self.geom, inode.ino, inode.i_block(), &mut read_block)
         } else {
             blockmap::runs(
                 &self.geom,
                 inode.ino,
-                &inode.i_block,
+                inode.i_block(),
                 blocks,
                 &mut read_block,
             )
@@ -213,7 +244,7 @@ impl Ext4Meta {
     }
 
     /// Where the bytes of regular file `ino` are on the device.
-    pub fn file_map(&mut self, ino: u32) -> Result<FileMap, MetaError> {
+    pub fn file_map(&self, ino: u32) -> Result<FileMap, MetaError> {
         let inode = self.inode(ino)?;
         let bs = u64::from(self.geom.block_size);
         let blocks = u32::try_from(inode.size.div_ceil(bs)).map_err(|_| {
@@ -232,9 +263,9 @@ impl Ext4Meta {
     }
 
     /// The names in directory `ino`.
-    pub fn read_dir(&mut self, ino: u32) -> Result<Arc<Dir>, MetaError> {
-        if let Some(d) = self.dirs.get(&ino) {
-            return Ok(Arc::clone(d));
+    pub fn read_dir(&self, ino: u32) -> Result<Arc<Dir>, MetaError> {
+        if let Some(d) = self.dirs.get(ino) {
+            return Ok(d);
         }
         let inode = self.inode(ino)?;
         if !inode.is_dir() {
@@ -266,24 +297,19 @@ impl Ext4Meta {
             by_name.entry(e.name.clone()).or_insert(i);
         }
         let dir = Arc::new(Dir { entries, by_name });
-        if self.dirs.len() >= MAX_CACHED || self.cached_names + dir.entries.len() > MAX_CACHED_NAMES
-        {
-            self.dirs.clear();
-            self.cached_names = 0;
-        }
-        self.cached_names += dir.entries.len();
-        self.dirs.insert(ino, Arc::clone(&dir));
+        self.dirs
+            .insert(ino, Arc::clone(&dir), dir.entries.len().max(1));
         Ok(dir)
     }
 
     /// The entry `name` in directory `dir`, if there is one.
-    pub fn lookup(&mut self, dir: u32, name: &[u8]) -> Result<Option<DirEntry>, MetaError> {
+    pub fn lookup(&self, dir: u32, name: &[u8]) -> Result<Option<DirEntry>, MetaError> {
         Ok(self.read_dir(dir)?.get(name).cloned())
     }
 
     /// The inode a path names, from the root, without following symlinks
     /// (`None` when a component does not exist).
-    pub fn resolve(&mut self, path: &[u8]) -> Result<Option<u32>, MetaError> {
+    pub fn resolve(&self, path: &[u8]) -> Result<Option<u32>, MetaError> {
         let mut stack = vec![ROOT_INO];
         for part in path.split(|&b| b == b'/') {
             match part {
@@ -308,9 +334,9 @@ impl Ext4Meta {
     /// The extended attributes of inode `ino`: the in-inode ones first,
     /// then the block's, as Linux lists them. Includes the ones Linux does
     /// not show ([`Xattr::shown_by_linux`]).
-    pub fn xattrs(&mut self, ino: u32) -> Result<Arc<[Xattr]>, MetaError> {
-        if let Some(x) = self.xattrs.get(&ino) {
-            return Ok(Arc::clone(x));
+    pub fn xattrs(&self, ino: u32) -> Result<Arc<[Xattr]>, MetaError> {
+        if let Some(x) = self.xattrs.get(ino) {
+            return Ok(x);
         }
         let inode = self.inode(ino)?;
         let mut out = Vec::new();
@@ -322,11 +348,42 @@ impl Ext4Meta {
             xattr::parse_block(ino, inode.xattr_block, &data, &mut out)?;
         }
         let list: Arc<[Xattr]> = out.into();
-        if self.xattrs.len() >= MAX_CACHED {
-            self.xattrs.clear();
-        }
-        self.xattrs.insert(ino, Arc::clone(&list));
+        self.xattrs.insert(ino, Arc::clone(&list), 1);
         Ok(list)
+    }
+
+    /// The target of symlink `ino`, as `readlink` returns it: from
+    /// `i_block` for a fast symlink, else from the first data block (up
+    /// to a NUL, as the kernel reads it as a string).
+    pub fn read_link(&self, ino: u32) -> Result<Vec<u8>, MetaError> {
+        let inode = self.inode(ino)?;
+        if inode.file_type() != Some(FileType::Symlink) {
+            return Err(MetaError::NotASymlink(ino));
+        }
+        if inode.is_fast_symlink(self.geom.cluster_size) {
+            return inode.fast_symlink_target();
+        }
+        let bs = u64::from(self.geom.block_size);
+        if inode.size == 0 || inode.size >= bs {
+            return Err(MetaError::Corrupt(format!(
+                "symlink inode {ino}: size {} is not 1..{bs}",
+                inode.size
+            )));
+        }
+        let first = self
+            .runs(&inode, 1)?
+            .into_iter()
+            .find(|r| r.logical == 0 && r.len > 0)
+            .ok_or_else(|| {
+                MetaError::Corrupt(format!("symlink inode {ino}: block 0 is not mapped"))
+            })?;
+        let mut data = self.read_block(first.physical)?;
+        // Below the block size, checked above.
+        data.truncate(inode.size as usize);
+        if let Some(nul) = data.iter().position(|&b| b == 0) {
+            data.truncate(nul);
+        }
+        Ok(data)
     }
 }
 

@@ -3,21 +3,11 @@
 //! features change the formats it decodes.
 
 use super::MetaError;
-use super::bytes::{le16, le32};
-
-/// The superblock's offset and size.
-pub(crate) const SUPERBLOCK_OFFSET: u64 = 1024;
-pub(crate) const SUPERBLOCK_SIZE: usize = 1024;
-
-const MAGIC: u16 = 0xEF53;
-const INCOMPAT_FILETYPE: u32 = 0x0002;
-const INCOMPAT_META_BG: u32 = 0x0010;
-const INCOMPAT_64BIT: u32 = 0x0080;
-/// The largest block size ext4 allows (log 6 above 1 KiB).
-const MAX_LOG_BLOCK_SIZE: u32 = 6;
-/// `EXT4_MIN_DESC_SIZE_64BIT` and `EXT4_MAX_DESC_SIZE`.
-const MIN_DESC_SIZE_64BIT: u16 = 64;
-const MAX_DESC_SIZE: u16 = 1024;
+use ext4fmt::superblock::{
+    DESC_SIZE_32, GOOD_OLD_FIRST_INO, GOOD_OLD_INODE_SIZE, MAX_DESC_SIZE, MAX_LOG_BLOCK_SIZE,
+    MIN_DESC_SIZE_64BIT, Superblock, incompat, ro_compat,
+};
+pub(crate) use ext4fmt::superblock::{SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE};
 
 /// What the superblock says about the layout.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,6 +33,30 @@ pub(crate) struct Geometry {
     pub is_64bit: bool,
     /// `filetype`: directory entries carry the file type.
     pub filetype: bool,
+    /// `huge_file`: `i_blocks` has 48 bits and may count blocks.
+    pub huge_file: bool,
+    /// Bytes per allocation cluster (the block size without `bigalloc`).
+    pub cluster_size: u64,
+    /// The counts `statfs` reports.
+    pub stats: FsStats,
+}
+
+/// The filesystem-wide counts `statfs` reports, from the superblock.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FsStats {
+    /// Block size in bytes.
+    pub block_size: u32,
+    /// Blocks in the filesystem.
+    pub blocks: u64,
+    /// Free blocks.
+    pub free_blocks: u64,
+    /// Free blocks available to unprivileged users: the free ones less
+    /// the reserved ones, never below 0.
+    pub avail_blocks: u64,
+    /// Inodes.
+    pub inodes: u64,
+    /// Free inodes.
+    pub free_inodes: u64,
 }
 
 fn bad(why: String) -> MetaError {
@@ -51,36 +65,25 @@ fn bad(why: String) -> MetaError {
 
 impl Geometry {
     /// Decodes and checks the superblock (the 1024 bytes at offset 1024).
-    pub(crate) fn decode(sb: &[u8]) -> Result<Geometry, MetaError> {
-        let field16 = |at| le16(sb, at).ok_or_else(|| bad(format!("shorter than {at:#x}")));
-        let field32 = |at| le32(sb, at).ok_or_else(|| bad(format!("shorter than {at:#x}")));
-        let magic = field16(0x38)?;
-        if magic != MAGIC {
-            return Err(bad(format!("magic {magic:#06x} is not {MAGIC:#06x}")));
-        }
-        let log = field32(0x18)?;
+    pub(crate) fn decode(raw: &[u8]) -> Result<Geometry, MetaError> {
+        let sb = Superblock::decode(raw).map_err(MetaError::format(|| "superblock".into()))?;
+        let log = sb.log_block_size;
         if log > MAX_LOG_BLOCK_SIZE {
             return Err(bad(format!("block size 1 KiB << {log} is too large")));
         }
         let block_size = 1024u32 << log;
-        let incompat = field32(0x60)?;
-        if incompat & INCOMPAT_META_BG != 0 {
+        if sb.feature_incompat & incompat::META_BG != 0 {
             // Descriptors scattered over the groups: ext4-view refuses
-            // these images too, so a mount never gets here.
+            // these images too.
             return Err(MetaError::Unsupported(
                 "meta_bg (group descriptors spread over the block groups)".into(),
             ));
         }
-        let is_64bit = incompat & INCOMPAT_64BIT != 0;
-        let wide = |lo: usize, hi: usize| -> Result<u64, MetaError> {
-            let high = if is_64bit { field32(hi)? } else { 0 };
-            Ok(u64::from(field32(lo)?) | u64::from(high) << 32)
-        };
-        let blocks_count = wide(0x04, 0x150)?;
-        let inodes_count = field32(0x00)?;
-        let first_data_block = field32(0x14)?;
-        let blocks_per_group = field32(0x20)?;
-        let inodes_per_group = field32(0x28)?;
+        let is_64bit = sb.is_64bit();
+        let blocks_count = sb.blocks_count;
+        let inodes_count = sb.inodes_count;
+        let first_data_block = sb.first_data_block;
+        let (blocks_per_group, inodes_per_group) = (sb.blocks_per_group, sb.inodes_per_group);
         if blocks_per_group == 0 || inodes_per_group == 0 {
             return Err(bad(format!(
                 "{blocks_per_group} blocks and {inodes_per_group} inodes per group"
@@ -106,20 +109,47 @@ impl Geometry {
         }
         // Revision 0 has fixed 128-byte inodes, inode 11 as the first
         // one for files, and neither s_inode_size nor s_first_ino.
-        let dynamic = field32(0x4C)? != 0;
-        let inode_size = if dynamic { field16(0x58)? } else { 128 };
-        let first_ino = if dynamic { field32(0x54)? } else { 11 };
+        let dynamic = sb.rev_level != 0;
+        let inode_size = if dynamic {
+            sb.inode_size
+        } else {
+            GOOD_OLD_INODE_SIZE
+        };
+        let first_ino = if dynamic {
+            sb.first_ino
+        } else {
+            GOOD_OLD_FIRST_INO
+        };
         if inode_size < 128 || !inode_size.is_power_of_two() || u32::from(inode_size) > block_size {
             return Err(bad(format!("inode size {inode_size}")));
         }
         let desc_size = if is_64bit {
-            let d = field16(0xFE)?;
+            let d = sb.desc_size;
             if !(MIN_DESC_SIZE_64BIT..=MAX_DESC_SIZE).contains(&d) || !d.is_power_of_two() {
                 return Err(bad(format!("group descriptor size {d}")));
             }
             d
         } else {
-            32
+            DESC_SIZE_32
+        };
+        // s_log_cluster_size counts from 1 KiB like the block size; it
+        // only differs from it with bigalloc.
+        let cluster_size = if sb.feature_ro_compat & ro_compat::BIGALLOC != 0 {
+            let log = sb.log_cluster_size;
+            if log > MAX_LOG_BLOCK_SIZE + 16 {
+                return Err(bad(format!("cluster size 1 KiB << {log} is too large")));
+            }
+            1024u64 << log
+        } else {
+            u64::from(block_size)
+        };
+        let stats = FsStats {
+            block_size,
+            blocks: blocks_count,
+            free_blocks: sb.free_blocks_count,
+            avail_blocks: sb.free_blocks_count.saturating_sub(sb.r_blocks_count),
+            inodes: u64::from(inodes_count),
+            free_inodes: u64::from(sb.free_inodes_count),
         };
         Ok(Geometry {
             block_size,
@@ -131,7 +161,10 @@ impl Geometry {
             desc_size,
             groups,
             is_64bit,
-            filetype: incompat & INCOMPAT_FILETYPE != 0,
+            filetype: sb.feature_incompat & incompat::FILETYPE != 0,
+            huge_file: sb.feature_ro_compat & ro_compat::HUGE_FILE != 0,
+            cluster_size,
+            stats,
         })
     }
 
@@ -168,8 +201,8 @@ pub(crate) mod tests {
         put32(0x28, 128);
         put32(0x4C, 1); // dynamic revision
         put32(0x54, 11); // first inode
-        put32(0x60, INCOMPAT_FILETYPE | INCOMPAT_64BIT);
-        sb[0x38..0x3A].copy_from_slice(&MAGIC.to_le_bytes());
+        put32(0x60, incompat::FILETYPE | incompat::BIT64);
+        sb[0x38..0x3A].copy_from_slice(&ext4fmt::superblock::MAGIC.to_le_bytes());
         sb[0x58..0x5A].copy_from_slice(&256u16.to_le_bytes());
         sb[0xFE..0x100].copy_from_slice(&64u16.to_le_bytes());
         sb

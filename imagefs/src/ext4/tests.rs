@@ -102,6 +102,13 @@ fn sample() -> (Image, Want) {
         Entry::char_dev("dev/null", 1, 3),
         Entry::block_dev("dev/big", 300, 70000),
         Entry::symlink("etc/link", "many"),
+        Entry::symlink("etc/slow", "x/".repeat(60)),
+        Entry::file("owned", "0123456789")
+            .owner(70000, 0x0002_0001)
+            .mode(0o4751)
+            .mtime(1_700_000_000, 123_456_789),
+        Entry::file("future", "f").mtime(5_000_000_000, 999_999_999),
+        Entry::fifo("fifo"),
     ];
     (Image::new(vec![Layer::new(entries)]), want)
 }
@@ -132,7 +139,7 @@ fn names(x: &[Xattr]) -> Vec<(String, Vec<u8>)> {
 #[test]
 fn a_converted_image_reads_back() {
     let (image, want) = sample();
-    let mut meta = Ext4Meta::open(mem(flatten(&image))).unwrap();
+    let meta = Ext4Meta::open(mem(flatten(&image))).unwrap();
     for (path, attrs) in &want {
         let ino = meta.resolve(path.as_bytes()).unwrap().unwrap();
         let mut got = names(&meta.xattrs(ino).unwrap());
@@ -175,7 +182,10 @@ fn a_converted_image_reads_back() {
             (b"bin".to_vec(), 2),
             (b"dev".to_vec(), 2),
             (b"etc".to_vec(), 2),
+            (b"fifo".to_vec(), 5),
+            (b"future".to_vec(), 1),
             (b"lost+found".to_vec(), 2),
+            (b"owned".to_vec(), 1),
             (b"shared".to_vec(), 2)
         ]
     );
@@ -189,7 +199,7 @@ fn source_errors_name_the_range() {
     // Cut the image after its first 8 KiB: the superblock reads, the
     // inode table does not.
     bytes.truncate(8192);
-    let mut meta = Ext4Meta::open(mem(bytes)).unwrap();
+    let meta = Ext4Meta::open(mem(bytes)).unwrap();
     let e = meta.read_dir(ROOT_INO).unwrap_err();
     assert!(matches!(e, MetaError::Read { .. }), "{e}");
     assert!(e.to_string().starts_with("reading image bytes "), "{e}");
@@ -197,17 +207,14 @@ fn source_errors_name_the_range() {
         Ext4Meta::open(mem(vec![0; 100])),
         Err(MetaError::Read { .. })
     ));
-    assert!(matches!(
-        Ext4Meta::open(mem(vec![0; 4096])),
-        Err(MetaError::Corrupt(_))
-    ));
-    let mut meta = Ext4Meta::open(mem(flatten(&sample().0))).unwrap();
+    assert!(Ext4Meta::open(mem(vec![0; 4096])).unwrap_err().is_corrupt());
+    let meta = Ext4Meta::open(mem(flatten(&sample().0))).unwrap();
     assert!(meta.inode(0).is_err());
     assert!(meta.inode(u32::MAX).is_err());
 }
 
 /// Reads everything: every path, inode and xattr list.
-fn walk_all(meta: &mut Ext4Meta) -> Result<usize, MetaError> {
+fn walk_all(meta: &Ext4Meta) -> Result<usize, MetaError> {
     let mut seen = HashSet::new();
     let mut todo = vec![ROOT_INO];
     while let Some(dir) = todo.pop() {
@@ -219,6 +226,9 @@ fn walk_all(meta: &mut Ext4Meta) -> Result<usize, MetaError> {
             let inode = meta.inode(e.ino)?;
             meta.xattrs(e.ino)?;
             inode.rdev();
+            if inode.file_type() == Some(FileType::Symlink) {
+                meta.read_link(e.ino)?;
+            }
             if inode.is_dir() {
                 todo.push(e.ino);
             }
@@ -233,8 +243,8 @@ fn no_single_corrupt_byte_panics_or_hangs() {
     let bytes = flatten(&image);
     let source = mem(bytes.clone());
     *source.reads.lock().unwrap() = Some(Vec::new());
-    let mut meta = Ext4Meta::open(source.clone()).unwrap();
-    assert!(walk_all(&mut meta).unwrap() >= 6);
+    let meta = Ext4Meta::open(source.clone()).unwrap();
+    assert!(walk_all(&meta).unwrap() >= 6);
     let mut offsets: Vec<u64> = source
         .reads
         .lock()
@@ -254,8 +264,8 @@ fn no_single_corrupt_byte_panics_or_hangs() {
         for new in [old ^ 0xFF, old ^ 0x01, old.wrapping_add(0x40)] {
             let mut bad = bytes.clone();
             bad[at as usize] = new;
-            if let Ok(mut m) = Ext4Meta::open(mem(bad)) {
-                errors += usize::from(walk_all(&mut m).is_err());
+            if let Ok(m) = Ext4Meta::open(mem(bad)) {
+                errors += usize::from(walk_all(&m).is_err());
             } else {
                 errors += 1;
             }
@@ -266,4 +276,108 @@ fn no_single_corrupt_byte_panics_or_hangs() {
         "no corruption among {} bytes was noticed",
         offsets.len()
     );
+}
+
+#[test]
+fn modes_owners_times_and_sizes_read_back() {
+    let meta = Ext4Meta::open(mem(flatten(&sample().0))).unwrap();
+    let inode = |p: &str| {
+        meta.inode(meta.resolve(p.as_bytes()).unwrap().unwrap())
+            .unwrap()
+    };
+    let owned = inode("/owned");
+    assert_eq!(owned.mode, 0o104751);
+    assert_eq!(owned.file_type(), Some(FileType::Regular));
+    assert_eq!((owned.uid, owned.gid), (70000, 0x0002_0001));
+    let t = Timestamp {
+        secs: 1_700_000_000,
+        nsecs: 123_456_789,
+    };
+    // The converter sets every time from the layer's mtime.
+    assert_eq!((owned.atime, owned.mtime, owned.ctime), (t, t, t));
+    assert_eq!(owned.crtime, Some(t));
+    assert_eq!(owned.size, 10);
+    // One 4 KiB block, in 512-byte units.
+    assert_eq!(owned.blocks, 8);
+    // Past 2038: an epoch bit (times before 1970 are in the unit tests:
+    // the image generator does not write them).
+    let future = inode("/future").mtime;
+    assert_eq!((future.secs, future.nsecs), (5_000_000_000, 999_999_999));
+    assert_eq!(inode("/fifo").file_type(), Some(FileType::Fifo));
+    assert_eq!(inode("/fifo").blocks, 0);
+    assert_eq!(inode("/dev/null").file_type(), Some(FileType::CharDevice));
+    assert_eq!(inode("/dev/big").file_type(), Some(FileType::BlockDevice));
+    assert_eq!(inode("/etc/link").file_type(), Some(FileType::Symlink));
+    let root = inode("/");
+    assert!(root.is_dir() && root.blocks >= 8);
+    // The superblock's counts.
+    let st = meta.statfs();
+    assert_eq!(st.block_size, 4096);
+    assert!(st.blocks > 0 && st.free_blocks <= st.blocks);
+    assert!(st.avail_blocks <= st.free_blocks);
+    assert!(st.inodes >= 20 && st.free_inodes < st.inodes);
+}
+
+#[test]
+fn symlink_targets_fast_and_slow() {
+    let meta = Ext4Meta::open(mem(flatten(&sample().0))).unwrap();
+    let ino = |p: &[u8]| meta.resolve(p).unwrap().unwrap();
+    let fast = ino(b"/etc/link");
+    assert_eq!(meta.read_link(fast).unwrap(), b"many");
+    assert_eq!(meta.inode(fast).unwrap().blocks, 0);
+    let slow = ino(b"/etc/slow");
+    assert_eq!(meta.read_link(slow).unwrap(), "x/".repeat(60).as_bytes());
+    assert_eq!(meta.inode(slow).unwrap().blocks, 8);
+    assert!(matches!(
+        meta.read_link(ino(b"/owned")),
+        Err(MetaError::NotASymlink(_))
+    ));
+}
+
+#[test]
+fn corrupt_symlink_sizes_are_errors() {
+    let bytes = flatten(&sample().0);
+    let meta = Ext4Meta::open(mem(bytes.clone())).unwrap();
+    let offset_of = |p: &[u8]| {
+        let ino = meta.resolve(p).unwrap().unwrap();
+        inode_offset(&meta, ino)
+    };
+    for (path, size) in [
+        (&b"/etc/link"[..], 0u32),
+        (b"/etc/link", 3),
+        (b"/etc/link", 60),
+        (b"/etc/slow", 0),
+        (b"/etc/slow", 4096),
+    ] {
+        let at = offset_of(path) as usize;
+        let mut bad = bytes.clone();
+        bad[at + 4..at + 8].copy_from_slice(&size.to_le_bytes());
+        let m = Ext4Meta::open(mem(bad)).unwrap();
+        let ino = m.resolve(path).unwrap().unwrap();
+        let e = m.read_link(ino).unwrap_err();
+        assert!(e.is_corrupt(), "{size}: {e}");
+    }
+}
+
+/// Where inode `ino` is in the image.
+fn inode_offset(meta: &Ext4Meta, ino: u32) -> u64 {
+    let g = &meta.geom;
+    let group = (ino - 1) / g.inodes_per_group;
+    let table = meta.inode_table(group).unwrap();
+    table * u64::from(g.block_size)
+        + u64::from((ino - 1) % g.inodes_per_group) * u64::from(g.inode_size)
+}
+
+#[test]
+fn threads_share_one_reader() {
+    fn shared<T: Send + Sync>(_: &T) {}
+    let meta = Ext4Meta::open(mem(flatten(&sample().0))).unwrap();
+    shared(&meta);
+    let alone = walk_all(&Ext4Meta::open(mem(flatten(&sample().0))).unwrap()).unwrap();
+    std::thread::scope(|s| {
+        let walks: Vec<_> = (0..4).map(|_| s.spawn(|| walk_all(&meta))).collect();
+        for w in walks {
+            assert_eq!(w.join().unwrap().unwrap(), alone);
+        }
+    });
 }

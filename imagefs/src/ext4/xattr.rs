@@ -20,12 +20,11 @@
 
 use super::MetaError;
 use super::acl;
-use super::bytes::{le16, le32, slice};
-
-/// The magic of both xattr areas.
-pub(crate) const XATTR_MAGIC: u32 = 0xEA02_0000;
-const BLOCK_HEADER: usize = 32;
-const ENTRY_HEADER: usize = 16;
+use ext4fmt::bytes::{le32, slice};
+use ext4fmt::xattr::{
+    BLOCK_HEADER_SIZE as BLOCK_HEADER, BlockHeader, END_MARK_SIZE, Entry, IBODY_HEADER_SIZE,
+    MAGIC as XATTR_MAGIC, is_acl, prefix,
+};
 
 /// One extended attribute, as `getxattr` returns it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -47,21 +46,6 @@ impl Xattr {
     }
 }
 
-/// The name prefix of an index; `None` for indexes Linux does not name.
-fn prefix(index: u8) -> Option<&'static [u8]> {
-    Some(match index {
-        1 => b"user.",
-        2 => b"system.posix_acl_access",
-        3 => b"system.posix_acl_default",
-        4 => b"trusted.",
-        6 => b"security.",
-        7 => b"system.",
-        8 => b"system.richacl",
-        10 => b"gnu.",
-        _ => return None,
-    })
-}
-
 /// Appends the attributes of an in-inode area (from its magic to the
 /// inode's end) of inode `ino`.
 pub(crate) fn parse_ibody(ino: u32, area: &[u8], out: &mut Vec<Xattr>) -> Result<(), MetaError> {
@@ -70,7 +54,7 @@ pub(crate) fn parse_ibody(ino: u32, area: &[u8], out: &mut Vec<Xattr>) -> Result
         return Err(MetaError::Corrupt(format!("{}: no magic", at())));
     }
     // Values count from the first entry, just after the magic.
-    parse_entries(&at, &area[4..], 0, out)
+    parse_entries(&at, &area[IBODY_HEADER_SIZE..], 0, out)
 }
 
 /// Appends the attributes of xattr block `block` (its bytes `data`) of
@@ -82,21 +66,7 @@ pub(crate) fn parse_block(
     out: &mut Vec<Xattr>,
 ) -> Result<(), MetaError> {
     let at = || format!("inode {ino}: xattr block {block}");
-    let bad = |why: String| MetaError::Corrupt(format!("{}: {why}", at()));
-    let short = || bad("shorter than its header".into());
-    let magic = le32(data, 0).ok_or_else(short)?;
-    if magic != XATTR_MAGIC {
-        return Err(bad(format!(
-            "magic {magic:#010x} is not {XATTR_MAGIC:#010x}"
-        )));
-    }
-    let refcount = le32(data, 4).ok_or_else(short)?;
-    let blocks = le32(data, 8).ok_or_else(short)?;
-    if blocks != 1 || refcount == 0 {
-        return Err(bad(format!(
-            "{blocks} blocks, {refcount} references (must be 1 and at least 1)"
-        )));
-    }
+    BlockHeader::decode(data).map_err(MetaError::format(at))?;
     parse_entries(&at, data, BLOCK_HEADER, out)
 }
 
@@ -112,28 +82,20 @@ fn parse_entries(
     // (index, name suffix, value offset, value inode, value size)
     let mut entries = Vec::new();
     let mut pos = first;
-    loop {
-        let end_mark = le32(area, pos).ok_or_else(|| {
-            bad(format!(
-                "entry list runs past the end ({} bytes) without an end mark",
-                area.len()
-            ))
-        })?;
-        if end_mark == 0 {
-            break;
-        }
-        let cut = || bad(format!("entry at offset {pos} runs past the end"));
-        let name_len = usize::from(*area.get(pos).ok_or_else(cut)?);
-        let index = *area.get(pos + 1).ok_or_else(cut)?;
-        let offs = usize::from(le16(area, pos + 2).ok_or_else(cut)?);
-        let inum = le32(area, pos + 4).ok_or_else(cut)?;
-        let size = le32(area, pos + 8).ok_or_else(cut)? as usize;
-        let name = slice(area, pos + ENTRY_HEADER, name_len).ok_or_else(cut)?;
-        entries.push((index, name, offs, inum, size));
-        pos += (ENTRY_HEADER + name_len).next_multiple_of(4);
+    while let Some(e) = Entry::decode(area, pos).map_err(MetaError::format(at))? {
+        let len = e.len();
+        entries.push(e);
+        pos += len;
     }
-    let values_from = pos + 4;
-    for (index, suffix, offs, inum, size) in entries {
+    let values_from = pos + END_MARK_SIZE;
+    for e in entries {
+        let (index, suffix, offs, inum) = (
+            e.name_index,
+            &e.name[..],
+            usize::from(e.value_offs),
+            e.value_inum,
+        );
+        let size = e.value_size as usize;
         let shown = || {
             let p = prefix(index).map_or_else(
                 || format!("index {index} "),
@@ -168,8 +130,8 @@ fn parse_entries(
             // Linux lists and reads only the indexes it names.
             continue;
         };
-        let value = if (index == 2 || index == 3) && suffix.is_empty() {
-            acl::from_disk(value).map_err(|why| bad(format!("{}: {why}", shown())))?
+        let value = if is_acl(index) && suffix.is_empty() {
+            acl::from_disk(value).map_err(MetaError::format(|| format!("{}: {}", at(), shown())))?
         } else {
             value.to_vec()
         };
@@ -309,13 +271,13 @@ pub(crate) mod tests {
         b[..32].copy_from_slice(&good[..32]);
         let e = err(&b);
         assert!(
-            e.contains("inode 7: xattr block 99") && e.contains("runs past"),
+            e.contains("inode 7: xattr block 99") && e.contains("fields reach byte"),
             "{e}"
         );
         // A name running past the end.
         let mut b = good[..BLOCK_HEADER + 16].to_vec();
         b[BLOCK_HEADER] = 200;
-        assert!(err(&b).contains("runs past"));
+        assert!(err(&b).contains("fields reach byte"));
         // A corrupt ACL.
         let b = block(&[(3, b"", b"\x01\0\0\0\x40\0")], 1024);
         assert!(err(&b).contains("system.posix_acl_default"));
