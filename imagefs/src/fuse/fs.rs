@@ -33,6 +33,7 @@ use super::read;
 use super::stats::{Counters, add};
 use super::xattr::{self, XattrReply};
 use crate::device::BlockDevice;
+use crate::ext4::Dir;
 
 /// The read-only file tree of an ext4 image.
 pub(crate) struct TreeFs {
@@ -72,6 +73,22 @@ fn send(reply: ReplyXattr, answer: Result<XattrReply, Errno>) {
         Ok(XattrReply::Size(n)) => reply.size(n),
         Ok(XattrReply::Data(d)) => reply.data(&d),
         Err(e) => reply.error(e),
+    }
+}
+
+/// Remembers the names of listing items `from..to` of directory `ino`
+/// (items 0 and 1 are `.` and `..`; entry `k` is item `k + 2`).
+fn remember(tree: &Tree, ino: u64, dir: &Dir, from: usize, to: usize) {
+    let len = dir.entries.len();
+    let (lo, hi) = (
+        from.saturating_sub(2).min(len),
+        to.saturating_sub(2).min(len),
+    );
+    if lo < hi {
+        tree.remember(
+            ino,
+            dir.entries[lo..hi].iter().map(|e| (e.ino, &e.name[..])),
+        );
     }
 }
 
@@ -145,8 +162,8 @@ impl Filesystem for TreeFs {
         match &self.passthrough {
             Some(p) if self.answer_opens.load(Ordering::SeqCst) => {
                 let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-                let what = format!("inode {}", ino.0);
-                p.open(ino.0, fh, &map, &*self.source, &what, reply);
+                let path = self.tree.path(ino.0);
+                p.open(ino.0, fh, &map, &*self.source, &path, reply);
             }
             // The file exists and is readable: from now on the kernel
             // opens files without asking (and keeps their pages).
@@ -174,7 +191,7 @@ impl Filesystem for TreeFs {
         read::read(
             &*self.source,
             &map,
-            ino.0,
+            || self.tree.path(ino.0),
             offset,
             size,
             |data| match data {
@@ -229,7 +246,8 @@ impl Filesystem for TreeFs {
             Err(e) => return reply.error(e),
         };
         // An entry's offset is the position of the next one.
-        let mut i = usize::try_from(offset).unwrap_or(usize::MAX);
+        let start = usize::try_from(offset).unwrap_or(usize::MAX);
+        let mut i = start;
         let mut sent = 0;
         loop {
             match self.tree.item(ino.0, &dir, i) {
@@ -245,6 +263,7 @@ impl Filesystem for TreeFs {
             sent += 1;
             i += 1;
         }
+        remember(&self.tree, ino.0, &dir, start, i);
         add(&self.counters.dir_entries, sent);
         reply.ok();
     }
@@ -262,7 +281,8 @@ impl Filesystem for TreeFs {
             Ok(d) => d,
             Err(e) => return reply.error(e),
         };
-        let mut i = usize::try_from(offset).unwrap_or(usize::MAX);
+        let start = usize::try_from(offset).unwrap_or(usize::MAX);
+        let mut i = start;
         let mut sent = 0;
         loop {
             let item = match self.tree.item(ino.0, &dir, i) {
@@ -288,6 +308,7 @@ impl Filesystem for TreeFs {
             sent += 1;
             i += 1;
         }
+        remember(&self.tree, ino.0, &dir, start, i);
         add(&self.counters.dir_entries, sent);
         reply.ok();
     }

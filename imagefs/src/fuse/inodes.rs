@@ -9,8 +9,9 @@
 //! remembered per name: any inode number the kernel sends back can be
 //! read again from the image.
 //!
-//! What is kept: the parent of each directory the kernel has been shown
-//! (`..` in listings), and the extent maps of files being read.
+//! What is kept: the name and directory of each inode the kernel has been
+//! shown (for `..` in listings, and to name the path in a log line when
+//! the image cannot be read), and the extent maps of files being read.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
@@ -27,6 +28,9 @@ pub(crate) const ROOT: u64 = 1;
 /// The most extent maps kept; past that, the cache starts over (simple,
 /// and bounded).
 const MAX_MAPS: usize = 16 * 1024;
+/// The most names kept (about 50 MB); past that, the table starts over,
+/// and log lines name the inodes it forgot by number.
+const MAX_NAMES: usize = 1 << 20;
 
 /// The FUSE inode number of ext4 inode `ino`.
 pub(crate) fn fuse_ino(ino: u32) -> u64 {
@@ -48,16 +52,20 @@ fn ext4_ino(ino: u64) -> Result<u32, Errno> {
 }
 
 /// The errno for an error of the reader; failures of the image itself
-/// (unreadable bytes, corruption) are logged with what was being done.
-fn fail(what: &str, ino: u64, e: MetaError) -> Errno {
+/// (unreadable bytes, corruption) are logged with what was being done and
+/// the path.
+fn fail(what: &str, path: &str, e: MetaError) -> Errno {
     match e {
         MetaError::NotADirectory(_) => Errno::ENOTDIR,
         e => {
-            eprintln!("imagefs: {what} inode {ino}: {}", error_chain(&e));
+            eprintln!("imagefs: {what} {path}: {}", error_chain(&e));
             Errno::EIO
         }
     }
 }
+
+/// Where an inode was shown: the directory's ext4 inode and the name.
+type Named = (u32, Box<[u8]>);
 
 /// One directory entry as a listing reports it.
 pub(crate) struct Item<'a> {
@@ -72,8 +80,9 @@ pub(crate) struct Tree {
     stats: FsStats,
     /// `st_blksize`: the filesystem's block size.
     blksize: u32,
-    /// The parent of each directory shown to the kernel, by ext4 inode.
-    parents: RwLock<HashMap<u32, u32>>,
+    /// The directory (ext4 inode) and name each inode was shown under,
+    /// by ext4 inode (a hard link keeps its first name).
+    names: RwLock<HashMap<u32, Named>>,
     /// Extent maps of regular files, by ext4 inode.
     maps: Mutex<HashMap<u32, Arc<FileMap>>>,
 }
@@ -85,7 +94,7 @@ impl Tree {
             meta,
             stats,
             blksize: stats.block_size.max(512),
-            parents: RwLock::new(HashMap::from([(ROOT_INO, ROOT_INO)])),
+            names: RwLock::new(HashMap::new()),
             maps: Mutex::new(HashMap::new()),
         }
     }
@@ -93,7 +102,27 @@ impl Tree {
     fn inode(&self, ino: u64) -> Result<Arc<Inode>, Errno> {
         self.meta
             .inode(ext4_ino(ino)?)
-            .map_err(|e| fail("reading", ino, e))
+            .map_err(|e| fail("reading the inode of", &self.path(ino), e))
+    }
+
+    /// The path FUSE inode `ino` was shown under, for log lines (its
+    /// number, when it is not known).
+    pub(crate) fn path(&self, ino: u64) -> String {
+        let Ok(mut at) = ext4_ino(ino) else {
+            return format!("inode {ino}");
+        };
+        let names = self.names.read().unwrap_or_else(PoisonError::into_inner);
+        let mut parts = Vec::new();
+        // Bounded: a cycle in the table (it cannot have one) stops too.
+        while at != ROOT_INO && parts.len() < 4096 {
+            let Some((dir, name)) = names.get(&at) else {
+                return format!("inode {ino}");
+            };
+            parts.push(String::from_utf8_lossy(name).into_owned());
+            at = *dir;
+        }
+        parts.reverse();
+        format!("/{}", parts.join("/"))
     }
 
     /// FUSE attributes of `inode`, numbered `ino`.
@@ -107,18 +136,21 @@ impl Tree {
         Ok(self.attr_of(ino, &inode))
     }
 
-    /// Remembers that directory `child` is in `parent` (both ext4).
-    fn note_parent(&self, child: u32, parent: u32) {
-        let known = self
-            .parents
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .contains_key(&child);
-        if !known {
-            self.parents
-                .write()
-                .unwrap_or_else(PoisonError::into_inner)
-                .insert(child, parent);
+    /// Remembers that `entries` are in directory `dir` (FUSE number).
+    pub(crate) fn remember<'a>(
+        &self,
+        dir: u64,
+        entries: impl IntoIterator<Item = (u32, &'a [u8])>,
+    ) {
+        let Ok(dir) = ext4_ino(dir) else {
+            return;
+        };
+        let mut names = self.names.write().unwrap_or_else(PoisonError::into_inner);
+        for (ino, name) in entries {
+            if names.len() >= MAX_NAMES {
+                names.clear();
+            }
+            names.entry(ino).or_insert_with(|| (dir, name.into()));
         }
     }
 
@@ -129,24 +161,13 @@ impl Tree {
         ext4_ino(ino)
             .ok()
             .and_then(|i| {
-                self.parents
+                self.names
                     .read()
                     .unwrap_or_else(PoisonError::into_inner)
                     .get(&i)
-                    .copied()
+                    .map(|n| n.0)
             })
             .map_or(ROOT, fuse_ino)
-    }
-
-    /// The inode a listing of ext4 directory `dir` shows as `ino`,
-    /// remembering `dir` as its parent when it is a directory.
-    pub(crate) fn child(&self, dir: u64, ino: u32) -> Result<(u64, Arc<Inode>), Errno> {
-        let fuse = fuse_ino(ino);
-        let inode = self.inode(fuse)?;
-        if inode.is_dir() {
-            self.note_parent(ino, ext4_ino(dir)?);
-        }
-        Ok((fuse, inode))
     }
 
     /// Attributes of `name` in directory `parent`.
@@ -158,10 +179,14 @@ impl Tree {
                 let entry = self
                     .meta
                     .lookup(ext4_ino(parent)?, name)
-                    .map_err(|e| fail("looking up a name in", parent, e))?
+                    .map_err(|e| {
+                        let name = String::from_utf8_lossy(name);
+                        fail("looking up", &format!("{name} in {}", self.path(parent)), e)
+                    })?
                     .ok_or(Errno::ENOENT)?;
-                let (ino, inode) = self.child(parent, entry.ino)?;
-                return Ok(self.attr_of(ino, &inode));
+                self.remember(parent, [(entry.ino, name)]);
+                let ino = fuse_ino(entry.ino);
+                return self.getattr(ino);
             }
         };
         self.getattr(ino)
@@ -174,7 +199,7 @@ impl Tree {
         }
         self.meta
             .read_link(ext4_ino(ino)?)
-            .map_err(|e| fail("reading the link", ino, e))
+            .map_err(|e| fail("reading the link", &self.path(ino), e))
     }
 
     /// The entries of directory `ino`, without `.` and `..`.
@@ -184,7 +209,7 @@ impl Tree {
         }
         self.meta
             .read_dir(ext4_ino(ino)?)
-            .map_err(|e| fail("listing", ino, e))
+            .map_err(|e| fail("listing", &self.path(ino), e))
     }
 
     /// Entry `i` of the listing of directory `ino` (`.` and `..` first),
@@ -216,9 +241,6 @@ impl Tree {
                         dirent_kind(inode.dirent_type()).unwrap_or(FileType::RegularFile)
                     }
                 };
-                if kind == FileType::Directory {
-                    self.note_parent(e.ino, ext4_ino(ino)?);
-                }
                 Item {
                     ino: fuse_ino(e.ino),
                     kind,
@@ -243,7 +265,7 @@ impl Tree {
         let map = Arc::new(
             self.meta
                 .file_map(e4)
-                .map_err(|e| fail("mapping the extents of", ino, e))?,
+                .map_err(|e| fail("mapping the extents of", &self.path(ino), e))?,
         );
         let mut maps = lock();
         if maps.len() >= MAX_MAPS {
@@ -258,7 +280,7 @@ impl Tree {
     pub(crate) fn xattrs(&self, ino: u64) -> Result<Arc<[Xattr]>, Errno> {
         self.meta
             .xattrs(ext4_ino(ino)?)
-            .map_err(|e| fail("reading the xattrs of", ino, e))
+            .map_err(|e| fail("reading the xattrs of", &self.path(ino), e))
     }
 
     /// The numbers `statfs` reports.

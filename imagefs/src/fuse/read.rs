@@ -10,14 +10,14 @@ use crate::device::BlockDevice;
 use crate::error_chain;
 use crate::ext4::FileMap;
 
-/// Up to `size` bytes of the file mapped by `map` (FUSE inode `ino`) at
-/// `offset` (fewer at the end), handed to `reply`; a device error is
-/// `EIO` and a log line naming the inode. The bytes live in a buffer the
+/// Up to `size` bytes of the file mapped by `map` at `offset` (fewer at
+/// the end), handed to `reply`; a device error is `EIO` and a log line
+/// naming the file (`path` says how). The bytes live in a buffer the
 /// thread reuses.
 pub(crate) fn read<R>(
     source: &dyn BlockDevice,
     map: &FileMap,
-    ino: u64,
+    path: impl FnOnce() -> String,
     offset: u64,
     size: u32,
     reply: impl FnOnce(Result<&[u8], Errno>) -> R,
@@ -36,7 +36,8 @@ pub(crate) fn read<R>(
             Ok(()) => reply(Ok(buf)),
             Err(e) => {
                 eprintln!(
-                    "imagefs: reading at offset {offset} of inode {ino}: {}",
+                    "imagefs: reading at offset {offset} of {}: {}",
+                    path(),
                     error_chain(&e)
                 );
                 reply(Err(Errno::EIO))
