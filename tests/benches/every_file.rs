@@ -141,7 +141,7 @@ fn run() -> Res<()> {
         ));
         return Ok(());
     }
-    let Some(imagefs) = release_imagefs() else {
+    let Some(imagefs) = harness::release_imagefs() else {
         return Ok(());
     };
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
@@ -155,7 +155,7 @@ fn run() -> Res<()> {
             .arg(&store)
             .arg("--keys")
             .arg(&keys);
-        output(&mut convert)?;
+        harness::output(&mut convert)?;
         let image = dir.path().join(format!("{tag}.img"));
         let mut export = Command::new(&imagefs);
         export
@@ -165,7 +165,7 @@ fn run() -> Res<()> {
             .arg(&keys)
             .arg("--output")
             .arg(&image);
-        output(&mut export)?;
+        harness::output(&mut export)?;
         let Some(measured) = measure(tag, &image, dir.path())? else {
             return Ok(());
         };
@@ -183,38 +183,6 @@ fn report(rows: &[Row], json: bool) {
     } else {
         print_table(rows);
     }
-}
-
-/// `$CARGO_TARGET_DIR/release/imagefs` (or `IMAGEFS_BIN`).
-fn release_imagefs() -> Option<PathBuf> {
-    let path = match std::env::var_os("IMAGEFS_BIN") {
-        Some(p) => PathBuf::from(p),
-        None => std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| tests::guest::workspace_root().join("target"))
-            .join("release/imagefs"),
-    };
-    if path.is_file() {
-        Some(path)
-    } else {
-        harness::skip(&format!(
-            "no release imagefs at {} (cargo build --release -p tools, or set IMAGEFS_BIN)",
-            path.display()
-        ));
-        None
-    }
-}
-
-fn output(cmd: &mut Command) -> Res<String> {
-    let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "{cmd:?} failed ({}):\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn drop_caches() -> Res<()> {

@@ -27,7 +27,7 @@ use fuser::{
 };
 
 use super::attr::TTL;
-use super::inodes::Tree;
+use super::inodes::{Item, Tree};
 use super::passthrough::Passthrough;
 use super::read;
 use super::stats::{Counters, add};
@@ -64,6 +64,32 @@ impl TreeFs {
             next_fh: AtomicU64::new(1),
             counters,
         }
+    }
+}
+
+impl TreeFs {
+    /// Hands the items of directory `ino` from position `offset` on to
+    /// `add` (with the offset of the next one) until it says the reply is
+    /// full, and remembers their names.
+    fn list(
+        &self,
+        ino: u64,
+        offset: u64,
+        mut add_item: impl FnMut(Item<'_>, u64) -> Result<bool, Errno>,
+    ) -> Result<(), Errno> {
+        add(&self.counters.readdirs, 1);
+        let dir = self.tree.dir(ino)?;
+        let start = usize::try_from(offset).unwrap_or(usize::MAX);
+        let mut i = start;
+        while let Some(item) = self.tree.item(ino, &dir, i)? {
+            if add_item(item, i as u64 + 1)? {
+                break;
+            }
+            i += 1;
+        }
+        remember(&self.tree, ino, &dir, start, i);
+        add(&self.counters.dir_entries, (i - start) as u64);
+        Ok(())
     }
 }
 
@@ -240,32 +266,14 @@ impl Filesystem for TreeFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        add(&self.counters.readdirs, 1);
-        let dir = match self.tree.dir(ino.0) {
-            Ok(d) => d,
-            Err(e) => return reply.error(e),
-        };
-        // An entry's offset is the position of the next one.
-        let start = usize::try_from(offset).unwrap_or(usize::MAX);
-        let mut i = start;
-        let mut sent = 0;
-        loop {
-            match self.tree.item(ino.0, &dir, i) {
-                Ok(Some(item)) => {
-                    let name = OsStr::from_bytes(item.name);
-                    if reply.add(INodeNo(item.ino), i as u64 + 1, item.kind, name) {
-                        break;
-                    }
-                }
-                Ok(None) => break,
-                Err(e) => return reply.error(e),
-            }
-            sent += 1;
-            i += 1;
+        let listed = self.list(ino.0, offset, |item, next| {
+            let name = OsStr::from_bytes(item.name);
+            Ok(reply.add(INodeNo(item.ino), next, item.kind, name))
+        });
+        match listed {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
         }
-        remember(&self.tree, ino.0, &dir, start, i);
-        add(&self.counters.dir_entries, sent);
-        reply.ok();
     }
 
     fn readdirplus(
@@ -276,41 +284,16 @@ impl Filesystem for TreeFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        add(&self.counters.readdirs, 1);
-        let dir = match self.tree.dir(ino.0) {
-            Ok(d) => d,
-            Err(e) => return reply.error(e),
-        };
-        let start = usize::try_from(offset).unwrap_or(usize::MAX);
-        let mut i = start;
-        let mut sent = 0;
-        loop {
-            let item = match self.tree.item(ino.0, &dir, i) {
-                Ok(Some(item)) => item,
-                Ok(None) => break,
-                Err(e) => return reply.error(e),
-            };
-            let attr = match self.tree.getattr(item.ino) {
-                Ok(a) => a,
-                Err(e) => return reply.error(e),
-            };
+        let listed = self.list(ino.0, offset, |item, next| {
+            let attr = self.tree.getattr(item.ino)?;
             let name = OsStr::from_bytes(item.name);
-            if reply.add(
-                INodeNo(item.ino),
-                i as u64 + 1,
-                name,
-                &TTL,
-                &attr,
-                Generation(0),
-            ) {
-                break;
-            }
-            sent += 1;
-            i += 1;
+            let (ino, generation) = (INodeNo(item.ino), Generation(0));
+            Ok(reply.add(ino, next, name, &TTL, &attr, generation))
+        });
+        match listed {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
         }
-        remember(&self.tree, ino.0, &dir, start, i);
-        add(&self.counters.dir_entries, sent);
-        reply.ok();
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
