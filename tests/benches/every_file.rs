@@ -190,6 +190,18 @@ fn drop_caches() -> Res<()> {
     fs::write("/proc/sys/vm/drop_caches", "3").map_err(|e| format!("drop_caches: {e}"))
 }
 
+/// Opens `path` and reads it to its end into `buf`; the bytes read.
+fn read_file(path: &Path, buf: &mut [u8]) -> std::io::Result<u64> {
+    let mut f = File::open(path)?;
+    let mut total = 0;
+    loop {
+        match f.read(buf)? {
+            0 => return Ok(total),
+            n => total += n as u64,
+        }
+    }
+}
+
 /// One read of the tree under `root` (see the file comment).
 fn read_all(root: &Path) -> Res<Side> {
     let mut buf = vec![0u8; READ_SIZE];
@@ -204,16 +216,8 @@ fn read_all(root: &Path) -> Res<Side> {
                 stack.push(e.path());
             } else if kind.is_file() {
                 let path = e.path();
-                let mut f = File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-                loop {
-                    let n = f
-                        .read(&mut buf)
-                        .map_err(|e| format!("{}: {e}", path.display()))?;
-                    if n == 0 {
-                        break;
-                    }
-                    side.bytes += n as u64;
-                }
+                side.bytes +=
+                    read_file(&path, &mut buf).map_err(|e| format!("{}: {e}", path.display()))?;
                 side.files += 1;
             }
         }
