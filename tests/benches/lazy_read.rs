@@ -103,7 +103,7 @@ impl Setup {
             ));
             return Ok(None);
         }
-        let Some(imagefs) = release_imagefs() else {
+        let Some(imagefs) = harness::release_imagefs() else {
             return Ok(None);
         };
         let garage = match Garage::start_new() {
@@ -161,15 +161,7 @@ impl Setup {
     }
 
     fn output(&self, cmd: &mut Command) -> Res<String> {
-        let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "{cmd:?} failed ({}):\n{}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        harness::output(cmd)
     }
 
     fn origin(&self) -> Res<ObjectOrigin> {
@@ -221,29 +213,6 @@ impl Setup {
             child: Some(child),
             dir: mnt.to_path_buf(),
         })
-    }
-}
-
-/// `$CARGO_TARGET_DIR/release/imagefs` (or `IMAGEFS_BIN`): a debug build
-/// would make every comparison meaningless.
-fn release_imagefs() -> Option<PathBuf> {
-    let path = match std::env::var_os("IMAGEFS_BIN") {
-        Some(p) => PathBuf::from(p),
-        None => {
-            let target = std::env::var_os("CARGO_TARGET_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| tests::guest::workspace_root().join("target"));
-            target.join("release/imagefs")
-        }
-    };
-    if path.is_file() {
-        Some(path)
-    } else {
-        harness::skip(&format!(
-            "no release imagefs at {} (cargo build --release -p tools, or set IMAGEFS_BIN)",
-            path.display()
-        ));
-        None
     }
 }
 

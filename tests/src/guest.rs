@@ -522,6 +522,8 @@ pub fn parse_listing(lines: &[String]) -> Result<(Listing, DeviceFacts), String>
                 gid,
                 mtime: 0,
                 mtime_nanos: 0,
+                ctime: None,
+                blocks: None,
                 size: if matches!(kind, FileKind::File | FileKind::Symlink) {
                     size
                 } else {

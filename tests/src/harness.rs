@@ -146,3 +146,39 @@ impl Drop for Mount {
         }
     }
 }
+
+/// The release `imagefs` the benchmarks run:
+/// `$CARGO_TARGET_DIR/release/imagefs`, or `IMAGEFS_BIN` (a debug build
+/// would make every comparison meaningless). `None` after a SKIP line.
+pub fn release_imagefs() -> Option<PathBuf> {
+    let path = match std::env::var_os("IMAGEFS_BIN") {
+        Some(p) => PathBuf::from(p),
+        None => std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| crate::guest::workspace_root().join("target"))
+            .join("release/imagefs"),
+    };
+    if path.is_file() {
+        Some(path)
+    } else {
+        skip(&format!(
+            "no release imagefs at {} (cargo build --release -p tools, or set IMAGEFS_BIN)",
+            path.display()
+        ));
+        None
+    }
+}
+
+/// Runs `cmd` to its end; its stdout, or an error with its status and
+/// stderr.
+pub fn output(cmd: &mut Command) -> Result<String, String> {
+    let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{cmd:?} failed ({}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}

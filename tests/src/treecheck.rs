@@ -47,6 +47,14 @@ pub struct Entry {
     pub mtime: i64,
     /// mtime, nanoseconds.
     pub mtime_nanos: u32,
+    /// ctime (seconds, nanoseconds), when it is the image's own: `None`
+    /// from a producer that cannot see it (ext4-view) or whose ctime is
+    /// not the image's (an unpacked reference: the time of unpacking).
+    pub ctime: Option<(i64, u32)>,
+    /// Allocated 512-byte blocks (`st_blocks`), when they are the image's:
+    /// `None` as for `ctime` (an unpacked reference's blocks are the host
+    /// filesystem's).
+    pub blocks: Option<u64>,
     /// Size of regular files and symlinks; 0 for others (directory sizes
     /// depend on the filesystem's layout, not on the tree).
     pub size: u64,
@@ -204,6 +212,8 @@ pub fn list_dir(root: &Path, ignore: &[&str]) -> io::Result<Listing> {
             gid: md.gid(),
             mtime: md.mtime(),
             mtime_nanos: md.mtime_nsec() as u32,
+            ctime: Some((md.ctime(), md.ctime_nsec() as u32)),
+            blocks: Some(md.blocks()),
             size: if matches!(kind, FileKind::File | FileKind::Symlink) {
                 md.size()
             } else {
@@ -257,8 +267,10 @@ fn ext4_err(e: ext4_view::Ext4Error) -> io::Error {
 ///
 /// ext4-view 1.0 exposes type, mode, uid/gid, mtime with nanoseconds,
 /// size, content and symlink targets. It does not expose extended
-/// attributes, device numbers or inode numbers, so `xattrs` stays empty,
-/// `rdev` and `link_group` stay `None`: compare with [`Mask::ext4_view`].
+/// attributes, device numbers, inode numbers, the change time or the
+/// allocated blocks, so `xattrs` stays empty, `rdev` and `link_group` stay
+/// `None` (compare with [`Mask::ext4_view`]), and so do `ctime` and
+/// `blocks` (never compared with `None`).
 pub fn list_ext4_image(image: &Path, ignore: &[&str]) -> io::Result<Listing> {
     use ext4_view::{Ext4, FileType};
     let fs = Ext4::load_from_path(image).map_err(ext4_err)?;
@@ -305,6 +317,8 @@ pub fn list_ext4_image(image: &Path, ignore: &[&str]) -> io::Result<Listing> {
                 gid: md.gid(),
                 mtime: t.seconds(),
                 mtime_nanos: t.nanoseconds(),
+                ctime: None,
+                blocks: None,
                 size: if matches!(kind, FileKind::File | FileKind::Symlink) {
                     md.len()
                 } else {
@@ -350,7 +364,18 @@ pub fn umoci_reference(layout: &Path, ref_name: &str, bundle: &Path) -> io::Resu
             String::from_utf8_lossy(&out.stderr)
         )));
     }
-    list_dir(&bundle.join("rootfs"), &[])
+    list_dir(&bundle.join("rootfs"), &[]).map(unpacked)
+}
+
+/// A listing of an unpacked tree as a reference for an image: without
+/// the change times (when it was unpacked) and allocated blocks (the host
+/// filesystem's), which the image does not share.
+pub fn unpacked(mut listing: Listing) -> Listing {
+    for e in listing.values_mut() {
+        e.ctime = None;
+        e.blocks = None;
+    }
+    listing
 }
 
 struct Show<'a>(&'a Option<Vec<u8>>);
@@ -403,6 +428,17 @@ pub fn diff(a_name: &str, a: &Listing, b_name: &str, b: &Listing) -> Vec<String>
             format!("{}.{:09}", x.mtime, x.mtime_nanos),
             format!("{}.{:09}", y.mtime, y.mtime_nanos),
         );
+        // Only where both producers see them as the image's.
+        if let (Some(a), Some(b)) = (x.ctime, y.ctime) {
+            field(
+                "ctime",
+                format!("{}.{:09}", a.0, a.1),
+                format!("{}.{:09}", b.0, b.1),
+            );
+        }
+        if let (Some(a), Some(b)) = (x.blocks, y.blocks) {
+            field("blocks", a.to_string(), b.to_string());
+        }
         field("size", x.size.to_string(), y.size.to_string());
         field(
             "sha256",

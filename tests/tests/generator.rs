@@ -237,7 +237,7 @@ fn listing_producers_agree_on_mke2fs_image() {
     // mke2fs -d (e2fsprogs 1.47) fails on a 2000-byte xattr; drop it here.
     let rootfs = tmp.path().join("bundle/rootfs");
     xattr::remove(rootfs.join("bigxattr"), "user.big").unwrap();
-    let reference = tests::treecheck::list_dir(&rootfs, &[]).unwrap();
+    let reference = tests::treecheck::unpacked(list_dir(&rootfs, &[]).unwrap());
     let image = tmp.path().join("disk.img");
     let (ok, out) = run(Command::new("mke2fs")
         .args(["-q", "-t", "ext4", "-I", "256", "-O", "^has_journal", "-d"])

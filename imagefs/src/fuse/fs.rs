@@ -1,48 +1,95 @@
-//! The fuser `Filesystem` for the file tree: each request goes to the tree
-//! thread (see `tree.rs`), which replies, except reads of open files,
-//! which the FUSE thread serves itself (`open_files.rs`).
+//! The fuser `Filesystem` for the file tree. Every request is answered on
+//! the FUSE thread that took it, from the ext4 reader (`inodes.rs`) and
+//! the block device (`read.rs`).
+//!
+//! Reading every file of an image is dominated by per-file requests, so
+//! the mount asks the kernel for as few as it can:
+//! - names and attributes are cached for a year (the image never changes);
+//! - listings are `READDIRPLUS`, which give the kernel each entry's
+//!   attributes with its name, so walking a tree needs no `LOOKUP` per
+//!   file, and the kernel keeps listings in its cache (`FOPEN_CACHE_DIR`);
+//! - opens: without passthrough an open has nothing to decide, so the
+//!   first `OPEN` (and `OPENDIR`) is answered `ENOSYS`, after which the
+//!   kernel opens files without asking, keeps their pages across opens,
+//!   and sends reads with handle 0. With passthrough the daemon must see
+//!   each open (to hand the kernel a backing file), and opens are answered
+//!   with a handle and `FOPEN_KEEP_CACHE` or a backing file.
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use fuser::{
-    AccessFlags, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
-    KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory,
+    AccessFlags, Errno, FileHandle, Filesystem, Generation, INodeNo, InitFlags, KernelConfig,
+    LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
     ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
 };
 
 use super::attr::TTL;
-use super::open_files::OpenFiles;
+use super::inodes::{Item, Tree};
 use super::passthrough::Passthrough;
-use crate::device::BlockDevice;
-use super::tree::TreeHandle;
+use super::read;
+use super::stats::{Counters, add};
 use super::xattr::{self, XattrReply};
+use crate::device::BlockDevice;
+use crate::ext4::Dir;
 
 /// The read-only file tree of an ext4 image.
 pub(crate) struct TreeFs {
-    tree: TreeHandle,
-    /// Reads of open files bypass the tree thread.
-    files: OpenFiles,
+    tree: Tree,
     source: Arc<dyn BlockDevice>,
     /// Opens of files whose bytes are all local may be handed to the
     /// kernel (`passthrough.rs`).
     passthrough: Option<Arc<Passthrough>>,
+    /// Whether opens are answered at all (see the module comment); set at
+    /// INIT, once it is known whether the kernel takes passthrough.
+    answer_opens: AtomicBool,
+    next_fh: AtomicU64,
+    counters: Arc<Counters>,
 }
 
 impl TreeFs {
     pub(crate) fn new(
-        tree: TreeHandle,
-        files: OpenFiles,
+        tree: Tree,
         source: Arc<dyn BlockDevice>,
         passthrough: Option<Arc<Passthrough>>,
+        counters: Arc<Counters>,
     ) -> TreeFs {
         TreeFs {
             tree,
-            files,
             source,
             passthrough,
+            answer_opens: AtomicBool::new(false),
+            next_fh: AtomicU64::new(1),
+            counters,
         }
+    }
+}
+
+impl TreeFs {
+    /// Hands the items of directory `ino` from position `offset` on to
+    /// `add` (with the offset of the next one) until it says the reply is
+    /// full, and remembers their names.
+    fn list(
+        &self,
+        ino: u64,
+        offset: u64,
+        mut add_item: impl FnMut(Item<'_>, u64) -> Result<bool, Errno>,
+    ) -> Result<(), Errno> {
+        add(&self.counters.readdirs, 1);
+        let dir = self.tree.dir(ino)?;
+        let start = usize::try_from(offset).unwrap_or(usize::MAX);
+        let mut i = start;
+        while let Some(item) = self.tree.item(ino, &dir, i)? {
+            if add_item(item, i as u64 + 1)? {
+                break;
+            }
+            i += 1;
+        }
+        remember(&self.tree, ino, &dir, start, i);
+        add(&self.counters.dir_entries, (i - start) as u64);
+        Ok(())
     }
 }
 
@@ -55,6 +102,22 @@ fn send(reply: ReplyXattr, answer: Result<XattrReply, Errno>) {
     }
 }
 
+/// Remembers the names of listing items `from..to` of directory `ino`
+/// (items 0 and 1 are `.` and `..`; entry `k` is item `k + 2`).
+fn remember(tree: &Tree, ino: u64, dir: &Dir, from: usize, to: usize) {
+    let len = dir.entries.len();
+    let (lo, hi) = (
+        from.saturating_sub(2).min(len),
+        to.saturating_sub(2).min(len),
+    );
+    if lo < hi {
+        tree.remember(
+            ino,
+            dir.entries[lo..hi].iter().map(|e| (e.ino, &e.name[..])),
+        );
+    }
+}
+
 /// Opening for writing is refused: the image is read-only.
 fn writable(flags: OpenFlags) -> bool {
     !matches!(flags.acc_mode(), OpenAccMode::O_RDONLY)
@@ -62,6 +125,14 @@ fn writable(flags: OpenFlags) -> bool {
 
 impl Filesystem for TreeFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // Each is a hint: a kernel without one works without it.
+        for flag in [
+            InitFlags::FUSE_DO_READDIRPLUS,
+            InitFlags::FUSE_CACHE_SYMLINKS,
+            InitFlags::FUSE_PARALLEL_DIROPS,
+        ] {
+            let _ = config.add_capabilities(flag);
+        }
         let Some(p) = &self.passthrough else {
             return Ok(());
         };
@@ -69,7 +140,10 @@ impl Filesystem for TreeFs {
         // itself usable below one stacked one (overlayfs).
         match config.add_capabilities(InitFlags::FUSE_PASSTHROUGH) {
             Ok(()) => match config.set_max_stack_depth(1) {
-                Ok(_) => p.enable(),
+                Ok(_) => {
+                    p.enable();
+                    self.answer_opens.store(true, Ordering::SeqCst);
+                }
                 Err(max) => eprintln!("imagefs: passthrough off: stack depth limited to {max}"),
             },
             Err(_) => eprintln!("imagefs: passthrough off: the kernel does not offer it"),
@@ -78,62 +152,82 @@ impl Filesystem for TreeFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let name = name.as_bytes().to_vec();
-        self.tree.run(move |t| match t.lookup(parent.0, &name) {
+        add(&self.counters.lookups, 1);
+        match self.tree.lookup(parent.0, name.as_bytes()) {
             Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
             Err(e) => reply.error(e),
-        });
+        }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        self.tree.run(move |t| match t.getattr(ino.0) {
+        add(&self.counters.getattrs, 1);
+        match self.tree.getattr(ino.0) {
             Ok(attr) => reply.attr(&TTL, &attr),
             Err(e) => reply.error(e),
-        });
+        }
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        self.tree.run(move |t| match t.readlink(ino.0) {
+        add(&self.counters.readlinks, 1);
+        match self.tree.readlink(ino.0) {
             Ok(target) => reply.data(&target),
             Err(e) => reply.error(e),
-        });
+        }
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        add(&self.counters.opens, 1);
         if writable(flags) {
             reply.error(Errno::EROFS);
             return;
         }
-        let passthrough = self.passthrough.clone();
-        let (files, source) = (self.files.clone(), Arc::clone(&self.source));
-        self.tree.run(move |t| match t.open(ino.0) {
-            Ok(fh) => match (passthrough, files.get(fh)) {
-                (Some(p), Some(file)) => {
-                    p.open(ino.0, fh, &file.map, &*source, &file.path, reply);
-                }
-                // The image never changes: keep its pages across opens.
-                _ => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
-            },
-            Err(e) => reply.error(e),
-        });
+        let map = match self.tree.file_map(ino.0) {
+            Ok(map) => map,
+            Err(e) => return reply.error(e),
+        };
+        match &self.passthrough {
+            Some(p) if self.answer_opens.load(Ordering::SeqCst) => {
+                let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+                let path = self.tree.path(ino.0);
+                p.open(ino.0, fh, &map, &*self.source, &path, reply);
+            }
+            // The file exists and is readable: from now on the kernel
+            // opens files without asking (and keeps their pages).
+            _ => reply.error(Errno::ENOSYS),
+        }
     }
 
     fn read(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
+        ino: INodeNo,
+        _fh: FileHandle,
         offset: u64,
         size: u32,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        self.files
-            .read(&*self.source, fh.0, offset, size, |data| match data {
-                Ok(data) => reply.data(data),
+        add(&self.counters.reads, 1);
+        // By inode, not handle: without opens every handle is 0.
+        let map = match self.tree.file_map(ino.0) {
+            Ok(map) => map,
+            Err(e) => return reply.error(e),
+        };
+        read::read(
+            &*self.source,
+            &map,
+            || self.tree.path(ino.0),
+            offset,
+            size,
+            |data| match data {
+                Ok(data) => {
+                    add(&self.counters.read_bytes, data.len() as u64);
+                    reply.data(data)
+                }
                 Err(e) => reply.error(e),
-            });
+            },
+        );
     }
 
     fn release(
@@ -146,7 +240,7 @@ impl Filesystem for TreeFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.files.remove(fh.0);
+        add(&self.counters.releases, 1);
         if let Some(p) = &self.passthrough {
             p.release(fh.0);
         }
@@ -154,86 +248,84 @@ impl Filesystem for TreeFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        self.tree.run(move |t| match t.opendir(ino.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_CACHE_DIR),
+        add(&self.counters.opendirs, 1);
+        // A directory open has nothing to decide either: after `ENOSYS`
+        // the kernel opens directories without asking, and caches their
+        // listings.
+        match self.tree.dir(ino.0) {
+            Ok(_) => reply.error(Errno::ENOSYS),
             Err(e) => reply.error(e),
-        });
+        }
     }
 
     fn readdir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
+        ino: INodeNo,
+        _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        self.tree.run(move |t| {
-            let Some(items) = t.dir_items(fh.0) else {
-                reply.error(Errno::EBADF);
-                return;
-            };
-            // An entry's offset is the position of the next one.
-            let start = usize::try_from(offset).unwrap_or(usize::MAX);
-            for (i, item) in items.iter().enumerate().skip(start) {
-                let name = OsStr::from_bytes(&item.name);
-                if reply.add(INodeNo(item.ino), i as u64 + 1, item.kind, name) {
-                    break;
-                }
-            }
-            reply.ok();
+        let listed = self.list(ino.0, offset, |item, next| {
+            let name = OsStr::from_bytes(item.name);
+            Ok(reply.add(INodeNo(item.ino), next, item.kind, name))
         });
+        match listed {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
     }
 
-    fn releasedir(
+    fn readdirplus(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        _flags: OpenFlags,
-        reply: ReplyEmpty,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
     ) {
-        self.tree.run(move |t| {
-            t.releasedir(fh.0);
-            reply.ok();
+        let listed = self.list(ino.0, offset, |item, next| {
+            let attr = self.tree.getattr(item.ino)?;
+            let name = OsStr::from_bytes(item.name);
+            let (ino, generation) = (INodeNo(item.ino), Generation(0));
+            Ok(reply.add(ino, next, name, &TTL, &attr, generation))
         });
+        match listed {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        self.tree.run(move |t| {
-            let s = t.stats();
-            reply.statfs(
-                s.blocks,
-                s.free_blocks,
-                s.avail_blocks,
-                s.inodes,
-                s.free_inodes,
-                s.block_size,
-                255,
-                s.block_size,
-            );
-        });
+        let s = self.tree.stats();
+        reply.statfs(
+            s.blocks,
+            s.free_blocks,
+            s.avail_blocks,
+            s.inodes,
+            s.free_inodes,
+            s.block_size,
+            255,
+            s.block_size,
+        );
     }
 
     fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        let name = name.as_bytes().to_vec();
-        let privileged = req.uid() == 0;
-        self.tree.run(move |t| {
-            let answer = t
-                .xattrs(ino.0)
-                .and_then(|attrs| xattr::get(&attrs, &name, size, privileged));
-            send(reply, answer);
-        });
+        add(&self.counters.xattrs, 1);
+        let answer = self
+            .tree
+            .xattrs(ino.0)
+            .and_then(|attrs| xattr::get(&attrs, name.as_bytes(), size, req.uid() == 0));
+        send(reply, answer);
     }
 
     fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        let privileged = req.uid() == 0;
-        self.tree.run(move |t| {
-            let answer = t
-                .xattrs(ino.0)
-                .and_then(|attrs| xattr::list(&attrs, size, privileged));
-            send(reply, answer);
-        });
+        add(&self.counters.xattrs, 1);
+        let answer = self
+            .tree
+            .xattrs(ino.0)
+            .and_then(|attrs| xattr::list(&attrs, size, req.uid() == 0));
+        send(reply, answer);
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {

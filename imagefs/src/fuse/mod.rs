@@ -1,38 +1,39 @@
 //! A read-only FUSE view of an image, for people to browse (`imagefs mount`).
 //!
 //! Two shapes:
-//! - the file tree, read by the `ext4-view` crate from the image's bytes
-//!   ([`MountOptions::raw`] off);
+//! - the file tree, read by this crate's ext4 reader ([`crate::ext4`])
+//!   from the image's bytes ([`MountOptions::raw`] off);
 //! - `--raw`: the whole block device as one file, `/disk.img`.
 //!
 //! The bytes come from a [`BlockDevice`]: a plain file holding an exported
 //! image, or a lazily fetched image (chunks through the cache tiers). An
 //! error from the source (a chunk that cannot be fetched) becomes `EIO` for
-//! the caller and one line on stderr naming the path, the offset and the
+//! the caller and one line on stderr naming the inode, the offset and the
 //! source's error text.
 //!
-//! File contents, names and most metadata come from `ext4-view` 1.0; what
-//! it does not expose comes from this crate's own reader ([`crate::ext4`]):
-//! inode numbers (FUSE's are ext4's, except the root, which FUSE numbers
-//! 1), so the names of a hard-linked file are one inode; link counts and
-//! device numbers (`rdev`) from the inode; and extended attributes from
-//! the inode and its xattr block, POSIX ACLs in the format `getxattr`
-//! returns. As with Linux's ext4, `listxattr` shows `trusted.` names only
-//! to root and leaves out the `system.` ones ext4 has no handler for.
-//! `ext4-view` does not expose the change time or the allocated size:
-//! ctime shows the mtime and the block count follows the size.
+//! Everything shown comes from the inodes: FUSE inode numbers are ext4's
+//! (except the root, which FUSE numbers 1), so the names of a hard-linked
+//! file are one inode; mode, owner, size, allocated blocks, link count,
+//! device numbers (`rdev`) and all four times with nanoseconds; symlink
+//! targets; and extended attributes from the inode and its xattr block,
+//! POSIX ACLs in the format `getxattr` returns. As with Linux's ext4,
+//! `listxattr` shows `trusted.` names only to root and leaves out the
+//! `system.` ones ext4 has no handler for.
 //!
-//! Reads of open files run on the FUSE threads (`open_files.rs`); a file
-//! whose bytes are all local can instead be handed to the kernel with FUSE
-//! passthrough (`passthrough.rs`), which then reads a copy of it directly.
+//! Requests are served on the FUSE threads themselves (`fs.rs`), reads by
+//! the file's extent map (`read.rs`); a file whose bytes are all local can
+//! instead be handed to the kernel with FUSE passthrough
+//! (`passthrough.rs`), which then reads a copy of it directly. What was
+//! served is counted ([`FuseStats`]).
 
 mod attr;
 mod fs;
-mod open_files;
+mod inodes;
 mod passthrough;
 mod raw;
+mod read;
 mod source;
-mod tree;
+mod stats;
 mod xattr;
 
 use std::io;
@@ -41,12 +42,14 @@ use std::sync::Arc;
 
 use fuser::{BackgroundSession, Config, MountOption, SessionACL};
 
+pub use crate::device::BlockDevice;
 pub use passthrough::{PassthroughOptions, PassthroughStats};
 pub use raw::RAW_NAME;
-pub use crate::device::BlockDevice;
+pub use stats::FuseStats;
 
-/// FUSE event-loop threads.
-const FUSE_THREADS: usize = 2;
+/// FUSE event-loop threads. Every request is served on them, so more
+/// than one lets a read waiting for a chunk not hold up the others.
+const FUSE_THREADS: usize = 4;
 
 /// How to mount.
 #[derive(Clone, Debug, Default)]
@@ -68,15 +71,7 @@ pub struct MountOptions {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum MountError {
-    /// The image's bytes are not an ext4 filesystem `ext4-view` can read.
-    #[error("reading the ext4 filesystem of the image")]
-    Ext4 {
-        /// The cause.
-        #[source]
-        source: ext4_view::Ext4Error,
-    },
-    /// The image's metadata cannot be read by the reader for inode
-    /// numbers and xattrs.
+    /// The image's bytes are not an ext4 filesystem the reader can read.
     #[error("reading the ext4 metadata of the image")]
     Meta {
         /// The cause.
@@ -102,9 +97,6 @@ pub enum MountError {
         #[source]
         source: io::Error,
     },
-    /// The thread that reads the tree could not be started.
-    #[error("starting the ext4 thread")]
-    Thread(#[source] io::Error),
     /// The directory for passthrough's backing files could not be made.
     #[error("preparing the passthrough directory {dir}")]
     Passthrough {
@@ -125,6 +117,7 @@ pub struct Mounted {
     session: Option<BackgroundSession>,
     mountpoint: PathBuf,
     passthrough: Option<Arc<passthrough::Passthrough>>,
+    counters: Arc<stats::Counters>,
 }
 
 impl Mounted {
@@ -137,6 +130,11 @@ impl Mounted {
     /// for).
     pub fn passthrough_stats(&self) -> Option<PassthroughStats> {
         self.passthrough.as_ref().map(|p| p.stats())
+    }
+
+    /// The requests served so far.
+    pub fn stats(&self) -> FuseStats {
+        self.counters.snapshot()
     }
 
     /// Whether the mount is still served (false once someone else has
@@ -189,9 +187,6 @@ pub fn mount(
     if opts.allow_other {
         config.acl = SessionACL::All;
     }
-    // Reads of open files run on the FUSE threads themselves (everything
-    // else queues for the tree thread), so a second thread lets the
-    // kernel's read-ahead requests overlap.
     config.n_threads = Some(FUSE_THREADS);
     config.clone_fd = true;
     let fuse_err = |source| MountError::Fuse {
@@ -199,9 +194,12 @@ pub fn mount(
         source,
     };
     let mut passthrough = None;
+    let counters = Arc::new(stats::Counters::default());
     let session = if opts.raw {
         fuser::spawn_mount(raw::RawFs::new(source), mountpoint, &config).map_err(fuse_err)?
     } else {
+        let meta = crate::ext4::Ext4Meta::open(Arc::clone(&source))
+            .map_err(|source| MountError::Meta { source })?;
         if let Some(p) = &opts.passthrough {
             let made =
                 passthrough::Passthrough::new(p).map_err(|source| MountError::Passthrough {
@@ -210,9 +208,8 @@ pub fn mount(
                 })?;
             passthrough = Some(Arc::new(made));
         }
-        let files = open_files::OpenFiles::default();
-        let tree = tree::TreeHandle::start(Arc::clone(&source), files.clone())?;
-        let fs = fs::TreeFs::new(tree, files, source, passthrough.clone());
+        let tree = inodes::Tree::new(meta);
+        let fs = fs::TreeFs::new(tree, source, passthrough.clone(), Arc::clone(&counters));
         fuser::spawn_mount(fs, mountpoint, &config).map_err(fuse_err)?
     };
     raise_readahead(mountpoint);
@@ -220,6 +217,7 @@ pub fn mount(
         session: Some(session),
         mountpoint: mountpoint.to_path_buf(),
         passthrough,
+        counters,
     })
 }
 

@@ -1,12 +1,10 @@
-//! Reads of the mount's device with errors naming the range, and the
-//! adapter `ext4-view` reads through.
+//! Reads of the mount's device with errors naming the range.
 
 use crate::device::BlockDevice;
 use crate::error_chain;
 use std::error::Error;
 use std::fmt;
 use std::io;
-use std::sync::Arc;
 
 /// A failed read of the image's bytes, naming the range.
 #[derive(Debug)]
@@ -43,17 +41,4 @@ pub(crate) fn read_range(
             len: buf.len(),
             source,
         })
-}
-
-/// `ext4-view`'s reader over a [`BlockDevice`].
-pub(crate) struct Ext4Reader(pub(crate) Arc<dyn BlockDevice>);
-
-impl ext4_view::Ext4Read for Ext4Reader {
-    fn read(
-        &mut self,
-        start_byte: u64,
-        dst: &mut [u8],
-    ) -> Result<(), Box<dyn Error + Send + Sync + 'static>> {
-        read_range(&*self.0, dst, start_byte).map_err(|e| Box::new(e) as _)
-    }
 }
