@@ -3,6 +3,8 @@
 //! - [`store`]: the [`ChunkStore`] trait (get, put, contains, remove by
 //!   [`ChunkId`](manifest::ChunkId)) that every tier implements, and
 //!   [`StoreError`];
+//! - [`checked`]: the size and hash checks every store makes on put and
+//!   get, and the errors they give;
 //! - [`catalog`]: the [`Catalog`] trait (sealed manifests and tags) and
 //!   [`Origin`], a chunk store that is also a catalog;
 //! - [`dir_store`]: [`DirStore`], the first tier: a local directory of
@@ -20,6 +22,7 @@
 #![forbid(unsafe_code)]
 
 pub mod catalog;
+pub mod checked;
 pub mod dir_store;
 pub mod origin;
 #[cfg(feature = "rocksdb")]
