@@ -8,8 +8,8 @@ use manifest::ManifestDigest;
 
 use super::atomic::{io_error, sync_dir};
 use super::{DirStore, read_limited};
-use crate::checked::{MAX_MANIFEST_LEN, MAX_TAG_LEN, check_manifest, check_tag};
 use crate::catalog::Catalog;
+use crate::checked::{MAX_MANIFEST_LEN, MAX_TAG_LEN, check_manifest, check_tag};
 use crate::store::StoreError;
 use crate::tag::validate_tag_name;
 
