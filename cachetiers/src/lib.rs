@@ -15,7 +15,9 @@
 //! - [`origin`]: [`ObjectOrigin`], the origin tier over `object_store`,
 //!   and [`open_origin`], which opens a directory, `file://` or `s3://`;
 //! - [`tag`]: tag name rules;
-//! - [`tiered`]: the tiered reader and [`SingleFlight`].
+//! - [`tiered`]: the tiered reader and [`SingleFlight`];
+//! - `testing` (feature `test-util`): `GatedStore`, a store for tests
+//!   whose gets can be held, counted and changed.
 //!
 //! Every tier holds only ciphertext addressed by its SHA-256, and checks
 //! it on the way in and out.
@@ -29,6 +31,8 @@ pub mod origin;
 pub mod rocks;
 pub mod store;
 pub mod tag;
+#[cfg(any(test, feature = "test-util"))]
+pub mod testing;
 pub mod tiered;
 
 pub use catalog::{Catalog, Origin};
