@@ -8,8 +8,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use cachenode::server::{self, LOCAL_TIER, NodeConfig, ORIGIN_TIER, RunningNode};
 use cachenode::{AzConfig, AzTier};
+use cachetiers::testing::GatedStore;
 use cachetiers::{ChunkStore, DirStore};
-use common::{GatedStore, chunk, dir_store, get_chunk, http, within};
+use common::{chunk, dir_store, get_chunk, http, within};
 
 fn loopback() -> NodeConfig {
     NodeConfig {

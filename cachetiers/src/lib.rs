@@ -3,6 +3,8 @@
 //! - [`store`]: the [`ChunkStore`] trait (get, put, contains, remove by
 //!   [`ChunkId`](manifest::ChunkId)) that every tier implements, and
 //!   [`StoreError`];
+//! - [`checked`]: the size and hash checks every store makes on put and
+//!   get, and the errors they give;
 //! - [`catalog`]: the [`Catalog`] trait (sealed manifests and tags) and
 //!   [`Origin`], a chunk store that is also a catalog;
 //! - [`dir_store`]: [`DirStore`], the first tier: a local directory of
@@ -13,19 +15,24 @@
 //! - [`origin`]: [`ObjectOrigin`], the origin tier over `object_store`,
 //!   and [`open_origin`], which opens a directory, `file://` or `s3://`;
 //! - [`tag`]: tag name rules;
-//! - [`tiered`]: the tiered reader and [`SingleFlight`].
+//! - [`tiered`]: the tiered reader and [`SingleFlight`];
+//! - `testing` (feature `test-util`): `GatedStore`, a store for tests
+//!   whose gets can be held, counted and changed.
 //!
 //! Every tier holds only ciphertext addressed by its SHA-256, and checks
 //! it on the way in and out.
 #![forbid(unsafe_code)]
 
 pub mod catalog;
+pub mod checked;
 pub mod dir_store;
 pub mod origin;
 #[cfg(feature = "rocksdb")]
 pub mod rocks;
 pub mod store;
 pub mod tag;
+#[cfg(any(test, feature = "test-util"))]
+pub mod testing;
 pub mod tiered;
 
 pub use catalog::{Catalog, Origin};

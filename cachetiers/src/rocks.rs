@@ -31,13 +31,14 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 
-use manifest::{ChunkId, verify_object};
+use manifest::ChunkId;
 use rocksdb::{
     ColumnFamily, ColumnFamilyDescriptor, DB, IteratorMode, Options, ReadOptions, WriteBatch,
     WriteOptions,
 };
 
-use crate::store::{ChunkStore, MAX_OBJECT_LEN, PutOutcome, StoreError};
+use crate::checked::{Bounded, check_get, check_put};
+use crate::store::{ChunkStore, PutOutcome, StoreError};
 
 const OBJECTS: &str = "objects";
 const META: &str = "meta";
@@ -187,6 +188,11 @@ impl RocksStore {
         rocks_error(&self.path, e)
     }
 
+    /// The tier's name in errors.
+    fn tier(&self) -> String {
+        tier_name(&self.path)
+    }
+
     /// Rebuilds the accounting from the `meta` family (after a crash the
     /// database is the truth).
     fn recount(&self) -> Result<(), StoreError> {
@@ -283,9 +289,13 @@ fn rocks_error(path: &Path, e: rocksdb::Error) -> StoreError {
         text
     };
     StoreError::Backend {
-        tier: format!("shared local RocksDB at {}", path.display()),
+        tier: tier_name(path),
         source: source.into(),
     }
+}
+
+fn tier_name(path: &Path) -> String {
+    format!("shared local RocksDB at {}", path.display())
 }
 
 impl ChunkStore for RocksStore {
@@ -300,39 +310,23 @@ impl ChunkStore for RocksStore {
         // below covers every byte, and the CRC was a fifth of a get's time.
         let mut read = ReadOptions::default();
         read.set_verify_checksums(false);
-        let Some(object) = self
+        let found = self
             .db
             .get_cf_opt(objects, id.as_bytes(), &read)
-            .map_err(|e| self.err(e))?
-        else {
+            .map_err(|e| self.err(e))?;
+        let Some(object) = check_get(id, Bounded::from_option(found), || self.tier())? else {
             return Ok(None);
         };
-        if let Err(problem) = verify_object(id, &object) {
-            return Err(StoreError::Corrupt {
-                id: *id,
-                location: format!("shared local RocksDB at {}", self.path.display()),
-                problem: problem.to_string(),
-            });
-        }
         self.touch(id)?;
         Ok(Some(object))
     }
 
     fn put(&self, id: &ChunkId, object: &[u8]) -> Result<PutOutcome, StoreError> {
-        if object.len() > MAX_OBJECT_LEN {
-            return Err(StoreError::TooLarge {
-                id: *id,
-                len: object.len(),
-            });
-        }
-        let actual = ChunkId::of_object(object);
-        if actual != *id {
-            return Err(StoreError::IdMismatch { id: *id, actual });
-        }
+        check_put(id, object)?;
         let len = object.len() as u64;
         if len > self.capacity {
             return Err(StoreError::Backend {
-                tier: format!("shared local RocksDB at {}", self.path.display()),
+                tier: self.tier(),
                 source: format!(
                     "chunk {id} ({len} bytes) is larger than the capacity of {} bytes",
                     self.capacity

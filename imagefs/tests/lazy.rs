@@ -2,11 +2,11 @@
 //! converted image (64 KiB chunks).
 
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::Arc;
 use tests::imagegen::noise;
 
-use cachetiers::{ChunkStore, DirStore, PutOutcome, StoreError, TieredStore};
+use cachetiers::testing::{GatedStore, wait_for};
+use cachetiers::{ChunkStore, DirStore, TieredStore};
 use chunker::convert::{ConvertOptions, convert};
 use chunker::ext4::Ext4Options;
 use chunker::flatten::FlattenOptions;
@@ -205,46 +205,13 @@ fn a_chunk_missing_everywhere_names_its_id() {
     assert!(err.to_string().contains("outside"), "{err}");
 }
 
-/// The origin's directory store, whose first get waits until seven
-/// readers wait on the LazyImage's single flight.
-struct Gate {
-    inner: Arc<DirStore>,
-    image: OnceLock<Weak<LazyImage>>,
-    gets: AtomicU64,
-}
-
-impl ChunkStore for Gate {
-    fn get(&self, id: &ChunkId) -> Result<Option<Vec<u8>>, StoreError> {
-        if self.gets.fetch_add(1, Ordering::SeqCst) == 0
-            && let Some(image) = self.image.get().and_then(Weak::upgrade)
-        {
-            while image.waiting_readers() < 7 {
-                std::thread::yield_now();
-            }
-        }
-        self.inner.get(id)
-    }
-    fn put(&self, id: &ChunkId, object: &[u8]) -> Result<PutOutcome, StoreError> {
-        self.inner.put(id, object)
-    }
-    fn contains(&self, id: &ChunkId) -> Result<bool, StoreError> {
-        self.inner.contains(id)
-    }
-    fn remove(&self, id: &ChunkId) -> Result<bool, StoreError> {
-        self.inner.remove(id)
-    }
-}
-
 #[test]
 fn eight_readers_of_a_cold_chunk_cause_one_fetch() {
     let e = env();
-    let gate = Arc::new(Gate {
-        inner: Arc::clone(&e.origin),
-        image: OnceLock::new(),
-        gets: AtomicU64::new(0),
-    });
+    // The origin, held until one reader fetches and seven wait for it.
+    let gate = Arc::new(GatedStore::new(Arc::clone(&e.origin)));
+    gate.close();
     let image = Arc::new(lazy(&e, gate.clone(), None));
-    gate.image.set(Arc::downgrade(&image)).unwrap();
     let (index, _) = present(&e.manifest)[2];
     let at = index * CHUNK as usize;
     std::thread::scope(|s| {
@@ -259,8 +226,12 @@ fn eight_readers_of_a_cold_chunk_cause_one_fetch() {
                 assert!(buf[..] == *expected);
             });
         }
+        wait_for("eight readers gathering", || {
+            gate.gets() == 1 && image.waiting_readers() == 7
+        });
+        gate.open();
     });
-    assert_eq!(gate.gets.load(Ordering::SeqCst), 1);
+    assert_eq!(gate.gets(), 1);
     let m = image.metrics();
     assert_eq!((m.store_fetches, m.shared_fetches), (1, 7));
 }

@@ -1,7 +1,8 @@
 //! Counters of the AZ client tier and their snapshot.
 
-use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use telemetry::prometheus::{Kind, Text};
 
 /// Live counters of one node.
 #[derive(Debug, Default)]
@@ -93,19 +94,11 @@ pub struct AzSnapshot {
     pub nodes: Vec<NodeSnapshot>,
 }
 
-/// Escapes a Prometheus label value.
-fn label(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
 impl AzSnapshot {
     /// The snapshot in the Prometheus text format
     /// (`imagefs_az_requests_total`, `imagefs_az_node_errors_total{node="…"}`, …).
     pub fn to_prometheus(&self) -> String {
-        let mut out = String::new();
+        let mut text = Text::new();
         let totals = [
             (
                 "calls",
@@ -123,9 +116,9 @@ impl AzSnapshot {
             ("unavailable", "Calls no node answered", self.unavailable),
         ];
         for (name, help, value) in totals {
-            let _ = writeln!(out, "# HELP imagefs_az_{name}_total {help}.");
-            let _ = writeln!(out, "# TYPE imagefs_az_{name}_total counter");
-            let _ = writeln!(out, "imagefs_az_{name}_total {value}");
+            let name = format!("imagefs_az_{name}_total");
+            text.family(&name, Kind::Counter, &format!("{help}."))
+                .sample(&[], value);
         }
         type Field = fn(&NodeSnapshot) -> u64;
         let per_node: [(&str, &str, Field); 3] = [
@@ -138,18 +131,13 @@ impl AzSnapshot {
             ),
         ];
         for (name, help, field) in per_node {
-            let _ = writeln!(out, "# HELP imagefs_az_node_{name}_total {help}.");
-            let _ = writeln!(out, "# TYPE imagefs_az_node_{name}_total counter");
+            let name = format!("imagefs_az_node_{name}_total");
+            let mut family = text.family(&name, Kind::Counter, &format!("{help}."));
             for node in &self.nodes {
-                let _ = writeln!(
-                    out,
-                    "imagefs_az_node_{name}_total{{node=\"{}\"}} {}",
-                    label(&node.url),
-                    field(node)
-                );
+                family.sample(&[("node", &node.url)], field(node));
             }
         }
-        out
+        text.finish()
     }
 }
 

@@ -20,7 +20,8 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use cachetiers::{ChunkStore, MAX_OBJECT_LEN, PutOutcome, StoreError};
+use cachetiers::checked::check_put;
+use cachetiers::{ChunkStore, PutOutcome, StoreError};
 use manifest::ChunkId;
 
 pub use config::AzConfig;
@@ -245,16 +246,7 @@ impl ChunkStore for AzTier {
     /// the origin. The fill a tiered store attempts after an origin hit is
     /// therefore done (by the node) rather than refused.
     fn put(&self, id: &ChunkId, object: &[u8]) -> Result<PutOutcome, StoreError> {
-        if object.len() > MAX_OBJECT_LEN {
-            return Err(StoreError::TooLarge {
-                id: *id,
-                len: object.len(),
-            });
-        }
-        let actual = ChunkId::of_object(object);
-        if actual != *id {
-            return Err(StoreError::IdMismatch { id: *id, actual });
-        }
+        check_put(id, object)?;
         Ok(PutOutcome::AlreadyPresent)
     }
 

@@ -1,7 +1,6 @@
 //! The node's HTTP routes, their handlers and the request counters.
 
 use std::collections::BTreeMap;
-use std::fmt::Write;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use axum::Router;
@@ -13,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use cachetiers::ChunkStore;
 use manifest::ChunkId;
+use telemetry::prometheus::{Kind, Text};
 
 use super::CacheNode;
 
@@ -45,24 +45,22 @@ impl HttpCounters {
 
     /// `imagefs_node_http_requests_total{method,route,code}`.
     pub(super) fn to_prometheus(&self) -> String {
-        let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "# HELP imagefs_node_http_requests_total HTTP requests answered by the cache node."
-        );
-        let _ = writeln!(out, "# TYPE imagefs_node_http_requests_total counter");
         let counts = self
             .by_route
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
+        let mut text = Text::new();
+        let mut family = text.family(
+            "imagefs_node_http_requests_total",
+            Kind::Counter,
+            "HTTP requests answered by the cache node.",
+        );
         for ((method, route, code), n) in counts {
-            let _ = writeln!(
-                out,
-                "imagefs_node_http_requests_total{{method=\"{method}\",route=\"{route}\",code=\"{code}\"}} {n}"
-            );
+            let code = code.to_string();
+            family.sample(&[("method", method), ("route", route), ("code", &code)], n);
         }
-        out
+        text.finish()
     }
 }
 

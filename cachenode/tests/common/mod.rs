@@ -1,16 +1,14 @@
 //! Helpers shared by the cache-node tests: real encrypted chunks, real
-//! directory stores, an origin that counts (and can hold) its gets, a
-//! minimal HTTP/1.1 client, stub servers and a hang watchdog.
+//! directory stores, a HTTP/1.1 client, stub servers and a hang watchdog.
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::sync::mpsc;
-use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use cachetiers::{ChunkStore, DirStore, PutOutcome, StoreError};
+use cachetiers::DirStore;
 use manifest::ChunkId;
 use manifest::convergent::{DomainSecret, EncryptedChunk, encrypt_chunk};
 
@@ -37,67 +35,6 @@ pub fn dir_store() -> (tempfile::TempDir, Arc<DirStore>) {
     let dir = tempfile::tempdir().expect("temporary directory");
     let store = DirStore::create(dir.path().join("store")).expect("create store");
     (dir, Arc::new(store))
-}
-
-/// A real store that counts its gets and can hold them at a gate until
-/// the test opens it.
-pub struct GatedStore {
-    pub inner: Arc<DirStore>,
-    pub gets: AtomicU64,
-    /// `true` while gets must wait.
-    closed: Mutex<bool>,
-    opened: Condvar,
-}
-
-impl GatedStore {
-    /// Over `inner`, gate open.
-    pub fn new(inner: Arc<DirStore>) -> Self {
-        Self {
-            inner,
-            gets: AtomicU64::new(0),
-            closed: Mutex::new(false),
-            opened: Condvar::new(),
-        }
-    }
-
-    /// Makes the next gets wait until [`GatedStore::open`].
-    pub fn close(&self) {
-        *self.closed.lock().unwrap() = true;
-    }
-
-    /// Lets the waiting gets go on.
-    pub fn open(&self) {
-        *self.closed.lock().unwrap() = false;
-        self.opened.notify_all();
-    }
-
-    /// Gets started so far.
-    pub fn gets(&self) -> u64 {
-        self.gets.load(Ordering::SeqCst)
-    }
-}
-
-impl ChunkStore for GatedStore {
-    fn get(&self, id: &ChunkId) -> Result<Option<Vec<u8>>, StoreError> {
-        self.gets.fetch_add(1, Ordering::SeqCst);
-        let mut closed = self.closed.lock().unwrap();
-        while *closed {
-            let (guard, timeout) = self.opened.wait_timeout(closed, WATCHDOG).unwrap();
-            assert!(!timeout.timed_out(), "gate never opened");
-            closed = guard;
-        }
-        drop(closed);
-        self.inner.get(id)
-    }
-    fn put(&self, id: &ChunkId, object: &[u8]) -> Result<PutOutcome, StoreError> {
-        self.inner.put(id, object)
-    }
-    fn contains(&self, id: &ChunkId) -> Result<bool, StoreError> {
-        self.inner.contains(id)
-    }
-    fn remove(&self, id: &ChunkId) -> Result<bool, StoreError> {
-        self.inner.remove(id)
-    }
 }
 
 /// An HTTP answer.

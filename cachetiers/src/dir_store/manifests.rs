@@ -7,16 +7,11 @@ use std::io::ErrorKind;
 use manifest::ManifestDigest;
 
 use super::atomic::{io_error, sync_dir};
-use super::{DirStore, Limited, read_limited};
+use super::{DirStore, read_limited};
 use crate::catalog::Catalog;
+use crate::checked::{MAX_MANIFEST_LEN, MAX_TAG_LEN, check_manifest, check_tag};
 use crate::store::StoreError;
 use crate::tag::validate_tag_name;
-
-/// Largest sealed manifest accepted (a 4 TiB device at 64 KiB chunks is
-/// about 4 GiB of table; real manifests are a few MiB).
-const MAX_MANIFEST_LEN: u64 = 1 << 30;
-/// Largest tag file (`sha256:` + 64 hex + newline, with room to spare).
-const MAX_TAG_FILE_LEN: u64 = 1024;
 
 impl DirStore {
     /// Stores a sealed manifest under its SHA-256 digest and returns the
@@ -47,25 +42,7 @@ impl DirStore {
     /// The sealed manifest stored under `digest`, checked against it.
     pub fn get_manifest(&self, digest: &ManifestDigest) -> Result<Vec<u8>, StoreError> {
         let path = self.manifests_dir().join(digest.to_hex());
-        match read_limited(&path, MAX_MANIFEST_LEN)? {
-            Limited::Missing => Err(StoreError::ManifestNotFound { digest: *digest }),
-            Limited::TooLong(len) => Err(StoreError::ManifestCorrupt {
-                digest: *digest,
-                path,
-                problem: format!("it is {len} bytes, over the {MAX_MANIFEST_LEN}-byte limit"),
-            }),
-            Limited::Bytes(bytes) => {
-                let actual = ManifestDigest::of(&bytes);
-                if actual != *digest {
-                    return Err(StoreError::ManifestCorrupt {
-                        digest: *digest,
-                        path,
-                        problem: format!("its bytes hash to {actual}"),
-                    });
-                }
-                Ok(bytes)
-            }
-        }
+        check_manifest(digest, read_limited(&path, MAX_MANIFEST_LEN)?, || path)
     }
 
     /// Points tag `name` at `digest` (replacing what it pointed at). The
@@ -84,21 +61,7 @@ impl DirStore {
     pub fn tag(&self, name: &str) -> Result<ManifestDigest, StoreError> {
         validate_tag_name(name)?;
         let path = self.tags_dir().join(name);
-        let bytes = match read_limited(&path, MAX_TAG_FILE_LEN)? {
-            Limited::Missing => {
-                return Err(StoreError::UnknownTag {
-                    name: name.to_owned(),
-                });
-            }
-            Limited::TooLong(len) => format!("<{len} bytes>").into_bytes(),
-            Limited::Bytes(bytes) => bytes,
-        };
-        let text = String::from_utf8_lossy(&bytes);
-        text.trim().parse().map_err(|source| StoreError::BadTag {
-            name: name.to_owned(),
-            path,
-            source,
-        })
+        check_tag(name, read_limited(&path, MAX_TAG_LEN)?, || path)
     }
 
     /// Every tag and the digest it points at, sorted by name. Files that

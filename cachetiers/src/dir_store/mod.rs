@@ -22,11 +22,12 @@ use std::io::{ErrorKind, Read};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 
-use manifest::{ChunkId, verify_object};
+use manifest::ChunkId;
 
 pub use atomic::TEMP_PREFIX;
 use atomic::{Written, io_error, sync_dir, write_atomically};
 
+use crate::checked::{Bounded, check_get, check_put};
 use crate::store::{ChunkStore, MAX_OBJECT_LEN, PutOutcome, StoreError};
 
 /// A chunk store in a local directory. Cheap to share: wrap it in an `Arc`.
@@ -192,35 +193,25 @@ fn read_dir_names(dir: &Path) -> Result<Vec<String>, StoreError> {
     Ok(names)
 }
 
-/// The result of [`read_limited`].
-pub(crate) enum Limited {
-    /// The file does not exist.
-    Missing,
-    /// The file is longer than the limit (its length).
-    TooLong(u64),
-    /// The whole file.
-    Bytes(Vec<u8>),
-}
-
 /// Reads a whole file of at most `limit` bytes.
-pub(crate) fn read_limited(path: &Path, limit: u64) -> Result<Limited, StoreError> {
+pub(crate) fn read_limited(path: &Path, limit: u64) -> Result<Bounded, StoreError> {
     let file = match File::open(path) {
         Ok(file) => file,
-        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Limited::Missing),
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Bounded::Missing),
         Err(e) => return Err(io_error("read", path)(e)),
     };
     let len = file.metadata().map_err(io_error("read", path))?.len();
     if len > limit {
-        return Ok(Limited::TooLong(len));
+        return Ok(Bounded::TooLong(len));
     }
     let mut bytes = Vec::with_capacity(len as usize);
     file.take(limit + 1)
         .read_to_end(&mut bytes)
         .map_err(io_error("read", path))?;
     if bytes.len() as u64 > limit {
-        return Ok(Limited::TooLong(bytes.len() as u64));
+        return Ok(Bounded::TooLong(bytes.len() as u64));
     }
-    Ok(Limited::Bytes(bytes))
+    Ok(Bounded::Bytes(bytes))
 }
 
 impl ChunkStore for DirStore {
@@ -230,39 +221,12 @@ impl ChunkStore for DirStore {
     }
 
     fn get(&self, id: &ChunkId) -> Result<Option<Vec<u8>>, StoreError> {
-        let corrupt = |problem: String| StoreError::Corrupt {
-            id: *id,
-            location: self.location(id),
-            problem,
-        };
-        match read_limited(&self.chunk_path(id), MAX_OBJECT_LEN as u64)? {
-            Limited::Missing => Ok(None),
-            Limited::TooLong(len) => Err(corrupt(format!(
-                "it is {len} bytes, over the {MAX_OBJECT_LEN}-byte limit"
-            ))),
-            Limited::Bytes(object) => {
-                let actual = ChunkId::of_object(&object);
-                if actual != *id {
-                    return Err(corrupt(format!("its bytes hash to {actual}")));
-                }
-                Ok(Some(object))
-            }
-        }
+        let found = read_limited(&self.chunk_path(id), MAX_OBJECT_LEN as u64)?;
+        check_get(id, found, || self.location(id))
     }
 
     fn put(&self, id: &ChunkId, object: &[u8]) -> Result<PutOutcome, StoreError> {
-        if object.len() > MAX_OBJECT_LEN {
-            return Err(StoreError::TooLarge {
-                id: *id,
-                len: object.len(),
-            });
-        }
-        if verify_object(id, object).is_err() {
-            return Err(StoreError::IdMismatch {
-                id: *id,
-                actual: ChunkId::of_object(object),
-            });
-        }
+        check_put(id, object)?;
         let path = self.chunk_path(id);
         match fs::symlink_metadata(&path) {
             // Present with the right length: dedup. (A same-length corrupt

@@ -6,19 +6,17 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use manifest::{ChunkId, ManifestDigest, verify_object};
+use manifest::{ChunkId, ManifestDigest};
 use object_store::path::Path as Key;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
 use super::runtime::{self, RuntimeError};
 use crate::catalog::Catalog;
+use crate::checked::{
+    Bounded, MAX_MANIFEST_LEN, MAX_TAG_LEN, check_get, check_manifest, check_put, check_tag,
+};
 use crate::store::{ChunkStore, MAX_OBJECT_LEN, PutOutcome, StoreError};
 use crate::tag::validate_tag_name;
-
-/// Largest sealed manifest accepted (as for a [`DirStore`](crate::DirStore)).
-const MAX_MANIFEST_LEN: u64 = 1 << 30;
-/// Largest tag object (`sha256:` + 64 hex + newline, with room to spare).
-const MAX_TAG_LEN: u64 = 1024;
 
 /// A failed request to the object store, naming what was asked and of
 /// which object (the `source` of a [`StoreError::Backend`]).
@@ -55,13 +53,6 @@ pub enum RequestError {
         /// Why.
         source: RuntimeError,
     },
-}
-
-/// What a bounded read found.
-enum Fetched {
-    Missing,
-    TooLong(u64),
-    Bytes(Vec<u8>),
 }
 
 /// An origin in an object store: `chunks/ab/cd/<64 hex>`,
@@ -183,21 +174,21 @@ impl ObjectOrigin {
     }
 
     /// Reads the object under `key` if it is at most `limit` bytes.
-    fn fetch(&self, key: &str, limit: u64) -> Result<Fetched, StoreError> {
+    fn fetch(&self, key: &str, limit: u64) -> Result<Bounded, StoreError> {
         let got = self.request("get", key, |store, key| async move {
             let result = store.get(&key).await?;
             let len = result.range.end.saturating_sub(result.range.start);
             if len > limit {
                 // Not read: a huge object must not fill memory.
-                return Ok(Fetched::TooLong(len));
+                return Ok(Bounded::TooLong(len));
             }
             let bytes = result.bytes().await?;
             if bytes.len() as u64 > limit {
-                return Ok(Fetched::TooLong(bytes.len() as u64));
+                return Ok(Bounded::TooLong(bytes.len() as u64));
             }
-            Ok(Fetched::Bytes(bytes.to_vec()))
+            Ok(Bounded::Bytes(bytes.to_vec()))
         })?;
-        Ok(got.unwrap_or(Fetched::Missing))
+        Ok(got.unwrap_or(Bounded::Missing))
     }
 
     /// The size of the object under `key`, if there is one.
@@ -225,21 +216,8 @@ impl ObjectOrigin {
     pub fn tag(&self, name: &str) -> Result<ManifestDigest, StoreError> {
         validate_tag_name(name)?;
         let key = self.tag_key(name);
-        let bytes = match self.fetch(&key, MAX_TAG_LEN)? {
-            Fetched::Missing => {
-                return Err(StoreError::UnknownTag {
-                    name: name.to_owned(),
-                });
-            }
-            Fetched::TooLong(len) => format!("<{len} bytes>").into_bytes(),
-            Fetched::Bytes(bytes) => bytes,
-        };
-        let text = String::from_utf8_lossy(&bytes);
-        text.trim().parse().map_err(|source| StoreError::BadTag {
-            name: name.to_owned(),
-            path: PathBuf::from(self.object_url(&key)),
-            source,
-        })
+        let found = self.fetch(&key, MAX_TAG_LEN)?;
+        check_tag(name, found, || PathBuf::from(self.object_url(&key)))
     }
 }
 
@@ -251,39 +229,12 @@ impl ChunkStore for ObjectOrigin {
 
     fn get(&self, id: &ChunkId) -> Result<Option<Vec<u8>>, StoreError> {
         let key = self.chunk_key(id);
-        let corrupt = |problem: String| StoreError::Corrupt {
-            id: *id,
-            location: self.object_url(&key),
-            problem,
-        };
-        match self.fetch(&key, MAX_OBJECT_LEN as u64)? {
-            Fetched::Missing => Ok(None),
-            Fetched::TooLong(len) => Err(corrupt(format!(
-                "it is {len} bytes, over the {MAX_OBJECT_LEN}-byte limit"
-            ))),
-            Fetched::Bytes(object) => {
-                let actual = ChunkId::of_object(&object);
-                if actual != *id {
-                    return Err(corrupt(format!("its bytes hash to {actual}")));
-                }
-                Ok(Some(object))
-            }
-        }
+        let found = self.fetch(&key, MAX_OBJECT_LEN as u64)?;
+        check_get(id, found, || self.object_url(&key))
     }
 
     fn put(&self, id: &ChunkId, object: &[u8]) -> Result<PutOutcome, StoreError> {
-        if object.len() > MAX_OBJECT_LEN {
-            return Err(StoreError::TooLarge {
-                id: *id,
-                len: object.len(),
-            });
-        }
-        if verify_object(id, object).is_err() {
-            return Err(StoreError::IdMismatch {
-                id: *id,
-                actual: ChunkId::of_object(object),
-            });
-        }
+        check_put(id, object)?;
         let key = self.chunk_key(id);
         // Present with the right length: dedup (a same-length corrupt copy
         // is caught by `get` and dropped with `remove`). A HEAD rather than
@@ -328,24 +279,8 @@ impl Catalog for ObjectOrigin {
 
     fn get_manifest(&self, digest: &ManifestDigest) -> Result<Vec<u8>, StoreError> {
         let key = self.manifest_key(digest);
-        let corrupt = |problem: String| StoreError::ManifestCorrupt {
-            digest: *digest,
-            path: PathBuf::from(self.object_url(&key)),
-            problem,
-        };
-        match self.fetch(&key, MAX_MANIFEST_LEN)? {
-            Fetched::Missing => Err(StoreError::ManifestNotFound { digest: *digest }),
-            Fetched::TooLong(len) => Err(corrupt(format!(
-                "it is {len} bytes, over the {MAX_MANIFEST_LEN}-byte limit"
-            ))),
-            Fetched::Bytes(bytes) => {
-                let actual = ManifestDigest::of(&bytes);
-                if actual != *digest {
-                    return Err(corrupt(format!("its bytes hash to {actual}")));
-                }
-                Ok(bytes)
-            }
-        }
+        let found = self.fetch(&key, MAX_MANIFEST_LEN)?;
+        check_manifest(digest, found, || PathBuf::from(self.object_url(&key)))
     }
 
     fn set_tag(&self, name: &str, digest: &ManifestDigest) -> Result<(), StoreError> {

@@ -1,9 +1,10 @@
 //! Per-tier counters and latency histograms, and their Prometheus text.
 
-use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
+
+use telemetry::prometheus::{Kind, Text};
 
 /// Upper bounds (seconds) of the latency histogram's buckets; a last,
 /// implicit `+Inf` bucket takes the rest.
@@ -109,19 +110,11 @@ pub struct TieredSnapshot {
     pub unavailable: u64,
 }
 
-/// Escapes a Prometheus label value.
-fn label(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
 impl TieredSnapshot {
     /// The snapshot in the Prometheus text exposition format
     /// (`imagefs_tier_hits_total{tier="…"}` and so on).
     pub fn to_prometheus(&self) -> String {
-        let mut out = String::new();
+        let mut text = Text::new();
         type Field = fn(&TierSnapshot) -> u64;
         let counters: [(&str, &str, Field); 7] = [
             ("hits", "Gets served by the tier", |t| t.hits),
@@ -141,61 +134,37 @@ impl TieredSnapshot {
             ("fill_failures", "Fills that failed", |t| t.fill_failures),
         ];
         for (name, help, field) in counters {
-            let _ = writeln!(out, "# HELP imagefs_tier_{name}_total {help}.");
-            let _ = writeln!(out, "# TYPE imagefs_tier_{name}_total counter");
+            let name = format!("imagefs_tier_{name}_total");
+            let mut family = text.family(&name, Kind::Counter, &format!("{help}."));
             for t in &self.tiers {
-                let _ = writeln!(
-                    out,
-                    "imagefs_tier_{name}_total{{tier=\"{}\"}} {}",
-                    label(&t.tier),
-                    field(t)
-                );
+                family.sample(&[("tier", &t.tier)], field(t));
             }
         }
-        let _ = writeln!(
-            out,
-            "# HELP imagefs_tier_get_seconds Latency of gets from the tier."
+        let mut latency = text.family(
+            "imagefs_tier_get_seconds",
+            Kind::Histogram,
+            "Latency of gets from the tier.",
         );
-        let _ = writeln!(out, "# TYPE imagefs_tier_get_seconds histogram");
         for t in &self.tiers {
-            let tier = label(&t.tier);
-            let mut cumulative = 0;
-            for (i, count) in t.latency_buckets.iter().enumerate() {
-                cumulative += count;
-                let le = LATENCY_BUCKETS
-                    .get(i)
-                    .map_or_else(|| "+Inf".to_string(), |b| b.to_string());
-                let _ = writeln!(
-                    out,
-                    "imagefs_tier_get_seconds_bucket{{tier=\"{tier}\",le=\"{le}\"}} {cumulative}"
-                );
-            }
-            let _ = writeln!(
-                out,
-                "imagefs_tier_get_seconds_sum{{tier=\"{tier}\"}} {}",
-                t.latency_sum_seconds
-            );
-            let _ = writeln!(
-                out,
-                "imagefs_tier_get_seconds_count{{tier=\"{tier}\"}} {cumulative}"
+            latency.histogram(
+                &[("tier", &t.tier)],
+                &LATENCY_BUCKETS,
+                &t.latency_buckets,
+                t.latency_sum_seconds,
             );
         }
-        let _ = writeln!(
-            out,
-            "# HELP imagefs_tiered_shared_fetches_total Gets that shared another's fetch."
-        );
-        let _ = writeln!(out, "# TYPE imagefs_tiered_shared_fetches_total counter");
-        let _ = writeln!(
-            out,
-            "imagefs_tiered_shared_fetches_total {}",
-            self.shared_fetches
-        );
-        let _ = writeln!(
-            out,
-            "# HELP imagefs_tiered_unavailable_total Gets no tier could serve."
-        );
-        let _ = writeln!(out, "# TYPE imagefs_tiered_unavailable_total counter");
-        let _ = writeln!(out, "imagefs_tiered_unavailable_total {}", self.unavailable);
-        out
+        text.family(
+            "imagefs_tiered_shared_fetches_total",
+            Kind::Counter,
+            "Gets that shared another's fetch.",
+        )
+        .sample(&[], self.shared_fetches);
+        text.family(
+            "imagefs_tiered_unavailable_total",
+            Kind::Counter,
+            "Gets no tier could serve.",
+        )
+        .sample(&[], self.unavailable);
+        text.finish()
     }
 }

@@ -1,9 +1,8 @@
 //! Tests of [`TieredStore`] over real directory stores in a tempdir.
 
-use std::sync::{OnceLock, Weak};
-
 use super::*;
 use crate::DirStore;
+use crate::testing::{GatedStore, wait_for};
 
 struct Env {
     _dir: tempfile::TempDir,
@@ -117,49 +116,14 @@ fn unavailable_everywhere_names_the_id_and_each_tier() {
     assert_eq!(e.tiered.metrics().unavailable, 3);
 }
 
-/// A directory store whose first get waits until `waiters` other threads
-/// wait on the tiered store's single flight.
-struct Gate {
-    inner: DirStore,
-    tiered: OnceLock<Weak<TieredStore>>,
-    waiters: usize,
-    gets: AtomicU64,
-}
-
-impl ChunkStore for Gate {
-    fn get(&self, id: &ChunkId) -> Result<Option<Vec<u8>>, StoreError> {
-        if self.gets.fetch_add(1, Ordering::SeqCst) == 0
-            && let Some(tiered) = self.tiered.get().and_then(Weak::upgrade)
-        {
-            while tiered.waiting() < self.waiters {
-                std::thread::yield_now();
-            }
-        }
-        self.inner.get(id)
-    }
-    fn put(&self, id: &ChunkId, object: &[u8]) -> Result<PutOutcome, StoreError> {
-        self.inner.put(id, object)
-    }
-    fn contains(&self, id: &ChunkId) -> Result<bool, StoreError> {
-        self.inner.contains(id)
-    }
-    fn remove(&self, id: &ChunkId) -> Result<bool, StoreError> {
-        self.inner.remove(id)
-    }
-}
-
 #[test]
 fn concurrent_gets_share_one_fetch() {
     let dir = tempfile::tempdir().unwrap();
     let (id, bytes) = object(5);
     let origin = DirStore::create(dir.path().join("origin")).unwrap();
     origin.put(&id, &bytes).unwrap();
-    let gate = Arc::new(Gate {
-        inner: origin,
-        tiered: OnceLock::new(),
-        waiters: 7,
-        gets: AtomicU64::new(0),
-    });
+    let gate = Arc::new(GatedStore::new(origin));
+    gate.close();
     let tiered = Arc::new(
         TieredStore::new(vec![(
             "origin".into(),
@@ -167,9 +131,14 @@ fn concurrent_gets_share_one_fetch() {
         )])
         .unwrap(),
     );
-    gate.tiered.set(Arc::downgrade(&tiered)).unwrap();
     let results: Vec<_> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..8).map(|_| s.spawn(|| tiered.get(&id))).collect();
+        // Hold the origin until one get is fetching and the other seven
+        // wait for it: then they all were concurrent.
+        wait_for("eight gets gathering", || {
+            gate.gets() == 1 && tiered.waiting() == 7
+        });
+        gate.open();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     assert!(
@@ -177,7 +146,7 @@ fn concurrent_gets_share_one_fetch() {
             .iter()
             .all(|r| r.as_ref().unwrap().as_deref() == Some(&bytes[..]))
     );
-    assert_eq!(gate.gets.load(Ordering::SeqCst), 1);
+    assert_eq!(gate.gets(), 1);
     let m = tiered.metrics();
     assert_eq!((m.tiers[0].hits, m.shared_fetches), (1, 7));
 }
@@ -209,43 +178,21 @@ fn put_goes_to_the_origin_and_metrics_render() {
     ));
 }
 
-/// A store that does not hash what it returns (it does not claim
-/// `checks_gets`), and returns one object's bytes flipped.
-struct Unchecked {
-    inner: DirStore,
-    flip: ChunkId,
-}
-
-impl ChunkStore for Unchecked {
-    fn get(&self, id: &ChunkId) -> Result<Option<Vec<u8>>, StoreError> {
-        let mut got = self.inner.get(id)?;
-        if *id == self.flip
-            && let Some(bytes) = got.as_mut()
-        {
-            bytes[0] ^= 1;
-        }
-        Ok(got)
-    }
-    fn put(&self, id: &ChunkId, object: &[u8]) -> Result<PutOutcome, StoreError> {
-        self.inner.put(id, object)
-    }
-    fn contains(&self, id: &ChunkId) -> Result<bool, StoreError> {
-        self.inner.contains(id)
-    }
-    fn remove(&self, id: &ChunkId) -> Result<bool, StoreError> {
-        self.inner.remove(id)
-    }
-}
-
 #[test]
 fn a_tier_that_does_not_check_its_gets_is_checked_here() {
     let dir = tempfile::tempdir().unwrap();
     let (id, bytes) = object(9);
     let (other, other_bytes) = object(10);
-    let unchecked = Unchecked {
-        inner: DirStore::create(dir.path().join("t0")).unwrap(),
-        flip: id,
-    };
+    // A store that does not hash what it returns (it does not claim
+    // `checks_gets`), and returns one object's bytes flipped.
+    let unchecked = GatedStore::new(DirStore::create(dir.path().join("t0")).unwrap())
+        .with_get_hook(move |got_id, got| {
+            if *got_id == id
+                && let Some(bytes) = got.as_mut()
+            {
+                bytes[0] ^= 1;
+            }
+        });
     unchecked.put(&id, &bytes).unwrap();
     unchecked.put(&other, &other_bytes).unwrap();
     let origin = Arc::new(DirStore::create(dir.path().join("t1")).unwrap());

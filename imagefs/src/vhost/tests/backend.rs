@@ -4,47 +4,14 @@
 
 use super::*;
 
-/// A store whose `get` of one chunk blocks until the gate opens.
-struct GatedStore {
-    inner: DirStore,
-    blocked: ChunkId,
-    open: Mutex<bool>,
-    cv: Condvar,
-}
-
-impl GatedStore {
-    fn release(&self) {
-        *self.open.lock().unwrap() = true;
-        self.cv.notify_all();
-    }
-}
-
-impl ChunkStore for GatedStore {
-    fn get(&self, id: &ChunkId) -> Result<Option<Vec<u8>>, StoreError> {
-        if *id == self.blocked {
-            let mut open = self.open.lock().unwrap();
-            while !*open {
-                open = self.cv.wait(open).unwrap();
-            }
-        }
-        self.inner.get(id)
-    }
-    fn put(&self, id: &ChunkId, object: &[u8]) -> Result<PutOutcome, StoreError> {
-        self.inner.put(id, object)
-    }
-    fn contains(&self, id: &ChunkId) -> Result<bool, StoreError> {
-        self.inner.contains(id)
-    }
-    fn remove(&self, id: &ChunkId) -> Result<bool, StoreError> {
-        self.inner.remove(id)
-    }
-}
+use cachetiers::testing::GatedStore;
 
 struct Device {
     _tmp: tempfile::TempDir,
     dir: PathBuf,
     image: Vec<u8>,
-    store: Arc<GatedStore>,
+    /// Its gate holds chunk 0's fetch until opened.
+    store: Arc<GatedStore<DirStore>>,
     lazy: Arc<LazyImage>,
 }
 
@@ -76,12 +43,8 @@ fn device(dedicated: bool) -> Device {
         chunk_size: ChunkSize::MIN,
         chunks,
     };
-    let store = Arc::new(GatedStore {
-        inner,
-        blocked,
-        open: Mutex::new(false),
-        cv: Condvar::new(),
-    });
+    let store = Arc::new(GatedStore::new(inner));
+    store.close_for(blocked);
     let dedicated_dir = dir.join("dedicated");
     let lazy = LazyImage::open(
         manifest,
@@ -224,7 +187,7 @@ impl Harness<'_> {
 #[test]
 fn backend_serves_reads_and_rejects_hostile_chains_with_a_status() {
     let d = device(false);
-    d.store.release();
+    d.store.open();
     let mem = guest_memory();
     let mut h = harness(&mem, &d, &opts(false));
     // Poison the status bytes so a missing write shows.
@@ -330,7 +293,7 @@ fn no_head_of_line_blocking() {
         heads.contains(&warm1) && heads.contains(&warm2) && !heads.contains(&cold),
         "warm requests should complete while the cold one waits: {heads:?}"
     );
-    d.store.release();
+    d.store.open();
     let used = h.wait_used(3);
     assert_eq!(used[2].0, cold, "the cold request completes last");
     let mut got = vec![0u8; 4096];
@@ -341,7 +304,7 @@ fn no_head_of_line_blocking() {
 #[test]
 fn writes_and_flush_reach_only_the_dedicated_tier() {
     let d = device(true);
-    d.store.release();
+    d.store.open();
     let mem = guest_memory();
     let mut h = harness(&mem, &d, &opts(true));
     mem.write_slice(&[0x5A; 1024], GuestAddress(DATA)).unwrap();
@@ -376,7 +339,7 @@ fn writes_and_flush_reach_only_the_dedicated_tier() {
 #[test]
 fn trace_records_reads_in_order() {
     let d = device(false);
-    d.store.release();
+    d.store.open();
     let mem = guest_memory();
     let path = d.dir.join("trace.jsonl");
     let mut o = opts(false);

@@ -5,14 +5,12 @@
 //! writes, the trace), and `serve` ending on a frontend disconnect.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ::tests::imagegen::noise;
-use cachetiers::{ChunkStore, DirStore, PutOutcome, StoreError};
-use manifest::{
-    ChunkEntry, ChunkId, ChunkSize, DomainSecret, ImageConfig, Manifest, encrypt_chunk,
-};
+use cachetiers::{ChunkStore, DirStore};
+use manifest::{ChunkEntry, ChunkSize, DomainSecret, ImageConfig, Manifest, encrypt_chunk};
 use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_F_RO, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_FLUSH,
