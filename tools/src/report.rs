@@ -7,6 +7,8 @@ use chunker::convert::ConvertReport;
 use chunker::flatten::FlattenReport;
 use imagefs::{OpenedImage, VerifyReport};
 use manifest::ChunkEntry;
+use manifest::report::{BadChunkReport, ConvertStats, FetchStats, PassthroughStats, TiersReport};
+use serde::Serialize;
 
 const MB: f64 = 1e6;
 
@@ -35,9 +37,61 @@ pub fn flattened(out: &mut dyn Write, r: &FlattenReport, output: &Path) -> io::R
     Ok(())
 }
 
+/// `convert`'s report.
+pub fn convert_stats(r: &ConvertReport) -> ConvertStats {
+    ConvertStats {
+        digest: r.digest.to_string(),
+        image_bytes: r.image_bytes,
+        chunks: r.chunks,
+        holes: r.holes,
+        new_chunks: r.new_chunks,
+        existing_chunks: r.existing_chunks,
+        bytes_written: r.bytes_written,
+        manifest_bytes: r.manifest_bytes,
+        elapsed_seconds: r.elapsed.as_secs_f64(),
+    }
+}
+
+/// `fetch`'s report.
+pub fn fetch_stats(o: &OpenedImage, r: &VerifyReport, tiers: TiersReport) -> FetchStats {
+    FetchStats {
+        image: o.digest.to_string(),
+        checked: r.checked,
+        holes: r.holes,
+        bad: r
+            .bad
+            .iter()
+            .map(|b| BadChunkReport {
+                index: b.index.0,
+                id: b.id.to_string(),
+                problem: b.problem.clone(),
+            })
+            .collect(),
+        tiers,
+    }
+}
+
+/// A report as one JSON document on stdout.
+pub fn print_json(report: &impl Serialize) -> io::Result<()> {
+    let mut out = io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, report)?;
+    writeln!(out)
+}
+
+/// A report as JSON in `path` (replaced).
+pub fn write_json(path: &Path, report: &impl Serialize) -> io::Result<()> {
+    let text = serde_json::to_string_pretty(report)?;
+    std::fs::write(path, text + "\n").map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("writing the report to {}: {e}", path.display()),
+        )
+    })
+}
+
 /// `convert`: the digest first (scripts read line one), then a summary.
-pub fn converted(out: &mut dyn Write, r: &ConvertReport) -> io::Result<()> {
-    let secs = r.elapsed.as_secs_f64().max(1e-9);
+pub fn converted(out: &mut dyn Write, r: &ConvertStats) -> io::Result<()> {
+    let secs = r.elapsed_seconds.max(1e-9);
     writeln!(out, "{}", r.digest)?;
     writeln!(
         out,
@@ -121,7 +175,7 @@ pub fn verified(out: &mut dyn Write, o: &OpenedImage, r: &VerifyReport) -> io::R
 }
 
 /// `mount --stats`: what passthrough did.
-pub fn passthrough(p: &imagefs::fuse::PassthroughStats) -> String {
+pub fn passthrough(p: &PassthroughStats) -> String {
     format!(
         "passthrough: {} opens passed through, {} served by reads; {} files copied ({} bytes), {} evicted, {} bytes kept",
         p.passthrough_opens,
