@@ -215,24 +215,38 @@ pub struct FetchStats {
 /// The report of `imagefs convert`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ConvertStats {
-    /// Digest of the sealed manifest in the store.
+    /// The sealed manifest's digest (`sha256:…`).
     pub digest: String,
-    /// Image size in bytes.
-    pub image_bytes: u64,
-    /// Chunks in the image, holes included.
-    pub chunks: u64,
-    /// All-zero chunks, recorded but not stored.
-    pub holes: u64,
-    /// Chunks stored by this conversion.
-    pub new_chunks: u64,
-    /// Chunks the store already had (deduplicated).
-    pub existing_chunks: u64,
-    /// Bytes of new objects written.
-    pub bytes_written: u64,
-    /// Size of the sealed manifest.
-    pub manifest_bytes: u64,
-    /// Wall time in seconds.
+    /// How the image's chunks were stored.
+    pub chunks: ChunkCounts,
+    /// Sizes, in bytes.
+    pub bytes: ConvertBytes,
+    /// How long the conversion took, in seconds.
     pub elapsed_seconds: f64,
+}
+
+/// The chunks of a converted image.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkCounts {
+    /// All of them, holes included.
+    pub total: u64,
+    /// All-zero ones: recorded in the manifest, never stored.
+    pub holes: u64,
+    /// Objects this conversion added to the store.
+    pub new: u64,
+    /// Objects the store held already (dedup).
+    pub existing: u64,
+}
+
+/// The sizes of a conversion.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConvertBytes {
+    /// The ext4 image.
+    pub image: u64,
+    /// The new objects.
+    pub written: u64,
+    /// The sealed manifest.
+    pub manifest: u64,
 }
 
 /// The report of `imagefs cache-node`, written when it stops.

@@ -7,7 +7,10 @@ use chunker::convert::ConvertReport;
 use chunker::flatten::FlattenReport;
 use imagefs::{OpenedImage, VerifyReport};
 use manifest::ChunkEntry;
-use manifest::report::{BadChunkReport, ConvertStats, FetchStats, PassthroughStats, TiersReport};
+use manifest::report::{
+    BadChunkReport, ChunkCounts, ConvertBytes, ConvertStats, FetchStats, PassthroughStats,
+    TiersReport,
+};
 use serde::Serialize;
 
 const MB: f64 = 1e6;
@@ -41,13 +44,17 @@ pub fn flattened(out: &mut dyn Write, r: &FlattenReport, output: &Path) -> io::R
 pub fn convert_stats(r: &ConvertReport) -> ConvertStats {
     ConvertStats {
         digest: r.digest.to_string(),
-        image_bytes: r.image_bytes,
-        chunks: r.chunks,
-        holes: r.holes,
-        new_chunks: r.new_chunks,
-        existing_chunks: r.existing_chunks,
-        bytes_written: r.bytes_written,
-        manifest_bytes: r.manifest_bytes,
+        chunks: ChunkCounts {
+            total: r.chunks,
+            holes: r.holes,
+            new: r.new_chunks,
+            existing: r.existing_chunks,
+        },
+        bytes: ConvertBytes {
+            image: r.image_bytes,
+            written: r.bytes_written,
+            manifest: r.manifest_bytes,
+        },
         elapsed_seconds: r.elapsed.as_secs_f64(),
     }
 }
@@ -96,19 +103,19 @@ pub fn converted(out: &mut dyn Write, r: &ConvertStats) -> io::Result<()> {
     writeln!(
         out,
         "chunks {} (holes {}, new {}, already present {}), {:.1} MB written, manifest {} bytes",
-        r.chunks,
-        r.holes,
-        r.new_chunks,
-        r.existing_chunks,
-        r.bytes_written as f64 / MB,
-        r.manifest_bytes
+        r.chunks.total,
+        r.chunks.holes,
+        r.chunks.new,
+        r.chunks.existing,
+        r.bytes.written as f64 / MB,
+        r.bytes.manifest
     )?;
     writeln!(
         out,
         "image {:.1} MB in {:.2} s: {:.1} MB/s",
-        r.image_bytes as f64 / MB,
+        r.bytes.image as f64 / MB,
         secs,
-        r.image_bytes as f64 / MB / secs
+        r.bytes.image as f64 / MB / secs
     )?;
     Ok(())
 }
