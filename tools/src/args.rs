@@ -4,6 +4,7 @@ use std::error::Error;
 use std::io::{Write, stdout};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use cachetiers::Origin;
 
@@ -336,7 +337,10 @@ impl Command {
                 let armed = signals.arm();
                 let mounted = imagefs::fuse::mount(lazy.clone(), &mountpoint, &opts)?;
                 let unmount = mounted.stop_handle();
+                let stopped = Arc::new(AtomicBool::new(false));
+                let stopping = Arc::clone(&stopped);
                 armed.stop_with(move || {
+                    stopping.store(true, Ordering::SeqCst);
                     if let Err(e) = unmount.unmount() {
                         eprintln!("imagefs: {}", imagefs::error_chain(&e));
                     }
@@ -349,6 +353,12 @@ impl Command {
                 );
                 let served = mounted.wait();
                 drop(armed);
+                if !stopped.load(Ordering::SeqCst) {
+                    eprintln!(
+                        "imagefs: {} was unmounted from outside",
+                        mountpoint.display()
+                    );
+                }
                 let stats = MountStats {
                     image: digest.to_string(),
                     tiers: tiers_report(tiers.store.metrics()),
