@@ -6,9 +6,9 @@
 //!   goes to the owner, hedges to the second choice when the owner is
 //!   slow and fails over down the preference order; objects are checked
 //!   against their id. Configured by [`AzConfig`] (TOML-readable).
-//! - [`server`]: what runs on a cache node. [`server::run`] /
-//!   [`server::start`] / [`server::serve`] serve `GET /v1/chunks/{id}`
-//!   from the node's local store, filled once per chunk from the origin
+//! - [`server`]: what runs on a cache node. [`server::start`] /
+//!   [`server::serve`] serve `GET /v1/chunks/{id}` from the node's local
+//!   store, filled once per chunk from the origin
 //!   (a [`TieredStore`](cachetiers::TieredStore) of `node-local` over
 //!   `origin`), plus `/metrics` and `/healthz`. Configured by
 //!   [`NodeConfig`].

@@ -14,6 +14,8 @@
 //!   keys (with rotation) and domain secrets in a private key directory.
 //! - [`seal`](mod@seal): the sealed envelope: the encoded manifest encrypted under a
 //!   random data key, that key wrapped by a key provider.
+//! - [`report`]: what the commands report (`--json`), as serde types;
+//!   [`trace`]: the guest access trace (`serve --record-trace`).
 //! - [`wire`]: the byte reader shared by both decoders, and its
 //!   [`DecodeError`].
 #![forbid(unsafe_code)]
@@ -23,7 +25,9 @@ pub mod convergent;
 pub mod format;
 pub mod ids;
 pub mod keys;
+pub mod report;
 pub mod seal;
+pub mod trace;
 pub mod wire;
 
 pub use chunk_size::{ChunkSize, ChunkSizeError};

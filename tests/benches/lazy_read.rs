@@ -27,7 +27,9 @@ use std::time::Instant;
 
 use cachenode::{AzConfig, AzTier};
 use cachetiers::{ChunkStore, ObjectOrigin, RocksStore, S3Settings};
+use manifest::report::MountStats;
 use manifest::{ChunkId, LocalKeyProvider};
+use telemetry::histogram::percentile;
 use tests::garage::Garage;
 use tests::harness::{self, Mount};
 use tests::process::Running;
@@ -197,13 +199,16 @@ impl Setup {
         Ok(ids)
     }
 
-    /// `imagefs mount python DIR` with the given tier flags and `--stats`;
-    /// returns once it has mounted.
+    /// `imagefs mount python DIR` with the given tier flags, `--stats` and
+    /// `--stats-json`; returns once it has mounted.
     fn mount(&self, mnt: &Path, tier_flags: &[&str]) -> Res<FuseMount> {
         fs::create_dir_all(mnt).map_err(|e| e.to_string())?;
+        let report = mnt.with_extension("stats.json");
         let mut cmd = self.cmd();
         cmd.args(["mount", "python"])
             .arg(mnt)
+            .arg("--stats-json")
+            .arg(&report)
             .args(["--stats", "--store", &self.origin_url])
             .arg("--keys")
             .arg(self.keys())
@@ -212,20 +217,28 @@ impl Setup {
         Ok(FuseMount {
             child: Some(child),
             dir: mnt.to_path_buf(),
+            report,
         })
     }
 }
 
-/// A running `imagefs mount`; `stop` unmounts it and returns its stats.
+/// A running `imagefs mount`; `stop` unmounts it and returns its stats
+/// (the `--stats` table, to show, and the `--stats-json` report).
 struct FuseMount {
     child: Option<Running>,
     dir: PathBuf,
+    report: PathBuf,
 }
 
 impl FuseMount {
-    fn stop(mut self) -> Res<String> {
+    fn stop(mut self) -> Res<(String, MountStats)> {
         let child = self.child.take().ok_or("already stopped")?;
-        child.stop("-INT")
+        let table = child.stop("-INT")?;
+        let text = fs::read_to_string(&self.report)
+            .map_err(|e| format!("{}: {e}", self.report.display()))?;
+        let report =
+            serde_json::from_str(&text).map_err(|e| format!("{}: {e}", self.report.display()))?;
+        Ok((table, report))
     }
 }
 
@@ -237,13 +250,10 @@ impl Drop for FuseMount {
     }
 }
 
-/// Latencies in seconds, sorted; the quantile by nearest rank.
+/// Latencies in seconds, sorted; the quantile by nearest rank (NaN for
+/// none).
 fn quantile(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((sorted.len() as f64) * q).ceil().max(1.0) as usize;
-    sorted[rank.min(sorted.len()) - 1]
+    percentile(sorted, q).unwrap_or(f64::NAN)
 }
 
 fn time_gets(store: &dyn ChunkStore, ids: &[ChunkId], what: &str) -> Res<Vec<f64>> {
@@ -408,7 +418,7 @@ fn read_through(path: &Path) -> Res<f64> {
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+    quantile(&v, 0.5)
 }
 
 /// Part 2: the largest file through FUSE (dedicated tier warm) against a
@@ -481,7 +491,7 @@ fn fuse_vs_loop(s: &Setup) -> Res<()> {
                 times[k][1 + usize::from(passthrough)].push(f);
             }
         }
-        reports.push(m.stop()?);
+        reports.push(m.stop()?.0);
     }
     lo.unmount()?;
     let mb = size as f64 / 1e6;
@@ -517,33 +527,6 @@ fn fuse_vs_loop(s: &Setup) -> Res<()> {
     Ok(())
 }
 
-/// The first number after `after` in `line`.
-fn number_after(line: &str, after: &str) -> Res<u64> {
-    let at = line
-        .find(after)
-        .ok_or_else(|| format!("no `{after}` in {line}"))?;
-    line[at + after.len()..]
-        .split(|c: char| !c.is_ascii_digit())
-        .next()
-        .and_then(|n| n.parse().ok())
-        .ok_or_else(|| format!("no number after `{after}` in {line}"))
-}
-
-/// From the stats' `reads:` line: device bytes returned, chunks fetched,
-/// bytes fetched.
-fn fetched(stats: &str) -> Res<(u64, u64, u64)> {
-    let line = stats
-        .lines()
-        .find(|l| l.starts_with("reads: "))
-        .ok_or_else(|| format!("no reads: line in\n{stats}"))?;
-    let chunks = number_after(line, "fetched ")?;
-    Ok((
-        number_after(line, "reads: ")?,
-        chunks,
-        number_after(line, &format!("fetched {chunks} ("))?,
-    ))
-}
-
 /// Part 3: cold mount, `find`, a handful of files; bytes fetched against
 /// bytes read.
 fn fetched_vs_read(s: &Setup) -> Res<()> {
@@ -563,8 +546,12 @@ fn fetched_vs_read(s: &Setup) -> Res<()> {
             .map_err(|e| format!("{}: {e}", p.display()))?
             .len() as u64;
     }
-    let stats = m.stop()?;
-    let (device_bytes, chunks, fetched_bytes) = fetched(&stats)?;
+    let (stats, report) = m.stop()?;
+    let (device_bytes, chunks, fetched_bytes) = (
+        report.reader.bytes_read,
+        report.reader.store_fetches,
+        report.reader.store_bytes,
+    );
     println!(
         "## Cold mount: find over {entries} entries, then {} files read\n",
         pick.len()

@@ -39,9 +39,12 @@
 //! `cargo bench -p tests --bench vhost_guest`.
 
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
+
+use imagefs::tiers::stats::render;
+use manifest::report::ServeStats;
 
 use tests::blkbench::{self, Phase, Run};
 use tests::guest::{self, Accel, BootOptions, GuestKernel, Proc, boot, wait_for_socket};
@@ -206,31 +209,30 @@ fn setup() -> Option<Setup> {
     })
 }
 
-/// What `imagefs serve` reported at exit.
+/// What `imagefs serve` reported at exit (from `--stats-json`).
 #[derive(Debug, Default, Clone)]
 struct Served {
     /// Reads' service time p50 and p99, microseconds.
     read_p50_us: u64,
     read_p99_us: u64,
-    /// The `--stats` table: each tier's counters, then where the reader
-    /// found its chunks.
+    /// The `--stats` table made from the report: each tier's counters,
+    /// then where the reader found its chunks.
     stats: String,
 }
 
-fn parse_served(log: &str) -> Option<Served> {
-    let line = log.lines().find(|l| l.starts_with("served "))?;
-    // "... (reads p50 X us p99 Y us)"
-    const KEY: &str = "(reads p50 ";
-    let mut words = line[line.find(KEY)? + KEY.len()..].split_whitespace();
-    let read_p50_us = words.next()?.parse().ok()?;
-    let read_p99_us = words.nth(2)?.parse().ok()?;
-    Some(Served {
-        read_p50_us,
-        read_p99_us,
-        stats: log
+fn read_served(report: &Path) -> Result<Served, String> {
+    let text = fs::read_to_string(report).map_err(|e| format!("{}: {e}", report.display()))?;
+    let stats: ServeStats =
+        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", report.display()))?;
+    let served = stats
+        .served
+        .as_ref()
+        .ok_or_else(|| format!("{}: no served report", report.display()))?;
+    Ok(Served {
+        read_p50_us: served.read_p50_us,
+        read_p99_us: served.read_p99_us,
+        stats: render(&stats.tiers, &stats.reader)
             .lines()
-            .skip_while(|l| !l.starts_with("tier "))
-            .take_while(|l| !l.starts_with("served "))
             .map(|l| format!("    {l}\n"))
             .collect(),
     })
@@ -257,6 +259,7 @@ fn scenario(s: &Setup, name: &str, backend: Backend<'_>, script: &str) -> (Vec<R
         .collect();
     let socket = s.work.path().join(format!("{slug}.sock"));
     let log = s.work.path().join(format!("{slug}.backend.log"));
+    let report = s.work.path().join(format!("{slug}.stats.json"));
     let _ = fs::remove_file(&socket);
     let mut cmd = match backend {
         Backend::Qsd => {
@@ -282,7 +285,8 @@ fn scenario(s: &Setup, name: &str, backend: Backend<'_>, script: &str) -> (Vec<R
                 .arg(&s.store)
                 .arg("--keys")
                 .arg(&s.keys)
-                .arg("--stats")
+                .arg("--stats-json")
+                .arg(&report)
                 .args(args)
                 .env_remove("IMAGEFS_CONFIG");
             c
@@ -341,8 +345,8 @@ fn scenario(s: &Setup, name: &str, backend: Backend<'_>, script: &str) -> (Vec<R
                 .unwrap_or_else(|| panic!("{name}: imagefs serve still running after QEMU exited"));
             let text = daemon.output();
             assert!(status.success(), "{name}: imagefs serve failed:\n{text}");
-            parse_served(&text)
-                .unwrap_or_else(|| panic!("{name}: no served report from imagefs:\n{text}"))
+            read_served(&report)
+                .unwrap_or_else(|e| panic!("{name}: no report from imagefs ({e}):\n{text}"))
         }
     };
     println!(
@@ -529,7 +533,7 @@ fn main() {
     ];
     print_table(&rows);
     println!();
-    println!("where imagefs found the chunks (serve --stats):");
+    println!("where imagefs found the chunks (serve --stats-json):");
     for (name, served) in [
         ("warm 1", &warm_served),
         ("warm 2", &warm2_served),

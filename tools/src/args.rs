@@ -4,6 +4,7 @@ use std::error::Error;
 use std::io::{Write, stdout};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use cachetiers::Origin;
 
@@ -13,9 +14,12 @@ use chunker::flatten::{FlattenOptions, flatten_to_file};
 use chunker::oci::ImageSource;
 use clap::{Parser, Subcommand};
 use imagefs::tiers::parse_size;
+use imagefs::tiers::stats::{render, tiers_report};
+use manifest::report::MountStats;
 
 use crate::node;
 use crate::report;
+use crate::signals::Signals;
 use crate::tiers::{self, TierArgs};
 
 /// Boot microVMs from container images without downloading them first.
@@ -56,6 +60,10 @@ pub enum Command {
         threads: Option<usize>,
         #[command(flatten)]
         layout: LayoutArgs,
+        /// Print the report as JSON (`manifest::report::ConvertStats`)
+        /// instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Show a manifest (keys only with --show-keys).
     Inspect {
@@ -114,6 +122,10 @@ pub enum Command {
         /// The most bytes of passthrough copies kept at once.
         #[arg(long, value_parser = parse_size, default_value = "1G")]
         passthrough_capacity: u64,
+        /// At exit, write the report (each tier's counters, the reader's,
+        /// passthrough's) to FILE as JSON (`manifest::report::MountStats`).
+        #[arg(long, value_name = "FILE")]
+        stats_json: Option<PathBuf>,
         #[command(flatten)]
         tiers: TierArgs,
     },
@@ -134,6 +146,10 @@ pub enum Command {
         /// Parallel fetches.
         #[arg(long, default_value_t = 4)]
         threads: usize,
+        /// Print the report as JSON (`manifest::report::FetchStats`) on
+        /// stdout instead of text on stdout and the tier table on stderr.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -197,8 +213,8 @@ impl StoreArgs {
 }
 
 impl Command {
-    /// Run the subcommand.
-    pub fn run(self) -> Result<(), Box<dyn Error>> {
+    /// Run the subcommand; `signals` stops what it starts.
+    pub fn run(self, signals: &Signals) -> Result<(), Box<dyn Error>> {
         match self {
             Command::Flatten {
                 source,
@@ -219,6 +235,7 @@ impl Command {
                 domain,
                 threads,
                 layout,
+                json,
             } => {
                 let (dir, keys) = store.open(true)?;
                 let mut opts = ConvertOptions {
@@ -227,14 +244,19 @@ impl Command {
                     },
                     domain,
                     tag,
-                    progress: true,
+                    progress: !json,
                     ..ConvertOptions::default()
                 };
                 if let Some(n) = threads {
                     opts.threads = n;
                 }
                 let converted = convert(&source, dir.as_ref(), &keys, &opts)?;
-                report::converted(&mut stdout(), &converted)?;
+                let stats = report::convert_stats(&converted);
+                if json {
+                    report::print_json(&stats)?;
+                } else {
+                    report::converted(&mut stdout(), &stats)?;
+                }
                 Ok(())
             }
             Command::Inspect {
@@ -284,10 +306,11 @@ impl Command {
                 mountpoint,
                 raw,
                 allow_other,
-                stats,
+                stats: stats_flag,
                 no_passthrough,
                 passthrough_dir,
                 passthrough_capacity,
+                stats_json,
                 tiers,
             } => {
                 let (config, tiers, keys) = tiers.open()?;
@@ -311,45 +334,68 @@ impl Command {
                         capacity: passthrough_capacity,
                     }),
                 };
-                let served =
-                    imagefs::fuse::mount_until_signal(lazy.clone(), &mountpoint, &opts, |at| {
-                        // A closed stdout must not stop the mount.
-                        let _ = writeln!(
-                            stdout(),
-                            "mounted {digest} at {}; SIGINT or SIGTERM unmounts",
-                            at.display()
-                        );
-                    });
-                if stats {
-                    eprint!(
-                        "{}",
-                        imagefs::tiers::stats::render(&tiers.store.metrics(), &lazy.metrics())
-                    );
-                    if let Ok(Some(p)) = &served {
-                        eprintln!("{}", crate::report::passthrough(p));
+                let armed = signals.arm();
+                let mounted = imagefs::fuse::mount(lazy.clone(), &mountpoint, &opts)?;
+                let unmount = mounted.stop_handle();
+                let stopped = Arc::new(AtomicBool::new(false));
+                let stopping = Arc::clone(&stopped);
+                armed.stop_with(move || {
+                    stopping.store(true, Ordering::SeqCst);
+                    if let Err(e) = unmount.unmount() {
+                        eprintln!("imagefs: {}", imagefs::error_chain(&e));
                     }
+                });
+                // A closed stdout must not stop the mount.
+                let _ = writeln!(
+                    stdout(),
+                    "mounted {digest} at {}; SIGINT or SIGTERM unmounts",
+                    mounted.mountpoint().display()
+                );
+                let served = mounted.wait();
+                drop(armed);
+                if !stopped.load(Ordering::SeqCst) {
+                    eprintln!(
+                        "imagefs: {} was unmounted from outside",
+                        mountpoint.display()
+                    );
+                }
+                let stats = MountStats {
+                    image: digest.to_string(),
+                    tiers: tiers_report(tiers.store.metrics()),
+                    reader: lazy.metrics(),
+                    passthrough: served.as_ref().ok().copied().flatten(),
+                };
+                if stats_flag {
+                    eprint!("{}", render(&stats.tiers, &stats.reader));
+                    if let Some(p) = &stats.passthrough {
+                        eprintln!("{}", report::passthrough(p));
+                    }
+                }
+                if let Some(path) = &stats_json {
+                    report::write_json(path, &stats)?;
                 }
                 served?;
                 Ok(())
             }
-            Command::Serve(args) => args.run(),
-            Command::CacheNode(args) => args.run(),
+            Command::Serve(args) => args.run(signals),
+            Command::CacheNode(args) => args.run(signals),
             Command::Fetch {
                 image,
                 tiers,
                 threads,
+                json,
             } => {
                 let (_, tiers, keys) = tiers.open()?;
                 let opened = imagefs::open_image(tiers.origin.as_ref(), &image, &keys, None)?;
                 let verified = imagefs::verify(tiers.store.as_ref(), &opened.manifest, threads);
-                report::verified(&mut stdout(), &opened, &verified)?;
-                eprint!(
-                    "{}",
-                    imagefs::tiers::stats::render(
-                        &tiers.store.metrics(),
-                        &imagefs::LazyMetrics::default()
-                    )
-                );
+                let stats =
+                    report::fetch_stats(&opened, &verified, tiers_report(tiers.store.metrics()));
+                if json {
+                    report::print_json(&stats)?;
+                } else {
+                    report::verified(&mut stdout(), &opened, &verified)?;
+                    eprint!("{}", render(&stats.tiers, &imagefs::LazyMetrics::default()));
+                }
                 if verified.bad.is_empty() {
                     Ok(())
                 } else {

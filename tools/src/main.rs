@@ -6,6 +6,7 @@ mod args;
 mod node;
 mod report;
 mod serve;
+mod signals;
 mod tiers;
 
 use std::process::ExitCode;
@@ -14,7 +15,10 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = args::Cli::parse();
-    match cli.command.run() {
+    let result = signals::Signals::install()
+        .map_err(|e| format!("installing the SIGINT/SIGTERM handler: {e}").into())
+        .and_then(|signals| cli.command.run(&signals));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         // A closed pipe (`imagefs inspect … | head`) is the reader's choice.
         Err(err)

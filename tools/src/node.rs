@@ -8,7 +8,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use cachenode::server::{NodeConfig, start};
+use imagefs::tiers::stats::tiers_report;
 use imagefs::tiers::{TierConfig, parse_size};
+use manifest::report::CacheNodeStats;
+
+use crate::report::write_json;
+use crate::signals::Signals;
 
 /// Arguments of `imagefs cache-node` (flags override the [node] and
 /// [origin] sections of `--config`).
@@ -29,11 +34,15 @@ pub struct CacheNodeArgs {
     /// Tier configuration (TOML) with [node] and [origin] sections.
     #[arg(long, env = "IMAGEFS_CONFIG")]
     config: Option<PathBuf>,
+    /// When stopped, write the node's tier counters to FILE as JSON
+    /// (`manifest::report::CacheNodeStats`).
+    #[arg(long, value_name = "FILE")]
+    stats_json: Option<PathBuf>,
 }
 
 impl CacheNodeArgs {
     /// Runs the node until SIGINT or SIGTERM.
-    pub fn run(self) -> Result<(), Box<dyn Error>> {
+    pub fn run(self, signals: &Signals) -> Result<(), Box<dyn Error>> {
         let file = match &self.config {
             Some(path) => TierConfig::load(path)?,
             None => TierConfig::default(),
@@ -64,7 +73,10 @@ impl CacheNodeArgs {
 
         let local = Arc::new(cachetiers::RocksStore::open(&data, capacity)?);
         let origin = cachetiers::origin::open_origin(&origin_url, false)?;
+        let armed = signals.arm();
         let node = start(&NodeConfig { listen }, local, origin)?;
+        let stop = node.stop_handle();
+        armed.stop_with(move || stop.stop());
         // Tests and scripts read this line for the real port.
         writeln!(
             stdout(),
@@ -73,7 +85,17 @@ impl CacheNodeArgs {
             data.display()
         )?;
         stdout().flush()?;
-        node.run_until_signal()?;
+        let url = node.url();
+        let store = std::sync::Arc::clone(node.node());
+        node.wait()?;
+        drop(armed);
+        if let Some(path) = &self.stats_json {
+            let stats = CacheNodeStats {
+                url,
+                tiers: tiers_report(store.store().metrics()),
+            };
+            write_json(path, &stats)?;
+        }
         Ok(())
     }
 }

@@ -7,6 +7,11 @@ use chunker::convert::ConvertReport;
 use chunker::flatten::FlattenReport;
 use imagefs::{OpenedImage, VerifyReport};
 use manifest::ChunkEntry;
+use manifest::report::{
+    BadChunkReport, ChunkCounts, ConvertBytes, ConvertStats, FetchStats, PassthroughStats,
+    TiersReport,
+};
+use serde::Serialize;
 
 const MB: f64 = 1e6;
 
@@ -35,26 +40,82 @@ pub fn flattened(out: &mut dyn Write, r: &FlattenReport, output: &Path) -> io::R
     Ok(())
 }
 
+/// `convert`'s report.
+pub fn convert_stats(r: &ConvertReport) -> ConvertStats {
+    ConvertStats {
+        digest: r.digest.to_string(),
+        chunks: ChunkCounts {
+            total: r.chunks,
+            holes: r.holes,
+            new: r.new_chunks,
+            existing: r.existing_chunks,
+        },
+        bytes: ConvertBytes {
+            image: r.image_bytes,
+            written: r.bytes_written,
+            manifest: r.manifest_bytes,
+        },
+        elapsed_seconds: r.elapsed.as_secs_f64(),
+    }
+}
+
+/// `fetch`'s report.
+pub fn fetch_stats(o: &OpenedImage, r: &VerifyReport, tiers: TiersReport) -> FetchStats {
+    FetchStats {
+        image: o.digest.to_string(),
+        checked: r.checked,
+        holes: r.holes,
+        bad: r
+            .bad
+            .iter()
+            .map(|b| BadChunkReport {
+                index: b.index.0,
+                id: b.id.to_string(),
+                problem: b.problem.clone(),
+            })
+            .collect(),
+        tiers,
+    }
+}
+
+/// A report as one JSON document on stdout.
+pub fn print_json(report: &impl Serialize) -> io::Result<()> {
+    let mut out = io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, report)?;
+    writeln!(out)
+}
+
+/// A report as JSON in `path` (replaced).
+pub fn write_json(path: &Path, report: &impl Serialize) -> io::Result<()> {
+    let text = serde_json::to_string_pretty(report)?;
+    std::fs::write(path, text + "\n").map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("writing the report to {}: {e}", path.display()),
+        )
+    })
+}
+
 /// `convert`: the digest first (scripts read line one), then a summary.
-pub fn converted(out: &mut dyn Write, r: &ConvertReport) -> io::Result<()> {
-    let secs = r.elapsed.as_secs_f64().max(1e-9);
+pub fn converted(out: &mut dyn Write, r: &ConvertStats) -> io::Result<()> {
+    let secs = r.elapsed_seconds.max(1e-9);
     writeln!(out, "{}", r.digest)?;
     writeln!(
         out,
         "chunks {} (holes {}, new {}, already present {}), {:.1} MB written, manifest {} bytes",
-        r.chunks,
-        r.holes,
-        r.new_chunks,
-        r.existing_chunks,
-        r.bytes_written as f64 / MB,
-        r.manifest_bytes
+        r.chunks.total,
+        r.chunks.holes,
+        r.chunks.new,
+        r.chunks.existing,
+        r.bytes.written as f64 / MB,
+        r.bytes.manifest
     )?;
     writeln!(
         out,
         "image {:.1} MB in {:.2} s: {:.1} MB/s",
-        r.image_bytes as f64 / MB,
+        r.bytes.image as f64 / MB,
         secs,
-        r.image_bytes as f64 / MB / secs
+        r.bytes.image as f64 / MB / secs
     )?;
     Ok(())
 }
@@ -121,7 +182,7 @@ pub fn verified(out: &mut dyn Write, o: &OpenedImage, r: &VerifyReport) -> io::R
 }
 
 /// `mount --stats`: what passthrough did.
-pub fn passthrough(p: &imagefs::fuse::PassthroughStats) -> String {
+pub fn passthrough(p: &PassthroughStats) -> String {
     format!(
         "passthrough: {} opens passed through, {} served by reads; {} files copied ({} bytes), {} evicted, {} bytes kept",
         p.passthrough_opens,

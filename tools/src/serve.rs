@@ -6,8 +6,12 @@ use std::io::{Write, stdout};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use imagefs::vhost::{ServeOptions, serve};
+use imagefs::tiers::stats::{render, tiers_report};
+use imagefs::vhost::{ServeOptions, Server};
+use manifest::report::ServeStats;
 
+use crate::report::write_json;
+use crate::signals::Signals;
 use crate::tiers::TierArgs;
 
 /// Arguments of `imagefs serve`.
@@ -44,6 +48,10 @@ pub struct ServeArgs {
     /// At exit, print each tier's counters and latencies to stderr.
     #[arg(long)]
     stats: bool,
+    /// At exit, write the report (what was served, each tier's counters,
+    /// the reader's) to FILE as JSON (`manifest::report::ServeStats`).
+    #[arg(long, value_name = "FILE")]
+    stats_json: Option<PathBuf>,
     #[command(flatten)]
     tiers: TierArgs,
 }
@@ -73,9 +81,9 @@ impl Drop for Ephemeral {
 }
 
 impl ServeArgs {
-    /// Runs the daemon until the frontend disconnects (or forever with
-    /// `--keep-alive`); prints what it served.
-    pub fn run(self) -> Result<(), Box<dyn Error>> {
+    /// Runs the daemon until the frontend disconnects (or, with
+    /// `--keep-alive`, until a signal); prints what it served.
+    pub fn run(self, signals: &Signals) -> Result<(), Box<dyn Error>> {
         let (config, tiers, keys) = self.tiers.open()?;
         let opened = imagefs::open_image(tiers.origin.as_ref(), &self.image, &keys, None)?;
         let digest = opened.digest.to_string();
@@ -102,7 +110,11 @@ impl ServeArgs {
             record_trace: self.record_trace.clone(),
             ..ServeOptions::new(self.socket.clone(), digest.clone())
         };
-        let served = serve(lazy.clone(), &opts, |socket| {
+        let armed = signals.arm();
+        let server = Server::new(lazy.clone(), &opts)?;
+        let stop = server.stop_handle();
+        armed.stop_with(move || stop.stop());
+        let served = server.run(|socket| {
             // A closed stdout must not stop the daemon.
             let mut out = stdout();
             let _ = writeln!(
@@ -118,11 +130,18 @@ impl ServeArgs {
             );
             let _ = out.flush();
         });
+        drop(armed);
+        let stats = ServeStats {
+            image: digest.clone(),
+            served: served.as_ref().ok().cloned(),
+            tiers: tiers_report(tiers.store.metrics()),
+            reader: lazy.metrics(),
+        };
         if self.stats {
-            eprint!(
-                "{}",
-                imagefs::tiers::stats::render(&tiers.store.metrics(), &lazy.metrics())
-            );
+            eprint!("{}", render(&stats.tiers, &stats.reader));
+        }
+        if let Some(path) = &self.stats_json {
+            write_json(path, &stats)?;
         }
         let report = served?;
         let _ = writeln!(stdout(), "served {digest}: {report}");

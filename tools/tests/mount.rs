@@ -15,6 +15,7 @@ use chunker::ext4::Ext4Options;
 use chunker::flatten::FlattenOptions;
 use chunker::oci::ImageSource;
 use manifest::LocalKeyProvider;
+use manifest::report::MountStats;
 use tempfile::TempDir;
 use tests::cases::{acl_xattr, capability};
 use tests::harness::{self, Mount};
@@ -356,7 +357,14 @@ fn a_file_the_dedicated_tier_holds_is_passed_through_and_its_copy_removed_at_exi
     let dedicated = s.path().join("dedicated");
     fs::create_dir(&dir).unwrap();
     let dir = fs::canonicalize(&dir).unwrap();
-    let flags = ["--stats", "--dedicated", dedicated.to_str().unwrap()];
+    let report = s.path().join("pt-stats.json");
+    let flags = [
+        "--stats",
+        "--dedicated",
+        dedicated.to_str().unwrap(),
+        "--stats-json",
+        report.to_str().unwrap(),
+    ];
     let Some(running) = start(s.path(), &dir, &flags) else {
         return;
     };
@@ -385,13 +393,14 @@ fn a_file_the_dedicated_tier_holds_is_passed_through_and_its_copy_removed_at_exi
         "no passthrough copy appeared in {}: {err}",
         copies.display()
     );
-    let line = err
-        .lines()
-        .find(|l| l.starts_with("passthrough:"))
-        .unwrap_or_else(|| panic!("no passthrough line in --stats: {err}"));
+    let stats: MountStats = serde_json::from_str(&fs::read_to_string(&report).unwrap())
+        .unwrap_or_else(|e| panic!("{}: {e}", report.display()));
+    let p = stats
+        .passthrough
+        .unwrap_or_else(|| panic!("no passthrough in the report: {err}"));
     assert!(
-        line.contains("1 files copied (900000 bytes)") && !line.contains(" 0 opens passed"),
-        "{line}"
+        p.materialized_files == 1 && p.materialized_bytes == 900_000 && p.passthrough_opens > 0,
+        "{p:?}"
     );
     assert!(!copies.exists(), "{} left after exit", copies.display());
 }

@@ -21,6 +21,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cachetiers::ChunkStore;
+use manifest::report::MountStats;
 use tests::garage::Garage;
 use tests::harness;
 use tests::imagegen::{Compression, Entry, Image, Layer, noise};
@@ -89,12 +90,31 @@ fn start_node(g: &Garage, dir: &Path, name: &str, origin: &str) -> (Running, Str
 struct Mounted {
     proc: Running,
     dir: PathBuf,
+    report: PathBuf,
+}
+
+/// What a stopped mount reported: its stderr (the --stats table, to show)
+/// and its --stats-json report (to check).
+struct Stopped {
+    table: String,
+    report: MountStats,
+}
+
+impl std::fmt::Display for Stopped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.table)
+    }
 }
 
 impl Mounted {
-    /// SIGINT, wait, and return stderr (the --stats table).
-    fn stop(self) -> String {
-        self.proc.stop("-INT").unwrap_or_else(|e| panic!("{e}"))
+    /// SIGINT, wait, and read what it reported.
+    fn stop(self) -> Stopped {
+        let table = self.proc.stop("-INT").unwrap_or_else(|e| panic!("{e}"));
+        let text = fs::read_to_string(&self.report)
+            .unwrap_or_else(|e| panic!("{}: {e}\n{table}", self.report.display()));
+        let report = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("{}: {e}\n{text}", self.report.display()));
+        Stopped { table, report }
     }
 }
 
@@ -110,9 +130,12 @@ fn mount(
     nodes: &[String],
 ) -> Mounted {
     fs::create_dir_all(mnt).unwrap();
+    let report = dedicated.with_extension("stats.json");
     let mut cmd = bin();
     cmd.args(["mount", image])
         .arg(mnt)
+        .arg("--stats-json")
+        .arg(&report)
         .args(["--store", origin, "--stats", "--shared-capacity", "256M"])
         .arg("--keys")
         .arg(keys)
@@ -128,22 +151,20 @@ fn mount(
     Mounted {
         proc,
         dir: mnt.to_path_buf(),
+        report,
     }
 }
 
-/// A row of the --stats table: (hits, misses, corrupt, errors).
-fn stats_row(stats: &str, tier: &str) -> (u64, u64, u64, u64) {
-    let line = stats
-        .lines()
-        .find(|l| l.split_whitespace().next() == Some(tier))
-        .unwrap_or_else(|| panic!("no {tier} row in:\n{stats}"));
-    let f: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .take(6)
-        .map(|x| x.parse().unwrap())
-        .collect();
-    (f[0], f[1], f[3], f[4])
+/// A tier's counters in the report: (hits, misses, corrupt, errors).
+fn stats_row(stats: &Stopped, tier: &str) -> (u64, u64, u64, u64) {
+    let t = stats
+        .report
+        .tiers
+        .tiers
+        .iter()
+        .find(|t| t.tier == tier)
+        .unwrap_or_else(|| panic!("no {tier} tier in:\n{stats}"));
+    (t.hits, t.misses, t.verification_failures, t.errors)
 }
 
 fn sample() -> Image {
@@ -320,7 +341,7 @@ fn mounts_from_garage_through_cache_nodes_with_failover_and_corruption() {
         started.elapsed()
     );
     let stats = m.stop();
-    assert!(stats.contains("origin"), "{stats}");
+    stats_row(&stats, "origin");
     g.start().unwrap();
 }
 

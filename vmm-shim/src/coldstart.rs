@@ -21,6 +21,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use manifest::report::ServeStats;
+
 use crate::backend::BackendProcess;
 use crate::error::{Error, Result};
 use crate::probe::{Params, TraceEntry};
@@ -108,7 +110,8 @@ pub struct Sample {
     pub p99: Duration,
     /// Bytes the guest read.
     pub bytes_read: u64,
-    /// Per tier: name and bytes it served (from `imagefs serve --stats`).
+    /// Per tier: name and bytes it served (from `imagefs serve
+    /// --stats-json`).
     pub tiers: Vec<(String, u64)>,
     /// Bytes fetched from the chunk stores, when known.
     pub fetched: Option<u64>,
@@ -125,13 +128,10 @@ pub struct ScenarioResult {
     pub unavailable: Option<String>,
 }
 
-/// Percentile `q` (0..=1) of a sorted slice (nearest rank).
+/// Percentile `q` (0..=1) of a sorted slice (nearest rank), zero when
+/// empty.
 pub fn percentile(sorted: &[Duration], q: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = ((sorted.len() as f64) * q).ceil().max(1.0) as usize;
-    sorted[rank.min(sorted.len()) - 1]
+    telemetry::histogram::percentile(sorted, q).unwrap_or_default()
 }
 
 fn sample_of(run: &ProbeRun, extra: Duration) -> Sample {
@@ -148,37 +148,28 @@ fn sample_of(run: &ProbeRun, extra: Duration) -> Sample {
     }
 }
 
-/// Reads the tier table and the reader line of `imagefs serve --stats`:
-/// (tier, bytes) for each tier row, and the bytes fetched from the stores.
-pub fn parse_stats(text: &str) -> (Vec<(String, u64)>, Option<u64>) {
-    let mut tiers = Vec::new();
-    let mut fetched = None;
-    let mut in_table = false;
-    for line in text.lines() {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        if f.first() == Some(&"tier") && f.get(3) == Some(&"bytes") {
-            in_table = true;
-            continue;
-        }
-        if line.starts_with("reads:") {
-            in_table = false;
-            // "... fetched N (B bytes, ..."
-            if let Some(i) = f.iter().position(|w| *w == "fetched") {
-                fetched = f
-                    .get(i + 2)
-                    .and_then(|w| w.trim_start_matches('(').parse().ok());
-            }
-            continue;
-        }
-        if in_table
-            && !line.starts_with(' ')
-            && f.len() >= 4
-            && let Ok(bytes) = f[3].parse()
-        {
-            tiers.push((f[0].to_owned(), bytes));
-        }
-    }
-    (tiers, fetched)
+/// From the report of `imagefs serve --stats-json`: (tier, bytes) for
+/// each tier, and the bytes fetched from the stores.
+pub fn tier_bytes(stats: &ServeStats) -> (Vec<(String, u64)>, Option<u64>) {
+    let tiers = stats
+        .tiers
+        .tiers
+        .iter()
+        .map(|t| (t.tier.clone(), t.bytes))
+        .collect();
+    (tiers, Some(stats.reader.store_bytes))
+}
+
+/// Reads the report `imagefs serve --stats-json` wrote.
+fn read_serve_stats(path: &Path) -> Result<ServeStats> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|e| Error::Process {
+        program: "imagefs serve".into(),
+        reason: format!("its report {}: {e}", path.display()),
+    })
 }
 
 struct Harness<'a> {
@@ -219,14 +210,19 @@ impl Harness<'_> {
         shared: Option<&Path>,
         az: Option<&str>,
     ) -> Result<Sample> {
-        let sock = self.fresh_dir("sock")?.join("serve.sock");
+        let sock_dir = self.fresh_dir("sock")?;
+        let sock = sock_dir.join("serve.sock");
+        let report = sock_dir.join("serve-stats.json");
         let mut c = self.imagefs();
         c.arg("serve")
             .arg(&self.cfg.image)
             .arg("--socket")
             .arg(&sock);
         self.store_args(&mut c);
-        c.arg("--dedicated").arg(dedicated).arg("--stats");
+        c.arg("--dedicated")
+            .arg(dedicated)
+            .arg("--stats-json")
+            .arg(&report);
         if let Some(s) = shared {
             c.arg("--shared").arg(s).arg("--shared-capacity").arg("8G");
         }
@@ -242,9 +238,6 @@ impl Harness<'_> {
             reason: format!("{e}; its log: {}", tail(&log, 8)),
         })?;
         let mut s = sample_of(&run, Duration::ZERO);
-        let (tiers, fetched) = parse_stats(&log);
-        s.tiers = tiers;
-        s.fetched = fetched;
         if !exited {
             return Err(Error::Process {
                 program: "imagefs serve".into(),
@@ -254,6 +247,9 @@ impl Harness<'_> {
                 ),
             });
         }
+        let (tiers, fetched) = tier_bytes(&read_serve_stats(&report)?);
+        s.tiers = tiers;
+        s.fetched = fetched;
         Ok(s)
     }
 
@@ -542,13 +538,25 @@ mod tests {
 
     #[test]
     fn reads_serve_stats() {
-        let text = "serving sha256:ab (1 bytes, read-only) on /s\n\
-            tier               hits   misses        bytes  corrupt  errors   fills        p50        p99\n\
-            shared                3        5       1572864        0       0       0    <=1ms    <=5ms\n\
-            \x20 last error in shared: boom\n\
-            origin                5        0       2621440        0       0       5   <=10ms   <=50ms\n\
-            reads: 40960 bytes returned; chunks from dedicated 0, memory 2, holes 1, fetched 8 (4194304 bytes, 0 by read-ahead, 0 shared, 0 failed)\n";
-        let (tiers, fetched) = parse_stats(text);
+        let mut stats = ServeStats::default();
+        for (tier, bytes) in [("shared", 1_572_864), ("origin", 2_621_440)] {
+            stats.tiers.tiers.push(manifest::report::TierSnapshot {
+                tier: tier.into(),
+                hits: 1,
+                misses: 0,
+                bytes,
+                verification_failures: 0,
+                errors: 0,
+                fills: 0,
+                fill_failures: 0,
+                latency_buckets: vec![1],
+                latency_sum_seconds: 0.0,
+                last_error: None,
+            });
+        }
+        stats.reader.store_bytes = 4_194_304;
+        let text = serde_json::to_string(&stats).unwrap();
+        let (tiers, fetched) = tier_bytes(&serde_json::from_str(&text).unwrap());
         assert_eq!(
             tiers,
             vec![
@@ -557,15 +565,12 @@ mod tests {
             ]
         );
         assert_eq!(fetched, Some(4_194_304));
-        assert_eq!(parse_stats("nothing here"), (Vec::new(), None));
     }
 
     #[test]
-    fn percentiles_by_nearest_rank() {
+    fn percentiles_of_no_samples_are_zero() {
         let v: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
         assert_eq!(percentile(&v, 0.5), Duration::from_millis(50));
-        assert_eq!(percentile(&v, 0.99), Duration::from_millis(99));
-        assert_eq!(percentile(&v[..1], 0.99), Duration::from_millis(1));
         assert_eq!(percentile(&[], 0.5), Duration::ZERO);
     }
 }

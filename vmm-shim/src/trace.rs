@@ -1,9 +1,8 @@
 //! Access traces: the reads a guest made, in order.
 //!
-//! Two formats are read. `imagefs serve --record-trace` writes JSON lines: a
-//! header `{"format":"imagefs-trace",...}` and then one
-//! `{"t_ns":…,"queue":…,"offset":…,"len":…}` per guest read; a file whose
-//! first non-blank line starts with `{` is read that way.
+//! Two formats are read. `imagefs serve --record-trace` writes JSON lines
+//! ([`manifest::trace`], decoded by that module); a file whose first
+//! non-blank line starts with `{` is read that way.
 //!
 //! Text format, one read per line: `OFFSET LEN [anything else]`, where OFFSET
 //! and LEN are bytes (decimal or `0x` hex) and fields are separated by
@@ -25,47 +24,39 @@ fn num(s: &str) -> Option<u64> {
     }
 }
 
-/// Parses `imagefs serve --record-trace` JSON lines.
-fn parse_json_lines(text: &str, path: &Path) -> Result<Vec<TraceEntry>> {
-    let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() {
-            continue;
-        }
-        let bad = |what: String| Error::Trace {
-            path: path.to_path_buf(),
-            reason: format!("line {}: {what}", i + 1),
-        };
-        let v: serde_json::Value =
-            serde_json::from_str(line).map_err(|e| bad(format!("not JSON: {e}")))?;
-        if let Some(f) = v.get("format") {
-            if f != "imagefs-trace" {
-                return Err(bad(format!("unknown trace format {f}")));
+/// Reads the reads of an `imagefs serve --record-trace` trace.
+fn parse_recorded(text: &str, path: &Path) -> Result<Vec<TraceEntry>> {
+    let (_, records) = manifest::trace::decode(text.as_bytes()).map_err(|e| Error::Trace {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    records
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let bad = |what: &str| Error::Trace {
+                path: path.to_path_buf(),
+                reason: format!("record {}: {what}", i + 1),
+            };
+            let len = u32::try_from(r.len).map_err(|_| bad("length over 4 GiB"))?;
+            if r.offset % 512 != 0 || len % 512 != 0 || len == 0 {
+                return Err(bad(&format!(
+                    "offset {} and length {len} must be multiples of 512 (length > 0)",
+                    r.offset
+                )));
             }
-            continue;
-        }
-        let field = |k: &str| {
-            v.get(k)
-                .and_then(serde_json::Value::as_u64)
-                .ok_or_else(|| bad(format!("no unsigned {k:?} in {line:?}")))
-        };
-        let offset = field("offset")?;
-        let len = u32::try_from(field("len")?).map_err(|_| bad("length over 4 GiB".into()))?;
-        if offset % 512 != 0 || len % 512 != 0 || len == 0 {
-            return Err(bad(format!(
-                "offset {offset} and length {len} must be multiples of 512 (length > 0)"
-            )));
-        }
-        out.push(TraceEntry { offset, len });
-    }
-    Ok(out)
+            Ok(TraceEntry {
+                offset: r.offset,
+                len,
+            })
+        })
+        .collect()
 }
 
 /// Parses trace text; `path` only names the source in errors.
 pub fn parse(text: &str, path: &Path) -> Result<Vec<TraceEntry>> {
     if text.trim_start().starts_with('{') {
-        let out = parse_json_lines(text, path)?;
+        let out = parse_recorded(text, path)?;
         if out.is_empty() {
             return Err(Error::Trace {
                 path: path.to_path_buf(),
@@ -177,6 +168,21 @@ mod tests {
     }
 
     #[test]
+    fn loads_the_testdata_traces() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata");
+        let recorded = load(&dir.join("python-import-json-sqlite3.serve.trace")).unwrap();
+        let qemu = load(&dir.join("python-import-json-sqlite3.trace")).unwrap();
+        assert!(!recorded.is_empty() && !qemu.is_empty());
+        assert_eq!(
+            recorded[0],
+            TraceEntry {
+                offset: 0,
+                len: 4096
+            }
+        );
+    }
+
+    #[test]
     fn parses_recorded_json_lines() {
         let p = Path::new("t.jsonl");
         let text = concat!(
@@ -201,8 +207,12 @@ mod tests {
                 }
             ]
         );
-        let bad = r#"{"t_ns":5,"queue":0,"offset":4097,"len":512}"#;
-        assert!(parse(bad, p).unwrap_err().to_string().contains("line 1"));
+        let header = text.lines().next().unwrap();
+        let bad = format!(
+            "{header}\n{}\n",
+            r#"{"t_ns":5,"queue":0,"offset":4097,"len":512}"#
+        );
+        assert!(parse(&bad, p).unwrap_err().to_string().contains("record 1"));
         let other = r#"{"format":"something-else"}"#;
         assert!(parse(other, p).is_err());
     }

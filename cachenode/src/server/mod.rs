@@ -18,9 +18,11 @@
 //! is fetched once from the origin however many requests wait for it
 //! (single-flight), verified, kept locally and served.
 //!
-//! Entry points, from most to least managed: [`run`] (blocks until
-//! SIGINT/SIGTERM), [`start`] (a [`RunningNode`] on threads of its own),
-//! [`serve`] (async, on the caller's runtime and listener).
+//! Entry points, from most to least managed: [`start`] (a [`RunningNode`]
+//! on threads of its own, stopped through a [`NodeStopHandle`] from any
+//! thread), [`serve`] (async, on the caller's runtime and listener). The
+//! library installs no signal handlers: the program decides what stops a
+//! node.
 
 mod http;
 
@@ -31,7 +33,7 @@ use std::time::Duration;
 
 use cachetiers::{ChunkStore, TieredError, TieredStore};
 use serde::Deserialize;
-use tokio::sync::oneshot;
+use tokio::sync::{Notify, oneshot};
 use tokio::task::JoinHandle;
 
 /// Name of the node's own store in metrics and errors.
@@ -113,12 +115,6 @@ pub enum ServerError {
         /// Why.
         reason: String,
     },
-    /// The signal handlers could not be installed.
-    #[error("cannot wait for SIGINT/SIGTERM: {source}")]
-    Signal {
-        /// The underlying error.
-        source: std::io::Error,
-    },
 }
 
 /// A cache node's state: its tiers and its HTTP counters.
@@ -186,20 +182,6 @@ pub async fn serve(
         .map_err(|source| ServerError::Serve { addr, source })
 }
 
-/// Completes on SIGINT or SIGTERM. Needs a tokio runtime.
-pub async fn shutdown_signal() -> Result<(), ServerError> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term =
-        signal(SignalKind::terminate()).map_err(|source| ServerError::Signal { source })?;
-    let mut int =
-        signal(SignalKind::interrupt()).map_err(|source| ServerError::Signal { source })?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    Ok(())
-}
-
 /// A cache node serving on a runtime of its own. Dropping it stops it
 /// (like [`RunningNode::stop`], ignoring the result).
 #[derive(Debug)]
@@ -207,6 +189,7 @@ pub struct RunningNode {
     addr: SocketAddr,
     node: Arc<CacheNode>,
     stop: Option<oneshot::Sender<()>>,
+    stop_requested: Arc<Notify>,
     task: Option<JoinHandle<Result<(), ServerError>>>,
     runtime: Option<tokio::runtime::Runtime>,
 }
@@ -251,23 +234,23 @@ pub fn start_node(config: &NodeConfig, node: Arc<CacheNode>) -> Result<RunningNo
         addr,
         node,
         stop: Some(stop),
+        stop_requested: Arc::new(Notify::new()),
         task: Some(task),
         runtime: Some(runtime),
     })
 }
 
-/// Serves a node over `local` and `origin` on `config.listen` until
-/// SIGINT or SIGTERM, then finishes the requests in flight. Says where
-/// it listens on stderr (`cache node listening on http://ADDR`). For
-/// the CLI; blocks.
-pub fn run(
-    config: &NodeConfig,
-    local: Arc<dyn ChunkStore>,
-    origin: Arc<dyn ChunkStore>,
-) -> Result<(), ServerError> {
-    let node = start(config, local, origin)?;
-    eprintln!("cache node listening on {}", node.url());
-    node.run_until_signal()
+/// Stops a [`RunningNode`] from any thread (see
+/// [`RunningNode::stop_handle`]).
+#[derive(Debug, Clone)]
+pub struct NodeStopHandle(Arc<Notify>);
+
+impl NodeStopHandle {
+    /// Asks the node to stop; its [`RunningNode::wait`] then stops it and
+    /// returns. A request made before the wait starts is kept.
+    pub fn stop(&self) {
+        self.0.notify_one();
+    }
 }
 
 impl RunningNode {
@@ -295,17 +278,26 @@ impl RunningNode {
         &self.node
     }
 
-    /// Blocks until SIGINT or SIGTERM (or until the server fails), then
-    /// stops.
-    pub fn run_until_signal(mut self) -> Result<(), ServerError> {
-        self.wait(shutdown_signal())?;
+    /// A handle that ends [`RunningNode::wait`].
+    pub fn stop_handle(&self) -> NodeStopHandle {
+        NodeStopHandle(Arc::clone(&self.stop_requested))
+    }
+
+    /// Blocks until a [`NodeStopHandle`] asks (or until the server
+    /// fails), then stops.
+    pub fn wait(mut self) -> Result<(), ServerError> {
+        let requested = Arc::clone(&self.stop_requested);
+        self.wait_for(async move {
+            requested.notified().await;
+            Ok(())
+        })?;
         self.stop()
     }
 
     /// Blocks until `shutdown` completes (or the server fails), then
     /// stops.
     pub fn run_until(mut self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
-        self.wait(async {
+        self.wait_for(async {
             shutdown.await;
             Ok(())
         })?;
@@ -313,7 +305,7 @@ impl RunningNode {
     }
 
     /// Waits on the node's runtime for `until` or for the server to end.
-    fn wait(
+    fn wait_for(
         &mut self,
         until: impl Future<Output = Result<(), ServerError>>,
     ) -> Result<(), ServerError> {

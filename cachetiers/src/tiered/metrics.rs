@@ -71,33 +71,7 @@ impl TierCounters {
     }
 }
 
-/// The counters of one tier at one moment.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TierSnapshot {
-    /// The tier's name.
-    pub tier: String,
-    /// Gets that returned a verified object.
-    pub hits: u64,
-    /// Gets that found nothing.
-    pub misses: u64,
-    /// Bytes of verified objects returned.
-    pub bytes: u64,
-    /// Objects that failed their id check (each was dropped from the tier).
-    pub verification_failures: u64,
-    /// Gets that failed (I/O, unreachable, ...).
-    pub errors: u64,
-    /// Objects written into this tier after a hit further down.
-    pub fills: u64,
-    /// Fills that failed (not fatal to the read).
-    pub fill_failures: u64,
-    /// Gets per latency bucket (non-cumulative), one per
-    /// [`LATENCY_BUCKETS`] entry then `+Inf`.
-    pub latency_buckets: Vec<u64>,
-    /// Total time spent in gets, in seconds.
-    pub latency_sum_seconds: f64,
-    /// The most recent error or fill failure, for logs.
-    pub last_error: Option<String>,
-}
+pub use manifest::report::TierSnapshot;
 
 /// The counters of a whole tiered store at one moment.
 #[derive(Debug, Clone, PartialEq)]

@@ -106,9 +106,6 @@ pub enum MountError {
         #[source]
         source: io::Error,
     },
-    /// Installing the SIGINT/SIGTERM handlers failed.
-    #[error("installing signal handlers")]
-    Signals(#[source] io::Error),
 }
 
 /// A live mount, served by a background thread. Dropping it unmounts.
@@ -145,6 +142,30 @@ impl Mounted {
             .is_some_and(|s| !s.guard.is_finished())
     }
 
+    /// A handle that unmounts from any thread (as `umount` would), which
+    /// ends [`Mounted::wait`].
+    pub fn stop_handle(&self) -> UnmountHandle {
+        UnmountHandle {
+            mountpoint: self.mountpoint.clone(),
+        }
+    }
+
+    /// Waits until the mount ends: unmounted from outside (`umount`) or
+    /// through an [`UnmountHandle`]. Returns what passthrough did, when it
+    /// was asked for.
+    pub fn wait(mut self) -> Result<Option<PassthroughStats>, MountError> {
+        match self.session.take() {
+            // The session thread ends when the kernel drops the mount;
+            // there is nothing left to unmount then.
+            Some(s) => s.join().map_err(|source| MountError::Unmount {
+                mountpoint: self.mountpoint.clone(),
+                source,
+            }),
+            None => Ok(()),
+        }
+        .map(|()| self.passthrough_stats())
+    }
+
     /// Unmounts and waits for the serving thread to end.
     pub fn unmount(mut self) -> Result<(), MountError> {
         match self.session.take() {
@@ -163,6 +184,26 @@ impl Drop for Mounted {
             && let Err(e) = s.umount_and_join()
         {
             eprintln!("imagefs: unmounting {}: {e}", self.mountpoint.display());
+        }
+    }
+}
+
+/// Unmounts a [`Mounted`] from another thread (see [`Mounted::stop_handle`]).
+#[derive(Debug, Clone)]
+pub struct UnmountHandle {
+    mountpoint: PathBuf,
+}
+
+impl UnmountHandle {
+    /// Unmounts; the mount's [`Mounted::wait`] then returns. Unmounting
+    /// what is already gone is not an error.
+    pub fn unmount(&self) -> Result<(), MountError> {
+        match nix::mount::umount(&self.mountpoint) {
+            Ok(()) | Err(nix::errno::Errno::EINVAL | nix::errno::Errno::ENOENT) => Ok(()),
+            Err(e) => Err(MountError::Unmount {
+                mountpoint: self.mountpoint.clone(),
+                source: e.into(),
+            }),
         }
     }
 }
@@ -239,49 +280,5 @@ fn raise_readahead(mountpoint: &Path) {
     let knob = format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb");
     if let Err(e) = std::fs::write(&knob, READAHEAD_KIB.to_string()) {
         eprintln!("imagefs: read-ahead stays at the kernel's default ({knob}: {e})");
-    }
-}
-
-/// Mounts like [`mount`], then waits for SIGINT or SIGTERM and unmounts.
-/// Returns as well when the mount goes away otherwise (`umount`).
-/// `on_ready` runs once the mount is up (to print where it is). Returns
-/// what passthrough did, when it was asked for.
-pub fn mount_until_signal(
-    source: Arc<dyn BlockDevice>,
-    mountpoint: &Path,
-    opts: &MountOptions,
-    on_ready: impl FnOnce(&Path),
-) -> Result<Option<PassthroughStats>, MountError> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    // Handlers first: a signal that arrives right after the mount is up
-    // must not kill the process with the mount still in place.
-    let mut signals =
-        signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).map_err(MountError::Signals)?;
-    let mut mounted = mount(source, mountpoint, opts)?;
-    on_ready(mounted.mountpoint());
-    // Checked a few times a second: a signal, or the session ending on its
-    // own (an external `umount`), which no signal announces.
-    loop {
-        if signals.pending().next().is_some() {
-            let stats = mounted.passthrough_stats();
-            return mounted.unmount().map(|()| stats);
-        }
-        if !mounted.is_serving() {
-            eprintln!(
-                "imagefs: {} was unmounted from outside",
-                mounted.mountpoint().display()
-            );
-            let stats = mounted.passthrough_stats();
-            // Joins the ended session; there is nothing left to unmount.
-            return match mounted.session.take() {
-                Some(s) => s.join().map_err(|source| MountError::Unmount {
-                    mountpoint: mounted.mountpoint.clone(),
-                    source,
-                }),
-                None => Ok(()),
-            }
-            .map(|()| stats);
-        }
-        std::thread::sleep(std::time::Duration::from_millis(200));
     }
 }

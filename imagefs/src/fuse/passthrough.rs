@@ -48,25 +48,7 @@ pub struct PassthroughOptions {
     pub capacity: u64,
 }
 
-/// What passthrough did during a mount.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct PassthroughStats {
-    /// Whether the kernel accepts passthrough: agreed at INIT, and no
-    /// backing file refused since.
-    pub active: bool,
-    /// Opens handed to the kernel with a backing file.
-    pub passthrough_opens: u64,
-    /// Opens served by the daemon's reads.
-    pub cached_opens: u64,
-    /// Files copied into backing files.
-    pub materialized_files: u64,
-    /// Bytes copied into backing files.
-    pub materialized_bytes: u64,
-    /// Backing files deleted to stay under the capacity.
-    pub evicted_files: u64,
-    /// Bytes of backing files kept now.
-    pub stored_bytes: u64,
-}
+pub use manifest::report::PassthroughStats;
 
 /// How an open file is served.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -165,34 +165,7 @@ pub enum LazyError {
     Sync(#[source] DedicatedError),
 }
 
-/// Counters of a [`LazyImage`], as read by [`LazyImage::metrics`].
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct LazyMetrics {
-    /// Bytes returned to readers.
-    pub bytes_read: u64,
-    /// Chunk reads served by the dedicated tier.
-    pub dedicated_hits: u64,
-    /// Chunk reads served by the memory cache.
-    pub memory_hits: u64,
-    /// Chunk reads of holes (zeros, no fetch).
-    pub hole_reads: u64,
-    /// Objects fetched from the store (one per `ChunkStore::get`).
-    pub store_fetches: u64,
-    /// Bytes of those objects.
-    pub store_bytes: u64,
-    /// Chunk reads that waited for another reader's fetch.
-    pub shared_fetches: u64,
-    /// Fetches started by read-ahead.
-    pub readahead_fetches: u64,
-    /// Fetches that failed.
-    pub fetch_errors: u64,
-    /// Bytes written by [`LazyImage::write_at`].
-    pub bytes_written: u64,
-    /// Chunks materialised in the dedicated tier for a write.
-    pub write_materialised: u64,
-    /// Flushes.
-    pub flushes: u64,
-}
+pub use manifest::report::LazyMetrics;
 
 #[derive(Debug, Default)]
 struct Counters {

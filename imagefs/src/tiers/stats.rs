@@ -1,44 +1,44 @@
-//! Human-readable tier statistics (`imagefs mount --stats`), with latency
-//! percentiles estimated from the histogram buckets.
+//! Tier statistics as a report ([`tiers_report`]) and as the human table
+//! of `--stats` ([`render`]), made from the same values; latency
+//! percentiles are upper bounds from the histogram buckets.
 
 use std::fmt::Write;
 
+use cachetiers::TieredSnapshot;
 use cachetiers::tiered::LATENCY_BUCKETS;
-use cachetiers::{TierSnapshot, TieredSnapshot};
+use manifest::report::{LazyMetrics, TierSnapshot, TiersReport};
+use telemetry::histogram::upper_bound;
 
-use crate::LazyMetrics;
-
-/// The upper bound, in seconds, of the bucket holding quantile `q` (0..1)
-/// of a tier's gets; `None` when it had none. The last bucket has no upper
-/// bound and reports infinity.
-pub fn quantile_upper_bound(t: &TierSnapshot, q: f64) -> Option<f64> {
-    let total: u64 = t.latency_buckets.iter().sum();
-    if total == 0 {
-        return None;
+/// The report form of a tiered store's snapshot.
+pub fn tiers_report(snapshot: TieredSnapshot) -> TiersReport {
+    TiersReport {
+        tiers: snapshot.tiers,
+        shared_fetches: snapshot.shared_fetches,
+        unavailable: snapshot.unavailable,
+        latency_bounds_seconds: LATENCY_BUCKETS.to_vec(),
     }
-    let rank = ((total as f64) * q).ceil().max(1.0) as u64;
-    let mut seen = 0;
-    for (i, count) in t.latency_buckets.iter().enumerate() {
-        seen += count;
-        if seen >= rank {
-            return Some(LATENCY_BUCKETS.get(i).copied().unwrap_or(f64::INFINITY));
-        }
-    }
-    Some(f64::INFINITY)
 }
 
-fn ms(bound: Option<f64>) -> String {
+/// The upper bound, in seconds, of the bucket holding quantile `q` (0..1)
+/// of a tier's gets; `None` when it had none, infinity past the last
+/// bound.
+pub fn quantile_upper_bound(report: &TiersReport, t: &TierSnapshot, q: f64) -> Option<f64> {
+    upper_bound(&t.latency_buckets, &report.latency_bounds_seconds, q)
+}
+
+fn ms(report: &TiersReport, bound: Option<f64>) -> String {
     match bound {
         None => "-".into(),
         Some(s) if s.is_infinite() => {
-            format!(">{}ms", LATENCY_BUCKETS[LATENCY_BUCKETS.len() - 1] * 1e3)
+            let last = report.latency_bounds_seconds.last().copied().unwrap_or(0.0);
+            format!(">{}ms", last * 1e3)
         }
         Some(s) => format!("<={}ms", s * 1e3),
     }
 }
 
 /// A table of every tier's counters, then the reader's own.
-pub fn render(tiers: &TieredSnapshot, lazy: &LazyMetrics) -> String {
+pub fn render(tiers: &TiersReport, lazy: &LazyMetrics) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -56,8 +56,8 @@ pub fn render(tiers: &TieredSnapshot, lazy: &LazyMetrics) -> String {
             t.verification_failures,
             t.errors,
             t.fills,
-            ms(quantile_upper_bound(t, 0.5)),
-            ms(quantile_upper_bound(t, 0.99)),
+            ms(tiers, quantile_upper_bound(tiers, t, 0.5)),
+            ms(tiers, quantile_upper_bound(tiers, t, 0.99)),
         );
         if let Some(e) = &t.last_error {
             let _ = writeln!(out, "  last error in {}: {e}", t.tier);
@@ -100,15 +100,30 @@ mod tests {
     }
 
     #[test]
-    fn quantiles_come_from_the_bucket_bounds() {
+    fn the_table_shows_bucket_bounds() {
         let mut b = vec![0; LATENCY_BUCKETS.len() + 1];
         b[0] = 98; // <= 0.1 ms
         b[5] = 1; // <= 5 ms
         b[LATENCY_BUCKETS.len()] = 1; // +Inf
-        let t = tier(b);
-        assert_eq!(quantile_upper_bound(&t, 0.5), Some(LATENCY_BUCKETS[0]));
-        assert_eq!(quantile_upper_bound(&t, 0.99), Some(LATENCY_BUCKETS[5]));
-        assert_eq!(quantile_upper_bound(&t, 1.0), Some(f64::INFINITY));
-        assert_eq!(quantile_upper_bound(&tier(vec![0; 15]), 0.5), None);
+        let report = tiers_report(TieredSnapshot {
+            tiers: vec![tier(b), tier(vec![0; LATENCY_BUCKETS.len() + 1])],
+            shared_fetches: 0,
+            unavailable: 0,
+        });
+        let t = &report.tiers[0];
+        assert_eq!(
+            quantile_upper_bound(&report, t, 0.5),
+            Some(LATENCY_BUCKETS[0])
+        );
+        assert_eq!(
+            quantile_upper_bound(&report, t, 0.99),
+            Some(LATENCY_BUCKETS[5])
+        );
+        assert_eq!(quantile_upper_bound(&report, t, 1.0), Some(f64::INFINITY));
+        assert_eq!(quantile_upper_bound(&report, &report.tiers[1], 0.5), None);
+        let table = render(&report, &LazyMetrics::default());
+        assert!(table.contains("<=0.1ms"), "{table}");
+        assert!(table.contains("<=5ms"), "{table}");
+        assert!(table.contains(" -"), "{table}");
     }
 }

@@ -10,8 +10,9 @@
 //! [`serve`] listens on a Unix socket, serves one frontend (QEMU's
 //! `vhost-user-blk`, the vmm-shim) until it disconnects, and returns what
 //! was served; with `keep_alive` it then waits on the same listening
-//! socket for a reconnecting frontend instead. SIGINT or SIGTERM ends it
-//! cleanly at any point (see [`ServeOptions::stop_on_signals`]).
+//! socket for a reconnecting frontend instead. A [`StopHandle`] (from
+//! [`Server::stop_handle`]) ends it cleanly at any point, from any thread:
+//! the program decides what stops it (the CLI: SIGINT and SIGTERM).
 
 pub mod backend;
 pub mod config;
@@ -21,9 +22,10 @@ pub mod trace;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use telemetry::histogram::LogHistogram;
 use vhost::vhost_user::{Error as VhostUserError, Listener};
 use vhost_user_backend::{Error as DaemonError, ShutdownHandle, VhostUserDaemon};
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
@@ -54,11 +56,6 @@ pub struct ServeOptions {
     pub writable: bool,
     /// After the frontend disconnects, wait for the next one.
     pub keep_alive: bool,
-    /// SIGINT and SIGTERM end the run cleanly: the frontend (if any) is
-    /// disconnected and [`serve`] returns its report. Outside a run the
-    /// signals keep their default action. Off for callers that handle
-    /// signals themselves.
-    pub stop_on_signals: bool,
     /// Threads doing the blocking reads and writes, shared by the queues.
     pub io_threads: usize,
     /// Record the guest's reads here (see [`trace`]).
@@ -70,8 +67,7 @@ pub struct ServeOptions {
 
 impl ServeOptions {
     /// Defaults for `socket` and `image_digest`: one queue of up to 1024, 1 MiB
-    /// segments, read-only, 8 I/O threads, no trace, stopped by SIGINT and
-    /// SIGTERM.
+    /// segments, read-only, 8 I/O threads, no trace.
     pub fn new(socket: PathBuf, image_digest: String) -> Self {
         Self {
             socket,
@@ -80,7 +76,6 @@ impl ServeOptions {
             size_max: 1 << 20,
             writable: false,
             keep_alive: false,
-            stop_on_signals: true,
             io_threads: 8,
             record_trace: None,
             image_digest,
@@ -114,118 +109,7 @@ pub enum ServeError {
     },
 }
 
-/// What a [`serve`] run did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ServeReport {
-    /// Frontend connections served.
-    pub connections: u64,
-    /// Read requests.
-    pub reads: u64,
-    /// Write requests.
-    pub writes: u64,
-    /// Flush requests.
-    pub flushes: u64,
-    /// GET_ID requests.
-    pub get_ids: u64,
-    /// Chains rejected (malformed, out of range, unsupported).
-    pub rejected: u64,
-    /// Requests that failed in the image (IOERR).
-    pub io_errors: u64,
-    /// Bytes read by the guest.
-    pub bytes_read: u64,
-    /// Bytes written by the guest.
-    pub bytes_written: u64,
-    /// Service time (request taken off the queue to completion), all
-    /// requests, median, microseconds (histogram bucket, about 12% wide).
-    pub p50_us: u64,
-    /// The same, 99th percentile.
-    pub p99_us: u64,
-    /// Service time of reads only, median, microseconds.
-    pub read_p50_us: u64,
-    /// Service time of reads only, 99th percentile.
-    pub read_p99_us: u64,
-}
-
-impl std::fmt::Display for ServeReport {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} connection(s); requests: {} reads ({} bytes), {} writes ({} bytes), {} flushes, \
-             {} get-id, {} rejected, {} I/O errors; service time p50 {} us p99 {} us \
-             (reads p50 {} us p99 {} us)",
-            self.connections,
-            self.reads,
-            self.bytes_read,
-            self.writes,
-            self.bytes_written,
-            self.flushes,
-            self.get_ids,
-            self.rejected,
-            self.io_errors,
-            self.p50_us,
-            self.p99_us,
-            self.read_p50_us,
-            self.read_p99_us
-        )
-    }
-}
-
-/// A log-scale histogram of durations in microseconds: exact below 16,
-/// then 8 buckets per power of two.
-#[derive(Debug)]
-struct Histogram {
-    buckets: Vec<u64>,
-}
-
-impl Default for Histogram {
-    fn default() -> Self {
-        Self {
-            buckets: vec![0; 16 + 60 * 8],
-        }
-    }
-}
-
-impl Histogram {
-    fn index(us: u64) -> usize {
-        if us < 16 {
-            return us as usize;
-        }
-        let exp = 63 - us.leading_zeros() as usize; // >= 4
-        let sub = ((us >> (exp - 3)) & 7) as usize;
-        16 + (exp - 4) * 8 + sub
-    }
-
-    /// The smallest value that falls in bucket `i`.
-    fn lower(i: usize) -> u64 {
-        if i < 16 {
-            return i as u64;
-        }
-        let exp = (i - 16) / 8 + 4;
-        let sub = ((i - 16) % 8) as u64;
-        (1u64 << exp) | (sub << (exp - 3))
-    }
-
-    fn record(&mut self, us: u64) {
-        let i = Self::index(us).min(self.buckets.len() - 1);
-        self.buckets[i] += 1;
-    }
-
-    fn quantile(&self, q: f64) -> u64 {
-        let total: u64 = self.buckets.iter().sum();
-        if total == 0 {
-            return 0;
-        }
-        let rank = ((total as f64) * q).ceil().max(1.0) as u64;
-        let mut seen = 0;
-        for (i, &n) in self.buckets.iter().enumerate() {
-            seen += n;
-            if seen >= rank {
-                return Self::lower(i);
-            }
-        }
-        Self::lower(self.buckets.len() - 1)
-    }
-}
+pub use manifest::report::ServeReport;
 
 /// Counters shared by every connection of one [`serve`].
 #[derive(Debug, Default)]
@@ -240,8 +124,8 @@ pub struct Stats {
     bytes_written: AtomicU64,
     /// Log lines written (for [`log_limited`]).
     logged: AtomicU64,
-    all: Mutex<Histogram>,
-    reads_only: Mutex<Histogram>,
+    all: Mutex<LogHistogram>,
+    reads_only: Mutex<LogHistogram>,
 }
 
 impl Stats {
@@ -295,7 +179,10 @@ pub(crate) fn log_limited(logged: &AtomicU64, line: &str) {
 }
 
 /// Builds the [`Service`] (device shape, pool, trace) for `image`.
-pub fn service(image: Arc<dyn BlockDevice>, opts: &ServeOptions) -> Result<Arc<Service>, ServeError> {
+pub fn service(
+    image: Arc<dyn BlockDevice>,
+    opts: &ServeOptions,
+) -> Result<Arc<Service>, ServeError> {
     if !(1..=64).contains(&opts.queues) {
         return Err(ServeError::Options(format!(
             "--queues {} is not in 1..=64",
@@ -347,8 +234,7 @@ pub fn service(image: Arc<dyn BlockDevice>, opts: &ServeOptions) -> Result<Arc<S
     .map_err(ServeError::Threads)
 }
 
-/// Asks a running [`serve`] to stop: wakes its wait for a frontend and
-/// disconnects the current one.
+/// The stop request shared by a [`Server`] and its [`StopHandle`]s.
 struct Stop {
     requested: AtomicBool,
     wake: EventFd,
@@ -380,60 +266,6 @@ impl Stop {
 
     fn set_conn(&self, conn: Option<ShutdownHandle>) {
         *self.conn.lock().unwrap_or_else(PoisonError::into_inner) = conn;
-    }
-}
-
-/// The runs that SIGINT/SIGTERM stop. One thread per process receives the
-/// signals (installed at the first run, never removed: signal-hook cannot
-/// restore a default handler), stops every current run, or, when none is
-/// running, gives the signal its default action.
-static SIGNAL_TARGETS: Mutex<Vec<Arc<Stop>>> = Mutex::new(Vec::new());
-static SIGNAL_THREAD: OnceLock<Result<(), String>> = OnceLock::new();
-
-/// Registers `stop` with the signal thread while alive.
-struct SignalGuard(Arc<Stop>);
-
-impl SignalGuard {
-    fn new(stop: &Arc<Stop>) -> Result<Self, ServeError> {
-        use signal_hook::consts::{SIGINT, SIGTERM};
-        let started = SIGNAL_THREAD.get_or_init(|| {
-            let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
-                .map_err(|e| format!("installing SIGINT/SIGTERM handlers: {e}"))?;
-            std::thread::Builder::new()
-                .name("imagefs-serve-signals".into())
-                .spawn(move || {
-                    for signal in signals.forever() {
-                        let targets = SIGNAL_TARGETS
-                            .lock()
-                            .unwrap_or_else(PoisonError::into_inner);
-                        if targets.is_empty() {
-                            let _ = signal_hook::low_level::emulate_default_handler(signal);
-                        }
-                        for t in targets.iter() {
-                            t.request();
-                        }
-                    }
-                })
-                .map(|_| ())
-                .map_err(|e| format!("starting the signal thread: {e}"))
-        });
-        if let Err(e) = started {
-            return Err(ServeError::Threads(std::io::Error::other(e.clone())));
-        }
-        SIGNAL_TARGETS
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(Arc::clone(stop));
-        Ok(Self(Arc::clone(stop)))
-    }
-}
-
-impl Drop for SignalGuard {
-    fn drop(&mut self) {
-        SIGNAL_TARGETS
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .retain(|t| !Arc::ptr_eq(t, &self.0));
     }
 }
 
@@ -470,75 +302,129 @@ fn wait_for_frontend(listener: &Listener, stop: &Stop) -> std::io::Result<bool> 
     }
 }
 
-/// Serves `image` on `opts.socket` (see the module docs); `listening` is
-/// called each time the daemon waits for a frontend. Returns when the
-/// frontend disconnects (with `keep_alive`, only when stopped by a signal
-/// or when the daemon fails).
+/// Stops a running [`Server`] from any thread: wakes its wait for a
+/// frontend and disconnects the current one. Stopping before the run
+/// starts makes it return at once.
+#[derive(Clone)]
+pub struct StopHandle(Arc<Stop>);
+
+impl std::fmt::Debug for StopHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StopHandle")
+            .field("requested", &self.0.requested())
+            .finish()
+    }
+}
+
+impl StopHandle {
+    /// Asks the server to stop; [`Server::run`] then returns its report.
+    pub fn stop(&self) {
+        self.0.request();
+    }
+}
+
+/// A vhost-user-blk server for one image, ready to run.
+pub struct Server {
+    service: Arc<Service>,
+    opts: ServeOptions,
+    stop: Arc<Stop>,
+}
+
+impl Server {
+    /// Checks `opts` and builds the device for `image`; nothing listens
+    /// yet.
+    pub fn new(image: Arc<dyn BlockDevice>, opts: &ServeOptions) -> Result<Self, ServeError> {
+        Ok(Self {
+            service: service(image, opts)?,
+            opts: opts.clone(),
+            stop: Arc::new(Stop::new().map_err(ServeError::Threads)?),
+        })
+    }
+
+    /// A handle that stops [`Server::run`].
+    pub fn stop_handle(&self) -> StopHandle {
+        StopHandle(Arc::clone(&self.stop))
+    }
+
+    /// Serves on `opts.socket` (see the module docs); `listening` is
+    /// called each time the daemon waits for a frontend. Returns when the
+    /// frontend disconnects (with `keep_alive`, only when stopped or when
+    /// the daemon fails).
+    pub fn run(
+        self,
+        mut listening: impl FnMut(&std::path::Path),
+    ) -> Result<ServeReport, ServeError> {
+        let Self {
+            service,
+            opts,
+            stop,
+        } = self;
+        let daemon_err = |message: String| ServeError::Daemon {
+            socket: opts.socket.clone(),
+            message,
+        };
+        // One listening socket for the whole run (replacing a stale one): a
+        // frontend that reconnects (`keep_alive`) always finds it accepting.
+        let mut listener =
+            Listener::new(&opts.socket, true).map_err(|e| daemon_err(format!("listening: {e}")))?;
+        let mut connections = 0;
+        loop {
+            listening(&opts.socket);
+            if !wait_for_frontend(&listener, &stop)
+                .map_err(|e| daemon_err(format!("waiting for a frontend: {e}")))?
+            {
+                break;
+            }
+            let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
+            let backend = BlkBackend::new(Arc::clone(&service), mem.clone());
+            let mut daemon = VhostUserDaemon::new("imagefs-vhost-blk".into(), backend, mem)
+                .map_err(|e| daemon_err(e.to_string()))?;
+            // The listener is readable, so this accepts without blocking.
+            daemon
+                .start(&mut listener)
+                .map_err(|e| daemon_err(e.to_string()))?;
+            connections += 1;
+            stop.set_conn(daemon.shutdown_handle());
+            if stop.requested() {
+                daemon.request_shutdown();
+            }
+            let result = daemon.wait();
+            stop.set_conn(None);
+            // Stops and joins the queue workers through their exit events.
+            drop(daemon);
+            if let Some(trace) = &service.trace {
+                let _ = trace.flush();
+            }
+            match result {
+                // A frontend going away, even mid-message, is the normal end.
+                Ok(())
+                | Err(DaemonError::HandleRequest(
+                    VhostUserError::Disconnected | VhostUserError::PartialMessage,
+                )) => {}
+                Err(e) => return Err(daemon_err(e.to_string())),
+            }
+            if stop.requested() || !opts.keep_alive {
+                break;
+            }
+            eprintln!(
+                "imagefs serve: frontend disconnected; waiting for the next one (--keep-alive)"
+            );
+        }
+        if stop.requested() {
+            eprintln!("imagefs serve: stopped");
+        }
+        Ok(service.stats.report(connections))
+    }
+}
+
+/// [`Server::new`] then [`Server::run`], for callers that stop it only by
+/// disconnecting the frontend.
 pub fn serve(
     image: Arc<dyn BlockDevice>,
     opts: &ServeOptions,
-    mut listening: impl FnMut(&std::path::Path),
+    listening: impl FnMut(&std::path::Path),
 ) -> Result<ServeReport, ServeError> {
-    let service = service(image, opts)?;
-    let daemon_err = |message: String| ServeError::Daemon {
-        socket: opts.socket.clone(),
-        message,
-    };
-    let stop = Arc::new(Stop::new().map_err(ServeError::Threads)?);
-    let _signals = if opts.stop_on_signals {
-        Some(SignalGuard::new(&stop)?)
-    } else {
-        None
-    };
-    // One listening socket for the whole run (replacing a stale one): a
-    // frontend that reconnects (`keep_alive`) always finds it accepting.
-    let mut listener =
-        Listener::new(&opts.socket, true).map_err(|e| daemon_err(format!("listening: {e}")))?;
-    let mut connections = 0;
-    loop {
-        listening(&opts.socket);
-        if !wait_for_frontend(&listener, &stop)
-            .map_err(|e| daemon_err(format!("waiting for a frontend: {e}")))?
-        {
-            break;
-        }
-        let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
-        let backend = BlkBackend::new(Arc::clone(&service), mem.clone());
-        let mut daemon = VhostUserDaemon::new("imagefs-vhost-blk".into(), backend, mem)
-            .map_err(|e| daemon_err(e.to_string()))?;
-        // The listener is readable, so this accepts without blocking.
-        daemon
-            .start(&mut listener)
-            .map_err(|e| daemon_err(e.to_string()))?;
-        connections += 1;
-        stop.set_conn(daemon.shutdown_handle());
-        if stop.requested() {
-            daemon.request_shutdown();
-        }
-        let result = daemon.wait();
-        stop.set_conn(None);
-        // Stops and joins the queue workers through their exit events.
-        drop(daemon);
-        if let Some(trace) = &service.trace {
-            let _ = trace.flush();
-        }
-        match result {
-            // A frontend going away, even mid-message, is the normal end.
-            Ok(())
-            | Err(DaemonError::HandleRequest(
-                VhostUserError::Disconnected | VhostUserError::PartialMessage,
-            )) => {}
-            Err(e) => return Err(daemon_err(e.to_string())),
-        }
-        if stop.requested() || !opts.keep_alive {
-            break;
-        }
-        eprintln!("imagefs serve: frontend disconnected; waiting for the next one (--keep-alive)");
-    }
-    if stop.requested() {
-        eprintln!("imagefs serve: stopped by a signal");
-    }
-    Ok(service.stats.report(connections))
+    Server::new(image, opts)?.run(listening)
 }
 
 #[cfg(test)]

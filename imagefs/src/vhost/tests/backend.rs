@@ -405,18 +405,31 @@ fn serve_refuses_writable_without_a_dedicated_tier() {
 }
 
 #[test]
-fn histogram_quantiles() {
-    let mut h = Histogram::default();
-    for us in 1..=1000u64 {
-        h.record(us);
-    }
-    let p50 = h.quantile(0.5);
-    let p99 = h.quantile(0.99);
-    assert!((448..=500).contains(&p50), "{p50}");
-    assert!((896..=990).contains(&p99), "{p99}");
-    assert_eq!(Histogram::default().quantile(0.5), 0);
-    for us in [0, 15, 16, 17, 1000, u64::MAX] {
-        let i = Histogram::index(us);
-        assert!(Histogram::lower(i) <= us, "{us}");
-    }
+fn a_stop_handle_ends_a_server_waiting_for_a_frontend() {
+    let d = device(false);
+    let mut o = ServeOptions::new(d.dir.join("stop.sock"), "sha256:00".into());
+    o.keep_alive = true;
+    let server = Server::new(d.lazy.clone(), &o).unwrap();
+    let stop = server.stop_handle();
+    let (listening_tx, listening_rx) = std::sync::mpsc::channel();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(server.run(move |_| {
+            let _ = listening_tx.send(());
+        }));
+    });
+    listening_rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the server never listened");
+    stop.stop();
+    let report = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the server did not return after its stop")
+        .expect("a stop is a clean end");
+    assert_eq!(report.connections, 0);
+
+    // A stop asked before the run makes it return at once.
+    let server = Server::new(d.lazy.clone(), &o).unwrap();
+    server.stop_handle().stop();
+    assert_eq!(server.run(|_| {}).unwrap().connections, 0);
 }
