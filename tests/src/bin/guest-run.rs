@@ -12,6 +12,7 @@
 //!
 //! - `--socket`: the disk is `vhost-user-blk` on a backend's socket
 //!   (`imagefs serve --socket PATH`), with `--queues` request queues;
+//!   waits up to a minute for the backend to create it;
 //! - `--raw`: the disk is QEMU's own read-only virtio-blk over FILE;
 //! - `--qemu-trace SPEC`: a QEMU trace event (`-trace SPEC`);
 //! - `--console FILE`: keep the serial console there (else a temporary
@@ -20,15 +21,32 @@
 //! The accelerator is KVM where the host's KVM boots a stock kernel, else
 //! TCG (`IMAGEFS_GUEST_ACCEL=kvm|tcg` decides); it is named on stderr.
 
-use std::path::PathBuf;
+use std::fs;
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tests::guest::{self, Microvm};
 
 const USAGE: &str = "usage: guest-run (--socket PATH [--queues N] | --raw FILE) [--rw] \
                      [--mem MIB] [--cpus N] [--timeout SECS] [--qemu-trace SPEC] \
                      [--console FILE] SCRIPT";
+
+/// How long a backend may take to create its socket.
+const SOCKET_WAIT: Duration = Duration::from_secs(60);
+
+/// Waits until `path` is a socket (a backend started just before us).
+fn wait_for_socket(path: &Path, limit: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + limit;
+    while !fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
+        if Instant::now() >= deadline {
+            return Err(format!("no socket at {} after {limit:?}", path.display()));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
 
 /// The disk the guest sees as `/dev/vda`.
 enum Disk {
@@ -138,6 +156,12 @@ fn main() -> ExitCode {
     };
     for t in &args.trace {
         vm = vm.trace(t);
+    }
+    if let Disk::Socket { path, .. } = &args.disk
+        && let Err(e) = wait_for_socket(path, SOCKET_WAIT)
+    {
+        eprintln!("guest-run: {e}");
+        return ExitCode::FAILURE;
     }
     let tmp;
     let console = match &args.console {
