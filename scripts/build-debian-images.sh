@@ -19,7 +19,8 @@
 #
 # Environment:
 #   IMAGEFS_CACHE      root of the cache (see above)
-#   DEBIAN_MIRROR      mirror for debootstrap (default http://deb.debian.org/debian)
+#   DEBIAN_MIRROR      mirror for debootstrap (default: the Debian mirror this
+#                      machine's apt uses, from scripts/debian-mirror.sh)
 #   SOURCE_DATE_EPOCH  timestamp clamped into files and image configs
 #                      (default 1747699200 = 2025-05-20T00:00:00Z)
 #
@@ -28,7 +29,6 @@ set -euo pipefail
 
 SUITE=bookworm
 TAGS=(base python node)
-MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 export SOURCE_DATE_EPOCH="${SOURCE_DATE_EPOCH:-1747699200}"
 CACHE_DIR="${1:-${IMAGEFS_CACHE:-/var/cache/imagefs}/debian-images}"
 OCI="$CACHE_DIR/oci"
@@ -64,13 +64,22 @@ fi
 case "$CACHE_DIR" in
     *[[:space:]\\]*) die "CACHE_DIR must not contain whitespace or backslashes: '$CACHE_DIR'" ;;
 esac
-if [ -f "$here/install-deps.sh" ]; then
-    bash "$here/install-deps.sh" || die "scripts/install-deps.sh failed"
+TOOLS=(debootstrap umoci tar zstd flock chroot mount umount find)
+have_tools() {
+    local cmd
+    for cmd in "${TOOLS[@]}"; do command -v "$cmd" >/dev/null || return 1; done
+}
+# scripts/test.sh has installed everything already; run on its own, this
+# installs only what it lacks.
+if ! have_tools; then
+    bash "$here/install-deps.sh" --images || die "scripts/install-deps.sh --images failed"
 fi
-for cmd in debootstrap umoci tar zstd flock chroot mount umount find; do
+for cmd in "${TOOLS[@]}"; do
     command -v "$cmd" >/dev/null \
-        || die "'$cmd' not found; run scripts/install-deps.sh (apt-get install debootstrap umoci zstd util-linux tar)"
+        || die "'$cmd' not found; run scripts/install-deps.sh --images (debootstrap umoci zstd util-linux tar)"
 done
+MIRROR="$(bash "$here/debian-mirror.sh" "$SUITE")" \
+    || die "no Debian mirror in this machine's apt sources; set DEBIAN_MIRROR"
 
 start=$(date +%s)
 mkdir -p "$CACHE_DIR"

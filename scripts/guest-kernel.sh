@@ -22,7 +22,7 @@ CACHE="${IMAGEFS_CACHE:-/var/cache/imagefs}/guest"
 mkdir -p "$CACHE"
 die() { echo "guest-kernel: $*" >&2; exit 1; }
 
-for tool in apt-get apt-cache dpkg-deb depmod modprobe cpio gzip; do
+for tool in apt-get apt-cache dpkg-deb depmod modprobe cpio gzip xz; do
     command -v "$tool" >/dev/null || [ -x "/sbin/$tool" ] || [ -x "/usr/sbin/$tool" ] \
         || die "$tool not found (run scripts/install-deps.sh)"
 done
@@ -33,7 +33,17 @@ if ldd "$busybox" >/dev/null 2>&1; then
     die "$busybox is dynamically linked; install busybox-static"
 fi
 
-pkg=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
+# The package comes from this machine's apt sources (no mirror named here).
+kernel_pkg() {
+    apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {print $2; exit}'
+}
+pkg=$(kernel_pkg)
+if [ -z "$pkg" ] && [ "$(id -u)" = 0 ]; then
+    # A fresh machine may have no package lists yet.
+    echo "guest-kernel: linux-image-amd64 is unknown to apt; running apt-get update" >&2
+    apt-get update >/dev/null 2>&1 || echo "guest-kernel: warning: apt-get update reported errors" >&2
+    pkg=$(kernel_pkg)
+fi
 [ -n "$pkg" ] || die "cannot resolve the kernel package linux-image-amd64 depends on (apt-get update?)"
 version=$(apt-cache policy "$pkg" | awk '/Candidate:/ {print $2}')
 work="$CACHE/$pkg-$version"

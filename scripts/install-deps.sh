@@ -1,26 +1,57 @@
 #!/usr/bin/env bash
-# Install the Debian packages the tests and benchmarks need (Debian 12,
-# bookworm, as root).  Idempotent and fast when everything is present: it only
-# touches apt when a package is missing.  Quiet unless it installs something
-# or something fails.
+# Install the Debian packages a command needs (Debian 12, bookworm, as root).
+# Idempotent and fast when everything is present: it only touches apt when a
+# package is missing.  Quiet unless it installs something or something fails.
 #
-# Usage: scripts/install-deps.sh
+# Usage: scripts/install-deps.sh [--demo | --images | --all]
+#
+#   --demo    what scripts/demo.sh builds and runs: the C/C++ toolchain and
+#             libclang (RocksDB's build and bindgen), e2fsprogs (e2fsck,
+#             debugfs), QEMU, and what scripts/guest-kernel.sh needs to make
+#             the guest's kernel and initramfs (busybox-static, cpio, kmod,
+#             xz-utils, zstd, gzip).
+#   --images  what scripts/build-debian-images.sh needs (debootstrap, umoci).
+#   --all     (the default) everything the tests and benchmarks use: both of
+#             the above, skopeo, attr, fuse3, and Garage (built with cargo
+#             into ${IMAGEFS_CACHE:-/var/cache/imagefs}/tools: not in Debian).
 set -euo pipefail
 
 export DEBIAN_FRONTEND=noninteractive
 
-# Packages that must be installed.
-required=(
-    e2fsprogs debootstrap umoci skopeo busybox-static zstd attr libclang-dev
-    tar gzip util-linux kmod cpio
-    # C: RocksDB's build, the vmm-shim probe guest, the guest benchmark's
-    # static program.
-    gcc g++ libc6-dev
-    # The QEMU guest tests (qemu-system-common brings qemu-storage-daemon).
+# scripts/demo.sh: build (RocksDB's C++ and bindgen, the linker), check the
+# image, boot the guest (scripts/guest-kernel.sh unpacks the kernel package
+# and its xz-compressed modules, builds the initramfs with cpio and gzip).
+demo=(
+    gcc g++ libc6-dev libclang-dev
+    e2fsprogs
     qemu-system-x86
+    busybox-static cpio kmod xz-utils zstd gzip tar util-linux
 )
-# Packages installed only if the distribution has them.
-optional=(fuse3)
+# scripts/build-debian-images.sh.
+images=(debootstrap umoci zstd tar util-linux)
+# The rest of the tests and benchmarks (qemu-system-x86 also brings
+# qemu-storage-daemon, the vhost benchmark's reference backend).
+tests_only=(skopeo attr)
+
+profile=all
+case "${1:-}" in
+    "" | --all) profile=all ;;
+    --demo) profile=demo ;;
+    --images) profile=images ;;
+    *) echo "usage: scripts/install-deps.sh [--demo | --images | --all]" >&2; exit 2 ;;
+esac
+
+# Packages that must be installed, and those installed only if the
+# distribution has them.
+optional=()
+case "$profile" in
+    demo) required=("${demo[@]}") ;;
+    images) required=("${images[@]}") ;;
+    all)
+        required=("${demo[@]}" "${images[@]}" "${tests_only[@]}")
+        optional=(fuse3)
+        ;;
+esac
 
 die() { echo "install-deps: $*" >&2; exit 1; }
 
@@ -33,6 +64,7 @@ installed() {
 # (about 20 minutes on 2 cores), so only when it is missing.  Runs after the
 # Debian packages, on every way out below.
 install_garage() {
+    [ "$profile" = all ] || return 0
     local version=2.5.0
     local tools="${IMAGEFS_CACHE:-/var/cache/imagefs}/tools"
     [ -n "${IMAGEFS_GARAGE:-}" ] && return 0
@@ -49,8 +81,8 @@ install_garage() {
 }
 
 missing=()
-for p in "${required[@]}" "${optional[@]}"; do
-    installed "$p" || missing+=("$p")
+for p in "${required[@]}" ${optional[@]+"${optional[@]}"}; do
+    installed "$p" || { [[ " ${missing[*]-} " == *" $p "* ]] || missing+=("$p"); }
 done
 [ "${#missing[@]}" -eq 0 ] && { install_garage; exit 0; }
 
@@ -73,7 +105,7 @@ fi
 to_install=()
 for p in "${missing[@]}"; do
     optional_pkg=0
-    for o in "${optional[@]}"; do [ "$p" = "$o" ] && optional_pkg=1; done
+    for o in ${optional[@]+"${optional[@]}"}; do [ "$p" = "$o" ] && optional_pkg=1; done
     if [ "$optional_pkg" = 1 ]; then
         candidate=$(apt-cache policy "$p" 2>/dev/null | awk '/Candidate:/ {print $2}')
         if [ -z "$candidate" ] || [ "$candidate" = "(none)" ]; then

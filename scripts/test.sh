@@ -18,6 +18,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$IMAGEFS_CACHE/target}"
 export CARGO_INCREMENTAL=0
 mkdir -p "$IMAGEFS_CACHE"
 
+# (It finds the tools install-deps.sh put there: no second install-deps run.)
 bash scripts/build-debian-images.sh
 
 # RocksDB's C++ library is built once and linked by every cargo build

@@ -11,6 +11,7 @@
 //! [`parse_listing`] turns into a [`Listing`] to compare with the image's
 //! flattened tree.
 //!
+//! The QEMU command line comes from [`Microvm`] (module [`crate::qemu`]).
 //! Accelerator: KVM where it boots a stock kernel, else TCG. This
 //! machine's `/dev/kvm` is `kvm_pvm`, under which Linux hangs in early
 //! boot, so it is TCG here; [`accel`] says which and why.
@@ -23,6 +24,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::harness::{find_tool, skip};
+pub use crate::qemu::{Accel, Microvm, accel};
 use crate::treecheck::{Entry, FileKind, Listing};
 
 /// The guest kernel and initramfs.
@@ -169,51 +171,6 @@ pub fn imagefs_binary() -> Option<PathBuf> {
     }
 }
 
-/// Which accelerator QEMU uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Accel {
-    /// Hardware virtualisation.
-    Kvm,
-    /// QEMU's software emulation.
-    Tcg,
-}
-
-impl Accel {
-    /// The `-accel`/`accel=` value.
-    pub fn name(self) -> &'static str {
-        match self {
-            Accel::Kvm => "kvm",
-            Accel::Tcg => "tcg",
-        }
-    }
-}
-
-/// The accelerator to use and why: `IMAGEFS_GUEST_ACCEL=kvm|tcg` decides;
-/// otherwise TCG without a usable `/dev/kvm` or under `kvm_pvm` (which
-/// does not boot stock kernels), KVM otherwise.
-pub fn accel() -> (Accel, String) {
-    match std::env::var("IMAGEFS_GUEST_ACCEL").as_deref() {
-        Ok("kvm") => return (Accel::Kvm, "IMAGEFS_GUEST_ACCEL=kvm".into()),
-        Ok("tcg") => return (Accel::Tcg, "IMAGEFS_GUEST_ACCEL=tcg".into()),
-        _ => {}
-    }
-    if fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_err()
-    {
-        return (Accel::Tcg, "no usable /dev/kvm".into());
-    }
-    if Path::new("/sys/module/kvm_pvm").exists() {
-        return (
-            Accel::Tcg,
-            "/dev/kvm is kvm_pvm, under which a stock Linux kernel hangs in early boot".into(),
-        );
-    }
-    (Accel::Kvm, "/dev/kvm is available".into())
-}
-
 /// A child process killed (and reaped) on drop.
 pub struct Proc {
     /// The process.
@@ -328,6 +285,17 @@ pub struct GuestOutput {
     pub took: Duration,
 }
 
+/// The kernel command line words that hand `script` to the initramfs's
+/// `/init` (base64, `imagefs.cmd=`), and `imagefs.rw=1` to mount
+/// `/dev/vda` read-write.
+pub fn script_append(script: &str, rw: bool) -> String {
+    let mut words = format!("imagefs.cmd={}", base64(script.as_bytes()));
+    if rw {
+        words.push_str(" imagefs.rw=1");
+    }
+    words
+}
+
 /// Boots the guest against `opts.socket` and returns what it printed;
 /// `Err` with the console when QEMU fails, times out, or the guest never
 /// reaches the end of its script.
@@ -338,50 +306,28 @@ pub fn boot(
     opts: &BootOptions<'_>,
     log: &Path,
 ) -> Result<GuestOutput, String> {
-    let script = base64(opts.script.as_bytes());
-    // tsc_early_khz and lpj: under TCG the kernel cannot calibrate its
-    // clocks against microvm's timers and stalls; a fixed value lets it on.
-    let mut append = format!(
-        "console=ttyS0 quiet panic=-1 reboot=t tsc_early_khz=2000000 lpj=4000000 \
-         no_timer_check imagefs.cmd={script}"
-    );
-    if opts.rw {
-        append.push_str(" imagefs.rw=1");
-    }
-    let mem = format!("{}M", opts.mem_mib);
-    let mut cmd = Command::new(qemu);
-    cmd.args(["-M", &format!("microvm,accel={}", accel.name())])
-        .args(["-m", &mem, "-smp", "2"])
-        .args(["-cpu", if accel == Accel::Kvm { "host" } else { "max" }])
-        .args(["-global", "virtio-mmio.force-legacy=false"])
-        .args([
-            "-object",
-            &format!("memory-backend-memfd,id=mem,size={mem},share=on"),
-        ])
-        .args(["-numa", "node,memdev=mem"])
-        .args([
-            "-chardev",
-            &format!("socket,id=blk,path={}", opts.socket.display()),
-        ])
-        .args([
-            "-device",
-            &format!("vhost-user-blk,chardev=blk,num-queues={}", opts.queues),
-        ])
-        .arg("-kernel")
-        .arg(&kernel.kernel)
-        .arg("-initrd")
-        .arg(&kernel.initrd)
-        .args(["-append", &append])
-        .args(["-nographic", "-no-reboot"]);
+    let vm = Microvm::new(qemu, accel)
+        .memory_mib(opts.mem_mib)
+        .kernel(&kernel.kernel, &kernel.initrd)
+        .vhost_user_blk(opts.socket, opts.queues)
+        .append(&script_append(opts.script, opts.rw));
+    run(&vm, opts.timeout, log)
+}
+
+/// Runs `vm` (a guest kernel with this project's initramfs and a
+/// [`script_append`] line) until QEMU exits, with its console in `log`;
+/// returns what the script printed. `Err` with the console when QEMU
+/// fails, times out, or the guest never reaches the end of its script.
+pub fn run(vm: &Microvm, timeout: Duration, log: &Path) -> Result<GuestOutput, String> {
+    let mut cmd = vm.command();
     let started = Instant::now();
     let mut proc = Proc::spawn(&mut cmd, log).map_err(|e| format!("cannot start QEMU: {e}"))?;
-    let status = proc.wait_timeout(opts.timeout);
+    let status = proc.wait_timeout(timeout);
     let took = started.elapsed();
     let console = proc.output();
     let Some(status) = status else {
         return Err(format!(
-            "the guest did not finish within {:?}; console:\n{}",
-            opts.timeout,
+            "the guest did not finish within {timeout:?}; console:\n{}",
             tail(&console, 60)
         ));
     };

@@ -11,8 +11,10 @@
 //! - [`e2e`] runs every check on a flattened image: `e2fsck -fn`, ext4-view,
 //!   a read-only loop mount, a read-write mount of a copy.
 //! - [`garage`] starts a real single-node Garage S3 server.
-//! - [`guest`] boots a Linux guest under QEMU against a vhost-user-blk
-//!   socket and reads what it printed.
+//! - [`qemu`] is the one QEMU `-M microvm` command-line builder;
+//!   [`guest`] boots a Linux guest with it against a vhost-user-blk
+//!   socket and reads what it printed. The `guest-run` binary does the
+//!   same for scripts.
 //! - [`blkbench`] is the guest half of the `vhost_guest` benchmark: a
 //!   static C program timing raw reads inside the guest, and its output.
 //! - [`harness`] finds tools, prints `SKIP:` lines, and mounts/unmounts.
@@ -34,5 +36,6 @@ pub mod guest;
 pub mod harness;
 pub mod imagegen;
 pub mod process;
+pub mod qemu;
 pub mod tarw;
 pub mod treecheck;

@@ -5,8 +5,7 @@
 #   vmm-shim/scripts/record-trace-qemu.sh RAW_IMAGE OUT_TRACE ['guest shell command']
 #
 # The guest is Debian's stock kernel with the project's initramfs
-# (scripts/guest-kernel.sh; under TCG the clock-calibration options from
-# tests/src/guest.rs): it mounts /dev/vda read-only on /mnt and runs the
+# (scripts/guest-kernel.sh), booted by the tests crate's guest-run: it mounts /dev/vda read-only on /mnt and runs the
 # command (default: the Debian python image's entrypoint check,
 # `python3 -c "import json, sqlite3"` chrooted into /mnt). /dev/vda is QEMU's
 # own virtio-blk over RAW_IMAGE; QEMU's trace event virtio_blk_handle_read
@@ -17,18 +16,17 @@ raw=${1:?raw image}
 out=${2:?output trace}
 cmd=${3:-'chroot /mnt /usr/bin/python3 -c "import json, sqlite3; print(\"python ok\")"'}
 here=$(cd "$(dirname "$0")/../.." && pwd)
-eval "$(bash "$here/scripts/guest-kernel.sh")"   # KERNEL=… INITRD=…
+# The guest and its QEMU command line come from the tests crate's
+# guest-run (tests::qemu::Microvm); GUEST_RUN names a built one.
+guest_run=${GUEST_RUN:-}
+if [ -z "$guest_run" ]; then
+    (cd "$here" && cargo build --release --locked --quiet -p tests --bin guest-run >&2)
+    guest_run="${CARGO_TARGET_DIR:-$here/target}/release/guest-run"
+fi
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-b64=$(printf '%s\n' "$cmd" | base64 -w0)
-timeout 300 qemu-system-x86_64 -M microvm,accel=tcg -m 512 -smp 1 -nographic -no-reboot \
-    -global virtio-mmio.force-legacy=false \
-    -kernel "$KERNEL" -initrd "$INITRD" \
-    -cpu max -append "console=ttyS0 quiet panic=-1 tsc_early_khz=2000000 lpj=4000000 no_timer_check imagefs.cmd=$b64" \
-    -drive "id=d0,file=$raw,format=raw,if=none,readonly=on,cache=none,aio=threads" \
-    -device virtio-blk-device,drive=d0 \
-    -trace "virtio_blk_handle_read,file=$tmp/qemu.trace" >"$tmp/console.log" 2>&1 || true
-if ! grep -q "IMAGEFS-GUEST: END rc=0" "$tmp/console.log"; then
+if ! "$guest_run" --raw "$raw" --cpus 1 --timeout 300 --console "$tmp/console.log" \
+    --qemu-trace "virtio_blk_handle_read,file=$tmp/qemu.trace" "$cmd" >"$tmp/guest.out"; then
     echo "record-trace-qemu: the guest did not finish its command; console tail:" >&2
     tail -20 "$tmp/console.log" >&2
     exit 1
@@ -36,11 +34,11 @@ fi
 {
     echo "# guest reads recorded by QEMU (virtio_blk_handle_read) from a Linux guest running:"
     echo "#   $cmd"
-    echo "# image: $(basename "$raw")  kernel: $(basename "$(dirname "$KERNEL")")"
+    echo "# image: $(basename "$raw")"
     echo "# offset len (bytes)"
     # "virtio_blk_handle_read vdev 0x.. req 0x.. sector N nsectors M"
     sed -n 's/.*virtio_blk_handle_read .* sector \([0-9]*\) nsectors \([0-9]*\).*/\1 \2/p' "$tmp/qemu.trace" |
         awk '{ print $1 * 512, $2 * 512 }'
 } >"$out"
 echo "record-trace-qemu: $(grep -vc '^#' "$out") reads, $(awk '!/^#/ {s += $2} END {print s}' "$out") bytes -> $out"
-grep "IMAGEFS-GUEST" "$tmp/console.log" | head -5
+head -5 "$tmp/guest.out"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Record a block access trace with `imagefs serve --record-trace` while a
 # real Linux guest under QEMU (-M microvm, TCG, vhost-user-blk) boots from
-# the image and runs a command, for vmm-shim to replay.
+# the image and runs a command, for vmm-shim to replay (the guest is booted
+# by the tests crate's guest-run).
 #
 #   vmm-shim/scripts/record-trace-serve.sh IMAGEFS_BIN IMAGE OUT_TRACE ['guest shell command']
 #
@@ -18,7 +19,13 @@ image=${2:?image tag or digest}
 out=${3:?output trace}
 cmd=${4:-'chroot /mnt /usr/bin/python3 -c "import json, sqlite3; print(\"python ok\")"'}
 here=$(cd "$(dirname "$0")/../.." && pwd)
-eval "$(bash "$here/scripts/guest-kernel.sh")"   # KERNEL=… INITRD=…
+# The guest and its QEMU command line come from the tests crate's
+# guest-run (tests::qemu::Microvm); GUEST_RUN names a built one.
+guest_run=${GUEST_RUN:-}
+if [ -z "$guest_run" ]; then
+    (cd "$here" && cargo build --release --locked --quiet -p tests --bin guest-run >&2)
+    guest_run="${CARGO_TARGET_DIR:-$here/target}/release/guest-run"
+fi
 tmp=$(mktemp -d)
 serve_pid=
 cleanup() {
@@ -29,32 +36,23 @@ trap cleanup EXIT
 "$imagefs" serve "$image" --socket "$tmp/blk.sock" --record-trace "$out" --stats \
     >"$tmp/serve.out" 2>"$tmp/serve.err" &
 serve_pid=$!
-for _ in $(seq 600); do
-    [ -S "$tmp/blk.sock" ] && break
-    kill -0 "$serve_pid" 2>/dev/null || { cat "$tmp/serve.err" >&2; exit 1; }
-    sleep 0.1
-done
-[ -S "$tmp/blk.sock" ] || { echo "record-trace-serve: no socket after 60 s" >&2; exit 1; }
-b64=$(printf '%s\n' "$cmd" | base64 -w0)
-timeout 300 qemu-system-x86_64 -M microvm,accel=tcg -m 512M -smp 1 -nographic -no-reboot \
-    -global virtio-mmio.force-legacy=false \
-    -object memory-backend-memfd,id=mem,size=512M,share=on -numa node,memdev=mem \
-    -chardev "socket,id=blk,path=$tmp/blk.sock" -device vhost-user-blk,chardev=blk,num-queues=1 \
-    -kernel "$KERNEL" -initrd "$INITRD" \
-    -cpu max -append "console=ttyS0 quiet panic=-1 reboot=t tsc_early_khz=2000000 lpj=4000000 no_timer_check imagefs.cmd=$b64" \
-    >"$tmp/console.log" 2>&1 || true
+guest_ok=1
+"$guest_run" --socket "$tmp/blk.sock" --cpus 1 --timeout 300 --console "$tmp/console.log" \
+    "$cmd" >"$tmp/guest.out" || guest_ok=0
 # The frontend is gone: the daemon ends by itself and finishes the trace.
 for _ in $(seq 300); do
     kill -0 "$serve_pid" 2>/dev/null || break
     sleep 0.1
 done
+# A guest that never connected leaves the daemon waiting.
+[ "$guest_ok" = 1 ] || kill "$serve_pid" 2>/dev/null || true
 wait "$serve_pid" || { echo "record-trace-serve: imagefs serve failed:" >&2; cat "$tmp/serve.err" >&2; exit 1; }
 serve_pid=
-if ! grep -q "IMAGEFS-GUEST: END rc=0" "$tmp/console.log"; then
+if [ "$guest_ok" = 0 ]; then
     echo "record-trace-serve: the guest did not finish its command; console tail:" >&2
     tail -20 "$tmp/console.log" >&2
     exit 1
 fi
 echo "record-trace-serve: $(($(wc -l <"$out") - 1)) reads -> $out"
-grep "IMAGEFS-GUEST" "$tmp/console.log" | head -5
+head -5 "$tmp/guest.out"
 cat "$tmp/serve.out" "$tmp/serve.err"
