@@ -4,14 +4,17 @@
 //! - [`device`]: the [`BlockDevice`] seam every byte supplier implements
 //!   and every transport and the ext4 reader consume;
 //! - [`open`]: find a manifest by digest or tag and unseal it;
+//! - [`tiers`]: the tier stack (shared local, AZ, origin) built from one
+//!   TOML configuration, and its statistics;
+//! - [`lazy`]: [`LazyImage`], the image as a block device fetched on
+//!   demand, writes copy-on-write into the dedicated tier;
 //! - [`verify`]: check every chunk of an image (present, id, decryption);
 //! - [`export`]: reassemble the plaintext image into a sparse file;
-//! - [`fuse`]: a read-only FUSE view of an image (`imagefs mount`);
-//! - [`ext4`]: the ext4 metadata the FUSE view needs beyond `ext4-view`
-//!   (inode numbers, link counts, device numbers, xattrs);
-//! - [`vhost`]: the image as a vhost-user-blk device (`imagefs serve`);
-//! - [`tiers`]: the tier stack (shared local, AZ, origin) built from one
-//!   TOML configuration, and its statistics.
+//! - [`ext4`]: a read-only ext4 reader over a [`BlockDevice`] (inodes,
+//!   directories, file maps, symlinks, xattrs), decoding through `ext4fmt`;
+//! - transports over the seam: [`fuse`], the read-only FUSE view
+//!   (`imagefs mount`), and [`vhost`], the vhost-user-blk device
+//!   (`imagefs serve`).
 #![forbid(unsafe_code)]
 
 pub mod device;
