@@ -134,14 +134,6 @@ impl Mounted {
         self.counters.snapshot()
     }
 
-    /// Whether the mount is still served (false once someone else has
-    /// unmounted it, for example with `umount`).
-    pub fn is_serving(&self) -> bool {
-        self.session
-            .as_ref()
-            .is_some_and(|s| !s.guard.is_finished())
-    }
-
     /// A handle that unmounts from any thread (as `umount` would), which
     /// ends [`Mounted::wait`].
     pub fn stop_handle(&self) -> UnmountHandle {
