@@ -70,34 +70,6 @@ impl BlockDevice for File {
     }
 }
 
-/// A lazily fetched image: its errors name the chunk and what each tier
-/// said (the [`crate::LazyError`] is the `io::Error`'s inner error).
-impl BlockDevice for crate::lazy::LazyImage {
-    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        crate::lazy::LazyImage::read_exact_at(self, buf, offset).map_err(io::Error::other)
-    }
-
-    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        crate::lazy::LazyImage::write_at(self, buf, offset).map_err(io::Error::other)
-    }
-
-    fn flush(&self) -> io::Result<()> {
-        crate::lazy::LazyImage::flush(self).map_err(io::Error::other)
-    }
-
-    fn size(&self) -> u64 {
-        crate::lazy::LazyImage::size(self)
-    }
-
-    fn writable(&self) -> bool {
-        crate::lazy::LazyImage::writable(self)
-    }
-
-    fn is_local(&self, offset: u64, len: u64) -> bool {
-        crate::lazy::LazyImage::is_local(self, offset, len)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,6 +1,7 @@
 //! imagefs: reading images back from sealed manifests and chunk stores.
 //!
-//! Layers, in the order the bytes flow:
+//! Layers, in the order the bytes flow (each module imports only those
+//! listed before it; `tests/layering.rs` checks this):
 //! - [`device`]: the [`BlockDevice`] seam every byte supplier implements
 //!   and every transport and the ext4 reader consume;
 //! - [`open`]: find a manifest by digest or tag and unseal it;
@@ -12,20 +13,19 @@
 //! - [`export`]: reassemble the plaintext image into a sparse file;
 //! - [`ext4`]: a read-only ext4 reader over a [`BlockDevice`] (inodes,
 //!   directories, file maps, symlinks, xattrs), decoding through `ext4fmt`;
-//! - transports over the seam: [`fuse`], the read-only FUSE view
-//!   (`imagefs mount`), and [`vhost`], the vhost-user-blk device
-//!   (`imagefs serve`).
+//! - [`transport`]: the protocols over the seam: [`transport::fuse`], the
+//!   read-only FUSE view (`imagefs mount`), and [`transport::vhost`], the
+//!   vhost-user-blk device (`imagefs serve`).
 #![forbid(unsafe_code)]
 
 pub mod device;
 pub mod export;
 pub mod ext4;
-pub mod fuse;
 pub mod lazy;
 pub mod open;
 pub mod tiers;
+pub mod transport;
 pub mod verify;
-pub mod vhost;
 
 pub use device::BlockDevice;
 pub use export::{ExportError, ExportReport, export};

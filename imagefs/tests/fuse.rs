@@ -19,7 +19,7 @@ use tests::imagegen::noise;
 use chunker::ext4::Ext4Options;
 use chunker::flatten::{FlattenOptions, flatten_to_file};
 use chunker::oci::ImageSource;
-use imagefs::fuse::{
+use imagefs::transport::fuse::{
     BlockDevice, MountError, MountOptions, Mounted, PassthroughOptions, PassthroughStats, RAW_NAME,
     mount,
 };

@@ -89,7 +89,7 @@ pub struct PassthroughStats {
     pub stored_bytes: u64,
 }
 
-/// What an `imagefs serve` run did (`imagefs::vhost::serve`).
+/// What an `imagefs serve` run did (`imagefs::transport::vhost::serve`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServeReport {
     /// Frontend connections served.

@@ -5,12 +5,12 @@
 //! directory store, `imagefs export` back to an ext4 file, then that file
 //! is mounted both ways:
 //! - loop: `mount -t ext4 -o loop,ro`;
-//! - imagefs: `imagefs::fuse::mount` (what `imagefs mount` runs), in this
+//! - imagefs: `imagefs::transport::fuse::mount` (what `imagefs mount` runs), in this
 //!   process, with the exported file as its block device and no
 //!   passthrough. Both sides then read the same bytes from the same file on
 //!   the same disk, so the ratio is the FUSE view's own per-file and
 //!   per-byte cost; the tiers' cost is `lazy_read`'s subject. In process,
-//!   the mount's request counters ([`imagefs::fuse::FuseStats`]) are read
+//!   the mount's request counters ([`imagefs::transport::fuse::FuseStats`]) are read
 //!   as data.
 //!
 //! One read of the tree: walk it from the mount point (`readdir`, types
@@ -35,7 +35,8 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Instant;
 
-use imagefs::fuse::{BlockDevice, FuseStats, MountOptions};
+use imagefs::BlockDevice;
+use imagefs::transport::fuse::{FuseStats, MountOptions};
 use tests::harness::{self, Mount};
 
 /// The images read, by tag in the Debian layout.
@@ -284,7 +285,7 @@ impl Mounted for LoopSide {
     }
 }
 
-struct FuseSide(imagefs::fuse::Mounted);
+struct FuseSide(imagefs::transport::fuse::Mounted);
 
 impl Mounted for FuseSide {
     fn root(&self) -> &Path {
@@ -348,7 +349,7 @@ fn measure(tag: &str, image: &Path, work: &Path) -> Res<Option<Vec<Row>>> {
             fs_name: Some(format!("imagefs-bench-{tag}")),
             ..MountOptions::default()
         };
-        let m = imagefs::fuse::mount(source, &fuse_dir, &opts).map_err(|e| {
+        let m = imagefs::transport::fuse::mount(source, &fuse_dir, &opts).map_err(|e| {
             format!(
                 "mounting {} with FUSE: {}",
                 image.display(),
@@ -412,7 +413,7 @@ fn print_table(rows: &[Row]) {
         READ_SIZE >> 10
     );
     println!(
-        "loop = kernel ext4 on a loop device over the exported image; imagefs = imagefs::fuse::mount \
+        "loop = kernel ext4 on a loop device over the exported image; imagefs = imagefs::transport::fuse::mount \
          (as `imagefs mount`) over the same file, no passthrough, in the benchmark's process."
     );
     println!(

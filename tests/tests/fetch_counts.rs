@@ -22,8 +22,8 @@ use std::sync::Arc;
 use chunker::convert::{ConvertOptions, convert};
 use chunker::ext4::Ext4Options;
 use chunker::flatten::FlattenOptions;
-use imagefs::fuse::{MountOptions, mount};
 use imagefs::tiers::{TierConfig, Tiers, open_tiers};
+use imagefs::transport::fuse::{MountOptions, mount};
 use imagefs::{LazyImage, LazyOptions, open_image};
 use manifest::LocalKeyProvider;
 use tempfile::TempDir;
@@ -140,7 +140,7 @@ fn open_lazy(s: &Setup, tiers: &Tiers, config: &TierConfig, readahead: usize) ->
     let opts = LazyOptions {
         readahead_chunks: readahead,
         memory_chunks: 0,
-        ..config.read.lazy_options()
+        ..LazyOptions::from(&config.read)
     };
     Arc::new(
         LazyImage::open(

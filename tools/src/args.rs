@@ -13,6 +13,7 @@ use chunker::ext4::Ext4Options;
 use chunker::flatten::{FlattenOptions, flatten_to_file};
 use chunker::oci::ImageSource;
 use clap::{Parser, Subcommand};
+use imagefs::LazyOptions;
 use imagefs::tiers::parse_size;
 use imagefs::tiers::stats::{render, tiers_report};
 use manifest::report::MountStats;
@@ -320,22 +321,24 @@ impl Command {
                     opened.manifest,
                     tiers.store.clone(),
                     tiers.dedicated.as_deref(),
-                    config.read.lazy_options(),
+                    LazyOptions::from(&config.read),
                 )?);
                 let passthrough_dir = passthrough_dir
                     .or_else(|| config.dedicated.as_ref().map(|d| d.dir.clone()))
                     .filter(|_| !no_passthrough);
-                let opts = imagefs::fuse::MountOptions {
+                let opts = imagefs::transport::fuse::MountOptions {
                     raw,
                     allow_other,
                     fs_name: Some(format!("imagefs:{digest}")),
-                    passthrough: passthrough_dir.map(|dir| imagefs::fuse::PassthroughOptions {
-                        dir,
-                        capacity: passthrough_capacity,
+                    passthrough: passthrough_dir.map(|dir| {
+                        imagefs::transport::fuse::PassthroughOptions {
+                            dir,
+                            capacity: passthrough_capacity,
+                        }
                     }),
                 };
                 let armed = signals.arm();
-                let mounted = imagefs::fuse::mount(lazy.clone(), &mountpoint, &opts)?;
+                let mounted = imagefs::transport::fuse::mount(lazy.clone(), &mountpoint, &opts)?;
                 let unmount = mounted.stop_handle();
                 let stopped = Arc::new(AtomicBool::new(false));
                 let stopping = Arc::clone(&stopped);

@@ -1,13 +1,14 @@
 //! `imagefs serve`: the image as a vhost-user-blk device on a Unix socket
-//! (a call into [`imagefs::vhost::serve`]).
+//! (a call into [`imagefs::transport::vhost::serve`]).
 
 use std::error::Error;
 use std::io::{Write, stdout};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use imagefs::LazyOptions;
 use imagefs::tiers::stats::{render, tiers_report};
-use imagefs::vhost::{ServeOptions, Server};
+use imagefs::transport::vhost::{ServeOptions, Server};
 use manifest::report::ServeStats;
 
 use crate::report::write_json;
@@ -42,7 +43,7 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 8)]
     io_threads: usize,
     /// Record every guest read (offset, length, time) to FILE as JSON
-    /// lines (format: imagefs::vhost::trace).
+    /// lines (format: manifest::trace).
     #[arg(long, value_name = "FILE")]
     record_trace: Option<PathBuf>,
     /// At exit, print each tier's counters and latencies to stderr.
@@ -99,7 +100,7 @@ impl ServeArgs {
             opened.manifest,
             tiers.store.clone(),
             dedicated,
-            config.read.lazy_options(),
+            LazyOptions::from(&config.read),
         )?);
         let opts = ServeOptions {
             queues: self.queues,

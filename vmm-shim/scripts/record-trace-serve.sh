@@ -12,7 +12,7 @@
 # (scripts/guest-kernel.sh): it mounts /dev/vda read-only on /mnt and runs
 # the command (default: the Debian python image's entrypoint check,
 # `python3 -c "import json, sqlite3"` chrooted into /mnt). OUT_TRACE gets
-# the daemon's JSON lines (imagefs::vhost::trace), which vmm-shim reads.
+# the daemon's JSON lines (manifest::trace), which vmm-shim reads.
 set -euo pipefail
 imagefs=${1:?imagefs binary}
 image=${2:?image tag or digest}

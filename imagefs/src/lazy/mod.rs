@@ -29,6 +29,7 @@
 //! pristine copy never overwrites a written chunk.
 
 pub mod dedicated;
+mod device;
 pub mod readahead;
 
 use std::collections::VecDeque;
@@ -42,6 +43,7 @@ use manifest::{
     decrypt_chunk_owned,
 };
 
+use crate::tiers::config::ReadConfig;
 pub use dedicated::{DedicatedError, DedicatedState, DedicatedTier};
 use readahead::Readahead;
 
@@ -62,10 +64,17 @@ pub struct LazyOptions {
 
 impl Default for LazyOptions {
     fn default() -> Self {
+        Self::from(&ReadConfig::default())
+    }
+}
+
+/// The configuration file's `[read]` section.
+impl From<&ReadConfig> for LazyOptions {
+    fn from(read: &ReadConfig) -> Self {
         Self {
-            readahead_chunks: 0,
-            readahead_threads: 2,
-            memory_chunks: 8,
+            readahead_chunks: read.readahead_chunks,
+            readahead_threads: read.readahead_threads,
+            memory_chunks: read.memory_chunks,
         }
     }
 }

@@ -99,24 +99,14 @@ pub struct ReadConfig {
     pub memory_chunks: usize,
 }
 
+/// The defaults of a lazily read image (`LazyOptions::default` is made
+/// from these): read-ahead off, so that fetch counts are exact.
 impl Default for ReadConfig {
     fn default() -> Self {
-        let d = crate::LazyOptions::default();
         Self {
-            readahead_chunks: d.readahead_chunks,
-            readahead_threads: d.readahead_threads,
-            memory_chunks: d.memory_chunks,
-        }
-    }
-}
-
-impl ReadConfig {
-    /// As options for a [`LazyImage`](crate::LazyImage).
-    pub fn lazy_options(&self) -> crate::LazyOptions {
-        crate::LazyOptions {
-            readahead_chunks: self.readahead_chunks,
-            readahead_threads: self.readahead_threads,
-            memory_chunks: self.memory_chunks,
+            readahead_chunks: 0,
+            readahead_threads: 2,
+            memory_chunks: 8,
         }
     }
 }

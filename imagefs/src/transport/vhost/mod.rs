@@ -36,7 +36,7 @@ pub use backend::{BlkBackend, Service};
 pub use config::{BlkGeometry, serial_of};
 pub use trace::{TraceError, TraceHeader, TraceRecord, TraceWriter, read_trace};
 
-use crate::BlockDevice;
+use crate::device::BlockDevice;
 
 /// How [`serve`] runs.
 #[derive(Debug, Clone, PartialEq, Eq)]

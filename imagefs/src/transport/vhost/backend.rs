@@ -6,7 +6,7 @@
 //! ([`request::parse`]) and serves a read that needs no fetch (its chunks
 //! are in the dedicated tier, or holes) itself; anything else goes to a
 //! small pool of I/O threads shared by all queues. Whichever thread serves
-//! a request does the [`BlockDevice`](crate::BlockDevice) read or write, writes the status byte
+//! a request does the [`BlockDevice`](crate::device::BlockDevice) read or write, writes the status byte
 //! and puts the chain on the used ring itself, under the vring's lock,
 //! signalling the guest when EVENT_IDX says so. So a request waiting on a
 //! cold chunk holds one pool thread and nothing else: requests behind it
@@ -39,7 +39,7 @@ use super::config::BlkGeometry;
 use super::request::{self, Limits, Request, RequestKind};
 use super::trace::TraceWriter;
 use super::{Stats, log_limited};
-use crate::BlockDevice;
+use crate::device::BlockDevice;
 
 /// Guest memory as the vhost-user-backend crate hands it over.
 pub type Memory = GuestMemoryAtomic<GuestMemoryMmap>;

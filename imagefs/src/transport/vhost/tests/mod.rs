@@ -26,7 +26,7 @@ use vmm_sys_util::epoll::EventSet;
 use super::config::{BlkGeometry, CONFIG_LEN};
 use super::request::{Limits, ParseError, RequestKind, parse};
 use super::*;
-use crate::{LazyImage, LazyOptions};
+use crate::lazy::{LazyImage, LazyOptions};
 
 const CHUNK: usize = 64 * 1024;
 const MEM_SIZE: u64 = 0x100_0000; // 16 MiB of guest memory

@@ -42,7 +42,8 @@ use std::sync::Arc;
 
 use fuser::{BackgroundSession, Config, MountOption, SessionACL};
 
-pub use crate::device::BlockDevice;
+use crate::device::BlockDevice;
+
 pub use passthrough::{PassthroughOptions, PassthroughStats};
 pub use raw::RAW_NAME;
 pub use stats::FuseStats;
