@@ -39,7 +39,7 @@ if [ -z "${ROCKSDB_LIB_DIR:-}" ]; then
     export ROCKSDB_LIB_DIR ROCKSDB_STATIC=1
 fi
 cargo build --release --locked -p tools -p tests --bins \
-    --example sample_image --example dedicated_chunks
+    --example sample_image --example fetch_summary
 bin="$CARGO_TARGET_DIR/release"
 imagefs="$bin/imagefs"
 
@@ -62,6 +62,7 @@ serve_pid=
 stop_serve() { [ -z "$serve_pid" ] || kill "$serve_pid" 2>/dev/null || true; }
 trap stop_serve EXIT
 "$imagefs" serve sample --socket "$socket" --dedicated "$instance" --stats \
+    --stats-json "$work/serve.json" \
     >"$work/serve.log" 2>&1 &
 serve_pid=$!
 
@@ -91,13 +92,13 @@ grep -q "^$want  /mnt/usr/lib/data.bin$" "$work/guest.out" \
     || { echo "demo: the guest read other bytes of /usr/lib/data.bin than the image holds ($want)" >&2; exit 1; }
 echo "demo: the guest ran the image's /bin/hello and read /usr/lib/data.bin intact (sha256 $want)"
 
-# How many chunks the guest's reads fetched on demand.  serve ran with no
-# read-ahead and a fresh dedicated tier, which keeps every chunk it fetched,
-# so the tier's count is the fetch count, read as JSON by a small tool.
-# ADAPT HERE (the one place) when `imagefs serve` reports as JSON: take the
-# fetch count from serve's own report instead.
+# How many chunks the guest's reads fetched on demand: serve's JSON report
+# (read by a small tool, against the image's chunk table).  serve ran with
+# no read-ahead and a fresh dedicated tier, which keeps every chunk it
+# fetched, so the tool also shows the tier holding the same count.
 fetched_chunks() {
-    "$bin/examples/dedicated_chunks" --summary "$work/store" "$work/keys" sample "$instance"
+    "$bin/examples/fetch_summary" --summary "$work/store" "$work/keys" sample "$instance" \
+        "$work/serve.json"
 }
 echo "== fetched on demand"
 fetched_chunks | tee "$work/fetched.txt"

@@ -1,20 +1,22 @@
-//! Prints, as one JSON object, how many of an image's chunks an
-//! instance's dedicated tier holds, against the image's chunk table.
-//! `scripts/demo.sh` runs `imagefs serve --dedicated DIR` with a fresh
-//! DIR and no read-ahead, so what the tier holds afterwards is exactly
-//! the chunks the guest's reads fetched on demand.
+//! Prints, as one JSON object, how many chunks a run of `imagefs serve`
+//! fetched on demand, taken from its JSON report (`--stats-json`),
+//! against the image's chunk table, and how many the instance's
+//! dedicated tier holds afterwards. `scripts/demo.sh` serves with a
+//! fresh dedicated tier and no read-ahead, so the two counts agree.
 //!
-//! Usage: `dedicated_chunks [--summary] STORE KEYS IMAGE DIR` (STORE a
+//! Usage: `fetch_summary [--summary] STORE KEYS IMAGE DIR REPORT` (STORE a
 //! directory store, KEYS a local key directory, IMAGE a tag or
-//! `sha256:DIGEST`). Output: `{"image": "sha256:…", "chunks": N,
-//! "holes": H, "stored": S, "present": P}`; with `--summary`, then a
-//! sentence made from the same numbers.
+//! `sha256:DIGEST`, DIR the dedicated tier, REPORT serve's JSON report).
+//! Output: `{"image": "sha256:…", "chunks": N, "holes": H, "stored": S,
+//! "fetched": F, "present": P}`; with `--summary`, then a sentence made
+//! from the same numbers.
 
 use std::error::Error;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use imagefs::lazy::{DedicatedState, DedicatedTier};
+use manifest::report::ServeStats;
 
 /// What the tier holds against the image's chunk table.
 #[derive(Debug)]
@@ -23,13 +25,18 @@ struct Counts {
     chunks: usize,
     holes: usize,
     stored: usize,
+    fetched: u64,
     present: u64,
 }
 
 fn run(args: &[String]) -> Result<Counts, Box<dyn Error>> {
-    let [store, keys, image, dir] = args else {
-        return Err("usage: dedicated_chunks [--summary] STORE KEYS IMAGE DIR".into());
+    let [store, keys, image, dir, report] = args else {
+        return Err("usage: fetch_summary [--summary] STORE KEYS IMAGE DIR REPORT".into());
     };
+    let report_text = std::fs::read_to_string(report)
+        .map_err(|e| format!("reading the serve report {report}: {e}"))?;
+    let report: ServeStats = serde_json::from_str(&report_text)
+        .map_err(|e| format!("{report} is not a serve report: {e}"))?;
     let store = cachetiers::DirStore::open(store)?;
     let keys = manifest::LocalKeyProvider::open(keys)?;
     let opened = imagefs::open_image(&store, image, &keys, None)?;
@@ -46,11 +53,19 @@ fn run(args: &[String]) -> Result<Counts, Box<dyn Error>> {
         .into());
     }
     let m = &opened.manifest;
+    if report.image != opened.digest.to_string() {
+        return Err(format!(
+            "the serve report is for {}, not {}",
+            report.image, opened.digest
+        )
+        .into());
+    }
     Ok(Counts {
         image: opened.digest.to_string(),
         chunks: m.chunks.len(),
         holes: m.hole_count(),
         stored: m.present_count(),
+        fetched: report.reader.store_fetches,
         present: tier.present_count(),
     })
 }
@@ -68,20 +83,22 @@ fn main() -> ExitCode {
                 "chunks": c.chunks,
                 "holes": c.holes,
                 "stored": c.stored,
+                "fetched": c.fetched,
                 "present": c.present,
             });
             println!("{json}");
             if summary {
                 println!(
-                    "{} of the image's {} stored chunks are in the dedicated tier \
-                     ({} chunks in all, {} of them holes that are never fetched)",
-                    c.present, c.stored, c.chunks, c.holes
+                    "the guest's reads fetched {} of the image's {} stored chunks on demand \
+                     ({} chunks in all, {} of them holes that are never fetched); \
+                     the dedicated tier now holds {}",
+                    c.fetched, c.stored, c.chunks, c.holes, c.present
                 );
             }
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("dedicated_chunks: {e}");
+            eprintln!("fetch_summary: {e}");
             ExitCode::FAILURE
         }
     }

@@ -28,6 +28,7 @@ use chunker::convert::{ConvertOptions, convert};
 use chunker::ext4::Ext4Options;
 use chunker::flatten::{FlattenOptions, flatten_to_file};
 use chunker::oci::ImageSource;
+use manifest::report::ServeStats;
 use tests::garage::Garage;
 use tests::guest::{
     self, Accel, BootOptions, GuestKernel, LIST_SCRIPT, Proc, boot, compare, parse_listing,
@@ -218,6 +219,8 @@ fn serve(t: &Tools, c: &Converted, socket: &Path, extra: &[&str], log: &Path) ->
         .arg(&c.store)
         .arg("--keys")
         .arg(&c.keys)
+        .arg("--stats-json")
+        .arg(stats_path(socket))
         .args(extra)
         .envs(c.env.iter().map(|(k, v)| (k, v)))
         .env_remove("IMAGEFS_CONFIG");
@@ -239,7 +242,7 @@ fn run_guest(
     rw: bool,
     queues: u16,
     timeout: Duration,
-) -> (guest::GuestOutput, String) {
+) -> (guest::GuestOutput, ServeStats) {
     let socket = c.dir.path().join(format!("{name}.sock"));
     let mut daemon = serve(
         t,
@@ -277,13 +280,33 @@ fn run_guest(
         "{name}: /dev/vda did not mount:\n{}",
         guest::tail(&out.console, 40)
     );
-    (out, log)
+    (out, serve_stats(&socket))
 }
 
-fn served_line(log: &str) -> &str {
-    log.lines()
-        .find(|l| l.starts_with("served "))
-        .unwrap_or("(no report line)")
+/// Where `serve` has the daemon serving `socket` write its JSON report.
+fn stats_path(socket: &Path) -> PathBuf {
+    socket.with_extension("stats.json")
+}
+
+/// The JSON report (`--stats-json`) of the daemon that served `socket`,
+/// written as it exited.
+fn serve_stats(socket: &Path) -> ServeStats {
+    let path = stats_path(socket);
+    let text = fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("imagefs serve wrote no report at {}: {e}", path.display()));
+    serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("{}: not a serve report: {e}\n{text}", path.display()))
+}
+
+/// What the device did, on one line for the test's log.
+fn served(stats: &ServeStats) -> String {
+    match &stats.served {
+        Some(r) => format!(
+            "{} connection(s), {} reads ({} bytes), {} writes, {} flushes, {} rejected, {} I/O errors",
+            r.connections, r.reads, r.bytes_read, r.writes, r.flushes, r.rejected, r.io_errors
+        ),
+        None => "(the device served nothing)".to_string(),
+    }
 }
 
 fn check_listing(name: &str, c: &Converted, out: &guest::GuestOutput) -> guest::DeviceFacts {
@@ -315,7 +338,7 @@ fn guest_reads_every_file_of_a_generated_image() {
     let c = generated();
     let trace = c.dir.path().join("trace.jsonl");
     let trace_arg = trace.to_str().unwrap().to_string();
-    let (out, log) = run_guest(
+    let (out, stats) = run_guest(
         &t,
         &c,
         "generated",
@@ -333,8 +356,8 @@ fn guest_reads_every_file_of_a_generated_image() {
         "the device should be read-only without --writable"
     );
     assert_eq!(facts.queues, 2, "MQ: hardware queues seen by the guest");
-    eprintln!("generated: {}", served_line(&log));
-    let (header, records) = imagefs::vhost::read_trace(&trace).unwrap();
+    eprintln!("generated: {}", served(&stats));
+    let (header, records) = imagefs::transport::vhost::read_trace(&trace).unwrap();
     assert_eq!(header.image, c.digest);
     assert!(!records.is_empty(), "no reads recorded");
     assert!(
@@ -377,7 +400,7 @@ fn guest_writes_land_only_in_its_own_instance() {
     let write = "echo written-by-the-guest > /mnt/app/new-file && sync && cat /mnt/app/new-file \
                  && dd if=/dev/urandom of=/mnt/etc/blob bs=4096 count=64 2>/dev/null && sync \
                  && echo WROTE";
-    let (out, log) = run_guest(
+    let (out, stats) = run_guest(
         &t,
         &c,
         "write",
@@ -394,7 +417,7 @@ fn guest_writes_land_only_in_its_own_instance() {
         out.lines
     );
     assert!(out.lines.iter().any(|l| l == "WROTE"), "{:?}", out.lines);
-    eprintln!("write: {}", served_line(&log));
+    eprintln!("write: {}", served(&stats));
 
     let look = "if [ -e /mnt/app/new-file ]; then echo PRESENT; cat /mnt/app/new-file; \
                 else echo ABSENT; fi";
@@ -512,38 +535,32 @@ fn keep_alive_serves_a_second_guest_and_sigterm_ends_it_cleanly() {
         status.success(),
         "imagefs serve did not end cleanly on SIGTERM ({status}):\n{log}"
     );
-    let served = served_line(&log);
-    assert!(
-        served.contains(" 2 connection(s)"),
-        "expected two connections in the report: {served}"
+    let stats = serve_stats(&socket);
+    assert_eq!(
+        stats.served.as_ref().map(|r| r.connections),
+        Some(2),
+        "expected two connections in the report: {}",
+        served(&stats)
     );
     assert!(
         !socket.exists(),
         "the socket {} is left behind",
         socket.display()
     );
-    eprintln!("keep-alive: SIGTERM ended the daemon cleanly ({status}): {served}");
+    eprintln!(
+        "keep-alive: SIGTERM ended the daemon cleanly ({status}): {}",
+        served(&stats)
+    );
 }
 
-/// The per-tier table `serve --stats` printed (its header to the
-/// `reads:` line).
-fn stats_table(log: &str) -> String {
-    log.lines()
-        .skip_while(|l| !l.starts_with("tier "))
-        .take_while(|l| !l.starts_with("served "))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-/// The hits of tier `tier` in a [`stats_table`].
-fn tier_hits(table: &str, tier: &str) -> u64 {
-    table
-        .lines()
-        .find_map(|l| {
-            let mut f = l.split_whitespace();
-            (f.next() == Some(tier)).then(|| f.next()?.parse().ok())?
-        })
-        .unwrap_or(0)
+/// The hits of tier `tier` in a serve report.
+fn tier_hits(stats: &ServeStats, tier: &str) -> u64 {
+    stats
+        .tiers
+        .tiers
+        .iter()
+        .find(|t| t.tier == tier)
+        .map_or(0, |t| t.hits)
 }
 
 #[test]
@@ -568,11 +585,11 @@ fn guest_reads_every_file_of_the_debian_image() {
     let source_arg = format!("oci:{}:{tag}", layout.display());
     let source: ImageSource = source_arg.parse().unwrap();
     let c = convert_into_garage(&t, &g, &source, &source_arg, "debian", 512 * 1024, 16 << 20);
-    let (out, log) = run_guest(
+    let (out, stats) = run_guest(
         &t,
         &c,
         "debian",
-        &["--queues", "2", "--stats"],
+        &["--queues", "2"],
         LIST_SCRIPT,
         false,
         2,
@@ -581,11 +598,14 @@ fn guest_reads_every_file_of_the_debian_image() {
         Duration::from_secs(3600),
     );
     check_listing(&format!("debian {tag} from {}", c.store), &c, &out);
-    let table = stats_table(&log);
-    eprintln!("debian {tag}: serve --stats:\n{table}");
-    eprintln!("debian {tag}: {}", served_line(&log));
+    eprintln!(
+        "debian {tag}: tiers: {}",
+        serde_json::to_string(&stats.tiers.tiers).unwrap()
+    );
+    eprintln!("debian {tag}: {}", served(&stats));
     assert!(
-        tier_hits(&table, "origin") > 0,
-        "no chunk came from the S3 origin:\n{log}"
+        tier_hits(&stats, "origin") > 0,
+        "no chunk came from the S3 origin: {}",
+        serde_json::to_string(&stats.tiers).unwrap()
     );
 }
