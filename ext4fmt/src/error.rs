@@ -69,6 +69,25 @@ pub enum Corrupt {
         /// Bytes from it to the block's end.
         room: usize,
     },
+    /// An indirect block is not whole 4-byte block numbers.
+    #[error("an indirect block of {len} bytes is not whole 4-byte block numbers")]
+    IndirectSize {
+        /// The block's bytes.
+        len: usize,
+    },
+    /// An xattr value lies outside the area's values (after the entries'
+    /// end mark, before the area's end).
+    #[error("xattr value of {size} bytes at {offs} is outside {from}..{len}")]
+    XattrValue {
+        /// `e_value_offs`, from where the area's offsets count.
+        offs: usize,
+        /// `e_value_size`.
+        size: usize,
+        /// Where values may start: just after the end mark.
+        from: usize,
+        /// The area's bytes.
+        len: usize,
+    },
     /// An xattr entry list has no end mark.
     #[error("xattr entries run past the end ({len} bytes) without an end mark")]
     XattrNoEnd {

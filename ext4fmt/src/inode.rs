@@ -291,7 +291,7 @@ impl DiskInode {
             return None;
         }
         let area = raw.get(GOOD_OLD_INODE_SIZE + usize::from(self.extra_isize)..)?;
-        (crate::bytes::le32(area, 0) == Some(xattr::MAGIC)).then_some(area)
+        xattr::decode_ibody_header(area).is_ok().then_some(area)
     }
 
     /// `st_blocks` (512-byte units), as `ext4_inode_blocks` computes it:

@@ -9,7 +9,8 @@
 //!   ([`Unsupported`]), carrying the numbers.
 //! - One module per on-disk concept: [`superblock`], [`group`]
 //!   (descriptors), [`inode`] (with [`time`] and [`device`] numbers),
-//!   [`extent`] (header, index and leaf), [`dir`] (entries), [`xattr`]
+//!   [`extent`] (header, index and leaf), [`blockmap`] (the pre-extent
+//!   direct and indirect block numbers), [`dir`] (entries), [`xattr`]
 //!   (entries, block header, name indexes, hashes) and [`acl`].
 //!
 //! Decoders check what the structure itself says (sizes, magics, counts);
@@ -19,6 +20,7 @@
 #![forbid(unsafe_code)]
 
 pub mod acl;
+pub mod blockmap;
 pub mod bytes;
 pub mod device;
 pub mod dir;

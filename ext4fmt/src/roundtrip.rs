@@ -2,6 +2,7 @@
 //! decoders refuse what the format forbids.
 
 use crate::acl::{self, AclEntry};
+use crate::blockmap::{self, BlockMap};
 use crate::dir::DirEntry;
 use crate::error::Corrupt;
 use crate::extent::{self, Header, Index, Leaf};
@@ -339,4 +340,93 @@ fn acls_both_forms() {
         acl::decode_disk(&five),
         Err(Corrupt::AclEnd { end: 24, len: 28 })
     );
+}
+
+#[test]
+fn block_map_and_indirect_blocks() {
+    let map = BlockMap {
+        direct: std::array::from_fn(|i| 100 + i as u32 * 3),
+        indirect: [0xFFFF_FFFE, 0, 7],
+    };
+    let raw = map.encode();
+    assert_eq!(&raw[0..4], &100u32.to_le_bytes());
+    assert_eq!(&raw[44..48], &133u32.to_le_bytes());
+    assert_eq!(&raw[48..52], &0xFFFF_FFFEu32.to_le_bytes());
+    assert_eq!(&raw[56..60], &7u32.to_le_bytes());
+    assert_eq!(BlockMap::decode(&raw), map);
+    assert_eq!(BlockMap::decode(&[0; 60]), BlockMap::default());
+
+    assert_eq!(blockmap::pointers_per_block(1024), 256);
+    let pointers: Vec<u32> = (0..1024u32).map(|i| i.wrapping_mul(0x0101_0101)).collect();
+    let block = blockmap::encode_indirect(&pointers);
+    assert_eq!(block.len(), 4096);
+    assert_eq!(&block[4..8], &0x0101_0101u32.to_le_bytes());
+    assert_eq!(blockmap::decode_indirect(&block), Ok(pointers));
+    for len in [0, 3, 1022] {
+        assert_eq!(
+            blockmap::decode_indirect(&vec![1; len]),
+            Err(Corrupt::IndirectSize { len })
+        );
+    }
+}
+
+#[test]
+fn xattr_values_and_in_inode_header() {
+    // In the inode: the magic, then entries whose value offsets count
+    // from the first entry.
+    let mut area = vec![0u8; 100];
+    xattr::encode_ibody_header(&mut area);
+    assert_eq!(xattr::decode_ibody_header(&area), Ok(()));
+    let entries = &mut area[xattr::IBODY_HEADER_SIZE..];
+    let e = Entry {
+        name_index: xattr::index::TRUSTED,
+        value_offs: 88,
+        value_inum: 0,
+        value_size: 5,
+        hash: 0,
+        name: b"t".to_vec(),
+    };
+    e.encode(entries, 0);
+    e.encode_value(entries, b"hello");
+    let values_from = e.len() + xattr::END_MARK_SIZE;
+    let entries = &area[xattr::IBODY_HEADER_SIZE..];
+    assert_eq!(Entry::decode(entries, 0), Ok(Some(e.clone())));
+    assert_eq!(e.value(entries, values_from), Ok(&b"hello"[..]));
+    // Past the end, overlapping the entries, or overflowing: refused,
+    // naming the numbers.
+    for (offs, size) in [(92, 5), (4, 5), (u16::MAX, u32::MAX)] {
+        let bad = Entry {
+            value_offs: offs,
+            value_size: size,
+            ..e.clone()
+        };
+        assert_eq!(
+            bad.value(entries, values_from),
+            Err(Corrupt::XattrValue {
+                offs: usize::from(offs),
+                size: size as usize,
+                from: values_from,
+                len: 96
+            })
+        );
+    }
+    // An empty value is empty wherever it points.
+    let empty = Entry {
+        value_offs: 5000,
+        value_size: 0,
+        ..e
+    };
+    assert_eq!(empty.value(entries, values_from), Ok(&[][..]));
+    area[0] ^= 1;
+    assert!(matches!(
+        xattr::decode_ibody_header(&area),
+        Err(Corrupt::Magic {
+            what: "in-inode xattrs",
+            ..
+        })
+    ));
+    assert!(matches!(
+        xattr::decode_ibody_header(&area[..3]),
+        Err(Corrupt::Short { .. })
+    ));
 }

@@ -145,6 +145,54 @@ impl Entry {
             name: f.bytes(at + ENTRY_HEADER_SIZE, name_len)?.to_vec(),
         }))
     }
+
+    /// Writes `value` (of [`Entry::value_size`] bytes) at the entry's
+    /// `value_offs` in `area`, whose offsets count from its start: the
+    /// block, or the in-inode area after its magic.
+    pub fn encode_value(&self, area: &mut [u8], value: &[u8]) {
+        let at = usize::from(self.value_offs);
+        area[at..at + value.len()].copy_from_slice(value);
+    }
+
+    /// The entry's value in `area` (offsets counted as for
+    /// [`Entry::encode_value`]), checked as the kernel's `check_xattrs`
+    /// does: inside the area and not before `values_from`, the byte after
+    /// the entries' end mark. An empty value is empty wherever it points.
+    /// A value in its own inode (`value_inum`) is the caller's to refuse.
+    pub fn value<'a>(&self, area: &'a [u8], values_from: usize) -> Result<&'a [u8], Corrupt> {
+        let (offs, size) = (usize::from(self.value_offs), self.value_size as usize);
+        if size == 0 {
+            return Ok(&[]);
+        }
+        match crate::bytes::slice(area, offs, size) {
+            Some(v) if offs >= values_from => Ok(v),
+            _ => Err(Corrupt::XattrValue {
+                offs,
+                size,
+                from: values_from,
+                len: area.len(),
+            }),
+        }
+    }
+}
+
+/// Writes the in-inode area's header (the magic) at its start.
+pub fn encode_ibody_header(area: &mut [u8]) {
+    put32(area, 0, MAGIC);
+}
+
+/// Checks the in-inode area's header; the entries follow it, at
+/// [`IBODY_HEADER_SIZE`].
+pub fn decode_ibody_header(area: &[u8]) -> Result<(), Corrupt> {
+    let magic = Fields::new(area, "in-inode xattrs").u32(0)?;
+    if magic != MAGIC {
+        return Err(Corrupt::Magic {
+            what: "in-inode xattrs",
+            found: magic,
+            want: MAGIC,
+        });
+    }
+    Ok(())
 }
 
 /// `struct ext4_xattr_header`, at the start of an xattr block.

@@ -22,11 +22,10 @@ use super::acl;
 use super::inode::INLINE_XATTR_SIZE;
 use ext4fmt::xattr::{
     BLOCK_HEADER_SIZE as BLOCK_HEADER, BlockHeader, END_MARK_SIZE as END_MARK,
-    ENTRY_HEADER_SIZE as ENTRY_HEADER, Entry, IBODY_HEADER_SIZE, MAGIC as XATTR_MAGIC,
-    MAX_NAME_LEN, is_acl,
+    ENTRY_HEADER_SIZE as ENTRY_HEADER, Entry, IBODY_HEADER_SIZE, MAX_NAME_LEN, is_acl,
 };
 #[cfg(test)]
-use ext4fmt::xattr::{block_hash, entry_hash};
+use ext4fmt::xattr::{MAGIC as XATTR_MAGIC, block_hash, entry_hash};
 
 /// Why a set of xattrs cannot be stored.
 #[derive(Debug, PartialEq, Eq)]
@@ -88,7 +87,6 @@ fn fill(area: &mut [u8], entries_at: usize, base: usize, attrs: &[&Attr<'_>]) ->
             0
         } else {
             value_end -= a.value_len();
-            area[value_end..value_end + a.value.len()].copy_from_slice(a.value);
             value_end - base
         };
         let entry = Entry {
@@ -101,6 +99,7 @@ fn fill(area: &mut [u8], entries_at: usize, base: usize, attrs: &[&Attr<'_>]) ->
             name: a.name.to_vec(),
         };
         entry.encode(area, at);
+        entry.encode_value(&mut area[base..], a.value);
         let hash = entry.hash;
         hashes.push(hash);
         at += a.entry_len();
@@ -159,7 +158,7 @@ pub(crate) fn encode(xattrs: &BTreeMap<Vec<u8>, Vec<u8>>) -> Result<Encoded, Xat
 
     let mut inline = [0u8; INLINE_XATTR_SIZE];
     if !in_inode.is_empty() {
-        inline[..IBODY_HEADER_SIZE].copy_from_slice(&XATTR_MAGIC.to_le_bytes());
+        ext4fmt::xattr::encode_ibody_header(&mut inline);
         fill(&mut inline, IBODY_HEADER_SIZE, IBODY_HEADER_SIZE, &in_inode);
     }
     let block = (!in_block.is_empty()).then(|| {

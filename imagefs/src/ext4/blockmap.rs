@@ -9,9 +9,7 @@
 use super::MetaError;
 use super::extent::Run;
 use super::superblock::Geometry;
-use ext4fmt::bytes::le32;
-
-const DIRECT: u32 = 12;
+use ext4fmt::blockmap::{BlockMap, DIRECT_BLOCKS, decode_indirect, pointers_per_block};
 
 /// The mapped blocks among the first `blocks` logical blocks of inode
 /// `ino`, whose `i_block` is `i_block`.
@@ -23,18 +21,17 @@ pub(crate) fn runs(
     read_block: &mut dyn FnMut(u64) -> Result<Vec<u8>, MetaError>,
 ) -> Result<Vec<Run>, MetaError> {
     let mut out = Vec::new();
-    let word = |i: usize| le32(i_block, i * 4).unwrap_or(0);
-    for i in 0..DIRECT.min(blocks) {
-        push(geom, ino, &mut out, i, word(i as usize))?;
+    let map = BlockMap::decode(i_block);
+    for (i, &block) in (0..blocks).zip(&map.direct) {
+        push(geom, ino, &mut out, i, block)?;
     }
-    let per_block = geom.block_size / 4;
-    let mut first = DIRECT;
+    let per_block = pointers_per_block(geom.block_size);
+    let mut first = DIRECT_BLOCKS as u32;
     let mut span = u64::from(per_block);
-    for level in 1..=3u32 {
+    for (level, &top) in (1..).zip(&map.indirect) {
         if u64::from(first) >= u64::from(blocks) {
             break;
         }
-        let top = word(11 + level as usize);
         walk(geom, ino, &mut out, top, level, first, blocks, read_block)?;
         let next = u64::from(first) + span;
         first = u32::try_from(next).unwrap_or(u32::MAX);
@@ -98,16 +95,24 @@ fn walk(
         )));
     }
     let data = read_block(u64::from(block))?;
-    let per_block = geom.block_size / 4;
+    let at = || format!("inode {ino}: indirect block {block}");
+    let pointers = decode_indirect(&data).map_err(MetaError::format(at))?;
+    let per_block = pointers_per_block(geom.block_size);
+    if pointers.len() != per_block as usize {
+        return Err(MetaError::Corrupt(format!(
+            "{}: {} block numbers, not {per_block}",
+            at(),
+            pointers.len()
+        )));
+    }
     // Logical blocks each pointer of this block covers.
     let span = u64::from(per_block).pow(level - 1);
-    for i in 0..per_block {
-        let start = u64::from(first) + u64::from(i) * span;
+    for (i, ptr) in (0u64..).zip(pointers) {
+        let start = u64::from(first) + i * span;
         if start >= u64::from(blocks) {
             break;
         }
         let start = start as u32; // below `blocks`, a u32
-        let ptr = le32(&data, i as usize * 4).unwrap_or(0);
         if level == 1 {
             push(geom, ino, out, start, ptr)?;
         } else {
@@ -121,6 +126,7 @@ fn walk(
 mod tests {
     use super::*;
     use crate::ext4::superblock::tests::sample;
+    use ext4fmt::blockmap::encode_indirect;
 
     #[test]
     fn direct_single_and_double_indirect() {
@@ -128,29 +134,27 @@ mod tests {
             block_size: 1024,
             ..Geometry::decode(&sample()).unwrap()
         };
-        let mut i_block = [0u8; 60];
-        for i in 0..12u32 {
-            i_block[i as usize * 4..i as usize * 4 + 4].copy_from_slice(&(100 + i).to_le_bytes());
+        let i_block = BlockMap {
+            direct: std::array::from_fn(|i| 100 + i as u32),
+            indirect: [50, 51, 0],
         }
-        i_block[48..52].copy_from_slice(&50u32.to_le_bytes());
-        i_block[52..56].copy_from_slice(&51u32.to_le_bytes());
+        .encode();
         let mut reads = Vec::new();
         let got = runs(&g, 3, &i_block, 12 + 256 + 2, &mut |b| {
             reads.push(b);
-            let mut d = vec![0u8; 1024];
+            let mut d = [0u32; 256];
             match b {
                 // Single indirect: 256 blocks from 1000 with a hole at 5.
                 50 => {
-                    for i in 0..256u32 {
-                        let v = if i == 5 { 0 } else { 1000 + i };
-                        d[i as usize * 4..i as usize * 4 + 4].copy_from_slice(&v.to_le_bytes());
+                    for (i, v) in (0..).zip(&mut d) {
+                        *v = if i == 5 { 0 } else { 1000 + i };
                     }
                 }
-                51 => d[0..4].copy_from_slice(&52u32.to_le_bytes()),
-                52 => d[4..8].copy_from_slice(&3000u32.to_le_bytes()),
+                51 => d[0] = 52,
+                52 => d[1] = 3000,
                 _ => {}
             }
-            Ok(d)
+            Ok(encode_indirect(&d))
         })
         .unwrap();
         assert_eq!(reads, [50, 51, 52]);
@@ -192,13 +196,23 @@ mod tests {
     #[test]
     fn pointers_past_the_end_are_errors() {
         let g = Geometry::decode(&sample()).unwrap();
-        let mut i_block = [0u8; 60];
-        i_block[0..4].copy_from_slice(&70000u32.to_le_bytes());
-        let e = runs(&g, 3, &i_block, 1, &mut |_| Ok(vec![])).unwrap_err();
+        let mut map = BlockMap::default();
+        map.direct[0] = 70000;
+        let e = runs(&g, 3, &map.encode(), 1, &mut |_| Ok(vec![])).unwrap_err();
         assert!(e.to_string().contains("inode 3"), "{e}");
-        let mut i_block = [0u8; 60];
-        i_block[48..52].copy_from_slice(&70000u32.to_le_bytes());
+        let mut map = BlockMap::default();
+        map.indirect[0] = 70000;
+        let i_block = map.encode();
         assert!(runs(&g, 3, &i_block, 20, &mut |_| Ok(vec![])).is_err());
+        // An indirect block the wrong size is corrupt, not a short map.
+        map.indirect[0] = 9;
+        for short in [vec![], vec![0u8; 6], vec![0u8; 400]] {
+            let e = runs(&g, 3, &map.encode(), 20, &mut |_| Ok(short.clone())).unwrap_err();
+            assert!(
+                e.is_corrupt() && e.to_string().contains("indirect block 9"),
+                "{e}"
+            );
+        }
         // Beyond the file's blocks nothing is read.
         assert!(
             runs(&g, 3, &i_block, 12, &mut |_| panic!("read"))

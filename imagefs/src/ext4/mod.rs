@@ -398,4 +398,6 @@ fn read(source: &dyn BlockDevice, buf: &mut [u8], offset: u64) -> Result<(), Met
 }
 
 #[cfg(test)]
+mod roundtrip;
+#[cfg(test)]
 mod tests;

@@ -15,7 +15,7 @@ use chunker::oci::ImageSource;
 use super::*;
 
 /// An image held in memory; records the ranges read when asked to.
-struct Mem {
+pub(super) struct Mem {
     bytes: Vec<u8>,
     reads: Mutex<Option<Vec<(u64, usize)>>>,
 }
@@ -40,7 +40,7 @@ impl BlockDevice for Mem {
     }
 }
 
-fn mem(bytes: Vec<u8>) -> Arc<Mem> {
+pub(super) fn mem(bytes: Vec<u8>) -> Arc<Mem> {
     Arc::new(Mem {
         bytes,
         reads: Mutex::new(None),

@@ -20,10 +20,9 @@
 
 use super::MetaError;
 use super::acl;
-use ext4fmt::bytes::{le32, slice};
 use ext4fmt::xattr::{
     BLOCK_HEADER_SIZE as BLOCK_HEADER, BlockHeader, END_MARK_SIZE, Entry, IBODY_HEADER_SIZE,
-    MAGIC as XATTR_MAGIC, is_acl, prefix,
+    decode_ibody_header, is_acl, prefix,
 };
 
 /// One extended attribute, as `getxattr` returns it.
@@ -50,9 +49,7 @@ impl Xattr {
 /// inode's end) of inode `ino`.
 pub(crate) fn parse_ibody(ino: u32, area: &[u8], out: &mut Vec<Xattr>) -> Result<(), MetaError> {
     let at = || format!("inode {ino}: in-inode xattrs");
-    if le32(area, 0) != Some(XATTR_MAGIC) {
-        return Err(MetaError::Corrupt(format!("{}: no magic", at())));
-    }
+    decode_ibody_header(area).map_err(MetaError::format(at))?;
     // Values count from the first entry, just after the magic.
     parse_entries(&at, &area[IBODY_HEADER_SIZE..], 0, out)
 }
@@ -78,8 +75,6 @@ fn parse_entries(
     first: usize,
     out: &mut Vec<Xattr>,
 ) -> Result<(), MetaError> {
-    let bad = |why: String| MetaError::Corrupt(format!("{}: {why}", at()));
-    // (index, name suffix, value offset, value inode, value size)
     let mut entries = Vec::new();
     let mut pos = first;
     while let Some(e) = Entry::decode(area, pos).map_err(MetaError::format(at))? {
@@ -88,14 +83,8 @@ fn parse_entries(
         pos += len;
     }
     let values_from = pos + END_MARK_SIZE;
-    for e in entries {
-        let (index, suffix, offs, inum) = (
-            e.name_index,
-            &e.name[..],
-            usize::from(e.value_offs),
-            e.value_inum,
-        );
-        let size = e.value_size as usize;
+    for e in &entries {
+        let (index, suffix, inum) = (e.name_index, &e.name[..], e.value_inum);
         let shown = || {
             let p = prefix(index).map_or_else(
                 || format!("index {index} "),
@@ -112,20 +101,9 @@ fn parse_entries(
                 shown()
             )));
         }
-        let value = if size == 0 {
-            &[][..]
-        } else {
-            match slice(area, offs, size) {
-                Some(v) if offs >= values_from => v,
-                _ => {
-                    return Err(bad(format!(
-                        "the value of {} ({size} bytes at {offs}) is outside {values_from}..{}",
-                        shown(),
-                        area.len()
-                    )));
-                }
-            }
-        };
+        let value = e
+            .value(area, values_from)
+            .map_err(MetaError::format(|| format!("{}: {}", at(), shown())))?;
         let Some(p) = prefix(index) else {
             // Linux lists and reads only the indexes it names.
             continue;
@@ -149,30 +127,33 @@ pub(crate) mod tests {
     use super::*;
 
     /// An entry with its value at `offs`.
-    pub(crate) fn entry(index: u8, name: &[u8], offs: u16, size: u32) -> Vec<u8> {
-        let mut e = vec![name.len() as u8, index];
-        e.extend(offs.to_le_bytes());
-        e.extend(0u32.to_le_bytes());
-        e.extend(size.to_le_bytes());
-        e.extend(0u32.to_le_bytes());
-        e.extend(name);
-        e.resize((16 + name.len()).next_multiple_of(4), 0);
-        e
+    pub(crate) fn entry(index: u8, name: &[u8], offs: u16, size: u32) -> Entry {
+        Entry {
+            name_index: index,
+            value_offs: offs,
+            value_inum: 0,
+            value_size: size,
+            hash: 0,
+            name: name.to_vec(),
+        }
     }
 
     /// An xattr block with `attrs` (index, suffix, value).
     pub(crate) fn block(attrs: &[(u8, &[u8], &[u8])], size: usize) -> Vec<u8> {
         let mut b = vec![0u8; size];
-        b[0..4].copy_from_slice(&XATTR_MAGIC.to_le_bytes());
-        b[4] = 1;
-        b[8] = 1;
+        BlockHeader {
+            refcount: 1,
+            blocks: 1,
+            hash: 0,
+        }
+        .encode(&mut b);
         let mut pos = BLOCK_HEADER;
         let mut end = size;
         for (index, name, value) in attrs {
             end -= value.len().next_multiple_of(4);
-            b[end..end + value.len()].copy_from_slice(value);
             let e = entry(*index, name, end as u16, value.len() as u32);
-            b[pos..pos + e.len()].copy_from_slice(&e);
+            e.encode(&mut b, pos);
+            e.encode_value(&mut b, value);
             pos += e.len();
         }
         b
@@ -232,10 +213,10 @@ pub(crate) mod tests {
     #[test]
     fn in_inode_offsets_count_from_the_first_entry() {
         let mut area = vec![0u8; 96];
-        area[0..4].copy_from_slice(&XATTR_MAGIC.to_le_bytes());
+        ext4fmt::xattr::encode_ibody_header(&mut area);
         let e = entry(1, b"a", 88, 3);
-        area[4..4 + e.len()].copy_from_slice(&e);
-        area[92..95].copy_from_slice(b"xyz");
+        e.encode(&mut area[IBODY_HEADER_SIZE..], 0);
+        e.encode_value(&mut area[IBODY_HEADER_SIZE..], b"xyz");
         let mut out = Vec::new();
         let r = parse_ibody(5, &area, &mut out);
         assert_eq!(
