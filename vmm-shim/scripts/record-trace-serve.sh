@@ -18,14 +18,8 @@ imagefs=${1:?imagefs binary}
 image=${2:?image tag or digest}
 out=${3:?output trace}
 cmd=${4:-'chroot /mnt /usr/bin/python3 -c "import json, sqlite3; print(\"python ok\")"'}
-here=$(cd "$(dirname "$0")/../.." && pwd)
-# The guest and its QEMU command line come from the tests crate's
-# guest-run (tests::qemu::Microvm); GUEST_RUN names a built one.
-guest_run=${GUEST_RUN:-}
-if [ -z "$guest_run" ]; then
-    (cd "$here" && cargo build --release --locked --quiet -p tests --bin guest-run >&2)
-    guest_run="${CARGO_TARGET_DIR:-$here/target}/release/guest-run"
-fi
+# The guest and its QEMU command line come from the tests crate's guest-run.
+source "$(dirname "$0")/guest-run.sh"
 tmp=$(mktemp -d)
 serve_pid=
 cleanup() {
