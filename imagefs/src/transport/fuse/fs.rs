@@ -30,7 +30,7 @@ use super::attr::TTL;
 use super::inodes::{Item, Tree};
 use super::passthrough::Passthrough;
 use super::read;
-use super::stats::{Counters, add};
+use super::stats::Counters;
 use super::xattr::{self, XattrReply};
 use crate::device::BlockDevice;
 use crate::ext4::Dir;
@@ -77,7 +77,7 @@ impl TreeFs {
         offset: u64,
         mut add_item: impl FnMut(Item<'_>, u64) -> Result<bool, Errno>,
     ) -> Result<(), Errno> {
-        add(&self.counters.readdirs, 1);
+        self.counters.readdirs.inc();
         let dir = self.tree.dir(ino)?;
         let start = usize::try_from(offset).unwrap_or(usize::MAX);
         let mut i = start;
@@ -88,7 +88,7 @@ impl TreeFs {
             i += 1;
         }
         remember(&self.tree, ino, &dir, start, i);
-        add(&self.counters.dir_entries, (i - start) as u64);
+        self.counters.dir_entries.add((i - start) as u64);
         Ok(())
     }
 }
@@ -152,7 +152,7 @@ impl Filesystem for TreeFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        add(&self.counters.lookups, 1);
+        self.counters.lookups.inc();
         match self.tree.lookup(parent.0, name.as_bytes()) {
             Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
             Err(e) => reply.error(e),
@@ -160,7 +160,7 @@ impl Filesystem for TreeFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        add(&self.counters.getattrs, 1);
+        self.counters.getattrs.inc();
         match self.tree.getattr(ino.0) {
             Ok(attr) => reply.attr(&TTL, &attr),
             Err(e) => reply.error(e),
@@ -168,7 +168,7 @@ impl Filesystem for TreeFs {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        add(&self.counters.readlinks, 1);
+        self.counters.readlinks.inc();
         match self.tree.readlink(ino.0) {
             Ok(target) => reply.data(&target),
             Err(e) => reply.error(e),
@@ -176,7 +176,7 @@ impl Filesystem for TreeFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        add(&self.counters.opens, 1);
+        self.counters.opens.inc();
         if writable(flags) {
             reply.error(Errno::EROFS);
             return;
@@ -208,7 +208,7 @@ impl Filesystem for TreeFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        add(&self.counters.reads, 1);
+        self.counters.reads.inc();
         // By inode, not handle: without opens every handle is 0.
         let map = match self.tree.file_map(ino.0) {
             Ok(map) => map,
@@ -222,7 +222,7 @@ impl Filesystem for TreeFs {
             size,
             |data| match data {
                 Ok(data) => {
-                    add(&self.counters.read_bytes, data.len() as u64);
+                    self.counters.read_bytes.add(data.len() as u64);
                     reply.data(data)
                 }
                 Err(e) => reply.error(e),
@@ -240,7 +240,7 @@ impl Filesystem for TreeFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        add(&self.counters.releases, 1);
+        self.counters.releases.inc();
         if let Some(p) = &self.passthrough {
             p.release(fh.0);
         }
@@ -248,7 +248,7 @@ impl Filesystem for TreeFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        add(&self.counters.opendirs, 1);
+        self.counters.opendirs.inc();
         // A directory open has nothing to decide either: after `ENOSYS`
         // the kernel opens directories without asking, and caches their
         // listings.
@@ -311,7 +311,7 @@ impl Filesystem for TreeFs {
     }
 
     fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        add(&self.counters.xattrs, 1);
+        self.counters.xattrs.inc();
         let answer = self
             .tree
             .xattrs(ino.0)
@@ -320,7 +320,7 @@ impl Filesystem for TreeFs {
     }
 
     fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        add(&self.counters.xattrs, 1);
+        self.counters.xattrs.inc();
         let answer = self
             .tree
             .xattrs(ino.0)

@@ -1,9 +1,8 @@
 //! Counts of the FUSE requests a mount has served, by kind: what a
 //! benchmark divides by the files it read to see the per-file cost.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-
 use serde::{Deserialize, Serialize};
+use telemetry::counter::Counter;
 
 /// The requests served so far (a snapshot; all zero for `--raw`, which
 /// counts nothing).
@@ -37,39 +36,33 @@ pub struct FuseStats {
 /// The live counters, bumped by the FUSE threads.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
-    pub(crate) lookups: AtomicU64,
-    pub(crate) getattrs: AtomicU64,
-    pub(crate) opens: AtomicU64,
-    pub(crate) releases: AtomicU64,
-    pub(crate) reads: AtomicU64,
-    pub(crate) read_bytes: AtomicU64,
-    pub(crate) opendirs: AtomicU64,
-    pub(crate) readdirs: AtomicU64,
-    pub(crate) dir_entries: AtomicU64,
-    pub(crate) readlinks: AtomicU64,
-    pub(crate) xattrs: AtomicU64,
-}
-
-/// Adds `n` to a counter (relaxed: the counts are read only as totals).
-pub(crate) fn add(counter: &AtomicU64, n: u64) {
-    counter.fetch_add(n, Ordering::Relaxed);
+    pub(crate) lookups: Counter,
+    pub(crate) getattrs: Counter,
+    pub(crate) opens: Counter,
+    pub(crate) releases: Counter,
+    pub(crate) reads: Counter,
+    pub(crate) read_bytes: Counter,
+    pub(crate) opendirs: Counter,
+    pub(crate) readdirs: Counter,
+    pub(crate) dir_entries: Counter,
+    pub(crate) readlinks: Counter,
+    pub(crate) xattrs: Counter,
 }
 
 impl Counters {
     pub(crate) fn snapshot(&self) -> FuseStats {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         FuseStats {
-            lookups: get(&self.lookups),
-            getattrs: get(&self.getattrs),
-            opens: get(&self.opens),
-            releases: get(&self.releases),
-            reads: get(&self.reads),
-            read_bytes: get(&self.read_bytes),
-            opendirs: get(&self.opendirs),
-            readdirs: get(&self.readdirs),
-            dir_entries: get(&self.dir_entries),
-            readlinks: get(&self.readlinks),
-            xattrs: get(&self.xattrs),
+            lookups: self.lookups.get(),
+            getattrs: self.getattrs.get(),
+            opens: self.opens.get(),
+            releases: self.releases.get(),
+            reads: self.reads.get(),
+            read_bytes: self.read_bytes.get(),
+            opendirs: self.opendirs.get(),
+            readdirs: self.readdirs.get(),
+            dir_entries: self.dir_entries.get(),
+            readlinks: self.readlinks.get(),
+            xattrs: self.xattrs.get(),
         }
     }
 }
