@@ -19,9 +19,9 @@ use tests::imagegen::noise;
 use chunker::ext4::Ext4Options;
 use chunker::flatten::{FlattenOptions, flatten_to_file};
 use chunker::oci::ImageSource;
+use imagefs::BlockDevice;
 use imagefs::transport::fuse::{
-    BlockDevice, MountError, MountOptions, Mounted, PassthroughOptions, PassthroughStats, RAW_NAME,
-    mount,
+    MountError, MountOptions, Mounted, PassthroughOptions, PassthroughStats, RAW_NAME, mount,
 };
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
