@@ -1,5 +1,5 @@
-//! The [`Catalog`] trait: sealed manifests by digest, and the tags that
-//! name them. Every origin (a directory, an object store) is a catalog as
+//! The [`Catalog`] trait: sealed manifests by digest, the tags that name
+//! them, and each manifest's sealed start profile. Every origin (a directory, an object store) is a catalog as
 //! well as a chunk store; caches are not, since a manifest is read once,
 //! at open, straight from the origin.
 
@@ -30,6 +30,18 @@ pub trait Catalog: Send + Sync {
 
     /// Where this catalog is, for messages (a path or a URL).
     fn location(&self) -> String;
+
+    /// Stores the sealed start profile of manifest `digest` beside it,
+    /// replacing the one stored before. The manifest must be stored.
+    fn put_profile(&self, digest: &ManifestDigest, sealed: &[u8]) -> Result<(), StoreError>;
+
+    /// The sealed start profile of manifest `digest`, `None` if it has
+    /// none. The store cannot check it; unsealing authenticates it.
+    fn get_profile(&self, digest: &ManifestDigest) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Drops the start profile of manifest `digest`; returns whether
+    /// there was one.
+    fn remove_profile(&self, digest: &ManifestDigest) -> Result<bool, StoreError>;
 }
 
 /// Parses `text` as a `sha256:` digest, or looks it up as a tag name with
@@ -71,6 +83,15 @@ macro_rules! forward_catalog {
             }
             fn location(&self) -> String {
                 (**self).location()
+            }
+            fn put_profile(&self, digest: &ManifestDigest, sealed: &[u8]) -> Result<(), StoreError> {
+                (**self).put_profile(digest, sealed)
+            }
+            fn get_profile(&self, digest: &ManifestDigest) -> Result<Option<Vec<u8>>, StoreError> {
+                (**self).get_profile(digest)
+            }
+            fn remove_profile(&self, digest: &ManifestDigest) -> Result<bool, StoreError> {
+                (**self).remove_profile(digest)
             }
         }
     )*};

@@ -17,6 +17,10 @@ use crate::store::{MAX_OBJECT_LEN, StoreError};
 /// chunks is about 4 GiB of table; real manifests are a few MiB).
 pub const MAX_MANIFEST_LEN: u64 = 1 << 30;
 
+/// Largest sealed start profile any store keeps: 16 bytes a chunk, so
+/// four million chunks, far more than a start reads.
+pub const MAX_PROFILE_LEN: u64 = 64 << 20;
+
 /// Largest tag (`sha256:` + 64 hex + newline, with room to spare).
 pub const MAX_TAG_LEN: u64 = 1024;
 
@@ -100,6 +104,45 @@ pub fn check_manifest(
         path: path(),
         problem,
     })
+}
+
+/// The sealed start profile a store found for manifest `digest` (read
+/// with the limit [`MAX_PROFILE_LEN`]): `None` for none,
+/// [`StoreError::ProfileTooLarge`] naming `location()` for too many
+/// bytes. Its content is authenticated when it is unsealed, not here: a
+/// store cannot tell a good profile from a bad one.
+pub fn check_profile(
+    digest: &ManifestDigest,
+    found: Bounded,
+    location: impl FnOnce() -> String,
+) -> Result<Option<Vec<u8>>, StoreError> {
+    match found {
+        Bounded::Missing => Ok(None),
+        Bounded::Bytes(sealed) => Ok(Some(sealed)),
+        Bounded::TooLong(len) => Err(StoreError::ProfileTooLarge {
+            digest: *digest,
+            location: location(),
+            len,
+            limit: MAX_PROFILE_LEN,
+        }),
+    }
+}
+
+/// Refuses to store a start profile over [`MAX_PROFILE_LEN`].
+pub fn check_profile_put(
+    digest: &ManifestDigest,
+    sealed: &[u8],
+    location: impl FnOnce() -> String,
+) -> Result<(), StoreError> {
+    if sealed.len() as u64 > MAX_PROFILE_LEN {
+        return Err(StoreError::ProfileTooLarge {
+            digest: *digest,
+            location: location(),
+            len: sealed.len() as u64,
+            limit: MAX_PROFILE_LEN,
+        });
+    }
+    Ok(())
 }
 
 /// The digest a tag names, from what a store found under the tag `name`

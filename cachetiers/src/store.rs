@@ -90,6 +90,21 @@ pub enum StoreError {
         /// What is wrong with it.
         problem: String,
     },
+    /// A start profile is larger than any store keeps (on put, or found
+    /// so in the store on get).
+    #[error(
+        "start profile of manifest {digest} in {location} is {len} bytes, over the {limit}-byte limit"
+    )]
+    ProfileTooLarge {
+        /// The manifest it belongs to.
+        digest: ManifestDigest,
+        /// Where (a path or a URL).
+        location: String,
+        /// Its length.
+        len: u64,
+        /// The limit ([`MAX_PROFILE_LEN`](crate::checked::MAX_PROFILE_LEN)).
+        limit: u64,
+    },
     /// Text that starts like a digest is not a valid digest.
     #[error("`{text}` is not a valid manifest digest: {source}")]
     BadDigest {

@@ -5,6 +5,8 @@
 //! - [`device`]: the [`BlockDevice`] seam every byte supplier implements
 //!   and every transport and the ext4 reader consume;
 //! - [`open`]: find a manifest by digest or tag and unseal it;
+//! - [`profile`]: start profiles: recorded from the read path, stored
+//!   sealed beside the manifest, merged, and loaded as a prefetch order;
 //! - [`tiers`]: the tier stack (shared local, AZ, origin) built from one
 //!   TOML configuration, and its statistics;
 //! - [`lazy`]: [`LazyImage`], the image as a block device fetched on
@@ -23,6 +25,7 @@ pub mod export;
 pub mod ext4;
 pub mod lazy;
 pub mod open;
+pub mod profile;
 pub mod tiers;
 pub mod transport;
 pub mod verify;

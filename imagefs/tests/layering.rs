@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[(&str, u32)] = &[
     ("device", 0),
     ("open", 1),
+    ("profile", 2),
     ("tiers", 2),
     ("lazy", 3),
     ("verify", 4),

@@ -14,6 +14,8 @@
 //!   keys (with rotation) and domain secrets in a private key directory.
 //! - [`seal`](mod@seal): the sealed envelope: the encoded manifest encrypted under a
 //!   random data key, that key wrapped by a key provider.
+//! - [`profile`]: [`StartProfile`], the chunks a start touched, in
+//!   order, sealed like the manifest and bound to its digest.
 //! - [`report`]: what the commands report (`--json`), as serde types;
 //!   [`trace`]: the guest access trace (`serve --record-trace`).
 //! - [`wire`]: the byte reader shared by both decoders, and its
@@ -25,6 +27,7 @@ pub mod convergent;
 pub mod format;
 pub mod ids;
 pub mod keys;
+pub mod profile;
 pub mod report;
 pub mod seal;
 pub mod trace;
@@ -38,5 +41,8 @@ pub use convergent::{
 pub use format::{ChunkEntry, DomainMismatch, FormatError, ImageConfig, Manifest};
 pub use ids::{ByteOffset, ChunkId, ChunkIndex, ChunkKey, IdParseError, ManifestDigest};
 pub use keys::{DataKey, KeyError, KeyProvider, LocalKeyProvider, WrappedKey, validate_domain};
+pub use profile::{
+    ProfileEntry, ProfileError, ProfileReport, StartProfile, seal_profile, unseal_profile,
+};
 pub use seal::{SealError, seal, unseal, unseal_for_domain};
 pub use wire::DecodeError;

@@ -1,7 +1,8 @@
 //! The S3 origin against a real Garage server (started by
 //! `tests::garage`): convert into a bucket, open and export from it,
 //! dedup on a second convert, a corrupted object, the server going down
-//! and coming back, and `open_origin` configured from `AWS_*` variables.
+//! and coming back, `open_origin` configured from `AWS_*` variables, and
+//! start profiles stored beside a manifest in the bucket.
 //!
 //! Without a `garage` binary each test prints `SKIP:` and returns.
 
@@ -158,6 +159,51 @@ fn convert_open_and_export_through_s3() {
     );
     assert!(out.status.success(), "{text}");
     assert!(text.contains("CHILD OK"), "{text}");
+}
+
+#[test]
+fn start_profiles_are_stored_beside_the_manifest_in_s3() {
+    let Some(g) = garage() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = LocalKeyProvider::create(tmp.path().join("keys")).unwrap();
+    let layout = tmp.path().join("oci");
+    image().write_oci_layout(&layout, "app").unwrap();
+    let source: ImageSource = format!("oci:{}:app", layout.display()).parse().unwrap();
+    let origin = ObjectOrigin::s3(&settings(&g, "profiles")).unwrap();
+    let converted = convert(&source, &origin, &keys, &options(None)).expect("convert");
+    let opened = imagefs::open_image(&origin, &converted.digest.to_string(), &keys, None).unwrap();
+    let (digest, manifest) = (&opened.digest, &opened.manifest);
+    assert_eq!(origin.get_profile(digest).unwrap(), None);
+
+    // A start that read the last present chunk, then the first.
+    let present: Vec<u64> = (0..manifest.chunks.len() as u64)
+        .filter(|&i| !manifest.chunks[i as usize].is_hole())
+        .collect();
+    let (first, last) = (present[0], *present.last().unwrap());
+    let recorder = imagefs::profile::ProfileRecorder::new(*digest, manifest, None);
+    recorder.record_read(last * CHUNK, 4096);
+    recorder.record_read(first * CHUNK, 4096);
+    recorder.close();
+    imagefs::profile::store_profile(&origin, &keys, manifest, &recorder.profile()).unwrap();
+    assert_eq!(
+        imagefs::profile::load_profile(&origin, digest, &keys, manifest),
+        Some(vec![
+            manifest::ChunkIndex(last),
+            manifest::ChunkIndex(first)
+        ])
+    );
+    // Sealed in the bucket: the plain profile magic is not there.
+    let raw = origin.get_profile(digest).unwrap().unwrap();
+    assert!(!raw.windows(8).any(|w| w == b"IMGFSPF\0"));
+    // Another prefix is another origin, without it.
+    let other = ObjectOrigin::s3(&settings(&g, "elsewhere-profiles")).unwrap();
+    assert_eq!(other.get_profile(digest).unwrap(), None);
+    assert!(origin.remove_profile(digest).unwrap());
+    assert!(!origin.remove_profile(digest).unwrap());
+    assert_eq!(
+        imagefs::profile::load_profile(&origin, digest, &keys, manifest),
+        None
+    );
 }
 
 /// Run by `convert_open_and_export_through_s3` as a child process with

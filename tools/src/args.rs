@@ -135,6 +135,9 @@ pub enum Command {
     /// disconnects (unless --keep-alive), or cleanly, with its report, on
     /// SIGINT or SIGTERM.
     Serve(crate::serve::ServeArgs),
+    /// Start profiles (the chunks a start reads, in order, for prefetch):
+    /// show, merge recorded runs, delete, or derive one from a trace.
+    Profile(crate::profile::ProfileArgs),
     /// Run an AZ cache node: GET /v1/chunks/{id}, /metrics, /healthz.
     CacheNode(node::CacheNodeArgs),
     /// Fetch every chunk of an image through the tiers, filling the caches
@@ -193,7 +196,7 @@ impl LayoutArgs {
 
 impl StoreArgs {
     /// Open the store and the key directory; `create` makes them if missing.
-    fn open(
+    pub(crate) fn open(
         &self,
         create: bool,
     ) -> Result<(Arc<dyn Origin>, manifest::LocalKeyProvider), Box<dyn Error>> {
@@ -381,6 +384,7 @@ impl Command {
                 Ok(())
             }
             Command::Serve(args) => args.run(signals),
+            Command::Profile(args) => args.run(),
             Command::CacheNode(args) => args.run(signals),
             Command::Fetch {
                 image,

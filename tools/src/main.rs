@@ -4,6 +4,7 @@
 
 mod args;
 mod node;
+mod profile;
 mod report;
 mod serve;
 mod signals;

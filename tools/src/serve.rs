@@ -5,8 +5,10 @@ use std::error::Error;
 use std::io::{Write, stdout};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use imagefs::LazyOptions;
+use imagefs::profile::{ProfileRecorder, store_profile, write_profile_file};
 use imagefs::tiers::stats::{render, tiers_report};
 use imagefs::transport::vhost::{ServeOptions, Server};
 use manifest::report::ServeStats;
@@ -46,6 +48,19 @@ pub struct ServeArgs {
     /// lines (format: manifest::trace).
     #[arg(long, value_name = "FILE")]
     record_trace: Option<PathBuf>,
+    /// Record this start's profile (the chunks the guest reads, in order)
+    /// and store it, sealed, in the origin beside the manifest when the
+    /// daemon exits or the window ends, whichever is first.
+    #[arg(long)]
+    record_profile: bool,
+    /// Stop recording this long after the guest's first read (e.g. 30s,
+    /// 500ms, 2m); without it, at exit.
+    #[arg(long, value_name = "DURATION", value_parser = crate::profile::parse_duration, requires = "record_profile")]
+    record_profile_window: Option<Duration>,
+    /// Write the recorded profile (sealed) to FILE instead of the origin,
+    /// to merge several runs later (`imagefs profile merge`).
+    #[arg(long, value_name = "FILE", requires = "record_profile")]
+    record_profile_file: Option<PathBuf>,
     /// At exit, print each tier's counters and latencies to stderr.
     #[arg(long)]
     stats: bool,
@@ -88,6 +103,13 @@ impl ServeArgs {
         let (config, tiers, keys) = self.tiers.open()?;
         let opened = imagefs::open_image(tiers.origin.as_ref(), &self.image, &keys, None)?;
         let digest = opened.digest.to_string();
+        let recorder = self.record_profile.then(|| {
+            Arc::new(ProfileRecorder::new(
+                opened.digest,
+                &opened.manifest,
+                self.record_profile_window,
+            ))
+        });
         let ephemeral = match (&tiers.dedicated, self.writable) {
             (None, true) => Some(Ephemeral::create()?),
             _ => None,
@@ -113,23 +135,58 @@ impl ServeArgs {
         };
         let armed = signals.arm();
         let server = Server::new(lazy.clone(), &opts)?;
+        if let Some(recorder) = &recorder {
+            server.record_profile(recorder.clone());
+        }
         let stop = server.stop_handle();
         armed.stop_with(move || stop.stop());
-        let served = server.run(|socket| {
-            // A closed stdout must not stop the daemon.
-            let mut out = stdout();
-            let _ = writeln!(
-                out,
-                "serving {digest} ({} bytes, {}) on {}",
-                lazy.size(),
-                if opts.writable {
-                    "writable"
-                } else {
-                    "read-only"
-                },
-                socket.display()
+        // The profile is saved by its own thread once the window ends, or
+        // right after the daemon returns, whichever is first.
+        let save_profile = |recorder: &ProfileRecorder| {
+            recorder.wait_done();
+            let profile = recorder.profile();
+            if profile.entries.is_empty() {
+                eprintln!("imagefs serve: the guest read nothing; no start profile saved");
+                return Ok(());
+            }
+            let saved = match &self.record_profile_file {
+                Some(path) => write_profile_file(path, &keys, lazy.manifest(), &profile)
+                    .map(|()| format!("written to {}", path.display())),
+                None => store_profile(tiers.origin.as_ref(), &keys, lazy.manifest(), &profile)
+                    .map(|()| format!("stored in {}", tiers.origin.location())),
+            }?;
+            eprintln!(
+                "imagefs serve: start profile of {}: {} chunks, {saved}",
+                profile.manifest,
+                profile.entries.len()
             );
-            let _ = out.flush();
+            Ok::<(), imagefs::profile::ProfileOpError>(())
+        };
+        let (served, saved) = std::thread::scope(|scope| {
+            let saver = recorder
+                .as_deref()
+                .map(|r| scope.spawn(move || save_profile(r)));
+            let served = server.run(|socket| {
+                // A closed stdout must not stop the daemon.
+                let mut out = stdout();
+                let _ = writeln!(
+                    out,
+                    "serving {digest} ({} bytes, {}) on {}",
+                    lazy.size(),
+                    if opts.writable {
+                        "writable"
+                    } else {
+                        "read-only"
+                    },
+                    socket.display()
+                );
+                let _ = out.flush();
+            });
+            if let Some(recorder) = &recorder {
+                recorder.close();
+            }
+            let saved = saver.map(|s| s.join());
+            (served, saved)
         });
         drop(armed);
         let stats = ServeStats {
@@ -146,6 +203,11 @@ impl ServeArgs {
         }
         let report = served?;
         let _ = writeln!(stdout(), "served {digest}: {report}");
+        match saved {
+            None | Some(Ok(Ok(()))) => {}
+            Some(Ok(Err(e))) => return Err(e.into()),
+            Some(Err(_)) => return Err("the start-profile thread panicked".into()),
+        }
         drop(lazy);
         drop(ephemeral);
         Ok(())

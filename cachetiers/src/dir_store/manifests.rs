@@ -1,5 +1,6 @@
 //! The named-blob area of a [`DirStore`]: sealed manifests stored under
-//! their digest, and tags that name a digest.
+//! their digest, tags that name a digest, and start profiles stored under
+//! the digest of their manifest.
 
 use std::fs;
 use std::io::ErrorKind;
@@ -9,7 +10,10 @@ use manifest::ManifestDigest;
 use super::atomic::{io_error, sync_dir};
 use super::{DirStore, read_limited};
 use crate::catalog::Catalog;
-use crate::checked::{MAX_MANIFEST_LEN, MAX_TAG_LEN, check_manifest, check_tag};
+use crate::checked::{
+    MAX_MANIFEST_LEN, MAX_PROFILE_LEN, MAX_TAG_LEN, check_manifest, check_profile,
+    check_profile_put, check_tag,
+};
 use crate::store::StoreError;
 use crate::tag::validate_tag_name;
 
@@ -78,6 +82,46 @@ impl DirStore {
         Ok(tags)
     }
 
+    /// Where the start profile of manifest `digest` is stored:
+    /// `<root>/profiles/<64 hex>`.
+    pub fn profile_path(&self, digest: &ManifestDigest) -> std::path::PathBuf {
+        self.root().join("profiles").join(digest.to_hex())
+    }
+
+    /// Stores the sealed start profile of manifest `digest` (atomically,
+    /// replacing one stored before). The manifest must be stored.
+    pub fn put_profile(&self, digest: &ManifestDigest, sealed: &[u8]) -> Result<(), StoreError> {
+        let path = self.profile_path(digest);
+        check_profile_put(digest, sealed, || path.display().to_string())?;
+        if !self.has_manifest(digest)? {
+            return Err(StoreError::ManifestNotFound { digest: *digest });
+        }
+        let dir = self.root().join("profiles");
+        self.write_in(&dir, &digest.to_hex(), sealed)?;
+        self.sync()
+    }
+
+    /// The sealed start profile of manifest `digest`, if it has one.
+    pub fn get_profile(&self, digest: &ManifestDigest) -> Result<Option<Vec<u8>>, StoreError> {
+        let path = self.profile_path(digest);
+        check_profile(digest, read_limited(&path, MAX_PROFILE_LEN)?, || {
+            path.display().to_string()
+        })
+    }
+
+    /// Drops the start profile of manifest `digest`; whether there was one.
+    pub fn remove_profile(&self, digest: &ManifestDigest) -> Result<bool, StoreError> {
+        let path = self.profile_path(digest);
+        match fs::remove_file(&path) {
+            Ok(()) => {
+                sync_dir(&self.root().join("profiles"))?;
+                Ok(true)
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(io_error("remove", &path)(e)),
+        }
+    }
+
     /// Resolves a digest (`sha256:<64 hex>`) or a tag name to the digest of
     /// a manifest that is in the store.
     pub fn resolve(&self, digest_or_tag: &str) -> Result<ManifestDigest, StoreError> {
@@ -104,5 +148,14 @@ impl Catalog for DirStore {
     }
     fn location(&self) -> String {
         self.root().display().to_string()
+    }
+    fn put_profile(&self, digest: &ManifestDigest, sealed: &[u8]) -> Result<(), StoreError> {
+        DirStore::put_profile(self, digest, sealed)
+    }
+    fn get_profile(&self, digest: &ManifestDigest) -> Result<Option<Vec<u8>>, StoreError> {
+        DirStore::get_profile(self, digest)
+    }
+    fn remove_profile(&self, digest: &ManifestDigest) -> Result<bool, StoreError> {
+        DirStore::remove_profile(self, digest)
     }
 }

@@ -5,6 +5,7 @@
 //!   chunks/ab/cd/abcd…(64 hex)   encrypted chunk objects, by id
 //!   manifests/<64 hex>           sealed manifests, by digest
 //!   tags/<name>                  "sha256:<64 hex>\n"
+//!   profiles/<64 hex>            sealed start profiles, by manifest digest
 //! ```
 //!
 //! Every file is written atomically (temporary file in the same directory,

@@ -271,3 +271,60 @@ fn garbage_tag_file_is_reported() {
     let err = store.resolve("broken").unwrap_err();
     assert!(matches!(&err, StoreError::BadTag { name, .. } if name == "broken"));
 }
+
+#[test]
+fn start_profiles_are_stored_beside_their_manifest() {
+    let (_tmp, store) = store();
+    let digest = store.put_manifest(b"sealed manifest").unwrap();
+    let other = manifest::ManifestDigest::of(b"never stored");
+    assert_eq!(store.get_profile(&digest).unwrap(), None);
+    assert!(!store.remove_profile(&digest).unwrap());
+
+    store.put_profile(&digest, b"profile one").unwrap();
+    assert_eq!(
+        fs::read(store.root().join("profiles").join(digest.to_hex())).unwrap(),
+        b"profile one"
+    );
+    assert_eq!(
+        store.get_profile(&digest).unwrap().as_deref(),
+        Some(&b"profile one"[..])
+    );
+    // A second put replaces the first.
+    store.put_profile(&digest, b"profile two").unwrap();
+    assert_eq!(
+        store.get_profile(&digest).unwrap().as_deref(),
+        Some(&b"profile two"[..])
+    );
+    assert!(store.remove_profile(&digest).unwrap());
+    assert_eq!(store.get_profile(&digest).unwrap(), None);
+    // The manifest is untouched by all of it.
+    assert_eq!(store.get_manifest(&digest).unwrap(), b"sealed manifest");
+
+    // A profile needs its manifest.
+    let err = store.put_profile(&other, b"orphan").unwrap_err();
+    assert!(
+        matches!(err, StoreError::ManifestNotFound { digest } if digest == other),
+        "{err}"
+    );
+    assert_eq!(store.get_profile(&other).unwrap(), None);
+}
+
+#[test]
+fn oversized_start_profiles_are_refused_both_ways() {
+    let (_tmp, store) = store();
+    let digest = store.put_manifest(b"sealed manifest").unwrap();
+    let limit = crate::checked::MAX_PROFILE_LEN;
+    let big = vec![0u8; limit as usize + 1];
+    let err = store.put_profile(&digest, &big).unwrap_err();
+    assert!(
+        matches!(err, StoreError::ProfileTooLarge { len, .. } if len == limit + 1),
+        "{err}"
+    );
+    // One placed behind the store's back is not read into memory.
+    let path = store.profile_path(&digest);
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    fs::File::create(&path).unwrap().set_len(limit + 1).unwrap();
+    let err = store.get_profile(&digest).unwrap_err();
+    assert!(err.to_string().contains(&digest.to_string()), "{err}");
+    assert!(err.to_string().contains("limit"), "{err}");
+}

@@ -13,7 +13,8 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use super::runtime::{self, RuntimeError};
 use crate::catalog::Catalog;
 use crate::checked::{
-    Bounded, MAX_MANIFEST_LEN, MAX_TAG_LEN, check_get, check_manifest, check_put, check_tag,
+    Bounded, MAX_MANIFEST_LEN, MAX_PROFILE_LEN, MAX_TAG_LEN, check_get, check_manifest,
+    check_profile, check_profile_put, check_put, check_tag,
 };
 use crate::store::{ChunkStore, MAX_OBJECT_LEN, PutOutcome, StoreError};
 use crate::tag::validate_tag_name;
@@ -56,7 +57,7 @@ pub enum RequestError {
 }
 
 /// An origin in an object store: `chunks/ab/cd/<64 hex>`,
-/// `manifests/<64 hex>` and `tags/<name>` under a key prefix, exactly as a
+/// `manifests/<64 hex>`, `tags/<name>` and `profiles/<64 hex>` under a key prefix, exactly as a
 /// [`DirStore`](crate::DirStore) lays them out on disk, so a directory
 /// written by one reads through the other.
 ///
@@ -120,6 +121,12 @@ impl ObjectOrigin {
     /// The full key of tag `name` (not validated): `<prefix>tags/<name>`.
     pub fn tag_key(&self, name: &str) -> String {
         format!("{}tags/{name}", self.prefix)
+    }
+
+    /// The full key of the start profile of manifest `digest`:
+    /// `<prefix>profiles/<64 hex>`.
+    pub fn profile_key(&self, digest: &ManifestDigest) -> String {
+        format!("{}profiles/{}", self.prefix, digest.to_hex())
     }
 
     /// The URL of the object under `key`, for messages.
@@ -297,6 +304,33 @@ impl Catalog for ObjectOrigin {
             return Err(StoreError::ManifestNotFound { digest });
         }
         Ok(digest)
+    }
+
+    fn put_profile(&self, digest: &ManifestDigest, sealed: &[u8]) -> Result<(), StoreError> {
+        let key = self.profile_key(digest);
+        check_profile_put(digest, sealed, || self.object_url(&key))?;
+        if !self.has_manifest(digest)? {
+            return Err(StoreError::ManifestNotFound { digest: *digest });
+        }
+        self.write(&key, sealed)
+    }
+
+    fn get_profile(&self, digest: &ManifestDigest) -> Result<Option<Vec<u8>>, StoreError> {
+        let key = self.profile_key(digest);
+        let found = self.fetch(&key, MAX_PROFILE_LEN)?;
+        check_profile(digest, found, || self.object_url(&key))
+    }
+
+    fn remove_profile(&self, digest: &ManifestDigest) -> Result<bool, StoreError> {
+        let key = self.profile_key(digest);
+        // S3 deletes succeed whether or not the object exists, so ask first.
+        if self.size(&key)?.is_none() {
+            return Ok(false);
+        }
+        let deleted = self.request("delete", &key, |store, key| async move {
+            store.delete(&key).await
+        })?;
+        Ok(deleted.is_some())
     }
 
     fn location(&self) -> String {

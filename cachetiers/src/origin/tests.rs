@@ -52,6 +52,39 @@ fn file_origin_reads_what_a_dir_store_wrote() {
 }
 
 #[test]
+fn start_profiles_cross_between_file_origin_and_dir_store() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("store");
+    let origin = ObjectOrigin::local(&root, true).unwrap();
+    let digest = origin.put_manifest(b"m1").unwrap();
+    assert_eq!(origin.get_profile(&digest).unwrap(), None);
+    assert!(!origin.remove_profile(&digest).unwrap());
+    origin.put_profile(&digest, b"p1").unwrap();
+    assert_eq!(
+        origin.profile_key(&digest),
+        format!("profiles/{}", digest.to_hex())
+    );
+
+    let dir = DirStore::open(&root).unwrap();
+    assert_eq!(
+        dir.get_profile(&digest).unwrap().as_deref(),
+        Some(&b"p1"[..])
+    );
+    dir.put_profile(&digest, b"p2").unwrap();
+    assert_eq!(
+        origin.get_profile(&digest).unwrap().as_deref(),
+        Some(&b"p2"[..])
+    );
+    assert!(origin.remove_profile(&digest).unwrap());
+    assert_eq!(dir.get_profile(&digest).unwrap(), None);
+    let other = ManifestDigest::of(b"never stored");
+    assert!(matches!(
+        origin.put_profile(&other, b"orphan"),
+        Err(StoreError::ManifestNotFound { .. })
+    ));
+}
+
+#[test]
 fn dir_store_reads_what_a_file_origin_wrote() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("store");

@@ -20,7 +20,7 @@
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Sender, channel};
-use std::sync::{Arc, Condvar, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError, RwLock};
 use std::time::Instant;
 
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
@@ -40,6 +40,7 @@ use super::request::{self, Limits, Request, RequestKind};
 use super::trace::TraceWriter;
 use super::{Stats, log_limited};
 use crate::device::BlockDevice;
+use crate::profile::ProfileRecorder;
 
 /// Guest memory as the vhost-user-backend crate hands it over.
 pub type Memory = GuestMemoryAtomic<GuestMemoryMmap>;
@@ -103,6 +104,9 @@ pub struct Service {
     pub(super) queue_size: u16,
     pool: Pool,
     pub(super) trace: Option<TraceWriter>,
+    /// Set once, by [`Service::record_profile`]: a recorder outlives the
+    /// connections and is read by whoever stores the profile.
+    profile: OnceLock<Arc<ProfileRecorder>>,
     pub(super) stats: Stats,
 }
 
@@ -131,8 +135,16 @@ impl Service {
             queue_size,
             pool: Pool::new(io_threads)?,
             trace,
+            profile: OnceLock::new(),
             stats: Stats::default(),
         })
+    }
+
+    /// Records the start profile of every read from now on into
+    /// `recorder` (`serve --record-profile`). False if a recorder was
+    /// already set (it stays).
+    pub fn record_profile(&self, recorder: Arc<ProfileRecorder>) -> bool {
+        self.profile.set(recorder).is_ok()
     }
 
     /// Does what `req` asks; returns the status and the number of bytes
@@ -331,6 +343,9 @@ impl BlkBackend {
                     && let Err(e) = trace.record(queue, req.offset().unwrap_or(0), req.data_len)
                 {
                     log_limited(&stats.logged, &e.to_string());
+                }
+                if let (Some(profile), Some(offset)) = (self.service.profile.get(), req.offset()) {
+                    profile.record_read(offset, req.data_len);
                 }
             }
             RequestKind::Write { .. } => {

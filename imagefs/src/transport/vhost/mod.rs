@@ -7,6 +7,9 @@
 //!   out-of-order completion);
 //! - [`trace`]: the `--record-trace` file.
 //!
+//! [`Server::record_profile`] adds a start-profile recorder
+//! ([`crate::profile::ProfileRecorder`]) on the same read path.
+//!
 //! [`serve`] listens on a Unix socket, serves one frontend (QEMU's
 //! `vhost-user-blk`, the vmm-shim) until it disconnects, and returns what
 //! was served; with `keep_alive` it then waits on the same listening
@@ -339,6 +342,12 @@ impl Server {
             opts: opts.clone(),
             stop: Arc::new(Stop::new().map_err(ServeError::Threads)?),
         })
+    }
+
+    /// Records the start profile of every guest read into `recorder`
+    /// (see [`crate::profile`]); the caller stores it when recording ends.
+    pub fn record_profile(&self, recorder: Arc<crate::profile::ProfileRecorder>) {
+        self.service.record_profile(recorder);
     }
 
     /// A handle that stops [`Server::run`].

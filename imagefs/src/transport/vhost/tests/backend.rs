@@ -433,3 +433,45 @@ fn a_stop_handle_ends_a_server_waiting_for_a_frontend() {
     server.stop_handle().stop();
     assert_eq!(server.run(|_| {}).unwrap().connections, 0);
 }
+
+#[test]
+fn reads_through_the_device_record_a_start_profile() {
+    let d = device(false);
+    d.store.open();
+    let mem = guest_memory();
+    let o = opts(false);
+    let digest = manifest::ManifestDigest::of(b"the sealed manifest");
+    let recorder = Arc::new(crate::profile::ProfileRecorder::new(
+        digest,
+        d.lazy.manifest(),
+        None,
+    ));
+    let mut h = harness(&mem, &d, &o);
+    assert!(h.service.record_profile(recorder.clone()));
+    // Chunk 2, then a read spanning chunks 0 and 1, then chunk 2 again.
+    let chunk_sectors = CHUNK as u64 / 512;
+    for (n, sector, len) in [
+        (0u64, 2 * chunk_sectors + 8, 1024u32),
+        (1, chunk_sectors - 1, 1024),
+        (2, 2 * chunk_sectors, 512),
+    ] {
+        h.submit(&[
+            header(&mem, n, VIRTIO_BLK_T_IN, sector),
+            desc(DATA + n * 0x1_0000, len, true),
+            status_desc(n),
+        ]);
+        h.kick();
+        h.wait_used(n as usize + 1);
+    }
+    let profile = recorder.profile();
+    assert_eq!(profile.manifest, digest);
+    let chunks: Vec<u64> = profile.entries.iter().map(|e| e.chunk).collect();
+    assert_eq!(chunks, [2, 0, 1]);
+    assert_eq!(profile.entries[0].first_access_us, 0);
+    assert!(
+        profile
+            .entries
+            .windows(2)
+            .all(|w| w[0].first_access_us <= w[1].first_access_us)
+    );
+}

@@ -1,0 +1,221 @@
+//! `imagefs profile show|merge|rm|from-trace`: start profiles in the
+//! origin (calls into [`imagefs::profile`]), and the argument pieces of
+//! `serve --record-profile`.
+
+use std::error::Error;
+use std::io::{Write, stdout};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use imagefs::profile::{
+    ProfileOpError, from_trace, merge, read_profile_file, remove_profile, render, store_profile,
+    stored_profile, write_profile_file,
+};
+use imagefs::transport::vhost::read_trace;
+
+use crate::args::StoreArgs;
+
+/// Arguments of `imagefs profile`.
+#[derive(Debug, clap::Args)]
+pub struct ProfileArgs {
+    #[command(subcommand)]
+    command: ProfileCommand,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum ProfileCommand {
+    /// Print an image's stored start profile (or a profile file): each
+    /// chunk and when the recorded start first read it.
+    Show {
+        /// sha256:DIGEST or a tag.
+        image: String,
+        /// Show this file (from `serve --record-profile-file`) instead.
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// Print JSON (`manifest::profile::ProfileReport`).
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Merge recorded runs into one profile: every chunk seen in any run,
+    /// ordered by its median first access. Stores the result in the
+    /// origin (or writes it to --output).
+    Merge {
+        /// sha256:DIGEST or a tag.
+        image: String,
+        /// Recorded profiles (`serve --record-profile-file FILE`).
+        files: Vec<PathBuf>,
+        /// Include the profile stored in the origin as one more run.
+        #[arg(long)]
+        with_stored: bool,
+        /// Write the merged profile here instead of storing it.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Delete an image's stored start profile.
+    Rm {
+        /// sha256:DIGEST or a tag.
+        image: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Derive a profile from a `serve --record-trace` file and store it
+    /// (or write it to --output).
+    FromTrace {
+        /// sha256:DIGEST or a tag.
+        image: String,
+        /// The trace file.
+        trace: PathBuf,
+        /// Write the profile here instead of storing it.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+impl ProfileArgs {
+    /// Runs the subcommand.
+    pub fn run(self) -> Result<(), Box<dyn Error>> {
+        let mut out = stdout();
+        match self.command {
+            ProfileCommand::Show {
+                image,
+                file,
+                json,
+                store,
+            } => {
+                let (origin, keys) = store.open(false)?;
+                let opened = imagefs::open_image(origin.as_ref(), &image, &keys, None)?;
+                let profile = match &file {
+                    Some(path) => read_profile_file(path, &opened.digest, &keys, &opened.manifest)?,
+                    None => {
+                        stored_profile(origin.as_ref(), &opened.digest, &keys, &opened.manifest)?
+                            .ok_or(ProfileOpError::Missing {
+                                digest: opened.digest,
+                            })?
+                    }
+                };
+                if json {
+                    crate::report::print_json(&profile.report())?;
+                } else {
+                    write!(out, "{}", render(&profile, &opened.manifest))?;
+                }
+            }
+            ProfileCommand::Merge {
+                image,
+                files,
+                with_stored,
+                output,
+                store,
+            } => {
+                let (origin, keys) = store.open(false)?;
+                let opened = imagefs::open_image(origin.as_ref(), &image, &keys, None)?;
+                let (digest, manifest) = (&opened.digest, &opened.manifest);
+                let mut runs = files
+                    .iter()
+                    .map(|path| read_profile_file(path, digest, &keys, manifest))
+                    .collect::<Result<Vec<_>, _>>()?;
+                if with_stored {
+                    runs.extend(stored_profile(origin.as_ref(), digest, &keys, manifest)?);
+                }
+                let merged = merge(&runs)?;
+                match &output {
+                    Some(path) => write_profile_file(path, &keys, manifest, &merged)?,
+                    None => store_profile(origin.as_ref(), &keys, manifest, &merged)?,
+                }
+                writeln!(
+                    out,
+                    "merged {} runs of {digest}: {} chunks, {}",
+                    runs.len(),
+                    merged.entries.len(),
+                    destination(&output, origin.location())
+                )?;
+            }
+            ProfileCommand::Rm { image, store } => {
+                let (origin, keys) = store.open(false)?;
+                let opened = imagefs::open_image(origin.as_ref(), &image, &keys, None)?;
+                if !remove_profile(origin.as_ref(), &opened.digest)? {
+                    return Err(ProfileOpError::Missing {
+                        digest: opened.digest,
+                    }
+                    .into());
+                }
+                writeln!(out, "removed the start profile of {}", opened.digest)?;
+            }
+            ProfileCommand::FromTrace {
+                image,
+                trace,
+                output,
+                store,
+            } => {
+                let (origin, keys) = store.open(false)?;
+                let opened = imagefs::open_image(origin.as_ref(), &image, &keys, None)?;
+                let (header, records) = read_trace(&trace)?;
+                let profile = from_trace(&opened.digest, &opened.manifest, &header, &records)?;
+                match &output {
+                    Some(path) => write_profile_file(path, &keys, &opened.manifest, &profile)?,
+                    None => store_profile(origin.as_ref(), &keys, &opened.manifest, &profile)?,
+                }
+                writeln!(
+                    out,
+                    "start profile of {} from {} reads: {} chunks, {}",
+                    opened.digest,
+                    records.len(),
+                    profile.entries.len(),
+                    destination(&output, origin.location())
+                )?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn destination(output: &Option<PathBuf>, origin: String) -> String {
+    match output {
+        Some(path) => format!("written to {}", path.display()),
+        None => format!("stored in {origin}"),
+    }
+}
+
+/// Parses a duration: a whole number with `ms`, `s` or `m` (`30s`,
+/// `500ms`, `2m`).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration (use e.g. 30s, 500ms, 2m)"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => n
+            .checked_mul(60)
+            .map(Duration::from_secs)
+            .ok_or_else(|| format!("`{text}` is too long")),
+        _ => Err(format!(
+            "`{text}`: unknown unit `{unit}` (use ms, s or m, e.g. 30s)"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        for bad in ["", "s", "30", "30h", "-1s", "1.5s"] {
+            let err = parse_duration(bad).unwrap_err();
+            assert!(err.contains(bad), "{bad}: {err}");
+        }
+    }
+}
