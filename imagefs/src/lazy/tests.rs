@@ -192,6 +192,7 @@ fn readahead_fetches_the_next_chunks() {
         readahead_chunks: 2,
         readahead_threads: 2,
         memory_chunks: 8,
+        parallel_fetches: 1,
     };
     let lazy = open(&f, false, opts);
     let mut buf = [0u8; 100];

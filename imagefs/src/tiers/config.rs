@@ -24,6 +24,7 @@
 //! [read]
 //! readahead_chunks = 0
 //! memory_chunks = 8
+//! parallel_fetches = 8
 //!
 //! [node]                              # used by `imagefs cache-node`
 //! listen = "0.0.0.0:7070"
@@ -97,6 +98,9 @@ pub struct ReadConfig {
     pub readahead_threads: usize,
     /// Plaintext chunks kept in memory.
     pub memory_chunks: usize,
+    /// Chunks one read fetches at once when it covers several missing
+    /// ones (1: one after another).
+    pub parallel_fetches: usize,
 }
 
 /// The defaults of a lazily read image (`LazyOptions::default` is made
@@ -107,6 +111,7 @@ impl Default for ReadConfig {
             readahead_chunks: 0,
             readahead_threads: 2,
             memory_chunks: 8,
+            parallel_fetches: 8,
         }
     }
 }
