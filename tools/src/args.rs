@@ -13,9 +13,9 @@ use chunker::ext4::Ext4Options;
 use chunker::flatten::{FlattenOptions, flatten_to_file};
 use chunker::oci::ImageSource;
 use clap::{Parser, Subcommand};
-use imagefs::LazyOptions;
 use imagefs::tiers::parse_size;
-use imagefs::tiers::stats::{render, tiers_report};
+use imagefs::tiers::stats::{render, render_prefetch, tiers_report};
+use imagefs::{LazyOptions, PrefetchMode, PrefetchOptions};
 use manifest::report::MountStats;
 
 use crate::node;
@@ -128,6 +128,8 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         stats_json: Option<PathBuf>,
         #[command(flatten)]
+        prefetch: PrefetchArgs,
+        #[command(flatten)]
         tiers: TierArgs,
     },
     /// Serve an image to a VM as a vhost-user-blk device on a Unix socket,
@@ -152,6 +154,38 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// How `serve` and `mount` prefetch a start profile's chunks.
+#[derive(Debug, clap::Args)]
+pub struct PrefetchArgs {
+    /// auto: prefetch the image's start profile, when it has one, in the
+    /// order it was recorded; off: fetch only what is read.
+    #[arg(long = "prefetch", default_value = "auto", value_name = "auto|off")]
+    mode: PrefetchMode,
+    /// Chunks prefetched at once.
+    #[arg(long = "prefetch-concurrency", value_name = "N",
+          default_value_t = PrefetchOptions::default().concurrency)]
+    concurrency: usize,
+    /// Most bytes per second prefetch fetches (K, M, G suffixes; 0 or
+    /// absent: no cap). Demand reads are never held back by it.
+    #[arg(long = "prefetch-bandwidth", value_name = "BYTES", value_parser = parse_size)]
+    bandwidth: Option<u64>,
+}
+
+impl PrefetchArgs {
+    /// Starts prefetching on `lazy` as asked. The start profile's order is
+    /// not read yet: `None` here is where it comes in.
+    pub fn start(
+        &self,
+        lazy: &imagefs::LazyImage,
+    ) -> Result<Option<imagefs::PrefetchHandle>, imagefs::LazyError> {
+        let options = PrefetchOptions {
+            concurrency: self.concurrency,
+            bandwidth: self.bandwidth,
+        };
+        imagefs::lazy::prefetch::start(lazy, self.mode, None, &options)
+    }
 }
 
 /// Where chunks, manifests and keys are.
@@ -312,6 +346,7 @@ impl Command {
                 passthrough_dir,
                 passthrough_capacity,
                 stats_json,
+                prefetch,
                 tiers,
             } => {
                 let (config, tiers, keys) = tiers.open()?;
@@ -323,6 +358,7 @@ impl Command {
                     tiers.dedicated.as_deref(),
                     LazyOptions::from(&config.read),
                 )?);
+                prefetch.start(&lazy)?;
                 let passthrough_dir = passthrough_dir
                     .or_else(|| config.dedicated.as_ref().map(|d| d.dir.clone()))
                     .filter(|_| !no_passthrough);
@@ -367,9 +403,13 @@ impl Command {
                     tiers: tiers_report(tiers.store.metrics()),
                     reader: lazy.metrics(),
                     passthrough: served.as_ref().ok().copied().flatten(),
+                    prefetch: lazy.prefetch_stats(),
                 };
                 if stats_flag {
                     eprint!("{}", render(&stats.tiers, &stats.reader));
+                    if let Some(p) = &stats.prefetch {
+                        eprint!("{}", render_prefetch(p));
+                    }
                     if let Some(p) = &stats.passthrough {
                         eprintln!("{}", report::passthrough(p));
                     }

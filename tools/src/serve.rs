@@ -7,10 +7,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use imagefs::LazyOptions;
-use imagefs::tiers::stats::{render, tiers_report};
+use imagefs::tiers::stats::{render, render_prefetch, tiers_report};
 use imagefs::transport::vhost::{ServeOptions, Server};
 use manifest::report::ServeStats;
 
+use crate::args::PrefetchArgs;
 use crate::report::write_json;
 use crate::signals::Signals;
 use crate::tiers::TierArgs;
@@ -53,6 +54,8 @@ pub struct ServeArgs {
     /// the reader's) to FILE as JSON (`manifest::report::ServeStats`).
     #[arg(long, value_name = "FILE")]
     stats_json: Option<PathBuf>,
+    #[command(flatten)]
+    prefetch: PrefetchArgs,
     #[command(flatten)]
     tiers: TierArgs,
 }
@@ -102,6 +105,7 @@ impl ServeArgs {
             dedicated,
             LazyOptions::from(&config.read),
         )?);
+        self.prefetch.start(&lazy)?;
         let opts = ServeOptions {
             queues: self.queues,
             queue_size: self.queue_size,
@@ -137,9 +141,13 @@ impl ServeArgs {
             served: served.as_ref().ok().cloned(),
             tiers: tiers_report(tiers.store.metrics()),
             reader: lazy.metrics(),
+            prefetch: lazy.prefetch_stats(),
         };
         if self.stats {
             eprint!("{}", render(&stats.tiers, &stats.reader));
+            if let Some(p) = &stats.prefetch {
+                eprint!("{}", render_prefetch(p));
+            }
         }
         if let Some(path) = &self.stats_json {
             write_json(path, &stats)?;
