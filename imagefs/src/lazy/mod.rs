@@ -61,8 +61,8 @@ use readahead::Readahead;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LazyOptions {
     /// After a read, fetch up to this many following chunks in the
-    /// background (0 disables read-ahead; the default, so that fetch
-    /// counts are exact).
+    /// background (0 disables read-ahead; the default is
+    /// [`ReadConfig::default`]'s, which says how it was chosen).
     pub readahead_chunks: usize,
     /// Background threads for read-ahead (at most `readahead_chunks`;
     /// at least one when read-ahead is on).

@@ -63,8 +63,10 @@ fn fixture() -> Fixture {
 }
 
 fn options(memory_chunks: usize) -> LazyOptions {
+    // Read-ahead off: the tests count fetches exactly.
     LazyOptions {
         memory_chunks,
+        readahead_chunks: 0,
         ..LazyOptions::default()
     }
 }

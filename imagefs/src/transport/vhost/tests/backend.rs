@@ -50,7 +50,7 @@ fn device(dedicated: bool) -> Device {
         manifest,
         store.clone(),
         dedicated.then_some(dedicated_dir.as_path()),
-        LazyOptions::default(),
+        no_readahead(),
     )
     .unwrap();
     Device {
@@ -329,7 +329,7 @@ fn writes_and_flush_reach_only_the_dedicated_tier() {
         d.lazy.manifest().clone(),
         d.store.clone(),
         Some(&d.dir.join("another-instance")),
-        LazyOptions::default(),
+        no_readahead(),
     )
     .unwrap();
     fresh.read_exact_at(&mut back, 1024).unwrap();
@@ -432,4 +432,13 @@ fn a_stop_handle_ends_a_server_waiting_for_a_frontend() {
     let server = Server::new(d.lazy.clone(), &o).unwrap();
     server.stop_handle().stop();
     assert_eq!(server.run(|_| {}).unwrap().connections, 0);
+}
+
+/// Read-ahead off: a read-ahead thread would take the chunk a test holds
+/// at the gate, and the counts would not be the reads' own.
+fn no_readahead() -> LazyOptions {
+    LazyOptions {
+        readahead_chunks: 0,
+        ..LazyOptions::default()
+    }
 }
