@@ -86,8 +86,10 @@ fn tiered(e: &Env) -> Arc<TieredStore> {
 }
 
 fn no_cache() -> LazyOptions {
+    // Read-ahead off: the tests count fetches exactly.
     LazyOptions {
         memory_chunks: 0,
+        readahead_chunks: 0,
         ..LazyOptions::default()
     }
 }

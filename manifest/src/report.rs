@@ -171,6 +171,10 @@ pub struct ServeStats {
     pub tiers: TiersReport,
     /// The lazy image's own counters.
     pub reader: LazyMetrics,
+    /// What prefetching did (absent when prefetch was off or had no
+    /// order to follow).
+    #[serde(default)]
+    pub prefetch: Option<PrefetchStats>,
 }
 
 /// The report of `imagefs mount`.
@@ -184,6 +188,36 @@ pub struct MountStats {
     pub reader: LazyMetrics,
     /// What FUSE passthrough did, when it was on.
     pub passthrough: Option<PassthroughStats>,
+    /// What prefetching did (absent when prefetch was off or had no
+    /// order to follow).
+    #[serde(default)]
+    pub prefetch: Option<PrefetchStats>,
+}
+
+/// What prefetching an ordered list of chunks did
+/// (`imagefs::lazy::prefetch::PrefetchHandle::stats`). "Used" and
+/// "unused" are as of the moment of the report: a chunk prefetched but not
+/// yet read may still be read later.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrefetchStats {
+    /// Chunks in the order (duplicates dropped).
+    pub queued: u64,
+    /// Chunks the prefetch fetched from the store itself.
+    pub prefetched: u64,
+    /// Prefetched chunks that a demand read then read (each counted once).
+    pub used: u64,
+    /// Prefetched chunks no demand read has read (yet).
+    pub unused: u64,
+    /// Demand misses that joined a fetch the prefetch had in flight
+    /// instead of fetching the chunk themselves.
+    pub demand_waited: u64,
+    /// Chunks of the order it did not fetch: already local, holes, or
+    /// fetched by a demand read first.
+    pub skipped: u64,
+    /// Prefetch fetches that failed (a demand read of the chunk retries).
+    pub errors: u64,
+    /// Whether it was stopped before reaching the end of the order.
+    pub stopped: bool,
 }
 
 /// One chunk `imagefs fetch` (or `verify`) could not get or check.
@@ -294,8 +328,24 @@ mod tests {
                 store_bytes: 1 << 20,
                 ..LazyMetrics::default()
             },
+            prefetch: Some(PrefetchStats {
+                queued: 3,
+                prefetched: 2,
+                used: 1,
+                unused: 1,
+                ..PrefetchStats::default()
+            }),
         };
         let text = serde_json::to_string(&stats).unwrap();
         assert_eq!(serde_json::from_str::<ServeStats>(&text).unwrap(), stats);
+    }
+
+    #[test]
+    fn a_report_from_before_prefetch_still_reads() {
+        let mut stats = ServeStats::default();
+        let mut value = serde_json::to_value(&stats).unwrap();
+        value.as_object_mut().unwrap().remove("prefetch");
+        stats.prefetch = None;
+        assert_eq!(serde_json::from_value::<ServeStats>(value).unwrap(), stats);
     }
 }

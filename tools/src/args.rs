@@ -13,9 +13,9 @@ use chunker::ext4::Ext4Options;
 use chunker::flatten::{FlattenOptions, flatten_to_file};
 use chunker::oci::ImageSource;
 use clap::{Parser, Subcommand};
-use imagefs::LazyOptions;
 use imagefs::tiers::parse_size;
-use imagefs::tiers::stats::{render, tiers_report};
+use imagefs::tiers::stats::{render, render_prefetch, tiers_report};
+use imagefs::{LazyOptions, PrefetchMode, PrefetchOptions};
 use manifest::report::MountStats;
 
 use crate::node;
@@ -128,6 +128,8 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         stats_json: Option<PathBuf>,
         #[command(flatten)]
+        prefetch: PrefetchArgs,
+        #[command(flatten)]
         tiers: TierArgs,
     },
     /// Serve an image to a VM as a vhost-user-blk device on a Unix socket,
@@ -155,6 +157,44 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// How `serve` and `mount` prefetch a start profile's chunks.
+#[derive(Debug, clap::Args)]
+pub struct PrefetchArgs {
+    /// auto: prefetch the image's start profile, when it has one, in the
+    /// order it was recorded; off: fetch only what is read.
+    #[arg(long = "prefetch", default_value = "auto", value_name = "auto|off")]
+    mode: PrefetchMode,
+    /// Chunks prefetched at once.
+    #[arg(long = "prefetch-concurrency", value_name = "N",
+          default_value_t = PrefetchOptions::default().concurrency)]
+    concurrency: usize,
+    /// Most bytes per second prefetch fetches (K, M, G suffixes; 0 or
+    /// absent: no cap). Demand reads are never held back by it.
+    #[arg(long = "prefetch-bandwidth", value_name = "BYTES", value_parser = parse_size)]
+    bandwidth: Option<u64>,
+}
+
+impl PrefetchArgs {
+    /// Starts prefetching on `lazy` as asked, in the order `load_order`
+    /// gives (the image's stored start profile); it is called only when
+    /// the mode is `auto`, so `--prefetch off` reads nothing extra.
+    pub fn start(
+        &self,
+        lazy: &imagefs::LazyImage,
+        load_order: impl FnOnce() -> Option<Vec<manifest::ChunkIndex>>,
+    ) -> Result<Option<imagefs::PrefetchHandle>, imagefs::LazyError> {
+        let options = PrefetchOptions {
+            concurrency: self.concurrency,
+            bandwidth: self.bandwidth,
+        };
+        let order = match self.mode {
+            PrefetchMode::Auto => load_order(),
+            PrefetchMode::Off => None,
+        };
+        imagefs::lazy::prefetch::start(lazy, self.mode, order, &options)
+    }
 }
 
 /// Where chunks, manifests and keys are.
@@ -315,6 +355,7 @@ impl Command {
                 passthrough_dir,
                 passthrough_capacity,
                 stats_json,
+                prefetch,
                 tiers,
             } => {
                 let (config, tiers, keys) = tiers.open()?;
@@ -326,6 +367,14 @@ impl Command {
                     tiers.dedicated.as_deref(),
                     LazyOptions::from(&config.read),
                 )?);
+                prefetch.start(&lazy, || {
+                    imagefs::profile::load_profile(
+                        tiers.origin.as_ref(),
+                        &digest,
+                        &keys,
+                        lazy.manifest(),
+                    )
+                })?;
                 let passthrough_dir = passthrough_dir
                     .or_else(|| config.dedicated.as_ref().map(|d| d.dir.clone()))
                     .filter(|_| !no_passthrough);
@@ -370,9 +419,13 @@ impl Command {
                     tiers: tiers_report(tiers.store.metrics()),
                     reader: lazy.metrics(),
                     passthrough: served.as_ref().ok().copied().flatten(),
+                    prefetch: lazy.prefetch_stats(),
                 };
                 if stats_flag {
                     eprint!("{}", render(&stats.tiers, &stats.reader));
+                    if let Some(p) = &stats.prefetch {
+                        eprint!("{}", render_prefetch(p));
+                    }
                     if let Some(p) = &stats.passthrough {
                         eprintln!("{}", report::passthrough(p));
                     }

@@ -9,10 +9,11 @@ use std::time::Duration;
 
 use imagefs::LazyOptions;
 use imagefs::profile::{ProfileRecorder, store_profile, write_profile_file};
-use imagefs::tiers::stats::{render, tiers_report};
+use imagefs::tiers::stats::{render, render_prefetch, tiers_report};
 use imagefs::transport::vhost::{ServeOptions, Server};
 use manifest::report::ServeStats;
 
+use crate::args::PrefetchArgs;
 use crate::report::write_json;
 use crate::signals::Signals;
 use crate::tiers::TierArgs;
@@ -69,6 +70,8 @@ pub struct ServeArgs {
     #[arg(long, value_name = "FILE")]
     stats_json: Option<PathBuf>,
     #[command(flatten)]
+    prefetch: PrefetchArgs,
+    #[command(flatten)]
     tiers: TierArgs,
 }
 
@@ -124,6 +127,14 @@ impl ServeArgs {
             dedicated,
             LazyOptions::from(&config.read),
         )?);
+        self.prefetch.start(&lazy, || {
+            imagefs::profile::load_profile(
+                tiers.origin.as_ref(),
+                &opened.digest,
+                &keys,
+                lazy.manifest(),
+            )
+        })?;
         let opts = ServeOptions {
             queues: self.queues,
             queue_size: self.queue_size,
@@ -194,9 +205,13 @@ impl ServeArgs {
             served: served.as_ref().ok().cloned(),
             tiers: tiers_report(tiers.store.metrics()),
             reader: lazy.metrics(),
+            prefetch: lazy.prefetch_stats(),
         };
         if self.stats {
             eprint!("{}", render(&stats.tiers, &stats.reader));
+            if let Some(p) = &stats.prefetch {
+                eprint!("{}", render_prefetch(p));
+            }
         }
         if let Some(path) = &self.stats_json {
             write_json(path, &stats)?;

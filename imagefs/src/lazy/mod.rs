@@ -15,8 +15,13 @@
 //!    tier (when there is one) and in the memory cache, and copied out.
 //!
 //! Concurrent readers of the same cold chunk share one fetch (single-flight,
-//! [`SingleFlight`]). Optional read-ahead ([`readahead`]) fetches the next
-//! chunks after a read in background threads.
+//! [`SingleFlight`]). A read that covers several chunks missing locally
+//! fetches them at once ([`parallel`], bounded by
+//! [`LazyOptions::parallel_fetches`]) instead of one after another.
+//! Optional read-ahead ([`readahead`]) fetches the next chunks after a
+//! read in background threads, and [`prefetch`] fetches a start
+//! profile's chunks in order before they are asked for; both go through
+//! the same single-flight, so no chunk is fetched twice at once.
 //!
 //! Writes ([`LazyImage::write_at`]) are copy-on-write into the dedicated
 //! tier only, so they need one: a chunk a write only partly covers is
@@ -30,6 +35,9 @@
 
 pub mod dedicated;
 mod device;
+mod error;
+mod parallel;
+pub mod prefetch;
 pub mod readahead;
 
 use std::collections::VecDeque;
@@ -37,22 +45,24 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use cachetiers::{ChunkStore, Flight, SingleFlight, StoreError};
+use cachetiers::{ChunkStore, Flight, SingleFlight};
+use manifest::report::PrefetchStats;
 use manifest::{
-    ChunkEntry, ChunkId, ChunkIndex, ConvergentError, Manifest, decrypt_checked_chunk_owned,
-    decrypt_chunk_owned,
+    ChunkEntry, ChunkId, ChunkIndex, Manifest, decrypt_checked_chunk_owned, decrypt_chunk_owned,
 };
 
 use crate::tiers::config::ReadConfig;
 pub use dedicated::{DedicatedError, DedicatedState, DedicatedTier};
+pub use error::LazyError;
+pub use prefetch::{PrefetchHandle, PrefetchMode, PrefetchOptions};
 use readahead::Readahead;
 
 /// How a [`LazyImage`] behaves.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LazyOptions {
     /// After a read, fetch up to this many following chunks in the
-    /// background (0 disables read-ahead; the default, so that fetch
-    /// counts are exact).
+    /// background (0 disables read-ahead; the default is
+    /// [`ReadConfig::default`]'s, which says how it was chosen).
     pub readahead_chunks: usize,
     /// Background threads for read-ahead (at most `readahead_chunks`;
     /// at least one when read-ahead is on).
@@ -60,6 +70,9 @@ pub struct LazyOptions {
     /// How many recently fetched plaintext chunks to keep in memory
     /// (0 disables the memory cache).
     pub memory_chunks: usize,
+    /// Most chunks one read fetches at once when it covers several that
+    /// are missing (0 or 1: one after another).
+    pub parallel_fetches: usize,
 }
 
 impl Default for LazyOptions {
@@ -75,103 +88,9 @@ impl From<&ReadConfig> for LazyOptions {
             readahead_chunks: read.readahead_chunks,
             readahead_threads: read.readahead_threads,
             memory_chunks: read.memory_chunks,
+            parallel_fetches: read.parallel_fetches,
         }
     }
-}
-
-/// Errors from a [`LazyImage`]. Cloneable: one failed fetch is reported to
-/// every reader that waited for it.
-#[derive(Debug, Clone, thiserror::Error)]
-#[non_exhaustive]
-pub enum LazyError {
-    /// The read reaches past the end of the device.
-    #[error("read of {len} bytes at offset {offset} is outside the {size}-byte device")]
-    OutOfRange {
-        /// Where the read starts.
-        offset: u64,
-        /// Its length.
-        len: u64,
-        /// The device size.
-        size: u64,
-    },
-    /// The manifest's chunk table does not match its geometry.
-    #[error("manifest is inconsistent: {problem}")]
-    BadManifest {
-        /// What is wrong.
-        problem: String,
-    },
-    /// Every tier of the store missed.
-    #[error("{index} ({id}) is not in the store (every tier missed)")]
-    Missing {
-        /// Its position.
-        index: ChunkIndex,
-        /// Its id.
-        id: ChunkId,
-    },
-    /// The store failed (for a tiered store the error says what each tier
-    /// said).
-    #[error("fetching {index} ({id}): {source}")]
-    Store {
-        /// Its position.
-        index: ChunkIndex,
-        /// Its id.
-        id: ChunkId,
-        /// The store's error.
-        #[source]
-        source: Arc<StoreError>,
-    },
-    /// The object failed its id check or does not decrypt with the
-    /// manifest's key.
-    #[error("decrypting {index} ({id}): {source}")]
-    Decrypt {
-        /// Its position.
-        index: ChunkIndex,
-        /// Its id.
-        id: ChunkId,
-        /// The cause.
-        #[source]
-        source: ConvergentError,
-    },
-    /// The plaintext has the wrong length for its place in the device.
-    #[error("{index} ({id}) decrypts to {got} bytes, expected {expected}")]
-    WrongLength {
-        /// Its position.
-        index: ChunkIndex,
-        /// Its id.
-        id: ChunkId,
-        /// Bytes decrypted.
-        got: u64,
-        /// Bytes the chunk covers.
-        expected: u64,
-    },
-    /// The dedicated tier failed.
-    #[error("{index} ({id}): {source}")]
-    Dedicated {
-        /// Its position.
-        index: ChunkIndex,
-        /// Its id, when it has one (holes do not).
-        id: String,
-        /// The cause.
-        #[source]
-        source: DedicatedError,
-    },
-    /// Opening the dedicated tier failed.
-    #[error("opening the dedicated tier: {0}")]
-    OpenDedicated(#[source] DedicatedError),
-    /// A write to a view without a dedicated tier (writes land only there).
-    #[error("write of {len} bytes at offset {offset}: the image is read-only (no dedicated tier)")]
-    ReadOnly {
-        /// Where the write starts.
-        offset: u64,
-        /// Its length.
-        len: u64,
-    },
-    /// Syncing the dedicated tier (a flush) failed.
-    #[error("flushing the dedicated tier: {0}")]
-    Flush(#[source] DedicatedError),
-    /// Syncing the dedicated tier's presence bits failed.
-    #[error("syncing the dedicated tier's presence bits: {0}")]
-    Sync(#[source] DedicatedError),
 }
 
 pub use manifest::report::LazyMetrics;
@@ -202,6 +121,19 @@ fn bump(counter: &AtomicU64, by: u64) {
 /// The result of fetching one chunk, shared between waiting readers.
 type Fetched = Result<Arc<Vec<u8>>, LazyError>;
 
+/// Who asked for a chunk: demand reads are counted as reads, read-ahead
+/// and prefetch as fetches of their own, and a demand read that waited
+/// for a prefetch's fetch is reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    /// A reader of the device.
+    Demand,
+    /// Read-ahead after a read.
+    Readahead,
+    /// A prefetch thread.
+    Prefetch,
+}
+
 /// Everything the readers and the read-ahead threads share.
 struct Inner {
     manifest: Manifest,
@@ -209,8 +141,10 @@ struct Inner {
     dedicated: Option<DedicatedTier>,
     memory: Mutex<VecDeque<(u64, Arc<Vec<u8>>)>>,
     memory_chunks: usize,
-    flights: SingleFlight<u64, Fetched>,
+    /// In flight per chunk: the result, and who led the fetch.
+    flights: SingleFlight<u64, (Fetched, Origin)>,
     counters: Counters,
+    prefetch: Arc<prefetch::Tracker>,
     /// Held while a chunk is materialised, written, or filled by a fetch
     /// (see the module docs).
     write_locks: Vec<Mutex<()>>,
@@ -224,6 +158,9 @@ pub struct LazyImage {
     inner: Arc<Inner>,
     readahead: Option<Readahead>,
     dedicated_state: Option<DedicatedState>,
+    parallel_fetches: usize,
+    /// The prefetch, once started; dropping it stops its threads.
+    prefetch: Mutex<Option<prefetch::Running>>,
 }
 
 impl std::fmt::Debug for LazyImage {
@@ -264,6 +201,7 @@ impl LazyImage {
             memory_chunks: options.memory_chunks,
             flights: SingleFlight::new(),
             counters: Counters::default(),
+            prefetch: Arc::default(),
             write_locks: (0..WRITE_STRIPES).map(|_| Mutex::new(())).collect(),
         });
         let readahead = (options.readahead_chunks > 0).then(|| {
@@ -277,6 +215,8 @@ impl LazyImage {
             inner,
             readahead,
             dedicated_state,
+            parallel_fetches: options.parallel_fetches,
+            prefetch: Mutex::new(None),
         })
     }
 
@@ -317,6 +257,13 @@ impl LazyImage {
             return Ok(());
         }
         let chunk_size = self.inner.manifest.chunk_size.as_u64();
+        let first = offset / chunk_size;
+        let mut fetched = parallel::fetch_missing(
+            &self.inner,
+            first,
+            (end - 1) / chunk_size,
+            self.parallel_fetches,
+        );
         let mut pos = offset;
         while pos < end {
             let index = ChunkIndex(pos / chunk_size);
@@ -324,8 +271,9 @@ impl LazyImage {
             let chunk_end = (start + chunk_size).min(size);
             let n = (end.min(chunk_end) - pos) as usize;
             let at = (pos - offset) as usize;
+            let ready = fetched.take(index.0 - first);
             self.inner
-                .read_chunk_part(index, &mut buf[at..at + n], pos - start)?;
+                .read_chunk_part(index, &mut buf[at..at + n], pos - start, ready)?;
             pos += n as u64;
         }
         bump(&self.inner.counters.bytes_read, len);
@@ -445,6 +393,43 @@ impl LazyImage {
     pub fn waiting_readers(&self) -> usize {
         self.inner.flights.waiting()
     }
+
+    /// Starts fetching the chunks of `order`, in that order, in
+    /// background threads (see [`prefetch`]). Fails with
+    /// [`LazyError::PrefetchOutside`] (and starts nothing) when an index
+    /// is outside the manifest, and with [`LazyError::PrefetchStarted`]
+    /// when this image already prefetches. Repeated indices are fetched
+    /// once.
+    pub fn prefetch(
+        &self,
+        order: impl IntoIterator<Item = ChunkIndex>,
+        options: &PrefetchOptions,
+    ) -> Result<PrefetchHandle, LazyError> {
+        let order = prefetch::validate(order, self.inner.manifest.chunks.len() as u64)?;
+        let mut slot = self.prefetch.lock().unwrap_or_else(PoisonError::into_inner);
+        if slot.is_some() {
+            return Err(LazyError::PrefetchStarted);
+        }
+        let running = prefetch::spawn(&self.inner, order, options)?;
+        let handle = running.handle(&self.inner);
+        *slot = Some(running);
+        Ok(handle)
+    }
+
+    /// What the prefetch did so far (`None` if none was started).
+    pub fn prefetch_stats(&self) -> Option<PrefetchStats> {
+        let slot = self.prefetch.lock().unwrap_or_else(PoisonError::into_inner);
+        slot.as_ref().map(|running| running.stats(&self.inner))
+    }
+
+    /// Asks the prefetch, if any, to stop (see [`PrefetchHandle::stop`]);
+    /// dropping the image does the same and waits for its threads.
+    pub fn stop_prefetch(&self) {
+        let slot = self.prefetch.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(running) = slot.as_ref() {
+            running.stop();
+        }
+    }
 }
 
 impl Inner {
@@ -511,7 +496,7 @@ impl Inner {
         if let Some(plain) = self.memory_get(index) {
             return Ok(plain.as_ref().clone());
         }
-        let result = self.fetch_plain(index, false);
+        let result = self.fetch_plain(index, Origin::Demand);
         if result.is_err() {
             bump(&self.counters.fetch_errors, 1);
         }
@@ -519,11 +504,28 @@ impl Inner {
     }
 
     /// Copies bytes `within..within + dst.len()` of chunk `index` into `dst`.
+    /// `ready` is the chunk's plaintext when the read already fetched it
+    /// (with others, at once).
     fn read_chunk_part(
         &self,
         index: ChunkIndex,
         dst: &mut [u8],
         within: u64,
+        ready: Option<Fetched>,
+    ) -> Result<(), LazyError> {
+        self.copy_chunk_part(index, dst, within, ready)?;
+        // After the copy: a reader that joined a prefetch's fetch finds
+        // the chunk recorded as prefetched only once that fetch is done.
+        self.prefetch.demand_read(index);
+        Ok(())
+    }
+
+    fn copy_chunk_part(
+        &self,
+        index: ChunkIndex,
+        dst: &mut [u8],
+        within: u64,
+        ready: Option<Fetched>,
     ) -> Result<(), LazyError> {
         let entry = self
             .manifest
@@ -550,7 +552,10 @@ impl Inner {
             dst.fill(0);
             return Ok(());
         }
-        let plain = self.load(index, false)?;
+        let plain = match ready {
+            Some(fetched) => fetched?,
+            None => self.load(index, Origin::Demand)?,
+        };
         let from = within as usize;
         let part = plain
             .get(from..from + dst.len())
@@ -587,36 +592,41 @@ impl Inner {
 
     /// The plaintext of present chunk `index`: from memory, or fetched once
     /// however many readers ask at the same time.
-    fn load(&self, index: ChunkIndex, readahead: bool) -> Fetched {
+    fn load(&self, index: ChunkIndex, origin: Origin) -> Fetched {
         if let Some(plain) = self.memory_get(index) {
-            if !readahead {
+            if origin == Origin::Demand {
                 bump(&self.counters.memory_hits, 1);
             }
             return Ok(plain);
         }
-        let (result, flight) = self.flights.run(&index.0, || self.fetch(index, readahead));
+        let ((result, leader), flight) = self
+            .flights
+            .run(&index.0, || (self.fetch(index, origin), origin));
         if flight == Flight::Joined {
             bump(&self.counters.shared_fetches, 1);
+            if origin == Origin::Demand && leader == Origin::Prefetch {
+                self.prefetch.demand_waited();
+            }
         }
         result
     }
 
     /// Fetches, verifies, decrypts and keeps chunk `index` (the single
     /// flight's leader does this).
-    fn fetch(&self, index: ChunkIndex, readahead: bool) -> Fetched {
+    fn fetch(&self, index: ChunkIndex, origin: Origin) -> Fetched {
         // A flight for this chunk may have finished between our memory
         // check and becoming leader.
         if let Some(plain) = self.memory_get(index) {
             return Ok(plain);
         }
-        let result = self.fetch_uncached(index, readahead);
+        let result = self.fetch_uncached(index, origin);
         if result.is_err() {
             bump(&self.counters.fetch_errors, 1);
         }
         result
     }
 
-    fn fetch_uncached(&self, index: ChunkIndex, readahead: bool) -> Fetched {
+    fn fetch_uncached(&self, index: ChunkIndex, origin: Origin) -> Fetched {
         let Some(ChunkEntry::Present { id, .. }) = self.manifest.chunk(index) else {
             return Err(LazyError::BadManifest {
                 problem: format!("{index} is not a stored chunk"),
@@ -641,7 +651,7 @@ impl Inner {
                 })?;
             return Ok(Arc::new(plain));
         }
-        let plain = self.fetch_plain(index, readahead)?;
+        let plain = self.fetch_plain(index, origin)?;
         if let Some(d) = &self.dedicated {
             let _guard = self.write_lock(index);
             if d.is_present(index) {
@@ -665,12 +675,15 @@ impl Inner {
         }
         let plain = Arc::new(plain);
         self.memory_put(index, &plain);
+        if origin == Origin::Prefetch {
+            self.prefetch.fetched(index);
+        }
         Ok(plain)
     }
 
     /// Fetches chunk `index` from the store, verifies, decrypts and checks
     /// its length (no caching).
-    fn fetch_plain(&self, index: ChunkIndex, readahead: bool) -> Result<Vec<u8>, LazyError> {
+    fn fetch_plain(&self, index: ChunkIndex, origin: Origin) -> Result<Vec<u8>, LazyError> {
         let Some(ChunkEntry::Present { id, key }) = self.manifest.chunk(index) else {
             return Err(LazyError::BadManifest {
                 problem: format!("{index} is not a stored chunk"),
@@ -683,7 +696,7 @@ impl Inner {
                     problem: format!("{index} is outside the device"),
                 })?;
         bump(&self.counters.store_fetches, 1);
-        if readahead {
+        if origin == Origin::Readahead {
             bump(&self.counters.readahead_fetches, 1);
         }
         let object = self
@@ -718,7 +731,8 @@ impl Inner {
         Ok(plain)
     }
 
-    /// Whether chunk `index` would need a fetch (read-ahead's filter).
+    /// Whether chunk `index` would need a fetch (the filter of read-ahead,
+    /// prefetch and a read's parallel fetch).
     fn needs_fetch(&self, index: ChunkIndex) -> bool {
         let stored = matches!(self.manifest.chunk(index), Some(ChunkEntry::Present { .. }));
         let in_dedicated = self.dedicated.as_ref().is_some_and(|d| d.is_present(index));

@@ -16,7 +16,7 @@ use std::thread::JoinHandle;
 
 use manifest::ChunkIndex;
 
-use super::Inner;
+use super::{Inner, Origin};
 
 /// Chunks queued or being fetched.
 #[derive(Default)]
@@ -116,7 +116,7 @@ fn worker(inner: &Inner, rx: &Mutex<Receiver<u64>>, shared: &Shared) {
         // Errors are counted by the fetch and reported to the reader that
         // asks for the chunk; read-ahead itself has nobody to tell.
         if inner.needs_fetch(ChunkIndex(index)) {
-            let _ = inner.load(ChunkIndex(index), true);
+            let _ = inner.load(ChunkIndex(index), Origin::Readahead);
         }
         let mut pending = shared
             .pending

@@ -63,8 +63,10 @@ fn fixture() -> Fixture {
 }
 
 fn options(memory_chunks: usize) -> LazyOptions {
+    // Read-ahead off: the tests count fetches exactly.
     LazyOptions {
         memory_chunks,
+        readahead_chunks: 0,
         ..LazyOptions::default()
     }
 }
@@ -192,6 +194,7 @@ fn readahead_fetches_the_next_chunks() {
         readahead_chunks: 2,
         readahead_threads: 2,
         memory_chunks: 8,
+        parallel_fetches: 1,
     };
     let lazy = open(&f, false, opts);
     let mut buf = [0u8; 100];

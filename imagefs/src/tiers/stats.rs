@@ -6,7 +6,7 @@ use std::fmt::Write;
 
 use cachetiers::TieredSnapshot;
 use cachetiers::tiered::LATENCY_BUCKETS;
-use manifest::report::{LazyMetrics, TierSnapshot, TiersReport};
+use manifest::report::{LazyMetrics, PrefetchStats, TierSnapshot, TiersReport};
 use telemetry::histogram::upper_bound;
 
 /// The report form of a tiered store's snapshot.
@@ -79,6 +79,21 @@ pub fn render(tiers: &TiersReport, lazy: &LazyMetrics) -> String {
     out
 }
 
+/// One line of what prefetch did, for the `--stats` table.
+pub fn render_prefetch(p: &PrefetchStats) -> String {
+    format!(
+        "prefetch: {} queued, {} prefetched ({} used, {} unused so far), {} skipped, {} failed; {} demand misses waited on a prefetch{}\n",
+        p.queued,
+        p.prefetched,
+        p.used,
+        p.unused,
+        p.skipped,
+        p.errors,
+        p.demand_waited,
+        if p.stopped { "; stopped early" } else { "" },
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -125,5 +140,21 @@ mod tests {
         assert!(table.contains("<=0.1ms"), "{table}");
         assert!(table.contains("<=5ms"), "{table}");
         assert!(table.contains(" -"), "{table}");
+    }
+
+    #[test]
+    fn the_prefetch_line_shows_used_and_unused() {
+        let line = render_prefetch(&PrefetchStats {
+            queued: 64,
+            prefetched: 60,
+            used: 50,
+            unused: 10,
+            skipped: 4,
+            demand_waited: 3,
+            ..PrefetchStats::default()
+        });
+        assert!(line.contains("60 prefetched (50 used, 10 unused"), "{line}");
+        assert!(line.contains("3 demand misses waited"), "{line}");
+        assert!(!line.contains("stopped"), "{line}");
     }
 }

@@ -50,7 +50,7 @@ fn device(dedicated: bool) -> Device {
         manifest,
         store.clone(),
         dedicated.then_some(dedicated_dir.as_path()),
-        LazyOptions::default(),
+        no_readahead(),
     )
     .unwrap();
     Device {
@@ -329,7 +329,7 @@ fn writes_and_flush_reach_only_the_dedicated_tier() {
         d.lazy.manifest().clone(),
         d.store.clone(),
         Some(&d.dir.join("another-instance")),
-        LazyOptions::default(),
+        no_readahead(),
     )
     .unwrap();
     fresh.read_exact_at(&mut back, 1024).unwrap();
@@ -474,4 +474,13 @@ fn reads_through_the_device_record_a_start_profile() {
             .windows(2)
             .all(|w| w[0].first_access_us <= w[1].first_access_us)
     );
+}
+
+/// Read-ahead off: a read-ahead thread would take the chunk a test holds
+/// at the gate, and the counts would not be the reads' own.
+fn no_readahead() -> LazyOptions {
+    LazyOptions {
+        readahead_chunks: 0,
+        ..LazyOptions::default()
+    }
 }
