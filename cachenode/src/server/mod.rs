@@ -19,8 +19,8 @@
 //! (single-flight), verified, kept locally and served. A hit is read on
 //! the runtime's worker and not hashed again (the node hashed it when it
 //! filled it; the client hashes what it receives); only misses go to the
-//! blocking pool. The server answers HTTP/1.1 and h2c (prior knowledge) on the same
-//! port, sets TCP_NODELAY and counts connections
+//! blocking pool. The server answers HTTP/1.1 and h2c (prior knowledge)
+//! on the same port, sets TCP_NODELAY and counts connections
 //! ([`CacheNode::connections_accepted`]).
 //!
 //! Entry points, from most to least managed: [`start`] (a [`RunningNode`]
@@ -37,7 +37,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::serve::ListenerExt;
-
 use cachetiers::{ChunkStore, TieredError, TieredStore};
 use serde::Deserialize;
 use tokio::sync::{Notify, oneshot};

@@ -227,7 +227,7 @@ mod tests {
     }
 
     /// Counts its clones (a fetched object is 512 KiB: copies matter).
-    #[derive(Debug, PartialEq)]
+    #[derive(Debug)]
     struct Counted<'a>(&'a AtomicUsize);
 
     impl Clone for Counted<'_> {
