@@ -72,7 +72,6 @@ impl HttpCounters {
             let code = code.to_string();
             family.sample(&[("method", method), ("route", route), ("code", &code)], n);
         }
-        drop(family);
         text.family(
             "imagefs_node_http_connections_total",
             Kind::Counter,
