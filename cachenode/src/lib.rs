@@ -13,9 +13,12 @@
 //!   `origin`), plus `/metrics` and `/healthz`. Configured by
 //!   [`NodeConfig`].
 //!
-//! Both sides speak plain HTTP/1.1: the nodes live on the AZ network and
-//! carry only ciphertext addressed by its SHA-256, which every reader
-//! checks.
+//! Both sides speak plain HTTP (HTTP/1.1, or h2c when the client is
+//! configured for it) over kept-alive connections with TCP_NODELAY: the
+//! nodes live on the AZ network and carry only ciphertext addressed by its
+//! SHA-256, which every reader checks. Each hop hashes an object once: the
+//! node when it fills from the origin, the client when it receives (as
+//! the bytes arrive); a node serves its own copy without hashing it again.
 #![forbid(unsafe_code)]
 
 pub mod client;

@@ -62,6 +62,7 @@ fn config(nodes: Vec<String>) -> AzConfig {
         timeout_ms: 30_000,
         hedge_after_ms: 30_000,
         connect_timeout_ms: 5_000,
+        http2: false,
     }
 }
 
@@ -106,6 +107,46 @@ fn gets_go_to_the_owner_in_hrw_order() {
     assert_eq!(counters.failovers, 0);
     assert_eq!(counters.nodes.iter().map(|n| n.errors).sum::<u64>(), 0);
     assert_eq!(az.origin_gets(0) + az.origin_gets(1), 20);
+}
+
+/// Sequential gets over HTTP/1.1 or h2c: every chunk arrives intact and
+/// the node accepts a single connection, which the client keeps open.
+fn gets_reuse_one_connection(http2: bool) {
+    let az = Az::new(1);
+    let tier = Arc::new(
+        AzTier::new(AzConfig {
+            http2,
+            ..config(vec![az.url(0)])
+        })
+        .unwrap(),
+    );
+    let chunks: Vec<_> = (600..610).map(chunk).collect();
+    for c in &chunks {
+        az.add(c);
+    }
+    for round in 0..2 {
+        for c in &chunks {
+            let t = tier.clone();
+            let id = c.id;
+            let got = within("get", move || t.get(&id)).unwrap();
+            assert_eq!(got.as_deref(), Some(&c.object[..]), "round {round}");
+        }
+    }
+    let node = az.nodes[0].as_ref().unwrap().node();
+    assert_eq!(node.http_count("chunk", 200), 20);
+    assert_eq!(node.connections_accepted(), 1, "http2: {http2}");
+    // The second round came from the node's own store.
+    assert_eq!(az.origin_gets(0), 10);
+}
+
+#[test]
+fn http1_gets_reuse_one_connection() {
+    gets_reuse_one_connection(false);
+}
+
+#[test]
+fn h2c_gets_reuse_one_connection() {
+    gets_reuse_one_connection(true);
 }
 
 #[test]

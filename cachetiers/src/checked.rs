@@ -42,6 +42,40 @@ impl Bounded {
     }
 }
 
+/// An object known to hash to its id: made only by [`verify`] (which
+/// hashes it) or inside this crate from what a checking store returned, so
+/// a store handed one ([`ChunkStore::put_verified`](crate::ChunkStore::put_verified))
+/// need not hash it again.
+#[derive(Debug, Clone, Copy)]
+pub struct Verified<'a> {
+    id: &'a ChunkId,
+    object: &'a [u8],
+}
+
+impl<'a> Verified<'a> {
+    /// Only for bytes that were just checked against `id` (by a store
+    /// that [`checks_gets`](crate::ChunkStore::checks_gets), or here).
+    pub(crate) fn trusted(id: &'a ChunkId, object: &'a [u8]) -> Self {
+        Self { id, object }
+    }
+
+    /// The id.
+    pub fn id(&self) -> &'a ChunkId {
+        self.id
+    }
+
+    /// The object, whose SHA-256 is the id.
+    pub fn object(&self) -> &'a [u8] {
+        self.object
+    }
+}
+
+/// Checks `object` against `id` as [`check_put`] does and vouches for it.
+pub fn verify<'a>(id: &'a ChunkId, object: &'a [u8]) -> Result<Verified<'a>, StoreError> {
+    check_put(id, object)?;
+    Ok(Verified { id, object })
+}
+
 /// Refuses a put whose object is larger than any chunk
 /// ([`StoreError::TooLarge`]) or does not hash to `id`
 /// ([`StoreError::IdMismatch`]).
@@ -204,6 +238,17 @@ mod tests {
             matches!(err, StoreError::TooLarge { len, .. } if len == MAX_OBJECT_LEN + 1),
             "{err}"
         );
+    }
+
+    #[test]
+    fn only_bytes_that_hash_to_the_id_are_vouched_for() {
+        let (id, bytes) = object();
+        let v = verify(&id, &bytes).unwrap();
+        assert_eq!((v.id(), v.object()), (&id, &bytes[..]));
+        assert!(matches!(
+            verify(&id, b"other bytes"),
+            Err(StoreError::IdMismatch { .. })
+        ));
     }
 
     #[test]

@@ -37,7 +37,9 @@ pub mod tiered;
 
 pub use catalog::{Catalog, Origin};
 pub use dir_store::DirStore;
-pub use origin::{ObjectOrigin, OriginError, RequestLimits, S3Settings, open_origin};
+pub use origin::{
+    ObjectOrigin, OriginError, RequestLimits, S3Settings, open_origin, open_origin_with,
+};
 #[cfg(feature = "rocksdb")]
 pub use rocks::{RocksStore, RocksUsage};
 pub use store::{ChunkStore, MAX_OBJECT_LEN, PutOutcome, StoreError};

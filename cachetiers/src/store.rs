@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use manifest::{ChunkId, IdParseError, ManifestDigest};
 
+use crate::checked::Verified;
 use crate::tag::TagNameError;
 
 /// Largest object any store accepts or returns: the largest chunk plus its
@@ -164,11 +165,32 @@ pub trait ChunkStore: Send + Sync {
     /// ([`StoreError::Corrupt`]), never returned as data.
     fn get(&self, id: &ChunkId) -> Result<Option<Vec<u8>>, StoreError>;
 
+    /// The object stored under `id`, for a caller that only passes it on
+    /// to a reader who checks it against `id` itself (a cache node
+    /// answering an instance), so that the object is hashed once per hop
+    /// rather than at both ends of it.
+    ///
+    /// A store that hashed every object on its way in may skip hashing it
+    /// here. A copy damaged at rest then reaches the reader, who refuses
+    /// it (and asks elsewhere) instead of this store dropping it. The
+    /// default is `get`, which checks.
+    fn get_to_forward(&self, id: &ChunkId) -> Result<Option<Vec<u8>>, StoreError> {
+        self.get(id)
+    }
+
     /// Stores `object` under `id` after checking that SHA-256(object) is
     /// `id`. Idempotent: an object already present is not written again,
     /// and [`PutOutcome::AlreadyPresent`] says so. A put that fails leaves
     /// nothing visible under `id`.
     fn put(&self, id: &ChunkId, object: &[u8]) -> Result<PutOutcome, StoreError>;
+
+    /// [`ChunkStore::put`] of an object already checked against its id (a
+    /// tiered store filling the tiers above the one that served it). A
+    /// store that hashes on put may skip that here; the default is `put`,
+    /// which hashes again.
+    fn put_verified(&self, verified: Verified<'_>) -> Result<PutOutcome, StoreError> {
+        self.put(verified.id(), verified.object())
+    }
 
     /// Whether an object is stored under `id` (without reading or checking
     /// it).
@@ -195,8 +217,14 @@ macro_rules! forward_store {
             fn get(&self, id: &ChunkId) -> Result<Option<Vec<u8>>, StoreError> {
                 (**self).get(id)
             }
+            fn get_to_forward(&self, id: &ChunkId) -> Result<Option<Vec<u8>>, StoreError> {
+                (**self).get_to_forward(id)
+            }
             fn put(&self, id: &ChunkId, object: &[u8]) -> Result<PutOutcome, StoreError> {
                 (**self).put(id, object)
+            }
+            fn put_verified(&self, verified: Verified<'_>) -> Result<PutOutcome, StoreError> {
+                (**self).put_verified(verified)
             }
             fn contains(&self, id: &ChunkId) -> Result<bool, StoreError> {
                 (**self).contains(id)

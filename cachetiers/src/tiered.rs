@@ -33,7 +33,7 @@ pub use flight::{Flight, SingleFlight};
 use metrics::TierCounters;
 pub use metrics::{LATENCY_BUCKETS, TierSnapshot, TieredSnapshot};
 
-use crate::checked::{Bounded, check_get};
+use crate::checked::{Bounded, Verified, check_get};
 use crate::store::{ChunkStore, PutOutcome, StoreError};
 
 /// What one tier said about one chunk.
@@ -198,6 +198,36 @@ impl TieredStore {
         result
     }
 
+    /// The object from the fastest tier alone, for a caller that forwards
+    /// it to a reader who checks it by id (a cache node answering an
+    /// instance): read with [`ChunkStore::get_to_forward`], so the tier
+    /// may skip its own hash. A copy is counted as a hit; `None` if the
+    /// tier has none, with nothing counted but a copy the tier found
+    /// corrupt (counted and dropped). Meant for a caller that can afford to ask the fastest
+    /// tier on its own thread but not the slower ones: on `None` it calls
+    /// [`TieredStore::fetch`], which asks the fastest tier again and
+    /// counts its miss or failure there.
+    pub fn fetch_fastest_to_forward(&self, id: &ChunkId) -> Option<Fetched> {
+        let tier = self.tiers.first()?;
+        let c = &tier.counters;
+        let started = Instant::now();
+        let got = tier.store.get_to_forward(id);
+        let elapsed = started.elapsed();
+        match got {
+            Ok(Some(object)) => {
+                c.observe(elapsed);
+                c.hits.fetch_add(1, Ordering::Relaxed);
+                c.bytes.fetch_add(object.len() as u64, Ordering::Relaxed);
+                Some(Fetched { object, tier: 0 })
+            }
+            Err(StoreError::Corrupt { problem, .. }) => {
+                self.drop_corrupt(tier, id, problem);
+                None
+            }
+            Ok(None) | Err(_) => None,
+        }
+    }
+
     fn fetch_once(&self, id: &ChunkId) -> Result<Fetched, TieredError> {
         let mut attempts = Vec::new();
         for (k, tier) in self.tiers.iter().enumerate() {
@@ -253,11 +283,12 @@ impl TieredStore {
         TierOutcome::Corrupt(problem)
     }
 
-    /// Writes a verified object into every tier above `hit`.
+    /// Writes a verified object into every tier above `hit` (which need
+    /// not hash it again: it was checked on its way out of `hit`).
     fn fill_above(&self, hit: usize, id: &ChunkId, object: &[u8]) {
         for tier in &self.tiers[..hit] {
             let c = &tier.counters;
-            match tier.store.put(id, object) {
+            match tier.store.put_verified(Verified::trusted(id, object)) {
                 Ok(_) => {
                     c.fills.fetch_add(1, Ordering::Relaxed);
                 }

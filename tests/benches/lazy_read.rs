@@ -3,7 +3,9 @@
 //!
 //! 1. Chunk fetch latency (p50/p99) of every stored chunk of the Debian
 //!    python image from each tier: the shared local tier (RocksDB), an
-//!    `imagefs cache-node` on loopback (cold, then warm) and Garage (S3).
+//!    `imagefs cache-node` on loopback (cold, then warm over HTTP/1.1 and
+//!    h2c) and Garage (S3), against a plain axum + reqwest GET of an
+//!    object of the same size (`--json=FILE` also writes the figures).
 //! 2. Sequential read of the image's largest file through `imagefs mount`
 //!    (FUSE, dedicated tier warm), with reads served by imagefs
 //!    (`--no-passthrough`) and with FUSE passthrough, against the same file
@@ -25,14 +27,17 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use cachenode::{AzConfig, AzTier};
-use cachetiers::{ChunkStore, ObjectOrigin, RocksStore, S3Settings};
+use cachetiers::{ChunkStore, ObjectOrigin, S3Settings};
 use manifest::report::MountStats;
 use manifest::{ChunkId, LocalKeyProvider};
 use telemetry::histogram::percentile;
 use tests::garage::Garage;
 use tests::harness::{self, Mount};
 use tests::process::Running;
+
+// Part 1 lives in a file of its own (the report type and its table).
+#[path = "lazy_read/latency.rs"]
+mod latency;
 
 /// Timed reads per side in part 2 (medians are reported).
 const ROUNDS: usize = 9;
@@ -66,7 +71,8 @@ fn run() -> Res<()> {
         .collect();
     let want = |part: &str| wanted.is_empty() || wanted.iter().any(|w| part.contains(w.as_str()));
     if want("latency") {
-        fetch_latency(&setup, &ids)?;
+        let json = std::env::args().find_map(|a| a.strip_prefix("--json=").map(str::to_owned));
+        latency::fetch_latency(&setup, &ids, json.as_deref())?;
     }
     if want("fuse") {
         fuse_vs_loop(&setup)?;
@@ -250,87 +256,9 @@ impl Drop for FuseMount {
     }
 }
 
-/// Latencies in seconds, sorted; the quantile by nearest rank (NaN for
-/// none).
-fn quantile(sorted: &[f64], q: f64) -> f64 {
-    percentile(sorted, q).unwrap_or(f64::NAN)
-}
-
-fn time_gets(store: &dyn ChunkStore, ids: &[ChunkId], what: &str) -> Res<Vec<f64>> {
-    let mut out = Vec::with_capacity(ids.len());
-    for id in ids {
-        let t = Instant::now();
-        let got = store
-            .get(id)
-            .map_err(|e| format!("{what}: get {id}: {e}"))?;
-        out.push(t.elapsed().as_secs_f64());
-        if got.is_none() {
-            return Err(format!("{what}: chunk {id} missing"));
-        }
-    }
-    out.sort_by(f64::total_cmp);
-    Ok(out)
-}
-
-/// Part 1: p50/p99 of a get of every chunk from each tier.
-fn fetch_latency(s: &Setup, ids: &[ChunkId]) -> Res<()> {
-    let origin = s.origin()?;
-    let garage = time_gets(&origin, ids, "Garage")?;
-
-    // The shared local tier, filled from Garage, then reopened so the reads
-    // come from its files (and the OS page cache), not its memtable only.
-    let rocks_dir = s.path("shared-latency");
-    {
-        let rocks = RocksStore::open(&rocks_dir, 4 << 30).map_err(|e| e.to_string())?;
-        for id in ids {
-            let o = origin
-                .get(id)
-                .map_err(|e| e.to_string())?
-                .ok_or("chunk vanished")?;
-            rocks.put(id, &o).map_err(|e| e.to_string())?;
-        }
-    }
-    let rocks = RocksStore::open(&rocks_dir, 4 << 30).map_err(|e| e.to_string())?;
-    let shared = time_gets(&rocks, ids, "shared local")?;
-    drop(rocks);
-
-    let mut node_cmd = s.cmd();
-    node_cmd
-        .args(["cache-node", "--listen", "127.0.0.1:0", "--capacity", "1G"])
-        .arg("--data")
-        .arg(s.path("node"))
-        .args(["--origin", &s.origin_url]);
-    let (node, line) =
-        Running::spawn_until(node_cmd, "cache node listening on ", "imagefs cache-node")?;
-    let url = line
-        .trim_start_matches("cache node listening on ")
-        .split_whitespace()
-        .next()
-        .ok_or("no URL in the cache node's first line")?
-        .to_string();
-    let az = AzTier::new(AzConfig::with_nodes([url])).map_err(|e| e.to_string())?;
-    let node_cold = time_gets(&az, ids, "cache node (cold)")?;
-    let node_warm = time_gets(&az, ids, "cache node (warm)")?;
-    drop(node);
-
-    let base = quantile(&shared, 0.5);
-    println!("## Chunk fetch latency, {} gets per tier\n", ids.len());
-    println!("| tier | p50 ms | p99 ms | p50 / shared local p50 |\n| --- | ---: | ---: | ---: |");
-    for (name, lat) in [
-        ("shared local (RocksDB)", &shared),
-        ("cache node, loopback, warm", &node_warm),
-        ("cache node, loopback, cold (via Garage)", &node_cold),
-        ("Garage (S3, loopback)", &garage),
-    ] {
-        println!(
-            "| {name} | {:.3} | {:.3} | {:.1}x |",
-            quantile(lat, 0.5) * 1e3,
-            quantile(lat, 0.99) * 1e3,
-            quantile(lat, 0.5) / base
-        );
-    }
-    println!();
-    Ok(())
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    percentile(&v, 0.5).unwrap_or(f64::NAN)
 }
 
 /// Every regular file under `dir` with its size (symlinks not followed).
@@ -414,11 +342,6 @@ fn read_through(path: &Path) -> Res<f64> {
         }
     }
     Ok(t.elapsed().as_secs_f64())
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    quantile(&v, 0.5)
 }
 
 /// Part 2: the largest file through FUSE (dedicated tier warm) against a

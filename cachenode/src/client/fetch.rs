@@ -7,6 +7,7 @@ use std::time::Duration;
 use cachetiers::MAX_OBJECT_LEN;
 use manifest::ChunkId;
 use reqwest::StatusCode;
+use sha2::{Digest, Sha256};
 use tokio::task::JoinSet;
 
 use super::counters::AzCounters;
@@ -195,15 +196,20 @@ async fn ask_node(
         return Err(too_large());
     }
     // The announced length is only a hint for the allocation (bounded);
-    // the bytes that arrive are what is checked.
+    // the bytes that arrive are what is checked. Each piece is hashed as
+    // it arrives, while the next ones are still on the wire, rather than
+    // all at the end (a quarter of a millisecond for 512 KiB); it is the
+    // one place a node's answer is checked.
     let mut object = Vec::with_capacity(usize::try_from(announced).unwrap_or(0));
+    let mut hash = Sha256::new();
     while let Some(piece) = response.chunk().await.map_err(failed)? {
         if object.len() + piece.len() > MAX_OBJECT_LEN {
             return Err(too_large());
         }
+        hash.update(&piece);
         object.extend_from_slice(&piece);
     }
-    let actual = ChunkId::of_object(&object);
+    let actual = ChunkId(hash.finalize().into());
     if actual != *id {
         return Err(NodeError::Corrupt {
             url: url.to_string(),

@@ -38,6 +38,18 @@ pub const TIER_NAME: &str = "az";
 /// so two serve any number of calling threads.
 const WORKER_THREADS: usize = 2;
 
+/// Idle connections kept open to each node: one per get in flight, so
+/// the usual few concurrent gets all find one.
+const POOL_PER_NODE: usize = 32;
+
+/// How long an idle connection is kept.
+const POOL_IDLE: Duration = Duration::from_secs(90);
+
+/// HTTP/2 receive windows: a whole largest object (4 MiB) per stream,
+/// several per connection.
+const H2_STREAM_WINDOW: u32 = 4 << 20;
+const H2_CONNECTION_WINDOW: u32 = 16 << 20;
+
 /// How much longer than the configured timeout a blocking call waits for
 /// the runtime's answer before giving up on it (the runtime enforces the
 /// timeout itself; this only guards against a runtime that stopped).
@@ -90,9 +102,27 @@ impl AzTier {
         // meant for the outside world must not be used to reach them. No
         // request timeout either: each call's deadline (`timeout_ms`)
         // covers all its requests and cancels those still in flight.
-        let client = reqwest::Client::builder()
+        //
+        // Connections stay open between gets (a new one per get costs a
+        // handshake and a cold TCP window), and TCP_NODELAY keeps a
+        // request's last segment from waiting for a delayed ACK.
+        let builder = reqwest::Client::builder()
             .no_proxy()
             .connect_timeout(config.connect_timeout())
+            .tcp_nodelay(true)
+            .pool_idle_timeout(POOL_IDLE)
+            .pool_max_idle_per_host(POOL_PER_NODE);
+        let builder = if config.http2 {
+            // The default 64 KiB stream window would make a 512 KiB
+            // answer wait for several window updates.
+            builder
+                .http2_prior_knowledge()
+                .http2_initial_stream_window_size(H2_STREAM_WINDOW)
+                .http2_initial_connection_window_size(H2_CONNECTION_WINDOW)
+        } else {
+            builder.http1_only()
+        };
+        let client = builder
             .build()
             .map_err(|source| AzError::Client { source })?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -257,9 +287,9 @@ impl ChunkStore for AzTier {
     }
 
     /// Does nothing and answers `false`: an instance cannot drop a node's
-    /// copy. A node verifies every object it serves from its own store and
-    /// drops bad copies itself, and bytes that fail the id check here are
-    /// never returned.
+    /// copy. A node hashes every object it fills from the origin, and
+    /// bytes that fail the id check here (a copy damaged on the node) are
+    /// never returned: the next node is asked instead.
     fn remove(&self, _id: &ChunkId) -> Result<bool, StoreError> {
         Ok(false)
     }

@@ -16,7 +16,12 @@
 //!
 //! The stores are a [`TieredStore`] of `node-local` over `origin`: a miss
 //! is fetched once from the origin however many requests wait for it
-//! (single-flight), verified, kept locally and served.
+//! (single-flight), verified, kept locally and served. A hit is read on
+//! the runtime's worker and not hashed again (the node hashed it when it
+//! filled it; the client hashes what it receives); only misses go to the
+//! blocking pool. The server answers HTTP/1.1 and h2c (prior knowledge)
+//! on the same port, sets TCP_NODELAY and counts connections
+//! ([`CacheNode::connections_accepted`]).
 //!
 //! Entry points, from most to least managed: [`start`] (a [`RunningNode`]
 //! on threads of its own, stopped through a [`NodeStopHandle`] from any
@@ -31,6 +36,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use cachetiers::{ChunkStore, TieredError, TieredStore};
 use serde::Deserialize;
 use tokio::sync::{Notify, oneshot};
@@ -41,8 +47,9 @@ pub const LOCAL_TIER: &str = "node-local";
 /// Name of the origin in metrics and errors.
 pub const ORIGIN_TIER: &str = "origin";
 
-/// Worker threads of the node's runtime. Store calls run on tokio's
-/// blocking pool, so the workers only move bytes between sockets.
+/// Worker threads of the node's runtime. Reads from the node's own store
+/// run on them (short local reads); origin fetches run on tokio's
+/// blocking pool.
 const WORKER_THREADS: usize = 2;
 
 /// How long a stop waits for requests in flight to finish.
@@ -147,6 +154,12 @@ impl CacheNode {
         &self.store
     }
 
+    /// How many TCP connections the node has accepted (clients that keep
+    /// their connections alive make few).
+    pub fn connections_accepted(&self) -> u64 {
+        self.http.connections()
+    }
+
     /// How many requests to `route` (`"chunk"`, `"metrics"`, `"healthz"`,
     /// `"other"`) were answered with `status`.
     pub fn http_count(&self, route: &str, status: u16) -> u64 {
@@ -176,6 +189,14 @@ pub async fn serve(
     let addr = listener
         .local_addr()
         .map_err(|source| ServerError::NoLocalAddr { source })?;
+    let counting = Arc::clone(&node);
+    let listener = listener.tap_io(move |stream: &mut tokio::net::TcpStream| {
+        counting.http.accepted();
+        // Without it a response's last segment can wait for the client's
+        // delayed ACK. Failing to set it costs only latency, so the
+        // connection is served either way.
+        let _ = stream.set_nodelay(true);
+    });
     axum::serve(listener, node.router())
         .with_graceful_shutdown(shutdown)
         .await

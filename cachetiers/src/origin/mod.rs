@@ -42,6 +42,14 @@ pub enum OriginError {
         /// What is wrong with it.
         reason: &'static str,
     },
+    /// A request limit cannot work.
+    #[error("origin {url}: {reason}")]
+    BadLimits {
+        /// The location.
+        url: String,
+        /// Which limit and why.
+        reason: &'static str,
+    },
     /// The URL scheme is not one this build knows.
     #[error(
         "`{url}`: unsupported origin scheme `{scheme}://` (use a directory path, \
@@ -84,12 +92,19 @@ pub struct RequestLimits {
     pub retry_timeout: Duration,
     /// First pause between retries (doubling, at most one second).
     pub initial_backoff: Duration,
+    /// Most requests in flight to the origin at once, from all threads
+    /// together; more wait their turn (within their time bound). Also the
+    /// number of idle connections kept, so a burst of gets finds them
+    /// open. At least 1.
+    pub max_concurrent_requests: usize,
 }
 
 impl Default for RequestLimits {
     /// 3 s to connect, 30 s per request, 2 retries within 5 s: a refused
     /// connection fails in well under a second, a black hole in about
-    /// 10 s, a stalled service in about 1.5 minutes.
+    /// 10 s, a stalled service in about 1.5 minutes. 16 requests at once:
+    /// a start's prefetch keeps that many chunks coming without one
+    /// host's burst looking like an attack to the service.
     fn default() -> Self {
         Self {
             connect_timeout: Duration::from_secs(3),
@@ -97,15 +112,31 @@ impl Default for RequestLimits {
             max_retries: 2,
             retry_timeout: Duration::from_secs(5),
             initial_backoff: Duration::from_millis(100),
+            max_concurrent_requests: DEFAULT_MAX_CONCURRENT_REQUESTS,
         }
     }
 }
+
+/// [`RequestLimits::max_concurrent_requests`] unless configured.
+pub const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 16;
 
 impl RequestLimits {
     fn client_options(&self) -> ClientOptions {
         ClientOptions::new()
             .with_connect_timeout(self.connect_timeout)
             .with_timeout(self.request_timeout)
+            .with_pool_max_idle_per_host(self.max_concurrent_requests)
+    }
+
+    /// Refuses limits no origin can work with.
+    fn check(&self, url: &str) -> Result<(), OriginError> {
+        if self.max_concurrent_requests == 0 {
+            return Err(OriginError::BadLimits {
+                url: url.to_owned(),
+                reason: "max_concurrent_requests is 0 (at least 1 request must be allowed at a time)",
+            });
+        }
+        Ok(())
     }
 
     fn retry(&self) -> RetryConfig {
@@ -190,6 +221,7 @@ impl ObjectOrigin {
     /// An origin in an S3 bucket.
     pub fn s3(settings: &S3Settings) -> Result<Self, OriginError> {
         let url = settings.url();
+        settings.limits.check(&url)?;
         if settings.bucket.is_empty() || settings.bucket.contains('/') {
             return Err(OriginError::BadUrl {
                 url,
@@ -231,7 +263,8 @@ impl ObjectOrigin {
             format!("s3://{}", settings.bucket),
             &settings.prefix,
             settings.limits.op_timeout(),
-        ))
+        )
+        .with_max_concurrent_requests(settings.limits.max_concurrent_requests))
     }
 
     /// An origin in the local directory `root` through object_store's file
@@ -239,7 +272,18 @@ impl ObjectOrigin {
     /// the directory (as a [`DirStore`] would); otherwise it must already
     /// be a store.
     pub fn local(root: &Path, create: bool) -> Result<Self, OriginError> {
+        Self::local_with(root, create, &RequestLimits::default())
+    }
+
+    /// [`ObjectOrigin::local`] with `limits` (only the operation bound and
+    /// the number of requests at once apply to a local directory).
+    pub fn local_with(
+        root: &Path,
+        create: bool,
+        limits: &RequestLimits,
+    ) -> Result<Self, OriginError> {
         let url = format!("file://{}", root.display());
+        limits.check(&url)?;
         if !root.is_absolute() {
             return Err(OriginError::BadUrl {
                 url,
@@ -261,12 +305,8 @@ impl ObjectOrigin {
                 source,
             })?
             .with_fsync(true);
-        Ok(Self::new(
-            Arc::new(store),
-            url,
-            "",
-            RequestLimits::default().op_timeout(),
-        ))
+        Ok(Self::new(Arc::new(store), url, "", limits.op_timeout())
+            .with_max_concurrent_requests(limits.max_concurrent_requests))
     }
 }
 
@@ -274,6 +314,16 @@ impl ObjectOrigin {
 /// path, `file:///absolute/path` or `s3://bucket/prefix` (see the module
 /// documentation for the environment an S3 origin reads).
 pub fn open_origin(location: &str, create: bool) -> Result<Arc<dyn Origin>, OriginError> {
+    open_origin_with(location, create, &RequestLimits::default())
+}
+
+/// [`open_origin`] with `limits` for a remote (`s3://`) or `file://`
+/// origin; a plain directory path ignores them.
+pub fn open_origin_with(
+    location: &str,
+    create: bool,
+    limits: &RequestLimits,
+) -> Result<Arc<dyn Origin>, OriginError> {
     let Some((scheme, rest)) = location.split_once("://") else {
         if location.is_empty() {
             return Err(OriginError::BadUrl {
@@ -300,7 +350,11 @@ pub fn open_origin(location: &str, create: bool) -> Result<Arc<dyn Origin>, Orig
                     reason: "use file:///absolute/path (three slashes, no host)",
                 });
             }
-            Ok(Arc::new(ObjectOrigin::local(Path::new(rest), create)?))
+            Ok(Arc::new(ObjectOrigin::local_with(
+                Path::new(rest),
+                create,
+                limits,
+            )?))
         }
         "s3" => {
             let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
@@ -310,9 +364,10 @@ pub fn open_origin(location: &str, create: bool) -> Result<Arc<dyn Origin>, Orig
                     reason: "no bucket name (use s3://bucket/prefix)",
                 });
             }
-            Ok(Arc::new(ObjectOrigin::s3(&S3Settings::new(
-                bucket, prefix,
-            ))?))
+            Ok(Arc::new(ObjectOrigin::s3(&S3Settings {
+                limits: limits.clone(),
+                ..S3Settings::new(bucket, prefix)
+            })?))
         }
         _ => Err(OriginError::UnsupportedScheme {
             url: location.to_owned(),

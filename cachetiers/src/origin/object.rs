@@ -9,7 +9,9 @@ use std::time::Duration;
 use manifest::{ChunkId, ManifestDigest};
 use object_store::path::Path as Key;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use tokio::sync::Semaphore;
 
+use super::DEFAULT_MAX_CONCURRENT_REQUESTS;
 use super::runtime::{self, RuntimeError};
 use crate::catalog::Catalog;
 use crate::checked::{
@@ -75,6 +77,11 @@ pub struct ObjectOrigin {
     root_url: String,
     /// Upper bound for one operation, retries included.
     op_timeout: Duration,
+    /// One permit per request in flight: callers on any number of threads
+    /// get up to this many requests running at once (each on its own
+    /// pooled connection), and the rest queue here rather than open ever
+    /// more connections.
+    permits: Arc<Semaphore>,
 }
 
 impl ObjectOrigin {
@@ -99,7 +106,15 @@ impl ObjectOrigin {
             },
             root_url: root_url.into().trim_end_matches('/').to_owned(),
             op_timeout,
+            permits: Arc::new(Semaphore::new(DEFAULT_MAX_CONCURRENT_REQUESTS)),
         }
+    }
+
+    /// The same origin allowing at most `max` requests in flight at once
+    /// (at least 1; see [`RequestLimits`](super::RequestLimits)).
+    pub fn with_max_concurrent_requests(mut self, max: usize) -> Self {
+        self.permits = Arc::new(Semaphore::new(max.max(1)));
+        self
     }
 
     /// The underlying object store.
@@ -158,7 +173,17 @@ impl ObjectOrigin {
         let fut = f(self.store.clone(), Key::from(key));
         let timeout = self.op_timeout;
         let url = self.object_url(key);
-        let outcome = runtime::run(async move { tokio::time::timeout(timeout, fut).await });
+        let permits = Arc::clone(&self.permits);
+        // The wait for a permit counts against the operation's bound: a
+        // queue behind a stalled service ends in a timeout too.
+        let outcome = runtime::run(async move {
+            tokio::time::timeout(timeout, async move {
+                // The semaphore is never closed, so this only waits.
+                let _permit = permits.acquire_owned().await;
+                fut.await
+            })
+            .await
+        });
         match outcome {
             Ok(Ok(Ok(value))) => Ok(Some(value)),
             Ok(Ok(Err(object_store::Error::NotFound { .. }))) => Ok(None),
@@ -193,7 +218,8 @@ impl ObjectOrigin {
             if bytes.len() as u64 > limit {
                 return Ok(Bounded::TooLong(bytes.len() as u64));
             }
-            Ok(Bounded::Bytes(bytes.to_vec()))
+            // Takes over the buffer when it is one piece (no copy).
+            Ok(Bounded::Bytes(Vec::from(bytes)))
         })?;
         Ok(got.unwrap_or(Bounded::Missing))
     }

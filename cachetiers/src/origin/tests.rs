@@ -366,3 +366,152 @@ fn unreachable_s3_fails_with_an_error_naming_the_origin() {
         assert!(msg.contains("/p/chunks/"), "{msg}");
     }
 }
+
+/// An S3 endpoint on loopback that answers every GET with `object`, but
+/// holds each answer until the test opens the gate, counting requests in
+/// flight (the most at once) and connections.
+struct HeldS3 {
+    addr: std::net::SocketAddr,
+    state: Arc<(std::sync::Mutex<Held>, std::sync::Condvar)>,
+}
+
+#[derive(Default)]
+struct Held {
+    in_flight: usize,
+    most: usize,
+    connections: usize,
+    open: bool,
+}
+
+impl HeldS3 {
+    fn start(object: Vec<u8>) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new((
+            std::sync::Mutex::new(Held::default()),
+            std::sync::Condvar::new(),
+        ));
+        let shared = Arc::clone(&state);
+        let object = Arc::new(object);
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { return };
+                shared.0.lock().unwrap().connections += 1;
+                let (state, object) = (Arc::clone(&shared), Arc::clone(&object));
+                std::thread::spawn(move || serve_held(stream, &state, &object));
+            }
+        });
+        Self { addr, state }
+    }
+
+    /// Waits (up to a watchdog) until `n` requests are held at once.
+    fn wait_for_in_flight(&self, n: usize) -> bool {
+        let (lock, cv) = &*self.state;
+        let held = lock.lock().unwrap();
+        let (_held, timeout) = cv
+            .wait_timeout_while(held, Duration::from_secs(60), |h| h.in_flight < n)
+            .unwrap();
+        !timeout.timed_out()
+    }
+
+    fn open(&self) {
+        let (lock, cv) = &*self.state;
+        lock.lock().unwrap().open = true;
+        cv.notify_all();
+    }
+
+    fn counts(&self) -> (usize, usize) {
+        let held = self.state.0.lock().unwrap();
+        (held.most, held.connections)
+    }
+}
+
+/// One keep-alive connection: each request head is answered with the
+/// object once the gate is open.
+fn serve_held(
+    stream: std::net::TcpStream,
+    state: &(std::sync::Mutex<Held>, std::sync::Condvar),
+    object: &[u8],
+) {
+    use std::io::{BufRead, BufReader, Write};
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut writer = stream;
+    loop {
+        let mut head = String::new();
+        loop {
+            let mut line = String::new();
+            match reader.read_line(&mut line) {
+                Ok(0) | Err(_) => return,
+                Ok(_) if line == "\r\n" => break,
+                Ok(_) => head.push_str(&line),
+            }
+        }
+        let (lock, cv) = state;
+        let mut held = lock.lock().unwrap();
+        held.in_flight += 1;
+        held.most = held.most.max(held.in_flight);
+        cv.notify_all();
+        held = cv.wait_while(held, |h| !h.open).unwrap();
+        held.in_flight -= 1;
+        drop(held);
+        let answer = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nETag: \"1\"\r\n\
+             Last-Modified: Thu, 01 Jan 2026 00:00:00 GMT\r\n\r\n",
+            object.len()
+        );
+        if writer.write_all(answer.as_bytes()).is_err() || writer.write_all(object).is_err() {
+            return;
+        }
+    }
+}
+
+/// Gets from several threads run side by side on their own connections,
+/// never more at once than `max_concurrent_requests`.
+#[test]
+fn s3_gets_run_in_parallel_up_to_the_bound() {
+    let c = chunk(9);
+    let s3 = HeldS3::start(c.object.clone());
+    let bound = 4;
+    let settings = S3Settings {
+        endpoint: Some(format!("http://{}", s3.addr)),
+        region: Some("garage".into()),
+        access_key_id: Some("GK0000".into()),
+        secret_access_key: Some("0".repeat(64)),
+        limits: RequestLimits {
+            max_concurrent_requests: bound,
+            ..RequestLimits::default()
+        },
+        ..S3Settings::new("bucket", "p")
+    };
+    let origin = Arc::new(ObjectOrigin::s3(&settings).unwrap());
+    let threads: Vec<_> = (0..bound + 3)
+        .map(|_| {
+            let (origin, id) = (Arc::clone(&origin), c.id);
+            std::thread::spawn(move || origin.get(&id))
+        })
+        .collect();
+    // Serialised gets would never have `bound` held at once.
+    let reached = s3.wait_for_in_flight(bound);
+    s3.open();
+    assert!(reached, "{bound} gets were never in flight at once");
+    for t in threads {
+        assert_eq!(t.join().unwrap().unwrap(), Some(c.object.clone()));
+    }
+    let (most, connections) = s3.counts();
+    assert_eq!(most, bound, "the bound was not kept");
+    assert!(connections >= bound, "{connections} connections");
+}
+
+#[test]
+fn a_zero_request_bound_is_refused() {
+    let settings = S3Settings {
+        endpoint: Some("http://127.0.0.1:9".into()),
+        limits: RequestLimits {
+            max_concurrent_requests: 0,
+            ..RequestLimits::default()
+        },
+        ..S3Settings::new("bucket", "p")
+    };
+    let err = ObjectOrigin::s3(&settings).unwrap_err();
+    assert!(err.to_string().contains("max_concurrent_requests"), "{err}");
+}

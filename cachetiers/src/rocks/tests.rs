@@ -133,3 +133,42 @@ fn a_second_open_of_the_same_database_names_it() {
     let text = err.to_string();
     assert!(text.contains(&dir.path().display().to_string()), "{text}");
 }
+
+/// `get` hashes what it read from disk; `get_to_forward` does not (its
+/// reader hashes it), so a byte flipped on disk under RocksDB is `Corrupt`
+/// for the one and passed on, for the reader to refuse, by the other.
+#[test]
+fn damage_at_rest_is_caught_by_get_and_left_to_the_reader_when_forwarding() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir, 1 << 20);
+    let (good, bad) = (chunk(8), chunk(9));
+    store.put(&bad.id, &bad.object).unwrap();
+    let objects = store.cf(OBJECTS).unwrap();
+    // The object goes to a blob file of its own at this flush.
+    store.db.flush_cf(objects).unwrap();
+    store.put(&good.id, &good.object).unwrap();
+    assert_eq!(
+        store.get_to_forward(&bad.id).unwrap(),
+        Some(bad.object.clone())
+    );
+    let blobs: Vec<_> = std::fs::read_dir(dir.path().join("db"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "blob"))
+        .collect();
+    assert_eq!(blobs.len(), 1, "{blobs:?}");
+    let mut bytes = std::fs::read(&blobs[0]).unwrap();
+    // The middle of the file is the middle of the object's value.
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
+    std::fs::write(&blobs[0], &bytes).unwrap();
+    let forwarded = store.get_to_forward(&bad.id).unwrap().unwrap();
+    assert_ne!(ChunkId::of_object(&forwarded), bad.id);
+    let err = store.get(&bad.id).unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Corrupt { id, .. } if *id == bad.id),
+        "{err}"
+    );
+    // The other object (still in the memtable) is untouched.
+    assert_eq!(store.get_to_forward(&good.id).unwrap(), Some(good.object));
+}

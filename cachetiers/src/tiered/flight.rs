@@ -74,13 +74,27 @@ struct Publish<'a, K: Eq + Hash, V> {
     value: Option<V>,
 }
 
-impl<K: Eq + Hash, V> Drop for Publish<'_, K, V> {
-    fn drop(&mut self) {
-        self.flight
+impl<K: Eq + Hash, V> Publish<'_, K, V> {
+    /// Takes the call out of the map (if it is still this call: a later
+    /// leader may have put its own there), so no new follower can join.
+    fn unregister(&self) {
+        let mut calls = self
+            .flight
             .calls
             .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(self.key);
+            .unwrap_or_else(PoisonError::into_inner);
+        if calls
+            .get(self.key)
+            .is_some_and(|c| Arc::ptr_eq(c, &self.call))
+        {
+            calls.remove(self.key);
+        }
+    }
+}
+
+impl<K: Eq + Hash, V> Drop for Publish<'_, K, V> {
+    fn drop(&mut self) {
+        self.unregister();
         let mut state = self
             .call
             .state
@@ -132,7 +146,13 @@ impl<K: Eq + Hash + Clone, V: Clone> SingleFlight<K, V> {
                     unreachable!("single-flight work taken twice")
                 };
                 let value = work();
-                publish.value = Some(value.clone());
+                // Once unregistered, only followers that already joined
+                // hold the call; without any, nobody needs a copy (a
+                // value here is usually a 512 KiB object).
+                publish.unregister();
+                if Arc::strong_count(&publish.call) > 1 {
+                    publish.value = Some(value.clone());
+                }
                 return (value, Flight::Led);
             }
             let mut state = call.state.lock().unwrap_or_else(PoisonError::into_inner);
@@ -204,6 +224,27 @@ mod tests {
         assert_eq!(led, 1);
         assert_eq!(flight.in_progress(), 0);
         assert_eq!(flight.waiting(), 0);
+    }
+
+    /// Counts its clones (a fetched object is 512 KiB: copies matter).
+    #[derive(Debug)]
+    struct Counted<'a>(&'a AtomicUsize);
+
+    impl Clone for Counted<'_> {
+        fn clone(&self) -> Self {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Counted(self.0)
+        }
+    }
+
+    #[test]
+    fn a_leader_alone_does_not_copy_its_value() {
+        let clones = AtomicUsize::new(0);
+        let flight = SingleFlight::<u32, Counted<'_>>::new();
+        let (_, led) = flight.run(&3, || Counted(&clones));
+        assert_eq!(led, Flight::Led);
+        assert_eq!(clones.load(Ordering::SeqCst), 0);
+        assert_eq!(flight.in_progress(), 0);
     }
 
     #[test]
