@@ -1,59 +1,58 @@
 //! Counters of the AZ client tier and their snapshot.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use telemetry::counter::Counter;
 
 use telemetry::prometheus::{Kind, Text};
 
 /// Live counters of one node.
 #[derive(Debug, Default)]
 pub(super) struct NodeCounters {
-    pub(super) requests: AtomicU64,
-    pub(super) errors: AtomicU64,
-    pub(super) corrupt: AtomicU64,
+    pub(super) requests: Counter,
+    pub(super) errors: Counter,
+    pub(super) corrupt: Counter,
 }
 
 /// Live counters of the tier.
 #[derive(Debug)]
 pub(super) struct AzCounters {
-    pub(super) calls: AtomicU64,
-    pub(super) requests: AtomicU64,
-    pub(super) hedges_sent: AtomicU64,
-    pub(super) hedge_wins: AtomicU64,
-    pub(super) failovers: AtomicU64,
-    pub(super) unavailable: AtomicU64,
+    pub(super) calls: Counter,
+    pub(super) requests: Counter,
+    pub(super) hedges_sent: Counter,
+    pub(super) hedge_wins: Counter,
+    pub(super) failovers: Counter,
+    pub(super) unavailable: Counter,
     pub(super) nodes: Vec<NodeCounters>,
 }
 
 impl AzCounters {
     pub(super) fn new(nodes: usize) -> Self {
         Self {
-            calls: AtomicU64::new(0),
-            requests: AtomicU64::new(0),
-            hedges_sent: AtomicU64::new(0),
-            hedge_wins: AtomicU64::new(0),
-            failovers: AtomicU64::new(0),
-            unavailable: AtomicU64::new(0),
+            calls: Counter::new(),
+            requests: Counter::new(),
+            hedges_sent: Counter::new(),
+            hedge_wins: Counter::new(),
+            failovers: Counter::new(),
+            unavailable: Counter::new(),
             nodes: (0..nodes).map(|_| NodeCounters::default()).collect(),
         }
     }
 
     pub(super) fn snapshot(&self, urls: &[String]) -> AzSnapshot {
-        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         AzSnapshot {
-            calls: get(&self.calls),
-            requests: get(&self.requests),
-            hedges_sent: get(&self.hedges_sent),
-            hedge_wins: get(&self.hedge_wins),
-            failovers: get(&self.failovers),
-            unavailable: get(&self.unavailable),
+            calls: self.calls.get(),
+            requests: self.requests.get(),
+            hedges_sent: self.hedges_sent.get(),
+            hedge_wins: self.hedge_wins.get(),
+            failovers: self.failovers.get(),
+            unavailable: self.unavailable.get(),
             nodes: urls
                 .iter()
                 .zip(&self.nodes)
                 .map(|(url, c)| NodeSnapshot {
                     url: url.clone(),
-                    requests: get(&c.requests),
-                    errors: get(&c.errors),
-                    corrupt: get(&c.corrupt),
+                    requests: c.requests.get(),
+                    errors: c.errors.get(),
+                    corrupt: c.corrupt.get(),
                 })
                 .collect(),
         }
@@ -148,10 +147,10 @@ mod tests {
     #[test]
     fn snapshot_and_prometheus_text() {
         let counters = AzCounters::new(2);
-        counters.calls.fetch_add(3, Ordering::Relaxed);
-        counters.hedges_sent.fetch_add(1, Ordering::Relaxed);
-        counters.nodes[1].errors.fetch_add(2, Ordering::Relaxed);
-        counters.nodes[1].corrupt.fetch_add(1, Ordering::Relaxed);
+        counters.calls.add(3);
+        counters.hedges_sent.inc();
+        counters.nodes[1].errors.add(2);
+        counters.nodes[1].corrupt.inc();
         let urls = ["http://a:1".to_string(), "http://b:2".to_string()];
         let snapshot = counters.snapshot(&urls);
         assert_eq!(snapshot.calls, 3);

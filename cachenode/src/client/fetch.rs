@@ -1,7 +1,6 @@
 //! One call to the nodes: preference order, hedge, failover, deadline.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use cachetiers::MAX_OBJECT_LEN;
@@ -73,8 +72,8 @@ pub(super) async fn ask_nodes(
                   hedge: bool| {
         let k = order[*next];
         *next += 1;
-        counters.requests.fetch_add(1, Ordering::Relaxed);
-        counters.nodes[k].requests.fetch_add(1, Ordering::Relaxed);
+        counters.requests.inc();
+        counters.nodes[k].requests.inc();
         let client = call.client.clone();
         let url = call.nodes[k].clone();
         let handle = requests.spawn(async move { ask_node(&client, &url, &id, ask).await });
@@ -111,19 +110,19 @@ pub(super) async fn ask_nodes(
                 match result {
                     Ok(answer) => {
                         if hedge {
-                            counters.hedge_wins.fetch_add(1, Ordering::Relaxed);
+                            counters.hedge_wins.inc();
                         }
                         return Ok(answer);
                     }
                     Err(failure) => {
                         let c = &counters.nodes[k];
-                        c.errors.fetch_add(1, Ordering::Relaxed);
+                        c.errors.inc();
                         if matches!(failure, NodeError::Corrupt { .. }) {
-                            c.corrupt.fetch_add(1, Ordering::Relaxed);
+                            c.corrupt.inc();
                         }
                         failures.push(failure);
                         if next < order.len() {
-                            counters.failovers.fetch_add(1, Ordering::Relaxed);
+                            counters.failovers.inc();
                             launch(&mut requests, &mut in_flight, &mut next, false);
                         }
                     }
@@ -131,7 +130,7 @@ pub(super) async fn ask_nodes(
             }
             () = &mut hedge_timer, if !hedged && next < order.len() => {
                 hedged = true;
-                counters.hedges_sent.fetch_add(1, Ordering::Relaxed);
+                counters.hedges_sent.inc();
                 launch(&mut requests, &mut in_flight, &mut next, true);
             }
             () = &mut deadline => {
@@ -139,7 +138,7 @@ pub(super) async fn ask_nodes(
                 let mut late: Vec<usize> = in_flight.values().map(|&(k, _)| k).collect();
                 late.sort_unstable_by_key(|k| order.iter().position(|o| o == k));
                 for k in late {
-                    counters.nodes[k].errors.fetch_add(1, Ordering::Relaxed);
+                    counters.nodes[k].errors.inc();
                     failures.push(NodeError::TimedOut { url: call.nodes[k].clone(), timeout_ms });
                 }
                 break;

@@ -16,7 +16,6 @@ pub mod hrw;
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -171,7 +170,7 @@ impl AzTier {
 
     /// Asks the nodes on the tier's runtime and waits for the answer.
     fn ask(&self, id: &ChunkId, ask: Ask) -> Result<Answer, StoreError> {
-        self.counters.calls.fetch_add(1, Ordering::Relaxed);
+        self.counters.calls.inc();
         let call = self.call.clone();
         let counters = Arc::clone(&self.counters);
         let id = *id;
@@ -180,14 +179,14 @@ impl AzTier {
             Some(Ok(answer)) => return Ok(answer),
             Some(Err(failures)) => failures,
             None => {
-                self.counters.unavailable.fetch_add(1, Ordering::Relaxed);
+                self.counters.unavailable.inc();
                 return Err(StoreError::Backend {
                     tier: TIER_NAME.into(),
                     source: Box::new(AzError::NoAnswer { id }),
                 });
             }
         };
-        self.counters.unavailable.fetch_add(1, Ordering::Relaxed);
+        self.counters.unavailable.inc();
         let corrupt: Vec<String> = failures
             .iter()
             .filter(|f| matches!(f, NodeError::Corrupt { .. }))

@@ -42,8 +42,9 @@ pub mod readahead;
 
 use std::collections::VecDeque;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+
+use telemetry::counter::Counter;
 
 use cachetiers::{ChunkStore, Flight, SingleFlight};
 use manifest::report::PrefetchStats;
@@ -97,26 +98,22 @@ pub use manifest::report::LazyMetrics;
 
 #[derive(Debug, Default)]
 struct Counters {
-    bytes_read: AtomicU64,
-    dedicated_hits: AtomicU64,
-    memory_hits: AtomicU64,
-    hole_reads: AtomicU64,
-    store_fetches: AtomicU64,
-    store_bytes: AtomicU64,
-    shared_fetches: AtomicU64,
-    readahead_fetches: AtomicU64,
-    fetch_errors: AtomicU64,
-    bytes_written: AtomicU64,
-    write_materialised: AtomicU64,
-    flushes: AtomicU64,
+    bytes_read: Counter,
+    dedicated_hits: Counter,
+    memory_hits: Counter,
+    hole_reads: Counter,
+    store_fetches: Counter,
+    store_bytes: Counter,
+    shared_fetches: Counter,
+    readahead_fetches: Counter,
+    fetch_errors: Counter,
+    bytes_written: Counter,
+    write_materialised: Counter,
+    flushes: Counter,
 }
 
 /// Stripes of the per-chunk write lock (chunk index modulo this).
 const WRITE_STRIPES: usize = 64;
-
-fn bump(counter: &AtomicU64, by: u64) {
-    counter.fetch_add(by, Ordering::Relaxed);
-}
 
 /// The result of fetching one chunk, shared between waiting readers.
 type Fetched = Result<Arc<Vec<u8>>, LazyError>;
@@ -276,7 +273,7 @@ impl LazyImage {
                 .read_chunk_part(index, &mut buf[at..at + n], pos - start, ready)?;
             pos += n as u64;
         }
-        bump(&self.inner.counters.bytes_read, len);
+        self.inner.counters.bytes_read.add(len);
         if let Some(readahead) = &self.readahead {
             readahead.after_read(ChunkIndex((end - 1) / chunk_size));
         }
@@ -338,14 +335,14 @@ impl LazyImage {
             self.inner.write_chunk_part(index, &buf[at..at + n], pos)?;
             pos += n as u64;
         }
-        bump(&self.inner.counters.bytes_written, len);
+        self.inner.counters.bytes_written.add(len);
         Ok(())
     }
 
     /// Makes every write so far durable in the dedicated tier (data, then
     /// presence bits). Without a dedicated tier there is nothing to flush.
     pub fn flush(&self) -> Result<(), LazyError> {
-        bump(&self.inner.counters.flushes, 1);
+        self.inner.counters.flushes.inc();
         match &self.inner.dedicated {
             Some(d) => d.flush().map_err(LazyError::Flush),
             None => Ok(()),
@@ -372,20 +369,19 @@ impl LazyImage {
     /// A snapshot of the counters.
     pub fn metrics(&self) -> LazyMetrics {
         let c = &self.inner.counters;
-        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         LazyMetrics {
-            bytes_read: get(&c.bytes_read),
-            dedicated_hits: get(&c.dedicated_hits),
-            memory_hits: get(&c.memory_hits),
-            hole_reads: get(&c.hole_reads),
-            store_fetches: get(&c.store_fetches),
-            store_bytes: get(&c.store_bytes),
-            shared_fetches: get(&c.shared_fetches),
-            readahead_fetches: get(&c.readahead_fetches),
-            fetch_errors: get(&c.fetch_errors),
-            bytes_written: get(&c.bytes_written),
-            write_materialised: get(&c.write_materialised),
-            flushes: get(&c.flushes),
+            bytes_read: c.bytes_read.get(),
+            dedicated_hits: c.dedicated_hits.get(),
+            memory_hits: c.memory_hits.get(),
+            hole_reads: c.hole_reads.get(),
+            store_fetches: c.store_fetches.get(),
+            store_bytes: c.store_bytes.get(),
+            shared_fetches: c.shared_fetches.get(),
+            readahead_fetches: c.readahead_fetches.get(),
+            fetch_errors: c.fetch_errors.get(),
+            bytes_written: c.bytes_written.get(),
+            write_materialised: c.write_materialised.get(),
+            flushes: c.flushes.get(),
         }
     }
 
@@ -471,7 +467,7 @@ impl Inner {
         }
         if src.len() as u64 == span {
             // Covers the whole chunk: nothing to keep of the old bytes.
-            bump(&self.counters.write_materialised, 1);
+            self.counters.write_materialised.inc();
             return d.store_chunk(index, start.0, src).map_err(dedicated_err);
         }
         let mut plain = match self.manifest.chunk(index) {
@@ -485,7 +481,7 @@ impl Inner {
         };
         let within = (pos - start.0) as usize;
         plain[within..within + src.len()].copy_from_slice(src);
-        bump(&self.counters.write_materialised, 1);
+        self.counters.write_materialised.inc();
         d.store_chunk(index, start.0, &plain).map_err(dedicated_err)
     }
 
@@ -498,7 +494,7 @@ impl Inner {
         }
         let result = self.fetch_plain(index, Origin::Demand);
         if result.is_err() {
-            bump(&self.counters.fetch_errors, 1);
+            self.counters.fetch_errors.inc();
         }
         result
     }
@@ -538,7 +534,7 @@ impl Inner {
         if let Some(d) = &self.dedicated
             && d.is_present(index)
         {
-            bump(&self.counters.dedicated_hits, 1);
+            self.counters.dedicated_hits.inc();
             return d
                 .read_at(index, dst, start + within)
                 .map_err(|source| LazyError::Dedicated {
@@ -548,7 +544,7 @@ impl Inner {
                 });
         }
         if entry.is_hole() {
-            bump(&self.counters.hole_reads, 1);
+            self.counters.hole_reads.inc();
             dst.fill(0);
             return Ok(());
         }
@@ -595,7 +591,7 @@ impl Inner {
     fn load(&self, index: ChunkIndex, origin: Origin) -> Fetched {
         if let Some(plain) = self.memory_get(index) {
             if origin == Origin::Demand {
-                bump(&self.counters.memory_hits, 1);
+                self.counters.memory_hits.inc();
             }
             return Ok(plain);
         }
@@ -603,7 +599,7 @@ impl Inner {
             .flights
             .run(&index.0, || (self.fetch(index, origin), origin));
         if flight == Flight::Joined {
-            bump(&self.counters.shared_fetches, 1);
+            self.counters.shared_fetches.inc();
             if origin == Origin::Demand && leader == Origin::Prefetch {
                 self.prefetch.demand_waited();
             }
@@ -621,7 +617,7 @@ impl Inner {
         }
         let result = self.fetch_uncached(index, origin);
         if result.is_err() {
-            bump(&self.counters.fetch_errors, 1);
+            self.counters.fetch_errors.inc();
         }
         result
     }
@@ -695,9 +691,9 @@ impl Inner {
                 .ok_or_else(|| LazyError::BadManifest {
                     problem: format!("{index} is outside the device"),
                 })?;
-        bump(&self.counters.store_fetches, 1);
+        self.counters.store_fetches.inc();
         if origin == Origin::Readahead {
-            bump(&self.counters.readahead_fetches, 1);
+            self.counters.readahead_fetches.inc();
         }
         let object = self
             .store
@@ -708,7 +704,7 @@ impl Inner {
                 source: Arc::new(source),
             })?
             .ok_or(LazyError::Missing { index, id: *id })?;
-        bump(&self.counters.store_bytes, object.len() as u64);
+        self.counters.store_bytes.add(object.len() as u64);
         // Hashed once: by the store when it checks its gets, else here.
         let plain = if self.store.checks_gets() {
             decrypt_checked_chunk_owned(id, key, object)

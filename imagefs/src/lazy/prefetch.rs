@@ -24,13 +24,14 @@
 
 use std::collections::HashSet;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use manifest::ChunkIndex;
 use manifest::report::PrefetchStats;
+use telemetry::counter::Counter;
 
 use super::{Inner, LazyError, LazyImage, Origin};
 
@@ -107,15 +108,15 @@ pub(super) struct Tracker {
     any: AtomicBool,
     /// Prefetched chunks no demand read has read yet.
     unused: Mutex<HashSet<u64>>,
-    prefetched: AtomicU64,
-    used: AtomicU64,
-    demand_waited: AtomicU64,
+    prefetched: Counter,
+    used: Counter,
+    demand_waited: Counter,
 }
 
 impl Tracker {
     /// A prefetch fetched chunk `index` from the store and kept it.
     pub(super) fn fetched(&self, index: ChunkIndex) {
-        self.prefetched.fetch_add(1, Ordering::Relaxed);
+        self.prefetched.inc();
         self.lock().insert(index.0);
         self.any.store(true, Ordering::Release);
     }
@@ -123,13 +124,13 @@ impl Tracker {
     /// A demand read read chunk `index` (from wherever).
     pub(super) fn demand_read(&self, index: ChunkIndex) {
         if self.any.load(Ordering::Acquire) && self.lock().remove(&index.0) {
-            self.used.fetch_add(1, Ordering::Relaxed);
+            self.used.inc();
         }
     }
 
     /// A demand miss joined a fetch a prefetch thread was leading.
     pub(super) fn demand_waited(&self) {
-        self.demand_waited.fetch_add(1, Ordering::Relaxed);
+        self.demand_waited.inc();
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<u64>> {
@@ -148,8 +149,8 @@ struct Run {
     state: Mutex<RunState>,
     /// Signalled on stop and when the last thread exits.
     changed: Condvar,
-    skipped: AtomicU64,
-    errors: AtomicU64,
+    skipped: Counter,
+    errors: Counter,
 }
 
 #[derive(Debug, Default)]
@@ -294,16 +295,15 @@ impl PrefetchHandle {
 }
 
 fn stats(run: &Run, tracker: &Tracker) -> PrefetchStats {
-    let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
     let queued = run.order.len();
     PrefetchStats {
         queued: queued as u64,
-        prefetched: get(&tracker.prefetched),
-        used: get(&tracker.used),
+        prefetched: tracker.prefetched.get(),
+        used: tracker.used.get(),
         unused: tracker.lock().len() as u64,
-        demand_waited: get(&tracker.demand_waited),
-        skipped: get(&run.skipped),
-        errors: get(&run.errors),
+        demand_waited: tracker.demand_waited.get(),
+        skipped: run.skipped.get(),
+        errors: run.errors.get(),
         stopped: run.stopping() && run.next.load(Ordering::SeqCst) < queued,
     }
 }
@@ -347,8 +347,8 @@ pub(super) fn spawn(
             next_slot: None,
         }),
         changed: Condvar::new(),
-        skipped: AtomicU64::new(0),
-        errors: AtomicU64::new(0),
+        skipped: Counter::new(),
+        errors: Counter::new(),
     });
     let mut threads = Vec::with_capacity(wanted);
     let mut spawn_error = None;
@@ -381,7 +381,7 @@ fn worker(inner: &Inner, run: &Run) {
             break;
         };
         if !inner.needs_fetch(index) {
-            run.skipped.fetch_add(1, Ordering::Relaxed);
+            run.skipped.inc();
             continue;
         }
         let bytes = inner.manifest.chunk_span(index).map_or(0, |(_, len)| len);
@@ -391,7 +391,7 @@ fn worker(inner: &Inner, run: &Run) {
         // The error is counted here and by the fetch; a demand read of
         // the chunk fetches it again and reports it to the guest.
         if inner.load(index, Origin::Prefetch).is_err() {
-            run.errors.fetch_add(1, Ordering::Relaxed);
+            run.errors.inc();
         }
     }
     let mut state = run.lock();
