@@ -3,7 +3,10 @@
 //! are written to files, merged (union, median first access) into the
 //! origin, shown as text and JSON, loaded back as a prefetch order, and
 //! removed; a foreign profile file is refused; and a serve that records
-//! but is never read from stores nothing and says so.
+//! but is never read from stores nothing and says so. `serve` prefetches
+//! the stored profile's chunks (`--prefetch auto`), not with
+//! `--prefetch off`, and starts without prefetch, after one line, when the
+//! profile is missing or corrupt.
 
 use std::fs;
 use std::os::unix::net::UnixStream;
@@ -17,6 +20,7 @@ use chunker::ext4::Ext4Options;
 use chunker::flatten::FlattenOptions;
 use chunker::oci::ImageSource;
 use manifest::profile::ProfileReport;
+use manifest::report::ServeStats;
 use manifest::trace::{TraceHeader, TraceRecord};
 use manifest::{ChunkIndex, LocalKeyProvider};
 use tempfile::TempDir;
@@ -347,4 +351,95 @@ fn serve_records_a_profile_flag_checks_and_an_unread_start_stores_nothing() {
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("no start profile saved"), "{stderr}");
     assert!(!dir.join("store/profiles").exists());
+}
+
+/// Runs `imagefs serve t [extra]` until a frontend connects and leaves,
+/// and returns its JSON report and stderr.
+fn serve_once(dir: &Path, extra: &[&str]) -> (ServeStats, String) {
+    let socket: PathBuf = dir.join("prefetch.sock");
+    let json = dir.join("serve.json");
+    let _ = fs::remove_file(&json);
+    let child = bin()
+        .args(["serve", "t", "--socket", socket.to_str().unwrap()])
+        .arg("--stats-json")
+        .arg(&json)
+        .args(extra)
+        .arg("--store")
+        .arg(dir.join("store"))
+        .arg("--keys")
+        .arg(dir.join("keys"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let stream = loop {
+        if let Ok(s) = UnixStream::connect(&socket) {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "serve never listened");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    drop(stream);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stderr}");
+    let report = serde_json::from_slice(&fs::read(&json).unwrap()).unwrap();
+    (report, stderr)
+}
+
+#[test]
+fn serve_prefetches_the_stored_profile_unless_off_or_absent() {
+    let tmp = store();
+    let dir = tmp.path();
+    let o = open(dir);
+    let order = [o.present[2], o.present[0], o.present[1]];
+    let trace = dir.join("t.jsonl");
+    write_trace(&trace, &o, &[(order[0], 0), (order[1], 5), (order[2], 9)]);
+    let said = ok(
+        dir,
+        &["profile", "from-trace", "t", trace.to_str().unwrap()],
+    );
+    assert!(said.contains("3 chunks, stored in"), "{said}");
+
+    // auto (the default): the stored profile's three chunks are queued;
+    // whatever the prefetch reached before the frontend left is accounted
+    // for, chunk by chunk.
+    let (report, stderr) = serve_once(dir, &[]);
+    let p = report
+        .prefetch
+        .unwrap_or_else(|| panic!("no prefetch: {stderr}"));
+    assert_eq!(p.queued, 3, "{p:?}");
+    assert_eq!(p.errors, 0, "{p:?}");
+    assert!(p.prefetched + p.skipped <= 3, "{p:?}");
+    if !p.stopped {
+        assert_eq!(p.prefetched + p.skipped, 3, "{p:?}");
+    }
+    assert_eq!(p.used, 0, "no guest read anything: {p:?}");
+
+    // off: the profile is not even read.
+    let (report, stderr) = serve_once(dir, &["--prefetch", "off"]);
+    assert_eq!(report.prefetch, None, "{stderr}");
+    assert!(!stderr.contains("start profile"), "{stderr}");
+
+    // None stored: one line, and a start without prefetch.
+    ok(dir, &["profile", "rm", "t"]);
+    let (report, stderr) = serve_once(dir, &[]);
+    assert_eq!(report.prefetch, None, "{stderr}");
+    assert_eq!(
+        stderr.matches("no start profile for").count(),
+        1,
+        "{stderr}"
+    );
+
+    // A corrupt one: the same.
+    fs::create_dir_all(dir.join("store/profiles")).unwrap();
+    fs::write(
+        dir.join("store/profiles").join(o.image.digest.to_hex()),
+        b"not a sealed profile",
+    )
+    .unwrap();
+    let (report, stderr) = serve_once(dir, &[]);
+    assert_eq!(report.prefetch, None, "{stderr}");
+    assert!(stderr.contains("ignoring the start profile"), "{stderr}");
 }
