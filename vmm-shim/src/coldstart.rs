@@ -115,6 +115,8 @@ pub struct Sample {
     pub tiers: Vec<(String, u64)>,
     /// Bytes fetched from the chunk stores, when known.
     pub fetched: Option<u64>,
+    /// The whole report of `imagefs serve`, for imagefs scenarios.
+    pub serve: Option<ServeStats>,
 }
 
 /// All runs of one scenario.
@@ -145,6 +147,7 @@ fn sample_of(run: &ProbeRun, extra: Duration) -> Sample {
         bytes_read: run.bytes_read(),
         tiers: Vec::new(),
         fetched: None,
+        serve: None,
     }
 }
 
@@ -247,9 +250,11 @@ impl Harness<'_> {
                 ),
             });
         }
-        let (tiers, fetched) = tier_bytes(&read_serve_stats(&report)?);
+        let stats = read_serve_stats(&report)?;
+        let (tiers, fetched) = tier_bytes(&stats);
         s.tiers = tiers;
         s.fetched = fetched;
+        s.serve = Some(stats);
         Ok(s)
     }
 
