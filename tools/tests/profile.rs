@@ -320,35 +320,7 @@ fn serve_records_a_profile_flag_checks_and_an_unread_start_stores_nothing() {
     .unwrap();
     assert!(err.contains("unknown unit `h`"), "{err}");
 
-    let socket: PathBuf = dir.join("blk.sock");
-    let child = bin()
-        .args([
-            "serve",
-            "t",
-            "--socket",
-            socket.to_str().unwrap(),
-            "--record-profile",
-        ])
-        .arg("--store")
-        .arg(dir.join("store"))
-        .arg("--keys")
-        .arg(dir.join("keys"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let stream = loop {
-        if let Ok(s) = UnixStream::connect(&socket) {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "serve never listened");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    drop(stream);
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
+    let (_, stderr) = serve_once(dir, &["--record-profile"]);
     assert!(stderr.contains("no start profile saved"), "{stderr}");
     assert!(!dir.join("store/profiles").exists());
 }
