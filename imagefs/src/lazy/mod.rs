@@ -49,7 +49,8 @@ use telemetry::counter::Counter;
 use cachetiers::{ChunkStore, Flight, SingleFlight};
 use manifest::report::PrefetchStats;
 use manifest::{
-    ChunkEntry, ChunkId, ChunkIndex, Manifest, decrypt_checked_chunk_owned, decrypt_chunk_owned,
+    ByteOffset, ChunkEntry, ChunkId, ChunkIndex, ChunkKey, Manifest, decrypt_checked_chunk_owned,
+    decrypt_chunk_owned,
 };
 
 use crate::tiers::config::ReadConfig;
@@ -622,18 +623,28 @@ impl Inner {
         result
     }
 
-    fn fetch_uncached(&self, index: ChunkIndex, origin: Origin) -> Fetched {
-        let Some(ChunkEntry::Present { id, .. }) = self.manifest.chunk(index) else {
+    /// Chunk `index`'s id, key, device offset and length, or why the
+    /// manifest has no stored chunk there.
+    fn stored_chunk(
+        &self,
+        index: ChunkIndex,
+    ) -> Result<(&ChunkId, &ChunkKey, ByteOffset, u64), LazyError> {
+        let Some(ChunkEntry::Present { id, key }) = self.manifest.chunk(index) else {
             return Err(LazyError::BadManifest {
                 problem: format!("{index} is not a stored chunk"),
             });
         };
-        let (start, expected) =
+        let (start, len) =
             self.manifest
                 .chunk_span(index)
                 .ok_or_else(|| LazyError::BadManifest {
                     problem: format!("{index} is outside the device"),
                 })?;
+        Ok((id, key, start, len))
+    }
+
+    fn fetch_uncached(&self, index: ChunkIndex, origin: Origin) -> Fetched {
+        let (id, _, start, expected) = self.stored_chunk(index)?;
         if let Some(d) = &self.dedicated
             && d.is_present(index)
         {
@@ -680,17 +691,7 @@ impl Inner {
     /// Fetches chunk `index` from the store, verifies, decrypts and checks
     /// its length (no caching).
     fn fetch_plain(&self, index: ChunkIndex, origin: Origin) -> Result<Vec<u8>, LazyError> {
-        let Some(ChunkEntry::Present { id, key }) = self.manifest.chunk(index) else {
-            return Err(LazyError::BadManifest {
-                problem: format!("{index} is not a stored chunk"),
-            });
-        };
-        let (_, expected) =
-            self.manifest
-                .chunk_span(index)
-                .ok_or_else(|| LazyError::BadManifest {
-                    problem: format!("{index} is outside the device"),
-                })?;
+        let (id, key, _, expected) = self.stored_chunk(index)?;
         self.counters.store_fetches.inc();
         if origin == Origin::Readahead {
             self.counters.readahead_fetches.inc();
