@@ -22,7 +22,7 @@ cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh --demo
 
 export IMAGEFS_CACHE="${IMAGEFS_CACHE:-/var/cache/imagefs}"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$IMAGEFS_CACHE/target}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$(bash scripts/target-dir.sh)}"
 export CARGO_INCREMENTAL=0
 mkdir -p "$IMAGEFS_CACHE"
 work="${1:-${TMPDIR:-/tmp}/imagefs-demo}"

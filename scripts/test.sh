@@ -13,7 +13,7 @@ bash scripts/install-deps.sh
 
 # Caches live outside the clone; they only save time, never decide results.
 export IMAGEFS_CACHE="${IMAGEFS_CACHE:-/var/cache/imagefs}"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$IMAGEFS_CACHE/target}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$(bash scripts/target-dir.sh)}"
 # Incremental state only helps edit-compile loops and takes gigabytes.
 export CARGO_INCREMENTAL=0
 mkdir -p "$IMAGEFS_CACHE"

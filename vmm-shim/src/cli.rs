@@ -1,6 +1,6 @@
 //! The `vmm-shim` command line (parsed here, executed by library calls).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -145,7 +145,7 @@ pub enum Command {
 }
 
 /// The `imagefs` binary: `$IMAGEFS_BIN`, else `imagefs` on PATH, else the
-/// project's shared build directory.
+/// one built beside this program (the same cargo target directory).
 pub fn default_imagefs() -> PathBuf {
     if let Some(p) = std::env::var_os("IMAGEFS_BIN") {
         return p.into();
@@ -153,15 +153,11 @@ pub fn default_imagefs() -> PathBuf {
     if let Some(p) = crate::backend::which("imagefs") {
         return p;
     }
-    for p in [
-        "/var/cache/imagefs/target/release/imagefs",
-        "/var/cache/imagefs/target/debug/imagefs",
-    ] {
-        if Path::new(p).is_file() {
-            return p.into();
-        }
-    }
-    PathBuf::from("imagefs")
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.join("imagefs")))
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from("imagefs"))
 }
 
 /// Runs the command line.
