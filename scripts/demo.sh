@@ -61,7 +61,8 @@ instance="$work/instance" # a fresh dedicated tier: what the guest fetched lands
 serve_pid=
 stop_serve() { [ -z "$serve_pid" ] || kill "$serve_pid" 2>/dev/null || true; }
 trap stop_serve EXIT
-"$imagefs" serve sample --socket "$socket" --dedicated "$instance" --stats \
+# --readahead 0: the count printed below is then the guest's own demand.
+"$imagefs" serve sample --socket "$socket" --dedicated "$instance" --readahead 0 --stats \
     --stats-json "$work/serve.json" \
     >"$work/serve.log" 2>&1 &
 serve_pid=$!

@@ -8,7 +8,7 @@
 //! directory store, KEYS a local key directory, IMAGE a tag or
 //! `sha256:DIGEST`, DIR the dedicated tier, REPORT serve's JSON report).
 //! Output: `{"image": "sha256:…", "chunks": N, "holes": H, "stored": S,
-//! "fetched": F, "present": P}`; with `--summary`, then a sentence made
+//! "fetched": F, "readahead": R, "present": P}`; with `--summary`, then a sentence made
 //! from the same numbers.
 
 use std::error::Error;
@@ -26,6 +26,7 @@ struct Counts {
     holes: usize,
     stored: usize,
     fetched: u64,
+    readahead: u64,
     present: u64,
 }
 
@@ -66,6 +67,7 @@ fn run(args: &[String]) -> Result<Counts, Box<dyn Error>> {
         holes: m.hole_count(),
         stored: m.present_count(),
         fetched: report.reader.store_fetches,
+        readahead: report.reader.readahead_fetches,
         present: tier.present_count(),
     })
 }
@@ -84,15 +86,16 @@ fn main() -> ExitCode {
                 "holes": c.holes,
                 "stored": c.stored,
                 "fetched": c.fetched,
+                "readahead": c.readahead,
                 "present": c.present,
             });
             println!("{json}");
             if summary {
                 println!(
-                    "the guest's reads fetched {} of the image's {} stored chunks on demand \
-                     ({} chunks in all, {} of them holes that are never fetched); \
-                     the dedicated tier now holds {}",
-                    c.fetched, c.stored, c.chunks, c.holes, c.present
+                    "the guest's reads fetched {} of the image's {} stored chunks on demand, \
+                     {} of them by read-ahead ({} chunks in all, {} of them holes that are \
+                     never fetched); the dedicated tier now holds {}",
+                    c.fetched, c.stored, c.readahead, c.chunks, c.holes, c.present
                 );
             }
             ExitCode::SUCCESS
