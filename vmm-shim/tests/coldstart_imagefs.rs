@@ -12,7 +12,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use vmm_shim::backend::{BackendProcess, which};
-use vmm_shim::coldstart::{ColdstartConfig, Scenario, render, run};
+use vmm_shim::coldstart::{ColdstartConfig, ProfileMode, Scenario, render, run};
 use vmm_shim::{Params, RunConfig, TraceEntry, run_probe};
 
 fn workspace() -> PathBuf {
@@ -209,6 +209,7 @@ fn coldstart_runs_every_scenario_against_imagefs_serve() {
         runs: 1,
         work: r.dir.path().join("work"),
         scenarios: Scenario::ALL.to_vec(),
+        profiles: ProfileMode::ALL.to_vec(),
         params: Params::default(),
         timeout: Duration::from_secs(120),
         raw: Some(r.raw.clone()),
@@ -245,4 +246,22 @@ fn coldstart_runs_every_scenario_against_imagefs_serve() {
         Some(0),
         "dedicated-warm fetched"
     );
+    // With a profile (recorded by the harness's own unmeasured run), the
+    // measured start queued its chunks; without one, nothing prefetched.
+    let row = |s: Scenario, m: ProfileMode| {
+        results
+            .iter()
+            .find(|r| r.scenario == s && r.profile == Some(m))
+            .unwrap()
+    };
+    for sc in [Scenario::Origin, Scenario::AzWarm, Scenario::SharedWarm] {
+        let p = row(sc, ProfileMode::With).samples[0].prefetch.clone();
+        assert!(
+            p.as_ref().is_some_and(|p| p.queued > 0),
+            "{}: {p:?}",
+            sc.name()
+        );
+        let p = &row(sc, ProfileMode::Without).samples[0].prefetch;
+        assert!(p.is_none(), "{}: {p:?}", sc.name());
+    }
 }
