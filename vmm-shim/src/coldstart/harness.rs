@@ -103,6 +103,7 @@ impl Harness<'_> {
             .arg(s.dedicated)
             .arg("--stats-json")
             .arg(&report)
+            .arg("--record-fetches")
             .arg("--prefetch")
             .arg(if s.prefetch { "auto" } else { "off" });
         if s.record_profile {
@@ -137,6 +138,7 @@ impl Harness<'_> {
         sample.fetched = fetched;
         sample.fetches = Some(stats.reader.store_fetches);
         sample.prefetch = stats.prefetch;
+        sample.fetch_log = stats.fetches;
         Ok(sample)
     }
 

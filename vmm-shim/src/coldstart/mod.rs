@@ -35,7 +35,7 @@ pub mod report;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use manifest::report::{PrefetchStats, ServeStats};
+use manifest::report::{FetchLog, PrefetchStats, ServeStats};
 
 use crate::error::{Error, Result};
 use crate::probe::{Params, TraceEntry};
@@ -178,6 +178,9 @@ pub struct Sample {
     /// Per request, in trace order: submitted and completed, both since
     /// VM creation (or download start).
     pub requests: Vec<(Duration, Duration)>,
+    /// Every fetch from the chunk store with its times (`imagefs serve
+    /// --record-fetches`).
+    pub fetch_log: Option<FetchLog>,
 }
 
 /// All runs of one scenario in one profile mode.

@@ -12,7 +12,7 @@
 
 use std::time::Duration;
 
-use manifest::report::PrefetchStats;
+use manifest::report::{FetchEvent, PrefetchStats};
 use serde::{Deserialize, Serialize};
 
 use super::{ProfileMode, Sample, Scenario, ScenarioResult, percentile};
@@ -115,6 +115,11 @@ pub struct RowReport {
     /// The median run's requests: [submitted, completed], ms since VM
     /// creation (or download start), in trace order (the timeline).
     pub timeline_ms: Vec<[f64; 2]>,
+    /// The median run's fetches from the chunk store, in completion
+    /// order, µs since `imagefs serve` opened the image (empty when the
+    /// scenario does not run imagefs).
+    #[serde(default)]
+    pub fetch_timeline: Vec<FetchEvent>,
 }
 
 impl RowReport {
@@ -268,6 +273,11 @@ fn row_of(r: &ScenarioResult) -> RowReport {
     lat.sort_by(f64::total_cmp);
     row.latencies_ms = lat;
     row.timeline_ms = mid.requests.iter().map(|(a, b)| [ms(*a), ms(*b)]).collect();
+    row.fetch_timeline = mid
+        .fetch_log
+        .as_ref()
+        .map(|l| l.events.clone())
+        .unwrap_or_default();
     row
 }
 

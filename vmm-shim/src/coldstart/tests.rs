@@ -1,6 +1,6 @@
 use std::time::Duration;
 
-use manifest::report::{PrefetchStats, ServeStats};
+use manifest::report::{FetchCause, FetchEvent, FetchLog, PrefetchStats, ServeStats};
 
 use super::report::{CaseReport, ColdstartReport, GOALS, GoalMetric};
 use super::*;
@@ -62,6 +62,22 @@ fn sample(ready_ms: u64, fetches: u64, unused: Option<u64>) -> Sample {
             ..PrefetchStats::default()
         }),
         requests: vec![(ms(0), ms(1)), (ms(1), ms(ready_ms))],
+        fetch_log: Some(FetchLog {
+            events: (0..fetches)
+                .map(|i| FetchEvent {
+                    chunk: i,
+                    cause: if unused.is_some() {
+                        FetchCause::Prefetch
+                    } else {
+                        FetchCause::Demand
+                    },
+                    start_us: i * 1000,
+                    end_us: i * 1000 + 800,
+                    bytes: 100,
+                })
+                .collect(),
+            dropped: 0,
+        }),
     }
 }
 
@@ -111,6 +127,7 @@ fn report_ratios_goals_and_json() {
     assert_eq!(origin.ready_ms.median, 500.0);
     assert_eq!(origin.vs_dedicated, Some(5.0));
     assert_eq!(origin.latencies_ms.len(), 6);
+    assert_eq!(origin.fetch_timeline.len(), 10);
     let with = case.row(Scenario::Origin, Some(With)).unwrap();
     assert_eq!(with.unused_bytes, Some(400));
     assert_eq!(with.unused_fraction(), Some(0.4));
