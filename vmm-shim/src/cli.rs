@@ -119,6 +119,9 @@ pub enum Command {
         /// Profile modes of the imagefs scenarios (default: without,with).
         #[arg(long, value_enum, value_delimiter = ',')]
         profiles: Vec<crate::coldstart::ProfileMode>,
+        /// `imagefs serve --readahead N` (default: imagefs's own).
+        #[arg(long, value_name = "CHUNKS")]
+        readahead: Option<usize>,
         /// Write the report (`coldstart::report::ColdstartReport`) as JSON.
         #[arg(long, value_name = "FILE")]
         json: Option<PathBuf>,
@@ -247,6 +250,7 @@ fn run(cli: Cli) -> Result<()> {
             raw,
             scenarios,
             profiles,
+            readahead,
             json,
             plots,
             opts,
@@ -273,6 +277,7 @@ fn run(cli: Cli) -> Result<()> {
                 } else {
                     profiles
                 },
+                readahead,
                 params: opts.params(),
                 timeout: Duration::from_secs(opts.timeout),
                 raw,

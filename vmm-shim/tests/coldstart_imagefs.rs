@@ -210,6 +210,8 @@ fn coldstart_runs_every_scenario_against_imagefs_serve() {
         work: r.dir.path().join("work"),
         scenarios: Scenario::ALL.to_vec(),
         profiles: ProfileMode::ALL.to_vec(),
+        // Read-ahead depends on timing; the test counts where chunks came from.
+        readahead: Some(0),
         params: Params::default(),
         timeout: Duration::from_secs(120),
         raw: Some(r.raw.clone()),

@@ -38,6 +38,7 @@ fn qsd_scenario_runs_and_reports() {
         work: dir.path().join("work"),
         scenarios: vec![Scenario::Qsd, Scenario::Origin],
         profiles: vec![ProfileMode::Without],
+        readahead: None,
         params: Params::default(),
         timeout: Duration::from_secs(60),
         raw: Some(raw),

@@ -109,6 +109,9 @@ impl Harness<'_> {
         if s.record_profile {
             c.arg("--record-profile");
         }
+        if let Some(n) = self.cfg.readahead {
+            c.arg("--readahead").arg(n.to_string());
+        }
         if let Some(sh) = s.shared {
             c.arg("--shared").arg(sh).arg("--shared-capacity").arg("8G");
         }

@@ -144,6 +144,10 @@ pub struct ColdstartConfig {
     pub scenarios: Vec<Scenario>,
     /// Profile modes for the imagefs scenarios (empty: without only).
     pub profiles: Vec<ProfileMode>,
+    /// `imagefs serve --readahead N` (chunks), when not imagefs's default
+    /// (tests that count where chunks came from set 0: read-ahead depends
+    /// on timing).
+    pub readahead: Option<usize>,
     /// Probe parameters.
     pub params: Params,
     /// Watchdog limit per VM run.
