@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use manifest::report::FetchCause;
 use vmm_shim::backend::{BackendProcess, which};
 use vmm_shim::coldstart::{ColdstartConfig, ProfileMode, Scenario, render, run};
 use vmm_shim::{Params, RunConfig, TraceEntry, run_probe};
@@ -265,5 +266,25 @@ fn coldstart_runs_every_scenario_against_imagefs_serve() {
         );
         let p = &row(sc, ProfileMode::Without).samples[0].prefetch;
         assert!(p.is_none(), "{}: {p:?}", sc.name());
+    }
+    // serve --record-fetches logged every fetch, each with its cause.
+    for m in ProfileMode::ALL {
+        let s = &row(Scenario::Origin, m).samples[0];
+        let log = s.fetch_log.as_ref().expect("a fetch log");
+        assert_eq!(Some(log.events.len() as u64), s.fetches, "{m:?}");
+        let prefetched = log
+            .events
+            .iter()
+            .filter(|e| e.cause == FetchCause::Prefetch)
+            .count() as u64;
+        let demand = log
+            .events
+            .iter()
+            .filter(|e| e.cause == FetchCause::Demand)
+            .count() as u64;
+        let want = s.prefetch.as_ref().map_or(0, |p| p.prefetched);
+        assert_eq!(prefetched, want, "{m:?}");
+        // Read-ahead is off: every other fetch is a demand read's.
+        assert_eq!(prefetched + demand, log.events.len() as u64, "{m:?}");
     }
 }
