@@ -12,7 +12,7 @@
 #             xz-utils, zstd, gzip).
 #   --images  what scripts/build-debian-images.sh needs (debootstrap, umoci).
 #   --all     (the default) everything the tests and benchmarks use: both of
-#             the above, skopeo, attr, fuse3, and Garage (built with cargo
+#             the above, skopeo, attr, fonts-dejavu-core, fuse3, and Garage (built with cargo
 #             into ${IMAGEFS_CACHE:-/var/cache/imagefs}/tools: not in Debian).
 set -euo pipefail
 
@@ -30,8 +30,10 @@ demo=(
 # scripts/build-debian-images.sh.
 images=(debootstrap umoci zstd tar util-linux)
 # The rest of the tests and benchmarks (qemu-system-x86 also brings
-# qemu-storage-daemon, the vhost benchmark's reference backend).
-tests_only=(skopeo attr)
+# qemu-storage-daemon, the vhost benchmark's reference backend;
+# fonts-dejavu-core is the TrueType font `vmm-shim coldstart --plots` draws
+# its text with, read by plotters' pure-Rust ab_glyph: no fontconfig).
+tests_only=(skopeo attr fonts-dejavu-core)
 
 profile=all
 case "${1:-}" in

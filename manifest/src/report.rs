@@ -175,6 +175,50 @@ pub struct ServeStats {
     /// order to follow).
     #[serde(default)]
     pub prefetch: Option<PrefetchStats>,
+    /// Every fetch from the chunk store, with when it ran (`serve
+    /// --record-fetches`; absent otherwise).
+    #[serde(default)]
+    pub fetches: Option<FetchLog>,
+}
+
+/// Why a chunk was fetched from the chunk store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FetchCause {
+    /// A guest (or FUSE) read needed it.
+    Demand,
+    /// Read-ahead after a read.
+    Readahead,
+    /// The start profile's prefetch.
+    Prefetch,
+}
+
+/// One completed fetch of a chunk from the chunk store (all its tiers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FetchEvent {
+    /// The chunk's index in the image.
+    pub chunk: u64,
+    /// Who asked for it.
+    pub cause: FetchCause,
+    /// When the fetch started, µs after recording started.
+    pub start_us: u64,
+    /// When the object had arrived, µs after recording started.
+    pub end_us: u64,
+    /// Bytes of the object.
+    pub bytes: u64,
+}
+
+/// The fetches of one run, in the order they completed
+/// (`imagefs::LazyImage::record_fetches`). Times count from when recording
+/// started (for `serve`, right after the image was opened, before any
+/// prefetch or guest read). At most `limit` events are kept; later ones
+/// are only counted in `dropped`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FetchLog {
+    /// Completed fetches, in completion order.
+    pub events: Vec<FetchEvent>,
+    /// Fetches past the limit, not kept.
+    pub dropped: u64,
 }
 
 /// The report of `imagefs mount`.
@@ -328,6 +372,16 @@ mod tests {
                 store_bytes: 1 << 20,
                 ..LazyMetrics::default()
             },
+            fetches: Some(FetchLog {
+                events: vec![FetchEvent {
+                    chunk: 3,
+                    cause: FetchCause::Prefetch,
+                    start_us: 10,
+                    end_us: 250,
+                    bytes: 1 << 19,
+                }],
+                dropped: 0,
+            }),
             prefetch: Some(PrefetchStats {
                 queued: 3,
                 prefetched: 2,

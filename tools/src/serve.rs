@@ -62,6 +62,11 @@ pub struct ServeArgs {
     /// to merge several runs later (`imagefs profile merge`).
     #[arg(long, value_name = "FILE", requires = "record_profile")]
     record_profile_file: Option<PathBuf>,
+    /// Log every fetch from the chunk store (chunk, cause, start and end,
+    /// from when the image was opened) into the `--stats-json` report's
+    /// `fetches` (at most 1,000,000 events).
+    #[arg(long)]
+    record_fetches: bool,
     /// At exit, print each tier's counters and latencies to stderr.
     #[arg(long)]
     stats: bool,
@@ -127,6 +132,9 @@ impl ServeArgs {
             dedicated,
             LazyOptions::from(&config.read),
         )?);
+        if self.record_fetches {
+            lazy.record_fetches(1_000_000);
+        }
         self.prefetch.start(&lazy, || {
             imagefs::profile::load_profile(
                 tiers.origin.as_ref(),
@@ -206,6 +214,7 @@ impl ServeArgs {
             tiers: tiers_report(tiers.store.metrics()),
             reader: lazy.metrics(),
             prefetch: lazy.prefetch_stats(),
+            fetches: lazy.fetch_log(),
         };
         if self.stats {
             eprint!("{}", render(&stats.tiers, &stats.reader));

@@ -81,17 +81,20 @@ pub enum Command {
         #[command(flatten)]
         opts: ProbeOpts,
     },
-    /// Cold starts of a trace against `imagefs serve` in each cache
-    /// scenario, the download-everything baseline and qemu-storage-daemon.
+    /// Cold starts of recorded traces against `imagefs serve` in each cache
+    /// scenario, with and without a start profile, the
+    /// download-everything baseline and qemu-storage-daemon.
     Coldstart {
-        /// sha256:DIGEST or a tag.
+        /// The image of the traces given without `IMAGE=` (sha256:DIGEST or
+        /// a tag).
         #[arg(long)]
-        image: String,
-        /// The trace (`imagefs serve --record-trace` JSON lines, or
-        /// `OFFSET LEN` lines).
-        #[arg(long)]
-        trace: PathBuf,
-        /// Measured runs per scenario.
+        image: Option<String>,
+        /// A trace, `IMAGE=FILE` or `FILE` (`imagefs serve --record-trace`
+        /// JSON lines, or `OFFSET LEN` lines); repeat for several. Each is
+        /// replayed against its image.
+        #[arg(long, required = true)]
+        trace: Vec<String>,
+        /// Measured runs per scenario and profile mode.
         #[arg(long, default_value_t = 5)]
         runs: usize,
         /// The origin, as imagefs's `--store`.
@@ -106,12 +109,26 @@ pub enum Command {
         /// Scratch directory for tiers, sockets and the exported image.
         #[arg(long, default_value = "/tmp/vmm-shim-coldstart")]
         work: PathBuf,
-        /// The image already exported (raw) for the qsd scenario.
+        /// The image already exported (raw) for the qsd scenario (one
+        /// trace only).
         #[arg(long)]
         raw: Option<PathBuf>,
         /// Scenarios (default: all).
         #[arg(long, value_enum, value_delimiter = ',')]
         scenarios: Vec<crate::coldstart::Scenario>,
+        /// Profile modes of the imagefs scenarios (default: without,with).
+        #[arg(long, value_enum, value_delimiter = ',')]
+        profiles: Vec<crate::coldstart::ProfileMode>,
+        /// `imagefs serve --readahead N` (default: imagefs's own).
+        #[arg(long, value_name = "CHUNKS")]
+        readahead: Option<usize>,
+        /// Write the report (`coldstart::report::ColdstartReport`) as JSON.
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
+        /// Write each trace's and scenario's latency CDF and timeline as
+        /// PNGs into this directory.
+        #[arg(long, value_name = "DIR")]
+        plots: Option<PathBuf>,
         /// Probe options.
         #[command(flatten)]
         opts: ProbeOpts,
@@ -228,14 +245,22 @@ fn run(cli: Cli) -> Result<()> {
             work,
             raw,
             scenarios,
+            profiles,
+            readahead,
+            json,
+            plots,
             opts,
         } => {
+            let cases = trace
+                .iter()
+                .map(|t| crate::coldstart::parse_case(t, image.as_deref()))
+                .collect::<Result<Vec<_>>>()?;
             let cfg = crate::coldstart::ColdstartConfig {
                 imagefs: imagefs.unwrap_or_else(default_imagefs),
-                image,
+                image: String::new(),
                 store,
                 keys,
-                trace: crate::trace::load(&trace)?,
+                trace: Vec::new(),
                 runs,
                 work,
                 scenarios: if scenarios.is_empty() {
@@ -243,21 +268,28 @@ fn run(cli: Cli) -> Result<()> {
                 } else {
                     scenarios
                 },
+                profiles: if profiles.is_empty() {
+                    crate::coldstart::ProfileMode::ALL.to_vec()
+                } else {
+                    profiles
+                },
+                readahead,
                 params: opts.params(),
                 timeout: Duration::from_secs(opts.timeout),
                 raw,
             };
-            println!(
-                "trace {}: {} reads, {} bytes; probe depth {}, wait {:?}; imagefs {}",
-                trace.display(),
-                cfg.trace.len(),
-                cfg.trace.iter().map(|e| u64::from(e.len)).sum::<u64>(),
-                cfg.params.depth,
-                cfg.params.wait,
-                cfg.imagefs.display()
-            );
-            let results = crate::coldstart::run(&cfg)?;
-            print!("{}", crate::coldstart::render(&results));
+            let report = crate::coldstart::bench(&cfg, &cases)?;
+            print!("{}", report.render());
+            if let Some(path) = json {
+                let text = serde_json::to_string_pretty(&report)
+                    .map_err(|e| crate::Error::Config(format!("report as JSON: {e}")))?;
+                std::fs::write(&path, text).map_err(|source| crate::Error::Io { path, source })?;
+            }
+            if let Some(dir) = plots {
+                for p in crate::coldstart::plot::write_pngs(&report, &dir)? {
+                    println!("wrote {}", p.display());
+                }
+            }
             Ok(())
         }
         Command::Linux {

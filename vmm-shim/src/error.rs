@@ -125,6 +125,14 @@ pub enum Error {
         /// The cause.
         source: std::io::Error,
     },
+    /// A plot could not be drawn or written.
+    #[error("plot {path}: {reason}")]
+    Plot {
+        /// The PNG.
+        path: std::path::PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
     /// A helper program could not be started or failed.
     #[error("{program}: {reason}")]
     Process {

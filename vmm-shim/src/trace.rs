@@ -2,7 +2,9 @@
 //!
 //! Two formats are read. `imagefs serve --record-trace` writes JSON lines
 //! ([`manifest::trace`], decoded by that module); a file whose first
-//! non-blank line starts with `{` is read that way.
+//! non-blank line that is not a `#` comment starts with `{` is read that
+//! way (a committed trace may carry a `#` comment header saying how it was
+//! recorded; those leading comment lines are skipped).
 //!
 //! Text format, one read per line: `OFFSET LEN [anything else]`, where OFFSET
 //! and LEN are bytes (decimal or `0x` hex) and fields are separated by
@@ -53,10 +55,24 @@ fn parse_recorded(text: &str, path: &Path) -> Result<Vec<TraceEntry>> {
         .collect()
 }
 
+/// `text` without its leading blank and `#` comment lines.
+fn strip_comment_header(text: &str) -> &str {
+    let mut rest = text;
+    while let Some(line) = rest.lines().next() {
+        let t = line.trim();
+        if !(t.is_empty() || t.starts_with('#')) {
+            break;
+        }
+        rest = rest.split_once('\n').map_or("", |(_, after)| after);
+    }
+    rest
+}
+
 /// Parses trace text; `path` only names the source in errors.
 pub fn parse(text: &str, path: &Path) -> Result<Vec<TraceEntry>> {
-    if text.trim_start().starts_with('{') {
-        let out = parse_recorded(text, path)?;
+    let body = strip_comment_header(text);
+    if body.trim_start().starts_with('{') {
+        let out = parse_recorded(body, path)?;
         if out.is_empty() {
             return Err(Error::Trace {
                 path: path.to_path_buf(),
@@ -172,7 +188,9 @@ mod tests {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata");
         let recorded = load(&dir.join("python-import-json-sqlite3.serve.trace")).unwrap();
         let qemu = load(&dir.join("python-import-json-sqlite3.trace")).unwrap();
+        let node = load(&dir.join("node-require-http-crypto.serve.trace")).unwrap();
         assert!(!recorded.is_empty() && !qemu.is_empty());
+        assert_eq!(node.len(), 526);
         assert_eq!(
             recorded[0],
             TraceEntry {
@@ -194,6 +212,8 @@ mod tests {
             "\n"
         );
         let t = parse(text, p).unwrap();
+        let commented = format!("# how it was made\n#\n\n{text}");
+        assert_eq!(parse(&commented, p).unwrap(), t);
         assert_eq!(
             t,
             vec![

@@ -11,8 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use manifest::report::FetchCause;
 use vmm_shim::backend::{BackendProcess, which};
-use vmm_shim::coldstart::{ColdstartConfig, Scenario, render, run};
+use vmm_shim::coldstart::{ColdstartConfig, ProfileMode, Scenario, render, run};
 use vmm_shim::{Params, RunConfig, TraceEntry, run_probe};
 
 fn workspace() -> PathBuf {
@@ -209,6 +210,9 @@ fn coldstart_runs_every_scenario_against_imagefs_serve() {
         runs: 1,
         work: r.dir.path().join("work"),
         scenarios: Scenario::ALL.to_vec(),
+        profiles: ProfileMode::ALL.to_vec(),
+        // Read-ahead depends on timing; the test counts where chunks came from.
+        readahead: Some(0),
         params: Params::default(),
         timeout: Duration::from_secs(120),
         raw: Some(r.raw.clone()),
@@ -222,35 +226,65 @@ fn coldstart_runs_every_scenario_against_imagefs_serve() {
         assert_eq!(res.samples.len(), 1, "{name}");
         assert_eq!(res.samples[0].bytes_read, bytes, "{name}");
     }
-    let sample = |s: Scenario| &results.iter().find(|r| r.scenario == s).unwrap().samples[0];
     let tier = |s: Scenario, t: &str| {
-        sample(s)
-            .serve
-            .as_ref()
-            .and_then(|r| r.tiers.tiers.iter().find(|x| x.tier == t))
-            .map_or((0, 0), |x| (x.hits, x.bytes))
+        let r = results.iter().find(|r| r.scenario == s).unwrap();
+        r.samples[0]
+            .tiers
+            .iter()
+            .find(|(n, _)| n == t)
+            .map_or(0, |(_, b)| *b)
     };
-    // Demand reads never fetch in dedicated-warm; read-ahead (on by
-    // default, and timing-dependent) may still fetch chunks the priming
-    // run's read-ahead did not reach, so fetches are counted apart.
-    let reader = |s: Scenario| sample(s).serve.as_ref().unwrap().reader.clone();
     // Each scenario's chunks came from the tier it prepared.
-    assert!(tier(Scenario::Origin, "origin").1 > 0);
-    assert!(tier(Scenario::AzWarm, "az").1 > 0);
-    assert!(tier(Scenario::SharedWarm, "shared-local").1 > 0);
-    for s in [Scenario::AzWarm, Scenario::SharedWarm] {
-        let origin = tier(s, "origin").0;
-        let r = reader(s);
-        assert!(
-            origin <= r.readahead_fetches,
-            "{}: {origin} origin gets, only {} by read-ahead",
-            s.name(),
-            r.readahead_fetches
-        );
-    }
-    let r = reader(Scenario::DedicatedWarm);
+    assert!(tier(Scenario::Origin, "origin") > 0);
+    assert!(tier(Scenario::AzWarm, "az") > 0);
+    assert_eq!(tier(Scenario::AzWarm, "origin"), 0);
+    assert!(tier(Scenario::SharedWarm, "shared-local") > 0);
+    assert_eq!(tier(Scenario::SharedWarm, "origin"), 0);
+    let dedicated = results
+        .iter()
+        .find(|r| r.scenario == Scenario::DedicatedWarm)
+        .unwrap();
     assert_eq!(
-        r.store_fetches, r.readahead_fetches,
-        "dedicated-warm: a demand read fetched: {r:?}"
+        dedicated.samples[0].fetched,
+        Some(0),
+        "dedicated-warm fetched"
     );
+    // With a profile (recorded by the harness's own unmeasured run), the
+    // measured start queued its chunks; without one, nothing prefetched.
+    let row = |s: Scenario, m: ProfileMode| {
+        results
+            .iter()
+            .find(|r| r.scenario == s && r.profile == Some(m))
+            .unwrap()
+    };
+    for sc in [Scenario::Origin, Scenario::AzWarm, Scenario::SharedWarm] {
+        let p = row(sc, ProfileMode::With).samples[0].prefetch.clone();
+        assert!(
+            p.as_ref().is_some_and(|p| p.queued > 0),
+            "{}: {p:?}",
+            sc.name()
+        );
+        let p = &row(sc, ProfileMode::Without).samples[0].prefetch;
+        assert!(p.is_none(), "{}: {p:?}", sc.name());
+    }
+    // serve --record-fetches logged every fetch, each with its cause.
+    for m in ProfileMode::ALL {
+        let s = &row(Scenario::Origin, m).samples[0];
+        let log = s.fetch_log.as_ref().expect("a fetch log");
+        assert_eq!(Some(log.events.len() as u64), s.fetches, "{m:?}");
+        let prefetched = log
+            .events
+            .iter()
+            .filter(|e| e.cause == FetchCause::Prefetch)
+            .count() as u64;
+        let demand = log
+            .events
+            .iter()
+            .filter(|e| e.cause == FetchCause::Demand)
+            .count() as u64;
+        let want = s.prefetch.as_ref().map_or(0, |p| p.prefetched);
+        assert_eq!(prefetched, want, "{m:?}");
+        // Read-ahead is off: every other fetch is a demand read's.
+        assert_eq!(prefetched + demand, log.events.len() as u64, "{m:?}");
+    }
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use vmm_shim::Params;
 use vmm_shim::backend::which;
-use vmm_shim::coldstart::{ColdstartConfig, Scenario, render, run};
+use vmm_shim::coldstart::{ColdstartConfig, ProfileMode, Scenario, render, run};
 use vmm_shim::probe::TraceEntry;
 
 #[test]
@@ -37,6 +37,8 @@ fn qsd_scenario_runs_and_reports() {
         runs: 2,
         work: dir.path().join("work"),
         scenarios: vec![Scenario::Qsd, Scenario::Origin],
+        profiles: vec![ProfileMode::Without],
+        readahead: None,
         params: Params::default(),
         timeout: Duration::from_secs(60),
         raw: Some(raw),
@@ -58,5 +60,5 @@ fn qsd_scenario_runs_and_reports() {
     assert!(why.contains("imagefs serve"), "{why}");
     let table = render(&results);
     print!("{table}");
-    assert!(table.contains("qsd") && table.contains("origin          not run"));
+    assert!(table.contains("qsd") && table.contains("origin          without not run"));
 }

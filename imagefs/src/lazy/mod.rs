@@ -36,6 +36,7 @@
 pub mod dedicated;
 mod device;
 mod error;
+mod fetchlog;
 mod parallel;
 pub mod prefetch;
 pub mod readahead;
@@ -47,7 +48,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use telemetry::counter::Counter;
 
 use cachetiers::{ChunkStore, Flight, SingleFlight};
-use manifest::report::PrefetchStats;
+use manifest::report::{FetchLog, PrefetchStats};
 use manifest::{
     ByteOffset, ChunkEntry, ChunkId, ChunkIndex, ChunkKey, Manifest, decrypt_checked_chunk_owned,
     decrypt_chunk_owned,
@@ -142,6 +143,7 @@ struct Inner {
     /// In flight per chunk: the result, and who led the fetch.
     flights: SingleFlight<u64, (Fetched, Origin)>,
     counters: Counters,
+    fetch_log: fetchlog::FetchRecorder,
     prefetch: Arc<prefetch::Tracker>,
     /// Held while a chunk is materialised, written, or filled by a fetch
     /// (see the module docs).
@@ -199,6 +201,7 @@ impl LazyImage {
             memory_chunks: options.memory_chunks,
             flights: SingleFlight::new(),
             counters: Counters::default(),
+            fetch_log: fetchlog::FetchRecorder::default(),
             prefetch: Arc::default(),
             write_locks: (0..WRITE_STRIPES).map(|_| Mutex::new(())).collect(),
         });
@@ -384,6 +387,19 @@ impl LazyImage {
             write_materialised: c.write_materialised.get(),
             flushes: c.flushes.get(),
         }
+    }
+
+    /// From now on, log every fetch from the store (chunk, who asked,
+    /// start and end), keeping at most `limit` events; see
+    /// [`Self::fetch_log`]. Calling it again changes nothing.
+    pub fn record_fetches(&self, limit: usize) {
+        self.inner.fetch_log.start(limit);
+    }
+
+    /// The fetches logged since [`Self::record_fetches`] (`None` if it was
+    /// not called).
+    pub fn fetch_log(&self) -> Option<FetchLog> {
+        self.inner.fetch_log.snapshot()
     }
 
     /// Readers currently waiting for another reader's fetch (a gauge).
@@ -696,6 +712,7 @@ impl Inner {
         if origin == Origin::Readahead {
             self.counters.readahead_fetches.inc();
         }
+        let began = self.fetch_log.begin();
         let object = self
             .store
             .get(id)
@@ -706,6 +723,8 @@ impl Inner {
             })?
             .ok_or(LazyError::Missing { index, id: *id })?;
         self.counters.store_bytes.add(object.len() as u64);
+        self.fetch_log
+            .done(began, index.0, origin, object.len() as u64);
         // Hashed once: by the store when it checks its gets, else here.
         let plain = if self.store.checks_gets() {
             decrypt_checked_chunk_owned(id, key, object)

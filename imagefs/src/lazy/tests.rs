@@ -357,3 +357,26 @@ fn is_local_only_when_no_chunk_needs_a_fetch() {
     assert!(!plain.is_local(0, 1));
     assert!(plain.is_local(2 * c, c));
 }
+
+#[test]
+fn the_fetch_log_has_each_fetch_with_its_cause_and_respects_its_limit() {
+    let f = fixture();
+    let lazy = open(&f, false, options(8));
+    let mut buf = vec![0u8; CHUNK];
+    lazy.read_exact_at(&mut buf, 0).unwrap();
+    assert_eq!(lazy.fetch_log(), None, "not recording yet");
+    lazy.record_fetches(2);
+    // Chunks 1, 3 and 4 (the hole, 2, fetches nothing; 0 is in memory).
+    for chunk in [1u64, 2, 3, 4, 0] {
+        lazy.read_exact_at(&mut buf[..1000], chunk * CHUNK as u64)
+            .unwrap();
+    }
+    let log = lazy.fetch_log().unwrap();
+    assert_eq!(log.dropped, 1);
+    let chunks: Vec<u64> = log.events.iter().map(|e| e.chunk).collect();
+    assert_eq!(chunks, vec![1, 3]);
+    for e in &log.events {
+        assert_eq!(e.cause, manifest::report::FetchCause::Demand);
+        assert!(e.start_us <= e.end_us && e.bytes > CHUNK as u64);
+    }
+}
