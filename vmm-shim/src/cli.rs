@@ -103,7 +103,7 @@ pub enum Command {
         /// The key directory, as imagefs's `--keys`.
         #[arg(long, env = "IMAGEFS_KEYS")]
         keys: Option<PathBuf>,
-        /// The imagefs binary (default: $IMAGEFS_BIN, PATH, the shared build).
+        /// The imagefs binary (default: $IMAGEFS_BIN, PATH, the one built beside vmm-shim).
         #[arg(long)]
         imagefs: Option<PathBuf>,
         /// Scratch directory for tiers, sockets and the exported image.
