@@ -231,6 +231,49 @@ fn a_chunk_is_fetched_once_under_contention_and_readers_that_waited_are_counted(
     assert_eq!(image.metrics().shared_fetches, 4);
 }
 
+#[test]
+fn a_prefetch_that_joins_a_demand_fetch_counts_the_chunk_as_skipped() {
+    let f = fixture();
+    let origin = f.gated();
+    let image = Arc::new(f.open(origin.clone(), 8));
+    let hot = 9;
+    // A demand read leads the fetch of `hot` and is held there.
+    origin.close_for(f.id(hot));
+    let reader = {
+        let image = Arc::clone(&image);
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; CHUNK];
+            image
+                .read_exact_at(&mut buf, hot * CHUNK as u64)
+                .map(|()| buf)
+        })
+    };
+    wait_for("the demand fetch started", || origin.gets() == 1);
+    // The prefetch of the same chunk joins that flight.
+    image.prefetch([ChunkIndex(hot)], &options(1)).unwrap();
+    wait_for("the prefetch joined the demand fetch", || {
+        image.waiting_readers() == 1
+    });
+    origin.open();
+    let start = hot as usize * CHUNK;
+    assert!(reader.join().unwrap().unwrap() == f.image[start..start + CHUNK]);
+    let stats = image.end_prefetch().unwrap();
+    assert_eq!(origin.gets(), 1);
+    assert_eq!(
+        (
+            stats.queued,
+            stats.prefetched,
+            stats.skipped,
+            stats.errors,
+            stats.stopped
+        ),
+        (1, 0, 1, 0, false),
+        "{stats:?}"
+    );
+    // Ended: the image reports no prefetch any more.
+    assert_eq!(image.prefetch_stats(), None);
+}
+
 /// A store whose gets all wait until `width` of them are waiting at once:
 /// a read whose fetches were one after another would never get past it
 /// (it fails after the watchdog instead of hanging).

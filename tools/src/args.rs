@@ -419,7 +419,7 @@ impl Command {
                     tiers: tiers_report(tiers.store.metrics()),
                     reader: lazy.metrics(),
                     passthrough: served.as_ref().ok().copied().flatten(),
-                    prefetch: lazy.prefetch_stats(),
+                    prefetch: lazy.end_prefetch(),
                 };
                 if stats_flag {
                     eprint!("{}", render(&stats.tiers, &stats.reader));

@@ -213,7 +213,7 @@ impl ServeArgs {
             served: served.as_ref().ok().cloned(),
             tiers: tiers_report(tiers.store.metrics()),
             reader: lazy.metrics(),
-            prefetch: lazy.prefetch_stats(),
+            prefetch: lazy.end_prefetch(),
             fetches: lazy.fetch_log(),
         };
         if self.stats {

@@ -1,7 +1,9 @@
 //! `imagefs mount` the binary: an image converted into a store mounts by
 //! tag, reads lazily through the store, shows the same tree, xattrs
 //! included, as the kernel's ext4 shows for the exported image, and
-//! unmounts cleanly on SIGTERM and on SIGINT (exit status 0, mount gone).
+//! unmounts cleanly on SIGTERM and on SIGINT (exit status 0, mount gone);
+//! with a stored start profile it prefetches the profile's chunks, unless
+//! `--prefetch off`.
 //!
 //! Needs root and `/dev/fuse`; says `SKIP: <reason>` and returns without.
 
@@ -16,6 +18,7 @@ use chunker::flatten::FlattenOptions;
 use chunker::oci::ImageSource;
 use manifest::LocalKeyProvider;
 use manifest::report::MountStats;
+use manifest::trace::{TraceHeader, TraceRecord};
 use tempfile::TempDir;
 use tests::cases::{acl_xattr, capability};
 use tests::harness::{self, Mount};
@@ -403,4 +406,95 @@ fn a_file_the_dedicated_tier_holds_is_passed_through_and_its_copy_removed_at_exi
         "{p:?}"
     );
     assert!(!copies.exists(), "{} left after exit", copies.display());
+}
+
+/// Stores a start profile naming the image's first three stored chunks
+/// (last first), through `imagefs profile from-trace`; returns how many.
+fn store_profile(s: &Path) -> u64 {
+    let store = DirStore::open(s.join("store")).unwrap();
+    let keys = LocalKeyProvider::open(s.join("keys")).unwrap();
+    let image = imagefs::open_image(&store, "t", &keys, None).unwrap();
+    let chunk = image.manifest.chunk_size.as_u64();
+    let mut present: Vec<u64> = (0..image.manifest.chunks.len() as u64)
+        .filter(|&i| !image.manifest.chunks[i as usize].is_hole())
+        .take(3)
+        .collect();
+    present.reverse();
+    let header = TraceHeader::new(&image.digest.to_string(), image.manifest.device_size, 0);
+    let mut text = header.encode() + "\n";
+    for (n, &c) in present.iter().enumerate() {
+        let r = TraceRecord {
+            t_ns: (n as u64 + 1) * 1_000_000,
+            queue: 0,
+            offset: c * chunk,
+            len: 4096,
+        };
+        text += &(r.encode() + "\n");
+    }
+    let trace = s.join("start.jsonl");
+    fs::write(&trace, text).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_imagefs"))
+        .args(["profile", "from-trace", "t"])
+        .arg(&trace)
+        .arg("--store")
+        .arg(s.join("store"))
+        .arg("--keys")
+        .arg(s.join("keys"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    present.len() as u64
+}
+
+#[test]
+fn mount_prefetches_the_stored_profile_unless_off() {
+    let s = store();
+    let chunks = store_profile(s.path());
+    assert_eq!(chunks, 3);
+    let dir = s.path().join("mnt");
+    fs::create_dir(&dir).unwrap();
+    let dir = fs::canonicalize(&dir).unwrap();
+    let json = s.path().join("mount.json");
+    let dedicated = s.path().join("dedicated");
+    let args = |mode: &'static str| {
+        vec![
+            "--prefetch".to_string(),
+            mode.to_string(),
+            "--readahead".to_string(),
+            "0".to_string(),
+            "--stats-json".to_string(),
+            json.to_str().unwrap().to_string(),
+            "--dedicated".to_string(),
+            dedicated.to_str().unwrap().to_string(),
+        ]
+    };
+    let auto = args("auto");
+    let auto: Vec<&str> = auto.iter().map(String::as_str).collect();
+    let Some(running) = start(s.path(), &dir, &auto) else {
+        return;
+    };
+    assert_eq!(fs::read(dir.join("data/blob")).unwrap(), pattern(900_000));
+    stop_with(running, "-TERM");
+    let report: MountStats = serde_json::from_slice(&fs::read(&json).unwrap()).unwrap();
+    let p = report.prefetch.expect("a prefetch report");
+    assert_eq!(p.queued, chunks, "{p:?}");
+    assert_eq!(p.errors, 0, "{p:?}");
+    if !p.stopped {
+        assert_eq!(p.prefetched + p.skipped, chunks, "{p:?}");
+    }
+    assert!(p.used <= p.prefetched, "{p:?}");
+
+    // off: no prefetch, even with the profile stored.
+    let _ = fs::remove_dir_all(&dedicated);
+    let off = args("off");
+    let off: Vec<&str> = off.iter().map(String::as_str).collect();
+    let running = start(s.path(), &dir, &off).expect("mounted before");
+    assert_eq!(fs::read(dir.join("data/blob")).unwrap(), pattern(900_000));
+    stop_with(running, "-TERM");
+    let report: MountStats = serde_json::from_slice(&fs::read(&json).unwrap()).unwrap();
+    assert_eq!(report.prefetch, None);
 }

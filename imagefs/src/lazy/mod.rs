@@ -435,6 +435,22 @@ impl LazyImage {
         slot.as_ref().map(|running| running.stats(&self.inner))
     }
 
+    /// Stops the prefetch, if any, waits for its threads (each finishes
+    /// the fetch it has in flight) and returns its final counters, for a
+    /// report at exit: `stopped` then says whether it was cut short. The
+    /// image no longer prefetches afterwards.
+    pub fn end_prefetch(&self) -> Option<PrefetchStats> {
+        let running = self
+            .prefetch
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()?;
+        let handle = running.handle(&self.inner);
+        // Dropping it stops the threads and joins them.
+        drop(running);
+        Some(handle.stats())
+    }
+
     /// Asks the prefetch, if any, to stop (see [`PrefetchHandle::stop`]);
     /// dropping the image does the same and waits for its threads.
     pub fn stop_prefetch(&self) {

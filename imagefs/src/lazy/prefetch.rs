@@ -149,7 +149,8 @@ struct Run {
     state: Mutex<RunState>,
     /// Signalled on stop and when the last thread exits.
     changed: Condvar,
-    skipped: Counter,
+    /// Chunks of the order a thread has finished with, however it went.
+    done: Counter,
     errors: Counter,
 }
 
@@ -302,7 +303,14 @@ fn stats(run: &Run, tracker: &Tracker) -> PrefetchStats {
         used: tracker.used.get(),
         unused: tracker.lock().len() as u64,
         demand_waited: tracker.demand_waited.get(),
-        skipped: run.skipped.get(),
+        // Whatever was done and neither fetched by the prefetch itself nor
+        // failed: local already, a hole, or fetched by a demand read first
+        // (found in memory or in the dedicated tier, or joined as a
+        // follower of the demand read's fetch).
+        skipped: run
+            .done
+            .get()
+            .saturating_sub(tracker.prefetched.get() + run.errors.get()),
         errors: run.errors.get(),
         stopped: run.stopping() && run.next.load(Ordering::SeqCst) < queued,
     }
@@ -347,7 +355,7 @@ pub(super) fn spawn(
             next_slot: None,
         }),
         changed: Condvar::new(),
-        skipped: Counter::new(),
+        done: Counter::new(),
         errors: Counter::new(),
     });
     let mut threads = Vec::with_capacity(wanted);
@@ -381,7 +389,7 @@ fn worker(inner: &Inner, run: &Run) {
             break;
         };
         if !inner.needs_fetch(index) {
-            run.skipped.inc();
+            run.done.inc();
             continue;
         }
         let bytes = inner.manifest.chunk_span(index).map_or(0, |(_, len)| len);
@@ -393,6 +401,7 @@ fn worker(inner: &Inner, run: &Run) {
         if inner.load(index, Origin::Prefetch).is_err() {
             run.errors.inc();
         }
+        run.done.inc();
     }
     let mut state = run.lock();
     state.threads -= 1;
