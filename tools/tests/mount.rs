@@ -11,14 +11,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use cachetiers::DirStore;
-use chunker::convert::{ConvertOptions, convert};
-use chunker::ext4::Ext4Options;
-use chunker::flatten::FlattenOptions;
-use chunker::oci::ImageSource;
-use manifest::LocalKeyProvider;
 use manifest::report::MountStats;
-use manifest::trace::{TraceHeader, TraceRecord};
 use tempfile::TempDir;
 use tests::cases::{acl_xattr, capability};
 use tests::harness::{self, Mount};
@@ -26,9 +19,8 @@ use tests::imagegen::{Entry, Image, Layer};
 use tests::process;
 use tests::treecheck::{Mask, assert_same, list_dir};
 
-fn pattern(len: usize) -> Vec<u8> {
-    (0..len).map(|i| (i * 7 + i / 251) as u8).collect()
-}
+mod common;
+use common::{open, pattern, store_of, write_trace};
 
 /// A store holding one converted image under the tag `t`.
 fn store() -> TempDir {
@@ -37,31 +29,6 @@ fn store() -> TempDir {
         Entry::file("data/blob", pattern(900_000)),
         Entry::symlink("data/link", "blob"),
     ])]))
-}
-
-/// A store holding `image`, converted, under the tag `t`.
-fn store_of(image: Image) -> TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let layout = dir.path().join("oci");
-    image.write_oci_layout(&layout, "t").unwrap();
-    let src: ImageSource = format!("oci:{}:t", layout.display()).parse().unwrap();
-    let store = DirStore::create(dir.path().join("store")).unwrap();
-    let keys = LocalKeyProvider::create(dir.path().join("keys")).unwrap();
-    let opts = ConvertOptions {
-        flatten: FlattenOptions {
-            ext4: Ext4Options {
-                chunk_size: 64 * 1024,
-                free_bytes: 1 << 20,
-                spare_inodes: 16,
-            },
-        },
-        domain: "default".into(),
-        threads: 2,
-        tag: Some("t".into()),
-        progress: false,
-    };
-    convert(&src, &store, &keys, &opts).expect("convert");
-    dir
 }
 
 fn is_mounted(dir: &Path) -> bool {
@@ -411,28 +378,15 @@ fn a_file_the_dedicated_tier_holds_is_passed_through_and_its_copy_removed_at_exi
 /// Stores a start profile naming the image's first three stored chunks
 /// (last first), through `imagefs profile from-trace`; returns how many.
 fn store_profile(s: &Path) -> u64 {
-    let store = DirStore::open(s.join("store")).unwrap();
-    let keys = LocalKeyProvider::open(s.join("keys")).unwrap();
-    let image = imagefs::open_image(&store, "t", &keys, None).unwrap();
-    let chunk = image.manifest.chunk_size.as_u64();
-    let mut present: Vec<u64> = (0..image.manifest.chunks.len() as u64)
-        .filter(|&i| !image.manifest.chunks[i as usize].is_hole())
-        .take(3)
+    let o = open(s);
+    let reads: Vec<(u64, u64)> = o.present[..3]
+        .iter()
+        .rev()
+        .enumerate()
+        .map(|(n, &c)| (c, n as u64))
         .collect();
-    present.reverse();
-    let header = TraceHeader::new(&image.digest.to_string(), image.manifest.device_size, 0);
-    let mut text = header.encode() + "\n";
-    for (n, &c) in present.iter().enumerate() {
-        let r = TraceRecord {
-            t_ns: (n as u64 + 1) * 1_000_000,
-            queue: 0,
-            offset: c * chunk,
-            len: 4096,
-        };
-        text += &(r.encode() + "\n");
-    }
     let trace = s.join("start.jsonl");
-    fs::write(&trace, text).unwrap();
+    write_trace(&trace, &o, &reads);
     let out = Command::new(env!("CARGO_BIN_EXE_imagefs"))
         .args(["profile", "from-trace", "t"])
         .arg(&trace)
@@ -447,7 +401,7 @@ fn store_profile(s: &Path) -> u64 {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    present.len() as u64
+    reads.len() as u64
 }
 
 #[test]

@@ -14,19 +14,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use cachetiers::DirStore;
-use chunker::convert::{ConvertOptions, convert};
-use chunker::ext4::Ext4Options;
-use chunker::flatten::FlattenOptions;
-use chunker::oci::ImageSource;
+use manifest::{ChunkIndex, LocalKeyProvider};
 use manifest::profile::ProfileReport;
 use manifest::report::ServeStats;
-use manifest::trace::{TraceHeader, TraceRecord};
-use manifest::{ChunkIndex, LocalKeyProvider};
 use tempfile::TempDir;
 use tests::imagegen::{Entry, Image, Layer};
 
-const CHUNK: u64 = 64 * 1024;
+mod common;
+use common::{open, pattern, store_of, write_trace};
 
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_imagefs"))
@@ -34,33 +29,10 @@ fn bin() -> Command {
 
 /// A store holding one converted image under the tag `t`.
 fn store() -> TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let layout = dir.path().join("oci");
-    let data: Vec<u8> = (0..600_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
-    Image::new(vec![Layer::new(vec![
+    store_of(Image::new(vec![Layer::new(vec![
         Entry::file("etc/hostname", "imagefs\n"),
-        Entry::file("data/blob", data),
-    ])])
-    .write_oci_layout(&layout, "t")
-    .unwrap();
-    let src: ImageSource = format!("oci:{}:t", layout.display()).parse().unwrap();
-    let store = DirStore::create(dir.path().join("store")).unwrap();
-    let keys = LocalKeyProvider::create(dir.path().join("keys")).unwrap();
-    let opts = ConvertOptions {
-        flatten: FlattenOptions {
-            ext4: Ext4Options {
-                chunk_size: CHUNK,
-                free_bytes: 1 << 20,
-                spare_inodes: 16,
-            },
-        },
-        domain: "default".into(),
-        threads: 2,
-        tag: Some("t".into()),
-        progress: false,
-    };
-    convert(&src, &store, &keys, &opts).expect("convert");
-    dir
+        Entry::file("data/blob", pattern(600_000)),
+    ])]))
 }
 
 fn run(dir: &Path, args: &[&str]) -> Output {
@@ -85,46 +57,6 @@ fn fails(dir: &Path, args: &[&str]) -> String {
     let out = run(dir, args);
     assert!(!out.status.success(), "{args:?} succeeded");
     String::from_utf8(out.stderr).unwrap()
-}
-
-struct Opened {
-    store: DirStore,
-    keys: LocalKeyProvider,
-    image: imagefs::OpenedImage,
-    /// Present (non-hole) chunks, in index order.
-    present: Vec<u64>,
-}
-
-fn open(dir: &Path) -> Opened {
-    let store = DirStore::open(dir.join("store")).unwrap();
-    let keys = LocalKeyProvider::open(dir.join("keys")).unwrap();
-    let image = imagefs::open_image(&store, "t", &keys, None).unwrap();
-    let present = (0..image.manifest.chunks.len() as u64)
-        .filter(|&i| !image.manifest.chunks[i as usize].is_hole())
-        .collect();
-    Opened {
-        store,
-        keys,
-        image,
-        present,
-    }
-}
-
-/// A trace of reads of `chunks` at `(chunk, ms)`.
-fn write_trace(path: &Path, o: &Opened, reads: &[(u64, u64)]) {
-    let header = TraceHeader::new(&o.image.digest.to_string(), o.image.manifest.device_size, 0);
-    let mut text = header.encode() + "\n";
-    for &(chunk, ms) in reads {
-        let r = TraceRecord {
-            // The trace's clock starts before the first read: it must not count.
-            t_ns: (1000 + ms) * 1_000_000,
-            queue: 0,
-            offset: chunk * CHUNK + 512,
-            len: 4096,
-        };
-        text += &(r.encode() + "\n");
-    }
-    fs::write(path, text).unwrap();
 }
 
 #[test]
