@@ -20,6 +20,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -92,6 +93,9 @@ pub struct ProfileRecorder {
     window: Option<Duration>,
     state: Mutex<RecorderState>,
     changed: Condvar,
+    /// `closed`, readable without the lock: reads after recording ended
+    /// (every read until the daemon exits) return at once.
+    ended: AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -114,11 +118,18 @@ impl ProfileRecorder {
             window,
             state: Mutex::new(RecorderState::default()),
             changed: Condvar::new(),
+            ended: AtomicBool::new(false),
         }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, RecorderState> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Ends recording (under the lock, `s` being its state).
+    fn end(&self, s: &mut RecorderState) {
+        s.closed = true;
+        self.ended.store(true, Ordering::Release);
     }
 
     /// Records a guest read of `len` bytes at `offset`, now. Every chunk
@@ -128,7 +139,7 @@ impl ProfileRecorder {
     }
 
     fn record_at(&self, now: Instant, offset: u64, len: u64) {
-        if len == 0 {
+        if len == 0 || self.ended.load(Ordering::Acquire) {
             return;
         }
         let mut s = self.lock();
@@ -142,7 +153,7 @@ impl ProfileRecorder {
         });
         let elapsed = now.saturating_duration_since(first);
         if self.window.is_some_and(|w| elapsed >= w) {
-            s.closed = true;
+            self.end(&mut s);
             self.changed.notify_all();
             return;
         }
@@ -173,7 +184,7 @@ impl ProfileRecorder {
 
     /// Ends recording: later reads are not recorded.
     pub fn close(&self) {
-        self.lock().closed = true;
+        self.end(&mut self.lock());
         self.changed.notify_all();
     }
 
@@ -189,7 +200,7 @@ impl ProfileRecorder {
                 (Some(w), Some(first)) => {
                     let left = w.saturating_sub(first.elapsed());
                     if left.is_zero() {
-                        s.closed = true;
+                        self.end(&mut s);
                         return;
                     }
                     left

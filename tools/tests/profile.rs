@@ -14,9 +14,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use manifest::{ChunkIndex, LocalKeyProvider};
 use manifest::profile::ProfileReport;
 use manifest::report::ServeStats;
+use manifest::{ChunkIndex, LocalKeyProvider};
 use tempfile::TempDir;
 use tests::imagegen::{Entry, Image, Layer};
 

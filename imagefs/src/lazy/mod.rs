@@ -766,16 +766,16 @@ impl Inner {
     /// Whether chunk `index` would need a fetch (the filter of read-ahead,
     /// prefetch and a read's parallel fetch).
     fn needs_fetch(&self, index: ChunkIndex) -> bool {
-        let stored = matches!(self.manifest.chunk(index), Some(ChunkEntry::Present { .. }));
-        let in_dedicated = self.dedicated.as_ref().is_some_and(|d| d.is_present(index));
-        let in_memory = self.memory_chunks > 0
-            && self
-                .memory
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .iter()
-                .any(|(i, _)| *i == index.0);
-        stored && !in_dedicated && !in_memory
+        // Cheapest first: the memory cache is a locked scan.
+        matches!(self.manifest.chunk(index), Some(ChunkEntry::Present { .. }))
+            && !self.dedicated.as_ref().is_some_and(|d| d.is_present(index))
+            && !(self.memory_chunks > 0
+                && self
+                    .memory
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .iter()
+                    .any(|(i, _)| *i == index.0))
     }
 }
 

@@ -103,8 +103,9 @@ pub fn start(
 /// image, shared by its readers.
 #[derive(Debug, Default)]
 pub(super) struct Tracker {
-    /// Set once anything was prefetched, so that demand reads of an image
-    /// that never prefetches skip the lock below.
+    /// Whether `unused` holds anything, kept in step under its lock, so
+    /// that demand reads skip the lock when no prefetched chunk awaits
+    /// its first read (before any prefetch and after all were read).
     any: AtomicBool,
     /// Prefetched chunks no demand read has read yet.
     unused: Mutex<HashSet<u64>>,
@@ -117,14 +118,22 @@ impl Tracker {
     /// A prefetch fetched chunk `index` from the store and kept it.
     pub(super) fn fetched(&self, index: ChunkIndex) {
         self.prefetched.inc();
-        self.lock().insert(index.0);
+        let mut unused = self.lock();
+        unused.insert(index.0);
         self.any.store(true, Ordering::Release);
     }
 
     /// A demand read read chunk `index` (from wherever).
     pub(super) fn demand_read(&self, index: ChunkIndex) {
-        if self.any.load(Ordering::Acquire) && self.lock().remove(&index.0) {
+        if !self.any.load(Ordering::Acquire) {
+            return;
+        }
+        let mut unused = self.lock();
+        if unused.remove(&index.0) {
             self.used.inc();
+            if unused.is_empty() {
+                self.any.store(false, Ordering::Release);
+            }
         }
     }
 
