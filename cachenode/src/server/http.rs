@@ -1,7 +1,6 @@
 //! The node's HTTP routes, their handlers and the request counters.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use axum::Router;
@@ -13,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use cachetiers::ChunkStore;
 use manifest::ChunkId;
+use telemetry::counter::Counter;
 use telemetry::prometheus::{Kind, Text};
 
 use super::CacheNode;
@@ -21,18 +21,18 @@ use super::CacheNode;
 #[derive(Debug, Default)]
 pub(super) struct HttpCounters {
     by_route: Mutex<BTreeMap<(&'static str, &'static str, u16), u64>>,
-    connections: AtomicU64,
+    connections: Counter,
 }
 
 impl HttpCounters {
     /// Counts one accepted TCP connection.
     pub(super) fn accepted(&self) {
-        self.connections.fetch_add(1, Ordering::Relaxed);
+        self.connections.inc();
     }
 
     /// TCP connections accepted so far.
     pub(super) fn connections(&self) -> u64 {
-        self.connections.load(Ordering::Relaxed)
+        self.connections.get()
     }
 
     fn record(&self, method: &'static str, route: &'static str, status: StatusCode) {

@@ -144,6 +144,18 @@ impl ObjectOrigin {
         format!("{}profiles/{}", self.prefix, digest.to_hex())
     }
 
+    /// Deletes object `key`; false when there was none.
+    fn delete_key(&self, key: &str) -> Result<bool, StoreError> {
+        // S3 deletes succeed whether or not the object exists, so ask first.
+        if self.size(key)?.is_none() {
+            return Ok(false);
+        }
+        let deleted = self.request("delete", key, |store, key| async move {
+            store.delete(&key).await
+        })?;
+        Ok(deleted.is_some())
+    }
+
     /// The URL of the object under `key`, for messages.
     pub fn object_url(&self, key: &str) -> String {
         format!("{}/{key}", self.root_url)
@@ -285,15 +297,7 @@ impl ChunkStore for ObjectOrigin {
     }
 
     fn remove(&self, id: &ChunkId) -> Result<bool, StoreError> {
-        let key = self.chunk_key(id);
-        // S3 deletes succeed whether or not the object exists, so ask first.
-        if self.size(&key)?.is_none() {
-            return Ok(false);
-        }
-        let deleted = self.request("delete", &key, |store, key| async move {
-            store.delete(&key).await
-        })?;
-        Ok(deleted.is_some())
+        self.delete_key(&self.chunk_key(id))
     }
 }
 
@@ -348,15 +352,7 @@ impl Catalog for ObjectOrigin {
     }
 
     fn remove_profile(&self, digest: &ManifestDigest) -> Result<bool, StoreError> {
-        let key = self.profile_key(digest);
-        // S3 deletes succeed whether or not the object exists, so ask first.
-        if self.size(&key)?.is_none() {
-            return Ok(false);
-        }
-        let deleted = self.request("delete", &key, |store, key| async move {
-            store.delete(&key).await
-        })?;
-        Ok(deleted.is_some())
+        self.delete_key(&self.profile_key(digest))
     }
 
     fn location(&self) -> String {
