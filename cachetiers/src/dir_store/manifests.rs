@@ -85,7 +85,7 @@ impl DirStore {
     /// Where the start profile of manifest `digest` is stored:
     /// `<root>/profiles/<64 hex>`.
     pub fn profile_path(&self, digest: &ManifestDigest) -> std::path::PathBuf {
-        self.root().join("profiles").join(digest.to_hex())
+        self.profiles_dir().join(digest.to_hex())
     }
 
     /// Stores the sealed start profile of manifest `digest` (atomically,
@@ -96,7 +96,7 @@ impl DirStore {
         if !self.has_manifest(digest)? {
             return Err(StoreError::ManifestNotFound { digest: *digest });
         }
-        let dir = self.root().join("profiles");
+        let dir = self.profiles_dir();
         self.write_in(&dir, &digest.to_hex(), sealed)?;
         self.sync()
     }
@@ -114,7 +114,7 @@ impl DirStore {
         let path = self.profile_path(digest);
         match fs::remove_file(&path) {
             Ok(()) => {
-                sync_dir(&self.root().join("profiles"))?;
+                sync_dir(&self.profiles_dir())?;
                 Ok(true)
             }
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),

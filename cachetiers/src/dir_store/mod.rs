@@ -84,6 +84,10 @@ impl DirStore {
         self.root.join("tags")
     }
 
+    fn profiles_dir(&self) -> PathBuf {
+        self.root.join("profiles")
+    }
+
     /// The directory holding chunk `id`: `chunks/ab/cd` for an id starting
     /// `abcd`.
     fn shard_dir(&self, id: &ChunkId) -> PathBuf {
