@@ -15,6 +15,7 @@ use std::sync::OnceLock;
 
 use manifest::report::{FetchCause, FetchEvent};
 use plotters::coord::Shift;
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 use plotters::style::{FontStyle, register_font};
 
@@ -85,6 +86,54 @@ fn legend(color: RGBColor) -> impl Fn((i32, i32)) -> PathElement<(i32, i32)> {
     move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
 }
 
+/// A chart on `area` with the caption and label areas every panel uses.
+fn panel<'a, 'b>(area: &'a Area<'b>, caption: String) -> ChartBuilder<'a, 'b, BitMapBackend<'b>> {
+    let mut builder = ChartBuilder::on(area);
+    builder
+        .caption(caption, ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(50);
+    builder
+}
+
+/// The legend box every panel draws (lower right).
+fn legend_box<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, DB, CT>,
+) -> std::result::Result<(), String>
+where
+    DB::ErrorType: 'static,
+{
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(err)
+}
+
+/// One labelled line per entry of `series`, its points from `points`,
+/// then the legend.
+fn draw_lines<'a, 'r, X, I>(
+    chart: &mut ChartContext<'a, BitMapBackend<'a>, Cartesian2d<X, RangedCoordf64>>,
+    series: &[Line<'r>],
+    points: impl Fn(&'r RowReport) -> I,
+) -> std::result::Result<(), String>
+where
+    X: Ranged<ValueType = f64>,
+    I: IntoIterator<Item = (f64, f64)>,
+{
+    for (label, color, row) in series {
+        chart
+            .draw_series(LineSeries::new(points(row), color.stroke_width(2)))
+            .map_err(err)?
+            .label(label.as_str())
+            .legend(legend(*color));
+    }
+    legend_box(chart)
+}
+
 /// Request latency CDF, every request of every run.
 fn cdf(
     area: &Area<'_>,
@@ -101,46 +150,29 @@ fn cdf(
         .filter_map(|s| s.2.latencies_ms.first().copied())
         .fold(max_lat, f64::min)
         .max(0.001);
-    let mut chart = ChartBuilder::on(area)
-        .caption(
-            format!(
-                "{}: {} request latency CDF (all runs)",
-                case.name,
-                sc.name()
-            ),
-            ("sans-serif", 20),
-        )
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(50)
-        .build_cartesian_2d((min_lat * 0.8..max_lat * 1.25).log_scale(), 0f64..1.0)
-        .map_err(err)?;
+    let mut chart = panel(
+        area,
+        format!(
+            "{}: {} request latency CDF (all runs)",
+            case.name,
+            sc.name()
+        ),
+    )
+    .build_cartesian_2d((min_lat * 0.8..max_lat * 1.25).log_scale(), 0f64..1.0)
+    .map_err(err)?;
     chart
         .configure_mesh()
         .x_desc("latency, ms (log)")
         .y_desc("fraction of requests")
         .draw()
         .map_err(err)?;
-    for (label, color, row) in series {
+    draw_lines(&mut chart, series, |row| {
         let n = row.latencies_ms.len().max(1) as f64;
-        let pts = row
-            .latencies_ms
+        row.latencies_ms
             .iter()
             .enumerate()
-            .map(|(i, &l)| (l.max(min_lat), (i + 1) as f64 / n));
-        chart
-            .draw_series(LineSeries::new(pts, color.stroke_width(2)))
-            .map_err(err)?
-            .label(label.as_str())
-            .legend(legend(*color));
-    }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()
-        .map_err(err)
+            .map(move |(i, &l)| (l.max(min_lat), (i + 1) as f64 / n))
+    })
 }
 
 /// Requests completed against time since VM creation (median run).
@@ -159,40 +191,27 @@ fn completions(
         .map(|s| s.2.timeline_ms.len())
         .max()
         .unwrap_or(1) as f64;
-    let mut chart = ChartBuilder::on(area)
-        .caption(
-            format!("{}: {} guest requests (median run)", case.name, sc.name()),
-            ("sans-serif", 20),
-        )
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(50)
-        .build_cartesian_2d(0f64..max_t * 1.05, 0f64..max_n * 1.05)
-        .map_err(err)?;
+    let mut chart = panel(
+        area,
+        format!("{}: {} guest requests (median run)", case.name, sc.name()),
+    )
+    .build_cartesian_2d(0f64..max_t * 1.05, 0f64..max_n * 1.05)
+    .map_err(err)?;
     chart
         .configure_mesh()
         .x_desc("ms since VM creation")
         .y_desc("requests completed")
         .draw()
         .map_err(err)?;
-    for (label, color, row) in series {
+    draw_lines(&mut chart, series, |row| {
         let mut done: Vec<f64> = row.timeline_ms.iter().map(|r| r[1]).collect();
         done.sort_by(f64::total_cmp);
-        let pts = std::iter::once((0.0, 0.0))
-            .chain(done.iter().enumerate().map(|(i, &t)| (t, (i + 1) as f64)));
-        chart
-            .draw_series(LineSeries::new(pts, color.stroke_width(2)))
-            .map_err(err)?
-            .label(label.as_str())
-            .legend(legend(*color));
-    }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()
-        .map_err(err)
+        std::iter::once((0.0, 0.0)).chain(
+            done.into_iter()
+                .enumerate()
+                .map(|(i, t)| (t, (i + 1) as f64)),
+        )
+    })
 }
 
 const CAUSES: [(FetchCause, &str, RGBColor); 3] = [
@@ -216,24 +235,20 @@ fn fetches(
     let mut events: Vec<&FetchEvent> = row.fetch_timeline.iter().collect();
     events.sort_by_key(|e| (e.start_us, e.end_us));
     let ms = |us: u64| us as f64 / 1e3;
-    let mut chart = ChartBuilder::on(area)
-        .caption(
-            format!(
-                "{}: {} fetches (median run, {})",
-                case.name,
-                row.label(),
-                events.len()
-            ),
-            ("sans-serif", 20),
-        )
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(50)
-        .build_cartesian_2d(
-            0f64..max_t * 1.05,
-            0f64..(events.len().max(1) as f64) * 1.05,
-        )
-        .map_err(err)?;
+    let mut chart = panel(
+        area,
+        format!(
+            "{}: {} fetches (median run, {})",
+            case.name,
+            row.label(),
+            events.len()
+        ),
+    )
+    .build_cartesian_2d(
+        0f64..max_t * 1.05,
+        0f64..(events.len().max(1) as f64) * 1.05,
+    )
+    .map_err(err)?;
     chart
         .configure_mesh()
         .x_desc("ms since imagefs serve opened the image")
@@ -266,17 +281,15 @@ fn fetches(
             .label(format!("{name}: {n}"))
             .legend(legend(color));
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()
-        .map_err(err)
+    legend_box(&mut chart)
 }
 
-fn draw(path: &Path, case: &CaseReport, sc: Scenario) -> std::result::Result<(), String> {
-    let series = lines(case, sc);
+fn draw(
+    path: &Path,
+    case: &CaseReport,
+    sc: Scenario,
+    series: &[Line<'_>],
+) -> std::result::Result<(), String> {
     // The fetch panels: this scenario's imagefs rows (not the reference).
     let fetch_rows: Vec<&RowReport> = series
         .iter()
@@ -288,8 +301,8 @@ fn draw(path: &Path, case: &CaseReport, sc: Scenario) -> std::result::Result<(),
     root.fill(&WHITE).map_err(err)?;
     let (top, bottom) = root.split_vertically(480);
     let (left, right) = top.split_horizontally(640);
-    cdf(&left, case, sc, &series)?;
-    completions(&right, case, sc, &series)?;
+    cdf(&left, case, sc, series)?;
+    completions(&right, case, sc, series)?;
     if !fetch_rows.is_empty() {
         let max_t = fetch_rows
             .iter()
@@ -317,11 +330,12 @@ pub fn write_pngs(report: &ColdstartReport, dir: &Path) -> Result<Vec<PathBuf>> 
     let mut out = Vec::new();
     for case in &report.cases {
         for sc in Scenario::ALL {
-            if lines(case, sc).iter().all(|l| l.2.scenario != sc.name()) {
+            let series = lines(case, sc);
+            if series.iter().all(|l| l.2.scenario != sc.name()) {
                 continue;
             }
             let path = dir.join(format!("{}-{}.png", case.name, sc.name()));
-            draw(&path, case, sc).map_err(|reason| Error::Plot {
+            draw(&path, case, sc, &series).map_err(|reason| Error::Plot {
                 path: path.clone(),
                 reason,
             })?;
