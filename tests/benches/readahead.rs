@@ -10,12 +10,12 @@
 //! `-- --latency-ms N`).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use cachetiers::{ChunkStore, DirStore, PutOutcome, StoreError};
+use cachetiers::testing::GatedStore;
+use cachetiers::{ChunkStore, DirStore};
 use imagefs::{LazyImage, LazyOptions};
-use manifest::{ChunkEntry, ChunkId, ChunkSize, DomainSecret, ImageConfig, Manifest};
+use manifest::{ChunkEntry, ChunkSize, DomainSecret, ImageConfig, Manifest};
 use tests::imagegen::noise;
 
 /// Chunks of the synthetic image (64 KiB each: 32 MiB).
@@ -30,30 +30,6 @@ const CHUNK: u64 = 64 * 1024;
 const WINDOWS: [usize; 4] = [0, 2, 4, 8];
 /// Runs per cell; the median is reported.
 const ROUNDS: usize = 5;
-
-/// A directory store whose gets each wait `latency` first.
-struct Slow {
-    inner: DirStore,
-    latency: Duration,
-    gets: AtomicU64,
-}
-
-impl ChunkStore for Slow {
-    fn get(&self, id: &ChunkId) -> Result<Option<Vec<u8>>, StoreError> {
-        self.gets.fetch_add(1, Ordering::Relaxed);
-        std::thread::sleep(self.latency);
-        self.inner.get(id)
-    }
-    fn put(&self, id: &ChunkId, object: &[u8]) -> Result<PutOutcome, StoreError> {
-        self.inner.put(id, object)
-    }
-    fn contains(&self, id: &ChunkId) -> Result<bool, StoreError> {
-        self.inner.contains(id)
-    }
-    fn remove(&self, id: &ChunkId) -> Result<bool, StoreError> {
-        self.inner.remove(id)
-    }
-}
 
 /// A read pattern: (offset, length) pairs.
 type Pattern = Vec<(u64, usize)>;
@@ -123,11 +99,9 @@ fn run(latency: Duration) -> Result<(), String> {
         chunk_size: ChunkSize::MIN,
         chunks,
     };
-    let store = Arc::new(Slow {
-        inner,
-        latency,
-        gets: AtomicU64::new(0),
-    });
+    // Each get waits `latency` (after the directory read).
+    let store =
+        Arc::new(GatedStore::new(inner).with_get_hook(move |_, _| std::thread::sleep(latency)));
     let defaults = LazyOptions::default();
     println!(
         "{CHUNKS} chunks of {} KiB (sequential: the first {SEQUENTIAL_CHUNKS} in 16 KiB reads; random: {RANDOM_READS} reads of 4 KiB), {} ms per get, read-ahead threads {}, memory chunks {}, dedicated tier on; median of {ROUNDS}\n",
@@ -158,7 +132,7 @@ fn run(latency: Duration) -> Result<(), String> {
                 let image =
                     LazyImage::open(manifest.clone(), store.clone(), Some(&dedicated), options)
                         .map_err(|e| e.to_string())?;
-                let before = store.gets.load(Ordering::Relaxed);
+                let before = store.gets();
                 let mut buf = vec![0u8; 16 * 1024];
                 let start = Instant::now();
                 for &(off, len) in &pattern {
@@ -169,7 +143,7 @@ fn run(latency: Duration) -> Result<(), String> {
                 let ms = start.elapsed().as_secs_f64() * 1e3;
                 // Read-ahead still running counts as fetched, not as time.
                 image.wait_readahead_idle();
-                let gets = store.gets.load(Ordering::Relaxed) - before;
+                let gets = store.gets() - before;
                 cells[w].push(Cell {
                     ms,
                     gets,
