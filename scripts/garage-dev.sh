@@ -18,6 +18,8 @@ cat >"$dir/garage.toml" <<EOF
 metadata_dir = "$dir/meta"
 data_dir = "$dir/data"
 db_engine = "sqlite"
+# Every object is ciphertext: zstd would spend CPU and save nothing.
+compression_level = "none"
 replication_factor = 1
 rpc_bind_addr = "127.0.0.1:$rpc"
 rpc_public_addr = "127.0.0.1:$rpc"

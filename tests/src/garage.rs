@@ -196,6 +196,8 @@ impl Garage {
             r#"metadata_dir = "{root}/meta"
 data_dir = "{root}/data"
 db_engine = "sqlite"
+# Every object is ciphertext: zstd would spend CPU and save nothing.
+compression_level = "none"
 replication_factor = 1
 rpc_bind_addr = "127.0.0.1:{rpc_port}"
 rpc_public_addr = "127.0.0.1:{rpc_port}"
