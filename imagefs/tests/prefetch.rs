@@ -80,6 +80,10 @@ impl Fixture {
             parallel_fetches,
             ..LazyOptions::default()
         };
+        self.open_with(store, options)
+    }
+
+    fn open_with(&self, store: Arc<dyn ChunkStore>, options: LazyOptions) -> LazyImage {
         let dedicated = self.dir.path().join("dedicated");
         LazyImage::open(self.manifest.clone(), store, Some(&dedicated), options).unwrap()
     }
@@ -312,6 +316,39 @@ impl ChunkStore for Barrier {
     fn remove(&self, id: &ChunkId) -> Result<bool, StoreError> {
         self.inner.remove(id)
     }
+}
+
+#[test]
+fn read_ahead_follows_reads_off_the_profile_only() {
+    let f = fixture();
+    let origin = f.gated();
+    let image = f.open_with(
+        origin.clone(),
+        LazyOptions {
+            readahead_chunks: 2,
+            readahead_threads: 1,
+            memory_chunks: 0,
+            parallel_fetches: 1,
+        },
+    );
+    let handle = image
+        .prefetch(vec![ChunkIndex(0), ChunkIndex(8)], &options(1))
+        .unwrap();
+    handle.wait();
+    assert_eq!(origin.gets(), 2);
+    // Reads the profile planned: the profile, not a guess, says what comes
+    // next, so nothing is read ahead.
+    for index in [0, 8] {
+        f.check_read(&image, index);
+        image.wait_readahead_idle();
+    }
+    assert_eq!(origin.gets(), 2, "a planned read read ahead");
+    // A read off the profile fetches its chunk and reads the next two ahead.
+    f.check_read(&image, 12);
+    image.wait_readahead_idle();
+    assert_eq!(origin.gets(), 5);
+    assert_eq!(image.metrics().readahead_fetches, 2);
+    assert_eq!(image.prefetch_stats().unwrap().used, 2);
 }
 
 #[test]

@@ -15,21 +15,25 @@
 //!
 //! # Crash safety
 //!
-//! A set bit promises that the chunk's bytes in `data` are complete. The
-//! order of a fill keeps that promise through a crash at any point:
+//! A set bit in the `present` file promises that the chunk's bytes in
+//! `data` are durable. Fills keep that promise through a crash at any
+//! point, with one `fdatasync` for many fills (a group commit):
 //!
-//! 1. the chunk's plaintext is written into `data` at its offset;
-//! 2. `data` is `fdatasync`ed: the bytes are durable;
-//! 3. only then is the bit set, by rewriting the one bitmap byte that
-//!    holds it (`pwrite` of a single byte, which cannot be torn).
+//! 1. a fill writes the chunk's plaintext into `data` at its offset and
+//!    sets the chunk's bit in memory (this process reads the chunk from
+//!    `data` from then on), and queues the chunk as pending;
+//! 2. [`DedicatedTier::persist`] (every [`PERSIST_PERIOD`] from a
+//!    background thread of [`LazyImage`](super::LazyImage), at a flush
+//!    and at close) takes the pending chunks, `fdatasync`s `data`, and
+//!    only then adds their bits to the on-disk bitmap, in one `pwrite`.
 //!
-//! A crash before 3 leaves the bit clear (the chunk is fetched again); a
-//! crash after 3 leaves a set bit over durable data. Bits only go from 0
-//! to 1, and a byte is rewritten under a lock from the in-memory copy, so
-//! two fills of neighbouring chunks cannot undo each other. The bitmap is
-//! not synced per fill: losing a recent bit costs a refetch, never wrong
-//! data. A new or reset bitmap is written atomically (temporary file,
-//! fsync, rename, directory fsync) before `data` is (re)created.
+//! A crash before a persist leaves those bits clear on disk (the chunks
+//! are fetched again); a crash during the bitmap's `pwrite` may leave any
+//! mix of its old and new bytes, which is safe because bits only go from 0
+//! to 1 and every new bit's data was synced first. Syncing `data` once per
+//! fill instead cost a cold start about as much as fetching the chunk from
+//! a cache node. A new or reset bitmap is written atomically (temporary
+//! file, fsync, rename, directory fsync) before `data` is (re)created.
 //!
 //! One process uses a directory at a time; that is the caller's to ensure
 //! (one dedicated directory per instance).
@@ -39,12 +43,13 @@
 //! Copy-on-write guest writes land here only
 //! ([`LazyImage::write_at`](super::LazyImage::write_at)): a write
 //! materialises the chunks it touches (fetching them first if partly
-//! covered, zeros for a hole) through [`DedicatedTier::store_chunk`]'s
-//! ordering (data durable, then the bit), then overwrites the new bytes in
-//! `data` with [`DedicatedTier::write_present`]. A set bit then means "read
-//! from `data`", whatever the manifest says, which is why reads check the
+//! covered, zeros for a hole) through [`DedicatedTier::store_chunk`],
+//! then overwrites the new bytes in `data` with
+//! [`DedicatedTier::write_present`]. A set bit then means "read from
+//! `data`", whatever the manifest says, which is why reads check the
 //! bitmap before treating a chunk as a hole. [`DedicatedTier::flush`]
-//! (the guest's FLUSH) syncs `data` and the bitmap.
+//! (the guest's FLUSH) persists the pending bits and syncs `data` and the
+//! bitmap, so a write is durable once its flush returns, as a disk's is.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -52,6 +57,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use manifest::{ChunkEntry, ChunkId, ChunkIndex, Manifest};
 
@@ -63,6 +69,9 @@ const HEADER_LEN: usize = 64;
 const DATA_FILE: &str = "data";
 /// The presence bitmap file.
 const PRESENT_FILE: &str = "present";
+/// How often [`LazyImage`](super::LazyImage) persists the fills since the
+/// last persist: the most fills a crash can make the next start refetch.
+pub const PERSIST_PERIOD: Duration = Duration::from_millis(100);
 
 /// Errors from the dedicated tier.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -113,10 +122,14 @@ pub struct DedicatedTier {
     dir: PathBuf,
     data: File,
     present: File,
-    /// In-memory copy of the bitmap (after the header).
+    /// The chunks whose bytes are in `data`, durable or not: what this
+    /// process reads from `data`.
     bits: Vec<AtomicU8>,
-    /// Serialises bitmap byte rewrites.
-    bitmap_write: Mutex<()>,
+    /// Indices filled since the last persist.
+    pending: Mutex<Vec<usize>>,
+    /// The bitmap as on disk (after the header): only chunks whose data
+    /// was synced. Its lock also serialises persists.
+    durable: Mutex<Vec<u8>>,
 }
 
 /// The fingerprint and header that bind a bitmap to `manifest`.
@@ -253,8 +266,9 @@ impl DedicatedTier {
                 dir: dir.to_path_buf(),
                 data: rw(&data_path)?,
                 present: rw(&present_path)?,
-                bits: bitmap.into_iter().map(AtomicU8::new).collect(),
-                bitmap_write: Mutex::new(()),
+                bits: bitmap.iter().copied().map(AtomicU8::new).collect(),
+                pending: Mutex::new(Vec::new()),
+                durable: Mutex::new(bitmap),
             },
             state,
         ))
@@ -298,8 +312,8 @@ impl DedicatedTier {
     }
 
     /// Stores the whole plaintext of chunk `index`, which starts at device
-    /// offset `start`, and marks it present: data written and synced first,
-    /// then the bit (see the module docs).
+    /// offset `start`, and marks it present for this process; the next
+    /// [`persist`](Self::persist) makes it durable (see the module docs).
     pub fn store_chunk(
         &self,
         index: ChunkIndex,
@@ -319,18 +333,47 @@ impl DedicatedTier {
         self.data
             .write_all_at(plain, start)
             .map_err(io_err(format!("write {index} to"), &data_path))?;
-        self.data
-            .sync_data()
-            .map_err(io_err(format!("sync {index} in"), &data_path))?;
-        let _guard = self
-            .bitmap_write
+        self.bits[i / 8].fetch_or(1 << (i % 8), Ordering::AcqRel);
+        self.pending
             .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let byte = self.bits[i / 8].fetch_or(1 << (i % 8), Ordering::AcqRel) | (1 << (i % 8));
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(i);
+        Ok(())
+    }
+
+    /// Makes the fills since the last persist durable: syncs `data`, then
+    /// writes their bits into the bitmap (see the module docs). The bitmap
+    /// itself is not synced here ([`sync`](Self::sync) does): a bit lost
+    /// in a crash costs a refetch, never wrong data.
+    pub fn persist(&self) -> Result<(), DedicatedError> {
+        let mut durable = self.durable.lock().unwrap_or_else(PoisonError::into_inner);
+        let taken =
+            std::mem::take(&mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner));
+        if taken.is_empty() {
+            return Ok(());
+        }
+        let requeue = |taken: Vec<usize>| {
+            self.pending
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .extend(taken);
+        };
+        let data_path = self.dir.join(DATA_FILE);
+        if let Err(e) = self.data.sync_data() {
+            requeue(taken);
+            return Err(io_err("sync", &data_path)(e));
+        }
+        for &i in &taken {
+            durable[i / 8] |= 1 << (i % 8);
+        }
         let present_path = self.dir.join(PRESENT_FILE);
-        self.present
-            .write_all_at(&[byte], (HEADER_LEN + i / 8) as u64)
-            .map_err(io_err(format!("mark {index} present in"), &present_path))
+        if let Err(e) = self.present.write_all_at(&durable, HEADER_LEN as u64) {
+            // The bits stay in `durable`; rewriting them next time is
+            // enough, as their data is synced already.
+            requeue(taken);
+            return Err(io_err("write the bitmap", &present_path)(e));
+        }
+        Ok(())
     }
 
     /// Overwrites `buf.len()` bytes at device offset `offset`, all inside
@@ -354,17 +397,23 @@ impl DedicatedTier {
             .map_err(io_err(format!("write {index} to"), &path))
     }
 
-    /// Makes every byte written and every bit set so far durable (the
-    /// guest's FLUSH).
+    /// Makes every byte written and every chunk stored so far durable
+    /// (the guest's FLUSH).
     pub fn flush(&self) -> Result<(), DedicatedError> {
+        self.persist()?;
         self.data
             .sync_data()
             .map_err(io_err("sync", &self.dir.join(DATA_FILE)))?;
-        self.sync()
+        self.sync_bitmap()
     }
 
-    /// Makes every bit set so far durable.
+    /// Makes every chunk stored so far durable, bits included.
     pub fn sync(&self) -> Result<(), DedicatedError> {
+        self.persist()?;
+        self.sync_bitmap()
+    }
+
+    fn sync_bitmap(&self) -> Result<(), DedicatedError> {
         self.present
             .sync_data()
             .map_err(io_err("sync", &self.dir.join(PRESENT_FILE)))
@@ -374,6 +423,6 @@ impl DedicatedTier {
 impl Drop for DedicatedTier {
     fn drop(&mut self) {
         // Best effort: a lost bit only costs a refetch.
-        let _ = self.present.sync_data();
+        let _ = self.sync();
     }
 }

@@ -39,7 +39,9 @@ mod error;
 mod fetchlog;
 mod parallel;
 pub mod prefetch;
+mod priority;
 pub mod readahead;
+mod syncer;
 
 use std::collections::VecDeque;
 use std::path::Path;
@@ -157,6 +159,9 @@ struct Inner {
 pub struct LazyImage {
     inner: Arc<Inner>,
     readahead: Option<Readahead>,
+    /// Persists the dedicated tier's fills every period (what is left at
+    /// the end, the tier persists when it is dropped).
+    _syncer: Option<syncer::Syncer>,
     dedicated_state: Option<DedicatedState>,
     parallel_fetches: usize,
     /// The prefetch, once started; dropping it stops its threads.
@@ -212,9 +217,11 @@ impl LazyImage {
                 options.readahead_threads,
             )
         });
+        let syncer = syncer::Syncer::start(&inner);
         Ok(Self {
             inner,
             readahead,
+            _syncer: syncer,
             dedicated_state,
             parallel_fetches: options.parallel_fetches,
             prefetch: Mutex::new(None),
@@ -278,8 +285,11 @@ impl LazyImage {
             pos += n as u64;
         }
         self.inner.counters.bytes_read.add(len);
-        if let Some(readahead) = &self.readahead {
-            readahead.after_read(ChunkIndex((end - 1) / chunk_size));
+        let last = ChunkIndex((end - 1) / chunk_size);
+        if let Some(readahead) = &self.readahead
+            && !self.inner.prefetch.planned(last)
+        {
+            readahead.after_read(last);
         }
         Ok(())
     }

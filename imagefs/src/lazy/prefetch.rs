@@ -109,6 +109,10 @@ pub(super) struct Tracker {
     any: AtomicBool,
     /// Prefetched chunks no demand read has read yet.
     unused: Mutex<HashSet<u64>>,
+    /// The chunks of the prefetch's order, once one started: the start
+    /// profile's prediction of what this start reads (see
+    /// [`Tracker::planned`]).
+    planned: std::sync::OnceLock<HashSet<u64>>,
     prefetched: Counter,
     used: Counter,
     demand_waited: Counter,
@@ -135,6 +139,14 @@ impl Tracker {
                 self.any.store(false, Ordering::Release);
             }
         }
+    }
+
+    /// Whether chunk `index` is in the prefetch's order. Read-ahead skips
+    /// reads of such chunks: the profile already says what this start
+    /// reads next, and guessing beyond it only fetches chunks the start
+    /// never reads (a read outside the profile still reads ahead).
+    pub(super) fn planned(&self, index: ChunkIndex) -> bool {
+        self.planned.get().is_some_and(|p| p.contains(&index.0))
     }
 
     /// A demand miss joined a fetch a prefetch thread was leading.
@@ -354,6 +366,12 @@ pub(super) fn spawn(
         .concurrency
         .clamp(1, MAX_CONCURRENCY)
         .min(order.len());
+    // One prefetch per image (the caller holds its slot), so this is set
+    // once.
+    let _ = inner
+        .prefetch
+        .planned
+        .set(order.iter().map(|i| i.0).collect());
     let run = Arc::new(Run {
         order,
         next: AtomicUsize::new(0),
@@ -392,6 +410,7 @@ pub(super) fn spawn(
 }
 
 fn worker(inner: &Inner, run: &Run) {
+    super::priority::lower_this_thread();
     while !run.stopping() {
         let at = run.next.fetch_add(1, Ordering::SeqCst);
         let Some(&index) = run.order.get(at) else {

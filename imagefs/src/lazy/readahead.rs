@@ -8,6 +8,10 @@
 //! single-flight as readers, so a reader arriving meanwhile waits for it
 //! instead of fetching again. Dropping the [`Readahead`] stops the threads
 //! after their current fetch.
+//!
+//! With a start profile, a read of a chunk the profile names reads nothing
+//! ahead (the profile says what comes next); a read off the profile does.
+//! The threads run at the background priority of [`super::priority`].
 
 use std::collections::BTreeSet;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
@@ -110,6 +114,7 @@ impl Readahead {
 }
 
 fn worker(inner: &Inner, rx: &Mutex<Receiver<u64>>, shared: &Shared) {
+    super::priority::lower_this_thread();
     loop {
         let next = rx.lock().unwrap_or_else(PoisonError::into_inner).recv();
         let Ok(index) = next else { return };

@@ -187,6 +187,57 @@ fn dedicated_tier_survives_a_restart() {
     assert_eq!((m.store_fetches, m.dedicated_hits), (0, 4));
 }
 
+/// Opens the dedicated tier of `f` directly (no `LazyImage`, so no
+/// persisting thread).
+fn dedicated(f: &Fixture) -> (DedicatedTier, DedicatedState) {
+    DedicatedTier::open(&f.dir.join("dedicated"), &f.manifest).unwrap()
+}
+
+#[test]
+fn a_crash_keeps_only_the_fills_persisted_before_it() {
+    let f = fixture();
+    let chunk = |i: usize| &f.image[i * CHUNK..(i + 1) * CHUNK];
+    let (tier, state) = dedicated(&f);
+    assert_eq!(state, DedicatedState::Created);
+    tier.store_chunk(ChunkIndex(0), 0, chunk(0)).unwrap();
+    tier.persist().unwrap();
+    tier.store_chunk(ChunkIndex(1), CHUNK as u64, chunk(1))
+        .unwrap();
+    // This process reads the unpersisted fill at once.
+    assert!(tier.is_present(ChunkIndex(1)));
+    let mut buf = vec![0u8; CHUNK];
+    tier.read_at(ChunkIndex(1), &mut buf, CHUNK as u64).unwrap();
+    assert!(buf == chunk(1));
+    // A crash (no drop, so no last persist): the disk has chunk 0 only.
+    std::mem::forget(tier);
+    let (tier, state) = dedicated(&f);
+    assert_eq!(state, DedicatedState::Reused { present: 1 });
+    assert!(tier.is_present(ChunkIndex(0)) && !tier.is_present(ChunkIndex(1)));
+    tier.read_at(ChunkIndex(0), &mut buf, 0).unwrap();
+    assert!(buf == chunk(0));
+    // A clean close persists what is pending.
+    tier.store_chunk(ChunkIndex(3), 3 * CHUNK as u64, chunk(3))
+        .unwrap();
+    drop(tier);
+    let (_, state) = dedicated(&f);
+    assert_eq!(state, DedicatedState::Reused { present: 2 });
+}
+
+#[test]
+fn the_image_persists_fills_while_it_runs() {
+    let f = fixture();
+    let lazy = open(&f, true, options(0));
+    let mut buf = vec![0u8; 100];
+    lazy.read_exact_at(&mut buf, 0).unwrap();
+    // The persisting thread writes the bit within a period or two; read
+    // the bitmap from disk, as a crash would leave it, until it does.
+    let present = f.dir.join("dedicated").join("present");
+    ::cachetiers::testing::wait_for("the fill persisted", || {
+        std::fs::read(&present).unwrap()[64] & 1 == 1
+    });
+    drop(lazy);
+}
+
 #[test]
 fn readahead_fetches_the_next_chunks() {
     let f = fixture();
