@@ -29,6 +29,9 @@ struct Serve<'p> {
 struct Harness<'a> {
     cfg: &'a ColdstartConfig,
     counter: usize,
+    /// The directories made so far and not yet removed: each run's tiers
+    /// take tens of megabytes, and a long invocation used to fill the disk.
+    made: Vec<PathBuf>,
 }
 
 fn process_error(program: &str, reason: String) -> Error {
@@ -47,7 +50,15 @@ impl Harness<'_> {
             path: d.clone(),
             source,
         })?;
+        self.made.push(d.clone());
         Ok(d)
+    }
+
+    /// Removes the directories made since `mark` (a length of `made`).
+    fn remove_since(&mut self, mark: usize) {
+        for d in self.made.drain(mark.min(self.made.len())..) {
+            let _ = std::fs::remove_dir_all(d);
+        }
     }
 
     fn imagefs(&self) -> Command {
@@ -221,6 +232,7 @@ impl Harness<'_> {
         let runs = self.cfg.runs.max(1);
         let mut out = Vec::with_capacity(runs);
         for _ in 0..runs {
+            let mark = self.made.len();
             let mut d = self.fresh_dir("dedicated")?;
             let mut sh = self.fresh_dir("shared")?;
             match sc {
@@ -234,13 +246,15 @@ impl Harness<'_> {
                 }
                 _ => {}
             }
-            out.push(self.serve_run(&Serve {
+            let sample = self.serve_run(&Serve {
                 dedicated: &d,
                 shared: Some(&sh),
                 az: if sc == Scenario::AzWarm { az } else { None },
                 prefetch: mode == ProfileMode::With,
                 record_profile: false,
-            })?);
+            });
+            self.remove_since(mark);
+            out.push(sample?);
         }
         Ok(out)
     }
@@ -301,6 +315,14 @@ impl Harness<'_> {
 
     /// One scenario in every mode asked for; the results in report order.
     fn scenario(&mut self, sc: Scenario, modes: &[ProfileMode]) -> Vec<ScenarioResult> {
+        let mark = self.made.len();
+        let results = self.scenario_runs(sc, modes);
+        // The cache node (az-warm) has stopped: its data goes too.
+        self.remove_since(mark);
+        results
+    }
+
+    fn scenario_runs(&mut self, sc: Scenario, modes: &[ProfileMode]) -> Vec<ScenarioResult> {
         if !sc.serves() {
             return vec![result(sc, None, self.plain_scenario(sc))];
         }
@@ -370,7 +392,11 @@ pub(super) fn run(cfg: &ColdstartConfig) -> Result<Vec<ScenarioResult>> {
         path: cfg.work.clone(),
         source,
     })?;
-    let mut h = Harness { cfg, counter: 0 };
+    let mut h = Harness {
+        cfg,
+        counter: 0,
+        made: Vec::new(),
+    };
     let mut modes = cfg.profiles.clone();
     modes.sort();
     modes.dedup();
@@ -383,7 +409,9 @@ pub(super) fn run(cfg: &ColdstartConfig) -> Result<Vec<ScenarioResult>> {
             "coldstart: recording the start profile of {} (unmeasured run)",
             cfg.image
         );
-        match h.record_profile() {
+        let recorded = h.record_profile();
+        h.remove_since(0);
+        match recorded {
             Ok(chunks) => eprintln!("coldstart: profile of {} names {chunks} chunks", cfg.image),
             Err(e) => {
                 eprintln!("coldstart: no profile recorded: {e}");
