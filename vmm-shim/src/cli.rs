@@ -268,11 +268,7 @@ fn run(cli: Cli) -> Result<()> {
                 } else {
                     scenarios
                 },
-                profiles: if profiles.is_empty() {
-                    crate::coldstart::ProfileMode::ALL.to_vec()
-                } else {
-                    profiles
-                },
+                profiles,
                 readahead,
                 params: opts.params(),
                 timeout: Duration::from_secs(opts.timeout),

@@ -401,7 +401,7 @@ pub(super) fn run(cfg: &ColdstartConfig) -> Result<Vec<ScenarioResult>> {
     modes.sort();
     modes.dedup();
     if modes.is_empty() {
-        modes.push(ProfileMode::Without);
+        modes = ProfileMode::ALL.to_vec();
     }
     let serving = cfg.scenarios.iter().any(|s| s.serves());
     if serving && modes.contains(&ProfileMode::With) {

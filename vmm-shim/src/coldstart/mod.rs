@@ -142,7 +142,8 @@ pub struct ColdstartConfig {
     pub work: PathBuf,
     /// Scenarios to run.
     pub scenarios: Vec<Scenario>,
-    /// Profile modes for the imagefs scenarios (empty: without only).
+    /// Profile modes for the imagefs scenarios (empty: both, as the
+    /// command line's default).
     pub profiles: Vec<ProfileMode>,
     /// `imagefs serve --readahead N` (chunks), when not imagefs's default
     /// (tests that count where chunks came from set 0: read-ahead depends
