@@ -72,7 +72,12 @@ impl CacheNodeArgs {
             .ok_or("give --origin (or [origin] url)")?;
 
         let local = Arc::new(cachetiers::RocksStore::open(&data, capacity)?);
-        let origin = cachetiers::origin::open_origin(&origin_url, false)?;
+        let limits = file
+            .origin
+            .as_ref()
+            .map(imagefs::tiers::config::OriginConfig::limits)
+            .unwrap_or_default();
+        let origin = cachetiers::origin::open_origin_with(&origin_url, false, &limits)?;
         let armed = signals.arm();
         let node = start(&NodeConfig { listen }, local, origin)?;
         let stop = node.stop_handle();

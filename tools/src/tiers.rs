@@ -48,7 +48,11 @@ impl TierArgs {
             None => TierConfig::default(),
         };
         if let Some(url) = &self.store {
-            c.origin = Some(OriginConfig { url: url.clone() });
+            // The flag names the origin; the file's request limits stay.
+            match &mut c.origin {
+                Some(o) => o.url = url.clone(),
+                None => c.origin = Some(OriginConfig::at(url.clone())),
+            }
         }
         if let Some(k) = &self.keys {
             c.keys = Some(k.clone());

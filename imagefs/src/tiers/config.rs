@@ -20,6 +20,7 @@
 //!
 //! [origin]                            # the source of truth
 //! url = "s3://bucket/prefix"          # or a directory, or file:///dir
+//! max_concurrent_requests = 16        # requests in flight at once (remote)
 //!
 //! [read]
 //! readahead_chunks = 4
@@ -86,6 +87,30 @@ pub struct SharedConfig {
 pub struct OriginConfig {
     /// A directory, `file:///dir` or `s3://bucket/prefix`.
     pub url: String,
+    /// Most requests in flight to a remote origin at once, from the whole
+    /// process (default
+    /// [`cachetiers::origin::DEFAULT_MAX_CONCURRENT_REQUESTS`]).
+    #[serde(default)]
+    pub max_concurrent_requests: Option<usize>,
+}
+
+impl OriginConfig {
+    /// An origin at `url` with the default request limits.
+    pub fn at(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            max_concurrent_requests: None,
+        }
+    }
+
+    /// The request limits this section asks for.
+    pub fn limits(&self) -> cachetiers::origin::RequestLimits {
+        let mut limits = cachetiers::origin::RequestLimits::default();
+        if let Some(n) = self.max_concurrent_requests {
+            limits.max_concurrent_requests = n;
+        }
+        limits
+    }
 }
 
 /// `[read]`.
@@ -275,6 +300,13 @@ mod tests {
     fn unknown_keys_and_bad_sizes_are_named() {
         let err = TierConfig::parse("[shared]\npath = \"/s\"\ncapacity = \"lots\"\n").unwrap_err();
         assert!(err.to_string().contains("not a size"), "{err}");
+        let c = TierConfig::parse("[origin]\nurl = \"/o\"\nmax_concurrent_requests = 4\n").unwrap();
+        let o = c.origin.unwrap();
+        assert_eq!(o.limits().max_concurrent_requests, 4);
+        assert_eq!(
+            OriginConfig::at("/o").limits().max_concurrent_requests,
+            cachetiers::origin::DEFAULT_MAX_CONCURRENT_REQUESTS
+        );
         let err = TierConfig::parse("[origin]\nurl = \"/o\"\nbucket = \"x\"\n").unwrap_err();
         assert!(err.to_string().contains("bucket"), "{err}");
     }

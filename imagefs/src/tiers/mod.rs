@@ -90,13 +90,13 @@ impl std::fmt::Debug for Tiers {
 /// Opens every configured tier. `create_origin` creates a directory origin
 /// that does not exist yet (for `convert`).
 pub fn open_tiers(config: &TierConfig, create_origin: bool) -> Result<Tiers, TiersError> {
-    let url = &config.origin.as_ref().ok_or(TiersError::NoOrigin)?.url;
-    let origin = cachetiers::origin::open_origin(url, create_origin).map_err(|source| {
-        TiersError::Origin {
+    let section = config.origin.as_ref().ok_or(TiersError::NoOrigin)?;
+    let url = &section.url;
+    let origin = cachetiers::origin::open_origin_with(url, create_origin, &section.limits())
+        .map_err(|source| TiersError::Origin {
             url: url.clone(),
             source: Box::new(source),
-        }
-    })?;
+        })?;
     let mut stack: Vec<(String, Arc<dyn ChunkStore>)> = Vec::new();
 
     #[cfg(feature = "rocksdb")]
