@@ -122,6 +122,9 @@ pub enum Command {
         /// `imagefs serve --readahead N` (default: imagefs's own).
         #[arg(long, value_name = "CHUNKS")]
         readahead: Option<usize>,
+        /// `imagefs serve --prefetch-concurrency N` (default: imagefs's own).
+        #[arg(long, value_name = "FETCHES")]
+        prefetch_concurrency: Option<usize>,
         /// Write the report (`coldstart::report::ColdstartReport`) as JSON.
         #[arg(long, value_name = "FILE")]
         json: Option<PathBuf>,
@@ -247,6 +250,7 @@ fn run(cli: Cli) -> Result<()> {
             scenarios,
             profiles,
             readahead,
+            prefetch_concurrency,
             json,
             plots,
             opts,
@@ -270,6 +274,7 @@ fn run(cli: Cli) -> Result<()> {
                 },
                 profiles,
                 readahead,
+                prefetch_concurrency,
                 params: opts.params(),
                 timeout: Duration::from_secs(opts.timeout),
                 raw,

@@ -213,6 +213,7 @@ fn coldstart_runs_every_scenario_against_imagefs_serve() {
         profiles: ProfileMode::ALL.to_vec(),
         // Read-ahead depends on timing; the test counts where chunks came from.
         readahead: Some(0),
+        prefetch_concurrency: None,
         params: Params::default(),
         timeout: Duration::from_secs(120),
         raw: Some(r.raw.clone()),

@@ -39,6 +39,7 @@ fn qsd_scenario_runs_and_reports() {
         scenarios: vec![Scenario::Qsd, Scenario::Origin],
         profiles: vec![ProfileMode::Without],
         readahead: None,
+        prefetch_concurrency: None,
         params: Params::default(),
         timeout: Duration::from_secs(60),
         raw: Some(raw),

@@ -123,6 +123,9 @@ impl Harness<'_> {
         if let Some(n) = self.cfg.readahead {
             c.arg("--readahead").arg(n.to_string());
         }
+        if let Some(n) = self.cfg.prefetch_concurrency {
+            c.arg("--prefetch-concurrency").arg(n.to_string());
+        }
         if let Some(sh) = s.shared {
             c.arg("--shared").arg(sh).arg("--shared-capacity").arg("8G");
         }

@@ -149,6 +149,9 @@ pub struct ColdstartConfig {
     /// (tests that count where chunks came from set 0: read-ahead depends
     /// on timing).
     pub readahead: Option<usize>,
+    /// `imagefs serve --prefetch-concurrency N`, when not imagefs's
+    /// default.
+    pub prefetch_concurrency: Option<usize>,
     /// Probe parameters.
     pub params: Params,
     /// Watchdog limit per VM run.
