@@ -363,8 +363,9 @@ impl LazyImage {
         }
     }
 
-    /// Makes the dedicated tier's presence bits durable (they are written
-    /// as chunks arrive but not synced one by one).
+    /// Makes every chunk fetched into the dedicated tier so far durable:
+    /// persists the fills since the last group commit and syncs the
+    /// presence bitmap (see [`dedicated`]).
     pub fn sync(&self) -> Result<(), LazyError> {
         match &self.inner.dedicated {
             Some(d) => d.sync().map_err(LazyError::Sync),
