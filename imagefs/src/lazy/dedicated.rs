@@ -19,13 +19,15 @@
 //! `data` are durable. Fills keep that promise through a crash at any
 //! point, with one `fdatasync` for many fills (a group commit):
 //!
-//! 1. a fill writes the chunk's plaintext into `data` at its offset and
+//! 1. a fill writes the chunk's plaintext into `data` at its offset, then
 //!    sets the chunk's bit in memory (this process reads the chunk from
-//!    `data` from then on), and queues the chunk as pending;
+//!    `data` from then on);
 //! 2. [`DedicatedTier::persist`] (every [`PERSIST_PERIOD`] from a
 //!    background thread of [`LazyImage`](super::LazyImage), at a flush
-//!    and at close) takes the pending chunks, `fdatasync`s `data`, and
-//!    only then adds their bits to the on-disk bitmap, in one `pwrite`.
+//!    and at close) copies the in-memory bitmap, `fdatasync`s `data`, and
+//!    only then writes the copy over the on-disk bitmap, in one `pwrite`.
+//!    Every bit in the copy was set after its chunk's bytes were written,
+//!    so the sync that follows the copy covers them all.
 //!
 //! A crash before a persist leaves those bits clear on disk (the chunks
 //! are fetched again); a crash during the bitmap's `pwrite` may leave any
@@ -55,7 +57,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -125,11 +127,11 @@ pub struct DedicatedTier {
     /// The chunks whose bytes are in `data`, durable or not: what this
     /// process reads from `data`.
     bits: Vec<AtomicU8>,
-    /// Indices filled since the last persist.
-    pending: Mutex<Vec<usize>>,
-    /// The bitmap as on disk (after the header): only chunks whose data
-    /// was synced. Its lock also serialises persists.
-    durable: Mutex<Vec<u8>>,
+    /// Whether a bit was set since the last persist took its copy.
+    dirty: AtomicBool,
+    /// Serialises persists, so bitmaps reach the disk in the order their
+    /// copies were taken.
+    persisting: Mutex<()>,
 }
 
 /// The fingerprint and header that bind a bitmap to `manifest`.
@@ -266,9 +268,9 @@ impl DedicatedTier {
                 dir: dir.to_path_buf(),
                 data: rw(&data_path)?,
                 present: rw(&present_path)?,
-                bits: bitmap.iter().copied().map(AtomicU8::new).collect(),
-                pending: Mutex::new(Vec::new()),
-                durable: Mutex::new(bitmap),
+                bits: bitmap.into_iter().map(AtomicU8::new).collect(),
+                dirty: AtomicBool::new(false),
+                persisting: Mutex::new(()),
             },
             state,
         ))
@@ -334,10 +336,7 @@ impl DedicatedTier {
             .write_all_at(plain, start)
             .map_err(io_err(format!("write {index} to"), &data_path))?;
         self.bits[i / 8].fetch_or(1 << (i % 8), Ordering::AcqRel);
-        self.pending
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(i);
+        self.dirty.store(true, Ordering::Release);
         Ok(())
     }
 
@@ -346,34 +345,33 @@ impl DedicatedTier {
     /// itself is not synced here ([`sync`](Self::sync) does): a bit lost
     /// in a crash costs a refetch, never wrong data.
     pub fn persist(&self) -> Result<(), DedicatedError> {
-        let mut durable = self.durable.lock().unwrap_or_else(PoisonError::into_inner);
-        let taken =
-            std::mem::take(&mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner));
-        if taken.is_empty() {
+        let _turn = self
+            .persisting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if !self.dirty.swap(false, Ordering::AcqRel) {
             return Ok(());
         }
-        let requeue = |taken: Vec<usize>| {
-            self.pending
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .extend(taken);
-        };
-        let data_path = self.dir.join(DATA_FILE);
-        if let Err(e) = self.data.sync_data() {
-            requeue(taken);
-            return Err(io_err("sync", &data_path)(e));
+        let copy: Vec<u8> = self
+            .bits
+            .iter()
+            .map(|b| b.load(Ordering::Acquire))
+            .collect();
+        let written = self
+            .data
+            .sync_data()
+            .map_err(io_err("sync", &self.dir.join(DATA_FILE)))
+            .and_then(|()| {
+                let path = self.dir.join(PRESENT_FILE);
+                self.present
+                    .write_all_at(&copy, HEADER_LEN as u64)
+                    .map_err(io_err("write the bitmap", &path))
+            });
+        if written.is_err() {
+            // Try again next time.
+            self.dirty.store(true, Ordering::Release);
         }
-        for &i in &taken {
-            durable[i / 8] |= 1 << (i % 8);
-        }
-        let present_path = self.dir.join(PRESENT_FILE);
-        if let Err(e) = self.present.write_all_at(&durable, HEADER_LEN as u64) {
-            // The bits stay in `durable`; rewriting them next time is
-            // enough, as their data is synced already.
-            requeue(taken);
-            return Err(io_err("write the bitmap", &present_path)(e));
-        }
-        Ok(())
+        written
     }
 
     /// Overwrites `buf.len()` bytes at device offset `offset`, all inside
