@@ -285,11 +285,8 @@ impl LazyImage {
             pos += n as u64;
         }
         self.inner.counters.bytes_read.add(len);
-        let last = ChunkIndex((end - 1) / chunk_size);
-        if let Some(readahead) = &self.readahead
-            && !self.inner.prefetch.planned(last)
-        {
-            readahead.after_read(last);
+        if let Some(readahead) = &self.readahead {
+            readahead.after_read(ChunkIndex((end - 1) / chunk_size));
         }
         Ok(())
     }
@@ -688,18 +685,22 @@ impl Inner {
 
     fn fetch_uncached(&self, index: ChunkIndex, origin: Origin) -> Fetched {
         let (id, _, start, expected) = self.stored_chunk(index)?;
+        let dedicated_err = |source| LazyError::Dedicated {
+            index,
+            id: id.to_hex(),
+            source,
+        };
+        let whole_from = |d: &DedicatedTier| -> Fetched {
+            let mut plain = vec![0u8; expected as usize];
+            d.read_at(index, &mut plain, start.0)
+                .map_err(dedicated_err)?;
+            Ok(Arc::new(plain))
+        };
         if let Some(d) = &self.dedicated
             && d.is_present(index)
         {
             // Filled by another flight since the reader looked.
-            let mut plain = vec![0u8; expected as usize];
-            d.read_at(index, &mut plain, start.0)
-                .map_err(|source| LazyError::Dedicated {
-                    index,
-                    id: id.to_hex(),
-                    source,
-                })?;
-            return Ok(Arc::new(plain));
+            return whole_from(d);
         }
         let plain = self.fetch_plain(index, origin)?;
         if let Some(d) = &self.dedicated {
@@ -707,21 +708,10 @@ impl Inner {
             if d.is_present(index) {
                 // A write materialised the chunk since we looked: its
                 // bytes win over the pristine copy we fetched.
-                let mut written = vec![0u8; expected as usize];
-                d.read_at(index, &mut written, start.0)
-                    .map_err(|source| LazyError::Dedicated {
-                        index,
-                        id: id.to_hex(),
-                        source,
-                    })?;
-                return Ok(Arc::new(written));
+                return whole_from(d);
             }
             d.store_chunk(index, start.0, &plain)
-                .map_err(|source| LazyError::Dedicated {
-                    index,
-                    id: id.to_hex(),
-                    source,
-                })?;
+                .map_err(dedicated_err)?;
         }
         let plain = Arc::new(plain);
         self.memory_put(index, &plain);

@@ -71,9 +71,13 @@ impl Readahead {
         }
     }
 
-    /// Queues the chunks after `last` that need fetching.
+    /// Queues the chunks after `last` that need fetching, unless the
+    /// start profile planned `last` (see the module docs).
     pub(super) fn after_read(&self, last: ChunkIndex) {
         let Some(queue) = &self.queue else { return };
+        if self.inner.prefetch.planned(last) {
+            return;
+        }
         let count = self.inner.manifest.chunks.len() as u64;
         let mut pending = self
             .shared
