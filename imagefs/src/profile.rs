@@ -293,6 +293,34 @@ fn profile_err(what: impl Into<String>) -> impl FnOnce(ProfileError) -> ProfileO
     move |source| ProfileOpError::Profile { what, source }
 }
 
+/// `profile` checked against `manifest`, then sealed with `keys`; `what`
+/// names it in errors.
+fn check_and_seal(
+    profile: &StartProfile,
+    keys: &dyn KeyProvider,
+    manifest: &Manifest,
+    what: String,
+) -> Result<Vec<u8>, ProfileOpError> {
+    profile
+        .check_against(manifest)
+        .map_err(profile_err(what.clone()))?;
+    seal_profile(profile, keys).map_err(profile_err(what))
+}
+
+/// `sealed` unsealed as image `digest`'s profile, then checked against
+/// `manifest`; `what` names it in errors.
+fn unseal_and_check(
+    sealed: &[u8],
+    digest: &ManifestDigest,
+    keys: &dyn KeyProvider,
+    manifest: &Manifest,
+    what: String,
+) -> Result<StartProfile, ProfileOpError> {
+    let profile = unseal_profile(sealed, keys, digest).map_err(profile_err(what.clone()))?;
+    profile.check_against(manifest).map_err(profile_err(what))?;
+    Ok(profile)
+}
+
 /// Checks `profile` against `manifest`, seals it with `keys` and stores
 /// it in `origin` beside its manifest (replacing the one there).
 pub fn store_profile(
@@ -301,11 +329,7 @@ pub fn store_profile(
     manifest: &Manifest,
     profile: &StartProfile,
 ) -> Result<(), ProfileOpError> {
-    let what = format!("of {}", profile.manifest);
-    profile
-        .check_against(manifest)
-        .map_err(profile_err(what.clone()))?;
-    let sealed = seal_profile(profile, keys).map_err(profile_err(what))?;
+    let sealed = check_and_seal(profile, keys, manifest, format!("of {}", profile.manifest))?;
     origin
         .put_profile(&profile.manifest, &sealed)
         .map_err(|source| ProfileOpError::Store {
@@ -332,9 +356,7 @@ pub fn stored_profile(
         return Ok(None);
     };
     let what = format!("of {digest} in {}", origin.location());
-    let profile = unseal_profile(&sealed, keys, digest).map_err(profile_err(what.clone()))?;
-    profile.check_against(manifest).map_err(profile_err(what))?;
-    Ok(Some(profile))
+    unseal_and_check(&sealed, digest, keys, manifest, what).map(Some)
 }
 
 /// Drops the stored profile of image `digest`; whether there was one.
@@ -358,11 +380,7 @@ pub fn write_profile_file(
     manifest: &Manifest,
     profile: &StartProfile,
 ) -> Result<(), ProfileOpError> {
-    let what = format!("file {}", path.display());
-    profile
-        .check_against(manifest)
-        .map_err(profile_err(what.clone()))?;
-    let sealed = seal_profile(profile, keys).map_err(profile_err(what))?;
+    let sealed = check_and_seal(profile, keys, manifest, format!("file {}", path.display()))?;
     std::fs::write(path, sealed).map_err(|source| ProfileOpError::Io {
         path: path.to_path_buf(),
         source,
@@ -381,10 +399,13 @@ pub fn read_profile_file(
         path: path.to_path_buf(),
         source,
     })?;
-    let what = format!("file {}", path.display());
-    let profile = unseal_profile(&sealed, keys, digest).map_err(profile_err(what.clone()))?;
-    profile.check_against(manifest).map_err(profile_err(what))?;
-    Ok(profile)
+    unseal_and_check(
+        &sealed,
+        digest,
+        keys,
+        manifest,
+        format!("file {}", path.display()),
+    )
 }
 
 /// The chunk order to prefetch for image `digest`: its stored profile's
