@@ -387,6 +387,24 @@ pub fn write_profile_file(
     })
 }
 
+/// Saves `profile`, checked and sealed, to the file `path` when given,
+/// else in `origin` beside its manifest; says where, for a message
+/// ("written to FILE", "stored in ORIGIN").
+pub fn save_profile(
+    path: Option<&Path>,
+    origin: &dyn Catalog,
+    keys: &dyn KeyProvider,
+    manifest: &Manifest,
+    profile: &StartProfile,
+) -> Result<String, ProfileOpError> {
+    match path {
+        Some(path) => write_profile_file(path, keys, manifest, profile)
+            .map(|()| format!("written to {}", path.display())),
+        None => store_profile(origin, keys, manifest, profile)
+            .map(|()| format!("stored in {}", origin.location())),
+    }
+}
+
 /// Reads a sealed profile file of image `digest`, checked against
 /// `manifest`.
 pub fn read_profile_file(

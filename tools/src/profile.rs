@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use imagefs::profile::{
-    ProfileOpError, from_trace, merge, read_profile_file, remove_profile, render, store_profile,
-    stored_profile, write_profile_file,
+    ProfileOpError, from_trace, merge, read_profile_file, remove_profile, render, save_profile,
+    stored_profile,
 };
 use imagefs::transport::vhost::read_trace;
 
@@ -123,16 +123,14 @@ impl ProfileArgs {
                     runs.extend(stored_profile(origin.as_ref(), digest, &keys, manifest)?);
                 }
                 let merged = merge(&runs)?;
-                match &output {
-                    Some(path) => write_profile_file(path, &keys, manifest, &merged)?,
-                    None => store_profile(origin.as_ref(), &keys, manifest, &merged)?,
-                }
+                let saved =
+                    save_profile(output.as_deref(), origin.as_ref(), &keys, manifest, &merged)?;
                 writeln!(
                     out,
                     "merged {} runs of {digest}: {} chunks, {}",
                     runs.len(),
                     merged.entries.len(),
-                    destination(&output, origin.location())
+                    saved
                 )?;
             }
             ProfileCommand::Rm { image, store } => {
@@ -156,28 +154,24 @@ impl ProfileArgs {
                 let opened = imagefs::open_image(origin.as_ref(), &image, &keys, None)?;
                 let (header, records) = read_trace(&trace)?;
                 let profile = from_trace(&opened.digest, &opened.manifest, &header, &records)?;
-                match &output {
-                    Some(path) => write_profile_file(path, &keys, &opened.manifest, &profile)?,
-                    None => store_profile(origin.as_ref(), &keys, &opened.manifest, &profile)?,
-                }
+                let saved = save_profile(
+                    output.as_deref(),
+                    origin.as_ref(),
+                    &keys,
+                    &opened.manifest,
+                    &profile,
+                )?;
                 writeln!(
                     out,
                     "start profile of {} from {} reads: {} chunks, {}",
                     opened.digest,
                     records.len(),
                     profile.entries.len(),
-                    destination(&output, origin.location())
+                    saved
                 )?;
             }
         }
         Ok(())
-    }
-}
-
-fn destination(output: &Option<PathBuf>, origin: String) -> String {
-    match output {
-        Some(path) => format!("written to {}", path.display()),
-        None => format!("stored in {origin}"),
     }
 }
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use imagefs::LazyOptions;
-use imagefs::profile::{ProfileRecorder, store_profile, write_profile_file};
+use imagefs::profile::{ProfileRecorder, save_profile};
 use imagefs::tiers::stats::{render, render_prefetch, tiers_report};
 use imagefs::transport::vhost::{ServeOptions, Server};
 use manifest::report::ServeStats;
@@ -168,12 +168,13 @@ impl ServeArgs {
                 eprintln!("imagefs serve: the guest read nothing; no start profile saved");
                 return Ok(());
             }
-            let saved = match &self.record_profile_file {
-                Some(path) => write_profile_file(path, &keys, lazy.manifest(), &profile)
-                    .map(|()| format!("written to {}", path.display())),
-                None => store_profile(tiers.origin.as_ref(), &keys, lazy.manifest(), &profile)
-                    .map(|()| format!("stored in {}", tiers.origin.location())),
-            }?;
+            let saved = save_profile(
+                self.record_profile_file.as_deref(),
+                tiers.origin.as_ref(),
+                &keys,
+                lazy.manifest(),
+                &profile,
+            )?;
             eprintln!(
                 "imagefs serve: start profile of {}: {} chunks, {saved}",
                 profile.manifest,
