@@ -1,9 +1,8 @@
 //! The optional log of every fetch from the chunk store, with when it ran
 //! and who asked ([`LazyImage::record_fetches`](super::LazyImage::record_fetches)),
 //! for timelines of a start (`serve --record-fetches`). Off by default:
-//! while off, a fetch costs one relaxed atomic load here.
+//! while off, a fetch costs one atomic load here.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::Instant;
 
@@ -14,9 +13,9 @@ use super::Origin;
 /// The recorder, shared by every fetching thread.
 #[derive(Debug, Default)]
 pub(super) struct FetchRecorder {
-    on: AtomicBool,
-    epoch: OnceLock<Instant>,
-    limit: OnceLock<usize>,
+    /// Set when recording starts: the time events count from, and the
+    /// most events kept.
+    started: OnceLock<(Instant, usize)>,
     log: Mutex<FetchLog>,
 }
 
@@ -32,20 +31,18 @@ impl FetchRecorder {
     /// Starts recording (times count from now), keeping at most `limit`
     /// events. A second call changes nothing.
     pub(super) fn start(&self, limit: usize) {
-        let _ = self.epoch.set(Instant::now());
-        let _ = self.limit.set(limit);
-        self.on.store(true, Ordering::Release);
+        let _ = self.started.set((Instant::now(), limit));
     }
 
     /// When a fetch starts: the time to pass to [`Self::done`], or `None`
     /// when not recording.
     pub(super) fn begin(&self) -> Option<Instant> {
-        self.on.load(Ordering::Acquire).then(Instant::now)
+        self.started.get().is_some().then(Instant::now)
     }
 
     /// A fetch that began at `began` has its object of `bytes` bytes.
     pub(super) fn done(&self, began: Option<Instant>, chunk: u64, origin: Origin, bytes: u64) {
-        let (Some(began), Some(epoch)) = (began, self.epoch.get()) else {
+        let (Some(began), Some((epoch, limit))) = (began, self.started.get()) else {
             return;
         };
         let us = |t: Instant| {
@@ -58,9 +55,8 @@ impl FetchRecorder {
             end_us: us(Instant::now()),
             bytes,
         };
-        let limit = self.limit.get().copied().unwrap_or(0);
         let mut log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
-        if log.events.len() < limit {
+        if log.events.len() < *limit {
             log.events.push(event);
         } else {
             log.dropped += 1;
@@ -69,7 +65,7 @@ impl FetchRecorder {
 
     /// The log so far, `None` if recording never started.
     pub(super) fn snapshot(&self) -> Option<FetchLog> {
-        self.epoch.get()?;
+        self.started.get()?;
         Some(
             self.log
                 .lock()
