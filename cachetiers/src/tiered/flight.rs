@@ -72,12 +72,18 @@ struct Publish<'a, K: Eq + Hash, V> {
     key: &'a K,
     call: Arc<Call<V>>,
     value: Option<V>,
+    /// Whether the call may still be in the map (unregistering once is
+    /// enough).
+    registered: bool,
 }
 
 impl<K: Eq + Hash, V> Publish<'_, K, V> {
     /// Takes the call out of the map (if it is still this call: a later
     /// leader may have put its own there), so no new follower can join.
-    fn unregister(&self) {
+    fn unregister(&mut self) {
+        if !std::mem::replace(&mut self.registered, false) {
+            return;
+        }
         let mut calls = self
             .flight
             .calls
@@ -140,6 +146,7 @@ impl<K: Eq + Hash + Clone, V: Clone> SingleFlight<K, V> {
                     key,
                     call,
                     value: None,
+                    registered: true,
                 };
                 // `work` is only taken by a leader, and a leader returns.
                 let Some(work) = work.take() else {
