@@ -8,12 +8,10 @@ use cachetiers::testing::{GatedStore, WATCHDOG, wait_for};
 use cachetiers::{ChunkStore, DirStore, PutOutcome, StoreError, TieredStore};
 use imagefs::lazy::prefetch::{self, PrefetchMode};
 use imagefs::{LazyError, LazyImage, LazyOptions};
-use manifest::{
-    ChunkEntry, ChunkId, ChunkIndex, ChunkSize, DomainSecret, ImageConfig, Manifest, encrypt_chunk,
-};
+use manifest::{ChunkId, ChunkIndex, DomainSecret, Manifest};
 use tests::imagegen::noise;
+use tests::synthetic::{CHUNK, encrypted_device};
 
-const CHUNK: usize = 64 * 1024;
 /// Chunks of the fixture; chunk `HOLE` is a hole.
 const CHUNKS: u64 = 16;
 const HOLE: u64 = 5;
@@ -28,32 +26,12 @@ struct Fixture {
 fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let origin = Arc::new(DirStore::create(dir.path().join("origin")).unwrap());
-    let secret = DomainSecret::from_bytes([9; 32]);
-    let (mut image, mut chunks) = (Vec::new(), Vec::new());
-    for i in 0..CHUNKS {
-        if i == HOLE {
-            image.resize(image.len() + CHUNK, 0);
-            chunks.push(ChunkEntry::Hole);
-            continue;
-        }
-        let plain = noise(i + 100, CHUNK);
-        let enc = encrypt_chunk(&secret, &plain);
+    let chunks = (0..CHUNKS)
+        .map(|i| (i != HOLE).then(|| noise(i + 100, CHUNK)))
+        .collect();
+    let (manifest, image) = encrypted_device(&DomainSecret::from_bytes([9; 32]), chunks, |enc| {
         origin.put(&enc.id, &enc.object).unwrap();
-        image.extend_from_slice(&plain);
-        chunks.push(ChunkEntry::Present {
-            id: enc.id,
-            key: enc.key,
-        });
-    }
-    let manifest = Manifest {
-        source_digest: String::new(),
-        domain: "test".into(),
-        filesystem: "ext4".into(),
-        config: ImageConfig::default(),
-        device_size: image.len() as u64,
-        chunk_size: ChunkSize::MIN,
-        chunks,
-    };
+    });
     Fixture {
         dir,
         origin,

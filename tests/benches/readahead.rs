@@ -15,8 +15,9 @@ use std::time::{Duration, Instant};
 use cachetiers::testing::GatedStore;
 use cachetiers::{ChunkStore, DirStore};
 use imagefs::{LazyImage, LazyOptions};
-use manifest::{ChunkEntry, ChunkSize, DomainSecret, ImageConfig, Manifest};
+use manifest::DomainSecret;
 use tests::imagegen::noise;
+use tests::synthetic::encrypted_device;
 
 /// Chunks of the synthetic image (64 KiB each: 32 MiB).
 const CHUNKS: u64 = 512;
@@ -80,25 +81,18 @@ fn main() {
 fn run(latency: Duration) -> Result<(), String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let inner = DirStore::create(dir.path().join("store")).map_err(|e| e.to_string())?;
-    let secret = DomainSecret::from_bytes([3; 32]);
-    let mut chunks = Vec::new();
-    for i in 0..CHUNKS {
-        let enc = manifest::encrypt_chunk(&secret, &noise(i + 1, CHUNK as usize));
-        inner.put(&enc.id, &enc.object).map_err(|e| e.to_string())?;
-        chunks.push(ChunkEntry::Present {
-            id: enc.id,
-            key: enc.key,
-        });
+    let chunks = (0..CHUNKS)
+        .map(|i| Some(noise(i + 1, CHUNK as usize)))
+        .collect();
+    let mut failed = None;
+    let (manifest, _) = encrypted_device(&DomainSecret::from_bytes([3; 32]), chunks, |enc| {
+        if let Err(e) = inner.put(&enc.id, &enc.object) {
+            failed.get_or_insert(e.to_string());
+        }
+    });
+    if let Some(e) = failed {
+        return Err(e);
     }
-    let manifest = Manifest {
-        source_digest: String::new(),
-        domain: "bench".into(),
-        filesystem: "ext4".into(),
-        config: ImageConfig::default(),
-        device_size: CHUNKS * CHUNK,
-        chunk_size: ChunkSize::MIN,
-        chunks,
-    };
     // Each get waits `latency` (after the directory read).
     let store =
         Arc::new(GatedStore::new(inner).with_get_hook(move |_, _| std::thread::sleep(latency)));

@@ -20,6 +20,8 @@
 //! - [`harness`] finds tools, prints `SKIP:` lines, and mounts/unmounts.
 //! - [`process`] starts child processes (`imagefs mount`, cache nodes),
 //!   waits until they are ready, and stops them with a signal.
+//! - [`synthetic`] encrypts chunk plaintexts into a manifest and a store,
+//!   for tests of the lazy layers that need no filesystem.
 //!
 //! Integration tests: `generator.rs` (the generator against umoci and
 //! skopeo), `flatten.rs` (every flattening and ext4 case), `bad_inputs.rs`
@@ -37,5 +39,6 @@ pub mod harness;
 pub mod imagegen;
 pub mod process;
 pub mod qemu;
+pub mod synthetic;
 pub mod tarw;
 pub mod treecheck;

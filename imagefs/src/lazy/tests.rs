@@ -3,14 +3,13 @@
 //! short).
 
 use ::tests::imagegen::noise;
+use ::tests::synthetic::{CHUNK, encrypted_device};
 use std::sync::Arc;
 
 use cachetiers::{ChunkStore, DirStore};
-use manifest::{ChunkEntry, ChunkSize, DomainSecret, ImageConfig, Manifest, encrypt_chunk};
+use manifest::{DomainSecret, Manifest};
 
 use super::*;
-
-const CHUNK: usize = 64 * 1024;
 
 struct Fixture {
     _dir: tempfile::TempDir,
@@ -25,34 +24,13 @@ fn fixture() -> Fixture {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().to_path_buf();
     let store = Arc::new(DirStore::create(dir.join("store")).unwrap());
-    let secret = DomainSecret::from_bytes([7; 32]);
     let sizes = [CHUNK, CHUNK, CHUNK, CHUNK, 1000];
-    let mut image = Vec::new();
-    let mut chunks = Vec::new();
-    for (i, &len) in sizes.iter().enumerate() {
-        if i == 2 {
-            image.extend(std::iter::repeat_n(0u8, len));
-            chunks.push(ChunkEntry::Hole);
-            continue;
-        }
-        let plain = noise(i as u64 + 1, len);
-        let enc = encrypt_chunk(&secret, &plain);
+    let chunks = (0..sizes.len())
+        .map(|i| (i != 2).then(|| noise(i as u64 + 1, sizes[i])))
+        .collect();
+    let (manifest, image) = encrypted_device(&DomainSecret::from_bytes([7; 32]), chunks, |enc| {
         store.put(&enc.id, &enc.object).unwrap();
-        image.extend_from_slice(&plain);
-        chunks.push(ChunkEntry::Present {
-            id: enc.id,
-            key: enc.key,
-        });
-    }
-    let manifest = Manifest {
-        source_digest: String::new(),
-        domain: "test".into(),
-        filesystem: "ext4".into(),
-        config: ImageConfig::default(),
-        device_size: image.len() as u64,
-        chunk_size: ChunkSize::MIN,
-        chunks,
-    };
+    });
     Fixture {
         _dir: tmp,
         dir,

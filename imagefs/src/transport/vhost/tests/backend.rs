@@ -20,29 +20,11 @@ fn device(dedicated: bool) -> Device {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().to_path_buf();
     let inner = DirStore::create(dir.join("store")).unwrap();
-    let secret = DomainSecret::from_bytes([9; 32]);
-    let mut image = Vec::new();
-    let mut chunks = Vec::new();
-    for i in 0..4u64 {
-        let plain = noise(100 + i, CHUNK);
-        let enc = encrypt_chunk(&secret, &plain);
+    let chunks = (0..4u64).map(|i| Some(noise(100 + i, CHUNK))).collect();
+    let (manifest, image) = encrypted_device(&DomainSecret::from_bytes([9; 32]), chunks, |enc| {
         inner.put(&enc.id, &enc.object).unwrap();
-        image.extend_from_slice(&plain);
-        chunks.push(ChunkEntry::Present {
-            id: enc.id,
-            key: enc.key,
-        });
-    }
-    let blocked = *chunks[0].id().unwrap();
-    let manifest = Manifest {
-        source_digest: String::new(),
-        domain: "test".into(),
-        filesystem: "ext4".into(),
-        config: ImageConfig::default(),
-        device_size: image.len() as u64,
-        chunk_size: ChunkSize::MIN,
-        chunks,
-    };
+    });
+    let blocked = *manifest.chunks[0].id().unwrap();
     let store = Arc::new(GatedStore::new(inner));
     store.close_for(blocked);
     let dedicated_dir = dir.join("dedicated");

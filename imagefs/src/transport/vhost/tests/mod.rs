@@ -9,8 +9,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ::tests::imagegen::noise;
+use ::tests::synthetic::{CHUNK, encrypted_device};
 use cachetiers::{ChunkStore, DirStore};
-use manifest::{ChunkEntry, ChunkSize, DomainSecret, ImageConfig, Manifest, encrypt_chunk};
+use manifest::DomainSecret;
 use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_F_RO, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_FLUSH,
@@ -28,7 +29,6 @@ use super::request::{Limits, ParseError, RequestKind, parse};
 use super::*;
 use crate::lazy::{LazyImage, LazyOptions};
 
-const CHUNK: usize = 64 * 1024;
 const MEM_SIZE: u64 = 0x100_0000; // 16 MiB of guest memory
 const QSIZE: u16 = 64;
 const HDR: u64 = 0x10_0000; // where request headers go
