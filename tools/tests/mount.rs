@@ -20,7 +20,7 @@ use tests::process;
 use tests::treecheck::{Mask, assert_same, list_dir};
 
 mod common;
-use common::{open, pattern, store_of, write_trace};
+use common::{ok, open, pattern, store_of, write_trace};
 
 /// A store holding one converted image under the tag `t`.
 fn store() -> TempDir {
@@ -387,20 +387,7 @@ fn store_profile(s: &Path) -> u64 {
         .collect();
     let trace = s.join("start.jsonl");
     write_trace(&trace, &o, &reads);
-    let out = Command::new(env!("CARGO_BIN_EXE_imagefs"))
-        .args(["profile", "from-trace", "t"])
-        .arg(&trace)
-        .arg("--store")
-        .arg(s.join("store"))
-        .arg("--keys")
-        .arg(s.join("keys"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(s, &["profile", "from-trace", "t", trace.to_str().unwrap()]);
     reads.len() as u64
 }
 

@@ -11,7 +11,7 @@
 use std::fs;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use manifest::profile::ProfileReport;
@@ -21,7 +21,7 @@ use tempfile::TempDir;
 use tests::imagegen::{Entry, Image, Layer};
 
 mod common;
-use common::{open, pattern, store_of, write_trace};
+use common::{fails, ok, open, pattern, store_of, write_trace};
 
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_imagefs"))
@@ -33,30 +33,6 @@ fn store() -> TempDir {
         Entry::file("etc/hostname", "imagefs\n"),
         Entry::file("data/blob", pattern(600_000)),
     ])]))
-}
-
-fn run(dir: &Path, args: &[&str]) -> Output {
-    bin()
-        .args(args)
-        .arg("--store")
-        .arg(dir.join("store"))
-        .arg("--keys")
-        .arg(dir.join("keys"))
-        .output()
-        .unwrap()
-}
-
-fn ok(dir: &Path, args: &[&str]) -> String {
-    let out = run(dir, args);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{args:?} failed: {stderr}");
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn fails(dir: &Path, args: &[&str]) -> String {
-    let out = run(dir, args);
-    assert!(!out.status.success(), "{args:?} succeeded");
-    String::from_utf8(out.stderr).unwrap()
 }
 
 #[test]

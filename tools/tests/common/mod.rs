@@ -8,6 +8,7 @@
 
 use std::fs;
 use std::path::Path;
+use std::process::{Command, Output};
 
 use cachetiers::DirStore;
 use chunker::convert::{ConvertOptions, convert};
@@ -91,4 +92,32 @@ pub fn write_trace(path: &Path, o: &Opened, reads: &[(u64, u64)]) {
         text += &(r.encode() + "\n");
     }
     fs::write(path, text).unwrap();
+}
+
+/// `imagefs ARGS --store DIR/store --keys DIR/keys` for a store made by
+/// [`store_of`], run to its end.
+pub fn run(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_imagefs"))
+        .args(args)
+        .arg("--store")
+        .arg(dir.join("store"))
+        .arg("--keys")
+        .arg(dir.join("keys"))
+        .output()
+        .unwrap()
+}
+
+/// [`run`], which must succeed; its stdout.
+pub fn ok(dir: &Path, args: &[&str]) -> String {
+    let out = run(dir, args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{args:?} failed: {stderr}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// [`run`], which must fail; its stderr.
+pub fn fails(dir: &Path, args: &[&str]) -> String {
+    let out = run(dir, args);
+    assert!(!out.status.success(), "{args:?} succeeded");
+    String::from_utf8(out.stderr).unwrap()
 }
