@@ -17,9 +17,13 @@
 //!   directories, file maps, symlinks, xattrs), decoding through `ext4fmt`;
 //! - [`transport`]: the protocols over the seam: [`transport::fuse`], the
 //!   read-only FUSE view (`imagefs mount`), and [`transport::vhost`], the
-//!   vhost-user-blk device (`imagefs serve`).
+//!   vhost-user-blk device (`imagefs serve`);
+//! - [`agent`]: the host agent, serving every VM of a host from one set
+//!   of shared tiers (`imagefs agent`), and above it
+//!   [`transport::api`], its control API.
 #![forbid(unsafe_code)]
 
+pub mod agent;
 pub mod device;
 pub mod export;
 pub mod ext4;

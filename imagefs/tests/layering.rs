@@ -20,6 +20,8 @@ const LAYERS: &[(&str, u32)] = &[
     ("ext4", 5),
     ("transport::fuse", 6),
     ("transport::vhost", 6),
+    ("agent", 7),
+    ("transport::api", 8),
 ];
 
 /// Items of the crate root every layer may use.

@@ -16,12 +16,14 @@
 //!   random data key, that key wrapped by a key provider.
 //! - [`profile`]: [`StartProfile`], the chunks a start touched, in
 //!   order, sealed like the manifest and bound to its digest.
+//! - [`agent`]: the host agent's API bodies and state file.
 //! - [`report`]: what the commands report (`--json`), as serde types;
 //!   [`trace`]: the guest access trace (`serve --record-trace`).
 //! - [`wire`]: the byte reader shared by both decoders, and its
 //!   [`DecodeError`].
 #![forbid(unsafe_code)]
 
+pub mod agent;
 pub mod chunk_size;
 pub mod convergent;
 pub mod format;

@@ -55,12 +55,14 @@ const SUB_BUCKETS: usize = 8;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogHistogram {
     buckets: Vec<u64>,
+    sum: u64,
 }
 
 impl Default for LogHistogram {
     fn default() -> Self {
         Self {
             buckets: vec![0; EXACT as usize + 60 * SUB_BUCKETS],
+            sum: 0,
         }
     }
 }
@@ -89,6 +91,27 @@ impl LogHistogram {
     pub fn record(&mut self, v: u64) {
         let i = Self::index(v).min(self.buckets.len() - 1);
         self.buckets[i] += 1;
+        self.sum = self.sum.saturating_add(v);
+    }
+
+    /// The sum of every sample.
+    pub fn sum(&self) -> u64 {
+        self.sum
+    }
+
+    /// The samples counted against fixed `bounds` (ascending): one count
+    /// per bound of the samples above the previous bound and at most this
+    /// one, then one for the rest (Prometheus' buckets, not cumulative).
+    /// A sample is placed by its bucket's lower end, so a count may hold
+    /// samples up to about 12% above its bound.
+    pub fn counts_within(&self, bounds: &[u64]) -> Vec<u64> {
+        let mut out = vec![0; bounds.len() + 1];
+        for (i, &n) in self.buckets.iter().enumerate().filter(|(_, n)| **n > 0) {
+            let v = Self::lower(i);
+            let k = bounds.iter().position(|&b| v <= b).unwrap_or(bounds.len());
+            out[k] += n;
+        }
+        out
     }
 
     /// Samples recorded.
@@ -120,6 +143,17 @@ mod tests {
         assert_eq!(percentile(&f, 0.5), Some(1.5));
         assert_eq!(nearest_rank(3, 0.5), 2);
         assert_eq!(nearest_rank(3, 2.0), 3);
+    }
+
+    #[test]
+    fn counts_within_fixed_bounds() {
+        let mut h = LogHistogram::default();
+        for v in [1, 5, 100, 100, 5000] {
+            h.record(v);
+        }
+        assert_eq!(h.counts_within(&[10, 1000]), vec![2, 2, 1]);
+        assert_eq!(h.sum(), 5206);
+        assert_eq!(h.count(), 5);
     }
 
     #[test]

@@ -137,6 +137,12 @@ pub enum Command {
     /// disconnects (unless --keep-alive), or cleanly, with its report, on
     /// SIGINT or SIGTERM.
     Serve(crate::serve::ServeArgs),
+    /// The host agent: serves every VM of the host from one set of shared
+    /// tiers, controlled through an HTTP API on a Unix socket (`imagefs
+    /// vm`); a restart re-creates every VM's socket from its state file.
+    Agent(crate::agent::AgentArgs),
+    /// Start, stop, list and show the agent's VMs (a client of its API).
+    Vm(crate::agent::VmArgs),
     /// Start profiles (the chunks a start reads, in order, for prefetch):
     /// show, merge recorded runs, delete, or derive one from a trace.
     Profile(crate::profile::ProfileArgs),
@@ -437,6 +443,8 @@ impl Command {
                 Ok(())
             }
             Command::Serve(args) => args.run(signals),
+            Command::Agent(args) => args.run(signals),
+            Command::Vm(args) => args.run(),
             Command::Profile(args) => args.run(),
             Command::CacheNode(args) => args.run(signals),
             Command::Fetch {

@@ -2,6 +2,7 @@
 //! functions that tests call too; nothing of substance lives here.
 #![forbid(unsafe_code)]
 
+mod agent;
 mod args;
 mod node;
 mod profile;

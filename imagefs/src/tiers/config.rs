@@ -27,6 +27,14 @@
 //! memory_chunks = 8
 //! parallel_fetches = 8
 //!
+//! [agent]                             # used by `imagefs agent`
+//! api = "/run/imagefs/agent.sock"     # the control API (mode 0600)
+//! run_dir = "/run/imagefs/vms"        # the VMs' vhost-user sockets
+//! state = "/var/lib/imagefs/agent-state.json"
+//! connect_timeout_secs = 60           # reap a VM whose VMM never connects
+//! max_fetches = 32                    # fetches in flight, host-wide
+//! vm_max_fetches = 8                  # ... and per VM
+//!
 //! [node]                              # used by `imagefs cache-node`
 //! listen = "0.0.0.0:7070"
 //! data = "/var/cache/imagefs/node"
@@ -61,6 +69,9 @@ pub struct TierConfig {
     pub read: ReadConfig,
     /// The cache node's own settings.
     pub node: Option<NodeSection>,
+    /// The host agent's own settings.
+    #[serde(default)]
+    pub agent: AgentSection,
 }
 
 /// `[dedicated]`.
@@ -143,6 +154,46 @@ impl Default for ReadConfig {
             readahead_threads: 2,
             memory_chunks: 8,
             parallel_fetches: 8,
+        }
+    }
+}
+
+/// `[agent]`: the host agent's own settings (`imagefs agent`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentSection {
+    /// The control API's Unix socket (mode 0600).
+    pub api: PathBuf,
+    /// Where the VMs' vhost-user sockets are made (`ID.sock`).
+    pub run_dir: PathBuf,
+    /// The VM table, rewritten atomically on every change.
+    pub state: PathBuf,
+    /// A VM whose frontend has not connected this many seconds after it
+    /// was started (or the agent restarted) is stopped and removed.
+    pub connect_timeout_secs: u64,
+    /// Chunk fetches in flight at once, host-wide (below the VMs' own
+    /// dedicated tiers).
+    pub max_fetches: usize,
+    /// Of those, the most one VM holds.
+    pub vm_max_fetches: usize,
+    /// Threads doing each VM's blocking reads and writes.
+    pub io_threads: usize,
+}
+
+/// Paths under `/run/imagefs` and `/var/lib/imagefs`; 32 fetches in
+/// flight host-wide (twice the origin's default request limit, so a
+/// miss in the shared tier never waits on a slot held by an origin
+/// fetch alone), 8 per VM (one read's parallel fetches).
+impl Default for AgentSection {
+    fn default() -> Self {
+        Self {
+            api: PathBuf::from("/run/imagefs/agent.sock"),
+            run_dir: PathBuf::from("/run/imagefs/vms"),
+            state: PathBuf::from("/var/lib/imagefs/agent-state.json"),
+            connect_timeout_secs: 60,
+            max_fetches: 32,
+            vm_max_fetches: 8,
+            io_threads: 8,
         }
     }
 }

@@ -3,7 +3,10 @@
 //! of the data flow: nothing below imports them.
 //!
 //! - [`fuse`]: the read-only FUSE view of an image's files (`imagefs mount`);
-//! - [`vhost`]: the vhost-user-blk device a VMM connects to (`imagefs serve`).
+//! - [`vhost`]: the vhost-user-blk device a VMM connects to (`imagefs serve`);
+//! - [`api`]: the host agent's control API (HTTP on a Unix socket) and
+//!   its client (`imagefs agent`, `imagefs vm`).
 
+pub mod api;
 pub mod fuse;
 pub mod vhost;

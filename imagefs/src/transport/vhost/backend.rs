@@ -140,6 +140,11 @@ impl Service {
         })
     }
 
+    /// The device's counters, live.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
     /// Records the start profile of every read from now on into
     /// `recorder` (`serve --record-profile`). False if a recorder was
     /// already set (it stays).

@@ -127,6 +127,10 @@ pub struct Stats {
     bytes_written: AtomicU64,
     /// Log lines written (for [`log_limited`]).
     logged: AtomicU64,
+    /// Frontend connections accepted so far.
+    connections: AtomicU64,
+    /// Whether a frontend is connected now.
+    connected: AtomicBool,
     all: Mutex<LogHistogram>,
     reads_only: Mutex<LogHistogram>,
 }
@@ -146,8 +150,24 @@ impl Stats {
         }
     }
 
+    /// Read service times in microseconds against fixed `bounds_us`
+    /// ([`LogHistogram::counts_within`]), and their sum.
+    pub fn read_latency(&self, bounds_us: &[u64]) -> (Vec<u64>, u64) {
+        let h = self
+            .reads_only
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        (h.counts_within(bounds_us), h.sum())
+    }
+
+    /// Whether a frontend is connected now.
+    pub fn connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
     /// A report of the counters so far.
-    pub fn report(&self, connections: u64) -> ServeReport {
+    pub fn report(&self) -> ServeReport {
+        let connections = self.connections.load(Ordering::Relaxed);
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let all = self.all.lock().unwrap_or_else(PoisonError::into_inner);
         let reads = self
@@ -350,6 +370,11 @@ impl Server {
         self.service.record_profile(recorder);
     }
 
+    /// The device's live counters (the agent reports them while it runs).
+    pub fn stats(&self) -> Arc<Service> {
+        Arc::clone(&self.service)
+    }
+
     /// A handle that stops [`Server::run`].
     pub fn stop_handle(&self) -> StopHandle {
         StopHandle(Arc::clone(&self.stop))
@@ -376,7 +401,6 @@ impl Server {
         // frontend that reconnects (`keep_alive`) always finds it accepting.
         let mut listener =
             Listener::new(&opts.socket, true).map_err(|e| daemon_err(format!("listening: {e}")))?;
-        let mut connections = 0;
         loop {
             listening(&opts.socket);
             if !wait_for_frontend(&listener, &stop)
@@ -392,12 +416,14 @@ impl Server {
             daemon
                 .start(&mut listener)
                 .map_err(|e| daemon_err(e.to_string()))?;
-            connections += 1;
+            service.stats.connections.fetch_add(1, Ordering::Relaxed);
+            service.stats.connected.store(true, Ordering::Relaxed);
             stop.set_conn(daemon.shutdown_handle());
             if stop.requested() {
                 daemon.request_shutdown();
             }
             let result = daemon.wait();
+            service.stats.connected.store(false, Ordering::Relaxed);
             stop.set_conn(None);
             // Stops and joins the queue workers through their exit events.
             drop(daemon);
@@ -422,7 +448,7 @@ impl Server {
         if stop.requested() {
             eprintln!("imagefs serve: stopped");
         }
-        Ok(service.stats.report(connections))
+        Ok(service.stats.report())
     }
 }
 

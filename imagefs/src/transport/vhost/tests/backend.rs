@@ -233,7 +233,7 @@ fn backend_serves_reads_and_rejects_hostile_chains_with_a_status() {
             "rejected {head} reports its status byte"
         );
     }
-    let report = h.service.stats.report(1);
+    let report = h.service.stats.report();
     assert_eq!(
         (report.reads, report.rejected, report.get_ids),
         (1, 4, 1),
