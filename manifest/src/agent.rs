@@ -14,7 +14,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::report::{LazyMetrics, PrefetchStats, ServeReport};
+use crate::report::{LazyMetrics, PrefetchStats, ServeReport, TiersReport};
 
 /// Longest VM id.
 pub const MAX_VM_ID_LEN: usize = 64;
@@ -107,6 +107,30 @@ pub struct VmInfo {
     pub reader: LazyMetrics,
     /// The start-profile prefetch, when one ran.
     pub prefetch: Option<PrefetchStats>,
+}
+
+/// `GET /v1/tiers`: the host's shared tiers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HostTiers {
+    /// Each tier's counters (shared local, AZ, origin), fastest first.
+    pub tiers: TiersReport,
+    /// What the shared local tier holds, when there is one.
+    pub shared: Option<SharedUsage>,
+    /// Fetch slots of the fair gate held now.
+    pub fetch_slots_in_use: u64,
+}
+
+/// What the shared local tier holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SharedUsage {
+    /// Objects stored (distinct chunks).
+    pub objects: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// The capacity in bytes.
+    pub capacity: u64,
+    /// Objects evicted since the agent started.
+    pub evictions: u64,
 }
 
 /// The body of every error answer.

@@ -213,6 +213,11 @@ fn the_api_starts_lists_shows_and_stops_vms_and_refuses_bad_input() {
         "the tiers' own families:\n{metrics}"
     );
 
+    let host = client.tiers().unwrap();
+    let names: Vec<&str> = host.tiers.tiers.iter().map(|t| t.tier.as_str()).collect();
+    assert_eq!(names, ["origin"], "no shared or AZ tier configured");
+    assert!(host.shared.is_none());
+
     let out = vm_cli(dir, &["ls"]);
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(

@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use cachetiers::StoreError;
 use manifest::KeyProvider;
-use manifest::agent::{AgentState, VmInfo, VmRecord, VmSpec, validate_vm_id};
+use manifest::agent::{AgentState, HostTiers, VmInfo, VmRecord, VmSpec, validate_vm_id};
 
 use crate::lazy::LazyOptions;
 use crate::lazy::prefetch::PrefetchOptions;
@@ -403,6 +403,27 @@ impl Agent {
             }
         }
         reaped
+    }
+
+    /// The shared tiers' counters and contents (`GET /v1/tiers`).
+    pub fn host_tiers(&self) -> HostTiers {
+        #[cfg(feature = "rocksdb")]
+        let shared = self.tiers.shared.as_ref().map(|s| {
+            let u = s.usage();
+            manifest::agent::SharedUsage {
+                objects: u.objects,
+                bytes: u.bytes,
+                capacity: u.capacity,
+                evictions: u.evictions,
+            }
+        });
+        #[cfg(not(feature = "rocksdb"))]
+        let shared = None;
+        HostTiers {
+            tiers: crate::tiers::stats::tiers_report(self.tiers.store.metrics()),
+            shared,
+            fetch_slots_in_use: self.gate.holding() as u64,
+        }
     }
 
     /// The Prometheus text of every VM and tier (`GET /metrics`).

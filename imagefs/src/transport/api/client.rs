@@ -7,7 +7,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use manifest::agent::{ApiError, VmInfo, VmSpec};
+use manifest::agent::{ApiError, HostTiers, VmInfo, VmSpec};
 use serde::de::DeserializeOwned;
 
 /// Largest answer read (a metrics text of thousands of VMs fits).
@@ -159,6 +159,11 @@ impl ApiClient {
     /// `GET /v1/vms/{id}`.
     pub fn show(&self, id: &str) -> Result<VmInfo, ClientError> {
         self.call("GET", &format!("/v1/vms/{}", encode_segment(id)), None)
+    }
+
+    /// `GET /v1/tiers`.
+    pub fn tiers(&self) -> Result<HostTiers, ClientError> {
+        self.call("GET", "/v1/tiers", None)
     }
 
     /// `GET /metrics`, the Prometheus text.
