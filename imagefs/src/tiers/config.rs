@@ -363,6 +363,20 @@ mod tests {
     }
 
     #[test]
+    fn the_agent_example_parses_and_unset_agent_keys_default() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/agent/agent.toml");
+        let c = TierConfig::load(&path).unwrap();
+        assert_eq!(c.agent.run_dir, Path::new("/run/imagefs/vms"));
+        assert_eq!(c.agent.vm_max_fetches, 8);
+        assert!(c.shared.is_some() && c.origin.is_some());
+        let c = TierConfig::parse("[agent]\nconnect_timeout_secs = 5\n").unwrap();
+        assert_eq!(c.agent.connect_timeout_secs, 5);
+        assert_eq!(c.agent.api, AgentSection::default().api);
+        let err = TierConfig::parse("[agent]\nsocket = \"/x\"\n").unwrap_err();
+        assert!(err.to_string().contains("socket"), "{err}");
+    }
+
+    #[test]
     fn sizes() {
         assert_eq!(parse_size("4096"), Ok(4096));
         assert_eq!(parse_size("512K"), Ok(512 * 1024));
