@@ -10,6 +10,12 @@
 //!   store is unchanged;
 //! - `--keep-alive`: two guests one after the other on the same socket
 //!   and daemon, then SIGTERM ends the daemon cleanly;
+//! - restart without loss: the daemon is killed (SIGKILL) while the guest
+//!   hashes every file through a slow origin (Garage behind a delaying
+//!   proxy) and a new one takes over the socket; QEMU (`reconnect=1`)
+//!   reconnects, the new daemon resubmits what was in flight (inflight
+//!   tracking), and the guest finishes with every hash right and no I/O
+//!   error;
 //! - the real Debian image (`scripts/build-debian-images.sh`), if built,
 //!   converted into a Garage bucket and served from `s3://`: every file
 //!   hashed in the guest, compared with the flattened image.
@@ -119,7 +125,9 @@ fn convert_source(source: &ImageSource, chunk_size: u64, free: u64) -> Converted
     }
 }
 
-fn generated() -> Converted {
+/// The generated test image as an OCI layout (kept while the directory
+/// lives): the directory, the source and its `oci:` argument.
+fn generated_source() -> (tempfile::TempDir, ImageSource, String) {
     let image = Image::new(vec![
         Layer::new(vec![
             Entry::dir("etc"),
@@ -139,9 +147,12 @@ fn generated() -> Converted {
     ]);
     let layout = tempfile::tempdir().unwrap();
     image.write_oci_layout(layout.path(), "gen").unwrap();
-    let source: ImageSource = format!("oci:{}:gen", layout.path().display())
-        .parse()
-        .unwrap();
+    let arg = format!("oci:{}:gen", layout.path().display());
+    (layout, arg.parse().unwrap(), arg)
+}
+
+fn generated() -> Converted {
+    let (_layout, source, _) = generated_source();
     convert_source(&source, 64 * 1024, 4 << 20)
 }
 
@@ -608,4 +619,139 @@ fn guest_reads_every_file_of_the_debian_image() {
         "no chunk came from the S3 origin: {}",
         serde_json::to_string(&stats.tiers).unwrap()
     );
+}
+
+/// Lines of the guest's console that mean a request failed.
+const IO_ERRORS: [&str; 3] = ["I/O error", "blk_update_request", "Buffer I/O error"];
+
+#[test]
+fn a_killed_daemon_is_replaced_and_the_guest_sees_no_error() {
+    let Some(t) = tools() else { return };
+    let g = match Garage::start_new() {
+        Ok(g) => g,
+        Err(e) => {
+            tests::harness::skip(&format!("no Garage S3 server: {e}"));
+            return;
+        }
+    };
+    let (_layout, source, source_arg) = generated_source();
+    let mut c = convert_into_garage(&t, &g, &source, &source_arg, "restart", 64 * 1024, 4 << 20);
+    // Every request to the origin waits 150 ms, so the guest's reads wait
+    // on fetches and a kill finds some in flight.
+    let upstream = g
+        .endpoint
+        .trim_start_matches("http://")
+        .parse()
+        .expect("Garage's endpoint is http://IP:PORT");
+    let proxy = tests::delayproxy::DelayProxy::start(upstream, Duration::from_millis(150))
+        .expect("start the delaying proxy");
+    for (k, v) in &mut c.env {
+        if *k == "AWS_ENDPOINT_URL" {
+            *v = proxy.endpoint();
+        }
+    }
+    // No read-ahead: every fetch is one the guest waits for, so a fetch
+    // held at the proxy is a guest request in flight.
+    let config = c.dir.path().join("no-readahead.toml");
+    fs::write(&config, "[read]\nreadahead_chunks = 0\n").unwrap();
+    let config = config.to_str().unwrap().to_string();
+    let args = ["--keep-alive", "--config", &config];
+    let socket = c.dir.path().join("restart.sock");
+    let log = |n: u32| c.dir.path().join(format!("restart{n}.serve.log"));
+    let mut first = serve(&t, &c, &socket, &args, &log(1));
+    let vm = tests::qemu::Microvm::new(&t.qemu, t.accel)
+        .memory_mib(512)
+        .kernel(&t.kernel.kernel, &t.kernel.initrd)
+        .vhost_user_blk(&socket, 1)
+        .reconnect(1)
+        .append(&guest::script_append(LIST_SCRIPT, false));
+    let console = c.dir.path().join("restart.console.log");
+    let qemu = {
+        let console = console.clone();
+        std::thread::spawn(move || guest::run(&vm, BOOT_TIMEOUT, &console))
+    };
+
+    // Once the guest's script runs (it hashes files), kill the daemon
+    // while a fetch is held.
+    let deadline = std::time::Instant::now() + BOOT_TIMEOUT;
+    let hashing =
+        || fs::read_to_string(&console).is_ok_and(|text| text.contains("IMAGEFS-GUEST: BEGIN"));
+    while !(proxy.held() >= 1 && hashing()) {
+        assert!(
+            !qemu.is_finished() && std::time::Instant::now() < deadline,
+            "the guest finished (or hung) before a fetch could be interrupted:\n{}",
+            first.output()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    first.child.kill().expect("kill -9 imagefs serve");
+    let killed = first.child.wait().unwrap();
+    eprintln!(
+        "restart: killed the daemon ({killed}) with a fetch in flight, after {} origin requests",
+        proxy.forwarded()
+    );
+    let mut second = serve(&t, &c, &socket, &args, &log(2));
+
+    let out = qemu
+        .join()
+        .unwrap()
+        .unwrap_or_else(|e| panic!("restart: {e}\nthe second daemon said:\n{}", second.output()));
+    assert!(
+        out.mounted,
+        "restart: /dev/vda did not mount:\n{}",
+        guest::tail(&out.console, 40)
+    );
+    check_listing("restart", &c, &out);
+    let errors: Vec<&str> = out
+        .console
+        .lines()
+        .filter(|l| IO_ERRORS.iter().any(|e| l.contains(e)))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "restart: the guest saw I/O errors:\n{}",
+        errors.join("\n")
+    );
+
+    assert!(
+        wait_for_log(
+            &mut second,
+            "resubmitted requests completed",
+            1,
+            Duration::from_secs(60)
+        ),
+        "restart: the second daemon did not complete resubmitted requests:\n{}",
+        second.output()
+    );
+    let said = second.output();
+    let resubmitted: u64 = said
+        .lines()
+        .filter_map(|l| {
+            l.split_once("resubmitting ")?
+                .1
+                .split(' ')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum();
+    assert!(
+        resubmitted >= 1,
+        "restart: the second daemon resubmitted nothing:\n{said}"
+    );
+    for line in said.lines().filter(|l| l.contains("resubmit")) {
+        eprintln!("restart: daemon: {line}");
+    }
+    let pid = second.child.id().to_string();
+    let (sent, why) = tests::harness::run(Command::new("kill").args(["-TERM", &pid]));
+    assert!(sent, "kill -TERM {pid}: {why}");
+    let status = second
+        .wait_timeout(Duration::from_secs(60))
+        .expect("the second daemon still running 60 s after SIGTERM");
+    assert!(
+        status.success(),
+        "the second daemon failed ({status}):\n{}",
+        second.output()
+    );
+    eprintln!("restart: {}", served(&serve_stats(&socket)));
 }
