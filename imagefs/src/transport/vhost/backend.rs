@@ -332,10 +332,6 @@ impl BlkBackend {
         };
         let used = vring.queue_used_idx().map_err(io::Error::other)?;
         let recovery = region.recover(queue, used);
-        eprintln!(
-            "DEBUG start_queue {queue}: used {used} header {:?} -> {recovery:?}",
-            region.header(queue)
-        );
         if let Some(counter) = self.conn.counters.get(usize::from(queue)) {
             counter.store(recovery.next_counter, Ordering::Relaxed);
         }

@@ -390,10 +390,6 @@ impl VhostUserBackendReqHandlerMut for Handler {
         &mut self,
         inflight: &VhostUserInflight,
     ) -> VhostUserResult<(VhostUserInflight, File)> {
-        eprintln!(
-            "DEBUG get_inflight_fd {} {}",
-            inflight.num_queues, inflight.queue_size
-        );
         let (file, region) = InflightRegion::create(inflight.num_queues, inflight.queue_size)
             .map_err(handler_err)?;
         let size = InflightRegion::size_for(region.num_queues(), region.queue_size());
@@ -407,10 +403,6 @@ impl VhostUserBackendReqHandlerMut for Handler {
     }
 
     fn set_inflight_fd(&mut self, inflight: &VhostUserInflight, file: File) -> VhostUserResult<()> {
-        eprintln!(
-            "DEBUG set_inflight_fd {} {} {} {}",
-            inflight.mmap_size, inflight.mmap_offset, inflight.num_queues, inflight.queue_size
-        );
         let region = InflightRegion::map(
             file,
             inflight.mmap_offset,
