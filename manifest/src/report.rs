@@ -94,6 +94,13 @@ pub struct PassthroughStats {
 pub struct ServeReport {
     /// Frontend connections served.
     pub connections: u64,
+    /// Requests an earlier backend left in flight (a crash, an upgrade)
+    /// that this one resubmitted after the frontend reconnected.
+    #[serde(default)]
+    pub resubmitted: u64,
+    /// Of those, the ones completed.
+    #[serde(default)]
+    pub resubmitted_completed: u64,
     /// Read requests.
     pub reads: u64,
     /// Write requests.
@@ -141,7 +148,15 @@ impl std::fmt::Display for ServeReport {
             self.p99_us,
             self.read_p50_us,
             self.read_p99_us
-        )
+        )?;
+        if self.resubmitted > 0 {
+            write!(
+                f,
+                "; {} requests resubmitted after a reconnect, {} completed",
+                self.resubmitted, self.resubmitted_completed
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -346,6 +361,7 @@ mod tests {
             image: "sha256:00".into(),
             served: Some(ServeReport {
                 connections: 1,
+                resubmitted: 2,
                 reads: 3,
                 read_p99_us: 7,
                 ..ServeReport::default()

@@ -32,6 +32,7 @@
 
 pub mod blkbench;
 pub mod cases;
+pub mod delayproxy;
 pub mod e2e;
 pub mod garage;
 pub mod guest;

@@ -86,6 +86,7 @@ pub struct Microvm {
     append: String,
     disks: Vec<Disk>,
     trace: Vec<String>,
+    reconnect: Option<u32>,
 }
 
 impl Microvm {
@@ -102,6 +103,7 @@ impl Microvm {
             append: BASE_APPEND.to_string(),
             disks: Vec::new(),
             trace: Vec::new(),
+            reconnect: None,
         }
     }
 
@@ -140,6 +142,14 @@ impl Microvm {
             socket: socket.into(),
             queues,
         });
+        self
+    }
+
+    /// Has QEMU reconnect to a `vhost-user-blk` socket every `secs`
+    /// seconds after the backend goes away (`reconnect=` of the chardev),
+    /// instead of giving the device up.
+    pub fn reconnect(mut self, secs: u32) -> Self {
+        self.reconnect = Some(secs);
         self
     }
 
@@ -190,7 +200,11 @@ impl Microvm {
             match disk {
                 Disk::VhostUser { socket, queues } => {
                     a.push("-chardev".into());
-                    a.push(path_arg(&format!("socket,id=blk{i},path="), socket));
+                    let mut chardev = path_arg(&format!("socket,id=blk{i},path="), socket);
+                    if let Some(secs) = self.reconnect {
+                        chardev.push(format!(",reconnect={secs}"));
+                    }
+                    a.push(chardev);
                     a.push("-device".into());
                     a.push(format!("vhost-user-blk,chardev=blk{i},num-queues={queues}").into());
                 }
@@ -310,5 +324,16 @@ mod tests {
             Some("virtio_blk_handle_read,file=/t")
         );
         assert!(after(&a, "-kernel", 0).is_none());
+    }
+
+    #[test]
+    fn reconnect_goes_on_the_vhost_user_chardev() {
+        let m = Microvm::new("qemu", Accel::Tcg)
+            .vhost_user_blk("/s", 1)
+            .reconnect(1);
+        assert_eq!(
+            after(&strings(&m), "-chardev", 0),
+            Some("socket,id=blk0,path=/s,reconnect=1")
+        );
     }
 }

@@ -10,6 +10,12 @@
 //!   store is unchanged;
 //! - `--keep-alive`: two guests one after the other on the same socket
 //!   and daemon, then SIGTERM ends the daemon cleanly;
+//! - restart without loss: the daemon is killed (SIGKILL) while the guest
+//!   hashes every file through a slow origin (Garage behind a delaying
+//!   proxy) and a new one takes over the socket; QEMU (`reconnect=1`)
+//!   reconnects, the new daemon resubmits what was in flight (inflight
+//!   tracking), and the guest finishes with every hash right and no I/O
+//!   error;
 //! - the real Debian image (`scripts/build-debian-images.sh`), if built,
 //!   converted into a Garage bucket and served from `s3://`: every file
 //!   hashed in the guest, compared with the flattened image.
@@ -24,189 +30,17 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use chunker::convert::{ConvertOptions, convert};
-use chunker::ext4::Ext4Options;
-use chunker::flatten::{FlattenOptions, flatten_to_file};
-use chunker::oci::ImageSource;
 use manifest::report::ServeStats;
 use tests::garage::Garage;
 use tests::guest::{
-    self, Accel, BootOptions, GuestKernel, LIST_SCRIPT, Proc, boot, compare, parse_listing,
-    wait_for_socket,
+    self, BootOptions, LIST_SCRIPT, Proc, boot, compare, parse_listing, wait_for_socket,
 };
-use tests::imagegen::{Entry, Image, Layer, noise};
-use tests::treecheck::{Listing, list_ext4_image};
+use vm::{Converted, Tools, convert_into_garage, generated, generated_source, tools};
+
+mod vm;
 
 /// Bound on one guest boot of the generated image (a hang watchdog).
 const BOOT_TIMEOUT: Duration = Duration::from_secs(900);
-
-struct Tools {
-    qemu: PathBuf,
-    kernel: GuestKernel,
-    imagefs: PathBuf,
-    accel: Accel,
-}
-
-fn tools() -> Option<Tools> {
-    let qemu = guest::qemu()?;
-    let imagefs = guest::imagefs_binary()?;
-    let kernel = guest::guest_kernel()?;
-    let (accel, why) = guest::accel();
-    eprintln!("guest accelerator: {} ({why})", accel.name());
-    Some(Tools {
-        qemu,
-        kernel,
-        imagefs,
-        accel,
-    })
-}
-
-/// A converted image: store, keys, digest and the reference listing of
-/// its flattened tree.
-struct Converted {
-    dir: tempfile::TempDir,
-    /// The origin as `--store` takes it: a directory or `s3://BUCKET/PREFIX`.
-    store: String,
-    /// What the origin needs in the environment (`AWS_*` for S3).
-    env: Vec<(&'static str, String)>,
-    keys: PathBuf,
-    digest: String,
-    reference: Listing,
-}
-
-fn flatten_options(chunk_size: u64, free: u64) -> FlattenOptions {
-    FlattenOptions {
-        ext4: Ext4Options {
-            chunk_size,
-            free_bytes: free,
-            spare_inodes: 256,
-        },
-    }
-}
-
-/// The flattened image's listing, the reference the guest is compared with.
-fn reference_listing(source: &ImageSource, flatten: &FlattenOptions, dir: &Path) -> Listing {
-    let flat = dir.join("flat.img");
-    flatten_to_file(source, &flat, flatten).expect("flatten");
-    let reference = list_ext4_image(&flat, &["/lost+found"]).expect("list the flattened image");
-    let _ = fs::remove_file(&flat);
-    reference
-}
-
-fn convert_source(source: &ImageSource, chunk_size: u64, free: u64) -> Converted {
-    let dir = tempfile::tempdir().unwrap();
-    let store_dir = dir.path().join("store");
-    let keys_dir = dir.path().join("keys");
-    let store = cachetiers::DirStore::create(&store_dir).unwrap();
-    let keys = manifest::LocalKeyProvider::create(&keys_dir).unwrap();
-    let flatten = flatten_options(chunk_size, free);
-    let opts = ConvertOptions {
-        flatten: flatten.clone(),
-        domain: "test".into(),
-        threads: 2,
-        tag: None,
-        progress: false,
-    };
-    let report = convert(source, &store, &keys, &opts).expect("convert");
-    let reference = reference_listing(source, &flatten, dir.path());
-    Converted {
-        store: store_dir.to_str().unwrap().to_string(),
-        env: Vec::new(),
-        keys: keys_dir,
-        digest: report.digest.to_string(),
-        reference,
-        dir,
-    }
-}
-
-fn generated() -> Converted {
-    let image = Image::new(vec![
-        Layer::new(vec![
-            Entry::dir("etc"),
-            Entry::file("etc/hostname", b"imagefs-guest\n"),
-            Entry::dir("usr/lib"),
-            Entry::file("usr/lib/libbig.so", noise(1, 900_000)).mode(0o755),
-            Entry::file("usr/lib/libsmall.so", noise(2, 5_000)),
-            Entry::symlink("usr/lib/libbig.so.1", "libbig.so"),
-            Entry::file("empty", b""),
-        ]),
-        Layer::new(vec![
-            Entry::dir("app").owner(1000, 1000).mode(0o750),
-            Entry::file("app/data.bin", noise(3, 300_000)).owner(1000, 1000),
-            Entry::file("app/run.sh", b"#!/bin/sh\necho hi\n").mode(0o755),
-            Entry::sparse("app/sparse", 400_000, b"tail"),
-        ]),
-    ]);
-    let layout = tempfile::tempdir().unwrap();
-    image.write_oci_layout(layout.path(), "gen").unwrap();
-    let source: ImageSource = format!("oci:{}:gen", layout.path().display())
-        .parse()
-        .unwrap();
-    convert_source(&source, 64 * 1024, 4 << 20)
-}
-
-/// The AWS_* variables `--store s3://…` reads, for Garage `g`.
-fn s3_env(g: &Garage) -> Vec<(&'static str, String)> {
-    vec![
-        ("AWS_ENDPOINT_URL", g.endpoint.clone()),
-        ("AWS_REGION", g.region.clone()),
-        ("AWS_ACCESS_KEY_ID", g.key_id.clone()),
-        ("AWS_SECRET_ACCESS_KEY", g.secret.clone()),
-        ("AWS_ALLOW_HTTP", "true".into()),
-    ]
-}
-
-/// Converts `source` into Garage's bucket (prefix `prefix`) with `imagefs
-/// convert --store s3://…`, as a user would.
-fn convert_into_garage(
-    t: &Tools,
-    g: &Garage,
-    source: &ImageSource,
-    source_arg: &str,
-    prefix: &str,
-    chunk_size: u64,
-    free: u64,
-) -> Converted {
-    let dir = tempfile::tempdir().unwrap();
-    let keys = dir.path().join("keys");
-    let store = format!("s3://{}/{prefix}", g.bucket);
-    let env = s3_env(g);
-    let out = Command::new(&t.imagefs)
-        .args(["convert", source_arg, "--store", &store, "--keys"])
-        .arg(&keys)
-        .args(["--chunk-size", &chunk_size.to_string()])
-        .args(["--free-space", &free.to_string()])
-        .args(["--spare-inodes", "256"])
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .env_remove("IMAGEFS_CONFIG")
-        .output()
-        .expect("run imagefs convert");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "imagefs convert into {store} failed:\n{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let digest = stdout
-        .lines()
-        .find(|l| l.starts_with("sha256:"))
-        .unwrap_or_else(|| panic!("imagefs convert printed no digest:\n{stdout}"))
-        .trim()
-        .to_string();
-    eprintln!(
-        "converted into {store}: {}",
-        stdout.trim().replace('\n', "; ")
-    );
-    let reference = reference_listing(source, &flatten_options(chunk_size, free), dir.path());
-    Converted {
-        dir,
-        store,
-        env,
-        keys,
-        digest,
-        reference,
-    }
-}
 
 fn serve(t: &Tools, c: &Converted, socket: &Path, extra: &[&str], log: &Path) -> Proc {
     let _ = fs::remove_file(socket);
@@ -583,7 +417,7 @@ fn guest_reads_every_file_of_the_debian_image() {
         }
     };
     let source_arg = format!("oci:{}:{tag}", layout.display());
-    let source: ImageSource = source_arg.parse().unwrap();
+    let source: chunker::oci::ImageSource = source_arg.parse().unwrap();
     let c = convert_into_garage(&t, &g, &source, &source_arg, "debian", 512 * 1024, 16 << 20);
     let (out, stats) = run_guest(
         &t,
@@ -607,5 +441,121 @@ fn guest_reads_every_file_of_the_debian_image() {
         tier_hits(&stats, "origin") > 0,
         "no chunk came from the S3 origin: {}",
         serde_json::to_string(&stats.tiers).unwrap()
+    );
+}
+
+/// Lines of the guest's console that mean a request failed.
+const IO_ERRORS: [&str; 3] = ["I/O error", "blk_update_request", "Buffer I/O error"];
+
+#[test]
+fn a_killed_daemon_is_replaced_and_the_guest_sees_no_error() {
+    let Some(t) = tools() else { return };
+    let g = match Garage::start_new() {
+        Ok(g) => g,
+        Err(e) => {
+            tests::harness::skip(&format!("no Garage S3 server: {e}"));
+            return;
+        }
+    };
+    let (_layout, source, source_arg) = generated_source();
+    let mut c = convert_into_garage(&t, &g, &source, &source_arg, "restart", 64 * 1024, 4 << 20);
+    // Every request to the origin waits 150 ms, so the guest's reads wait
+    // on fetches and a kill finds some in flight.
+    let upstream = g
+        .endpoint
+        .trim_start_matches("http://")
+        .parse()
+        .expect("Garage's endpoint is http://IP:PORT");
+    let proxy = tests::delayproxy::DelayProxy::start(upstream, Duration::from_millis(150))
+        .expect("start the delaying proxy");
+    for (k, v) in &mut c.env {
+        if *k == "AWS_ENDPOINT_URL" {
+            *v = proxy.endpoint();
+        }
+    }
+    // No read-ahead: every fetch is one the guest waits for, so a fetch
+    // held at the proxy is a guest request in flight.
+    let config = c.dir.path().join("no-readahead.toml");
+    fs::write(&config, "[read]\nreadahead_chunks = 0\n").unwrap();
+    let config = config.to_str().unwrap().to_string();
+    let args = ["--keep-alive", "--config", &config];
+    let socket = c.dir.path().join("restart.sock");
+    let log = |n: u32| c.dir.path().join(format!("restart{n}.serve.log"));
+    let mut first = serve(&t, &c, &socket, &args, &log(1));
+    let vm = tests::qemu::Microvm::new(&t.qemu, t.accel)
+        .memory_mib(512)
+        .kernel(&t.kernel.kernel, &t.kernel.initrd)
+        .vhost_user_blk(&socket, 1)
+        .reconnect(1)
+        .append(&guest::script_append(LIST_SCRIPT, false));
+    let console = c.dir.path().join("restart.console.log");
+    let qemu = {
+        let console = console.clone();
+        std::thread::spawn(move || guest::run(&vm, BOOT_TIMEOUT, &console))
+    };
+
+    // Once the guest's script runs (it hashes files), kill the daemon
+    // while a fetch is held.
+    let deadline = std::time::Instant::now() + BOOT_TIMEOUT;
+    let hashing =
+        || fs::read_to_string(&console).is_ok_and(|text| text.contains("IMAGEFS-GUEST: BEGIN"));
+    while !(proxy.held() >= 1 && hashing()) {
+        assert!(
+            !qemu.is_finished() && std::time::Instant::now() < deadline,
+            "the guest finished (or hung) before a fetch could be interrupted:\n{}",
+            first.output()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    first.child.kill().expect("kill -9 imagefs serve");
+    let killed = first.child.wait().unwrap();
+    eprintln!(
+        "restart: killed the daemon ({killed}) with a fetch in flight, after {} origin requests",
+        proxy.forwarded()
+    );
+    let mut second = serve(&t, &c, &socket, &args, &log(2));
+
+    let out = qemu
+        .join()
+        .unwrap()
+        .unwrap_or_else(|e| panic!("restart: {e}\nthe second daemon said:\n{}", second.output()));
+    assert!(
+        out.mounted,
+        "restart: /dev/vda did not mount:\n{}",
+        guest::tail(&out.console, 40)
+    );
+    check_listing("restart", &c, &out);
+    let errors: Vec<&str> = out
+        .console
+        .lines()
+        .filter(|l| IO_ERRORS.iter().any(|e| l.contains(e)))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "restart: the guest saw I/O errors:\n{}",
+        errors.join("\n")
+    );
+
+    for line in second.output().lines().filter(|l| l.contains("resubmit")) {
+        eprintln!("restart: daemon: {line}");
+    }
+    let pid = second.child.id().to_string();
+    let (sent, why) = tests::harness::run(Command::new("kill").args(["-TERM", &pid]));
+    assert!(sent, "kill -TERM {pid}: {why}");
+    let status = second
+        .wait_timeout(Duration::from_secs(60))
+        .expect("the second daemon still running 60 s after SIGTERM");
+    assert!(
+        status.success(),
+        "the second daemon failed ({status}):\n{}",
+        second.output()
+    );
+    let stats = serve_stats(&socket);
+    eprintln!("restart: {}", served(&stats));
+    let report = stats.served.expect("the second daemon's report");
+    assert!(
+        report.resubmitted >= 1 && report.resubmitted_completed == report.resubmitted,
+        "restart: the second daemon should have resubmitted and completed what was in flight: {report:?}\n{}",
+        second.output()
     );
 }

@@ -56,6 +56,7 @@ pub(super) fn render(vms: &[Arc<Vm>], tiers: &Tiers, gate: &FairGate) -> String 
                 ("get_id", s.get_ids),
                 ("rejected", s.rejected),
                 ("io_error", s.io_errors),
+                ("resubmitted", s.resubmitted),
             ] {
                 f.sample(&[("vm", vm.id()), ("kind", kind)], n);
             }

@@ -16,6 +16,7 @@ use chunker::ext4::Ext4Options;
 use chunker::flatten::{FlattenOptions, flatten_to_file};
 use chunker::oci::ImageSource;
 
+use tests::garage::Garage;
 use tests::guest::{self, Accel, GuestKernel, Proc};
 use tests::imagegen::{Entry, Image, Layer, noise};
 use tests::treecheck::{Listing, list_ext4_image};
@@ -111,9 +112,9 @@ pub fn convert_source(source: &ImageSource, chunk_size: u64, free: u64) -> Conve
     }
 }
 
-/// A generated image of a few files (1.2 MB of data, a symlink, a sparse
-/// file, two owners) in 64 KiB chunks, converted into a directory store.
-pub fn generated() -> Converted {
+/// The generated test image as an OCI layout (kept while the directory
+/// lives): the directory, the source and its `oci:` argument.
+pub fn generated_source() -> (tempfile::TempDir, ImageSource, String) {
     let image = Image::new(vec![
         Layer::new(vec![
             Entry::dir("etc"),
@@ -133,10 +134,78 @@ pub fn generated() -> Converted {
     ]);
     let layout = tempfile::tempdir().unwrap();
     image.write_oci_layout(layout.path(), "gen").unwrap();
-    let source: ImageSource = format!("oci:{}:gen", layout.path().display())
-        .parse()
-        .unwrap();
+    let arg = format!("oci:{}:gen", layout.path().display());
+    (layout, arg.parse().unwrap(), arg)
+}
+
+/// The generated test image converted into a directory store (64 KiB
+/// chunks).
+pub fn generated() -> Converted {
+    let (_layout, source, _) = generated_source();
     convert_source(&source, 64 * 1024, 4 << 20)
+}
+
+/// The AWS_* variables `--store s3://…` reads, for Garage `g`.
+pub fn s3_env(g: &Garage) -> Vec<(&'static str, String)> {
+    vec![
+        ("AWS_ENDPOINT_URL", g.endpoint.clone()),
+        ("AWS_REGION", g.region.clone()),
+        ("AWS_ACCESS_KEY_ID", g.key_id.clone()),
+        ("AWS_SECRET_ACCESS_KEY", g.secret.clone()),
+        ("AWS_ALLOW_HTTP", "true".into()),
+    ]
+}
+
+/// Converts `source` into Garage's bucket (prefix `prefix`) with `imagefs
+/// convert --store s3://…`, as a user would.
+pub fn convert_into_garage(
+    t: &Tools,
+    g: &Garage,
+    source: &ImageSource,
+    source_arg: &str,
+    prefix: &str,
+    chunk_size: u64,
+    free: u64,
+) -> Converted {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    let store = format!("s3://{}/{prefix}", g.bucket);
+    let env = s3_env(g);
+    let out = Command::new(&t.imagefs)
+        .args(["convert", source_arg, "--store", &store, "--keys"])
+        .arg(&keys)
+        .args(["--chunk-size", &chunk_size.to_string()])
+        .args(["--free-space", &free.to_string()])
+        .args(["--spare-inodes", "256"])
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .env_remove("IMAGEFS_CONFIG")
+        .output()
+        .expect("run imagefs convert");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "imagefs convert into {store} failed:\n{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let digest = stdout
+        .lines()
+        .find(|l| l.starts_with("sha256:"))
+        .unwrap_or_else(|| panic!("imagefs convert printed no digest:\n{stdout}"))
+        .trim()
+        .to_string();
+    eprintln!(
+        "converted into {store}: {}",
+        stdout.trim().replace('\n', "; ")
+    );
+    let reference = reference_listing(source, &flatten_options(chunk_size, free), dir.path());
+    Converted {
+        dir,
+        store,
+        env,
+        keys,
+        digest,
+        reference,
+    }
 }
 
 /// `imagefs agent` serving a converted image's store, its output in a log.

@@ -1,9 +1,9 @@
-//! The `VhostUserBackend` of the block device.
+//! The block device behind one frontend connection.
 //!
-//! One epoll worker per queue (the vhost-user-backend crate's threads,
-//! [`queues_per_thread`](VhostUserBackend::queues_per_thread) gives each
-//! queue its own) takes every available chain off its queue, parses it
-//! ([`request::parse`]) and serves a read that needs no fetch (its chunks
+//! One worker per queue ([`super::worker`]) takes every available chain
+//! off its queue, marks it in flight in the inflight region (when the
+//! frontend gave one, [`super::inflight`]), parses it ([`request::read`])
+//! and serves a read that needs no fetch (its chunks
 //! are in the dedicated tier, or holes) itself; anything else goes to a
 //! small pool of I/O threads shared by all queues. Whichever thread serves
 //! a request does the [`BlockDevice`](crate::device::BlockDevice) read or write, writes the status byte
@@ -15,7 +15,9 @@
 //!
 //! A rejected chain is completed at once by the queue worker, with its
 //! status (IOERR or UNSUPP) when it has a valid status byte, and a log
-//! line. `stop_vring` waits for the queue's requests in the pool.
+//! line. [`BlkBackend::stop_vring`] waits for the queue's requests in the
+//! pool. Chains left in flight by a previous backend are handed to
+//! [`BlkBackend::resubmit`] when the queue starts, before any new one.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -23,26 +25,23 @@ use std::sync::mpsc::{Sender, channel};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError, RwLock};
 use std::time::Instant;
 
-use vhost::vhost_user::message::VhostUserProtocolFeatures;
-use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
+use vhost_user_backend::{VringRwLock, VringT};
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK};
 use virtio_queue::QueueT;
 use vm_memory::{
-    Bytes, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryLoadGuard, GuestMemoryMmap,
-};
-use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::event::{
-    EventConsumer, EventFlag, EventNotifier, new_event_consumer_and_notifier,
+    Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryLoadGuard,
+    GuestMemoryMmap,
 };
 
 use super::config::BlkGeometry;
+use super::inflight::InflightRegion;
 use super::request::{self, Limits, Request, RequestKind};
 use super::trace::TraceWriter;
 use super::{Stats, log_limited};
 use crate::device::BlockDevice;
 use crate::profile::ProfileRecorder;
 
-/// Guest memory as the vhost-user-backend crate hands it over.
+/// Guest memory, replaced as the frontend updates its memory table.
 pub type Memory = GuestMemoryAtomic<GuestMemoryMmap>;
 /// One snapshot of guest memory (kept by a request until it completes).
 type MemorySnapshot = GuestMemoryLoadGuard<GuestMemoryMmap>;
@@ -50,16 +49,16 @@ type MemorySnapshot = GuestMemoryLoadGuard<GuestMemoryMmap>;
 /// Largest piece of a segment read or written at once (the bounce buffer).
 const PIECE: usize = 1 << 20;
 
-type Job = Box<dyn FnOnce() + Send>;
+type Task = Box<dyn FnOnce() + Send>;
 
 /// A fixed pool of I/O threads fed by one channel.
 struct Pool {
-    tx: Mutex<Sender<Job>>,
+    tx: Mutex<Sender<Task>>,
 }
 
 impl Pool {
     fn new(threads: usize) -> io::Result<Self> {
-        let (tx, rx) = channel::<Job>();
+        let (tx, rx) = channel::<Task>();
         let rx = Arc::new(Mutex::new(rx));
         for n in 0..threads.max(1) {
             let rx = Arc::clone(&rx);
@@ -81,7 +80,7 @@ impl Pool {
     }
 
     /// Runs `job` on a pool thread (or here, if every thread is gone).
-    fn submit(&self, job: Job) {
+    fn submit(&self, job: Task) {
         let sent = self
             .tx
             .lock()
@@ -244,38 +243,158 @@ impl Service {
     }
 }
 
-/// The state of one frontend connection.
-struct Conn {
-    mem: RwLock<Memory>,
-    event_idx: AtomicBool,
-    acked_features: AtomicU64,
-    /// Requests of each queue handed to the pool and not yet completed.
-    inflight: Mutex<Vec<usize>>,
-    idle: Condvar,
+/// Resubmitted requests of one queue not yet completed.
+#[derive(Default)]
+struct Resubmitted {
+    total: usize,
+    left: usize,
 }
 
-/// The vhost-user-blk backend of one connection (cheap to clone: the
-/// vhost-user-backend crate gives a clone to every worker).
+/// The state of one frontend connection.
+struct Conn {
+    mem: Memory,
+    event_idx: AtomicBool,
+    /// Requests of each queue handed to the pool and not yet completed.
+    pending: Mutex<Vec<usize>>,
+    idle: Condvar,
+    /// The inflight region (SET_INFLIGHT_FD), if the frontend gave one.
+    region: RwLock<Option<Arc<InflightRegion>>>,
+    /// Per queue: the order number of the next chain taken.
+    counters: Vec<AtomicU64>,
+    /// Per queue: resubmitted requests still running.
+    resubmitted: Vec<Mutex<Resubmitted>>,
+}
+
+/// The vhost-user-blk backend of one connection (cheap to clone: every
+/// queue worker and every request holds one).
 #[derive(Clone)]
 pub struct BlkBackend {
     service: Arc<Service>,
     conn: Arc<Conn>,
 }
 
+/// Where a request's chain lives, for its completion.
+struct Job {
+    queue: u16,
+    head: u16,
+    region: Option<Arc<InflightRegion>>,
+    resubmitted: bool,
+}
+
 impl BlkBackend {
     /// A backend for one connection, over guest memory `mem` (the same
-    /// object the daemon is given).
+    /// object the connection's vrings use).
     pub fn new(service: Arc<Service>, mem: Memory) -> Self {
         let queues = usize::from(service.geometry.queues);
         Self {
             service,
             conn: Arc::new(Conn {
-                mem: RwLock::new(mem),
+                mem,
                 event_idx: AtomicBool::new(false),
-                acked_features: AtomicU64::new(0),
-                inflight: Mutex::new(vec![0; queues]),
+                pending: Mutex::new(vec![0; queues]),
                 idle: Condvar::new(),
+                region: RwLock::new(None),
+                counters: (0..queues).map(|_| AtomicU64::new(0)).collect(),
+                resubmitted: (0..queues).map(|_| Mutex::default()).collect(),
             }),
+        }
+    }
+
+    /// The service this connection serves.
+    pub(super) fn service(&self) -> &Arc<Service> {
+        &self.service
+    }
+
+    /// Whether VIRTIO_RING_F_EVENT_IDX was negotiated.
+    pub fn set_event_idx(&self, enabled: bool) {
+        self.conn.event_idx.store(enabled, Ordering::Release);
+    }
+
+    /// Tracks this connection's requests in `region` from now on.
+    pub fn set_inflight_region(&self, region: Option<Arc<InflightRegion>>) {
+        *self
+            .conn
+            .region
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = region;
+    }
+
+    fn region(&self) -> Option<Arc<InflightRegion>> {
+        self.conn
+            .region
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Queue `queue` starts over the ring `vring` (addresses and base
+    /// set): with an inflight region, finishes what the last backend left
+    /// (see [`InflightRegion::recover`]), positions the ring after the
+    /// chains still in flight and returns their heads, oldest first.
+    pub fn start_queue(&self, queue: u16, vring: &VringRwLock) -> io::Result<Vec<u16>> {
+        let Some(region) = self.region() else {
+            return Ok(Vec::new());
+        };
+        let used = vring.queue_used_idx().map_err(io::Error::other)?;
+        let recovery = region.recover(queue, used);
+        if let Some(counter) = self.conn.counters.get(usize::from(queue)) {
+            counter.store(recovery.next_counter, Ordering::Relaxed);
+        }
+        if let Some(next_avail) = recovery.next_avail {
+            vring.set_queue_next_avail(next_avail);
+            vring.set_queue_next_used(used);
+        }
+        Ok(recovery.resubmit)
+    }
+
+    /// Runs the chains `heads` of queue `queue`, left in flight by the
+    /// previous backend, before anything new.
+    pub fn resubmit(&self, queue: u16, vring: &VringRwLock, heads: &[u16]) {
+        if heads.is_empty() {
+            return;
+        }
+        let stats = &self.service.stats;
+        const SHOWN: usize = 16;
+        let mut list = heads
+            .iter()
+            .take(SHOWN)
+            .map(u16::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
+        if heads.len() > SHOWN {
+            list.push_str(", …");
+        }
+        log_limited(
+            &stats.logged,
+            &format!(
+                "queue {queue}: resubmitting {} in-flight requests from before the reconnect (heads {list})",
+                heads.len()
+            ),
+        );
+        stats
+            .resubmitted
+            .fetch_add(heads.len() as u64, Ordering::Relaxed);
+        if let Some(r) = self.conn.resubmitted.get(usize::from(queue)) {
+            *r.lock().unwrap_or_else(PoisonError::into_inner) = Resubmitted {
+                total: heads.len(),
+                left: heads.len(),
+            };
+        }
+        let mem = self.conn.mem.memory();
+        let region = self.region();
+        let (table, size) = {
+            let state = vring.get_ref();
+            let q = state.get_queue();
+            (q.desc_table(), q.size())
+        };
+        for &head in heads {
+            let job = Job {
+                queue,
+                head,
+                region: region.clone(),
+                resubmitted: true,
+            };
+            self.dispatch(job, vring, GuestAddress(table), size, &mem);
         }
     }
 
@@ -284,23 +403,35 @@ impl BlkBackend {
     /// while notifications were off.
     pub fn process_queue(&self, queue: u16, vring: &VringRwLock) -> io::Result<()> {
         let event_idx = self.conn.event_idx.load(Ordering::Acquire);
+        let region = self.region();
+        let counter = self.conn.counters.get(usize::from(queue));
         loop {
             if event_idx {
                 vring.disable_notification().map_err(io::Error::other)?;
             }
-            let mem = self
-                .conn
-                .mem
-                .read()
-                .unwrap_or_else(PoisonError::into_inner)
-                .memory();
-            let chains: Vec<_> = {
+            let mem = self.conn.mem.memory();
+            let (heads, table, size): (Vec<u16>, _, _) = {
                 let mut state = vring.get_mut();
                 let q = state.get_queue_mut();
-                std::iter::from_fn(|| q.pop_descriptor_chain(mem.clone())).collect()
+                let (table, size) = (q.desc_table(), q.size());
+                let heads = std::iter::from_fn(|| q.pop_descriptor_chain(mem.clone()))
+                    .map(|chain| chain.head_index())
+                    .collect();
+                (heads, table, size)
             };
-            for chain in chains {
-                self.dispatch(queue, vring, chain, &mem);
+            for head in heads {
+                // In flight before anything of it runs: a backend started
+                // after our death resubmits it.
+                if let (Some(region), Some(counter)) = (&region, counter) {
+                    region.taken(queue, head, counter.fetch_add(1, Ordering::Relaxed));
+                }
+                let job = Job {
+                    queue,
+                    head,
+                    region: region.clone(),
+                    resubmitted: false,
+                };
+                self.dispatch(job, vring, GuestAddress(table), size, &mem);
             }
             if let Some(trace) = &self.service.trace
                 && let Err(e) = trace.flush()
@@ -315,14 +446,16 @@ impl BlkBackend {
 
     fn dispatch(
         &self,
-        queue: u16,
+        job: Job,
         vring: &VringRwLock,
-        chain: virtio_queue::DescriptorChain<MemorySnapshot>,
+        table: GuestAddress,
+        size: u16,
         mem: &MemorySnapshot,
     ) {
         let started = Instant::now();
+        let queue = job.queue;
         let stats = &self.service.stats;
-        let req = match request::parse(chain, &self.service.limits) {
+        let req = match request::read(&**mem, table, size, job.head, &self.service.limits) {
             Ok(req) => req,
             Err(rejected) => {
                 stats.rejected.fetch_add(1, Ordering::Relaxed);
@@ -337,7 +470,7 @@ impl BlkBackend {
                     Some(addr) if mem.write_obj(rejected.error.status(), addr).is_ok() => 1,
                     _ => 0,
                 };
-                complete(vring, rejected.head, used, &stats.logged);
+                self.complete(&job, vring, used);
                 return;
             }
         };
@@ -363,13 +496,8 @@ impl BlkBackend {
                 stats.get_ids.fetch_add(1, Ordering::Relaxed);
             }
         }
-        self.inflight_add(queue, 1);
-        let (service, conn, vring, mem) = (
-            Arc::clone(&self.service),
-            Arc::clone(&self.conn),
-            vring.clone(),
-            mem.clone(),
-        );
+        self.pending_add(queue, 1);
+        let (backend, vring, mem) = (self.clone(), vring.clone(), mem.clone());
         let is_read = matches!(req.kind, RequestKind::Read { .. });
         // A read that needs no fetch (dedicated tier or holes) runs here on
         // the queue worker: handing it to the pool would cost two thread
@@ -383,146 +511,115 @@ impl BlkBackend {
             RequestKind::GetId => true,
             RequestKind::Write { .. } | RequestKind::Flush => false,
         };
-        let job = move || {
+        let run = move || {
+            let service = &backend.service;
             let (status, used) = service.execute(queue, &req, &mem);
             let used = if mem.write_obj(status, req.status).is_ok() {
                 used
             } else {
                 0
             };
-            complete(&vring, req.head, used, &service.stats.logged);
+            backend.complete(&job, &vring, used);
             service.stats.record(started.elapsed(), is_read);
-            BlkBackend {
-                service: Arc::clone(&service),
-                conn,
-            }
-            .inflight_add(queue, -1);
+            backend.pending_add(queue, -1);
         };
         if inline {
-            job();
+            run();
         } else {
-            self.service.pool.submit(Box::new(job));
+            self.service.pool.submit(Box::new(run));
         }
     }
 
-    fn inflight_add(&self, queue: u16, by: isize) {
-        let mut inflight = self
+    /// Puts the job's chain on the used ring with `used` bytes written,
+    /// clearing it in the inflight region around that as libvhost-user
+    /// does, and signals the guest if it wants to be (EVENT_IDX) — under
+    /// one lock, as pool threads complete concurrently.
+    fn complete(&self, job: &Job, vring: &VringRwLock, used: u32) {
+        let logged = &self.service.stats.logged;
+        {
+            let mut state = vring.get_mut();
+            if let Some(region) = &job.region {
+                region.completing(job.queue, job.head);
+            }
+            if let Err(e) = state.add_used(job.head, used) {
+                log_limited(
+                    logged,
+                    &format!(
+                        "queue {}: cannot complete request {}: {e}",
+                        job.queue, job.head
+                    ),
+                );
+                return;
+            }
+            if let Some(region) = &job.region {
+                region.completed(job.queue, job.head, state.get_queue().next_used());
+            }
+            match state.needs_notification() {
+                Ok(false) => {}
+                Ok(true) | Err(_) => {
+                    if let Err(e) = state.signal_used_queue() {
+                        log_limited(logged, &format!("cannot signal the guest: {e}"));
+                    }
+                }
+            }
+        }
+        if job.resubmitted
+            && let Some(r) = self.conn.resubmitted.get(usize::from(job.queue))
+        {
+            self.service
+                .stats
+                .resubmitted_completed
+                .fetch_add(1, Ordering::Relaxed);
+            let mut r = r.lock().unwrap_or_else(PoisonError::into_inner);
+            r.left = r.left.saturating_sub(1);
+            if r.left == 0 && r.total > 0 {
+                log_limited(
+                    logged,
+                    &format!(
+                        "queue {}: the {} resubmitted requests completed",
+                        job.queue, r.total
+                    ),
+                );
+                r.total = 0;
+            }
+        }
+    }
+
+    fn pending_add(&self, queue: u16, by: isize) {
+        let mut pending = self
             .conn
-            .inflight
+            .pending
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if let Some(n) = inflight.get_mut(usize::from(queue)) {
+        if let Some(n) = pending.get_mut(usize::from(queue)) {
             *n = n.saturating_add_signed(by);
         }
-        if inflight.iter().all(|&n| n == 0) || by < 0 {
+        if pending.iter().all(|&n| n == 0) || by < 0 {
             self.conn.idle.notify_all();
         }
     }
-}
 
-/// Puts chain `head` on the used ring with `used` bytes written, and
-/// signals the guest if it wants to be (EVENT_IDX) — under one lock, as
-/// pool threads complete concurrently.
-fn complete(vring: &VringRwLock, head: u16, used: u32, logged: &AtomicU64) {
-    let mut state = vring.get_mut();
-    if let Err(e) = state.add_used(head, used) {
-        log_limited(logged, &format!("cannot complete request {head}: {e}"));
-        return;
-    }
-    match state.needs_notification() {
-        Ok(false) => {}
-        Ok(true) | Err(_) => {
-            if let Err(e) = state.signal_used_queue() {
-                log_limited(logged, &format!("cannot signal the guest: {e}"));
-            }
-        }
-    }
-}
-
-impl VhostUserBackend for BlkBackend {
-    type Bitmap = ();
-    type Vring = VringRwLock;
-
-    fn num_queues(&self) -> usize {
-        usize::from(self.service.geometry.queues)
-    }
-
-    fn max_queue_size(&self) -> usize {
-        usize::from(self.service.queue_size)
-    }
-
-    fn features(&self) -> u64 {
-        self.service.geometry.features()
-    }
-
-    fn acked_features(&self, features: u64) {
-        self.conn.acked_features.store(features, Ordering::Release);
-    }
-
-    fn protocol_features(&self) -> VhostUserProtocolFeatures {
-        BlkGeometry::protocol_features()
-    }
-
-    fn set_event_idx(&self, enabled: bool) {
-        self.conn.event_idx.store(enabled, Ordering::Release);
-    }
-
-    fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
-        self.service.geometry.config_slice(offset, size)
-    }
-
-    fn update_memory(&self, mem: Memory) -> io::Result<()> {
-        *self
+    /// Waits until queue `queue` has no request left in the pool (the
+    /// frontend stops the ring: GET_VRING_BASE).
+    pub fn stop_vring(&self, queue: u16) {
+        let mut pending = self
             .conn
-            .mem
-            .write()
-            .unwrap_or_else(PoisonError::into_inner) = mem;
-        Ok(())
-    }
-
-    fn queues_per_thread(&self) -> Vec<u64> {
-        (0..self.service.geometry.queues.min(64))
-            .map(|q| 1u64 << q)
-            .collect()
-    }
-
-    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
-        new_event_consumer_and_notifier(EventFlag::empty()).ok()
-    }
-
-    fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
-        let mut inflight = self
-            .conn
-            .inflight
+            .pending
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        while inflight.get(queue_index as usize).is_some_and(|&n| n > 0) {
-            inflight = self
+        while pending.get(usize::from(queue)).is_some_and(|&n| n > 0) {
+            pending = self
                 .conn
                 .idle
-                .wait(inflight)
+                .wait(pending)
                 .unwrap_or_else(PoisonError::into_inner);
         }
-        Ok(())
     }
 
-    fn handle_event(
-        &self,
-        device_event: u16,
-        evset: EventSet,
-        vrings: &[VringRwLock],
-        thread_id: usize,
-    ) -> io::Result<()> {
-        if evset != EventSet::IN {
-            return Err(io::Error::other(format!(
-                "unexpected event set {evset:?} on queue event {device_event}"
-            )));
+    /// Waits until no queue has a request left (the connection ends).
+    pub fn wait_idle(&self) {
+        for queue in 0..self.service.geometry.queues {
+            self.stop_vring(queue);
         }
-        let vring = vrings
-            .get(usize::from(device_event))
-            .ok_or_else(|| io::Error::other(format!("event for unknown queue {device_event}")))?;
-        // One queue per worker thread: the thread index is the queue index.
-        let queue = u16::try_from(thread_id).unwrap_or(u16::MAX);
-        self.process_queue(queue, vring)
     }
 }

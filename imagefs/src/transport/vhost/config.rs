@@ -60,11 +60,14 @@ impl BlkGeometry {
     }
 
     /// The vhost-user protocol features offered: CONFIG (the frontend
-    /// reads the configuration space from us) and MQ.
+    /// reads the configuration space from us), MQ, REPLY_ACK, and
+    /// INFLIGHT_SHMFD (the frontend keeps our inflight region across our
+    /// restarts, see [`super::inflight`]).
     pub fn protocol_features() -> VhostUserProtocolFeatures {
         VhostUserProtocolFeatures::CONFIG
             | VhostUserProtocolFeatures::MQ
             | VhostUserProtocolFeatures::REPLY_ACK
+            | VhostUserProtocolFeatures::INFLIGHT_SHMFD
     }
 
     /// The configuration structure, little-endian, as the driver reads it.

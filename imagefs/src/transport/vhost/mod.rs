@@ -2,9 +2,15 @@
 //! microVM, fetching chunks only when the guest reads them.
 //!
 //! - [`config`]: the virtio-blk configuration space and feature bits;
-//! - [`request`]: a descriptor chain parsed into a request (pure);
-//! - [`backend`]: the `VhostUserBackend` (queue workers, the I/O pool,
-//!   out-of-order completion);
+//! - [`chain`]: a descriptor chain walked from its head index (bounded);
+//! - [`request`]: a walked chain parsed into a request (pure);
+//! - [`backend`]: the device of one connection (the I/O pool, out-of-order
+//!   completion, inflight tracking);
+//! - [`handler`]: the vhost-user protocol (our own request handler, as
+//!   vhost-user-backend's refuses inflight tracking), [`worker`]: one
+//!   thread per running queue;
+//! - [`inflight`]: the shared inflight region (`INFLIGHT_SHMFD`): a
+//!   backend restarted after a crash resubmits what was in flight;
 //! - [`trace`]: the `--record-trace` file.
 //!
 //! [`Server::record_profile`] adds a start-profile recorder
@@ -18,19 +24,23 @@
 //! the program decides what stops it (the CLI: SIGINT and SIGTERM).
 
 pub mod backend;
+pub mod chain;
 pub mod config;
+mod handler;
+pub mod inflight;
 pub mod request;
 pub mod trace;
+mod worker;
 
 use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use telemetry::histogram::LogHistogram;
-use vhost::vhost_user::{Error as VhostUserError, Listener};
-use vhost_user_backend::{Error as DaemonError, ShutdownHandle, VhostUserDaemon};
+use vhost::vhost_user::{BackendListener, Error as VhostUserError, Listener};
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
@@ -129,6 +139,10 @@ pub struct Stats {
     logged: AtomicU64,
     /// Frontend connections accepted so far.
     connections: AtomicU64,
+    /// Requests left in flight by an earlier backend, resubmitted.
+    pub(super) resubmitted: AtomicU64,
+    /// Of those, the ones completed.
+    pub(super) resubmitted_completed: AtomicU64,
     /// Whether a frontend is connected now.
     connected: AtomicBool,
     all: Mutex<LogHistogram>,
@@ -176,6 +190,8 @@ impl Stats {
             .unwrap_or_else(PoisonError::into_inner);
         ServeReport {
             connections,
+            resubmitted: get(&self.resubmitted),
+            resubmitted_completed: get(&self.resubmitted_completed),
             reads: get(&self.reads),
             writes: get(&self.writes),
             flushes: get(&self.flushes),
@@ -261,7 +277,8 @@ pub fn service(
 struct Stop {
     requested: AtomicBool,
     wake: EventFd,
-    conn: Mutex<Option<ShutdownHandle>>,
+    /// The current frontend connection (a clone, to shut it down).
+    conn: Mutex<Option<UnixStream>>,
 }
 
 impl Stop {
@@ -279,7 +296,7 @@ impl Stop {
         self.requested.store(true, Ordering::SeqCst);
         let _ = self.wake.write(1);
         if let Some(conn) = &*self.conn.lock().unwrap_or_else(PoisonError::into_inner) {
-            conn.shutdown();
+            let _ = conn.shutdown(std::net::Shutdown::Both);
         }
     }
 
@@ -287,7 +304,7 @@ impl Stop {
         self.requested.load(Ordering::SeqCst)
     }
 
-    fn set_conn(&self, conn: Option<ShutdownHandle>) {
+    fn set_conn(&self, conn: Option<UnixStream>) {
         *self.conn.lock().unwrap_or_else(PoisonError::into_inner) = conn;
     }
 }
@@ -410,33 +427,46 @@ impl Server {
             }
             let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
             let backend = BlkBackend::new(Arc::clone(&service), mem.clone());
-            let mut daemon = VhostUserDaemon::new("imagefs-vhost-blk".into(), backend, mem)
-                .map_err(|e| daemon_err(e.to_string()))?;
+            let handler = Arc::new(Mutex::new(
+                handler::Handler::new(backend, mem).map_err(ServeError::Threads)?,
+            ));
             // The listener is readable, so this accepts without blocking.
-            daemon
-                .start(&mut listener)
-                .map_err(|e| daemon_err(e.to_string()))?;
+            let accepted = BackendListener::new(&mut listener, Arc::clone(&handler))
+                .and_then(|mut l| l.accept())
+                .map_err(|e| daemon_err(format!("accepting a frontend: {e}")))?;
+            let Some(mut conn) = accepted else { continue };
             service.stats.connections.fetch_add(1, Ordering::Relaxed);
             service.stats.connected.store(true, Ordering::Relaxed);
-            stop.set_conn(daemon.shutdown_handle());
+            stop.set_conn(conn.try_clone_connection().ok());
             if stop.requested() {
-                daemon.request_shutdown();
+                stop.request();
             }
-            let result = daemon.wait();
+            let result = loop {
+                if let Err(e) = conn.handle_request() {
+                    break e;
+                }
+            };
             service.stats.connected.store(false, Ordering::Relaxed);
             stop.set_conn(None);
-            // Stops and joins the queue workers through their exit events.
-            drop(daemon);
+            drop(conn);
+            // Stops the queue workers and waits for the requests still in
+            // the pool: the next frontend must find nothing of this one
+            // running (a reconnect recovers what is in flight itself).
+            handler
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .close();
+            drop(handler);
             if let Some(trace) = &service.trace {
                 let _ = trace.flush();
             }
             match result {
-                // A frontend going away, even mid-message, is the normal end.
-                Ok(())
-                | Err(DaemonError::HandleRequest(
-                    VhostUserError::Disconnected | VhostUserError::PartialMessage,
-                )) => {}
-                Err(e) => return Err(daemon_err(e.to_string())),
+                // A frontend going away, even mid-message, is the normal
+                // end, and so is any error once a stop was asked for (it
+                // shut the socket down).
+                VhostUserError::Disconnected | VhostUserError::PartialMessage => {}
+                _ if stop.requested() => {}
+                e => return Err(daemon_err(e.to_string())),
             }
             if stop.requested() || !opts.keep_alive {
                 break;

@@ -1,6 +1,8 @@
 //! Parsing a virtio-blk descriptor chain into a [`Request`]: a pure
-//! function of the chain, the guest memory and the device's [`Limits`],
-//! which touches guest memory only to read the 16-byte request header.
+//! function of the walked chain ([`super::chain::walk`]), the guest memory
+//! and the device's [`Limits`], which touches guest memory only to read
+//! the 16-byte request header. [`read`] walks and parses; a chain that
+//! cannot be walked is rejected without a status byte.
 //!
 //! Layout (virtio 1.2, 5.2.6; any framing, as VERSION_1 implies
 //! ANY_LAYOUT): the device-readable descriptors come first and hold the
@@ -17,9 +19,9 @@ use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID,
     VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
 };
-use virtio_queue::DescriptorChain;
 use vm_memory::{Bytes, GuestAddress, GuestMemory, Permissions};
 
+use super::chain::{Desc, WalkError, walk};
 use super::config::SECTOR_SIZE;
 
 /// Size of the request header.
@@ -172,6 +174,9 @@ pub enum ParseError {
     /// A request type the device does not implement.
     #[error("unsupported request type {0}")]
     Unsupported(u32),
+    /// The chain could not be walked (a loop, a bad index or table).
+    #[error("malformed chain: {0}")]
+    Chain(#[source] WalkError),
 }
 
 impl ParseError {
@@ -253,14 +258,36 @@ fn segments(bufs: &[Buf]) -> Vec<Segment> {
         .collect()
 }
 
-/// Parses `chain` into a request (see the module docs).
-pub fn parse<M>(chain: DescriptorChain<M>, limits: &Limits) -> Result<Request, Rejected>
-where
-    M: std::ops::Deref + Clone,
-    M::Target: GuestMemory,
-{
-    let head = chain.head_index();
-    let mem = chain.memory();
+/// Walks the chain at `head` (descriptor table `table`, `queue_size`
+/// entries) and parses it.
+pub fn read<M: GuestMemory + ?Sized>(
+    mem: &M,
+    table: GuestAddress,
+    queue_size: u16,
+    head: u16,
+    limits: &Limits,
+) -> Result<Request, Rejected> {
+    match walk(mem, table, queue_size, head, limits.max_descriptors) {
+        Ok(descs) => parse(head, &descs, mem, limits),
+        Err(e) => Err(Rejected {
+            head,
+            error: match e {
+                WalkError::TooMany { max } => ParseError::TooManyDescriptors { max },
+                other => ParseError::Chain(other),
+            },
+            status: None,
+        }),
+    }
+}
+
+/// Parses the chain with head `head` and descriptors `descs` into a
+/// request (see the module docs).
+pub fn parse<M: GuestMemory + ?Sized>(
+    head: u16,
+    descs: &[Desc],
+    mem: &M,
+    limits: &Limits,
+) -> Result<Request, Rejected> {
     let mut readable = std::collections::VecDeque::new();
     let mut writable: Vec<Buf> = Vec::new();
     let mut first_error: Option<ParseError> = None;
@@ -272,20 +299,20 @@ where
         error,
         status,
     };
-    for (position, desc) in chain.clone().enumerate() {
+    for (position, desc) in descs.iter().enumerate() {
         if position >= limits.max_descriptors {
             first_error.get_or_insert(ParseError::TooManyDescriptors {
                 max: limits.max_descriptors,
             });
             break;
         }
-        let (addr, len) = (desc.addr(), desc.len());
-        ends_writable = desc.is_write_only();
+        let (addr, len) = (desc.addr, desc.len);
+        ends_writable = desc.write;
         let inside = len == 0
             || mem.check_range(
                 addr,
                 len as usize,
-                if desc.is_write_only() {
+                if desc.write {
                     Permissions::Write
                 } else {
                     Permissions::Read
@@ -299,12 +326,12 @@ where
             });
             // Keep going only to find a valid status byte; never use this
             // buffer.
-            if desc.is_write_only() {
+            if desc.write {
                 writable.push(Buf { addr, len: 0 });
             }
             continue;
         }
-        if desc.is_write_only() {
+        if desc.write {
             writable.push(Buf {
                 addr,
                 len: u64::from(len),

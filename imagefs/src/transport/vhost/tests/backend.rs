@@ -122,9 +122,7 @@ impl Harness<'_> {
 
     /// Lets the backend take what is available (what a kick does).
     fn kick(&self) {
-        self.backend
-            .handle_event(0, EventSet::IN, std::slice::from_ref(&self.vring), 0)
-            .unwrap();
+        self.backend.process_queue(0, &self.vring).unwrap();
     }
 
     /// Used-ring entries so far: (head, len).
@@ -281,6 +279,89 @@ fn no_head_of_line_blocking() {
     let mut got = vec![0u8; 4096];
     mem.read_slice(&mut got, GuestAddress(DATA)).unwrap();
     assert!(got == d.image[..4096]);
+}
+
+/// A backend that dies with a request in flight leaves it marked in the
+/// inflight region; the next backend, over the same guest memory and
+/// region, positions the ring after it, resubmits it and completes it,
+/// and then takes new requests where the ring left off.
+#[test]
+fn a_restarted_backend_resubmits_what_was_in_flight() {
+    use super::inflight::InflightRegion;
+    let d = device(false);
+    let mem = guest_memory();
+    let mut h = harness(&mem, &d, &opts(false));
+    let (file, region) = InflightRegion::create(1, QSIZE).unwrap();
+    let region = Arc::new(region);
+    h.backend.set_inflight_region(Some(Arc::clone(&region)));
+    assert!(h.backend.start_queue(0, &h.vring).unwrap().is_empty());
+    let sector = |chunk: usize| (chunk * CHUNK / 512) as u64;
+    let cold = h.submit(&[
+        header(&mem, 0, VIRTIO_BLK_T_IN, sector(0)),
+        desc(DATA, 4096, true),
+        status_desc(0),
+    ]);
+    let warm = h.submit(&[
+        header(&mem, 1, VIRTIO_BLK_T_IN, sector(2)),
+        desc(DATA + 0x1_0000, 4096, true),
+        status_desc(1),
+    ]);
+    h.kick();
+    assert_eq!(h.wait_used(1), [(warm, 4097)]);
+    assert_eq!(region.desc(0, cold).inflight, 1);
+    assert_eq!(region.desc(0, warm).inflight, 0);
+    assert_eq!(region.header(0).used_idx, 1);
+
+    // The first backend is gone (its request stays blocked); a second one
+    // starts over the same memory, on a device whose store answers.
+    let d2 = device(false);
+    d2.store.open();
+    let atomic = GuestMemoryAtomic::new(mem.clone());
+    let vring = VringRwLock::new(atomic.clone(), QSIZE).unwrap();
+    vring
+        .set_queue_info(
+            h.q.desc_table_addr().0,
+            h.q.avail_addr().0,
+            h.q.used_addr().0,
+        )
+        .unwrap();
+    vring.set_queue_size(QSIZE);
+    // What QEMU sends after losing the backend: the used index.
+    vring.set_queue_next_avail(1);
+    vring.set_queue_ready(true);
+    vring.set_enabled(true);
+    let service2 = service(d2.lazy.clone(), &opts(false)).unwrap();
+    let backend = BlkBackend::new(Arc::clone(&service2), atomic);
+    let size = InflightRegion::size_for(1, QSIZE);
+    let region2 = InflightRegion::map(file, 0, size, 1, QSIZE).unwrap();
+    backend.set_inflight_region(Some(Arc::new(region2)));
+    let resubmit = backend.start_queue(0, &vring).unwrap();
+    assert_eq!(resubmit, [cold]);
+    assert_eq!(vring.queue_next_avail(), 2, "after the chain in flight");
+    backend.resubmit(0, &vring, &resubmit);
+    let used = h.wait_used(2);
+    assert_eq!(used[1], (cold, 4097));
+    let mut got = vec![0u8; 4096];
+    mem.read_slice(&mut got, GuestAddress(DATA)).unwrap();
+    assert!(got == d.image[..4096]);
+    assert_eq!(region.desc(0, cold).inflight, 0);
+    assert_eq!(region.header(0).used_idx, 2);
+    // A new request is taken from where the ring left off.
+    let next = h.submit(&[
+        header(&mem, 2, VIRTIO_BLK_T_IN, sector(1)),
+        desc(DATA + 0x2_0000, 512, true),
+        status_desc(2),
+    ]);
+    backend.process_queue(0, &vring).unwrap();
+    assert_eq!(h.wait_used(3)[2], (next, 513));
+    assert_eq!(
+        service2.stats.report(1).reads,
+        2,
+        "the resubmitted and the new request, not the completed one again"
+    );
+    backend.wait_idle();
+    // Let the first backend's request go, after the checks.
+    d.store.open();
 }
 
 #[test]

@@ -12,20 +12,20 @@ use ::tests::imagegen::noise;
 use ::tests::synthetic::{CHUNK, encrypted_device};
 use cachetiers::{ChunkStore, DirStore};
 use manifest::DomainSecret;
-use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
+use vhost_user_backend::{VringRwLock, VringT};
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_F_RO, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_FLUSH,
     VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
 };
-use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+use virtio_bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::RawDescriptor;
 use virtio_queue::desc::split::Descriptor as SplitDescriptor;
 use virtio_queue::mock::MockSplitQueue;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryAtomic, GuestMemoryMmap};
-use vmm_sys_util::epoll::EventSet;
 
+use super::chain::{Desc, WalkError, walk};
 use super::config::{BlkGeometry, CONFIG_LEN};
-use super::request::{Limits, ParseError, RequestKind, parse};
+use super::request::{Limits, ParseError, RequestKind, parse, read};
 use super::*;
 use crate::lazy::{LazyImage, LazyOptions};
 
@@ -74,7 +74,13 @@ fn parse_one(
 ) -> Result<request::Request, request::Rejected> {
     let q = MockSplitQueue::new(mem, QSIZE);
     let chain = q.build_desc_chain(descs).unwrap();
-    parse(chain, &limits(writable))
+    read(
+        mem,
+        q.desc_table_addr(),
+        QSIZE,
+        chain.head_index(),
+        &limits(writable),
+    )
 }
 
 #[test]
@@ -382,6 +388,132 @@ fn chains_longer_than_the_limit_are_rejected() {
         matches!(rejected.error, ParseError::TooManyDescriptors { max: 16 }),
         "{rejected:?}"
     );
+}
+
+/// Where the walker tests put their descriptor tables.
+const TABLE: u64 = 0x40_0000;
+const INDIRECT: u64 = 0x50_0000;
+
+fn put(mem: &GuestMemoryMmap, table: u64, index: u16, d: SplitDescriptor) {
+    mem.write_obj(d, GuestAddress(table + 16 * u64::from(index)))
+        .unwrap();
+}
+
+fn split(addr: u64, len: u32, flags: u32, next: u16) -> SplitDescriptor {
+    SplitDescriptor::new(addr, len, flags as u16, next)
+}
+
+#[test]
+fn walker_follows_next_and_one_indirect_table() {
+    let mem = guest_memory();
+    let n = VRING_DESC_F_NEXT;
+    // 5 -> 2 -> indirect table [0 -> 1 (writable)]... an indirect
+    // descriptor ends the main chain, so the main chain is 5 -> 2(indirect).
+    put(&mem, TABLE, 5, split(HDR, 16, n, 2));
+    put(
+        &mem,
+        TABLE,
+        2,
+        split(INDIRECT, 32, VRING_DESC_F_INDIRECT, 0),
+    );
+    put(
+        &mem,
+        INDIRECT,
+        0,
+        split(DATA, 512, n | VRING_DESC_F_WRITE, 1),
+    );
+    put(&mem, INDIRECT, 1, split(STATUS, 1, VRING_DESC_F_WRITE, 0));
+    let descs = walk(&mem, GuestAddress(TABLE), 8, 5, 16).unwrap();
+    assert_eq!(
+        descs,
+        [
+            Desc {
+                addr: GuestAddress(HDR),
+                len: 16,
+                write: false
+            },
+            Desc {
+                addr: GuestAddress(DATA),
+                len: 512,
+                write: true
+            },
+            Desc {
+                addr: GuestAddress(STATUS),
+                len: 1,
+                write: true
+            },
+        ]
+    );
+    // The same chain parses into a read.
+    header(&mem, 0, VIRTIO_BLK_T_IN, 4);
+    let r = parse(5, &descs, &mem, &limits(false)).unwrap();
+    assert_eq!(
+        (r.head, r.kind, r.data_len),
+        (5, RequestKind::Read { sector: 4 }, 512)
+    );
+}
+
+#[test]
+fn walker_rejects_hostile_tables() {
+    let mem = guest_memory();
+    let n = VRING_DESC_F_NEXT;
+    let ind = VRING_DESC_F_INDIRECT;
+    let w = |table: u64, head: u16, max: usize| walk(&mem, GuestAddress(table), 8, head, max);
+    assert_eq!(
+        w(TABLE, 8, 16),
+        Err(WalkError::HeadOutOfRange { head: 8, size: 8 })
+    );
+    // 0 -> 1 -> 0: a loop.
+    put(&mem, TABLE, 0, split(DATA, 1, n, 1));
+    put(&mem, TABLE, 1, split(DATA, 1, n, 0));
+    assert_eq!(w(TABLE, 0, 100), Err(WalkError::Loop { len: 8 }));
+    // A limit below the loop's length stops it first.
+    assert_eq!(w(TABLE, 0, 3), Err(WalkError::TooMany { max: 3 }));
+    // next past the table.
+    put(&mem, TABLE, 2, split(DATA, 1, n, 9));
+    assert_eq!(
+        w(TABLE, 2, 16),
+        Err(WalkError::NextOutOfRange { next: 9, len: 8 })
+    );
+    // A table outside guest memory.
+    assert!(matches!(
+        walk(&mem, GuestAddress(MEM_SIZE - 16), 8, 3, 16),
+        Err(WalkError::Unreadable { .. })
+    ));
+    assert!(matches!(
+        walk(&mem, GuestAddress(u64::MAX - 8), 8, 3, 16),
+        Err(WalkError::Unreadable { .. })
+    ));
+    // Indirect with NEXT, nested indirect, bad indirect lengths, and an
+    // indirect table that loops.
+    put(&mem, TABLE, 3, split(INDIRECT, 32, ind | n, 4));
+    assert_eq!(w(TABLE, 3, 16), Err(WalkError::IndirectWithNext));
+    put(&mem, TABLE, 4, split(INDIRECT, 32, ind, 0));
+    put(&mem, INDIRECT, 0, split(INDIRECT + 0x1000, 16, ind, 0));
+    assert_eq!(w(TABLE, 4, 16), Err(WalkError::NestedIndirect));
+    for len in [0u32, 24, 16 * 32769] {
+        put(&mem, TABLE, 5, split(INDIRECT, len, ind, 0));
+        assert_eq!(w(TABLE, 5, 16), Err(WalkError::BadIndirectTable { len }));
+    }
+    put(&mem, TABLE, 6, split(INDIRECT, 32, ind, 0));
+    put(&mem, INDIRECT, 0, split(DATA, 1, n, 1));
+    put(&mem, INDIRECT, 1, split(DATA, 1, n, 0));
+    assert_eq!(w(TABLE, 6, 100), Err(WalkError::Loop { len: 2 }));
+    put(&mem, INDIRECT, 1, split(DATA, 1, n, 2));
+    assert_eq!(
+        w(TABLE, 6, 100),
+        Err(WalkError::NextOutOfRange { next: 2, len: 2 })
+    );
+    // An indirect table outside guest memory.
+    put(&mem, TABLE, 7, split(MEM_SIZE, 32, ind, 0));
+    assert!(matches!(w(TABLE, 7, 16), Err(WalkError::Unreadable { .. })));
+    // Through `read`, a walk error is a rejection without a status byte.
+    let rejected = read(&mem, GuestAddress(TABLE), 8, 0, &limits(false)).unwrap_err();
+    assert!(
+        matches!(rejected.error, ParseError::Chain(WalkError::Loop { .. })),
+        "{rejected:?}"
+    );
+    assert_eq!(rejected.status, None);
 }
 
 mod backend;
