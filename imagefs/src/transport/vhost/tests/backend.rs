@@ -355,7 +355,7 @@ fn a_restarted_backend_resubmits_what_was_in_flight() {
     backend.process_queue(0, &vring).unwrap();
     assert_eq!(h.wait_used(3)[2], (next, 513));
     assert_eq!(
-        service2.stats.report(1).reads,
+        service2.stats.report().reads,
         2,
         "the resubmitted and the new request, not the completed one again"
     );
