@@ -213,6 +213,17 @@ fn the_api_starts_lists_shows_and_stops_vms_and_refuses_bad_input() {
         "the tiers' own families:\n{metrics}"
     );
 
+    // The tiers' counters as JSON, through the client and `imagefs vm tiers`.
+    let tiers = client.tiers().unwrap();
+    assert!(tiers.tiers.iter().any(|t| t.tier == "origin"), "{tiers:?}");
+    let out = vm_cli(dir, &["tiers"]);
+    let cli: manifest::report::TiersReport = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(
+        cli.tiers.iter().map(|t| &t.tier).collect::<Vec<_>>(),
+        tiers.tiers.iter().map(|t| &t.tier).collect::<Vec<_>>()
+    );
+
     let out = vm_cli(dir, &["ls"]);
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(

@@ -161,6 +161,11 @@ impl ApiClient {
         self.call("GET", &format!("/v1/vms/{}", encode_segment(id)), None)
     }
 
+    /// `GET /v1/tiers`: the shared tiers' counters (origin bytes, ...).
+    pub fn tiers(&self) -> Result<manifest::report::TiersReport, ClientError> {
+        self.call("GET", "/v1/tiers", None)
+    }
+
     /// `GET /metrics`, the Prometheus text.
     pub fn metrics(&self) -> Result<String, ClientError> {
         let r = self.request("GET", "/metrics", None)?;

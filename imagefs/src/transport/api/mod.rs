@@ -8,6 +8,7 @@
 //! | `GET /v1/vms` | 200 `[VmInfo]` |
 //! | `GET /v1/vms/{id}` | 200 [`VmInfo`] |
 //! | `DELETE /v1/vms/{id}` | 200 [`VmInfo`] (its last counters) |
+//! | `GET /v1/tiers` | 200 [`TiersReport`](manifest::report::TiersReport) |
 //! | `GET /metrics` | 200 Prometheus text |
 //! | `GET /healthz` | 200 `{"status":"ok","vms":N}` |
 //!
@@ -151,6 +152,7 @@ fn router(agent: Arc<Agent>) -> Router {
     Router::new()
         .route("/v1/vms", get(list).post(start))
         .route("/v1/vms/{id}", get(show).delete(stop))
+        .route("/v1/tiers", get(tiers))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route".into()) })
@@ -217,6 +219,17 @@ async fn stop(State(agent): State<Arc<Agent>>, UrlPath(id): UrlPath<String>) -> 
     match blocking(agent, move |a| a.stop_vm(&id)).await {
         Ok(Ok(info)) => axum::Json(info).into_response(),
         Ok(Err(e)) => agent_error(&e),
+        Err(r) => r,
+    }
+}
+
+async fn tiers(State(agent): State<Arc<Agent>>) -> Response {
+    match blocking(agent, |a| {
+        crate::tiers::stats::tiers_report(a.tiers().store.metrics())
+    })
+    .await
+    {
+        Ok(report) => axum::Json(report).into_response(),
         Err(r) => r,
     }
 }
