@@ -165,6 +165,9 @@ enum VmCommand {
         /// The VM's id.
         id: String,
     },
+    /// The shared tiers' counters and the shared tier's contents,
+    /// host-wide (JSON, `manifest::agent::HostTiers`).
+    Tiers,
 }
 
 fn print_json<T: serde::Serialize>(value: &T) -> Result<(), Box<dyn Error>> {
@@ -241,6 +244,7 @@ impl VmArgs {
                 }
             }
             VmCommand::Show { id } => print_json(&client.show(&id)?)?,
+            VmCommand::Tiers => print_json(&client.tiers()?)?,
         }
         Ok(())
     }

@@ -217,6 +217,14 @@ fn the_api_starts_lists_shows_and_stops_vms_and_refuses_bad_input() {
     let names: Vec<&str> = host.tiers.tiers.iter().map(|t| t.tier.as_str()).collect();
     assert_eq!(names, ["origin"], "no shared or AZ tier configured");
     assert!(host.shared.is_none());
+    let out = vm_cli(dir, &["tiers"]);
+    let cli: manifest::agent::HostTiers = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(
+        cli.tiers.tiers.len(),
+        host.tiers.tiers.len(),
+        "imagefs vm tiers"
+    );
 
     let out = vm_cli(dir, &["ls"]);
     let text = String::from_utf8(out.stdout).unwrap();

@@ -136,6 +136,47 @@ pub enum Command {
         #[command(flatten)]
         opts: ProbeOpts,
     },
+    /// N concurrent cold starts of one image and trace (issue 13): through
+    /// one `imagefs agent`, and through N `imagefs serve` processes.
+    Concurrent {
+        /// The image every VM serves (sha256:DIGEST or a tag).
+        #[arg(long)]
+        image: String,
+        /// The trace every probe replays (`imagefs serve --record-trace`
+        /// JSON lines, or `OFFSET LEN` lines).
+        #[arg(long)]
+        trace: PathBuf,
+        /// VMs started at once, one cell each.
+        #[arg(long, value_delimiter = ',', default_values_t = [1, 2, 4, 8])]
+        vms: Vec<usize>,
+        /// How the VMs are served (default: agent,agent-shared,serve).
+        #[arg(long, value_enum, value_delimiter = ',')]
+        modes: Vec<crate::concurrent::Mode>,
+        /// Runs per mode and N.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// The origin, as imagefs's `--store`.
+        #[arg(long, env = "IMAGEFS_STORE")]
+        store: String,
+        /// The key directory, as imagefs's `--keys`.
+        #[arg(long, env = "IMAGEFS_KEYS")]
+        keys: Option<PathBuf>,
+        /// The imagefs binary (default: $IMAGEFS_BIN, PATH, the one built beside vmm-shim).
+        #[arg(long)]
+        imagefs: Option<PathBuf>,
+        /// Scratch directory for sockets and tiers.
+        #[arg(long, default_value = "/tmp/vmm-shim-concurrent")]
+        work: PathBuf,
+        /// `--readahead N` of every daemon (default: imagefs's own).
+        #[arg(long, value_name = "CHUNKS")]
+        readahead: Option<usize>,
+        /// Write the report (`concurrent::report::ConcurrentReport`) as JSON.
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
+        /// Probe options.
+        #[command(flatten)]
+        opts: ProbeOpts,
+    },
     /// Boot a Linux bzImage with an initramfs until the console shows a
     /// marker (or the limit passes): the Linux-guest path, and the check of
     /// whether this host's KVM boots stock kernels.
@@ -190,6 +231,12 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn write_json(report: &impl serde::Serialize, path: PathBuf) -> Result<()> {
+    let text = serde_json::to_string_pretty(report)
+        .map_err(|e| crate::Error::Config(format!("report as JSON: {e}")))?;
+    std::fs::write(&path, text).map_err(|source| crate::Error::Io { path, source })
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -282,14 +329,51 @@ fn run(cli: Cli) -> Result<()> {
             let report = crate::coldstart::bench(&cfg, &cases)?;
             print!("{}", report.render());
             if let Some(path) = json {
-                let text = serde_json::to_string_pretty(&report)
-                    .map_err(|e| crate::Error::Config(format!("report as JSON: {e}")))?;
-                std::fs::write(&path, text).map_err(|source| crate::Error::Io { path, source })?;
+                write_json(&report, path)?;
             }
             if let Some(dir) = plots {
                 for p in crate::coldstart::plot::write_pngs(&report, &dir)? {
                     println!("wrote {}", p.display());
                 }
+            }
+            Ok(())
+        }
+        Command::Concurrent {
+            image,
+            trace,
+            vms,
+            modes,
+            runs,
+            store,
+            keys,
+            imagefs,
+            work,
+            readahead,
+            json,
+            opts,
+        } => {
+            let cfg = crate::concurrent::ConcurrentConfig {
+                imagefs: imagefs.unwrap_or_else(default_imagefs),
+                image,
+                store,
+                keys,
+                trace: crate::trace::load(&trace)?,
+                counts: vms,
+                modes: if modes.is_empty() {
+                    crate::concurrent::Mode::ALL.to_vec()
+                } else {
+                    modes
+                },
+                runs,
+                work,
+                readahead,
+                params: opts.params(),
+                timeout: Duration::from_secs(opts.timeout),
+            };
+            let report = crate::concurrent::bench(&cfg, &trace)?;
+            print!("{}", report.render());
+            if let Some(path) = json {
+                write_json(&report, path)?;
             }
             Ok(())
         }

@@ -11,6 +11,7 @@
 pub mod backend;
 pub mod cli;
 pub mod coldstart;
+pub mod concurrent;
 pub mod error;
 pub mod layout;
 pub mod linux;
