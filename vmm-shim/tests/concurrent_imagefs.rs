@@ -104,9 +104,19 @@ fn agent_and_serve_share_or_repeat_origin_fetches_as_designed() {
         timeout: Duration::from_secs(120),
     };
     let results = run(&cfg).unwrap();
-    let report = ConcurrentReport::new(ReportHeader::default(), &results);
-    print!("{}", report.render());
     let bytes: u64 = trace.iter().map(|e| u64::from(e.len)).sum();
+    let header = ReportHeader {
+        image: "base (Debian, directory origin)".into(),
+        trace: "the test's synthetic trace".into(),
+        reads: trace.len() as u64,
+        bytes,
+        runs: 1,
+        probe: format!("{:?}", Params::default()),
+        imagefs: cfg.imagefs.display().to_string(),
+        host_cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
+    };
+    let report = ConcurrentReport::new(header, &results);
+    print!("{}", report.render());
     assert_eq!(results.len(), 6, "3 modes x N = 1, 2");
     for r in &results {
         let name = format!("{} N={}", r.mode.name(), r.vms);
