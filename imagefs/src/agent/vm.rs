@@ -98,6 +98,7 @@ impl Vm {
             writable: spec.writable,
             keep_alive: true,
             io_threads: parts.io_threads,
+            log_prefix: format!("imagefs agent: VM {}", spec.id),
             ..ServeOptions::new(socket.clone(), opened.digest.to_string())
         };
         let server = Server::new(lazy.clone(), &opts).map_err(|source| AgentError::Serve {

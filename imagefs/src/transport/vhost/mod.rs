@@ -36,7 +36,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use telemetry::histogram::LogHistogram;
@@ -76,6 +76,9 @@ pub struct ServeOptions {
     /// The image's manifest digest (`sha256:…`): the serial and the trace
     /// header come from it.
     pub image_digest: String,
+    /// What the device's log lines start with (`imagefs serve`; the agent
+    /// names the VM).
+    pub log_prefix: String,
 }
 
 impl ServeOptions {
@@ -92,6 +95,7 @@ impl ServeOptions {
             io_threads: 8,
             record_trace: None,
             image_digest,
+            log_prefix: "imagefs serve".into(),
         }
     }
 }
@@ -135,8 +139,8 @@ pub struct Stats {
     io_errors: AtomicU64,
     bytes_read: AtomicU64,
     bytes_written: AtomicU64,
-    /// Log lines written (for [`log_limited`]).
-    logged: AtomicU64,
+    /// Log lines written, and their prefix (for [`log_limited`]).
+    pub(crate) logged: LimitedLog,
     /// Frontend connections accepted so far.
     connections: AtomicU64,
     /// Requests left in flight by an earlier backend, resubmitted.
@@ -208,12 +212,21 @@ impl Stats {
     }
 }
 
-/// Writes `line` to stderr, prefixed; after 100 lines only every 1000th, so
-/// a hostile guest cannot flood the log.
-pub(crate) fn log_limited(logged: &AtomicU64, line: &str) {
-    let n = logged.fetch_add(1, Ordering::Relaxed);
+/// The device's log: a prefix naming it and a count of lines written.
+#[derive(Debug, Default)]
+pub(crate) struct LimitedLog {
+    written: AtomicU64,
+    prefix: OnceLock<String>,
+}
+
+/// Writes `line` to stderr, prefixed with the device's name
+/// ([`ServeOptions::log_prefix`]); after 100 lines only every 1000th, so a
+/// hostile guest cannot flood the log.
+pub(crate) fn log_limited(logged: &LimitedLog, line: &str) {
+    let n = logged.written.fetch_add(1, Ordering::Relaxed);
     if n < 100 || n.is_multiple_of(1000) {
-        eprintln!("imagefs serve: {line}");
+        let prefix = logged.prefix.get().map_or("imagefs serve", String::as_str);
+        eprintln!("{prefix}: {line}");
     }
 }
 
@@ -261,7 +274,7 @@ pub fn service(
         .map(|path| TraceWriter::create(path, &opts.image_digest, image.size()))
         .transpose()
         .map_err(ServeError::Trace)?;
-    Service::new(
+    let service = Service::new(
         image,
         geometry,
         opts.queue_size,
@@ -269,8 +282,9 @@ pub fn service(
         opts.io_threads,
         trace,
     )
-    .map(Arc::new)
-    .map_err(ServeError::Threads)
+    .map_err(ServeError::Threads)?;
+    let _ = service.stats.logged.prefix.set(opts.log_prefix.clone());
+    Ok(Arc::new(service))
 }
 
 /// The stop request shared by a [`Server`] and its [`StopHandle`]s.
