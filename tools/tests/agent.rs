@@ -129,6 +129,25 @@ fn the_api_starts_lists_shows_and_stops_vms_and_refuses_bad_input() {
     assert_eq!(ids, ["a", "b"], "the state file holds both");
     assert_eq!(state.vms[0].digest, words[1], "the tag was pinned");
 
+    let ded = dir.join("ded-d1");
+    client
+        .start_vm(&VmSpec {
+            dedicated: Some(ded.clone()),
+            ..spec("d1", "t")
+        })
+        .unwrap();
+    let same_dir = format!(
+        r#"{{"id":"d2","image":"t","dedicated":"{}"}}"#,
+        ded.display()
+    );
+    let (status, text) = api_status(&client, "POST", "/v1/vms", Some(&same_dir));
+    assert_eq!(status, 400, "{text}");
+    assert!(
+        text.contains("VM `d1` already uses the dedicated directory"),
+        "{text}"
+    );
+    client.stop_vm("d1").unwrap();
+
     // Bad input: a clear 4xx each, naming the problem.
     let cases: &[(&str, &str, Option<&str>, u16, &str)] = &[
         (

@@ -195,6 +195,24 @@ pub struct Agent {
     state: StateFile,
     /// The VM table; its lock also orders the state file's writes.
     vms: Mutex<BTreeMap<String, Arc<Vm>>>,
+    /// VMs being started: their ids and dedicated directories.
+    starting: Mutex<BTreeMap<String, Option<PathBuf>>>,
+}
+
+/// An id (and dedicated directory) reserved while its VM starts.
+struct Claim<'a> {
+    agent: &'a Agent,
+    id: String,
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        self.agent
+            .starting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.id);
+    }
 }
 
 impl std::fmt::Debug for Agent {
@@ -230,6 +248,7 @@ impl Agent {
             gate,
             opts,
             vms: Mutex::new(BTreeMap::new()),
+            starting: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -313,25 +332,12 @@ impl Agent {
         if spec.image.trim().is_empty() {
             return Err(AgentError::BadRequest("no image given".into()));
         }
-        // The table stays locked while the VM starts: a second request for
-        // the same id waits and is then refused.
-        let mut table = self.table();
-        if table.contains_key(&spec.id) {
-            return Err(AgentError::Exists(spec.id));
-        }
-        if let Some(dir) = &spec.dedicated
-            && let Some(other) = table
-                .values()
-                .find(|vm| vm.record.spec.dedicated.as_deref() == Some(dir.as_path()))
-        {
-            return Err(AgentError::BadRequest(format!(
-                "VM `{}` already uses the dedicated directory {}",
-                other.id(),
-                dir.display()
-            )));
-        }
-        let digest = vm::pin(&self.tiers, &spec.image)?;
+        // Claim the id (and the dedicated directory) under the table's
+        // lock, then open the image without it: a slow origin must not hold
+        // up the API's other calls. A second request for the id is refused.
+        let claim = self.claim(&spec)?;
         let id = spec.id.clone();
+        let digest = vm::pin(&self.tiers, &spec.image)?;
         let record = VmRecord {
             spec,
             digest: digest.to_string(),
@@ -339,7 +345,9 @@ impl Agent {
         };
         let socket = vm::socket_of(&self.opts.section.run_dir, &id);
         let vm = Arc::new(Vm::start(&self.parts(), record, socket)?);
+        let mut table = self.table();
         table.insert(id.clone(), Arc::clone(&vm));
+        drop(claim);
         if let Err(e) = self.save(&table) {
             table.remove(&id);
             drop(table);
@@ -348,6 +356,37 @@ impl Agent {
             return Err(e);
         }
         Ok(vm.info())
+    }
+
+    /// Reserves `spec`'s id and dedicated directory until the returned
+    /// claim is dropped; refuses them when a VM (running or starting)
+    /// has them. Lock order: the table, then the claims.
+    fn claim(&self, spec: &VmSpec) -> Result<Claim<'_>, AgentError> {
+        let table = self.table();
+        let mut starting = self.starting.lock().unwrap_or_else(PoisonError::into_inner);
+        if table.contains_key(&spec.id) || starting.contains_key(&spec.id) {
+            return Err(AgentError::Exists(spec.id.clone()));
+        }
+        if let Some(dir) = &spec.dedicated {
+            let running = table
+                .values()
+                .map(|vm| (vm.id(), vm.record.spec.dedicated.as_deref()));
+            let claimed = starting.iter().map(|(id, d)| (id.as_str(), d.as_deref()));
+            if let Some((other, _)) = running
+                .chain(claimed)
+                .find(|(_, d)| *d == Some(dir.as_path()))
+            {
+                return Err(AgentError::BadRequest(format!(
+                    "VM `{other}` already uses the dedicated directory {}",
+                    dir.display()
+                )));
+            }
+        }
+        starting.insert(spec.id.clone(), spec.dedicated.clone());
+        Ok(Claim {
+            agent: self,
+            id: spec.id.clone(),
+        })
     }
 
     /// Stops a VM and forgets it (`DELETE /v1/vms/{id}`); its dedicated
