@@ -8,6 +8,13 @@
 //! misses queued delays another VM's next read by at most one request
 //! per VM, never by its whole queue.
 //!
+//! Fetches a guest waits for come before background ones (prefetch and
+//! read-ahead threads, [`is_background`]): in a VM's own queue a demand
+//! request goes first, a VM's background fetches hold at most half its
+//! share, and background fetches never take the last quarter of the
+//! host's slots. So a prefetch filling its queue cannot make the guest's
+//! own next miss wait for a slot.
+//!
 //! [`TieredStore`]: cachetiers::TieredStore
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -15,17 +22,24 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
 use cachetiers::checked::Verified;
 use cachetiers::{ChunkStore, PutOutcome, StoreError};
+
+use crate::lazy::priority::is_background;
 use manifest::ChunkId;
 
 #[derive(Debug, Default)]
 struct Client {
     holding: usize,
-    waiting: VecDeque<u64>,
+    /// Of `holding`, the background permits.
+    holding_background: usize,
+    demand: VecDeque<u64>,
+    background: VecDeque<u64>,
 }
 
 #[derive(Debug, Default)]
 struct State {
     holding: usize,
+    /// Of `holding`, the background permits.
+    holding_background: usize,
     clients: BTreeMap<u64, Client>,
     /// Tickets granted a slot whose waiter has not woken yet.
     granted: BTreeSet<u64>,
@@ -77,24 +91,55 @@ impl FairGate {
         self.lock().holding
     }
 
+    /// Most background permits one VM holds.
+    fn background_per_vm(&self) -> usize {
+        (self.per_vm / 2).max(1)
+    }
+
+    /// Most background permits held host-wide.
+    fn background_host(&self) -> usize {
+        (self.capacity - self.capacity / 4).max(1)
+    }
+
+    /// Whether `c` may be granted a slot now, and for what (demand first).
+    fn grantable(&self, state: &State, c: &Client) -> Option<bool> {
+        if c.holding >= self.per_vm {
+            return None;
+        }
+        if !c.demand.is_empty() {
+            return Some(false);
+        }
+        let room = c.holding_background < self.background_per_vm()
+            && state.holding_background < self.background_host();
+        (!c.background.is_empty() && room).then_some(true)
+    }
+
     /// Grants free slots to waiting tickets, one client at a time in turn.
     fn dispatch(&self, state: &mut State) {
         let mut granted_any = false;
         while state.holding < self.capacity {
             let after = state.last_served;
-            let eligible =
-                |(_, c): &(&u64, &Client)| !c.waiting.is_empty() && c.holding < self.per_vm;
+            let eligible = |(_, c): &(&u64, &Client)| self.grantable(state, c).is_some();
             let next = state
                 .clients
                 .range(after + 1..)
                 .find(eligible)
                 .or_else(|| state.clients.range(..=after).find(eligible))
-                .map(|(&id, _)| id);
-            let Some(id) = next else { break };
+                .map(|(&id, c)| (id, self.grantable(state, c) == Some(true)));
+            let Some((id, background)) = next else { break };
             let client = state.clients.get_mut(&id).expect("found above");
-            let ticket = client.waiting.pop_front().expect("eligible has a waiter");
+            let queue = if background {
+                &mut client.background
+            } else {
+                &mut client.demand
+            };
+            let ticket = queue.pop_front().expect("grantable has a waiter");
             client.holding += 1;
             state.holding += 1;
+            if background {
+                client.holding_background += 1;
+                state.holding_background += 1;
+            }
             state.granted.insert(ticket);
             state.last_served = id;
             granted_any = true;
@@ -114,14 +159,19 @@ pub struct GateClient {
 
 impl GateClient {
     /// Waits for this VM's turn and a free slot; the slot is held until
-    /// the permit is dropped.
-    pub fn acquire(&self) -> Permit<'_> {
+    /// the permit is dropped. `background`: a prefetch or read-ahead
+    /// fetch, which waits behind the VM's demand fetches.
+    pub fn acquire(&self, background: bool) -> Permit<'_> {
         let gate = &self.gate;
         let mut state = gate.lock();
         let ticket = state.next_ticket;
         state.next_ticket += 1;
         if let Some(c) = state.clients.get_mut(&self.id) {
-            c.waiting.push_back(ticket);
+            if background {
+                c.background.push_back(ticket);
+            } else {
+                c.demand.push_back(ticket);
+            }
         }
         gate.dispatch(&mut state);
         while !state.granted.remove(&ticket) {
@@ -130,7 +180,10 @@ impl GateClient {
                 .wait(state)
                 .unwrap_or_else(PoisonError::into_inner);
         }
-        Permit { client: self }
+        Permit {
+            client: self,
+            background,
+        }
     }
 }
 
@@ -142,6 +195,7 @@ impl Drop for GateClient {
         // permits borrow it), so only the entry is left to remove.
         if let Some(c) = state.clients.remove(&self.id) {
             state.holding -= c.holding;
+            state.holding_background -= c.holding_background;
         }
         gate.dispatch(&mut state);
     }
@@ -151,6 +205,7 @@ impl Drop for GateClient {
 #[derive(Debug)]
 pub struct Permit<'a> {
     client: &'a GateClient,
+    background: bool,
 }
 
 impl Drop for Permit<'_> {
@@ -159,6 +214,10 @@ impl Drop for Permit<'_> {
         let mut state = gate.lock();
         if let Some(c) = state.clients.get_mut(&self.client.id) {
             c.holding -= 1;
+            if self.background {
+                c.holding_background -= 1;
+                state.holding_background -= 1;
+            }
             state.holding -= 1;
         }
         gate.dispatch(&mut state);
@@ -184,7 +243,7 @@ impl FairStore {
 
 impl ChunkStore for FairStore {
     fn get(&self, id: &ChunkId) -> Result<Option<Vec<u8>>, StoreError> {
-        let _slot = self.client.acquire();
+        let _slot = self.client.acquire(is_background());
         self.inner.get(id)
     }
 
@@ -219,7 +278,12 @@ mod tests {
     /// Waits until `n` tickets wait at the gate (no timing: polls state).
     fn wait_for_waiters(gate: &FairGate, n: usize) {
         loop {
-            let waiting: usize = gate.lock().clients.values().map(|c| c.waiting.len()).sum();
+            let waiting: usize = gate
+                .lock()
+                .clients
+                .values()
+                .map(|c| c.demand.len() + c.background.len())
+                .sum();
             if waiting >= n {
                 return;
             }
@@ -235,11 +299,11 @@ mod tests {
         let (tx, rx) = channel::<&'static str>();
         std::thread::scope(|s| {
             // A holds the only slot while it queues five more requests.
-            let first = a.acquire();
+            let first = a.acquire(false);
             for _ in 0..5 {
                 let (a, tx) = (&a, tx.clone());
                 s.spawn(move || {
-                    let _p = a.acquire();
+                    let _p = a.acquire(false);
                     tx.send("a").unwrap();
                 });
             }
@@ -247,7 +311,7 @@ mod tests {
             {
                 let (b, tx) = (&b, tx.clone());
                 s.spawn(move || {
-                    let _p = b.acquire();
+                    let _p = b.acquire(false);
                     tx.send("b").unwrap();
                 });
             }
@@ -266,17 +330,17 @@ mod tests {
         let gate = FairGate::new(4, 2);
         let a = gate.client();
         let b = gate.client();
-        let p1 = a.acquire();
-        let p2 = a.acquire();
+        let p1 = a.acquire(false);
+        let p2 = a.acquire(false);
         std::thread::scope(|s| {
             let blocked = s.spawn(|| {
-                let _p = a.acquire();
+                let _p = a.acquire(false);
                 gate.holding()
             });
             wait_for_waiters(&gate, 1);
             // A is at its share, but B still gets both free slots.
-            let q1 = b.acquire();
-            let q2 = b.acquire();
+            let q1 = b.acquire(false);
+            let q2 = b.acquire(false);
             assert_eq!(gate.holding(), 4);
             assert!(!blocked.is_finished());
             drop((q1, q2));
@@ -291,13 +355,55 @@ mod tests {
     }
 
     #[test]
+    fn demand_goes_before_background_and_background_keeps_to_its_share() {
+        // 4 slots; a VM's background holds at most 2 of them, and the
+        // host's background at most 3.
+        let gate = FairGate::new(4, 4);
+        let a = gate.client();
+        let b1 = a.acquire(true);
+        let b2 = a.acquire(true);
+        let (tx, rx) = channel::<&'static str>();
+        std::thread::scope(|s| {
+            // A third background fetch waits although two slots are free...
+            {
+                let (a, tx) = (&a, tx.clone());
+                s.spawn(move || {
+                    let _p = a.acquire(true);
+                    tx.send("background").unwrap();
+                });
+            }
+            wait_for_waiters(&gate, 1);
+            // ... and a demand fetch takes a free slot at once.
+            let d1 = a.acquire(false);
+            assert_eq!(gate.holding(), 3);
+            // With every slot but one held, a demand queued after the
+            // background goes first when a slot frees.
+            let d2 = a.acquire(false);
+            {
+                let (a, tx) = (&a, tx.clone());
+                s.spawn(move || {
+                    let _p = a.acquire(false);
+                    tx.send("demand").unwrap();
+                });
+            }
+            wait_for_waiters(&gate, 2);
+            drop(d1);
+            assert_eq!(rx.recv().unwrap(), "demand");
+            drop((b1, b2, d2));
+        });
+        drop(tx);
+        assert_eq!(rx.iter().collect::<Vec<_>>(), ["background"]);
+        assert_eq!(gate.holding(), 0);
+    }
+
+    #[test]
     fn a_dropped_client_frees_its_place() {
         let gate = FairGate::new(1, 1);
         let a = gate.client();
-        drop(a.acquire());
+        drop(a.acquire(false));
         drop(a);
         let b = gate.client();
-        drop(b.acquire());
+        drop(b.acquire(false));
         assert_eq!(gate.holding(), 0);
         assert_eq!(gate.lock().clients.len(), 1);
     }

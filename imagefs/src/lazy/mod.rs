@@ -39,7 +39,7 @@ mod error;
 mod fetchlog;
 mod parallel;
 pub mod prefetch;
-mod priority;
+pub mod priority;
 pub mod readahead;
 mod syncer;
 

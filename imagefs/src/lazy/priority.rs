@@ -17,9 +17,23 @@
 /// core, at 19 about 1.5 %.
 pub const BACKGROUND_NICE: i32 = 10;
 
-/// Lowers the calling thread's priority to [`BACKGROUND_NICE`]. Best
-/// effort: where the platform refuses, the thread keeps its priority.
+thread_local! {
+    /// Whether this thread fetches for prefetch or read-ahead.
+    static BACKGROUND: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Lowers the calling thread's priority to [`BACKGROUND_NICE`] (best
+/// effort: where the platform refuses, the thread keeps its priority) and
+/// marks it as a background fetcher ([`is_background`]).
 pub(super) fn lower_this_thread() {
+    BACKGROUND.with(|b| b.set(true));
     // On Linux a thread id names one thread to setpriority(2).
     let _ = rustix::process::setpriority_process(Some(rustix::thread::gettid()), BACKGROUND_NICE);
+}
+
+/// Whether the calling thread is a prefetch or read-ahead thread: a store
+/// shared with other work (the agent's fair gate) queues its fetches
+/// behind the ones a guest waits for.
+pub fn is_background() -> bool {
+    BACKGROUND.with(std::cell::Cell::get)
 }
