@@ -60,6 +60,10 @@ pub struct SharedPlainStats {
     pub bytes: u64,
 }
 
+/// A flight's key: the chunk and the raw bytes of the key it is
+/// decrypted with.
+type FlightKey = (ChunkId, [u8; 32]);
+
 struct Entry {
     key: ChunkKey,
     plain: Arc<Vec<u8>>,
@@ -96,7 +100,7 @@ pub struct SharedPlain {
     /// A fetch in progress per (id, key bytes); the value is `None` when
     /// the leader failed (each waiter then fetches for itself, so its
     /// error names its own chunk index).
-    flights: SingleFlight<(ChunkId, [u8; 32]), Option<Arc<Vec<u8>>>>,
+    flights: SingleFlight<FlightKey, Option<Arc<Vec<u8>>>>,
     hits: Counter,
     joined: Counter,
     fetches: Counter,

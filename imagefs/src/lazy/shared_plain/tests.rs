@@ -145,5 +145,5 @@ fn waiters_of_a_failed_fetch_fetch_for_themselves() {
         let (got, served) = follower.join().unwrap();
         assert_eq!((got.unwrap().len(), served), (10, Served::Fetched));
     });
-    assert!(cached(&cache, 3, 3).is_some());
+    assert!(cached(cache, 3, 3).is_some());
 }
