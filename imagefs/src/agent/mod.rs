@@ -437,7 +437,7 @@ impl Agent {
     /// The Prometheus text of every VM and tier (`GET /metrics`).
     pub fn prometheus(&self) -> String {
         let vms: Vec<Arc<Vm>> = self.table().values().cloned().collect();
-        metrics::render(&vms, &self.tiers, &self.gate)
+        metrics::render(&vms, &self.tiers, &self.gate, self.shared_plain.as_deref())
     }
 
     /// Stops serving every VM but keeps them in the state file, so the
