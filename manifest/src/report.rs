@@ -49,6 +49,14 @@ pub struct LazyMetrics {
     pub dedicated_hits: u64,
     /// Chunk reads served by the memory cache.
     pub memory_hits: u64,
+    /// Chunk fetches served by the host-wide plaintext cache (the
+    /// agent's), without a store get.
+    #[serde(default)]
+    pub shared_plain_hits: u64,
+    /// Chunk fetches that waited for another image's fetch through the
+    /// host-wide plaintext cache.
+    #[serde(default)]
+    pub shared_plain_joins: u64,
     /// Chunk reads of holes (zeros, no fetch).
     pub hole_reads: u64,
     /// Objects fetched from the store (one per `ChunkStore::get`).

@@ -163,15 +163,24 @@ fn three_guests_through_one_agent_read_every_file_and_share_every_fetch() {
     };
     let origin = tier("origin");
     let distinct = host.shared.expect("the shared tier's usage").objects;
-    let asked: u64 = client
+    let readers: Vec<_> = client
         .list()
         .unwrap()
         .iter()
-        .map(|vm| vm.reader.store_fetches)
+        .map(|vm| vm.reader.clone())
+        .collect();
+    // Store gets (each one get + check + decrypt), and every ask for a
+    // chunk's plaintext, from the store or the agent's shared plaintext
+    // cache (hit, or waited for another VM's get).
+    let fetched: u64 = readers.iter().map(|r| r.store_fetches).sum();
+    let asked: u64 = readers
+        .iter()
+        .map(|r| r.store_fetches + r.shared_plain_hits + r.shared_plain_joins)
         .sum();
     eprintln!(
-        "three guests: the VMs asked the store for {asked} chunks; the origin served {} \
-         ({} bytes); the shared tier holds {distinct} distinct chunks; {} gets joined another's fetch",
+        "three guests: the VMs asked for {asked} chunks and got {fetched} from the store; the \
+         origin served {} ({} bytes); the shared tier holds {distinct} distinct chunks; {} gets \
+         joined another's fetch",
         origin.hits, origin.bytes, host.tiers.shared_fetches
     );
     assert!(distinct > 0, "nothing was fetched");
@@ -182,6 +191,10 @@ fn three_guests_through_one_agent_read_every_file_and_share_every_fetch() {
     assert!(
         asked >= 2 * distinct,
         "the three VMs should each have asked for the chunks they read ({asked} asks, {distinct} distinct)"
+    );
+    assert_eq!(
+        fetched, distinct,
+        "with the shared plaintext cache, each distinct chunk is got and decrypted once, host-wide"
     );
 }
 

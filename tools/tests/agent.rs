@@ -224,6 +224,10 @@ fn the_api_starts_lists_shows_and_stops_vms_and_refuses_bad_input() {
     let metrics = client.metrics().unwrap();
     assert!(metrics.contains("imagefs_agent_vms 2"), "{metrics}");
     assert!(
+        metrics.contains("imagefs_agent_plain_cache_total{event=\"hit\"}"),
+        "the shared plaintext cache (on by default):\n{metrics}"
+    );
+    assert!(
         metrics.contains("imagefs_vm_read_seconds_count{vm=\"a\"} 0"),
         "{metrics}"
     );

@@ -1,6 +1,7 @@
 //! The agent's Prometheus text (`GET /metrics`): per-VM request counters
-//! and read latency, per-VM reader counters, the fair gate, and the
-//! shared tiers' own counters and latency histograms.
+//! and read latency, per-VM reader counters, the fair gate, the shared
+//! plaintext cache, and the shared tiers' own counters and latency
+//! histograms.
 
 use std::sync::Arc;
 
@@ -8,6 +9,7 @@ use telemetry::prometheus::{Kind, Text};
 
 use super::fair::FairGate;
 use super::vm::Vm;
+use crate::lazy::SharedPlain;
 use crate::tiers::Tiers;
 
 /// Upper bounds (microseconds) of the per-VM read latency buckets.
@@ -16,7 +18,12 @@ const READ_BOUNDS_US: [u64; 12] = [
 ];
 
 /// The whole exposition.
-pub(super) fn render(vms: &[Arc<Vm>], tiers: &Tiers, gate: &FairGate) -> String {
+pub(super) fn render(
+    vms: &[Arc<Vm>],
+    tiers: &Tiers,
+    gate: &FairGate,
+    plain: Option<&SharedPlain>,
+) -> String {
     let mut text = Text::new();
     text.family("imagefs_agent_vms", Kind::Gauge, "VMs served.")
         .sample(&[], vms.len() as u64);
@@ -26,6 +33,29 @@ pub(super) fn render(vms: &[Arc<Vm>], tiers: &Tiers, gate: &FairGate) -> String 
         "Fetch slots of the fair gate held now, host-wide.",
     )
     .sample(&[], gate.holding() as u64);
+    if let Some(plain) = plain {
+        let s = plain.stats();
+        text.family(
+            "imagefs_agent_plain_cache_bytes",
+            Kind::Gauge,
+            "Decrypted chunk bytes the VMs share now (memory_cache).",
+        )
+        .sample(&[], s.bytes);
+        let mut f = text.family(
+            "imagefs_agent_plain_cache_total",
+            Kind::Counter,
+            "Lookups of the shared plaintext cache by outcome, host-wide.",
+        );
+        for (event, n) in [
+            ("hit", s.hits),
+            ("joined", s.joined),
+            ("fetch", s.fetches),
+            ("key_mismatch", s.key_mismatches),
+            ("eviction", s.evictions),
+        ] {
+            f.sample(&[("event", event)], n);
+        }
+    }
 
     let infos: Vec<_> = vms.iter().map(|vm| (vm, vm.info())).collect();
     {
@@ -92,6 +122,8 @@ pub(super) fn render(vms: &[Arc<Vm>], tiers: &Tiers, gate: &FairGate) -> String 
                 ("memory", r.memory_hits),
                 ("hole", r.hole_reads),
                 ("store", r.store_fetches),
+                ("shared_plain", r.shared_plain_hits),
+                ("shared_plain_flight", r.shared_plain_joins),
                 ("shared_flight", r.shared_fetches),
                 ("readahead", r.readahead_fetches),
                 ("error", r.fetch_errors),

@@ -11,7 +11,9 @@
 //!
 //! Shared by every VM: the tiers (shared local, AZ, origin) in one
 //! [`TieredStore`](cachetiers::TieredStore), so two VMs missing the same
-//! chunk cause one fetch (its single-flight is host-wide). Per VM: the
+//! chunk cause one fetch (its single-flight is host-wide), and one
+//! [`SharedPlain`] (`[agent] memory_cache`), so they also hash and decrypt
+//! it once. Per VM: the
 //! dedicated tier, copy-on-write writes, the start-profile prefetch and
 //! the counters. The HTTP transport is
 //! [`crate::transport::api`]; the process (signals, the API's thread) is
@@ -31,8 +33,8 @@ use cachetiers::StoreError;
 use manifest::KeyProvider;
 use manifest::agent::{AgentState, HostTiers, VmInfo, VmRecord, VmSpec, validate_vm_id};
 
-use crate::lazy::LazyOptions;
 use crate::lazy::prefetch::PrefetchOptions;
+use crate::lazy::{LazyOptions, SharedPlain};
 use crate::open::OpenError;
 use crate::tiers::Tiers;
 use crate::tiers::config::AgentSection;
@@ -191,6 +193,8 @@ pub struct Agent {
     tiers: Tiers,
     keys: Box<dyn KeyProvider>,
     gate: Arc<FairGate>,
+    /// Every VM's chunks decrypted once host-wide (`None`: turned off).
+    shared_plain: Option<Arc<SharedPlain>>,
     opts: AgentOptions,
     state: StateFile,
     /// The VM table; its lock also orders the state file's writes.
@@ -241,7 +245,10 @@ impl Agent {
         let run_dir = &opts.section.run_dir;
         private_dir(run_dir)?;
         let gate = FairGate::new(opts.section.max_fetches, opts.section.vm_max_fetches);
+        let memory_cache = opts.section.memory_cache.0;
+        let shared_plain = (memory_cache > 0).then(|| Arc::new(SharedPlain::new(memory_cache)));
         Ok(Self {
+            shared_plain,
             state: StateFile::new(opts.section.state.clone()),
             tiers,
             keys,
@@ -261,6 +268,7 @@ impl Agent {
             tiers: &self.tiers,
             keys: self.keys.as_ref(),
             gate: &self.gate,
+            shared_plain: self.shared_plain.as_ref(),
             read: self.opts.read.clone(),
             prefetch: self.opts.prefetch.clone(),
             io_threads: self.opts.section.io_threads,
@@ -468,7 +476,7 @@ impl Agent {
     /// The Prometheus text of every VM and tier (`GET /metrics`).
     pub fn prometheus(&self) -> String {
         let vms: Vec<Arc<Vm>> = self.table().values().cloned().collect();
-        metrics::render(&vms, &self.tiers, &self.gate)
+        metrics::render(&vms, &self.tiers, &self.gate, self.shared_plain.as_deref())
     }
 
     /// Stops serving every VM but keeps them in the state file, so the

@@ -16,7 +16,7 @@ use manifest::{KeyProvider, ManifestDigest};
 use super::AgentError;
 use super::fair::{FairGate, FairStore};
 use crate::lazy::prefetch::{self, PrefetchMode, PrefetchOptions};
-use crate::lazy::{LazyImage, LazyOptions};
+use crate::lazy::{LazyImage, LazyOptions, SharedPlain};
 use crate::tiers::Tiers;
 use crate::transport::vhost::{ServeOptions, Server, Service, StopHandle};
 
@@ -25,6 +25,7 @@ pub(super) struct Parts<'a> {
     pub tiers: &'a Tiers,
     pub keys: &'a dyn KeyProvider,
     pub gate: &'a Arc<FairGate>,
+    pub shared_plain: Option<&'a Arc<SharedPlain>>,
     pub read: LazyOptions,
     pub prefetch: PrefetchOptions,
     pub io_threads: usize,
@@ -70,11 +71,12 @@ impl Vm {
         }
         let store = Arc::new(FairStore::new(parts.tiers.store.clone(), parts.gate));
         let lazy = Arc::new(
-            LazyImage::open(
+            LazyImage::open_with(
                 opened.manifest,
                 store,
                 spec.dedicated.as_deref(),
                 parts.read.clone(),
+                parts.shared_plain.cloned(),
             )
             .map_err(|source| AgentError::Image {
                 id: spec.id.clone(),

@@ -15,7 +15,10 @@
 //!    tier (when there is one) and in the memory cache, and copied out.
 //!
 //! Concurrent readers of the same cold chunk share one fetch (single-flight,
-//! [`SingleFlight`]). A read that covers several chunks missing locally
+//! [`SingleFlight`]). Images opened with a host-wide [`SharedPlain`]
+//! ([`LazyImage::open_with`]; the agent's VMs) take a chunk's plaintext
+//! from it, or from another image's fetch through it, before fetching
+//! ([`fetch`]). A read that covers several chunks missing locally
 //! fetches them at once ([`parallel`], bounded by
 //! [`LazyOptions::parallel_fetches`]) instead of one after another.
 //! Optional read-ahead ([`readahead`]) fetches the next chunks after a
@@ -36,11 +39,13 @@
 pub mod dedicated;
 mod device;
 mod error;
+mod fetch;
 mod fetchlog;
 mod parallel;
 pub mod prefetch;
 pub mod priority;
 pub mod readahead;
+pub mod shared_plain;
 mod syncer;
 
 use std::collections::VecDeque;
@@ -51,16 +56,14 @@ use telemetry::counter::Counter;
 
 use cachetiers::{ChunkStore, Flight, SingleFlight};
 use manifest::report::{FetchLog, PrefetchStats};
-use manifest::{
-    ByteOffset, ChunkEntry, ChunkId, ChunkIndex, ChunkKey, Manifest, decrypt_checked_chunk_owned,
-    decrypt_chunk_owned,
-};
+use manifest::{ChunkEntry, ChunkId, ChunkIndex, Manifest};
 
 use crate::tiers::config::ReadConfig;
 pub use dedicated::{DedicatedError, DedicatedState, DedicatedTier};
 pub use error::LazyError;
 pub use prefetch::{PrefetchHandle, PrefetchMode, PrefetchOptions};
 use readahead::Readahead;
+pub use shared_plain::SharedPlain;
 
 /// How a [`LazyImage`] behaves.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,6 +108,8 @@ struct Counters {
     bytes_read: Counter,
     dedicated_hits: Counter,
     memory_hits: Counter,
+    shared_plain_hits: Counter,
+    shared_plain_joins: Counter,
     hole_reads: Counter,
     store_fetches: Counter,
     store_bytes: Counter,
@@ -142,6 +147,8 @@ struct Inner {
     dedicated: Option<DedicatedTier>,
     memory: Mutex<VecDeque<(u64, Arc<Vec<u8>>)>>,
     memory_chunks: usize,
+    /// The host-wide plaintext cache, if the image shares one.
+    shared_plain: Option<Arc<SharedPlain>>,
     /// In flight per chunk: the result, and who led the fetch.
     flights: SingleFlight<u64, (Fetched, Origin)>,
     counters: Counters,
@@ -187,6 +194,18 @@ impl LazyImage {
         dedicated: Option<&Path>,
         options: LazyOptions,
     ) -> Result<Self, LazyError> {
+        Self::open_with(manifest, store, dedicated, options, None)
+    }
+
+    /// [`Self::open`], reading through `shared_plain` (see the module
+    /// docs) when given.
+    pub fn open_with(
+        manifest: Manifest,
+        store: Arc<dyn ChunkStore>,
+        dedicated: Option<&Path>,
+        options: LazyOptions,
+        shared_plain: Option<Arc<SharedPlain>>,
+    ) -> Result<Self, LazyError> {
         manifest
             .check_consistent()
             .map_err(|problem| LazyError::BadManifest { problem })?;
@@ -204,6 +223,7 @@ impl LazyImage {
             dedicated,
             memory: Mutex::new(VecDeque::new()),
             memory_chunks: options.memory_chunks,
+            shared_plain,
             flights: SingleFlight::new(),
             counters: Counters::default(),
             fetch_log: fetchlog::FetchRecorder::default(),
@@ -385,6 +405,8 @@ impl LazyImage {
             bytes_read: c.bytes_read.get(),
             dedicated_hits: c.dedicated_hits.get(),
             memory_hits: c.memory_hits.get(),
+            shared_plain_hits: c.shared_plain_hits.get(),
+            shared_plain_joins: c.shared_plain_joins.get(),
             hole_reads: c.hole_reads.get(),
             store_fetches: c.store_fetches.get(),
             store_bytes: c.store_bytes.get(),
@@ -533,7 +555,11 @@ impl Inner {
         if let Some(plain) = self.memory_get(index) {
             return Ok(plain.as_ref().clone());
         }
-        let result = self.fetch_plain(index, Origin::Demand);
+        // A copy: the write changes it, and the shared cache's (if the
+        // plaintext came from there) stays pristine.
+        let result = self
+            .fetch_plain(index, Origin::Demand)
+            .map(Arc::unwrap_or_clone);
         if result.is_err() {
             self.counters.fetch_errors.inc();
         }
@@ -663,26 +689,6 @@ impl Inner {
         result
     }
 
-    /// Chunk `index`'s id, key, device offset and length, or why the
-    /// manifest has no stored chunk there.
-    fn stored_chunk(
-        &self,
-        index: ChunkIndex,
-    ) -> Result<(&ChunkId, &ChunkKey, ByteOffset, u64), LazyError> {
-        let Some(ChunkEntry::Present { id, key }) = self.manifest.chunk(index) else {
-            return Err(LazyError::BadManifest {
-                problem: format!("{index} is not a stored chunk"),
-            });
-        };
-        let (start, len) =
-            self.manifest
-                .chunk_span(index)
-                .ok_or_else(|| LazyError::BadManifest {
-                    problem: format!("{index} is outside the device"),
-                })?;
-        Ok((id, key, start, len))
-    }
-
     fn fetch_uncached(&self, index: ChunkIndex, origin: Origin) -> Fetched {
         let (id, _, start, expected) = self.stored_chunk(index)?;
         let dedicated_err = |source| LazyError::Dedicated {
@@ -713,53 +719,9 @@ impl Inner {
             d.store_chunk(index, start.0, &plain)
                 .map_err(dedicated_err)?;
         }
-        let plain = Arc::new(plain);
         self.memory_put(index, &plain);
         if origin == Origin::Prefetch {
             self.prefetch.fetched(index);
-        }
-        Ok(plain)
-    }
-
-    /// Fetches chunk `index` from the store, verifies, decrypts and checks
-    /// its length (no caching).
-    fn fetch_plain(&self, index: ChunkIndex, origin: Origin) -> Result<Vec<u8>, LazyError> {
-        let (id, key, _, expected) = self.stored_chunk(index)?;
-        self.counters.store_fetches.inc();
-        if origin == Origin::Readahead {
-            self.counters.readahead_fetches.inc();
-        }
-        let began = self.fetch_log.begin();
-        let object = self
-            .store
-            .get(id)
-            .map_err(|source| LazyError::Store {
-                index,
-                id: *id,
-                source: Arc::new(source),
-            })?
-            .ok_or(LazyError::Missing { index, id: *id })?;
-        self.counters.store_bytes.add(object.len() as u64);
-        self.fetch_log
-            .done(began, index.0, origin, object.len() as u64);
-        // Hashed once: by the store when it checks its gets, else here.
-        let plain = if self.store.checks_gets() {
-            decrypt_checked_chunk_owned(id, key, object)
-        } else {
-            decrypt_chunk_owned(id, key, object)
-        }
-        .map_err(|source| LazyError::Decrypt {
-            index,
-            id: *id,
-            source,
-        })?;
-        if plain.len() as u64 != expected {
-            return Err(LazyError::WrongLength {
-                index,
-                id: *id,
-                got: plain.len() as u64,
-                expected,
-            });
         }
         Ok(plain)
     }

@@ -11,6 +11,8 @@ use manifest::{DomainSecret, Manifest};
 
 use super::*;
 
+mod shared;
+
 struct Fixture {
     _dir: tempfile::TempDir,
     dir: std::path::PathBuf,

@@ -34,6 +34,7 @@
 //! connect_timeout_secs = 60           # reap a VM whose VMM never connects
 //! max_fetches = 32                    # fetches in flight, host-wide
 //! vm_max_fetches = 8                  # ... and per VM
+//! memory_cache = "256M"               # decrypted chunks the VMs share
 //!
 //! [node]                              # used by `imagefs cache-node`
 //! listen = "0.0.0.0:7070"
@@ -178,12 +179,18 @@ pub struct AgentSection {
     pub vm_max_fetches: usize,
     /// Threads doing each VM's blocking reads and writes.
     pub io_threads: usize,
+    /// Most bytes of decrypted chunks kept in the agent's memory for
+    /// every VM to read (`imagefs::lazy::SharedPlain`; 0 turns it off):
+    /// VMs of one image then decrypt each chunk once, not once each.
+    pub memory_cache: ByteSize,
 }
 
 /// Paths under `/run/imagefs` and `/var/lib/imagefs`; 32 fetches in
 /// flight host-wide (twice the origin's default request limit, so a
 /// miss in the shared tier never waits on a slot held by an origin
-/// fetch alone), 8 per VM (one read's parallel fetches).
+/// fetch alone), 8 per VM (one read's parallel fetches); 256 MiB of
+/// shared plaintext (the working sets of a few images' starts: the
+/// python image's is about 60 MB).
 impl Default for AgentSection {
     fn default() -> Self {
         Self {
@@ -194,6 +201,7 @@ impl Default for AgentSection {
             max_fetches: 32,
             vm_max_fetches: 8,
             io_threads: 8,
+            memory_cache: ByteSize(256 << 20),
         }
     }
 }
@@ -372,6 +380,8 @@ mod tests {
         let c = TierConfig::parse("[agent]\nconnect_timeout_secs = 5\n").unwrap();
         assert_eq!(c.agent.connect_timeout_secs, 5);
         assert_eq!(c.agent.api, AgentSection::default().api);
+        let c = TierConfig::parse("[agent]\nmemory_cache = \"64M\"\n").unwrap();
+        assert_eq!(c.agent.memory_cache, ByteSize(64 << 20));
         let err = TierConfig::parse("[agent]\nsocket = \"/x\"\n").unwrap_err();
         assert!(err.to_string().contains("socket"), "{err}");
     }

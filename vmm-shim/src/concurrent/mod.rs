@@ -133,6 +133,10 @@ pub struct Round {
     pub origin_objects: u64,
     /// Gets that joined another's fetch (single-flight), all together.
     pub shared_fetches: u64,
+    /// Chunks the VMs got from the store, checked and decrypted, all
+    /// together (their readers' `store_fetches`): the per-chunk CPU work a
+    /// host-wide plaintext cache saves.
+    pub decrypts: u64,
 }
 
 /// All rounds of one mode at one N.
@@ -312,6 +316,7 @@ impl Harness<'_> {
             origin_bytes,
             origin_objects,
             shared_fetches: tiers.shared_fetches,
+            decrypts: infos.iter().map(|v| v.reader.store_fetches).sum(),
         })
     }
 
@@ -371,6 +376,7 @@ impl Harness<'_> {
             round.origin_bytes += bytes;
             round.origin_objects += objects;
             round.shared_fetches += stats.tiers.shared_fetches;
+            round.decrypts += stats.reader.store_fetches;
             vm.prefetched = stats.prefetch.is_some_and(|p| p.queued > 0);
         }
         round.vms = vms;

@@ -78,6 +78,10 @@ pub struct CellReport {
     /// Gets that joined another get's fetch (single-flight), the median
     /// over runs.
     pub shared_fetches: u64,
+    /// Chunks got from the store, checked and decrypted by the VMs'
+    /// readers, all VMs together, the median over runs.
+    #[serde(default)]
+    pub decrypts: u64,
     /// VMs (over all runs) whose start-profile prefetch ran.
     pub prefetching_vms: usize,
     /// Every VM's ready time, ms, per run (in VM order).
@@ -148,6 +152,7 @@ impl CellReport {
             origin_vs_n1: None,
             origin_objects: median_u64(&col(|x| x.origin_objects)),
             shared_fetches: median_u64(&col(|x| x.shared_fetches)),
+            decrypts: median_u64(&col(|x| x.decrypts)),
             prefetching_vms: r
                 .rounds
                 .iter()
@@ -219,7 +224,7 @@ impl ConcurrentReport {
             self.host_cpus
         );
         out.push_str(&format!(
-            "{:<13} {:>3} {:>4} {:>12} {:>12} {:>7} {:>10} {:>7} {:>11} {:>8} {:>9}\n",
+            "{:<13} {:>3} {:>4} {:>12} {:>12} {:>7} {:>10} {:>7} {:>11} {:>8} {:>8} {:>9}\n",
             "mode",
             "N",
             "runs",
@@ -230,6 +235,7 @@ impl ConcurrentReport {
             "vs N=1",
             "origin objs",
             "joined",
+            "decrypts",
             "prefetch"
         ));
         let ratio = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.2}x"));
@@ -244,7 +250,7 @@ impl ConcurrentReport {
                 continue;
             }
             out.push_str(&format!(
-                "{:<13} {:>3} {:>4} {:>12.1} {:>12.1} {:>7} {:>10.2} {:>7} {:>11} {:>8} {:>9}\n",
+                "{:<13} {:>3} {:>4} {:>12.1} {:>12.1} {:>7} {:>10.2} {:>7} {:>11} {:>8} {:>8} {:>9}\n",
                 c.mode.name(),
                 c.vms,
                 c.runs,
@@ -255,6 +261,7 @@ impl ConcurrentReport {
                 ratio(c.origin_vs_n1),
                 c.origin_objects,
                 c.shared_fetches,
+                c.decrypts,
                 format!("{}/{}", c.prefetching_vms, c.vms * c.runs)
             ));
         }

@@ -19,6 +19,7 @@ fn round(ready_ms: &[u64], origin: u64) -> Round {
         origin_bytes: origin,
         origin_objects: origin / 1000,
         shared_fetches: 0,
+        decrypts: 0,
     }
 }
 
@@ -148,6 +149,7 @@ fn the_table_has_one_line_per_cell_with_its_figures() {
     let mut rounds = vec![round(&[100, 300], 2_500_000)];
     rounds[0].vms[1].prefetched = true;
     rounds[0].shared_fetches = 7;
+    rounds[0].decrypts = 9;
     let results = vec![cell(Mode::AgentShared, 2, rounds)];
     let text = ConcurrentReport::new(header(), &results).render();
     let line = text
@@ -168,6 +170,7 @@ fn the_table_has_one_line_per_cell_with_its_figures() {
             "-",
             "2500",
             "7",
+            "9",
             "1/2"
         ],
         "{text}"
