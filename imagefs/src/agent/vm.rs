@@ -37,6 +37,9 @@ struct Ended {
     error: Option<String>,
 }
 
+/// Where the serving thread leaves its [`Ended`].
+type EndSlot = Arc<Mutex<Option<Ended>>>;
+
 /// A VM being served.
 pub(super) struct Vm {
     pub record: VmRecord,
@@ -45,7 +48,7 @@ pub(super) struct Vm {
     service: Arc<Service>,
     stop: StopHandle,
     thread: Mutex<Option<JoinHandle<()>>>,
-    ended: Arc<Mutex<Option<Ended>>>,
+    ended: EndSlot,
     /// When the VM was started or restored: the connect timeout runs from
     /// here.
     pub since: Instant,
@@ -108,52 +111,7 @@ impl Vm {
             source: Box::new(source),
         })?;
         let (service, stop) = (server.stats(), server.stop_handle());
-        // The socket exists once `run` calls back; the API answers only
-        // after that, so a VMM given the path can connect at once.
-        let (tx, rx) = std::sync::mpsc::channel();
-        let ended = Arc::new(Mutex::new(None));
-        let thread = {
-            let (ended, id) = (Arc::clone(&ended), spec.id.clone());
-            std::thread::Builder::new()
-                .name(format!("imagefs-vm-{id}"))
-                .spawn(move || {
-                    let mut tx = Some(tx);
-                    let result = server.run(|_| {
-                        if let Some(tx) = tx.take() {
-                            let _ = tx.send(Ok(()));
-                        }
-                    });
-                    let error = result.err().map(|e| crate::error_chain(&e));
-                    if let Some(tx) = tx.take() {
-                        let _ = tx.send(Err(error.clone().unwrap_or_default()));
-                    }
-                    if let Some(e) = &error {
-                        eprintln!("imagefs agent: VM {id}: {e}");
-                    }
-                    *ended.lock().unwrap_or_else(PoisonError::into_inner) = Some(Ended { error });
-                })
-                .map_err(|source| AgentError::Io {
-                    what: "starting the VM's thread".into(),
-                    source,
-                })?
-        };
-        match rx.recv() {
-            Ok(Ok(())) => {}
-            Ok(Err(message)) => {
-                let _ = thread.join();
-                return Err(AgentError::Listen {
-                    id: spec.id.clone(),
-                    message,
-                });
-            }
-            Err(_) => {
-                let _ = thread.join();
-                return Err(AgentError::Listen {
-                    id: spec.id.clone(),
-                    message: "the serving thread ended before listening".into(),
-                });
-            }
-        }
+        let (thread, ended) = run_server(server, &spec.id)?;
         Ok(Self {
             record,
             socket,
@@ -238,6 +196,49 @@ impl Vm {
             );
         }
     }
+}
+
+/// The thread serving VM `id` and where it says how it ended; returns
+/// once the socket listens (a VMM given the path can connect at once), or
+/// with the reason it could not.
+fn run_server(server: Server, id: &str) -> Result<(JoinHandle<()>, EndSlot), AgentError> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let ended = Arc::new(Mutex::new(None));
+    let thread = {
+        let (ended, id) = (Arc::clone(&ended), id.to_string());
+        std::thread::Builder::new()
+            .name(format!("imagefs-vm-{id}"))
+            .spawn(move || {
+                let mut tx = Some(tx);
+                let result = server.run(|_| {
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(Ok(()));
+                    }
+                });
+                let error = result.err().map(|e| crate::error_chain(&e));
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(Err(error.clone().unwrap_or_default()));
+                }
+                if let Some(e) = &error {
+                    eprintln!("imagefs agent: VM {id}: {e}");
+                }
+                *ended.lock().unwrap_or_else(PoisonError::into_inner) = Some(Ended { error });
+            })
+            .map_err(|source| AgentError::Io {
+                what: "starting the VM's thread".into(),
+                source,
+            })?
+    };
+    let message = match rx.recv() {
+        Ok(Ok(())) => return Ok((thread, ended)),
+        Ok(Err(message)) => message,
+        Err(_) => "the serving thread ended before listening".into(),
+    };
+    let _ = thread.join();
+    Err(AgentError::Listen {
+        id: id.to_string(),
+        message,
+    })
 }
 
 /// The socket of VM `id` under `run_dir`.
