@@ -107,15 +107,18 @@ impl ApiClient {
             ));
         }
         head.push_str("\r\n");
-        stream.write_all(head.as_bytes()).map_err(io)?;
-        if let Some(body) = body {
-            stream.write_all(body).map_err(io)?;
-        }
+        let mut message = head.into_bytes();
+        message.extend_from_slice(body.unwrap_or_default());
+        // The agent may answer (405, 400) and close before it has read the
+        // whole request: its answer still says more than the broken pipe.
+        let sent = stream.write_all(&message);
         let mut raw = Vec::new();
-        stream
-            .take(MAX_RESPONSE)
-            .read_to_end(&mut raw)
-            .map_err(io)?;
+        let read = (&stream).take(MAX_RESPONSE).read_to_end(&mut raw);
+        match (sent, read) {
+            (Ok(()), Err(e)) => return Err(io(e)),
+            (Err(e), _) if parse_response(&raw).is_err() => return Err(io(e)),
+            _ => {}
+        }
         parse_response(&raw)
     }
 
