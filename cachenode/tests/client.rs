@@ -134,7 +134,17 @@ fn gets_reuse_one_connection(http2: bool) {
     }
     let node = az.nodes[0].as_ref().unwrap().node();
     assert_eq!(node.http_count("chunk", 200), 20);
-    assert_eq!(node.connections_accepted(), 1, "http2: {http2}");
+    // HTTP/2 multiplexes one connection. Over HTTP/1.1 hyper puts a
+    // connection back in its pool from its own task once the body is
+    // read, so a get issued at that instant on a loaded host may find the
+    // pool empty and open a second one; twenty gets on at most two
+    // connections still show the client keeps them open.
+    let most = if http2 { 1 } else { 2 };
+    let accepted = node.connections_accepted();
+    assert!(
+        (1..=most).contains(&accepted),
+        "http2: {http2}: {accepted} connections for 20 gets"
+    );
     // The second round came from the node's own store.
     assert_eq!(az.origin_gets(0), 10);
 }
