@@ -16,34 +16,8 @@ use vmm_shim::backend::{BackendProcess, which};
 use vmm_shim::coldstart::{ColdstartConfig, ProfileMode, Scenario, render, run};
 use vmm_shim::{Params, RunConfig, TraceEntry, run_probe};
 
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-/// This workspace's debug build, which `cargo test --workspace` has just
-/// built (a release binary elsewhere could be stale).
-fn imagefs() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("IMAGEFS_BIN") {
-        return Some(p.into());
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join("target"));
-    let p = target.join("debug/imagefs");
-    p.is_file().then_some(p)
-}
-
-fn debian_base() -> Option<String> {
-    let cache = std::env::var_os("IMAGEFS_CACHE").unwrap_or("/var/cache/imagefs".into());
-    let layout = Path::new(&cache).join("debian-images/oci");
-    let index = std::fs::read_to_string(layout.join("index.json")).ok()?;
-    index
-        .contains("\"base\"")
-        .then(|| format!("oci:{}:base", layout.display()))
-}
+mod common;
+use common::{debian_base, imagefs};
 
 struct Ready {
     imagefs: PathBuf,

@@ -9,7 +9,6 @@
 //! directory origin stands in for Garage: what is measured is how the
 //! daemons share fetches, not the origin's protocol.
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -17,34 +16,8 @@ use vmm_shim::concurrent::report::{ConcurrentReport, ReportHeader};
 use vmm_shim::concurrent::{ConcurrentConfig, Mode, run};
 use vmm_shim::{Params, TraceEntry};
 
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-/// This workspace's debug build, which `cargo test --workspace` has just
-/// built (a release binary elsewhere could be stale).
-fn imagefs() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("IMAGEFS_BIN") {
-        return Some(p.into());
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join("target"));
-    let p = target.join("debug/imagefs");
-    p.is_file().then_some(p)
-}
-
-fn debian_base() -> Option<String> {
-    let cache = std::env::var_os("IMAGEFS_CACHE").unwrap_or("/var/cache/imagefs".into());
-    let layout = Path::new(&cache).join("debian-images/oci");
-    let index = std::fs::read_to_string(layout.join("index.json")).ok()?;
-    index
-        .contains("\"base\"")
-        .then(|| format!("oci:{}:base", layout.display()))
-}
+mod common;
+use common::{debian_base, imagefs};
 
 /// Reads over the first 8 MiB of the device (16 chunks of 512 KiB), some
 /// twice, some across chunk boundaries.
