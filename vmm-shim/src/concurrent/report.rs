@@ -29,22 +29,10 @@ pub const READY_GOAL_RATIO: f64 = 1.5;
 pub struct ConcurrentReport {
     /// Always [`REPORT_FORMAT`].
     pub format: String,
-    /// The image (tag or digest) every VM served.
-    pub image: String,
-    /// The trace file every probe replayed.
-    pub trace: String,
-    /// Reads in the trace.
-    pub reads: u64,
-    /// Bytes the trace reads.
-    pub bytes: u64,
-    /// Runs per cell.
-    pub runs: usize,
-    /// How the probe guests ran (queue depth, completion wait).
-    pub probe: String,
-    /// The imagefs binary measured.
-    pub imagefs: String,
-    /// CPUs of the host (every probe VM and daemon shares them).
-    pub host_cpus: usize,
+    /// What was measured, how often, on what (flattened into the
+    /// report's own fields in JSON).
+    #[serde(flatten)]
+    pub header: ReportHeader,
     /// One per mode and N, modes in the order asked, N ascending.
     pub cells: Vec<CellReport>,
     /// Issue 13's goals, checked.
@@ -197,14 +185,7 @@ impl ConcurrentReport {
         let goals = goals(&cells);
         Self {
             format: REPORT_FORMAT.into(),
-            image: header.image,
-            trace: header.trace,
-            reads: header.reads,
-            bytes: header.bytes,
-            runs: header.runs,
-            probe: header.probe,
-            imagefs: header.imagefs,
-            host_cpus: header.host_cpus,
+            header,
             cells,
             goals,
         }
@@ -213,15 +194,16 @@ impl ConcurrentReport {
     /// The table and the goals, as `vmm-shim concurrent` prints them.
     pub fn render(&self) -> String {
         let mb = |b: u64| b as f64 / 1e6;
+        let h = &self.header;
         let mut out = format!(
             "image {}, trace {} ({} reads, {:.2} MB); {} runs per cell; probe {}; {} host CPUs shared by every VM and daemon\n",
-            self.image,
-            self.trace,
-            self.reads,
-            mb(self.bytes),
-            self.runs,
-            self.probe,
-            self.host_cpus
+            h.image,
+            h.trace,
+            h.reads,
+            mb(h.bytes),
+            h.runs,
+            h.probe,
+            h.host_cpus
         );
         out.push_str(&format!(
             "{:<13} {:>3} {:>4} {:>12} {:>12} {:>7} {:>10} {:>7} {:>11} {:>8} {:>8} {:>9}\n",
@@ -274,23 +256,23 @@ impl ConcurrentReport {
 }
 
 /// What the report says about the invocation (beside its cells).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ReportHeader {
-    /// See [`ConcurrentReport::image`].
+    /// The image (tag or digest) every VM served.
     pub image: String,
-    /// See [`ConcurrentReport::trace`].
+    /// The trace file every probe replayed.
     pub trace: String,
-    /// See [`ConcurrentReport::reads`].
+    /// Reads in the trace.
     pub reads: u64,
-    /// See [`ConcurrentReport::bytes`].
+    /// Bytes the trace reads.
     pub bytes: u64,
-    /// See [`ConcurrentReport::runs`].
+    /// Runs per cell.
     pub runs: usize,
-    /// See [`ConcurrentReport::probe`].
+    /// How the probe guests ran (queue depth, completion wait).
     pub probe: String,
-    /// See [`ConcurrentReport::imagefs`].
+    /// The imagefs binary measured.
     pub imagefs: String,
-    /// See [`ConcurrentReport::host_cpus`].
+    /// CPUs of the host (every probe VM and daemon shares them).
     pub host_cpus: usize,
 }
 
