@@ -16,6 +16,26 @@ pub struct BackendProcess {
     log: PathBuf,
 }
 
+/// Runs `cmd` to its end and returns its stdout; `what` names it in the
+/// error when it cannot start or fails (with its stderr).
+pub fn stdout_of(mut cmd: Command, what: &str) -> Result<Vec<u8>> {
+    let o = cmd.output().map_err(|e| {
+        let program = Path::new(cmd.get_program()).display().to_string();
+        Error::process(what, format!("cannot start {program}: {e}"))
+    })?;
+    if !o.status.success() {
+        return Err(Error::process(
+            what,
+            format!(
+                "{}: {}",
+                o.status,
+                String::from_utf8_lossy(&o.stderr).trim()
+            ),
+        ));
+    }
+    Ok(o.stdout)
+}
+
 /// Finds a program on PATH.
 pub fn which(program: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;

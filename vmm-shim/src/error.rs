@@ -157,3 +157,13 @@ pub type Result<T> = std::result::Result<T, Error>;
 pub(crate) fn kvm(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
     move |source| Error::Kvm { what, source }
 }
+
+impl Error {
+    /// [`Error::Process`] for `program`.
+    pub fn process(program: &str, reason: String) -> Self {
+        Self::Process {
+            program: program.into(),
+            reason,
+        }
+    }
+}

@@ -11,7 +11,7 @@ use super::{
     ColdstartConfig, ProfileMode, Sample, Scenario, ScenarioResult, read_serve_stats, sample_of,
     tier_bytes,
 };
-use crate::backend::BackendProcess;
+use crate::backend::{BackendProcess, stdout_of};
 use crate::error::{Error, Result};
 use crate::run::{ProbeRun, RunConfig, run_probe};
 
@@ -32,13 +32,6 @@ struct Harness<'a> {
     /// The directories made so far and not yet removed: each run's tiers
     /// take tens of megabytes, and a long invocation used to fill the disk.
     made: Vec<PathBuf>,
-}
-
-fn process_error(program: &str, reason: String) -> Error {
-    Error::Process {
-        program: program.into(),
-        reason,
-    }
 }
 
 impl Harness<'_> {
@@ -79,23 +72,7 @@ impl Harness<'_> {
         let mut c = self.imagefs();
         c.args(args);
         self.store_args(&mut c);
-        let o = c.output().map_err(|e| {
-            process_error(
-                what,
-                format!("cannot start {}: {e}", self.cfg.imagefs.display()),
-            )
-        })?;
-        if !o.status.success() {
-            return Err(process_error(
-                what,
-                format!(
-                    "{}: {}",
-                    o.status,
-                    String::from_utf8_lossy(&o.stderr).trim()
-                ),
-            ));
-        }
-        Ok(o.stdout)
+        stdout_of(c, what)
     }
 
     /// Starts `imagefs serve` with the given tiers, runs the trace, waits
@@ -137,11 +114,11 @@ impl Harness<'_> {
         let exited = serve.wait_exit(Duration::from_secs(30));
         let log = serve.log();
         let run = run.map_err(|e| {
-            process_error("imagefs serve", format!("{e}; its log: {}", tail(&log, 8)))
+            Error::process("imagefs serve", format!("{e}; its log: {}", tail(&log, 8)))
         })?;
         let mut sample = sample_of(&run, Duration::ZERO);
         if !exited {
-            return Err(process_error(
+            return Err(Error::process(
                 "imagefs serve",
                 format!(
                     "did not exit after the VM disconnected; log: {}",
@@ -189,7 +166,7 @@ impl Harness<'_> {
             "imagefs profile show",
         )?;
         let report: ProfileReport = serde_json::from_slice(&out)
-            .map_err(|e| process_error("imagefs profile show", format!("its JSON report: {e}")))?;
+            .map_err(|e| Error::process("imagefs profile show", format!("its JSON report: {e}")))?;
         Ok(report.chunks)
     }
 
@@ -336,7 +313,7 @@ impl Harness<'_> {
                     let why = e.to_string();
                     return modes
                         .iter()
-                        .map(|&m| result(sc, Some(m), Err(process_error("az-warm", why.clone()))))
+                        .map(|&m| result(sc, Some(m), Err(Error::process("az-warm", why.clone()))))
                         .collect();
                 }
             }
@@ -425,7 +402,7 @@ pub(super) fn run(cfg: &ColdstartConfig) -> Result<Vec<ScenarioResult>> {
                         out.push(result(
                             sc,
                             Some(ProfileMode::With),
-                            Err(process_error("record-profile", e.to_string())),
+                            Err(Error::process("record-profile", e.to_string())),
                         ));
                     }
                 }

@@ -30,7 +30,7 @@ use std::time::Duration;
 use manifest::agent::{HostTiers, VmInfo};
 use manifest::report::{ServeStats, TiersReport};
 
-use crate::backend::BackendProcess;
+use crate::backend::{BackendProcess, stdout_of};
 use crate::error::{Error, Result};
 use crate::probe::{Params, TraceEntry};
 use crate::run::{RunConfig, run_probe};
@@ -152,13 +152,6 @@ pub struct CellResult {
     pub unavailable: Option<String>,
 }
 
-fn process_error(program: &str, reason: String) -> Error {
-    Error::Process {
-        program: program.into(),
-        reason,
-    }
-}
-
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     move |source| Error::Io {
         path: path.to_path_buf(),
@@ -211,27 +204,6 @@ impl Harness<'_> {
         Ok(d)
     }
 
-    /// Runs an `imagefs` command to its end; its stdout.
-    fn output(&self, mut c: Command, what: &str) -> Result<Vec<u8>> {
-        let o = c.output().map_err(|e| {
-            process_error(
-                what,
-                format!("cannot start {}: {e}", self.cfg.imagefs.display()),
-            )
-        })?;
-        if !o.status.success() {
-            return Err(process_error(
-                what,
-                format!(
-                    "{}: {}",
-                    o.status,
-                    String::from_utf8_lossy(&o.stderr).trim()
-                ),
-            ));
-        }
-        Ok(o.stdout)
-    }
-
     fn vm_cli(&self, api: &Path, args: &[&str]) -> Command {
         let mut c = self.imagefs();
         c.arg("vm").arg("--api").arg(api).args(args);
@@ -274,24 +246,24 @@ impl Harness<'_> {
                 &["start", &format!("vm-{i}"), &self.cfg.image, "--json"],
             );
             c.arg("--dedicated").arg(&ded);
-            let out = self.output(c, "imagefs vm start")?;
+            let out = stdout_of(c, "imagefs vm start")?;
             let info: VmInfo = serde_json::from_slice(&out)
-                .map_err(|e| process_error("imagefs vm start", format!("its JSON: {e}")))?;
+                .map_err(|e| Error::process("imagefs vm start", format!("its JSON: {e}")))?;
             sockets.push(info.socket);
         }
         let probes = self.probes(&sockets).map_err(|e| {
-            process_error(
+            Error::process(
                 "imagefs agent",
                 format!("{e}; its log: {}", agent.log_tail()),
             )
         })?;
-        let out = self.output(self.vm_cli(&api, &["tiers"]), "imagefs vm tiers")?;
+        let out = stdout_of(self.vm_cli(&api, &["tiers"]), "imagefs vm tiers")?;
         let host: HostTiers = serde_json::from_slice(&out)
-            .map_err(|e| process_error("imagefs vm tiers", format!("its JSON: {e}")))?;
+            .map_err(|e| Error::process("imagefs vm tiers", format!("its JSON: {e}")))?;
         let tiers = host.tiers;
-        let out = self.output(self.vm_cli(&api, &["ls", "--json"]), "imagefs vm ls")?;
+        let out = stdout_of(self.vm_cli(&api, &["ls", "--json"]), "imagefs vm ls")?;
         let infos: Vec<VmInfo> = serde_json::from_slice(&out)
-            .map_err(|e| process_error("imagefs vm ls", format!("its JSON: {e}")))?;
+            .map_err(|e| Error::process("imagefs vm ls", format!("its JSON: {e}")))?;
         // SIGTERM: the agent stops its VMs and exits (SIGKILL on drop if not).
         let _ = agent.signal(libc::SIGTERM);
         agent.wait_exit(Duration::from_secs(10));
@@ -357,17 +329,17 @@ impl Harness<'_> {
         }
         let mut vms = probes.map_err(|e| {
             let log = serves.first().map(BackendProcess::log_tail);
-            process_error("imagefs serve", format!("{e}; log of the first: {log:?}"))
+            Error::process("imagefs serve", format!("{e}; log of the first: {log:?}"))
         })?;
         if let Some(why) = logs.first() {
-            return Err(process_error("imagefs serve", why.clone()));
+            return Err(Error::process("imagefs serve", why.clone()));
         }
         drop(serves);
         let mut round = Round::default();
         for (vm, path) in vms.iter_mut().zip(&reports) {
             let text = std::fs::read_to_string(path).map_err(io_error(path))?;
             let stats: ServeStats = serde_json::from_str(&text).map_err(|e| {
-                process_error(
+                Error::process(
                     "imagefs serve",
                     format!("its report {}: {e}", path.display()),
                 )
@@ -413,7 +385,7 @@ impl Harness<'_> {
                 .into_iter()
                 .map(|h| {
                     h.join().unwrap_or_else(|_| {
-                        Err(process_error("probe VM", "its thread panicked".into()))
+                        Err(Error::process("probe VM", "its thread panicked".into()))
                     })
                 })
                 .collect()
