@@ -97,15 +97,9 @@ pub enum Command {
         /// Measured runs per scenario and profile mode.
         #[arg(long, default_value_t = 5)]
         runs: usize,
-        /// The origin, as imagefs's `--store`.
-        #[arg(long, env = "IMAGEFS_STORE")]
-        store: String,
-        /// The key directory, as imagefs's `--keys`.
-        #[arg(long, env = "IMAGEFS_KEYS")]
-        keys: Option<PathBuf>,
-        /// The imagefs binary (default: $IMAGEFS_BIN, PATH, the one built beside vmm-shim).
-        #[arg(long)]
-        imagefs: Option<PathBuf>,
+        /// The origin and the imagefs binary.
+        #[command(flatten)]
+        imagefs: ImagefsArgs,
         /// Scratch directory for tiers, sockets and the exported image.
         #[arg(long, default_value = "/tmp/vmm-shim-coldstart")]
         work: PathBuf,
@@ -155,15 +149,9 @@ pub enum Command {
         /// Runs per mode and N.
         #[arg(long, default_value_t = 3)]
         runs: usize,
-        /// The origin, as imagefs's `--store`.
-        #[arg(long, env = "IMAGEFS_STORE")]
-        store: String,
-        /// The key directory, as imagefs's `--keys`.
-        #[arg(long, env = "IMAGEFS_KEYS")]
-        keys: Option<PathBuf>,
-        /// The imagefs binary (default: $IMAGEFS_BIN, PATH, the one built beside vmm-shim).
-        #[arg(long)]
-        imagefs: Option<PathBuf>,
+        /// The origin and the imagefs binary.
+        #[command(flatten)]
+        imagefs: ImagefsArgs,
         /// Scratch directory for sockets and tiers.
         #[arg(long, default_value = "/tmp/vmm-shim-concurrent")]
         work: PathBuf,
@@ -203,6 +191,20 @@ pub enum Command {
         #[arg(long, default_value_t = 512)]
         mem: u64,
     },
+}
+
+/// The origin and the `imagefs` binary the harnesses run.
+#[derive(Debug, clap::Args)]
+pub struct ImagefsArgs {
+    /// The origin, as imagefs's `--store`.
+    #[arg(long, env = "IMAGEFS_STORE")]
+    store: String,
+    /// The key directory, as imagefs's `--keys`.
+    #[arg(long, env = "IMAGEFS_KEYS")]
+    keys: Option<PathBuf>,
+    /// The imagefs binary (default: $IMAGEFS_BIN, PATH, the one built beside vmm-shim).
+    #[arg(long)]
+    imagefs: Option<PathBuf>,
 }
 
 /// The `imagefs` binary: `$IMAGEFS_BIN`, else `imagefs` on PATH, else the
@@ -289,8 +291,6 @@ fn run(cli: Cli) -> Result<()> {
             image,
             trace,
             runs,
-            store,
-            keys,
             imagefs,
             work,
             raw,
@@ -307,10 +307,10 @@ fn run(cli: Cli) -> Result<()> {
                 .map(|t| crate::coldstart::parse_case(t, image.as_deref()))
                 .collect::<Result<Vec<_>>>()?;
             let cfg = crate::coldstart::ColdstartConfig {
-                imagefs: imagefs.unwrap_or_else(default_imagefs),
+                imagefs: imagefs.imagefs.unwrap_or_else(default_imagefs),
                 image: String::new(),
-                store,
-                keys,
+                store: imagefs.store,
+                keys: imagefs.keys,
                 trace: Vec::new(),
                 runs,
                 work,
@@ -344,8 +344,6 @@ fn run(cli: Cli) -> Result<()> {
             vms,
             modes,
             runs,
-            store,
-            keys,
             imagefs,
             work,
             readahead,
@@ -353,10 +351,10 @@ fn run(cli: Cli) -> Result<()> {
             opts,
         } => {
             let cfg = crate::concurrent::ConcurrentConfig {
-                imagefs: imagefs.unwrap_or_else(default_imagefs),
+                imagefs: imagefs.imagefs.unwrap_or_else(default_imagefs),
                 image,
-                store,
-                keys,
+                store: imagefs.store,
+                keys: imagefs.keys,
                 trace: crate::trace::load(&trace)?,
                 counts: vms,
                 modes: if modes.is_empty() {
