@@ -61,14 +61,7 @@ impl Inner {
         let plain = result?;
         // Another image may use the same chunk with another span only if
         // the manifests disagree; never hand out a wrong length.
-        if plain.len() as u64 != expected {
-            return Err(LazyError::WrongLength {
-                index,
-                id: *id,
-                got: plain.len() as u64,
-                expected,
-            });
-        }
+        check_length(index, id, &plain, expected)?;
         match served {
             Served::Hit => self.counters.shared_plain_hits.inc(),
             Served::Joined => self.counters.shared_plain_joins.inc(),
@@ -113,14 +106,25 @@ impl Inner {
             id: *id,
             source,
         })?;
-        if plain.len() as u64 != expected {
-            return Err(LazyError::WrongLength {
-                index,
-                id: *id,
-                got: plain.len() as u64,
-                expected,
-            });
-        }
+        check_length(index, id, &plain, expected)?;
         Ok(Arc::new(plain))
     }
+}
+
+/// A plaintext of chunk `index` must be `expected` bytes long.
+fn check_length(
+    index: ChunkIndex,
+    id: &ChunkId,
+    plain: &[u8],
+    expected: u64,
+) -> Result<(), LazyError> {
+    if plain.len() as u64 == expected {
+        return Ok(());
+    }
+    Err(LazyError::WrongLength {
+        index,
+        id: *id,
+        got: plain.len() as u64,
+        expected,
+    })
 }
