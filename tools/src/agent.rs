@@ -9,14 +9,13 @@ use std::sync::mpsc::{RecvTimeoutError, channel};
 use std::time::Duration;
 
 use imagefs::agent::{Agent, AgentOptions};
-use imagefs::tiers::open_tiers;
 use imagefs::transport::api::client::ApiClient;
 use imagefs::transport::api::serve_api;
 use imagefs::{LazyOptions, PrefetchOptions};
 use manifest::agent::{VmInfo, VmSpec};
 
 use crate::signals::Signals;
-use crate::tiers::{DEFAULT_KEYS, TierArgs};
+use crate::tiers::{TierArgs, open_config};
 
 /// Arguments of `imagefs agent`.
 #[derive(Debug, clap::Args)]
@@ -61,12 +60,7 @@ impl AgentArgs {
         if let Some(t) = self.connect_timeout {
             section.connect_timeout_secs = t.as_secs().max(1);
         }
-        let tiers = open_tiers(&config, false)?;
-        let keys = config
-            .keys
-            .clone()
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_KEYS));
-        let keys = manifest::LocalKeyProvider::open(&keys)?;
+        let (tiers, keys) = open_config(&config)?;
         let opts = AgentOptions {
             section: config.agent.clone(),
             read: LazyOptions::from(&config.read),

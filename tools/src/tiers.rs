@@ -94,12 +94,21 @@ impl TierArgs {
     /// Opens the tiers and the key directory.
     pub fn open(&self) -> Result<(TierConfig, Tiers, manifest::LocalKeyProvider), Box<dyn Error>> {
         let config = self.config()?;
-        let tiers = open_tiers(&config, false)?;
-        let keys = config
-            .keys
-            .clone()
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_KEYS));
-        let keys = manifest::LocalKeyProvider::open(&keys)?;
+        let (tiers, keys) = open_config(&config)?;
         Ok((config, tiers, keys))
     }
+}
+
+/// Opens the tiers and the key directory `config` names (the default key
+/// directory when it names none).
+pub fn open_config(
+    config: &TierConfig,
+) -> Result<(Tiers, manifest::LocalKeyProvider), Box<dyn Error>> {
+    let tiers = open_tiers(config, false)?;
+    let keys = config
+        .keys
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_KEYS));
+    let keys = manifest::LocalKeyProvider::open(&keys)?;
+    Ok((tiers, keys))
 }
