@@ -27,9 +27,7 @@ use std::time::Duration;
 
 use imagefs::transport::api::client::ApiClient;
 use manifest::agent::{VmInfo, VmSpec};
-use tests::delayproxy::DelayProxy;
-use tests::garage::Garage;
-use tests::guest::{self, BootOptions, GuestOutput, LIST_SCRIPT, boot, compare, parse_listing};
+use tests::guest::{self, BootOptions, GuestOutput, LIST_SCRIPT, boot};
 use vm::{AgentProc, Converted, Tools};
 
 /// Bound on one guest run (a hang watchdog, not a timing assertion).
@@ -84,19 +82,7 @@ fn check_guest(name: &str, c: &Converted, out: &GuestOutput) {
         "{name}: /dev/vda did not mount:\n{}",
         guest::tail(&out.console, 40)
     );
-    assert_eq!(
-        out.rc,
-        0,
-        "{name}: the script failed:\n{}",
-        out.lines.join("\n")
-    );
-    let (listing, _) = parse_listing(&out.lines).unwrap();
-    let diff = compare(&c.reference, &listing);
-    assert!(
-        diff.is_empty(),
-        "{name}: differs from the flattened image:\n  {}",
-        diff.join("\n  ")
-    );
+    vm::check_listing(name, c, out);
     for bad in IO_ERRORS {
         assert!(
             !out.console.contains(bad),
@@ -104,12 +90,6 @@ fn check_guest(name: &str, c: &Converted, out: &GuestOutput) {
             guest::tail(&out.console, 40)
         );
     }
-    let files = listing.values().filter(|e| e.sha256.is_some()).count();
-    eprintln!(
-        "{name}: {} paths listed ({files} files hashed), equal to the flattened image, in {:.1} s",
-        listing.len(),
-        out.took.as_secs_f64()
-    );
 }
 
 #[test]
@@ -198,24 +178,6 @@ fn three_guests_through_one_agent_read_every_file_and_share_every_fetch() {
     );
 }
 
-/// The origin of `c` behind a proxy holding every request 150 ms, so a
-/// guest's reads wait on fetches and a kill finds some in flight.
-fn slow_origin(c: &mut Converted, g: &Garage) -> DelayProxy {
-    let upstream = g
-        .endpoint
-        .trim_start_matches("http://")
-        .parse()
-        .expect("Garage's endpoint is http://IP:PORT");
-    let proxy =
-        DelayProxy::start(upstream, Duration::from_millis(150)).expect("start the delaying proxy");
-    for (k, v) in &mut c.env {
-        if *k == "AWS_ENDPOINT_URL" {
-            *v = proxy.endpoint();
-        }
-    }
-    proxy
-}
-
 /// A guest of `vm` whose frontend reconnects, running `script` on a
 /// thread; its console goes to `log`.
 fn spawn_guest(
@@ -242,13 +204,7 @@ fn console(log: &Path) -> String {
 #[test]
 fn agent_kill_9_mid_run_loses_no_guest_io_and_keeps_flushed_writes() {
     let Some(t) = vm::tools() else { return };
-    let g = match Garage::start_new() {
-        Ok(g) => g,
-        Err(e) => {
-            tests::harness::skip(&format!("no Garage S3 server: {e}"));
-            return;
-        }
-    };
+    let Some(g) = vm::garage() else { return };
     let (_layout, source, source_arg) = vm::generated_source();
     let mut c = vm::convert_into_garage(
         &t,
@@ -259,7 +215,7 @@ fn agent_kill_9_mid_run_loses_no_guest_io_and_keeps_flushed_writes() {
         64 * 1024,
         4 << 20,
     );
-    let proxy = slow_origin(&mut c, &g);
+    let proxy = vm::slow_origin(&mut c, &g);
     let dir = c.dir.path().to_path_buf();
     // No read-ahead (and no stored profile, so no prefetch): every fetch
     // is one a guest waits for, so a fetch held at the proxy is a guest

@@ -31,11 +31,10 @@ use std::process::Command;
 use std::time::Duration;
 
 use manifest::report::ServeStats;
-use tests::garage::Garage;
-use tests::guest::{
-    self, BootOptions, LIST_SCRIPT, Proc, boot, compare, parse_listing, wait_for_socket,
+use tests::guest::{self, BootOptions, LIST_SCRIPT, Proc, boot, wait_for_socket};
+use vm::{
+    Converted, Tools, check_listing, convert_into_garage, generated, generated_source, tools,
 };
-use vm::{Converted, Tools, convert_into_garage, generated, generated_source, tools};
 
 mod vm;
 
@@ -141,29 +140,6 @@ fn served(stats: &ServeStats) -> String {
         ),
         None => "(the device served nothing)".to_string(),
     }
-}
-
-fn check_listing(name: &str, c: &Converted, out: &guest::GuestOutput) -> guest::DeviceFacts {
-    assert_eq!(
-        out.rc,
-        0,
-        "{name}: the listing script failed:\n{}",
-        out.lines.join("\n")
-    );
-    let (listing, facts) = parse_listing(&out.lines).unwrap();
-    let diff = compare(&c.reference, &listing);
-    assert!(
-        diff.is_empty(),
-        "{name}: the guest's view differs from the flattened image:\n  {}",
-        diff.join("\n  ")
-    );
-    let files = listing.values().filter(|e| e.sha256.is_some()).count();
-    eprintln!(
-        "{name}: the guest listed {} paths ({files} files hashed), all equal to the flattened image, in {:.1} s",
-        listing.len(),
-        out.took.as_secs_f64()
-    );
-    facts
 }
 
 #[test]
@@ -409,13 +385,7 @@ fn guest_reads_every_file_of_the_debian_image() {
         return;
     };
     let Some(t) = tools() else { return };
-    let g = match Garage::start_new() {
-        Ok(g) => g,
-        Err(e) => {
-            tests::harness::skip(&format!("no Garage S3 server: {e}"));
-            return;
-        }
-    };
+    let Some(g) = vm::garage() else { return };
     let source_arg = format!("oci:{}:{tag}", layout.display());
     let source: chunker::oci::ImageSource = source_arg.parse().unwrap();
     let c = convert_into_garage(&t, &g, &source, &source_arg, "debian", 512 * 1024, 16 << 20);
@@ -450,29 +420,12 @@ const IO_ERRORS: [&str; 3] = ["I/O error", "blk_update_request", "Buffer I/O err
 #[test]
 fn a_killed_daemon_is_replaced_and_the_guest_sees_no_error() {
     let Some(t) = tools() else { return };
-    let g = match Garage::start_new() {
-        Ok(g) => g,
-        Err(e) => {
-            tests::harness::skip(&format!("no Garage S3 server: {e}"));
-            return;
-        }
-    };
+    let Some(g) = vm::garage() else { return };
     let (_layout, source, source_arg) = generated_source();
     let mut c = convert_into_garage(&t, &g, &source, &source_arg, "restart", 64 * 1024, 4 << 20);
     // Every request to the origin waits 150 ms, so the guest's reads wait
     // on fetches and a kill finds some in flight.
-    let upstream = g
-        .endpoint
-        .trim_start_matches("http://")
-        .parse()
-        .expect("Garage's endpoint is http://IP:PORT");
-    let proxy = tests::delayproxy::DelayProxy::start(upstream, Duration::from_millis(150))
-        .expect("start the delaying proxy");
-    for (k, v) in &mut c.env {
-        if *k == "AWS_ENDPOINT_URL" {
-            *v = proxy.endpoint();
-        }
-    }
+    let proxy = vm::slow_origin(&mut c, &g);
     // No read-ahead: every fetch is one the guest waits for, so a fetch
     // held at the proxy is a guest request in flight.
     let config = c.dir.path().join("no-readahead.toml");

@@ -16,8 +16,11 @@ use chunker::ext4::Ext4Options;
 use chunker::flatten::{FlattenOptions, flatten_to_file};
 use chunker::oci::ImageSource;
 
+use tests::delayproxy::DelayProxy;
 use tests::garage::Garage;
-use tests::guest::{self, Accel, GuestKernel, Proc};
+use tests::guest::{
+    self, Accel, DeviceFacts, GuestKernel, GuestOutput, Proc, compare, parse_listing,
+};
 use tests::imagegen::{Entry, Image, Layer, noise};
 use tests::treecheck::{Listing, list_ext4_image};
 
@@ -265,4 +268,58 @@ impl AgentProc {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// The guest's listing (`LIST_SCRIPT`) equals the flattened image's;
+/// its device facts.
+pub fn check_listing(name: &str, c: &Converted, out: &GuestOutput) -> DeviceFacts {
+    assert_eq!(
+        out.rc,
+        0,
+        "{name}: the listing script failed:\n{}",
+        out.lines.join("\n")
+    );
+    let (listing, facts) = parse_listing(&out.lines).unwrap();
+    let diff = compare(&c.reference, &listing);
+    assert!(
+        diff.is_empty(),
+        "{name}: the guest's view differs from the flattened image:\n  {}",
+        diff.join("\n  ")
+    );
+    let files = listing.values().filter(|e| e.sha256.is_some()).count();
+    eprintln!(
+        "{name}: the guest listed {} paths ({files} files hashed), all equal to the flattened image, in {:.1} s",
+        listing.len(),
+        out.took.as_secs_f64()
+    );
+    facts
+}
+
+/// A Garage S3 server, or `None` after a `SKIP:` line saying why not.
+pub fn garage() -> Option<Garage> {
+    match Garage::start_new() {
+        Ok(g) => Some(g),
+        Err(e) => {
+            tests::harness::skip(&format!("no Garage S3 server: {e}"));
+            None
+        }
+    }
+}
+
+/// The origin of `c` behind a proxy holding every request 150 ms, so a
+/// guest's reads wait on fetches and a kill finds some in flight.
+pub fn slow_origin(c: &mut Converted, g: &Garage) -> DelayProxy {
+    let upstream = g
+        .endpoint
+        .trim_start_matches("http://")
+        .parse()
+        .expect("Garage's endpoint is http://IP:PORT");
+    let proxy =
+        DelayProxy::start(upstream, Duration::from_millis(150)).expect("start the delaying proxy");
+    for (k, v) in &mut c.env {
+        if *k == "AWS_ENDPOINT_URL" {
+            *v = proxy.endpoint();
+        }
+    }
+    proxy
 }
