@@ -419,6 +419,11 @@ impl Agent {
         vms.iter().map(|vm| vm.info()).collect()
     }
 
+    /// How many VMs are served (`GET /healthz`).
+    pub fn vm_count(&self) -> usize {
+        self.table().len()
+    }
+
     /// One VM (`GET /v1/vms/{id}`).
     pub fn show(&self, id: &str) -> Result<VmInfo, AgentError> {
         let vm = self

@@ -188,46 +188,42 @@ async fn blocking<T: Send + 'static>(
         })
 }
 
+/// Runs `call` on a blocking thread and answers `status` with its value as
+/// JSON, or its error with the error's status.
+async fn json<T: serde::Serialize + Send + 'static>(
+    agent: Arc<Agent>,
+    status: StatusCode,
+    call: impl FnOnce(&Agent) -> Result<T, AgentError> + Send + 'static,
+) -> Response {
+    match blocking(agent, call).await {
+        Ok(Ok(value)) => (status, axum::Json(value)).into_response(),
+        Ok(Err(e)) => agent_error(&e),
+        Err(r) => r,
+    }
+}
+
 async fn start(State(agent): State<Arc<Agent>>, body: Bytes) -> Response {
     let spec: VmSpec = match serde_json::from_slice(&body) {
         Ok(spec) => spec,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad VM spec: {e}")),
     };
-    match blocking(agent, move |a| a.start_vm(spec)).await {
-        Ok(Ok(info)) => (StatusCode::CREATED, axum::Json(info)).into_response(),
-        Ok(Err(e)) => agent_error(&e),
-        Err(r) => r,
-    }
+    json(agent, StatusCode::CREATED, move |a| a.start_vm(spec)).await
 }
 
 async fn list(State(agent): State<Arc<Agent>>) -> Response {
-    match blocking(agent, |a| a.list()).await {
-        Ok(vms) => axum::Json(vms).into_response(),
-        Err(r) => r,
-    }
+    json(agent, StatusCode::OK, |a| Ok(a.list())).await
 }
 
 async fn show(State(agent): State<Arc<Agent>>, UrlPath(id): UrlPath<String>) -> Response {
-    match blocking(agent, move |a| a.show(&id)).await {
-        Ok(Ok(info)) => axum::Json(info).into_response(),
-        Ok(Err(e)) => agent_error(&e),
-        Err(r) => r,
-    }
+    json(agent, StatusCode::OK, move |a| a.show(&id)).await
 }
 
 async fn stop(State(agent): State<Arc<Agent>>, UrlPath(id): UrlPath<String>) -> Response {
-    match blocking(agent, move |a| a.stop_vm(&id)).await {
-        Ok(Ok(info)) => axum::Json(info).into_response(),
-        Ok(Err(e)) => agent_error(&e),
-        Err(r) => r,
-    }
+    json(agent, StatusCode::OK, move |a| a.stop_vm(&id)).await
 }
 
 async fn tiers(State(agent): State<Arc<Agent>>) -> Response {
-    match blocking(agent, |a| a.host_tiers()).await {
-        Ok(t) => axum::Json(t).into_response(),
-        Err(r) => r,
-    }
+    json(agent, StatusCode::OK, |a| Ok(a.host_tiers())).await
 }
 
 async fn metrics(State(agent): State<Arc<Agent>>) -> Response {
@@ -238,8 +234,8 @@ async fn metrics(State(agent): State<Arc<Agent>>) -> Response {
 }
 
 async fn healthz(State(agent): State<Arc<Agent>>) -> Response {
-    match blocking(agent, |a| a.list().len()).await {
-        Ok(vms) => axum::Json(serde_json::json!({ "status": "ok", "vms": vms })).into_response(),
-        Err(r) => r,
-    }
+    json(agent, StatusCode::OK, |a| {
+        Ok(serde_json::json!({ "status": "ok", "vms": a.vm_count() }))
+    })
+    .await
 }
