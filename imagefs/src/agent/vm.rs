@@ -131,7 +131,7 @@ impl Vm {
 
     /// Whether a frontend has connected since the VM was started here.
     pub fn ever_connected(&self) -> bool {
-        self.service.stats().report().connections > 0
+        self.service.stats().connections() > 0
     }
 
     /// The device's and the reader's counters.

@@ -178,6 +178,11 @@ impl Stats {
         (h.counts_within(bounds_us), h.sum())
     }
 
+    /// Frontend connections accepted so far.
+    pub fn connections(&self) -> u64 {
+        self.connections.load(Ordering::Relaxed)
+    }
+
     /// Whether a frontend is connected now.
     pub fn connected(&self) -> bool {
         self.connected.load(Ordering::Relaxed)
@@ -185,7 +190,6 @@ impl Stats {
 
     /// A report of the counters so far.
     pub fn report(&self) -> ServeReport {
-        let connections = self.connections.load(Ordering::Relaxed);
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let all = self.all.lock().unwrap_or_else(PoisonError::into_inner);
         let reads = self
@@ -193,7 +197,7 @@ impl Stats {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         ServeReport {
-            connections,
+            connections: self.connections(),
             resubmitted: get(&self.resubmitted),
             resubmitted_completed: get(&self.resubmitted_completed),
             reads: get(&self.reads),
