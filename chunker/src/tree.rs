@@ -140,6 +140,15 @@ pub enum TreeError {
         /// Its target.
         target: String,
     },
+    /// A hard link whose path holds its target: replacing the path would
+    /// remove the target first.
+    #[error("hard link {path} would remove its own target {target}")]
+    LinkReplacesTarget {
+        /// The link being created.
+        path: String,
+        /// Its target, under the link's path.
+        target: String,
+    },
     /// A hard link names a directory.
     #[error("hard link {path} points at directory {target}")]
     LinkToDirectory {
@@ -344,6 +353,13 @@ impl Tree {
         if path == target {
             return Ok(target_id);
         }
+        if target.starts_with(path) {
+            // `d` -> `d/f`: replacing `d` frees `d/f` before it is linked.
+            return Err(TreeError::LinkReplacesTarget {
+                path: show(path),
+                target: show(target),
+            });
+        }
         let parent = self.parent_dir(path)?;
         let name = path.last().ok_or(TreeError::Root)?;
         if self.entries(parent).and_then(|e| e.get(*name)).is_some() {
@@ -367,6 +383,21 @@ impl Tree {
         }
         self.unlink_entry(parent, name);
         Ok(true)
+    }
+
+    /// The entry `name` of directory `dir`, if both exist.
+    pub fn child(&self, dir: InodeId, name: &[u8]) -> Option<InodeId> {
+        self.entries(dir)?.get(name).copied()
+    }
+
+    /// Remove the entry `name` of directory `dir` (freeing what only it
+    /// named). Returns whether it existed.
+    pub fn remove_child(&mut self, dir: InodeId, name: &[u8]) -> bool {
+        if self.child(dir, name).is_none() {
+            return false;
+        }
+        self.unlink_entry(dir, name);
+        true
     }
 
     /// Remove every entry of the directory at `path` (an opaque whiteout),
@@ -501,6 +532,26 @@ mod tests {
             t.link(&p("q"), &p("y")),
             Err(TreeError::LinkToDirectory { .. })
         ));
+    }
+
+    #[test]
+    fn link_over_its_own_ancestor_is_refused() {
+        let mut t = Tree::new();
+        let f = t.insert(&p("d/e/f"), file(), Metadata::default()).unwrap();
+        for path in ["d", "d/e"] {
+            let err = t.link(&p(path), &p("d/e/f")).unwrap_err();
+            assert!(matches!(err, TreeError::LinkReplacesTarget { .. }), "{err}");
+            assert!(
+                err.to_string()
+                    .contains("would remove its own target /d/e/f")
+            );
+        }
+        // Nothing changed.
+        assert_eq!(t.lookup(&p("d/e/f")), Some(f));
+        assert_eq!(t.inode(f).names, 1);
+        // A sibling prefix is no ancestor.
+        t.insert(&p("d/e2"), file(), Metadata::default()).unwrap();
+        assert_eq!(t.link(&p("d/e2"), &p("d/e/f")).unwrap(), f);
     }
 
     #[test]
