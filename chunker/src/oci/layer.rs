@@ -58,9 +58,29 @@ impl Read for Decoder {
     }
 }
 
+/// A layer's uncompressed stream went past its byte limit.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("more than {limit} uncompressed bytes (the {what} limit)")]
+pub struct LimitExceeded {
+    /// Which limit: `layer` or `image`.
+    pub what: &'static str,
+    /// The bytes allowed.
+    pub limit: u64,
+}
+
+impl LimitExceeded {
+    /// The limit behind an I/O error, if that is what it is.
+    pub fn find(err: &io::Error) -> Option<&LimitExceeded> {
+        err.get_ref().and_then(|e| e.downcast_ref())
+    }
+}
+
 /// The uncompressed tar of one layer, hashed as it is read.
 pub struct LayerStream {
     inner: HashReader<Decoder>,
+    /// Uncompressed bytes read so far, and the cap on them.
+    read: u64,
+    limit: Option<LimitExceeded>,
     name: Digest,
     expected_digest: Option<Digest>,
     expected_size: Option<u64>,
@@ -107,11 +127,24 @@ impl LayerStream {
         };
         Ok(LayerStream {
             inner,
+            read: 0,
+            limit: None,
             name,
             expected_digest,
             expected_size,
             expected_diff_id,
         })
+    }
+
+    /// Fail reads once more than `limit` uncompressed bytes have been read
+    /// (trailing bytes after the tar included); `what` names the limit.
+    pub fn set_limit(&mut self, what: &'static str, limit: u64) {
+        self.limit = Some(LimitExceeded { what, limit });
+    }
+
+    /// Uncompressed bytes read so far.
+    pub fn bytes_read(&self) -> u64 {
+        self.read
     }
 
     /// Read the rest of the layer and check both digests.
@@ -120,7 +153,8 @@ impl LayerStream {
             let digest = name.clone();
             move |source| SourceError::ReadBlob { digest, source }
         };
-        self.inner.drain().map_err(read_err(&self.name))?;
+        // Through `read`, so the limit holds for trailing bytes too.
+        io::copy(&mut self, &mut io::sink()).map_err(read_err(&self.name))?;
         let (decoder, diff_id, uncompressed_bytes) = self.inner.finish();
         let mut raw = decoder.into_inner();
         // A decoder may stop before the end of its input; the blob digest
@@ -164,6 +198,26 @@ impl LayerStream {
 
 impl Read for LayerStream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.inner.read(buf)
+        let buf = match &self.limit {
+            Some(limit) => {
+                // Ask for one byte past the limit at most: reaching it is
+                // fine, passing it is the error.
+                let room = (limit.limit + 1).saturating_sub(self.read);
+                let n = (buf.len() as u64).min(room) as usize;
+                if n == 0 {
+                    return Err(io::Error::other(limit.clone()));
+                }
+                &mut buf[..n]
+            }
+            None => buf,
+        };
+        let n = self.inner.read(buf)?;
+        self.read += n as u64;
+        if let Some(limit) = &self.limit
+            && self.read > limit.limit
+        {
+            return Err(io::Error::other(limit.clone()));
+        }
+        Ok(n)
     }
 }

@@ -22,7 +22,7 @@ use std::path::PathBuf;
 
 pub use digest::Digest;
 pub use image::{Image, ImageConfig, Layer};
-pub use layer::{LayerDigests, LayerStream};
+pub use layer::{LayerDigests, LayerStream, LimitExceeded};
 pub use source::{ImageSource, ParseSourceError};
 pub use spec::Compression;
 
@@ -188,7 +188,7 @@ pub enum SourceError {
     },
 }
 
-#[cfg(test)]
-pub(crate) mod testimg;
+#[doc(hidden)]
+pub mod testimg;
 #[cfg(test)]
 mod tests;

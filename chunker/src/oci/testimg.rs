@@ -1,5 +1,9 @@
 //! Test images built by hand: tars with every kind of entry, compressed
 //! layers, and the three source formats, with knobs to break them.
+//!
+//! Public but hidden: the integration tests and the fuzz targets build
+//! their images with it too. Not for production use (it panics on I/O
+//! errors).
 
 use std::fs;
 use std::io::Write;
@@ -156,6 +160,9 @@ pub struct TestLayer {
     pub media_type: Option<String>,
     /// A diff_id to write into the config instead of the right one.
     pub diff_id: Option<Digest>,
+    /// The blob as stored and its real diff_id, when the tar was never
+    /// held in memory (see [`TestLayer::precompressed`]); `tar` is empty.
+    pub stored: Option<(Vec<u8>, Digest)>,
 }
 
 impl TestLayer {
@@ -166,6 +173,49 @@ impl TestLayer {
             compression,
             media_type: None,
             diff_id: None,
+            stored: None,
+        }
+    }
+
+    /// A layer whose tar `write` streams into a gzip encoder, so a huge
+    /// but compressible tar costs only its compressed size in memory.
+    pub fn precompressed(write: impl FnOnce(&mut dyn Write)) -> Self {
+        struct Hashing<W> {
+            inner: W,
+            hash: sha2::Sha256,
+        }
+        impl<W: Write> Write for Hashing<W> {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                let n = self.inner.write(buf)?;
+                sha2::Digest::update(&mut self.hash, &buf[..n]);
+                Ok(n)
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                self.inner.flush()
+            }
+        }
+        let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        let mut w = Hashing {
+            inner: gz,
+            hash: <sha2::Sha256 as sha2::Digest>::new(),
+        };
+        write(&mut w);
+        let hex = hex::encode(sha2::Digest::finalize(w.hash));
+        let diff_id: Digest = format!("sha256:{hex}").parse().unwrap();
+        let stored = w.inner.finish().unwrap();
+        TestLayer {
+            tar: Vec::new(),
+            compression: Compression::Gzip,
+            media_type: None,
+            diff_id: None,
+            stored: Some((stored, diff_id)),
+        }
+    }
+
+    fn real_diff_id(&self) -> Digest {
+        match &self.stored {
+            Some((_, d)) => d.clone(),
+            None => Digest::of(&self.tar),
         }
     }
 
@@ -225,7 +275,7 @@ impl TestImage {
             .map(|l| {
                 l.diff_id
                     .clone()
-                    .unwrap_or_else(|| Digest::of(&l.tar))
+                    .unwrap_or_else(|| l.real_diff_id())
                     .to_string()
             })
             .collect();
@@ -250,7 +300,10 @@ impl TestImage {
         let mut layers = Vec::new();
         let mut descs = Vec::new();
         for l in &self.layers {
-            let stored = compress(&l.tar, l.compression);
+            let stored = match &l.stored {
+                Some((blob, _)) => blob.clone(),
+                None => compress(&l.tar, l.compression),
+            };
             let size = stored.len();
             let d = blob(files, stored);
             descs.push(json!({"mediaType": l.media_type(), "digest": d.to_string(), "size": size}));
@@ -275,7 +328,7 @@ impl TestImage {
             manifest: manifest.clone(),
             config,
             layers,
-            diff_ids: self.layers.iter().map(|l| Digest::of(&l.tar)).collect(),
+            diff_ids: self.layers.iter().map(TestLayer::real_diff_id).collect(),
         };
         let desc = json!({
             "mediaType": "application/vnd.oci.image.manifest.v1+json",
@@ -325,7 +378,10 @@ impl TestImage {
         let mut paths = Vec::new();
         let mut layers = Vec::new();
         for (i, l) in self.layers.iter().enumerate() {
-            let stored = compress(&l.tar, l.compression);
+            let stored = match &l.stored {
+                Some((blob, _)) => blob.clone(),
+                None => compress(&l.tar, l.compression),
+            };
             layers.push(Digest::of(&stored));
             let path = format!("{:064x}/layer.tar", i + 1);
             files.push((format!("{:064x}/VERSION", i + 1), b"1.0".to_vec()));
@@ -341,7 +397,7 @@ impl TestImage {
             manifest: config_digest.clone(),
             config: config_digest,
             layers,
-            diff_ids: self.layers.iter().map(|l| Digest::of(&l.tar)).collect(),
+            diff_ids: self.layers.iter().map(TestLayer::real_diff_id).collect(),
         };
         (files, written)
     }
