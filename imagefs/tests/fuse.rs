@@ -126,6 +126,7 @@ fn flatten() -> Flat {
             free_bytes: 1 << 20,
             spare_inodes: 64,
         },
+        ..FlattenOptions::default()
     };
     flatten_to_file(&src, &image, &opts).expect("flatten");
     Flat { dir, image }

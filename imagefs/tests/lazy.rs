@@ -50,6 +50,7 @@ fn env() -> Env {
                 free_bytes: 1 << 20,
                 spare_inodes: 64,
             },
+            ..FlattenOptions::default()
         },
         domain: "test".into(),
         threads: 2,

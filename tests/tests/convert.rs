@@ -68,6 +68,7 @@ fn options(domain: &str) -> ConvertOptions {
                 free_bytes: 1 << 20,
                 spare_inodes: 64,
             },
+            ..FlattenOptions::default()
         },
         domain: domain.into(),
         threads: 2,

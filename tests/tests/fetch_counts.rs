@@ -73,6 +73,7 @@ fn setup() -> Setup {
                 free_bytes: 1 << 20,
                 spare_inodes: 64,
             },
+            ..FlattenOptions::default()
         },
         tag: Some("t".into()),
         threads: 2,

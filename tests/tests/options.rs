@@ -45,6 +45,7 @@ fn opts(chunk_size: u64, free_bytes: u64, spare_inodes: u32) -> FlattenOptions {
             free_bytes,
             spare_inodes,
         },
+        ..FlattenOptions::default()
     }
 }
 

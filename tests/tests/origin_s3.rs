@@ -67,6 +67,7 @@ fn options(tag: Option<&str>) -> ConvertOptions {
                 free_bytes: 1 << 20,
                 spare_inodes: 64,
             },
+            ..FlattenOptions::default()
         },
         domain: "d".into(),
         threads: 2,

@@ -273,6 +273,7 @@ impl Command {
             } => {
                 let opts = FlattenOptions {
                     ext4: layout.ext4(),
+                    ..FlattenOptions::default()
                 };
                 let flattened = flatten_to_file(&source, &output, &opts)?;
                 report::flattened(&mut stdout(), &flattened, &output)?;
@@ -291,6 +292,7 @@ impl Command {
                 let mut opts = ConvertOptions {
                     flatten: FlattenOptions {
                         ext4: layout.ext4(),
+                        ..FlattenOptions::default()
                     },
                     domain,
                     tag,

@@ -17,6 +17,34 @@ pub const MAX_EXTENT_LEN: u32 = 32768;
 /// Bytes read from a file per step; a multiple of the block size.
 const READ_STEP: usize = 256 * 1024;
 
+/// A file's bytes for [`DataWriter::write_file`]: a reader that may know
+/// where its holes are, so they are skipped instead of read as zeros.
+pub trait FileSource: Read {
+    /// Bytes from the current position known to read as zeros.
+    fn hole_ahead(&mut self) -> u64 {
+        0
+    }
+    /// Bytes from the current position before the next known hole.
+    fn data_ahead(&mut self) -> u64 {
+        u64::MAX
+    }
+    /// Move past `n` bytes of a hole (at most [`FileSource::hole_ahead`]).
+    fn skip_hole(&mut self, n: u64) {
+        let _ = n;
+    }
+}
+
+/// A plain reader: no known holes (zero blocks still become holes).
+struct Dense<'a>(&'a mut dyn Read);
+
+impl Read for Dense<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl FileSource for Dense<'_> {}
+
 /// Places file data at growing block numbers.
 #[derive(Debug)]
 pub struct DataWriter {
@@ -56,11 +84,40 @@ impl DataWriter {
         src: &mut dyn Read,
         size: u64,
     ) -> io::Result<FileData> {
+        self.write_sparse_file(sink, &mut Dense(src), size)
+    }
+
+    /// As [`DataWriter::write_file`], skipping the holes `src` knows of:
+    /// whole blocks of them are never read, so the work follows the data,
+    /// not the file size.
+    pub fn write_sparse_file(
+        &mut self,
+        sink: &mut dyn ImageSink,
+        src: &mut dyn FileSource,
+        size: u64,
+    ) -> io::Result<FileData> {
+        let bs = u64::from(BLOCK_SIZE);
         let mut extents: Vec<Extent> = Vec::new();
+        // Every step but the last consumes whole blocks, so `logical` stays
+        // block-aligned.
         let mut logical = 0u64;
         let mut remaining = size;
         while remaining > 0 {
-            let want = remaining.min(READ_STEP as u64) as usize;
+            let skip = src.hole_ahead().min(remaining) / bs * bs;
+            if skip > 0 {
+                src.skip_hole(skip);
+                remaining -= skip;
+                logical += skip / bs;
+                continue;
+            }
+            let mut want = remaining.min(READ_STEP as u64);
+            let data = src.data_ahead();
+            if data < want {
+                // Stop at the first block boundary past the data, where the
+                // next hole can be skipped.
+                want = data.max(1).next_multiple_of(bs).min(remaining);
+            }
+            let want = want as usize;
             let buf = &mut self.buf[..want];
             src.read_exact(buf)?;
             remaining -= want as u64;

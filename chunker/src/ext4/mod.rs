@@ -37,7 +37,7 @@ mod writer;
 mod xattr;
 
 use data::DataWriter;
-pub use data::MAX_EXTENT_LEN;
+pub use data::{FileSource, MAX_EXTENT_LEN};
 
 use std::io::{self, Read};
 
@@ -165,6 +165,16 @@ impl<S: ImageSink> Ext4Builder<S> {
     /// image. All-zero blocks become holes.
     pub fn write_file(&mut self, src: &mut dyn Read, size: u64) -> io::Result<FileData> {
         self.data.write_file(&mut self.sink, src, size)
+    }
+
+    /// As [`Ext4Builder::write_file`], never reading the holes `src`
+    /// knows of.
+    pub fn write_sparse_file(
+        &mut self,
+        src: &mut dyn FileSource,
+        size: u64,
+    ) -> io::Result<FileData> {
+        self.data.write_sparse_file(&mut self.sink, src, size)
     }
 
     /// Mix bytes that identify the content (layer digests, say) into the

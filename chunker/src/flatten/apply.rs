@@ -2,24 +2,24 @@
 //!
 //! Regular files stream straight into the image as they are met; the tree
 //! only records where their bytes went. Whiteouts apply to lower layers
-//! only, so the applier remembers which paths this layer has put (and
-//! their ancestors): an opaque marker or whiteout that comes after
-//! same-layer entries prunes only what is not from this layer.
+//! only, so the applier remembers which directory entries this layer has
+//! put (and their ancestors), by parent inode and name: an opaque marker
+//! or whiteout that comes after same-layer entries prunes only what is not
+//! from this layer. Keyed by inode, the set costs one name per entry,
+//! whatever the depth (by path it cost the sum of all prefixes).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, HashSet};
 use std::io::{self, Read};
 
-use super::entry::{self, Change, Components, EntryError, PaxAttrs};
-use super::pax;
+use super::entry::{self, Change, EntryError, PaxAttrs};
+use super::limits::{Limits, MAX_FILE_SIZE};
 use super::resolve;
 use super::sparse::{self, SparseReader};
+use super::tarstream::{TarEntry, TarError, TarReader};
 use crate::ext4::Ext4Builder;
-use crate::oci::Digest;
+use crate::oci::{Digest, LimitExceeded};
 use crate::sink::ImageSink;
-use crate::tree::{InodeKind, Tree, implicit_dir_metadata};
-
-/// PAX records as `(key, value)` pairs.
-type PaxRecords = Vec<(Vec<u8>, Vec<u8>)>;
+use crate::tree::{InodeId, InodeKind, Tree, implicit_dir_metadata};
 
 /// Errors from reading one layer's tar.
 #[derive(Debug, thiserror::Error)]
@@ -39,64 +39,93 @@ pub enum LayerError {
     Entry {
         /// The layer.
         layer: Digest,
-        /// The entry's path as written in the tar.
+        /// The entry's path as written in the tar (shortened when long).
         entry: String,
         /// What is wrong with it.
         source: EntryError,
     },
 }
 
+/// An entry's name for an error: lossy UTF-8, at most 256 bytes of it.
+fn entry_name(path: &[u8]) -> String {
+    const SHOWN: usize = 256;
+    if path.len() <= SHOWN {
+        return String::from_utf8_lossy(path).into_owned();
+    }
+    format!(
+        "{}... ({} bytes)",
+        String::from_utf8_lossy(&path[..SHOWN]),
+        path.len()
+    )
+}
+
 fn refs(path: &[Vec<u8>]) -> Vec<&[u8]> {
     path.iter().map(Vec::as_slice).collect()
 }
 
-/// Per-layer state: the paths this layer has put, with their ancestors.
+/// Per-layer state: the directory entries this layer has put, with their
+/// ancestors, as `(parent inode, name)`.
 #[derive(Debug, Default)]
 struct Applier {
-    touched: BTreeSet<Components>,
+    touched: HashSet<(InodeId, Vec<u8>)>,
 }
 
 impl Applier {
-    fn mark(&mut self, path: &[Vec<u8>]) {
-        // Ancestors of a touched path are touched already, so stop at the
-        // first one found.
-        for end in (1..=path.len()).rev() {
-            if !self.touched.insert(path[..end].to_vec()) {
-                break;
+    fn is_touched(&self, dir: InodeId, name: &[u8]) -> bool {
+        // Borrowed lookups need the owned key; names are short.
+        self.touched.contains(&(dir, name.to_vec()))
+    }
+
+    fn mark(&mut self, tree: &Tree, path: &[Vec<u8>]) {
+        let mut cur = tree.root();
+        for name in path {
+            if !self.is_touched(cur, name) {
+                self.touched.insert((cur, name.clone()));
+            }
+            match tree.child(cur, name) {
+                Some(id) => cur = id,
+                None => return,
             }
         }
     }
 
-    /// Remove the lower-layer contents of the directory at `dir`, keeping
-    /// whatever this layer put there.
-    fn prune(&self, tree: &mut Tree, dir: &[Vec<u8>]) -> Result<(), EntryError> {
-        let Some(id) = tree.lookup(&refs(dir)) else {
-            return Ok(());
-        };
-        let Some(entries) = tree.entries(id) else {
-            return Ok(());
-        };
-        let names: Vec<Vec<u8>> = entries.keys().cloned().collect();
-        for name in names {
-            let mut child = dir.to_vec();
-            child.push(name);
-            if self.touched.contains(&child) {
-                self.prune(tree, &child)?;
-            } else {
-                tree.remove(&refs(&child))?;
+    /// Remove the lower-layer contents of directory `dir`, keeping whatever
+    /// this layer put there. Iterative: the tree may be as deep as paths
+    /// are allowed to be.
+    fn prune(&self, tree: &mut Tree, dir: InodeId) {
+        let mut todo = vec![dir];
+        while let Some(dir) = todo.pop() {
+            let Some(entries) = tree.entries(dir) else {
+                continue;
+            };
+            let children: Vec<(Vec<u8>, InodeId)> =
+                entries.iter().map(|(n, &id)| (n.clone(), id)).collect();
+            for (name, child) in children {
+                if self.is_touched(dir, &name) {
+                    todo.push(child);
+                } else {
+                    tree.remove_child(dir, &name);
+                }
             }
         }
-        Ok(())
     }
 
     fn whiteout(&self, tree: &mut Tree, target: &[Vec<u8>]) -> Result<(), EntryError> {
-        if self.touched.contains(target) {
+        let Some((name, parents)) = target.split_last() else {
+            return Err(crate::tree::TreeError::Root.into());
+        };
+        let Some(parent) = tree.lookup(&refs(parents)) else {
+            return Ok(());
+        };
+        if self.is_touched(parent, name) {
             // Put by this layer: only lower-layer contents under it go.
-            self.prune(tree, target)
+            if let Some(id) = tree.child(parent, name) {
+                self.prune(tree, id);
+            }
         } else {
-            tree.remove(&refs(target))?;
-            Ok(())
+            tree.remove_child(parent, name);
         }
+        Ok(())
     }
 
     fn opaque(&self, tree: &mut Tree, dir: &[Vec<u8>]) -> Result<(), EntryError> {
@@ -112,31 +141,21 @@ impl Applier {
                 tree.insert(&refs(dir), kind, implicit_dir_metadata())?;
             }
         }
-        self.prune(tree, dir)
+        if let Some(id) = tree.lookup(&refs(dir)) {
+            self.prune(tree, id);
+        }
+        Ok(())
     }
 
     fn apply<R: Read, S: ImageSink>(
         &mut self,
-        entry: &mut tar::Entry<'_, R>,
-        recovered: &dyn Fn() -> Option<PaxRecords>,
+        reader: &mut TarReader<R>,
+        entry: &TarEntry,
+        limits: &Limits,
         tree: &mut Tree,
         builder: &mut Ext4Builder<S>,
     ) -> Result<(), EntryError> {
-        let pairs = match entry.pax_extensions().map_err(EntryError::Header)? {
-            Some(records) => {
-                let parsed: Result<Vec<_>, _> = records
-                    .map(|r| r.map(|r| (r.key_bytes().to_vec(), r.value_bytes().to_vec())))
-                    .collect();
-                match parsed {
-                    Ok(pairs) => Some(pairs),
-                    // The crate splits records on newlines; values may hold
-                    // them. Read the records by their length prefixes.
-                    Err(err) => Some(recovered().ok_or(EntryError::Header(err))?),
-                }
-            }
-            None => None,
-        };
-        let pax = match pairs {
+        let pax = match &entry.pax {
             Some(pairs) => {
                 entry::pax_attrs(pairs.iter().map(|(k, v)| (k.as_slice(), v.as_slice())))?
             }
@@ -144,13 +163,21 @@ impl Applier {
         };
         // A PAX sparse file's header holds a made-up name; the real one is
         // in its records.
-        let raw_path = match pax.sparse.as_ref().and_then(|s| s.name.clone()) {
+        let raw_path = match pax.sparse.as_ref().and_then(|s| s.name.as_ref()) {
             Some(name) => name,
-            None => entry.path_bytes().into_owned(),
+            None => &entry.path,
         };
-        let path = entry::normalize_path(&raw_path)?;
+        // Checked before anything else is done with the path.
+        if raw_path.len() > limits.max_path_bytes {
+            return Err(EntryError::PathTooLong {
+                bytes: raw_path.len(),
+                limit: limits.max_path_bytes,
+            });
+        }
+        let path = entry::normalize_path(raw_path)?;
+        entry::check_path(raw_path.len(), &path, limits)?;
         // Parents that are symlinks in lower layers lead where they point.
-        let path = resolve::resolve_parent(tree, &path)?;
+        let path = resolve::resolve_parent(tree, &path, limits)?;
         let (name, parent) = match path.split_last() {
             Some((name, parent)) => (name.as_slice(), parent),
             None => (&b""[..], &path[..0]),
@@ -165,9 +192,10 @@ impl Applier {
             }
             Change::Put => {}
         }
-        let meta = entry::metadata(entry.header(), &pax)?;
-        let mut kind = entry.header().entry_type();
-        if kind == tar::EntryType::Regular && raw_path.ends_with(b"/") && entry.size() == 0 {
+        let header = &entry.header;
+        let meta = entry::metadata(header, &pax)?;
+        let mut kind = header.entry_type();
+        if kind == tar::EntryType::Regular && raw_path.ends_with(b"/") && entry.size == 0 {
             // Pre-POSIX tars mark directories only by the trailing slash.
             kind = tar::EntryType::Directory;
         }
@@ -183,51 +211,43 @@ impl Applier {
         debug_assert!(!name.is_empty());
         let at = refs(&path);
         let (major, minor) = if matches!(kind, tar::EntryType::Char | tar::EntryType::Block) {
-            let h = entry.header();
-            let major = h.device_major().map_err(EntryError::Header)?.unwrap_or(0);
-            let minor = h.device_minor().map_err(EntryError::Header)?.unwrap_or(0);
+            let major = header
+                .device_major()
+                .map_err(EntryError::Header)?
+                .unwrap_or(0);
+            let minor = header
+                .device_minor()
+                .map_err(EntryError::Header)?
+                .unwrap_or(0);
             (major, minor)
         } else {
             (0, 0)
         };
+        let link_target = || -> Result<Vec<u8>, EntryError> {
+            let raw = entry.link.clone().ok_or(EntryError::NoLinkTarget)?;
+            if raw.len() > limits.max_path_bytes {
+                return Err(EntryError::PathTooLong {
+                    bytes: raw.len(),
+                    limit: limits.max_path_bytes,
+                });
+            }
+            Ok(raw)
+        };
         let inode = match kind {
             tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
-                // For a GNU sparse entry the tar crate expands the holes
-                // as zeros; the writer turns zero blocks back into holes.
-                let data = match &pax.sparse {
-                    None => {
-                        let size = entry.size();
-                        builder.write_file(entry, size)
-                    }
-                    Some(sp) => {
-                        let size = sp.real_size.ok_or_else(|| EntryError::BadSparse {
-                            reason: "no real size".into(),
-                        })?;
-                        let map = if sp.major == Some(1) {
-                            sparse::read_map_v1(entry)?
-                        } else {
-                            sp.map.clone()
-                        };
-                        sparse::check_map(&map, size)?;
-                        builder.write_file(&mut SparseReader::new(entry, &map, size), size)
-                    }
-                };
-                InodeKind::File(data.map_err(EntryError::Data)?)
+                InodeKind::File(self.file(reader, entry, &pax, builder)?)
             }
             tar::EntryType::Directory => InodeKind::Dir {
                 entries: BTreeMap::new(),
             },
             tar::EntryType::Symlink => InodeKind::Symlink {
-                target: entry
-                    .link_name_bytes()
-                    .ok_or(EntryError::NoLinkTarget)?
-                    .into_owned(),
+                target: link_target()?,
             },
             tar::EntryType::Char => InodeKind::CharDev { major, minor },
             tar::EntryType::Block => InodeKind::BlockDev { major, minor },
             tar::EntryType::Fifo => InodeKind::Fifo,
             tar::EntryType::Link => {
-                let raw = entry.link_name_bytes().ok_or(EntryError::NoLinkTarget)?;
+                let raw = link_target()?;
                 let target = entry::normalize_path(&raw).map_err(|_| EntryError::LinkEscapes {
                     target: String::from_utf8_lossy(&raw).into_owned(),
                 })?;
@@ -236,66 +256,173 @@ impl Applier {
                         target: String::from_utf8_lossy(&raw).into_owned(),
                     });
                 }
-                let target = resolve::resolve_parent(tree, &target)?;
+                entry::check_path(raw.len(), &target, limits)?;
+                let target = resolve::resolve_parent(tree, &target, limits)?;
                 tree.link(&at, &refs(&target))?;
-                self.mark(&path);
+                self.mark(tree, &path);
                 return Ok(());
             }
             other => return Err(EntryError::UnknownType(char::from(other.as_byte()))),
         };
         tree.insert(&at, inode, meta)?;
-        self.mark(&path);
+        self.mark(tree, &path);
         Ok(())
     }
+
+    /// Stream a regular file's data into the image. Sparse files (PAX or
+    /// old GNU) are expanded with their holes skipped, never read.
+    fn file<R: Read, S: ImageSink>(
+        &self,
+        reader: &mut TarReader<R>,
+        entry: &TarEntry,
+        pax: &PaxAttrs,
+        builder: &mut Ext4Builder<S>,
+    ) -> Result<crate::tree::FileData, EntryError> {
+        let data_err = |e: io::Error| match LimitExceeded::find(&e) {
+            Some(limit) => EntryError::TooLarge(limit.clone()),
+            None => EntryError::Data(e),
+        };
+        let mut data = reader.data();
+        let (map, size) = match (&pax.sparse, &entry.gnu_sparse) {
+            (None, None) => {
+                return builder.write_file(&mut data, entry.size).map_err(data_err);
+            }
+            (Some(sp), _) => {
+                let size = sp.real_size.ok_or_else(|| EntryError::BadSparse {
+                    reason: "no real size".into(),
+                })?;
+                check_sparse_size(size)?;
+                let map = if sp.major == Some(1) {
+                    sparse::read_map_v1(&mut data).map_err(|e| match e {
+                        EntryError::Data(io) => data_err(io),
+                        other => other,
+                    })?
+                } else {
+                    sp.map.clone()
+                };
+                (map, size)
+            }
+            (None, Some(gnu)) => {
+                check_sparse_size(gnu.real_size)?;
+                let stored: u64 = gnu.map.iter().map(|&(_, len)| len).sum();
+                if stored != entry.size {
+                    return Err(EntryError::BadSparse {
+                        reason: format!("the map holds {stored} bytes, the entry {}", entry.size),
+                    });
+                }
+                (gnu.map.clone(), gnu.real_size)
+            }
+        };
+        sparse::check_map(&map, size)?;
+        builder
+            .write_sparse_file(&mut SparseReader::new(&mut data, &map, size), size)
+            .map_err(data_err)
+    }
+}
+
+fn check_sparse_size(size: u64) -> Result<(), EntryError> {
+    if size > MAX_FILE_SIZE {
+        return Err(EntryError::SparseTooLarge {
+            size,
+            limit: MAX_FILE_SIZE,
+        });
+    }
+    Ok(())
 }
 
 /// Apply the layer tar read from `reader` to `tree`, streaming file data into
 /// `builder`. `layer` names the layer in errors. Returns how many entries
 /// the layer had (PAX global headers not counted). The caller starts the
-/// layer with [`Ext4Builder::begin_layer`] and checks the stream's digests
-/// afterwards.
+/// layer with [`Ext4Builder::begin_layer`], caps the stream's bytes and
+/// checks its digests afterwards.
 pub fn apply_layer<R: Read, S: ImageSink>(
     reader: R,
     layer: &Digest,
+    limits: &Limits,
     tree: &mut Tree,
     builder: &mut Ext4Builder<S>,
 ) -> Result<u64, LayerError> {
-    let read_err = |source| LayerError::Read {
-        layer: layer.clone(),
-        source,
-    };
-    let kept = pax::Recorded::default();
-    let mut archive = tar::Archive::new(pax::Recorder::new(reader, kept.clone()));
+    let mut tar = TarReader::new(reader, limits);
     let mut applier = Applier::default();
     let mut count = 0;
-    let mut entries = archive.entries().map_err(read_err)?;
-    // Where the headers of the next entry start: after this one's data.
-    let mut next_header = 0u64;
+    // The last entry read: a limit reached while skipping its data is its.
+    let mut last: Option<String> = None;
     loop {
-        kept.keep_from(next_header);
-        let Some(entry) = entries.next() else { break };
-        // The headers are read; the entry's data need not be kept.
-        kept.freeze();
-        let mut entry = entry.map_err(read_err)?;
-        next_header = (entry.raw_file_position() + entry.size()).next_multiple_of(512);
-        let header_at = entry.raw_header_position();
-        let kind = entry.header().entry_type();
-        if kind.is_pax_global_extensions() {
+        let entry = match tar.next_entry() {
+            Ok(Some(entry)) => entry,
+            Ok(None) => break,
+            Err(TarError::Header { entry, error }) => {
+                return Err(LayerError::Entry {
+                    layer: layer.clone(),
+                    entry: entry_name(&entry),
+                    source: error,
+                });
+            }
+            Err(TarError::Io(source)) => {
+                return Err(match (LimitExceeded::find(&source), last) {
+                    (Some(limit), Some(entry)) => LayerError::Entry {
+                        layer: layer.clone(),
+                        entry,
+                        source: EntryError::TooLarge(limit.clone()),
+                    },
+                    _ => LayerError::Read {
+                        layer: layer.clone(),
+                        source,
+                    },
+                });
+            }
+        };
+        last = Some(entry_name(&entry.path));
+        if entry.header.entry_type().is_pax_global_extensions() {
             // Global defaults (often just a comment); OCI layers do not
             // rely on them and the spec leaves them to the implementation.
+            // Their data is skipped, never held.
             continue;
         }
         count += 1;
-        let recovered = || pax::records_before(&kept, header_at);
         applier
-            .apply(&mut entry, &recovered, tree, builder)
+            .apply(&mut tar, &entry, limits, tree, builder)
             .map_err(|source| LayerError::Entry {
                 layer: layer.clone(),
                 // The header's path: a PAX sparse file's real name may be
                 // what failed to parse.
-                entry: String::from_utf8_lossy(&entry.path_bytes()).into_owned(),
+                entry: entry_name(&entry.path),
                 source,
             })?;
     }
     Ok(count)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tree::Metadata;
+
+    /// A tree deeper than any path limit allows (it can only be built
+    /// directly), every level put by this layer but one lower-layer file
+    /// at the bottom, and an opaque marker at the root: pruning must not
+    /// recurse per level.
+    #[test]
+    fn prune_handles_a_tree_deeper_than_the_stack() {
+        const DEPTH: usize = 200_000;
+        let dirs: Vec<Vec<u8>> = vec![b"d".to_vec(); DEPTH];
+        let with = |leaf: &[u8]| {
+            let mut p = dirs.clone();
+            p.push(leaf.to_vec());
+            p
+        };
+        let file = || InodeKind::File(crate::tree::FileData::default());
+        let mut tree = Tree::new();
+        let (lower, upper) = (with(b"lower"), with(b"upper"));
+        tree.insert(&refs(&lower), file(), Metadata::default())
+            .unwrap();
+        let mut applier = Applier::default();
+        tree.insert(&refs(&upper), file(), Metadata::default())
+            .unwrap();
+        applier.mark(&tree, &upper);
+        let root = tree.root();
+        applier.prune(&mut tree, root);
+        assert!(tree.lookup(&refs(&upper)).is_some());
+        assert!(tree.lookup(&refs(&lower)).is_none());
+    }
 }

@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::io;
 
+use super::limits::Limits;
 use super::sparse::PaxSparse;
 use crate::tree::{Metadata, Timestamp, TreeError};
 
@@ -62,6 +63,46 @@ pub enum EntryError {
         /// What is wrong.
         reason: String,
     },
+    /// A path (the entry's, a link target, or where symlinks lead) is
+    /// longer than [`Limits::max_path_bytes`](super::Limits).
+    #[error("path of {bytes} bytes is over the limit of {limit}")]
+    PathTooLong {
+        /// Its length.
+        bytes: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// A path has more components than [`Limits::max_depth`](super::Limits).
+    #[error("path of {depth} components is over the limit of {limit}")]
+    PathTooDeep {
+        /// Its components.
+        depth: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// An extension header (PAX, GNU long name or link, sparse map) is
+    /// larger than [`Limits::max_header_bytes`](super::Limits); it was not
+    /// read.
+    #[error("'{kind}' extension header of {bytes} bytes is over the limit of {limit}")]
+    HeaderTooLarge {
+        /// The header's type flag.
+        kind: char,
+        /// Its size field (or the extension bytes so far).
+        bytes: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// A sparse file's real size is past ext4's largest file.
+    #[error("sparse file of {size} bytes is larger than ext4's largest file ({limit} bytes)")]
+    SparseTooLarge {
+        /// Its real size.
+        size: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// The layer or the image reached its uncompressed byte limit.
+    #[error(transparent)]
+    TooLarge(#[from] crate::oci::LimitExceeded),
     /// The tree refused the change.
     #[error(transparent)]
     Tree(#[from] TreeError),
@@ -89,6 +130,33 @@ pub fn normalize_path(path: &[u8]) -> Result<Components, EntryError> {
         }
     }
     Ok(out)
+}
+
+/// Check a path against the limits: `raw` as written (or as resolved)
+/// and its components.
+pub fn check_path(raw_len: usize, comps: &[Vec<u8>], limits: &Limits) -> Result<(), EntryError> {
+    if raw_len > limits.max_path_bytes {
+        return Err(EntryError::PathTooLong {
+            bytes: raw_len,
+            limit: limits.max_path_bytes,
+        });
+    }
+    if comps.len() > limits.max_depth {
+        return Err(EntryError::PathTooDeep {
+            depth: comps.len(),
+            limit: limits.max_depth,
+        });
+    }
+    Ok(())
+}
+
+/// Bytes of a path written with `/` between its components.
+pub fn path_len(comps: &[Vec<u8>]) -> usize {
+    comps
+        .iter()
+        .map(|c| c.len() + 1)
+        .sum::<usize>()
+        .saturating_sub(1)
 }
 
 /// What an entry does to the tree.

@@ -9,16 +9,19 @@
 
 pub mod apply;
 pub mod entry;
+mod limits;
 mod output;
 mod pax;
 pub mod resolve;
 pub mod sparse;
+pub mod tarstream;
 
 use std::io;
 use std::path::PathBuf;
 
 pub use apply::{LayerError, apply_layer};
 pub use entry::EntryError;
+pub use limits::{Limits, MAX_FILE_SIZE};
 pub use output::flatten_to_file;
 
 use crate::ext4::{Ext4Builder, Ext4Error, Ext4Options, Ext4Summary};
@@ -31,6 +34,8 @@ use crate::tree::Tree;
 pub struct FlattenOptions {
     /// Options of the ext4 image.
     pub ext4: Ext4Options,
+    /// Caps on what a layer may ask for.
+    pub limits: Limits,
 }
 
 /// What one layer contributed.
@@ -89,19 +94,37 @@ pub enum FlattenError {
 }
 
 /// Apply every layer of `image` to a new tree, streaming file data into
-/// `builder`. Each layer's digests are checked after it is read. The tree
-/// is returned for [`Ext4Builder::finish`] (and for tests to inspect).
+/// `builder`, with the default [`Limits`]. Each layer's digests are checked
+/// after it is read. The tree is returned for [`Ext4Builder::finish`] (and
+/// for tests to inspect).
 pub fn flatten_layers<S: ImageSink>(
     image: &Image,
     builder: &mut Ext4Builder<S>,
 ) -> Result<(Tree, Vec<LayerReport>), FlattenError> {
+    flatten_layers_limited(image, builder, &Limits::default())
+}
+
+/// [`flatten_layers`] with the given limits.
+pub fn flatten_layers_limited<S: ImageSink>(
+    image: &Image,
+    builder: &mut Ext4Builder<S>,
+    limits: &Limits,
+) -> Result<(Tree, Vec<LayerReport>), FlattenError> {
     let mut tree = Tree::new();
     let mut reports = Vec::with_capacity(image.layers.len());
+    let mut image_bytes = 0u64;
     for layer in &image.layers {
         builder.begin_layer();
         let (mut stream, media_type) = image.open_layer(layer)?;
-        let entries = apply_layer(&mut stream, layer.name(), &mut tree, builder)?;
+        let image_left = limits.max_image_bytes.saturating_sub(image_bytes);
+        if image_left < limits.max_layer_bytes {
+            stream.set_limit("image", image_left);
+        } else {
+            stream.set_limit("layer", limits.max_layer_bytes);
+        }
+        let entries = apply_layer(&mut stream, layer.name(), limits, &mut tree, builder)?;
         let digests = stream.finish()?;
+        image_bytes += digests.uncompressed_bytes;
         reports.push(LayerReport {
             digest: digests.digest,
             diff_id: digests.diff_id,
@@ -121,7 +144,7 @@ pub fn flatten_image<S: ImageSink>(
     opts: &FlattenOptions,
 ) -> Result<(S, FlattenReport), FlattenError> {
     let mut builder = Ext4Builder::new(sink, opts.ext4.clone())?;
-    let (tree, layers) = flatten_layers(image, &mut builder)?;
+    let (tree, layers) = flatten_layers_limited(image, &mut builder, &opts.limits)?;
     // The filesystem UUID follows the layers' content, not just metadata.
     for layer in &layers {
         builder.identify(layer.diff_id.to_string().as_bytes());

@@ -9,48 +9,72 @@
 
 use std::collections::VecDeque;
 
-use super::entry::{Components, EntryError};
-use crate::tree::{InodeKind, Tree};
+use super::entry::{self, Components, EntryError};
+use super::limits::Limits;
+use crate::tree::{InodeId, InodeKind, Tree};
 
-/// Symlinks followed for one path before giving up, as Linux does.
+/// Symlinks followed for one path before giving up, as Linux does. With
+/// targets at most `max_path_bytes` long (checked when a symlink is put),
+/// this bounds the work of one resolution.
 const MAX_HOPS: u32 = 40;
 
 /// `path` with every parent component that is a symlink replaced by where
 /// it leads inside the root. Components that do not exist yet stay as they
-/// are (the tree creates them as implicit directories).
-pub fn resolve_parent(tree: &Tree, path: &[Vec<u8>]) -> Result<Components, EntryError> {
+/// are (the tree creates them as implicit directories). The result is held
+/// to the path limits too: symlinks may lead deeper than the path itself.
+pub fn resolve_parent(
+    tree: &Tree,
+    path: &[Vec<u8>],
+    limits: &Limits,
+) -> Result<Components, EntryError> {
     let Some((name, parents)) = path.split_last() else {
         return Ok(Vec::new());
     };
-    let mut resolved = resolve_dir(tree, parents)?;
+    let mut resolved = resolve_dir(tree, parents, limits)?;
     resolved.push(name.clone());
+    entry::check_path(entry::path_len(&resolved), &resolved, limits)?;
     Ok(resolved)
 }
 
 /// A directory path with every component resolved, the last one included.
-pub fn resolve_dir(tree: &Tree, dir: &[Vec<u8>]) -> Result<Components, EntryError> {
+///
+/// Each step looks one name up in the directory reached so far (not the
+/// whole path again from the root), so a path costs time linear in its
+/// length.
+pub fn resolve_dir(
+    tree: &Tree,
+    dir: &[Vec<u8>],
+    limits: &Limits,
+) -> Result<Components, EntryError> {
     let mut todo: VecDeque<Vec<u8>> = dir.iter().cloned().collect();
     let mut resolved: Components = Vec::new();
+    // The inode of each resolved component, while they exist: once one is
+    // missing, nothing below it can be a symlink.
+    let mut ids: Vec<InodeId> = Vec::new();
     let mut hops = 0;
-    // Once a component is missing, nothing below it can be a symlink.
-    let mut exists = true;
     while let Some(c) = todo.pop_front() {
         match c.as_slice() {
             b"" | b"." => continue,
             b".." => {
                 resolved.pop();
-                exists = true;
+                ids.truncate(resolved.len());
                 continue;
             }
             _ => {}
         }
         resolved.push(c);
-        if !exists {
+        if resolved.len() > limits.max_depth {
+            return Err(EntryError::PathTooDeep {
+                depth: resolved.len(),
+                limit: limits.max_depth,
+            });
+        }
+        if ids.len() + 1 != resolved.len() {
             continue;
         }
-        let comps: Vec<&[u8]> = resolved.iter().map(Vec::as_slice).collect();
-        let Some(id) = tree.lookup(&comps) else {
-            exists = false;
+        let here = ids.last().copied().unwrap_or(tree.root());
+        let name = &resolved[resolved.len() - 1];
+        let Some(id) = tree.child(here, name) else {
             continue;
         };
         if let InodeKind::Symlink { target } = &tree.inode(id).kind {
@@ -61,10 +85,13 @@ pub fn resolve_dir(tree: &Tree, dir: &[Vec<u8>]) -> Result<Components, EntryErro
             resolved.pop();
             if target.first() == Some(&b'/') {
                 resolved.clear();
+                ids.clear();
             }
             for part in target.split(|&b| b == b'/').rev() {
                 todo.push_front(part.to_vec());
             }
+        } else {
+            ids.push(id);
         }
     }
     Ok(resolved)
@@ -122,7 +149,8 @@ mod tests {
             ("loop1", "loop2"),
             ("loop2", "loop1"),
         ]);
-        let r = |p: &str| resolve_parent(&t, &comps(p)).unwrap();
+        let l = Limits::default();
+        let r = |p: &str| resolve_parent(&t, &comps(p), &l).unwrap();
         assert_eq!(r("lib/x"), comps("usr/lib/x"));
         assert_eq!(r("abs/x"), comps("usr/lib/x"));
         assert_eq!(r("a/b/up/lib/x"), comps("usr/lib/x"));
@@ -136,9 +164,12 @@ mod tests {
         // A file parent is left for the tree to refuse.
         assert_eq!(r("a/file/x"), comps("a/file/x"));
         assert!(matches!(
-            resolve_parent(&t, &comps("loop1/x")),
+            resolve_parent(&t, &comps("loop1/x"), &l),
             Err(EntryError::SymlinkLoop)
         ));
-        assert_eq!(resolve_dir(&t, &comps("lib")).unwrap(), comps("usr/lib"));
+        assert_eq!(
+            resolve_dir(&t, &comps("lib"), &l).unwrap(),
+            comps("usr/lib")
+        );
     }
 }

@@ -10,6 +10,7 @@
 use std::io::{self, Read};
 
 use super::entry::EntryError;
+use crate::ext4::FileSource;
 
 /// Sanity limit on the number of runs: a map this large is an attack.
 const MAX_RUNS: usize = 1 << 20;
@@ -144,6 +145,40 @@ impl<'a, R: Read> SparseReader<'a, R> {
             pos: 0,
             size,
         }
+    }
+}
+
+impl<R: Read> SparseReader<'_, R> {
+    /// Drop the runs that end at or before the current position.
+    fn skip_done(&mut self) {
+        while let Some(&(offset, len)) = self.map.first() {
+            if offset + len > self.pos {
+                break;
+            }
+            self.map = &self.map[1..];
+        }
+    }
+}
+
+impl<R: Read> FileSource for SparseReader<'_, R> {
+    fn hole_ahead(&mut self) -> u64 {
+        self.skip_done();
+        match self.map.first() {
+            Some(&(offset, _)) => offset.saturating_sub(self.pos),
+            None => self.size - self.pos,
+        }
+    }
+
+    fn data_ahead(&mut self) -> u64 {
+        self.skip_done();
+        match self.map.first() {
+            Some(&(offset, len)) if offset <= self.pos => offset + len - self.pos,
+            _ => 0,
+        }
+    }
+
+    fn skip_hole(&mut self, n: u64) {
+        self.pos += n.min(self.hole_ahead());
     }
 }
 

@@ -125,6 +125,7 @@ fn flatten(image: &Image) -> Vec<u8> {
             free_bytes: 0,
             spare_inodes: 0,
         },
+        ..FlattenOptions::default()
     };
     flatten_to_file(&src, &path, &opts).expect("flatten");
     std::fs::read(path).unwrap()

@@ -76,6 +76,7 @@ pub fn flatten_options(chunk_size: u64, free: u64) -> FlattenOptions {
             free_bytes: free,
             spare_inodes: 256,
         },
+        ..FlattenOptions::default()
     }
 }
 

@@ -43,6 +43,7 @@ pub fn store_of(image: Image) -> TempDir {
                 free_bytes: 1 << 20,
                 spare_inodes: 16,
             },
+            ..FlattenOptions::default()
         },
         domain: "default".into(),
         threads: 2,
