@@ -15,6 +15,8 @@ pub mod chunking;
 pub mod convert;
 pub mod ext4;
 pub mod flatten;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod oci;
 pub mod sink;
 pub mod tree;
