@@ -195,9 +195,24 @@ fn header(path: &[u8], kind: u8, size: u64) -> tar::Header {
     h.as_old_mut().name[..n].copy_from_slice(&path[..n]);
     h.set_entry_type(tar::EntryType::new(kind));
     h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
     h.set_mtime(0);
     h.set_size(size);
     h
+}
+
+/// A 12-byte numeric field: octal when it fits, else GNU base-256.
+fn numeric(field: &mut [u8; 12], v: u64) {
+    let s = format!("{v:011o}");
+    if s.len() == 11 {
+        field[..11].copy_from_slice(s.as_bytes());
+        field[11] = 0;
+    } else {
+        field.fill(0);
+        field[4..].copy_from_slice(&v.to_be_bytes());
+        field[0] = 0x80;
+    }
 }
 
 impl Writer {
@@ -329,18 +344,11 @@ impl Writer {
                 let mut h = header(&path.bytes(), b'S', stored);
                 let gnu = h.as_gnu_mut().expect("a GNU header");
                 let real = u64::from(*real) << shift;
-                let octal = |field: &mut [u8; 12], v: u64| {
-                    let s = format!("{v:011o}");
-                    if s.len() == 11 {
-                        field[..11].copy_from_slice(s.as_bytes());
-                        field[11] = 0;
-                    }
-                };
-                octal(&mut gnu.realsize, real);
+                numeric(&mut gnu.realsize, real);
                 let (first, rest) = runs.split_at(runs.len().min(4));
                 for (slot, (off, len)) in gnu.sparse.iter_mut().zip(first) {
-                    octal(&mut slot.offset, u64::from(*off) << shift);
-                    octal(&mut slot.numbytes, u64::from(*len));
+                    numeric(&mut slot.offset, u64::from(*off) << shift);
+                    numeric(&mut slot.numbytes, u64::from(*len));
                 }
                 gnu.isextended[0] = u8::from(!rest.is_empty());
                 h.set_cksum();
@@ -349,8 +357,8 @@ impl Writer {
                 for (i, group) in groups.iter().enumerate() {
                     let mut ext = tar::GnuExtSparseHeader::new();
                     for (slot, (off, len)) in ext.sparse.iter_mut().zip(group.iter()) {
-                        octal(&mut slot.offset, u64::from(*off) << shift);
-                        octal(&mut slot.numbytes, u64::from(*len));
+                        numeric(&mut slot.offset, u64::from(*off) << shift);
+                        numeric(&mut slot.numbytes, u64::from(*len));
                     }
                     ext.isextended[0] = u8::from(i + 1 < groups.len());
                     self.out.extend_from_slice(ext.as_bytes());

@@ -77,11 +77,14 @@ fn read_file(image: &[u8], data: &FileData) -> Vec<u8> {
 }
 
 fn flatten_layers_of(layers: Vec<TarWriter>) -> Result<Flat, FlattenError> {
+    flatten_tars_of(layers.iter().map(TarWriter::finish).collect())
+}
+
+fn flatten_tars_of(tars: Vec<Vec<u8>>) -> Result<Flat, FlattenError> {
     let tmp = tempfile::tempdir().unwrap();
     let img = TestImage::new(
-        layers
-            .iter()
-            .map(|t| TestLayer::new(t.finish(), Compression::Gzip))
+        tars.into_iter()
+            .map(|t| TestLayer::new(t, Compression::Gzip))
             .collect(),
     );
     img.write_layout(tmp.path(), "t");
@@ -101,6 +104,10 @@ fn flatten_layers_of(layers: Vec<TarWriter>) -> Result<Flat, FlattenError> {
 
 fn flat(layers: Vec<TarWriter>) -> Flat {
     flatten_layers_of(layers).unwrap()
+}
+
+fn flat_tars(tars: Vec<Vec<u8>>) -> Flat {
+    flatten_tars_of(tars).unwrap()
 }
 
 fn layer(f: impl FnOnce(&mut TarWriter)) -> TarWriter {
@@ -123,3 +130,4 @@ fn entry_error(layers: Vec<TarWriter>) -> (Digest, String, EntryError) {
 
 mod changesets;
 mod errors;
+mod gnu_sparse;
