@@ -51,7 +51,8 @@ impl GenPath {
             .collect();
         let one = one.join("/");
         let mut out = one.clone();
-        for _ in 0..self.repeat {
+        // Deep enough to pass every path limit, bounded for the fuzzer.
+        for _ in 0..self.repeat.min(2100) {
             out.push('/');
             out.push_str(&one);
         }
@@ -558,4 +559,96 @@ pub fn oci_seed(image: &crate::oci::testimg::TestImage) -> Vec<u8> {
         b"\"size\":@MSIZE@",
     );
     [index, manifest, config].join(&PART_SEPARATOR)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::oci::Compression;
+    use crate::oci::testimg::{TarWriter, TestImage, TestLayer};
+
+    fn path(parts: &[u8], repeat: u16) -> GenPath {
+        GenPath {
+            parts: parts.to_vec(),
+            repeat,
+            slash: false,
+        }
+    }
+
+    /// The generator's layers go through the real flatten: the findings'
+    /// shapes, built the way the fuzzer builds them.
+    #[test]
+    fn generated_layers_hit_the_limits_and_the_link_check() {
+        let limits = small_limits();
+        // `dir/`, `dir/a`, then a hard link `dir` -> `dir/a`.
+        let tar = layer_tar(&[
+            GenEntry::Dir {
+                path: path(&[2], 0),
+                form: PathForm::Header,
+            },
+            GenEntry::File {
+                path: path(&[2, 0], 0),
+                form: PathForm::Pax,
+                len: 10,
+                fill: 1,
+            },
+            GenEntry::HardLink {
+                path: path(&[2], 0),
+                target: path(&[2, 0], 0),
+                form: PathForm::GnuLong,
+            },
+        ]);
+        let err = flatten_tars(&[tar], &limits).unwrap_err().to_string();
+        assert!(err.contains("entry \"dir\""), "{err}");
+        // 2101 components.
+        let deep = GenEntry::File {
+            path: path(&[0], 2100),
+            form: PathForm::GnuLong,
+            len: 1,
+            fill: 1,
+        };
+        let err = flatten_tars(&[layer_tar(&[deep])], &limits).unwrap_err();
+        let chain = format!("{err}: {}", std::error::Error::source(&err).unwrap());
+        assert!(chain.contains("path of 4201 bytes"), "{chain}");
+        // An extension header claiming 1 GiB is refused unread.
+        let big = GenEntry::Oversized {
+            kind: 1,
+            claim: 1 << 20,
+        };
+        let err = flatten_tars(&[layer_tar(&[big])], &limits).unwrap_err();
+        let chain = format!("{err}: {}", std::error::Error::source(&err).unwrap());
+        assert!(
+            chain.contains("'L' extension header of 1073741824 bytes"),
+            "{chain}"
+        );
+    }
+
+    fn seed_image() -> TestImage {
+        let mut t = TarWriter::new();
+        t.file("f", b"x");
+        TestImage::new(vec![TestLayer::new(t.finish(), Compression::Gzip)])
+    }
+
+    /// The seed's placeholders make a layout that opens, so the fuzzer
+    /// starts past the digest checks. With `OCI_PARSE_SEED_OUT` set, the
+    /// seed is also written there (how `fuzz/seeds/oci_parse` was made).
+    #[test]
+    fn oci_seed_opens_as_a_layout() {
+        let seed = oci_seed(&seed_image());
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("layout");
+        oci_layout(&dir, &seed).unwrap();
+        let image = crate::oci::Image::open(&crate::oci::ImageSource::OciLayout {
+            dir: dir.clone(),
+            reference: None,
+        })
+        .unwrap();
+        assert_eq!(image.layers.len(), 1);
+        // Runs without panicking on the seed and on garbage.
+        oci_parse(&dir, &seed);
+        oci_parse(&dir, b"\xff\xff{");
+        if let Ok(out) = std::env::var("OCI_PARSE_SEED_OUT") {
+            std::fs::write(out, &seed).unwrap();
+        }
+    }
 }
