@@ -219,6 +219,11 @@ impl Tree {
             .expect("inode id refers to a removed inode")
     }
 
+    /// Whether `id` names a live inode.
+    pub fn contains(&self, id: InodeId) -> bool {
+        self.inodes.get(id.0 as usize).is_some_and(Option::is_some)
+    }
+
     /// Mutable access to an inode, as [`Tree::inode`].
     pub fn inode_mut(&mut self, id: InodeId) -> &mut Inode {
         self.inodes[id.0 as usize]

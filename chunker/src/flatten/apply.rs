@@ -95,6 +95,11 @@ impl Applier {
     fn prune(&self, tree: &mut Tree, dir: InodeId) {
         let mut todo = vec![dir];
         while let Some(dir) = todo.pop() {
+            // Directories have one name, so nothing queued is freed before
+            // it is reached; checked anyway, as a freed id would panic.
+            if !tree.contains(dir) {
+                continue;
+            }
             let Some(entries) = tree.entries(dir) else {
                 continue;
             };

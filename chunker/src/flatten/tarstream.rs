@@ -90,6 +90,12 @@ fn header_err(header: &tar::Header, msg: &str) -> TarError {
     bad(header, EntryError::Header(io::Error::other(msg.to_owned())))
 }
 
+/// Bytes after `size` bytes of data to the next block. Not by rounding
+/// up: a size field (or PAX `size` record) may be near `u64::MAX`.
+fn padding(size: u64) -> u64 {
+    (BLOCK - size % BLOCK) % BLOCK
+}
+
 /// Strip the one NUL GNU tar puts after a long name.
 fn strip_nul(mut v: Vec<u8>) -> Vec<u8> {
     if v.last() == Some(&0) {
@@ -150,7 +156,7 @@ impl<R: Read> TarReader<R> {
     fn extension_data(&mut self, size: u64) -> io::Result<Vec<u8>> {
         let mut v = vec![0u8; size as usize];
         self.inner.read_exact(&mut v)?;
-        self.skip(size.next_multiple_of(BLOCK) - size)?;
+        self.skip(padding(size))?;
         Ok(v)
     }
 
@@ -279,7 +285,7 @@ impl<R: Read> TarReader<R> {
                     .or_else(|| header.link_name_bytes().map(|l| l.into_owned())),
             };
             self.data_left = size;
-            self.pad_left = size.next_multiple_of(BLOCK) - size;
+            self.pad_left = padding(size);
             return Ok(Some(TarEntry {
                 header,
                 path,
@@ -368,5 +374,87 @@ impl<R: Read> Read for Data<'_, R> {
         }
         self.reader.data_left -= n as u64;
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::oci::testimg::{TarWriter, header};
+
+    fn first(tar: &[u8]) -> Result<Option<TarEntry>, TarError> {
+        TarReader::new(tar, &Limits::default()).next_entry()
+    }
+
+    #[test]
+    fn sizes_near_the_top_of_u64_are_a_clean_error() {
+        // A PAX size record of u64::MAX: rounding it up to a block
+        // overflowed.
+        let mut t = TarWriter::new();
+        t.pax(&[("size", u64::MAX.to_string().as_bytes())])
+            .file("f", b"");
+        let tar = t.finish();
+        let mut r = TarReader::new(&tar[..], &Limits::default());
+        let e = r.next_entry().unwrap().unwrap();
+        assert_eq!(e.size, u64::MAX);
+        let mut buf = Vec::new();
+        assert!(r.data().read_to_end(&mut buf).is_err());
+        assert!(r.next_entry().is_err());
+        // Not a number.
+        let mut t = TarWriter::new();
+        t.pax(&[("size", b"-1")]).file("f", b"");
+        assert!(matches!(
+            first(&t.finish()),
+            Err(TarError::Header {
+                error: EntryError::Pax { .. },
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn extension_headers_are_checked_before_reading() {
+        // The header claims 2 MiB; only the header is there.
+        let mut h = header(b"PaxHeaders/x", tar::EntryType::XHeader, 0o644, 2 << 20);
+        h.set_cksum();
+        let err = first(h.as_bytes()).unwrap_err();
+        let TarError::Header { entry, error } = err else {
+            panic!("not a header error");
+        };
+        assert_eq!(entry, b"PaxHeaders/x");
+        assert!(matches!(
+            error,
+            EntryError::HeaderTooLarge { kind: 'x', .. }
+        ));
+        // Two that fit one by one but not together.
+        let limits = Limits {
+            max_header_bytes: 1000,
+            ..Limits::default()
+        };
+        let mut t = TarWriter::new();
+        t.pax(&[("comment", &[b'a'; 600])])
+            .gnu_long(b'L', &[b'b'; 600])
+            .file("f", b"");
+        let tar = t.finish();
+        let err = TarReader::new(&tar[..], &limits).next_entry().unwrap_err();
+        assert!(matches!(
+            err,
+            TarError::Header {
+                error: EntryError::HeaderTooLarge { kind: 'L', .. },
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn bad_checksum_and_dangling_extensions_are_errors() {
+        let mut t = TarWriter::new();
+        t.file("f", b"x");
+        let mut tar = t.finish();
+        tar[0] ^= 1;
+        assert!(matches!(first(&tar), Err(TarError::Header { .. })));
+        let mut t = TarWriter::new();
+        t.pax(&[("path", b"p")]);
+        assert!(first(&t.finish()).is_err());
     }
 }
