@@ -29,6 +29,8 @@
 pub mod backend;
 pub mod chain;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod guard;
 mod handler;
 pub mod inflight;
