@@ -121,6 +121,11 @@ pub struct ServeReport {
     pub rejected: u64,
     /// Requests that failed in the image (IOERR).
     pub io_errors: u64,
+    /// Queues the guest broke (an available index past the window, a
+    /// head outside the queue or still in flight): not processed again
+    /// until the frontend reset them.
+    #[serde(default)]
+    pub broken_queues: u64,
     /// Bytes read by the guest.
     pub bytes_read: u64,
     /// Bytes written by the guest.
@@ -163,6 +168,9 @@ impl std::fmt::Display for ServeReport {
                 "; {} requests resubmitted after a reconnect, {} completed",
                 self.resubmitted, self.resubmitted_completed
             )?;
+        }
+        if self.broken_queues > 0 {
+            write!(f, "; {} queues broken by the guest", self.broken_queues)?;
         }
         Ok(())
     }

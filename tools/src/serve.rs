@@ -132,6 +132,17 @@ impl ServeArgs {
             dedicated,
             LazyOptions::from(&config.read),
         )?);
+        if let (Some(dir), Some(state)) = (dedicated, lazy.dedicated_state()) {
+            // What a restarted instance found of its own writes.
+            let state = match state {
+                imagefs::lazy::DedicatedState::Created => "created".to_string(),
+                imagefs::lazy::DedicatedState::Reused { present } => {
+                    format!("reused ({present} chunks present)")
+                }
+                imagefs::lazy::DedicatedState::Reset { reason } => format!("reset: {reason}"),
+            };
+            eprintln!("imagefs serve: dedicated tier {}: {state}", dir.display());
+        }
         if self.record_fetches {
             lazy.record_fetches(1_000_000);
         }

@@ -85,6 +85,14 @@ pub enum Error {
         /// Requests in the trace.
         total: u64,
     },
+    /// A driver waited too long for the device to complete requests.
+    #[error("{what}: not complete within {secs} s")]
+    QueueTimeout {
+        /// What was waited for.
+        what: String,
+        /// The limit.
+        secs: u64,
+    },
     /// The probe guest reported a failure in its parameter block.
     #[error("probe guest failed: {reason} (detail {detail:#x}); console: {console:?}")]
     Guest {

@@ -12,6 +12,7 @@ pub mod backend;
 pub mod cli;
 pub mod coldstart;
 pub mod concurrent;
+pub mod driver;
 pub mod error;
 pub mod layout;
 pub mod linux;

@@ -49,6 +49,8 @@ pub struct VhostBlk {
     pub kick: EventFd,
     /// Signalled by the backend when it puts entries in the used ring.
     pub call: EventFd,
+    /// Signalled by the backend when the queue broke (SET_VRING_ERR).
+    pub err: EventFd,
     /// A second handle on the socket, for the watchdog to notice a hang-up.
     watch: UnixStream,
     io_timeout: Duration,
@@ -58,7 +60,7 @@ pub struct VhostBlk {
 /// `vhost` crate retries reads that time out (SO_RCVTIMEO gives EAGAIN, which
 /// it loops on), so a shutdown is the way to make its blocked read return.
 struct Deadline {
-    tx: Option<mpsc::Sender<()>>,
+    tx: Option<mpsc::SyncSender<()>>,
     handle: Option<std::thread::JoinHandle<bool>>,
 }
 
@@ -68,7 +70,8 @@ impl Deadline {
             what: "dup vhost-user socket",
             source,
         })?;
-        let (tx, rx) = mpsc::channel::<()>();
+        // One message at most (the end of the phase): a bounded channel.
+        let (tx, rx) = mpsc::sync_channel::<()>(1);
         let handle = std::thread::spawn(move || match rx.recv_timeout(limit) {
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 let _ = s.shutdown(Shutdown::Both);
@@ -153,6 +156,10 @@ impl VhostBlk {
             what: "call eventfd",
             source,
         })?;
+        let err = EventFd::new(EFD_NONBLOCK).map_err(|source| Error::Host {
+            what: "error eventfd",
+            source,
+        })?;
         Ok(Self {
             frontend,
             path: p,
@@ -162,6 +169,7 @@ impl VhostBlk {
             queue_max: 256,
             kick,
             call,
+            err,
             watch,
             io_timeout,
         })
@@ -270,11 +278,24 @@ impl VhostBlk {
     }
 
     /// Hands queue 0 to the backend: features, memory table (the memfd),
-    /// vring size/base/addresses, kick and call eventfds, and enable.
+    /// vring size/base/addresses, kick, call and error eventfds, and enable.
     /// Every reply must come within the session's I/O timeout.
     pub fn activate(&mut self, ram: &GuestRam, driver_features: u64, q: QueueLayout) -> Result<()> {
+        self.activate_from(ram, driver_features, q, 0)
+    }
+
+    /// [`activate`](Self::activate) with the device taking available
+    /// entries from index `base` on (SET_VRING_BASE): where a queue picks
+    /// up after a reconnect.
+    pub fn activate_from(
+        &mut self,
+        ram: &GuestRam,
+        driver_features: u64,
+        q: QueueLayout,
+        base: u16,
+    ) -> Result<()> {
         let deadline = Deadline::arm(&self.watch, self.io_timeout)?;
-        let res = self.activate_inner(ram, driver_features, q);
+        let res = self.activate_inner(ram, driver_features, q, base);
         if deadline.disarm() {
             return Err(Error::BackendTimeout {
                 path: self.path.clone(),
@@ -290,6 +311,7 @@ impl VhostBlk {
         ram: &GuestRam,
         driver_features: u64,
         q: QueueLayout,
+        base: u16,
     ) -> Result<()> {
         let p = self.path.clone();
         let ctx = |what: &'static str| {
@@ -317,7 +339,7 @@ impl VhostBlk {
             .set_vring_num(0, q.size)
             .map_err(ctx("SET_VRING_NUM"))?;
         self.frontend
-            .set_vring_base(0, 0)
+            .set_vring_base(0, base)
             .map_err(ctx("SET_VRING_BASE"))?;
         // vhost-user ring addresses are the frontend's virtual addresses; the
         // backend translates them through the memory table.
@@ -339,6 +361,9 @@ impl VhostBlk {
         self.frontend
             .set_vring_call(0, &self.call)
             .map_err(ctx("SET_VRING_CALL"))?;
+        self.frontend
+            .set_vring_err(0, &self.err)
+            .map_err(ctx("SET_VRING_ERR"))?;
         self.frontend
             .set_vring_enable(0, true)
             .map_err(ctx("SET_VRING_ENABLE"))?;

@@ -15,13 +15,17 @@
 //!
 //! A rejected chain is completed at once by the queue worker, with its
 //! status (IOERR or UNSUPP) when it has a valid status byte, and a log
-//! line. [`BlkBackend::stop_vring`] waits for the queue's requests in the
+//! line. A guest that breaks the ring itself (an available index past the
+//! window, a head outside the queue or still in flight) breaks the queue
+//! instead ([`super::guard`]): at most one request per head is ever in
+//! flight, so at most a queue's size per queue, and the pool's channel is
+//! bounded by that. [`BlkBackend::stop_vring`] waits for the queue's requests in the
 //! pool. Chains left in flight by a previous backend are handed to
 //! [`BlkBackend::resubmit`] when the queue starts, before any new one.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{Sender, channel};
+use std::sync::mpsc::{SyncSender, sync_channel};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError, RwLock};
 use std::time::Instant;
 
@@ -34,6 +38,7 @@ use vm_memory::{
 };
 
 use super::config::BlkGeometry;
+use super::guard::{QueueGuard, take_heads};
 use super::inflight::InflightRegion;
 use super::request::{self, Limits, Request, RequestKind};
 use super::trace::TraceWriter;
@@ -51,14 +56,22 @@ const PIECE: usize = 1 << 20;
 
 type Task = Box<dyn FnOnce() + Send>;
 
-/// A fixed pool of I/O threads fed by one channel.
+/// Most jobs waiting in the pool's channel. Requests in flight are
+/// bounded already (one per descriptor head); this bounds the channel
+/// itself, below the 64 × 32768 heads the largest device could have
+/// (the channel allocates its slots up front). A worker that finds it
+/// full waits for a pool thread to take a job: back-pressure, no loss.
+const MAX_QUEUED: usize = 4096;
+
+/// A fixed pool of I/O threads fed by one bounded channel.
 struct Pool {
-    tx: Mutex<Sender<Task>>,
+    tx: Mutex<SyncSender<Task>>,
 }
 
 impl Pool {
-    fn new(threads: usize) -> io::Result<Self> {
-        let (tx, rx) = channel::<Task>();
+    /// `threads` threads taking jobs from a channel of `capacity`.
+    fn new(threads: usize, capacity: usize) -> io::Result<Self> {
+        let (tx, rx) = sync_channel::<Task>(capacity.clamp(1, MAX_QUEUED));
         let rx = Arc::new(Mutex::new(rx));
         for n in 0..threads.max(1) {
             let rx = Arc::clone(&rx);
@@ -79,13 +92,17 @@ impl Pool {
         Ok(Self { tx: Mutex::new(tx) })
     }
 
-    /// Runs `job` on a pool thread (or here, if every thread is gone).
+    /// Runs `job` on a pool thread (or here, if every thread is gone);
+    /// waits while the channel is full.
     fn submit(&self, job: Task) {
-        let sent = self
+        // A clone, so that a full channel does not hold the lock (and
+        // every other queue's worker) while it waits.
+        let tx = self
             .tx
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .send(job);
+            .clone();
+        let sent = tx.send(job);
         if let Err(returned) = sent {
             (returned.0)();
         }
@@ -126,13 +143,15 @@ impl Service {
             max_data_len: u64::from(geometry.seg_max) * u64::from(geometry.size_max),
             writable: geometry.writable,
         };
+        // Every request of every queue could be in the pool at once.
+        let pool_capacity = usize::from(geometry.queues) * usize::from(queue_size);
         Ok(Self {
             image,
             geometry,
             serial,
             limits,
             queue_size,
-            pool: Pool::new(io_threads)?,
+            pool: Pool::new(io_threads, pool_capacity)?,
             trace,
             profile: OnceLock::new(),
             stats: Stats::default(),
@@ -263,6 +282,8 @@ struct Conn {
     counters: Vec<AtomicU64>,
     /// Per queue: resubmitted requests still running.
     resubmitted: Vec<Mutex<Resubmitted>>,
+    /// Per queue: broken or not, and the heads in flight.
+    guards: Vec<QueueGuard>,
 }
 
 /// The vhost-user-blk backend of one connection (cheap to clone: every
@@ -286,6 +307,7 @@ impl BlkBackend {
     /// object the connection's vrings use).
     pub fn new(service: Arc<Service>, mem: Memory) -> Self {
         let queues = usize::from(service.geometry.queues);
+        let queue_size = service.queue_size;
         Self {
             service,
             conn: Arc::new(Conn {
@@ -296,6 +318,7 @@ impl BlkBackend {
                 region: RwLock::new(None),
                 counters: (0..queues).map(|_| AtomicU64::new(0)).collect(),
                 resubmitted: (0..queues).map(|_| Mutex::default()).collect(),
+                guards: (0..queues).map(|_| QueueGuard::new(queue_size)).collect(),
             }),
         }
     }
@@ -319,6 +342,30 @@ impl BlkBackend {
             .unwrap_or_else(PoisonError::into_inner) = region;
     }
 
+    /// The frontend's error eventfd for queue `queue` (SET_VRING_ERR),
+    /// signalled when the guest breaks the queue.
+    pub fn set_err(&self, queue: u16, err: Option<std::fs::File>) {
+        if let Some(guard) = self.conn.guards.get(usize::from(queue)) {
+            guard.set_err(err);
+        }
+    }
+
+    /// Whether the guest broke queue `queue` (see [`super::guard`]).
+    pub fn is_broken(&self, queue: u16) -> bool {
+        self.conn
+            .guards
+            .get(usize::from(queue))
+            .is_some_and(QueueGuard::is_broken)
+    }
+
+    /// Requests of queue `queue` taken and not yet completed.
+    pub fn in_flight(&self, queue: u16) -> usize {
+        self.conn
+            .guards
+            .get(usize::from(queue))
+            .map_or(0, QueueGuard::in_flight)
+    }
+
     fn region(&self) -> Option<Arc<InflightRegion>> {
         self.conn
             .region
@@ -332,6 +379,11 @@ impl BlkBackend {
     /// (see [`InflightRegion::recover`]), positions the ring after the
     /// chains still in flight and returns their heads, oldest first.
     pub fn start_queue(&self, queue: u16, vring: &VringRwLock) -> io::Result<Vec<u16>> {
+        // A started queue works again, even one the guest broke (what
+        // NEEDS_RESET asks of a driver: reset, then start over).
+        if let Some(guard) = self.conn.guards.get(usize::from(queue)) {
+            guard.restart();
+        }
         let Some(region) = self.region() else {
             return Ok(Vec::new());
         };
@@ -387,7 +439,17 @@ impl BlkBackend {
             let q = state.get_queue();
             (q.desc_table(), q.size())
         };
+        let guard = self.conn.guards.get(usize::from(queue));
         for &head in heads {
+            // The region is the frontend's: a head in it twice, or outside
+            // the queue, is skipped rather than run twice.
+            if let Some(Err(e)) = guard.map(|g| g.take(head, size)) {
+                log_limited(
+                    &stats.logged,
+                    &format!("queue {queue}: not resubmitting head {head}: {e}"),
+                );
+                continue;
+            }
             let job = Job {
                 queue,
                 head,
@@ -398,28 +460,42 @@ impl BlkBackend {
         }
     }
 
-    /// Takes every available chain off `vring` (queue `queue`) and
-    /// dispatches it; with EVENT_IDX, repeats until no chain arrived
-    /// while notifications were off.
-    pub fn process_queue(&self, queue: u16, vring: &VringRwLock) -> io::Result<()> {
+    /// Takes the available chains off `vring` (queue `queue`) and
+    /// dispatches them; with EVENT_IDX, repeats until no chain arrived
+    /// while notifications were off. Returns true when it stopped after a
+    /// queue's worth of chains (more may be waiting: call again after
+    /// checking for a stop), so one guest cannot keep its worker from
+    /// ever seeing one. A queue the guest broke is left alone (see
+    /// [`super::guard`]).
+    pub fn process_queue(&self, queue: u16, vring: &VringRwLock) -> io::Result<bool> {
+        let Some(guard) = self.conn.guards.get(usize::from(queue)) else {
+            return Ok(false);
+        };
         let event_idx = self.conn.event_idx.load(Ordering::Acquire);
         let region = self.region();
         let counter = self.conn.counters.get(usize::from(queue));
+        // Rounds and chains taken, up to one queue's worth.
+        let mut budget = usize::from(self.service.queue_size);
         loop {
+            if guard.is_broken() {
+                return Ok(false);
+            }
             if event_idx {
                 vring.disable_notification().map_err(io::Error::other)?;
             }
             let mem = self.conn.mem.memory();
-            let (heads, table, size): (Vec<u16>, _, _) = {
+            let (taken, table, size) = {
                 let mut state = vring.get_mut();
                 let q = state.get_queue_mut();
+                if !q.ready() {
+                    // Stopped (GET_VRING_BASE) or reset meanwhile.
+                    return Ok(false);
+                }
                 let (table, size) = (q.desc_table(), q.size());
-                let heads = std::iter::from_fn(|| q.pop_descriptor_chain(mem.clone()))
-                    .map(|chain| chain.head_index())
-                    .collect();
-                (heads, table, size)
+                (take_heads(q, &*mem, guard, budget), table, size)
             };
-            for head in heads {
+            budget = budget.saturating_sub(taken.heads.len().max(1));
+            for &head in &taken.heads {
                 // In flight before anything of it runs: a backend started
                 // after our death resubmits it.
                 if let (Some(region), Some(counter)) = (&region, counter) {
@@ -438,8 +514,20 @@ impl BlkBackend {
             {
                 log_limited(&self.service.stats.logged, &e.to_string());
             }
+            if let Some(fault) = taken.fault {
+                if guard.break_with(queue, &fault, &self.service.stats.logged) {
+                    self.service
+                        .stats
+                        .broken_queues
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                return Ok(false);
+            }
+            if budget == 0 {
+                return Ok(true);
+            }
             if !event_idx || !vring.enable_notification().map_err(io::Error::other)? {
-                return Ok(());
+                return Ok(false);
             }
         }
     }
@@ -538,6 +626,11 @@ impl BlkBackend {
         let logged = &self.service.stats.logged;
         {
             let mut state = vring.get_mut();
+            // Free the head before the used ring says it is done: the guest
+            // may make it available again at once.
+            if let Some(guard) = self.conn.guards.get(usize::from(job.queue)) {
+                guard.release(job.head);
+            }
             if let Some(region) = &job.region {
                 region.completing(job.queue, job.head);
             }

@@ -331,7 +331,16 @@ impl VhostUserBackendReqHandlerMut for Handler {
     }
 
     fn set_vring_err(&mut self, index: u8, fd: Option<File>) -> VhostUserResult<()> {
-        self.vring(u32::from(index))?.set_err(fd);
+        let vring = self.vring(u32::from(index))?;
+        // Our own handle on it: the backend signals it when the guest
+        // breaks the queue (the vring keeps its own, unused).
+        let ours = fd
+            .as_ref()
+            .map(File::try_clone)
+            .transpose()
+            .map_err(VhostUserError::ReqHandlerError)?;
+        vring.set_err(fd);
+        self.backend.set_err(u16::from(index), ours);
         Ok(())
     }
 

@@ -3,6 +3,9 @@
 //!
 //! - [`config`]: the virtio-blk configuration space and feature bits;
 //! - [`chain`]: a descriptor chain walked from its head index (bounded);
+//! - [`guard`]: a queue the guest broke (an available index past the
+//!   window, a head outside the queue or still in flight) and the heads
+//!   in flight, which bound each queue's requests;
 //! - [`request`]: a walked chain parsed into a request (pure);
 //! - [`backend`]: the device of one connection (the I/O pool, out-of-order
 //!   completion, inflight tracking);
@@ -26,6 +29,9 @@
 pub mod backend;
 pub mod chain;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzzing;
+pub mod guard;
 mod handler;
 pub mod inflight;
 pub mod request;
@@ -137,6 +143,8 @@ pub struct Stats {
     get_ids: AtomicU64,
     rejected: AtomicU64,
     io_errors: AtomicU64,
+    /// Queues the guest broke (see [`guard`]).
+    pub(super) broken_queues: AtomicU64,
     bytes_read: AtomicU64,
     bytes_written: AtomicU64,
     /// Log lines written, and their prefix (for [`log_limited`]).
@@ -205,6 +213,7 @@ impl Stats {
             flushes: get(&self.flushes),
             get_ids: get(&self.get_ids),
             rejected: get(&self.rejected),
+            broken_queues: get(&self.broken_queues),
             io_errors: get(&self.io_errors),
             bytes_read: get(&self.bytes_read),
             bytes_written: get(&self.bytes_written),

@@ -5,7 +5,10 @@
 //! A worker first resubmits what a previous backend left in flight, then
 //! takes whatever is already available (the kick libvhost-user sends
 //! itself after a reconnect: the guest may have kicked while no backend
-//! listened), and only then waits.
+//! listened), and only then waits. Each pass over the queue is bounded
+//! (a queue's worth of chains, see [`BlkBackend::process_queue`]); the
+//! worker checks for a stop between passes, so no guest can keep it from
+//! stopping, and a broken queue sends it straight back to its wait.
 
 use std::io;
 use std::os::fd::AsRawFd;
@@ -84,16 +87,20 @@ impl Drop for Worker {
 
 fn run(backend: &BlkBackend, queue: u16, vring: &VringRwLock, epoll: &Epoll, resubmit: &[u16]) {
     let logged = &backend.service().stats.logged;
-    let process = || {
-        if let Err(e) = backend.process_queue(queue, vring) {
+    // True when the last pass stopped at its budget with chains left.
+    let process = || match backend.process_queue(queue, vring) {
+        Ok(more) => more,
+        Err(e) => {
             log_limited(logged, &format!("queue {queue}: {e}"));
+            false
         }
     };
     backend.resubmit(queue, vring, resubmit);
-    process();
+    let mut more = process();
     let mut events = [EpollEvent::default(); 2];
     loop {
-        let n = match epoll.wait(-1, &mut events) {
+        // With chains left, only look for a stop (or a kick) and go on.
+        let n = match epoll.wait(if more { 0 } else { -1 }, &mut events) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => {
@@ -104,16 +111,19 @@ fn run(backend: &BlkBackend, queue: u16, vring: &VringRwLock, epoll: &Epoll, res
         if events[..n].iter().any(|e| e.data() == EXIT) {
             return;
         }
-        if events[..n].iter().any(|e| e.data() == KICK) {
+        let kicked = events[..n].iter().any(|e| e.data() == KICK);
+        if kicked {
             // Consumes the kick; false when the ring was disabled meanwhile.
             match vring.read_kick() {
-                Ok(true) => process(),
-                Ok(false) => {}
+                Ok(true) => more = process(),
+                Ok(false) => more = false,
                 Err(e) => {
                     log_limited(logged, &format!("queue {queue}: reading the kick: {e}"));
                     return;
                 }
             }
+        } else if more {
+            more = process();
         }
     }
 }

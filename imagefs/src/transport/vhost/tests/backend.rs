@@ -547,3 +547,5 @@ fn no_readahead() -> LazyOptions {
         ..LazyOptions::default()
     }
 }
+
+mod hostile;
