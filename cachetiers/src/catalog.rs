@@ -21,12 +21,14 @@ pub trait Catalog: Send + Sync {
     /// The sealed manifest stored under `digest`, checked against it.
     fn get_manifest(&self, digest: &ManifestDigest) -> Result<Vec<u8>, StoreError>;
 
-    /// Points tag `name` at `digest`; the manifest must be stored.
-    fn set_tag(&self, name: &str, digest: &ManifestDigest) -> Result<(), StoreError>;
+    /// Points tag `name` of `domain` at `digest`; the manifest must be
+    /// stored. Tags are namespaced per domain ([`crate::tag::tag_path`]).
+    fn set_tag(&self, domain: &str, name: &str, digest: &ManifestDigest) -> Result<(), StoreError>;
 
-    /// Resolves a digest (`sha256:<64 hex>`) or a tag name to the digest
-    /// of a stored manifest.
-    fn resolve(&self, digest_or_tag: &str) -> Result<ManifestDigest, StoreError>;
+    /// Resolves a digest (`sha256:<64 hex>`), or a tag name among
+    /// `domain`'s tags, to the digest of a stored manifest. (A digest
+    /// names a manifest of any domain: unsealing it checks the domain.)
+    fn resolve(&self, domain: &str, digest_or_tag: &str) -> Result<ManifestDigest, StoreError>;
 
     /// Where this catalog is, for messages (a path or a URL).
     fn location(&self) -> String;
@@ -75,11 +77,20 @@ macro_rules! forward_catalog {
             fn get_manifest(&self, digest: &ManifestDigest) -> Result<Vec<u8>, StoreError> {
                 (**self).get_manifest(digest)
             }
-            fn set_tag(&self, name: &str, digest: &ManifestDigest) -> Result<(), StoreError> {
-                (**self).set_tag(name, digest)
+            fn set_tag(
+                &self,
+                domain: &str,
+                name: &str,
+                digest: &ManifestDigest,
+            ) -> Result<(), StoreError> {
+                (**self).set_tag(domain, name, digest)
             }
-            fn resolve(&self, digest_or_tag: &str) -> Result<ManifestDigest, StoreError> {
-                (**self).resolve(digest_or_tag)
+            fn resolve(
+                &self,
+                domain: &str,
+                digest_or_tag: &str,
+            ) -> Result<ManifestDigest, StoreError> {
+                (**self).resolve(domain, digest_or_tag)
             }
             fn location(&self) -> String {
                 (**self).location()

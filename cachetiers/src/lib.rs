@@ -43,5 +43,5 @@ pub use origin::{
 #[cfg(feature = "rocksdb")]
 pub use rocks::{RocksStore, RocksUsage};
 pub use store::{ChunkStore, MAX_OBJECT_LEN, PutOutcome, StoreError};
-pub use tag::{TagNameError, validate_tag_name};
+pub use tag::{TagNameError, tag_path, validate_tag_name};
 pub use tiered::{Flight, SingleFlight, TierSnapshot, TieredError, TieredSnapshot, TieredStore};

@@ -409,15 +409,26 @@ impl RocksStore {
         }
         let (objects, meta, lru) = (self.cf(OBJECTS)?, self.cf(META)?, self.cf(LRU)?);
         let mut state = self.lock();
-        if self
-            .db
-            .get_pinned_cf(meta, id.as_bytes())
-            .map_err(|e| self.err(e))?
-            .is_some()
-        {
-            drop(state);
-            self.touch(id)?;
-            return Ok(PutOutcome::AlreadyPresent);
+        let mut outcome = PutOutcome::Stored;
+        if let Some((old_stamp, old_len)) = self.stored(id)? {
+            // Dedup only a copy that still hashes to its id: a damaged one
+            // is replaced, not kept because its key exists.
+            if self
+                .read(id)?
+                .is_some_and(|bytes| ChunkId::of_object(&bytes) == *id)
+            {
+                drop(state);
+                self.touch(id)?;
+                return Ok(PutOutcome::AlreadyPresent);
+            }
+            let mut batch = WriteBatch::default();
+            batch.delete_cf(objects, id.as_bytes());
+            batch.delete_cf(meta, id.as_bytes());
+            batch.delete_cf(lru, lru_key(old_stamp, id));
+            self.write(batch)?;
+            state.objects = state.objects.saturating_sub(1);
+            state.bytes = state.bytes.saturating_sub(old_len);
+            outcome = PutOutcome::Replaced;
         }
         self.evict_to_fit(&mut state, len)?;
         let stamp = state.clock;
@@ -429,7 +440,7 @@ impl RocksStore {
         self.write(batch)?;
         state.objects += 1;
         state.bytes += len;
-        Ok(PutOutcome::Stored)
+        Ok(outcome)
     }
 }
 

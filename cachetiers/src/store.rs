@@ -18,14 +18,18 @@ pub const MAX_OBJECT_LEN: usize =
 pub enum PutOutcome {
     /// The object was new and is now stored.
     Stored,
-    /// The object was already there; nothing was written (dedup).
+    /// The object was already there and matched its id; nothing was
+    /// written (dedup).
     AlreadyPresent,
+    /// A copy was there but did not match its id (damaged); the good
+    /// object replaced it.
+    Replaced,
 }
 
 impl PutOutcome {
-    /// Whether this put wrote a new object.
+    /// Whether this put wrote the object (new, or over a damaged copy).
     pub fn is_new(self) -> bool {
-        self == PutOutcome::Stored
+        matches!(self, PutOutcome::Stored | PutOutcome::Replaced)
     }
 }
 

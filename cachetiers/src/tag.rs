@@ -14,6 +14,22 @@ pub struct TagNameError {
 /// Longest tag name, in bytes.
 pub const MAX_TAG_LEN: usize = 128;
 
+/// Where tag `name` of `domain` lives in a catalog: `DOMAIN/NAME`.
+///
+/// Tags are namespaced by dedup domain, so a tenant who can convert into
+/// a shared origin (in its own domain) cannot point another domain's tag
+/// at its image: each domain resolves only the tags set in it.
+pub fn tag_path(domain: &str, name: &str) -> Result<String, TagNameError> {
+    validate_tag_name(name)?;
+    if manifest::validate_domain(domain).is_err() {
+        return Err(TagNameError {
+            name: format!("{domain}/{name}"),
+            reason: "the domain must be 1 to 64 characters from A-Z a-z 0-9 . _ -, not starting with `.`",
+        });
+    }
+    Ok(format!("{domain}/{name}"))
+}
+
 /// Checks a tag name: 1 to 128 characters from `A-Z a-z 0-9 . _ - : + @`,
 /// starting with a letter or digit, without `/`, without `..`, and not
 /// starting with `sha256:` (that is how digests are written).
@@ -79,5 +95,15 @@ mod tests {
         }
         assert!(validate_tag_name(&"a".repeat(129)).is_err());
         assert!(validate_tag_name(&"a".repeat(128)).is_ok());
+    }
+
+    #[test]
+    fn tag_paths_are_namespaced_by_a_valid_domain() {
+        assert_eq!(tag_path("tenant-a", "app:v1").unwrap(), "tenant-a/app:v1");
+        for domain in ["", "..", ".x", "a/b", "a b"] {
+            let err = tag_path(domain, "app").unwrap_err();
+            assert!(err.reason.contains("domain"), "{domain:?}: {err}");
+        }
+        assert!(tag_path("default", "a/b").is_err());
     }
 }

@@ -8,8 +8,14 @@
 //!   (`put`; a failing fill is counted and remembered, never fatal);
 //! - a miss goes on to the next tier;
 //! - an object whose SHA-256 is not its id (or a tier's own
-//!   [`StoreError::Corrupt`]) is a verification failure: counted, dropped
-//!   from that tier (`remove`), and the read goes on;
+//!   [`StoreError::Corrupt`]) is a verification failure: counted, and the
+//!   read goes on. A cache tier's bad copy is dropped (`remove`); the
+//!   origin's (the last tier) is **quarantined** instead: readers never
+//!   delete from the origin, where one deduplicated object serves every
+//!   image that has the chunk. A quarantined id is not asked of the origin
+//!   again by this process (its error says why) until a `put` through
+//!   this store writes the object again (a re-convert repairs it);
+//!   quarantines are counted in [`TieredSnapshot::quarantined`];
 //! - any other error (I/O, unreachable) is counted and the read goes on.
 //!
 //! When no tier serves the chunk, [`TieredStore::fetch`] fails with
@@ -22,9 +28,10 @@
 pub mod flight;
 pub mod metrics;
 
+use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use manifest::ChunkId;
@@ -43,6 +50,9 @@ pub enum TierOutcome {
     Miss,
     /// It had a copy that failed verification (now dropped).
     Corrupt(String),
+    /// The origin's copy failed verification (now, or earlier in this
+    /// process) and is quarantined: not served, and not deleted.
+    Quarantined(String),
     /// It failed.
     Failed(String),
 }
@@ -61,6 +71,11 @@ impl fmt::Display for TierAttempt {
         match &self.outcome {
             TierOutcome::Miss => write!(f, "{}: miss", self.tier),
             TierOutcome::Corrupt(why) => write!(f, "{}: corrupt copy dropped ({why})", self.tier),
+            TierOutcome::Quarantined(why) => write!(
+                f,
+                "{}: corrupt copy quarantined, not deleted ({why})",
+                self.tier
+            ),
             TierOutcome::Failed(why) => write!(f, "{}: failed ({why})", self.tier),
         }
     }
@@ -132,9 +147,10 @@ struct Tier {
 ///
 /// As a [`ChunkStore`] itself: `get` is [`TieredStore::fetch`] (a miss in
 /// every tier is `Ok(None)`; any failure makes it an error naming each
-/// tier); `contains` asks the tiers in order; `remove` drops the object
-/// from every tier; and `put` writes to the **last** tier (the origin)
-/// only. The origin is the source of truth: an object put only into a
+/// tier); `contains` asks the tiers in order; `remove` (an explicit
+/// administrative removal, never a reader's) drops the object from every
+/// tier; and `put` writes to the **last** tier (the origin) only, and
+/// lifts its quarantine. The origin is the source of truth: an object put only into a
 /// cache could be evicted and lost, while one in the origin reaches the
 /// caches on its first read. Instances do not write shared tiers anyway
 /// (shared tiers are read-only to instances).
@@ -143,7 +159,16 @@ pub struct TieredStore {
     flights: SingleFlight<ChunkId, Result<Fetched, TieredError>>,
     shared_fetches: AtomicU64,
     unavailable: AtomicU64,
+    /// Ids whose origin copy failed verification, with why (see the
+    /// module docs); at most [`MAX_QUARANTINED`] remembered.
+    quarantine: Mutex<HashMap<ChunkId, String>>,
+    quarantined: AtomicU64,
 }
+
+/// The most quarantined ids remembered; past it a bad origin copy is still
+/// refused (it fails verification each time) and never deleted, only
+/// asked again. Bounds the memory a damaged origin can cost.
+pub const MAX_QUARANTINED: usize = 65_536;
 
 impl fmt::Debug for TieredStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -179,6 +204,8 @@ impl TieredStore {
             flights: SingleFlight::new(),
             shared_fetches: AtomicU64::new(0),
             unavailable: AtomicU64::new(0),
+            quarantine: Mutex::new(HashMap::new()),
+            quarantined: AtomicU64::new(0),
         })
     }
 
@@ -221,7 +248,7 @@ impl TieredStore {
                 Some(Fetched { object, tier: 0 })
             }
             Err(StoreError::Corrupt { problem, .. }) => {
-                self.drop_corrupt(tier, id, problem);
+                self.drop_corrupt(0, id, problem);
                 None
             }
             Ok(None) | Err(_) => None,
@@ -232,6 +259,15 @@ impl TieredStore {
         let mut attempts = Vec::new();
         for (k, tier) in self.tiers.iter().enumerate() {
             let c = &tier.counters;
+            if self.is_origin(k)
+                && let Some(why) = self.quarantined_for(id)
+            {
+                attempts.push(TierAttempt {
+                    tier: tier.name.clone(),
+                    outcome: TierOutcome::Quarantined(format!("earlier in this process: {why}")),
+                });
+                continue;
+            }
             let started = Instant::now();
             let got = tier.store.get(id);
             c.observe(started.elapsed());
@@ -254,7 +290,7 @@ impl TieredStore {
                     c.misses.fetch_add(1, Ordering::Relaxed);
                     TierOutcome::Miss
                 }
-                Err(StoreError::Corrupt { problem, .. }) => self.drop_corrupt(tier, id, problem),
+                Err(StoreError::Corrupt { problem, .. }) => self.drop_corrupt(k, id, problem),
                 Err(e) => {
                     c.errors.fetch_add(1, Ordering::Relaxed);
                     let message = e.to_string();
@@ -271,10 +307,41 @@ impl TieredStore {
         Err(TieredError::Unavailable { id: *id, attempts })
     }
 
-    /// Counts a verification failure at `tier` and drops its copy.
-    fn drop_corrupt(&self, tier: &Tier, id: &ChunkId, problem: String) -> TierOutcome {
+    /// Whether tier `k` is the origin (the last tier; see the type docs).
+    fn is_origin(&self, k: usize) -> bool {
+        k + 1 == self.tiers.len()
+    }
+
+    /// Why `id` is quarantined, if it is.
+    fn quarantined_for(&self, id: &ChunkId) -> Option<String> {
+        self.quarantine
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(id)
+            .cloned()
+    }
+
+    /// Counts a verification failure at tier `k`, and drops its copy, or,
+    /// at the origin, quarantines it (see the module docs).
+    fn drop_corrupt(&self, k: usize, id: &ChunkId, problem: String) -> TierOutcome {
+        let tier = &self.tiers[k];
         let c = &tier.counters;
         c.verification_failures.fetch_add(1, Ordering::Relaxed);
+        if self.is_origin(k) {
+            c.note_error(format!(
+                "chunk {id} corrupt in the origin, quarantined (not deleted): {problem}"
+            ));
+            let mut quarantine = self
+                .quarantine
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if quarantine.len() < MAX_QUARANTINED
+                && quarantine.insert(*id, problem.clone()).is_none()
+            {
+                self.quarantined.fetch_add(1, Ordering::Relaxed);
+            }
+            return TierOutcome::Quarantined(problem);
+        }
         c.note_error(format!("chunk {id} corrupt: {problem}"));
         if let Err(e) = tier.store.remove(id) {
             c.errors.fetch_add(1, Ordering::Relaxed);
@@ -310,6 +377,7 @@ impl TieredStore {
                 .collect(),
             shared_fetches: self.shared_fetches.load(Ordering::Relaxed),
             unavailable: self.unavailable.load(Ordering::Relaxed),
+            quarantined: self.quarantined.load(Ordering::Relaxed),
         }
     }
 
@@ -345,7 +413,16 @@ impl ChunkStore for TieredStore {
     fn put(&self, id: &ChunkId, object: &[u8]) -> Result<PutOutcome, StoreError> {
         // `new` refuses an empty list, so there is a last tier.
         match self.tiers.last() {
-            Some(origin) => origin.store.put(id, object),
+            Some(origin) => {
+                let put = origin.store.put(id, object)?;
+                // The origin holds a good copy now (`put` checks the bytes
+                // against the id, and any copy already there).
+                self.quarantine
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .remove(id);
+                Ok(put)
+            }
             None => Err(StoreError::Backend {
                 tier: "tiered store".into(),
                 source: Box::new(TieredError::NoTiers),

@@ -39,7 +39,7 @@ impl Default for ConvertOptions {
     fn default() -> Self {
         ConvertOptions {
             flatten: FlattenOptions::default(),
-            domain: "default".into(),
+            domain: manifest::DEFAULT_DOMAIN.into(),
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             tag: None,
             progress: false,
@@ -284,7 +284,7 @@ pub fn convert(
     let sealed = manifest::seal(&manifest, keys)?;
     let digest = store.put_manifest(&sealed)?;
     if let Some(tag) = &opts.tag {
-        store.set_tag(tag, &digest)?;
+        store.set_tag(&opts.domain, tag, &digest)?;
     }
     Ok(ConvertReport {
         digest,

@@ -37,7 +37,8 @@ pub mod verify;
 pub use device::BlockDevice;
 pub use export::{ExportError, ExportReport, export};
 pub use lazy::{
-    LazyError, LazyImage, LazyMetrics, LazyOptions, PrefetchHandle, PrefetchMode, PrefetchOptions,
+    DedicatedOptions, DedicatedState, LazyError, LazyImage, LazyMetrics, LazyOptions,
+    PrefetchHandle, PrefetchMode, PrefetchOptions,
 };
 pub use open::{OpenError, OpenedImage, open_image};
 pub use verify::{BadChunk, VerifyReport, verify};

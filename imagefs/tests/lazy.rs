@@ -58,7 +58,7 @@ fn env() -> Env {
         progress: false,
     };
     let report = convert(&source, origin.as_ref(), &keys, &options).unwrap();
-    let manifest = imagefs::open_image(&origin, &report.digest.to_string(), &keys, None)
+    let manifest = imagefs::open_image(&origin, &report.digest.to_string(), &keys, "test")
         .unwrap()
         .manifest;
     let exported = dir.path().join("image.ext4");
@@ -199,10 +199,12 @@ fn a_chunk_missing_everywhere_names_its_id() {
         .to_string();
     assert!(err.contains(&format!("chunk #{index}")), "{err}");
     assert!(
-        err.contains("fast: miss") && err.contains("origin: corrupt copy dropped"),
+        err.contains("fast: miss") && err.contains("origin: corrupt copy quarantined"),
         "{err}"
     );
     assert!(err.contains(&id.to_hex()), "{err}");
+    // Readers never delete from the origin.
+    assert_eq!(std::fs::read(e.origin.chunk_path(&id)).unwrap(), bad);
     let mut past = [0u8; 1];
     let err = image.read_exact_at(&mut past, image.size()).unwrap_err();
     assert!(err.to_string().contains("outside"), "{err}");

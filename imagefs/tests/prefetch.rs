@@ -307,6 +307,7 @@ fn read_ahead_follows_reads_off_the_profile_only() {
             readahead_threads: 1,
             memory_chunks: 0,
             parallel_fetches: 1,
+            ..LazyOptions::default()
         },
     );
     let handle = image

@@ -62,6 +62,18 @@ pub struct VmSpec {
     /// Request queues (virtio MQ; 1 when absent).
     #[serde(default)]
     pub queues: Option<u16>,
+    /// The tenant's dedup domain ([`DEFAULT_DOMAIN`](crate::DEFAULT_DOMAIN)
+    /// when absent): a tag is looked up among this domain's tags, and a
+    /// manifest of another domain is refused.
+    #[serde(default)]
+    pub domain: Option<String>,
+}
+
+impl VmSpec {
+    /// The domain the VM's image must belong to.
+    pub fn domain(&self) -> &str {
+        self.domain.as_deref().unwrap_or(crate::DEFAULT_DOMAIN)
+    }
 }
 
 /// Where a VM is in its life.
@@ -240,6 +252,7 @@ mod tests {
                 writable: true,
                 dedicated: Some("/var/lib/imagefs/vm-a".into()),
                 queues: Some(2),
+                domain: None,
             },
             digest: format!("sha256:{}", "ab".repeat(32)),
             created_unix_ms: 1_700_000_000_000,

@@ -42,7 +42,9 @@ pub use convergent::{
 };
 pub use format::{ChunkEntry, DomainMismatch, FormatError, ImageConfig, Manifest};
 pub use ids::{ByteOffset, ChunkId, ChunkIndex, ChunkKey, IdParseError, ManifestDigest};
-pub use keys::{DataKey, KeyError, KeyProvider, LocalKeyProvider, WrappedKey, validate_domain};
+pub use keys::{
+    DEFAULT_DOMAIN, DataKey, KeyError, KeyProvider, LocalKeyProvider, WrappedKey, validate_domain,
+};
 pub use profile::{
     ProfileEntry, ProfileError, ProfileReport, StartProfile, seal_profile, unseal_profile,
 };

@@ -186,6 +186,10 @@ pub struct TiersReport {
     pub shared_fetches: u64,
     /// Gets that no tier could serve.
     pub unavailable: u64,
+    /// Chunks whose origin copy failed verification and was quarantined
+    /// (not served, never deleted by a reader).
+    #[serde(default)]
+    pub quarantined: u64,
     /// Upper bounds (seconds) of the latency buckets of every tier; each
     /// tier's `latency_buckets` has one more entry, past the last bound.
     pub latency_bounds_seconds: Vec<f64>,
@@ -398,6 +402,7 @@ mod tests {
                 }],
                 shared_fetches: 1,
                 unavailable: 0,
+                quarantined: 0,
                 latency_bounds_seconds: vec![0.1, 1.0],
             },
             reader: LazyMetrics {

@@ -187,7 +187,7 @@ impl Setup {
     fn chunk_ids(&mut self) -> Res<Vec<ChunkId>> {
         let origin = self.origin()?;
         let keys = LocalKeyProvider::open(self.keys()).map_err(|e| e.to_string())?;
-        let opened = imagefs::open_image(&origin, "python", &keys, None)
+        let opened = imagefs::open_image(&origin, "python", &keys, manifest::DEFAULT_DOMAIN)
             .map_err(|e| format!("open the image in Garage: {e}"))?;
         let mut seen = std::collections::HashSet::new();
         let ids: Vec<ChunkId> = opened

@@ -40,7 +40,7 @@ fn run(args: &[String]) -> Result<Counts, Box<dyn Error>> {
         .map_err(|e| format!("{report} is not a serve report: {e}"))?;
     let store = cachetiers::DirStore::open(store)?;
     let keys = manifest::LocalKeyProvider::open(keys)?;
-    let opened = imagefs::open_image(&store, image, &keys, None)?;
+    let opened = imagefs::open_image(&store, image, &keys, manifest::DEFAULT_DOMAIN)?;
     let dir = PathBuf::from(dir);
     if !dir.join("present").is_file() {
         return Err(format!("{} holds no dedicated tier", dir.display()).into());

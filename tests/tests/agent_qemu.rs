@@ -48,6 +48,7 @@ fn spec(id: &str, c: &Converted) -> VmSpec {
         writable: false,
         dedicated: None,
         queues: None,
+        domain: None,
     }
 }
 

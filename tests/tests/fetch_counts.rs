@@ -80,7 +80,7 @@ fn setup() -> Setup {
         ..ConvertOptions::default()
     };
     let report = convert(&source, &store, &keys, &opts).unwrap();
-    let opened = open_image(&store, "t", &keys, None).unwrap();
+    let opened = open_image(&store, "t", &keys, manifest::DEFAULT_DOMAIN).unwrap();
     imagefs::export(&store, &opened.manifest, &dir.path().join("disk.img")).unwrap();
     Setup {
         digest: report.digest.to_string(),
@@ -137,7 +137,13 @@ fn hits(tiers: &Tiers, name: &str) -> u64 {
 
 fn open_lazy(s: &Setup, tiers: &Tiers, config: &TierConfig, readahead: usize) -> Arc<LazyImage> {
     let keys = LocalKeyProvider::open(s.dir.path().join("keys")).unwrap();
-    let opened = open_image(tiers.origin.as_ref(), &s.digest, &keys, None).unwrap();
+    let opened = open_image(
+        tiers.origin.as_ref(),
+        &s.digest,
+        &keys,
+        manifest::DEFAULT_DOMAIN,
+    )
+    .unwrap();
     let opts = LazyOptions {
         readahead_chunks: readahead,
         memory_chunks: 0,

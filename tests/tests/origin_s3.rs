@@ -101,8 +101,8 @@ fn convert_open_and_export_through_s3() {
     assert!(first.new_chunks > 0, "{first:?}");
     assert_eq!(first.new_chunks + first.holes, first.chunks);
 
-    let by_tag = imagefs::open_image(&origin, "app:v1", &keys, None).unwrap();
-    let by_digest = imagefs::open_image(&origin, &first.digest.to_string(), &keys, None).unwrap();
+    let by_tag = imagefs::open_image(&origin, "app:v1", &keys, "d").unwrap();
+    let by_digest = imagefs::open_image(&origin, &first.digest.to_string(), &keys, "d").unwrap();
     assert_eq!(by_tag.digest, first.digest);
     assert_eq!(by_tag.manifest, by_digest.manifest);
 
@@ -129,7 +129,7 @@ fn convert_open_and_export_through_s3() {
     assert!(origin.contains(&id).unwrap());
     assert!(!other.contains(&id).unwrap());
     assert!(matches!(
-        other.resolve("app:v1"),
+        other.resolve("d", "app:v1"),
         Err(StoreError::UnknownTag { .. })
     ));
 
@@ -172,7 +172,7 @@ fn start_profiles_are_stored_beside_the_manifest_in_s3() {
     let source: ImageSource = format!("oci:{}:app", layout.display()).parse().unwrap();
     let origin = ObjectOrigin::s3(&settings(&g, "profiles")).unwrap();
     let converted = convert(&source, &origin, &keys, &options(None)).expect("convert");
-    let opened = imagefs::open_image(&origin, &converted.digest.to_string(), &keys, None).unwrap();
+    let opened = imagefs::open_image(&origin, &converted.digest.to_string(), &keys, "d").unwrap();
     let (digest, manifest) = (&opened.digest, &opened.manifest);
     assert_eq!(origin.get_profile(digest).unwrap(), None);
 
@@ -221,7 +221,7 @@ fn open_origin_reads_the_aws_environment() {
     };
     let origin = open_origin(url, false).unwrap();
     assert_eq!(origin.location(), url);
-    assert_eq!(origin.resolve("app:v1").unwrap().to_string(), digest);
+    assert_eq!(origin.resolve("d", "app:v1").unwrap().to_string(), digest);
     let id: ChunkId = id.parse().unwrap();
     let object = origin.get(&id).unwrap().expect("chunk present");
     assert_eq!(ChunkId::of_object(&object), id);
@@ -261,6 +261,14 @@ fn corrupt_objects_and_an_origin_that_goes_away() {
     assert!(matches!(err, StoreError::Corrupt { .. }), "{msg}");
     assert!(msg.contains(&format!("s3://{}/{key}", g.bucket)), "{msg}");
     assert!(msg.contains(&format!("hash to {}", ids[1])), "{msg}");
+    // The damaged copy has the right length: a put (a re-convert) must
+    // still see it is wrong, and replace it.
+    assert_eq!(
+        origin.put(&ids[0], &objects[0]).unwrap(),
+        cachetiers::PutOutcome::Replaced
+    );
+    assert_eq!(origin.get(&ids[0]).unwrap(), Some(objects[0].clone()));
+    assert!(!origin.put(&ids[0], &objects[0]).unwrap().is_new());
     assert!(origin.remove(&ids[0]).unwrap());
     assert_eq!(origin.get(&ids[0]).unwrap(), None);
     assert!(!origin.remove(&ids[0]).unwrap());

@@ -136,6 +136,10 @@ enum VmCommand {
         /// Request queues.
         #[arg(long)]
         queues: Option<u16>,
+        /// The tenant's dedup domain: the tag is looked up among its tags,
+        /// and an image of another domain is refused (default: `default`).
+        #[arg(long)]
+        domain: Option<String>,
         /// Print the VM as JSON (`manifest::agent::VmInfo`).
         #[arg(long)]
         json: bool,
@@ -206,6 +210,7 @@ impl VmArgs {
                 writable,
                 dedicated,
                 queues,
+                domain,
                 json,
             } => {
                 let vm = client.start_vm(&VmSpec {
@@ -214,6 +219,7 @@ impl VmArgs {
                     writable,
                     dedicated,
                     queues,
+                    domain,
                 })?;
                 if json {
                     print_json(&vm)?;

@@ -15,7 +15,7 @@ use chunker::oci::ImageSource;
 use clap::{Parser, Subcommand};
 use imagefs::tiers::parse_size;
 use imagefs::tiers::stats::{render, render_prefetch, tiers_report};
-use imagefs::{LazyOptions, PrefetchMode, PrefetchOptions};
+use imagefs::{DedicatedOptions, LazyOptions, PrefetchMode, PrefetchOptions};
 use manifest::report::MountStats;
 
 use crate::node;
@@ -50,12 +50,10 @@ pub enum Command {
         source: ImageSource,
         #[command(flatten)]
         store: StoreArgs,
-        /// A name to point at the new manifest.
+        /// A name to point at the new manifest (among the --domain's
+        /// tags).
         #[arg(long)]
         tag: Option<String>,
-        /// The dedup domain: chunks dedupe only within one domain.
-        #[arg(long, default_value = "default")]
-        domain: String,
         /// Encryption threads (default: all cores).
         #[arg(long)]
         threads: Option<usize>,
@@ -127,6 +125,11 @@ pub enum Command {
         /// passthrough's) to FILE as JSON (`manifest::report::MountStats`).
         #[arg(long, value_name = "FILE")]
         stats_json: Option<PathBuf>,
+        /// Discard what the dedicated directory holds (a disk with guest
+        /// writes included) and start from the image. Without it, a disk
+        /// with writes that does not match the image is an error.
+        #[arg(long)]
+        reset: bool,
         #[command(flatten)]
         prefetch: PrefetchArgs,
         #[command(flatten)]
@@ -214,6 +217,12 @@ pub struct StoreArgs {
     /// The key directory (master keys and domain secrets).
     #[arg(long, env = "IMAGEFS_KEYS", default_value = tiers::DEFAULT_KEYS)]
     keys: PathBuf,
+    /// The tenant's dedup domain. `convert` encrypts into it (chunks dedupe
+    /// only within one domain) and sets its tag among the domain's tags;
+    /// readers look tags up among its tags and refuse an image of another
+    /// domain.
+    #[arg(long, env = "IMAGEFS_DOMAIN", default_value = manifest::DEFAULT_DOMAIN)]
+    pub(crate) domain: String,
 }
 
 /// Options that shape the ext4 image.
@@ -283,7 +292,6 @@ impl Command {
                 source,
                 store,
                 tag,
-                domain,
                 threads,
                 layout,
                 json,
@@ -294,7 +302,7 @@ impl Command {
                         ext4: layout.ext4(),
                         ..FlattenOptions::default()
                     },
-                    domain,
+                    domain: store.domain.clone(),
                     tag,
                     progress: !json,
                     ..ConvertOptions::default()
@@ -318,13 +326,13 @@ impl Command {
                 show_keys,
             } => {
                 let (dir, keys) = store.open(false)?;
-                let opened = imagefs::open_image(dir.as_ref(), &image, &keys, None)?;
+                let opened = imagefs::open_image(dir.as_ref(), &image, &keys, &store.domain)?;
                 report::inspected(&mut stdout(), &opened, json, show_keys)?;
                 Ok(())
             }
             Command::Verify { image, store } => {
                 let (dir, keys) = store.open(false)?;
-                let opened = imagefs::open_image(dir.as_ref(), &image, &keys, None)?;
+                let opened = imagefs::open_image(dir.as_ref(), &image, &keys, &store.domain)?;
                 let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
                 let verified = imagefs::verify(dir.as_ref(), &opened.manifest, threads);
                 report::verified(&mut stdout(), &opened, &verified)?;
@@ -340,7 +348,7 @@ impl Command {
                 output,
             } => {
                 let (dir, keys) = store.open(false)?;
-                let opened = imagefs::open_image(dir.as_ref(), &image, &keys, None)?;
+                let opened = imagefs::open_image(dir.as_ref(), &image, &keys, &store.domain)?;
                 let exported = imagefs::export(dir.as_ref(), &opened.manifest, &output)?;
                 writeln!(
                     stdout(),
@@ -363,18 +371,27 @@ impl Command {
                 passthrough_dir,
                 passthrough_capacity,
                 stats_json,
+                reset,
                 prefetch,
                 tiers,
             } => {
+                let domain = tiers.domain.clone();
                 let (config, tiers, keys) = tiers.open()?;
-                let opened = imagefs::open_image(tiers.origin.as_ref(), &image, &keys, None)?;
+                let opened = imagefs::open_image(tiers.origin.as_ref(), &image, &keys, &domain)?;
                 let digest = opened.digest;
                 let lazy = Arc::new(imagefs::LazyImage::open(
                     opened.manifest,
                     tiers.store.clone(),
                     tiers.dedicated.as_deref(),
-                    LazyOptions::from(&config.read),
+                    LazyOptions {
+                        dedicated: DedicatedOptions {
+                            image: Some(digest),
+                            reset,
+                        },
+                        ..LazyOptions::from(&config.read)
+                    },
                 )?);
+                report::dedicated_state("imagefs mount", &lazy);
                 prefetch.start(&lazy, || {
                     imagefs::profile::load_profile(
                         tiers.origin.as_ref(),
@@ -455,8 +472,9 @@ impl Command {
                 threads,
                 json,
             } => {
+                let domain = tiers.domain.clone();
                 let (_, tiers, keys) = tiers.open()?;
-                let opened = imagefs::open_image(tiers.origin.as_ref(), &image, &keys, None)?;
+                let opened = imagefs::open_image(tiers.origin.as_ref(), &image, &keys, &domain)?;
                 let verified = imagefs::verify(tiers.store.as_ref(), &opened.manifest, threads);
                 let stats =
                     report::fetch_stats(&opened, &verified, tiers_report(tiers.store.metrics()));

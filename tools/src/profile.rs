@@ -89,7 +89,7 @@ impl ProfileArgs {
                 store,
             } => {
                 let (origin, keys) = store.open(false)?;
-                let opened = imagefs::open_image(origin.as_ref(), &image, &keys, None)?;
+                let opened = imagefs::open_image(origin.as_ref(), &image, &keys, &store.domain)?;
                 let profile = match &file {
                     Some(path) => read_profile_file(path, &opened.digest, &keys, &opened.manifest)?,
                     None => {
@@ -113,7 +113,7 @@ impl ProfileArgs {
                 store,
             } => {
                 let (origin, keys) = store.open(false)?;
-                let opened = imagefs::open_image(origin.as_ref(), &image, &keys, None)?;
+                let opened = imagefs::open_image(origin.as_ref(), &image, &keys, &store.domain)?;
                 let (digest, manifest) = (&opened.digest, &opened.manifest);
                 let mut runs = files
                     .iter()
@@ -135,7 +135,7 @@ impl ProfileArgs {
             }
             ProfileCommand::Rm { image, store } => {
                 let (origin, keys) = store.open(false)?;
-                let opened = imagefs::open_image(origin.as_ref(), &image, &keys, None)?;
+                let opened = imagefs::open_image(origin.as_ref(), &image, &keys, &store.domain)?;
                 if !remove_profile(origin.as_ref(), &opened.digest)? {
                     return Err(ProfileOpError::Missing {
                         digest: opened.digest,
@@ -151,7 +151,7 @@ impl ProfileArgs {
                 store,
             } => {
                 let (origin, keys) = store.open(false)?;
-                let opened = imagefs::open_image(origin.as_ref(), &image, &keys, None)?;
+                let opened = imagefs::open_image(origin.as_ref(), &image, &keys, &store.domain)?;
                 let (header, records) = read_trace(&trace)?;
                 let profile = from_trace(&opened.digest, &opened.manifest, &header, &records)?;
                 let saved = save_profile(

@@ -15,6 +15,20 @@ use serde::Serialize;
 
 const MB: f64 = 1e6;
 
+/// What the dedicated tier found at open, on stderr: a reset is always
+/// reported (the earlier state was only a cache, or `--reset` asked).
+pub fn dedicated_state(who: &str, lazy: &imagefs::LazyImage) {
+    match lazy.dedicated_state() {
+        Some(imagefs::DedicatedState::Reset { reason }) => {
+            eprintln!("{who}: dedicated tier reset: {reason}");
+        }
+        Some(imagefs::DedicatedState::Reused { present }) => {
+            eprintln!("{who}: dedicated tier reused ({present} chunks present)");
+        }
+        Some(imagefs::DedicatedState::Created) | None => {}
+    }
+}
+
 /// `flatten`: one line per layer, then the image.
 pub fn flattened(out: &mut dyn Write, r: &FlattenReport, output: &Path) -> io::Result<()> {
     for l in &r.layers {

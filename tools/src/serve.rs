@@ -7,10 +7,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use imagefs::LazyOptions;
 use imagefs::profile::{ProfileRecorder, save_profile};
 use imagefs::tiers::stats::{render, render_prefetch, tiers_report};
 use imagefs::transport::vhost::{ServeOptions, Server};
+use imagefs::{DedicatedOptions, LazyOptions};
 use manifest::report::ServeStats;
 
 use crate::args::PrefetchArgs;
@@ -34,10 +34,15 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 1024)]
     queue_size: u16,
     /// Accept guest writes, copy-on-write into this instance's dedicated
-    /// tier (`--dedicated DIR`; without it, a temporary directory removed
-    /// at exit). Without --writable the device is read-only.
+    /// tier (`--dedicated DIR`; without it, a private temporary directory
+    /// removed at exit). Without --writable the device is read-only.
     #[arg(long)]
     writable: bool,
+    /// Discard what the dedicated directory holds (a disk with guest
+    /// writes included) and start from the image. Without it, a disk with
+    /// writes that does not match the image is an error.
+    #[arg(long)]
+    reset: bool,
     /// After the frontend disconnects, wait for a reconnecting one instead
     /// of exiting.
     #[arg(long)]
@@ -81,26 +86,21 @@ pub struct ServeArgs {
 }
 
 /// A temporary dedicated directory for a `--writable` instance without
-/// `--dedicated`, removed on drop.
-struct Ephemeral(PathBuf);
+/// `--dedicated`: 0700 under a random name (created `O_EXCL`-style, so
+/// nothing planted in the shared temporary directory is used), removed
+/// on drop.
+struct Ephemeral(tempfile::TempDir);
 
 impl Ephemeral {
     fn create() -> std::io::Result<Self> {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        let dir = std::env::temp_dir().join(format!(
-            "imagefs-instance-{}-{nanos:08x}",
-            std::process::id()
-        ));
-        std::fs::create_dir(&dir)?;
-        Ok(Self(dir))
+        tempfile::Builder::new()
+            .prefix("imagefs-instance-")
+            .tempdir()
+            .map(Self)
     }
-}
 
-impl Drop for Ephemeral {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+    fn path(&self) -> &Path {
+        self.0.path()
     }
 }
 
@@ -109,7 +109,12 @@ impl ServeArgs {
     /// `--keep-alive`, until a signal); prints what it served.
     pub fn run(self, signals: &Signals) -> Result<(), Box<dyn Error>> {
         let (config, tiers, keys) = self.tiers.open()?;
-        let opened = imagefs::open_image(tiers.origin.as_ref(), &self.image, &keys, None)?;
+        let opened = imagefs::open_image(
+            tiers.origin.as_ref(),
+            &self.image,
+            &keys,
+            &self.tiers.domain,
+        )?;
         let digest = opened.digest.to_string();
         let recorder = self.record_profile.then(|| {
             Arc::new(ProfileRecorder::new(
@@ -125,24 +130,20 @@ impl ServeArgs {
         let dedicated: Option<&Path> = tiers
             .dedicated
             .as_deref()
-            .or(ephemeral.as_ref().map(|e| e.0.as_path()));
+            .or(ephemeral.as_ref().map(Ephemeral::path));
         let lazy = Arc::new(imagefs::LazyImage::open(
             opened.manifest,
             tiers.store.clone(),
             dedicated,
-            LazyOptions::from(&config.read),
+            LazyOptions {
+                dedicated: DedicatedOptions {
+                    image: Some(opened.digest),
+                    reset: self.reset,
+                },
+                ..LazyOptions::from(&config.read)
+            },
         )?);
-        if let (Some(dir), Some(state)) = (dedicated, lazy.dedicated_state()) {
-            // What a restarted instance found of its own writes.
-            let state = match state {
-                imagefs::lazy::DedicatedState::Created => "created".to_string(),
-                imagefs::lazy::DedicatedState::Reused { present } => {
-                    format!("reused ({present} chunks present)")
-                }
-                imagefs::lazy::DedicatedState::Reset { reason } => format!("reset: {reason}"),
-            };
-            eprintln!("imagefs serve: dedicated tier {}: {state}", dir.display());
-        }
+        crate::report::dedicated_state("imagefs serve", &lazy);
         if self.record_fetches {
             lazy.record_fetches(1_000_000);
         }

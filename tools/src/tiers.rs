@@ -38,6 +38,10 @@ pub struct TierArgs {
     /// Chunks to read ahead (overrides [read] readahead_chunks).
     #[arg(long)]
     pub readahead: Option<usize>,
+    /// The tenant's dedup domain: tags are looked up among its tags, and
+    /// an image of another domain is refused.
+    #[arg(long, env = "IMAGEFS_DOMAIN", default_value = manifest::DEFAULT_DOMAIN)]
+    pub domain: String,
 }
 
 impl TierArgs {

@@ -81,6 +81,7 @@ fn spec(id: &str, image: &str) -> VmSpec {
         writable: false,
         dedicated: None,
         queues: None,
+        domain: None,
     }
 }
 

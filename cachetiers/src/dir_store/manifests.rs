@@ -15,7 +15,7 @@ use crate::checked::{
     check_profile_put, check_tag,
 };
 use crate::store::StoreError;
-use crate::tag::validate_tag_name;
+use crate::tag::{tag_path, validate_tag_name};
 
 impl DirStore {
     /// Stores a sealed manifest under its SHA-256 digest and returns the
@@ -49,32 +49,44 @@ impl DirStore {
         check_manifest(digest, read_limited(&path, MAX_MANIFEST_LEN)?, || path)
     }
 
-    /// Points tag `name` at `digest` (replacing what it pointed at). The
-    /// manifest must already be stored.
-    pub fn set_tag(&self, name: &str, digest: &ManifestDigest) -> Result<(), StoreError> {
-        validate_tag_name(name)?;
+    /// Points tag `name` of `domain` at `digest` (replacing what it
+    /// pointed at): `tags/<domain>/<name>`. The manifest must already be
+    /// stored.
+    pub fn set_tag(
+        &self,
+        domain: &str,
+        name: &str,
+        digest: &ManifestDigest,
+    ) -> Result<(), StoreError> {
+        tag_path(domain, name)?;
         if !self.has_manifest(digest)? {
             return Err(StoreError::ManifestNotFound { digest: *digest });
         }
-        let dir = self.tags_dir();
+        let dir = self.tags_dir().join(domain);
         self.write_in(&dir, name, format!("{digest}\n").as_bytes())?;
-        sync_dir(&dir)
+        sync_dir(&dir)?;
+        // A new domain's directory entry too.
+        self.sync()
     }
 
-    /// The digest tag `name` points at.
-    pub fn tag(&self, name: &str) -> Result<ManifestDigest, StoreError> {
-        validate_tag_name(name)?;
-        let path = self.tags_dir().join(name);
-        check_tag(name, read_limited(&path, MAX_TAG_LEN)?, || path)
+    /// The digest tag `name` of `domain` points at.
+    pub fn tag(&self, domain: &str, name: &str) -> Result<ManifestDigest, StoreError> {
+        let qualified = tag_path(domain, name)?;
+        let path = self.tags_dir().join(domain).join(name);
+        check_tag(&qualified, read_limited(&path, MAX_TAG_LEN)?, || path)
     }
 
-    /// Every tag and the digest it points at, sorted by name. Files that
-    /// are not valid tags (temporary files) are skipped.
-    pub fn tags(&self) -> Result<Vec<(String, ManifestDigest)>, StoreError> {
+    /// Every tag of `domain` and the digest it points at, sorted by name.
+    /// Files that are not valid tags (temporary files) are skipped.
+    pub fn tags(&self, domain: &str) -> Result<Vec<(String, ManifestDigest)>, StoreError> {
         let mut tags = Vec::new();
-        for name in super::read_dir_names(&self.tags_dir())? {
+        let dir = self.tags_dir().join(domain);
+        if tag_path(domain, "x").is_err() || !dir.is_dir() {
+            return Ok(tags);
+        }
+        for name in super::read_dir_names(&dir)? {
             if validate_tag_name(&name).is_ok() {
-                let digest = self.tag(&name)?;
+                let digest = self.tag(domain, &name)?;
                 tags.push((name, digest));
             }
         }
@@ -122,10 +134,10 @@ impl DirStore {
         }
     }
 
-    /// Resolves a digest (`sha256:<64 hex>`) or a tag name to the digest of
-    /// a manifest that is in the store.
-    pub fn resolve(&self, digest_or_tag: &str) -> Result<ManifestDigest, StoreError> {
-        let digest = crate::catalog::digest_or_tag(digest_or_tag, |name| self.tag(name))?;
+    /// Resolves a digest (`sha256:<64 hex>`) or a tag name of `domain` to
+    /// the digest of a manifest that is in the store.
+    pub fn resolve(&self, domain: &str, digest_or_tag: &str) -> Result<ManifestDigest, StoreError> {
+        let digest = crate::catalog::digest_or_tag(digest_or_tag, |name| self.tag(domain, name))?;
         if !self.has_manifest(&digest)? {
             return Err(StoreError::ManifestNotFound { digest });
         }
@@ -140,11 +152,11 @@ impl Catalog for DirStore {
     fn get_manifest(&self, digest: &ManifestDigest) -> Result<Vec<u8>, StoreError> {
         DirStore::get_manifest(self, digest)
     }
-    fn set_tag(&self, name: &str, digest: &ManifestDigest) -> Result<(), StoreError> {
-        DirStore::set_tag(self, name, digest)
+    fn set_tag(&self, domain: &str, name: &str, digest: &ManifestDigest) -> Result<(), StoreError> {
+        DirStore::set_tag(self, domain, name, digest)
     }
-    fn resolve(&self, digest_or_tag: &str) -> Result<ManifestDigest, StoreError> {
-        DirStore::resolve(self, digest_or_tag)
+    fn resolve(&self, domain: &str, digest_or_tag: &str) -> Result<ManifestDigest, StoreError> {
+        DirStore::resolve(self, domain, digest_or_tag)
     }
     fn location(&self) -> String {
         self.root().display().to_string()

@@ -4,7 +4,7 @@
 //! <root>/
 //!   chunks/ab/cd/abcd…(64 hex)   encrypted chunk objects, by id
 //!   manifests/<64 hex>           sealed manifests, by digest
-//!   tags/<name>                  "sha256:<64 hex>\n"
+//!   tags/<domain>/<name>         "sha256:<64 hex>\n" (tags are per domain)
 //!   profiles/<64 hex>            sealed start profiles, by manifest digest
 //! ```
 //!
@@ -233,19 +233,28 @@ impl ChunkStore for DirStore {
     fn put(&self, id: &ChunkId, object: &[u8]) -> Result<PutOutcome, StoreError> {
         check_put(id, object)?;
         let path = self.chunk_path(id);
-        match fs::symlink_metadata(&path) {
-            // Present with the right length: dedup. (A same-length corrupt
-            // copy is caught by `get` and dropped with `remove`.)
+        let outcome = match fs::symlink_metadata(&path) {
+            // Present with the right length: dedup only if it hashes to
+            // its id, so putting the object again (a re-convert) repairs
+            // a damaged copy, which readers never delete from an origin.
             Ok(meta) if meta.is_file() && meta.len() == object.len() as u64 => {
-                return Ok(PutOutcome::AlreadyPresent);
+                match read_limited(&path, MAX_OBJECT_LEN as u64)? {
+                    Bounded::Bytes(bytes) if ChunkId::of_object(&bytes) == *id => {
+                        return Ok(PutOutcome::AlreadyPresent);
+                    }
+                    // Gone since the look: a plain store.
+                    Bounded::Missing => PutOutcome::Stored,
+                    _ => PutOutcome::Replaced,
+                }
             }
-            // Present but wrong: replaced below.
-            Ok(_) => {}
-            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            // Present but wrong (length, or not a file): replaced below.
+            Ok(_) => PutOutcome::Replaced,
+            Err(e) if e.kind() == ErrorKind::NotFound => PutOutcome::Stored,
             Err(e) => return Err(io_error("inspect", &path)(e)),
-        }
+        };
+        // The rename replaces the damaged copy atomically.
         self.write_in(&self.shard_dir(id), &id.to_hex(), object)?;
-        Ok(PutOutcome::Stored)
+        Ok(outcome)
     }
 
     fn contains(&self, id: &ChunkId) -> Result<bool, StoreError> {

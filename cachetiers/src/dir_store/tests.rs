@@ -96,7 +96,7 @@ fn truncated_file_on_disk_is_replaced_by_put() {
     store.put(&c.id, &c.object).unwrap();
     fs::write(store.chunk_path(&c.id), &c.object[..10]).unwrap();
     assert!(matches!(store.get(&c.id), Err(StoreError::Corrupt { .. })));
-    assert_eq!(store.put(&c.id, &c.object).unwrap(), PutOutcome::Stored);
+    assert_eq!(store.put(&c.id, &c.object).unwrap(), PutOutcome::Replaced);
     assert_eq!(store.get(&c.id).unwrap(), Some(c.object));
 }
 
@@ -221,28 +221,31 @@ fn tags_name_manifests() {
     let (_tmp, store) = store();
     let one = store.put_manifest(b"one").unwrap();
     let two = store.put_manifest(b"two").unwrap();
-    store.set_tag("app:latest", &one).unwrap();
-    assert_eq!(store.resolve("app:latest").unwrap(), one);
-    store.set_tag("app:latest", &two).unwrap();
-    assert_eq!(store.resolve("app:latest").unwrap(), two);
-    assert_eq!(store.resolve(&one.to_string()).unwrap(), one);
-    assert_eq!(store.tags().unwrap(), vec![("app:latest".to_owned(), two)]);
+    store.set_tag("default", "app:latest", &one).unwrap();
+    assert_eq!(store.resolve("default", "app:latest").unwrap(), one);
+    store.set_tag("default", "app:latest", &two).unwrap();
+    assert_eq!(store.resolve("default", "app:latest").unwrap(), two);
+    assert_eq!(store.resolve("default", &one.to_string()).unwrap(), one);
+    assert_eq!(
+        store.tags("default").unwrap(),
+        vec![("app:latest".to_owned(), two)]
+    );
 
     assert!(matches!(
-        store.resolve("nope"),
-        Err(StoreError::UnknownTag { name }) if name == "nope"
+        store.resolve("default", "nope"),
+        Err(StoreError::UnknownTag { name }) if name == "default/nope"
     ));
     assert!(matches!(
-        store.resolve("sha256:xyz"),
+        store.resolve("default", "sha256:xyz"),
         Err(StoreError::BadDigest { .. })
     ));
     let absent = manifest::ManifestDigest::of(b"absent");
     assert!(matches!(
-        store.resolve(&absent.to_string()),
+        store.resolve("default", &absent.to_string()),
         Err(StoreError::ManifestNotFound { .. })
     ));
     assert!(matches!(
-        store.set_tag("x", &absent),
+        store.set_tag("default", "x", &absent),
         Err(StoreError::ManifestNotFound { .. })
     ));
 }
@@ -253,23 +256,27 @@ fn bad_tag_names_are_refused() {
     let digest = store.put_manifest(b"m").unwrap();
     for name in ["a/b", "..", "../escape", "", ".hidden"] {
         assert!(
-            matches!(store.set_tag(name, &digest), Err(StoreError::InvalidTag(_))),
+            matches!(
+                store.set_tag("default", name, &digest),
+                Err(StoreError::InvalidTag(_))
+            ),
             "{name:?}"
         );
         assert!(matches!(
-            store.resolve(name),
+            store.resolve("default", name),
             Err(StoreError::InvalidTag(_))
         ));
     }
-    assert_eq!(store.tags().unwrap(), vec![]);
+    assert_eq!(store.tags("default").unwrap(), vec![]);
 }
 
 #[test]
 fn garbage_tag_file_is_reported() {
     let (_tmp, store) = store();
-    fs::write(store.root().join("tags").join("broken"), b"hello").unwrap();
-    let err = store.resolve("broken").unwrap_err();
-    assert!(matches!(&err, StoreError::BadTag { name, .. } if name == "broken"));
+    fs::create_dir_all(store.root().join("tags/default")).unwrap();
+    fs::write(store.root().join("tags/default/broken"), b"hello").unwrap();
+    let err = store.resolve("default", "broken").unwrap_err();
+    assert!(matches!(&err, StoreError::BadTag { name, .. } if name == "default/broken"));
 }
 
 #[test]
@@ -327,4 +334,59 @@ fn oversized_start_profiles_are_refused_both_ways() {
     let err = store.get_profile(&digest).unwrap_err();
     assert!(err.to_string().contains(&digest.to_string()), "{err}");
     assert!(err.to_string().contains("limit"), "{err}");
+}
+
+#[test]
+fn put_replaces_a_corrupt_copy_of_the_right_length() {
+    let (_tmp, store) = store();
+    let c = chunk(7);
+    store.put(&c.id, &c.object).unwrap();
+    let path = store.chunk_path(&c.id);
+    let mut bad = c.object.clone();
+    bad[100] ^= 0x40;
+    fs::write(&path, &bad).unwrap();
+    // Re-converting is how a damaged origin object gets repaired: the put
+    // must not take a same-length copy on trust.
+    assert!(store.put(&c.id, &c.object).unwrap().is_new());
+    assert_eq!(fs::read(&path).unwrap(), c.object);
+    assert_eq!(store.get(&c.id).unwrap(), Some(c.object.clone()));
+    // A good copy is still deduplicated.
+    assert_eq!(
+        store.put(&c.id, &c.object).unwrap(),
+        PutOutcome::AlreadyPresent
+    );
+}
+
+#[test]
+fn tags_are_namespaced_per_domain() {
+    let (_tmp, store) = store();
+    let theirs = store.put_manifest(b"tenant a's image").unwrap();
+    let mine = store.put_manifest(b"tenant b's image").unwrap();
+    store.set_tag("tenant-a", "app", &theirs).unwrap();
+    // Tenant b sets the same name in its own domain: a's tag is untouched.
+    store.set_tag("tenant-b", "app", &mine).unwrap();
+    assert_eq!(store.resolve("tenant-a", "app").unwrap(), theirs);
+    assert_eq!(store.resolve("tenant-b", "app").unwrap(), mine);
+    assert!(matches!(
+        store.resolve("tenant-c", "app"),
+        Err(StoreError::UnknownTag { name }) if name == "tenant-c/app"
+    ));
+    assert_eq!(
+        store.tags("tenant-a").unwrap(),
+        vec![("app".to_owned(), theirs)]
+    );
+    for domain in ["", "../x", "a/b", ".hidden"] {
+        assert!(
+            matches!(
+                store.set_tag(domain, "app", &mine),
+                Err(StoreError::InvalidTag(_))
+            ),
+            "{domain:?}"
+        );
+        assert!(matches!(
+            store.resolve(domain, "app"),
+            Err(StoreError::InvalidTag(_))
+        ));
+    }
+    assert_eq!(store.resolve("tenant-a", "app").unwrap(), theirs);
 }

@@ -166,7 +166,10 @@ impl RequestLimits {
 /// Where an S3 origin is and how to reach it. Fields left `None` come from
 /// the environment (`AWS_ENDPOINT_URL`, `AWS_REGION`, `AWS_ACCESS_KEY_ID`,
 /// …), then from object_store's defaults (AWS, `us-east-1`).
-#[derive(Debug, Clone, Default)]
+///
+/// `Debug` shows `***` for the secret key: settings end up in logs and
+/// error reports.
+#[derive(Clone, Default)]
 pub struct S3Settings {
     /// The bucket.
     pub bucket: String,
@@ -184,6 +187,33 @@ pub struct S3Settings {
     pub secret_access_key: Option<String>,
     /// Time and retry bounds.
     pub limits: RequestLimits,
+}
+
+impl std::fmt::Debug for S3Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Destructured so a new field cannot be forgotten here.
+        let Self {
+            bucket,
+            prefix,
+            endpoint,
+            region,
+            access_key_id,
+            secret_access_key,
+            limits,
+        } = self;
+        f.debug_struct("S3Settings")
+            .field("bucket", bucket)
+            .field("prefix", prefix)
+            .field("endpoint", endpoint)
+            .field("region", region)
+            .field("access_key_id", access_key_id)
+            .field(
+                "secret_access_key",
+                &secret_access_key.as_ref().map(|_| "***"),
+            )
+            .field("limits", limits)
+            .finish()
+    }
 }
 
 impl S3Settings {

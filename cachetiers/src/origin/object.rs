@@ -19,7 +19,7 @@ use crate::checked::{
     check_profile, check_profile_put, check_put, check_tag,
 };
 use crate::store::{ChunkStore, MAX_OBJECT_LEN, PutOutcome, StoreError};
-use crate::tag::validate_tag_name;
+use crate::tag::tag_path;
 
 /// A failed request to the object store, naming what was asked and of
 /// which object (the `source` of a [`StoreError::Backend`]).
@@ -59,7 +59,7 @@ pub enum RequestError {
 }
 
 /// An origin in an object store: `chunks/ab/cd/<64 hex>`,
-/// `manifests/<64 hex>`, `tags/<name>` and `profiles/<64 hex>` under a key prefix, exactly as a
+/// `manifests/<64 hex>`, `tags/<domain>/<name>` and `profiles/<64 hex>` under a key prefix, exactly as a
 /// [`DirStore`](crate::DirStore) lays them out on disk, so a directory
 /// written by one reads through the other.
 ///
@@ -133,9 +133,10 @@ impl ObjectOrigin {
         format!("{}manifests/{}", self.prefix, digest.to_hex())
     }
 
-    /// The full key of tag `name` (not validated): `<prefix>tags/<name>`.
-    pub fn tag_key(&self, name: &str) -> String {
-        format!("{}tags/{name}", self.prefix)
+    /// The full key of tag `name` of `domain` (not validated):
+    /// `<prefix>tags/<domain>/<name>`.
+    pub fn tag_key(&self, domain: &str, name: &str) -> String {
+        format!("{}tags/{domain}/{name}", self.prefix)
     }
 
     /// The full key of the start profile of manifest `digest`:
@@ -258,11 +259,11 @@ impl ObjectOrigin {
     }
 
     /// The digest tag `name` points at.
-    pub fn tag(&self, name: &str) -> Result<ManifestDigest, StoreError> {
-        validate_tag_name(name)?;
-        let key = self.tag_key(name);
+    pub fn tag(&self, domain: &str, name: &str) -> Result<ManifestDigest, StoreError> {
+        let qualified = tag_path(domain, name)?;
+        let key = self.tag_key(domain, name);
         let found = self.fetch(&key, MAX_TAG_LEN)?;
-        check_tag(name, found, || PathBuf::from(self.object_url(&key)))
+        check_tag(&qualified, found, || PathBuf::from(self.object_url(&key)))
     }
 }
 
@@ -281,15 +282,29 @@ impl ChunkStore for ObjectOrigin {
     fn put(&self, id: &ChunkId, object: &[u8]) -> Result<PutOutcome, StoreError> {
         check_put(id, object)?;
         let key = self.chunk_key(id);
-        // Present with the right length: dedup (a same-length corrupt copy
-        // is caught by `get` and dropped with `remove`). A HEAD rather than
-        // a conditional PUT, which not every S3 service supports; two
+        // Present with the right length: dedup only once the copy hashes
+        // to its id, so putting the object again (a re-convert) repairs a
+        // damaged one, which readers never delete from the origin. A HEAD
+        // first (a GET only when it looks present) rather than a
+        // conditional PUT, which not every S3 service supports; two
         // writers racing write the same bytes.
-        if self.size(&key)? == Some(object.len() as u64) {
-            return Ok(PutOutcome::AlreadyPresent);
-        }
+        let outcome = match self.size(&key)? {
+            None => PutOutcome::Stored,
+            Some(len) if len == object.len() as u64 => {
+                match self.fetch(&key, MAX_OBJECT_LEN as u64)? {
+                    Bounded::Bytes(bytes) if ChunkId::of_object(&bytes) == *id => {
+                        return Ok(PutOutcome::AlreadyPresent);
+                    }
+                    // Gone since the HEAD: a plain store.
+                    Bounded::Missing => PutOutcome::Stored,
+                    _ => PutOutcome::Replaced,
+                }
+            }
+            Some(_) => PutOutcome::Replaced,
+        };
+        // One PUT replaces the whole object (S3 writes are atomic).
         self.write(&key, object)?;
-        Ok(PutOutcome::Stored)
+        Ok(outcome)
     }
 
     fn contains(&self, id: &ChunkId) -> Result<bool, StoreError> {
@@ -320,16 +335,19 @@ impl Catalog for ObjectOrigin {
         check_manifest(digest, found, || PathBuf::from(self.object_url(&key)))
     }
 
-    fn set_tag(&self, name: &str, digest: &ManifestDigest) -> Result<(), StoreError> {
-        validate_tag_name(name)?;
+    fn set_tag(&self, domain: &str, name: &str, digest: &ManifestDigest) -> Result<(), StoreError> {
+        tag_path(domain, name)?;
         if !self.has_manifest(digest)? {
             return Err(StoreError::ManifestNotFound { digest: *digest });
         }
-        self.write(&self.tag_key(name), format!("{digest}\n").as_bytes())
+        self.write(
+            &self.tag_key(domain, name),
+            format!("{digest}\n").as_bytes(),
+        )
     }
 
-    fn resolve(&self, digest_or_tag: &str) -> Result<ManifestDigest, StoreError> {
-        let digest = crate::catalog::digest_or_tag(digest_or_tag, |name| self.tag(name))?;
+    fn resolve(&self, domain: &str, digest_or_tag: &str) -> Result<ManifestDigest, StoreError> {
+        let digest = crate::catalog::digest_or_tag(digest_or_tag, |name| self.tag(domain, name))?;
         if !self.has_manifest(&digest)? {
             return Err(StoreError::ManifestNotFound { digest });
         }

@@ -31,7 +31,7 @@ fn file_origin_reads_what_a_dir_store_wrote() {
     let c = chunk(1);
     dir.put(&c.id, &c.object).unwrap();
     let digest = dir.put_manifest(b"sealed manifest bytes").unwrap();
-    dir.set_tag("app:v1", &digest).unwrap();
+    dir.set_tag("default", "app:v1", &digest).unwrap();
 
     let origin = open_origin(&file_url(&root), false).unwrap();
     assert_eq!(origin.location(), file_url(&root));
@@ -39,8 +39,11 @@ fn file_origin_reads_what_a_dir_store_wrote() {
     assert!(origin.contains(&c.id).unwrap());
     assert_eq!(origin.get(&chunk(2).id).unwrap(), None);
     assert!(!origin.contains(&chunk(2).id).unwrap());
-    assert_eq!(origin.resolve("app:v1").unwrap(), digest);
-    assert_eq!(origin.resolve(&digest.to_string()).unwrap(), digest);
+    assert_eq!(origin.resolve("default", "app:v1").unwrap(), digest);
+    assert_eq!(
+        origin.resolve("default", &digest.to_string()).unwrap(),
+        digest
+    );
     assert_eq!(
         origin.get_manifest(&digest).unwrap(),
         b"sealed manifest bytes"
@@ -102,7 +105,7 @@ fn dir_store_reads_what_a_file_origin_wrote() {
     let digest = origin.put_manifest(b"m1").unwrap();
     assert_eq!(digest, ManifestDigest::of(b"m1"));
     assert_eq!(origin.put_manifest(b"m1").unwrap(), digest);
-    origin.set_tag("t", &digest).unwrap();
+    origin.set_tag("default", "t", &digest).unwrap();
 
     let dir = DirStore::open(&root).unwrap();
     let mut ids: Vec<ChunkId> = chunks.iter().map(|c| c.id).collect();
@@ -113,10 +116,10 @@ fn dir_store_reads_what_a_file_origin_wrote() {
         assert_eq!(dir.get(&c.id).unwrap(), Some(c.object.clone()));
         assert_eq!(fs::read(dir.chunk_path(&c.id)).unwrap(), c.object);
     }
-    assert_eq!(dir.tags().unwrap(), vec![("t".to_owned(), digest)]);
+    assert_eq!(dir.tags("default").unwrap(), vec![("t".to_owned(), digest)]);
     assert_eq!(dir.get_manifest(&digest).unwrap(), b"m1");
     assert_eq!(
-        fs::read_to_string(root.join("tags/t")).unwrap(),
+        fs::read_to_string(root.join("tags/default/t")).unwrap(),
         format!("{digest}\n")
     );
     let names: Vec<_> = fs::read_dir(root.join("manifests"))
@@ -146,9 +149,9 @@ fn corrupt_and_oversized_objects_are_errors_naming_the_key() {
     let msg = origin.get(&a.id).unwrap_err().to_string();
     assert!(msg.contains("over the"), "{msg}");
 
-    // A wrong-length copy is replaced by the next put; a corrupt copy is
-    // dropped with remove.
-    assert_eq!(origin.put(&a.id, &a.object).unwrap(), PutOutcome::Stored);
+    // A wrong-length copy is replaced by the next put (as is a corrupt
+    // copy of the right length); remove drops an object.
+    assert_eq!(origin.put(&a.id, &a.object).unwrap(), PutOutcome::Replaced);
     assert_eq!(origin.get(&a.id).unwrap(), Some(a.object.clone()));
     assert!(origin.remove(&a.id).unwrap());
     assert!(!origin.remove(&a.id).unwrap());
@@ -193,37 +196,37 @@ fn tags_and_digests_resolve_like_a_dir_store() {
     let origin = ObjectOrigin::local(&root, true).unwrap();
     let missing = ManifestDigest::of(b"never stored");
     assert!(matches!(
-        origin.set_tag("x", &missing),
+        origin.set_tag("default", "x", &missing),
         Err(StoreError::ManifestNotFound { .. })
     ));
     assert!(matches!(
-        origin.resolve(&missing.to_string()),
+        origin.resolve("default", &missing.to_string()),
         Err(StoreError::ManifestNotFound { .. })
     ));
     assert!(matches!(
-        origin.resolve("nope"),
+        origin.resolve("default", "nope"),
         Err(StoreError::UnknownTag { .. })
     ));
     assert!(matches!(
-        origin.resolve("a/b"),
+        origin.resolve("default", "a/b"),
         Err(StoreError::InvalidTag(_))
     ));
     assert!(matches!(
-        origin.resolve("sha256:xyz"),
+        origin.resolve("default", "sha256:xyz"),
         Err(StoreError::BadDigest { .. })
     ));
     let d1 = origin.put_manifest(b"one").unwrap();
     let d2 = origin.put_manifest(b"two").unwrap();
-    origin.set_tag("x", &d1).unwrap();
-    assert_eq!(origin.resolve("x").unwrap(), d1);
-    origin.set_tag("x", &d2).unwrap();
-    assert_eq!(origin.resolve("x").unwrap(), d2);
+    origin.set_tag("default", "x", &d1).unwrap();
+    assert_eq!(origin.resolve("default", "x").unwrap(), d1);
+    origin.set_tag("default", "x", &d2).unwrap();
+    assert_eq!(origin.resolve("default", "x").unwrap(), d2);
     assert!(matches!(
-        origin.set_tag("../x", &d1),
+        origin.set_tag("default", "../x", &d1),
         Err(StoreError::InvalidTag(_))
     ));
-    fs::write(root.join("tags/bad"), b"not a digest").unwrap();
-    let err = origin.resolve("bad").unwrap_err();
+    fs::write(root.join("tags/default/bad"), b"not a digest").unwrap();
+    let err = origin.resolve("default", "bad").unwrap_err();
     assert!(matches!(err, StoreError::BadTag { .. }), "{err}");
     assert!(matches!(
         origin.get_manifest(&missing),
@@ -514,4 +517,40 @@ fn a_zero_request_bound_is_refused() {
     };
     let err = ObjectOrigin::s3(&settings).unwrap_err();
     assert!(err.to_string().contains("max_concurrent_requests"), "{err}");
+}
+
+#[test]
+fn s3_settings_debug_hides_the_secret_key() {
+    let mut settings = S3Settings::new("bucket", "prefix");
+    settings.access_key_id = Some("GKvisible-id".into());
+    settings.secret_access_key = Some("very-secret-key-0123".into());
+    let shown = format!("{settings:?}");
+    assert!(!shown.contains("very-secret-key-0123"), "{shown}");
+    assert!(
+        shown.contains("GKvisible-id"),
+        "the key id helps debugging: {shown}"
+    );
+    assert!(shown.contains("***"), "{shown}");
+    let alternate = format!("{settings:#?}");
+    assert!(!alternate.contains("very-secret-key-0123"), "{alternate}");
+}
+
+#[test]
+fn put_replaces_a_corrupt_object_in_a_file_origin() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("store");
+    let dir = DirStore::create(&root).unwrap();
+    let origin = open_origin(&file_url(&root), false).unwrap();
+    let c = chunk(8);
+    origin.put(&c.id, &c.object).unwrap();
+    let mut bad = c.object.clone();
+    bad[7] ^= 1;
+    fs::write(dir.chunk_path(&c.id), &bad).unwrap();
+    assert!(origin.put(&c.id, &c.object).unwrap().is_new());
+    assert_eq!(fs::read(dir.chunk_path(&c.id)).unwrap(), c.object);
+    assert_eq!(origin.get(&c.id).unwrap(), Some(c.object.clone()));
+    assert_eq!(
+        origin.put(&c.id, &c.object).unwrap(),
+        PutOutcome::AlreadyPresent
+    );
 }

@@ -114,6 +114,27 @@ fn a_corrupt_value_is_reported_not_returned() {
 }
 
 #[test]
+fn put_replaces_a_corrupt_value_instead_of_keeping_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir, 1 << 20);
+    let c = chunk(8);
+    store.put(&c.id, &c.object).unwrap();
+    let mut bad = c.object.clone();
+    bad[9] ^= 1;
+    let objects = store.cf(OBJECTS).unwrap();
+    store.db.put_cf(objects, c.id.as_bytes(), &bad).unwrap();
+    assert_eq!(store.put(&c.id, &c.object).unwrap(), PutOutcome::Replaced);
+    assert_eq!(store.get(&c.id).unwrap(), Some(c.object.clone()));
+    assert_eq!((store.usage().objects, store.usage().bytes), (1, OBJ));
+    assert_eq!(
+        store
+            .put_verified(Verified::trusted(&c.id, &c.object))
+            .unwrap(),
+        PutOutcome::AlreadyPresent
+    );
+}
+
+#[test]
 fn an_object_larger_than_the_capacity_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir, 100);

@@ -82,6 +82,9 @@ pub struct TieredSnapshot {
     pub shared_fetches: u64,
     /// Gets that no tier could serve.
     pub unavailable: u64,
+    /// Chunks whose origin copy failed verification and was quarantined
+    /// (each id counted once; the origin's object is never deleted).
+    pub quarantined: u64,
 }
 
 impl TieredSnapshot {
@@ -139,6 +142,12 @@ impl TieredSnapshot {
             "Gets no tier could serve.",
         )
         .sample(&[], self.unavailable);
+        text.family(
+            "imagefs_tiered_quarantined_total",
+            Kind::Counter,
+            "Chunks whose origin copy failed verification, quarantined.",
+        )
+        .sample(&[], self.quarantined);
         text.finish()
     }
 }

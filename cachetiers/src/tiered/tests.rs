@@ -105,15 +105,60 @@ fn unavailable_everywhere_names_the_id_and_each_tier() {
         text.contains("t0: miss") && text.contains("t1: miss"),
         "{text}"
     );
-    // A corrupt copy and nothing else: an error, not a miss.
+    // A corrupt copy in a cache and nothing else: an error, not a miss.
     let mut bad = bytes.clone();
     bad[0] ^= 1;
-    std::fs::create_dir_all(e.stores[1].chunk_path(&id).parent().unwrap()).unwrap();
-    std::fs::write(e.stores[1].chunk_path(&id), &bad).unwrap();
+    std::fs::create_dir_all(e.stores[0].chunk_path(&id).parent().unwrap()).unwrap();
+    std::fs::write(e.stores[0].chunk_path(&id), &bad).unwrap();
     let err = e.tiered.get(&id).unwrap_err().to_string();
-    assert!(err.contains("t1: corrupt copy dropped"), "{err}");
-    assert!(!e.stores[1].chunk_path(&id).exists());
+    assert!(err.contains("t0: corrupt copy dropped"), "{err}");
+    assert!(!e.stores[0].chunk_path(&id).exists());
     assert_eq!(e.tiered.metrics().unavailable, 3);
+}
+
+/// Plants `bad` as tier `k`'s copy of `id`.
+fn plant(e: &Env, k: usize, id: &ChunkId, bad: &[u8]) {
+    let path = e.stores[k].chunk_path(id);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, bad).unwrap();
+}
+
+#[test]
+fn a_corrupt_origin_copy_is_quarantined_never_deleted() {
+    let e = env(2);
+    let (id, bytes) = object(11);
+    let mut bad = bytes.clone();
+    bad[5] ^= 1;
+    plant(&e, 1, &id, &bad);
+    let origin_path = e.stores[1].chunk_path(&id);
+    let err = e.tiered.fetch(&id).unwrap_err().to_string();
+    assert!(err.contains("t1: corrupt copy quarantined"), "{err}");
+    assert!(err.contains(&id.to_hex()), "{err}");
+    // The origin's object (shared by every image that has the chunk) is
+    // left alone: readers never delete from the origin.
+    assert_eq!(std::fs::read(&origin_path).unwrap(), bad);
+    let m = e.tiered.metrics();
+    assert_eq!(m.tiers[1].verification_failures, 1);
+    assert!(
+        m.tiers[1]
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains(&id.to_hex())
+    );
+    let quarantined = "imagefs_tiered_quarantined_total 1\n";
+    assert!(e.tiered.render_prometheus().contains(quarantined));
+    // Asked again, the quarantined id is not served, and the error says
+    // why; it is counted once.
+    let err = e.tiered.fetch(&id).unwrap_err().to_string();
+    assert!(err.contains("quarantined"), "{err}");
+    assert_eq!(std::fs::read(&origin_path).unwrap(), bad);
+    assert!(e.tiered.render_prometheus().contains(quarantined));
+    assert!(!e.stores[0].contains(&id).unwrap());
+    // Putting the right bytes (a re-convert) repairs the origin and lifts
+    // the quarantine.
+    assert!(e.tiered.put(&id, &bytes).unwrap().is_new());
+    assert_eq!(e.tiered.fetch(&id).unwrap().object, bytes);
 }
 
 #[test]

@@ -345,7 +345,7 @@ impl Agent {
         // up the API's other calls. A second request for the id is refused.
         let claim = self.claim(&spec)?;
         let id = spec.id.clone();
-        let digest = vm::pin(&self.tiers, &spec.image)?;
+        let digest = vm::pin(&self.tiers, spec.domain(), &spec.image)?;
         let record = VmRecord {
             spec,
             digest: digest.to_string(),

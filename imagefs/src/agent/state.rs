@@ -138,6 +138,7 @@ mod tests {
                 writable: false,
                 dedicated: None,
                 queues: None,
+                domain: None,
             },
             digest: "sha256:00".into(),
             created_unix_ms: 1,

@@ -16,7 +16,7 @@ use manifest::{KeyProvider, ManifestDigest};
 use super::AgentError;
 use super::fair::{FairGate, FairStore};
 use crate::lazy::prefetch::{self, PrefetchMode, PrefetchOptions};
-use crate::lazy::{LazyImage, LazyOptions, SharedPlain};
+use crate::lazy::{DedicatedOptions, LazyImage, LazyOptions, SharedPlain};
 use crate::tiers::Tiers;
 use crate::transport::vhost::{ServeOptions, Server, Service, StopHandle};
 
@@ -63,7 +63,7 @@ impl Vm {
             parts.tiers.origin.as_ref(),
             &record.digest,
             parts.keys,
-            None,
+            spec.domain(),
         )
         .map_err(|e| AgentError::from_open(&spec.image, e))?;
         if let Some(dir) = &spec.dedicated {
@@ -73,12 +73,22 @@ impl Vm {
             })?;
         }
         let store = Arc::new(FairStore::new(parts.tiers.store.clone(), parts.gate));
+        // The dedicated disk is pinned to the digest the VM was pinned to
+        // (no `--reset` through the API: a restart re-creates VMs from
+        // their records, and must never discard their writes).
+        let read = LazyOptions {
+            dedicated: DedicatedOptions {
+                image: Some(opened.digest),
+                reset: false,
+            },
+            ..parts.read.clone()
+        };
         let lazy = Arc::new(
             LazyImage::open_with(
                 opened.manifest,
                 store,
                 spec.dedicated.as_deref(),
-                parts.read.clone(),
+                read,
                 parts.shared_plain.cloned(),
             )
             .map_err(|source| AgentError::Image {
@@ -246,9 +256,9 @@ pub(super) fn socket_of(run_dir: &Path, id: &str) -> PathBuf {
     run_dir.join(format!("{id}.sock"))
 }
 
-/// The digest `image` names now, in the origin.
-pub(super) fn pin(tiers: &Tiers, image: &str) -> Result<ManifestDigest, AgentError> {
-    tiers.origin.resolve(image).map_err(|source| {
+/// The digest `image` names now among `domain`'s tags, in the origin.
+pub(super) fn pin(tiers: &Tiers, domain: &str, image: &str) -> Result<ManifestDigest, AgentError> {
+    tiers.origin.resolve(domain, image).map_err(|source| {
         AgentError::from_open(
             image,
             crate::open::OpenError::Store {

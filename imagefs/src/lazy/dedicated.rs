@@ -1,17 +1,38 @@
 //! The dedicated local tier: one instance's plaintext copy of its device.
 //!
 //! ```text
-//! <dir>/
-//!   data      sparse plaintext file, exactly the device size
-//!   present   64-byte header, then one bit per chunk (bit i%8 of byte i/8)
+//! <dir>/      0700
+//!   data      0600 sparse plaintext file, exactly the device size
+//!   present   0600 64-byte header, then one bit per chunk (bit i%8 of byte i/8)
+//!   instance  0600 which manifest digest the disk is of; whether a guest wrote
+//!   lock      0600 flock'ed (exclusive) by the process using the tier
 //! ```
 //!
 //! The header binds the bitmap to one image: magic `IMGFSDT1`, a
 //! fingerprint (SHA-256 over the device size, the chunk size and the chunk
 //! table's ids and holes), the device size, the chunk size and the chunk
 //! count. A bitmap whose length, magic, fingerprint, geometry or padding
-//! bits are wrong, or a `data` file of the wrong size, is not trusted: the
-//! tier starts empty and every chunk is fetched again.
+//! bits are wrong, a `data` file of the wrong size, or an `instance`
+//! record naming another digest than the opener's, does not match.
+//!
+//! # Pinning
+//!
+//! What happens to state that does not match depends on what it is. A
+//! disk no guest ever wrote to is only a cache of the image: it is reset
+//! (the tier starts empty, every chunk is fetched again) and the reset is
+//! reported ([`DedicatedState::Reset`]). A disk a guest wrote to (the
+//! record says so, set durably before the first write lands; a directory
+//! of an older version without a record counts as written) is that
+//! instance's data: opening it for another image, or finding it
+//! unreadable, is [`DedicatedError::Mismatch`], and only
+//! [`DedicatedOptions::reset`] (`--reset`) discards it.
+//!
+//! # Lock
+//!
+//! A process holds an exclusive `flock` on `lock` for the tier's life; a
+//! second opener (another `serve` or `mount` on the same directory) fails
+//! with [`DedicatedError::InUse`]. The kernel drops the lock with the
+//! process, so a `kill -9` never leaves the directory locked.
 //!
 //! # Crash safety
 //!
@@ -37,8 +58,7 @@
 //! a cache node. A new or reset bitmap is written atomically (temporary
 //! file, fsync, rename, directory fsync) before `data` is (re)created.
 //!
-//! One process uses a directory at a time; that is the caller's to ensure
-//! (one dedicated directory per instance).
+//! One process uses a directory at a time (see "Lock").
 //!
 //! # Writes
 //!
@@ -53,15 +73,19 @@
 //! (the guest's FLUSH) persists the pending bits and syncs `data` and the
 //! bitmap, so a write is durable once its flush returns, as a disk's is.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+mod instance;
+
+use std::fs::{self, File};
+use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use manifest::{ChunkEntry, ChunkId, ChunkIndex, Manifest};
+use manifest::{ChunkEntry, ChunkId, ChunkIndex, Manifest, ManifestDigest};
+
+use instance::{Record, create_new, create_private_dir, open_existing, write_atomically};
 
 /// Magic at the start of the `present` file.
 const MAGIC: &[u8; 8] = b"IMGFSDT1";
@@ -89,6 +113,41 @@ pub enum DedicatedError {
         /// The cause (shared: errors are handed to every waiting reader).
         source: Arc<io::Error>,
     },
+    /// The directory holds a disk a guest wrote to, and it does not match
+    /// this open (see the module docs).
+    #[error(
+        "dedicated tier {}: it holds an instance's disk with guest writes that cannot be reused: {reason}; not discarding it (pass --reset to start over from the image, losing those writes)",
+        dir.display()
+    )]
+    Mismatch {
+        /// The directory.
+        dir: PathBuf,
+        /// What differs.
+        reason: String,
+    },
+    /// Another process uses the directory.
+    #[error(
+        "dedicated tier {} is in use by another process (it holds the lock {}); each instance needs its own dedicated directory",
+        dir.display(),
+        lock.display()
+    )]
+    InUse {
+        /// The directory.
+        dir: PathBuf,
+        /// Its lock file.
+        lock: PathBuf,
+    },
+}
+
+/// How [`DedicatedTier::open_with`] treats what the directory holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DedicatedOptions {
+    /// The digest of the manifest served: recorded in the directory, and
+    /// a disk with guest writes of another digest is refused.
+    pub image: Option<ManifestDigest>,
+    /// Discard whatever the directory holds, guest writes included, and
+    /// start from the image (`--reset`).
+    pub reset: bool,
 }
 
 fn io_err(action: impl Into<String>, path: &Path) -> impl FnOnce(io::Error) -> DedicatedError {
@@ -111,7 +170,8 @@ pub enum DedicatedState {
         /// Chunks present.
         present: u64,
     },
-    /// Earlier state that could not be trusted was discarded.
+    /// Earlier state was discarded: it was only a cache and did not
+    /// match, or [`DedicatedOptions::reset`] asked for it.
     Reset {
         /// Why.
         reason: String,
@@ -124,6 +184,13 @@ pub struct DedicatedTier {
     dir: PathBuf,
     data: File,
     present: File,
+    /// Holds the directory's `flock` while open (an `Option` only so a
+    /// test can crash the tier without its lock).
+    _lock: Option<File>,
+    /// What the `instance` file says; `written` set before a first write.
+    record: Mutex<Record>,
+    /// Whether `record.written` is durably set.
+    written: AtomicBool,
     /// The chunks whose bytes are in `data`, durable or not: what this
     /// process reads from `data`.
     bits: Vec<AtomicU8>,
@@ -186,56 +253,109 @@ fn check_bitmap(bytes: &[u8], expected_header: &[u8], chunks: u64) -> Result<(),
     Ok(())
 }
 
-/// Writes `bytes` to `dir/name` atomically and durably.
-fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), DedicatedError> {
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| {
-        let mut f = File::create(&tmp).map_err(io_err("create", &tmp))?;
-        f.write_all(bytes).map_err(io_err("write", &tmp))?;
-        f.sync_all().map_err(io_err("sync", &tmp))?;
-        let target = dir.join(name);
-        fs::rename(&tmp, &target).map_err(io_err("rename into place", &target))?;
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io_err("sync directory", dir))
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
+/// Reads and checks the bitmap and the data file's size: the bitmap file's
+/// bytes, or why they are not trusted (`""`: there is no bitmap).
+fn read_bitmap(
+    present_path: &Path,
+    data_path: &Path,
+    expected: &[u8],
+    manifest: &Manifest,
+) -> Result<Vec<u8>, String> {
+    let chunks = manifest.chunks.len() as u64;
+    // One byte past the right length is enough to tell it is wrong.
+    let limit = (HEADER_LEN as u64 + chunks.div_ceil(8)).saturating_add(1);
+    let bytes = match open_existing(present_path, false) {
+        Ok(f) => {
+            let mut bytes = Vec::new();
+            io::Read::read_to_end(&mut io::Read::take(f, limit), &mut bytes)
+                .map_err(|e| format!("bitmap file unreadable: {e}"))?;
+            bytes
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(String::new()),
+        Err(e) => return Err(format!("bitmap file unreadable: {e}")),
+    };
+    check_bitmap(&bytes, expected, chunks)?;
+    match fs::symlink_metadata(data_path) {
+        Ok(m) if m.is_file() && m.len() == manifest.device_size => Ok(bytes),
+        Ok(m) if !m.is_file() => Err("data file is not a regular file".into()),
+        Ok(m) => Err(format!(
+            "data file is {} bytes, expected {}",
+            m.len(),
+            manifest.device_size
+        )),
+        Err(e) => Err(format!("data file unreadable: {e}")),
     }
-    result
 }
 
 impl DedicatedTier {
-    /// Opens the tier in `dir` for `manifest` (creating `dir` if needed),
-    /// reusing an earlier process's state when it belongs to the same
-    /// image and is intact, and starting empty otherwise.
+    /// [`Self::open_with`] without a digest to pin or a reset.
     pub fn open(dir: &Path, manifest: &Manifest) -> Result<(Self, DedicatedState), DedicatedError> {
-        fs::create_dir_all(dir).map_err(io_err("create directory", dir))?;
+        Self::open_with(dir, manifest, &DedicatedOptions::default())
+    }
+
+    /// Opens the tier in `dir` for `manifest` (creating `dir` if needed)
+    /// and locks it; reuses an earlier process's state when it is of the
+    /// same image and intact; otherwise resets a cache and refuses a disk
+    /// with guest writes (see the module docs).
+    pub fn open_with(
+        dir: &Path,
+        manifest: &Manifest,
+        opts: &DedicatedOptions,
+    ) -> Result<(Self, DedicatedState), DedicatedError> {
+        create_private_dir(dir)?;
+        let lock = instance::lock(dir)?;
         let chunks = manifest.chunks.len() as u64;
         let expected = header(manifest);
         let present_path = dir.join(PRESENT_FILE);
         let data_path = dir.join(DATA_FILE);
-        let verdict =
-            match fs::read(&present_path) {
-                Ok(bytes) => check_bitmap(&bytes, &expected, chunks).and_then(|()| {
-                    match fs::metadata(&data_path) {
-                        Ok(m) if m.is_file() && m.len() == manifest.device_size => Ok(bytes),
-                        Ok(m) => Err(format!(
-                            "data file is {} bytes, expected {}",
-                            m.len(),
-                            manifest.device_size
-                        )),
-                        Err(e) => Err(format!("data file unreadable: {e}")),
-                    }
-                }),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => Err(String::new()),
-                Err(e) => Err(format!("bitmap file unreadable: {e}")),
-            };
-        let (bitmap, state) = match verdict {
+        let record = instance::read_record(dir);
+        let verdict = read_bitmap(&present_path, &data_path, &expected, manifest);
+        // An older version's directory has a bitmap and no record: it may
+        // hold guest writes, so it counts as written.
+        let written = match &record {
+            Ok(Some(r)) => r.written,
+            Ok(None) => !matches!(verdict, Err(ref why) if why.is_empty()),
+            Err(_) => true,
+        };
+        let recorded_image = record.as_ref().ok().and_then(|r| r.as_ref()?.image);
+        let verdict = match (record, verdict) {
+            (Err(why), _) => Err(why),
+            (Ok(_), Err(why)) => Err(why),
+            (Ok(_), Ok(bytes)) => match (recorded_image, opts.image) {
+                (Some(have), Some(want)) if have != want => {
+                    Err(format!("it is a disk of image {have}, not of {want}"))
+                }
+                _ => Ok(bytes),
+            },
+        };
+        let verdict = match verdict {
+            // Nothing there yet: a new tier (`--reset` has nothing to do).
+            Err(why) if why.is_empty() && !written => Err(why),
+            Err(why) if why.is_empty() => Err("its bitmap file is missing".to_string()),
+            v => v,
+        };
+        let verdict = match verdict {
+            Ok(_) if opts.reset => Err("--reset discarded the earlier disk".to_string()),
+            Err(why) if opts.reset => Err(format!("--reset discarded the earlier disk ({why})")),
+            Err(reason) if written => {
+                return Err(DedicatedError::Mismatch {
+                    dir: dir.to_path_buf(),
+                    reason,
+                });
+            }
+            // Never written: only a cache of the image, so resetting loses
+            // nothing but refetches (and is reported as `Reset`).
+            v => v,
+        };
+        let (bitmap, state, record) = match verdict {
             Ok(bytes) => {
                 let bitmap = bytes[HEADER_LEN..].to_vec();
                 let present = bitmap.iter().map(|b| u64::from(b.count_ones())).sum();
-                (bitmap, DedicatedState::Reused { present })
+                let record = Record {
+                    image: opts.image.or(recorded_image),
+                    written,
+                };
+                (bitmap, DedicatedState::Reused { present }, record)
             }
             Err(reason) => {
                 // Distrust everything: an empty bitmap first, then a fresh
@@ -244,7 +364,12 @@ impl DedicatedTier {
                 let mut file = expected.to_vec();
                 file.extend_from_slice(&empty);
                 write_atomically(dir, PRESENT_FILE, &file)?;
-                let data = File::create(&data_path).map_err(io_err("create", &data_path))?;
+                match fs::remove_file(&data_path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(io_err("remove", &data_path)(e)),
+                }
+                let data = create_new(&data_path).map_err(io_err("create", &data_path))?;
                 data.set_len(manifest.device_size)
                     .map_err(io_err("size", &data_path))?;
                 data.sync_all().map_err(io_err("sync", &data_path))?;
@@ -253,27 +378,60 @@ impl DedicatedTier {
                 } else {
                     DedicatedState::Reset { reason }
                 };
-                (empty, state)
+                let record = Record {
+                    image: opts.image,
+                    written: false,
+                };
+                (empty, state, record)
             }
         };
-        let rw = |path: &Path| {
-            OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(path)
-                .map_err(io_err("open", path))
-        };
+        // Last: a crash before this leaves the old record, which at worst
+        // refuses (never discards) the disk on the next open.
+        if instance::read_record(dir).ok().flatten().as_ref() != Some(&record) {
+            instance::write_record(dir, &record)?;
+        }
+        let rw = |path: &Path| open_existing(path, true).map_err(io_err("open", path));
         Ok((
             Self {
                 dir: dir.to_path_buf(),
                 data: rw(&data_path)?,
                 present: rw(&present_path)?,
+                _lock: Some(lock),
+                written: AtomicBool::new(record.written),
+                record: Mutex::new(record),
                 bits: bitmap.into_iter().map(AtomicU8::new).collect(),
                 dirty: AtomicBool::new(false),
                 persisting: Mutex::new(()),
             },
             state,
         ))
+    }
+
+    /// Records, durably, that the disk holds guest writes (before the
+    /// first one lands), so it is never reset without `--reset`.
+    pub fn mark_written(&self) -> Result<(), DedicatedError> {
+        if self.written.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let mut record = self.record.lock().unwrap_or_else(PoisonError::into_inner);
+        if !record.written {
+            let updated = Record {
+                written: true,
+                ..record.clone()
+            };
+            instance::write_record(&self.dir, &updated)?;
+            *record = updated;
+        }
+        self.written.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// What a crash leaves: nothing persisted or synced on the way out,
+    /// and the lock released as the kernel would release a dead process's.
+    #[cfg(test)]
+    pub(crate) fn crash(mut self) {
+        drop(self._lock.take());
+        std::mem::forget(self);
     }
 
     /// The tier's directory.

@@ -95,6 +95,10 @@ pub enum LazyError {
         /// Its length.
         len: u64,
     },
+    /// Recording that the dedicated tier holds guest writes failed (the
+    /// write was not made).
+    #[error("recording the first guest write in the dedicated tier: {0}")]
+    MarkWritten(#[source] DedicatedError),
     /// Syncing the dedicated tier (a flush) failed.
     #[error("flushing the dedicated tier: {0}")]
     Flush(#[source] DedicatedError),

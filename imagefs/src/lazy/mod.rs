@@ -59,7 +59,7 @@ use manifest::report::{FetchLog, PrefetchStats};
 use manifest::{ChunkEntry, ChunkId, ChunkIndex, Manifest};
 
 use crate::tiers::config::ReadConfig;
-pub use dedicated::{DedicatedError, DedicatedState, DedicatedTier};
+pub use dedicated::{DedicatedError, DedicatedOptions, DedicatedState, DedicatedTier};
 pub use error::LazyError;
 pub use prefetch::{PrefetchHandle, PrefetchMode, PrefetchOptions};
 use readahead::Readahead;
@@ -81,6 +81,9 @@ pub struct LazyOptions {
     /// Most chunks one read fetches at once when it covers several that
     /// are missing (0 or 1: one after another).
     pub parallel_fetches: usize,
+    /// How the dedicated tier (if any) treats its directory's earlier
+    /// state: the digest it pins, and `--reset`.
+    pub dedicated: DedicatedOptions,
 }
 
 impl Default for LazyOptions {
@@ -97,6 +100,7 @@ impl From<&ReadConfig> for LazyOptions {
             readahead_threads: read.readahead_threads,
             memory_chunks: read.memory_chunks,
             parallel_fetches: read.parallel_fetches,
+            dedicated: DedicatedOptions::default(),
         }
     }
 }
@@ -211,8 +215,8 @@ impl LazyImage {
             .map_err(|problem| LazyError::BadManifest { problem })?;
         let (dedicated, dedicated_state) = match dedicated {
             Some(dir) => {
-                let (tier, state) =
-                    DedicatedTier::open(dir, &manifest).map_err(LazyError::OpenDedicated)?;
+                let (tier, state) = DedicatedTier::open_with(dir, &manifest, &options.dedicated)
+                    .map_err(LazyError::OpenDedicated)?;
                 (Some(tier), Some(state))
             }
             None => (None, None),
@@ -352,9 +356,12 @@ impl LazyImage {
             .checked_add(len)
             .filter(|&end| end <= size)
             .ok_or(LazyError::OutOfRange { offset, len, size })?;
-        if self.inner.dedicated.is_none() {
+        let Some(dedicated) = &self.inner.dedicated else {
             return Err(LazyError::ReadOnly { offset, len });
-        }
+        };
+        // Before the first write lands: from now on the disk is the
+        // instance's data, never reset without `--reset`.
+        dedicated.mark_written().map_err(LazyError::MarkWritten)?;
         let chunk_size = self.inner.manifest.chunk_size.as_u64();
         let mut pos = offset;
         while pos < end {

@@ -11,6 +11,7 @@ use manifest::{DomainSecret, Manifest};
 
 use super::*;
 
+mod dedicated;
 mod shared;
 
 struct Fixture {
@@ -189,7 +190,7 @@ fn a_crash_keeps_only_the_fills_persisted_before_it() {
     tier.read_at(ChunkIndex(1), &mut buf, CHUNK as u64).unwrap();
     assert!(buf == chunk(1));
     // A crash (no drop, so no last persist): the disk has chunk 0 only.
-    std::mem::forget(tier);
+    tier.crash();
     let (tier, state) = dedicated(&f);
     assert_eq!(state, DedicatedState::Reused { present: 1 });
     assert!(tier.is_present(ChunkIndex(0)) && !tier.is_present(ChunkIndex(1)));
@@ -226,6 +227,7 @@ fn readahead_fetches_the_next_chunks() {
         readahead_threads: 2,
         memory_chunks: 8,
         parallel_fetches: 1,
+        ..LazyOptions::default()
     };
     let lazy = open(&f, false, opts);
     let mut buf = [0u8; 100];

@@ -15,6 +15,7 @@ pub fn tiers_report(snapshot: TieredSnapshot) -> TiersReport {
         tiers: snapshot.tiers,
         shared_fetches: snapshot.shared_fetches,
         unavailable: snapshot.unavailable,
+        quarantined: snapshot.quarantined,
         latency_bounds_seconds: LATENCY_BUCKETS.to_vec(),
     }
 }
@@ -62,6 +63,13 @@ pub fn render(tiers: &TiersReport, lazy: &LazyMetrics) -> String {
         if let Some(e) = &t.last_error {
             let _ = writeln!(out, "  last error in {}: {e}", t.tier);
         }
+    }
+    if tiers.quarantined > 0 {
+        let _ = writeln!(
+            out,
+            "quarantined: {} chunk(s) corrupt in the origin (not deleted; re-convert to repair)",
+            tiers.quarantined
+        );
     }
     let _ = writeln!(
         out,
@@ -124,6 +132,7 @@ mod tests {
             tiers: vec![tier(b), tier(vec![0; LATENCY_BUCKETS.len() + 1])],
             shared_fetches: 0,
             unavailable: 0,
+            quarantined: 2,
         });
         let t = &report.tiers[0];
         assert_eq!(
@@ -138,6 +147,7 @@ mod tests {
         assert_eq!(quantile_upper_bound(&report, &report.tiers[1], 0.5), None);
         let table = render(&report, &LazyMetrics::default());
         assert!(table.contains("<=0.1ms"), "{table}");
+        assert!(table.contains("quarantined: 2 chunk(s)"), "{table}");
         assert!(table.contains("<=5ms"), "{table}");
         assert!(table.contains(" -"), "{table}");
     }

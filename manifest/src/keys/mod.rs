@@ -164,6 +164,9 @@ pub trait KeyProvider: Send + Sync {
     fn domain_secret(&self, domain: &str) -> Result<DomainSecret, KeyError>;
 }
 
+/// The domain of `convert` and of every reader when none is given.
+pub const DEFAULT_DOMAIN: &str = "default";
+
 /// Checks that a domain name is usable: 1 to 64 characters from
 /// `A-Z a-z 0-9 . _ -`, not starting with `.`.
 pub fn validate_domain(name: &str) -> Result<(), KeyError> {

@@ -66,7 +66,7 @@ pub struct Opened {
 pub fn open(dir: &Path) -> Opened {
     let store = DirStore::open(dir.join("store")).unwrap();
     let keys = LocalKeyProvider::open(dir.join("keys")).unwrap();
-    let image = imagefs::open_image(&store, "t", &keys, None).unwrap();
+    let image = imagefs::open_image(&store, "t", &keys, "default").unwrap();
     let present = (0..image.manifest.chunks.len() as u64)
         .filter(|&i| !image.manifest.chunks[i as usize].is_hole())
         .collect();
