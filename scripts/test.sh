@@ -29,3 +29,11 @@ export ROCKSDB_LIB_DIR ROCKSDB_STATIC=1
 df -h "$IMAGEFS_CACHE" /tmp
 cargo build --workspace --all-targets --locked
 cargo test --workspace --locked
+
+# The fuzz smoke: every cargo-fuzz target for a short while (a longer run of
+# one target: scripts/fuzz.sh TARGET SECONDS). fuzz.sh installs cargo-fuzz.
+targets=$(bash scripts/fuzz.sh --list)
+[ -n "$targets" ] || { echo "scripts/test.sh: no fuzz targets listed" >&2; exit 1; }
+for t in $targets; do
+    bash scripts/fuzz.sh "$t" "${IMAGEFS_FUZZ_SMOKE_SECS:-20}"
+done
