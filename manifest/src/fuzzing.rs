@@ -46,7 +46,7 @@ impl KeyProvider for FixedKeys {
 pub fn decode_all(data: &[u8]) {
     let keys = FixedKeys;
     if let Ok(manifest) = Manifest::decode(data) {
-        round_trip_manifest(&manifest, &keys);
+        round_trip_manifest(&manifest, data, &keys);
     }
     let _ = unseal(data, &keys);
     let _ = unseal_for_domain(data, &keys, "fuzz");
@@ -77,8 +77,10 @@ pub fn decode_all(data: &[u8]) {
     let _ = crate::trace::decode(data);
 }
 
-fn round_trip_manifest(manifest: &Manifest, keys: &FixedKeys) {
+fn round_trip_manifest(manifest: &Manifest, data: &[u8], keys: &FixedKeys) {
     let encoded = manifest.encode().expect("a decoded manifest encodes");
+    // One canonical form: what decodes encodes back to the same bytes.
+    assert_eq!(encoded, data, "manifest decode/encode is not canonical");
     assert_eq!(
         &Manifest::decode(&encoded).expect("a re-encoded manifest decodes"),
         manifest
