@@ -29,6 +29,7 @@ impl Az {
             dirs.push(dir);
             let config = NodeConfig {
                 listen: "127.0.0.1:0".parse().unwrap(),
+                ..NodeConfig::default()
             };
             nodes.push(Some(server::start(&config, local, origin.clone()).unwrap()));
         }

@@ -15,6 +15,7 @@ use common::{chunk, dir_store, get_chunk, http, within};
 fn loopback() -> NodeConfig {
     NodeConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
+        ..NodeConfig::default()
     }
 }
 

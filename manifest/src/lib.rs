@@ -27,6 +27,8 @@ pub mod agent;
 pub mod chunk_size;
 pub mod convergent;
 pub mod format;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod ids;
 pub mod keys;
 pub mod profile;

@@ -31,7 +31,18 @@ pub struct CacheNodeArgs {
     /// The origin: a directory, file:///DIR or s3://BUCKET/PREFIX.
     #[arg(long)]
     origin: Option<String>,
-    /// Tier configuration (TOML) with [node] and [origin] sections.
+    /// Chunk requests worked on at once; more get 503 (default 512).
+    #[arg(long)]
+    max_in_flight: Option<usize>,
+    /// Origin fetches at once (default 64).
+    #[arg(long)]
+    max_origin_fetches: Option<usize>,
+    /// Requests per second per client IP (IPv6: per /64); more get 429.
+    /// 0 turns it off (default 5000).
+    #[arg(long)]
+    client_rate: Option<f64>,
+    /// Tier configuration (TOML) with [node], [node.limits] and [origin]
+    /// sections.
     #[arg(long, env = "IMAGEFS_CONFIG")]
     config: Option<PathBuf>,
     /// When stopped, write the node's tier counters to FILE as JSON
@@ -78,8 +89,28 @@ impl CacheNodeArgs {
             .map(imagefs::tiers::config::OriginConfig::limits)
             .unwrap_or_default();
         let origin = cachetiers::origin::open_origin_with(&origin_url, false, &limits)?;
+        let mut node_limits = section
+            .as_ref()
+            .and_then(|n| n.limits.clone())
+            .unwrap_or_default();
+        if let Some(n) = self.max_in_flight {
+            node_limits.max_in_flight = n;
+        }
+        if let Some(n) = self.max_origin_fetches {
+            node_limits.max_origin_fetches = n;
+        }
+        if let Some(rate) = self.client_rate {
+            node_limits.client_rate = rate;
+        }
         let armed = signals.arm();
-        let node = start(&NodeConfig { listen }, local, origin)?;
+        let node = start(
+            &NodeConfig {
+                listen,
+                limits: node_limits,
+            },
+            local,
+            origin,
+        )?;
         let stop = node.stop_handle();
         armed.stop_with(move || stop.stop());
         // Tests and scripts read this line for the real port.

@@ -1,16 +1,19 @@
 //! The node's HTTP routes, their handlers and the request counters.
 
 use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, Request, State};
+use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use cachetiers::ChunkStore;
+use cachetiers::tiered::TierOutcome;
+use cachetiers::{ChunkStore, TieredError};
 use manifest::ChunkId;
 use telemetry::counter::Counter;
 use telemetry::prometheus::{Kind, Text};
@@ -88,6 +91,7 @@ pub(super) fn router(node: Arc<CacheNode>) -> Router {
         .route("/v1/chunks/{id}", get(get_chunk).head(head_chunk))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
+        .layer(middleware::from_fn_with_state(Arc::clone(&node), admit))
         .layer(middleware::from_fn_with_state(Arc::clone(&node), count))
         .with_state(node)
 }
@@ -123,6 +127,43 @@ async fn count(State(node): State<Arc<CacheNode>>, request: Request, next: Next)
     response
 }
 
+/// Middleware: the per-client rate for every request, and the in-flight
+/// limit for chunk requests (the others are cheap and bounded). Over
+/// either, the answer comes at once with `Retry-After`.
+async fn admit(State(node): State<Arc<CacheNode>>, request: Request, next: Next) -> Response {
+    // Without a peer address (the router driven in-process) every
+    // request counts as one client.
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip());
+    if let Err(wait) = node.rate.take(peer, Instant::now()) {
+        return busy(
+            StatusCode::TOO_MANY_REQUESTS,
+            wait,
+            "too many requests from this client",
+        );
+    }
+    if route_of(request.uri().path()) != "chunk" {
+        return next.run(request).await;
+    }
+    // Held until the answer is ready; an origin fetch holds a permit of
+    // its own (see `get_chunk`).
+    let Ok(_permit) = Arc::clone(&node.in_flight).try_acquire_owned() else {
+        return busy(StatusCode::SERVICE_UNAVAILABLE, 1, "the cache node is busy");
+    };
+    next.run(request).await
+}
+
+/// A refusal with `Retry-After: seconds`.
+fn busy(status: StatusCode, seconds: u64, message: &str) -> Response {
+    let mut response = text(status, message);
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    response
+}
+
 /// A plain-text answer of one line.
 fn text(status: StatusCode, message: impl Into<String>) -> Response {
     let mut line: String = message.into().replace(['\r', '\n'], " ");
@@ -130,14 +171,47 @@ fn text(status: StatusCode, message: impl Into<String>) -> Response {
     (status, line).into_response()
 }
 
+/// The longest part of a bad id echoed in a 400 (a path may be huge).
+const MAX_ECHOED_ID: usize = 80;
+
 /// The chunk id in a request path, or the 400 answer.
 fn parse_id(text_id: &str) -> Result<ChunkId, Box<Response>> {
     text_id.parse().map_err(|e| {
+        let shown: String = text_id.chars().take(MAX_ECHOED_ID).collect();
+        let more = if shown.len() < text_id.len() {
+            "…"
+        } else {
+            ""
+        };
         Box::new(text(
             StatusCode::BAD_REQUEST,
-            format!("`{text_id}` is not a chunk id (64 hex digits): {e}"),
+            format!("`{shown}{more}` is not a chunk id (64 hex digits): {e}"),
         ))
     })
+}
+
+/// What a client is told about a failed fetch: the chunk and the kind of
+/// answer each tier gave. The tiers' own words can carry the origin's
+/// URL, credentials in it, or local paths, so they go to stderr only.
+fn public_failure(id: &ChunkId, error: &TieredError) -> String {
+    eprintln!("cache node: {error}");
+    match error {
+        TieredError::Unavailable { attempts, .. } => {
+            let tiers: Vec<String> = attempts
+                .iter()
+                .map(|a| {
+                    let kind = match a.outcome {
+                        TierOutcome::Miss => "miss",
+                        TierOutcome::Corrupt(_) => "corrupt copy dropped",
+                        TierOutcome::Failed(_) => "failed",
+                    };
+                    format!("{}: {kind}", a.tier)
+                })
+                .collect();
+            format!("chunk {id} is unavailable: {}", tiers.join("; "))
+        }
+        _ => format!("chunk {id}: the fetch failed"),
+    }
 }
 
 /// A 200 carrying `object`, moved into the body (not copied).
@@ -173,19 +247,43 @@ async fn get_chunk(State(node): State<Arc<CacheNode>>, Path(text_id): Path<Strin
     if let Some(fetched) = node.store.fetch_fastest_to_forward(&id) {
         return object_response(fetched.object);
     }
+    let Some(permit) = origin_permit(&node).await else {
+        return internal(&id);
+    };
     let fetching = Arc::clone(&node);
-    match tokio::task::spawn_blocking(move || fetching.store.fetch(&id)).await {
+    // The permit moves into the fetch: a client that goes away drops
+    // this future, not the blocking fetch, which still counts.
+    let fetch = move || {
+        let _permit = permit;
+        fetching.store.fetch(&id)
+    };
+    match tokio::task::spawn_blocking(fetch).await {
         Ok(Ok(fetched)) => object_response(fetched.object),
         Ok(Err(e)) if e.is_clean_miss() => text(
             StatusCode::NOT_FOUND,
             format!("chunk {id} is not in the origin"),
         ),
-        Ok(Err(e)) => text(StatusCode::BAD_GATEWAY, e.to_string()),
-        Err(e) => text(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("chunk {id}: the fetch died: {e}"),
-        ),
+        Ok(Err(e)) => text(StatusCode::BAD_GATEWAY, public_failure(&id, &e)),
+        Err(e) => {
+            eprintln!("cache node: chunk {id}: the fetch died: {e}");
+            internal(&id)
+        }
     }
+}
+
+/// A turn at the origin (waits for one; the wait is bounded by the
+/// in-flight limit). `None` only if the semaphore was closed, which the
+/// node never does.
+async fn origin_permit(node: &CacheNode) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    Arc::clone(&node.origin_fetches).acquire_owned().await.ok()
+}
+
+/// A 500 that says nothing about the node's insides.
+fn internal(id: &ChunkId) -> Response {
+    text(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        format!("chunk {id}: internal error"),
+    )
 }
 
 /// `HEAD /v1/chunks/{id}`: 200 if the node or its origin has the chunk,
@@ -195,15 +293,28 @@ async fn head_chunk(State(node): State<Arc<CacheNode>>, Path(text_id): Path<Stri
         Ok(id) => id,
         Err(response) => return *response,
     };
+    let Some(permit) = origin_permit(&node).await else {
+        return internal(&id);
+    };
     let asking = Arc::clone(&node);
-    match tokio::task::spawn_blocking(move || asking.store.contains(&id)).await {
+    let lookup = move || {
+        let _permit = permit;
+        asking.store.contains(&id)
+    };
+    match tokio::task::spawn_blocking(lookup).await {
         Ok(Ok(true)) => StatusCode::OK.into_response(),
         Ok(Ok(false)) => StatusCode::NOT_FOUND.into_response(),
-        Ok(Err(e)) => text(StatusCode::BAD_GATEWAY, format!("chunk {id}: {e}")),
-        Err(e) => text(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("chunk {id}: the lookup died: {e}"),
-        ),
+        Ok(Err(e)) => {
+            eprintln!("cache node: chunk {id}: lookup: {e}");
+            text(
+                StatusCode::BAD_GATEWAY,
+                format!("chunk {id}: the lookup failed"),
+            )
+        }
+        Err(e) => {
+            eprintln!("cache node: chunk {id}: the lookup died: {e}");
+            internal(&id)
+        }
     }
 }
 

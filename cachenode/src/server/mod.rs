@@ -6,13 +6,20 @@
 //! - `GET /v1/chunks/{id}`: 200 with the object
 //!   (`application/octet-stream`); 400 if `id` is not 64 hex digits; 404
 //!   if neither the local store nor the origin has it; 502 with one line
-//!   naming the chunk and what each tier said when the origin failed or
-//!   served a bad copy.
+//!   naming the chunk and what kind of answer each tier gave (`miss`,
+//!   `failed`, `corrupt copy dropped`) when the origin failed or served a
+//!   bad copy. The details (which may name the origin's URL, paths or
+//!   credentials) go to the node's stderr, never to the client.
 //! - `HEAD /v1/chunks/{id}`: 200 or 404, whether the node or its origin
 //!   has the chunk (nothing is fetched).
 //! - `GET /metrics`: Prometheus text: the tiers' counters
 //!   ([`TieredStore::render_prometheus`]) and HTTP requests by status.
 //! - `GET /healthz`: 200 `ok`.
+//!
+//! Every request is subject to the node's [`NodeLimits`]: a client over
+//! its rate gets 429, a chunk request past `max_in_flight` gets 503 (both
+//! with `Retry-After`, at once, not queued), and at most
+//! `max_origin_fetches` origin fetches run at once.
 //!
 //! The stores are a [`TieredStore`] of `node-local` over `origin`: a miss
 //! is fetched once from the origin however many requests wait for it
@@ -29,7 +36,10 @@
 //! library installs no signal handlers: the program decides what stops a
 //! node.
 
+#[doc(hidden)]
+pub mod fuzzing;
 mod http;
+mod limits;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -39,13 +49,15 @@ use std::time::Duration;
 use axum::serve::ListenerExt;
 use cachetiers::{ChunkStore, TieredError, TieredStore};
 use serde::Deserialize;
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::{Notify, Semaphore, oneshot};
 use tokio::task::JoinHandle;
 
 /// Name of the node's own store in metrics and errors.
 pub const LOCAL_TIER: &str = "node-local";
 /// Name of the origin in metrics and errors.
 pub const ORIGIN_TIER: &str = "origin";
+
+pub use limits::{LimitsError, NodeLimits};
 
 /// Worker threads of the node's runtime. Reads from the node's own store
 /// run on them (short local reads); origin fetches run on tokio's
@@ -59,19 +71,25 @@ const STOP_GRACE: Duration = Duration::from_secs(10);
 ///
 /// ```toml
 /// listen = "0.0.0.0:8420"
+///
+/// [limits]
+/// max_in_flight = 512
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct NodeConfig {
     /// Address and port to listen on; port 0 picks a free port (see
     /// [`RunningNode::addr`]).
     pub listen: SocketAddr,
+    /// Load limits.
+    pub limits: NodeLimits,
 }
 
 impl Default for NodeConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 8420)),
+            limits: NodeLimits::default(),
         }
     }
 }
@@ -85,6 +103,12 @@ pub enum ServerError {
     Tiers {
         /// The underlying error.
         source: TieredError,
+    },
+    /// The load limits cannot work.
+    #[error("cannot start the cache node: {source}")]
+    Limits {
+        /// The underlying error.
+        source: LimitsError,
     },
     /// The node's runtime could not be started.
     #[error("cannot start the cache node's runtime: {source}")]
@@ -129,14 +153,34 @@ pub enum ServerError {
 pub struct CacheNode {
     store: TieredStore,
     http: http::HttpCounters,
+    limits: NodeLimits,
+    /// Permits for chunk requests being worked on.
+    in_flight: Arc<Semaphore>,
+    /// Permits for origin fetches and lookups.
+    origin_fetches: Arc<Semaphore>,
+    rate: limits::RateLimiter,
 }
 
 impl CacheNode {
-    /// A node that serves from `local` and fills it from `origin`.
+    /// A node with the default [`NodeLimits`] that serves from `local`
+    /// and fills it from `origin`.
     pub fn new(
         local: Arc<dyn ChunkStore>,
         origin: Arc<dyn ChunkStore>,
     ) -> Result<Self, ServerError> {
+        Self::with_limits(local, origin, NodeLimits::default())
+    }
+
+    /// A node under `limits` that serves from `local` and fills it from
+    /// `origin`.
+    pub fn with_limits(
+        local: Arc<dyn ChunkStore>,
+        origin: Arc<dyn ChunkStore>,
+        limits: NodeLimits,
+    ) -> Result<Self, ServerError> {
+        limits
+            .validate()
+            .map_err(|source| ServerError::Limits { source })?;
         let store = TieredStore::new(vec![
             (LOCAL_TIER.to_string(), local),
             (ORIGIN_TIER.to_string(), origin),
@@ -145,7 +189,16 @@ impl CacheNode {
         Ok(Self {
             store,
             http: http::HttpCounters::default(),
+            in_flight: Arc::new(Semaphore::new(limits.max_in_flight)),
+            origin_fetches: Arc::new(Semaphore::new(limits.max_origin_fetches)),
+            rate: limits::RateLimiter::new(&limits),
+            limits,
         })
+    }
+
+    /// The limits it runs under.
+    pub fn limits(&self) -> &NodeLimits {
+        &self.limits
     }
 
     /// The tiered store (tier 0 `node-local`, tier 1 `origin`), for its
@@ -197,7 +250,11 @@ pub async fn serve(
         // connection is served either way.
         let _ = stream.set_nodelay(true);
     });
-    axum::serve(listener, node.router())
+    // The peer's address is what the per-client rate is keyed by.
+    let app = node
+        .router()
+        .into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
         .map_err(|source| ServerError::Serve { addr, source })
@@ -223,10 +280,18 @@ pub fn start(
     local: Arc<dyn ChunkStore>,
     origin: Arc<dyn ChunkStore>,
 ) -> Result<RunningNode, ServerError> {
-    start_node(config, Arc::new(CacheNode::new(local, origin)?))
+    start_node(
+        config,
+        Arc::new(CacheNode::with_limits(
+            local,
+            origin,
+            config.limits.clone(),
+        )?),
+    )
 }
 
-/// [`start`] for a node already built (to share its counters).
+/// [`start`] for a node already built (to share its counters); the node's
+/// own limits apply, not `config.limits`.
 pub fn start_node(config: &NodeConfig, node: Arc<CacheNode>) -> Result<RunningNode, ServerError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(WORKER_THREADS)

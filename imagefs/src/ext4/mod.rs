@@ -22,6 +22,8 @@ mod cache;
 mod dir;
 mod extent;
 mod filemap;
+#[doc(hidden)]
+pub mod fuzzing;
 mod group;
 mod inode;
 mod superblock;
@@ -397,6 +399,8 @@ fn read(source: &dyn BlockDevice, buf: &mut [u8], offset: u64) -> Result<(), Met
         })
 }
 
+#[cfg(test)]
+mod fuzz_walk;
 #[cfg(test)]
 mod roundtrip;
 #[cfg(test)]

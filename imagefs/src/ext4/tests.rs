@@ -48,9 +48,9 @@ pub(super) fn mem(bytes: Vec<u8>) -> Arc<Mem> {
 }
 
 /// Path → the xattrs put on it.
-type Want = BTreeMap<&'static str, Vec<(String, Vec<u8>)>>;
+pub(super) type Want = BTreeMap<&'static str, Vec<(String, Vec<u8>)>>;
 
-fn sample() -> (Image, Want) {
+pub(super) fn sample() -> (Image, Want) {
     let access = acl_xattr(&[
         (1, 6, u32::MAX),
         (2, 4, 1000),
@@ -113,7 +113,7 @@ fn sample() -> (Image, Want) {
     (Image::new(vec![Layer::new(entries)]), want)
 }
 
-fn flatten(image: &Image) -> Vec<u8> {
+pub(super) fn flatten(image: &Image) -> Vec<u8> {
     let dir = tempfile::tempdir().unwrap();
     let layout = dir.path().join("oci");
     image.write_oci_layout(&layout, "t").unwrap();

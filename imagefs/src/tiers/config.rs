@@ -216,6 +216,8 @@ pub struct NodeSection {
     pub data: Option<PathBuf>,
     /// Most object bytes it holds.
     pub capacity: Option<ByteSize>,
+    /// `[node.limits]`: its load limits (defaults for what is left out).
+    pub limits: Option<cachenode::server::NodeLimits>,
 }
 
 /// A byte count written as a number or as text with a K, M, G or T suffix
