@@ -237,9 +237,25 @@ pub struct LayoutArgs {
     /// Free inodes to leave beyond those the image uses.
     #[arg(long, default_value_t = 4096)]
     spare_inodes: u32,
+    /// Most uncompressed bytes one layer may have.
+    #[arg(long, default_value = "64G", value_parser = parse_size)]
+    max_layer_bytes: u64,
+    /// Most uncompressed bytes all layers together may have.
+    #[arg(long, default_value = "256G", value_parser = parse_size)]
+    max_image_bytes: u64,
 }
 
 impl LayoutArgs {
+    fn flatten(&self) -> FlattenOptions {
+        let mut opts = FlattenOptions {
+            ext4: self.ext4(),
+            ..FlattenOptions::default()
+        };
+        opts.limits.max_layer_bytes = self.max_layer_bytes;
+        opts.limits.max_image_bytes = self.max_image_bytes;
+        opts
+    }
+
     fn ext4(&self) -> Ext4Options {
         Ext4Options {
             chunk_size: self.chunk_size,
@@ -280,10 +296,7 @@ impl Command {
                 output,
                 layout,
             } => {
-                let opts = FlattenOptions {
-                    ext4: layout.ext4(),
-                    ..FlattenOptions::default()
-                };
+                let opts = layout.flatten();
                 let flattened = flatten_to_file(&source, &output, &opts)?;
                 report::flattened(&mut stdout(), &flattened, &output)?;
                 Ok(())
@@ -298,10 +311,7 @@ impl Command {
             } => {
                 let (dir, keys) = store.open(true)?;
                 let mut opts = ConvertOptions {
-                    flatten: FlattenOptions {
-                        ext4: layout.ext4(),
-                        ..FlattenOptions::default()
-                    },
+                    flatten: layout.flatten(),
                     domain: store.domain.clone(),
                     tag,
                     progress: !json,
