@@ -189,8 +189,7 @@ fn writable_serve_survives_kill_9() {
             Some(m) => {
                 let log = daemon.output();
                 assert!(
-                    log.lines()
-                        .any(|l| l.contains("dedicated tier reused")),
+                    log.lines().any(|l| l.contains("dedicated tier reused")),
                     "round {round}: the restarted serve did not reuse its dedicated tier:\n{log}"
                 );
                 m.check(round, &disk);
