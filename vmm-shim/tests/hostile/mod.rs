@@ -63,22 +63,20 @@ pub fn image() -> Option<Image> {
         .arg(&store)
         .arg("--keys")
         .arg(&keys)
-        .args(["--chunk-size", "65536", "--free-space", "2097152"])
+        .args(["--chunk-size", "65536", "--free-space", "2097152", "--json"])
         .env_remove("IMAGEFS_CONFIG")
         .output()
         .expect("run imagefs convert");
-    let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
-        "imagefs convert failed:\n{stdout}{}",
+        "imagefs convert failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    let digest = stdout
-        .lines()
-        .find(|l| l.starts_with("sha256:"))
-        .unwrap_or_else(|| panic!("imagefs convert printed no digest:\n{stdout}"))
-        .trim()
-        .to_string();
+    // The report is data: read the digest from --json, not from the table.
+    let report: manifest::report::ConvertStats = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("imagefs convert --json: {e}"));
+    let digest = report.digest;
     Some(Image {
         dir,
         bin,
