@@ -203,6 +203,7 @@ fn public_failure(id: &ChunkId, error: &TieredError) -> String {
                     let kind = match a.outcome {
                         TierOutcome::Miss => "miss",
                         TierOutcome::Corrupt(_) => "corrupt copy dropped",
+                        TierOutcome::Quarantined(_) => "corrupt copy quarantined",
                         TierOutcome::Failed(_) => "failed",
                     };
                     format!("{}: {kind}", a.tier)
