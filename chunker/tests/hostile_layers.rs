@@ -462,7 +462,7 @@ fn failed_convert_leaves_no_manifest_or_tag() {
     };
     let err = chunker::convert::convert(&source, &store, &keys, &opts).unwrap_err();
     assert!(err.to_string().contains("entry \"d\""), "{err}");
-    assert!(store.tags().unwrap().is_empty());
+    assert!(store.tags(&opts.domain).unwrap().is_empty());
     let manifests = store_dir.path().join("store/manifests");
     let count = std::fs::read_dir(&manifests).map_or(0, |d| d.count());
     assert_eq!(count, 0, "a manifest was stored");
