@@ -145,6 +145,7 @@ mod tests {
                 writable: true,
                 dedicated: Some("/var/lib/imagefs/vm-a".into()),
                 queues: Some(2),
+                domain: Some("default".into()),
             },
             digest: format!("sha256:{}", "ab".repeat(32)),
             created_unix_ms: 1_700_000_000_000,
