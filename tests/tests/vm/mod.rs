@@ -99,7 +99,7 @@ pub fn convert_source(source: &ImageSource, chunk_size: u64, free: u64) -> Conve
     let flatten = flatten_options(chunk_size, free);
     let opts = ConvertOptions {
         flatten: flatten.clone(),
-        domain: "test".into(),
+        domain: "default".into(), // what serve and the agent open without --domain
         threads: 2,
         tag: None,
         progress: false,
