@@ -20,6 +20,8 @@
 //! - [`harness`] finds tools, prints `SKIP:` lines, and mounts/unmounts.
 //! - [`process`] starts child processes (`imagefs mount`, cache nodes),
 //!   waits until they are ready, and stops them with a signal.
+//! - [`rng`] is the seeded generator of randomized tests (seed printed,
+//!   replayed from an environment variable).
 //! - [`synthetic`] encrypts chunk plaintexts into a manifest and a store,
 //!   for tests of the lazy layers that need no filesystem.
 //!
@@ -40,6 +42,7 @@ pub mod harness;
 pub mod imagegen;
 pub mod process;
 pub mod qemu;
+pub mod rng;
 pub mod synthetic;
 pub mod tarw;
 pub mod treecheck;

@@ -20,6 +20,7 @@ use cachetiers::{ChunkStore, DirStore, RocksStore, TieredStore};
 use manifest::ChunkId;
 use manifest::convergent::{DomainSecret, encrypt_chunk};
 use sha2::{Digest, Sha256};
+use tests::rng::{Rng, seed_from_env};
 
 /// Set in the child process: `ROLE DB ORIGIN CAPACITY SEED`.
 const CHILD_ENV: &str = "IMAGEFS_CRASH_CHILD";
@@ -33,37 +34,6 @@ const OBJECTS: u32 = 96;
 const CAPACITY: u64 = 2 << 20;
 /// Hang guard for a child's progress (never a timing assertion).
 const WATCHDOG: Duration = Duration::from_secs(120);
-
-/// xorshift64*: enough randomness for kill points and sizes.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Self(seed | 1)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
-fn seed() -> u64 {
-    let seed = std::env::var("IMAGEFS_CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_nanos() as u64)
-        });
-    eprintln!("crash seed {seed} (IMAGEFS_CRASH_SEED={seed} replays it)");
-    seed
-}
 
 /// An origin directory of real encrypted chunks of random sizes (4 KiB
 /// to 128 KiB of plaintext); their ids.
@@ -212,7 +182,7 @@ struct Setup {
 }
 
 fn setup() -> Setup {
-    let seed = seed();
+    let seed = seed_from_env("IMAGEFS_CRASH_SEED");
     let mut rng = Rng::new(seed);
     let tmp = tempfile::tempdir().unwrap();
     let origin_dir = tmp.path().join("origin");

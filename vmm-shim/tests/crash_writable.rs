@@ -22,7 +22,8 @@ mod hostile;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use hostile::{QSIZE, RAM, Rng, Serve, connect, env_u64, image, read_all, serve};
+use hostile::{QSIZE, RAM, Serve, connect, env_u64, image, read_all, serve};
+use tests::rng::Rng;
 use vmm_shim::driver::{BlkDriver, Op, S_OK, SLOT_DATA};
 use vmm_shim::memory::GuestRam;
 

@@ -25,8 +25,9 @@ mod hostile;
 
 use std::time::{Duration, Instant};
 
-use hostile::{IO_TIMEOUT, QSIZE, RAM, Rng, connect, env_u64, image, read_all, serve};
+use hostile::{IO_TIMEOUT, QSIZE, RAM, connect, env_u64, image, read_all, serve};
 use manifest::report::ServeStats;
+use tests::rng::Rng;
 use vmm_shim::driver::{
     BlkDriver, F_INDIRECT, F_NEXT, F_WRITE, Op, S_OK, S_UNSET, SLOT_DATA, T_IN, write_desc_at,
 };

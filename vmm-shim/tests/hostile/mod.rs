@@ -1,7 +1,8 @@
 //! What the hostile-guest soak and the crash test share: a small image
 //! converted with the real `imagefs` binary, `imagefs serve` as a child
 //! process, a frontend connection whose guest memory the test writes, a
-//! block of requests run to completion, and a seeded generator.
+//! block of requests run to completion (the seeded generator is
+//! `tests::rng`).
 
 // Each test binary uses only part of this.
 #![allow(dead_code)]
@@ -232,45 +233,6 @@ pub fn read_all(ram: &GuestRam, drv: &mut BlkDriver, blk: &VhostBlk, sectors: u6
         sector += ops.len() as u64 * per;
     }
     out
-}
-
-/// A small seeded generator (xorshift64*): runs replay from the seed they
-/// print.
-#[derive(Debug, Clone)]
-pub struct Rng(u64);
-
-impl Rng {
-    /// From `var` in the environment, else from the clock; printed.
-    pub fn from_env(var: &str) -> Self {
-        let seed = std::env::var(var)
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(1, |d| d.as_nanos() as u64)
-            });
-        eprintln!("seed {seed} (replay with {var}={seed})");
-        Self(seed.max(1))
-    }
-
-    /// The next 64 random bits.
-    pub fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    /// Uniform in `0..n` (n > 0).
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    /// True with probability `percent`/100.
-    pub fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
 }
 
 /// A seconds count from `var`, else `default`.
