@@ -377,11 +377,26 @@ impl ChunkStore for RocksStore {
     }
 
     fn remove(&self, id: &ChunkId) -> Result<bool, StoreError> {
-        let (objects, meta, lru) = (self.cf(OBJECTS)?, self.cf(META)?, self.cf(LRU)?);
         let mut state = self.lock();
         let Some((stamp, len)) = self.stored(id)? else {
             return Ok(false);
         };
+        self.delete(&mut state, id, stamp, len)?;
+        Ok(true)
+    }
+}
+
+impl RocksStore {
+    /// Deletes a stored object, its size record and its LRU entry in one
+    /// batch (the caller holds the state lock and read `stamp`, `len`).
+    fn delete(
+        &self,
+        state: &mut State,
+        id: &ChunkId,
+        stamp: u64,
+        len: u64,
+    ) -> Result<(), StoreError> {
+        let (objects, meta, lru) = (self.cf(OBJECTS)?, self.cf(META)?, self.cf(LRU)?);
         let mut batch = WriteBatch::default();
         batch.delete_cf(objects, id.as_bytes());
         batch.delete_cf(meta, id.as_bytes());
@@ -389,11 +404,9 @@ impl ChunkStore for RocksStore {
         self.write(batch)?;
         state.objects = state.objects.saturating_sub(1);
         state.bytes = state.bytes.saturating_sub(len);
-        Ok(true)
+        Ok(())
     }
-}
 
-impl RocksStore {
     /// Writes a checked object (or touches it if it is already there).
     fn store(&self, id: &ChunkId, object: &[u8]) -> Result<PutOutcome, StoreError> {
         let len = object.len() as u64;
@@ -421,13 +434,7 @@ impl RocksStore {
                 self.touch(id)?;
                 return Ok(PutOutcome::AlreadyPresent);
             }
-            let mut batch = WriteBatch::default();
-            batch.delete_cf(objects, id.as_bytes());
-            batch.delete_cf(meta, id.as_bytes());
-            batch.delete_cf(lru, lru_key(old_stamp, id));
-            self.write(batch)?;
-            state.objects = state.objects.saturating_sub(1);
-            state.bytes = state.bytes.saturating_sub(old_len);
+            self.delete(&mut state, id, old_stamp, old_len)?;
             outcome = PutOutcome::Replaced;
         }
         self.evict_to_fit(&mut state, len)?;
