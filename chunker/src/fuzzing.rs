@@ -228,16 +228,7 @@ impl Writer {
     fn pax(&mut self, records: &[(&[u8], &[u8])]) {
         let mut body = Vec::new();
         for (k, v) in records {
-            let rest = k.len() + v.len() + 3;
-            let mut len = rest + 1;
-            while len.to_string().len() + rest != len {
-                len += 1;
-            }
-            body.extend_from_slice(format!("{len} ").as_bytes());
-            body.extend_from_slice(k);
-            body.push(b'=');
-            body.extend_from_slice(v);
-            body.push(b'\n');
+            body.extend(crate::oci::testimg::pax_record(k, v));
         }
         self.raw(header(b"PaxHeaders/x", b'x', body.len() as u64), &body);
     }

@@ -21,6 +21,38 @@ pub struct TarWriter {
     buf: Vec<u8>,
 }
 
+/// `len` pseudo-random bytes from `seed` (xorshift): file content that
+/// neither compresses nor repeats within a chunk, so no chunk dedupes by
+/// accident and layers are as big stored as read. The same seed gives the
+/// same bytes.
+pub fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// One PAX extended-header record, `"LEN key=value\n"`, where LEN counts
+/// the whole record including itself.
+pub fn pax_record(key: &[u8], value: &[u8]) -> Vec<u8> {
+    let rest = key.len() + value.len() + 3;
+    let mut len = rest + 1;
+    while len.to_string().len() + rest != len {
+        len += 1;
+    }
+    let mut record = format!("{len} ").into_bytes();
+    record.extend_from_slice(key);
+    record.push(b'=');
+    record.extend_from_slice(value);
+    record.push(b'\n');
+    record
+}
+
 /// A ustar header for `path` (at most 100 bytes are stored; use PAX or GNU
 /// records for more), owned by root, mtime 0.
 pub fn header(path: &[u8], kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
@@ -87,15 +119,7 @@ impl TarWriter {
     pub fn pax(&mut self, records: &[(&str, &[u8])]) -> &mut Self {
         let mut body = Vec::new();
         for (k, v) in records {
-            // "LEN key=value\n", where LEN counts itself.
-            let rest = k.len() + v.len() + 3;
-            let mut len = rest + 1;
-            while len.to_string().len() + rest != len {
-                len += 1;
-            }
-            body.extend_from_slice(format!("{len} {k}=").as_bytes());
-            body.extend_from_slice(v);
-            body.push(b'\n');
+            body.extend(pax_record(k.as_bytes(), v));
         }
         let h = header(
             b"PaxHeaders/x",
@@ -423,4 +447,21 @@ pub fn write_tar(file: &Path, files: &Files) {
             .unwrap();
     }
     b.into_inner().unwrap();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pax_record;
+
+    #[test]
+    fn a_pax_record_counts_its_own_length() {
+        // 9 + 1 digit, then a record whose length gains a digit.
+        for value_len in [0, 1, 80, 90, 91, 92, 989, 990, 995] {
+            let record = pax_record(b"path", &vec![b'a'; value_len]);
+            let text = String::from_utf8(record.clone()).unwrap();
+            let (len, rest) = text.split_once(' ').unwrap();
+            assert_eq!(len.parse::<usize>().unwrap(), record.len(), "{text:?}");
+            assert!(rest.starts_with("path=") && rest.ends_with('\n'));
+        }
+    }
 }
