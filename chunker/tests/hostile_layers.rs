@@ -13,9 +13,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use chunker::flatten::{FlattenError, FlattenOptions, flatten_to_file};
-use chunker::oci::ImageSource;
-use chunker::oci::testimg::{TarWriter, TestImage, TestLayer, header};
+use chunker::flatten::{FlattenError, FlattenOptions, FlattenReport, flatten_to_file};
+use chunker::oci::testimg::{TarWriter, TestImage, TestLayer, header, noise};
+use chunker::oci::{Digest, ImageSource};
 
 /// A case that runs longer than this is hung (a guard, not a speed claim).
 const HANG_GUARD: Duration = Duration::from_secs(60);
@@ -111,9 +111,10 @@ fn isolated(name: &str, case: fn() -> String) -> Option<ChildReport> {
     })
 }
 
-/// Flatten `layers` into a file in a fresh directory; the error's whole
-/// chain as text, after checking nothing was left in the output directory.
-fn flatten_err(layers: Vec<TestLayer>, opts: &FlattenOptions) -> String {
+/// `layers` written as a layout and flattened into a file in a fresh
+/// directory: the result, the layers' digests and what was left in the
+/// output directory.
+fn flatten_layers(layers: Vec<TestLayer>, opts: &FlattenOptions) -> Flattened {
     let src = tempfile::tempdir().unwrap();
     let written = TestImage::new(layers).write_layout(src.path(), "t");
     let out = tempfile::tempdir().unwrap();
@@ -125,18 +126,35 @@ fn flatten_err(layers: Vec<TestLayer>, opts: &FlattenOptions) -> String {
         &out.path().join("disk.img"),
         opts,
     );
-    let left: Vec<_> = std::fs::read_dir(out.path()).unwrap().collect();
-    let err = match result {
+    let left = std::fs::read_dir(out.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    Flattened {
+        result,
+        layers: written.layers,
+        left,
+    }
+}
+
+struct Flattened {
+    result: Result<FlattenReport, FlattenError>,
+    layers: Vec<Digest>,
+    left: Vec<std::ffi::OsString>,
+}
+
+/// Flatten `layers`, which must fail: the error's whole chain as text,
+/// after checking nothing was left in the output directory.
+fn flatten_err(layers: Vec<TestLayer>, opts: &FlattenOptions) -> String {
+    let f = flatten_layers(layers, opts);
+    let err = match f.result {
         Ok(r) => panic!("flattening succeeded: {:?}", r.ext4),
         Err(e) => e,
     };
-    assert!(left.is_empty(), "output left behind: {left:?}");
+    assert!(f.left.is_empty(), "output left behind: {:?}", f.left);
     let text = chain(&err);
     // Every error names the layer it came from.
-    assert!(
-        written.layers.iter().any(|l| text.contains(l.as_str())),
-        "{text}"
-    );
+    assert!(f.layers.iter().any(|l| text.contains(l.as_str())), "{text}");
     text
 }
 
@@ -221,18 +239,9 @@ fn many_deep_paths_case() -> String {
     // An opaque marker at the root of a second layer prunes everything.
     let mut t2 = TarWriter::new();
     t2.file(".wh..wh..opq", b"");
-    let src = tempfile::tempdir().unwrap();
-    TestImage::new(vec![gz(&t), gz(&t2)]).write_layout(src.path(), "t");
-    let out = tempfile::tempdir().unwrap();
-    let r = flatten_to_file(
-        &ImageSource::OciLayout {
-            dir: src.path().to_owned(),
-            reference: None,
-        },
-        &out.path().join("disk.img"),
-        &FlattenOptions::default(),
-    )
-    .unwrap();
+    let r = flatten_layers(vec![gz(&t), gz(&t2)], &FlattenOptions::default())
+        .result
+        .unwrap();
     format!("entries {}", r.layers[0].entries)
 }
 
@@ -345,18 +354,9 @@ fn sparse_real_size_past_ext4_limit_is_refused() {
 
 fn sparse_tib_case() -> String {
     // One TiB of holes: legal, and must not be scanned.
-    let src = tempfile::tempdir().unwrap();
-    TestImage::new(vec![gz(&sparse_layer(1 << 40))]).write_layout(src.path(), "t");
-    let out = tempfile::tempdir().unwrap();
-    let r = flatten_to_file(
-        &ImageSource::OciLayout {
-            dir: src.path().to_owned(),
-            reference: None,
-        },
-        &out.path().join("disk.img"),
-        &FlattenOptions::default(),
-    )
-    .unwrap();
+    let r = flatten_layers(vec![gz(&sparse_layer(1 << 40))], &FlattenOptions::default())
+        .result
+        .unwrap();
     format!("ok {} blocks", r.ext4.size / 4096)
 }
 
@@ -374,23 +374,10 @@ fn limited(f: impl FnOnce(&mut chunker::flatten::Limits)) -> FlattenOptions {
     opts
 }
 
-/// Bytes gzip cannot shrink much, so layers are as big stored as read.
-fn noise(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 #[test]
 fn layer_and_image_byte_limits_name_the_entry() {
     let mut t = TarWriter::new();
-    t.file("small", b"x").file("big", &noise(2 << 20, 1));
+    t.file("small", b"x").file("big", &noise(1, 2 << 20));
     let text = flatten_err(vec![gz(&t)], &limited(|l| l.max_layer_bytes = 1 << 20));
     assert!(text.contains("entry \"big\""), "{text}");
     assert!(
@@ -399,9 +386,9 @@ fn layer_and_image_byte_limits_name_the_entry() {
     );
 
     let mut a = TarWriter::new();
-    a.file("one", &noise(700 << 10, 2));
+    a.file("one", &noise(2, 700 << 10));
     let mut b = TarWriter::new();
-    b.file("two", &noise(700 << 10, 3));
+    b.file("two", &noise(3, 700 << 10));
     let text = flatten_err(
         vec![gz(&a), gz(&b)],
         &limited(|l| l.max_image_bytes = 1 << 20),
@@ -411,7 +398,7 @@ fn layer_and_image_byte_limits_name_the_entry() {
 
     // Bytes after the end of the archive count too (they are hashed).
     let mut tail = TarWriter::new().file("f", b"x").finish();
-    tail.extend(noise(2 << 20, 4));
+    tail.extend(noise(4, 2 << 20));
     let text = flatten_err(
         vec![TestLayer::new(tail, chunker::oci::Compression::Gzip)],
         &limited(|l| l.max_layer_bytes = 1 << 20),
@@ -445,7 +432,7 @@ fn failed_convert_leaves_no_manifest_or_tag() {
     let src = tempfile::tempdir().unwrap();
     let mut t = TarWriter::new();
     t.dir("d/")
-        .file("d/f", &noise(300 << 10, 5))
+        .file("d/f", &noise(5, 300 << 10))
         .hardlink("d", "d/f");
     TestImage::new(vec![gz(&t)]).write_layout(src.path(), "t");
     let store_dir = tempfile::tempdir().unwrap();
