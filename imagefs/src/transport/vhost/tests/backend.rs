@@ -109,15 +109,28 @@ impl Harness<'_> {
             self.q.desc_table().store(head + i as u16, *d).unwrap();
         }
         self.next_desc += descs.len() as u16;
-        let idx = self.q.avail().idx().load();
+        self.push_head(head);
+        head
+    }
+
+    fn avail_idx(&self) -> u16 {
+        self.q.avail().idx().load()
+    }
+
+    fn set_avail_idx(&self, idx: u16) {
+        self.q.avail().idx().store(idx);
+    }
+
+    /// Puts `head` on the available ring as is (whatever its state).
+    fn push_head(&self, head: u16) {
+        let idx = self.avail_idx();
         self.q
             .avail()
             .ring()
             .ref_at(usize::from(idx % QSIZE))
             .unwrap()
             .store(head);
-        self.q.avail().idx().store(idx.wrapping_add(1));
-        head
+        self.set_avail_idx(idx.wrapping_add(1));
     }
 
     /// Lets the backend take what is available (what a kick does).

@@ -19,26 +19,6 @@ fn within<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static)
 }
 
 impl Harness<'_> {
-    fn avail_idx(&self) -> u16 {
-        self.q.avail().idx().load()
-    }
-
-    fn set_avail_idx(&self, idx: u16) {
-        self.q.avail().idx().store(idx);
-    }
-
-    /// Puts `head` on the available ring as is (whatever its state).
-    fn push_head(&self, head: u16) {
-        let idx = self.avail_idx();
-        self.q
-            .avail()
-            .ring()
-            .ref_at(usize::from(idx % QSIZE))
-            .unwrap()
-            .store(head);
-        self.set_avail_idx(idx.wrapping_add(1));
-    }
-
     fn event_idx(&self) {
         self.backend.set_event_idx(true);
         self.vring.set_queue_event_idx(true);
