@@ -23,6 +23,8 @@
 
 pub mod client;
 pub mod server;
+pub mod stripe;
+pub mod token;
 
 pub use client::{AzConfig, AzError, AzSnapshot, AzTier, NodeError, NodeSnapshot};
 pub use server::{CacheNode, NodeConfig, RunningNode, ServerError};

@@ -99,6 +99,7 @@ fn node_with(
     let config = NodeConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         limits,
+        ..NodeConfig::default()
     };
     let running = server::start(&config, local.clone(), origin).expect("start node");
     (dir, local, running)
@@ -243,6 +244,7 @@ fn unusable_limits_do_not_start() {
             max_in_flight: 0,
             ..NodeLimits::default()
         },
+        ..NodeConfig::default()
     };
     let e = server::start(&config, local, origin)
         .unwrap_err()

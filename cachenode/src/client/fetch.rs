@@ -219,7 +219,7 @@ async fn ask_node(
 }
 
 /// Text for one log line: lossy UTF-8, line breaks as spaces, trimmed.
-fn one_line(bytes: &[u8]) -> String {
+pub(super) fn one_line(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes)
         .replace(['\r', '\n'], " ")
         .trim()

@@ -1,0 +1,374 @@
+//! The erasure-coded mode: one get asks the object's 5 nodes for their
+//! stripes at once and rebuilds from the first 4; a miss is filled by
+//! writing the 5 stripes behind the read.
+//!
+//! Constant work: every get sends exactly 5 requests, with no hedge
+//! timer and no retry. A slow or stopped node is simply the fifth to
+//! answer, and its request is dropped when the other four are in, so it
+//! delays nothing; a dead node fails at once and the other four suffice.
+//! That is the whole of "health" here: the client keeps each node's
+//! recent latency and how often it was the one dropped
+//! ([`NodeSnapshot`](super::NodeSnapshot)) to show which node is slow,
+//! but no weighting is needed for it to stop delaying reads, and it keeps
+//! its stripes (it is still written to and still answers when it can).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use manifest::ChunkId;
+use reqwest::StatusCode;
+use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use super::counters::AzCounters;
+use super::error::NodeError;
+use super::fetch::{Answer, Call, one_line};
+use super::hrw::preference_order;
+use crate::stripe::{self, DATA_STRIPES, MAX_STRIPE_LEN, STRIPES, Stripe, decode_expected};
+use crate::token::FleetToken;
+
+/// What the erasure mode adds to a call: the token its writes carry and
+/// the bound on writes in flight.
+#[derive(Debug, Clone)]
+pub(super) struct Writer {
+    pub(super) token: FleetToken,
+    pub(super) fills: Arc<Semaphore>,
+    pub(super) max_fills: usize,
+}
+
+/// The nodes that hold `id`'s stripes, by stripe index: its top 5 by
+/// rendezvous hashing.
+pub(super) fn placement(id: &ChunkId, nodes: &[String]) -> [usize; STRIPES] {
+    let order = preference_order(id, nodes);
+    let mut out = [0; STRIPES];
+    out.copy_from_slice(&order[..STRIPES]);
+    out
+}
+
+/// One node's answer for one stripe.
+enum Got {
+    /// 200 and a stripe of this object and index.
+    Stripe(Vec<u8>),
+    /// 404.
+    Missing,
+}
+
+/// Gets `id`: asks its 5 nodes at once, rebuilds from the first 4
+/// stripes, verifies by SHA-256 and drops the fifth request.
+///
+/// - 4 stripes that rebuild the object: the object (nodes that answered
+///   404 or sent a bad stripe get the right one written back, if a write
+///   slot is free).
+/// - 4 that do not: the fifth is awaited, and each 4 of the 5 is tried;
+///   the one left out of the combination that verifies is the bad
+///   stripe: counted, and replaced on its node.
+/// - fewer than 4 stripes can still come: [`Answer::Missing`] if any node
+///   said 404 (the caller then fetches the object from the next tier and
+///   [`fill`]s), else the failures.
+pub(super) async fn get(
+    call: Call,
+    writer: Option<Writer>,
+    counters: Arc<AzCounters>,
+    id: ChunkId,
+) -> Result<Answer, Vec<NodeError>> {
+    let nodes = placement(&id, &call.nodes);
+    let started = Instant::now();
+    let mut requests = JoinSet::new();
+    let mut index_of = std::collections::HashMap::new();
+    for (index, &k) in nodes.iter().enumerate() {
+        counters.requests.inc();
+        counters.nodes[k].requests.inc();
+        let client = call.client.clone();
+        let url = call.nodes[k].clone();
+        let handle = requests.spawn(async move { ask_stripe(&client, &url, &id, index).await });
+        index_of.insert(handle.id(), index);
+    }
+    let mut stripes: [Option<Vec<u8>>; STRIPES] = Default::default();
+    // Indices whose node should be given the right stripe once the object
+    // is known: it said 404 or sent a bad one.
+    let mut to_repair = Vec::new();
+    let mut failures = Vec::new();
+    let mut missing = 0;
+    let mut tried_four = false;
+    let deadline = tokio::time::sleep(call.timeout);
+    tokio::pin!(deadline);
+    loop {
+        let have = stripes.iter().flatten().count();
+        if have >= DATA_STRIPES && !tried_four {
+            tried_four = true;
+            if let Some(object) = rebuild_verified(&id, &stripes, None, &counters) {
+                note_dropped(&requests, &index_of, &nodes, &counters);
+                repair(&call, writer.as_ref(), &counters, &id, &object, &to_repair);
+                return Ok(Answer::Found(object));
+            }
+        }
+        if have == STRIPES {
+            // Four did not verify: find the one whose absence does.
+            for bad in 0..STRIPES {
+                if let Some(object) = rebuild_verified(&id, &stripes, Some(bad), &counters) {
+                    counters.bad_stripes.inc();
+                    counters.nodes[nodes[bad]].corrupt.inc();
+                    counters.nodes[nodes[bad]].errors.inc();
+                    to_repair.push(bad);
+                    repair(&call, writer.as_ref(), &counters, &id, &object, &to_repair);
+                    return Ok(Answer::Found(object));
+                }
+            }
+            failures.push(unrebuildable(&call, &nodes));
+            return Err(failures);
+        }
+        if have + requests.len() < DATA_STRIPES || (requests.is_empty() && have < STRIPES) {
+            // Not enough stripes can come any more (or, after four that
+            // did not verify, no fifth).
+            if tried_four {
+                failures.push(unrebuildable(&call, &nodes));
+                return Err(failures);
+            }
+            if missing > 0 {
+                return Ok(Answer::Missing);
+            }
+            return Err(failures);
+        }
+        tokio::select! {
+            biased;
+            joined = requests.join_next_with_id() => {
+                let Some(joined) = joined else { continue };
+                let (task, result) = match joined {
+                    Ok((task, result)) => (task, result),
+                    Err(e) => {
+                        let task = e.id();
+                        let url = index_of
+                            .get(&task)
+                            .map_or_else(String::new, |&i| call.nodes[nodes[i]].clone());
+                        (task, Err(NodeError::Lost { url, reason: e.to_string() }))
+                    }
+                };
+                let Some(index) = index_of.remove(&task) else { continue };
+                let c = &counters.nodes[nodes[index]];
+                match result {
+                    Ok(Got::Stripe(bytes)) => {
+                        c.observe(started.elapsed());
+                        stripes[index] = Some(bytes);
+                    }
+                    Ok(Got::Missing) => {
+                        c.observe(started.elapsed());
+                        missing += 1;
+                        to_repair.push(index);
+                    }
+                    Err(failure) => {
+                        c.errors.inc();
+                        if matches!(failure, NodeError::BadStripe { .. }) {
+                            c.corrupt.inc();
+                            counters.bad_stripes.inc();
+                            to_repair.push(index);
+                        }
+                        failures.push(failure);
+                    }
+                }
+            }
+            () = &mut deadline => {
+                let timeout_ms = u64::try_from(call.timeout.as_millis()).unwrap_or(u64::MAX);
+                for &index in index_of.values() {
+                    let k = nodes[index];
+                    counters.nodes[k].errors.inc();
+                    failures.push(NodeError::TimedOut { url: call.nodes[k].clone(), timeout_ms });
+                }
+                return Err(failures);
+            }
+        }
+    }
+    // Dropping `requests` on return aborts whatever is still in flight.
+}
+
+/// No 4 of the stripes rebuild the object: more than one is bad.
+fn unrebuildable(call: &Call, nodes: &[usize; STRIPES]) -> NodeError {
+    let urls: Vec<&str> = nodes.iter().map(|&k| call.nodes[k].as_str()).collect();
+    NodeError::Unrebuildable {
+        url: urls.join(", "),
+    }
+}
+
+/// Counts the nodes whose requests are still in flight (about to be
+/// dropped) as the slow ones, and folds the wait so far into their
+/// recent latency.
+fn note_dropped(
+    requests: &JoinSet<Result<Got, NodeError>>,
+    index_of: &std::collections::HashMap<tokio::task::Id, usize>,
+    nodes: &[usize; STRIPES],
+    counters: &AzCounters,
+) {
+    if requests.is_empty() {
+        return;
+    }
+    for &index in index_of.values() {
+        counters.nodes[nodes[index]].dropped_slow.inc();
+    }
+}
+
+/// The object rebuilt from 4 of the stripes (all but `without`, or any 4
+/// when `None`), if it hashes to `id`.
+fn rebuild_verified(
+    id: &ChunkId,
+    stripes: &[Option<Vec<u8>>; STRIPES],
+    without: Option<usize>,
+    counters: &AzCounters,
+) -> Option<Vec<u8>> {
+    let chosen: Vec<Stripe<'_>> = stripes
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| Some(*i) != without)
+        .filter_map(|(i, s)| {
+            s.as_deref()
+                .and_then(|bytes| decode_expected(bytes, id, i).ok())
+        })
+        .take(DATA_STRIPES)
+        .collect();
+    if chosen.len() < DATA_STRIPES {
+        return None;
+    }
+    let object = stripe::rebuild(&chosen).ok()?;
+    if ChunkId(Sha256::digest(&object).into()) != *id {
+        return None;
+    }
+    if chosen.iter().any(|s| s.index == stripe::PARITY) {
+        counters.rebuilt_with_parity.inc();
+    }
+    Some(object)
+}
+
+/// One stripe from one node.
+async fn ask_stripe(
+    client: &reqwest::Client,
+    url: &str,
+    id: &ChunkId,
+    index: usize,
+) -> Result<Got, NodeError> {
+    let failed = |source| NodeError::Request {
+        url: url.to_string(),
+        source,
+    };
+    let mut response = client
+        .get(format!("{url}/v1/stripes/{id}/{index}"))
+        .send()
+        .await
+        .map_err(failed)?;
+    match response.status() {
+        StatusCode::OK => {}
+        StatusCode::NOT_FOUND => return Ok(Got::Missing),
+        status => {
+            let body = match response.chunk().await {
+                Ok(Some(bytes)) => one_line(&bytes[..bytes.len().min(300)]),
+                _ => String::new(),
+            };
+            return Err(NodeError::Status {
+                url: url.to_string(),
+                status: status.as_u16(),
+                body,
+            });
+        }
+    }
+    let announced = response.content_length().unwrap_or(0);
+    let too_large = || NodeError::TooLarge {
+        url: url.to_string(),
+        limit: MAX_STRIPE_LEN,
+    };
+    if announced > MAX_STRIPE_LEN as u64 {
+        return Err(too_large());
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(announced).unwrap_or(0));
+    while let Some(piece) = response.chunk().await.map_err(failed)? {
+        if bytes.len() + piece.len() > MAX_STRIPE_LEN {
+            return Err(too_large());
+        }
+        bytes.extend_from_slice(&piece);
+    }
+    if let Err(problem) = decode_expected(&bytes, id, index) {
+        return Err(NodeError::BadStripe {
+            url: url.to_string(),
+            index,
+            problem,
+        });
+    }
+    Ok(Got::Stripe(bytes))
+}
+
+/// Writes `object`'s 5 stripes to its nodes, behind the read that
+/// fetched it from the next tier: spawned on the tier's runtime (call it
+/// inside the runtime's context), at most
+/// `max_fills_in_flight` objects at once (one more is skipped, counted).
+pub(super) fn fill(
+    call: &Call,
+    writer: &Writer,
+    counters: &Arc<AzCounters>,
+    id: &ChunkId,
+    object: &[u8],
+) {
+    counters.fills_started.inc();
+    write_stripes(call, writer, counters, id, object, &[0, 1, 2, 3, 4], false);
+}
+
+/// Rewrites the stripes `indices` of a verified object on their nodes.
+fn repair(
+    call: &Call,
+    writer: Option<&Writer>,
+    counters: &Arc<AzCounters>,
+    id: &ChunkId,
+    object: &[u8],
+    indices: &[usize],
+) {
+    if indices.is_empty() {
+        return;
+    }
+    let Some(writer) = writer else { return };
+    write_stripes(call, writer, counters, id, object, indices, true);
+}
+
+fn write_stripes(
+    call: &Call,
+    writer: &Writer,
+    counters: &Arc<AzCounters>,
+    id: &ChunkId,
+    object: &[u8],
+    indices: &[usize],
+    repair: bool,
+) {
+    let Ok(permit) = Arc::clone(&writer.fills).try_acquire_owned() else {
+        counters.fills_skipped.inc();
+        return;
+    };
+    let nodes = placement(id, &call.nodes);
+    let stripes = stripe::split(id, object);
+    let mut set = JoinSet::new();
+    for &index in indices {
+        let k = nodes[index];
+        let client = call.client.clone();
+        let url = format!("{}/v1/stripes/{id}/{index}", call.nodes[k]);
+        let bearer = writer.token.bearer();
+        let body = stripes[index].clone();
+        let timeout = call.timeout;
+        set.spawn(async move {
+            let sent = client
+                .put(url)
+                .header(reqwest::header::AUTHORIZATION, bearer)
+                .body(body)
+                .timeout(timeout)
+                .send()
+                .await;
+            matches!(sent, Ok(r) if r.status().is_success())
+        });
+    }
+    let counters = Arc::clone(counters);
+    // The set runs on the tier's runtime (the caller is on it or spawned
+    // onto it); the permit is held until every write is answered.
+    tokio::spawn(async move {
+        let _permit = permit;
+        while let Some(done) = set.join_next().await {
+            match done {
+                Ok(true) if repair => counters.stripes_repaired.inc(),
+                Ok(true) => {}
+                _ => counters.stripe_writes_failed.inc(),
+            }
+        }
+    });
+}
