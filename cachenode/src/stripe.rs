@@ -25,9 +25,11 @@
 //! ```
 //!
 //! The id in the header binds a stripe to its object: a node refuses a
-//! `PUT` whose header names another object or index than its path, and a
-//! reader refuses a stripe of the wrong object outright (before the
-//! rebuilt object's hash would).
+//! `PUT` whose header names another object than its path, and a reader
+//! refuses a stripe of the wrong object outright (before the rebuilt
+//! object's hash would). The index travels in the header rather than in
+//! the path, so a node keeps whichever stripe it was given when the
+//! fleet changes around it.
 
 use cachetiers::MAX_OBJECT_LEN;
 use manifest::ChunkId;
@@ -89,17 +91,13 @@ pub enum StripeError {
         /// The object length in the header.
         object_len: u64,
     },
-    /// The header names another object or index than expected.
-    #[error("stripe of {found_id} #{found_index}, expected {id} #{index}")]
+    /// The header names another object than expected.
+    #[error("a stripe of chunk {found_id}, expected one of {id}")]
     Mismatch {
         /// The expected object.
         id: ChunkId,
-        /// The expected index.
-        index: usize,
         /// The object in the header.
         found_id: ChunkId,
-        /// The index in the header.
-        found_index: usize,
     },
     /// Stripes to rebuild from disagree on the object length, or are not
     /// four distinct indices.
@@ -184,19 +182,13 @@ pub fn decode(bytes: &[u8]) -> Result<Stripe<'_>, StripeError> {
     })
 }
 
-/// [`decode`], and the stripe must be `index` of `id`.
-pub fn decode_expected<'a>(
-    bytes: &'a [u8],
-    id: &ChunkId,
-    index: usize,
-) -> Result<Stripe<'a>, StripeError> {
+/// [`decode`], and the stripe must be of `id`.
+pub fn decode_of<'a>(bytes: &'a [u8], id: &ChunkId) -> Result<Stripe<'a>, StripeError> {
     let stripe = decode(bytes)?;
-    if stripe.id != *id || stripe.index != index {
+    if stripe.id != *id {
         return Err(StripeError::Mismatch {
             id: *id,
-            index,
             found_id: stripe.id,
-            found_index: stripe.index,
         });
     }
     Ok(stripe)
@@ -310,7 +302,11 @@ mod tests {
             let decoded: Vec<Stripe<'_>> = stripes
                 .iter()
                 .enumerate()
-                .map(|(k, b)| decode_expected(b, &id, k).unwrap())
+                .map(|(k, b)| {
+                    let s = decode_of(b, &id).unwrap();
+                    assert_eq!(s.index, k);
+                    s
+                })
                 .collect();
             for skip in 0..STRIPES {
                 let four: Vec<Stripe<'_>> = decoded
@@ -357,8 +353,8 @@ mod tests {
             })
         ));
         assert!(matches!(
-            decode_expected(&good, &id, 2),
-            Err(StripeError::Mismatch { found_index: 1, .. })
+            decode_of(&good, &ChunkId::of_object(b"z")),
+            Err(StripeError::Mismatch { .. })
         ));
         let s = decode(&good).unwrap();
         assert!(matches!(

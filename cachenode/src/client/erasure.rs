@@ -12,6 +12,7 @@
 //! but no weighting is needed for it to stop delaying reads, and it keeps
 //! its stripes (it is still written to and still answers when it can).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -25,7 +26,7 @@ use super::counters::AzCounters;
 use super::error::NodeError;
 use super::fetch::{Answer, Call, one_line};
 use super::hrw::preference_order;
-use crate::stripe::{self, DATA_STRIPES, MAX_STRIPE_LEN, STRIPES, Stripe, decode_expected};
+use crate::stripe::{self, DATA_STRIPES, MAX_STRIPE_LEN, STRIPES, Stripe, decode_of};
 use crate::token::FleetToken;
 
 /// What the erasure mode adds to a call: the token its writes carry and
@@ -46,20 +47,98 @@ pub(super) fn placement(id: &ChunkId, nodes: &[String]) -> [usize; STRIPES] {
     out
 }
 
-/// One node's answer for one stripe.
+/// One node's answer.
 enum Got {
-    /// 200 and a stripe of this object and index.
-    Stripe(Vec<u8>),
+    /// 200 and a stripe of this object (its index in its header).
+    Stripe { index: usize, bytes: Vec<u8> },
     /// 404.
     Missing,
+}
+
+/// What came back from the 5 nodes so far, by position in the placement.
+#[derive(Default)]
+struct Slots {
+    /// (stripe index, encoded stripe) from each node that sent one.
+    got: [Option<(usize, Vec<u8>)>; STRIPES],
+    /// Positions whose node should get a stripe once the object is
+    /// known: it said 404 or sent a bad one.
+    to_repair: Vec<usize>,
+}
+
+impl Slots {
+    fn count(&self) -> usize {
+        self.got.iter().flatten().count()
+    }
+
+    /// The object rebuilt from 4 stripes of distinct indices, leaving out
+    /// position `without`, if it hashes to `id`.
+    fn rebuild_verified(
+        &self,
+        id: &ChunkId,
+        without: Option<usize>,
+        counters: &AzCounters,
+    ) -> Option<Vec<u8>> {
+        let mut seen = [false; STRIPES];
+        let mut chosen: Vec<Stripe<'_>> = Vec::with_capacity(DATA_STRIPES);
+        for (p, slot) in self.got.iter().enumerate() {
+            let Some((index, bytes)) = slot else { continue };
+            if Some(p) == without || seen[*index] || chosen.len() == DATA_STRIPES {
+                continue;
+            }
+            // Checked on arrival; decoding again only borrows the body.
+            let Ok(stripe) = decode_of(bytes, id) else {
+                continue;
+            };
+            seen[*index] = true;
+            chosen.push(stripe);
+        }
+        if chosen.len() < DATA_STRIPES {
+            return None;
+        }
+        let object = stripe::rebuild(&chosen).ok()?;
+        if ChunkId(Sha256::digest(&object).into()) != *id {
+            return None;
+        }
+        if chosen.iter().any(|s| s.index == stripe::PARITY) {
+            counters.rebuilt_with_parity.inc();
+        }
+        Some(object)
+    }
+
+    /// (position, index) pairs to write back: a bad stripe's node gets the
+    /// right stripe of the same index; a node without one gets an index
+    /// no other node of the 5 has.
+    fn repairs(&self, bad: Option<usize>) -> Vec<(usize, usize)> {
+        let mut held = [false; STRIPES];
+        for (p, slot) in self.got.iter().enumerate() {
+            if let Some((index, _)) = slot
+                && Some(p) != bad
+            {
+                held[*index] = true;
+            }
+        }
+        let mut free = (0..STRIPES).filter(|&i| !held[i]);
+        let mut out = Vec::new();
+        if let Some(p) = bad
+            && let Some((index, _)) = &self.got[p]
+        {
+            out.push((p, *index));
+        }
+        for &p in &self.to_repair {
+            if let Some(index) = free.next() {
+                out.push((p, index));
+            }
+        }
+        out
+    }
 }
 
 /// Gets `id`: asks its 5 nodes at once, rebuilds from the first 4
 /// stripes, verifies by SHA-256 and drops the fifth request.
 ///
-/// - 4 stripes that rebuild the object: the object (nodes that answered
-///   404 or sent a bad stripe get the right one written back, if a write
-///   slot is free).
+/// - 4 stripes that rebuild the object: the object (a node that answered
+///   404 or sent a bad stripe meanwhile gets the right one written back,
+///   if a write slot is free).
 /// - 4 that do not: the fifth is awaited, and each 4 of the 5 is tried;
 ///   the one left out of the combination that verifies is the bad
 ///   stripe: counted, and replaced on its node.
@@ -75,56 +154,57 @@ pub(super) async fn get(
     let nodes = placement(&id, &call.nodes);
     let started = Instant::now();
     let mut requests = JoinSet::new();
-    let mut index_of = std::collections::HashMap::new();
-    for (index, &k) in nodes.iter().enumerate() {
+    let mut position_of = HashMap::new();
+    for (p, &k) in nodes.iter().enumerate() {
         counters.requests.inc();
         counters.nodes[k].requests.inc();
         let client = call.client.clone();
         let url = call.nodes[k].clone();
-        let handle = requests.spawn(async move { ask_stripe(&client, &url, &id, index).await });
-        index_of.insert(handle.id(), index);
+        let handle = requests.spawn(async move { ask_stripe(&client, &url, &id).await });
+        position_of.insert(handle.id(), p);
     }
-    let mut stripes: [Option<Vec<u8>>; STRIPES] = Default::default();
-    // Indices whose node should be given the right stripe once the object
-    // is known: it said 404 or sent a bad one.
-    let mut to_repair = Vec::new();
+    let mut slots = Slots::default();
     let mut failures = Vec::new();
     let mut missing = 0;
-    let mut tried_four = false;
+    // How many stripes the last rebuild was tried with (a duplicate index
+    // after the fleet changed can make 4 stripes too few).
+    let mut tried_with = 0;
     let deadline = tokio::time::sleep(call.timeout);
     tokio::pin!(deadline);
     loop {
-        let have = stripes.iter().flatten().count();
-        if have >= DATA_STRIPES && !tried_four {
-            tried_four = true;
-            if let Some(object) = rebuild_verified(&id, &stripes, None, &counters) {
-                note_dropped(&requests, &index_of, &nodes, &counters);
-                repair(&call, writer.as_ref(), &counters, &id, &object, &to_repair);
+        let have = slots.count();
+        if have >= DATA_STRIPES && have > tried_with {
+            tried_with = have;
+            if let Some(object) = slots.rebuild_verified(&id, None, &counters) {
+                // The requests still in flight are the slow ones: dropped.
+                for &p in position_of.values() {
+                    counters.nodes[nodes[p]].dropped_slow.inc();
+                }
+                let repairs = slots.repairs(None);
+                repair(&call, writer.as_ref(), &counters, &id, &object, &repairs);
                 return Ok(Answer::Found(object));
             }
         }
-        if have == STRIPES {
+        if tried_with > 0 && (have == STRIPES || requests.is_empty()) {
             // Four did not verify: find the one whose absence does.
             for bad in 0..STRIPES {
-                if let Some(object) = rebuild_verified(&id, &stripes, Some(bad), &counters) {
+                if slots.got[bad].is_none() {
+                    continue;
+                }
+                if let Some(object) = slots.rebuild_verified(&id, Some(bad), &counters) {
                     counters.bad_stripes.inc();
                     counters.nodes[nodes[bad]].corrupt.inc();
                     counters.nodes[nodes[bad]].errors.inc();
-                    to_repair.push(bad);
-                    repair(&call, writer.as_ref(), &counters, &id, &object, &to_repair);
+                    let repairs = slots.repairs(Some(bad));
+                    repair(&call, writer.as_ref(), &counters, &id, &object, &repairs);
                     return Ok(Answer::Found(object));
                 }
             }
             failures.push(unrebuildable(&call, &nodes));
             return Err(failures);
         }
-        if have + requests.len() < DATA_STRIPES || (requests.is_empty() && have < STRIPES) {
-            // Not enough stripes can come any more (or, after four that
-            // did not verify, no fifth).
-            if tried_four {
-                failures.push(unrebuildable(&call, &nodes));
-                return Err(failures);
-            }
+        if have + requests.len() < DATA_STRIPES {
+            // Not enough stripes can come any more.
             if missing > 0 {
                 return Ok(Answer::Missing);
             }
@@ -138,30 +218,30 @@ pub(super) async fn get(
                     Ok((task, result)) => (task, result),
                     Err(e) => {
                         let task = e.id();
-                        let url = index_of
+                        let url = position_of
                             .get(&task)
-                            .map_or_else(String::new, |&i| call.nodes[nodes[i]].clone());
+                            .map_or_else(String::new, |&p| call.nodes[nodes[p]].clone());
                         (task, Err(NodeError::Lost { url, reason: e.to_string() }))
                     }
                 };
-                let Some(index) = index_of.remove(&task) else { continue };
-                let c = &counters.nodes[nodes[index]];
+                let Some(p) = position_of.remove(&task) else { continue };
+                let c = &counters.nodes[nodes[p]];
                 match result {
-                    Ok(Got::Stripe(bytes)) => {
+                    Ok(Got::Stripe { index, bytes }) => {
                         c.observe(started.elapsed());
-                        stripes[index] = Some(bytes);
+                        slots.got[p] = Some((index, bytes));
                     }
                     Ok(Got::Missing) => {
                         c.observe(started.elapsed());
                         missing += 1;
-                        to_repair.push(index);
+                        slots.to_repair.push(p);
                     }
                     Err(failure) => {
                         c.errors.inc();
                         if matches!(failure, NodeError::BadStripe { .. }) {
                             c.corrupt.inc();
                             counters.bad_stripes.inc();
-                            to_repair.push(index);
+                            slots.to_repair.push(p);
                         }
                         failures.push(failure);
                     }
@@ -169,8 +249,8 @@ pub(super) async fn get(
             }
             () = &mut deadline => {
                 let timeout_ms = u64::try_from(call.timeout.as_millis()).unwrap_or(u64::MAX);
-                for &index in index_of.values() {
-                    let k = nodes[index];
+                for &p in position_of.values() {
+                    let k = nodes[p];
                     counters.nodes[k].errors.inc();
                     failures.push(NodeError::TimedOut { url: call.nodes[k].clone(), timeout_ms });
                 }
@@ -189,67 +269,14 @@ fn unrebuildable(call: &Call, nodes: &[usize; STRIPES]) -> NodeError {
     }
 }
 
-/// Counts the nodes whose requests are still in flight (about to be
-/// dropped) as the slow ones, and folds the wait so far into their
-/// recent latency.
-fn note_dropped(
-    requests: &JoinSet<Result<Got, NodeError>>,
-    index_of: &std::collections::HashMap<tokio::task::Id, usize>,
-    nodes: &[usize; STRIPES],
-    counters: &AzCounters,
-) {
-    if requests.is_empty() {
-        return;
-    }
-    for &index in index_of.values() {
-        counters.nodes[nodes[index]].dropped_slow.inc();
-    }
-}
-
-/// The object rebuilt from 4 of the stripes (all but `without`, or any 4
-/// when `None`), if it hashes to `id`.
-fn rebuild_verified(
-    id: &ChunkId,
-    stripes: &[Option<Vec<u8>>; STRIPES],
-    without: Option<usize>,
-    counters: &AzCounters,
-) -> Option<Vec<u8>> {
-    let chosen: Vec<Stripe<'_>> = stripes
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| Some(*i) != without)
-        .filter_map(|(i, s)| {
-            s.as_deref()
-                .and_then(|bytes| decode_expected(bytes, id, i).ok())
-        })
-        .take(DATA_STRIPES)
-        .collect();
-    if chosen.len() < DATA_STRIPES {
-        return None;
-    }
-    let object = stripe::rebuild(&chosen).ok()?;
-    if ChunkId(Sha256::digest(&object).into()) != *id {
-        return None;
-    }
-    if chosen.iter().any(|s| s.index == stripe::PARITY) {
-        counters.rebuilt_with_parity.inc();
-    }
-    Some(object)
-}
-
 /// One stripe from one node.
-async fn ask_stripe(
-    client: &reqwest::Client,
-    url: &str,
-    id: &ChunkId,
-    index: usize,
-) -> Result<Got, NodeError> {
+async fn ask_stripe(client: &reqwest::Client, url: &str, id: &ChunkId) -> Result<Got, NodeError> {
     let failed = |source| NodeError::Request {
         url: url.to_string(),
         source,
     };
     let mut response = client
-        .get(format!("{url}/v1/stripes/{id}/{index}"))
+        .get(format!("{url}/v1/stripes/{id}"))
         .send()
         .await
         .map_err(failed)?;
@@ -283,20 +310,23 @@ async fn ask_stripe(
         }
         bytes.extend_from_slice(&piece);
     }
-    if let Err(problem) = decode_expected(&bytes, id, index) {
-        return Err(NodeError::BadStripe {
+    match decode_of(&bytes, id) {
+        Ok(stripe) => Ok(Got::Stripe {
+            index: stripe.index,
+            bytes,
+        }),
+        Err(problem) => Err(NodeError::BadStripe {
             url: url.to_string(),
-            index,
             problem,
-        });
+        }),
     }
-    Ok(Got::Stripe(bytes))
 }
 
-/// Writes `object`'s 5 stripes to its nodes, behind the read that
-/// fetched it from the next tier: spawned on the tier's runtime (call it
-/// inside the runtime's context), at most
-/// `max_fills_in_flight` objects at once (one more is skipped, counted).
+/// Writes `object`'s 5 stripes to its nodes (stripe `i` to the `i`-th
+/// of its top 5), behind the read that fetched it from the next tier:
+/// spawned on the tier's runtime (call it inside the runtime's context),
+/// at most `max_fills_in_flight` objects at once (one more is skipped,
+/// counted).
 pub(super) fn fill(
     call: &Call,
     writer: &Writer,
@@ -305,23 +335,25 @@ pub(super) fn fill(
     object: &[u8],
 ) {
     counters.fills_started.inc();
-    write_stripes(call, writer, counters, id, object, &[0, 1, 2, 3, 4], false);
+    let all: Vec<(usize, usize)> = (0..STRIPES).map(|i| (i, i)).collect();
+    write_stripes(call, writer, counters, id, object, &all, false);
 }
 
-/// Rewrites the stripes `indices` of a verified object on their nodes.
+/// Rewrites stripes of a verified object: (position in the placement,
+/// stripe index) pairs.
 fn repair(
     call: &Call,
     writer: Option<&Writer>,
     counters: &Arc<AzCounters>,
     id: &ChunkId,
     object: &[u8],
-    indices: &[usize],
+    repairs: &[(usize, usize)],
 ) {
-    if indices.is_empty() {
+    if repairs.is_empty() {
         return;
     }
     let Some(writer) = writer else { return };
-    write_stripes(call, writer, counters, id, object, indices, true);
+    write_stripes(call, writer, counters, id, object, repairs, true);
 }
 
 fn write_stripes(
@@ -330,7 +362,7 @@ fn write_stripes(
     counters: &Arc<AzCounters>,
     id: &ChunkId,
     object: &[u8],
-    indices: &[usize],
+    writes: &[(usize, usize)],
     repair: bool,
 ) {
     let Ok(permit) = Arc::clone(&writer.fills).try_acquire_owned() else {
@@ -340,10 +372,9 @@ fn write_stripes(
     let nodes = placement(id, &call.nodes);
     let stripes = stripe::split(id, object);
     let mut set = JoinSet::new();
-    for &index in indices {
-        let k = nodes[index];
+    for &(p, index) in writes {
         let client = call.client.clone();
-        let url = format!("{}/v1/stripes/{id}/{index}", call.nodes[k]);
+        let url = format!("{}/v1/stripes/{id}", call.nodes[nodes[p]]);
         let bearer = writer.token.bearer();
         let body = stripes[index].clone();
         let timeout = call.timeout;
@@ -359,8 +390,7 @@ fn write_stripes(
         });
     }
     let counters = Arc::clone(counters);
-    // The set runs on the tier's runtime (the caller is on it or spawned
-    // onto it); the permit is held until every write is answered.
+    // The permit is held until every write is answered (or timed out).
     tokio::spawn(async move {
         let _permit = permit;
         while let Some(done) = set.join_next().await {

@@ -45,12 +45,10 @@ pub enum NodeError {
     },
     /// The node sent a stripe that is not the one asked for, or not a
     /// stripe at all.
-    #[error("{url}: bad stripe {index}: {problem}")]
+    #[error("{url}: bad stripe: {problem}")]
     BadStripe {
         /// The node's base URL.
         url: String,
-        /// The stripe asked for.
-        index: usize,
         /// What is wrong with it.
         problem: crate::stripe::StripeError,
     },

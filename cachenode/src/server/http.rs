@@ -92,7 +92,7 @@ pub(super) fn router(node: Arc<CacheNode>) -> Router {
     Router::new()
         .route("/v1/chunks/{id}", get(get_chunk).head(head_chunk))
         .route(
-            "/v1/stripes/{id}/{index}",
+            "/v1/stripes/{id}",
             get(get_stripe).put(put_stripe).delete(delete_stripe),
         )
         .route("/metrics", get(metrics))

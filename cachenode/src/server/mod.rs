@@ -15,7 +15,7 @@
 //! - `GET /metrics`: Prometheus text: the tiers' counters
 //!   ([`TieredStore::render_prometheus`]) and HTTP requests by status.
 //! - `GET /healthz`: 200 `ok`.
-//! - `GET`, `PUT`, `DELETE /v1/stripes/{id}/{index}`: the erasure-coded
+//! - `GET`, `PUT`, `DELETE /v1/stripes/{id}`: the erasure-coded
 //!   mode's stripes, kept in memory and never fetched from the origin;
 //!   writes need the fleet token (see [`stripes`]).
 //!

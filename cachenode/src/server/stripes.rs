@@ -1,17 +1,24 @@
 //! The node's stripe routes (the erasure-coded mode of the AZ tier) and
 //! the bounded store behind them.
 //!
-//! - `GET /v1/stripes/{id}/{index}`: 200 with the stripe (header and
-//!   body, see [`crate::stripe`]), 404 if the node has none. Anonymous.
+//! A node holds at most one stripe of an object, whichever index the
+//! client gave it: the index travels in the stripe's header. So when the
+//! fleet changes, the nodes that stay in an object's top 5 keep their
+//! stripes as they are, and only the newcomer needs one (the index none
+//! of the others has); nothing moves between the nodes that stayed.
+//!
+//! - `GET /v1/stripes/{id}`: 200 with the stripe (header and body, see
+//!   [`crate::stripe`]), 404 if the node has none. Anonymous.
 //!   A node never asks the origin for a stripe: the client that missed
 //!   fetches the object once and writes the stripes itself, so one miss
 //!   costs one origin GET, not five.
-//! - `PUT /v1/stripes/{id}/{index}`: stores the body after checking its
-//!   header names that object and index; 204. Needs
+//! - `PUT /v1/stripes/{id}`: stores the body (replacing the node's
+//!   stripe of that object) after checking it is a stripe of that object;
+//!   204. Needs
 //!   `Authorization: Bearer <fleet token>`: 401 without it or with a
 //!   wrong one, 403 if the node has no token configured (it takes no
 //!   writes at all).
-//! - `DELETE /v1/stripes/{id}/{index}`: drops the stripe (a reader found
+//! - `DELETE /v1/stripes/{id}`: drops the stripe (a reader found
 //!   it bad); 204, or 404. Same token rule.
 //!
 //! Stripes are kept in memory, up to a byte capacity; past it the oldest
@@ -32,9 +39,9 @@ use telemetry::prometheus::{Kind, Text};
 
 use super::CacheNode;
 use super::http::{parse_id, text};
-use crate::stripe::{MAX_STRIPE_LEN, STRIPES, decode_expected};
+use crate::stripe::{MAX_STRIPE_LEN, decode_of};
 
-type Key = (ChunkId, u8);
+type Key = ChunkId;
 
 /// Stripes in memory, bounded by bytes; oldest written evicted first.
 #[derive(Debug)]
@@ -169,21 +176,6 @@ impl StripeStore {
     }
 }
 
-/// The stripe's key from the path, or the 400 answer.
-fn key_of(text_id: &str, text_index: &str) -> Result<Key, Box<Response>> {
-    let id = parse_id(text_id)?;
-    match text_index.parse::<u8>() {
-        Ok(k) if usize::from(k) < STRIPES => Ok((id, k)),
-        _ => Err(Box::new(text(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "stripe index `{}` is not 0..=4",
-                text_index.chars().take(8).collect::<String>()
-            ),
-        ))),
-    }
-}
-
 /// The refusal for a write without the right token, if it is one.
 fn refuse_write(node: &CacheNode, request: &Request) -> Option<Response> {
     let Some(token) = &node.fleet_token else {
@@ -209,13 +201,13 @@ fn refuse_write(node: &CacheNode, request: &Request) -> Option<Response> {
     Some(response)
 }
 
-/// `GET /v1/stripes/{id}/{index}`.
+/// `GET /v1/stripes/{id}`.
 pub(super) async fn get_stripe(
     State(node): State<Arc<CacheNode>>,
-    Path((text_id, text_index)): Path<(String, String)>,
+    Path(text_id): Path<String>,
 ) -> Response {
-    let key = match key_of(&text_id, &text_index) {
-        Ok(key) => key,
+    let key = match parse_id(&text_id) {
+        Ok(id) => id,
         Err(response) => return *response,
     };
     match node.stripes.get(&key) {
@@ -232,7 +224,7 @@ pub(super) async fn get_stripe(
             node.stripes.misses.inc();
             text(
                 StatusCode::NOT_FOUND,
-                format!("stripe {} of chunk {} is not here", key.1, key.0),
+                format!("no stripe of chunk {key} is here"),
             )
         }
     }
@@ -251,18 +243,18 @@ impl AsRef<[u8]> for ArcBytes {
     }
 }
 
-/// `PUT /v1/stripes/{id}/{index}`.
+/// `PUT /v1/stripes/{id}`.
 pub(super) async fn put_stripe(
     State(node): State<Arc<CacheNode>>,
-    Path((text_id, text_index)): Path<(String, String)>,
+    Path(text_id): Path<String>,
     request: Request,
 ) -> Response {
     // The token first: nothing of an unauthenticated body is read.
     if let Some(refused) = refuse_write(&node, &request) {
         return refused;
     }
-    let key = match key_of(&text_id, &text_index) {
-        Ok(key) => key,
+    let key = match parse_id(&text_id) {
+        Ok(id) => id,
         Err(response) => return *response,
     };
     let body = match to_bytes(request.into_body(), MAX_STRIPE_LEN).await {
@@ -274,7 +266,7 @@ pub(super) async fn put_stripe(
             );
         }
     };
-    if let Err(e) = decode_expected(&body, &key.0, usize::from(key.1)) {
+    if let Err(e) = decode_of(&body, &key) {
         return text(
             StatusCode::BAD_REQUEST,
             format!("not a stripe for this path: {e}"),
@@ -284,17 +276,17 @@ pub(super) async fn put_stripe(
     StatusCode::NO_CONTENT.into_response()
 }
 
-/// `DELETE /v1/stripes/{id}/{index}`.
+/// `DELETE /v1/stripes/{id}`.
 pub(super) async fn delete_stripe(
     State(node): State<Arc<CacheNode>>,
-    Path((text_id, text_index)): Path<(String, String)>,
+    Path(text_id): Path<String>,
     request: Request,
 ) -> Response {
     if let Some(refused) = refuse_write(&node, &request) {
         return refused;
     }
-    let key = match key_of(&text_id, &text_index) {
-        Ok(key) => key,
+    let key = match parse_id(&text_id) {
+        Ok(id) => id,
         Err(response) => return *response,
     };
     if node.stripes.delete(&key) {
@@ -311,7 +303,7 @@ mod tests {
     #[test]
     fn store_stays_under_capacity_and_evicts_oldest() {
         let s = StripeStore::new(100);
-        let id = |n: u8| (ChunkId([n; 32]), 0u8);
+        let id = |n: u8| ChunkId([n; 32]);
         for n in 0..5 {
             s.put(id(n), vec![n; 30]);
         }
