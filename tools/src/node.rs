@@ -117,8 +117,15 @@ impl CacheNodeArgs {
                 limits: node_limits,
                 stripe_capacity: self
                     .stripe_capacity
+                    .or_else(|| {
+                        section
+                            .as_ref()
+                            .and_then(|n| n.stripe_capacity.map(|c| c.0))
+                    })
                     .unwrap_or(cachenode::server::DEFAULT_STRIPE_CAPACITY),
-                fleet_token_file: self.fleet_token_file,
+                fleet_token_file: self
+                    .fleet_token_file
+                    .or_else(|| section.as_ref().and_then(|n| n.fleet_token_file.clone())),
             },
             local,
             origin,

@@ -187,14 +187,14 @@ pub(super) async fn get(
         }
         if tried_with > 0 && (have == STRIPES || requests.is_empty()) {
             // Four did not verify: find the one whose absence does.
-            for bad in 0..STRIPES {
+            for (bad, &k) in nodes.iter().enumerate() {
                 if slots.got[bad].is_none() {
                     continue;
                 }
                 if let Some(object) = slots.rebuild_verified(&id, Some(bad), &counters) {
                     counters.bad_stripes.inc();
-                    counters.nodes[nodes[bad]].corrupt.inc();
-                    counters.nodes[nodes[bad]].errors.inc();
+                    counters.nodes[k].corrupt.inc();
+                    counters.nodes[k].errors.inc();
                     let repairs = slots.repairs(Some(bad));
                     repair(&call, writer.as_ref(), &counters, &id, &object, &repairs);
                     return Ok(Answer::Found(object));

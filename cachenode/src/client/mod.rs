@@ -3,8 +3,9 @@
 //!
 //! - [`hrw`]: rendezvous hashing, which node owns which chunk;
 //! - [`AzConfig`]: node URLs and timeouts (TOML-readable);
-//! - [`AzTier`]: get with hedge and failover, over a small runtime of its
-//!   own;
+//! - [`AzTier`]: get with hedge and failover (replicated mode), or from
+//!   4 of 5 stripes with fills and repairs behind the read (erasure mode,
+//!   `erasure`), over a small runtime of its own;
 //! - [`AzSnapshot`]: its counters; [`AzError`], [`NodeError`]: its errors.
 
 mod config;
