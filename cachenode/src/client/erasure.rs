@@ -24,7 +24,7 @@ use tokio::task::JoinSet;
 
 use super::counters::AzCounters;
 use super::error::NodeError;
-use super::fetch::{Answer, Call, one_line};
+use super::fetch::{Answer, Call, status_failure};
 use super::hrw::preference_order;
 use crate::stripe::{self, DATA_STRIPES, MAX_STRIPE_LEN, STRIPES, Stripe, decode_of};
 use crate::token::FleetToken;
@@ -283,17 +283,7 @@ async fn ask_stripe(client: &reqwest::Client, url: &str, id: &ChunkId) -> Result
     match response.status() {
         StatusCode::OK => {}
         StatusCode::NOT_FOUND => return Ok(Got::Missing),
-        status => {
-            let body = match response.chunk().await {
-                Ok(Some(bytes)) => one_line(&bytes[..bytes.len().min(300)]),
-                _ => String::new(),
-            };
-            return Err(NodeError::Status {
-                url: url.to_string(),
-                status: status.as_u16(),
-                body,
-            });
-        }
+        _ => return Err(status_failure(url, response).await),
     }
     let announced = response.content_length().unwrap_or(0);
     let too_large = || NodeError::TooLarge {

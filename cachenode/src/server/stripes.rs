@@ -201,6 +201,18 @@ fn refuse_write(node: &CacheNode, request: &Request) -> Option<Response> {
     Some(response)
 }
 
+/// The chunk id of a write that carries the token, or the refusal.
+fn authorized_key(
+    node: &CacheNode,
+    request: &Request,
+    text_id: &str,
+) -> Result<ChunkId, Box<Response>> {
+    if let Some(refused) = refuse_write(node, request) {
+        return Err(Box::new(refused));
+    }
+    parse_id(text_id)
+}
+
 /// `GET /v1/stripes/{id}`.
 pub(super) async fn get_stripe(
     State(node): State<Arc<CacheNode>>,
@@ -250,11 +262,8 @@ pub(super) async fn put_stripe(
     request: Request,
 ) -> Response {
     // The token first: nothing of an unauthenticated body is read.
-    if let Some(refused) = refuse_write(&node, &request) {
-        return refused;
-    }
-    let key = match parse_id(&text_id) {
-        Ok(id) => id,
+    let key = match authorized_key(&node, &request, &text_id) {
+        Ok(key) => key,
         Err(response) => return *response,
     };
     let body = match to_bytes(request.into_body(), MAX_STRIPE_LEN).await {
@@ -282,11 +291,8 @@ pub(super) async fn delete_stripe(
     Path(text_id): Path<String>,
     request: Request,
 ) -> Response {
-    if let Some(refused) = refuse_write(&node, &request) {
-        return refused;
-    }
-    let key = match parse_id(&text_id) {
-        Ok(id) => id,
+    let key = match authorized_key(&node, &request, &text_id) {
+        Ok(key) => key,
         Err(response) => return *response,
     };
     if node.stripes.delete(&key) {
