@@ -307,6 +307,13 @@ impl ChunkStore for AzTier {
 
     /// Gets the object from the nodes.
     ///
+    /// Erasure mode: from 4 of the object's 5 stripes, all 5 asked at once
+    /// (see [`AzMode::Erasure`]); `Ok(None)` when fewer than 4 can come
+    /// and a node said 404 (the caller fetches from the next tier and
+    /// `put`s, which writes the stripes); [`StoreError::Corrupt`] when no
+    /// 4 of them rebuild the object. The rest of this describes the
+    /// replicated mode.
+    ///
     /// GET `{node}/v1/chunks/{id}`, to the owner first; if it has not
     /// answered after `hedge_after`, to the second choice too; a node
     /// that fails (connect error, 5xx, wrong bytes) is followed by the
@@ -351,6 +358,10 @@ impl ChunkStore for AzTier {
         Ok(PutOutcome::Stored)
     }
 
+    /// Erasure mode: whether a get finds the object (the stripes are
+    /// fetched; nothing lighter proves 4 of them rebuild it).
+    ///
+    /// Replicated mode:
     /// HEAD `{node}/v1/chunks/{id}` with the same hedge and failover as
     /// `get`: whether the owner node or its origin has the chunk.
     fn contains(&self, id: &ChunkId) -> Result<bool, StoreError> {
