@@ -63,7 +63,7 @@ fn config(nodes: Vec<String>) -> AzConfig {
         timeout_ms: 30_000,
         hedge_after_ms: 30_000,
         connect_timeout_ms: 5_000,
-        http2: false,
+        ..AzConfig::default()
     }
 }
 

@@ -99,6 +99,7 @@ fn node_with(
     let config = NodeConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         limits,
+        ..NodeConfig::default()
     };
     let running = server::start(&config, local.clone(), origin).expect("start node");
     (dir, local, running)
@@ -190,13 +191,49 @@ fn a_client_over_its_rate_gets_429() {
         let answer = get_chunk(node.addr(), &id);
         assert_eq!(answer.status, 404, "request {n}: {}", answer.text());
     }
-    for path in [format!("/v1/chunks/{id}"), "/metrics".to_string()] {
+    for path in [
+        format!("/v1/chunks/{id}"),
+        format!("/v1/stripes/{id}"),
+        "/metrics".to_string(),
+    ] {
         let answer = http(node.addr(), "GET", &path);
         assert_eq!(answer.status, 429, "{path}: {}", answer.text());
         let headers = answer.headers.to_ascii_lowercase();
         assert!(headers.contains("retry-after:"), "{headers}");
     }
     assert_eq!(node.node().http_count("chunk", 429), 1);
+    // The erasure mode's stripe routes are under the same rate.
+    assert_eq!(node.node().http_count("stripe", 429), 1);
+}
+
+#[test]
+fn stripe_requests_count_against_max_in_flight() {
+    let (_o, origin) = dir_store();
+    let limits = NodeLimits {
+        // One request at a time, held below by a chunk request waiting
+        // on a stalled origin.
+        max_in_flight: 1,
+        client_rate: 0.0,
+        ..NodeLimits::default()
+    };
+    let gated = GatedStore::new(origin);
+    gated.close();
+    let gated = Arc::new(gated);
+    let (_l, _local, node) = node_with(limits, gated.clone());
+    let addr = node.addr();
+    let id = chunk(3100).id;
+    // The one in-flight permit is held while the origin is closed.
+    let held = std::thread::spawn(move || get_chunk(addr, &id));
+    let shown = Arc::clone(node.node());
+    wait_for("the chunk request to reach the origin", || {
+        gated.gets() >= 1
+    });
+    let answer = http(addr, "GET", &format!("/v1/stripes/{id}"));
+    assert_eq!(answer.status, 503, "{}", answer.text());
+    assert_eq!(shown.http_count("stripe", 503), 1);
+    gated.open();
+    let _ = within("the held request", move || held.join().unwrap());
+    assert_eq!(http(addr, "GET", &format!("/v1/stripes/{id}")).status, 404);
 }
 
 #[test]
@@ -243,6 +280,7 @@ fn unusable_limits_do_not_start() {
             max_in_flight: 0,
             ..NodeLimits::default()
         },
+        ..NodeConfig::default()
     };
     let e = server::start(&config, local, origin)
         .unwrap_err()

@@ -18,6 +18,8 @@
 //! - [`blkbench`] is the guest half of the `vhost_guest` benchmark: a
 //!   static C program timing raw reads inside the guest, and its output.
 //! - [`harness`] finds tools, prints `SKIP:` lines, and mounts/unmounts.
+//! - [`fleet`] runs a fleet of `imagefs cache-node` processes (the AZ
+//!   tier's tests and benchmark): kill, SIGSTOP, add a node.
 //! - [`process`] starts child processes (`imagefs mount`, cache nodes),
 //!   waits until they are ready, and stops them with a signal.
 //! - [`rng`] is the seeded generator of randomized tests (seed printed,
@@ -36,6 +38,7 @@ pub mod blkbench;
 pub mod cases;
 pub mod delayproxy;
 pub mod e2e;
+pub mod fleet;
 pub mod garage;
 pub mod guest;
 pub mod harness;

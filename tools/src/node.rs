@@ -41,6 +41,14 @@ pub struct CacheNodeArgs {
     /// 0 turns it off (default 5000).
     #[arg(long)]
     client_rate: Option<f64>,
+    /// Bytes of erasure-coded stripes kept in memory (default 1G).
+    #[arg(long, value_parser = parse_size)]
+    stripe_capacity: Option<u64>,
+    /// The file holding the fleet token that stripe writes (PUT, DELETE)
+    /// must carry; without it, IMAGEFS_FLEET_TOKEN if set; without either
+    /// the node refuses stripe writes. The token is never printed.
+    #[arg(long, value_name = "FILE")]
+    fleet_token_file: Option<PathBuf>,
     /// Tier configuration (TOML) with [node], [node.limits] and [origin]
     /// sections.
     #[arg(long, env = "IMAGEFS_CONFIG")]
@@ -107,6 +115,17 @@ impl CacheNodeArgs {
             &NodeConfig {
                 listen,
                 limits: node_limits,
+                stripe_capacity: self
+                    .stripe_capacity
+                    .or_else(|| {
+                        section
+                            .as_ref()
+                            .and_then(|n| n.stripe_capacity.map(|c| c.0))
+                    })
+                    .unwrap_or(cachenode::server::DEFAULT_STRIPE_CAPACITY),
+                fleet_token_file: self
+                    .fleet_token_file
+                    .or_else(|| section.as_ref().and_then(|n| n.fleet_token_file.clone())),
             },
             local,
             origin,

@@ -1,5 +1,6 @@
 //! [`AzConfig`]: which AZ cache nodes to ask and how long to wait.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -16,6 +17,9 @@ use super::error::AzError;
 /// hedge_after_ms = 50        # ask the second choice if the first is this slow
 /// connect_timeout_ms = 500   # the most one TCP connect may take
 /// http2 = false              # h2c (HTTP/2, prior knowledge) instead of HTTP/1.1
+/// mode = "replicated"        # or "erasure": 4+1 stripes on 5 nodes (needs >= 5 nodes)
+/// fleet_token_file = "/etc/imagefs/fleet-token"  # erasure: what stripe writes carry
+/// max_fills_in_flight = 64   # erasure: objects being written behind reads at once
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -40,6 +44,33 @@ pub struct AzConfig {
     /// default: on loopback a warm 512 KiB get measured faster with it
     /// (the `lazy_read` benchmark prints both).
     pub http2: bool,
+    /// How chunks are kept on the nodes.
+    pub mode: AzMode,
+    /// Erasure mode: the file with the fleet token that stripe writes
+    /// carry; without it, the `IMAGEFS_FLEET_TOKEN` environment variable.
+    /// Never logged.
+    pub fleet_token_file: Option<PathBuf>,
+    /// Erasure mode: objects whose stripes are being written behind reads
+    /// (fills after a miss, repairs) at once; one more is skipped
+    /// (counted) rather than queued.
+    pub max_fills_in_flight: usize,
+}
+
+/// How the AZ tier keeps chunks on its nodes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum AzMode {
+    /// Each chunk whole on its rendezvous owner; a get hedges to the
+    /// second choice after `hedge_after_ms` and fails over. Nodes fill
+    /// themselves from the origin. Works with any number of nodes.
+    #[default]
+    Replicated,
+    /// Each chunk as 4 data stripes and 1 XOR parity stripe on its top 5
+    /// nodes by rendezvous hashing; a get asks all 5 and rebuilds from
+    /// the first 4. The client fills the stripes after a miss (with the
+    /// fleet token). Needs at least 5 nodes.
+    Erasure,
 }
 
 impl Default for AzConfig {
@@ -50,6 +81,9 @@ impl Default for AzConfig {
             hedge_after_ms: 50,
             connect_timeout_ms: 500,
             http2: false,
+            mode: AzMode::Replicated,
+            fleet_token_file: None,
+            max_fills_in_flight: 64,
         }
     }
 }
@@ -92,6 +126,14 @@ impl AzConfig {
         }
         if self.nodes.is_empty() {
             return Err(AzError::NoNodes);
+        }
+        if self.mode == AzMode::Erasure && self.nodes.len() < crate::stripe::STRIPES {
+            return Err(AzError::TooFewForErasure {
+                nodes: self.nodes.len(),
+            });
+        }
+        if self.max_fills_in_flight == 0 {
+            return Err(AzError::ZeroFills);
         }
         let mut nodes: Vec<String> = Vec::with_capacity(self.nodes.len());
         for given in &self.nodes {
@@ -180,6 +222,17 @@ mod tests {
                 "{bad}: {err}"
             );
         }
+        let four = AzConfig {
+            mode: AzMode::Erasure,
+            ..AzConfig::with_nodes(["http://a:1", "http://a:2", "http://a:3", "http://a:4"])
+        };
+        assert!(matches!(
+            four.validated_nodes(),
+            Err(AzError::TooFewForErasure { nodes: 4 })
+        ));
+        let parsed: AzConfig = toml::from_str("mode = \"erasure\"").unwrap();
+        assert_eq!(parsed.mode, AzMode::Erasure);
+        assert!(toml::from_str::<AzConfig>("mode = \"striped\"").is_err());
         assert!(matches!(
             AzConfig::with_nodes(["http://a:1", "http://a:1/"]).validated_nodes(),
             Err(AzError::DuplicateNode { .. })

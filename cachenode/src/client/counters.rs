@@ -1,5 +1,8 @@
 //! Counters of the AZ client tier and their snapshot.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
 use telemetry::counter::Counter;
 
 use telemetry::prometheus::{Kind, Text};
@@ -10,6 +13,21 @@ pub(super) struct NodeCounters {
     pub(super) requests: Counter,
     pub(super) errors: Counter,
     pub(super) corrupt: Counter,
+    /// Erasure mode: requests dropped because 4 other stripes came first.
+    pub(super) dropped_slow: Counter,
+    /// Recent latency of the node's answers (exponentially weighted, µs).
+    pub(super) recent_us: AtomicU64,
+}
+
+impl NodeCounters {
+    /// Folds one answer's latency into the recent latency (weight 1/8).
+    pub(super) fn observe(&self, took: Duration) {
+        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        // Racing updates lose one sample at worst; it is a health figure.
+        let old = self.recent_us.load(Ordering::Relaxed);
+        let new = if old == 0 { us } else { old - old / 8 + us / 8 };
+        self.recent_us.store(new, Ordering::Relaxed);
+    }
 }
 
 /// Live counters of the tier.
@@ -21,6 +39,12 @@ pub(super) struct AzCounters {
     pub(super) hedge_wins: Counter,
     pub(super) failovers: Counter,
     pub(super) unavailable: Counter,
+    pub(super) rebuilt_with_parity: Counter,
+    pub(super) bad_stripes: Counter,
+    pub(super) stripes_repaired: Counter,
+    pub(super) fills_started: Counter,
+    pub(super) fills_skipped: Counter,
+    pub(super) stripe_writes_failed: Counter,
     pub(super) nodes: Vec<NodeCounters>,
 }
 
@@ -33,6 +57,12 @@ impl AzCounters {
             hedge_wins: Counter::new(),
             failovers: Counter::new(),
             unavailable: Counter::new(),
+            rebuilt_with_parity: Counter::new(),
+            bad_stripes: Counter::new(),
+            stripes_repaired: Counter::new(),
+            fills_started: Counter::new(),
+            fills_skipped: Counter::new(),
+            stripe_writes_failed: Counter::new(),
             nodes: (0..nodes).map(|_| NodeCounters::default()).collect(),
         }
     }
@@ -45,6 +75,12 @@ impl AzCounters {
             hedge_wins: self.hedge_wins.get(),
             failovers: self.failovers.get(),
             unavailable: self.unavailable.get(),
+            rebuilt_with_parity: self.rebuilt_with_parity.get(),
+            bad_stripes: self.bad_stripes.get(),
+            stripes_repaired: self.stripes_repaired.get(),
+            fills_started: self.fills_started.get(),
+            fills_skipped: self.fills_skipped.get(),
+            stripe_writes_failed: self.stripe_writes_failed.get(),
             nodes: urls
                 .iter()
                 .zip(&self.nodes)
@@ -53,6 +89,8 @@ impl AzCounters {
                     requests: c.requests.get(),
                     errors: c.errors.get(),
                     corrupt: c.corrupt.get(),
+                    dropped_slow: c.dropped_slow.get(),
+                    recent_latency_us: c.recent_us.load(Ordering::Relaxed),
                 })
                 .collect(),
         }
@@ -69,8 +107,15 @@ pub struct NodeSnapshot {
     /// Requests that failed: connect errors, statuses other than 200 and
     /// 404, timeouts, oversized or corrupt objects.
     pub errors: u64,
-    /// Of those, objects whose bytes did not hash to their id.
+    /// Of those, objects whose bytes did not hash to their id (erasure
+    /// mode: stripes found bad).
     pub corrupt: u64,
+    /// Erasure mode: requests to it dropped unanswered because 4 other
+    /// stripes came first (how often it was the slowest).
+    pub dropped_slow: u64,
+    /// Its recent answer latency in µs (exponentially weighted; 0 before
+    /// the first answer).
+    pub recent_latency_us: u64,
 }
 
 /// The AZ tier's counters at one moment.
@@ -89,6 +134,22 @@ pub struct AzSnapshot {
     pub failovers: u64,
     /// Calls that no node answered.
     pub unavailable: u64,
+    /// Erasure mode: objects rebuilt with the parity stripe (a data
+    /// stripe was missing, slow or bad).
+    pub rebuilt_with_parity: u64,
+    /// Erasure mode: stripes found bad (wrong header, or the one whose
+    /// exclusion made the object verify).
+    pub bad_stripes: u64,
+    /// Erasure mode: stripes rewritten on a node that had a bad one or
+    /// none (after a verified read).
+    pub stripes_repaired: u64,
+    /// Erasure mode: objects whose 5 stripes were written behind a miss.
+    pub fills_started: u64,
+    /// Erasure mode: fills and repairs skipped because too many were in
+    /// flight.
+    pub fills_skipped: u64,
+    /// Erasure mode: stripe writes a node did not accept.
+    pub stripe_writes_failed: u64,
     /// Per node, in configuration order.
     pub nodes: Vec<NodeSnapshot>,
 }
@@ -113,6 +174,32 @@ impl AzSnapshot {
                 self.failovers,
             ),
             ("unavailable", "Calls no node answered", self.unavailable),
+            (
+                "rebuilt_with_parity",
+                "Objects rebuilt with the parity stripe",
+                self.rebuilt_with_parity,
+            ),
+            ("bad_stripes", "Stripes found bad", self.bad_stripes),
+            (
+                "stripes_repaired",
+                "Stripes rewritten after a verified read",
+                self.stripes_repaired,
+            ),
+            (
+                "fills_started",
+                "Objects written behind a miss",
+                self.fills_started,
+            ),
+            (
+                "fills_skipped",
+                "Fills and repairs skipped (too many in flight)",
+                self.fills_skipped,
+            ),
+            (
+                "stripe_writes_failed",
+                "Stripe writes a node did not accept",
+                self.stripe_writes_failed,
+            ),
         ];
         for (name, help, value) in totals {
             let name = format!("imagefs_az_{name}_total");
@@ -120,13 +207,18 @@ impl AzSnapshot {
                 .sample(&[], value);
         }
         type Field = fn(&NodeSnapshot) -> u64;
-        let per_node: [(&str, &str, Field); 3] = [
+        let per_node: [(&str, &str, Field); 4] = [
             ("requests", "HTTP requests sent to the node", |n| n.requests),
             ("errors", "Requests to the node that failed", |n| n.errors),
             (
                 "corrupt",
                 "Objects from the node that failed their id check",
                 |n| n.corrupt,
+            ),
+            (
+                "dropped_slow",
+                "Requests to the node dropped because 4 stripes came first",
+                |n| n.dropped_slow,
             ),
         ];
         for (name, help, field) in per_node {
@@ -135,6 +227,14 @@ impl AzSnapshot {
             for node in &self.nodes {
                 family.sample(&[("node", &node.url)], field(node));
             }
+        }
+        let mut family = text.family(
+            "imagefs_az_node_recent_latency_microseconds",
+            Kind::Gauge,
+            "Recent answer latency of the node (exponentially weighted).",
+        );
+        for node in &self.nodes {
+            family.sample(&[("node", &node.url)], node.recent_latency_us);
         }
         text.finish()
     }

@@ -43,6 +43,22 @@ pub enum NodeError {
         /// The SHA-256 of what it sent.
         actual: ChunkId,
     },
+    /// The node sent a stripe that is not the one asked for, or not a
+    /// stripe at all.
+    #[error("{url}: bad stripe: {problem}")]
+    BadStripe {
+        /// The node's base URL.
+        url: String,
+        /// What is wrong with it.
+        problem: crate::stripe::StripeError,
+    },
+    /// Erasure mode: no 4 of the 5 stripes rebuild the object (more than
+    /// one is bad, or four came and the fifth did not).
+    #[error("{url}: no 4 of the stripes rebuild an object that hashes to its id")]
+    Unrebuildable {
+        /// The object's 5 nodes.
+        url: String,
+    },
     /// The node had not answered when the get's time was up.
     #[error("{url}: no answer within {timeout_ms} ms")]
     TimedOut {
@@ -69,6 +85,8 @@ impl NodeError {
             | NodeError::Status { url, .. }
             | NodeError::TooLarge { url, .. }
             | NodeError::Corrupt { url, .. }
+            | NodeError::BadStripe { url, .. }
+            | NodeError::Unrebuildable { url }
             | NodeError::TimedOut { url, .. }
             | NodeError::Lost { url, .. } => url,
         }
@@ -92,6 +110,30 @@ pub enum AzError {
         /// What is wrong with it.
         problem: String,
     },
+    /// Erasure mode with fewer nodes than stripes.
+    #[error(
+        "the AZ cache tier's erasure mode needs at least 5 nodes (4 data + 1 parity stripe), \
+         {nodes} configured: use mode = \"replicated\" or add nodes"
+    )]
+    TooFewForErasure {
+        /// Nodes configured.
+        nodes: usize,
+    },
+    /// `max_fills_in_flight` is 0.
+    #[error("AZ cache setting `max_fills_in_flight` must be at least 1")]
+    ZeroFills,
+    /// The fleet token could not be read.
+    #[error("the AZ cache tier's fleet token: {source}")]
+    Token {
+        /// The underlying error.
+        source: crate::token::TokenError,
+    },
+    /// Erasure mode without a fleet token: misses could not be filled.
+    #[error(
+        "the AZ cache tier's erasure mode writes stripes and needs the fleet token: \
+         set fleet_token_file or IMAGEFS_FLEET_TOKEN"
+    )]
+    NoFleetToken,
     /// A node is listed twice.
     #[error("AZ cache node `{url}` is listed twice")]
     DuplicateNode {

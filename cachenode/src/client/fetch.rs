@@ -169,19 +169,7 @@ async fn ask_node(
     match response.status() {
         StatusCode::OK => {}
         StatusCode::NOT_FOUND => return Ok(Answer::Missing),
-        status => {
-            // The node's one-line explanation, if it sends one quickly;
-            // a body that fails to arrive only loses the explanation.
-            let body = match response.chunk().await {
-                Ok(Some(bytes)) => one_line(&bytes[..bytes.len().min(MAX_ERROR_BODY)]),
-                _ => String::new(),
-            };
-            return Err(NodeError::Status {
-                url: url.to_string(),
-                status: status.as_u16(),
-                body,
-            });
-        }
+        _ => return Err(status_failure(url, response).await),
     }
     if ask == Ask::Head {
         return Ok(Answer::Found(Vec::new()));
@@ -218,8 +206,24 @@ async fn ask_node(
     Ok(Answer::Found(object))
 }
 
+/// A node's answer other than 200 or 404, with the start of its one-line
+/// explanation if it sends one quickly (a body that fails to arrive only
+/// loses the explanation).
+pub(super) async fn status_failure(url: &str, mut response: reqwest::Response) -> NodeError {
+    let status = response.status().as_u16();
+    let body = match response.chunk().await {
+        Ok(Some(bytes)) => one_line(&bytes[..bytes.len().min(MAX_ERROR_BODY)]),
+        _ => String::new(),
+    };
+    NodeError::Status {
+        url: url.to_string(),
+        status,
+        body,
+    }
+}
+
 /// Text for one log line: lossy UTF-8, line breaks as spaces, trimmed.
-fn one_line(bytes: &[u8]) -> String {
+pub(super) fn one_line(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes)
         .replace(['\r', '\n'], " ")
         .trim()

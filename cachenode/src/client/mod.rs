@@ -3,12 +3,14 @@
 //!
 //! - [`hrw`]: rendezvous hashing, which node owns which chunk;
 //! - [`AzConfig`]: node URLs and timeouts (TOML-readable);
-//! - [`AzTier`]: get with hedge and failover, over a small runtime of its
-//!   own;
+//! - [`AzTier`]: get with hedge and failover (replicated mode), or from
+//!   4 of 5 stripes with fills and repairs behind the read (erasure mode,
+//!   `erasure`), over a small runtime of its own;
 //! - [`AzSnapshot`]: its counters; [`AzError`], [`NodeError`]: its errors.
 
 mod config;
 mod counters;
+mod erasure;
 mod error;
 mod fetch;
 pub mod hrw;
@@ -23,7 +25,9 @@ use cachetiers::checked::check_put;
 use cachetiers::{ChunkStore, PutOutcome, StoreError};
 use manifest::ChunkId;
 
-pub use config::AzConfig;
+use crate::token::FleetToken;
+
+pub use config::{AzConfig, AzMode};
 pub use counters::{AzSnapshot, NodeSnapshot};
 pub use error::{AzError, NodeError};
 
@@ -71,6 +75,8 @@ pub struct AzTier {
     config: AzConfig,
     call: Call,
     counters: Arc<AzCounters>,
+    /// Erasure mode: what stripe writes need (`None` in replicated mode).
+    writer: Option<erasure::Writer>,
     handle: tokio::runtime::Handle,
     /// `Some` until drop, which shuts it down without blocking.
     runtime: Option<tokio::runtime::Runtime>,
@@ -82,6 +88,7 @@ impl fmt::Debug for AzTier {
             .field("nodes", &self.call.nodes)
             .field("timeout", &self.call.timeout)
             .field("hedge_after", &self.call.hedge_after)
+            .field("mode", &self.config.mode)
             .finish_non_exhaustive()
     }
 }
@@ -90,8 +97,24 @@ impl AzTier {
     /// A tier over the nodes of `config`, after checking it (at least one
     /// node, `http://host:port` URLs without duplicates, non-zero
     /// timeouts). Sends nothing yet.
+    ///
+    /// In [`AzMode::Erasure`] it also needs at least 5 nodes and the
+    /// fleet token (`fleet_token_file`, else `IMAGEFS_FLEET_TOKEN`).
     pub fn new(config: AzConfig) -> Result<Self, AzError> {
         let nodes = config.validated_nodes()?;
+        let writer = match config.mode {
+            AzMode::Replicated => None,
+            AzMode::Erasure => {
+                let token = FleetToken::load(config.fleet_token_file.as_deref())
+                    .map_err(|source| AzError::Token { source })?
+                    .ok_or(AzError::NoFleetToken)?;
+                Some(erasure::Writer {
+                    token,
+                    fills: Arc::new(tokio::sync::Semaphore::new(config.max_fills_in_flight)),
+                    max_fills: config.max_fills_in_flight,
+                })
+            }
+        };
         // reqwest's TLS (enabled in this workspace for the S3 origin, with
         // no bundled crypto provider) panics at build without a
         // process-wide provider. No TLS is ever used here; ring is the one
@@ -140,6 +163,7 @@ impl AzTier {
             },
             config,
             counters,
+            writer,
             handle: runtime.handle().clone(),
             runtime: Some(runtime),
         })
@@ -153,6 +177,33 @@ impl AzTier {
     /// The node URLs (normalized), in configuration order.
     pub fn nodes(&self) -> &[String] {
         &self.call.nodes
+    }
+
+    /// Erasure mode: the nodes holding `id`'s stripes, by stripe index
+    /// (its top 5 by rendezvous hashing); `None` in replicated mode.
+    pub fn stripe_nodes(&self, id: &ChunkId) -> Option<[&str; crate::stripe::STRIPES]> {
+        self.writer.as_ref()?;
+        let nodes = erasure::placement(id, &self.call.nodes);
+        Some(nodes.map(|k| self.call.nodes[k].as_str()))
+    }
+
+    /// Erasure mode: waits until no stripe write is in flight, or until
+    /// `within` is up; whether none is. (Writes go behind the reads; a
+    /// caller that wants to read what it just filled waits here.)
+    pub fn wait_for_writes(&self, within: Duration) -> bool {
+        let Some(writer) = &self.writer else {
+            return true;
+        };
+        let until = std::time::Instant::now() + within;
+        loop {
+            if writer.fills.available_permits() == writer.max_fills {
+                return true;
+            }
+            if std::time::Instant::now() >= until {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
     }
 
     /// The nodes in the order they are asked for `id`: the owner first.
@@ -174,7 +225,13 @@ impl AzTier {
         let call = self.call.clone();
         let counters = Arc::clone(&self.counters);
         let id = *id;
-        let answer = self.block_on(async move { ask_nodes(call, &counters, id, ask).await });
+        let answer = match &self.writer {
+            Some(writer) => {
+                let writer = Some(writer.clone());
+                self.block_on(async move { erasure::get(call, writer, counters, id).await })
+            }
+            None => self.block_on(async move { ask_nodes(call, &counters, id, ask).await }),
+        };
         let failures = match answer {
             Some(Ok(answer)) => return Ok(answer),
             Some(Err(failures)) => failures,
@@ -189,7 +246,12 @@ impl AzTier {
         self.counters.unavailable.inc();
         let corrupt: Vec<String> = failures
             .iter()
-            .filter(|f| matches!(f, NodeError::Corrupt { .. }))
+            .filter(|f| {
+                matches!(
+                    f,
+                    NodeError::Corrupt { .. } | NodeError::Unrebuildable { .. }
+                )
+            })
             .map(|f| f.url().to_string())
             .collect();
         let unavailable = AzError::Unavailable { id, failures };
@@ -245,6 +307,13 @@ impl ChunkStore for AzTier {
 
     /// Gets the object from the nodes.
     ///
+    /// Erasure mode: from 4 of the object's 5 stripes, all 5 asked at once
+    /// (see [`AzMode::Erasure`]); `Ok(None)` when fewer than 4 can come
+    /// and a node said 404 (the caller fetches from the next tier and
+    /// `put`s, which writes the stripes); [`StoreError::Corrupt`] when no
+    /// 4 of them rebuild the object. The rest of this describes the
+    /// replicated mode.
+    ///
     /// GET `{node}/v1/chunks/{id}`, to the owner first; if it has not
     /// answered after `hedge_after`, to the second choice too; a node
     /// that fails (connect error, 5xx, wrong bytes) is followed by the
@@ -274,11 +343,25 @@ impl ChunkStore for AzTier {
     /// (shared tiers are read-only to instances): a node serves only what it verified from
     /// the origin. The fill a tiered store attempts after an origin hit is
     /// therefore done (by the node) rather than refused.
+    ///
+    /// In erasure mode the nodes do not fill themselves: the put splits
+    /// the object into its 5 stripes and writes them to its nodes behind
+    /// the read (bounded, see [`AzConfig::max_fills_in_flight`]) and
+    /// answers [`PutOutcome::Stored`] at once.
     fn put(&self, id: &ChunkId, object: &[u8]) -> Result<PutOutcome, StoreError> {
         check_put(id, object)?;
-        Ok(PutOutcome::AlreadyPresent)
+        let Some(writer) = &self.writer else {
+            return Ok(PutOutcome::AlreadyPresent);
+        };
+        let _context = self.handle.enter();
+        erasure::fill(&self.call, writer, &self.counters, id, object);
+        Ok(PutOutcome::Stored)
     }
 
+    /// Erasure mode: whether a get finds the object (the stripes are
+    /// fetched; nothing lighter proves 4 of them rebuild it).
+    ///
+    /// Replicated mode:
     /// HEAD `{node}/v1/chunks/{id}` with the same hedge and failover as
     /// `get`: whether the owner node or its origin has the chunk.
     fn contains(&self, id: &ChunkId) -> Result<bool, StoreError> {

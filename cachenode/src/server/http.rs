@@ -12,6 +12,8 @@ use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+
+use super::stripes::{delete_stripe, get_stripe, put_stripe};
 use cachetiers::tiered::TierOutcome;
 use cachetiers::{ChunkStore, TieredError};
 use manifest::ChunkId;
@@ -89,6 +91,10 @@ impl HttpCounters {
 pub(super) fn router(node: Arc<CacheNode>) -> Router {
     Router::new()
         .route("/v1/chunks/{id}", get(get_chunk).head(head_chunk))
+        .route(
+            "/v1/stripes/{id}",
+            get(get_stripe).put(put_stripe).delete(delete_stripe),
+        )
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .layer(middleware::from_fn_with_state(Arc::clone(&node), admit))
@@ -101,6 +107,8 @@ pub(super) fn router(node: Arc<CacheNode>) -> Router {
 fn route_of(path: &str) -> &'static str {
     if path.starts_with("/v1/chunks/") {
         "chunk"
+    } else if path.starts_with("/v1/stripes/") {
+        "stripe"
     } else {
         match path {
             "/metrics" => "metrics",
@@ -114,6 +122,8 @@ fn method_of(method: &Method) -> &'static str {
     match *method {
         Method::GET => "GET",
         Method::HEAD => "HEAD",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
         _ => "other",
     }
 }
@@ -128,7 +138,7 @@ async fn count(State(node): State<Arc<CacheNode>>, request: Request, next: Next)
 }
 
 /// Middleware: the per-client rate for every request, and the in-flight
-/// limit for chunk requests (the others are cheap and bounded). Over
+/// limit for chunk and stripe requests (the others are cheap and bounded). Over
 /// either, the answer comes at once with `Retry-After`.
 async fn admit(State(node): State<Arc<CacheNode>>, request: Request, next: Next) -> Response {
     // Without a peer address (the router driven in-process) every
@@ -144,7 +154,7 @@ async fn admit(State(node): State<Arc<CacheNode>>, request: Request, next: Next)
             "too many requests from this client",
         );
     }
-    if route_of(request.uri().path()) != "chunk" {
+    if !matches!(route_of(request.uri().path()), "chunk" | "stripe") {
         return next.run(request).await;
     }
     // Held until the answer is ready; an origin fetch holds a permit of
@@ -165,7 +175,7 @@ fn busy(status: StatusCode, seconds: u64, message: &str) -> Response {
 }
 
 /// A plain-text answer of one line.
-fn text(status: StatusCode, message: impl Into<String>) -> Response {
+pub(super) fn text(status: StatusCode, message: impl Into<String>) -> Response {
     let mut line: String = message.into().replace(['\r', '\n'], " ");
     line.push('\n');
     (status, line).into_response()
@@ -175,7 +185,7 @@ fn text(status: StatusCode, message: impl Into<String>) -> Response {
 const MAX_ECHOED_ID: usize = 80;
 
 /// The chunk id in a request path, or the 400 answer.
-fn parse_id(text_id: &str) -> Result<ChunkId, Box<Response>> {
+pub(super) fn parse_id(text_id: &str) -> Result<ChunkId, Box<Response>> {
     text_id.parse().map_err(|e| {
         let shown: String = text_id.chars().take(MAX_ECHOED_ID).collect();
         let more = if shown.len() < text_id.len() {

@@ -15,9 +15,12 @@
 //! - `GET /metrics`: Prometheus text: the tiers' counters
 //!   ([`TieredStore::render_prometheus`]) and HTTP requests by status.
 //! - `GET /healthz`: 200 `ok`.
+//! - `GET`, `PUT`, `DELETE /v1/stripes/{id}`: the erasure-coded
+//!   mode's stripes, kept in memory and never fetched from the origin;
+//!   writes need the fleet token (see [`stripes`]).
 //!
 //! Every request is subject to the node's [`NodeLimits`]: a client over
-//! its rate gets 429, a chunk request past `max_in_flight` gets 503 (both
+//! its rate gets 429, a chunk or stripe request past `max_in_flight` gets 503 (both
 //! with `Retry-After`, at once, not queued), and at most
 //! `max_origin_fetches` origin fetches run at once.
 //!
@@ -40,9 +43,11 @@
 pub mod fuzzing;
 mod http;
 mod limits;
+pub mod stripes;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -59,6 +64,11 @@ pub const ORIGIN_TIER: &str = "origin";
 
 pub use limits::{LimitsError, NodeLimits};
 
+use crate::token::{FleetToken, TokenError};
+
+/// Default bytes of stripes a node keeps in memory.
+pub const DEFAULT_STRIPE_CAPACITY: u64 = 1 << 30;
+
 /// Worker threads of the node's runtime. Reads from the node's own store
 /// run on them (short local reads); origin fetches run on tokio's
 /// blocking pool.
@@ -72,6 +82,9 @@ const STOP_GRACE: Duration = Duration::from_secs(10);
 /// ```toml
 /// listen = "0.0.0.0:8420"
 ///
+/// stripe_capacity = 1073741824          # bytes of stripes kept in memory
+/// fleet_token_file = "/etc/imagefs/fleet-token"
+///
 /// [limits]
 /// max_in_flight = 512
 /// ```
@@ -83,6 +96,13 @@ pub struct NodeConfig {
     pub listen: SocketAddr,
     /// Load limits.
     pub limits: NodeLimits,
+    /// Bytes of erasure-coded stripes kept (in memory; oldest written go
+    /// first).
+    pub stripe_capacity: u64,
+    /// The file holding the fleet token that stripe writes must carry;
+    /// without it, [`TOKEN_ENV`](crate::token::TOKEN_ENV) if set; without
+    /// either the node refuses every stripe write.
+    pub fleet_token_file: Option<PathBuf>,
 }
 
 impl Default for NodeConfig {
@@ -90,6 +110,8 @@ impl Default for NodeConfig {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 8420)),
             limits: NodeLimits::default(),
+            stripe_capacity: DEFAULT_STRIPE_CAPACITY,
+            fleet_token_file: None,
         }
     }
 }
@@ -109,6 +131,12 @@ pub enum ServerError {
     Limits {
         /// The underlying error.
         source: LimitsError,
+    },
+    /// The fleet token could not be read.
+    #[error("cannot start the cache node: {source}")]
+    Token {
+        /// The underlying error.
+        source: TokenError,
     },
     /// The node's runtime could not be started.
     #[error("cannot start the cache node's runtime: {source}")]
@@ -159,6 +187,10 @@ pub struct CacheNode {
     /// Permits for origin fetches and lookups.
     origin_fetches: Arc<Semaphore>,
     rate: limits::RateLimiter,
+    /// Erasure-coded stripes.
+    stripes: stripes::StripeStore,
+    /// What stripe writes must carry; `None`: no writes.
+    fleet_token: Option<FleetToken>,
 }
 
 impl CacheNode {
@@ -193,7 +225,22 @@ impl CacheNode {
             origin_fetches: Arc::new(Semaphore::new(limits.max_origin_fetches)),
             rate: limits::RateLimiter::new(&limits),
             limits,
+            stripes: stripes::StripeStore::new(DEFAULT_STRIPE_CAPACITY),
+            fleet_token: None,
         })
+    }
+
+    /// The same node keeping up to `capacity` bytes of stripes and taking
+    /// stripe writes that carry `token` (none without one).
+    pub fn with_stripes(mut self, capacity: u64, token: Option<FleetToken>) -> Self {
+        self.stripes = stripes::StripeStore::new(capacity);
+        self.fleet_token = token;
+        self
+    }
+
+    /// (stripes, bytes) the node holds.
+    pub fn stripe_usage(&self) -> (usize, u64) {
+        self.stripes.usage()
     }
 
     /// The limits it runs under.
@@ -223,6 +270,7 @@ impl CacheNode {
     pub fn render_metrics(&self) -> String {
         let mut text = self.store.render_prometheus();
         text.push_str(&self.http.to_prometheus());
+        text.push_str(&self.stripes.to_prometheus());
         text
     }
 
@@ -280,13 +328,14 @@ pub fn start(
     local: Arc<dyn ChunkStore>,
     origin: Arc<dyn ChunkStore>,
 ) -> Result<RunningNode, ServerError> {
+    let token = FleetToken::load(config.fleet_token_file.as_deref())
+        .map_err(|source| ServerError::Token { source })?;
     start_node(
         config,
-        Arc::new(CacheNode::with_limits(
-            local,
-            origin,
-            config.limits.clone(),
-        )?),
+        Arc::new(
+            CacheNode::with_limits(local, origin, config.limits.clone())?
+                .with_stripes(config.stripe_capacity, token),
+        ),
     )
 }
 

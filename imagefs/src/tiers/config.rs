@@ -16,7 +16,9 @@
 //! [az]                                # AZ cache nodes (HTTP)
 //! nodes = ["http://10.0.0.1:7070", "http://10.0.0.2:7070"]
 //! timeout_ms = 2000
-//! hedge_after_ms = 30
+//! hedge_after_ms = 30                 # replicated mode only
+//! mode = "replicated"                 # or "erasure" (4+1 stripes, >= 5 nodes)
+//! fleet_token_file = "/etc/imagefs/fleet-token"   # erasure: stripe writes
 //!
 //! [origin]                            # the source of truth
 //! url = "s3://bucket/prefix"          # or a directory, or file:///dir
@@ -40,6 +42,8 @@
 //! listen = "0.0.0.0:7070"
 //! data = "/var/cache/imagefs/node"
 //! capacity = "100G"
+//! stripe_capacity = "8G"              # erasure-coded stripes, in memory
+//! fleet_token_file = "/etc/imagefs/fleet-token"   # what stripe writes carry
 //! ```
 //!
 //! S3 endpoint, region and credentials come from the usual environment
@@ -218,6 +222,10 @@ pub struct NodeSection {
     pub capacity: Option<ByteSize>,
     /// `[node.limits]`: its load limits (defaults for what is left out).
     pub limits: Option<cachenode::server::NodeLimits>,
+    /// Bytes of erasure-coded stripes it keeps in memory.
+    pub stripe_capacity: Option<ByteSize>,
+    /// The file holding the fleet token stripe writes must carry.
+    pub fleet_token_file: Option<PathBuf>,
 }
 
 /// A byte count written as a number or as text with a K, M, G or T suffix
@@ -332,6 +340,8 @@ mod tests {
             [az]
             nodes = ["http://a:1", "http://b:2"]
             hedge_after_ms = 20
+            mode = "erasure"
+            fleet_token_file = "/t"
             [origin]
             url = "s3://bucket/prefix"
             [read]
@@ -339,6 +349,8 @@ mod tests {
             [node]
             listen = "127.0.0.1:7070"
             capacity = 1048576
+            stripe_capacity = "1G"
+            fleet_token_file = "/t"
             "#,
         )
         .unwrap();
@@ -347,6 +359,8 @@ mod tests {
         let az = c.az.unwrap();
         assert_eq!(az.nodes.len(), 2);
         assert_eq!(az.hedge_after_ms, 20);
+        assert_eq!(az.mode, cachenode::client::AzMode::Erasure);
+        assert_eq!(az.fleet_token_file.as_deref(), Some(Path::new("/t")));
         assert_eq!(
             az.timeout_ms,
             cachenode::client::AzConfig::default().timeout_ms
@@ -354,7 +368,9 @@ mod tests {
         assert_eq!(c.origin.unwrap().url, "s3://bucket/prefix");
         assert_eq!(c.read.readahead_chunks, 4);
         assert_eq!(c.read.memory_chunks, ReadConfig::default().memory_chunks);
-        assert_eq!(c.node.unwrap().capacity, Some(ByteSize(1 << 20)));
+        let node = c.node.unwrap();
+        assert_eq!(node.capacity, Some(ByteSize(1 << 20)));
+        assert_eq!(node.stripe_capacity, Some(ByteSize(1 << 30)));
     }
 
     #[test]
