@@ -3,6 +3,8 @@
 //! well as a chunk store; caches are not, since a manifest is read once,
 //! at open, straight from the origin.
 
+use std::time::SystemTime;
+
 use manifest::ManifestDigest;
 
 use crate::store::{ChunkStore, StoreError};
@@ -44,6 +46,45 @@ pub trait Catalog: Send + Sync {
     /// Drops the start profile of manifest `digest`; returns whether
     /// there was one.
     fn remove_profile(&self, digest: &ManifestDigest) -> Result<bool, StoreError>;
+
+    /// Every tag of every domain, sorted by domain, then name. Entries
+    /// that are not valid tags (temporary files) are skipped.
+    fn list_tags(&self) -> Result<Vec<TagEntry>, StoreError>;
+
+    /// Drops tag `name` of `domain`; returns whether there was one.
+    fn remove_tag(&self, domain: &str, name: &str) -> Result<bool, StoreError>;
+
+    /// Every stored manifest with its size and when it was stored, sorted
+    /// by digest. Names that are not digests (temporary files) are skipped.
+    fn list_manifests(&self) -> Result<Vec<StoredManifest>, StoreError>;
+
+    /// Drops manifest `digest` and its start profile; returns whether the
+    /// manifest was there. Tags are the caller's business (see
+    /// [`Catalog::list_tags`]); chunks are garbage collection's.
+    fn remove_manifest(&self, digest: &ManifestDigest) -> Result<bool, StoreError>;
+}
+
+/// A tag as listed: `DOMAIN/NAME → DIGEST`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct TagEntry {
+    /// The dedup domain the tag is set in.
+    pub domain: String,
+    /// The tag's name.
+    pub name: String,
+    /// The manifest it points at.
+    pub digest: ManifestDigest,
+}
+
+/// A stored manifest as listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredManifest {
+    /// Its digest.
+    pub digest: ManifestDigest,
+    /// The sealed manifest's size in bytes.
+    pub size: u64,
+    /// When the store says it was written (a manifest's bytes hold no
+    /// time: they are deterministic).
+    pub stored_at: Option<SystemTime>,
 }
 
 /// Parses `text` as a `sha256:` digest, or looks it up as a tag name with
@@ -103,6 +144,18 @@ macro_rules! forward_catalog {
             }
             fn remove_profile(&self, digest: &ManifestDigest) -> Result<bool, StoreError> {
                 (**self).remove_profile(digest)
+            }
+            fn list_tags(&self) -> Result<Vec<TagEntry>, StoreError> {
+                (**self).list_tags()
+            }
+            fn remove_tag(&self, domain: &str, name: &str) -> Result<bool, StoreError> {
+                (**self).remove_tag(domain, name)
+            }
+            fn list_manifests(&self) -> Result<Vec<StoredManifest>, StoreError> {
+                (**self).list_manifests()
+            }
+            fn remove_manifest(&self, digest: &ManifestDigest) -> Result<bool, StoreError> {
+                (**self).remove_manifest(digest)
             }
         }
     )*};

@@ -35,7 +35,7 @@ pub mod tag;
 pub mod testing;
 pub mod tiered;
 
-pub use catalog::{Catalog, Origin};
+pub use catalog::{Catalog, Origin, StoredManifest, TagEntry};
 pub use dir_store::DirStore;
 pub use origin::{
     ObjectOrigin, OriginError, RequestLimits, S3Settings, open_origin, open_origin_with,

@@ -13,6 +13,8 @@
 //!   demand, writes copy-on-write into the dedicated tier;
 //! - [`verify`]: check every chunk of an image (present, id, decryption);
 //! - [`export`]: reassemble the plaintext image into a sparse file;
+//! - [`images`]: the images of a catalog with their tags, sizes and
+//!   unique bytes (`imagefs image ls`), and removing one (`image rm`);
 //! - [`ext4`]: a read-only ext4 reader over a [`BlockDevice`] (inodes,
 //!   directories, file maps, symlinks, xattrs), decoding through `ext4fmt`;
 //! - [`transport`]: the protocols over the seam: [`transport::fuse`], the
@@ -27,6 +29,7 @@ pub mod agent;
 pub mod device;
 pub mod export;
 pub mod ext4;
+pub mod images;
 pub mod lazy;
 pub mod open;
 pub mod profile;

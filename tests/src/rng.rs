@@ -17,7 +17,7 @@ impl Rng {
     }
 
     /// The next 64 random bits.
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
@@ -26,7 +26,7 @@ impl Rng {
 
     /// Uniform in `0..n` (n > 0).
     pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
+        self.next_u64() % n
     }
 
     /// True with probability `percent`/100.
@@ -57,10 +57,10 @@ mod tests {
     #[test]
     fn a_seed_replays_its_sequence() {
         let (mut a, mut b) = (Rng::new(42), Rng::new(42));
-        let xs: Vec<u64> = (0..8).map(|_| a.next()).collect();
-        assert_eq!(xs, (0..8).map(|_| b.next()).collect::<Vec<_>>());
-        assert_ne!(xs[0], Rng::new(43).next());
+        let xs: Vec<u64> = (0..8).map(|_| a.next_u64()).collect();
+        assert_eq!(xs, (0..8).map(|_| b.next_u64()).collect::<Vec<_>>());
+        assert_ne!(xs[0], Rng::new(43).next_u64());
         // A zero seed does not stick at zero.
-        assert_ne!(Rng::new(0).next(), 0);
+        assert_ne!(Rng::new(0).next_u64(), 0);
     }
 }

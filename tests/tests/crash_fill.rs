@@ -230,7 +230,7 @@ fn cache_node_survives_kill_9_during_fills() {
             .map(|k| {
                 let url = url.clone();
                 let ids = s.ids.clone();
-                let mut rng = Rng::new(s.rng.next() ^ k);
+                let mut rng = Rng::new(s.rng.next_u64() ^ k);
                 std::thread::spawn(move || {
                     let mut served = 0u64;
                     loop {

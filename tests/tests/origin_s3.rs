@@ -298,3 +298,45 @@ fn corrupt_objects_and_an_origin_that_goes_away() {
     assert_eq!(got.unwrap(), Some(objects[1].clone()));
     assert!(origin.contains(&ids[2]).unwrap());
 }
+
+#[test]
+fn tags_and_images_are_listed_and_removed_in_s3() {
+    let Some(g) = garage() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = LocalKeyProvider::create(tmp.path().join("keys")).unwrap();
+    let layout = tmp.path().join("oci");
+    image().write_oci_layout(&layout, "app").unwrap();
+    let source: ImageSource = format!("oci:{}:app", layout.display()).parse().unwrap();
+    let origin = ObjectOrigin::s3(&settings(&g, "lifecycle")).unwrap();
+    let converted = convert(&source, &origin, &keys, &options(Some("app"))).expect("convert");
+    let digest = converted.digest;
+    origin.set_tag("e", "x", &digest).unwrap();
+
+    let tags = origin.list_tags().unwrap();
+    let names: Vec<_> = tags
+        .iter()
+        .map(|t| (t.domain.as_str(), t.name.as_str()))
+        .collect();
+    assert_eq!(names, [("d", "app"), ("e", "x")]);
+    assert!(tags.iter().all(|t| t.digest == digest));
+    let manifests = origin.list_manifests().unwrap();
+    assert_eq!(manifests.len(), 1);
+    assert_eq!(manifests[0].digest, digest);
+    assert!(manifests[0].size > 0 && manifests[0].stored_at.is_some());
+
+    let list = imagefs::images::list_images(&origin, &keys).unwrap();
+    let contents = list.images[0].contents.as_ref().unwrap();
+    assert_eq!(contents.domain, "d");
+    // The only image holds all of its chunks alone.
+    assert_eq!(contents.unique_bytes, contents.stored_bytes);
+    assert!(contents.stored_bytes > 0);
+
+    let err = imagefs::images::remove_image(&origin, &digest, false).unwrap_err();
+    assert!(err.to_string().contains("d/app, e/x"), "{err}");
+    let removed = imagefs::images::remove_image(&origin, &digest, true).unwrap();
+    assert_eq!(removed.untagged, ["d/app", "e/x"]);
+    assert!(origin.list_manifests().unwrap().is_empty());
+    assert!(origin.list_tags().unwrap().is_empty());
+    assert!(!origin.remove_tag("d", "app").unwrap());
+    assert!(!origin.remove_manifest(&digest).unwrap());
+}

@@ -149,6 +149,10 @@ pub enum Command {
     /// Start profiles (the chunks a start reads, in order, for prefetch):
     /// show, merge recorded runs, delete, or derive one from a trace.
     Profile(crate::profile::ProfileArgs),
+    /// Tags: list, set or remove the names that point at images.
+    Tag(crate::images::TagArgs),
+    /// Images: list them (tags, domain, sizes, unique bytes) or remove one.
+    Image(crate::images::ImageArgs),
     /// Run an AZ cache node: GET /v1/chunks/{id}, /metrics, /healthz.
     CacheNode(node::CacheNodeArgs),
     /// Fetch every chunk of an image through the tiers, filling the caches
@@ -475,6 +479,8 @@ impl Command {
             Command::Agent(args) => args.run(signals),
             Command::Vm(args) => args.run(),
             Command::Profile(args) => args.run(),
+            Command::Tag(args) => args.run(),
+            Command::Image(args) => args.run(),
             Command::CacheNode(args) => args.run(signals),
             Command::Fetch {
                 image,

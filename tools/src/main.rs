@@ -4,6 +4,7 @@
 
 mod agent;
 mod args;
+mod images;
 mod node;
 mod profile;
 mod report;

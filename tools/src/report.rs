@@ -207,3 +207,66 @@ pub fn passthrough(p: &PassthroughStats) -> String {
         p.stored_bytes
     )
 }
+
+/// `image ls` as a table: one line per image, digests shortened to 12
+/// hex digits (the JSON has them whole).
+pub fn image_table(list: &imagefs::images::ImageList) -> String {
+    let mut out = format!(
+        "{:<19} {:<12} {:>10} {:>10} {:>10} {:<20} TAGS\n",
+        "DIGEST", "DOMAIN", "SIZE MB", "STORED MB", "UNIQUE MB", "STORED AT (UTC)"
+    );
+    for i in &list.images {
+        let short = &i.digest[..i.digest.len().min(19)];
+        let when = i.stored_at.map_or_else(|| "-".into(), utc);
+        let tags = i.tags.join(",");
+        match &i.contents {
+            Some(c) => out.push_str(&format!(
+                "{short:<19} {:<12} {:>10.1} {:>10.1} {:>10.1} {when:<20} {tags}\n",
+                c.domain,
+                c.device_size as f64 / MB,
+                c.stored_bytes as f64 / MB,
+                c.unique_bytes as f64 / MB,
+            )),
+            None => out.push_str(&format!(
+                "{short:<19} {:<12} {:>10} {:>10} {:>10} {when:<20} {tags}  ({})\n",
+                "?",
+                "?",
+                "?",
+                "?",
+                i.unreadable.as_deref().unwrap_or("unreadable"),
+            )),
+        }
+    }
+    out
+}
+
+/// Seconds since the epoch as `YYYY-MM-DD HH:MM:SS` in UTC (civil date
+/// from a day count, as in Howard Hinnant's `civil_from_days`).
+fn utc(secs: u64) -> String {
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn utc_dates_are_civil() {
+        assert_eq!(super::utc(0), "1970-01-01 00:00:00");
+        assert_eq!(super::utc(951_782_400), "2000-02-29 00:00:00");
+        assert_eq!(super::utc(1_796_342_399), "2026-12-03 23:59:59");
+    }
+}

@@ -176,7 +176,7 @@ impl Soak {
                 }
             } else {
                 let mut data = vec![0u8; (len * 512) as usize];
-                let stamp = self.rng.next();
+                let stamp = self.rng.next_u64();
                 for (i, c) in data.chunks_mut(8).enumerate() {
                     c.copy_from_slice(&(stamp ^ i as u64).to_le_bytes());
                 }

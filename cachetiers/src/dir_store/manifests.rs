@@ -4,12 +4,13 @@
 
 use std::fs;
 use std::io::ErrorKind;
+use std::path::Path;
 
 use manifest::ManifestDigest;
 
 use super::atomic::{io_error, sync_dir};
 use super::{DirStore, read_limited};
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, StoredManifest, TagEntry};
 use crate::checked::{
     MAX_MANIFEST_LEN, MAX_PROFILE_LEN, MAX_TAG_LEN, check_manifest, check_profile,
     check_profile_put, check_tag,
@@ -123,15 +124,71 @@ impl DirStore {
 
     /// Drops the start profile of manifest `digest`; whether there was one.
     pub fn remove_profile(&self, digest: &ManifestDigest) -> Result<bool, StoreError> {
-        let path = self.profile_path(digest);
-        match fs::remove_file(&path) {
-            Ok(()) => {
-                sync_dir(&self.profiles_dir())?;
-                Ok(true)
-            }
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(io_error("remove", &path)(e)),
+        remove_synced(&self.profiles_dir(), &digest.to_hex())
+    }
+
+    /// Every tag of every domain ([`Catalog::list_tags`]).
+    pub fn list_tags(&self) -> Result<Vec<TagEntry>, StoreError> {
+        let dir = self.tags_dir();
+        if !dir.is_dir() {
+            return Ok(Vec::new());
         }
+        let mut all = Vec::new();
+        for domain in super::read_dir_names(&dir)? {
+            if manifest::validate_domain(&domain).is_err() || !dir.join(&domain).is_dir() {
+                continue;
+            }
+            for (name, digest) in self.tags(&domain)? {
+                all.push(TagEntry {
+                    domain: domain.clone(),
+                    name,
+                    digest,
+                });
+            }
+        }
+        all.sort();
+        Ok(all)
+    }
+
+    /// Drops tag `name` of `domain`; whether there was one.
+    pub fn remove_tag(&self, domain: &str, name: &str) -> Result<bool, StoreError> {
+        tag_path(domain, name)?;
+        let dir = self.tags_dir().join(domain);
+        remove_synced(&dir, name)
+    }
+
+    /// Every stored manifest ([`Catalog::list_manifests`]).
+    pub fn list_manifests(&self) -> Result<Vec<StoredManifest>, StoreError> {
+        let dir = self.manifests_dir();
+        let mut all = Vec::new();
+        for name in super::read_dir_names(&dir)? {
+            let Ok(digest) = ManifestDigest::from_hex(&name) else {
+                continue;
+            };
+            let path = dir.join(&name);
+            let meta = match fs::symlink_metadata(&path) {
+                Ok(meta) if meta.is_file() => meta,
+                // Removed since the listing, or not a manifest file.
+                Ok(_) => continue,
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_error("inspect", &path)(e)),
+            };
+            all.push(StoredManifest {
+                digest,
+                size: meta.len(),
+                stored_at: meta.modified().ok(),
+            });
+        }
+        all.sort_by_key(|m| m.digest);
+        Ok(all)
+    }
+
+    /// Drops manifest `digest` and then its start profile (a profile
+    /// without its manifest is never read); whether the manifest was there.
+    pub fn remove_manifest(&self, digest: &ManifestDigest) -> Result<bool, StoreError> {
+        let removed = remove_synced(&self.manifests_dir(), &digest.to_hex())?;
+        self.remove_profile(digest)?;
+        Ok(removed)
     }
 
     /// Resolves a digest (`sha256:<64 hex>`) or a tag name of `domain` to
@@ -142,6 +199,20 @@ impl DirStore {
             return Err(StoreError::ManifestNotFound { digest });
         }
         Ok(digest)
+    }
+}
+
+/// Removes `dir/name` and syncs `dir`, so the removal survives a crash;
+/// whether there was one.
+fn remove_synced(dir: &Path, name: &str) -> Result<bool, StoreError> {
+    let path = dir.join(name);
+    match fs::remove_file(&path) {
+        Ok(()) => {
+            sync_dir(dir)?;
+            Ok(true)
+        }
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(io_error("remove", &path)(e)),
     }
 }
 
@@ -169,5 +240,17 @@ impl Catalog for DirStore {
     }
     fn remove_profile(&self, digest: &ManifestDigest) -> Result<bool, StoreError> {
         DirStore::remove_profile(self, digest)
+    }
+    fn list_tags(&self) -> Result<Vec<TagEntry>, StoreError> {
+        DirStore::list_tags(self)
+    }
+    fn remove_tag(&self, domain: &str, name: &str) -> Result<bool, StoreError> {
+        DirStore::remove_tag(self, domain, name)
+    }
+    fn list_manifests(&self) -> Result<Vec<StoredManifest>, StoreError> {
+        DirStore::list_manifests(self)
+    }
+    fn remove_manifest(&self, digest: &ManifestDigest) -> Result<bool, StoreError> {
+        DirStore::remove_manifest(self, digest)
     }
 }

@@ -4,22 +4,22 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use manifest::{ChunkId, ManifestDigest};
 use object_store::path::Path as Key;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutPayload};
 use tokio::sync::Semaphore;
 
 use super::DEFAULT_MAX_CONCURRENT_REQUESTS;
 use super::runtime::{self, RuntimeError};
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, StoredManifest, TagEntry};
 use crate::checked::{
     Bounded, MAX_MANIFEST_LEN, MAX_PROFILE_LEN, MAX_TAG_LEN, check_get, check_manifest,
     check_profile, check_profile_put, check_put, check_tag,
 };
 use crate::store::{ChunkStore, MAX_OBJECT_LEN, PutOutcome, StoreError};
-use crate::tag::tag_path;
+use crate::tag::{tag_path, validate_tag_name};
 
 /// A failed request to the object store, naming what was asked and of
 /// which object (the `source` of a [`StoreError::Backend`]).
@@ -265,6 +265,25 @@ impl ObjectOrigin {
         let found = self.fetch(&key, MAX_TAG_LEN)?;
         check_tag(&qualified, found, || PathBuf::from(self.object_url(&key)))
     }
+
+    /// One level below `<prefix>DIR/`: the names of the "directories"
+    /// there and the objects with their metadata (every page of the
+    /// listing; an empty listing when nothing is there).
+    fn list_level(&self, dir: &str) -> Result<(Vec<String>, Vec<ObjectMeta>), StoreError> {
+        let key = format!("{}{dir}", self.prefix);
+        let listed = self.request("list", &key, |store, key| async move {
+            store.list_with_delimiter(Some(&key)).await
+        })?;
+        let Some(listed) = listed else {
+            return Ok((Vec::new(), Vec::new()));
+        };
+        let dirs = listed
+            .common_prefixes
+            .iter()
+            .filter_map(|p| p.filename().map(str::to_owned))
+            .collect();
+        Ok((dirs, listed.objects))
+    }
 }
 
 impl ChunkStore for ObjectOrigin {
@@ -371,6 +390,59 @@ impl Catalog for ObjectOrigin {
 
     fn remove_profile(&self, digest: &ManifestDigest) -> Result<bool, StoreError> {
         self.delete_key(&self.profile_key(digest))
+    }
+
+    fn list_tags(&self) -> Result<Vec<TagEntry>, StoreError> {
+        let mut all = Vec::new();
+        for domain in self.list_level("tags")?.0 {
+            if manifest::validate_domain(&domain).is_err() {
+                continue;
+            }
+            for object in self.list_level(&format!("tags/{domain}"))?.1 {
+                let Some(name) = object.location.filename() else {
+                    continue;
+                };
+                if validate_tag_name(name).is_ok() {
+                    let digest = self.tag(&domain, name)?;
+                    all.push(TagEntry {
+                        domain: domain.clone(),
+                        name: name.to_owned(),
+                        digest,
+                    });
+                }
+            }
+        }
+        all.sort();
+        Ok(all)
+    }
+
+    fn remove_tag(&self, domain: &str, name: &str) -> Result<bool, StoreError> {
+        tag_path(domain, name)?;
+        self.delete_key(&self.tag_key(domain, name))
+    }
+
+    fn list_manifests(&self) -> Result<Vec<StoredManifest>, StoreError> {
+        let mut all: Vec<StoredManifest> = self
+            .list_level("manifests")?
+            .1
+            .into_iter()
+            .filter_map(|object| {
+                let digest = ManifestDigest::from_hex(object.location.filename()?).ok()?;
+                Some(StoredManifest {
+                    digest,
+                    size: object.size,
+                    stored_at: Some(SystemTime::from(object.last_modified)),
+                })
+            })
+            .collect();
+        all.sort_by_key(|m| m.digest);
+        Ok(all)
+    }
+
+    fn remove_manifest(&self, digest: &ManifestDigest) -> Result<bool, StoreError> {
+        let removed = self.delete_key(&self.manifest_key(digest))?;
+        self.delete_key(&self.profile_key(digest))?;
+        Ok(removed)
     }
 
     fn location(&self) -> String {
