@@ -33,7 +33,7 @@ images=(debootstrap umoci zstd tar util-linux)
 # qemu-storage-daemon, the vhost benchmark's reference backend;
 # fonts-dejavu-core is the TrueType font `vmm-shim coldstart --plots` draws
 # its text with, read by plotters' pure-Rust ab_glyph: no fontconfig).
-tests_only=(skopeo attr fonts-dejavu-core)
+tests_only=(skopeo attr fonts-dejavu-core docker-registry openssl)
 
 profile=all
 case "${1:-}" in

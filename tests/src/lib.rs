@@ -39,6 +39,7 @@ pub mod guest;
 pub mod harness;
 pub mod imagegen;
 pub mod process;
+pub mod registry;
 pub mod qemu;
 pub mod synthetic;
 pub mod tarw;
