@@ -43,4 +43,5 @@ pub mod registry;
 pub mod qemu;
 pub mod synthetic;
 pub mod tarw;
+pub mod tokenissuer;
 pub mod treecheck;

@@ -5,6 +5,7 @@
 //! skopeo each test prints `SKIP:`.
 
 use std::path::Path;
+use std::time::Duration;
 
 use cachetiers::DirStore;
 use chunker::convert::{ConvertOptions, convert};
@@ -12,10 +13,12 @@ use chunker::flatten::{FlattenOptions, flatten_to_file};
 use chunker::oci::ImageSource;
 use chunker::oci::registry::{Credentials, Platform, RegistryOptions};
 use manifest::LocalKeyProvider;
+use tests::delayproxy::DelayProxy;
 use tests::e2e::{debian_layout, error_chain, image_digest, layout_tags};
 use tests::harness::{require_tool, skip};
 use tests::imagegen::{Compression, Entry, Image, Layer, noise};
 use tests::registry::{Auth, Registry, make_tls};
+use tests::tokenissuer::{IssuerConfig, TokenIssuer};
 
 fn start(auth: Auth, tls: Option<tests::registry::Tls>) -> Option<Registry> {
     if !require_tool("skopeo") {
@@ -55,7 +58,7 @@ fn source(s: &str, opts: RegistryOptions) -> ImageSource {
 fn quick() -> RegistryOptions {
     RegistryOptions {
         retries: 1,
-        backoff: std::time::Duration::from_millis(10),
+        backoff: Duration::from_millis(10),
         ..RegistryOptions::default()
     }
 }
@@ -252,4 +255,81 @@ fn basic_auth_over_tls_with_a_test_ca() {
         assert!(!msg.contains("wrong-pw") && !msg.contains("s3cret-pw"), "{msg}");
         assert!(!out.exists());
     }
+}
+
+/// The registry's allowance for clock skew on a token's `exp`
+/// (distribution's `Leeway`), which a token's life must cancel to expire
+/// when the test means it to.
+const REGISTRY_LEEWAY: i64 = 60;
+
+#[test]
+fn bearer_tokens_are_refreshed_when_they_expire_mid_pull() {
+    if !require_tool("openssl") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let issuer = TokenIssuer::start(
+        tmp.path(),
+        IssuerConfig {
+            user: Some(("tokuser".into(), "tok-pw-secret".into())),
+            issuer: "imagefs-test-issuer".into(),
+            service: "imagefs-test-registry".into(),
+            life: 600,
+            // The client is told the tokens last long: only the registry's
+            // 401 tells it otherwise.
+            expires_in: 600,
+        },
+    )
+    .unwrap();
+    let auth = Auth::Token {
+        realm: issuer.realm(),
+        service: "imagefs-test-registry".into(),
+        issuer: "imagefs-test-issuer".into(),
+        root_cert_bundle: issuer.cert_pem().to_owned(),
+    };
+    let Some(reg) = start(auth, None) else {
+        return;
+    };
+    let layout = tmp.path().join("layout");
+    app_image(50).write_oci_layout(&layout, "v1").unwrap();
+    reg.push(
+        &format!("oci:{}:v1", layout.display()),
+        "tok/app:v1",
+        &["--dest-creds=tokuser:tok-pw-secret"],
+    )
+    .unwrap();
+    // From now on a token is good at the registry for one second; every
+    // request through the proxy is held 400 ms, so a pull (ping,
+    // manifest, config, three layers) outlives its first token.
+    issuer.set_life(1 - REGISTRY_LEEWAY);
+    let proxy = DelayProxy::start(reg.addr(), Duration::from_millis(400)).unwrap();
+    let proxy_host = proxy.endpoint().trim_start_matches("http://").to_owned();
+    let reference = format!("docker://{proxy_host}/tok/app:v1");
+    let creds = |c: &str| RegistryOptions {
+        creds: Some(c.parse::<Credentials>().unwrap()),
+        max_parallel: 1,
+        ..quick()
+    };
+    let before = issuer.issued();
+    let out = tmp.path().join("out.img");
+    let from_oci: ImageSource = format!("oci:{}:v1", layout.display()).parse().unwrap();
+    let from_reg = source(&reference, creds("tokuser:tok-pw-secret"));
+    assert_eq!(flatten_digest(&from_reg, &out), flatten_digest(&from_oci, &out));
+    let issued = issuer.issued() - before;
+    assert!(issued >= 2, "one token lasted the whole pull ({issued} issued)");
+
+    // Wrong credentials: the issuer refuses, the error says who.
+    issuer.set_life(600);
+    let refused = issuer.refused();
+    let err = flatten_to_file(
+        &source(&reference, creds("tokuser:not-the-pw")),
+        &out,
+        &FlattenOptions::default(),
+    )
+    .unwrap_err();
+    let msg = error_chain(&err);
+    assert!(msg.contains("access denied for user \"tokuser\""), "{msg}");
+    assert!(msg.contains("tok/app") && !msg.contains("not-the-pw"), "{msg}");
+    assert!(issuer.refused() > refused);
+    assert!(!out.exists());
 }

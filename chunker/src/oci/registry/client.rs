@@ -134,12 +134,11 @@ impl Client {
             Err(e) if allow_http && matches!(e.kind, ErrorKind::Transport(_)) => {
                 client.base = format!("http://{}", reference.api_host());
                 client.ping().map(|()| client).map_err(|http_err| {
-                    // Both failed: the HTTPS error is usually the telling one
-                    // unless the registry only speaks HTTP.
-                    if matches!(http_err.kind, ErrorKind::Transport(_)) {
-                        e
-                    } else {
-                        http_err
+                    // Both failed. An HTTPS server answers plain HTTP with
+                    // 400, and then the TLS error is the telling one.
+                    match http_err.kind {
+                        ErrorKind::Transport(_) | ErrorKind::Status { status: 400, .. } => e,
+                        _ => http_err,
                     }
                 })
             }

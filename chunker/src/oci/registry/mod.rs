@@ -154,16 +154,31 @@ pub struct RegistrySource {
 }
 
 /// A pull failed; says which registry and repository, and what.
-#[derive(Debug, thiserror::Error)]
-#[error("registry {registry}, repository {repository}: {kind}")]
+#[derive(Debug)]
 pub struct RegistryError {
     /// `HOST[:PORT]`.
     pub registry: String,
     /// The repository.
     pub repository: String,
     /// What failed.
-    #[source]
     pub kind: ErrorKind,
+}
+
+impl std::fmt::Display for RegistryError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "registry {}, repository {}: {}",
+            self.registry, self.repository, self.kind
+        )
+    }
+}
+
+// The kind is part of the message; its cause comes next in the chain.
+impl std::error::Error for RegistryError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.kind.source()
+    }
 }
 
 impl RegistryError {
