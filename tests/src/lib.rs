@@ -37,6 +37,7 @@ pub mod e2e;
 pub mod garage;
 pub mod guest;
 pub mod harness;
+pub mod hostile_registry;
 pub mod imagegen;
 pub mod process;
 pub mod registry;

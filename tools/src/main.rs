@@ -6,6 +6,7 @@ mod agent;
 mod args;
 mod node;
 mod profile;
+mod pull;
 mod report;
 mod serve;
 mod signals;
