@@ -53,7 +53,12 @@ pub struct HostileRegistry {
 impl HostileRegistry {
     /// Serve the image `ref_name` of the OCI layout `layout` (and every blob
     /// in it) under any repository, on `ip` (a loopback address).
-    pub fn start(layout: &Path, ref_name: &str, ip: [u8; 4], trick: Trick) -> std::io::Result<Self> {
+    pub fn start(
+        layout: &Path,
+        ref_name: &str,
+        ip: [u8; 4],
+        trick: Trick,
+    ) -> std::io::Result<Self> {
         let index: serde_json::Value =
             serde_json::from_slice(&std::fs::read(layout.join("index.json"))?)?;
         let mut blobs = BTreeMap::new();
@@ -111,7 +116,11 @@ impl HostileRegistry {
 
     /// Every request so far: path and Authorization header.
     pub fn seen(&self) -> Vec<(String, Option<String>)> {
-        self.state.seen.lock().map(|s| s.clone()).unwrap_or_default()
+        self.state
+            .seen
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_default()
     }
 }
 
@@ -122,7 +131,12 @@ impl Drop for HostileRegistry {
     }
 }
 
-fn respond(conn: &mut TcpStream, status: &str, headers: &[(&str, String)], body: &[u8]) -> std::io::Result<()> {
+fn respond(
+    conn: &mut TcpStream,
+    status: &str,
+    headers: &[(&str, String)],
+    body: &[u8],
+) -> std::io::Result<()> {
     let mut head = format!("HTTP/1.1 {status}\r\nConnection: close\r\n");
     for (k, v) in headers {
         head.push_str(&format!("{k}: {v}\r\n"));
@@ -148,7 +162,9 @@ fn serve(s: &State, mut conn: TcpStream) -> std::io::Result<()> {
         if reader.read_line(&mut h)? == 0 || h.trim().is_empty() {
             break;
         }
-        let Some((k, v)) = h.split_once(':') else { continue };
+        let Some((k, v)) = h.split_once(':') else {
+            continue;
+        };
         let v = v.trim();
         if k.eq_ignore_ascii_case("authorization") {
             auth = Some(v.to_owned());
@@ -166,7 +182,10 @@ fn serve(s: &State, mut conn: TcpStream) -> std::io::Result<()> {
     let basic = match &s.trick {
         Trick::Basic(u, p) | Trick::BasicThenRedirect(u, p, _) => Some(format!(
             "Basic {}",
-            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, format!("{u}:{p}"))
+            base64::Engine::encode(
+                &base64::engine::general_purpose::STANDARD,
+                format!("{u}:{p}")
+            )
         )),
         _ => None,
     };
@@ -194,7 +213,12 @@ fn serve(s: &State, mut conn: TcpStream) -> std::io::Result<()> {
         if matches!(s.trick, Trick::HugeManifest) {
             bytes.resize(5 << 20, b' ');
         }
-        return respond(&mut conn, "200 OK", &[("Content-Type", media.clone())], &bytes);
+        return respond(
+            &mut conn,
+            "200 OK",
+            &[("Content-Type", media.clone())],
+            &bytes,
+        );
     }
     let Some((repo, digest)) = rest.rsplit_once("/blobs/") else {
         return respond(&mut conn, "404 Not Found", &[], b"");
@@ -206,7 +230,12 @@ fn serve(s: &State, mut conn: TcpStream) -> std::io::Result<()> {
     match &s.trick {
         Trick::RedirectBlobs(base) | Trick::BasicThenRedirect(_, _, base) => {
             let to = format!("{base}/v2/{repo}/blobs/{digest}");
-            return respond(&mut conn, "307 Temporary Redirect", &[("Location", to)], b"");
+            return respond(
+                &mut conn,
+                "307 Temporary Redirect",
+                &[("Location", to)],
+                b"",
+            );
         }
         Trick::StallBlobs if is_layer => {
             // Hold the connection open and say nothing.
@@ -221,7 +250,11 @@ fn serve(s: &State, mut conn: TcpStream) -> std::io::Result<()> {
         let mid = body.len() / 2;
         body[mid] ^= 0xff;
     }
-    let status = if range > 0 { "206 Partial Content" } else { "200 OK" };
+    let status = if range > 0 {
+        "206 Partial Content"
+    } else {
+        "200 OK"
+    };
     if is_layer && matches!(s.trick, Trick::TruncateBlobs) {
         let head = format!(
             "HTTP/1.1 {status}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",

@@ -78,20 +78,54 @@ impl TokenIssuer {
         openssl(
             dir,
             &[
-                "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-                "-nodes", "-keyout", "token.key", "-out", "token.crt", "-days", "2", "-subj",
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                "token.key",
+                "-out",
+                "token.crt",
+                "-days",
+                "2",
+                "-subj",
                 "/CN=imagefs test token issuer",
             ],
         )?;
         openssl(
             dir,
-            &["pkcs8", "-topk8", "-nocrypt", "-in", "token.key", "-outform", "DER", "-out", "token.p8"],
+            &[
+                "pkcs8",
+                "-topk8",
+                "-nocrypt",
+                "-in",
+                "token.key",
+                "-outform",
+                "DER",
+                "-out",
+                "token.p8",
+            ],
         )?;
-        openssl(dir, &["x509", "-in", "token.crt", "-outform", "DER", "-out", "token.der"])?;
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-in",
+                "token.crt",
+                "-outform",
+                "DER",
+                "-out",
+                "token.der",
+            ],
+        )?;
         let p8 = std::fs::read(dir.join("token.p8")).map_err(|e| e.to_string())?;
         let cert_der = std::fs::read(dir.join("token.der")).map_err(|e| e.to_string())?;
-        let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &p8, &SystemRandom::new())
-            .map_err(|e| format!("token key: {e}"))?;
+        let key =
+            EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &p8, &SystemRandom::new())
+                .map_err(|e| format!("token key: {e}"))?;
         let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         let shared = Arc::new(Shared {

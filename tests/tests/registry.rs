@@ -85,7 +85,10 @@ fn anonymous_http_pull_is_identical_to_the_layout() {
     let from_oci: ImageSource = format!("oci:{}:v1", layout.display()).parse().unwrap();
     let from_reg = source(&format!("docker://{}/team/app:v1", reg.host()), quick());
     let out = tmp.path().join("out.img");
-    assert_eq!(flatten_digest(&from_reg, &out), flatten_digest(&from_oci, &out));
+    assert_eq!(
+        flatten_digest(&from_reg, &out),
+        flatten_digest(&from_oci, &out)
+    );
 
     // By digest too, and convert: the same chunks (all deduplicated the
     // second time).
@@ -104,7 +107,10 @@ fn anonymous_http_pull_is_identical_to_the_layout() {
     let b = convert(&by_digest, &store, &keys, &opts)
         .unwrap_or_else(|e| panic!("convert {by_digest}: {}", error_chain(&e)));
     assert_eq!(a.chunks, b.chunks);
-    assert_eq!(b.new_chunks, 0, "the registry pull gave other chunks: {b:?}");
+    assert_eq!(
+        b.new_chunks, 0,
+        "the registry pull gave other chunks: {b:?}"
+    );
     assert_eq!(a.flatten.image_digest, b.flatten.image_digest);
 
     // No spool left behind in the temporary directory we gave it.
@@ -138,13 +144,20 @@ fn debian_image_from_the_registry_is_identical() {
     let Some(reg) = start(Auth::None, None) else {
         return;
     };
-    reg.push(&format!("oci:{}:base", layout.display()), "debian:base", &[])
-        .unwrap();
+    reg.push(
+        &format!("oci:{}:base", layout.display()),
+        "debian:base",
+        &[],
+    )
+    .unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out.img");
     let from_oci: ImageSource = format!("oci:{}:base", layout.display()).parse().unwrap();
     let from_reg = source(&format!("docker://{}/debian:base", reg.host()), quick());
-    assert_eq!(flatten_digest(&from_reg, &out), flatten_digest(&from_oci, &out));
+    assert_eq!(
+        flatten_digest(&from_reg, &out),
+        flatten_digest(&from_oci, &out)
+    );
 }
 
 #[test]
@@ -155,10 +168,13 @@ fn multi_arch_index_picks_the_platform() {
     let tmp = tempfile::tempdir().unwrap();
     let layout = tmp.path().join("multi");
     let (amd, arm) = (app_image(20), app_image(30));
-    Image::write_multi_platform_layout(&[(&amd, "amd64"), (&arm, "arm64")], &layout, "m")
-        .unwrap();
-    reg.push(&format!("oci:{}:m", layout.display()), "multi:m", &["--all"])
-        .unwrap();
+    Image::write_multi_platform_layout(&[(&amd, "amd64"), (&arm, "arm64")], &layout, "m").unwrap();
+    reg.push(
+        &format!("oci:{}:m", layout.display()),
+        "multi:m",
+        &["--all"],
+    )
+    .unwrap();
     let single = |img: &Image, name: &str| {
         let dir = tmp.path().join(name);
         img.write_oci_layout(&dir, name).unwrap();
@@ -185,8 +201,7 @@ fn multi_arch_index_picks_the_platform() {
         flatten_digest(&pick("linux/amd64"), &out),
         flatten_digest(&single(&amd, "amd"), &out)
     );
-    let err = flatten_to_file(&pick("linux/s390x"), &out, &FlattenOptions::default())
-        .unwrap_err();
+    let err = flatten_to_file(&pick("linux/s390x"), &out, &FlattenOptions::default()).unwrap_err();
     let msg = error_chain(&err);
     assert!(
         msg.contains("linux/s390x") && msg.contains("linux/amd64") && msg.contains("linux/arm64"),
@@ -243,16 +258,26 @@ fn basic_auth_over_tls_with_a_test_ca() {
     // a child process here: the environment is process-wide).
     // Wrong password, no password, unknown CA: clear errors, no secret.
     for (creds, cert_dir, want) in [
-        (Some("puller:wrong-pw"), true, "access denied for user \"puller\""),
+        (
+            Some("puller:wrong-pw"),
+            true,
+            "access denied for user \"puller\"",
+        ),
         (None, true, "wants credentials"),
         (Some("puller:s3cret-pw"), false, "cannot reach the registry"),
     ] {
-        let err = flatten_to_file(&with(creds, cert_dir), &out, &FlattenOptions::default())
-            .unwrap_err();
+        let err =
+            flatten_to_file(&with(creds, cert_dir), &out, &FlattenOptions::default()).unwrap_err();
         let msg = error_chain(&err);
         assert!(msg.contains(want), "{msg}");
-        assert!(msg.contains(&reg.host()) && msg.contains("private/app"), "{msg}");
-        assert!(!msg.contains("wrong-pw") && !msg.contains("s3cret-pw"), "{msg}");
+        assert!(
+            msg.contains(&reg.host()) && msg.contains("private/app"),
+            "{msg}"
+        );
+        assert!(
+            !msg.contains("wrong-pw") && !msg.contains("s3cret-pw"),
+            "{msg}"
+        );
         assert!(!out.exists());
     }
 }
@@ -314,9 +339,15 @@ fn bearer_tokens_are_refreshed_when_they_expire_mid_pull() {
     let out = tmp.path().join("out.img");
     let from_oci: ImageSource = format!("oci:{}:v1", layout.display()).parse().unwrap();
     let from_reg = source(&reference, creds("tokuser:tok-pw-secret"));
-    assert_eq!(flatten_digest(&from_reg, &out), flatten_digest(&from_oci, &out));
+    assert_eq!(
+        flatten_digest(&from_reg, &out),
+        flatten_digest(&from_oci, &out)
+    );
     let issued = issuer.issued() - before;
-    assert!(issued >= 2, "one token lasted the whole pull ({issued} issued)");
+    assert!(
+        issued >= 2,
+        "one token lasted the whole pull ({issued} issued)"
+    );
 
     // Wrong credentials: the issuer refuses, the error says who.
     issuer.set_life(600);
@@ -329,7 +360,10 @@ fn bearer_tokens_are_refreshed_when_they_expire_mid_pull() {
     .unwrap_err();
     let msg = error_chain(&err);
     assert!(msg.contains("access denied for user \"tokuser\""), "{msg}");
-    assert!(msg.contains("tok/app") && !msg.contains("not-the-pw"), "{msg}");
+    assert!(
+        msg.contains("tok/app") && !msg.contains("not-the-pw"),
+        "{msg}"
+    );
     assert!(issuer.refused() > refused);
     assert!(!out.exists());
 }

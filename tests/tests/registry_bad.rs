@@ -93,13 +93,20 @@ fn fails(trick: Trick, opts: RegistryOptions, want: &[&str]) {
     let before = snapshot(&tmp.path().join("store"));
     let err = convert(&src, &store, &keys, &opts).unwrap_err();
     let msg = error_chain(&err);
-    assert!(msg.contains(&reg.host()) && msg.contains("bad/app"), "{msg}");
+    assert!(
+        msg.contains(&reg.host()) && msg.contains("bad/app"),
+        "{msg}"
+    );
     assert_eq!(snapshot(&tmp.path().join("store")), before, "store changed");
 }
 
 #[test]
 fn corrupt_blob() {
-    fails(Trick::CorruptBlobs, quick(), &["does not match its digest", "blob sha256:"]);
+    fails(
+        Trick::CorruptBlobs,
+        quick(),
+        &["does not match its digest", "blob sha256:"],
+    );
 }
 
 #[test]
@@ -109,7 +116,11 @@ fn truncated_blob() {
 
 #[test]
 fn manifest_over_four_mib() {
-    fails(Trick::HugeManifest, quick(), &["manifest v1", "4194304-byte limit"]);
+    fails(
+        Trick::HugeManifest,
+        quick(),
+        &["manifest v1", "4194304-byte limit"],
+    );
 }
 
 #[test]
@@ -123,12 +134,16 @@ fn unknown_tag() {
     let layout = tmp.path().join("layout");
     image().write_oci_layout(&layout, "v1").unwrap();
     let reg = HostileRegistry::start(&layout, "v1", [127, 0, 0, 1], Trick::None).unwrap();
-    let mut src: ImageSource = format!("docker://{}/bad/app:v2", reg.host()).parse().unwrap();
+    let mut src: ImageSource = format!("docker://{}/bad/app:v2", reg.host())
+        .parse()
+        .unwrap();
     *src.registry_options_mut().unwrap() = quick();
-    let err = flatten_to_file(&src, &tmp.path().join("o"), &FlattenOptions::default())
-        .unwrap_err();
+    let err = flatten_to_file(&src, &tmp.path().join("o"), &FlattenOptions::default()).unwrap_err();
     let msg = error_chain(&err);
-    assert!(msg.contains("manifest v2 not found") && msg.contains("bad/app"), "{msg}");
+    assert!(
+        msg.contains("manifest v2 not found") && msg.contains("bad/app"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -166,6 +181,9 @@ fn redirect_to_another_host_carries_no_credentials() {
 
     let seen = blobs.seen();
     assert!(seen.iter().any(|(p, _)| p.contains("/blobs/")), "{seen:?}");
-    assert!(seen.iter().all(|(_, auth)| auth.is_none()), "credentials sent on: {seen:?}");
+    assert!(
+        seen.iter().all(|(_, auth)| auth.is_none()),
+        "credentials sent on: {seen:?}"
+    );
     assert!(reg.seen().iter().any(|(_, auth)| auth.is_some()));
 }

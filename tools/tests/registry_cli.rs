@@ -122,14 +122,20 @@ fn credentials_from_every_place_and_none_printed() {
 
     // Wrong and missing credentials.
     for (args, want) in [
-        (vec!["--creds=cli:nope-Zq81".to_owned(), cert_dir.clone()], "access denied for user \"cli\""),
+        (
+            vec!["--creds=cli:nope-Zq81".to_owned(), cert_dir.clone()],
+            "access denied for user \"cli\"",
+        ),
         (vec![cert_dir.clone()], "wants credentials"),
     ] {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let o = convert(tmp.path(), &src, &args, &[]);
         let t = text(&o);
         assert!(!o.status.success(), "{t}");
-        assert!(t.contains(want) && t.contains(&reg.host()) && t.contains("cli/app"), "{t}");
+        assert!(
+            t.contains(want) && t.contains(&reg.host()) && t.contains("cli/app"),
+            "{t}"
+        );
         assert!(!t.contains("nope-Zq81") && !t.contains(PASSWORD), "{t}");
     }
 }

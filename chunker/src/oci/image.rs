@@ -449,12 +449,12 @@ fn pick_platform<'a>(
             available: images
                 .iter()
                 .map(|m| {
-                    m.platform.as_ref().map_or("<no platform>".to_owned(), |p| {
-                        match &p.variant {
+                    m.platform
+                        .as_ref()
+                        .map_or("<no platform>".to_owned(), |p| match &p.variant {
                             Some(v) => format!("{}/{}/{v}", p.os, p.architecture),
                             None => format!("{}/{}", p.os, p.architecture),
-                        }
-                    })
+                        })
                 })
                 .collect::<Vec<_>>()
                 .join(", "),

@@ -180,7 +180,10 @@ mod tests {
             Err(ParseSourceError::UnknownTransport(_))
         ));
         let s = "docker://localhost:5000/app:v1";
-        assert!(matches!(s.parse::<ImageSource>(), Ok(ImageSource::Registry(_))));
+        assert!(matches!(
+            s.parse::<ImageSource>(),
+            Ok(ImageSource::Registry(_))
+        ));
         assert_eq!(s.parse::<ImageSource>().unwrap().to_string(), s);
         assert!(matches!(
             "docker://localhost:5000/".parse::<ImageSource>(),

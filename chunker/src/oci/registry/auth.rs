@@ -316,11 +316,21 @@ mod tests {
         assert_eq!((c.username.as_str(), c.password.expose()), ("u2", "p:2"));
         let c = get("reg.example:5000", "teamx/app").unwrap().unwrap();
         assert_eq!(c.username, "u1");
-        assert_eq!(get("docker.io", "library/x").unwrap().unwrap().username, "hub");
+        assert_eq!(
+            get("docker.io", "library/x").unwrap().unwrap().username,
+            "hub"
+        );
         assert!(get("other.example", "x").unwrap().is_none());
         let err = get("broken.example", "x").unwrap_err().to_string();
-        assert!(err.contains("broken.example") && !err.contains("!!!"), "{err}");
-        assert!(from_auth_file(&tmp.path().join("none"), "a", "b").unwrap().is_none());
+        assert!(
+            err.contains("broken.example") && !err.contains("!!!"),
+            "{err}"
+        );
+        assert!(
+            from_auth_file(&tmp.path().join("none"), "a", "b")
+                .unwrap()
+                .is_none()
+        );
     }
 
     #[test]
@@ -335,7 +345,10 @@ mod tests {
                 scope: Some("repository:a/b:pull".into()),
             })
         );
-        assert_eq!(parse_challenge(r#"Basic realm="x""#), Some(Challenge::Basic));
+        assert_eq!(
+            parse_challenge(r#"Basic realm="x""#),
+            Some(Challenge::Basic)
+        );
         assert_eq!(parse_challenge("Negotiate"), None);
         assert_eq!(parse_challenge("Bearer service=x"), None);
     }

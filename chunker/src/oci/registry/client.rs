@@ -110,9 +110,7 @@ impl Client {
             );
             builder = builder.tls_danger_accept_invalid_certs(true);
         }
-        let http = builder
-            .build()
-            .map_err(|e| err(ErrorKind::Transport(e)))?;
+        let http = builder.build().map_err(|e| err(ErrorKind::Transport(e)))?;
         let creds = match &opts.creds {
             Some(c) => Some(c.clone()),
             None => super::auth::lookup(&reference.host, &reference.repository)
@@ -160,7 +158,10 @@ impl Client {
             .map_err(|e| self.err(transport(e)))?;
         if resp.status() == StatusCode::UNAUTHORIZED {
             let challenge = challenge_of(resp.headers());
-            self.auth.lock().map_err(|_| self.err(ErrorKind::Poisoned))?.challenge = challenge;
+            self.auth
+                .lock()
+                .map_err(|_| self.err(ErrorKind::Poisoned))?
+                .challenge = challenge;
         } else if !resp.status().is_success() {
             return Err(self.err(ErrorKind::Status {
                 what: "the API root /v2/".into(),
@@ -173,7 +174,10 @@ impl Client {
     /// The Authorization header value to send now, fetching a token when
     /// the registry wants one and ours is missing or about to expire.
     fn authorization(&self, force_new: bool) -> Result<Option<Secret>, RegistryError> {
-        let mut auth = self.auth.lock().map_err(|_| self.err(ErrorKind::Poisoned))?;
+        let mut auth = self
+            .auth
+            .lock()
+            .map_err(|_| self.err(ErrorKind::Poisoned))?;
         match auth.challenge.clone() {
             None => Ok(None),
             Some(Challenge::Basic) => Ok(self.creds.as_ref().map(|c| {
@@ -233,14 +237,12 @@ impl Client {
             }));
         }
         let mut body = Vec::new();
-        resp.take(64 * 1024)
-            .read_to_end(&mut body)
-            .map_err(|e| {
-                self.err(ErrorKind::Token {
-                    realm: realm.into(),
-                    reason: e.to_string(),
-                })
-            })?;
+        resp.take(64 * 1024).read_to_end(&mut body).map_err(|e| {
+            self.err(ErrorKind::Token {
+                realm: realm.into(),
+                reason: e.to_string(),
+            })
+        })?;
         let parsed: TokenResponse = serde_json::from_slice(&body).map_err(|_| {
             self.err(ErrorKind::Token {
                 realm: realm.into(),
@@ -299,8 +301,10 @@ impl Client {
                     // A new challenge (first contact, or an expired token):
                     // one fresh token, one retry.
                     if let Some(c) = challenge_of(resp.headers()) {
-                        self.auth.lock().map_err(|_| self.err(ErrorKind::Poisoned))?.challenge =
-                            Some(c);
+                        self.auth
+                            .lock()
+                            .map_err(|_| self.err(ErrorKind::Poisoned))?
+                            .challenge = Some(c);
                     }
                     let fresh = self.authorization(true)?;
                     if fresh.is_none() {
@@ -402,7 +406,12 @@ impl Client {
         expected: Option<&Digest>,
     ) -> Result<(Vec<u8>, String, Digest), RegistryError> {
         let what = format!("manifest {target}");
-        let resp = self.get(&format!("manifests/{target}"), Some(MANIFEST_TYPES), 0, &what)?;
+        let resp = self.get(
+            &format!("manifests/{target}"),
+            Some(MANIFEST_TYPES),
+            0,
+            &what,
+        )?;
         let too_large = |size| {
             self.err(ErrorKind::TooLarge {
                 what: what.clone(),
@@ -429,7 +438,12 @@ impl Client {
         let mut bytes = Vec::new();
         resp.take(MAX_MANIFEST + 1)
             .read_to_end(&mut bytes)
-            .map_err(|e| self.err(ErrorKind::Read { what: what.clone(), source: e }))?;
+            .map_err(|e| {
+                self.err(ErrorKind::Read {
+                    what: what.clone(),
+                    source: e,
+                })
+            })?;
         if bytes.len() as u64 > MAX_MANIFEST {
             return Err(too_large(bytes.len() as u64));
         }
@@ -453,7 +467,12 @@ impl Client {
     }
 
     /// Fetch a small blob (a config) whole, checking size and digest.
-    pub fn small_blob(&self, digest: &Digest, size: u64, what: &str) -> Result<Vec<u8>, RegistryError> {
+    pub fn small_blob(
+        &self,
+        digest: &Digest,
+        size: u64,
+        what: &str,
+    ) -> Result<Vec<u8>, RegistryError> {
         let what = format!("{what} {digest}");
         const MAX_CONFIG: u64 = 64 * 1024 * 1024;
         if size > MAX_CONFIG {
@@ -465,9 +484,12 @@ impl Client {
         }
         let resp = self.get(&format!("blobs/{digest}"), None, 0, &what)?;
         let mut bytes = Vec::new();
-        resp.take(size + 1)
-            .read_to_end(&mut bytes)
-            .map_err(|e| self.err(ErrorKind::Read { what: what.clone(), source: e }))?;
+        resp.take(size + 1).read_to_end(&mut bytes).map_err(|e| {
+            self.err(ErrorKind::Read {
+                what: what.clone(),
+                source: e,
+            })
+        })?;
         if bytes.len() as u64 != size {
             return Err(self.err(ErrorKind::SizeMismatch {
                 what,

@@ -411,7 +411,8 @@ impl Pull {
             .spool_dir
             .clone()
             .unwrap_or_else(std::env::temp_dir);
-        let progress = self.options.progress && std::io::IsTerminal::is_terminal(&std::io::stdout());
+        let progress =
+            self.options.progress && std::io::IsTerminal::is_terminal(&std::io::stdout());
         let spool = Spool::start(
             self.client.clone(),
             layers,

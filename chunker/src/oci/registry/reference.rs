@@ -169,8 +169,7 @@ impl Reference {
             Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => h,
             _ => &self.host,
         };
-        matches!(host, "localhost" | "127.0.0.1" | "[::1]" | "::1")
-            || host.starts_with("127.")
+        matches!(host, "localhost" | "127.0.0.1" | "[::1]" | "::1") || host.starts_with("127.")
     }
 
     /// The tag or digest as the manifests endpoint takes it.
@@ -216,7 +215,10 @@ mod tests {
         assert!(r.is_loopback());
 
         let r = Reference::parse("docker://busybox:1").unwrap();
-        assert_eq!((r.host.as_str(), r.repository.as_str()), ("docker.io", "library/busybox"));
+        assert_eq!(
+            (r.host.as_str(), r.repository.as_str()),
+            ("docker.io", "library/busybox")
+        );
         assert_eq!(r.api_host(), "registry-1.docker.io");
     }
 

@@ -120,7 +120,9 @@ impl Spool {
     fn work(&self) {
         loop {
             let index = {
-                let Ok(mut st) = self.state.lock() else { return };
+                let Ok(mut st) = self.state.lock() else {
+                    return;
+                };
                 loop {
                     if self.cancelled.load(Ordering::Relaxed) || st.next >= self.layers.len() {
                         return;
@@ -142,7 +144,9 @@ impl Spool {
                 i
             };
             let result = self.download(index);
-            let Ok(mut st) = self.state.lock() else { return };
+            let Ok(mut st) = self.state.lock() else {
+                return;
+            };
             st.slots[index] = match result {
                 Ok(path) => Slot::Ready(path),
                 Err(e) => Slot::Failed(e),
@@ -185,7 +189,9 @@ impl Spool {
             if self.cancelled.load(Ordering::Relaxed) {
                 return Err(self.client.error(ErrorKind::Cancelled));
             }
-            let mut resp = self.client.get(&format!("blobs/{digest}"), None, written, &what)?;
+            let mut resp = self
+                .client
+                .get(&format!("blobs/{digest}"), None, written, &what)?;
             if written > 0 && resp.status() != StatusCode::PARTIAL_CONTENT {
                 // The server ignored the Range: start over.
                 file.set_len(0).map_err(spool_err)?;
@@ -297,7 +303,9 @@ fn is_timeout(e: &std::io::Error) -> bool {
     }
     let mut cause: Option<&(dyn std::error::Error + 'static)> = e.get_ref().map(|r| r as _);
     while let Some(c) = cause {
-        if c.downcast_ref::<reqwest::Error>().is_some_and(|r| r.is_timeout()) {
+        if c.downcast_ref::<reqwest::Error>()
+            .is_some_and(|r| r.is_timeout())
+        {
             return true;
         }
         cause = c.source();
