@@ -93,6 +93,7 @@ fn anonymous_http_pull_is_identical_to_the_layout() {
     // By digest too, and convert: the same chunks (all deduplicated the
     // second time).
     let report = flatten_to_file(&from_reg, &out, &FlattenOptions::default()).unwrap();
+    std::fs::remove_file(&out).unwrap();
     let by_digest = source(
         &format!("docker://{}/team/app@{}", reg.host(), report.image_digest),
         quick(),
@@ -112,6 +113,22 @@ fn anonymous_http_pull_is_identical_to_the_layout() {
         "the registry pull gave other chunks: {b:?}"
     );
     assert_eq!(a.flatten.image_digest, b.flatten.image_digest);
+
+    // Unknown repository, unknown tag: named, and nothing written.
+    for (name, want) in [
+        ("team/nosuch:v1", "manifest v1 not found"),
+        ("team/app:v9", "manifest v9 not found"),
+    ] {
+        let src = source(&format!("docker://{}/{name}", reg.host()), quick());
+        let err = flatten_to_file(&src, &out, &FlattenOptions::default()).unwrap_err();
+        let msg = error_chain(&err);
+        let repo = name.split(':').next().unwrap();
+        assert!(
+            msg.contains(want) && msg.contains(repo) && msg.contains(&reg.host()),
+            "{msg}"
+        );
+        assert!(!out.exists());
+    }
 
     // No spool left behind in the temporary directory we gave it.
     let spool_dir = tmp.path().join("spool");

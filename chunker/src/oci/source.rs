@@ -31,8 +31,9 @@ pub enum ImageSource {
         /// hold an OCI layout, the ref name annotations).
         reference: Option<String>,
     },
-    /// `docker://HOST[:PORT]/REPO[:TAG|@sha256:DIGEST]`: a registry.
-    Registry(RegistrySource),
+    /// `docker://HOST[:PORT]/REPO[:TAG|@sha256:DIGEST]`: a registry
+    /// (boxed: its options are much larger than a path).
+    Registry(Box<RegistrySource>),
 }
 
 impl ImageSource {
@@ -93,10 +94,10 @@ impl FromStr for ImageSource {
 
     fn from_str(s: &str) -> Result<Self, ParseSourceError> {
         if s.starts_with("docker://") {
-            return Ok(ImageSource::Registry(RegistrySource {
+            return Ok(ImageSource::Registry(Box::new(RegistrySource {
                 reference: Reference::parse(s)?,
                 options: RegistryOptions::default(),
-            }));
+            })));
         }
         let (transport, rest) = s
             .split_once(':')
