@@ -92,20 +92,12 @@ impl HostileRegistry {
             seen: Mutex::new(Vec::new()),
             stop: AtomicBool::new(false),
         });
-        let s = state.clone();
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                if s.stop.load(Ordering::SeqCst) {
-                    return;
-                }
-                if let Ok(conn) = conn {
-                    let s = s.clone();
-                    std::thread::spawn(move || {
-                        let _ = serve(&s, conn);
-                    });
-                }
-            }
-        });
+        crate::registry::accept_loop(
+            listener,
+            state.clone(),
+            |s| s.stop.load(Ordering::SeqCst),
+            serve,
+        );
         Ok(HostileRegistry { addr, state })
     }
 

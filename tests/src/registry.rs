@@ -10,6 +10,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
@@ -232,25 +233,50 @@ impl Drop for Registry {
     }
 }
 
+/// Run `openssl ARGS` in `dir`; its stderr on failure.
+pub fn openssl(dir: &Path, args: &[&str]) -> Result<(), String> {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .map_err(|e| format!("openssl: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "openssl {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+/// Serve each connection `listener` accepts on its own thread with
+/// `handle`, until `stop` is set (and one more connection wakes the loop).
+pub fn accept_loop<S, F>(listener: TcpListener, state: Arc<S>, stop: fn(&S) -> bool, handle: F)
+where
+    S: Send + Sync + 'static,
+    F: Fn(&S, TcpStream) -> std::io::Result<()> + Send + Sync + Copy + 'static,
+{
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            if stop(&state) {
+                return;
+            }
+            if let Ok(conn) = conn {
+                let state = state.clone();
+                std::thread::spawn(move || {
+                    let _ = handle(&state, conn);
+                });
+            }
+        }
+    });
+}
+
 /// A CA and a server certificate for 127.0.0.1/localhost made with the
 /// `openssl` command: `ca.crt`, `server.crt`, `server.key` in `dir`.
 pub fn make_tls(dir: &Path) -> Result<(PathBuf, Tls), String> {
-    let run = |args: &[&str]| -> Result<(), String> {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .map_err(|e| format!("openssl: {e}"))?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(format!(
-                "openssl {}: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr)
-            ))
-        }
-    };
+    let run = |args: &[&str]| openssl(dir, args);
     run(&[
         "req",
         "-x509",

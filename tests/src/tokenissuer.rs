@@ -12,12 +12,13 @@
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
+
+use crate::registry::openssl;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use ring::rand::SystemRandom;
 use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
@@ -53,23 +54,6 @@ pub struct TokenIssuer {
     addr: SocketAddr,
     shared: Arc<Shared>,
     cert_pem: PathBuf,
-}
-
-fn openssl(dir: &Path, args: &[&str]) -> Result<(), String> {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .map_err(|e| format!("openssl: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "openssl {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        ))
-    }
 }
 
 impl TokenIssuer {
@@ -137,20 +121,12 @@ impl TokenIssuer {
             refused: AtomicU64::new(0),
             stop: AtomicBool::new(false),
         });
-        let s = shared.clone();
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                if s.stop.load(Ordering::SeqCst) {
-                    return;
-                }
-                if let Ok(conn) = conn {
-                    let s = s.clone();
-                    std::thread::spawn(move || {
-                        let _ = serve(&s, conn);
-                    });
-                }
-            }
-        });
+        crate::registry::accept_loop(
+            listener,
+            shared.clone(),
+            |s| s.stop.load(Ordering::SeqCst),
+            serve,
+        );
         Ok(TokenIssuer {
             addr,
             shared,

@@ -220,10 +220,10 @@ impl Client {
         if let Some(c) = &self.creds {
             req = req.basic_auth(&c.username, Some(c.password.expose()));
         }
-        let resp = req.send().map_err(|e| {
-            self.err(ErrorKind::Token {
+        let resp = req.send().map_err(|source| {
+            self.err(ErrorKind::TokenUnreachable {
                 realm: realm.into(),
-                reason: error_chain(&e),
+                source,
             })
         })?;
         let status = resp.status();
@@ -545,17 +545,4 @@ fn transport(e: reqwest::Error) -> ErrorKind {
     } else {
         ErrorKind::Transport(e)
     }
-}
-
-/// An error and its causes, `: `-separated (reqwest's own message is only
-/// "error sending request").
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cause = c.source();
-    }
-    s
 }

@@ -219,6 +219,14 @@ pub enum ErrorKind {
         /// Who we tried as (never the password).
         user: Option<String>,
     },
+    /// The token service cannot be reached.
+    #[error("cannot reach the token service {realm}")]
+    TokenUnreachable {
+        /// The token endpoint.
+        realm: String,
+        /// Why.
+        source: reqwest::Error,
+    },
     /// The token service failed.
     #[error("cannot get a token from {realm}: {reason}")]
     Token {
