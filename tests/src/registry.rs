@@ -273,45 +273,56 @@ where
     });
 }
 
+/// A P-256 key `STEM.key` and either a self-signed certificate `STEM.crt`
+/// (valid two days) or a signing request `STEM.csr`; `extra` goes to
+/// `openssl req` as is.
+pub fn ec_key(
+    dir: &Path,
+    stem: &str,
+    subject: &str,
+    self_signed: bool,
+    extra: &[&str],
+) -> Result<(), String> {
+    let key = format!("{stem}.key");
+    let out = format!("{stem}.{}", if self_signed { "crt" } else { "csr" });
+    let mut args = vec![
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        &key,
+        "-out",
+        &out,
+        "-subj",
+        subject,
+    ];
+    if self_signed {
+        args.extend(["-x509", "-days", "2"]);
+    }
+    args.extend(extra);
+    openssl(dir, &args)
+}
+
 /// A CA and a server certificate for 127.0.0.1/localhost made with the
 /// `openssl` command: `ca.crt`, `server.crt`, `server.key` in `dir`.
 pub fn make_tls(dir: &Path) -> Result<(PathBuf, Tls), String> {
     let run = |args: &[&str]| openssl(dir, args);
-    run(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.crt",
-        "-days",
-        "2",
-        "-subj",
+    ec_key(
+        dir,
+        "ca",
         "/CN=imagefs test CA",
-        "-addext",
-        "basicConstraints=critical,CA:TRUE",
-        "-addext",
-        "keyUsage=critical,keyCertSign",
-    ])?;
-    run(&[
-        "req",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-        "-subj",
-        "/CN=127.0.0.1",
-    ])?;
+        true,
+        &[
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign",
+        ],
+    )?;
+    ec_key(dir, "server", "/CN=127.0.0.1", false, &[])?;
     let mut ext = File::create(dir.join("server.ext")).map_err(|e| e.to_string())?;
     ext.write_all(
         b"subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n\

@@ -18,7 +18,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 
-use crate::registry::openssl;
+use crate::registry::{ec_key, openssl};
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use ring::rand::SystemRandom;
 use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
@@ -59,26 +59,7 @@ pub struct TokenIssuer {
 impl TokenIssuer {
     /// Make a signing key and certificate in `dir` and start serving.
     pub fn start(dir: &Path, config: IssuerConfig) -> Result<TokenIssuer, String> {
-        openssl(
-            dir,
-            &[
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-nodes",
-                "-keyout",
-                "token.key",
-                "-out",
-                "token.crt",
-                "-days",
-                "2",
-                "-subj",
-                "/CN=imagefs test token issuer",
-            ],
-        )?;
+        ec_key(dir, "token", "/CN=imagefs test token issuer", true, &[])?;
         openssl(
             dir,
             &[
