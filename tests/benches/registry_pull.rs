@@ -22,6 +22,7 @@ use tests::harness::{self, require_tool, skip};
 use tests::registry::{Auth, Registry, RegistryStartError};
 
 const TAG: &str = "python";
+/// Rounds per side (`IMAGEFS_BENCH_ROUNDS` overrides).
 const ROUNDS: usize = 3;
 
 type Res<T> = Result<T, String>;
@@ -89,8 +90,13 @@ fn run() -> Res<()> {
         &[],
     )?;
     let remote = format!("docker://{}/debian:python", reg.host());
+    let rounds = std::env::var("IMAGEFS_BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(ROUNDS)
+        .max(1);
     let (mut direct, mut copy, mut two_step) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..ROUNDS {
+    for _ in 0..rounds {
         let work = tempfile::tempdir().map_err(|e| e.to_string())?;
         let d = work.path().join("direct");
         direct.push(timed(&mut convert(&bin, &remote, &d))?);
@@ -109,7 +115,7 @@ fn run() -> Res<()> {
         two_step.push(c + v);
     }
     let (d, c, t) = (median(direct), median(copy), median(two_step));
-    println!("convert the Debian {TAG} image from a local registry (median of {ROUNDS})");
+    println!("convert the Debian {TAG} image from a local registry (median of {rounds})");
     println!("{:<40} {:>10}", "path", "seconds");
     println!(
         "{:<40} {:>10.2}",
