@@ -102,6 +102,7 @@ fn run() -> Res<()> {
         direct.push(timed(&mut convert(&bin, &remote, &d))?);
 
         let t = work.path().join("two-step");
+        std::fs::create_dir_all(&t).map_err(|e| e.to_string())?;
         let oci = format!("oci:{}:{TAG}", t.join("oci").display());
         let c = timed(Command::new("skopeo").args([
             "copy",
