@@ -12,7 +12,8 @@
 #             xz-utils, zstd, gzip).
 #   --images  what scripts/build-debian-images.sh needs (debootstrap, umoci).
 #   --all     (the default) everything the tests and benchmarks use: both of
-#             the above, skopeo, attr, fonts-dejavu-core, fuse3, and Garage (built with cargo
+#             the above, skopeo, docker-registry, openssl, apache2-utils (htpasswd), attr,
+#             fonts-dejavu-core, fuse3, and Garage (built with cargo
 #             into ${IMAGEFS_CACHE:-/var/cache/imagefs}/tools: not in Debian).
 set -euo pipefail
 
@@ -33,7 +34,7 @@ images=(debootstrap umoci zstd tar util-linux)
 # qemu-storage-daemon, the vhost benchmark's reference backend;
 # fonts-dejavu-core is the TrueType font `vmm-shim coldstart --plots` draws
 # its text with, read by plotters' pure-Rust ab_glyph: no fontconfig).
-tests_only=(skopeo attr fonts-dejavu-core)
+tests_only=(skopeo attr fonts-dejavu-core docker-registry openssl apache2-utils)
 
 profile=all
 case "${1:-}" in

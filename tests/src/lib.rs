@@ -11,6 +11,12 @@
 //! - [`e2e`] runs every check on a flattened image: `e2fsck -fn`, ext4-view,
 //!   a read-only loop mount, a read-write mount of a copy.
 //! - [`garage`] starts a real single-node Garage S3 server.
+//! - [`registry`] starts a real `docker-registry` (anonymous, htpasswd or
+//!   token auth, optionally TLS with a CA made by `openssl`) and pushes
+//!   images into it with skopeo; [`tokenissuer`] is the token service of
+//!   its `auth: token` mode (ES256 JWTs); [`hostile_registry`] is a peer
+//!   that serves a layout and misbehaves (corrupt, truncated, oversized,
+//!   silent, redirecting) for the bad-input tests.
 //! - [`qemu`] is the one QEMU `-M microvm` command-line builder;
 //!   [`guest`] boots a Linux guest with it against a vhost-user-blk
 //!   socket and reads what it printed. The `guest-run` binary does the
@@ -42,10 +48,13 @@ pub mod fleet;
 pub mod garage;
 pub mod guest;
 pub mod harness;
+pub mod hostile_registry;
 pub mod imagegen;
 pub mod process;
 pub mod qemu;
+pub mod registry;
 pub mod rng;
 pub mod synthetic;
 pub mod tarw;
+pub mod tokenissuer;
 pub mod treecheck;

@@ -19,6 +19,7 @@ use imagefs::{DedicatedOptions, LazyOptions, PrefetchMode, PrefetchOptions};
 use manifest::report::MountStats;
 
 use crate::node;
+use crate::pull::RegistryArgs;
 use crate::report;
 use crate::signals::Signals;
 use crate::tiers::{self, TierArgs};
@@ -36,8 +37,11 @@ pub struct Cli {
 pub enum Command {
     /// Flatten an OCI image into a deterministic ext4 image.
     Flatten {
-        /// oci:DIR[:REF], docker-archive:FILE or oci-archive:FILE.
+        /// oci:DIR[:REF], docker-archive:FILE, oci-archive:FILE or
+        /// docker://HOST[:PORT]/REPO[:TAG|@sha256:DIGEST].
         source: ImageSource,
+        #[command(flatten)]
+        registry: RegistryArgs,
         /// Where to write the image (written to a temporary name, then renamed).
         #[arg(short, long)]
         output: PathBuf,
@@ -46,8 +50,11 @@ pub enum Command {
     },
     /// Convert an OCI image into encrypted chunks and a sealed manifest.
     Convert {
-        /// oci:DIR[:REF], docker-archive:FILE or oci-archive:FILE.
+        /// oci:DIR[:REF], docker-archive:FILE, oci-archive:FILE or
+        /// docker://HOST[:PORT]/REPO[:TAG|@sha256:DIGEST].
         source: ImageSource,
+        #[command(flatten)]
+        registry: RegistryArgs,
         #[command(flatten)]
         store: StoreArgs,
         /// A name to point at the new manifest (among the --domain's
@@ -296,23 +303,27 @@ impl Command {
     pub fn run(self, signals: &Signals) -> Result<(), Box<dyn Error>> {
         match self {
             Command::Flatten {
-                source,
+                mut source,
+                registry,
                 output,
                 layout,
             } => {
+                registry.apply(&mut source, true);
                 let opts = layout.flatten();
                 let flattened = flatten_to_file(&source, &output, &opts)?;
                 report::flattened(&mut stdout(), &flattened, &output)?;
                 Ok(())
             }
             Command::Convert {
-                source,
+                mut source,
+                registry,
                 store,
                 tag,
                 threads,
                 layout,
                 json,
             } => {
+                registry.apply(&mut source, !json);
                 let (dir, keys) = store.open(true)?;
                 let mut opts = ConvertOptions {
                     flatten: layout.flatten(),

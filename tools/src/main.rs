@@ -7,6 +7,7 @@ mod args;
 mod images;
 mod node;
 mod profile;
+mod pull;
 mod report;
 mod serve;
 mod signals;

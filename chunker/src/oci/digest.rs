@@ -27,7 +27,7 @@ impl Digest {
         Digest::from_hash(Sha256::digest(bytes).as_slice())
     }
 
-    fn from_hash(hash: &[u8]) -> Self {
+    pub(crate) fn from_hash(hash: &[u8]) -> Self {
         Digest(format!("sha256:{}", hex::encode(hash)))
     }
 

@@ -12,6 +12,7 @@ use serde::de::DeserializeOwned;
 use super::SourceError;
 use super::digest::{Digest, HashReader};
 use super::layer::LayerStream;
+use super::registry::Platform;
 use super::source::ImageSource;
 use super::spec::{self, Compression, ConfigFile, Descriptor, DockerArchiveImage, Index, Manifest};
 use super::store::{FileRange, Store};
@@ -119,6 +120,20 @@ impl Image {
             ImageSource::OciArchive { file, reference } => {
                 from_layout(Store::open_tar(file)?, reference.as_deref())
             }
+            ImageSource::Registry(source) => {
+                let (pull, root) = super::registry::Pull::open(source)?;
+                let pull = std::sync::Arc::new(pull);
+                let wanted = pull.platform();
+                let image = resolve(Store::Registry(pull.clone()), &root, 0, Some(&wanted))?;
+                pull.start(
+                    image
+                        .layers
+                        .iter()
+                        .map(|l| (l.name().clone(), l.size.unwrap_or(0)))
+                        .collect(),
+                )?;
+                Ok(image)
+            }
             ImageSource::DockerArchive { file, reference } => {
                 let store = Store::open_tar(file)?;
                 // Docker 25 and later also write an OCI layout into the
@@ -223,6 +238,14 @@ fn parse<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, SourceError
 
 /// Read the blob a descriptor names, checking digest and size.
 fn read_blob(store: &Store, desc: &Descriptor, what: &str) -> Result<Vec<u8>, SourceError> {
+    if let Store::Registry(pull) = store {
+        // Manifests and blobs are different endpoints; both are checked.
+        return Ok(if what == "manifest" {
+            pull.manifest(desc)?
+        } else {
+            pull.config(desc)?
+        });
+    }
     let what = format!("{what} {}", desc.digest);
     let (bytes, _) = read_small(store.open_blob(&desc.digest)?, &what, Some(&desc.digest))?;
     if bytes.len() as u64 != desc.size {
@@ -299,7 +322,7 @@ fn from_layout(store: Store, reference: Option<&str>) -> Result<Image, SourceErr
         },
     };
     let chosen = chosen.clone();
-    resolve(store, &chosen, 0)
+    resolve(store, &chosen, 0, None)
 }
 
 fn is_index(media_type: &str) -> bool {
@@ -311,7 +334,13 @@ fn is_manifest(media_type: &str) -> bool {
 }
 
 /// Follow a descriptor through indexes to an image manifest and open it.
-fn resolve(store: Store, desc: &Descriptor, depth: u32) -> Result<Image, SourceError> {
+/// `wanted` picks from an index; without it, linux/amd64 or the only image.
+fn resolve(
+    store: Store,
+    desc: &Descriptor,
+    depth: u32,
+    wanted: Option<&Platform>,
+) -> Result<Image, SourceError> {
     if depth > MAX_INDEX_DEPTH {
         return Err(SourceError::TooDeep {
             digest: desc.digest.clone(),
@@ -338,8 +367,8 @@ fn resolve(store: Store, desc: &Descriptor, depth: u32) -> Result<Image, SourceE
     }
     if is_index(&media_type) {
         let index: Index = parse(&bytes, &format!("index {}", desc.digest))?;
-        let next = pick_platform(&index, &desc.digest)?.clone();
-        return resolve(store, &next, depth + 1);
+        let next = pick_platform(&index, &desc.digest, wanted)?.clone();
+        return resolve(store, &next, depth + 1, wanted);
     }
     if !is_manifest(&media_type) {
         return Err(SourceError::UnsupportedMediaType {
@@ -388,32 +417,44 @@ fn resolve(store: Store, desc: &Descriptor, depth: u32) -> Result<Image, SourceE
     })
 }
 
-/// From an index, the linux/amd64 image, or the only one. Entries for the
-/// `unknown` platform are attestations, not images.
-fn pick_platform<'a>(index: &'a Index, digest: &Digest) -> Result<&'a Descriptor, SourceError> {
+/// From an index, the `wanted` image; without one, the linux/amd64 image
+/// or the only one. Entries for the `unknown` platform are attestations,
+/// not images.
+fn pick_platform<'a>(
+    index: &'a Index,
+    digest: &Digest,
+    wanted: Option<&Platform>,
+) -> Result<&'a Descriptor, SourceError> {
     let images: Vec<&Descriptor> = index
         .manifests
         .iter()
         .filter(|m| m.platform.as_ref().is_none_or(|p| p.os != "unknown"))
         .collect();
-    let is_amd64 = |m: &&&Descriptor| {
-        m.platform
-            .as_ref()
-            .is_some_and(|p| p.os == "linux" && p.architecture == "amd64")
+    let amd64 = Platform {
+        os: "linux".into(),
+        architecture: "amd64".into(),
+        variant: None,
     };
-    if let Some(m) = images.iter().find(is_amd64) {
+    let want = wanted.unwrap_or(&amd64);
+    let is_wanted = |m: &&&Descriptor| m.platform.as_ref().is_some_and(|p| want.matches(p));
+    if let Some(m) = images.iter().find(is_wanted) {
         return Ok(m);
     }
     match images.as_slice() {
-        [one] => Ok(one),
+        // A single-image index without platforms is that image.
+        [one] if wanted.is_none() || one.platform.is_none() => Ok(one),
         _ => Err(SourceError::NoPlatform {
             digest: digest.clone(),
+            wanted: want.to_string(),
             available: images
                 .iter()
                 .map(|m| {
-                    m.platform.as_ref().map_or("<no platform>".to_owned(), |p| {
-                        format!("{}/{}", p.os, p.architecture)
-                    })
+                    m.platform
+                        .as_ref()
+                        .map_or("<no platform>".to_owned(), |p| match &p.variant {
+                            Some(v) => format!("{}/{}/{v}", p.os, p.architecture),
+                            None => format!("{}/{}", p.os, p.architecture),
+                        })
                 })
                 .collect::<Vec<_>>()
                 .join(", "),

@@ -5,6 +5,7 @@
 //! - [`store`]: reading files from a layout directory or an indexed tar;
 //! - [`image`]: following index → manifest → config to the layer list;
 //! - [`layer`]: a layer's decompressed tar stream with its digests checked;
+//! - [`registry`]: `docker://` sources, pulled with parallel downloads;
 //! - [`digest`], [`spec`]: digests and the JSON documents.
 //!
 //! Every blob is checked against its digest as it streams; a layer's
@@ -13,6 +14,7 @@
 pub mod digest;
 pub mod image;
 pub mod layer;
+pub mod registry;
 pub mod source;
 pub mod spec;
 pub mod store;
@@ -162,11 +164,13 @@ pub enum SourceError {
         /// The layer blob.
         digest: Digest,
     },
-    /// An index without a linux/amd64 image, and more than one other.
-    #[error("index {digest} has no linux/amd64 image; it has: {available}")]
+    /// An index without an image for the wanted platform.
+    #[error("index {digest} has no {wanted} image; it has: {available}")]
     NoPlatform {
         /// The index.
         digest: Digest,
+        /// The platform asked for.
+        wanted: String,
         /// The platforms it has.
         available: String,
     },
@@ -176,6 +180,9 @@ pub enum SourceError {
         /// The index at which we gave up.
         digest: Digest,
     },
+    /// Pulling from a registry failed.
+    #[error(transparent)]
+    Registry(#[from] registry::RegistryError),
     /// The manifest and config disagree on the number of layers.
     #[error("{digest}: the image has {layers} layers but its config lists {diff_ids} diff_ids")]
     LayerCount {

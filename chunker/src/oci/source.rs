@@ -4,6 +4,8 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
+use super::registry::{Reference, ReferenceError, RegistryOptions, RegistrySource};
+
 /// An image source: a transport, a path and optionally which image in it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ImageSource {
@@ -29,6 +31,20 @@ pub enum ImageSource {
         /// hold an OCI layout, the ref name annotations).
         reference: Option<String>,
     },
+    /// `docker://HOST[:PORT]/REPO[:TAG|@sha256:DIGEST]`: a registry
+    /// (boxed: its options are much larger than a path).
+    Registry(Box<RegistrySource>),
+}
+
+impl ImageSource {
+    /// The registry options, when this is a registry source (for the
+    /// command line to fill in from its flags).
+    pub fn registry_options_mut(&mut self) -> Option<&mut RegistryOptions> {
+        match self {
+            ImageSource::Registry(r) => Some(&mut r.options),
+            _ => None,
+        }
+    }
 }
 
 /// A source string we cannot read.
@@ -37,9 +53,12 @@ pub enum ImageSource {
 pub enum ParseSourceError {
     /// No known transport prefix.
     #[error(
-        "unknown image source {0:?}: expected oci:DIR[:REF], oci-archive:FILE[:REF] or docker-archive:FILE[:REF]"
+        "unknown image source {0:?}: expected oci:DIR[:REF], oci-archive:FILE[:REF], docker-archive:FILE[:REF] or docker://HOST/REPO[:TAG|@DIGEST]"
     )]
     UnknownTransport(String),
+    /// A `docker://` reference that does not parse.
+    #[error(transparent)]
+    Registry(#[from] ReferenceError),
     /// The transport is given but the path is empty.
     #[error("image source {0:?} names no path")]
     EmptyPath(String),
@@ -74,6 +93,12 @@ impl FromStr for ImageSource {
     type Err = ParseSourceError;
 
     fn from_str(s: &str) -> Result<Self, ParseSourceError> {
+        if s.starts_with("docker://") {
+            return Ok(ImageSource::Registry(Box::new(RegistrySource {
+                reference: Reference::parse(s)?,
+                options: RegistryOptions::default(),
+            })));
+        }
         let (transport, rest) = s
             .split_once(':')
             .ok_or_else(|| ParseSourceError::UnknownTransport(s.into()))?;
@@ -105,6 +130,7 @@ impl fmt::Display for ImageSource {
             ImageSource::OciLayout { dir, reference } => ("oci", dir, reference),
             ImageSource::OciArchive { file, reference } => ("oci-archive", file, reference),
             ImageSource::DockerArchive { file, reference } => ("docker-archive", file, reference),
+            ImageSource::Registry(r) => return write!(f, "{}", r.reference),
         };
         write!(f, "{transport}:{}", path.display())?;
         if let Some(r) = reference {
@@ -151,8 +177,18 @@ mod tests {
             }
         );
         assert!(matches!(
-            "docker://busybox".parse::<ImageSource>(),
+            "docker:busybox".parse::<ImageSource>(),
             Err(ParseSourceError::UnknownTransport(_))
+        ));
+        let s = "docker://localhost:5000/app:v1";
+        assert!(matches!(
+            s.parse::<ImageSource>(),
+            Ok(ImageSource::Registry(_))
+        ));
+        assert_eq!(s.parse::<ImageSource>().unwrap().to_string(), s);
+        assert!(matches!(
+            "docker://localhost:5000/".parse::<ImageSource>(),
+            Err(ParseSourceError::Registry(_))
         ));
         assert!(matches!(
             "oci:".parse::<ImageSource>(),

@@ -50,6 +50,9 @@ pub struct Platform {
     /// Operating system (`linux`).
     #[serde(default)]
     pub os: String,
+    /// CPU variant (`v8` for arm64), when the index records one.
+    #[serde(default)]
+    pub variant: Option<String>,
 }
 
 /// An image index (also `index.json` of a layout) or Docker manifest list.

@@ -77,6 +77,8 @@ impl Read for FileRange {
 pub enum Store {
     /// An OCI layout directory.
     Dir(PathBuf),
+    /// A registry: metadata fetched on demand, layers from the spool.
+    Registry(Arc<super::registry::Pull>),
     /// A tar archive, indexed.
     Tar {
         /// The archive, for messages.
@@ -182,11 +184,16 @@ impl Store {
             Store::Tar { file, members, .. } => Ok(members
                 .get(&normalize_member(rel))
                 .map(|&(start, len)| FileRange::new(file.clone(), start, len))),
+            // A registry has no files by path, only blobs.
+            Store::Registry(_) => Ok(None),
         }
     }
 
     /// Open the blob named `digest` under `blobs/sha256/`.
     pub fn open_blob(&self, digest: &Digest) -> Result<FileRange, SourceError> {
+        if let Store::Registry(pull) = self {
+            return Ok(pull.layer(digest)?);
+        }
         self.open_path(&blob_path(digest))?
             .ok_or_else(|| SourceError::MissingBlob {
                 digest: digest.clone(),
@@ -199,6 +206,7 @@ impl Store {
         match self {
             Store::Dir(dir) => dir.clone(),
             Store::Tar { path, .. } => path.clone(),
+            Store::Registry(pull) => pull.location(),
         }
     }
 }

@@ -1,0 +1,548 @@
+//! The HTTP side of a pull: one client per repository, speaking the OCI
+//! distribution API over reqwest's blocking client.
+//!
+//! Why not `oci-client`: a pull here needs control that crate does not
+//! give: resuming a blob with a Range request after a reset, a 4 MiB cap on
+//! manifests before they are read, one fresh token and a retry on a 401 in
+//! the middle of a pull, and redirects followed without credentials. It is
+//! also async, and the rest of chunker is synchronous. reqwest is already in
+//! the tree with rustls and ring (its `rustls` feature would pull aws-lc-rs,
+//! a cmake C build); its platform verifier reads the system roots.
+//!
+//! Every request goes through [`Client::get`]: it adds credentials, follows
+//! redirects (without them), answers a 401 with one fresh token, and
+//! retries 5xx answers and broken connections with backoff.
+
+use std::io::Read;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use base64::Engine as _;
+use reqwest::StatusCode;
+use reqwest::blocking::{Client as Http, RequestBuilder, Response};
+use reqwest::header::{self, HeaderMap};
+
+use super::auth::{Challenge, Credentials, Secret, Token, TokenResponse, parse_challenge};
+use super::{ErrorKind, RegistryError, RegistryOptions};
+use crate::oci::Digest;
+use crate::oci::registry::reference::Reference;
+use crate::oci::spec;
+
+/// A manifest larger than this is refused before it is read.
+pub const MAX_MANIFEST: u64 = 4 * 1024 * 1024;
+
+/// Redirects followed for one request.
+const MAX_REDIRECTS: usize = 5;
+
+/// What we accept from the manifests endpoint.
+const MANIFEST_TYPES: &str = "application/vnd.oci.image.index.v1+json, \
+    application/vnd.oci.image.manifest.v1+json, \
+    application/vnd.docker.distribution.manifest.list.v2+json, \
+    application/vnd.docker.distribution.manifest.v2+json";
+
+#[derive(Debug, Default)]
+struct AuthState {
+    challenge: Option<Challenge>,
+    token: Option<Token>,
+}
+
+/// A connection to one repository of one registry.
+#[derive(Debug)]
+pub struct Client {
+    http: Http,
+    base: String,
+    registry: String,
+    repository: String,
+    creds: Option<Credentials>,
+    auth: Mutex<AuthState>,
+    retries: u32,
+    backoff: Duration,
+}
+
+fn is_transient(status: StatusCode) -> bool {
+    status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS
+}
+
+/// The CA certificates in `dir` (`*.crt`, as skopeo's --cert-dir).
+fn read_cert_dir(dir: &std::path::Path) -> Result<Vec<reqwest::Certificate>, ErrorKind> {
+    let bad = |reason: String| ErrorKind::CertDir {
+        dir: dir.to_owned(),
+        reason,
+    };
+    let mut certs = Vec::new();
+    let entries = std::fs::read_dir(dir).map_err(|e| bad(e.to_string()))?;
+    let mut paths: Vec<_> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "crt"))
+        .collect();
+    paths.sort();
+    for path in paths {
+        let pem = std::fs::read(&path).map_err(|e| bad(format!("{}: {e}", path.display())))?;
+        let found = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| bad(format!("{}: {e}", path.display())))?;
+        certs.extend(found);
+    }
+    Ok(certs)
+}
+
+impl Client {
+    /// Connect to the registry `reference` names and learn how it wants us
+    /// to authenticate: HTTPS first; plain HTTP only for a loopback
+    /// registry or with `tls_verify` off.
+    pub fn connect(reference: &Reference, opts: &RegistryOptions) -> Result<Client, RegistryError> {
+        let err = |kind| RegistryError::new(&reference.host, &reference.repository, kind);
+        // reqwest without a bundled provider uses rustls' process default.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut builder = Http::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(opts.timeout)
+            // Per wait: for the answer head, then for each read of the
+            // body; a registry that stops answering fails within it.
+            .timeout(opts.timeout)
+            .user_agent(concat!("imagefs/", env!("CARGO_PKG_VERSION")));
+        if let Some(dir) = &opts.cert_dir {
+            builder = builder.tls_certs_merge(read_cert_dir(dir).map_err(err)?);
+        }
+        if !opts.tls_verify {
+            eprintln!(
+                "warning: TLS certificates of {} are not verified (--tls-verify=false)",
+                reference.host
+            );
+            builder = builder.tls_danger_accept_invalid_certs(true);
+        }
+        let http = builder.build().map_err(|e| err(ErrorKind::Transport(e)))?;
+        let creds = match &opts.creds {
+            Some(c) => Some(c.clone()),
+            None => super::auth::lookup(&reference.host, &reference.repository)
+                .map_err(|e| err(ErrorKind::Credentials(e)))?,
+        };
+        let mut client = Client {
+            http,
+            base: format!("https://{}", reference.api_host()),
+            registry: reference.host.clone(),
+            repository: reference.repository.clone(),
+            creds,
+            auth: Mutex::new(AuthState::default()),
+            retries: opts.retries,
+            backoff: opts.backoff,
+        };
+        let allow_http = reference.is_loopback() || !opts.tls_verify;
+        match client.ping() {
+            Ok(()) => Ok(client),
+            Err(e) if allow_http && matches!(e.kind, ErrorKind::Transport(_)) => {
+                client.base = format!("http://{}", reference.api_host());
+                client.ping().map(|()| client).map_err(|http_err| {
+                    // Both failed. An HTTPS server answers plain HTTP with
+                    // 400, and then the TLS error is the telling one.
+                    match http_err.kind {
+                        ErrorKind::Transport(_) | ErrorKind::Status { status: 400, .. } => e,
+                        _ => http_err,
+                    }
+                })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn err(&self, kind: ErrorKind) -> RegistryError {
+        RegistryError::new(&self.registry, &self.repository, kind)
+    }
+
+    /// `GET /v2/`: does it answer, and what challenge does it send.
+    fn ping(&self) -> Result<(), RegistryError> {
+        let url = format!("{}/v2/", self.base);
+        let resp = self
+            .http
+            .get(&url)
+            .send()
+            .map_err(|e| self.err(transport(e)))?;
+        if resp.status() == StatusCode::UNAUTHORIZED {
+            let challenge = challenge_of(resp.headers());
+            self.auth
+                .lock()
+                .map_err(|_| self.err(ErrorKind::Poisoned))?
+                .challenge = challenge;
+        } else if !resp.status().is_success() {
+            return Err(self.err(ErrorKind::Status {
+                what: "the API root /v2/".into(),
+                status: resp.status().as_u16(),
+            }));
+        }
+        Ok(())
+    }
+
+    /// The Authorization header value to send now, fetching a token when
+    /// the registry wants one and ours is missing or about to expire.
+    fn authorization(&self, force_new: bool) -> Result<Option<Secret>, RegistryError> {
+        let mut auth = self
+            .auth
+            .lock()
+            .map_err(|_| self.err(ErrorKind::Poisoned))?;
+        match auth.challenge.clone() {
+            None => Ok(None),
+            Some(Challenge::Basic) => Ok(self.creds.as_ref().map(|c| {
+                let raw = format!("{}:{}", c.username, c.password.expose());
+                Secret::new(format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode(raw)
+                ))
+            })),
+            Some(Challenge::Bearer {
+                realm,
+                service,
+                scope: _,
+            }) => {
+                if !force_new && let Some(t) = auth.token.as_ref().filter(|t| t.fresh()) {
+                    return Ok(Some(Secret::new(format!("Bearer {}", t.value.expose()))));
+                }
+                let token = self.fetch_token(&realm, service.as_deref())?;
+                let header = Secret::new(format!("Bearer {}", token.value.expose()));
+                auth.token = Some(token);
+                Ok(Some(header))
+            }
+        }
+    }
+
+    /// Ask the token service for a pull token for this repository.
+    fn fetch_token(&self, realm: &str, service: Option<&str>) -> Result<Token, RegistryError> {
+        let mut url = reqwest::Url::parse(realm).map_err(|e| {
+            self.err(ErrorKind::Token {
+                realm: realm.into(),
+                reason: format!("not a URL: {e}"),
+            })
+        })?;
+        url.query_pairs_mut()
+            .append_pair("scope", &format!("repository:{}:pull", self.repository));
+        if let Some(s) = service {
+            url.query_pairs_mut().append_pair("service", s);
+        }
+        let mut req = self.http.get(url);
+        if let Some(c) = &self.creds {
+            req = req.basic_auth(&c.username, Some(c.password.expose()));
+        }
+        let resp = req.send().map_err(|source| {
+            self.err(ErrorKind::TokenUnreachable {
+                realm: realm.into(),
+                source,
+            })
+        })?;
+        let status = resp.status();
+        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+            return Err(self.err(self.unauthorized()));
+        }
+        if !status.is_success() {
+            return Err(self.err(ErrorKind::Token {
+                realm: realm.into(),
+                reason: format!("HTTP {status}"),
+            }));
+        }
+        let mut body = Vec::new();
+        resp.take(64 * 1024).read_to_end(&mut body).map_err(|e| {
+            self.err(ErrorKind::Token {
+                realm: realm.into(),
+                reason: e.to_string(),
+            })
+        })?;
+        let parsed: TokenResponse = serde_json::from_slice(&body).map_err(|_| {
+            self.err(ErrorKind::Token {
+                realm: realm.into(),
+                reason: "the answer is not a token document".into(),
+            })
+        })?;
+        let value = parsed.token.or(parsed.access_token).ok_or_else(|| {
+            self.err(ErrorKind::Token {
+                realm: realm.into(),
+                reason: "the answer holds no token".into(),
+            })
+        })?;
+        Ok(Token::new(Secret::new(value), parsed.expires_in))
+    }
+
+    fn unauthorized(&self) -> ErrorKind {
+        ErrorKind::Unauthorized {
+            user: self.creds.as_ref().map(|c| c.username.clone()),
+        }
+    }
+
+    /// GET `path` (under `/v2/<repo>/`), from byte `from` on when it is not
+    /// zero. Returns a 2xx answer; `what` names the object in errors.
+    pub fn get(
+        &self,
+        path: &str,
+        accept: Option<&str>,
+        from: u64,
+        what: &str,
+    ) -> Result<Response, RegistryError> {
+        let url = format!("{}/v2/{}/{}", self.base, self.repository, path);
+        let mut attempt = 0;
+        let mut refreshed = false;
+        loop {
+            let auth = self.authorization(false)?;
+            let build = |url: &str, auth: Option<&Secret>| -> RequestBuilder {
+                let mut req = self.http.get(url);
+                if let Some(a) = accept {
+                    req = req.header(header::ACCEPT, a);
+                }
+                if from > 0 {
+                    req = req.header(header::RANGE, format!("bytes={from}-"));
+                }
+                if let Some(a) = auth {
+                    req = req.header(header::AUTHORIZATION, a.expose());
+                }
+                req
+            };
+            let result = self.follow(build, &url, auth.as_ref(), what);
+            let retry = match result {
+                Ok(resp) if resp.status().is_success() => return Ok(resp),
+                Ok(resp) if resp.status() == StatusCode::UNAUTHORIZED => {
+                    if refreshed {
+                        return Err(self.err(self.unauthorized()));
+                    }
+                    // A new challenge (first contact, or an expired token):
+                    // one fresh token, one retry.
+                    if let Some(c) = challenge_of(resp.headers()) {
+                        self.auth
+                            .lock()
+                            .map_err(|_| self.err(ErrorKind::Poisoned))?
+                            .challenge = Some(c);
+                    }
+                    let fresh = self.authorization(true)?;
+                    if fresh.is_none() {
+                        return Err(self.err(self.unauthorized()));
+                    }
+                    refreshed = true;
+                    continue;
+                }
+                Ok(resp) if resp.status() == StatusCode::FORBIDDEN => {
+                    return Err(self.err(self.unauthorized()));
+                }
+                Ok(resp) if resp.status() == StatusCode::NOT_FOUND => {
+                    return Err(self.err(ErrorKind::NotFound { what: what.into() }));
+                }
+                Ok(resp) if is_transient(resp.status()) => ErrorKind::Status {
+                    what: what.into(),
+                    status: resp.status().as_u16(),
+                },
+                Ok(resp) => {
+                    return Err(self.err(ErrorKind::Status {
+                        what: what.into(),
+                        status: resp.status().as_u16(),
+                    }));
+                }
+                Err(FollowError::Transport(e)) => transport(e),
+                Err(FollowError::Fatal(kind)) => return Err(self.err(kind)),
+            };
+            attempt += 1;
+            if attempt > self.retries {
+                return Err(self.err(ErrorKind::GaveUp {
+                    what: what.into(),
+                    attempts: attempt,
+                    last: Box::new(retry),
+                }));
+            }
+            std::thread::sleep(self.backoff_for(attempt));
+        }
+    }
+
+    /// Backoff before retry `attempt` (1-based): doubling, capped.
+    pub fn backoff_for(&self, attempt: u32) -> Duration {
+        (self.backoff * 2u32.saturating_pow(attempt.saturating_sub(1).min(6)))
+            .min(Duration::from_secs(10))
+    }
+
+    /// Retries allowed after a failed transfer.
+    pub fn retries(&self) -> u32 {
+        self.retries
+    }
+
+    /// Send, following redirects; credentials go only to the first URL.
+    fn follow(
+        &self,
+        build: impl Fn(&str, Option<&Secret>) -> RequestBuilder,
+        url: &str,
+        auth: Option<&Secret>,
+        what: &str,
+    ) -> Result<Response, FollowError> {
+        let mut resp = build(url, auth).send().map_err(FollowError::Transport)?;
+        for _ in 0..MAX_REDIRECTS {
+            if !resp.status().is_redirection() {
+                return Ok(resp);
+            }
+            let next = resp
+                .headers()
+                .get(header::LOCATION)
+                .and_then(|l| l.to_str().ok())
+                .and_then(|l| resp.url().join(l).ok())
+                .ok_or_else(|| {
+                    FollowError::Fatal(ErrorKind::Status {
+                        what: format!("{what} (a redirect without a usable Location)"),
+                        status: resp.status().as_u16(),
+                    })
+                })?;
+            if !matches!(next.scheme(), "http" | "https") {
+                return Err(FollowError::Fatal(ErrorKind::Redirect {
+                    what: what.into(),
+                    to: next.to_string(),
+                }));
+            }
+            // Blob stores (S3, CDNs) take a signed URL and refuse, or would
+            // learn, the registry's credentials: never send them on.
+            resp = build(next.as_str(), None)
+                .send()
+                .map_err(FollowError::Transport)?;
+        }
+        Err(FollowError::Fatal(ErrorKind::Redirect {
+            what: what.into(),
+            to: format!("more than {MAX_REDIRECTS} redirects"),
+        }))
+    }
+
+    /// Fetch a manifest or index by tag or digest: its bytes (at most
+    /// [`MAX_MANIFEST`]), media type and digest. A digest reference, and the
+    /// `Docker-Content-Digest` the registry states, must match the bytes.
+    pub fn manifest(
+        &self,
+        target: &str,
+        expected: Option<&Digest>,
+    ) -> Result<(Vec<u8>, String, Digest), RegistryError> {
+        let what = format!("manifest {target}");
+        let resp = self.get(
+            &format!("manifests/{target}"),
+            Some(MANIFEST_TYPES),
+            0,
+            &what,
+        )?;
+        let too_large = |size| {
+            self.err(ErrorKind::TooLarge {
+                what: what.clone(),
+                size,
+                limit: MAX_MANIFEST,
+            })
+        };
+        if let Some(len) = resp.content_length()
+            && len > MAX_MANIFEST
+        {
+            return Err(too_large(len));
+        }
+        let media_type = resp
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.split(';').next().unwrap_or(v).trim().to_owned())
+            .unwrap_or_default();
+        let stated = resp
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<Digest>().ok());
+        let mut bytes = Vec::new();
+        resp.take(MAX_MANIFEST + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| {
+                self.err(ErrorKind::Read {
+                    what: what.clone(),
+                    source: e,
+                })
+            })?;
+        if bytes.len() as u64 > MAX_MANIFEST {
+            return Err(too_large(bytes.len() as u64));
+        }
+        let actual = Digest::of(&bytes);
+        for want in expected.into_iter().chain(stated.as_ref()) {
+            if *want != actual {
+                return Err(self.err(ErrorKind::DigestMismatch {
+                    what,
+                    expected: want.clone(),
+                    actual,
+                }));
+            }
+        }
+        let media_type = if is_known_manifest(&media_type) {
+            media_type
+        } else {
+            // Some registries answer application/json; the document says.
+            String::new()
+        };
+        Ok((bytes, media_type, actual))
+    }
+
+    /// Fetch a small blob (a config) whole, checking size and digest.
+    pub fn small_blob(
+        &self,
+        digest: &Digest,
+        size: u64,
+        what: &str,
+    ) -> Result<Vec<u8>, RegistryError> {
+        let what = format!("{what} {digest}");
+        const MAX_CONFIG: u64 = 64 * 1024 * 1024;
+        if size > MAX_CONFIG {
+            return Err(self.err(ErrorKind::TooLarge {
+                what,
+                size,
+                limit: MAX_CONFIG,
+            }));
+        }
+        let resp = self.get(&format!("blobs/{digest}"), None, 0, &what)?;
+        let mut bytes = Vec::new();
+        resp.take(size + 1).read_to_end(&mut bytes).map_err(|e| {
+            self.err(ErrorKind::Read {
+                what: what.clone(),
+                source: e,
+            })
+        })?;
+        if bytes.len() as u64 != size {
+            return Err(self.err(ErrorKind::SizeMismatch {
+                what,
+                expected: size,
+                actual: bytes.len() as u64,
+            }));
+        }
+        let actual = Digest::of(&bytes);
+        if actual != *digest {
+            return Err(self.err(ErrorKind::DigestMismatch {
+                what,
+                expected: digest.clone(),
+                actual,
+            }));
+        }
+        Ok(bytes)
+    }
+
+    /// Wrap `kind` as this repository's error.
+    pub fn error(&self, kind: ErrorKind) -> RegistryError {
+        self.err(kind)
+    }
+}
+
+fn is_known_manifest(media_type: &str) -> bool {
+    [
+        spec::OCI_INDEX,
+        spec::OCI_MANIFEST,
+        spec::DOCKER_LIST,
+        spec::DOCKER_MANIFEST,
+    ]
+    .contains(&media_type)
+}
+
+enum FollowError {
+    Transport(reqwest::Error),
+    Fatal(ErrorKind),
+}
+
+fn challenge_of(headers: &HeaderMap) -> Option<Challenge> {
+    headers
+        .get_all(header::WWW_AUTHENTICATE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .filter_map(parse_challenge)
+        // Prefer a token: a registry offering both means it.
+        .max_by_key(|c| matches!(c, Challenge::Bearer { .. }))
+}
+
+fn transport(e: reqwest::Error) -> ErrorKind {
+    if e.is_timeout() {
+        ErrorKind::Timeout(e)
+    } else {
+        ErrorKind::Transport(e)
+    }
+}

@@ -1,0 +1,314 @@
+//! Layers downloaded in parallel into files on disk while the flattener
+//! reads them in order.
+//!
+//! Up to `max_parallel` workers take layers in manifest order. A worker
+//! starts a layer only when its size fits in the spool's byte budget, or
+//! when the flattener is already waiting for it (so one layer larger than
+//! the budget still goes through, alone). A blob is hashed as it is
+//! written and only handed out once its size and digest match, so no
+//! unchecked byte reaches the flattener. A broken transfer resumes with a
+//! Range request after a backoff. A layer's budget is given back when the
+//! flattener moves on to the next one; its file is unlinked as soon as it
+//! is opened, so nothing is left behind whatever happens.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use reqwest::StatusCode;
+use sha2::{Digest as _, Sha256};
+
+use super::client::Client;
+use super::{ErrorKind, RegistryError};
+use crate::oci::Digest;
+use crate::oci::store::FileRange;
+
+enum Slot {
+    Queued,
+    Downloading,
+    Ready(PathBuf),
+    Failed(RegistryError),
+    Taken,
+}
+
+struct State {
+    slots: Vec<Slot>,
+    /// The next layer a worker will start.
+    next: usize,
+    /// Bytes of started layers not yet given back.
+    reserved: u64,
+    reservations: Vec<u64>,
+    /// The highest layer the flattener has asked for.
+    wanted: usize,
+}
+
+/// The downloads of one image's layers.
+pub struct Spool {
+    client: Arc<Client>,
+    dir: tempfile::TempDir,
+    layers: Vec<(Digest, u64)>,
+    budget: u64,
+    state: Mutex<State>,
+    changed: Condvar,
+    cancelled: AtomicBool,
+    bars: Option<MultiProgress>,
+}
+
+impl std::fmt::Debug for Spool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Spool")
+            .field("dir", &self.dir.path())
+            .field("layers", &self.layers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Spool {
+    /// Start downloading `layers` (digest, size; bottom first) with
+    /// `parallel` workers into a new directory under `parent`.
+    pub fn start(
+        client: Arc<Client>,
+        layers: Vec<(Digest, u64)>,
+        parent: &std::path::Path,
+        budget: u64,
+        parallel: usize,
+        progress: bool,
+    ) -> Result<Arc<Spool>, RegistryError> {
+        let dir = tempfile::Builder::new()
+            .prefix(".imagefs-spool-")
+            .tempdir_in(parent)
+            .map_err(|source| {
+                client.error(ErrorKind::Spool {
+                    dir: parent.to_owned(),
+                    source,
+                })
+            })?;
+        let n = layers.len();
+        let bars = progress.then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stdout()));
+        let spool = Arc::new(Spool {
+            client,
+            dir,
+            layers,
+            budget,
+            state: Mutex::new(State {
+                slots: (0..n).map(|_| Slot::Queued).collect(),
+                next: 0,
+                reserved: 0,
+                reservations: vec![0; n],
+                wanted: 0,
+            }),
+            changed: Condvar::new(),
+            cancelled: AtomicBool::new(false),
+            bars,
+        });
+        for _ in 0..parallel.clamp(1, n.max(1)) {
+            let spool = spool.clone();
+            std::thread::spawn(move || spool.work());
+        }
+        Ok(spool)
+    }
+
+    /// Stop the downloads (the image was dropped).
+    pub fn cancel(&self) {
+        self.cancelled.store(true, Ordering::Relaxed);
+        self.changed.notify_all();
+    }
+
+    fn work(&self) {
+        loop {
+            let index = {
+                let Ok(mut st) = self.state.lock() else {
+                    return;
+                };
+                loop {
+                    if self.cancelled.load(Ordering::Relaxed) || st.next >= self.layers.len() {
+                        return;
+                    }
+                    let size = self.layers[st.next].1;
+                    if st.next <= st.wanted || st.reserved + size <= self.budget {
+                        break;
+                    }
+                    st = match self.changed.wait(st) {
+                        Ok(st) => st,
+                        Err(_) => return,
+                    };
+                }
+                let i = st.next;
+                st.next += 1;
+                st.reserved += self.layers[i].1;
+                st.reservations[i] = self.layers[i].1;
+                st.slots[i] = Slot::Downloading;
+                i
+            };
+            let result = self.download(index);
+            let Ok(mut st) = self.state.lock() else {
+                return;
+            };
+            st.slots[index] = match result {
+                Ok(path) => Slot::Ready(path),
+                Err(e) => Slot::Failed(e),
+            };
+            self.changed.notify_all();
+        }
+    }
+
+    fn bar(&self, index: usize, size: u64) -> Option<ProgressBar> {
+        let bars = self.bars.as_ref()?;
+        let bar = bars.add(ProgressBar::new(size));
+        let style = ProgressStyle::with_template(
+            "{prefix} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
+        )
+        .ok()?
+        .progress_chars("=> ");
+        bar.set_style(style);
+        bar.set_prefix(format!("layer {}/{}", index + 1, self.layers.len()));
+        Some(bar)
+    }
+
+    /// Download layer `index` into the spool, resuming after breaks.
+    fn download(&self, index: usize) -> Result<PathBuf, RegistryError> {
+        let (digest, size) = &self.layers[index];
+        let what = format!("blob {digest}");
+        let path = self.dir.path().join(format!("{index}-{}", digest.hex()));
+        let spool_err = |source| {
+            self.client.error(ErrorKind::Spool {
+                dir: self.dir.path().to_owned(),
+                source,
+            })
+        };
+        let mut file = File::create(&path).map_err(spool_err)?;
+        let mut hash = Sha256::new();
+        let mut written = 0u64;
+        let mut failures = 0u32;
+        let bar = self.bar(index, *size);
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            if self.cancelled.load(Ordering::Relaxed) {
+                return Err(self.client.error(ErrorKind::Cancelled));
+            }
+            let mut resp = self
+                .client
+                .get(&format!("blobs/{digest}"), None, written, &what)?;
+            if written > 0 && resp.status() != StatusCode::PARTIAL_CONTENT {
+                // The server ignored the Range: start over.
+                file.set_len(0).map_err(spool_err)?;
+                file.seek(SeekFrom::Start(0)).map_err(spool_err)?;
+                hash = Sha256::new();
+                written = 0;
+            }
+            let broke = loop {
+                if self.cancelled.load(Ordering::Relaxed) {
+                    return Err(self.client.error(ErrorKind::Cancelled));
+                }
+                match resp.read(&mut buf) {
+                    Ok(0) => break None,
+                    Ok(n) => {
+                        written += n as u64;
+                        if written > *size {
+                            return Err(self.client.error(ErrorKind::SizeMismatch {
+                                what,
+                                expected: *size,
+                                actual: written,
+                            }));
+                        }
+                        hash.update(&buf[..n]);
+                        file.write_all(&buf[..n]).map_err(spool_err)?;
+                        if let Some(b) = &bar {
+                            b.set_position(written);
+                        }
+                    }
+                    Err(e) => break Some(e),
+                }
+            };
+            if broke.is_none() && written == *size {
+                break;
+            }
+            failures += 1;
+            if failures > self.client.retries() {
+                let kind = match broke {
+                    Some(source) if is_timeout(&source) => ErrorKind::ReadTimeout { what, source },
+                    Some(source) => ErrorKind::Read { what, source },
+                    None => ErrorKind::Truncated {
+                        what,
+                        expected: *size,
+                        actual: written,
+                    },
+                };
+                return Err(self.client.error(kind));
+            }
+            std::thread::sleep(self.client.backoff_for(failures));
+        }
+        let actual = Digest::from_hash(hash.finalize().as_slice());
+        if actual != *digest {
+            return Err(self.client.error(ErrorKind::DigestMismatch {
+                what,
+                expected: digest.clone(),
+                actual,
+            }));
+        }
+        if let Some(b) = bar {
+            b.finish();
+        }
+        Ok(path)
+    }
+
+    /// The verified blob of the first not yet opened layer with `digest`,
+    /// waiting for its download. Layers before it give back their budget.
+    pub fn open(&self, digest: &Digest) -> Result<FileRange, RegistryError> {
+        let poisoned = || self.client.error(ErrorKind::Poisoned);
+        let mut st = self.state.lock().map_err(|_| poisoned())?;
+        let index = (0..self.layers.len())
+            .find(|&i| self.layers[i].0 == *digest && !matches!(st.slots[i], Slot::Taken))
+            .ok_or_else(|| {
+                self.client.error(ErrorKind::NotFound {
+                    what: format!("blob {digest} among the image's layers"),
+                })
+            })?;
+        st.wanted = st.wanted.max(index);
+        for i in 0..index {
+            st.reserved -= st.reservations[i];
+            st.reservations[i] = 0;
+        }
+        self.changed.notify_all();
+        loop {
+            match std::mem::replace(&mut st.slots[index], Slot::Taken) {
+                Slot::Ready(path) => {
+                    let file = File::open(&path).map_err(|source| {
+                        self.client.error(ErrorKind::Spool {
+                            dir: self.dir.path().to_owned(),
+                            source,
+                        })
+                    })?;
+                    // Open files stay readable; the name is not needed.
+                    let _ = std::fs::remove_file(&path);
+                    let len = self.layers[index].1;
+                    return Ok(FileRange::new(Arc::new(file), 0, len));
+                }
+                Slot::Failed(e) => return Err(e),
+                other => {
+                    st.slots[index] = other;
+                    st = self.changed.wait(st).map_err(|_| poisoned())?;
+                }
+            }
+        }
+    }
+}
+
+fn is_timeout(e: &std::io::Error) -> bool {
+    if e.kind() == std::io::ErrorKind::TimedOut {
+        return true;
+    }
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = e.get_ref().map(|r| r as _);
+    while let Some(c) = cause {
+        if c.downcast_ref::<reqwest::Error>()
+            .is_some_and(|r| r.is_timeout())
+        {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
+}

@@ -1,0 +1,260 @@
+//! A hostile registry: a small HTTP server speaking just enough of the
+//! distribution API (`/v2/`, manifests, blobs with Range) to serve an OCI
+//! layout, and then misbehaving in one chosen way that the real
+//! `docker-registry` cannot be made to: a corrupt or truncated blob, an
+//! oversized manifest, silence, a redirect to another host. It is the
+//! hostile peer of the bad-input tests, not a stand-in for the registry.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// How the server misbehaves.
+#[derive(Clone, Debug)]
+pub enum Trick {
+    /// Serve what it has, correctly.
+    None,
+    /// Flip a byte in every layer blob (same size).
+    CorruptBlobs,
+    /// Promise a layer blob's full length, send half of it, close.
+    TruncateBlobs,
+    /// Serve every manifest padded past 4 MiB.
+    HugeManifest,
+    /// Never answer blob requests.
+    StallBlobs,
+    /// Redirect blob requests to `base` (`http://HOST:PORT`).
+    RedirectBlobs(String),
+    /// Require basic auth with these credentials.
+    Basic(String, String),
+    /// Basic auth, and blobs redirected to `base`.
+    BasicThenRedirect(String, String, String),
+}
+
+struct State {
+    manifests: BTreeMap<String, (String, Vec<u8>)>,
+    blobs: BTreeMap<String, Vec<u8>>,
+    layers: Vec<String>,
+    trick: Trick,
+    /// (path, the Authorization header it came with).
+    seen: Mutex<Vec<(String, Option<String>)>>,
+    stop: AtomicBool,
+}
+
+/// A running hostile registry; stops accepting on drop.
+pub struct HostileRegistry {
+    addr: SocketAddr,
+    state: Arc<State>,
+}
+
+impl HostileRegistry {
+    /// Serve the image `ref_name` of the OCI layout `layout` (and every blob
+    /// in it) under any repository, on `ip` (a loopback address).
+    pub fn start(
+        layout: &Path,
+        ref_name: &str,
+        ip: [u8; 4],
+        trick: Trick,
+    ) -> std::io::Result<Self> {
+        let index: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(layout.join("index.json"))?)?;
+        let mut blobs = BTreeMap::new();
+        for e in std::fs::read_dir(layout.join("blobs/sha256"))? {
+            let e = e?;
+            let name = format!("sha256:{}", e.file_name().to_string_lossy());
+            blobs.insert(name, std::fs::read(e.path())?);
+        }
+        let mut manifests = BTreeMap::new();
+        let mut layers = Vec::new();
+        for m in index["manifests"].as_array().into_iter().flatten() {
+            let digest = m["digest"].as_str().unwrap_or_default().to_owned();
+            let media = m["mediaType"].as_str().unwrap_or_default().to_owned();
+            let bytes = blobs.get(&digest).cloned().unwrap_or_default();
+            let doc: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+            for l in doc["layers"].as_array().into_iter().flatten() {
+                layers.push(l["digest"].as_str().unwrap_or_default().to_owned());
+            }
+            manifests.insert(digest, (media.clone(), bytes.clone()));
+            if m["annotations"]["org.opencontainers.image.ref.name"] == ref_name {
+                manifests.insert(ref_name.to_owned(), (media, bytes));
+            }
+        }
+        let listener = TcpListener::bind(SocketAddr::from((ip, 0)))?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(State {
+            manifests,
+            blobs,
+            layers,
+            trick,
+            seen: Mutex::new(Vec::new()),
+            stop: AtomicBool::new(false),
+        });
+        crate::registry::accept_loop(
+            listener,
+            state.clone(),
+            |s| s.stop.load(Ordering::SeqCst),
+            serve,
+        );
+        Ok(HostileRegistry { addr, state })
+    }
+
+    /// `HOST:PORT`.
+    pub fn host(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// Every request so far: path and Authorization header.
+    pub fn seen(&self) -> Vec<(String, Option<String>)> {
+        self.state
+            .seen
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for HostileRegistry {
+    fn drop(&mut self) {
+        self.state.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(100));
+    }
+}
+
+fn respond(
+    conn: &mut TcpStream,
+    status: &str,
+    headers: &[(&str, String)],
+    body: &[u8],
+) -> std::io::Result<()> {
+    let mut head = format!("HTTP/1.1 {status}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+    conn.write_all(head.as_bytes())?;
+    conn.write_all(body)
+}
+
+fn serve(s: &State, mut conn: TcpStream) -> std::io::Result<()> {
+    let mut first = [0u8; 1];
+    if conn.peek(&mut first)? == 1 && first[0] == 0x16 {
+        // A TLS handshake: this server speaks plain HTTP only.
+        return Ok(());
+    }
+    let mut reader = BufReader::new(conn.try_clone()?);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let path = line.split(' ').nth(1).unwrap_or("").to_owned();
+    let (mut auth, mut range) = (None, 0usize);
+    loop {
+        let mut h = String::new();
+        if reader.read_line(&mut h)? == 0 || h.trim().is_empty() {
+            break;
+        }
+        let Some((k, v)) = h.split_once(':') else {
+            continue;
+        };
+        let v = v.trim();
+        if k.eq_ignore_ascii_case("authorization") {
+            auth = Some(v.to_owned());
+        } else if k.eq_ignore_ascii_case("range") {
+            range = v
+                .strip_prefix("bytes=")
+                .and_then(|r| r.strip_suffix('-'))
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+        }
+    }
+    if let Ok(mut seen) = s.seen.lock() {
+        seen.push((path.clone(), auth.clone()));
+    }
+    let basic = match &s.trick {
+        Trick::Basic(u, p) | Trick::BasicThenRedirect(u, p, _) => Some(format!(
+            "Basic {}",
+            base64::Engine::encode(
+                &base64::engine::general_purpose::STANDARD,
+                format!("{u}:{p}")
+            )
+        )),
+        _ => None,
+    };
+    if let Some(want) = basic
+        && auth.as_ref() != Some(&want)
+    {
+        return respond(
+            &mut conn,
+            "401 Unauthorized",
+            &[("WWW-Authenticate", "Basic realm=\"hostile\"".into())],
+            b"",
+        );
+    }
+    if path == "/v2/" {
+        return respond(&mut conn, "200 OK", &[], b"{}");
+    }
+    let Some(rest) = path.strip_prefix("/v2/") else {
+        return respond(&mut conn, "404 Not Found", &[], b"");
+    };
+    if let Some((_, reference)) = rest.rsplit_once("/manifests/") {
+        let Some((media, bytes)) = s.manifests.get(reference) else {
+            return respond(&mut conn, "404 Not Found", &[], b"");
+        };
+        let mut bytes = bytes.clone();
+        if matches!(s.trick, Trick::HugeManifest) {
+            bytes.resize(5 << 20, b' ');
+        }
+        return respond(
+            &mut conn,
+            "200 OK",
+            &[("Content-Type", media.clone())],
+            &bytes,
+        );
+    }
+    let Some((repo, digest)) = rest.rsplit_once("/blobs/") else {
+        return respond(&mut conn, "404 Not Found", &[], b"");
+    };
+    let Some(blob) = s.blobs.get(digest) else {
+        return respond(&mut conn, "404 Not Found", &[], b"");
+    };
+    let is_layer = s.layers.iter().any(|l| l == digest);
+    match &s.trick {
+        Trick::RedirectBlobs(base) | Trick::BasicThenRedirect(_, _, base) => {
+            let to = format!("{base}/v2/{repo}/blobs/{digest}");
+            return respond(
+                &mut conn,
+                "307 Temporary Redirect",
+                &[("Location", to)],
+                b"",
+            );
+        }
+        Trick::StallBlobs if is_layer => {
+            // Hold the connection open and say nothing.
+            let _ = conn.read(&mut [0u8; 1]);
+            std::thread::sleep(Duration::from_secs(60));
+            return Ok(());
+        }
+        _ => {}
+    }
+    let mut body = blob[range.min(blob.len())..].to_vec();
+    if is_layer && matches!(s.trick, Trick::CorruptBlobs) && !body.is_empty() {
+        let mid = body.len() / 2;
+        body[mid] ^= 0xff;
+    }
+    let status = if range > 0 {
+        "206 Partial Content"
+    } else {
+        "200 OK"
+    };
+    if is_layer && matches!(s.trick, Trick::TruncateBlobs) {
+        let head = format!(
+            "HTTP/1.1 {status}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        conn.write_all(head.as_bytes())?;
+        conn.write_all(&body[..body.len() / 2])?;
+        return conn.shutdown(std::net::Shutdown::Both);
+    }
+    respond(&mut conn, status, &[], &body)
+}

@@ -1,0 +1,386 @@
+//! Pulling from a real registry: Debian's `docker-registry`, started here
+//! on loopback with its own config, images pushed with `skopeo copy`.
+//! Each pull is compared with the same image read from an `oci:` layout:
+//! the flattened images must be byte-identical. Without docker-registry or
+//! skopeo each test prints `SKIP:`.
+
+use std::path::Path;
+use std::time::Duration;
+
+use cachetiers::DirStore;
+use chunker::convert::{ConvertOptions, convert};
+use chunker::flatten::{FlattenOptions, flatten_to_file};
+use chunker::oci::ImageSource;
+use chunker::oci::registry::{Credentials, Platform, RegistryOptions};
+use manifest::LocalKeyProvider;
+use tests::delayproxy::DelayProxy;
+use tests::e2e::{debian_layout, error_chain, image_digest, layout_tags};
+use tests::harness::{require_tool, skip};
+use tests::imagegen::{Compression, Entry, Image, Layer, noise};
+use tests::registry::{Auth, Registry, make_tls};
+use tests::tokenissuer::{IssuerConfig, TokenIssuer};
+
+fn start(auth: Auth, tls: Option<tests::registry::Tls>) -> Option<Registry> {
+    if !require_tool("skopeo") {
+        return None;
+    }
+    match Registry::start(auth, tls) {
+        Ok(r) => Some(r),
+        Err(tests::registry::RegistryStartError::NotInstalled) => {
+            skip("docker-registry is not installed (scripts/install-deps.sh)");
+            None
+        }
+        Err(e) => panic!("{e}"),
+    }
+}
+
+fn app_image(seed: u64) -> Image {
+    Image::new(vec![
+        Layer::new(vec![
+            Entry::dir("usr/lib"),
+            Entry::file("usr/lib/libbig.so", noise(seed, 900_000)),
+            Entry::file("etc/os-release", b"ID=test\n"),
+        ])
+        .compressed(Compression::Gzip),
+        Layer::new(vec![Entry::file("app/a.bin", noise(seed + 1, 300_000))])
+            .compressed(Compression::Zstd),
+        Layer::new(vec![Entry::file("app/plain.txt", b"uncompressed layer\n")]),
+    ])
+}
+
+/// A registry source with `opts`.
+fn source(s: &str, opts: RegistryOptions) -> ImageSource {
+    let mut src: ImageSource = s.parse().unwrap();
+    *src.registry_options_mut().expect("a registry source") = opts;
+    src
+}
+
+fn quick() -> RegistryOptions {
+    RegistryOptions {
+        retries: 1,
+        backoff: Duration::from_millis(10),
+        ..RegistryOptions::default()
+    }
+}
+
+fn flatten_digest(src: &ImageSource, out: &Path) -> String {
+    flatten_to_file(src, out, &FlattenOptions::default())
+        .unwrap_or_else(|e| panic!("flatten {src}: {}", error_chain(&e)));
+    let d = image_digest(out);
+    std::fs::remove_file(out).unwrap();
+    d
+}
+
+#[test]
+fn anonymous_http_pull_is_identical_to_the_layout() {
+    let Some(reg) = start(Auth::None, None) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = tmp.path().join("layout");
+    app_image(7).write_oci_layout(&layout, "v1").unwrap();
+    reg.push(&format!("oci:{}:v1", layout.display()), "team/app:v1", &[])
+        .unwrap();
+
+    let from_oci: ImageSource = format!("oci:{}:v1", layout.display()).parse().unwrap();
+    let from_reg = source(&format!("docker://{}/team/app:v1", reg.host()), quick());
+    let out = tmp.path().join("out.img");
+    assert_eq!(
+        flatten_digest(&from_reg, &out),
+        flatten_digest(&from_oci, &out)
+    );
+
+    // By digest too, and convert: the same chunks (all deduplicated the
+    // second time).
+    let report = flatten_to_file(&from_reg, &out, &FlattenOptions::default()).unwrap();
+    std::fs::remove_file(&out).unwrap();
+    let by_digest = source(
+        &format!("docker://{}/team/app@{}", reg.host(), report.image_digest),
+        quick(),
+    );
+    let store = DirStore::create(tmp.path().join("store")).unwrap();
+    let keys = LocalKeyProvider::create(tmp.path().join("keys")).unwrap();
+    let opts = ConvertOptions {
+        threads: 2,
+        ..ConvertOptions::default()
+    };
+    let a = convert(&from_oci, &store, &keys, &opts).unwrap();
+    let b = convert(&by_digest, &store, &keys, &opts)
+        .unwrap_or_else(|e| panic!("convert {by_digest}: {}", error_chain(&e)));
+    assert_eq!(a.chunks, b.chunks);
+    assert_eq!(
+        b.new_chunks, 0,
+        "the registry pull gave other chunks: {b:?}"
+    );
+    assert_eq!(a.flatten.image_digest, b.flatten.image_digest);
+
+    // Unknown repository, unknown tag: named, and nothing written.
+    for (name, want) in [
+        ("team/nosuch:v1", "manifest v1 not found"),
+        ("team/app:v9", "manifest v9 not found"),
+    ] {
+        let src = source(&format!("docker://{}/{name}", reg.host()), quick());
+        let err = flatten_to_file(&src, &out, &FlattenOptions::default()).unwrap_err();
+        let msg = error_chain(&err);
+        let repo = name.split(':').next().unwrap();
+        assert!(
+            msg.contains(want) && msg.contains(repo) && msg.contains(&reg.host()),
+            "{msg}"
+        );
+        assert!(!out.exists());
+    }
+
+    // No spool left behind in the temporary directory we gave it.
+    let spool_dir = tmp.path().join("spool");
+    std::fs::create_dir(&spool_dir).unwrap();
+    let with_spool = source(
+        &format!("docker://{}/team/app:v1", reg.host()),
+        RegistryOptions {
+            spool_dir: Some(spool_dir.clone()),
+            max_parallel: 2,
+            // Smaller than any layer: one at a time, still completes.
+            spool_budget: 1,
+            ..quick()
+        },
+    );
+    let _ = flatten_digest(&with_spool, &out);
+    assert_eq!(std::fs::read_dir(&spool_dir).unwrap().count(), 0);
+}
+
+#[test]
+fn debian_image_from_the_registry_is_identical() {
+    let layout = debian_layout();
+    let tags = layout_tags(&layout).unwrap_or_default();
+    if !tags.iter().any(|t| t == "base") {
+        skip(&format!(
+            "no Debian layout with tag base at {} (scripts/build-debian-images.sh)",
+            layout.display()
+        ));
+        return;
+    }
+    let Some(reg) = start(Auth::None, None) else {
+        return;
+    };
+    reg.push(
+        &format!("oci:{}:base", layout.display()),
+        "debian:base",
+        &[],
+    )
+    .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out.img");
+    let from_oci: ImageSource = format!("oci:{}:base", layout.display()).parse().unwrap();
+    let from_reg = source(&format!("docker://{}/debian:base", reg.host()), quick());
+    assert_eq!(
+        flatten_digest(&from_reg, &out),
+        flatten_digest(&from_oci, &out)
+    );
+}
+
+#[test]
+fn multi_arch_index_picks_the_platform() {
+    let Some(reg) = start(Auth::None, None) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = tmp.path().join("multi");
+    let (amd, arm) = (app_image(20), app_image(30));
+    Image::write_multi_platform_layout(&[(&amd, "amd64"), (&arm, "arm64")], &layout, "m").unwrap();
+    reg.push(
+        &format!("oci:{}:m", layout.display()),
+        "multi:m",
+        &["--all"],
+    )
+    .unwrap();
+    let single = |img: &Image, name: &str| {
+        let dir = tmp.path().join(name);
+        img.write_oci_layout(&dir, name).unwrap();
+        format!("oci:{}:{name}", dir.display())
+            .parse::<ImageSource>()
+            .unwrap()
+    };
+    let out = tmp.path().join("out.img");
+    let reference = format!("docker://{}/multi:m", reg.host());
+    let pick = |p: &str| {
+        source(
+            &reference,
+            RegistryOptions {
+                platform: Some(p.parse::<Platform>().unwrap()),
+                ..quick()
+            },
+        )
+    };
+    assert_eq!(
+        flatten_digest(&pick("linux/arm64"), &out),
+        flatten_digest(&single(&arm, "arm"), &out)
+    );
+    assert_eq!(
+        flatten_digest(&pick("linux/amd64"), &out),
+        flatten_digest(&single(&amd, "amd"), &out)
+    );
+    let err = flatten_to_file(&pick("linux/s390x"), &out, &FlattenOptions::default()).unwrap_err();
+    let msg = error_chain(&err);
+    assert!(
+        msg.contains("linux/s390x") && msg.contains("linux/amd64") && msg.contains("linux/arm64"),
+        "{msg}"
+    );
+    assert!(!out.exists());
+}
+
+#[test]
+fn basic_auth_over_tls_with_a_test_ca() {
+    if !require_tool("openssl") || !require_tool("htpasswd") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (ca, tls) = make_tls(tmp.path()).unwrap();
+    let certs = tmp.path().join("certs.d");
+    std::fs::create_dir(&certs).unwrap();
+    std::fs::copy(&ca, certs.join("ca.crt")).unwrap();
+    let auth = Auth::Htpasswd {
+        user: "puller".into(),
+        password: "s3cret-pw".into(),
+    };
+    let Some(reg) = start(auth, Some(tls)) else {
+        return;
+    };
+    let layout = tmp.path().join("layout");
+    app_image(40).write_oci_layout(&layout, "v1").unwrap();
+    let cert_arg = format!("--dest-cert-dir={}", certs.display());
+    reg.push(
+        &format!("oci:{}:v1", layout.display()),
+        "private/app:v1",
+        &[&cert_arg, "--dest-creds=puller:s3cret-pw"],
+    )
+    .unwrap();
+    let reference = format!("docker://{}/private/app:v1", reg.host());
+    let with = |creds: Option<&str>, cert_dir: bool| {
+        source(
+            &reference,
+            RegistryOptions {
+                creds: creds.map(|c| c.parse::<Credentials>().unwrap()),
+                cert_dir: cert_dir.then(|| certs.clone()),
+                ..quick()
+            },
+        )
+    };
+    let out = tmp.path().join("out.img");
+    let from_oci: ImageSource = format!("oci:{}:v1", layout.display()).parse().unwrap();
+    assert_eq!(
+        flatten_digest(&with(Some("puller:s3cret-pw"), true), &out),
+        flatten_digest(&from_oci, &out)
+    );
+
+    // Credentials from an auth file ($REGISTRY_AUTH_FILE is read only by
+    // a child process here: the environment is process-wide).
+    // Wrong password, no password, unknown CA: clear errors, no secret.
+    for (creds, cert_dir, want) in [
+        (
+            Some("puller:wrong-pw"),
+            true,
+            "access denied for user \"puller\"",
+        ),
+        (None, true, "wants credentials"),
+        (Some("puller:s3cret-pw"), false, "cannot reach the registry"),
+    ] {
+        let err =
+            flatten_to_file(&with(creds, cert_dir), &out, &FlattenOptions::default()).unwrap_err();
+        let msg = error_chain(&err);
+        assert!(msg.contains(want), "{msg}");
+        assert!(
+            msg.contains(&reg.host()) && msg.contains("private/app"),
+            "{msg}"
+        );
+        assert!(
+            !msg.contains("wrong-pw") && !msg.contains("s3cret-pw"),
+            "{msg}"
+        );
+        assert!(!out.exists());
+    }
+}
+
+/// The registry's allowance for clock skew on a token's `exp`
+/// (distribution's `Leeway`), which a token's life must cancel to expire
+/// when the test means it to.
+const REGISTRY_LEEWAY: i64 = 60;
+
+#[test]
+fn bearer_tokens_are_refreshed_when_they_expire_mid_pull() {
+    if !require_tool("openssl") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let issuer = TokenIssuer::start(
+        tmp.path(),
+        IssuerConfig {
+            user: Some(("tokuser".into(), "tok-pw-secret".into())),
+            issuer: "imagefs-test-issuer".into(),
+            service: "imagefs-test-registry".into(),
+            life: 600,
+            // The client is told the tokens last long: only the registry's
+            // 401 tells it otherwise.
+            expires_in: 600,
+        },
+    )
+    .unwrap();
+    let auth = Auth::Token {
+        realm: issuer.realm(),
+        service: "imagefs-test-registry".into(),
+        issuer: "imagefs-test-issuer".into(),
+        root_cert_bundle: issuer.cert_pem().to_owned(),
+    };
+    let Some(reg) = start(auth, None) else {
+        return;
+    };
+    let layout = tmp.path().join("layout");
+    app_image(50).write_oci_layout(&layout, "v1").unwrap();
+    reg.push(
+        &format!("oci:{}:v1", layout.display()),
+        "tok/app:v1",
+        &["--dest-creds=tokuser:tok-pw-secret"],
+    )
+    .unwrap();
+    // From now on a token is good at the registry for one second; every
+    // request through the proxy is held 400 ms, so a pull (ping,
+    // manifest, config, three layers) outlives its first token.
+    issuer.set_life(1 - REGISTRY_LEEWAY);
+    let proxy = DelayProxy::start(reg.addr(), Duration::from_millis(400)).unwrap();
+    let proxy_host = proxy.endpoint().trim_start_matches("http://").to_owned();
+    let reference = format!("docker://{proxy_host}/tok/app:v1");
+    let creds = |c: &str| RegistryOptions {
+        creds: Some(c.parse::<Credentials>().unwrap()),
+        max_parallel: 1,
+        ..quick()
+    };
+    let before = issuer.issued();
+    let out = tmp.path().join("out.img");
+    let from_oci: ImageSource = format!("oci:{}:v1", layout.display()).parse().unwrap();
+    let from_reg = source(&reference, creds("tokuser:tok-pw-secret"));
+    assert_eq!(
+        flatten_digest(&from_reg, &out),
+        flatten_digest(&from_oci, &out)
+    );
+    let issued = issuer.issued() - before;
+    assert!(
+        issued >= 2,
+        "one token lasted the whole pull ({issued} issued)"
+    );
+
+    // Wrong credentials: the issuer refuses, the error says who.
+    issuer.set_life(600);
+    let refused = issuer.refused();
+    let err = flatten_to_file(
+        &source(&reference, creds("tokuser:not-the-pw")),
+        &out,
+        &FlattenOptions::default(),
+    )
+    .unwrap_err();
+    let msg = error_chain(&err);
+    assert!(msg.contains("access denied for user \"tokuser\""), "{msg}");
+    assert!(
+        msg.contains("tok/app") && !msg.contains("not-the-pw"),
+        "{msg}"
+    );
+    assert!(issuer.refused() > refused);
+    assert!(!out.exists());
+}

@@ -1,0 +1,52 @@
+//! Flags of `flatten` and `convert` for `docker://` sources.
+
+use std::path::PathBuf;
+
+use chunker::oci::ImageSource;
+use chunker::oci::registry::{Credentials, Platform};
+use imagefs::tiers::parse_size;
+
+/// How to pull a `docker://` source (ignored for the other transports).
+#[derive(Debug, clap::Args)]
+pub struct RegistryArgs {
+    /// OS/ARCH[/VARIANT] to pick from a multi-platform image (default: this
+    /// host's).
+    #[arg(long)]
+    platform: Option<Platform>,
+    /// USER:PASSWORD for the registry (otherwise $REGISTRY_AUTH_FILE,
+    /// $XDG_RUNTIME_DIR/containers/auth.json, ~/.docker/config.json).
+    #[arg(long, env = "IMAGEFS_CREDS", hide_env_values = true)]
+    creds: Option<Credentials>,
+    /// A directory of *.crt CA certificates to trust besides the system's.
+    #[arg(long)]
+    cert_dir: Option<PathBuf>,
+    /// Verify the registry's TLS certificate; `false` also allows plain
+    /// HTTP (a warning says so).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    tls_verify: bool,
+    /// Layers downloaded at once.
+    #[arg(long, default_value_t = 4)]
+    max_parallel_downloads: usize,
+    /// Disk the downloaded, not yet flattened layers may take.
+    #[arg(long, default_value = "2G", value_parser = parse_size)]
+    spool_budget: u64,
+    /// Where the download spool lives (default: $TMPDIR).
+    #[arg(long)]
+    spool_dir: Option<PathBuf>,
+}
+
+impl RegistryArgs {
+    /// Put the flags into `source` when it is a registry source.
+    pub fn apply(&self, source: &mut ImageSource, progress: bool) {
+        if let Some(o) = source.registry_options_mut() {
+            o.platform = self.platform.clone();
+            o.creds = self.creds.clone();
+            o.cert_dir = self.cert_dir.clone();
+            o.tls_verify = self.tls_verify;
+            o.max_parallel = self.max_parallel_downloads.max(1);
+            o.spool_budget = self.spool_budget;
+            o.spool_dir = self.spool_dir.clone();
+            o.progress = progress;
+        }
+    }
+}
