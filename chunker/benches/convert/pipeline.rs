@@ -92,6 +92,13 @@ fn settle() {
     let _ = std::process::Command::new("sync").status();
 }
 
+/// `name` as a file name.
+fn cases_dir(name: &str) -> String {
+    name.chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect()
+}
+
 fn median(mut runs: Vec<Run>) -> Run {
     runs.sort_by(|a, b| a.secs.total_cmp(&b.secs));
     runs.swap_remove(runs.len() / 2)
@@ -109,10 +116,12 @@ fn case(
     let mut overlapped = Vec::new();
     for round in 0..ROUNDS {
         for (pipeline, runs) in [("serial", &mut serial), ("overlapped", &mut overlapped)] {
-            let store = work.join(format!("store-{name}-{pipeline}-{round}"));
+            // A fresh store each time, kept to the end: deleting one
+            // makes the next runs' file creation slow (ext4 without a
+            // journal steps over recently deleted inodes one by one).
+            let store = work.join(format!("store-{}-{pipeline}-{round}", cases_dir(name)));
             settle();
             runs.push(run_child(source, &store, keys, cores, pipeline)?);
-            fs::remove_dir_all(&store).map_err(|e| format!("{}: {e}", store.display()))?;
         }
     }
     let serial = PipelineRun::new("serial", &median(serial));
