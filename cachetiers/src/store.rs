@@ -196,6 +196,29 @@ pub trait ChunkStore: Send + Sync {
         self.put(verified.id(), verified.object())
     }
 
+    /// Stores `object` under its id, SHA-256(object), which it returns
+    /// with what the put did: for a writer that has not hashed the object
+    /// (a converter fresh from encrypting it), so that it is hashed once,
+    /// here, and that stores many objects before one thing naming them
+    /// all (its manifest). The object may become durable only at the next
+    /// [`ChunkStore::sync`], so a store can make a whole batch durable at
+    /// once instead of syncing each object; until then it reads like any
+    /// stored object. The default is `put`, durable at once.
+    fn put_batched(&self, object: &[u8]) -> Result<(ChunkId, PutOutcome), StoreError> {
+        let id = ChunkId::of_object(object);
+        let outcome = self.put_verified(Verified::trusted(&id, object))?;
+        Ok((id, outcome))
+    }
+
+    /// Makes every object stored through this handle durable, those of
+    /// [`ChunkStore::put_batched`] included. A stored manifest must not
+    /// name an object put before it unless this has returned `Ok` since
+    /// (an origin's `put_manifest` calls it first). The default does
+    /// nothing: the default `put_batched` is durable already.
+    fn sync(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     /// Whether an object is stored under `id` (without reading or checking
     /// it).
     fn contains(&self, id: &ChunkId) -> Result<bool, StoreError>;
@@ -229,6 +252,12 @@ macro_rules! forward_store {
             }
             fn put_verified(&self, verified: Verified<'_>) -> Result<PutOutcome, StoreError> {
                 (**self).put_verified(verified)
+            }
+            fn put_batched(&self, object: &[u8]) -> Result<(ChunkId, PutOutcome), StoreError> {
+                (**self).put_batched(object)
+            }
+            fn sync(&self) -> Result<(), StoreError> {
+                (**self).sync()
             }
             fn contains(&self, id: &ChunkId) -> Result<bool, StoreError> {
                 (**self).contains(id)

@@ -6,12 +6,20 @@
 //!   synthetic multi-GiB image, to show it does not grow with size;
 //! - sealed manifest bytes per GiB of image;
 //! - bytes the second of two images sharing a base adds to the store,
-//!   beyond its own application layer.
+//!   beyond its own application layer;
+//! - the overlapped pipeline against the serial one on the same image
+//!   (as stored, and with uncompressed layers): wall time, CPU use and
+//!   system time against user time ([`pipeline`]).
 //!
 //! Each conversion runs in a child process (this binary, re-executed) so
-//! its peak memory is its own.
+//! its peak memory and CPU time are its own.
+//!
+//! `IMAGEFS_BENCH_ONLY=pipeline` runs the pipeline comparison alone;
+//! `IMAGEFS_BENCH_JSON=FILE` also writes its report there as JSON.
 
 mod common;
+#[path = "convert/pipeline.rs"]
+mod pipeline;
 
 use std::fs;
 use std::io::{self, Read, Write};
@@ -20,7 +28,7 @@ use std::process::{Command, ExitCode};
 use std::time::Instant;
 
 use cachetiers::DirStore;
-use chunker::convert::{ConvertOptions, convert};
+use chunker::convert::{ConvertOptions, Pipeline, convert};
 use chunker::flatten::{FlattenOptions, flatten_to_file};
 use chunker::oci::ImageSource;
 use manifest::LocalKeyProvider;
@@ -44,22 +52,44 @@ fn main() -> ExitCode {
     }
 }
 
-/// `--child SOURCE STORE KEYS THREADS`: convert once and print one result
-/// line: seconds, image bytes, new bytes written, manifest bytes, VmHWM KiB.
+/// User and system CPU seconds of this process so far, all its threads
+/// (those that have ended too), from `/proc/self/stat` (in USER_HZ, 100
+/// a second on Linux).
+fn cpu_times() -> (f64, f64) {
+    let stat = fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name, which is in parentheses: utime and
+    // stime are the 12th and 13th.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(f64::NAN))
+        .collect();
+    match (f.get(11), f.get(12)) {
+        (Some(u), Some(s)) => (u / 100.0, s / 100.0),
+        _ => (f64::NAN, f64::NAN),
+    }
+}
+
+/// `--child SOURCE STORE KEYS THREADS PIPELINE`: convert once and print
+/// one result line: seconds, image bytes, new bytes written, manifest
+/// bytes, VmHWM KiB, the last layer's bytes, user and system seconds.
 fn child(args: &[String]) -> Result<(), String> {
-    let [source, store, keys, threads] = args else {
-        return Err("child: SOURCE STORE KEYS THREADS".into());
+    let [source, store, keys, threads, pipeline] = args else {
+        return Err("child: SOURCE STORE KEYS THREADS PIPELINE".into());
     };
     let source: ImageSource = source.parse().map_err(|e| format!("{e}"))?;
     let store = DirStore::create(store).map_err(|e| e.to_string())?;
     let keys = LocalKeyProvider::create(keys).map_err(|e| e.to_string())?;
     let opts = ConvertOptions {
         threads: threads.parse().map_err(|_| "threads")?,
+        pipeline: pipeline.parse::<Pipeline>().map_err(|e| e.to_string())?,
         ..ConvertOptions::default()
     };
+    let (user0, sys0) = cpu_times();
     let t = Instant::now();
     let r = convert(&source, &store, &keys, &opts).map_err(|e| format!("{e:?}"))?;
     let secs = t.elapsed().as_secs_f64();
+    let (user1, sys1) = cpu_times();
     let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
     let hwm = status
         .lines()
@@ -68,22 +98,35 @@ fn child(args: &[String]) -> Result<(), String> {
         .unwrap_or(0);
     let app_layer: u64 = r.flatten.layers.last().map_or(0, |l| l.uncompressed_bytes);
     println!(
-        "RESULT {secs} {} {} {} {hwm} {app_layer}",
-        r.image_bytes, r.bytes_written, r.manifest_bytes
+        "RESULT {secs} {} {} {} {hwm} {app_layer} {} {}",
+        r.image_bytes,
+        r.bytes_written,
+        r.manifest_bytes,
+        user1 - user0,
+        sys1 - sys0
     );
     Ok(())
 }
 
-struct Run {
+/// What one child conversion reported.
+pub struct Run {
     secs: f64,
     image: u64,
     written: u64,
     manifest: u64,
     hwm_kib: u64,
     app_layer: u64,
+    user_secs: f64,
+    sys_secs: f64,
 }
 
-fn run_child(source: &str, store: &Path, keys: &Path, threads: usize) -> Result<Run, String> {
+fn run_child(
+    source: &str,
+    store: &Path,
+    keys: &Path,
+    threads: usize,
+    pipeline: &str,
+) -> Result<Run, String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let out = Command::new(exe)
         .arg("--child")
@@ -91,6 +134,7 @@ fn run_child(source: &str, store: &Path, keys: &Path, threads: usize) -> Result<
         .arg(store)
         .arg(keys)
         .arg(threads.to_string())
+        .arg(pipeline)
         .output()
         .map_err(|e| e.to_string())?;
     if !out.status.success() {
@@ -115,6 +159,8 @@ fn run_child(source: &str, store: &Path, keys: &Path, threads: usize) -> Result<
         manifest: f[3] as u64,
         hwm_kib: f[4] as u64,
         app_layer: f[5] as u64,
+        user_secs: f[6],
+        sys_secs: f[7],
     })
 }
 
@@ -237,6 +283,17 @@ fn parent() -> Result<(), String> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let python = format!("oci:{}:python", layout.display());
     let node = format!("oci:{}:node", layout.display());
+    let keys = w.join("keys");
+
+    let report = pipeline::compare(&layout, w, &keys)?;
+    pipeline::print(&report);
+    if let Ok(path) = std::env::var("IMAGEFS_BENCH_JSON") {
+        let json = serde_json::to_vec_pretty(&report).map_err(|e| e.to_string())?;
+        fs::write(&path, json).map_err(|e| format!("{path}: {e}"))?;
+    }
+    if std::env::var("IMAGEFS_BENCH_ONLY").as_deref() == Ok("pipeline") {
+        return Ok(());
+    }
 
     // Baseline: sha256sum over the very image bytes convert chunks.
     let flat = w.join("python.img");
@@ -246,9 +303,8 @@ fn parent() -> Result<(), String> {
     let sha = sha256sum_secs(&flat)?;
     let img_mb = fs::metadata(&flat).map_err(|e| e.to_string())?.len() as f64 / 1e6;
 
-    let keys = w.join("keys");
-    let one = run_child(&python, &w.join("store-1"), &keys, 1)?;
-    let all = run_child(&python, &w.join("store-n"), &keys, cores)?;
+    let one = run_child(&python, &w.join("store-1"), &keys, 1, "overlapped")?;
+    let all = run_child(&python, &w.join("store-n"), &keys, cores, "overlapped")?;
     println!();
     println!("convert throughput, python image ({img_mb:.1} MB of image data)");
     println!(
@@ -277,7 +333,7 @@ fn parent() -> Result<(), String> {
     }
 
     // The second image sharing the base, into the store that has python.
-    let second = run_child(&node, &w.join("store-n"), &keys, cores)?;
+    let second = run_child(&node, &w.join("store-n"), &keys, cores, "overlapped")?;
     let beyond = second.written.saturating_sub(second.app_layer);
     println!();
     println!("node image after python, same store (sharing the base layer)");
@@ -297,7 +353,7 @@ fn parent() -> Result<(), String> {
         .and_then(|v| v.parse().ok())
         .unwrap_or(3u64);
     let big = synthetic_image(&big_dir, gib).map_err(|e| format!("synthetic image: {e}"))?;
-    let big_run = run_child(&big, &w.join("store-big"), &keys, cores)?;
+    let big_run = run_child(&big, &w.join("store-big"), &keys, cores, "overlapped")?;
     println!();
     println!("peak memory (VmHWM of the converting process)");
     println!(

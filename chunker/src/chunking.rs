@@ -15,6 +15,13 @@ pub trait ChunkConsumer {
     /// Chunk number `index` holds `data` (exactly one chunk size long, not
     /// all zeros). Data chunks arrive in increasing order; chunk 0 comes last.
     fn chunk(&mut self, index: u64, data: Vec<u8>) -> io::Result<()>;
+
+    /// A zeroed buffer of `size` bytes for the next chunk. A consumer
+    /// that gets its buffers back (from the threads it hands chunks to)
+    /// may hand them out again, instead of a fresh allocation a chunk.
+    fn buffer(&mut self, size: usize) -> Vec<u8> {
+        vec![0; size]
+    }
 }
 
 /// An [`ImageSink`] that cuts the image into chunks.
@@ -62,7 +69,7 @@ impl<C: ChunkConsumer> ChunkingSink<C> {
         let size = self.chunk_size as usize;
         if index == 0 {
             if self.header.is_empty() {
-                self.header = vec![0; size];
+                self.header = self.consumer.buffer(size);
             }
             self.header[within..within + buf.len()].copy_from_slice(buf);
             return Ok(());
@@ -76,7 +83,7 @@ impl<C: ChunkConsumer> ChunkingSink<C> {
             }
             _ => {
                 self.flush_current()?;
-                self.current = Some((index, vec![0; size]));
+                self.current = Some((index, self.consumer.buffer(size)));
             }
         }
         let (_, data) = self.current.as_mut().expect("current chunk was just set");

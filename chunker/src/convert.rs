@@ -1,19 +1,37 @@
 //! The conversion pipeline: flatten → chunk → encrypt → store → seal.
 //!
-//! The ext4 writer streams into a [`ChunkingSink`]; each completed chunk goes
-//! over a bounded queue to worker threads that encrypt it convergently and
-//! put it in the store. Memory stays at a few chunks per worker whatever the
-//! image size; only the chunk table (64 bytes a chunk) grows with it.
+//! Three stages run at once ([`Pipeline::Overlapped`], the default):
+//! - a reader thread reads, decompresses and checks each layer's blob
+//!   ahead of the flattener ([`crate::flatten::readahead`]);
+//! - the flattening thread parses the tars, hashes them for their
+//!   diff_ids and streams the ext4 image into a [`ChunkingSink`];
+//! - worker threads take each completed chunk off a bounded queue,
+//!   encrypt it convergently in its own buffer, and store it batched
+//!   ([`ChunkStore::put_batched`], which hashes it once for its id), the
+//!   buffer going back to the sink for a later chunk.
+//!
+//! The batch is made durable by one [`ChunkStore::sync`] before the
+//! manifest is stored, so a manifest never names a chunk a crash could
+//! lose. Memory stays at a few chunks per worker and a few MiB of layer
+//! bytes whatever the image size; only the chunk table (64 bytes a chunk)
+//! grows with it. The image, chunks and manifest do not depend on the
+//! pipeline or the thread count: chunks are placed by index.
+//!
+//! [`Pipeline::Serial`] is the path before the overlap, kept to compare
+//! against: layers read on the flattening thread, each chunk stored (and
+//! synced) on its own.
 
+use std::fmt;
 use std::io::{self, IsTerminal, Write};
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::str::FromStr;
+use std::sync::mpsc::{Receiver, Sender, SyncSender, channel, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cachetiers::{ChunkStore, Origin, StoreError};
+use cachetiers::{ChunkStore, Origin, PutOutcome, StoreError};
 use manifest::{
     ChunkEntry, ChunkId, ChunkKey, ChunkSize, DomainSecret, KeyProvider, Manifest, ManifestDigest,
-    encrypt_chunk_owned,
+    encrypt_chunk_in_place, encrypt_chunk_owned,
 };
 
 use crate::chunking::{ChunkConsumer, ChunkingSink};
@@ -33,6 +51,54 @@ pub struct ConvertOptions {
     pub tag: Option<String>,
     /// Print progress on stderr when it is a terminal.
     pub progress: bool,
+    /// How the stages share the cores.
+    pub pipeline: Pipeline,
+}
+
+/// How a conversion's stages share the cores (the output is the same).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Pipeline {
+    /// Layers read ahead on a thread of their own, chunks stored in a
+    /// batch made durable by one sync before the manifest.
+    #[default]
+    Overlapped,
+    /// The earlier path, kept for comparison: layers read on the
+    /// flattening thread, each chunk synced as it is stored.
+    Serial,
+}
+
+impl Pipeline {
+    /// The name `--pipeline` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Pipeline::Overlapped => "overlapped",
+            Pipeline::Serial => "serial",
+        }
+    }
+}
+
+impl fmt::Display for Pipeline {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A pipeline name that is not one.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown pipeline `{0}` (expected `overlapped` or `serial`)")]
+pub struct UnknownPipeline(pub String);
+
+impl FromStr for Pipeline {
+    type Err = UnknownPipeline;
+
+    fn from_str(s: &str) -> Result<Self, UnknownPipeline> {
+        match s {
+            "overlapped" => Ok(Pipeline::Overlapped),
+            "serial" => Ok(Pipeline::Serial),
+            _ => Err(UnknownPipeline(s.to_owned())),
+        }
+    }
 }
 
 impl Default for ConvertOptions {
@@ -43,6 +109,7 @@ impl Default for ConvertOptions {
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             tag: None,
             progress: false,
+            pipeline: Pipeline::default(),
         }
     }
 }
@@ -115,6 +182,8 @@ struct Feeder {
     tx: Option<SyncSender<(u64, Vec<u8>)>>,
     failed: Arc<Mutex<Option<StoreError>>>,
     progress: Option<Progress>,
+    /// Buffers the workers are done with, when they give them back.
+    spare: Option<Receiver<Vec<u8>>>,
 }
 
 impl ChunkConsumer for Feeder {
@@ -131,6 +200,17 @@ impl ChunkConsumer for Feeder {
             .ok_or_else(|| io::Error::other("workers closed"))?;
         tx.send((index, data))
             .map_err(|_| io::Error::other("encryption workers stopped"))
+    }
+
+    fn buffer(&mut self, size: usize) -> Vec<u8> {
+        match self.spare.as_ref().and_then(|rx| rx.try_recv().ok()) {
+            Some(mut buf) => {
+                buf.clear();
+                buf.resize(size, 0);
+                buf
+            }
+            None => vec![0; size],
+        }
     }
 }
 
@@ -160,32 +240,66 @@ impl Progress {
     }
 }
 
-fn worker(
-    rx: Queue,
-    done: std::sync::mpsc::Sender<Done>,
+/// Encrypts and stores one chunk the serial way: the id computed by the
+/// encryption, the object put (and synced) on its own.
+fn store_serial(
     secret: &DomainSecret,
     store: &dyn ChunkStore,
-    failed: &Mutex<Option<StoreError>>,
-) {
+    data: Vec<u8>,
+) -> Result<(ChunkId, ChunkKey, PutOutcome, Vec<u8>), StoreError> {
+    let chunk = encrypt_chunk_owned(secret, data);
+    let outcome = store.put(&chunk.id, &chunk.object)?;
+    Ok((chunk.id, chunk.key, outcome, chunk.object))
+}
+
+/// Encrypts and stores one chunk batched: the store hashes the object for
+/// its id (once), and the batch is synced before the manifest.
+fn store_batched(
+    secret: &DomainSecret,
+    store: &dyn ChunkStore,
+    mut data: Vec<u8>,
+) -> Result<(ChunkId, ChunkKey, PutOutcome, Vec<u8>), StoreError> {
+    let key = encrypt_chunk_in_place(secret, &mut data);
+    let (id, outcome) = store.put_batched(&data)?;
+    Ok((id, key, outcome, data))
+}
+
+/// What a worker needs besides its queue.
+struct WorkerCtx<'a> {
+    secret: &'a DomainSecret,
+    store: &'a dyn ChunkStore,
+    failed: &'a Mutex<Option<StoreError>>,
+    /// Where to give buffers back (the overlapped pipeline).
+    spare: Option<Sender<Vec<u8>>>,
+}
+
+fn worker(rx: Queue, done: Sender<Done>, ctx: WorkerCtx<'_>) {
     loop {
         let next = match rx.lock() {
             Ok(rx) => rx.recv(),
             Err(_) => return,
         };
         let Ok((index, data)) = next else { return };
-        let chunk = encrypt_chunk_owned(secret, data);
-        match store.put(&chunk.id, &chunk.object) {
-            Ok(outcome) => {
+        let stored = match ctx.spare {
+            Some(_) => store_batched(ctx.secret, ctx.store, data),
+            None => store_serial(ctx.secret, ctx.store, data),
+        };
+        match stored {
+            Ok((id, key, outcome, object)) => {
                 let _ = done.send(Done {
                     index,
-                    id: chunk.id,
-                    key: chunk.key,
+                    id,
+                    key,
                     new: outcome.is_new(),
-                    bytes: chunk.object.len() as u64,
+                    bytes: object.len() as u64,
                 });
+                if let Some(spare) = &ctx.spare {
+                    // The sink may be finished; then the buffer just goes.
+                    let _ = spare.send(object);
+                }
             }
             Err(err) => {
-                if let Ok(mut slot) = failed.lock() {
+                if let Ok(mut slot) = ctx.failed.lock() {
                     slot.get_or_insert(err);
                 }
                 return;
@@ -198,12 +312,30 @@ fn worker(
 ///
 /// Chunks are put before the manifest, and the manifest before the tag, so
 /// a failure at any point leaves a valid store: at worst some unreferenced
-/// chunks, never a manifest naming a missing chunk.
+/// chunks, never a manifest naming a missing chunk. (Chunks stored batched
+/// are synced before the manifest, and put in place on failure too.)
 pub fn convert(
     source: &ImageSource,
     store: &dyn Origin,
     keys: &dyn KeyProvider,
     opts: &ConvertOptions,
+) -> Result<ConvertReport, ConvertError> {
+    let batched = opts.pipeline == Pipeline::Overlapped;
+    let converted = convert_with(source, store, keys, opts, batched);
+    if converted.is_err() && batched {
+        // What was stored stays stored, as on the serial path; the error
+        // that stopped the conversion is the one to report.
+        let _ = store.sync();
+    }
+    converted
+}
+
+fn convert_with(
+    source: &ImageSource,
+    store: &dyn Origin,
+    keys: &dyn KeyProvider,
+    opts: &ConvertOptions,
+    batched: bool,
 ) -> Result<ConvertReport, ConvertError> {
     let start = Instant::now();
     let chunk_size = ChunkSize::new(opts.flatten.ext4.chunk_size)?;
@@ -211,7 +343,8 @@ pub fn convert(
     let threads = opts.threads.max(1);
     let (tx, rx) = sync_channel::<(u64, Vec<u8>)>(threads * 2);
     let rx = Arc::new(Mutex::new(rx));
-    let (done_tx, done_rx) = std::sync::mpsc::channel::<Done>();
+    let (done_tx, done_rx) = channel::<Done>();
+    let (spare_tx, spare_rx) = channel::<Vec<u8>>();
     let failed = Arc::new(Mutex::new(None));
     let feeder = Feeder {
         tx: Some(tx),
@@ -221,22 +354,31 @@ pub fn convert(
             last: Instant::now(),
             start: Instant::now(),
         }),
+        spare: batched.then_some(spare_rx),
     };
+    let mut flatten_opts = opts.flatten.clone();
+    flatten_opts.read_ahead &= batched;
 
     let flattened = std::thread::scope(|scope| {
         for _ in 0..threads {
-            let (rx, done_tx, failed) = (rx.clone(), done_tx.clone(), &*failed);
-            let secret = &secret;
-            scope.spawn(move || worker(rx, done_tx, secret, store, failed));
+            let ctx = WorkerCtx {
+                secret: &secret,
+                store,
+                failed: &failed,
+                spare: batched.then(|| spare_tx.clone()),
+            };
+            let (rx, done_tx) = (rx.clone(), done_tx.clone());
+            scope.spawn(move || worker(rx, done_tx, ctx));
         }
         drop(done_tx);
+        drop(spare_tx);
         let sink = ChunkingSink::new(chunk_size.as_u64(), feeder);
         // The workers hold the only receivers now: if they all stop, sending
         // fails instead of blocking.
         drop(rx);
         // Dropping the feeder closes the queue, so the workers drain it and
         // stop; on error flatten_into has dropped it already.
-        flatten_into(source, sink, &opts.flatten).map(|(sink, report)| {
+        flatten_into(source, sink, &flatten_opts).map(|(sink, report)| {
             let count = sink.chunk_count();
             if sink.into_consumer().progress.is_some() {
                 eprintln!();
@@ -282,6 +424,10 @@ pub fn convert(
         chunks,
     };
     let sealed = manifest::seal(&manifest, keys)?;
+    // Every chunk durable (one sync for the batch) before the manifest
+    // that names them; an origin's put_manifest syncs too, and then finds
+    // nothing left to do.
+    store.sync()?;
     let digest = store.put_manifest(&sealed)?;
     if let Some(tag) = &opts.tag {
         store.set_tag(&opts.domain, tag, &digest)?;

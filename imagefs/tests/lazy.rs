@@ -56,6 +56,7 @@ fn env() -> Env {
         threads: 2,
         tag: None,
         progress: false,
+        pipeline: Default::default(),
     };
     let report = convert(&source, origin.as_ref(), &keys, &options).unwrap();
     let manifest = imagefs::open_image(&origin, &report.digest.to_string(), &keys, "test")

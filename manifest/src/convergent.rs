@@ -133,21 +133,30 @@ pub fn encrypt_chunk(secret: &DomainSecret, plaintext: &[u8]) -> EncryptedChunk 
 /// Encrypts one chunk in place, reusing the plaintext's buffer for the
 /// object (it grows by [`TAG_LEN`] bytes).
 pub fn encrypt_chunk_owned(secret: &DomainSecret, mut buffer: Vec<u8>) -> EncryptedChunk {
-    let key = derive_chunk_key(secret, &buffer);
-    // The fixed nonce: see `chunk_nonce` for why it is safe with
-    // plaintext-derived keys.
-    let nonce = chunk_nonce();
-    cipher(&key)
-        .encrypt_in_place(&nonce, b"", &mut buffer)
-        .unwrap_or_else(|_| {
-            // Only fails for plaintexts over 64 GiB; chunks are at most 4 MiB.
-            unreachable!("AES-GCM refused a {}-byte chunk", buffer.len())
-        });
+    let key = encrypt_chunk_in_place(secret, &mut buffer);
     EncryptedChunk {
         id: ChunkId::of_object(&buffer),
         key,
         object: buffer,
     }
+}
+
+/// Encrypts one chunk in place (the buffer grows by [`TAG_LEN`] bytes)
+/// and returns its key, leaving the id, `ChunkId::of_object(buffer)`, to
+/// be computed where the object is hashed anyway: a store that checks
+/// what it is given can hash it once for both.
+pub fn encrypt_chunk_in_place(secret: &DomainSecret, buffer: &mut Vec<u8>) -> ChunkKey {
+    let key = derive_chunk_key(secret, buffer);
+    // The fixed nonce: see `chunk_nonce` for why it is safe with
+    // plaintext-derived keys.
+    let nonce = chunk_nonce();
+    cipher(&key)
+        .encrypt_in_place(&nonce, b"", buffer)
+        .unwrap_or_else(|_| {
+            // Only fails for plaintexts over 64 GiB; chunks are at most 4 MiB.
+            unreachable!("AES-GCM refused a {}-byte chunk", buffer.len())
+        });
+    key
 }
 
 /// Checks that `object` hashes to `id`. Needs no key.

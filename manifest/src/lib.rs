@@ -40,7 +40,8 @@ pub mod wire;
 pub use chunk_size::{ChunkSize, ChunkSizeError};
 pub use convergent::{
     ConvergentError, DomainSecret, EncryptedChunk, decrypt_checked_chunk_owned, decrypt_chunk,
-    decrypt_chunk_owned, derive_chunk_key, encrypt_chunk, encrypt_chunk_owned, verify_object,
+    decrypt_chunk_owned, derive_chunk_key, encrypt_chunk, encrypt_chunk_in_place,
+    encrypt_chunk_owned, verify_object,
 };
 pub use format::{ChunkEntry, DomainMismatch, FormatError, ImageConfig, Manifest};
 pub use ids::{ByteOffset, ChunkId, ChunkIndex, ChunkKey, IdParseError, ManifestDigest};

@@ -10,7 +10,7 @@ use std::path::Path;
 use tests::imagegen::noise;
 
 use cachetiers::{ChunkStore, DirStore};
-use chunker::convert::{ConvertOptions, ConvertReport, convert};
+use chunker::convert::{ConvertOptions, ConvertReport, Pipeline, convert};
 use chunker::ext4::Ext4Options;
 use chunker::flatten::{FlattenOptions, flatten_to_file};
 use chunker::oci::ImageSource;
@@ -74,6 +74,7 @@ fn options(domain: &str) -> ConvertOptions {
         threads: 2,
         tag: None,
         progress: false,
+        pipeline: Default::default(),
     }
 }
 
@@ -147,6 +148,53 @@ fn converting_twice_stores_nothing_new() {
     // The plaintext manifest is identical; the sealed bytes differ only
     // because each seal uses a fresh random data key.
     assert_eq!(manifest_of(&env, &first), manifest_of(&env, &second));
+}
+
+#[test]
+fn both_pipelines_and_any_thread_count_give_the_same_image() {
+    let env = env();
+    let mut image = app_image("a", 10);
+    // An uncompressed layer too: its blob digest is its diff_id, hashed
+    // once on the reading thread rather than on the flattening one.
+    image.layers.push(Layer::new(vec![Entry::file(
+        "app/plain.bin",
+        noise(4, 200_000),
+    )]));
+    let source = write_layout(&env, &image, "a");
+    let serial = run(
+        &env,
+        &source,
+        &ConvertOptions {
+            pipeline: Pipeline::Serial,
+            threads: 1,
+            ..options("d")
+        },
+    );
+    let want = manifest_of(&env, &serial);
+    for threads in [1, 3] {
+        // A store of its own, the same keys.
+        let root = env.dir.path().join(format!("store-{threads}"));
+        let store = DirStore::create(&root).unwrap();
+        let overlapped = convert(
+            &source,
+            &store,
+            &env.keys,
+            &ConvertOptions {
+                pipeline: Pipeline::Overlapped,
+                threads,
+                ..options("d")
+            },
+        )
+        .expect("convert");
+        let sealed = store.get_manifest(&overlapped.digest).unwrap();
+        let got = manifest::unseal(&sealed, &env.keys).unwrap();
+        assert_eq!(got, want, "{threads} threads");
+        assert_eq!(overlapped.flatten, serial.flatten);
+        assert_eq!(overlapped.new_chunks, serial.new_chunks);
+        assert_eq!(overlapped.bytes_written, serial.bytes_written);
+        assert_eq!(store.ids().unwrap(), env.store.ids().unwrap());
+        assert_store_valid(&root);
+    }
 }
 
 #[test]

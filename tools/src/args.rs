@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use cachetiers::Origin;
 
-use chunker::convert::{ConvertOptions, convert};
+use chunker::convert::{ConvertOptions, Pipeline, convert};
 use chunker::ext4::Ext4Options;
 use chunker::flatten::{FlattenOptions, flatten_to_file};
 use chunker::oci::ImageSource;
@@ -64,6 +64,12 @@ pub enum Command {
         /// Encryption threads (default: all cores).
         #[arg(long)]
         threads: Option<usize>,
+        /// `overlapped` (layers read ahead on their own thread, chunks
+        /// synced in one batch before the manifest) or `serial` (the
+        /// earlier path, each chunk synced on its own; kept to compare).
+        /// The output is the same.
+        #[arg(long, default_value_t = Pipeline::Overlapped)]
+        pipeline: Pipeline,
         #[command(flatten)]
         layout: LayoutArgs,
         /// Print the report as JSON (`manifest::report::ConvertStats`)
@@ -320,6 +326,7 @@ impl Command {
                 store,
                 tag,
                 threads,
+                pipeline,
                 layout,
                 json,
             } => {
@@ -330,6 +337,7 @@ impl Command {
                     domain: store.domain.clone(),
                     tag,
                     progress: !json,
+                    pipeline,
                     ..ConvertOptions::default()
                 };
                 if let Some(n) = threads {

@@ -1,5 +1,7 @@
 //! Atomic file creation: write a temporary file in the destination
-//! directory, fsync it, rename it over the final name.
+//! directory, fsync it, rename it over the final name. (A batch writes its
+//! temporaries unsynced and syncs them all at once before renaming them:
+//! `batch.rs`.)
 //!
 //! Temporary names start with `.tmp.`, so they can never be mistaken for a
 //! chunk id or a manifest digest (64 hex digits) or a tag (which must start
@@ -69,6 +71,31 @@ pub(crate) fn write_atomically(
         let _ = fs::remove_file(&temp);
     }
     result.map(|()| Written::Done)
+}
+
+/// Writes `bytes` to a new temporary file in `dir` without syncing it,
+/// for a batch whose data one `syncfs` makes durable before the renames
+/// (see `batch.rs`). Returns the temporary's path; `None` when `dir` does
+/// not exist.
+pub(crate) fn write_temp(
+    dir: &Path,
+    name: &str,
+    bytes: &[u8],
+) -> Result<Option<PathBuf>, StoreError> {
+    let (temp, mut file) = match create_temp(dir, name) {
+        Ok(created) => created,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_error("create a temporary file in", dir)(e)),
+    };
+    let written = file.write_all(bytes);
+    drop(file);
+    match written {
+        Ok(()) => Ok(Some(temp)),
+        Err(e) => {
+            let _ = fs::remove_file(&temp);
+            Err(io_error("write", &temp)(e))
+        }
+    }
 }
 
 /// What [`write_atomically`] did.

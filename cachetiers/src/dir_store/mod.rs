@@ -12,9 +12,12 @@
 //! fsync, rename), so a write that fails or a crash never leaves a partial
 //! object under its final name. Directory entries of new chunks are made
 //! durable by [`DirStore::sync`], which [`DirStore::put_manifest`] calls
-//! first: once a manifest is stored, every chunk it names is too.
+//! first: once a manifest is stored, every chunk it names is too. Batched
+//! puts (`batch.rs`) skip the fsync of each object: the sync makes the
+//! whole batch durable at once before putting it in place.
 
 mod atomic;
+mod batch;
 mod manifests;
 
 use std::collections::BTreeSet;
@@ -27,8 +30,9 @@ use manifest::ChunkId;
 
 pub use atomic::TEMP_PREFIX;
 use atomic::{Written, io_error, sync_dir, write_atomically};
+pub use batch::BATCH_BYTES;
 
-use crate::checked::{Bounded, check_get, check_put};
+use crate::checked::{Bounded, check_get, check_len, check_put};
 use crate::store::{ChunkStore, MAX_OBJECT_LEN, PutOutcome, StoreError};
 
 /// A chunk store in a local directory. Cheap to share: wrap it in an `Arc`.
@@ -37,6 +41,10 @@ pub struct DirStore {
     root: PathBuf,
     /// Directories with entries not yet synced.
     dirty: Mutex<BTreeSet<PathBuf>>,
+    /// Batched objects not yet synced (`batch.rs`).
+    batch: Mutex<batch::Batch>,
+    /// Held by the sync of a batch.
+    syncing: Mutex<()>,
 }
 
 impl DirStore {
@@ -55,7 +63,9 @@ impl DirStore {
     pub fn open(root: impl Into<PathBuf>) -> Result<Self, StoreError> {
         let store = Self::at(root.into());
         if !store.chunks_dir().is_dir() {
-            return Err(StoreError::NotAStore { path: store.root });
+            return Err(StoreError::NotAStore {
+                path: store.root.clone(),
+            });
         }
         Ok(store)
     }
@@ -64,6 +74,8 @@ impl DirStore {
         Self {
             root,
             dirty: Mutex::new(BTreeSet::new()),
+            batch: Mutex::default(),
+            syncing: Mutex::new(()),
         }
     }
 
@@ -107,10 +119,16 @@ impl DirStore {
             .extend(dirs);
     }
 
-    /// Makes every chunk stored so far by this handle durable (syncs the
-    /// directories that gained entries).
+    fn take_dirty(&self) -> BTreeSet<PathBuf> {
+        std::mem::take(&mut *self.dirty.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Makes every chunk stored so far by this handle durable: puts the
+    /// batch in place (`batch.rs`), and syncs the directories that gained
+    /// entries.
     pub fn sync(&self) -> Result<(), StoreError> {
-        let dirs = std::mem::take(&mut *self.dirty.lock().unwrap_or_else(PoisonError::into_inner));
+        self.sync_batch()?;
+        let dirs = self.take_dirty();
         // Deepest first, so a new shard's entry is synced after its contents.
         for dir in dirs.iter().rev() {
             if let Err(e) = sync_dir(dir) {
@@ -170,8 +188,37 @@ impl DirStore {
                 }
             }
         }
+        ids.extend(self.batched_ids());
         ids.sort();
+        ids.dedup();
         Ok(ids)
+    }
+
+    /// [`ChunkStore::put`] of an object already checked against `id`.
+    fn put_checked(&self, id: &ChunkId, object: &[u8]) -> Result<PutOutcome, StoreError> {
+        let path = self.chunk_path(id);
+        let outcome = match fs::symlink_metadata(&path) {
+            // Present with the right length: dedup only if it hashes to
+            // its id, so putting the object again (a re-convert) repairs
+            // a damaged copy, which readers never delete from an origin.
+            Ok(meta) if meta.is_file() && meta.len() == object.len() as u64 => {
+                match read_limited(&path, MAX_OBJECT_LEN as u64)? {
+                    Bounded::Bytes(bytes) if ChunkId::of_object(&bytes) == *id => {
+                        return Ok(PutOutcome::AlreadyPresent);
+                    }
+                    // Gone since the look: a plain store.
+                    Bounded::Missing => PutOutcome::Stored,
+                    _ => PutOutcome::Replaced,
+                }
+            }
+            // Present but wrong (length, or not a file): replaced below.
+            Ok(_) => PutOutcome::Replaced,
+            Err(e) if e.kind() == ErrorKind::NotFound => PutOutcome::Stored,
+            Err(e) => return Err(io_error("inspect", &path)(e)),
+        };
+        // The rename replaces the damaged copy atomically.
+        self.write_in(&self.shard_dir(id), &id.to_hex(), object)?;
+        Ok(outcome)
     }
 
     fn location(&self, id: &ChunkId) -> String {
@@ -226,55 +273,64 @@ impl ChunkStore for DirStore {
     }
 
     fn get(&self, id: &ChunkId) -> Result<Option<Vec<u8>>, StoreError> {
-        let found = read_limited(&self.chunk_path(id), MAX_OBJECT_LEN as u64)?;
+        let path = self.chunk_path(id);
+        let mut found = read_limited(&path, MAX_OBJECT_LEN as u64)?;
+        if found == Bounded::Missing && self.is_batched(id) {
+            found = self.read_batched(id)?;
+            if found == Bounded::Missing {
+                // Renamed into place between the two reads.
+                found = read_limited(&path, MAX_OBJECT_LEN as u64)?;
+            }
+        }
         check_get(id, found, || self.location(id))
     }
 
     fn put(&self, id: &ChunkId, object: &[u8]) -> Result<PutOutcome, StoreError> {
         check_put(id, object)?;
-        let path = self.chunk_path(id);
-        let outcome = match fs::symlink_metadata(&path) {
-            // Present with the right length: dedup only if it hashes to
-            // its id, so putting the object again (a re-convert) repairs
-            // a damaged copy, which readers never delete from an origin.
-            Ok(meta) if meta.is_file() && meta.len() == object.len() as u64 => {
-                match read_limited(&path, MAX_OBJECT_LEN as u64)? {
-                    Bounded::Bytes(bytes) if ChunkId::of_object(&bytes) == *id => {
-                        return Ok(PutOutcome::AlreadyPresent);
-                    }
-                    // Gone since the look: a plain store.
-                    Bounded::Missing => PutOutcome::Stored,
-                    _ => PutOutcome::Replaced,
-                }
-            }
-            // Present but wrong (length, or not a file): replaced below.
-            Ok(_) => PutOutcome::Replaced,
-            Err(e) if e.kind() == ErrorKind::NotFound => PutOutcome::Stored,
-            Err(e) => return Err(io_error("inspect", &path)(e)),
-        };
-        // The rename replaces the damaged copy atomically.
-        self.write_in(&self.shard_dir(id), &id.to_hex(), object)?;
-        Ok(outcome)
+        self.put_checked(id, object)
+    }
+
+    fn put_batched(&self, object: &[u8]) -> Result<(ChunkId, PutOutcome), StoreError> {
+        let id = ChunkId::of_object(object);
+        // Hashed just now: only the length is left to check.
+        check_len(&id, object)?;
+        Ok((id, self.put_batched_checked(&id, object)?))
+    }
+
+    fn sync(&self) -> Result<(), StoreError> {
+        DirStore::sync(self)
     }
 
     fn contains(&self, id: &ChunkId) -> Result<bool, StoreError> {
         let path = self.chunk_path(id);
         match fs::symlink_metadata(&path) {
             Ok(meta) => Ok(meta.is_file()),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(self.is_batched(id)),
             Err(e) => Err(io_error("inspect", &path)(e)),
         }
     }
 
     fn remove(&self, id: &ChunkId) -> Result<bool, StoreError> {
+        let batched = self.unbatch(id)?;
         let path = self.chunk_path(id);
         match fs::remove_file(&path) {
             Ok(()) => Ok(true),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(batched),
             Err(e) => Err(io_error("remove", &path)(e)),
         }
     }
 }
 
+impl Drop for DirStore {
+    /// Puts a batch left unsynced in place, so what was put stays stored
+    /// (best effort: an error leaves stray temporaries, never a bad
+    /// object).
+    fn drop(&mut self) {
+        let _ = self.sync_batch();
+    }
+}
+
+#[cfg(test)]
+mod batch_tests;
 #[cfg(test)]
 mod tests;

@@ -6,12 +6,15 @@
 //! check each layer's digests once it has been read, then write the
 //! metadata. A digest mismatch found at the end of a layer is still an
 //! error: the output is discarded ([`flatten_to_file`] removes it).
+//! Layers are read and decompressed on a thread of their own ahead of the
+//! flattener ([`readahead`]) unless [`FlattenOptions::read_ahead`] is off.
 
 pub mod apply;
 pub mod entry;
 mod limits;
 mod output;
 mod pax;
+pub mod readahead;
 pub mod resolve;
 pub mod sparse;
 pub mod tarstream;
@@ -25,17 +28,30 @@ pub use limits::{Limits, MAX_FILE_SIZE};
 pub use output::flatten_to_file;
 
 use crate::ext4::{Ext4Builder, Ext4Error, Ext4Options, Ext4Summary};
-use crate::oci::{Digest, Image, ImageConfig, ImageSource, SourceError};
+use crate::oci::{Digest, Image, ImageConfig, ImageSource, LayerDigests, LayerStream, SourceError};
 use crate::sink::ImageSink;
 use crate::tree::Tree;
 
 /// How to flatten.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FlattenOptions {
     /// Options of the ext4 image.
     pub ext4: Ext4Options,
     /// Caps on what a layer may ask for.
     pub limits: Limits,
+    /// Read and decompress layers on a thread of their own, ahead of the
+    /// flattener ([`readahead`]); the image is the same either way.
+    pub read_ahead: bool,
+}
+
+impl Default for FlattenOptions {
+    fn default() -> Self {
+        FlattenOptions {
+            ext4: Ext4Options::default(),
+            limits: Limits::default(),
+            read_ahead: true,
+        }
+    }
 }
 
 /// What one layer contributed.
@@ -83,6 +99,10 @@ pub enum FlattenError {
     /// The ext4 image cannot be written.
     #[error("cannot build the ext4 image")]
     Ext4(#[from] Ext4Error),
+    /// The thread reading layers ahead stopped without saying why (it
+    /// panicked).
+    #[error("the layer reader thread stopped")]
+    ReaderStopped,
     /// The output file cannot be created or put in place.
     #[error("cannot write {}", path.display())]
     Output {
@@ -116,25 +136,37 @@ pub fn flatten_layers_limited<S: ImageSink>(
     for layer in &image.layers {
         builder.begin_layer();
         let (mut stream, media_type) = image.open_layer(layer)?;
-        let image_left = limits.max_image_bytes.saturating_sub(image_bytes);
-        if image_left < limits.max_layer_bytes {
-            stream.set_limit("image", image_left);
-        } else {
-            stream.set_limit("layer", limits.max_layer_bytes);
-        }
+        set_layer_limit(&mut stream, limits, image_bytes);
         let entries = apply_layer(&mut stream, layer.name(), limits, &mut tree, builder)?;
         let digests = stream.finish()?;
         image_bytes += digests.uncompressed_bytes;
-        reports.push(LayerReport {
+        reports.push(LayerReport::new(digests, media_type, entries));
+    }
+    Ok((tree, reports))
+}
+
+/// Caps a layer's uncompressed bytes at the layer limit, or at what is
+/// left of the image limit after the `image_bytes` of the layers below.
+fn set_layer_limit(stream: &mut LayerStream, limits: &Limits, image_bytes: u64) {
+    let image_left = limits.max_image_bytes.saturating_sub(image_bytes);
+    if image_left < limits.max_layer_bytes {
+        stream.set_limit("image", image_left);
+    } else {
+        stream.set_limit("layer", limits.max_layer_bytes);
+    }
+}
+
+impl LayerReport {
+    fn new(digests: LayerDigests, media_type: String, entries: u64) -> Self {
+        LayerReport {
             digest: digests.digest,
             diff_id: digests.diff_id,
             media_type,
             compressed_bytes: digests.compressed_bytes,
             uncompressed_bytes: digests.uncompressed_bytes,
             entries,
-        });
+        }
     }
-    Ok((tree, reports))
 }
 
 /// Flatten an opened image into `sink`.
@@ -144,7 +176,11 @@ pub fn flatten_image<S: ImageSink>(
     opts: &FlattenOptions,
 ) -> Result<(S, FlattenReport), FlattenError> {
     let mut builder = Ext4Builder::new(sink, opts.ext4.clone())?;
-    let (tree, layers) = flatten_layers_limited(image, &mut builder, &opts.limits)?;
+    let (tree, layers) = if opts.read_ahead {
+        readahead::flatten_layers_ahead(image, &mut builder, &opts.limits)?
+    } else {
+        flatten_layers_limited(image, &mut builder, &opts.limits)?
+    };
     // The filesystem UUID follows the layers' content, not just metadata.
     for layer in &layers {
         builder.identify(layer.diff_id.to_string().as_bytes());

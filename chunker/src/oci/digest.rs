@@ -104,6 +104,13 @@ impl<R: Read> HashReader<R> {
         }
     }
 
+    /// Stops hashing, before anything was read, for a caller that hashes
+    /// the same bytes elsewhere; whether it did (not when only counting
+    /// already, nor once bytes were read, whose hash would be lost).
+    pub fn stop_hashing(&mut self) -> bool {
+        self.count == 0 && self.hash.take().is_some()
+    }
+
     /// Read the rest of the stream so the digest covers all of it.
     pub fn drain(&mut self) -> io::Result<u64> {
         io::copy(self, &mut io::sink())

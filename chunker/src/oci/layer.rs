@@ -8,12 +8,16 @@
 
 use std::io::{self, BufReader, Read};
 
-use flate2::read::MultiGzDecoder;
+use flate2::bufread::MultiGzDecoder;
 
 use super::SourceError;
 use super::digest::{Digest, HashReader};
 use super::spec::Compression;
 use super::store::FileRange;
+
+/// Bytes a layer's blob is read in (and its uncompressed tar, when the blob
+/// is one), so reading it takes few system calls.
+const READ_BUFFER: usize = 256 * 1024;
 
 /// What the digests of a fully read layer turned out to be.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -33,8 +37,10 @@ enum Decoder {
     // otherwise. Buffered bytes have been hashed already.
     Plain(BufReader<HashReader<FileRange>>),
     // Multi-member, because concatenated gzip members are one valid stream.
-    // Boxed: the inflate state is large, and there is one per layer.
-    Gzip(Box<MultiGzDecoder<HashReader<FileRange>>>),
+    // Boxed: the inflate state is large, and there is one per layer. Its
+    // input buffer is as large as the plain one (not flate2's 32 KiB), so
+    // reading the blob takes a few large reads.
+    Gzip(Box<MultiGzDecoder<BufReader<HashReader<FileRange>>>>),
     Zstd(zstd::Decoder<'static, BufReader<HashReader<FileRange>>>),
 }
 
@@ -42,7 +48,7 @@ impl Decoder {
     fn into_inner(self) -> HashReader<FileRange> {
         match self {
             Decoder::Plain(r) => r.into_inner(),
-            Decoder::Gzip(r) => r.into_inner(),
+            Decoder::Gzip(r) => r.into_inner().into_inner(),
             Decoder::Zstd(r) => r.into_inner().into_inner(),
         }
     }
@@ -110,8 +116,10 @@ impl LayerStream {
         let raw = HashReader::new(blob);
         let decoder =
             match compression {
-                Compression::None => Decoder::Plain(BufReader::with_capacity(256 * 1024, raw)),
-                Compression::Gzip => Decoder::Gzip(Box::new(MultiGzDecoder::new(raw))),
+                Compression::None => Decoder::Plain(BufReader::with_capacity(READ_BUFFER, raw)),
+                Compression::Gzip => Decoder::Gzip(Box::new(MultiGzDecoder::new(
+                    BufReader::with_capacity(READ_BUFFER, raw),
+                ))),
                 Compression::Zstd => Decoder::Zstd(zstd::Decoder::new(raw).map_err(|source| {
                     SourceError::ReadBlob {
                         digest: name.clone(),
@@ -147,22 +155,41 @@ impl LayerStream {
         self.read
     }
 
+    /// Leaves hashing the uncompressed bytes to the caller, who passes the
+    /// diff_id it computed to [`LayerStream::finish_with`]: a thread that
+    /// decompresses and hands the bytes on can then leave their hashing
+    /// to the thread that reads them. Returns whether the caller must hash
+    /// them: not for an uncompressed layer (its blob digest, hashed here,
+    /// is its diff_id) nor once reading has begun.
+    pub fn hash_diff_id_elsewhere(&mut self) -> bool {
+        self.inner.stop_hashing()
+    }
+
     /// Read the rest of the layer and check both digests.
-    pub fn finish(mut self) -> Result<LayerDigests, SourceError> {
+    pub fn finish(self) -> Result<LayerDigests, SourceError> {
+        self.finish_with(None)
+    }
+
+    /// [`LayerStream::finish`], with the diff_id of every uncompressed byte
+    /// when [`LayerStream::hash_diff_id_elsewhere`] left that hashing to the
+    /// caller.
+    pub fn finish_with(mut self, diff_id: Option<Digest>) -> Result<LayerDigests, SourceError> {
         let read_err = |name: &Digest| {
             let digest = name.clone();
             move |source| SourceError::ReadBlob { digest, source }
         };
         // Through `read`, so the limit holds for trailing bytes too.
         io::copy(&mut self, &mut io::sink()).map_err(read_err(&self.name))?;
-        let (decoder, diff_id, uncompressed_bytes) = self.inner.finish();
+        let (decoder, hashed, uncompressed_bytes) = self.inner.finish();
         let mut raw = decoder.into_inner();
         // A decoder may stop before the end of its input; the blob digest
         // must still cover every stored byte.
         raw.drain().map_err(read_err(&self.name))?;
         let (_, digest, compressed_bytes) = raw.finish();
         let digest = digest.expect("the blob is always hashed");
-        let diff_id = diff_id.unwrap_or_else(|| digest.clone());
+        // Without a hash of the uncompressed bytes, the blob's stands for
+        // it: right for an uncompressed layer, a mismatch for any other.
+        let diff_id = hashed.or(diff_id).unwrap_or_else(|| digest.clone());
         if let Some(expected) = self.expected_digest
             && digest != expected
         {

@@ -1,0 +1,207 @@
+//! Batched puts ([`ChunkStore::put_batched`](crate::ChunkStore::put_batched))
+//! into a [`DirStore`]: many objects made durable by two file-system syncs
+//! instead of one fsync each (plus one per directory).
+//!
+//! A batched object is written to a temporary file in its shard directory,
+//! unsynced, and left under that name. [`DirStore::sync`] then runs
+//! `syncfs` (every temporary's bytes are on disk), renames each one into
+//! place, and runs `syncfs` again (the names are on disk). So a final name
+//! is still either absent or the complete object, even after a power loss,
+//! and a manifest stored after the sync never names an object a crash
+//! could lose.
+//!
+//! Until then the store serves a batched object from its temporary (`get`,
+//! `contains`, `ids`, dedup of a second put): stored, just not durable
+//! yet. A batch is synced when it reaches [`BATCH_BYTES`] (which bounds
+//! the stray temporaries a crash can leave) and when the handle is
+//! dropped.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+use std::sync::PoisonError;
+
+use manifest::ChunkId;
+
+use super::DirStore;
+use super::atomic::{io_error, write_temp};
+use crate::checked::Bounded;
+use crate::store::{MAX_OBJECT_LEN, PutOutcome, StoreError};
+
+/// Bytes of batched objects after which a put syncs the batch.
+pub const BATCH_BYTES: u64 = 1 << 30;
+
+/// Objects written under temporary names, not yet synced or renamed.
+#[derive(Debug, Default)]
+pub(super) struct Batch {
+    /// Each object's temporary and length.
+    objects: BTreeMap<ChunkId, (PathBuf, u64)>,
+    bytes: u64,
+}
+
+impl DirStore {
+    fn batch(&self) -> std::sync::MutexGuard<'_, Batch> {
+        self.batch.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Creates the shard directory `shard` (and its parent) if missing;
+    /// whether it was created now, in which case it holds no object yet.
+    /// One `mkdir` in the common case, no `stat`.
+    fn make_shard(&self, shard: &Path) -> Result<bool, StoreError> {
+        let parent = shard.parent().unwrap_or(shard);
+        match fs::create_dir(shard) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => return Ok(false),
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                match fs::create_dir(parent) {
+                    Ok(()) => self.mark_dirty([self.chunks_dir()]),
+                    Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+                    Err(e) => return Err(io_error("create directory", parent)(e)),
+                }
+                match fs::create_dir(shard) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == ErrorKind::AlreadyExists => return Ok(false),
+                    Err(e) => return Err(io_error("create directory", shard)(e)),
+                }
+            }
+            Err(e) => return Err(io_error("create directory", shard)(e)),
+        }
+        self.mark_dirty([parent.to_path_buf()]);
+        Ok(true)
+    }
+
+    /// [`ChunkStore::put_batched`](crate::ChunkStore::put_batched) of an
+    /// object already checked against `id`.
+    pub(super) fn put_batched_checked(
+        &self,
+        id: &ChunkId,
+        object: &[u8],
+    ) -> Result<PutOutcome, StoreError> {
+        if self.batch().objects.contains_key(id) {
+            return Ok(PutOutcome::AlreadyPresent);
+        }
+        let shard = self.shard_dir(id);
+        if !self.make_shard(&shard)? {
+            let path = self.chunk_path(id);
+            match fs::symlink_metadata(&path) {
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => return Err(io_error("inspect", &path)(e)),
+                // A copy is there: dedup, or repair it, as an unbatched
+                // put does (rare, so its fsync does not matter).
+                Ok(_) => return self.put_checked(id, object),
+            }
+        }
+        let temp = write_temp(&shard, &id.to_hex(), object)?
+            .ok_or_else(|| io_error("write into", &shard)(ErrorKind::NotFound.into()))?;
+        let full = {
+            let mut batch = self.batch();
+            if batch.objects.contains_key(id) {
+                // Another thread batched the same object meanwhile.
+                drop(batch);
+                let _ = fs::remove_file(&temp);
+                return Ok(PutOutcome::AlreadyPresent);
+            }
+            batch.objects.insert(*id, (temp, object.len() as u64));
+            batch.bytes += object.len() as u64;
+            batch.bytes >= BATCH_BYTES
+        };
+        if full {
+            self.sync()?;
+        }
+        Ok(PutOutcome::Stored)
+    }
+
+    /// The batched object `id`, read from its temporary (`Missing` when it
+    /// is not batched, or was renamed into place meanwhile).
+    pub(super) fn read_batched(&self, id: &ChunkId) -> Result<Bounded, StoreError> {
+        let temp = self.batch().objects.get(id).map(|(temp, _)| temp.clone());
+        match temp {
+            Some(temp) => super::read_limited(&temp, MAX_OBJECT_LEN as u64),
+            None => Ok(Bounded::Missing),
+        }
+    }
+
+    /// Whether `id` is in the unsynced batch.
+    pub(super) fn is_batched(&self, id: &ChunkId) -> bool {
+        self.batch().objects.contains_key(id)
+    }
+
+    /// Drops `id` from the batch and deletes its temporary; whether it was
+    /// batched.
+    pub(super) fn unbatch(&self, id: &ChunkId) -> Result<bool, StoreError> {
+        let Some(temp) = self.remove_from_batch(id) else {
+            return Ok(false);
+        };
+        match fs::remove_file(&temp) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(true),
+            Err(e) => Err(io_error("remove", &temp)(e)),
+        }
+    }
+
+    fn remove_from_batch(&self, id: &ChunkId) -> Option<PathBuf> {
+        let mut batch = self.batch();
+        let (temp, len) = batch.objects.remove(id)?;
+        batch.bytes -= len;
+        Some(temp)
+    }
+
+    /// The ids in the unsynced batch.
+    pub(super) fn batched_ids(&self) -> Vec<ChunkId> {
+        self.batch().objects.keys().copied().collect()
+    }
+
+    /// Makes the batch durable and puts it in place: `syncfs`, renames,
+    /// `syncfs` (which also covers every directory marked dirty before
+    /// it). An object leaves the batch only once renamed, so readers
+    /// find it all along; one that cannot be renamed stays batched and
+    /// the sync fails, so no sync succeeds without it.
+    pub(super) fn sync_batch(&self) -> Result<(), StoreError> {
+        // One sync at a time: two would rename the same temporaries.
+        let _one = self.syncing.lock().unwrap_or_else(PoisonError::into_inner);
+        let snapshot: Vec<(ChunkId, PathBuf)> = self
+            .batch()
+            .objects
+            .iter()
+            .map(|(id, (temp, _))| (*id, temp.clone()))
+            .collect();
+        if snapshot.is_empty() {
+            return Ok(());
+        }
+        self.syncfs()?;
+        let mut first_error = None;
+        let mut shards = Vec::new();
+        for (id, temp) in snapshot {
+            match fs::rename(&temp, self.chunk_path(&id)) {
+                Ok(()) => {
+                    let mut batch = self.batch();
+                    if let Some((_, len)) = batch.objects.remove(&id) {
+                        batch.bytes -= len;
+                    }
+                    shards.push(self.shard_dir(&id));
+                }
+                // Removed from the batch meanwhile (`remove`): not an error.
+                Err(e) if e.kind() == ErrorKind::NotFound && !self.is_batched(&id) => {}
+                Err(e) => {
+                    first_error.get_or_insert_with(|| io_error("rename", &temp)(e));
+                }
+            }
+        }
+        self.mark_dirty(shards);
+        let dirty = self.take_dirty();
+        if let Err(e) = self.syncfs() {
+            self.mark_dirty(dirty);
+            return Err(first_error.unwrap_or(e));
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// `syncfs` on the store's file system: everything written to it is
+    /// on disk, in one call (one journal commit) whatever the count.
+    fn syncfs(&self) -> Result<(), StoreError> {
+        File::open(self.root())
+            .and_then(|dir| rustix::fs::syncfs(&dir).map_err(std::io::Error::from))
+            .map_err(io_error("sync the file system of", self.root()))
+    }
+}

@@ -1,0 +1,205 @@
+//! Batched puts: stored at once, in place and durable after the sync.
+
+use std::fs;
+use std::path::Path;
+use std::sync::Arc;
+
+use manifest::{DomainSecret, EncryptedChunk, encrypt_chunk};
+
+use super::*;
+
+fn chunk(seed: u8) -> EncryptedChunk {
+    let plain: Vec<u8> = (0..8192u32)
+        .map(|i| (i as u8).wrapping_mul(seed) ^ seed)
+        .collect();
+    encrypt_chunk(&DomainSecret::from_bytes([seed; 32]), &plain)
+}
+
+fn store() -> (tempfile::TempDir, DirStore) {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = DirStore::create(tmp.path().join("store")).unwrap();
+    (tmp, store)
+}
+
+/// Temporary files anywhere under `dir`.
+fn temps(dir: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in fs::read_dir(dir).unwrap() {
+            let entry = entry.unwrap();
+            let name = entry.file_name().into_string().unwrap();
+            if entry.file_type().unwrap().is_dir() {
+                stack.push(entry.path());
+            } else if name.starts_with(TEMP_PREFIX) {
+                found.push(name);
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn a_batched_object_is_stored_at_once_and_in_place_after_sync() {
+    let (_tmp, store) = store();
+    let c = chunk(1);
+    let (id, outcome) = store.put_batched(&c.object).unwrap();
+    assert_eq!(id, c.id, "the id is the object's SHA-256");
+    assert_eq!(outcome, PutOutcome::Stored);
+    // Not under its final name until synced, but stored for every reader.
+    assert!(!store.chunk_path(&id).exists());
+    assert_eq!(temps(store.root()).len(), 1);
+    assert!(store.contains(&id).unwrap());
+    assert_eq!(store.get(&id).unwrap(), Some(c.object.clone()));
+    assert_eq!(store.ids().unwrap(), vec![id]);
+
+    ChunkStore::sync(&store).unwrap();
+    assert_eq!(fs::read(store.chunk_path(&id)).unwrap(), c.object);
+    assert!(temps(store.root()).is_empty());
+    assert_eq!(store.get(&id).unwrap(), Some(c.object));
+    assert_eq!(store.ids().unwrap(), vec![id]);
+}
+
+#[test]
+fn batched_puts_dedup_against_the_batch_and_the_store() {
+    let (_tmp, store) = store();
+    let (a, b) = (chunk(2), chunk(3));
+    assert!(store.put_batched(&a.object).unwrap().1.is_new());
+    assert_eq!(
+        store.put_batched(&a.object).unwrap().1,
+        PutOutcome::AlreadyPresent
+    );
+    store.put(&b.id, &b.object).unwrap();
+    assert_eq!(
+        store.put_batched(&b.object).unwrap().1,
+        PutOutcome::AlreadyPresent
+    );
+    // One temporary: the second put of `a` and the put of `b` wrote none.
+    assert_eq!(temps(store.root()).len(), 1);
+    store.sync().unwrap();
+    assert_eq!(store.ids().unwrap().len(), 2);
+}
+
+#[test]
+fn a_batched_put_repairs_a_damaged_copy() {
+    let (_tmp, store) = store();
+    let c = chunk(4);
+    store.put(&c.id, &c.object).unwrap();
+    let mut bad = c.object.clone();
+    bad[10] ^= 1;
+    fs::write(store.chunk_path(&c.id), &bad).unwrap();
+    assert_eq!(
+        store.put_batched(&c.object).unwrap().1,
+        PutOutcome::Replaced
+    );
+    assert_eq!(store.get(&c.id).unwrap(), Some(c.object));
+}
+
+#[test]
+fn an_oversized_object_is_refused() {
+    let (_tmp, store) = store();
+    let big = vec![7u8; MAX_OBJECT_LEN + 1];
+    let err = store.put_batched(&big).unwrap_err();
+    assert!(
+        matches!(err, StoreError::TooLarge { len, .. } if len == big.len()),
+        "{err}"
+    );
+    assert!(temps(store.root()).is_empty());
+}
+
+#[test]
+fn removing_a_batched_object_drops_it_for_good() {
+    let (_tmp, store) = store();
+    let c = chunk(5);
+    store.put_batched(&c.object).unwrap();
+    assert!(store.remove(&c.id).unwrap());
+    assert!(!store.contains(&c.id).unwrap());
+    assert_eq!(store.get(&c.id).unwrap(), None);
+    store.sync().unwrap();
+    assert!(!store.chunk_path(&c.id).exists());
+    assert!(temps(store.root()).is_empty());
+    assert!(!store.remove(&c.id).unwrap());
+}
+
+#[test]
+fn a_manifest_is_stored_only_after_the_batch_it_names() {
+    let (_tmp, store) = store();
+    let c = chunk(6);
+    store.put_batched(&c.object).unwrap();
+    store.put_manifest(b"names the chunk").unwrap();
+    assert_eq!(fs::read(store.chunk_path(&c.id)).unwrap(), c.object);
+    assert!(temps(store.root()).is_empty());
+}
+
+#[test]
+fn dropping_the_handle_puts_the_batch_in_place() {
+    let (tmp, store) = store();
+    let c = chunk(7);
+    store.put_batched(&c.object).unwrap();
+    drop(store);
+    let store = DirStore::open(tmp.path().join("store")).unwrap();
+    assert_eq!(store.get(&c.id).unwrap(), Some(c.object));
+    assert!(temps(store.root()).is_empty());
+}
+
+#[test]
+fn a_sync_that_cannot_rename_fails_and_keeps_the_object_batched() {
+    let (_tmp, store) = store();
+    let c = chunk(8);
+    store.put_batched(&c.object).unwrap();
+    // A directory where the object should go: the rename fails.
+    fs::create_dir(store.chunk_path(&c.id)).unwrap();
+    fs::write(store.chunk_path(&c.id).join("x"), b"x").unwrap();
+    let err = store.sync().unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::Io {
+                action: "rename",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    // Still batched (its temporary kept), and the next sync tries again;
+    // until one succeeds, no manifest is stored.
+    assert_eq!(temps(store.root()).len(), 1);
+    assert!(store.put_manifest(b"must not be stored").is_err());
+    assert!(
+        fs::read_dir(store.root().join("manifests"))
+            .unwrap()
+            .next()
+            .is_none()
+    );
+    fs::remove_dir_all(store.chunk_path(&c.id)).unwrap();
+    store.sync().unwrap();
+    assert_eq!(fs::read(store.chunk_path(&c.id)).unwrap(), c.object);
+}
+
+#[test]
+fn concurrent_batched_puts_then_one_sync() {
+    let (_tmp, store) = store();
+    let store = Arc::new(store);
+    let chunks: Arc<Vec<_>> = Arc::new((1..=32).map(chunk).collect());
+    let handles: Vec<_> = (0..4)
+        .map(|_| {
+            let (store, chunks) = (Arc::clone(&store), Arc::clone(&chunks));
+            std::thread::spawn(move || {
+                for c in chunks.iter() {
+                    store.put_batched(&c.object).unwrap();
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    store.sync().unwrap();
+    assert!(temps(store.root()).is_empty());
+    let mut want: Vec<_> = chunks.iter().map(|c| c.id).collect();
+    want.sort();
+    assert_eq!(store.ids().unwrap(), want);
+    for c in chunks.iter() {
+        assert_eq!(fs::read(store.chunk_path(&c.id)).unwrap(), c.object);
+    }
+}
