@@ -77,6 +77,23 @@ fn options(tag: Option<&str>) -> ConvertOptions {
     }
 }
 
+/// The test image as an `oci:` layout in a fresh directory, with a key
+/// directory beside it.
+struct Fixture {
+    tmp: tempfile::TempDir,
+    keys: LocalKeyProvider,
+    source: ImageSource,
+}
+
+fn fixture() -> Fixture {
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = LocalKeyProvider::create(tmp.path().join("keys")).unwrap();
+    let layout = tmp.path().join("oci");
+    image().write_oci_layout(&layout, "app").unwrap();
+    let source = format!("oci:{}:app", layout.display()).parse().unwrap();
+    Fixture { tmp, keys, source }
+}
+
 /// Runs `f` in a thread and fails the test if it has not returned within
 /// 60 s (a hang, not a slow answer).
 fn within_a_minute<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
@@ -91,11 +108,7 @@ fn within_a_minute<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send +
 #[test]
 fn convert_open_and_export_through_s3() {
     let Some(g) = garage() else { return };
-    let tmp = tempfile::tempdir().unwrap();
-    let keys = LocalKeyProvider::create(tmp.path().join("keys")).unwrap();
-    let layout = tmp.path().join("oci");
-    image().write_oci_layout(&layout, "app").unwrap();
-    let source: ImageSource = format!("oci:{}:app", layout.display()).parse().unwrap();
+    let Fixture { tmp, keys, source } = fixture();
 
     let origin = ObjectOrigin::s3(&settings(&g, "images")).unwrap();
     let first = convert(&source, &origin, &keys, &options(Some("app:v1"))).expect("convert");
@@ -166,11 +179,11 @@ fn convert_open_and_export_through_s3() {
 #[test]
 fn start_profiles_are_stored_beside_the_manifest_in_s3() {
     let Some(g) = garage() else { return };
-    let tmp = tempfile::tempdir().unwrap();
-    let keys = LocalKeyProvider::create(tmp.path().join("keys")).unwrap();
-    let layout = tmp.path().join("oci");
-    image().write_oci_layout(&layout, "app").unwrap();
-    let source: ImageSource = format!("oci:{}:app", layout.display()).parse().unwrap();
+    let Fixture {
+        tmp: _tmp,
+        keys,
+        source,
+    } = fixture();
     let origin = ObjectOrigin::s3(&settings(&g, "profiles")).unwrap();
     let converted = convert(&source, &origin, &keys, &options(None)).expect("convert");
     let opened = imagefs::open_image(&origin, &converted.digest.to_string(), &keys, "d").unwrap();
@@ -303,11 +316,11 @@ fn corrupt_objects_and_an_origin_that_goes_away() {
 #[test]
 fn tags_and_images_are_listed_and_removed_in_s3() {
     let Some(g) = garage() else { return };
-    let tmp = tempfile::tempdir().unwrap();
-    let keys = LocalKeyProvider::create(tmp.path().join("keys")).unwrap();
-    let layout = tmp.path().join("oci");
-    image().write_oci_layout(&layout, "app").unwrap();
-    let source: ImageSource = format!("oci:{}:app", layout.display()).parse().unwrap();
+    let Fixture {
+        tmp: _tmp,
+        keys,
+        source,
+    } = fixture();
     let origin = ObjectOrigin::s3(&settings(&g, "lifecycle")).unwrap();
     let converted = convert(&source, &origin, &keys, &options(Some("app"))).expect("convert");
     let digest = converted.digest;
