@@ -315,15 +315,32 @@ fn a_corrupted_stripe_is_found_counted_and_replaced() {
     );
 }
 
-/// Counts the origin's gets (a real directory store underneath).
+/// Counts the origin's gets (a real directory store underneath); a get
+/// waits until the test opens the gate (or the watchdog passes), so the
+/// test decides when the first fetch may end.
 struct CountingOrigin {
     store: Arc<DirStore>,
     gets: std::sync::atomic::AtomicU64,
+    gate: std::sync::Mutex<bool>,
+    opened: std::sync::Condvar,
+}
+
+impl CountingOrigin {
+    fn open_gate(&self) {
+        *self.gate.lock().unwrap() = true;
+        self.opened.notify_all();
+    }
 }
 
 impl ChunkStore for CountingOrigin {
     fn get(&self, id: &ChunkId) -> Result<Option<Vec<u8>>, StoreError> {
         self.gets.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let open = self.gate.lock().unwrap();
+        drop(
+            self.opened
+                .wait_timeout_while(open, WATCHDOG, |open| !*open)
+                .unwrap(),
+        );
         self.store.get(id)
     }
     fn put(&self, id: &ChunkId, object: &[u8]) -> Result<cachetiers::PutOutcome, StoreError> {
@@ -346,6 +363,8 @@ fn a_miss_costs_exactly_one_origin_get() {
     let origin = Arc::new(CountingOrigin {
         store: Arc::clone(&s.origin),
         gets: 0.into(),
+        gate: false.into(),
+        opened: std::sync::Condvar::new(),
     });
     let tiered = Arc::new(
         TieredStore::new(vec![
@@ -362,6 +381,16 @@ fn a_miss_costs_exactly_one_origin_get() {
             std::thread::spawn(move || t.fetch(&id).map(|f| f.object))
         })
         .collect();
+    // The first reader's origin get is held until the other 7 have
+    // joined its flight (a reader that came after the flight, before the
+    // stripes were written, would be a second miss: that is not this
+    // test's question). The wait is a hang guard, not a timing check.
+    let deadline = std::time::Instant::now() + WATCHDOG;
+    while tiered.waiting() < 7 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(tiered.waiting(), 7, "the readers never joined one flight");
+    origin.open_gate();
     for r in readers {
         assert_eq!(r.join().unwrap().unwrap(), c.object);
     }
