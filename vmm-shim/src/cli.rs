@@ -107,7 +107,9 @@ pub enum Command {
         /// trace only).
         #[arg(long)]
         raw: Option<PathBuf>,
-        /// Scenarios (default: all).
+        /// Scenarios (default: all but the AZ-fleet ones, `az-ec`,
+        /// `az-ec-1-stopped`, `az-replicated`, `az-replicated-1-stopped`,
+        /// which run five cache nodes and only when named).
         #[arg(long, value_enum, value_delimiter = ',')]
         scenarios: Vec<crate::coldstart::Scenario>,
         /// Profile modes of the imagefs scenarios (default: without,with).

@@ -263,3 +263,43 @@ fn coldstart_runs_every_scenario_against_imagefs_serve() {
         assert_eq!(prefetched + demand, log.events.len() as u64, "{m:?}");
     }
 }
+
+/// The AZ-fleet scenarios (issue 16): five real cache nodes, erasure-coded
+/// and replicated, healthy and with one node SIGSTOPped; every start reads
+/// the whole trace and its chunks come from the fleet, none from the
+/// origin, stopped node or not.
+#[test]
+fn coldstart_az_fleet_scenarios() {
+    let Some(r) = prepare() else { return };
+    let size = std::fs::metadata(&r.raw).unwrap().len();
+    let trace = known_blocks(size);
+    let cfg = ColdstartConfig {
+        imagefs: r.imagefs.clone(),
+        image: "base".into(),
+        store: r.store(),
+        keys: Some(r.keys()),
+        trace: trace.clone(),
+        runs: 1,
+        work: r.dir.path().join("work"),
+        scenarios: Scenario::FLEET.to_vec(),
+        profiles: vec![ProfileMode::Without],
+        readahead: Some(0),
+        prefetch_concurrency: None,
+        params: Params::default(),
+        timeout: Duration::from_secs(120),
+        raw: Some(r.raw.clone()),
+    };
+    let results = run(&cfg).unwrap();
+    print!("{}", render(&results));
+    assert_eq!(results.len(), Scenario::FLEET.len());
+    let bytes: u64 = trace.iter().map(|e| u64::from(e.len)).sum();
+    for res in &results {
+        let name = res.scenario.name();
+        assert!(res.unavailable.is_none(), "{name}: {:?}", res.unavailable);
+        let s = &res.samples[0];
+        assert_eq!(s.bytes_read, bytes, "{name}");
+        let tier = |t: &str| s.tiers.iter().find(|(n, _)| n == t).map_or(0, |x| x.1);
+        assert!(tier("az") > 0, "{name}: {:?}", s.tiers);
+        assert_eq!(tier("origin"), 0, "{name}: {:?}", s.tiers);
+    }
+}

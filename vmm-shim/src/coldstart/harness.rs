@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use manifest::profile::ProfileReport;
 
+use super::fleet::{Fleet, free_port};
 use super::{
     ColdstartConfig, ProfileMode, Sample, Scenario, ScenarioResult, read_serve_stats, sample_of,
     tier_bytes,
@@ -20,10 +21,20 @@ struct Serve<'p> {
     dedicated: &'p Path,
     shared: Option<&'p Path>,
     az: Option<&'p str>,
+    /// `--config FILE`: the AZ fleet's tier configuration.
+    config: Option<&'p Path>,
     /// `--prefetch auto` (else `off`).
     prefetch: bool,
     /// `--record-profile`: store this start's profile at exit.
     record_profile: bool,
+}
+
+/// The AZ tier of a run: one cache node (`--az-node`) or a fleet's
+/// configuration (`--config`), or neither.
+#[derive(Debug, Clone, Copy, Default)]
+struct Az<'p> {
+    node: Option<&'p str>,
+    config: Option<&'p Path>,
 }
 
 struct Harness<'a> {
@@ -109,6 +120,9 @@ impl Harness<'_> {
         if let Some(u) = s.az {
             c.arg("--az-node").arg(u);
         }
+        if let Some(f) = s.config {
+            c.arg("--config").arg(f);
+        }
         let mut serve = BackendProcess::spawn(c, "imagefs serve", &sock)?;
         let run = self.probe(&sock);
         let exited = serve.wait_exit(Duration::from_secs(30));
@@ -158,6 +172,7 @@ impl Harness<'_> {
             dedicated: &d,
             shared: Some(&sh),
             az: None,
+            config: None,
             prefetch: false,
             record_profile: true,
         })?;
@@ -190,11 +205,12 @@ impl Harness<'_> {
     }
 
     /// A cache-preparing run: `--prefetch off`, not measured.
-    fn prime(&mut self, d: &Path, sh: &Path, az: Option<&str>) -> Result<()> {
+    fn prime(&mut self, d: &Path, sh: &Path, az: Az<'_>) -> Result<()> {
         self.serve_run(&Serve {
             dedicated: d,
             shared: Some(sh),
-            az,
+            az: az.node,
+            config: az.config,
             prefetch: false,
             record_profile: false,
         })
@@ -202,12 +218,13 @@ impl Harness<'_> {
     }
 
     /// The measured runs of one imagefs scenario in one mode (`az` is the
-    /// primed cache node of `az-warm`).
+    /// primed cache node of `az-warm`, or the fleet of the fleet
+    /// scenarios).
     fn serve_scenario(
         &mut self,
         sc: Scenario,
         mode: ProfileMode,
-        az: Option<&str>,
+        az: Az<'_>,
     ) -> Result<Vec<Sample>> {
         let runs = self.cfg.runs.max(1);
         let mut out = Vec::with_capacity(runs);
@@ -217,11 +234,11 @@ impl Harness<'_> {
             let mut sh = self.fresh_dir("shared")?;
             match sc {
                 Scenario::SharedWarm => {
-                    self.prime(&d, &sh, None)?;
+                    self.prime(&d, &sh, Az::default())?;
                     d = self.fresh_dir("dedicated")?;
                 }
                 Scenario::DedicatedWarm => {
-                    self.prime(&d, &sh, None)?;
+                    self.prime(&d, &sh, Az::default())?;
                     sh = self.fresh_dir("shared")?;
                 }
                 _ => {}
@@ -229,7 +246,8 @@ impl Harness<'_> {
             let sample = self.serve_run(&Serve {
                 dedicated: &d,
                 shared: Some(&sh),
-                az: if sc == Scenario::AzWarm { az } else { None },
+                az: az.node,
+                config: az.config,
                 prefetch: mode == ProfileMode::With,
                 record_profile: false,
             });
@@ -264,14 +282,7 @@ impl Harness<'_> {
     /// and primes it with one (unmeasured) run of the trace.
     fn primed_cache_node(&mut self) -> Result<(BackendProcess, String)> {
         let data = self.fresh_dir("az")?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map_err(|source| Error::Host {
-                what: "pick a free port",
-                source,
-            })?
-            .port();
-        let addr = format!("127.0.0.1:{port}");
+        let addr = format!("127.0.0.1:{}", free_port()?);
         let mut c = self.imagefs();
         c.arg("cache-node")
             .arg("--listen")
@@ -289,8 +300,40 @@ impl Harness<'_> {
         let url = format!("http://{addr}");
         let d = self.fresh_dir("dedicated")?;
         let sh = self.fresh_dir("shared")?;
-        self.prime(&d, &sh, Some(&url))?;
+        self.prime(
+            &d,
+            &sh,
+            Az {
+                node: Some(&url),
+                config: None,
+            },
+        )?;
         Ok((node, url))
+    }
+
+    /// Starts a fleet of cache nodes in the scenario's mode, primes it with
+    /// one (unmeasured) run of the trace, then stops one node if the
+    /// scenario asks.
+    fn primed_fleet(&mut self, sc: Scenario) -> Result<Option<Fleet>> {
+        let Some((mode, stopped)) = sc.fleet() else {
+            return Ok(None);
+        };
+        let dir = self.fresh_dir("fleet")?;
+        let fleet = Fleet::start(&self.cfg.imagefs, &self.cfg.store, &dir, mode)?;
+        let d = self.fresh_dir("dedicated")?;
+        let sh = self.fresh_dir("shared")?;
+        self.prime(
+            &d,
+            &sh,
+            Az {
+                node: None,
+                config: Some(&fleet.config),
+            },
+        )?;
+        if stopped {
+            fleet.stop(0)?;
+        }
+        Ok(Some(fleet))
     }
 
     /// One scenario in every mode asked for; the results in report order.
@@ -306,21 +349,27 @@ impl Harness<'_> {
         if !sc.serves() {
             return vec![result(sc, None, self.plain_scenario(sc))];
         }
+        let unavailable = |e: Error| {
+            let why = e.to_string();
+            modes
+                .iter()
+                .map(|&m| result(sc, Some(m), Err(Error::process(sc.name(), why.clone()))))
+                .collect()
+        };
         let node = if sc == Scenario::AzWarm {
             match self.primed_cache_node() {
                 Ok(n) => Some(n),
-                Err(e) => {
-                    let why = e.to_string();
-                    return modes
-                        .iter()
-                        .map(|&m| result(sc, Some(m), Err(Error::process("az-warm", why.clone()))))
-                        .collect();
-                }
+                Err(e) => return unavailable(e),
             }
         } else {
             None
         };
+        let fleet = match self.primed_fleet(sc) {
+            Ok(f) => f,
+            Err(e) => return unavailable(e),
+        };
         let url = node.as_ref().map(|n| n.1.clone());
+        let config = fleet.as_ref().map(|f| f.config.clone());
         modes
             .iter()
             .map(|&m| {
@@ -330,7 +379,11 @@ impl Harness<'_> {
                     m.name(),
                     self.cfg.runs
                 );
-                result(sc, Some(m), self.serve_scenario(sc, m, url.as_deref()))
+                let az = Az {
+                    node: url.as_deref(),
+                    config: config.as_deref(),
+                };
+                result(sc, Some(m), self.serve_scenario(sc, m, az))
             })
             .collect()
     }

@@ -16,7 +16,12 @@
 //!   starts (`imagefs export` from the origin), then serves the raw file with
 //!   qemu-storage-daemon; its times include the download;
 //! - `qsd`: qemu-storage-daemon serving the already-exported raw image (page
-//!   cache warm): the backend comparison's reference.
+//!   cache warm): the backend comparison's reference;
+//! - `az-ec`, `az-ec-1-stopped`, `az-replicated`, `az-replicated-1-stopped`
+//!   (only when asked for): like `az-warm`, but a fleet of five cache nodes
+//!   ([`fleet`]) in the erasure-coded or the replicated mode, primed by one
+//!   earlier run, with all nodes healthy or with one SIGSTOPped after the
+//!   priming.
 //!
 //! Start profiles ([`ProfileMode`]): the imagefs scenarios run without a
 //! profile (`serve --prefetch off`) and with one (`serve --prefetch auto`).
@@ -28,6 +33,7 @@
 //! [`report`] turns the results into the serde report and its table,
 //! [`plot`] draws its PNGs.
 
+mod fleet;
 mod harness;
 pub mod plot;
 pub mod report;
@@ -56,6 +62,16 @@ pub enum Scenario {
     DownloadAll,
     /// qemu-storage-daemon serving the exported raw image (reference).
     Qsd,
+    /// Five cache nodes, erasure-coded (4+1 stripes), all healthy.
+    AzEc,
+    /// The same with one node SIGSTOPped.
+    #[value(name = "az-ec-1-stopped")]
+    AzEcStopped,
+    /// Five cache nodes, replicated with hedging, all healthy.
+    AzReplicated,
+    /// The same with one node SIGSTOPped.
+    #[value(name = "az-replicated-1-stopped")]
+    AzReplicatedStopped,
 }
 
 impl Scenario {
@@ -69,6 +85,14 @@ impl Scenario {
         Scenario::Qsd,
     ];
 
+    /// The AZ-fleet scenarios, run only when asked for.
+    pub const FLEET: [Scenario; 4] = [
+        Scenario::AzEc,
+        Scenario::AzEcStopped,
+        Scenario::AzReplicated,
+        Scenario::AzReplicatedStopped,
+    ];
+
     /// The scenario's name in the report.
     pub fn name(self) -> &'static str {
         match self {
@@ -78,6 +102,10 @@ impl Scenario {
             Scenario::DedicatedWarm => "dedicated-warm",
             Scenario::DownloadAll => "download-all",
             Scenario::Qsd => "qsd",
+            Scenario::AzEc => "az-ec",
+            Scenario::AzEcStopped => "az-ec-1-stopped",
+            Scenario::AzReplicated => "az-replicated",
+            Scenario::AzReplicatedStopped => "az-replicated-1-stopped",
         }
     }
 
@@ -85,6 +113,19 @@ impl Scenario {
     /// variant).
     pub fn serves(self) -> bool {
         !matches!(self, Scenario::DownloadAll | Scenario::Qsd)
+    }
+
+    /// For the AZ-fleet scenarios: the fleet's mode and whether one node
+    /// is stopped.
+    fn fleet(self) -> Option<(fleet::FleetMode, bool)> {
+        use fleet::FleetMode::{Erasure, Replicated};
+        match self {
+            Scenario::AzEc => Some((Erasure, false)),
+            Scenario::AzEcStopped => Some((Erasure, true)),
+            Scenario::AzReplicated => Some((Replicated, false)),
+            Scenario::AzReplicatedStopped => Some((Replicated, true)),
+            _ => None,
+        }
     }
 }
 

@@ -329,7 +329,7 @@ pub fn write_pngs(report: &ColdstartReport, dir: &Path) -> Result<Vec<PathBuf>> 
     })?;
     let mut out = Vec::new();
     for case in &report.cases {
-        for sc in Scenario::ALL {
+        for sc in Scenario::ALL.into_iter().chain(Scenario::FLEET) {
             let series = lines(case, sc);
             if series.iter().all(|l| l.2.scenario != sc.name()) {
                 continue;

@@ -349,8 +349,17 @@ impl CaseReport {
 
     /// The table of this trace.
     pub fn render(&self) -> String {
+        // The longest scenario name (az-replicated-1-stopped) sets the
+        // first column's width.
+        let w = self
+            .rows
+            .iter()
+            .map(|r| r.scenario.len())
+            .max()
+            .unwrap_or(0)
+            .max(15);
         let mut out = format!(
-            "{:<15} {:>7} {:>4} {:>24} {:>8} {:>8} {:>8} {:>8} {:>9} {:>7} {:>16}  {}\n",
+            "{:<w$} {:>7} {:>4} {:>24} {:>8} {:>8} {:>8} {:>8} {:>9} {:>7} {:>16}  {}\n",
             "scenario",
             "profile",
             "runs",
@@ -374,7 +383,7 @@ impl CaseReport {
                     .filter(|l| !l.is_empty())
                     .collect::<Vec<_>>()
                     .join(" | ");
-                out.push_str(&format!("{:<15} {mode:>7} not run: {why}\n", r.scenario));
+                out.push_str(&format!("{:<w$} {mode:>7} not run: {why}\n", r.scenario));
                 continue;
             }
             let ready = format!(
@@ -401,7 +410,7 @@ impl CaseReport {
                 .collect::<Vec<_>>()
                 .join(" ");
             out.push_str(&format!(
-                "{:<15} {mode:>7} {:>4} {ready:>24} {vs:>8} {:>8.3} {:>8.2} {:>8.2} {fetched:>9} {amp:>7} {unused:>16}  {tiers}\n",
+                "{:<w$} {mode:>7} {:>4} {ready:>24} {vs:>8} {:>8.3} {:>8.2} {:>8.2} {fetched:>9} {amp:>7} {unused:>16}  {tiers}\n",
                 r.scenario,
                 r.runs,
                 r.p50_ms,
