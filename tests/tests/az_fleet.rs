@@ -11,7 +11,9 @@
 //! - a sixth node takes its share of stripes and no stripe moves between
 //!   the nodes that stay (the share checked against a binomial bound);
 //! - a stripe write without the fleet token (or with a wrong one) is
-//!   refused, and an error body never carries the token.
+//!   refused, and an error body never carries the token;
+//! - in the replicated mode, a stopped owner is soon asked after a
+//!   healthy node instead of first (it stops costing the hedge delay).
 //!
 //! No assertion is on timing: a watchdog fails a test that hangs, and the
 //! `az_fleet` benchmark reports latencies. Needs the `imagefs` binary
@@ -557,4 +559,42 @@ fn erasure_mode_with_fewer_than_5_nodes_is_a_clear_error() {
         err.contains("at least 5 nodes") && err.contains("2 configured"),
         "{err}"
     );
+}
+
+#[test]
+fn replicated_mode_asks_a_stopped_owner_after_a_healthy_node() {
+    let Some(mut s) = setup(5) else { return };
+    let urls = s.fleet.urls();
+    let reader = Arc::new(
+        AzTier::new(AzConfig {
+            timeout_ms: 60_000,
+            connect_timeout_ms: 10_000,
+            ..AzConfig::with_nodes(urls.clone())
+        })
+        .expect("AZ tier"),
+    );
+    // Chunks that node 4 owns; the nodes fill themselves from the origin.
+    let owned: Vec<EncryptedChunk> = (300..)
+        .map(chunk)
+        .filter(|c| reader.preference(&c.id)[0] == urls[4])
+        .take(12)
+        .collect();
+    for c in &owned {
+        s.origin.put(&c.id, &c.object).expect("origin put");
+    }
+    s.fleet.stop(4).unwrap();
+    let ids: Vec<(ChunkId, Vec<u8>)> = owned.iter().map(|c| (c.id, c.object.clone())).collect();
+    let r = Arc::clone(&reader);
+    within_watchdog("reads with the owner stopped", move || {
+        for (id, object) in ids {
+            assert_eq!(r.get(&id).unwrap().as_deref(), Some(&object[..]));
+        }
+    });
+    let c = reader.counters();
+    // The first reads hedged away from the stopped owner; once it had been
+    // slow twice in a row, reads asked the second choice first.
+    assert!(c.hedge_wins >= 2, "{c:?}");
+    assert!(c.slow_passed_over > 0, "{c:?}");
+    assert_eq!(c.unavailable, 0, "{c:?}");
+    s.fleet.cont(4).unwrap();
 }

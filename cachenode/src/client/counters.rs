@@ -38,6 +38,7 @@ pub(super) struct AzCounters {
     pub(super) hedges_sent: Counter,
     pub(super) hedge_wins: Counter,
     pub(super) failovers: Counter,
+    pub(super) slow_passed_over: Counter,
     pub(super) unavailable: Counter,
     pub(super) rebuilt_with_parity: Counter,
     pub(super) bad_stripes: Counter,
@@ -56,6 +57,7 @@ impl AzCounters {
             hedges_sent: Counter::new(),
             hedge_wins: Counter::new(),
             failovers: Counter::new(),
+            slow_passed_over: Counter::new(),
             unavailable: Counter::new(),
             rebuilt_with_parity: Counter::new(),
             bad_stripes: Counter::new(),
@@ -74,6 +76,7 @@ impl AzCounters {
             hedges_sent: self.hedges_sent.get(),
             hedge_wins: self.hedge_wins.get(),
             failovers: self.failovers.get(),
+            slow_passed_over: self.slow_passed_over.get(),
             unavailable: self.unavailable.get(),
             rebuilt_with_parity: self.rebuilt_with_parity.get(),
             bad_stripes: self.bad_stripes.get(),
@@ -132,6 +135,10 @@ pub struct AzSnapshot {
     pub hedge_wins: u64,
     /// Requests sent to a further node because one failed.
     pub failovers: u64,
+    /// Replicated mode: calls that asked a slow node (slower than the
+    /// hedge delay in a row, see `health`) after a healthy one instead of
+    /// first.
+    pub slow_passed_over: u64,
     /// Calls that no node answered.
     pub unavailable: u64,
     /// Erasure mode: objects rebuilt with the parity stripe (a data
@@ -172,6 +179,11 @@ impl AzSnapshot {
                 "failovers",
                 "Requests sent after a node failed",
                 self.failovers,
+            ),
+            (
+                "slow_passed_over",
+                "Calls that asked a slow node after a healthy one",
+                self.slow_passed_over,
             ),
             ("unavailable", "Calls no node answered", self.unavailable),
             (

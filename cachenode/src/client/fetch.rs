@@ -1,7 +1,8 @@
 //! One call to the nodes: preference order, hedge, failover, deadline.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use cachetiers::MAX_OBJECT_LEN;
 use manifest::ChunkId;
@@ -11,6 +12,7 @@ use tokio::task::JoinSet;
 
 use super::counters::AzCounters;
 use super::error::NodeError;
+use super::health::Health;
 use super::hrw::preference_order;
 
 /// What is asked of a node.
@@ -38,14 +40,17 @@ pub(super) struct Call {
     pub(super) nodes: std::sync::Arc<[String]>,
     pub(super) timeout: Duration,
     pub(super) hedge_after: Duration,
+    /// Which nodes have been slow lately (replicated mode).
+    pub(super) health: Arc<Health>,
 }
 
 /// The longest explanation kept from a node's error body.
 const MAX_ERROR_BODY: usize = 300;
 
-/// Asks the nodes for `id` in preference order.
+/// Asks the nodes for `id` in preference order, each slow node (see
+/// [`Health`]) moved behind the next healthy one.
 ///
-/// The owner is asked first. If it has not answered after `hedge_after`,
+/// The first node is asked first. If it has not answered after `hedge_after`,
 /// the next node is asked too (once per call); a node that fails is
 /// followed by the next one not yet asked. The first answer (200 with a
 /// verified object, or 404) wins and the other requests are dropped
@@ -57,10 +62,13 @@ pub(super) async fn ask_nodes(
     id: ChunkId,
     ask: Ask,
 ) -> Result<Answer, Vec<NodeError>> {
-    let order = preference_order(&id, &call.nodes);
+    let mut order = preference_order(&id, &call.nodes);
+    if call.health.arrange(&mut order) > 0 {
+        counters.slow_passed_over.inc();
+    }
     let mut next = 0;
     let mut requests = JoinSet::new();
-    // Task id → (node index, was it a hedge).
+    // Task id → (node index, was it a hedge, when it was sent).
     let mut in_flight = HashMap::new();
     let mut failures = Vec::new();
     let mut hedged = false;
@@ -77,7 +85,7 @@ pub(super) async fn ask_nodes(
         let client = call.client.clone();
         let url = call.nodes[k].clone();
         let handle = requests.spawn(async move { ask_node(&client, &url, &id, ask).await });
-        in_flight.insert(handle.id(), (k, hedge));
+        in_flight.insert(handle.id(), (k, hedge, Instant::now()));
     };
     launch(&mut requests, &mut in_flight, &mut next, false);
 
@@ -100,21 +108,31 @@ pub(super) async fn ask_nodes(
                         let task = e.id();
                         let url = in_flight
                             .get(&task)
-                            .map_or_else(String::new, |&(k, _)| call.nodes[k].clone());
+                            .map_or_else(String::new, |&(k, _, _)| call.nodes[k].clone());
                         (task, Err(NodeError::Lost { url, reason: e.to_string() }))
                     }
                 };
-                let Some((k, hedge)) = in_flight.remove(&task) else {
+                let Some((k, hedge, sent)) = in_flight.remove(&task) else {
                     continue;
                 };
                 match result {
                     Ok(answer) => {
+                        call.health.answered(k, sent.elapsed(), call.hedge_after);
                         if hedge {
                             counters.hedge_wins.inc();
+                        }
+                        // The requests still in flight are dropped: those
+                        // already past the hedge delay count against
+                        // their node.
+                        for &(other, _, sent) in in_flight.values() {
+                            if sent.elapsed() >= call.hedge_after {
+                                call.health.strike(other);
+                            }
                         }
                         return Ok(answer);
                     }
                     Err(failure) => {
+                        call.health.strike(k);
                         let c = &counters.nodes[k];
                         c.errors.inc();
                         if matches!(failure, NodeError::Corrupt { .. }) {
@@ -135,9 +153,10 @@ pub(super) async fn ask_nodes(
             }
             () = &mut deadline => {
                 let timeout_ms = u64::try_from(call.timeout.as_millis()).unwrap_or(u64::MAX);
-                let mut late: Vec<usize> = in_flight.values().map(|&(k, _)| k).collect();
+                let mut late: Vec<usize> = in_flight.values().map(|&(k, _, _)| k).collect();
                 late.sort_unstable_by_key(|k| order.iter().position(|o| o == k));
                 for k in late {
+                    call.health.strike(k);
                     counters.nodes[k].errors.inc();
                     failures.push(NodeError::TimedOut { url: call.nodes[k].clone(), timeout_ms });
                 }

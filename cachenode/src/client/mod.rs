@@ -3,7 +3,8 @@
 //!
 //! - [`hrw`]: rendezvous hashing, which node owns which chunk;
 //! - [`AzConfig`]: node URLs and timeouts (TOML-readable);
-//! - [`AzTier`]: get with hedge and failover (replicated mode), or from
+//! - [`AzTier`]: get with hedge and failover, slow nodes asked after
+//!   healthy ones (replicated mode, `health`), or from
 //!   4 of 5 stripes with fills and repairs behind the read (erasure mode,
 //!   `erasure`), over a small runtime of its own;
 //! - [`AzSnapshot`]: its counters; [`AzError`], [`NodeError`]: its errors.
@@ -13,6 +14,7 @@ mod counters;
 mod erasure;
 mod error;
 mod fetch;
+mod health;
 pub mod hrw;
 
 use std::fmt;
@@ -153,13 +155,15 @@ impl AzTier {
             .enable_all()
             .build()
             .map_err(|source| AzError::Runtime { source })?;
-        let counters = Arc::new(AzCounters::new(nodes.len()));
+        let nodes_len = nodes.len();
+        let counters = Arc::new(AzCounters::new(nodes_len));
         Ok(Self {
             call: Call {
                 client,
                 nodes: nodes.into(),
                 timeout: config.timeout(),
                 hedge_after: config.hedge_after(),
+                health: Arc::new(health::Health::new(nodes_len, health::PROBE_EVERY)),
             },
             config,
             counters,
