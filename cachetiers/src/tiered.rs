@@ -270,7 +270,8 @@ impl TieredStore {
             }
             let started = Instant::now();
             let got = tier.store.get(id);
-            c.observe(started.elapsed());
+            let took = started.elapsed();
+            c.observe(took);
             // A tier that does not check its own gets is checked here, so a
             // bad copy is `Corrupt` whichever side found it.
             let got = match got {
@@ -283,17 +284,29 @@ impl TieredStore {
                 Ok(Some(object)) => {
                     c.hits.fetch_add(1, Ordering::Relaxed);
                     c.bytes.fetch_add(object.len() as u64, Ordering::Relaxed);
+                    tracing::debug!(
+                        tier = %tier.name,
+                        id = %id,
+                        bytes = object.len(),
+                        us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
+                        "hit"
+                    );
                     self.fill_above(k, id, &object);
                     return Ok(Fetched { object, tier: k });
                 }
                 Ok(None) => {
                     c.misses.fetch_add(1, Ordering::Relaxed);
+                    tracing::trace!(tier = %tier.name, id = %id, "miss");
                     TierOutcome::Miss
                 }
-                Err(StoreError::Corrupt { problem, .. }) => self.drop_corrupt(k, id, problem),
+                Err(StoreError::Corrupt { problem, .. }) => {
+                    tracing::warn!(tier = %tier.name, id = %id, %problem, "corrupt copy");
+                    self.drop_corrupt(k, id, problem)
+                }
                 Err(e) => {
                     c.errors.fetch_add(1, Ordering::Relaxed);
                     let message = e.to_string();
+                    tracing::warn!(tier = %tier.name, id = %id, error = %message, "tier failed");
                     c.note_error(format!("get {id}: {message}"));
                     TierOutcome::Failed(message)
                 }

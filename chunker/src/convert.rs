@@ -320,8 +320,18 @@ pub fn convert(
     keys: &dyn KeyProvider,
     opts: &ConvertOptions,
 ) -> Result<ConvertReport, ConvertError> {
+    let _span = tracing::info_span!("convert", source = %source, domain = %opts.domain).entered();
     let batched = opts.pipeline == Pipeline::Overlapped;
     let converted = convert_with(source, store, keys, opts, batched);
+    if let Ok(r) = &converted {
+        tracing::info!(
+            digest = %r.digest,
+            chunks = r.chunks,
+            new_chunks = r.new_chunks,
+            bytes_written = r.bytes_written,
+            "converted"
+        );
+    }
     if converted.is_err() && batched {
         // What was stored stays stored, as on the serial path; the error
         // that stopped the conversion is the one to report.

@@ -116,6 +116,8 @@ fn write_all(
         let ChunkEntry::Present { id, key } = entry else {
             continue;
         };
+        // The caller's span names the image; the tiers' events nest here.
+        let _span = tracing::debug_span!("chunk", chunk = index.0).entered();
         let object = store
             .get(id)
             .map_err(|source| ExportError::Store {

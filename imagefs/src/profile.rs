@@ -440,14 +440,11 @@ pub fn load_profile(
     match stored_profile(origin, digest, keys, manifest) {
         Ok(Some(profile)) => Some(profile.order()),
         Ok(None) => {
-            eprintln!("imagefs: no start profile for {digest}; not prefetching");
+            tracing::info!("no start profile for {digest}; not prefetching");
             None
         }
         Err(e) => {
-            eprintln!(
-                "imagefs: ignoring the start profile: {}",
-                crate::error_chain(&e)
-            );
+            tracing::warn!("ignoring the start profile: {}", crate::error_chain(&e));
             None
         }
     }

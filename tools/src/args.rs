@@ -28,6 +28,16 @@ use crate::tiers::{self, TierArgs};
 #[derive(Debug, Parser)]
 #[command(name = "imagefs", version)]
 pub struct Cli {
+    /// Log lines on stderr as text or JSON lines; which ones, `RUST_LOG`
+    /// says (default `info`; e.g. `RUST_LOG=imagefs=debug`).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "IMAGEFS_LOG_FORMAT"
+    )]
+    pub log_format: crate::logging::LogFormat,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -421,6 +431,7 @@ impl Command {
                             image: Some(digest),
                             reset,
                         },
+                        label: digest.to_string(),
                         ..LazyOptions::from(&config.read)
                     },
                 )?);

@@ -5,6 +5,7 @@
 mod agent;
 mod args;
 mod images;
+mod logging;
 mod node;
 mod profile;
 mod pull;
@@ -19,6 +20,7 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = args::Cli::parse();
+    logging::init(cli.log_format);
     let result = signals::Signals::install()
         .map_err(|e| format!("installing the SIGINT/SIGTERM handler: {e}").into())
         .and_then(|signals| cli.command.run(&signals));

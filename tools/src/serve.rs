@@ -140,6 +140,7 @@ impl ServeArgs {
                     image: Some(opened.digest),
                     reset: self.reset,
                 },
+                label: opened.digest.to_string(),
                 ..LazyOptions::from(&config.read)
             },
         )?);

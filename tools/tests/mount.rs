@@ -3,7 +3,9 @@
 //! included, as the kernel's ext4 shows for the exported image, and
 //! unmounts cleanly on SIGTERM and on SIGINT (exit status 0, mount gone);
 //! with a stored start profile it prefetches the profile's chunks, unless
-//! `--prefetch off`.
+//! `--prefetch off`; with `--log-format json` and `RUST_LOG=debug` each
+//! fetch logs a span naming the image's digest and the chunk index, and no
+//! key material.
 //!
 //! Needs root and `/dev/fuse`; says `SKIP: <reason>` and returns without.
 
@@ -64,6 +66,11 @@ impl Running {
 /// Starts `imagefs mount t DIR [extra]` and waits for its "mounted" line;
 /// `None` after a SKIP line when FUSE is not available.
 fn start(store: &Path, dir: &Path, extra: &[&str]) -> Option<Running> {
+    start_with(store, dir, extra, &[])
+}
+
+/// [`start`] with environment variables set.
+fn start_with(store: &Path, dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Option<Running> {
     if !Path::new("/dev/fuse").exists() {
         harness::skip("/dev/fuse does not exist");
         return None;
@@ -79,7 +86,8 @@ fn start(store: &Path, dir: &Path, extra: &[&str]) -> Option<Running> {
         .arg("--store")
         .arg(store.join("store"))
         .arg("--keys")
-        .arg(store.join("keys"));
+        .arg(store.join("keys"))
+        .envs(env.iter().copied());
     match process::Running::spawn_until(cmd, "mounted sha256:", "imagefs mount") {
         Ok((process, _)) => {
             assert!(is_mounted(dir), "{} is not in mountinfo", dir.display());
@@ -438,4 +446,91 @@ fn mount_prefetches_the_stored_profile_unless_off() {
     stop_with(running, "-TERM");
     let report: MountStats = serde_json::from_slice(&fs::read(&json).unwrap()).unwrap();
     assert_eq!(report.prefetch, None);
+}
+
+/// Every secret of the store made by [`store`] in the forms a log could
+/// carry it (hex either case, base64): the master keys, the domain
+/// secrets and every chunk key.
+fn secrets(s: &Path) -> Vec<String> {
+    use base64::Engine;
+    let mut raw: Vec<Vec<u8>> = Vec::new();
+    for sub in ["keys/master", "keys/domains"] {
+        for e in fs::read_dir(s.join(sub)).unwrap() {
+            raw.push(fs::read(e.unwrap().path()).unwrap());
+        }
+    }
+    for c in &open(s).image.manifest.chunks {
+        if let manifest::ChunkEntry::Present { key, .. } = c {
+            raw.push(key.as_bytes().to_vec());
+        }
+    }
+    assert!(raw.len() > 2, "no secrets found");
+    raw.iter()
+        .flat_map(|b| {
+            let h = hex::encode(b);
+            [
+                h.to_uppercase(),
+                h,
+                base64::engine::general_purpose::STANDARD.encode(b),
+            ]
+        })
+        .collect()
+}
+
+#[test]
+fn json_logs_have_a_span_per_fetch_naming_image_and_chunk_and_no_secrets() {
+    let s = store();
+    let dir = s.path().join("logs");
+    fs::create_dir(&dir).unwrap();
+    let dir = fs::canonicalize(&dir).unwrap();
+    let env = [("RUST_LOG", "debug")];
+    let Some(running) = start_with(
+        s.path(),
+        &dir,
+        &["--log-format", "json", "--prefetch", "off"],
+        &env,
+    ) else {
+        return;
+    };
+    assert_eq!(fs::read(dir.join("data/blob")).unwrap(), pattern(900_000));
+    let err = stop_with(running, "-TERM");
+    let digest = open(s.path()).image.digest.to_string();
+    // The JSON lines (the exit report after them is a human table).
+    let events: Vec<serde_json::Value> = err
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let fetches: Vec<&serde_json::Value> = events
+        .iter()
+        .filter(|e| e["span"]["name"] == "fetch")
+        .collect();
+    assert!(!fetches.is_empty(), "no event in a fetch span:\n{err}");
+    let mut chunks = std::collections::BTreeSet::new();
+    for e in &fetches {
+        assert_eq!(e["span"]["image"], digest.as_str(), "{e}");
+        chunks.insert(e["span"]["chunk"].as_u64().expect("a chunk index"));
+    }
+    // The blob spans many 64 KiB chunks; each fetch said which.
+    assert!(chunks.len() > 5, "{chunks:?}");
+    // The tier that answered logged inside the fetch's span.
+    assert!(
+        fetches.iter().any(|e| e["fields"]["message"] == "hit"),
+        "{err}"
+    );
+    for secret in secrets(s.path()) {
+        assert!(!err.contains(&secret), "a key is in the log");
+    }
+
+    // RUST_LOG=warn: no debug or info events at all.
+    let env = [("RUST_LOG", "warn")];
+    let Some(running) = start_with(s.path(), &dir, &["--log-format", "json"], &env) else {
+        return;
+    };
+    assert_eq!(fs::read(dir.join("data/blob")).unwrap(), pattern(900_000));
+    let err = stop_with(running, "-TERM");
+    for l in err.lines().filter(|l| l.starts_with('{')) {
+        let e: serde_json::Value = serde_json::from_str(l).unwrap();
+        assert!(e["level"] == "WARN" || e["level"] == "ERROR", "{l}");
+    }
 }

@@ -19,6 +19,7 @@ use cachetiers::{ChunkStore, TieredError};
 use manifest::ChunkId;
 use telemetry::counter::Counter;
 use telemetry::prometheus::{Kind, Text};
+use tracing::Instrument;
 
 use super::CacheNode;
 
@@ -128,11 +129,22 @@ fn method_of(method: &Method) -> &'static str {
     }
 }
 
-/// Middleware: counts every answer by method, route and status.
+/// Middleware: counts every answer by method, route and status, and
+/// logs each request in a span of its own (method and path; never a
+/// header, so never the fleet token).
 async fn count(State(node): State<Arc<CacheNode>>, request: Request, next: Next) -> Response {
     let method = method_of(request.method());
     let route = route_of(request.uri().path());
-    let response = next.run(request).await;
+    let span = tracing::debug_span!("http", method, path = %request.uri().path());
+    let started = Instant::now();
+    let response = next.run(request).instrument(span.clone()).await;
+    span.in_scope(|| {
+        tracing::debug!(
+            status = response.status().as_u16(),
+            us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            "answered"
+        );
+    });
     node.http.record(method, route, response.status());
     response
 }
@@ -204,7 +216,7 @@ pub(super) fn parse_id(text_id: &str) -> Result<ChunkId, Box<Response>> {
 /// answer each tier gave. The tiers' own words can carry the origin's
 /// URL, credentials in it, or local paths, so they go to stderr only.
 fn public_failure(id: &ChunkId, error: &TieredError) -> String {
-    eprintln!("cache node: {error}");
+    tracing::warn!("{error}");
     match error {
         TieredError::Unavailable { attempts, .. } => {
             let tiers: Vec<String> = attempts
@@ -276,7 +288,7 @@ async fn get_chunk(State(node): State<Arc<CacheNode>>, Path(text_id): Path<Strin
         ),
         Ok(Err(e)) => text(StatusCode::BAD_GATEWAY, public_failure(&id, &e)),
         Err(e) => {
-            eprintln!("cache node: chunk {id}: the fetch died: {e}");
+            tracing::warn!("chunk {id}: the fetch died: {e}");
             internal(&id)
         }
     }
@@ -316,14 +328,14 @@ async fn head_chunk(State(node): State<Arc<CacheNode>>, Path(text_id): Path<Stri
         Ok(Ok(true)) => StatusCode::OK.into_response(),
         Ok(Ok(false)) => StatusCode::NOT_FOUND.into_response(),
         Ok(Err(e)) => {
-            eprintln!("cache node: chunk {id}: lookup: {e}");
+            tracing::warn!("chunk {id}: lookup: {e}");
             text(
                 StatusCode::BAD_GATEWAY,
                 format!("chunk {id}: the lookup failed"),
             )
         }
         Err(e) => {
-            eprintln!("cache node: chunk {id}: the lookup died: {e}");
+            tracing::warn!("chunk {id}: the lookup died: {e}");
             internal(&id)
         }
     }

@@ -305,7 +305,7 @@ impl Agent {
             }
         }
         if let Err(e) = self.save(&table) {
-            eprintln!("imagefs agent: {}", crate::error_chain(&e));
+            tracing::error!("{}", crate::error_chain(&e));
         }
         restored
     }
@@ -447,8 +447,8 @@ impl Agent {
         let mut reaped = Vec::new();
         for id in stale {
             if self.stop_vm(&id).is_ok() {
-                eprintln!(
-                    "imagefs agent: reaped VM {id}: no frontend connected within {}s",
+                tracing::info!(
+                    "reaped VM {id}: no frontend connected within {}s",
                     timeout.as_secs()
                 );
                 reaped.push(id);

@@ -78,8 +78,8 @@ impl StateFile {
         if let Err(e) = fs::rename(&self.path, &aside)
             && e.kind() != ErrorKind::NotFound
         {
-            eprintln!(
-                "imagefs agent: cannot set the state file {} aside: {e}",
+            tracing::warn!(
+                "cannot set the state file {} aside: {e}",
                 self.path.display()
             );
         }

@@ -81,6 +81,7 @@ impl Vm {
                 image: Some(opened.digest),
                 reset: false,
             },
+            label: opened.digest.to_string(),
             ..parts.read.clone()
         };
         let lazy = Arc::new(
@@ -199,8 +200,8 @@ impl Vm {
         }
         self.lazy.end_prefetch();
         if let Err(e) = self.lazy.sync() {
-            eprintln!(
-                "imagefs agent: VM {}: syncing its dedicated tier: {}",
+            tracing::error!(
+                "VM {}: syncing its dedicated tier: {}",
                 self.id(),
                 crate::error_chain(&e)
             );
@@ -230,7 +231,7 @@ fn run_server(server: Server, id: &str) -> Result<(JoinHandle<()>, EndSlot), Age
                     let _ = tx.send(Err(error.clone().unwrap_or_default()));
                 }
                 if let Some(e) = &error {
-                    eprintln!("imagefs agent: VM {id}: {e}");
+                    tracing::warn!("VM {id}: {e}");
                 }
                 *ended.lock().unwrap_or_else(PoisonError::into_inner) = Some(Ended { error });
             })

@@ -78,6 +78,16 @@ impl Inner {
         origin: Origin,
     ) -> Result<Arc<Vec<u8>>, LazyError> {
         let (id, key, _, expected) = self.stored_chunk(index)?;
+        // One span per fetch; the tiers' events (which tier answered,
+        // misses, errors) nest in it. The chunk id is public (it names
+        // ciphertext); the key never appears.
+        let _span = tracing::debug_span!(
+            "fetch",
+            image = %self.label,
+            chunk = index.0,
+            cause = ?origin
+        )
+        .entered();
         self.counters.store_fetches.inc();
         if origin == Origin::Readahead {
             self.counters.readahead_fetches.inc();
@@ -107,6 +117,7 @@ impl Inner {
             source,
         })?;
         check_length(index, id, &plain, expected)?;
+        tracing::debug!(bytes = plain.len(), "fetched");
         Ok(Arc::new(plain))
     }
 }

@@ -84,6 +84,8 @@ pub struct LazyOptions {
     /// How the dedicated tier (if any) treats its directory's earlier
     /// state: the digest it pins, and `--reset`.
     pub dedicated: DedicatedOptions,
+    /// What log spans call the image (its manifest digest; empty: none).
+    pub label: String,
 }
 
 impl Default for LazyOptions {
@@ -101,6 +103,7 @@ impl From<&ReadConfig> for LazyOptions {
             memory_chunks: read.memory_chunks,
             parallel_fetches: read.parallel_fetches,
             dedicated: DedicatedOptions::default(),
+            label: String::new(),
         }
     }
 }
@@ -147,6 +150,8 @@ enum Origin {
 /// Everything the readers and the read-ahead threads share.
 struct Inner {
     manifest: Manifest,
+    /// [`LazyOptions::label`], for log spans.
+    label: String,
     store: Arc<dyn ChunkStore>,
     dedicated: Option<DedicatedTier>,
     memory: Mutex<VecDeque<(u64, Arc<Vec<u8>>)>>,
@@ -223,6 +228,7 @@ impl LazyImage {
         };
         let inner = Arc::new(Inner {
             manifest,
+            label: options.label.clone(),
             store,
             dedicated,
             memory: Mutex::new(VecDeque::new()),

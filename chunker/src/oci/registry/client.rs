@@ -104,8 +104,8 @@ impl Client {
             builder = builder.tls_certs_merge(read_cert_dir(dir).map_err(err)?);
         }
         if !opts.tls_verify {
-            eprintln!(
-                "warning: TLS certificates of {} are not verified (--tls-verify=false)",
+            tracing::warn!(
+                "TLS certificates of {} are not verified (--tls-verify=false)",
                 reference.host
             );
             builder = builder.tls_danger_accept_invalid_certs(true);

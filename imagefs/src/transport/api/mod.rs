@@ -136,7 +136,7 @@ pub fn serve_api(path: &Path, agent: Arc<Agent>) -> Result<ApiHandle, ApiServeEr
                     })
                     .await;
                 if let Err(e) = served {
-                    eprintln!("imagefs agent: the control API failed: {e}");
+                    tracing::error!("the control API failed: {e}");
                 }
             });
         })

@@ -144,9 +144,9 @@ impl Filesystem for TreeFs {
                     p.enable();
                     self.answer_opens.store(true, Ordering::SeqCst);
                 }
-                Err(max) => eprintln!("imagefs: passthrough off: stack depth limited to {max}"),
+                Err(max) => tracing::info!("passthrough off: stack depth limited to {max}"),
             },
-            Err(_) => eprintln!("imagefs: passthrough off: the kernel does not offer it"),
+            Err(_) => tracing::info!("passthrough off: the kernel does not offer it"),
         }
         Ok(())
     }

@@ -58,7 +58,7 @@ fn fail(what: &str, path: &str, e: MetaError) -> Errno {
     match e {
         MetaError::NotADirectory(_) => Errno::ENOTDIR,
         e => {
-            eprintln!("imagefs: {what} {path}: {}", error_chain(&e));
+            tracing::warn!("{what} {path}: {}", error_chain(&e));
             Errno::EIO
         }
     }

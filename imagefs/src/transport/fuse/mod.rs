@@ -176,7 +176,7 @@ impl Drop for Mounted {
         if let Some(s) = self.session.take()
             && let Err(e) = s.umount_and_join()
         {
-            eprintln!("imagefs: unmounting {}: {e}", self.mountpoint.display());
+            tracing::warn!("unmounting {}: {e}", self.mountpoint.display());
         }
     }
 }
@@ -272,6 +272,6 @@ fn raise_readahead(mountpoint: &Path) {
     let minor = (dev & 0xff) | ((dev >> 12) & !0xff);
     let knob = format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb");
     if let Err(e) = std::fs::write(&knob, READAHEAD_KIB.to_string()) {
-        eprintln!("imagefs: read-ahead stays at the kernel's default ({knob}: {e})");
+        tracing::info!("read-ahead stays at the kernel's default ({knob}: {e})");
     }
 }

@@ -205,15 +205,15 @@ impl Passthrough {
                     // Not root, or a backing filesystem the kernel will
                     // not stack on: no later file would do better.
                     Err(e) => {
-                        eprintln!(
-                            "imagefs: the kernel refused a passthrough backing file in {} ({e}); \
+                        tracing::warn!(
+                            "the kernel refused a passthrough backing file in {} ({e}); \
                              passthrough is off for this mount",
                             self.dir.display()
                         );
                         self.enabled.store(false, Ordering::SeqCst);
                     }
                 },
-                Err(e) => eprintln!("imagefs: passthrough of {path}: {e}; serving it by reads"),
+                Err(e) => tracing::info!("passthrough of {path}: {e}; serving it by reads"),
             }
         }
         st.inodes.entry(ino).or_default().cached += 1;
@@ -327,7 +327,7 @@ impl Drop for Passthrough {
         st.inodes.clear();
         drop(st);
         if let Err(e) = fs::remove_dir_all(&self.dir) {
-            eprintln!("imagefs: removing {}: {e}", self.dir.display());
+            tracing::warn!("removing {}: {e}", self.dir.display());
         }
     }
 }

@@ -116,7 +116,7 @@ impl Filesystem for RawFs {
         match read_range(&*self.source, &mut buf, offset) {
             Ok(()) => reply.data(&buf),
             Err(e) => {
-                eprintln!("imagefs: reading /{RAW_NAME} at offset {offset}: {e}");
+                tracing::warn!("reading /{RAW_NAME} at offset {offset}: {e}");
                 reply.error(Errno::EIO);
             }
         }

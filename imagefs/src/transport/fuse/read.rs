@@ -35,8 +35,8 @@ pub(crate) fn read<R>(
         match map.read_at(source, buf, offset) {
             Ok(()) => reply(Ok(buf)),
             Err(e) => {
-                eprintln!(
-                    "imagefs: reading at offset {offset} of {}: {}",
+                tracing::warn!(
+                    "reading at offset {offset} of {}: {}",
                     path(),
                     error_chain(&e)
                 );

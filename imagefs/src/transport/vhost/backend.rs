@@ -173,6 +173,17 @@ impl Service {
     /// Does what `req` asks; returns the status and the number of bytes
     /// written into device-writable buffers (the status byte included).
     pub(super) fn execute(&self, queue: u16, req: &Request, mem: &MemorySnapshot) -> (u8, u32) {
+        // One span per request: the fetches it causes (with the image and
+        // chunk index) nest in it.
+        let _span = tracing::debug_span!(
+            "request",
+            device = self.stats.logged.prefix.get().map_or("", String::as_str),
+            queue,
+            head = req.head,
+            kind = ?req.kind,
+            bytes = req.data_len
+        )
+        .entered();
         let fail = |what: String| {
             log_limited(
                 &self.stats.logged,

@@ -239,7 +239,7 @@ pub(crate) fn log_limited(logged: &LimitedLog, line: &str) {
     let n = logged.written.fetch_add(1, Ordering::Relaxed);
     if n < 100 || n.is_multiple_of(1000) {
         let prefix = logged.prefix.get().map_or("imagefs serve", String::as_str);
-        eprintln!("{prefix}: {line}");
+        tracing::warn!("{prefix}: {line}");
     }
 }
 
@@ -498,12 +498,10 @@ impl Server {
             if stop.requested() || !opts.keep_alive {
                 break;
             }
-            eprintln!(
-                "imagefs serve: frontend disconnected; waiting for the next one (--keep-alive)"
-            );
+            tracing::info!("frontend disconnected; waiting for the next one (--keep-alive)");
         }
         if stop.requested() {
-            eprintln!("imagefs serve: stopped");
+            tracing::info!("stopped");
         }
         Ok(service.stats.report())
     }
