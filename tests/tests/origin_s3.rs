@@ -73,6 +73,7 @@ fn options(tag: Option<&str>) -> ConvertOptions {
         threads: 2,
         tag: tag.map(str::to_owned),
         progress: false,
+        force: false,
         pipeline: Default::default(),
     }
 }
