@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use cachetiers::{Catalog, DirStore};
+use cachetiers::DirStore;
 use chunker::convert::{ConvertOptions, convert};
 use chunker::flatten::{FlattenOptions, flatten_to_file};
 use chunker::oci::ImageSource;

@@ -45,6 +45,8 @@ pub struct DirStore {
     batch: Mutex<batch::Batch>,
     /// Held by the sync of a batch.
     syncing: Mutex<()>,
+    /// Fan-out directories known to exist (`batch.rs`).
+    fanout: Mutex<batch::Fanout>,
 }
 
 impl DirStore {
@@ -76,6 +78,7 @@ impl DirStore {
             dirty: Mutex::new(BTreeSet::new()),
             batch: Mutex::default(),
             syncing: Mutex::new(()),
+            fanout: Mutex::default(),
         }
     }
 

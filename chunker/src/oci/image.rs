@@ -15,7 +15,7 @@ use super::layer::LayerStream;
 use super::registry::Platform;
 use super::source::ImageSource;
 use super::spec::{self, Compression, ConfigFile, Descriptor, DockerArchiveImage, Index, Manifest};
-use super::store::{FileRange, Store};
+use super::store::{Blob, FileRange, Store};
 
 /// Documents larger than this are not image metadata; refusing them keeps a
 /// hostile archive from making us allocate without bound.
@@ -204,12 +204,12 @@ impl Image {
         let blob = match &layer.location {
             Location::Blob(d) => self.store.open_blob(d)?,
             Location::Member(path) => {
-                self.store
-                    .open_path(path)?
-                    .ok_or_else(|| SourceError::MissingFile {
+                Blob::Unchecked(self.store.open_path(path)?.ok_or_else(|| {
+                    SourceError::MissingFile {
                         location: self.store.location(),
                         name: path.clone(),
-                    })?
+                    }
+                })?)
             }
         };
         let compression = match layer.compression {
@@ -298,7 +298,8 @@ fn read_blob(store: &Store, desc: &Descriptor, what: &str) -> Result<Vec<u8>, So
         });
     }
     let what = format!("{what} {}", desc.digest);
-    let (bytes, _) = read_small(store.open_blob(&desc.digest)?, &what, Some(&desc.digest))?;
+    let (file, _) = store.open_blob(&desc.digest)?.into_parts();
+    let (bytes, _) = read_small(file, &what, Some(&desc.digest))?;
     if bytes.len() as u64 != desc.size {
         return Err(SourceError::SizeMismatch {
             digest: desc.digest.clone(),
