@@ -5,7 +5,7 @@
 
 use std::time::SystemTime;
 
-use manifest::ManifestDigest;
+use manifest::{ConversionKey, ManifestDigest};
 
 use crate::store::{ChunkStore, StoreError};
 
@@ -62,6 +62,35 @@ pub trait Catalog: Send + Sync {
     /// manifest was there. Tags are the caller's business (see
     /// [`Catalog::list_tags`]); chunks are garbage collection's.
     fn remove_manifest(&self, digest: &ManifestDigest) -> Result<bool, StoreError>;
+
+    /// Records that the conversion `key` names (in `domain`) gave manifest
+    /// `digest`, replacing an earlier record; the manifest must be stored.
+    /// Stored as `conversions/<domain>/<key hex>` ([`conversion_path`]).
+    fn put_conversion(
+        &self,
+        domain: &str,
+        key: &ConversionKey,
+        digest: &ManifestDigest,
+    ) -> Result<(), StoreError>;
+
+    /// The manifest the conversion `key` gave, if one was recorded (the
+    /// manifest may have been removed since: the caller checks).
+    fn get_conversion(
+        &self,
+        domain: &str,
+        key: &ConversionKey,
+    ) -> Result<Option<ManifestDigest>, StoreError>;
+}
+
+/// Where the record of conversion `key` of `domain` lives in a catalog,
+/// below `conversions/`: `DOMAIN/<64 hex>`.
+pub fn conversion_path(domain: &str, key: &ConversionKey) -> Result<String, StoreError> {
+    if manifest::validate_domain(domain).is_err() {
+        return Err(StoreError::InvalidDomain {
+            domain: domain.to_owned(),
+        });
+    }
+    Ok(format!("{domain}/{}", key.to_hex()))
 }
 
 /// A tag as listed: `DOMAIN/NAME → DIGEST`.
@@ -147,6 +176,21 @@ macro_rules! forward_catalog {
             }
             fn list_tags(&self) -> Result<Vec<TagEntry>, StoreError> {
                 (**self).list_tags()
+            }
+            fn put_conversion(
+                &self,
+                domain: &str,
+                key: &ConversionKey,
+                digest: &ManifestDigest,
+            ) -> Result<(), StoreError> {
+                (**self).put_conversion(domain, key, digest)
+            }
+            fn get_conversion(
+                &self,
+                domain: &str,
+                key: &ConversionKey,
+            ) -> Result<Option<ManifestDigest>, StoreError> {
+                (**self).get_conversion(domain, key)
             }
             fn remove_tag(&self, domain: &str, name: &str) -> Result<bool, StoreError> {
                 (**self).remove_tag(domain, name)

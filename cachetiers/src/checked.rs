@@ -212,6 +212,27 @@ pub fn check_tag(
     })
 }
 
+/// The digest a conversion record names, from what a store found under
+/// it (read with the limit [`manifest::conversion::MAX_RECORD_LEN`]):
+/// `None` for none, [`StoreError::BadConversionRecord`] naming `path()`
+/// for anything but a digest.
+pub fn check_conversion(
+    found: Bounded,
+    path: impl FnOnce() -> PathBuf,
+) -> Result<Option<ManifestDigest>, StoreError> {
+    let bytes = match found {
+        Bounded::Missing => return Ok(None),
+        Bounded::TooLong(len) => format!("<{len} bytes>").into_bytes(),
+        Bounded::Bytes(bytes) => bytes,
+    };
+    manifest::conversion::decode_record(&bytes)
+        .map(Some)
+        .map_err(|source| StoreError::BadConversionRecord {
+            path: path(),
+            source,
+        })
+}
+
 fn too_long(len: u64, limit: u64) -> String {
     format!("it is {len} bytes, over the {limit}-byte limit")
 }
@@ -309,6 +330,13 @@ mod tests {
         assert!(matches!(
             check_tag("t", Bounded::TooLong(5000), path),
             Err(StoreError::BadTag { .. })
+        ));
+        let record = Bounded::Bytes(manifest::conversion::encode_record(&digest));
+        assert_eq!(check_conversion(record, path).unwrap(), Some(digest));
+        assert_eq!(check_conversion(Bounded::Missing, path).unwrap(), None);
+        assert!(matches!(
+            check_conversion(Bounded::Bytes(b"junk".to_vec()), path),
+            Err(StoreError::BadConversionRecord { .. })
         ));
     }
 }

@@ -5,8 +5,9 @@
 //!   [`StoreError`];
 //! - [`checked`]: the size and hash checks every store makes on put and
 //!   get, and the errors they give;
-//! - [`catalog`]: the [`Catalog`] trait (sealed manifests and tags) and
-//!   [`Origin`], a chunk store that is also a catalog;
+//! - [`catalog`]: the [`Catalog`] trait (sealed manifests, tags and
+//!   conversion records) and [`Origin`], a chunk store that is also a
+//!   catalog;
 //! - [`dir_store`]: [`DirStore`], the first tier: a local directory of
 //!   sharded, atomically written objects, plus the sealed manifests and
 //!   the tags that name them;

@@ -137,6 +137,22 @@ pub enum StoreError {
         /// What is wrong with its content.
         source: IdParseError,
     },
+    /// A domain name that is not one (where a conversion record goes).
+    #[error(
+        "invalid domain `{domain}`: 1 to 64 characters from A-Z a-z 0-9 . _ -, not starting with `.`"
+    )]
+    InvalidDomain {
+        /// The name given.
+        domain: String,
+    },
+    /// A conversion record does not contain a manifest digest.
+    #[error("conversion record {} does not contain a manifest digest: {source}", path.display())]
+    BadConversionRecord {
+        /// The record (a path or a URL).
+        path: PathBuf,
+        /// What is wrong with its content.
+        source: IdParseError,
+    },
     /// A remote tier failed (network, service, protocol).
     #[error("{tier} failed: {source}")]
     Backend {

@@ -96,7 +96,11 @@ fn child(args: &[String]) -> Result<(), String> {
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .unwrap_or(0);
-    let app_layer: u64 = r.flatten.layers.last().map_or(0, |l| l.uncompressed_bytes);
+    let app_layer: u64 = r
+        .flatten
+        .as_ref()
+        .and_then(|f| f.layers.last())
+        .map_or(0, |l| l.uncompressed_bytes);
     println!(
         "RESULT {secs} {} {} {} {hwm} {app_layer} {} {}",
         r.image_bytes,

@@ -17,6 +17,13 @@
 //! grows with it. The image, chunks and manifest do not depend on the
 //! pipeline or the thread count: chunks are placed by index.
 //!
+//! Before any of that, the source is located (its manifest digest, from a
+//! registry one manifest request) and looked up in the catalog's
+//! conversion records ([`manifest::conversion`]): if the same source with
+//! the same options was converted into this store and its manifest is
+//! still there, the conversion is a no-op that says so
+//! ([`ConvertReport::already_converted`]), unless [`ConvertOptions::force`].
+//!
 //! [`Pipeline::Serial`] is the path before the overlap, kept to compare
 //! against: layers read on the flattening thread, each chunk stored (and
 //! synced) on its own.
@@ -30,13 +37,13 @@ use std::time::{Duration, Instant};
 
 use cachetiers::{ChunkStore, Origin, PutOutcome, StoreError};
 use manifest::{
-    ChunkEntry, ChunkId, ChunkKey, ChunkSize, DomainSecret, KeyProvider, Manifest, ManifestDigest,
-    encrypt_chunk_in_place, encrypt_chunk_owned,
+    ChunkEntry, ChunkId, ChunkKey, ChunkSize, ConversionInputs, ConversionKey, DomainSecret,
+    KeyProvider, Manifest, ManifestDigest, encrypt_chunk_in_place, encrypt_chunk_owned,
 };
 
 use crate::chunking::{ChunkConsumer, ChunkingSink};
-use crate::flatten::{FlattenError, FlattenOptions, FlattenReport, flatten_into};
-use crate::oci::ImageSource;
+use crate::flatten::{FlattenError, FlattenOptions, FlattenReport, flatten_image};
+use crate::oci::{Image, ImageSource};
 
 /// How to convert.
 #[derive(Clone, Debug)]
@@ -53,6 +60,9 @@ pub struct ConvertOptions {
     pub progress: bool,
     /// How the stages share the cores.
     pub pipeline: Pipeline,
+    /// Convert even when the store records this source and options as
+    /// converted already.
+    pub force: bool,
 }
 
 /// How a conversion's stages share the cores (the output is the same).
@@ -110,6 +120,7 @@ impl Default for ConvertOptions {
             tag: None,
             progress: false,
             pipeline: Pipeline::default(),
+            force: false,
         }
     }
 }
@@ -135,8 +146,13 @@ pub struct ConvertReport {
     pub manifest_bytes: u64,
     /// Wall time.
     pub elapsed: Duration,
-    /// The flattening report (layers, config).
-    pub flatten: FlattenReport,
+    /// The store had converted this source with these options already:
+    /// nothing was read or written but the tag (the counts are those of
+    /// the stored manifest, every chunk already present).
+    pub already_converted: bool,
+    /// The flattening report (layers, config); `None` when
+    /// [`ConvertReport::already_converted`].
+    pub flatten: Option<FlattenReport>,
 }
 
 /// Errors from a conversion.
@@ -350,6 +366,23 @@ fn convert_with(
     let start = Instant::now();
     let chunk_size = ChunkSize::new(opts.flatten.ext4.chunk_size)?;
     let secret = keys.domain_secret(&opts.domain)?;
+    let located = Image::locate(source).map_err(FlattenError::from)?;
+    let record = ConversionKey::derive(
+        &secret,
+        &ConversionInputs {
+            source_digest: located.digest().as_str(),
+            domain: &opts.domain,
+            chunk_size,
+            free_bytes: opts.flatten.ext4.free_bytes,
+            spare_inodes: opts.flatten.ext4.spare_inodes,
+        },
+    );
+    if !opts.force
+        && let Some(report) = already_converted(store, keys, opts, &record, start)?
+    {
+        return Ok(report);
+    }
+    let image = located.open().map_err(FlattenError::from)?;
     let threads = opts.threads.max(1);
     let (tx, rx) = sync_channel::<(u64, Vec<u8>)>(threads * 2);
     let rx = Arc::new(Mutex::new(rx));
@@ -388,7 +421,7 @@ fn convert_with(
         drop(rx);
         // Dropping the feeder closes the queue, so the workers drain it and
         // stop; on error flatten_into has dropped it already.
-        flatten_into(source, sink, &flatten_opts).map(|(sink, report)| {
+        flatten_image(&image, sink, &flatten_opts).map(|(sink, report)| {
             let count = sink.chunk_count();
             if sink.into_consumer().progress.is_some() {
                 eprintln!();
@@ -439,6 +472,7 @@ fn convert_with(
     // nothing left to do.
     store.sync()?;
     let digest = store.put_manifest(&sealed)?;
+    store.put_conversion(&opts.domain, &record, &digest)?;
     if let Some(tag) = &opts.tag {
         store.set_tag(&opts.domain, tag, &digest)?;
     }
@@ -452,6 +486,49 @@ fn convert_with(
         bytes_written,
         manifest_bytes: sealed.len() as u64,
         elapsed: start.elapsed(),
-        flatten: report,
+        already_converted: false,
+        flatten: Some(report),
     })
+}
+
+/// The report of a conversion the store records as done: `None` unless
+/// the record exists and the manifest it names is still stored and
+/// unseals in this domain with these keys (a manifest removed since, or
+/// sealed under keys that are gone, is converted again). Sets the tag.
+fn already_converted(
+    store: &dyn Origin,
+    keys: &dyn KeyProvider,
+    opts: &ConvertOptions,
+    record: &ConversionKey,
+    start: Instant,
+) -> Result<Option<ConvertReport>, ConvertError> {
+    let Some(digest) = store.get_conversion(&opts.domain, record)? else {
+        return Ok(None);
+    };
+    let sealed = match store.get_manifest(&digest) {
+        Ok(sealed) => sealed,
+        Err(StoreError::ManifestNotFound { .. }) => return Ok(None),
+        Err(err) => return Err(err.into()),
+    };
+    let Ok(manifest) = manifest::unseal_for_domain(&sealed, keys, &opts.domain) else {
+        return Ok(None);
+    };
+    if let Some(tag) = &opts.tag {
+        store.set_tag(&opts.domain, tag, &digest)?;
+    }
+    let chunks = manifest.chunks.len() as u64;
+    let holes = manifest.chunks.iter().filter(|c| c.is_hole()).count() as u64;
+    Ok(Some(ConvertReport {
+        digest,
+        image_bytes: manifest.device_size,
+        chunks,
+        holes,
+        new_chunks: 0,
+        existing_chunks: chunks - holes,
+        bytes_written: 0,
+        manifest_bytes: sealed.len() as u64,
+        elapsed: start.elapsed(),
+        already_converted: true,
+        flatten: None,
+    }))
 }

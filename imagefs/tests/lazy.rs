@@ -56,6 +56,7 @@ fn env() -> Env {
         threads: 2,
         tag: None,
         progress: false,
+        force: false,
         pipeline: Default::default(),
     };
     let report = convert(&source, origin.as_ref(), &keys, &options).unwrap();

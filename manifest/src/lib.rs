@@ -8,6 +8,9 @@
 //! - [`convergent`]: per-chunk convergent encryption. A chunk's key is
 //!   HMAC-SHA-256(domain secret, plaintext), its object is AES-256-GCM of
 //!   the plaintext under that key, and its id is SHA-256 of the object.
+//! - [`conversion`]: the record of which sealed manifest a source image
+//!   (and options) became, under a [`ConversionKey`] keyed by the domain
+//!   secret, so a second `convert` of it is a no-op.
 //! - [`format`](mod@format): the [`Manifest`] (device geometry, chunk table, OCI start
 //!   config, domain) and its compact v1 binary encoding.
 //! - [`keys`]: the [`KeyProvider`] trait and [`LocalKeyProvider`], master
@@ -26,6 +29,7 @@
 pub mod agent;
 pub mod chunk_size;
 pub mod convergent;
+pub mod conversion;
 pub mod format;
 #[doc(hidden)]
 pub mod fuzzing;
@@ -43,6 +47,7 @@ pub use convergent::{
     decrypt_chunk_owned, derive_chunk_key, encrypt_chunk, encrypt_chunk_in_place,
     encrypt_chunk_owned, verify_object,
 };
+pub use conversion::{ConversionInputs, ConversionKey};
 pub use format::{ChunkEntry, DomainMismatch, FormatError, ImageConfig, Manifest};
 pub use ids::{ByteOffset, ChunkId, ChunkIndex, ChunkKey, IdParseError, ManifestDigest};
 pub use keys::{

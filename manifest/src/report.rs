@@ -330,6 +330,10 @@ pub struct FetchStats {
 pub struct ConvertStats {
     /// The sealed manifest's digest (`sha256:…`).
     pub digest: String,
+    /// The store had converted this source with these options already, so
+    /// nothing was converted (`--force` converts anyway).
+    #[serde(default)]
+    pub already_converted: bool,
     /// How the image's chunks were stored.
     pub chunks: ChunkCounts,
     /// Sizes, in bytes.

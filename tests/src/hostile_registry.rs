@@ -2,8 +2,9 @@
 //! distribution API (`/v2/`, manifests, blobs with Range) to serve an OCI
 //! layout, and then misbehaving in one chosen way that the real
 //! `docker-registry` cannot be made to: a corrupt or truncated blob, an
-//! oversized manifest, silence, a redirect to another host. It is the
-//! hostile peer of the bad-input tests, not a stand-in for the registry.
+//! oversized manifest, silence, a redirect to another host, a 5xx or a
+//! connection cut on a blob's first request. It is the hostile peer of
+//! the bad-input and retry tests, not a stand-in for the registry.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -32,6 +33,27 @@ pub enum Trick {
     Basic(String, String),
     /// Basic auth, and blobs redirected to `base`.
     BasicThenRedirect(String, String, String),
+    /// Answer the first request for each layer blob with a 503, then
+    /// serve it.
+    FailFirst,
+    /// On the first request for each layer blob, promise the full length,
+    /// send half, and close; later requests are served (Range honoured).
+    CutFirst,
+}
+
+/// One request as the server saw it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Request {
+    /// The path.
+    pub path: String,
+    /// The Authorization header.
+    pub auth: Option<String>,
+    /// The first byte a `Range: bytes=N-` header asked for (0 without one).
+    pub range_from: usize,
+    /// The HTTP status the server answered with.
+    pub status: u16,
+    /// Body bytes written before the connection was cut, when it was.
+    pub cut_at: Option<usize>,
 }
 
 struct State {
@@ -39,8 +61,8 @@ struct State {
     blobs: BTreeMap<String, Vec<u8>>,
     layers: Vec<String>,
     trick: Trick,
-    /// (path, the Authorization header it came with).
-    seen: Mutex<Vec<(String, Option<String>)>>,
+    /// Every request, in arrival order (pushed before it is answered).
+    seen: Mutex<Vec<Request>>,
     stop: AtomicBool,
 }
 
@@ -108,11 +130,27 @@ impl HostileRegistry {
 
     /// Every request so far: path and Authorization header.
     pub fn seen(&self) -> Vec<(String, Option<String>)> {
+        self.requests()
+            .into_iter()
+            .map(|r| (r.path, r.auth))
+            .collect()
+    }
+
+    /// Every request so far, with its Range, answer and cut.
+    pub fn requests(&self) -> Vec<Request> {
         self.state
             .seen
             .lock()
             .map(|s| s.clone())
             .unwrap_or_default()
+    }
+
+    /// How many requests so far were for blobs (configs and layers).
+    pub fn blob_requests(&self) -> usize {
+        self.requests()
+            .iter()
+            .filter(|r| r.path.contains("/blobs/"))
+            .count()
     }
 }
 
@@ -168,9 +206,24 @@ fn serve(s: &State, mut conn: TcpStream) -> std::io::Result<()> {
                 .unwrap_or(0);
         }
     }
-    if let Ok(mut seen) = s.seen.lock() {
-        seen.push((path.clone(), auth.clone()));
-    }
+    let index = s.seen.lock().map_or(0, |mut seen| {
+        seen.push(Request {
+            path: path.clone(),
+            auth: auth.clone(),
+            range_from: range,
+            status: 0,
+            cut_at: None,
+        });
+        seen.len() - 1
+    });
+    let note = |status: u16, cut_at: Option<usize>| {
+        if let Ok(mut seen) = s.seen.lock()
+            && let Some(r) = seen.get_mut(index)
+        {
+            r.status = status;
+            r.cut_at = cut_at;
+        }
+    };
     let basic = match &s.trick {
         Trick::Basic(u, p) | Trick::BasicThenRedirect(u, p, _) => Some(format!(
             "Basic {}",
@@ -219,7 +272,19 @@ fn serve(s: &State, mut conn: TcpStream) -> std::io::Result<()> {
         return respond(&mut conn, "404 Not Found", &[], b"");
     };
     let is_layer = s.layers.iter().any(|l| l == digest);
+    // Whether this is the first request for this layer blob.
+    let first = is_layer
+        && s.seen.lock().is_ok_and(|seen| {
+            seen.iter()
+                .filter(|r| r.path.ends_with(&format!("/blobs/{digest}")))
+                .count()
+                == 1
+        });
     match &s.trick {
+        Trick::FailFirst if first => {
+            note(503, None);
+            return respond(&mut conn, "503 Service Unavailable", &[], b"busy");
+        }
         Trick::RedirectBlobs(base) | Trick::BasicThenRedirect(_, _, base) => {
             let to = format!("{base}/v2/{repo}/blobs/{digest}");
             return respond(
@@ -247,14 +312,24 @@ fn serve(s: &State, mut conn: TcpStream) -> std::io::Result<()> {
     } else {
         "200 OK"
     };
-    if is_layer && matches!(s.trick, Trick::TruncateBlobs) {
+    let code = if range > 0 { 206 } else { 200 };
+    let cut = match s.trick {
+        Trick::TruncateBlobs => is_layer,
+        Trick::CutFirst => first,
+        _ => false,
+    };
+    if cut {
         let head = format!(
             "HTTP/1.1 {status}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
             body.len()
         );
+        let half = body.len() / 2;
+        note(code, Some(range + half));
         conn.write_all(head.as_bytes())?;
-        conn.write_all(&body[..body.len() / 2])?;
+        conn.write_all(&body[..half])?;
+        conn.flush()?;
         return conn.shutdown(std::net::Shutdown::Both);
     }
+    note(code, None);
     respond(&mut conn, status, &[], &body)
 }

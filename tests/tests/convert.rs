@@ -74,6 +74,7 @@ fn options(domain: &str) -> ConvertOptions {
         threads: 2,
         tag: None,
         progress: false,
+        force: false,
         pipeline: Default::default(),
     }
 }

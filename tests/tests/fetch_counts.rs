@@ -84,7 +84,8 @@ fn setup() -> Setup {
     imagefs::export(&store, &opened.manifest, &dir.path().join("disk.img")).unwrap();
     Setup {
         digest: report.digest.to_string(),
-        metadata_start_chunk: report.flatten.ext4.metadata_start * BLOCK / CHUNK,
+        metadata_start_chunk: report.flatten.expect("converted").ext4.metadata_start * BLOCK
+            / CHUNK,
         chunk_count: report.chunks,
         dir,
     }

@@ -73,6 +73,7 @@ fn options(tag: Option<&str>) -> ConvertOptions {
         threads: 2,
         tag: tag.map(str::to_owned),
         progress: false,
+        force: false,
         pipeline: Default::default(),
     }
 }
@@ -132,7 +133,17 @@ fn convert_open_and_export_through_s3() {
     assert!(report.bad.is_empty(), "{:?}", report.bad);
     assert_eq!(report.checked, first.new_chunks);
 
-    let second = convert(&source, &origin, &keys, &options(Some("app:v1"))).expect("convert");
+    // Converted again: the record in the bucket makes it a no-op.
+    let again = convert(&source, &origin, &keys, &options(Some("app:v1"))).expect("convert");
+    assert!(again.already_converted, "{again:?}");
+    assert_eq!(again.digest, first.digest);
+    // Forced: every chunk deduplicated.
+    let forced = ConvertOptions {
+        force: true,
+        ..options(Some("app:v1"))
+    };
+    let second = convert(&source, &origin, &keys, &forced).expect("convert");
+    assert!(!second.already_converted);
     assert_eq!(second.new_chunks, 0, "{second:?}");
     assert_eq!(second.bytes_written, 0);
     assert_eq!(second.existing_chunks, first.new_chunks);

@@ -105,14 +105,31 @@ fn anonymous_http_pull_is_identical_to_the_layout() {
         ..ConvertOptions::default()
     };
     let a = convert(&from_oci, &store, &keys, &opts).unwrap();
+    // The same image manifest from the registry: already converted (the
+    // record is keyed by the manifest digest, not by where it came from).
     let b = convert(&by_digest, &store, &keys, &opts)
         .unwrap_or_else(|e| panic!("convert {by_digest}: {}", error_chain(&e)));
-    assert_eq!(a.chunks, b.chunks);
+    assert!(b.already_converted, "{b:?}");
+    assert_eq!((b.digest, b.chunks, b.flatten), (a.digest, a.chunks, None));
+    // Forced: pulled and converted again, to the same manifest and chunks.
+    let forced = ConvertOptions {
+        force: true,
+        ..opts.clone()
+    };
+    let c = convert(&by_digest, &store, &keys, &forced)
+        .unwrap_or_else(|e| panic!("convert {by_digest}: {}", error_chain(&e)));
+    assert!(!c.already_converted);
+    assert_eq!(a.chunks, c.chunks);
     assert_eq!(
-        b.new_chunks, 0,
-        "the registry pull gave other chunks: {b:?}"
+        c.new_chunks, 0,
+        "the registry pull gave other chunks: {c:?}"
     );
-    assert_eq!(a.flatten.image_digest, b.flatten.image_digest);
+    let unsealed = |d| manifest::unseal(&store.get_manifest(d).unwrap(), &keys).unwrap();
+    assert_eq!(unsealed(&c.digest), unsealed(&a.digest));
+    assert_eq!(
+        a.flatten.map(|f| f.image_digest),
+        c.flatten.map(|f| f.image_digest)
+    );
 
     // Unknown repository, unknown tag: named, and nothing written.
     for (name, want) in [
@@ -365,6 +382,13 @@ fn bearer_tokens_are_refreshed_when_they_expire_mid_pull() {
         issued >= 2,
         "one token lasted the whole pull ({issued} issued)"
     );
+    // The client learnt of the expiry from refusals (which also shows the
+    // log count below sees them).
+    assert!(
+        unauthorized(&reg, "tok/app") > 0,
+        "log:\n{}",
+        reg.log_tail(40)
+    );
 
     // Wrong credentials: the issuer refuses, the error says who.
     issuer.set_life(600);
@@ -383,4 +407,87 @@ fn bearer_tokens_are_refreshed_when_they_expire_mid_pull() {
     );
     assert!(issuer.refused() > refused);
     assert!(!out.exists());
+}
+
+/// Requests for `repo` the registry answered 401, from its access log.
+fn unauthorized(reg: &Registry, repo: &str) -> usize {
+    let log = std::fs::read_to_string(reg.dir().join("registry.log")).unwrap_or_default();
+    log.lines()
+        .filter(|l| l.contains(&format!(" /v2/{repo}/")) && l.contains("\" 401 "))
+        .count()
+}
+
+#[test]
+fn bearer_tokens_are_refreshed_before_they_expire() {
+    if !require_tool("openssl") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let issuer = TokenIssuer::start(
+        tmp.path(),
+        IssuerConfig {
+            user: Some(("tokuser".into(), "tok-pw-secret".into())),
+            issuer: "imagefs-test-issuer".into(),
+            service: "imagefs-test-registry".into(),
+            life: 600,
+            // What the client is told: it must refresh before this.
+            expires_in: 1,
+        },
+    )
+    .unwrap();
+    let auth = Auth::Token {
+        realm: issuer.realm(),
+        service: "imagefs-test-registry".into(),
+        issuer: "imagefs-test-issuer".into(),
+        root_cert_bundle: issuer.cert_pem().to_owned(),
+    };
+    let Some(reg) = start(auth, None) else {
+        return;
+    };
+    let layout = tmp.path().join("layout");
+    app_image(70).write_oci_layout(&layout, "v1").unwrap();
+    reg.push(
+        &format!("oci:{}:v1", layout.display()),
+        "fresh/app:v1",
+        &["--dest-creds=tokuser:tok-pw-secret"],
+    )
+    .unwrap();
+    // A token is good at the registry for 3 s (its `exp` is in whole
+    // seconds, so at least 2); the client, told 1 s, must switch before
+    // then, and a request it sends with a token under 1 s old arrives
+    // (held 400 ms by the proxy) well within it. The pull (ping,
+    // manifest, config, three layers, one at a time, each held) outlives
+    // the first token.
+    issuer.set_life(3 - REGISTRY_LEEWAY);
+    let proxy = DelayProxy::start(reg.addr(), Duration::from_millis(400)).unwrap();
+    let proxy_host = proxy.endpoint().trim_start_matches("http://").to_owned();
+    let from_reg = source(
+        &format!("docker://{proxy_host}/fresh/app:v1"),
+        RegistryOptions {
+            creds: Some("tokuser:tok-pw-secret".parse::<Credentials>().unwrap()),
+            max_parallel: 1,
+            ..quick()
+        },
+    );
+    let refused_before = unauthorized(&reg, "fresh/app");
+    let before = issuer.issued();
+    let out = tmp.path().join("out.img");
+    let from_oci: ImageSource = format!("oci:{}:v1", layout.display()).parse().unwrap();
+    assert_eq!(
+        flatten_digest(&from_reg, &out),
+        flatten_digest(&from_oci, &out)
+    );
+    let issued = issuer.issued() - before;
+    assert!(
+        issued >= 2,
+        "one token lasted the whole pull ({issued} issued)"
+    );
+    // Only the API root is asked without a token (the challenge); no
+    // request under the repository was refused.
+    assert_eq!(
+        unauthorized(&reg, "fresh/app"),
+        refused_before,
+        "log:\n{}",
+        reg.log_tail(40)
+    );
 }

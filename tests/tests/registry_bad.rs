@@ -91,7 +91,12 @@ fn fails(trick: Trick, opts: RegistryOptions, want: &[&str]) {
     };
     convert(&oci, &store, &keys, &opts).unwrap();
     let before = snapshot(&tmp.path().join("store"));
-    let err = convert(&src, &store, &keys, &opts).unwrap_err();
+    // Forced: the store records this image (from the layout) as converted.
+    let forced = ConvertOptions {
+        force: true,
+        ..opts
+    };
+    let err = convert(&src, &store, &keys, &forced).unwrap_err();
     let msg = error_chain(&err);
     assert!(
         msg.contains(&reg.host()) && msg.contains("bad/app"),

@@ -80,6 +80,10 @@ pub enum Command {
         /// The output is the same.
         #[arg(long, default_value_t = Pipeline::Overlapped)]
         pipeline: Pipeline,
+        /// Convert even if the store records this source manifest as
+        /// converted with the same options (otherwise that is a no-op).
+        #[arg(long)]
+        force: bool,
         #[command(flatten)]
         layout: LayoutArgs,
         /// Print the report as JSON (`manifest::report::ConvertStats`)
@@ -337,6 +341,7 @@ impl Command {
                 tag,
                 threads,
                 pipeline,
+                force,
                 layout,
                 json,
             } => {
@@ -348,6 +353,7 @@ impl Command {
                     tag,
                     progress: !json,
                     pipeline,
+                    force,
                     ..ConvertOptions::default()
                 };
                 if let Some(n) = threads {

@@ -58,6 +58,7 @@ pub fn flattened(out: &mut dyn Write, r: &FlattenReport, output: &Path) -> io::R
 pub fn convert_stats(r: &ConvertReport) -> ConvertStats {
     ConvertStats {
         digest: r.digest.to_string(),
+        already_converted: r.already_converted,
         chunks: ChunkCounts {
             total: r.chunks,
             holes: r.holes,
@@ -114,6 +115,14 @@ pub fn write_json(path: &Path, report: &impl Serialize) -> io::Result<()> {
 pub fn converted(out: &mut dyn Write, r: &ConvertStats) -> io::Result<()> {
     let secs = r.elapsed_seconds.max(1e-9);
     writeln!(out, "{}", r.digest)?;
+    if r.already_converted {
+        writeln!(
+            out,
+            "already converted: {} ({} chunks, {} holes; --force converts again)",
+            r.digest, r.chunks.total, r.chunks.holes
+        )?;
+        return Ok(());
+    }
     writeln!(
         out,
         "chunks {} (holes {}, new {}, already present {}), {:.1} MB written, manifest {} bytes",

@@ -104,14 +104,35 @@ fn credentials_from_every_place_and_none_printed() {
         ("XDG_RUNTIME_DIR", &run_dir),
         ("HOME", &home),
     ];
-    for (var, path) in places {
+    // The first converts; the others find it converted (the manifest is
+    // still fetched with the credentials, to know its digest).
+    for (i, (var, path)) in places.into_iter().enumerate() {
         let o = convert(tmp.path(), &src, &[&cert_dir], &[(var, path)]);
         let t = text(&o);
         assert!(o.status.success(), "with {var}: {t}");
         assert!(!t.contains(PASSWORD), "{t}");
         let stats: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-        assert!(stats.is_object(), "{t}");
+        assert_eq!(stats["already_converted"], i > 0, "{t}");
     }
+    // In text; and --force converts again.
+    let file_env: [(&str, &Path); 1] = [("REGISTRY_AUTH_FILE", &file)];
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_imagefs"));
+    let o = cmd
+        .args(["convert", &src, &cert_dir, "--store"])
+        .arg(tmp.path().join("store"))
+        .arg("--keys")
+        .arg(tmp.path().join("keys"))
+        .env("REGISTRY_AUTH_FILE", &file)
+        .output()
+        .unwrap();
+    let t = text(&o);
+    assert!(
+        o.status.success() && t.contains("already converted: sha256:"),
+        "{t}"
+    );
+    let o = convert(tmp.path(), &src, &[&cert_dir, "--force"], &file_env);
+    let stats: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(stats["already_converted"], false, "{}", text(&o));
 
     // --creds, and --tls-verify=false instead of the CA (with a warning).
     let creds = format!("--creds=cli:{PASSWORD}");

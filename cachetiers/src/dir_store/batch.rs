@@ -19,7 +19,7 @@
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::ErrorKind;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::PoisonError;
 
 use manifest::ChunkId;
@@ -40,35 +40,96 @@ pub(super) struct Batch {
     bytes: u64,
 }
 
+/// The fan-out directories (`chunks/ab`, `chunks/ab/cd`) this handle has
+/// made or found, as bitmaps: 8 KiB, so a conversion makes each directory
+/// once instead of trying one `mkdir` (or three) per object.
+#[derive(Debug)]
+pub(super) struct Fanout {
+    parents: [u64; 4],
+    shards: Box<[u64; 1024]>,
+}
+
+impl Default for Fanout {
+    fn default() -> Self {
+        Fanout {
+            parents: [0; 4],
+            shards: Box::new([0; 1024]),
+        }
+    }
+}
+
+impl Fanout {
+    fn bit(words: &[u64], i: usize) -> bool {
+        words[i / 64] & (1 << (i % 64)) != 0
+    }
+
+    pub(super) fn has_parent(&self, a: u8) -> bool {
+        Self::bit(&self.parents, a as usize)
+    }
+
+    pub(super) fn set_parent(&mut self, a: u8) {
+        self.parents[a as usize / 64] |= 1 << (a % 64);
+    }
+
+    pub(super) fn has_shard(&self, a: u8, b: u8) -> bool {
+        Self::bit(&self.shards[..], shard_index(a, b))
+    }
+
+    pub(super) fn set_shard(&mut self, a: u8, b: u8) {
+        let i = shard_index(a, b);
+        self.shards[i / 64] |= 1 << (i % 64);
+    }
+
+    /// Forgets parent `a` and every shard under it (one was removed).
+    pub(super) fn forget(&mut self, a: u8) {
+        self.parents[a as usize / 64] &= !(1 << (a % 64));
+        let first = shard_index(a, 0) / 64;
+        self.shards[first..first + 4].fill(0);
+    }
+}
+
+fn shard_index(a: u8, b: u8) -> usize {
+    (a as usize) << 8 | b as usize
+}
+
 impl DirStore {
     fn batch(&self) -> std::sync::MutexGuard<'_, Batch> {
         self.batch.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Creates the shard directory `shard` (and its parent) if missing;
+    fn fanout(&self) -> std::sync::MutexGuard<'_, Fanout> {
+        self.fanout.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Creates the shard directory of `id` (and its parent) if missing;
     /// whether it was created now, in which case it holds no object yet.
-    /// One `mkdir` in the common case, no `stat`.
-    fn make_shard(&self, shard: &Path) -> Result<bool, StoreError> {
-        let parent = shard.parent().unwrap_or(shard);
-        match fs::create_dir(shard) {
-            Ok(()) => {}
-            Err(e) if e.kind() == ErrorKind::AlreadyExists => return Ok(false),
-            Err(e) if e.kind() == ErrorKind::NotFound => {
-                match fs::create_dir(parent) {
-                    Ok(()) => self.mark_dirty([self.chunks_dir()]),
-                    Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
-                    Err(e) => return Err(io_error("create directory", parent)(e)),
-                }
-                match fs::create_dir(shard) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == ErrorKind::AlreadyExists => return Ok(false),
-                    Err(e) => return Err(io_error("create directory", shard)(e)),
-                }
-            }
-            Err(e) => return Err(io_error("create directory", shard)(e)),
+    /// Each directory is made (or found) once per handle: after that the
+    /// [`Fanout`] cache answers, with no system call.
+    fn make_shard(&self, id: &ChunkId) -> Result<bool, StoreError> {
+        let [a, b, ..] = *id.as_bytes();
+        if self.fanout().has_shard(a, b) {
+            return Ok(false);
         }
-        self.mark_dirty([parent.to_path_buf()]);
-        Ok(true)
+        let shard = self.shard_dir(id);
+        let parent = shard.parent().unwrap_or(&shard);
+        if !self.fanout().has_parent(a) {
+            match fs::create_dir(parent) {
+                Ok(()) => self.mark_dirty([self.chunks_dir()]),
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(io_error("create directory", parent)(e)),
+            }
+            self.fanout().set_parent(a);
+        }
+        let created = match fs::create_dir(&shard) {
+            Ok(()) => {
+                self.mark_dirty([parent.to_path_buf()]);
+                true
+            }
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => false,
+            Err(e) => return Err(io_error("create directory", &shard)(e)),
+        };
+        self.fanout().set_shard(a, b);
+        Ok(created)
     }
 
     /// [`ChunkStore::put_batched`](crate::ChunkStore::put_batched) of an
@@ -82,7 +143,7 @@ impl DirStore {
             return Ok(PutOutcome::AlreadyPresent);
         }
         let shard = self.shard_dir(id);
-        if !self.make_shard(&shard)? {
+        if !self.make_shard(id)? {
             let path = self.chunk_path(id);
             match fs::symlink_metadata(&path) {
                 Err(e) if e.kind() == ErrorKind::NotFound => {}
@@ -92,8 +153,16 @@ impl DirStore {
                 Ok(_) => return self.put_checked(id, object),
             }
         }
-        let temp = write_temp(&shard, &id.to_hex(), object)?
-            .ok_or_else(|| io_error("write into", &shard)(ErrorKind::NotFound.into()))?;
+        let temp = match write_temp(&shard, &id.to_hex(), object)? {
+            Some(temp) => temp,
+            None => {
+                // Removed behind the cache's back: make it again, once.
+                self.fanout().forget(id.as_bytes()[0]);
+                self.make_shard(id)?;
+                write_temp(&shard, &id.to_hex(), object)?
+                    .ok_or_else(|| io_error("write into", &shard)(ErrorKind::NotFound.into()))?
+            }
+        };
         let full = {
             let mut batch = self.batch();
             if batch.objects.contains_key(id) {

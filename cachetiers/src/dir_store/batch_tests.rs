@@ -203,3 +203,38 @@ fn concurrent_batched_puts_then_one_sync() {
         assert_eq!(fs::read(store.chunk_path(&c.id)).unwrap(), c.object);
     }
 }
+
+#[test]
+fn a_fan_out_directory_removed_behind_the_cache_is_made_again() {
+    let (_tmp, store) = store();
+    let (a, b) = (chunk(40), chunk(41));
+    store.put_batched(&a.object).unwrap();
+    store.sync().unwrap();
+    // Another process (a cleaner) removes the whole fan-out; this handle
+    // still believes the directories are there.
+    fs::remove_dir_all(store.root().join("chunks")).unwrap();
+    fs::create_dir(store.root().join("chunks")).unwrap();
+    let fresh = chunk(40);
+    assert_eq!(
+        store.put_batched(&fresh.object).unwrap().1,
+        PutOutcome::Stored
+    );
+    store.put_batched(&b.object).unwrap();
+    store.sync().unwrap();
+    assert_eq!(fs::read(store.chunk_path(&a.id)).unwrap(), a.object);
+    assert_eq!(fs::read(store.chunk_path(&b.id)).unwrap(), b.object);
+}
+
+#[test]
+fn the_fan_out_cache_tracks_each_directory() {
+    let mut f = batch::Fanout::default();
+    assert!(!f.has_parent(0xab) && !f.has_shard(0xab, 0xcd));
+    f.set_parent(0xab);
+    f.set_shard(0xab, 0xcd);
+    f.set_shard(0xac, 0x00);
+    assert!(f.has_parent(0xab) && f.has_shard(0xab, 0xcd) && f.has_shard(0xac, 0));
+    assert!(!f.has_shard(0xab, 0xce) && !f.has_parent(0xac));
+    f.forget(0xab);
+    assert!(!f.has_parent(0xab) && !f.has_shard(0xab, 0xcd));
+    assert!(f.has_shard(0xac, 0));
+}

@@ -6,14 +6,15 @@ use std::fs;
 use std::io::ErrorKind;
 use std::path::Path;
 
-use manifest::ManifestDigest;
+use manifest::conversion::{MAX_RECORD_LEN, encode_record};
+use manifest::{ConversionKey, ManifestDigest};
 
 use super::atomic::{io_error, sync_dir};
 use super::{DirStore, read_limited};
-use crate::catalog::{Catalog, StoredManifest, TagEntry};
+use crate::catalog::{Catalog, StoredManifest, TagEntry, conversion_path};
 use crate::checked::{
-    MAX_MANIFEST_LEN, MAX_PROFILE_LEN, MAX_TAG_LEN, check_manifest, check_profile,
-    check_profile_put, check_tag,
+    MAX_MANIFEST_LEN, MAX_PROFILE_LEN, MAX_TAG_LEN, check_conversion, check_manifest,
+    check_profile, check_profile_put, check_tag,
 };
 use crate::store::StoreError;
 use crate::tag::{tag_path, validate_tag_name};
@@ -68,6 +69,37 @@ impl DirStore {
         sync_dir(&dir)?;
         // A new domain's directory entry too.
         self.sync()
+    }
+
+    /// Records the manifest conversion `key` gave
+    /// ([`Catalog::put_conversion`]): `conversions/<domain>/<key hex>`.
+    pub fn put_conversion(
+        &self,
+        domain: &str,
+        key: &ConversionKey,
+        digest: &ManifestDigest,
+    ) -> Result<(), StoreError> {
+        conversion_path(domain, key)?;
+        if !self.has_manifest(digest)? {
+            return Err(StoreError::ManifestNotFound { digest: *digest });
+        }
+        let dir = self.root().join("conversions").join(domain);
+        self.write_in(&dir, &key.to_hex(), &encode_record(digest))?;
+        sync_dir(&dir)?;
+        self.sync()
+    }
+
+    /// The manifest conversion `key` gave, if recorded.
+    pub fn get_conversion(
+        &self,
+        domain: &str,
+        key: &ConversionKey,
+    ) -> Result<Option<ManifestDigest>, StoreError> {
+        let path = self
+            .root()
+            .join("conversions")
+            .join(conversion_path(domain, key)?);
+        check_conversion(read_limited(&path, MAX_RECORD_LEN)?, || path)
     }
 
     /// The digest tag `name` of `domain` points at.
@@ -217,6 +249,21 @@ fn remove_synced(dir: &Path, name: &str) -> Result<bool, StoreError> {
 }
 
 impl Catalog for DirStore {
+    fn put_conversion(
+        &self,
+        domain: &str,
+        key: &ConversionKey,
+        digest: &ManifestDigest,
+    ) -> Result<(), StoreError> {
+        DirStore::put_conversion(self, domain, key, digest)
+    }
+    fn get_conversion(
+        &self,
+        domain: &str,
+        key: &ConversionKey,
+    ) -> Result<Option<ManifestDigest>, StoreError> {
+        DirStore::get_conversion(self, domain, key)
+    }
     fn put_manifest(&self, sealed: &[u8]) -> Result<ManifestDigest, StoreError> {
         DirStore::put_manifest(self, sealed)
     }

@@ -6,6 +6,7 @@
 //!   manifests/<64 hex>           sealed manifests, by digest
 //!   tags/<domain>/<name>         "sha256:<64 hex>\n" (tags are per domain)
 //!   profiles/<64 hex>            sealed start profiles, by manifest digest
+//!   conversions/<domain>/<key>   "sha256:<64 hex>\n": what a source became
 //! ```
 //!
 //! Every file is written atomically (temporary file in the same directory,
@@ -14,7 +15,8 @@
 //! durable by [`DirStore::sync`], which [`DirStore::put_manifest`] calls
 //! first: once a manifest is stored, every chunk it names is too. Batched
 //! puts (`batch.rs`) skip the fsync of each object: the sync makes the
-//! whole batch durable at once before putting it in place.
+//! whole batch durable at once before putting it in place, and make each
+//! fan-out directory once per handle (a bitmap of those made or found).
 
 mod atomic;
 mod batch;
@@ -45,6 +47,8 @@ pub struct DirStore {
     batch: Mutex<batch::Batch>,
     /// Held by the sync of a batch.
     syncing: Mutex<()>,
+    /// Fan-out directories known to exist (`batch.rs`).
+    fanout: Mutex<batch::Fanout>,
 }
 
 impl DirStore {
@@ -76,6 +80,7 @@ impl DirStore {
             dirty: Mutex::new(BTreeSet::new()),
             batch: Mutex::default(),
             syncing: Mutex::new(()),
+            fanout: Mutex::default(),
         }
     }
 

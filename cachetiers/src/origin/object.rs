@@ -6,17 +6,17 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use manifest::{ChunkId, ManifestDigest};
+use manifest::{ChunkId, ConversionKey, ManifestDigest};
 use object_store::path::Path as Key;
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutPayload};
 use tokio::sync::Semaphore;
 
 use super::DEFAULT_MAX_CONCURRENT_REQUESTS;
 use super::runtime::{self, RuntimeError};
-use crate::catalog::{Catalog, StoredManifest, TagEntry};
+use crate::catalog::{Catalog, StoredManifest, TagEntry, conversion_path};
 use crate::checked::{
-    Bounded, MAX_MANIFEST_LEN, MAX_PROFILE_LEN, MAX_TAG_LEN, check_get, check_manifest,
-    check_profile, check_profile_put, check_put, check_tag,
+    Bounded, MAX_MANIFEST_LEN, MAX_PROFILE_LEN, MAX_TAG_LEN, check_conversion, check_get,
+    check_manifest, check_profile, check_profile_put, check_put, check_tag,
 };
 use crate::store::{ChunkStore, MAX_OBJECT_LEN, PutOutcome, StoreError};
 use crate::tag::{tag_path, validate_tag_name};
@@ -59,7 +59,8 @@ pub enum RequestError {
 }
 
 /// An origin in an object store: `chunks/ab/cd/<64 hex>`,
-/// `manifests/<64 hex>`, `tags/<domain>/<name>` and `profiles/<64 hex>` under a key prefix, exactly as a
+/// `manifests/<64 hex>`, `tags/<domain>/<name>`, `profiles/<64 hex>` and
+/// `conversions/<domain>/<64 hex>` under a key prefix, exactly as a
 /// [`DirStore`](crate::DirStore) lays them out on disk, so a directory
 /// written by one reads through the other.
 ///
@@ -336,6 +337,37 @@ impl ChunkStore for ObjectOrigin {
 }
 
 impl Catalog for ObjectOrigin {
+    fn put_conversion(
+        &self,
+        domain: &str,
+        key: &ConversionKey,
+        digest: &ManifestDigest,
+    ) -> Result<(), StoreError> {
+        let key = format!(
+            "{}conversions/{}",
+            self.prefix,
+            conversion_path(domain, key)?
+        );
+        if !self.has_manifest(digest)? {
+            return Err(StoreError::ManifestNotFound { digest: *digest });
+        }
+        self.write(&key, &manifest::conversion::encode_record(digest))
+    }
+
+    fn get_conversion(
+        &self,
+        domain: &str,
+        key: &ConversionKey,
+    ) -> Result<Option<ManifestDigest>, StoreError> {
+        let key = format!(
+            "{}conversions/{}",
+            self.prefix,
+            conversion_path(domain, key)?
+        );
+        let found = self.fetch(&key, manifest::conversion::MAX_RECORD_LEN)?;
+        check_conversion(found, || PathBuf::from(self.object_url(&key)))
+    }
+
     /// Stores a sealed manifest under its digest. Every chunk put before
     /// is already durable: an object store acknowledges a put once it is
     /// stored (and the local file system store syncs each file).

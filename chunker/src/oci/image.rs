@@ -15,7 +15,7 @@ use super::layer::LayerStream;
 use super::registry::Platform;
 use super::source::ImageSource;
 use super::spec::{self, Compression, ConfigFile, Descriptor, DockerArchiveImage, Index, Manifest};
-use super::store::{FileRange, Store};
+use super::store::{Blob, FileRange, Store};
 
 /// Documents larger than this are not image metadata; refusing them keeps a
 /// hostile archive from making us allocate without bound.
@@ -88,6 +88,55 @@ impl Layer {
     }
 }
 
+/// An image whose manifest has been found (and checked against its
+/// digest) but whose config and layers have not been read yet
+/// ([`Image::locate`]).
+#[derive(Debug)]
+pub struct Located(Found);
+
+#[derive(Debug)]
+enum Found {
+    /// An image manifest, its bytes checked against `desc`.
+    Manifest {
+        store: Store,
+        desc: Descriptor,
+        bytes: Vec<u8>,
+    },
+    /// A legacy `docker save` archive, opened whole (it is local, and has
+    /// no manifest blob to stop at).
+    Opened(Image),
+}
+
+impl Located {
+    /// The manifest digest ([`Image::digest`] once opened).
+    pub fn digest(&self) -> &Digest {
+        match &self.0 {
+            Found::Manifest { desc, .. } => &desc.digest,
+            Found::Opened(image) => &image.digest,
+        }
+    }
+
+    /// Read the config and locate the layers; from a registry, start
+    /// downloading them.
+    pub fn open(self) -> Result<Image, SourceError> {
+        let (store, desc, bytes) = match self.0 {
+            Found::Manifest { store, desc, bytes } => (store, desc, bytes),
+            Found::Opened(image) => return Ok(image),
+        };
+        let image = open_manifest(store, &desc, &bytes)?;
+        if let Store::Registry(pull) = &image.store {
+            pull.start(
+                image
+                    .layers
+                    .iter()
+                    .map(|l| (l.name().clone(), l.size.unwrap_or(0)))
+                    .collect(),
+            )?;
+        }
+        Ok(image)
+    }
+}
+
 /// An opened image: the manifest's digest, the config and the layers.
 #[derive(Debug)]
 pub struct Image {
@@ -102,9 +151,17 @@ pub struct Image {
 }
 
 impl Image {
-    /// Open the image `source` names, checking every metadata blob.
+    /// Open the image `source` names, checking every metadata blob (and,
+    /// from a registry, start downloading its layers).
     pub fn open(source: &ImageSource) -> Result<Image, SourceError> {
-        match source {
+        Image::locate(source)?.open()
+    }
+
+    /// Find the image manifest `source` names, following indexes, without
+    /// reading its config or layers: from a registry, manifest requests
+    /// only, no blob. What a conversion record is keyed by.
+    pub fn locate(source: &ImageSource) -> Result<Located, SourceError> {
+        let found = match source {
             ImageSource::OciLayout { dir, reference } => {
                 if !dir.is_dir() {
                     return Err(SourceError::Open {
@@ -115,36 +172,30 @@ impl Image {
                         ),
                     });
                 }
-                from_layout(Store::Dir(dir.clone()), reference.as_deref())
+                from_layout(Store::Dir(dir.clone()), reference.as_deref())?
             }
             ImageSource::OciArchive { file, reference } => {
-                from_layout(Store::open_tar(file)?, reference.as_deref())
+                from_layout(Store::open_tar(file)?, reference.as_deref())?
             }
             ImageSource::Registry(source) => {
                 let (pull, root) = super::registry::Pull::open(source)?;
-                let pull = std::sync::Arc::new(pull);
                 let wanted = pull.platform();
-                let image = resolve(Store::Registry(pull.clone()), &root, 0, Some(&wanted))?;
-                pull.start(
-                    image
-                        .layers
-                        .iter()
-                        .map(|l| (l.name().clone(), l.size.unwrap_or(0)))
-                        .collect(),
-                )?;
-                Ok(image)
+                let store = Store::Registry(std::sync::Arc::new(pull));
+                let (desc, bytes) = find_manifest(&store, &root, 0, Some(&wanted))?;
+                Found::Manifest { store, desc, bytes }
             }
             ImageSource::DockerArchive { file, reference } => {
                 let store = Store::open_tar(file)?;
                 // Docker 25 and later also write an OCI layout into the
                 // archive; it carries real manifest digests, so prefer it.
                 if store.open_path("index.json")?.is_some() {
-                    from_layout(store, reference.as_deref())
+                    from_layout(store, reference.as_deref())?
                 } else {
-                    from_docker_manifest(store, reference.as_deref())
+                    Found::Opened(from_docker_manifest(store, reference.as_deref())?)
                 }
             }
-        }
+        };
+        Ok(Located(found))
     }
 
     /// Start streaming `layer` (one of [`Image::layers`]), decompressed.
@@ -153,12 +204,12 @@ impl Image {
         let blob = match &layer.location {
             Location::Blob(d) => self.store.open_blob(d)?,
             Location::Member(path) => {
-                self.store
-                    .open_path(path)?
-                    .ok_or_else(|| SourceError::MissingFile {
+                Blob::Unchecked(self.store.open_path(path)?.ok_or_else(|| {
+                    SourceError::MissingFile {
                         location: self.store.location(),
                         name: path.clone(),
-                    })?
+                    }
+                })?)
             }
         };
         let compression = match layer.compression {
@@ -247,7 +298,8 @@ fn read_blob(store: &Store, desc: &Descriptor, what: &str) -> Result<Vec<u8>, So
         });
     }
     let what = format!("{what} {}", desc.digest);
-    let (bytes, _) = read_small(store.open_blob(&desc.digest)?, &what, Some(&desc.digest))?;
+    let (file, _) = store.open_blob(&desc.digest)?.into_parts();
+    let (bytes, _) = read_small(file, &what, Some(&desc.digest))?;
     if bytes.len() as u64 != desc.size {
         return Err(SourceError::SizeMismatch {
             digest: desc.digest.clone(),
@@ -290,7 +342,7 @@ fn names_ref(desc: &Descriptor, r: &str) -> bool {
         .any(|name| name == r)
 }
 
-fn from_layout(store: Store, reference: Option<&str>) -> Result<Image, SourceError> {
+fn from_layout(store: Store, reference: Option<&str>) -> Result<Found, SourceError> {
     let file = store
         .open_path("index.json")?
         .ok_or_else(|| SourceError::MissingFile {
@@ -322,7 +374,8 @@ fn from_layout(store: Store, reference: Option<&str>) -> Result<Image, SourceErr
         },
     };
     let chosen = chosen.clone();
-    resolve(store, &chosen, 0, None)
+    let (desc, bytes) = find_manifest(&store, &chosen, 0, None)?;
+    Ok(Found::Manifest { store, desc, bytes })
 }
 
 fn is_index(media_type: &str) -> bool {
@@ -333,20 +386,21 @@ fn is_manifest(media_type: &str) -> bool {
     media_type == spec::OCI_MANIFEST || media_type == spec::DOCKER_MANIFEST
 }
 
-/// Follow a descriptor through indexes to an image manifest and open it.
-/// `wanted` picks from an index; without it, linux/amd64 or the only image.
-fn resolve(
-    store: Store,
+/// Follow a descriptor through indexes to an image manifest: its
+/// descriptor and its checked bytes. `wanted` picks from an index;
+/// without it, linux/amd64 or the only image.
+fn find_manifest(
+    store: &Store,
     desc: &Descriptor,
     depth: u32,
     wanted: Option<&Platform>,
-) -> Result<Image, SourceError> {
+) -> Result<(Descriptor, Vec<u8>), SourceError> {
     if depth > MAX_INDEX_DEPTH {
         return Err(SourceError::TooDeep {
             digest: desc.digest.clone(),
         });
     }
-    let bytes = read_blob(&store, desc, "manifest")?;
+    let bytes = read_blob(store, desc, "manifest")?;
     let mut media_type = desc.media_type.clone();
     if media_type.is_empty() {
         // Descriptors without a media type predate the spec making it
@@ -368,7 +422,7 @@ fn resolve(
     if is_index(&media_type) {
         let index: Index = parse(&bytes, &format!("index {}", desc.digest))?;
         let next = pick_platform(&index, &desc.digest, wanted)?.clone();
-        return resolve(store, &next, depth + 1, wanted);
+        return find_manifest(store, &next, depth + 1, wanted);
     }
     if !is_manifest(&media_type) {
         return Err(SourceError::UnsupportedMediaType {
@@ -376,7 +430,13 @@ fn resolve(
             digest: desc.digest.clone(),
         });
     }
-    let manifest: Manifest = parse(&bytes, &format!("manifest {}", desc.digest))?;
+    Ok((desc.clone(), bytes))
+}
+
+/// Open the image manifest `bytes` (checked against `desc`): read its
+/// config and locate its layers.
+fn open_manifest(store: Store, desc: &Descriptor, bytes: &[u8]) -> Result<Image, SourceError> {
+    let manifest: Manifest = parse(bytes, &format!("manifest {}", desc.digest))?;
     let config_bytes = read_blob(&store, &manifest.config, "config")?;
     let config: ConfigFile = parse(&config_bytes, &format!("config {}", manifest.config.digest))?;
     let config = ImageConfig::from(config);

@@ -1,7 +1,11 @@
 //! A layer's tar stream: decompressed, with both digests checked.
 //!
 //! The blob digest covers the compressed bytes and the diff_id the
-//! uncompressed ones. Both are hashed while the tar is read; the caller
+//! uncompressed ones. Both are hashed while the tar is read, each byte
+//! once for each digest it counts towards: a [`VerifiedBlob`] (checked by
+//! the registry spool as it arrived) is only counted, not hashed again,
+//! and an uncompressed blob's one hash is both its digest and its diff_id
+//! (unless it was verified: then only the diff_id is hashed). The caller
 //! reads the tar, then calls [`LayerStream::finish`], which drains whatever
 //! the tar reader left (end-of-archive padding, trailing frames) so the
 //! hashes cover the whole blob before comparing.
@@ -13,7 +17,9 @@ use flate2::bufread::MultiGzDecoder;
 use super::SourceError;
 use super::digest::{Digest, HashReader};
 use super::spec::Compression;
-use super::store::FileRange;
+#[cfg(doc)]
+use super::store::VerifiedBlob;
+use super::store::{Blob, FileRange};
 
 /// Bytes a layer's blob is read in (and its uncompressed tar, when the blob
 /// is one), so reading it takes few system calls.
@@ -91,6 +97,8 @@ pub struct LayerStream {
     expected_digest: Option<Digest>,
     expected_size: Option<u64>,
     expected_diff_id: Digest,
+    /// The digest the blob was verified against on arrival, if it was.
+    verified: Option<Digest>,
 }
 
 impl std::fmt::Debug for LayerStream {
@@ -104,16 +112,21 @@ impl std::fmt::Debug for LayerStream {
 impl LayerStream {
     /// Decompress `blob` as `compression`. `name` is what errors call the
     /// layer; `expected_digest` and `expected_size` are checked when known
-    /// (a `docker save` archive does not record them).
+    /// (a `docker save` archive does not record them). A verified blob's
+    /// digest must be the expected one; its bytes are not hashed again.
     pub fn new(
-        blob: FileRange,
+        blob: Blob,
         compression: Compression,
         name: Digest,
         expected_digest: Option<Digest>,
         expected_size: Option<u64>,
         expected_diff_id: Digest,
     ) -> Result<Self, SourceError> {
-        let raw = HashReader::new(blob);
+        let (blob, verified) = blob.into_parts();
+        let raw = match verified {
+            Some(_) => HashReader::counting(blob),
+            None => HashReader::new(blob),
+        };
         let decoder =
             match compression {
                 Compression::None => Decoder::Plain(BufReader::with_capacity(READ_BUFFER, raw)),
@@ -128,9 +141,11 @@ impl LayerStream {
                 })?),
             };
         // An uncompressed blob is its own tar: its digest is the diff_id,
-        // so hashing it twice would only halve the throughput.
-        let inner = match compression {
-            Compression::None => HashReader::counting(decoder),
+        // so hashing it twice would only halve the throughput. (Unless it
+        // was verified on arrival: then the blob is not hashed here, and
+        // the tar is, once, for the diff_id.)
+        let inner = match (compression, &verified) {
+            (Compression::None, None) => HashReader::counting(decoder),
             _ => HashReader::new(decoder),
         };
         Ok(LayerStream {
@@ -141,6 +156,7 @@ impl LayerStream {
             expected_digest,
             expected_size,
             expected_diff_id,
+            verified,
         })
     }
 
@@ -185,8 +201,14 @@ impl LayerStream {
         // A decoder may stop before the end of its input; the blob digest
         // must still cover every stored byte.
         raw.drain().map_err(read_err(&self.name))?;
-        let (_, digest, compressed_bytes) = raw.finish();
-        let digest = digest.expect("the blob is always hashed");
+        let (_, hashed_blob, compressed_bytes) = raw.finish();
+        // Hashed here unless verified on arrival: one or the other.
+        let Some(digest) = hashed_blob.or(self.verified) else {
+            return Err(SourceError::ReadBlob {
+                digest: self.name,
+                source: io::Error::other("the blob was neither hashed nor verified"),
+            });
+        };
         // Without a hash of the uncompressed bytes, the blob's stands for
         // it: right for an uncompressed layer, a mismatch for any other.
         let diff_id = hashed.or(diff_id).unwrap_or_else(|| digest.clone());

@@ -23,7 +23,7 @@ use std::io;
 use std::path::PathBuf;
 
 pub use digest::Digest;
-pub use image::{Image, ImageConfig, Layer};
+pub use image::{Image, ImageConfig, Layer, Located};
 pub use layer::{LayerDigests, LayerStream, LimitExceeded};
 pub use source::{ImageSource, ParseSourceError};
 pub use spec::Compression;

@@ -72,6 +72,56 @@ impl Read for FileRange {
     }
 }
 
+/// A blob whose bytes were hashed and found to match `digest` as they
+/// arrived (by the registry's spool), so reading it need not hash them
+/// again. Only the spool, having checked the digest, makes one.
+#[derive(Debug)]
+pub struct VerifiedBlob {
+    range: FileRange,
+    digest: Digest,
+}
+
+impl VerifiedBlob {
+    /// For bytes just checked against `digest`, and nothing else.
+    pub(crate) fn checked(range: FileRange, digest: Digest) -> Self {
+        VerifiedBlob { range, digest }
+    }
+
+    /// The digest its bytes were checked against.
+    pub fn digest(&self) -> &Digest {
+        &self.digest
+    }
+}
+
+/// A layer's stored bytes: to be hashed as they are read, or already
+/// verified ([`VerifiedBlob`]).
+#[derive(Debug)]
+pub enum Blob {
+    /// Not checked yet: the reader hashes them for the blob digest.
+    Unchecked(FileRange),
+    /// Checked against their digest on arrival.
+    Verified(VerifiedBlob),
+}
+
+impl Blob {
+    /// Up to `buf.len()` bytes from the start, without moving.
+    pub fn peek(&self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Blob::Unchecked(r) => r.peek(buf),
+            Blob::Verified(v) => v.range.peek(buf),
+        }
+    }
+
+    /// The bytes, checked or not, and the digest they were checked
+    /// against if they were.
+    pub fn into_parts(self) -> (FileRange, Option<Digest>) {
+        match self {
+            Blob::Unchecked(r) => (r, None),
+            Blob::Verified(v) => (v.range, Some(v.digest)),
+        }
+    }
+}
+
 /// Where the files of an image live.
 #[derive(Debug)]
 pub enum Store {
@@ -189,12 +239,14 @@ impl Store {
         }
     }
 
-    /// Open the blob named `digest` under `blobs/sha256/`.
-    pub fn open_blob(&self, digest: &Digest) -> Result<FileRange, SourceError> {
+    /// Open the blob named `digest` under `blobs/sha256/`; from a
+    /// registry, the layer blob its spool has verified.
+    pub fn open_blob(&self, digest: &Digest) -> Result<Blob, SourceError> {
         if let Store::Registry(pull) = self {
-            return Ok(pull.layer(digest)?);
+            return Ok(Blob::Verified(pull.layer(digest)?));
         }
         self.open_path(&blob_path(digest))?
+            .map(Blob::Unchecked)
             .ok_or_else(|| SourceError::MissingBlob {
                 digest: digest.clone(),
                 location: self.location(),

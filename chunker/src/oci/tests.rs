@@ -399,3 +399,59 @@ fn corrupt_gzip_is_a_read_error_naming_the_layer() {
         "{err}"
     );
 }
+
+/// A blob in a temporary file, as a range the way the spool opens it.
+fn range_of(dir: &Path, bytes: &[u8]) -> store::FileRange {
+    let path = dir.join("blob");
+    fs::write(&path, bytes).unwrap();
+    let file = std::sync::Arc::new(fs::File::open(&path).unwrap());
+    store::FileRange::new(file, 0, bytes.len() as u64)
+}
+
+#[test]
+fn a_verified_blob_is_trusted_for_its_digest_and_hashed_for_its_diff_id() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut t = TarWriter::new();
+    t.file("etc/motd", b"hello");
+    let tar = t.finish();
+    let diff_id = Digest::of(&tar);
+    for c in [Compression::None, Compression::Gzip] {
+        let blob = testimg::compress(&tar, c);
+        let digest = Digest::of(&blob);
+        let open = |bytes: &[u8], verified_as: &Digest| {
+            let blob = store::Blob::Verified(store::VerifiedBlob::checked(
+                range_of(tmp.path(), bytes),
+                verified_as.clone(),
+            ));
+            LayerStream::new(
+                blob,
+                c,
+                digest.clone(),
+                Some(digest.clone()),
+                Some(bytes.len() as u64),
+                diff_id.clone(),
+            )
+            .unwrap()
+        };
+        let got = open(&blob, &digest).finish().unwrap();
+        assert_eq!((&got.digest, &got.diff_id), (&digest, &diff_id));
+        // The spool's verification stands for the blob digest: not hashed
+        // again (so a verified blob is taken at its word)...
+        let mut other = blob.clone();
+        if c == Compression::Gzip {
+            // A gzip header byte the decoder ignores (OS).
+            other[9] ^= 1;
+            assert_ne!(Digest::of(&other), digest);
+            assert!(open(&other, &digest).finish().is_ok());
+        }
+        // ...but it must be the digest the manifest names,
+        let err = open(&blob, &Digest::of(b"else")).finish().unwrap_err();
+        assert!(matches!(err, SourceError::DigestMismatch { .. }), "{err}");
+        // and the tar is still hashed for its diff_id.
+        let mut t = TarWriter::new();
+        t.file("etc/motd", b"HELLO");
+        let wrong = testimg::compress(&t.finish(), c);
+        let err = open(&wrong, &digest).finish().unwrap_err();
+        assert!(matches!(err, SourceError::DiffIdMismatch { .. }), "{err}");
+    }
+}

@@ -103,6 +103,7 @@ pub fn convert_source(source: &ImageSource, chunk_size: u64, free: u64) -> Conve
         threads: 2,
         tag: None,
         progress: false,
+        force: false,
         pipeline: Default::default(),
     };
     let report = convert(source, &store, &keys, &opts).expect("convert");

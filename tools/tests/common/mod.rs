@@ -49,6 +49,7 @@ pub fn store_of(image: Image) -> TempDir {
         threads: 2,
         tag: Some("t".into()),
         progress: false,
+        force: false,
         pipeline: Default::default(),
     };
     convert(&src, &store, &keys, &opts).expect("convert");

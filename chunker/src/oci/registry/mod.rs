@@ -26,7 +26,7 @@ pub use reference::{Reference, ReferenceError, Target};
 
 use crate::oci::Digest;
 use crate::oci::spec::Descriptor;
-use crate::oci::store::FileRange;
+use crate::oci::store::VerifiedBlob;
 use client::Client;
 use spool::Spool;
 
@@ -434,7 +434,7 @@ impl Pull {
     }
 
     /// A layer blob, verified, once it has arrived.
-    pub fn layer(&self, digest: &Digest) -> Result<FileRange, RegistryError> {
+    pub fn layer(&self, digest: &Digest) -> Result<VerifiedBlob, RegistryError> {
         match self.spool.get() {
             Some(s) => s.open(digest),
             None => Err(self.client.error(ErrorKind::NotFound {

@@ -24,7 +24,7 @@ use sha2::{Digest as _, Sha256};
 use super::client::Client;
 use super::{ErrorKind, RegistryError};
 use crate::oci::Digest;
-use crate::oci::store::FileRange;
+use crate::oci::store::{FileRange, VerifiedBlob};
 
 enum Slot {
     Queued,
@@ -257,7 +257,7 @@ impl Spool {
 
     /// The verified blob of the first not yet opened layer with `digest`,
     /// waiting for its download. Layers before it give back their budget.
-    pub fn open(&self, digest: &Digest) -> Result<FileRange, RegistryError> {
+    pub fn open(&self, digest: &Digest) -> Result<VerifiedBlob, RegistryError> {
         let poisoned = || self.client.error(ErrorKind::Poisoned);
         let mut st = self.state.lock().map_err(|_| poisoned())?;
         let index = (0..self.layers.len())
@@ -285,7 +285,12 @@ impl Spool {
                     // Open files stay readable; the name is not needed.
                     let _ = std::fs::remove_file(&path);
                     let len = self.layers[index].1;
-                    return Ok(FileRange::new(Arc::new(file), 0, len));
+                    // `download` checked the digest before the slot
+                    // became ready.
+                    return Ok(VerifiedBlob::checked(
+                        FileRange::new(Arc::new(file), 0, len),
+                        digest.clone(),
+                    ));
                 }
                 Slot::Failed(e) => return Err(e),
                 other => {
