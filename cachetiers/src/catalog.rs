@@ -3,9 +3,9 @@
 //! well as a chunk store; caches are not, since a manifest is read once,
 //! at open, straight from the origin.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
-use manifest::ManifestDigest;
+use manifest::{ChunkId, ManifestDigest};
 
 use crate::store::{ChunkStore, StoreError};
 
@@ -62,6 +62,67 @@ pub trait Catalog: Send + Sync {
     /// manifest was there. Tags are the caller's business (see
     /// [`Catalog::list_tags`]); chunks are garbage collection's.
     fn remove_manifest(&self, digest: &ManifestDigest) -> Result<bool, StoreError>;
+
+    /// Every chunk, start profile and leftover temporary file with its
+    /// size and modification time, for garbage collection. Passed to
+    /// `visit` as listed, so a caller that keeps only some holds only
+    /// those; a listing error ends it (a caller must not act on a partial
+    /// listing).
+    fn list_objects(&self, visit: &mut dyn FnMut(StoredObject)) -> Result<(), StoreError>;
+
+    /// The object as it is now (`None` when it is gone): a collector looks
+    /// again just before deleting, since a convert that dedups against an
+    /// old chunk makes it young again.
+    fn stat_object(&self, object: &ObjectName) -> Result<Option<StoredObject>, StoreError>;
+
+    /// Deletes the object; whether it was there.
+    fn remove_object(&self, object: &ObjectName) -> Result<bool, StoreError>;
+
+    /// Writes the store's clock probe (a small marker object) and returns
+    /// the time the store stamped on it: the store's own "now", against
+    /// which object ages are measured.
+    fn clock_probe(&self) -> Result<SystemTime, StoreError>;
+
+    /// How old a chunk may be and still be deduplicated without being
+    /// made young again. A put that finds its chunk already stored
+    /// refreshes the chunk's time when it is older than this, so garbage
+    /// collection with a grace period above it never deletes a chunk a
+    /// running convert has just reused.
+    fn dedup_refresh(&self) -> Duration;
+}
+
+/// An object [`Catalog::list_objects`] lists, by what it is.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[non_exhaustive]
+pub enum ObjectName {
+    /// An encrypted chunk.
+    Chunk(ChunkId),
+    /// The start profile of a manifest.
+    Profile(ManifestDigest),
+    /// A temporary file a writer left (a crash, a killed convert): its
+    /// path relative to the store's root.
+    Temporary(String),
+}
+
+impl std::fmt::Display for ObjectName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ObjectName::Chunk(id) => write!(f, "chunk {id}"),
+            ObjectName::Profile(digest) => write!(f, "start profile of {digest}"),
+            ObjectName::Temporary(path) => write!(f, "temporary file {path}"),
+        }
+    }
+}
+
+/// One object as listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredObject {
+    /// What it is.
+    pub name: ObjectName,
+    /// Its size in bytes.
+    pub size: u64,
+    /// When the store last wrote it, if it says.
+    pub modified: Option<SystemTime>,
 }
 
 /// A tag as listed: `DOMAIN/NAME → DIGEST`.
@@ -156,6 +217,24 @@ macro_rules! forward_catalog {
             }
             fn remove_manifest(&self, digest: &ManifestDigest) -> Result<bool, StoreError> {
                 (**self).remove_manifest(digest)
+            }
+            fn list_objects(
+                &self,
+                visit: &mut dyn FnMut(StoredObject),
+            ) -> Result<(), StoreError> {
+                (**self).list_objects(visit)
+            }
+            fn stat_object(&self, object: &ObjectName) -> Result<Option<StoredObject>, StoreError> {
+                (**self).stat_object(object)
+            }
+            fn remove_object(&self, object: &ObjectName) -> Result<bool, StoreError> {
+                (**self).remove_object(object)
+            }
+            fn clock_probe(&self) -> Result<SystemTime, StoreError> {
+                (**self).clock_probe()
+            }
+            fn dedup_refresh(&self) -> Duration {
+                (**self).dedup_refresh()
             }
         }
     )*};

@@ -10,7 +10,7 @@ use manifest::ManifestDigest;
 
 use super::atomic::{io_error, sync_dir};
 use super::{DirStore, read_limited};
-use crate::catalog::{Catalog, StoredManifest, TagEntry};
+use crate::catalog::{Catalog, ObjectName, StoredManifest, StoredObject, TagEntry};
 use crate::checked::{
     MAX_MANIFEST_LEN, MAX_PROFILE_LEN, MAX_TAG_LEN, check_manifest, check_profile,
     check_profile_put, check_tag,
@@ -252,5 +252,21 @@ impl Catalog for DirStore {
     }
     fn remove_manifest(&self, digest: &ManifestDigest) -> Result<bool, StoreError> {
         DirStore::remove_manifest(self, digest)
+    }
+    fn list_objects(&self, visit: &mut dyn FnMut(StoredObject)) -> Result<(), StoreError> {
+        DirStore::list_objects(self, visit)
+    }
+    fn stat_object(&self, object: &ObjectName) -> Result<Option<StoredObject>, StoreError> {
+        DirStore::stat_object(self, object)
+    }
+    fn remove_object(&self, object: &ObjectName) -> Result<bool, StoreError> {
+        DirStore::remove_object(self, object)
+    }
+    fn clock_probe(&self) -> Result<std::time::SystemTime, StoreError> {
+        DirStore::clock_probe(self)
+    }
+    /// Every reuse refreshes the chunk's time (a `utimes` is cheap).
+    fn dedup_refresh(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
     }
 }

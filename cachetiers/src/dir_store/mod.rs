@@ -6,6 +6,7 @@
 //!   manifests/<64 hex>           sealed manifests, by digest
 //!   tags/<domain>/<name>         "sha256:<64 hex>\n" (tags are per domain)
 //!   profiles/<64 hex>            sealed start profiles, by manifest digest
+//!   gc-clock                     garbage collection's clock probe (listing.rs)
 //! ```
 //!
 //! Every file is written atomically (temporary file in the same directory,
@@ -18,6 +19,7 @@
 
 mod atomic;
 mod batch;
+mod listing;
 mod manifests;
 
 use std::collections::BTreeSet;
@@ -31,6 +33,7 @@ use manifest::ChunkId;
 pub use atomic::TEMP_PREFIX;
 use atomic::{Written, io_error, sync_dir, write_atomically};
 pub use batch::BATCH_BYTES;
+pub use listing::CLOCK_PROBE;
 
 use crate::checked::{Bounded, check_get, check_len, check_put};
 use crate::store::{ChunkStore, MAX_OBJECT_LEN, PutOutcome, StoreError};
@@ -204,6 +207,9 @@ impl DirStore {
             Ok(meta) if meta.is_file() && meta.len() == object.len() as u64 => {
                 match read_limited(&path, MAX_OBJECT_LEN as u64)? {
                     Bounded::Bytes(bytes) if ChunkId::of_object(&bytes) == *id => {
+                        // Reused: young again, so gc's grace covers it
+                        // until the manifest naming it is stored.
+                        self.touch(id)?;
                         return Ok(PutOutcome::AlreadyPresent);
                     }
                     // Gone since the look: a plain store.
