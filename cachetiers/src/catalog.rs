@@ -70,13 +70,18 @@ pub trait Catalog: Send + Sync {
     /// listing).
     fn list_objects(&self, visit: &mut dyn FnMut(StoredObject)) -> Result<(), StoreError>;
 
-    /// The object as it is now (`None` when it is gone): a collector looks
-    /// again just before deleting, since a convert that dedups against an
-    /// old chunk makes it young again.
-    fn stat_object(&self, object: &ObjectName) -> Result<Option<StoredObject>, StoreError>;
-
-    /// Deletes the object; whether it was there.
-    fn remove_object(&self, object: &ObjectName) -> Result<bool, StoreError>;
+    /// Deletes the object if it was last modified at or before
+    /// `modified_by` (by the store's clock); whether it did. A convert
+    /// that reuses an old chunk makes it young again
+    /// ([`Catalog::dedup_refresh`]), so a collector's listing may be out
+    /// of date by the time it deletes: this looks again. (A directory
+    /// store closes the gap between look and delete; an object store
+    /// narrows it to one request.)
+    fn remove_object(
+        &self,
+        object: &ObjectName,
+        modified_by: SystemTime,
+    ) -> Result<bool, StoreError>;
 
     /// Writes the store's clock probe (a small marker object) and returns
     /// the time the store stamped on it: the store's own "now", against
@@ -224,11 +229,12 @@ macro_rules! forward_catalog {
             ) -> Result<(), StoreError> {
                 (**self).list_objects(visit)
             }
-            fn stat_object(&self, object: &ObjectName) -> Result<Option<StoredObject>, StoreError> {
-                (**self).stat_object(object)
-            }
-            fn remove_object(&self, object: &ObjectName) -> Result<bool, StoreError> {
-                (**self).remove_object(object)
+            fn remove_object(
+                &self,
+                object: &ObjectName,
+                modified_by: SystemTime,
+            ) -> Result<bool, StoreError> {
+                (**self).remove_object(object, modified_by)
             }
             fn clock_probe(&self) -> Result<SystemTime, StoreError> {
                 (**self).clock_probe()

@@ -26,8 +26,10 @@
 //! chunk stored makes it young again, see
 //! [`Catalog::dedup_refresh`]) but that no manifest names yet is younger
 //! than the grace period, which must therefore exceed the longest convert.
-//! What is left is a window of one delete: a convert reusing an old
-//! unreferenced chunk between gc's last look at it and the delete.
+//! Each delete looks at the object's time again ([`Catalog::remove_object`]):
+//! a directory store leaves no gap between that look and the delete; an
+//! object store leaves one request's worth, in which a convert reusing an
+//! old unreferenced chunk could lose it.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, SystemTime};
@@ -174,6 +176,18 @@ pub enum GcKind {
     Temporary,
 }
 
+impl GcKind {
+    /// Its name, as in the JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GcKind::Manifest => "manifest",
+            GcKind::Profile => "profile",
+            GcKind::Chunk => "chunk",
+            GcKind::Temporary => "temporary",
+        }
+    }
+}
+
 /// Why gc refused or stopped. It never deletes on partial information:
 /// every refusal comes before the first delete, except a failing delete.
 #[derive(Debug, thiserror::Error)]
@@ -312,6 +326,8 @@ pub fn gc(
     };
     // Old enough to go: unknown times never are.
     let grace = opts.grace + TIMESTAMP_SLACK;
+    // Objects modified by this went unreferenced long enough ago.
+    let cutoff = now.checked_sub(grace).unwrap_or(SystemTime::UNIX_EPOCH);
     let older_than = |stamped: Option<SystemTime>, age: Duration| {
         stamped.is_some_and(|t| now.duration_since(t).is_ok_and(|a| a > age))
     };
@@ -463,7 +479,7 @@ pub fn gc(
             report.skipped += 1;
             continue;
         }
-        if !opts.dry_run && !remove_if_old(catalog, &c, &|t| older_than(t, grace), &store_err)? {
+        if !opts.dry_run && !remove_if_old(catalog, &c, cutoff, &store_err)? {
             report.skipped += 1;
             continue;
         }
@@ -482,23 +498,18 @@ pub fn gc(
     Ok(report)
 }
 
-/// Deletes candidate `c` if it is still there and still old (and, for a
-/// profile, its manifest still gone); whether it did.
+/// Deletes candidate `c` if it is still there and was modified by
+/// `cutoff` (and, for a profile, its manifest is still gone); whether it
+/// did.
 fn remove_if_old<F>(
     catalog: &dyn Catalog,
     c: &Candidate,
-    old: &dyn Fn(Option<SystemTime>) -> bool,
+    cutoff: SystemTime,
     store_err: &impl Fn(&str) -> F,
 ) -> Result<bool, GcError>
 where
     F: FnOnce(StoreError) -> GcError,
 {
-    let now = catalog
-        .stat_object(&c.object)
-        .map_err(store_err(&format!("look at {}", c.object)))?;
-    if !now.is_some_and(|o| old(o.modified)) {
-        return Ok(false);
-    }
     if let ObjectName::Profile(digest) = &c.object {
         match catalog.get_manifest(digest) {
             Err(StoreError::ManifestNotFound { .. }) => {}
@@ -508,7 +519,7 @@ where
         }
     }
     catalog
-        .remove_object(&c.object)
+        .remove_object(&c.object, cutoff)
         .map_err(store_err(&format!("remove {}", c.object)))
 }
 

@@ -10,6 +10,7 @@
 
 use std::fs::{self, File};
 use std::io::ErrorKind;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 use std::time::SystemTime;
 
@@ -41,7 +42,11 @@ impl DirStore {
                 let shard = first_dir.join(&second);
                 for name in read_dir_names(&shard)? {
                     let object = match name.parse::<ChunkId>() {
-                        Ok(id) if name == id.to_hex() && name[0..2] == first && name[2..4] == second => {
+                        Ok(id)
+                            if name == id.to_hex()
+                                && name[0..2] == first
+                                && name[2..4] == second =>
+                        {
                             ObjectName::Chunk(id)
                         }
                         _ if name.starts_with(TEMP_PREFIX) => {
@@ -123,20 +128,52 @@ impl DirStore {
         }
     }
 
-    /// [`Catalog::stat_object`](crate::Catalog::stat_object).
-    pub fn stat_object(&self, object: &ObjectName) -> Result<Option<StoredObject>, StoreError> {
+    /// The object as it is now; `None` when it is gone.
+    fn stat_object(&self, object: &ObjectName) -> Result<Option<StoredObject>, StoreError> {
         match self.object_path(object) {
             Some(path) => stat_file(&path, object.clone()),
             None => Ok(None),
         }
     }
 
-    /// [`Catalog::remove_object`](crate::Catalog::remove_object).
-    pub fn remove_object(&self, object: &ObjectName) -> Result<bool, StoreError> {
+    /// [`Catalog::remove_object`](crate::Catalog::remove_object). A chunk
+    /// is first renamed aside and its time read there: a put that
+    /// refreshed it before the rename shows, and a put after it finds the
+    /// chunk gone (its check of the name, see [`DirStore::touch`]) and
+    /// writes it again, so no put is told "already there" about a chunk
+    /// deleted under it. A chunk found young is renamed back.
+    pub fn remove_object(
+        &self,
+        object: &ObjectName,
+        modified_by: SystemTime,
+    ) -> Result<bool, StoreError> {
+        let old = |found: Option<StoredObject>| {
+            found.is_some_and(|o| o.modified.is_some_and(|t| t <= modified_by))
+        };
         match object {
-            ObjectName::Chunk(id) => crate::ChunkStore::remove(self, id),
+            ObjectName::Chunk(id) => {
+                let path = self.chunk_path(id);
+                let aside = self.shard_dir(id).join(format!(
+                    "{TEMP_PREFIX}gc.{}.{}",
+                    id.to_hex(),
+                    std::process::id()
+                ));
+                match fs::rename(&path, &aside) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == ErrorKind::NotFound => return Ok(false),
+                    Err(e) => return Err(io_error("rename", &path)(e)),
+                }
+                if old(stat_file(&aside, object.clone())?) {
+                    fs::remove_file(&aside).map_err(io_error("remove", &aside))?;
+                    Ok(true)
+                } else {
+                    fs::rename(&aside, &path).map_err(io_error("rename", &aside))?;
+                    Ok(false)
+                }
+            }
+            _ if !old(self.stat_object(object)?) => Ok(false),
             ObjectName::Profile(digest) => self.remove_profile(digest),
-            ObjectName::Temporary(_) => {
+            _ => {
                 let Some(path) = self.object_path(object) else {
                     return Ok(false);
                 };
@@ -160,15 +197,28 @@ impl DirStore {
             .map_err(io_error("read the time of", &path))
     }
 
-    /// Sets chunk `id`'s modification time to now: a put found it stored
-    /// and reuses it (see the module documentation).
-    pub(super) fn touch(&self, id: &ChunkId) -> Result<(), StoreError> {
+    /// Sets chunk `id`'s modification time to now, as a put found it
+    /// stored and reuses it (see the module documentation); false when it
+    /// is no longer there under its name afterwards (garbage collection
+    /// took it meanwhile), and the put must write it.
+    pub(super) fn touch(&self, id: &ChunkId) -> Result<bool, StoreError> {
         let path = self.chunk_path(id);
-        File::options()
-            .write(true)
-            .open(&path)
-            .and_then(|file| file.set_modified(SystemTime::now()))
-            .map_err(io_error("refresh the time of", &path))
+        let file = match File::options().write(true).open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(io_error("open", &path)(e)),
+        };
+        let touched = file
+            .set_modified(SystemTime::now())
+            .and_then(|()| file.metadata())
+            .map_err(io_error("refresh the time of", &path))?;
+        // Still under its name after the refresh: a collector renames a
+        // chunk aside before it looks at its time, so it sees this one.
+        match fs::symlink_metadata(&path) {
+            Ok(now) => Ok(now.ino() == touched.ino() && now.dev() == touched.dev()),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(io_error("inspect", &path)(e)),
+        }
     }
 }
 

@@ -5,6 +5,7 @@
 use std::fs;
 use std::io::ErrorKind;
 use std::path::Path;
+use std::time::SystemTime;
 
 use manifest::ManifestDigest;
 
@@ -256,13 +257,15 @@ impl Catalog for DirStore {
     fn list_objects(&self, visit: &mut dyn FnMut(StoredObject)) -> Result<(), StoreError> {
         DirStore::list_objects(self, visit)
     }
-    fn stat_object(&self, object: &ObjectName) -> Result<Option<StoredObject>, StoreError> {
-        DirStore::stat_object(self, object)
+
+    fn remove_object(
+        &self,
+        object: &ObjectName,
+        modified_by: SystemTime,
+    ) -> Result<bool, StoreError> {
+        DirStore::remove_object(self, object, modified_by)
     }
-    fn remove_object(&self, object: &ObjectName) -> Result<bool, StoreError> {
-        DirStore::remove_object(self, object)
-    }
-    fn clock_probe(&self) -> Result<std::time::SystemTime, StoreError> {
+    fn clock_probe(&self) -> Result<SystemTime, StoreError> {
         DirStore::clock_probe(self)
     }
     /// Every reuse refreshes the chunk's time (a `utimes` is cheap).

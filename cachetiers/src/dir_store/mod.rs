@@ -206,11 +206,14 @@ impl DirStore {
             // a damaged copy, which readers never delete from an origin.
             Ok(meta) if meta.is_file() && meta.len() == object.len() as u64 => {
                 match read_limited(&path, MAX_OBJECT_LEN as u64)? {
+                    // Reused: young again, so gc's grace covers it until
+                    // the manifest naming it is stored. Taken by gc
+                    // meanwhile: a plain store.
                     Bounded::Bytes(bytes) if ChunkId::of_object(&bytes) == *id => {
-                        // Reused: young again, so gc's grace covers it
-                        // until the manifest naming it is stored.
-                        self.touch(id)?;
-                        return Ok(PutOutcome::AlreadyPresent);
+                        if self.touch(id)? {
+                            return Ok(PutOutcome::AlreadyPresent);
+                        }
+                        PutOutcome::Stored
                     }
                     // Gone since the look: a plain store.
                     Bounded::Missing => PutOutcome::Stored,

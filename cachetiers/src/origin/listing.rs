@@ -22,7 +22,10 @@ impl ObjectOrigin {
         for first in self.list_level("chunks")?.0 {
             let key = format!("{}chunks/{first}", self.prefix());
             let listed = self.request("list", &key, |store, key| async move {
-                store.list(Some(&key)).try_collect::<Vec<ObjectMeta>>().await
+                store
+                    .list(Some(&key))
+                    .try_collect::<Vec<ObjectMeta>>()
+                    .await
             })?;
             for meta in listed.unwrap_or_default() {
                 if let Some(name) = self.name_of(&meta.location) {
@@ -65,7 +68,9 @@ impl ObjectOrigin {
             ObjectName::Temporary(relative) => {
                 let key = format!("{}{relative}", self.prefix());
                 let ok = relative.starts_with("chunks/")
-                    && !relative.split('/').any(|part| part.is_empty() || part == "..")
+                    && !relative
+                        .split('/')
+                        .any(|part| part.is_empty() || part == "..")
                     && Key::from(key.as_str())
                         .filename()
                         .is_some_and(|n| n.starts_with(TEMP_PREFIX));
@@ -74,22 +79,24 @@ impl ObjectOrigin {
         }
     }
 
-    /// [`Catalog::stat_object`](crate::Catalog::stat_object).
-    pub fn stat_object(&self, object: &ObjectName) -> Result<Option<StoredObject>, StoreError> {
+    /// [`Catalog::remove_object`](crate::Catalog::remove_object): a HEAD,
+    /// then the delete if the object is still old (a put between the two
+    /// is not seen: S3 has no conditional delete everywhere).
+    pub fn remove_object(
+        &self,
+        object: &ObjectName,
+        modified_by: SystemTime,
+    ) -> Result<bool, StoreError> {
         let Some(key) = self.object_key(object) else {
-            return Ok(None);
+            return Ok(false);
         };
-        Ok(self.head(&key)?.map(|meta| stored(object.clone(), &meta)))
-    }
-
-    /// [`Catalog::remove_object`](crate::Catalog::remove_object).
-    pub fn remove_object(&self, object: &ObjectName) -> Result<bool, StoreError> {
+        match self.head(&key)? {
+            Some(meta) if SystemTime::from(meta.last_modified) <= modified_by => {}
+            _ => return Ok(false),
+        }
         match object {
             ObjectName::Chunk(id) => self.remove(id),
-            _ => match self.object_key(object) {
-                Some(key) => self.delete_key(&key),
-                None => Ok(false),
-            },
+            _ => self.delete_key(&key),
         }
     }
 
@@ -102,7 +109,11 @@ impl ObjectOrigin {
             Some(meta) => Ok(SystemTime::from(meta.last_modified)),
             None => Err(StoreError::Backend {
                 tier: crate::Catalog::location(self),
-                source: format!("the clock probe {} vanished right after its put", self.object_url(&key)).into(),
+                source: format!(
+                    "the clock probe {} vanished right after its put",
+                    self.object_url(&key)
+                )
+                .into(),
             }),
         }
     }

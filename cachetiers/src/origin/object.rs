@@ -295,7 +295,10 @@ impl ObjectOrigin {
     /// One level below `<prefix>DIR/`: the names of the "directories"
     /// there and the objects with their metadata (every page of the
     /// listing; an empty listing when nothing is there).
-    pub(super) fn list_level(&self, dir: &str) -> Result<(Vec<String>, Vec<ObjectMeta>), StoreError> {
+    pub(super) fn list_level(
+        &self,
+        dir: &str,
+    ) -> Result<(Vec<String>, Vec<ObjectMeta>), StoreError> {
         let key = format!("{}{dir}", self.prefix);
         let listed = self.request("list", &key, |store, key| async move {
             store.list_with_delimiter(Some(&key)).await
@@ -483,12 +486,12 @@ impl Catalog for ObjectOrigin {
         ObjectOrigin::list_objects(self, visit)
     }
 
-    fn stat_object(&self, object: &ObjectName) -> Result<Option<StoredObject>, StoreError> {
-        ObjectOrigin::stat_object(self, object)
-    }
-
-    fn remove_object(&self, object: &ObjectName) -> Result<bool, StoreError> {
-        ObjectOrigin::remove_object(self, object)
+    fn remove_object(
+        &self,
+        object: &ObjectName,
+        modified_by: SystemTime,
+    ) -> Result<bool, StoreError> {
+        ObjectOrigin::remove_object(self, object, modified_by)
     }
 
     fn clock_probe(&self) -> Result<SystemTime, StoreError> {

@@ -5,12 +5,12 @@ use std::fs::{self, File};
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
+use ::tests::imagegen::{Entry, Image, Layer, noise};
 use cachetiers::{ChunkStore, DirStore};
 use chunker::convert::{ConvertOptions, convert};
 use chunker::ext4::Ext4Options;
 use chunker::flatten::FlattenOptions;
 use manifest::{ChunkEntry, LocalKeyProvider, seal};
-use ::tests::imagegen::{Entry, Image, Layer, noise};
 
 use super::*;
 use crate::images::remove_image;
@@ -140,7 +140,10 @@ fn gc_deletes_exactly_a_removed_images_unique_chunks() {
     );
     let unique_b: BTreeSet<ChunkId> = cb.difference(&ca).copied().collect();
     assert!(!unique_b.is_empty() && unique_b.len() < cb.len());
-    let a_objects: Vec<Vec<u8>> = ca.iter().map(|id| f.store.get(id).unwrap().unwrap()).collect();
+    let a_objects: Vec<Vec<u8>> = ca
+        .iter()
+        .map(|id| f.store.get(id).unwrap().unwrap())
+        .collect();
 
     // Nothing is garbage while both are tagged, however old.
     age(f.store.root(), 2 * HOUR);
@@ -211,8 +214,14 @@ fn untagged_manifests_follow_the_retention_rule_and_young_objects_stay() {
     assert_eq!(kept.kept.untagged_manifests, 1);
     assert_eq!(kept.kept.profiles, 1);
     assert_eq!(kept.kept.young, 1);
-    assert_eq!(items(&kept, GcKind::Temporary), BTreeSet::from([temp.to_owned()]));
-    assert_eq!(items(&kept, GcKind::Profile), BTreeSet::from([orphan.to_string()]));
+    assert_eq!(
+        items(&kept, GcKind::Temporary),
+        BTreeSet::from([temp.to_owned()])
+    );
+    assert_eq!(
+        items(&kept, GcKind::Profile),
+        BTreeSet::from([orphan.to_string()])
+    );
     assert!(items(&kept, GcKind::Chunk).is_empty() && items(&kept, GcKind::Manifest).is_empty());
     assert!(!root.join(temp).exists());
 
@@ -221,7 +230,10 @@ fn untagged_manifests_follow_the_retention_rule_and_young_objects_stay() {
     let three_hours = gc(&f.store, &f.keys, &opts(HOUR, Some(3 * HOUR), true)).unwrap();
     assert!(three_hours.items.is_empty(), "{three_hours:?}");
     let half = gc(&f.store, &f.keys, &opts(HOUR, Some(HOUR / 2), false)).unwrap();
-    assert_eq!(items(&half, GcKind::Manifest), BTreeSet::from([u.to_string()]));
+    assert_eq!(
+        items(&half, GcKind::Manifest),
+        BTreeSet::from([u.to_string()])
+    );
     assert_eq!(items(&half, GcKind::Chunk), hexes(&unique_u));
     assert_eq!(half.kept.tagged_manifests, 1);
     assert_eq!(half.kept.young, 1);
@@ -309,7 +321,10 @@ fn an_object_stamped_in_the_future_is_refused() {
 #[test]
 fn clock_limits() {
     assert_eq!(clock_limit(Duration::ZERO), Duration::from_secs(2));
-    assert_eq!(clock_limit(Duration::from_secs(60)), Duration::from_secs(30));
+    assert_eq!(
+        clock_limit(Duration::from_secs(60)),
+        Duration::from_secs(30)
+    );
     assert_eq!(clock_limit(24 * HOUR), MAX_CLOCK_SKEW);
 }
 
@@ -324,9 +339,128 @@ fn an_unreadable_manifest_that_goes_needs_no_keys() {
             f.store.put(&enc.id, &enc.object).unwrap();
         },
     );
-    let d = f.store.put_manifest(&seal(&manifest, &other).unwrap()).unwrap();
+    let d = f
+        .store
+        .put_manifest(&seal(&manifest, &other).unwrap())
+        .unwrap();
     age(f.store.root(), 2 * HOUR);
     let report = gc(&f.store, &f.keys, &opts(HOUR, Some(HOUR), false)).unwrap();
-    assert_eq!(items(&report, GcKind::Manifest), BTreeSet::from([d.to_string()]));
+    assert_eq!(
+        items(&report, GcKind::Manifest),
+        BTreeSet::from([d.to_string()])
+    );
     assert_eq!(report.deleted.chunks, 1);
+}
+
+/// The Done-when of gc: converts run in threads (each with its own store
+/// handle, as separate processes would) while gc runs in a loop with a
+/// 2 s grace, deleting every untagged manifest it may. Each writer
+/// re-points its tag at each new image, so the one before becomes garbage
+/// that gc deletes while later converts reuse its chunks. Every image is
+/// opened and checked in full right after it is tagged, and every tagged
+/// image at the end. The writers go on until gc has deleted images from
+/// under them a few times. With gc ignoring the grace, the chunks (and
+/// batch temporaries) of a convert whose manifest is not stored yet would
+/// go, and a convert or a check would fail.
+#[test]
+fn gc_in_a_loop_beside_converts_never_breaks_an_image() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::time::Instant;
+
+    const WRITERS: u64 = 2;
+    /// Manifests and chunks gc must have deleted before the writers stop.
+    const ENOUGH: (u64, u64) = (4, 20);
+    /// A bound on the run, so a gc that never deletes ends the test.
+    const LIMIT: Duration = Duration::from_secs(40);
+    let f = fixture();
+    let root = f.store.root().to_path_buf();
+    let keys_dir = f.dir.path().join("keys");
+    let deleted = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
+    let enough = {
+        let deleted = deleted.clone();
+        move || {
+            deleted[0].load(Ordering::SeqCst) >= ENOUGH.0
+                && deleted[1].load(Ordering::SeqCst) >= ENOUGH.1
+        }
+    };
+    let done = Arc::new(AtomicBool::new(false));
+    let race = opts(Duration::from_secs(2), Some(Duration::ZERO), false);
+    let start = Instant::now();
+
+    let collector = {
+        let (root, keys_dir, done, race) =
+            (root.clone(), keys_dir.clone(), done.clone(), race.clone());
+        let deleted = deleted.clone();
+        std::thread::spawn(move || {
+            let store = DirStore::open(&root).unwrap();
+            let keys = LocalKeyProvider::open(&keys_dir).unwrap();
+            let mut runs = 0u64;
+            while !done.load(Ordering::SeqCst) {
+                let report = gc(&store, &keys, &race).expect("gc beside converts");
+                runs += 1;
+                deleted[0].fetch_add(report.deleted.manifests, Ordering::SeqCst);
+                deleted[1].fetch_add(report.deleted.chunks, Ordering::SeqCst);
+            }
+            runs
+        })
+    };
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let (root, keys_dir) = (root.clone(), keys_dir.clone());
+            let work = f.dir.path().join(format!("w{w}"));
+            let enough = enough.clone();
+            std::thread::spawn(move || {
+                fs::create_dir_all(&work).unwrap();
+                let store = DirStore::open(&root).unwrap();
+                let keys = LocalKeyProvider::open(&keys_dir).unwrap();
+                let tag = format!("w{w}");
+                let mut k = 0;
+                while !enough() && start.elapsed() < LIMIT {
+                    // A new image, then one converted about twice as long
+                    // ago: gc may be deleting its chunks as they are
+                    // reused.
+                    let seed = 1000 * (w + 1) + if k % 2 == 0 { k } else { k / 2 };
+                    let digest = convert_into(&store, &keys, &work, seed, Some(&tag));
+                    let opened = crate::open_image(&store, &digest.to_string(), &keys, "test")
+                        .unwrap_or_else(|e| panic!("{tag} #{k}: {e}"));
+                    let checked = crate::verify(&store, &opened.manifest, 1);
+                    assert!(checked.bad.is_empty(), "{tag} #{k}: {:?}", checked.bad);
+                    k += 1;
+                }
+                k
+            })
+        })
+        .collect();
+    let converts: u64 = writers
+        .into_iter()
+        .map(|w| w.join().expect("a writer failed"))
+        .sum();
+    done.store(true, Ordering::SeqCst);
+    let runs = collector.join().expect("gc failed");
+    let (manifests, chunks) = (
+        deleted[0].load(Ordering::SeqCst),
+        deleted[1].load(Ordering::SeqCst),
+    );
+    eprintln!(
+        "{converts} converts beside {runs} gc runs, which deleted {manifests} manifests and {chunks} chunks"
+    );
+    assert!(
+        enough(),
+        "gc deleted {manifests} manifests and {chunks} chunks in {LIMIT:?}: the race was not exercised"
+    );
+
+    // Once everything is old, one more run deletes every untagged image,
+    // and every tagged one still reads back whole.
+    age(&root, HOUR);
+    let last = gc(&f.store, &f.keys, &race).unwrap();
+    assert_eq!(last.kept.tagged_manifests, WRITERS);
+    assert_eq!(last.kept.untagged_manifests, 0);
+    assert_eq!(f.store.list_manifests().unwrap().len() as u64, WRITERS);
+    for tag in f.store.list_tags().unwrap() {
+        let opened = crate::open_image(&f.store, &tag.name, &f.keys, "test").unwrap();
+        let checked = crate::verify(&f.store, &opened.manifest, 2);
+        assert!(checked.bad.is_empty(), "{}: {:?}", tag.name, checked.bad);
+        assert!(checked.checked > 0);
+    }
 }
