@@ -201,7 +201,7 @@ pub enum GcError {
         /// What gc was doing.
         action: String,
         /// What failed.
-        source: StoreError,
+        source: Box<StoreError>,
     },
     /// The store's clock is too far from this host's.
     #[error(
@@ -286,7 +286,7 @@ pub fn gc(
         move |source| GcError::Store {
             location,
             action,
-            source,
+            source: Box::new(source),
         }
     };
     let refresh = catalog.dedup_refresh();
