@@ -3,9 +3,9 @@
 //! well as a chunk store; caches are not, since a manifest is read once,
 //! at open, straight from the origin.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
-use manifest::{ConversionKey, ManifestDigest};
+use manifest::{ChunkId, ConversionKey, ManifestDigest};
 
 use crate::store::{ChunkStore, StoreError};
 
@@ -80,6 +80,38 @@ pub trait Catalog: Send + Sync {
         domain: &str,
         key: &ConversionKey,
     ) -> Result<Option<ManifestDigest>, StoreError>;
+
+    /// Every chunk, start profile and leftover temporary file with its
+    /// size and modification time, for garbage collection. Passed to
+    /// `visit` as listed, so a caller that keeps only some holds only
+    /// those; a listing error ends it (a caller must not act on a partial
+    /// listing).
+    fn list_objects(&self, visit: &mut dyn FnMut(StoredObject)) -> Result<(), StoreError>;
+
+    /// Deletes the object if it was last modified at or before
+    /// `modified_by` (by the store's clock); whether it did. A convert
+    /// that reuses an old chunk makes it young again
+    /// ([`Catalog::dedup_refresh`]), so a collector's listing may be out
+    /// of date by the time it deletes: this looks again. (A directory
+    /// store closes the gap between look and delete; an object store
+    /// narrows it to one request.)
+    fn remove_object(
+        &self,
+        object: &ObjectName,
+        modified_by: SystemTime,
+    ) -> Result<bool, StoreError>;
+
+    /// Writes the store's clock probe (a small marker object) and returns
+    /// the time the store stamped on it: the store's own "now", against
+    /// which object ages are measured.
+    fn clock_probe(&self) -> Result<SystemTime, StoreError>;
+
+    /// How old a chunk may be and still be deduplicated without being
+    /// made young again. A put that finds its chunk already stored
+    /// refreshes the chunk's time when it is older than this, so garbage
+    /// collection with a grace period above it never deletes a chunk a
+    /// running convert has just reused.
+    fn dedup_refresh(&self) -> Duration;
 }
 
 /// Where the record of conversion `key` of `domain` lives in a catalog,
@@ -91,6 +123,40 @@ pub fn conversion_path(domain: &str, key: &ConversionKey) -> Result<String, Stor
         });
     }
     Ok(format!("{domain}/{}", key.to_hex()))
+}
+
+/// An object [`Catalog::list_objects`] lists, by what it is.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[non_exhaustive]
+pub enum ObjectName {
+    /// An encrypted chunk.
+    Chunk(ChunkId),
+    /// The start profile of a manifest.
+    Profile(ManifestDigest),
+    /// A temporary file a writer left (a crash, a killed convert): its
+    /// path relative to the store's root.
+    Temporary(String),
+}
+
+impl std::fmt::Display for ObjectName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ObjectName::Chunk(id) => write!(f, "chunk {id}"),
+            ObjectName::Profile(digest) => write!(f, "start profile of {digest}"),
+            ObjectName::Temporary(path) => write!(f, "temporary file {path}"),
+        }
+    }
+}
+
+/// One object as listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredObject {
+    /// What it is.
+    pub name: ObjectName,
+    /// Its size in bytes.
+    pub size: u64,
+    /// When the store last wrote it, if it says.
+    pub modified: Option<SystemTime>,
 }
 
 /// A tag as listed: `DOMAIN/NAME → DIGEST`.
@@ -200,6 +266,25 @@ macro_rules! forward_catalog {
             }
             fn remove_manifest(&self, digest: &ManifestDigest) -> Result<bool, StoreError> {
                 (**self).remove_manifest(digest)
+            }
+            fn list_objects(
+                &self,
+                visit: &mut dyn FnMut(StoredObject),
+            ) -> Result<(), StoreError> {
+                (**self).list_objects(visit)
+            }
+            fn remove_object(
+                &self,
+                object: &ObjectName,
+                modified_by: SystemTime,
+            ) -> Result<bool, StoreError> {
+                (**self).remove_object(object, modified_by)
+            }
+            fn clock_probe(&self) -> Result<SystemTime, StoreError> {
+                (**self).clock_probe()
+            }
+            fn dedup_refresh(&self) -> Duration {
+                (**self).dedup_refresh()
             }
         }
     )*};

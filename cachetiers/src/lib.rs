@@ -5,9 +5,9 @@
 //!   [`StoreError`];
 //! - [`checked`]: the size and hash checks every store makes on put and
 //!   get, and the errors they give;
-//! - [`catalog`]: the [`Catalog`] trait (sealed manifests, tags and
-//!   conversion records) and [`Origin`], a chunk store that is also a
-//!   catalog;
+//! - [`catalog`]: the [`Catalog`] trait (sealed manifests, tags,
+//!   conversion records, and the timed object listing garbage collection
+//!   needs) and [`Origin`], a chunk store that is also a catalog;
 //! - [`dir_store`]: [`DirStore`], the first tier: a local directory of
 //!   sharded, atomically written objects, plus the sealed manifests and
 //!   the tags that name them;
@@ -36,7 +36,7 @@ pub mod tag;
 pub mod testing;
 pub mod tiered;
 
-pub use catalog::{Catalog, Origin, StoredManifest, TagEntry};
+pub use catalog::{Catalog, ObjectName, Origin, StoredManifest, StoredObject, TagEntry};
 pub use dir_store::DirStore;
 pub use origin::{
     ObjectOrigin, OriginError, RequestLimits, S3Settings, open_origin, open_origin_with,

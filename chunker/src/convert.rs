@@ -515,6 +515,15 @@ fn already_converted(
     };
     if let Some(tag) = &opts.tag {
         store.set_tag(&opts.domain, tag, &digest)?;
+        // Garbage collection may have removed the (old, untagged) manifest
+        // between the look above and the tag: then the tag would name
+        // nothing, so convert after all (which stores a manifest and moves
+        // the tag to it).
+        match store.get_manifest(&digest) {
+            Ok(_) => {}
+            Err(StoreError::ManifestNotFound { .. }) => return Ok(None),
+            Err(err) => return Err(err.into()),
+        }
     }
     let chunks = manifest.chunks.len() as u64;
     let holes = manifest.chunks.iter().filter(|c| c.is_hole()).count() as u64;

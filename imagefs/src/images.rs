@@ -179,7 +179,7 @@ pub fn list_images(
 
 /// The distinct stored chunks of a manifest with their plaintext lengths
 /// (the last chunk of a device may be short).
-fn distinct_chunks(manifest: &Manifest) -> HashMap<ChunkId, u64> {
+pub(crate) fn distinct_chunks(manifest: &Manifest) -> HashMap<ChunkId, u64> {
     let size = manifest.chunk_size.as_u64();
     let mut chunks = HashMap::new();
     for (i, entry) in manifest.chunks.iter().enumerate() {

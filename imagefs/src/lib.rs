@@ -15,6 +15,8 @@
 //! - [`export`]: reassemble the plaintext image into a sparse file;
 //! - [`images`]: the images of a catalog with their tags, sizes and
 //!   unique bytes (`imagefs image ls`), and removing one (`image rm`);
+//! - [`gc`]: garbage collection of an origin (`imagefs gc`): what no tag
+//!   or retained manifest names, once older than a grace period;
 //! - [`ext4`]: a read-only ext4 reader over a [`BlockDevice`] (inodes,
 //!   directories, file maps, symlinks, xattrs), decoding through `ext4fmt`;
 //! - [`transport`]: the protocols over the seam: [`transport::fuse`], the
@@ -29,6 +31,7 @@ pub mod agent;
 pub mod device;
 pub mod export;
 pub mod ext4;
+pub mod gc;
 pub mod images;
 pub mod lazy;
 pub mod open;

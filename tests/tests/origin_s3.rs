@@ -1,8 +1,9 @@
 //! The S3 origin against a real Garage server (started by
 //! `tests::garage`): convert into a bucket, open and export from it,
 //! dedup on a second convert, a corrupted object, the server going down
-//! and coming back, `open_origin` configured from `AWS_*` variables, and
-//! start profiles stored beside a manifest in the bucket.
+//! and coming back, `open_origin` configured from `AWS_*` variables,
+//! start profiles stored beside a manifest in the bucket, and garbage
+//! collection.
 //!
 //! Without a `garage` binary each test prints `SKIP:` and returns.
 
@@ -364,4 +365,81 @@ fn tags_and_images_are_listed_and_removed_in_s3() {
     assert!(origin.list_tags().unwrap().is_empty());
     assert!(!origin.remove_tag("d", "app").unwrap());
     assert!(!origin.remove_manifest(&digest).unwrap());
+}
+
+/// `imagefs gc` against Garage: two images sharing a base, one removed;
+/// the dry run lists exactly that image's own chunks, the real run
+/// deletes them and the other still verifies; with the server down, gc
+/// refuses and names the store.
+#[test]
+fn gc_collects_a_removed_images_chunks_in_s3() {
+    let Some(mut g) = garage() else { return };
+    let Fixture { tmp, keys, source } = fixture();
+    // Every reuse rewrites a chunk, so a grace of zero is safe here.
+    let origin = ObjectOrigin::s3(&settings(&g, "gc"))
+        .unwrap()
+        .with_dedup_refresh(Duration::ZERO);
+    let a = convert(&source, &origin, &keys, &options(Some("a"))).expect("convert a");
+    let mut second = image();
+    second.layers[1] = Layer::new(vec![Entry::file("app/b.bin", noise(8, 300_000))]);
+    let layout = tmp.path().join("oci-b");
+    second.write_oci_layout(&layout, "b").unwrap();
+    let source_b = format!("oci:{}:b", layout.display()).parse().unwrap();
+    let b = convert(&source_b, &origin, &keys, &options(Some("b"))).expect("convert b");
+    let ids = |digest| -> std::collections::BTreeSet<String> {
+        let opened = imagefs::open_image(&origin, &format!("{digest}"), &keys, "d").unwrap();
+        opened
+            .manifest
+            .chunks
+            .iter()
+            .filter_map(|c| match c {
+                manifest::ChunkEntry::Present { id, .. } => Some(id.to_hex()),
+                manifest::ChunkEntry::Hole => None,
+            })
+            .collect()
+    };
+    let (ca, cb) = (ids(a.digest), ids(b.digest));
+    let own_b: std::collections::BTreeSet<String> = cb.difference(&ca).cloned().collect();
+    assert!(!own_b.is_empty() && own_b.len() < cb.len());
+    imagefs::images::remove_image(&origin, &b.digest, true).unwrap();
+    // Past the grace (zero) and the one-second slack, by the store's clock.
+    std::thread::sleep(Duration::from_secs(3));
+
+    let opts = |dry_run| imagefs::gc::GcOptions {
+        grace: Duration::ZERO,
+        keep_untagged: None,
+        dry_run,
+    };
+    let dry = imagefs::gc::gc(&origin, &keys, &opts(true)).unwrap();
+    let listed: std::collections::BTreeSet<String> =
+        dry.items.iter().map(|i| i.name.clone()).collect();
+    assert_eq!(listed, own_b, "{dry:?}");
+    assert!(
+        dry.items
+            .iter()
+            .all(|i| i.kind == imagefs::gc::GcKind::Chunk)
+    );
+    let done = imagefs::gc::gc(&origin, &keys, &opts(false)).unwrap();
+    assert_eq!(done.deleted, dry.deleted);
+    for id in &own_b {
+        let id: ChunkId = id.parse().unwrap();
+        assert!(!origin.contains(&id).unwrap(), "{id} survived");
+    }
+    let kept = imagefs::open_image(&origin, "a", &keys, "d").unwrap();
+    assert!(imagefs::verify(&origin, &kept.manifest, 2).bad.is_empty());
+
+    // The default refresh (an hour) needs a grace at least that long.
+    let slow = ObjectOrigin::s3(&settings(&g, "gc")).unwrap();
+    let err = imagefs::gc::gc(&slow, &keys, &opts(false)).unwrap_err();
+    assert!(err.to_string().contains("dedup refresh"), "{err}");
+
+    g.stop();
+    let err = within_a_minute("gc with garage stopped", move || {
+        imagefs::gc::gc(&origin, &keys, &opts(false))
+            .map(|_| ())
+            .map_err(|e| imagefs::error_chain(&e))
+    })
+    .unwrap_err();
+    let text = err;
+    assert!(text.contains("s3://") && text.contains("gc of"), "{text}");
 }

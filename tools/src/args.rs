@@ -180,6 +180,10 @@ pub enum Command {
     Tag(crate::images::TagArgs),
     /// Images: list them (tags, domain, sizes, unique bytes) or remove one.
     Image(crate::images::ImageArgs),
+    /// Garbage collection: delete the untagged manifests the retention
+    /// rule lets go, and the chunks, start profiles and temporary files
+    /// nothing kept names, once older than the grace period.
+    Gc(crate::gc::GcArgs),
     /// Run an AZ cache node: GET /v1/chunks/{id}, /metrics, /healthz.
     CacheNode(node::CacheNodeArgs),
     /// Fetch every chunk of an image through the tiers, filling the caches
@@ -517,6 +521,7 @@ impl Command {
             Command::Profile(args) => args.run(),
             Command::Tag(args) => args.run(),
             Command::Image(args) => args.run(),
+            Command::Gc(args) => args.run(),
             Command::CacheNode(args) => args.run(signals),
             Command::Fetch {
                 image,

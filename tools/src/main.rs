@@ -4,6 +4,7 @@
 
 mod agent;
 mod args;
+mod gc;
 mod images;
 mod logging;
 mod node;

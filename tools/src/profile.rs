@@ -175,8 +175,8 @@ impl ProfileArgs {
     }
 }
 
-/// Parses a duration: a whole number with `ms`, `s` or `m` (`30s`,
-/// `500ms`, `2m`).
+/// Parses a duration: a whole number with `ms`, `s`, `m`, `h` or `d`
+/// (`30s`, `500ms`, `2m`, `24h`, `7d`).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let split = text
         .find(|c: char| !c.is_ascii_digit())
@@ -184,18 +184,22 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let (number, unit) = text.split_at(split);
     let n: u64 = number
         .parse()
-        .map_err(|_| format!("`{text}` is not a duration (use e.g. 30s, 500ms, 2m)"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" => Ok(Duration::from_secs(n)),
-        "m" => n
-            .checked_mul(60)
-            .map(Duration::from_secs)
-            .ok_or_else(|| format!("`{text}` is too long")),
-        _ => Err(format!(
-            "`{text}`: unknown unit `{unit}` (use ms, s or m, e.g. 30s)"
-        )),
-    }
+        .map_err(|_| format!("`{text}` is not a duration (use e.g. 30s, 500ms, 2m, 24h, 7d)"))?;
+    let secs_per = match unit {
+        "ms" => return Ok(Duration::from_millis(n)),
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => {
+            return Err(format!(
+                "`{text}`: unknown unit `{unit}` (use ms, s, m, h or d, e.g. 30s)"
+            ));
+        }
+    };
+    n.checked_mul(secs_per)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("`{text}` is too long"))
 }
 
 #[cfg(test)]
@@ -207,7 +211,9 @@ mod tests {
         assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        for bad in ["", "s", "30", "30h", "-1s", "1.5s"] {
+        assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86_400)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        for bad in ["", "s", "30", "30w", "-1s", "1.5s", "99999999999999999d"] {
             let err = parse_duration(bad).unwrap_err();
             assert!(err.contains(bad), "{bad}: {err}");
         }

@@ -249,6 +249,50 @@ pub fn image_table(list: &imagefs::images::ImageList) -> String {
     out
 }
 
+/// A gc report as text: one line per object deleted (or to delete), then
+/// the totals and what was kept.
+pub fn gc_table(r: &imagefs::gc::GcReport) -> String {
+    let verb = if r.dry_run { "would delete" } else { "deleted" };
+    let mut out = String::new();
+    for i in &r.items {
+        out.push_str(&format!(
+            "{verb} {:<9} {:>10} {}\n",
+            i.kind.as_str(),
+            i.bytes,
+            i.name
+        ));
+    }
+    let d = &r.deleted;
+    out.push_str(&format!(
+        "{}: {verb} {} manifests, {} chunks, {} profiles, {} temporary files: {:.1} MB\n",
+        r.store,
+        d.manifests,
+        d.chunks,
+        d.profiles,
+        d.temporaries,
+        d.bytes() as f64 / MB
+    ));
+    let k = &r.kept;
+    out.push_str(&format!(
+        "kept: {} tagged and {} untagged manifests, {} chunks ({:.1} MB), {} profiles, \
+         {} unreferenced objects younger than the {} s grace\n",
+        k.tagged_manifests,
+        k.untagged_manifests,
+        k.chunks,
+        k.chunk_bytes as f64 / MB,
+        k.profiles,
+        k.young,
+        r.grace_secs
+    ));
+    if r.skipped > 0 {
+        out.push_str(&format!(
+            "skipped {} objects gone or in use again when their turn came\n",
+            r.skipped
+        ));
+    }
+    out
+}
+
 /// Seconds since the epoch as `YYYY-MM-DD HH:MM:SS` in UTC (civil date
 /// from a day count, as in Howard Hinnant's `civil_from_days`).
 fn utc(secs: u64) -> String {

@@ -5,13 +5,16 @@
 use std::fs;
 use std::io::ErrorKind;
 use std::path::Path;
+use std::time::SystemTime;
 
 use manifest::conversion::{MAX_RECORD_LEN, encode_record};
 use manifest::{ConversionKey, ManifestDigest};
 
 use super::atomic::{io_error, sync_dir};
 use super::{DirStore, read_limited};
-use crate::catalog::{Catalog, StoredManifest, TagEntry, conversion_path};
+use crate::catalog::{
+    Catalog, ObjectName, StoredManifest, StoredObject, TagEntry, conversion_path,
+};
 use crate::checked::{
     MAX_MANIFEST_LEN, MAX_PROFILE_LEN, MAX_TAG_LEN, check_conversion, check_manifest,
     check_profile, check_profile_put, check_tag,
@@ -299,5 +302,23 @@ impl Catalog for DirStore {
     }
     fn remove_manifest(&self, digest: &ManifestDigest) -> Result<bool, StoreError> {
         DirStore::remove_manifest(self, digest)
+    }
+    fn list_objects(&self, visit: &mut dyn FnMut(StoredObject)) -> Result<(), StoreError> {
+        DirStore::list_objects(self, visit)
+    }
+
+    fn remove_object(
+        &self,
+        object: &ObjectName,
+        modified_by: SystemTime,
+    ) -> Result<bool, StoreError> {
+        DirStore::remove_object(self, object, modified_by)
+    }
+    fn clock_probe(&self) -> Result<SystemTime, StoreError> {
+        DirStore::clock_probe(self)
+    }
+    /// Every reuse refreshes the chunk's time (a `utimes` is cheap).
+    fn dedup_refresh(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
     }
 }

@@ -7,6 +7,7 @@
 //!   tags/<domain>/<name>         "sha256:<64 hex>\n" (tags are per domain)
 //!   profiles/<64 hex>            sealed start profiles, by manifest digest
 //!   conversions/<domain>/<key>   "sha256:<64 hex>\n": what a source became
+//!   gc-clock                     garbage collection's clock probe (listing.rs)
 //! ```
 //!
 //! Every file is written atomically (temporary file in the same directory,
@@ -20,6 +21,7 @@
 
 mod atomic;
 mod batch;
+mod listing;
 mod manifests;
 
 use std::collections::BTreeSet;
@@ -33,6 +35,7 @@ use manifest::ChunkId;
 pub use atomic::TEMP_PREFIX;
 use atomic::{Written, io_error, sync_dir, write_atomically};
 pub use batch::BATCH_BYTES;
+pub use listing::CLOCK_PROBE;
 
 use crate::checked::{Bounded, check_get, check_len, check_put};
 use crate::store::{ChunkStore, MAX_OBJECT_LEN, PutOutcome, StoreError};
@@ -208,8 +211,14 @@ impl DirStore {
             // a damaged copy, which readers never delete from an origin.
             Ok(meta) if meta.is_file() && meta.len() == object.len() as u64 => {
                 match read_limited(&path, MAX_OBJECT_LEN as u64)? {
+                    // Reused: young again, so gc's grace covers it until
+                    // the manifest naming it is stored. Taken by gc
+                    // meanwhile: a plain store.
                     Bounded::Bytes(bytes) if ChunkId::of_object(&bytes) == *id => {
-                        return Ok(PutOutcome::AlreadyPresent);
+                        if self.touch(id)? {
+                            return Ok(PutOutcome::AlreadyPresent);
+                        }
+                        PutOutcome::Stored
                     }
                     // Gone since the look: a plain store.
                     Bounded::Missing => PutOutcome::Stored,

@@ -12,6 +12,7 @@
 //! Every request is bounded ([`RequestLimits`]): an unreachable origin
 //! fails within seconds with an error naming it, and never hangs a read.
 
+mod listing;
 mod object;
 mod runtime;
 
@@ -23,7 +24,7 @@ use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::{BackoffConfig, ClientOptions, RetryConfig};
 
-pub use object::{ObjectOrigin, RequestError};
+pub use object::{DEFAULT_DEDUP_REFRESH, ObjectOrigin, RequestError};
 pub use runtime::RuntimeError;
 
 use crate::catalog::Origin;

@@ -13,7 +13,9 @@ use tokio::sync::Semaphore;
 
 use super::DEFAULT_MAX_CONCURRENT_REQUESTS;
 use super::runtime::{self, RuntimeError};
-use crate::catalog::{Catalog, StoredManifest, TagEntry, conversion_path};
+use crate::catalog::{
+    Catalog, ObjectName, StoredManifest, StoredObject, TagEntry, conversion_path,
+};
 use crate::checked::{
     Bounded, MAX_MANIFEST_LEN, MAX_PROFILE_LEN, MAX_TAG_LEN, check_conversion, check_get,
     check_manifest, check_profile, check_profile_put, check_put, check_tag,
@@ -83,7 +85,15 @@ pub struct ObjectOrigin {
     /// pooled connection), and the rest queue here rather than open ever
     /// more connections.
     permits: Arc<Semaphore>,
+    /// A put finding its chunk stored rewrites it when it is older than
+    /// this ([`Catalog::dedup_refresh`]).
+    dedup_refresh: Duration,
 }
+
+/// [`Catalog::dedup_refresh`] of an object origin unless configured: a
+/// reused chunk is rewritten at most once an hour, which costs one upload
+/// per hour per shared chunk, and garbage collection's grace must exceed it.
+pub const DEFAULT_DEDUP_REFRESH: Duration = Duration::from_secs(3600);
 
 impl ObjectOrigin {
     /// An origin over `store`, whose keys all start with `prefix` (slashes
@@ -108,7 +118,15 @@ impl ObjectOrigin {
             root_url: root_url.into().trim_end_matches('/').to_owned(),
             op_timeout,
             permits: Arc::new(Semaphore::new(DEFAULT_MAX_CONCURRENT_REQUESTS)),
+            dedup_refresh: DEFAULT_DEDUP_REFRESH,
         }
+    }
+
+    /// The same origin refreshing a reused chunk once it is older than
+    /// `after` ([`Catalog::dedup_refresh`]; zero: at every reuse).
+    pub fn with_dedup_refresh(mut self, after: Duration) -> Self {
+        self.dedup_refresh = after;
+        self
     }
 
     /// The same origin allowing at most `max` requests in flight at once
@@ -116,6 +134,11 @@ impl ObjectOrigin {
     pub fn with_max_concurrent_requests(mut self, max: usize) -> Self {
         self.permits = Arc::new(Semaphore::new(max.max(1)));
         self
+    }
+
+    /// `""` or `a/b/`: the start of every key.
+    pub(super) fn prefix(&self) -> &str {
+        &self.prefix
     }
 
     /// The underlying object store.
@@ -147,7 +170,7 @@ impl ObjectOrigin {
     }
 
     /// Deletes object `key`; false when there was none.
-    fn delete_key(&self, key: &str) -> Result<bool, StoreError> {
+    pub(super) fn delete_key(&self, key: &str) -> Result<bool, StoreError> {
         // S3 deletes succeed whether or not the object exists, so ask first.
         if self.size(key)?.is_none() {
             return Ok(false);
@@ -173,7 +196,7 @@ impl ObjectOrigin {
     /// Runs one request on the shared runtime, bounded by `op_timeout`.
     /// `NotFound` is `Ok(None)`; every other failure is a
     /// [`StoreError::Backend`] naming the object.
-    fn request<T, F, Fut>(
+    pub(super) fn request<T, F, Fut>(
         &self,
         action: &'static str,
         key: &str,
@@ -240,14 +263,19 @@ impl ObjectOrigin {
 
     /// The size of the object under `key`, if there is one.
     fn size(&self, key: &str) -> Result<Option<u64>, StoreError> {
+        Ok(self.head(key)?.map(|meta| meta.size))
+    }
+
+    /// The metadata of the object under `key`, if there is one.
+    pub(super) fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError> {
         self.request("inspect", key, |store, key| async move {
-            Ok(store.head(&key).await?.size)
+            store.head(&key).await
         })
     }
 
     /// Writes `bytes` under `key` (replacing what is there: every write is
     /// atomic in an object store, so readers see the old or the new).
-    fn write(&self, key: &str, bytes: &[u8]) -> Result<(), StoreError> {
+    pub(super) fn write(&self, key: &str, bytes: &[u8]) -> Result<(), StoreError> {
         let payload = PutPayload::from(bytes.to_vec());
         self.request("put", key, |store, key| async move {
             store.put(&key, payload).await.map(drop)
@@ -270,7 +298,10 @@ impl ObjectOrigin {
     /// One level below `<prefix>DIR/`: the names of the "directories"
     /// there and the objects with their metadata (every page of the
     /// listing; an empty listing when nothing is there).
-    fn list_level(&self, dir: &str) -> Result<(Vec<String>, Vec<ObjectMeta>), StoreError> {
+    pub(super) fn list_level(
+        &self,
+        dir: &str,
+    ) -> Result<(Vec<String>, Vec<ObjectMeta>), StoreError> {
         let key = format!("{}{dir}", self.prefix);
         let listed = self.request("list", &key, |store, key| async move {
             store.list_with_delimiter(Some(&key)).await
@@ -308,11 +339,19 @@ impl ChunkStore for ObjectOrigin {
         // first (a GET only when it looks present) rather than a
         // conditional PUT, which not every S3 service supports; two
         // writers racing write the same bytes.
-        let outcome = match self.size(&key)? {
+        let outcome = match self.head(&key)? {
             None => PutOutcome::Stored,
-            Some(len) if len == object.len() as u64 => {
+            Some(meta) if meta.size == object.len() as u64 => {
                 match self.fetch(&key, MAX_OBJECT_LEN as u64)? {
                     Bounded::Bytes(bytes) if ChunkId::of_object(&bytes) == *id => {
+                        // Reused: made young again when old, so gc's grace
+                        // covers it until its new manifest is stored.
+                        let age = SystemTime::now()
+                            .duration_since(SystemTime::from(meta.last_modified))
+                            .unwrap_or_default();
+                        if age >= self.dedup_refresh {
+                            self.write(&key, object)?;
+                        }
                         return Ok(PutOutcome::AlreadyPresent);
                     }
                     // Gone since the HEAD: a plain store.
@@ -475,6 +514,26 @@ impl Catalog for ObjectOrigin {
         let removed = self.delete_key(&self.manifest_key(digest))?;
         self.delete_key(&self.profile_key(digest))?;
         Ok(removed)
+    }
+
+    fn list_objects(&self, visit: &mut dyn FnMut(StoredObject)) -> Result<(), StoreError> {
+        ObjectOrigin::list_objects(self, visit)
+    }
+
+    fn remove_object(
+        &self,
+        object: &ObjectName,
+        modified_by: SystemTime,
+    ) -> Result<bool, StoreError> {
+        ObjectOrigin::remove_object(self, object, modified_by)
+    }
+
+    fn clock_probe(&self) -> Result<SystemTime, StoreError> {
+        ObjectOrigin::clock_probe(self)
+    }
+
+    fn dedup_refresh(&self) -> Duration {
+        self.dedup_refresh
     }
 
     fn location(&self) -> String {
