@@ -367,12 +367,12 @@ pub fn unseal_profile(
         )));
     }
     let data_key = keys.unwrap_key(&key_id, wrapped).map_err(|e| match e {
-        e @ (KeyError::UnknownMasterKey { .. } | KeyError::UnwrapFailed { .. }) => {
-            ProfileError::ForeignKey {
-                key_id: key_id.clone(),
-                source: e,
-            }
-        }
+        e @ (KeyError::UnknownMasterKey { .. }
+        | KeyError::RetiredMasterKey { .. }
+        | KeyError::UnwrapFailed { .. }) => ProfileError::ForeignKey {
+            key_id: key_id.clone(),
+            source: e,
+        },
         other => ProfileError::Key(other),
     })?;
     let mut payload = ciphertext.to_vec();
