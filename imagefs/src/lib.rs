@@ -15,6 +15,8 @@
 //! - [`export`]: reassemble the plaintext image into a sparse file;
 //! - [`images`]: the images of a catalog with their tags, sizes and
 //!   unique bytes (`imagefs image ls`), and removing one (`image rm`);
+//! - [`rewrap`]: key rotation, the manifests and start profiles of a
+//!   catalog re-wrapped under a new master key in place (`imagefs rewrap`);
 //! - [`ext4`]: a read-only ext4 reader over a [`BlockDevice`] (inodes,
 //!   directories, file maps, symlinks, xattrs), decoding through `ext4fmt`;
 //! - [`transport`]: the protocols over the seam: [`transport::fuse`], the
@@ -33,6 +35,7 @@ pub mod images;
 pub mod lazy;
 pub mod open;
 pub mod profile;
+pub mod rewrap;
 pub mod tiers;
 pub mod transport;
 pub mod verify;

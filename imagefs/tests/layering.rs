@@ -18,6 +18,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("verify", 4),
     ("export", 4),
     ("images", 4),
+    ("rewrap", 4),
     ("ext4", 5),
     ("transport::fuse", 6),
     ("transport::vhost", 6),

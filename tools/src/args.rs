@@ -166,6 +166,11 @@ pub enum Command {
     Tag(crate::images::TagArgs),
     /// Images: list them (tags, domain, sizes, unique bytes) or remove one.
     Image(crate::images::ImageArgs),
+    /// Master keys: create, list, retire.
+    Key(crate::keys::KeyCmdArgs),
+    /// Re-seal manifests (and start profiles) under another master key,
+    /// in place: digests, tags and chunks stay. Idempotent and resumable.
+    Rewrap(crate::keys::RewrapArgs),
     /// Run an AZ cache node: GET /v1/chunks/{id}, /metrics, /healthz.
     CacheNode(node::CacheNodeArgs),
     /// Fetch every chunk of an image through the tiers, filling the caches
@@ -234,6 +239,8 @@ pub struct StoreArgs {
     /// The key directory (master keys and domain secrets).
     #[arg(long, env = "IMAGEFS_KEYS", default_value = tiers::DEFAULT_KEYS)]
     keys: PathBuf,
+    #[command(flatten)]
+    key_provider: crate::keys::KeyArgs,
     /// The tenant's dedup domain. `convert` encrypts into it (chunks dedupe
     /// only within one domain) and sets its tag among the domain's tags;
     /// readers look tags up among its tags and refuse an image of another
@@ -283,11 +290,11 @@ impl LayoutArgs {
 }
 
 impl StoreArgs {
-    /// Open the store and the key directory; `create` makes them if missing.
+    /// Open the store and the key provider; `create` makes them if missing.
     pub(crate) fn open(
         &self,
         create: bool,
-    ) -> Result<(Arc<dyn Origin>, manifest::LocalKeyProvider), Box<dyn Error>> {
+    ) -> Result<(Arc<dyn Origin>, Arc<dyn manifest::KeyProvider>), Box<dyn Error>> {
         let store = cachetiers::origin::open_origin(&self.store, create).map_err(|e| {
             format!(
                 "opening the store {}: {}",
@@ -295,12 +302,18 @@ impl StoreArgs {
                 imagefs::error_chain(&e)
             )
         })?;
-        let keys = if create {
-            manifest::LocalKeyProvider::create(&self.keys)?
-        } else {
-            manifest::LocalKeyProvider::open(&self.keys)?
-        };
+        let keys = self.key_provider.spec(&self.keys)?.open(create)?;
         Ok((store, keys))
+    }
+
+    /// The key provider flags.
+    pub(crate) fn key_args(&self) -> &crate::keys::KeyArgs {
+        &self.key_provider
+    }
+
+    /// The local key directory.
+    pub(crate) fn keys_dir(&self) -> &std::path::Path {
+        &self.keys
     }
 }
 
@@ -500,6 +513,8 @@ impl Command {
             Command::Profile(args) => args.run(),
             Command::Tag(args) => args.run(),
             Command::Image(args) => args.run(),
+            Command::Key(args) => args.run(),
+            Command::Rewrap(args) => args.run(),
             Command::CacheNode(args) => args.run(signals),
             Command::Fetch {
                 image,

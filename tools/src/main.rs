@@ -5,6 +5,7 @@
 mod agent;
 mod args;
 mod images;
+mod keys;
 mod node;
 mod profile;
 mod pull;

@@ -6,6 +6,8 @@
 //! - [`pkcs11`]: [`Pkcs11KeyProvider`], master keys inside a PKCS#11 token
 //!   (an HSM, a cloud KMS's PKCS#11 library, SoftHSM2 in tests) that never
 //!   leave it;
+//! - [`spec`]: [`ProviderSpec`], which provider the command line chose,
+//!   opened as an `Arc<dyn KeyProvider>`;
 //! - [`domains`]: [`DomainSecrets`], domain secrets stored wrapped under a
 //!   master key, unwrapped only when a convert asks for one.
 
@@ -13,12 +15,14 @@ pub mod domains;
 mod files;
 pub mod local;
 pub mod pkcs11;
+pub mod spec;
 
 use std::fmt;
 use std::path::PathBuf;
 
 pub use domains::DomainSecrets;
 pub use local::LocalKeyProvider;
+pub use spec::ProviderSpec;
 pub use pkcs11::{PinSource, Pkcs11Config, Pkcs11Error, Pkcs11KeyProvider, TokenSelector};
 
 use crate::convergent::DomainSecret;
