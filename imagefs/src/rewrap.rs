@@ -13,8 +13,8 @@
 
 use cachetiers::{Catalog, StoreError};
 use manifest::{
-    KeyProvider, ManifestDigest, rewrap_sealed, seal_profile, sealed_key_id,
-    sealed_profile_key_id, unseal_profile,
+    KeyProvider, ManifestDigest, rewrap_sealed, seal_profile, sealed_key_id, sealed_profile_key_id,
+    unseal_profile,
 };
 use serde::{Deserialize, Serialize};
 

@@ -50,7 +50,8 @@ pub use format::{ChunkEntry, DomainMismatch, FormatError, ImageConfig, Manifest}
 pub use ids::{ByteOffset, ChunkId, ChunkIndex, ChunkKey, IdParseError, ManifestDigest};
 pub use keys::{
     DEFAULT_DOMAIN, DataKey, DomainSecrets, KeyError, KeyProvider, LocalKeyProvider, PinSource,
-    Pkcs11Config, Pkcs11Error, Pkcs11KeyProvider, ProviderSpec, TokenSelector, WrappedKey, validate_domain,
+    Pkcs11Config, Pkcs11Error, Pkcs11KeyProvider, ProviderSpec, TokenSelector, WrappedKey,
+    validate_domain,
 };
 pub use profile::{
     ProfileEntry, ProfileError, ProfileReport, StartProfile, seal_profile, sealed_profile_key_id,

@@ -30,13 +30,22 @@ pub enum ProviderKind {
 #[derive(Debug, Clone, clap::Args)]
 pub struct KeyArgs {
     /// Where master keys are: `local` (the --keys directory) or `pkcs11`.
-    #[arg(long, env = "IMAGEFS_KEY_PROVIDER", value_enum, default_value = "local")]
+    #[arg(
+        long,
+        env = "IMAGEFS_KEY_PROVIDER",
+        value_enum,
+        default_value = "local"
+    )]
     key_provider: ProviderKind,
     /// The PKCS#11 module.
     #[arg(long, env = "IMAGEFS_PKCS11_MODULE", default_value = SOFTHSM2_MODULE)]
     pkcs11_module: PathBuf,
     /// The token, by label.
-    #[arg(long, env = "IMAGEFS_PKCS11_TOKEN_LABEL", conflicts_with = "pkcs11_slot")]
+    #[arg(
+        long,
+        env = "IMAGEFS_PKCS11_TOKEN_LABEL",
+        conflicts_with = "pkcs11_slot"
+    )]
     pkcs11_token_label: Option<String>,
     /// The token, by slot id.
     #[arg(long, env = "IMAGEFS_PKCS11_SLOT")]
@@ -46,7 +55,11 @@ pub struct KeyArgs {
     #[arg(long, env = "IMAGEFS_PKCS11_PIN_FILE")]
     pkcs11_pin_file: Option<PathBuf>,
     /// The label of the master key new seals use (key id `p11:LABEL`).
-    #[arg(long, env = "IMAGEFS_PKCS11_KEY_LABEL", default_value = "imagefs-master")]
+    #[arg(
+        long,
+        env = "IMAGEFS_PKCS11_KEY_LABEL",
+        default_value = "imagefs-master"
+    )]
     pkcs11_key_label: String,
     /// With pkcs11: the directory of wrapped domain secrets (only hosts
     /// that convert need it; serving hosts leave it out).
@@ -66,7 +79,9 @@ impl KeyArgs {
             (Some(label), _) => TokenSelector::Label(label.clone()),
             (None, Some(slot)) => TokenSelector::Slot(slot),
             (None, None) => {
-                return Err("--key-provider pkcs11 needs --pkcs11-token-label or --pkcs11-slot".into());
+                return Err(
+                    "--key-provider pkcs11 needs --pkcs11-token-label or --pkcs11-slot".into(),
+                );
             }
         };
         let pin = match &self.pkcs11_pin_file {
@@ -132,7 +147,9 @@ impl KeyCmdArgs {
         match self.command {
             KeyCommand::New { label, store } => {
                 let id = match (store.provider.spec(&store.keys)?, label) {
-                    (ProviderSpec::Local { dir }, None) => LocalKeyProvider::create(&dir)?.rotate()?,
+                    (ProviderSpec::Local { dir }, None) => {
+                        LocalKeyProvider::create(&dir)?.rotate()?
+                    }
                     (ProviderSpec::Local { .. }, Some(_)) => {
                         return Err("local master keys have no label; leave it out".into());
                     }
@@ -264,7 +281,11 @@ pub fn render_rewrap(out: &mut dyn Write, report: &RewrapReport) -> std::io::Res
             ""
         }
     )?;
-    writeln!(out, "{:<17} {:<24} {:<12} note", "image", "from key", "outcome")?;
+    writeln!(
+        out,
+        "{:<17} {:<24} {:<12} note",
+        "image", "from key", "outcome"
+    )?;
     for image in &report.images {
         let outcome = match image.outcome {
             RewrapOutcome::Rewrapped => "rewrapped",

@@ -13,8 +13,7 @@ use super::{DirStore, read_limited};
 use crate::catalog::{Catalog, StoredManifest, TagEntry};
 use crate::checked::{
     MAX_MANIFEST_LEN, MAX_PROFILE_LEN, MAX_TAG_LEN, check_manifest, check_manifest_replacement,
-    check_profile,
-    check_profile_put, check_tag,
+    check_profile, check_profile_put, check_tag,
 };
 use crate::store::StoreError;
 use crate::tag::{tag_path, validate_tag_name};

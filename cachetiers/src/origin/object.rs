@@ -16,8 +16,7 @@ use super::runtime::{self, RuntimeError};
 use crate::catalog::{Catalog, StoredManifest, TagEntry};
 use crate::checked::{
     Bounded, MAX_MANIFEST_LEN, MAX_PROFILE_LEN, MAX_TAG_LEN, check_get, check_manifest,
-    check_manifest_replacement,
-    check_profile, check_profile_put, check_put, check_tag,
+    check_manifest_replacement, check_profile, check_profile_put, check_put, check_tag,
 };
 use crate::store::{ChunkStore, MAX_OBJECT_LEN, PutOutcome, StoreError};
 use crate::tag::{tag_path, validate_tag_name};

@@ -22,8 +22,8 @@ use std::path::PathBuf;
 
 pub use domains::DomainSecrets;
 pub use local::LocalKeyProvider;
-pub use spec::ProviderSpec;
 pub use pkcs11::{PinSource, Pkcs11Config, Pkcs11Error, Pkcs11KeyProvider, TokenSelector};
+pub use spec::ProviderSpec;
 
 use crate::convergent::DomainSecret;
 
