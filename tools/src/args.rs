@@ -294,7 +294,7 @@ impl StoreArgs {
     pub(crate) fn open(
         &self,
         create: bool,
-    ) -> Result<(Arc<dyn Origin>, Arc<dyn manifest::KeyProvider>), Box<dyn Error>> {
+    ) -> Result<(Arc<dyn Origin>, crate::keys::Keys), Box<dyn Error>> {
         let store = cachetiers::origin::open_origin(&self.store, create).map_err(|e| {
             format!(
                 "opening the store {}: {}",

@@ -17,6 +17,9 @@ use manifest::{
 
 use crate::args::StoreArgs;
 
+/// A key provider chosen by the flags.
+pub type Keys = Arc<dyn KeyProvider>;
+
 /// Which key provider holds the master keys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ProviderKind {
@@ -253,7 +256,7 @@ impl RewrapArgs {
         Ok(())
     }
 
-    fn target(&self) -> Result<Arc<dyn KeyProvider>, Box<dyn Error>> {
+    fn target(&self) -> Result<Keys, Box<dyn Error>> {
         let mut keys = self.store.key_args().clone();
         // `p11:…` names a key of the token the --pkcs11-* flags describe,
         // also when the source keys are local (a move into the HSM).

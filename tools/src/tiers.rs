@@ -3,9 +3,8 @@
 
 use std::error::Error;
 use std::path::PathBuf;
-use std::sync::Arc;
 
-use manifest::KeyProvider;
+use crate::keys::Keys;
 
 use imagefs::tiers::config::{DedicatedConfig, OriginConfig, SharedConfig};
 use imagefs::tiers::{ByteSize, TierConfig, Tiers, open_tiers, parse_size};
@@ -101,7 +100,7 @@ impl TierArgs {
     }
 
     /// Opens the tiers and the key provider.
-    pub fn open(&self) -> Result<(TierConfig, Tiers, Arc<dyn KeyProvider>), Box<dyn Error>> {
+    pub fn open(&self) -> Result<(TierConfig, Tiers, Keys), Box<dyn Error>> {
         let config = self.config()?;
         let (tiers, keys) = open_config(&config, &self.key_provider)?;
         Ok((config, tiers, keys))
@@ -115,7 +114,7 @@ impl TierArgs {
 pub fn open_config(
     config: &TierConfig,
     keys: &crate::keys::KeyArgs,
-) -> Result<(Tiers, Arc<dyn KeyProvider>), Box<dyn Error>> {
+) -> Result<(Tiers, Keys), Box<dyn Error>> {
     let tiers = open_tiers(config, false)?;
     let dir = config
         .keys

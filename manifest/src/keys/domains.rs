@@ -121,7 +121,7 @@ impl DomainSecrets {
         let bytes = read_text_bytes(path)?;
         WrappedDomainSecret::decode(&bytes).map_err(|source| KeyError::BadSecretFile {
             path: path.to_path_buf(),
-            source,
+            source: Box::new(source),
         })
     }
 
@@ -135,7 +135,6 @@ impl DomainSecrets {
         if stored.domain != domain {
             return Err(KeyError::SecretOfOtherDomain {
                 path: path.to_path_buf(),
-                expected: domain.to_owned(),
                 found: stored.domain,
             });
         }

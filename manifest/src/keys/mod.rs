@@ -96,15 +96,13 @@ pub enum KeyError {
         /// The file.
         path: PathBuf,
         /// What is wrong.
-        source: crate::wire::DecodeError,
+        source: Box<crate::wire::DecodeError>,
     },
     /// A wrapped domain secret file holds another domain's secret.
-    #[error("{} holds the secret of domain `{found}`, not `{expected}`", path.display())]
+    #[error("{} holds the secret of domain `{found}`, not of the domain its name says", path.display())]
     SecretOfOtherDomain {
-        /// The file.
+        /// The file (named after the domain asked for).
         path: PathBuf,
-        /// The domain asked for.
-        expected: String,
         /// The domain the file names.
         found: String,
     },
