@@ -13,8 +13,8 @@
 
 use cachetiers::{Catalog, StoreError};
 use manifest::{
-    KeyProvider, ManifestDigest, rewrap_sealed, seal_profile, sealed_key_id, sealed_profile_key_id,
-    unseal_profile,
+    DomainSecrets, KeyProvider, ManifestDigest, rewrap_sealed, seal_profile, sealed_key_id,
+    sealed_profile_key_id, unseal_profile,
 };
 use serde::{Deserialize, Serialize};
 
@@ -26,6 +26,11 @@ pub struct RewrapOptions {
     /// Stop after re-wrapping this many images (a batch; a later run
     /// continues). `None`: no limit.
     pub limit: Option<u64>,
+    /// Domain secrets to move under the target key as well: from the
+    /// first directory (its secrets unwrapped with `from`) to the second
+    /// (the same directory: re-wrapped in place), so converting goes on
+    /// deduplicating against the images already there.
+    pub domain_secrets: Option<(DomainSecrets, DomainSecrets)>,
 }
 
 /// What happened to one image.
@@ -73,6 +78,8 @@ pub struct RewrapReport {
     pub already_done: u64,
     /// Images that could not be re-wrapped.
     pub failed: u64,
+    /// Domain secrets re-wrapped (or copied) under the target key.
+    pub domain_secrets_rewrapped: u64,
     /// Whether the run stopped at its limit with manifests left.
     pub stopped_early: bool,
     /// Every selected image, by digest.
@@ -95,6 +102,9 @@ pub enum RewrapError {
     /// The target key provider has no current key.
     #[error("the target key")]
     Target(#[source] manifest::KeyError),
+    /// The domain secrets could not be moved under the target key.
+    #[error("moving the domain secrets under the target key")]
+    DomainSecrets(#[source] manifest::KeyError),
     /// A selected image is not in the catalog.
     #[error("no image {digest} in {location}")]
     NotFound {
@@ -141,6 +151,14 @@ pub fn rewrap_images(
             wanted
         }
     };
+    // Secrets first: they are few, and a convert after this run then
+    // needs only the target key.
+    let secrets_moved = match &opts.domain_secrets {
+        Some((source, target)) => source
+            .move_to(target, from, to)
+            .map_err(RewrapError::DomainSecrets)?,
+        None => 0,
+    };
     let mut report = RewrapReport {
         store: catalog.location(),
         target_key: target.clone(),
@@ -148,6 +166,7 @@ pub fn rewrap_images(
         profiles_rewrapped: 0,
         already_done: 0,
         failed: 0,
+        domain_secrets_rewrapped: secrets_moved,
         stopped_early: false,
         images: Vec::with_capacity(selected.len()),
     };

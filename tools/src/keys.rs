@@ -11,8 +11,8 @@ use std::sync::Arc;
 use imagefs::rewrap::{RewrapOptions, RewrapOutcome, RewrapReport, rewrap_images};
 use manifest::keys::pkcs11::{PIN_ENV, SOFTHSM2_MODULE};
 use manifest::{
-    KeyProvider, LocalKeyProvider, PinSource, Pkcs11Config, Pkcs11KeyProvider, ProviderSpec,
-    TokenSelector,
+    DomainSecrets, KeyProvider, LocalKeyProvider, PinSource, Pkcs11Config, Pkcs11KeyProvider,
+    ProviderSpec, TokenSelector,
 };
 
 use crate::args::StoreArgs;
@@ -71,6 +71,15 @@ pub struct KeyArgs {
 }
 
 impl KeyArgs {
+    /// The directory of wrapped domain secrets these flags name: a local
+    /// key directory's `domains/`, or `--domain-secrets`.
+    fn domain_secrets_dir(&self, keys: &Path) -> Option<PathBuf> {
+        match self.key_provider {
+            ProviderKind::Local => Some(keys.join("domains")),
+            ProviderKind::Pkcs11 => self.domain_secrets.clone(),
+        }
+    }
+
     /// The provider these flags name; `keys` is the local key directory.
     pub fn spec(&self, keys: &Path) -> Result<ProviderSpec, Box<dyn Error>> {
         if self.key_provider == ProviderKind::Local {
@@ -204,7 +213,8 @@ impl KeyCmdArgs {
     }
 }
 
-/// Arguments of `imagefs rewrap`.
+/// Arguments of `imagefs rewrap`. Domain secrets move too: within a
+/// local key directory, or into `--domain-secrets` of the token.
 #[derive(Debug, clap::Args)]
 pub struct RewrapArgs {
     /// The master key to re-wrap under: `mk-…` (a key of --keys, see
@@ -242,6 +252,7 @@ impl RewrapArgs {
         let opts = RewrapOptions {
             images,
             limit: self.limit,
+            domain_secrets: self.domain_secrets()?,
         };
         let report = rewrap_images(origin.as_ref(), &from, &target, &opts)?;
         let mut out = stdout();
@@ -256,14 +267,37 @@ impl RewrapArgs {
         Ok(())
     }
 
-    fn target(&self) -> Result<Keys, Box<dyn Error>> {
+    /// Where the source's domain secrets are and where the target's go,
+    /// when both are known.
+    fn domain_secrets(&self) -> Result<Option<(DomainSecrets, DomainSecrets)>, Box<dyn Error>> {
+        let dir = self.store.keys_dir();
+        let source = self.store.key_args().domain_secrets_dir(dir);
+        let target = self.target_args().domain_secrets_dir(dir);
+        let (Some(source), Some(target)) = (source, target) else {
+            return Ok(None);
+        };
+        if !source.exists() {
+            return Ok(None);
+        }
+        Ok(Some((
+            DomainSecrets::open(source)?,
+            DomainSecrets::create(target)?,
+        )))
+    }
+
+    fn target_args(&self) -> KeyArgs {
         let mut keys = self.store.key_args().clone();
         // `p11:…` names a key of the token the --pkcs11-* flags describe,
         // also when the source keys are local (a move into the HSM).
         if self.to.starts_with(manifest::keys::pkcs11::KEY_ID_PREFIX) {
             keys.key_provider = ProviderKind::Pkcs11;
         }
-        Ok(keys.spec(self.store.keys_dir())?.target(&self.to, true)?)
+        keys
+    }
+
+    fn target(&self) -> Result<Keys, Box<dyn Error>> {
+        let spec = self.target_args().spec(self.store.keys_dir())?;
+        Ok(spec.target(&self.to, true)?)
     }
 }
 
@@ -273,9 +307,10 @@ pub fn render_rewrap(out: &mut dyn Write, report: &RewrapReport) -> std::io::Res
     writeln!(out, "target key  {}", report.target_key)?;
     writeln!(
         out,
-        "rewrapped {}  (profiles {})  already done {}  failed {}{}",
+        "rewrapped {}  (profiles {}, domain secrets {})  already done {}  failed {}{}",
         report.rewrapped,
         report.profiles_rewrapped,
+        report.domain_secrets_rewrapped,
         report.already_done,
         report.failed,
         if report.stopped_early {

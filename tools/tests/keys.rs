@@ -69,7 +69,9 @@ fn two_images() -> tempfile::TempDir {
     tmp
 }
 
-/// Every file under the store's chunk area, by path.
+/// Every file under the store's chunk area, by path (manifests are
+/// re-wrapped, profiles re-sealed, tags may be added; chunks may not
+/// change).
 fn chunk_files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     fn walk(root: &Path, at: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
         for entry in fs::read_dir(at).unwrap() {
@@ -82,17 +84,8 @@ fn chunk_files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
             }
         }
     }
-    let store = dir.join("store");
     let mut out = BTreeMap::new();
-    for entry in fs::read_dir(&store).unwrap() {
-        let path = entry.unwrap().path();
-        // Manifests (re-wrapped) and profiles (re-sealed) may change;
-        // nothing else may.
-        let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        if path.is_dir() && !["manifests", "profiles"].contains(&name.as_str()) {
-            walk(&store, &path, &mut out);
-        }
-    }
+    walk(&dir.join("store"), &dir.join("store/chunks"), &mut out);
     out
 }
 
@@ -204,6 +197,9 @@ fn local_rotation_rewraps_in_place_resumably_and_retires_the_old_key() {
     );
     // t's profile was re-wrapped with its manifest.
     assert_eq!(first.profiles_rewrapped + second.profiles_rewrapped, 1);
+    // The domain secret moved with the first run.
+    assert_eq!(first.domain_secrets_rewrapped, 1, "{first:?}");
+    assert_eq!(second.domain_secrets_rewrapped, 0, "{second:?}");
 
     // Retire the old key: everything still opens, byte for byte, under
     // the same digests and tags; no chunk changed.
@@ -242,6 +238,11 @@ fn local_rotation_rewraps_in_place_resumably_and_retires_the_old_key() {
         ],
     );
     assert_eq!(exported(dir, "u2", &[]), u);
+    assert_eq!(
+        chunk_files(dir),
+        chunks,
+        "a convert after rotation deduplicates"
+    );
 }
 
 #[test]
@@ -325,10 +326,14 @@ fn local_images_move_into_the_token_and_serve_from_it_alone() {
     let chunks = chunk_files(dir);
     let (t, u) = (exported(dir, "t", &[]), exported(dir, "u", &[]));
 
+    let secrets = dir.join("secrets");
+    let secrets_arg = ["--domain-secrets", secrets.to_str().unwrap()];
     let mut args = vec!["rewrap", "--json", "--to", "p11:hsm-master"];
     args.extend_from_slice(&p11);
+    args.extend_from_slice(&secrets_arg);
     let report: RewrapReport = serde_json::from_str(&ok_hsm(dir, &hsm, &args)).unwrap();
     assert_eq!((report.rewrapped, report.failed), (2, 0), "{report:?}");
+    assert_eq!(report.domain_secrets_rewrapped, 1, "{report:?}");
     assert_eq!(report.target_key, "p11:hsm-master");
     assert_eq!(chunk_files(dir), chunks);
 
@@ -351,8 +356,19 @@ fn local_images_move_into_the_token_and_serve_from_it_alone() {
     // Again: nothing to do.
     let mut args = vec!["rewrap", "--json", "--to", "p11:hsm-master"];
     args.extend_from_slice(&serve_only);
+    args.extend_from_slice(&secrets_arg);
     let again: RewrapReport = serde_json::from_str(&ok_hsm(dir, &hsm, &args)).unwrap();
     assert_eq!((again.rewrapped, again.already_done), (0, 2), "{again:?}");
+    assert_eq!(again.domain_secrets_rewrapped, 0, "{again:?}");
+    // Converting through the token uses the moved domain secret: the
+    // same image again stores no new chunk.
+    let src = format!("oci:{}:u", dir.join("oci-u").display());
+    let mut args = vec!["convert", &src, "--tag", "u2", "--chunk-size", "64K"];
+    args.extend_from_slice(&["--free-space", "1M"]);
+    args.extend_from_slice(&serve_only);
+    args.extend_from_slice(&secrets_arg);
+    ok_hsm(dir, &hsm, &args);
+    assert_eq!(chunk_files(dir), chunks);
 }
 
 #[test]

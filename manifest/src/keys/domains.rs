@@ -221,6 +221,34 @@ impl DomainSecrets {
     }
 }
 
+impl DomainSecrets {
+    /// Moves every secret to `target` under `to`'s current master key:
+    /// re-wrapped in place when `target` is this directory, otherwise
+    /// copied (unwrapped with `from`, wrapped with `to`) unless `target`
+    /// has that domain already. Returns how many were written.
+    pub fn move_to(
+        &self,
+        target: &DomainSecrets,
+        from: &dyn KeyProvider,
+        to: &dyn KeyProvider,
+    ) -> Result<u64, KeyError> {
+        if target.dir == self.dir {
+            return self.rewrap(from, to);
+        }
+        let mut count = 0;
+        for stored in self.list()? {
+            let path = target.wrapped_path(&stored.domain);
+            if path.exists() {
+                continue;
+            }
+            let secret = self.unwrap(&self.wrapped_path(&stored.domain), &stored.domain, from)?;
+            let wrapped = Self::wrap(&stored.domain, *secret.as_bytes(), to)?;
+            count += u64::from(create_file_once(&path, &wrapped.encode())?);
+        }
+        Ok(count)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -265,6 +293,19 @@ mod tests {
             keys.current_key_id().unwrap()
         );
         assert_eq!(secrets.get_or_create("a", &keys).unwrap(), a);
+    }
+
+    #[test]
+    fn secrets_move_to_another_directory_and_key() {
+        let tmp = tempfile::tempdir().unwrap();
+        let a = LocalKeyProvider::create(tmp.path().join("a")).unwrap();
+        let b = LocalKeyProvider::create(tmp.path().join("b")).unwrap();
+        let from = DomainSecrets::create(tmp.path().join("from")).unwrap();
+        let to = DomainSecrets::create(tmp.path().join("to")).unwrap();
+        let secret = from.get_or_create("d", &a).unwrap();
+        assert_eq!(from.move_to(&to, &a, &b).unwrap(), 1);
+        assert_eq!(from.move_to(&to, &a, &b).unwrap(), 0);
+        assert_eq!(to.get_or_create("d", &b).unwrap(), secret);
     }
 
     #[test]
