@@ -33,8 +33,9 @@ images=(debootstrap umoci zstd tar util-linux)
 # The rest of the tests and benchmarks (qemu-system-x86 also brings
 # qemu-storage-daemon, the vhost benchmark's reference backend;
 # fonts-dejavu-core is the TrueType font `vmm-shim coldstart --plots` draws
-# its text with, read by plotters' pure-Rust ab_glyph: no fontconfig).
-tests_only=(skopeo attr fonts-dejavu-core docker-registry openssl apache2-utils)
+# its text with, read by plotters' pure-Rust ab_glyph: no fontconfig;
+# softhsm2 is the PKCS#11 token the key provider tests initialise).
+tests_only=(skopeo attr fonts-dejavu-core docker-registry openssl apache2-utils softhsm2)
 
 profile=all
 case "${1:-}" in

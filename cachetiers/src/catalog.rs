@@ -20,6 +20,12 @@ pub trait Catalog: Send + Sync {
     /// digest. Idempotent.
     fn put_manifest(&self, sealed: &[u8]) -> Result<ManifestDigest, StoreError>;
 
+    /// Replaces the bytes of stored manifest `digest` with `sealed`, which
+    /// must have the same digest: the same manifest with its data key
+    /// wrapped under another master key (`imagefs rewrap`). Atomic:
+    /// a reader sees the old bytes or the new, never a mix.
+    fn replace_manifest(&self, digest: &ManifestDigest, sealed: &[u8]) -> Result<(), StoreError>;
+
     /// The sealed manifest stored under `digest`, checked against it.
     fn get_manifest(&self, digest: &ManifestDigest) -> Result<Vec<u8>, StoreError>;
 
@@ -212,6 +218,13 @@ macro_rules! forward_catalog {
             }
             fn get_manifest(&self, digest: &ManifestDigest) -> Result<Vec<u8>, StoreError> {
                 (**self).get_manifest(digest)
+            }
+            fn replace_manifest(
+                &self,
+                digest: &ManifestDigest,
+                sealed: &[u8],
+            ) -> Result<(), StoreError> {
+                (**self).replace_manifest(digest, sealed)
             }
             fn set_tag(
                 &self,

@@ -147,6 +147,23 @@ pub fn check_manifest(
     })
 }
 
+/// Refuses a replacement for manifest `digest` whose bytes have another
+/// digest ([`crate::Catalog::replace_manifest`]).
+pub fn check_manifest_replacement(
+    digest: &ManifestDigest,
+    sealed: &[u8],
+    path: impl FnOnce() -> PathBuf,
+) -> Result<(), StoreError> {
+    match ManifestDigest::of(sealed) {
+        actual if actual == *digest => Ok(()),
+        actual => Err(StoreError::ManifestCorrupt {
+            digest: *digest,
+            path: path(),
+            problem: format!("the replacement {}", hashes_to(actual)),
+        }),
+    }
+}
+
 /// The sealed start profile a store found for manifest `digest` (read
 /// with the limit [`MAX_PROFILE_LEN`]): `None` for none,
 /// [`StoreError::ProfileTooLarge`] naming `location()` for too many

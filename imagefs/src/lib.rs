@@ -17,6 +17,8 @@
 //!   unique bytes (`imagefs image ls`), and removing one (`image rm`);
 //! - [`gc`]: garbage collection of an origin (`imagefs gc`): what no tag
 //!   or retained manifest names, once older than a grace period;
+//! - [`rewrap`]: key rotation, the manifests and start profiles of a
+//!   catalog re-wrapped under a new master key in place (`imagefs rewrap`);
 //! - [`ext4`]: a read-only ext4 reader over a [`BlockDevice`] (inodes,
 //!   directories, file maps, symlinks, xattrs), decoding through `ext4fmt`;
 //! - [`transport`]: the protocols over the seam: [`transport::fuse`], the
@@ -36,6 +38,7 @@ pub mod images;
 pub mod lazy;
 pub mod open;
 pub mod profile;
+pub mod rewrap;
 pub mod tiers;
 pub mod transport;
 pub mod verify;

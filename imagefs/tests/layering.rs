@@ -19,6 +19,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("export", 4),
     ("images", 4),
     ("gc", 5),
+    ("rewrap", 4),
     ("ext4", 5),
     ("transport::fuse", 6),
     ("transport::vhost", 6),

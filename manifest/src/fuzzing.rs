@@ -38,6 +38,10 @@ impl KeyProvider for FixedKeys {
     fn domain_secret(&self, _domain: &str) -> Result<DomainSecret, KeyError> {
         Ok(DomainSecret::from_bytes([0x5a; 32]))
     }
+
+    fn current_key_id(&self) -> Result<String, KeyError> {
+        Ok(FIXED_KEY_ID.to_string())
+    }
 }
 
 /// Feeds `data` to every decoder. Whatever decodes must encode again and

@@ -136,7 +136,8 @@ impl fmt::Display for ByteOffset {
     }
 }
 
-/// The SHA-256 of a sealed manifest's bytes; its name in a store.
+/// The SHA-256 of a sealed manifest's bytes (of a v2 envelope, the bytes
+/// before its key block: see [`seal`](mod@crate::seal)); its name in a store.
 ///
 /// Displays and parses as `sha256:<64 hex digits>`.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -146,9 +147,10 @@ impl ManifestDigest {
     /// The prefix of the textual form.
     pub const PREFIX: &'static str = "sha256:";
 
-    /// The digest of sealed manifest bytes.
+    /// The digest of sealed manifest bytes. The key block of a v2
+    /// envelope is left out, so re-wrapping keeps the name.
     pub fn of(sealed: &[u8]) -> Self {
-        Self(Sha256::digest(sealed).into())
+        Self(Sha256::digest(crate::seal::digested_part(sealed)).into())
     }
 
     /// The raw 32 bytes.

@@ -13,10 +13,13 @@
 //!   secret, so a second `convert` of it is a no-op.
 //! - [`format`](mod@format): the [`Manifest`] (device geometry, chunk table, OCI start
 //!   config, domain) and its compact v1 binary encoding.
-//! - [`keys`]: the [`KeyProvider`] trait and [`LocalKeyProvider`], master
-//!   keys (with rotation) and domain secrets in a private key directory.
+//! - [`keys`]: the [`KeyProvider`] trait; [`LocalKeyProvider`], master
+//!   keys (with rotation and retirement) in a private key directory;
+//!   [`Pkcs11KeyProvider`], master keys inside a PKCS#11 token;
+//!   [`DomainSecrets`], domain secrets kept wrapped under a master key.
 //! - [`seal`](mod@seal): the sealed envelope: the encoded manifest encrypted under a
-//!   random data key, that key wrapped by a key provider.
+//!   random data key, that key wrapped by a key provider, outside the
+//!   digested part so that [`rewrap_sealed`] keeps the manifest's name.
 //! - [`profile`]: [`StartProfile`], the chunks a start touched, in
 //!   order, sealed like the manifest and bound to its digest.
 //! - [`agent`]: the host agent's API bodies and state file.
@@ -51,10 +54,13 @@ pub use conversion::{ConversionInputs, ConversionKey};
 pub use format::{ChunkEntry, DomainMismatch, FormatError, ImageConfig, Manifest};
 pub use ids::{ByteOffset, ChunkId, ChunkIndex, ChunkKey, IdParseError, ManifestDigest};
 pub use keys::{
-    DEFAULT_DOMAIN, DataKey, KeyError, KeyProvider, LocalKeyProvider, WrappedKey, validate_domain,
+    DEFAULT_DOMAIN, DataKey, DomainSecrets, KeyError, KeyProvider, LocalKeyProvider, PinSource,
+    Pkcs11Config, Pkcs11Error, Pkcs11KeyProvider, ProviderSpec, TokenSelector, WrappedKey,
+    validate_domain,
 };
 pub use profile::{
-    ProfileEntry, ProfileError, ProfileReport, StartProfile, seal_profile, unseal_profile,
+    ProfileEntry, ProfileError, ProfileReport, StartProfile, seal_profile, sealed_profile_key_id,
+    unseal_profile,
 };
-pub use seal::{SealError, seal, unseal, unseal_for_domain};
+pub use seal::{SealError, rewrap_sealed, seal, sealed_key_id, unseal, unseal_for_domain};
 pub use wire::DecodeError;

@@ -325,6 +325,17 @@ pub fn seal_profile(
     Ok(w.bytes)
 }
 
+/// The id of the master key a sealed profile's data key is wrapped under,
+/// read without any key.
+pub fn sealed_profile_key_id(sealed: &[u8]) -> Result<String, ProfileError> {
+    let mut r = Reader::new(sealed);
+    r.magic("sealed start profile", SEALED_PROFILE_MAGIC)
+        .and_then(|()| r.version("sealed start profile", SEALED_PROFILE_VERSION))
+        .and_then(|()| r.array::<32>("manifest digest"))
+        .and_then(|_| r.string("master key id", MAX_KEY_ID))
+        .map_err(ProfileError::Envelope)
+}
+
 /// Checks, decrypts and decodes a sealed profile of image `expected`. A
 /// profile of another image or sealed under another master key is
 /// foreign; altered bytes fail authentication.
@@ -367,12 +378,12 @@ pub fn unseal_profile(
         )));
     }
     let data_key = keys.unwrap_key(&key_id, wrapped).map_err(|e| match e {
-        e @ (KeyError::UnknownMasterKey { .. } | KeyError::UnwrapFailed { .. }) => {
-            ProfileError::ForeignKey {
-                key_id: key_id.clone(),
-                source: e,
-            }
-        }
+        e @ (KeyError::UnknownMasterKey { .. }
+        | KeyError::RetiredMasterKey { .. }
+        | KeyError::UnwrapFailed { .. }) => ProfileError::ForeignKey {
+            key_id: key_id.clone(),
+            source: e,
+        },
         other => ProfileError::Key(other),
     })?;
     let mut payload = ciphertext.to_vec();

@@ -60,7 +60,7 @@ impl AgentArgs {
         if let Some(t) = self.connect_timeout {
             section.connect_timeout_secs = t.as_secs().max(1);
         }
-        let (tiers, keys) = open_config(&config)?;
+        let (tiers, keys) = open_config(&config, &self.tiers.key_provider)?;
         let opts = AgentOptions {
             section: config.agent.clone(),
             read: LazyOptions::from(&config.read),

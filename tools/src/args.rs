@@ -184,6 +184,11 @@ pub enum Command {
     /// rule lets go, and the chunks, start profiles and temporary files
     /// nothing kept names, once older than the grace period.
     Gc(crate::gc::GcArgs),
+    /// Master keys: create, list, retire.
+    Key(crate::keys::KeyCmdArgs),
+    /// Re-seal manifests (and start profiles) under another master key,
+    /// in place: digests, tags and chunks stay. Idempotent and resumable.
+    Rewrap(crate::keys::RewrapArgs),
     /// Run an AZ cache node: GET /v1/chunks/{id}, /metrics, /healthz.
     CacheNode(node::CacheNodeArgs),
     /// Fetch every chunk of an image through the tiers, filling the caches
@@ -252,6 +257,8 @@ pub struct StoreArgs {
     /// The key directory (master keys and domain secrets).
     #[arg(long, env = "IMAGEFS_KEYS", default_value = tiers::DEFAULT_KEYS)]
     keys: PathBuf,
+    #[command(flatten)]
+    key_provider: crate::keys::KeyArgs,
     /// The tenant's dedup domain. `convert` encrypts into it (chunks dedupe
     /// only within one domain) and sets its tag among the domain's tags;
     /// readers look tags up among its tags and refuse an image of another
@@ -301,11 +308,11 @@ impl LayoutArgs {
 }
 
 impl StoreArgs {
-    /// Open the store and the key directory; `create` makes them if missing.
+    /// Open the store and the key provider; `create` makes them if missing.
     pub(crate) fn open(
         &self,
         create: bool,
-    ) -> Result<(Arc<dyn Origin>, manifest::LocalKeyProvider), Box<dyn Error>> {
+    ) -> Result<(Arc<dyn Origin>, crate::keys::Keys), Box<dyn Error>> {
         let store = cachetiers::origin::open_origin(&self.store, create).map_err(|e| {
             format!(
                 "opening the store {}: {}",
@@ -313,12 +320,18 @@ impl StoreArgs {
                 imagefs::error_chain(&e)
             )
         })?;
-        let keys = if create {
-            manifest::LocalKeyProvider::create(&self.keys)?
-        } else {
-            manifest::LocalKeyProvider::open(&self.keys)?
-        };
+        let keys = self.key_provider.spec(&self.keys)?.open(create)?;
         Ok((store, keys))
+    }
+
+    /// The key provider flags.
+    pub(crate) fn key_args(&self) -> &crate::keys::KeyArgs {
+        &self.key_provider
+    }
+
+    /// The local key directory.
+    pub(crate) fn keys_dir(&self) -> &std::path::Path {
+        &self.keys
     }
 }
 
@@ -522,6 +535,8 @@ impl Command {
             Command::Tag(args) => args.run(),
             Command::Image(args) => args.run(),
             Command::Gc(args) => args.run(),
+            Command::Key(args) => args.run(),
+            Command::Rewrap(args) => args.run(),
             Command::CacheNode(args) => args.run(signals),
             Command::Fetch {
                 image,

@@ -6,6 +6,7 @@ mod agent;
 mod args;
 mod gc;
 mod images;
+mod keys;
 mod logging;
 mod node;
 mod profile;

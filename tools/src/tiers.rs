@@ -4,6 +4,8 @@
 use std::error::Error;
 use std::path::PathBuf;
 
+use crate::keys::Keys;
+
 use imagefs::tiers::config::{DedicatedConfig, OriginConfig, SharedConfig};
 use imagefs::tiers::{ByteSize, TierConfig, Tiers, open_tiers, parse_size};
 
@@ -42,6 +44,8 @@ pub struct TierArgs {
     /// an image of another domain is refused.
     #[arg(long, env = "IMAGEFS_DOMAIN", default_value = manifest::DEFAULT_DOMAIN)]
     pub domain: String,
+    #[command(flatten)]
+    pub key_provider: crate::keys::KeyArgs,
 }
 
 impl TierArgs {
@@ -95,24 +99,27 @@ impl TierArgs {
         Ok(c)
     }
 
-    /// Opens the tiers and the key directory.
-    pub fn open(&self) -> Result<(TierConfig, Tiers, manifest::LocalKeyProvider), Box<dyn Error>> {
+    /// Opens the tiers and the key provider.
+    pub fn open(&self) -> Result<(TierConfig, Tiers, Keys), Box<dyn Error>> {
         let config = self.config()?;
-        let (tiers, keys) = open_config(&config)?;
+        let (tiers, keys) = open_config(&config, &self.key_provider)?;
         Ok((config, tiers, keys))
     }
 }
 
-/// Opens the tiers and the key directory `config` names (the default key
-/// directory when it names none).
+/// Opens the tiers and the key provider: `keys`' choice, with the key
+/// directory `config` names (the default key directory when it names
+/// none). A serving host opens an existing provider and needs no domain
+/// secrets.
 pub fn open_config(
     config: &TierConfig,
-) -> Result<(Tiers, manifest::LocalKeyProvider), Box<dyn Error>> {
+    keys: &crate::keys::KeyArgs,
+) -> Result<(Tiers, Keys), Box<dyn Error>> {
     let tiers = open_tiers(config, false)?;
-    let keys = config
+    let dir = config
         .keys
         .clone()
         .unwrap_or_else(|| PathBuf::from(DEFAULT_KEYS));
-    let keys = manifest::LocalKeyProvider::open(&keys)?;
+    let keys = keys.spec(&dir)?.open(false)?;
     Ok((tiers, keys))
 }

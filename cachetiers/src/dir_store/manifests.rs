@@ -17,7 +17,7 @@ use crate::catalog::{
 };
 use crate::checked::{
     MAX_MANIFEST_LEN, MAX_PROFILE_LEN, MAX_TAG_LEN, check_conversion, check_manifest,
-    check_profile, check_profile_put, check_tag,
+    check_manifest_replacement, check_profile, check_profile_put, check_tag,
 };
 use crate::store::StoreError;
 use crate::tag::{tag_path, validate_tag_name};
@@ -36,6 +36,22 @@ impl DirStore {
         }
         self.sync()?;
         Ok(digest)
+    }
+
+    /// Atomically replaces stored manifest `digest` with `sealed`, which
+    /// must hash to the same digest (a re-wrapped manifest).
+    pub fn replace_manifest(
+        &self,
+        digest: &ManifestDigest,
+        sealed: &[u8],
+    ) -> Result<(), StoreError> {
+        let dir = self.manifests_dir();
+        check_manifest_replacement(digest, sealed, || dir.join(digest.to_hex()))?;
+        if !self.has_manifest(digest)? {
+            return Err(StoreError::ManifestNotFound { digest: *digest });
+        }
+        self.write_in(&dir, &digest.to_hex(), sealed)?;
+        self.sync()
     }
 
     /// Whether a manifest with this digest is stored.
@@ -272,6 +288,9 @@ impl Catalog for DirStore {
     }
     fn get_manifest(&self, digest: &ManifestDigest) -> Result<Vec<u8>, StoreError> {
         DirStore::get_manifest(self, digest)
+    }
+    fn replace_manifest(&self, digest: &ManifestDigest, sealed: &[u8]) -> Result<(), StoreError> {
+        DirStore::replace_manifest(self, digest, sealed)
     }
     fn set_tag(&self, domain: &str, name: &str, digest: &ManifestDigest) -> Result<(), StoreError> {
         DirStore::set_tag(self, domain, name, digest)

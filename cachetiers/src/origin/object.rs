@@ -18,7 +18,8 @@ use crate::catalog::{
 };
 use crate::checked::{
     Bounded, MAX_MANIFEST_LEN, MAX_PROFILE_LEN, MAX_TAG_LEN, check_conversion, check_get,
-    check_manifest, check_profile, check_profile_put, check_put, check_tag,
+    check_manifest, check_manifest_replacement, check_profile, check_profile_put, check_put,
+    check_tag,
 };
 use crate::store::{ChunkStore, MAX_OBJECT_LEN, PutOutcome, StoreError};
 use crate::tag::{tag_path, validate_tag_name};
@@ -417,6 +418,16 @@ impl Catalog for ObjectOrigin {
             self.write(&key, sealed)?;
         }
         Ok(digest)
+    }
+
+    /// One PUT replaces the object whole (S3 writes are atomic).
+    fn replace_manifest(&self, digest: &ManifestDigest, sealed: &[u8]) -> Result<(), StoreError> {
+        let key = self.manifest_key(digest);
+        check_manifest_replacement(digest, sealed, || PathBuf::from(self.object_url(&key)))?;
+        if !self.has_manifest(digest)? {
+            return Err(StoreError::ManifestNotFound { digest: *digest });
+        }
+        self.write(&key, sealed)
     }
 
     fn get_manifest(&self, digest: &ManifestDigest) -> Result<Vec<u8>, StoreError> {

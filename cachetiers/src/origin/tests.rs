@@ -554,3 +554,56 @@ fn put_replaces_a_corrupt_object_in_a_file_origin() {
         PutOutcome::AlreadyPresent
     );
 }
+
+/// A sealed manifest and the same manifest re-wrapped under a second
+/// master key: two byte strings with one digest.
+fn sealed_twice(dir: &Path) -> (Vec<u8>, Vec<u8>) {
+    let keys = manifest::LocalKeyProvider::create(dir.join("keys")).unwrap();
+    let m = manifest::Manifest {
+        source_digest: "sha256:feed".into(),
+        domain: "default".into(),
+        filesystem: "ext4".into(),
+        config: manifest::ImageConfig::default(),
+        device_size: 65536,
+        chunk_size: manifest::ChunkSize::MIN,
+        chunks: vec![manifest::ChunkEntry::Hole],
+    };
+    let sealed = manifest::seal(&m, &keys).unwrap();
+    keys.rotate().unwrap();
+    let rewrapped = manifest::rewrap_sealed(&sealed, &keys, &keys).unwrap();
+    (sealed, rewrapped)
+}
+
+#[test]
+fn manifests_are_replaced_only_by_bytes_of_the_same_digest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (sealed, rewrapped) = sealed_twice(tmp.path());
+    let root = tmp.path().join("store");
+    let dir = DirStore::create(&root).unwrap();
+    let origin = open_origin(&file_url(&root), false).unwrap();
+    let catalogs: [&dyn Catalog; 2] = [&dir, origin.as_ref()];
+    for (i, catalog) in catalogs.into_iter().enumerate() {
+        let digest = catalog.put_manifest(&sealed).unwrap();
+        // Not stored yet under that digest: refused, nothing written.
+        let absent = ManifestDigest::of(b"never stored");
+        assert!(matches!(
+            catalog.replace_manifest(&absent, &rewrapped),
+            Err(StoreError::ManifestCorrupt { .. })
+        ));
+        catalog.replace_manifest(&digest, &rewrapped).unwrap();
+        assert_eq!(catalog.get_manifest(&digest).unwrap(), rewrapped, "{i}");
+        // Other bytes under this digest: refused, the stored ones stay.
+        let err = catalog
+            .replace_manifest(&digest, b"other bytes")
+            .unwrap_err();
+        assert!(err.to_string().contains("replacement"), "{err}");
+        assert_eq!(catalog.get_manifest(&digest).unwrap(), rewrapped);
+        catalog.replace_manifest(&digest, &sealed).unwrap();
+        assert_eq!(catalog.get_manifest(&digest).unwrap(), sealed);
+        assert!(catalog.remove_manifest(&digest).unwrap());
+        assert!(matches!(
+            catalog.replace_manifest(&digest, &sealed),
+            Err(StoreError::ManifestNotFound { .. })
+        ));
+    }
+}

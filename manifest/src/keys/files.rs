@@ -86,16 +86,23 @@ pub(crate) fn read_key_file<const N: usize>(path: &Path) -> Result<[u8; N], KeyE
     })
 }
 
-/// Reads a small private text file (at most 4 KiB).
-pub(crate) fn read_text_file(path: &Path) -> Result<String, KeyError> {
+/// Reads a small private file (at most 4 KiB).
+pub(crate) fn read_text_bytes(path: &Path) -> Result<Vec<u8>, KeyError> {
     let file = File::open(path).map_err(io_error("read", path))?;
     let meta = file.metadata().map_err(io_error("read", path))?;
     check_mode(path, meta.permissions().mode(), FILE_MODE)?;
-    let mut text = String::new();
+    let mut bytes = Vec::new();
     file.take(4096)
-        .read_to_string(&mut text)
+        .read_to_end(&mut bytes)
         .map_err(io_error("read", path))?;
-    Ok(text)
+    Ok(bytes)
+}
+
+/// Reads a small private text file (at most 4 KiB).
+pub(crate) fn read_text_file(path: &Path) -> Result<String, KeyError> {
+    String::from_utf8(read_text_bytes(path)?).map_err(|e| {
+        io_error("read", path)(std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+    })
 }
 
 fn temp_path(final_path: &Path) -> Result<PathBuf, KeyError> {

@@ -4,12 +4,15 @@
 //! <dir>/                 0700
 //!   current              0600  the id of the current master key
 //!   master/<id>.key      0600  32 random bytes per master key
-//!   domains/<name>.secret 0600 32 random bytes per domain
+//!   retired/<id>.key     0600  retired master keys (unwrap nothing)
+//!   domains/             0700  domain secrets, wrapped under a master key
+//!                              (see [`DomainSecrets`])
 //! ```
 //!
 //! Master key ids look like `mk-` followed by 16 hex digits. New seals use
 //! the current key; every key stays in the directory so manifests sealed
-//! before a rotation still unseal.
+//! before a rotation still unseal, until it is retired (after `imagefs
+//! rewrap` moved every manifest to a newer key).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -21,7 +24,7 @@ use super::files::{
     check_private_dir, create_file_once, ensure_private_dir, io_error, read_key_file,
     read_text_file, replace_file,
 };
-use super::{DataKey, KeyError, KeyProvider, WrappedKey, validate_domain};
+use super::{DataKey, DomainSecrets, KeyError, KeyProvider, WrappedKey};
 use crate::convergent::DomainSecret;
 
 const NONCE_LEN: usize = 12;
@@ -33,6 +36,8 @@ const WRAPPED_LEN: usize = NONCE_LEN + 32 + TAG_LEN;
 #[derive(Debug, Clone)]
 pub struct LocalKeyProvider {
     dir: PathBuf,
+    /// Wraps under this key instead of `current` (`rewrap --to ID`).
+    pinned: Option<String>,
 }
 
 fn random<const N: usize>() -> Result<[u8; N], KeyError> {
@@ -55,7 +60,10 @@ impl LocalKeyProvider {
     /// parents with default permissions) and a first master key if needed.
     /// An existing directory is checked.
     pub fn create(dir: impl Into<PathBuf>) -> Result<Self, KeyError> {
-        let provider = Self { dir: dir.into() };
+        let provider = Self {
+            dir: dir.into(),
+            pinned: None,
+        };
         if let Some(parent) = provider.dir.parent().filter(|p| !p.as_os_str().is_empty()) {
             fs::create_dir_all(parent).map_err(io_error("create directory", parent))?;
         }
@@ -72,7 +80,10 @@ impl LocalKeyProvider {
     /// Opens an existing key directory, checking its permissions and that
     /// it has a current master key.
     pub fn open(dir: impl Into<PathBuf>) -> Result<Self, KeyError> {
-        let provider = Self { dir: dir.into() };
+        let provider = Self {
+            dir: dir.into(),
+            pinned: None,
+        };
         check_private_dir(&provider.dir)?;
         check_private_dir(&provider.master_dir())?;
         check_private_dir(&provider.domains_dir())?;
@@ -93,6 +104,10 @@ impl LocalKeyProvider {
         self.dir.join("domains")
     }
 
+    fn retired_dir(&self) -> PathBuf {
+        self.dir.join("retired")
+    }
+
     fn current_path(&self) -> PathBuf {
         self.dir.join("current")
     }
@@ -101,8 +116,53 @@ impl LocalKeyProvider {
         self.master_dir().join(format!("{key_id}.key"))
     }
 
+    /// This directory's keys, wrapping under `key_id` instead of the
+    /// current key (the target of `imagefs rewrap --to`). The key must be
+    /// in the directory and not retired.
+    pub fn using(&self, key_id: &str) -> Result<Self, KeyError> {
+        self.master_key(key_id)?;
+        Ok(Self {
+            dir: self.dir.clone(),
+            pinned: Some(key_id.to_owned()),
+        })
+    }
+
+    /// Retires master key `key_id`: its file moves to `retired/`, and a
+    /// manifest still sealed only under it no longer unseals
+    /// ([`KeyError::RetiredMasterKey`]). Domain secrets wrapped under it
+    /// are first re-wrapped under the current key. The current key cannot
+    /// be retired.
+    pub fn retire(&self, key_id: &str) -> Result<(), KeyError> {
+        let current = self.current_key_id()?;
+        if key_id == current {
+            return Err(KeyError::RetireCurrent {
+                key_id: key_id.to_owned(),
+            });
+        }
+        self.master_key(key_id)?;
+        let current_keys = self.using(&current)?;
+        DomainSecrets::open(self.domains_dir())?.rewrap(self, &current_keys)?;
+        ensure_private_dir(&self.retired_dir())?;
+        let from = self.master_path(key_id);
+        let to = self.retired_dir().join(format!("{key_id}.key"));
+        fs::rename(&from, &to).map_err(io_error("retire", &from))?;
+        Ok(())
+    }
+
+    /// The ids of retired master keys, sorted.
+    pub fn retired_key_ids(&self) -> Result<Vec<String>, KeyError> {
+        let dir = self.retired_dir();
+        if !dir.exists() {
+            return Ok(Vec::new());
+        }
+        Self::ids_in(&dir)
+    }
+
     /// The id of the master key new seals use.
     pub fn current_key_id(&self) -> Result<String, KeyError> {
+        if let Some(id) = &self.pinned {
+            return Ok(id.clone());
+        }
         let path = self.current_path();
         if !path.exists() {
             return Err(KeyError::NotInitialized {
@@ -122,10 +182,13 @@ impl LocalKeyProvider {
 
     /// The ids of every master key in the directory, sorted.
     pub fn key_ids(&self) -> Result<Vec<String>, KeyError> {
-        let dir = self.master_dir();
+        Self::ids_in(&self.master_dir())
+    }
+
+    fn ids_in(dir: &Path) -> Result<Vec<String>, KeyError> {
         let mut ids = Vec::new();
-        for entry in fs::read_dir(&dir).map_err(io_error("list", &dir))? {
-            let entry = entry.map_err(io_error("list", &dir))?;
+        for entry in fs::read_dir(dir).map_err(io_error("list", dir))? {
+            let entry = entry.map_err(io_error("list", dir))?;
             let name = entry.file_name();
             if let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".key"))
                 && is_key_id(id)
@@ -153,6 +216,14 @@ impl LocalKeyProvider {
         // Ids arrive from sealed manifests; only well-formed ones become
         // file names.
         let path = self.master_path(key_id);
+        if is_key_id(key_id) && !path.exists() {
+            let retired = self.retired_dir().join(format!("{key_id}.key"));
+            if retired.exists() {
+                return Err(KeyError::RetiredMasterKey {
+                    key_id: key_id.to_owned(),
+                });
+            }
+        }
         if !is_key_id(key_id) || !path.exists() {
             return Err(KeyError::UnknownMasterKey {
                 key_id: key_id.to_owned(),
@@ -203,15 +274,15 @@ impl KeyProvider for LocalKeyProvider {
         Ok(DataKey::from_bytes(bytes))
     }
 
+    /// Domain secrets live in `domains/`, wrapped under this directory's
+    /// master keys (plain `.secret` files of older directories are
+    /// wrapped on first use).
     fn domain_secret(&self, domain: &str) -> Result<DomainSecret, KeyError> {
-        validate_domain(domain)?;
-        let path = self.domains_dir().join(format!("{domain}.secret"));
-        if !path.exists() {
-            // Never replaces: if another process created it first, both
-            // read back the one that won.
-            create_file_once(&path, &random::<32>()?)?;
-        }
-        Ok(DomainSecret::from_bytes(read_key_file::<32>(&path)?))
+        DomainSecrets::open(self.domains_dir())?.get_or_create(domain, self)
+    }
+
+    fn current_key_id(&self) -> Result<String, KeyError> {
+        LocalKeyProvider::current_key_id(self)
     }
 }
 
@@ -237,7 +308,7 @@ mod tests {
         assert_eq!(mode(&dir.join("domains")), 0o700);
         assert_eq!(mode(&dir.join("current")), 0o600);
         assert_eq!(mode(&dir.join(format!("master/{id}.key"))), 0o600);
-        assert_eq!(mode(&dir.join("domains/default.secret")), 0o600);
+        assert_eq!(mode(&dir.join("domains/default.wrapped")), 0o600);
     }
 
     #[test]
@@ -308,12 +379,12 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("k");
         let p = LocalKeyProvider::create(&dir).unwrap();
-        let secret = dir.join("domains/d.secret");
+        let secret = dir.join("domains/d.wrapped");
         p.domain_secret("d").unwrap();
         fs::set_permissions(&secret, fs::Permissions::from_mode(0o644)).unwrap();
         let err = p.domain_secret("d").unwrap_err();
         assert!(matches!(&err, KeyError::Permissions { path, mode: 0o644, .. } if *path == secret));
-        assert!(err.to_string().contains("d.secret"), "{err}");
+        assert!(err.to_string().contains("d.wrapped"), "{err}");
 
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
         let err = LocalKeyProvider::open(&dir).unwrap_err();
@@ -359,5 +430,46 @@ mod tests {
             LocalKeyProvider::open(tmp.path().join("missing")),
             Err(KeyError::Io { .. })
         ));
+    }
+
+    #[test]
+    fn plain_secrets_of_older_directories_are_wrapped_on_first_use() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("k");
+        let p = LocalKeyProvider::create(&dir).unwrap();
+        let plain = dir.join("domains/old.secret");
+        create_file_once(&plain, &[3u8; 32]).unwrap();
+        assert_eq!(p.domain_secret("old").unwrap().as_bytes(), &[3u8; 32]);
+        assert!(!plain.exists());
+        assert!(dir.join("domains/old.wrapped").exists());
+        assert_eq!(p.domain_secret("old").unwrap().as_bytes(), &[3u8; 32]);
+    }
+
+    #[test]
+    fn retired_keys_are_named_and_domain_secrets_move_first() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = LocalKeyProvider::create(tmp.path().join("k")).unwrap();
+        let secret = p.domain_secret("d").unwrap();
+        let key = DataKey::generate().unwrap();
+        let old = p.wrap_key(&key).unwrap();
+        assert!(matches!(
+            p.retire(&old.key_id),
+            Err(KeyError::RetireCurrent { .. })
+        ));
+        let new_id = p.rotate().unwrap();
+        // Pinned to the old key: wraps under it although it is not current.
+        assert_eq!(
+            p.using(&old.key_id).unwrap().wrap_key(&key).unwrap().key_id,
+            old.key_id
+        );
+        p.retire(&old.key_id).unwrap();
+        assert_eq!(p.key_ids().unwrap(), vec![new_id]);
+        assert_eq!(p.retired_key_ids().unwrap(), vec![old.key_id.clone()]);
+        let err = p.unwrap_key(&old.key_id, &old.wrapped).unwrap_err();
+        assert!(matches!(&err, KeyError::RetiredMasterKey { key_id } if *key_id == old.key_id));
+        assert!(err.to_string().contains("retired"), "{err}");
+        assert!(p.using(&old.key_id).is_err());
+        // The domain secret was re-wrapped before the key went.
+        assert_eq!(p.domain_secret("d").unwrap(), secret);
     }
 }

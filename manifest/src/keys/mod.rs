@@ -1,16 +1,29 @@
 //! Key providers: who wraps manifest data keys and hands out domain secrets.
 //!
 //! - [`KeyProvider`]: the trait (a KMS would implement it);
-//! - [`local`]: [`LocalKeyProvider`], master keys and domain secrets in a
-//!   private key directory.
+//! - [`local`]: [`LocalKeyProvider`], master keys in a private key
+//!   directory (the default);
+//! - [`pkcs11`]: [`Pkcs11KeyProvider`], master keys inside a PKCS#11 token
+//!   (an HSM, a cloud KMS's PKCS#11 library, SoftHSM2 in tests) that never
+//!   leave it;
+//! - [`spec`]: [`ProviderSpec`], which provider the command line chose,
+//!   opened as an `Arc<dyn KeyProvider>`;
+//! - [`domains`]: [`DomainSecrets`], domain secrets stored wrapped under a
+//!   master key, unwrapped only when a convert asks for one.
 
+pub mod domains;
 mod files;
 pub mod local;
+pub mod pkcs11;
+pub mod spec;
 
 use std::fmt;
 use std::path::PathBuf;
 
+pub use domains::DomainSecrets;
 pub use local::LocalKeyProvider;
+pub use pkcs11::{PinSource, Pkcs11Config, Pkcs11Error, Pkcs11KeyProvider, TokenSelector};
+pub use spec::ProviderSpec;
 
 use crate::convergent::DomainSecret;
 
@@ -77,6 +90,46 @@ pub enum KeyError {
         /// The id asked for.
         key_id: String,
     },
+    /// A wrapped domain secret file is not well formed.
+    #[error("wrapped domain secret {} is damaged: {source}", path.display())]
+    BadSecretFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        source: Box<crate::wire::DecodeError>,
+    },
+    /// A wrapped domain secret file holds another domain's secret.
+    #[error("{} holds the secret of domain `{found}`, not of the domain its name says", path.display())]
+    SecretOfOtherDomain {
+        /// The file (named after the domain asked for).
+        path: PathBuf,
+        /// The domain the file names.
+        found: String,
+    },
+    /// The current master key cannot be retired.
+    #[error("master key `{key_id}` is the current key and cannot be retired (rotate first)")]
+    RetireCurrent {
+        /// The key asked for.
+        key_id: String,
+    },
+    /// The master key was retired: it no longer unwraps anything.
+    #[error("master key `{key_id}` is retired")]
+    RetiredMasterKey {
+        /// The id asked for.
+        key_id: String,
+    },
+    /// This provider holds no domain secrets (a host that only serves
+    /// images never needs them).
+    #[error(
+        "no domain secrets are configured for this key provider: cannot get the secret of domain `{domain}` (only convert needs one)"
+    )]
+    NoDomainSecrets {
+        /// The domain asked for.
+        domain: String,
+    },
+    /// A PKCS#11 module, token or key failed; see [`Pkcs11Error`].
+    #[error(transparent)]
+    Pkcs11(#[from] Box<Pkcs11Error>),
     /// A wrapped data key failed authentication under its master key: the
     /// master key is not the one that wrapped it, or the bytes were altered.
     #[error(
@@ -162,6 +215,9 @@ pub trait KeyProvider: Send + Sync {
 
     /// The secret of `domain`, created on first use by providers that can.
     fn domain_secret(&self, domain: &str) -> Result<DomainSecret, KeyError>;
+
+    /// The id of the master key [`KeyProvider::wrap_key`] wraps under.
+    fn current_key_id(&self) -> Result<String, KeyError>;
 }
 
 /// The domain of `convert` and of every reader when none is given.
