@@ -182,7 +182,7 @@ fn gc_deletes_exactly_a_removed_images_unique_chunks() {
     for (id, object) in ca.iter().zip(&a_objects) {
         assert_eq!(&f.store.get(id).unwrap().unwrap(), object);
     }
-    let opened = crate::open_image(&f.store, "a", &f.keys, "test").unwrap();
+    let opened = crate::open::open_image(&f.store, "a", &f.keys, "test").unwrap();
     let checked = crate::verify(&f.store, &opened.manifest, 2);
     assert!(checked.bad.is_empty(), "{checked:?}");
     // And a second run finds nothing more.
@@ -425,8 +425,9 @@ fn gc_in_a_loop_beside_converts_never_breaks_an_image() {
                     // reused.
                     let seed = 1000 * (w + 1) + if k % 2 == 0 { k } else { k / 2 };
                     let digest = convert_into(&store, &keys, &work, seed, Some(&tag));
-                    let opened = crate::open_image(&store, &digest.to_string(), &keys, "test")
-                        .unwrap_or_else(|e| panic!("{tag} #{k}: {e}"));
+                    let opened =
+                        crate::open::open_image(&store, &digest.to_string(), &keys, "test")
+                            .unwrap_or_else(|e| panic!("{tag} #{k}: {e}"));
                     let checked = crate::verify(&store, &opened.manifest, 1);
                     assert!(checked.bad.is_empty(), "{tag} #{k}: {:?}", checked.bad);
                     k += 1;
@@ -461,7 +462,7 @@ fn gc_in_a_loop_beside_converts_never_breaks_an_image() {
     assert_eq!(last.kept.untagged_manifests, 0);
     assert_eq!(f.store.list_manifests().unwrap().len() as u64, WRITERS);
     for tag in f.store.list_tags().unwrap() {
-        let opened = crate::open_image(&f.store, &tag.name, &f.keys, "test").unwrap();
+        let opened = crate::open::open_image(&f.store, &tag.name, &f.keys, "test").unwrap();
         let checked = crate::verify(&f.store, &opened.manifest, 2);
         assert!(checked.bad.is_empty(), "{}: {:?}", tag.name, checked.bad);
         assert!(checked.checked > 0);
