@@ -219,14 +219,14 @@ fn serve_records_a_profile_flag_checks_and_an_unread_start_stores_nothing() {
                 "/x",
                 "--record-profile",
                 "--record-profile-window",
-                "30h",
+                "30w",
             ])
             .output()
             .unwrap()
             .stderr,
     )
     .unwrap();
-    assert!(err.contains("unknown unit `h`"), "{err}");
+    assert!(err.contains("unknown unit `w`"), "{err}");
 
     let (_, stderr) = serve_once(dir, &["--record-profile"]);
     assert!(stderr.contains("no start profile saved"), "{stderr}");
