@@ -32,6 +32,32 @@ impl Ready {
     fn keys(&self) -> PathBuf {
         self.dir.path().join("keys")
     }
+    /// One run of each of `scenarios` in each of `profiles`, replaying
+    /// `trace` on the base image.
+    fn coldstart(
+        &self,
+        trace: &[TraceEntry],
+        scenarios: Vec<Scenario>,
+        profiles: Vec<ProfileMode>,
+    ) -> ColdstartConfig {
+        ColdstartConfig {
+            imagefs: self.imagefs.clone(),
+            image: "base".into(),
+            store: self.store(),
+            keys: Some(self.keys()),
+            trace: trace.to_vec(),
+            runs: 1,
+            work: self.dir.path().join("work"),
+            scenarios,
+            profiles,
+            // Read-ahead depends on timing; the tests count where chunks came from.
+            readahead: Some(0),
+            prefetch_concurrency: None,
+            params: Params::default(),
+            timeout: Duration::from_secs(120),
+            raw: Some(self.raw.clone()),
+        }
+    }
 }
 
 fn run_imagefs(imagefs: &Path, args: &[&str]) {
@@ -175,23 +201,7 @@ fn coldstart_runs_every_scenario_against_imagefs_serve() {
     let Some(r) = prepare() else { return };
     let size = std::fs::metadata(&r.raw).unwrap().len();
     let trace = known_blocks(size);
-    let cfg = ColdstartConfig {
-        imagefs: r.imagefs.clone(),
-        image: "base".into(),
-        store: r.store(),
-        keys: Some(r.keys()),
-        trace: trace.clone(),
-        runs: 1,
-        work: r.dir.path().join("work"),
-        scenarios: Scenario::ALL.to_vec(),
-        profiles: ProfileMode::ALL.to_vec(),
-        // Read-ahead depends on timing; the test counts where chunks came from.
-        readahead: Some(0),
-        prefetch_concurrency: None,
-        params: Params::default(),
-        timeout: Duration::from_secs(120),
-        raw: Some(r.raw.clone()),
-    };
+    let cfg = r.coldstart(&trace, Scenario::ALL.to_vec(), ProfileMode::ALL.to_vec());
     let results = run(&cfg).unwrap();
     print!("{}", render(&results));
     let bytes: u64 = trace.iter().map(|e| u64::from(e.len)).sum();
@@ -273,22 +283,7 @@ fn coldstart_az_fleet_scenarios() {
     let Some(r) = prepare() else { return };
     let size = std::fs::metadata(&r.raw).unwrap().len();
     let trace = known_blocks(size);
-    let cfg = ColdstartConfig {
-        imagefs: r.imagefs.clone(),
-        image: "base".into(),
-        store: r.store(),
-        keys: Some(r.keys()),
-        trace: trace.clone(),
-        runs: 1,
-        work: r.dir.path().join("work"),
-        scenarios: Scenario::FLEET.to_vec(),
-        profiles: vec![ProfileMode::Without],
-        readahead: Some(0),
-        prefetch_concurrency: None,
-        params: Params::default(),
-        timeout: Duration::from_secs(120),
-        raw: Some(r.raw.clone()),
-    };
+    let cfg = r.coldstart(&trace, Scenario::FLEET.to_vec(), vec![ProfileMode::Without]);
     let results = run(&cfg).unwrap();
     print!("{}", render(&results));
     assert_eq!(results.len(), Scenario::FLEET.len());

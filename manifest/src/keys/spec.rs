@@ -55,32 +55,24 @@ impl ProviderSpec {
     }
 }
 
-impl<T: KeyProvider + ?Sized> KeyProvider for Arc<T> {
-    fn wrap_key(&self, data_key: &super::DataKey) -> Result<super::WrappedKey, KeyError> {
-        (**self).wrap_key(data_key)
-    }
-    fn unwrap_key(&self, key_id: &str, wrapped: &[u8]) -> Result<super::DataKey, KeyError> {
-        (**self).unwrap_key(key_id, wrapped)
-    }
-    fn domain_secret(&self, domain: &str) -> Result<crate::DomainSecret, KeyError> {
-        (**self).domain_secret(domain)
-    }
-    fn current_key_id(&self) -> Result<String, KeyError> {
-        (**self).current_key_id()
-    }
+/// A shared or boxed provider is a provider: each method forwards.
+macro_rules! forward_key_provider {
+    ($($wrapper:ident),*) => {$(
+        impl<T: KeyProvider + ?Sized> KeyProvider for $wrapper<T> {
+            fn wrap_key(&self, data_key: &super::DataKey) -> Result<super::WrappedKey, KeyError> {
+                (**self).wrap_key(data_key)
+            }
+            fn unwrap_key(&self, key_id: &str, wrapped: &[u8]) -> Result<super::DataKey, KeyError> {
+                (**self).unwrap_key(key_id, wrapped)
+            }
+            fn domain_secret(&self, domain: &str) -> Result<crate::DomainSecret, KeyError> {
+                (**self).domain_secret(domain)
+            }
+            fn current_key_id(&self) -> Result<String, KeyError> {
+                (**self).current_key_id()
+            }
+        }
+    )*};
 }
 
-impl<T: KeyProvider + ?Sized> KeyProvider for Box<T> {
-    fn wrap_key(&self, data_key: &super::DataKey) -> Result<super::WrappedKey, KeyError> {
-        (**self).wrap_key(data_key)
-    }
-    fn unwrap_key(&self, key_id: &str, wrapped: &[u8]) -> Result<super::DataKey, KeyError> {
-        (**self).unwrap_key(key_id, wrapped)
-    }
-    fn domain_secret(&self, domain: &str) -> Result<crate::DomainSecret, KeyError> {
-        (**self).domain_secret(domain)
-    }
-    fn current_key_id(&self) -> Result<String, KeyError> {
-        (**self).current_key_id()
-    }
-}
+forward_key_provider!(Arc, Box);
