@@ -88,6 +88,14 @@ pub(crate) fn write_temp(
         Err(e) => return Err(io_error("create a temporary file in", dir)(e)),
     };
     let written = file.write_all(bytes);
+    if written.is_ok() {
+        // Starts writing the bytes back now, without waiting, so the
+        // batch's `syncfs` finds little left to write instead of every
+        // object at once, and drops the pages once written: nothing
+        // reads them soon. Only advice; the sync is what makes them
+        // durable.
+        let _ = rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::DontNeed);
+    }
     drop(file);
     match written {
         Ok(()) => Ok(Some(temp)),

@@ -6,7 +6,7 @@
 //! check each layer's digests once it has been read, then write the
 //! metadata. A digest mismatch found at the end of a layer is still an
 //! error: the output is discarded ([`flatten_to_file`] removes it).
-//! Layers are read and decompressed on a thread of their own ahead of the
+//! Layers are read and decompressed on threads of their own ahead of the
 //! flattener ([`readahead`]) unless [`FlattenOptions::read_ahead`] is off.
 
 pub mod apply;
@@ -14,6 +14,7 @@ pub mod entry;
 mod limits;
 mod output;
 mod pax;
+mod pipe;
 pub mod readahead;
 pub mod resolve;
 pub mod sparse;

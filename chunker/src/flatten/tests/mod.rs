@@ -128,6 +128,7 @@ fn entry_error(layers: Vec<TarWriter>) -> (Digest, String, EntryError) {
     }
 }
 
+mod ahead;
 mod changesets;
 mod errors;
 mod gnu_sparse;
