@@ -75,35 +75,41 @@ pub(crate) fn write_atomically(
 
 /// Writes `bytes` to a new temporary file in `dir` without syncing it,
 /// for a batch whose data one `syncfs` makes durable before the renames
-/// (see `batch.rs`). Returns the temporary's path; `None` when `dir` does
-/// not exist.
+/// (see `batch.rs`), and starts writing it back. Returns the temporary's
+/// path and the open file; `None` when `dir` does not exist.
 pub(crate) fn write_temp(
     dir: &Path,
     name: &str,
     bytes: &[u8],
-) -> Result<Option<PathBuf>, StoreError> {
+) -> Result<Option<(PathBuf, File)>, StoreError> {
     let (temp, mut file) = match create_temp(dir, name) {
         Ok(created) => created,
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(io_error("create a temporary file in", dir)(e)),
     };
-    let written = file.write_all(bytes);
-    if written.is_ok() {
-        // Starts writing the bytes back now, without waiting, so the
-        // batch's `syncfs` finds little left to write instead of every
-        // object at once, and drops the pages once written: nothing
-        // reads them soon. Only advice; the sync is what makes them
-        // durable.
-        let _ = rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::DontNeed);
-    }
-    drop(file);
-    match written {
-        Ok(()) => Ok(Some(temp)),
+    match file.write_all(bytes) {
+        Ok(()) => {
+            // Starts the write-back now, without waiting, so the batch's
+            // `syncfs` finds little left to write instead of every object
+            // at once. Only advice: the sync is what makes it durable.
+            drop_cached(&file);
+            Ok(Some((temp, file)))
+        }
         Err(e) => {
+            drop(file);
             let _ = fs::remove_file(&temp);
             Err(io_error("write", &temp)(e))
         }
     }
+}
+
+/// Advises the kernel that `file`'s cached pages are not needed: dirty
+/// ones start being written back, clean ones are dropped. A batch asks
+/// twice, once as it writes an object and again a few objects later,
+/// when the pages are clean, so a conversion reuses a few MiB of page
+/// cache instead of growing it by every byte it stores.
+pub(crate) fn drop_cached(file: &File) {
+    let _ = rustix::fs::fadvise(file, 0, None, rustix::fs::Advice::DontNeed);
 }
 
 /// What [`write_atomically`] did.

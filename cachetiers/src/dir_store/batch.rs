@@ -16,7 +16,7 @@
 //! the stray temporaries a crash can leave) and when the handle is
 //! dropped.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fs::{self, File};
 use std::io::ErrorKind;
 use std::path::PathBuf;
@@ -25,12 +25,15 @@ use std::sync::PoisonError;
 use manifest::ChunkId;
 
 use super::DirStore;
-use super::atomic::{io_error, write_temp};
+use super::atomic::{drop_cached, io_error, write_temp};
 use crate::checked::Bounded;
 use crate::store::{MAX_OBJECT_LEN, PutOutcome, StoreError};
 
 /// Bytes of batched objects after which a put syncs the batch.
 pub const BATCH_BYTES: u64 = 1 << 30;
+
+/// Objects written since whose pages are dropped once written back.
+const SETTLING: usize = 16;
 
 /// Objects written under temporary names, not yet synced or renamed.
 #[derive(Debug, Default)]
@@ -38,6 +41,9 @@ pub(super) struct Batch {
     /// Each object's temporary and length.
     objects: BTreeMap<ChunkId, (PathBuf, u64)>,
     bytes: u64,
+    /// The last objects written, still open: [`SETTLING`] objects later
+    /// their write-back is done and their cached pages can go.
+    settling: VecDeque<File>,
 }
 
 /// The fan-out directories (`chunks/ab`, `chunks/ab/cd`) this handle has
@@ -153,8 +159,8 @@ impl DirStore {
                 Ok(_) => return self.put_checked(id, object),
             }
         }
-        let temp = match write_temp(&shard, &id.to_hex(), object)? {
-            Some(temp) => temp,
+        let (temp, file) = match write_temp(&shard, &id.to_hex(), object)? {
+            Some(written) => written,
             None => {
                 // Removed behind the cache's back: make it again, once.
                 self.fanout().forget(id.as_bytes()[0]);
@@ -163,7 +169,7 @@ impl DirStore {
                     .ok_or_else(|| io_error("write into", &shard)(ErrorKind::NotFound.into()))?
             }
         };
-        let full = {
+        let (full, settled) = {
             let mut batch = self.batch();
             if batch.objects.contains_key(id) {
                 // Another thread batched the same object meanwhile.
@@ -173,8 +179,15 @@ impl DirStore {
             }
             batch.objects.insert(*id, (temp, object.len() as u64));
             batch.bytes += object.len() as u64;
-            batch.bytes >= BATCH_BYTES
+            batch.settling.push_back(file);
+            let settled = (batch.settling.len() > SETTLING)
+                .then(|| batch.settling.pop_front())
+                .flatten();
+            (batch.bytes >= BATCH_BYTES, settled)
         };
+        if let Some(settled) = settled {
+            drop_cached(&settled);
+        }
         if full {
             self.sync()?;
         }
@@ -239,6 +252,9 @@ impl DirStore {
             return Ok(());
         }
         self.syncfs()?;
+        // Written back now: the last objects' pages can go too.
+        let settled: Vec<File> = self.batch().settling.drain(..).collect();
+        settled.iter().for_each(drop_cached);
         let mut first_error = None;
         let mut shards = Vec::new();
         for (id, temp) in snapshot {
