@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use super::{Run, run_child};
 
 /// Rounds of each pipeline on each image; the median run is reported.
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 5;
 
 /// One conversion's figures.
 #[derive(Clone, Debug, Serialize)]
