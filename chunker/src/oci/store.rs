@@ -22,6 +22,31 @@ pub struct FileRange {
     file: Arc<File>,
     pos: u64,
     end: u64,
+    _on_drop: Option<OnDrop>,
+}
+
+/// What to do once a [`FileRange`] has been read and dropped: the
+/// registry spool gives the layer's share of its budget back.
+pub(crate) struct OnDrop(Option<Box<dyn FnOnce() + Send + Sync>>);
+
+impl OnDrop {
+    pub(crate) fn new(f: impl FnOnce() + Send + Sync + 'static) -> Self {
+        OnDrop(Some(Box::new(f)))
+    }
+}
+
+impl Drop for OnDrop {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            f();
+        }
+    }
+}
+
+impl std::fmt::Debug for OnDrop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OnDrop")
+    }
 }
 
 impl FileRange {
@@ -31,7 +56,14 @@ impl FileRange {
             file,
             pos: start,
             end: start + len,
+            _on_drop: None,
         }
+    }
+
+    /// This range, running `on_drop` when it is dropped.
+    pub(crate) fn on_drop(mut self, on_drop: OnDrop) -> Self {
+        self._on_drop = Some(on_drop);
+        self
     }
 
     /// Bytes left to read.

@@ -8,14 +8,17 @@
 //! written and only handed out once its size and digest match, so no
 //! unchecked byte reaches the flattener. A broken transfer resumes with a
 //! Range request after a backoff. A layer's budget is given back when the
-//! flattener moves on to the next one; its file is unlinked as soon as it
-//! is opened, so nothing is left behind whatever happens.
+//! flattener is done with it (its blob dropped); its file is unlinked as
+//! soon as it is opened, so nothing is left behind whatever happens. The
+//! flattener's readers open a layer each ([`crate::flatten::readahead`]),
+//! so the layers they are on may all be past the budget at once: it is
+//! passed by at most one layer per reader.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, Weak};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use reqwest::StatusCode;
@@ -24,7 +27,7 @@ use sha2::{Digest as _, Sha256};
 use super::client::Client;
 use super::{ErrorKind, RegistryError};
 use crate::oci::Digest;
-use crate::oci::store::{FileRange, VerifiedBlob};
+use crate::oci::store::{FileRange, OnDrop, VerifiedBlob};
 
 enum Slot {
     Queued,
@@ -255,9 +258,17 @@ impl Spool {
         Ok(path)
     }
 
+    /// Gives layer `index`'s share of the budget back.
+    fn release(&self, index: usize) {
+        if let Ok(mut st) = self.state.lock() {
+            st.reserved -= std::mem::take(&mut st.reservations[index]);
+            self.changed.notify_all();
+        }
+    }
+
     /// The verified blob of the first not yet opened layer with `digest`,
-    /// waiting for its download. Layers before it give back their budget.
-    pub fn open(&self, digest: &Digest) -> Result<VerifiedBlob, RegistryError> {
+    /// waiting for its download. Dropping it gives its budget back.
+    pub fn open(self: &Arc<Self>, digest: &Digest) -> Result<VerifiedBlob, RegistryError> {
         let poisoned = || self.client.error(ErrorKind::Poisoned);
         let mut st = self.state.lock().map_err(|_| poisoned())?;
         let index = (0..self.layers.len())
@@ -268,10 +279,6 @@ impl Spool {
                 })
             })?;
         st.wanted = st.wanted.max(index);
-        for i in 0..index {
-            st.reserved -= st.reservations[i];
-            st.reservations[i] = 0;
-        }
         self.changed.notify_all();
         loop {
             match std::mem::replace(&mut st.slots[index], Slot::Taken) {
@@ -287,10 +294,14 @@ impl Spool {
                     let len = self.layers[index].1;
                     // `download` checked the digest before the slot
                     // became ready.
-                    return Ok(VerifiedBlob::checked(
-                        FileRange::new(Arc::new(file), 0, len),
-                        digest.clone(),
-                    ));
+                    let spool: Weak<Spool> = Arc::downgrade(self);
+                    let range =
+                        FileRange::new(Arc::new(file), 0, len).on_drop(OnDrop::new(move || {
+                            if let Some(spool) = spool.upgrade() {
+                                spool.release(index);
+                            }
+                        }));
+                    return Ok(VerifiedBlob::checked(range, digest.clone()));
                 }
                 Slot::Failed(e) => return Err(e),
                 other => {
