@@ -135,6 +135,9 @@ struct State {
     active: bool,
     /// The flattener stopped: the reader stops too.
     closed: bool,
+    /// The reader is done with this layer, however it left (a panic
+    /// included): the flattener waits for nothing more.
+    reader_gone: bool,
 }
 
 /// One layer's bytes between its reader and the flattener.
@@ -249,6 +252,14 @@ impl Pipe {
         Closed
     }
 
+    /// The reader has left this layer: called by a guard, so that a
+    /// reader that panicked leaves no flattener waiting.
+    pub(super) fn reader_gone(&self) {
+        let mut s = self.lock();
+        s.reader_gone = true;
+        self.changed.notify_all();
+    }
+
     /// Every byte has been put, or reading failed.
     pub(super) fn end(&self, end: End) {
         let mut s = self.lock();
@@ -264,7 +275,7 @@ impl Pipe {
         let mut s = self.lock();
         s.active = true;
         self.changed.notify_all();
-        while s.opened.is_none() && !s.closed {
+        while s.opened.is_none() && !s.closed && !s.reader_gone {
             s = self.wait(s);
         }
         s.opened.take()
@@ -322,7 +333,7 @@ impl Pipe {
                 self.release(&mut s);
                 return Err(end);
             }
-            if s.closed {
+            if s.closed || s.reader_gone {
                 return Err(End::Failed(io::Error::other("the layer reader stopped")));
             }
             s = self.wait(s);
@@ -449,6 +460,23 @@ mod tests {
         });
         assert_eq!(budget.used.load(Ordering::Acquire), 0);
         assert!(p.put(block(4), BLOCK).is_err());
+    }
+
+    #[test]
+    fn a_reader_that_left_without_an_end_leaves_no_one_waiting() {
+        let dir = tempfile::tempdir().unwrap();
+        // Before opening the layer (a panic in the decompressor, say).
+        let (p, _) = pipe(dir.path(), 4, 0);
+        p.reader_gone();
+        assert!(p.take_opened().is_none());
+        // Midway: what was put is read, then the layer fails.
+        let (p, _) = pipe(dir.path(), 4, 0);
+        p.opened(Ok(("tar".into(), true))).unwrap();
+        p.put(block(9), BLOCK).unwrap();
+        p.reader_gone();
+        let (out, end) = drain(&p);
+        assert_eq!(out, block(9));
+        assert!(matches!(end, End::Failed(e) if e.to_string().contains("reader stopped")));
     }
 
     #[test]

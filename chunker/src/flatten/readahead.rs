@@ -103,6 +103,7 @@ fn read_layers(image: &Image, limits: &Limits, pipes: &[Pipe], next: &AtomicUsiz
 /// Reads one layer into its pipe. `Err` when this reader should stop:
 /// the flattener has, or this layer failed (which stops the flattener).
 fn read_layer(image: &Image, layer: &Layer, limits: &Limits, pipe: &Pipe) -> Result<(), Closed> {
+    let _gone = ReaderGone(pipe);
     let (mut stream, media_type) = match image.open_layer(layer) {
         Ok(opened) => opened,
         Err(e) => {
@@ -127,6 +128,16 @@ fn read_layer(image: &Image, layer: &Layer, limits: &Limits, pipe: &Pipe) -> Res
     }
     pipe.end(End::Done(Box::new(stream)));
     Ok(())
+}
+
+/// Tells the pipe its reader has left, on every way out of
+/// [`read_layer`] (a panic included).
+struct ReaderGone<'a>(&'a Pipe);
+
+impl Drop for ReaderGone<'_> {
+    fn drop(&mut self) {
+        self.0.reader_gone();
+    }
 }
 
 /// Reads until `buf` is full or the stream ends.
