@@ -5,8 +5,17 @@
 //! - two-step: `skopeo copy docker://… oci:DIR:python` followed by
 //!   `imagefs convert oci:DIR:python`;
 //!
-//! each into a fresh store, three rounds taking turns, the median counting.
-//! Prints wall times and the ratio direct / two-step (goal: ≤ 0.7).
+//! each into a fresh store. The rounds take turns at which side goes
+//! first, and every store is kept to the end: deleting one slows the next
+//! run's file creation (ext4 without a journal steps over recently deleted
+//! inodes), which would fall on whichever side ran next.
+//!
+//! Two links: loopback as it is (the bar), and loopback with what
+//! the registry sends shaped to a network's rate (`IMAGEFS_BENCH_LINK`,
+//! default `1gbit`; `tc`, root; skipped with the reason otherwise), where
+//! the download takes time of its own for the direct path to hide.
+//! Prints wall and CPU times and the ratio direct / two-step (goal: ≤ 0.7)
+//! for each; `IMAGEFS_BENCH_JSON=FILE` writes the report.
 //!
 //! Needs the Debian images (`scripts/build-debian-images.sh`), skopeo,
 //! docker-registry and a release `imagefs` (`cargo build --release -p
@@ -15,10 +24,12 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+use serde::Serialize;
 use tests::e2e::{debian_layout, layout_tags};
 use tests::harness::{self, require_tool, skip};
+use tests::linkshape::Shaped;
 use tests::registry::{Auth, Registry, RegistryStartError};
 
 const TAG: &str = "python";
@@ -27,6 +38,42 @@ const ROUNDS: usize = 3;
 
 type Res<T> = Result<T, String>;
 
+/// One path's figures: the median round by wall time.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+struct Timing {
+    /// Wall seconds.
+    secs: f64,
+    /// CPU seconds (user + system) of the commands themselves, not the
+    /// registry's.
+    cpu_secs: f64,
+}
+
+/// Both paths over one link.
+#[derive(Debug, Serialize)]
+struct LinkResult {
+    /// `loopback`, or the rate the registry's answers were shaped to.
+    link: String,
+    /// `imagefs convert docker://…`.
+    direct: Timing,
+    /// `skopeo copy docker://… oci:…` alone.
+    skopeo: Timing,
+    /// skopeo copy, then `imagefs convert oci:…`.
+    two_step: Timing,
+    /// direct / two-step wall time (goal ≤ 0.7).
+    ratio: f64,
+    /// Every round: direct, skopeo, two-step.
+    runs: Vec<[Timing; 3]>,
+}
+
+/// The comparison.
+#[derive(Debug, Serialize)]
+struct PullReport {
+    rounds: usize,
+    links: Vec<LinkResult>,
+    /// Why a link was not measured.
+    skipped: Vec<String>,
+}
+
 fn main() {
     if let Err(e) = run() {
         eprintln!("registry_pull: {e}");
@@ -34,10 +81,29 @@ fn main() {
     }
 }
 
-fn timed(cmd: &mut Command) -> Res<Duration> {
-    let start = Instant::now();
+/// CPU seconds of the children waited for so far (`cutime + cstime` of
+/// `/proc/self/stat`, in USER_HZ = 100).
+fn children_cpu() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name, which is in parentheses: cutime and
+    // cstime are the 14th and 15th.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let f: Vec<f64> = after
+        .split_whitespace()
+        .skip(13)
+        .take(2)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    f.iter().sum::<f64>() / 100.0
+}
+
+fn timed(cmd: &mut Command) -> Res<Timing> {
+    let (start, cpu) = (Instant::now(), children_cpu());
     harness::output(cmd)?;
-    Ok(start.elapsed())
+    Ok(Timing {
+        secs: start.elapsed().as_secs_f64(),
+        cpu_secs: children_cpu() - cpu,
+    })
 }
 
 fn convert(bin: &Path, src: &str, work: &Path) -> Command {
@@ -52,9 +118,13 @@ fn convert(bin: &Path, src: &str, work: &Path) -> Command {
     cmd
 }
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
+fn median(mut v: Vec<Timing>) -> Timing {
+    v.sort_by(|a, b| a.secs.total_cmp(&b.secs));
     v[v.len() / 2]
+}
+
+fn sync() {
+    let _ = Command::new("sync").status();
 }
 
 fn run() -> Res<()> {
@@ -95,47 +165,114 @@ fn run() -> Res<()> {
         .and_then(|r| r.parse().ok())
         .unwrap_or(ROUNDS)
         .max(1);
-    let (mut direct, mut copy, mut two_step) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..rounds {
-        let work = tempfile::tempdir().map_err(|e| e.to_string())?;
-        let d = work.path().join("direct");
-        direct.push(timed(&mut convert(&bin, &remote, &d))?);
+    let rate = std::env::var("IMAGEFS_BENCH_LINK").unwrap_or_else(|_| "1gbit".into());
+    let work = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let mut report = PullReport {
+        rounds,
+        links: vec![measure(
+            &bin,
+            &remote,
+            rounds,
+            &work.path().join("loopback"),
+            "loopback",
+        )?],
+        skipped: Vec::new(),
+    };
+    match Shaped::port(reg.addr().port(), &rate) {
+        Ok(_shaped) => report.links.push(measure(
+            &bin,
+            &remote,
+            rounds,
+            &work.path().join("shaped"),
+            &rate,
+        )?),
+        Err(why) => {
+            let why = format!("the {rate} link: {why}");
+            skip(&why);
+            report.skipped.push(why);
+        }
+    }
+    if let Ok(path) = std::env::var("IMAGEFS_BENCH_JSON") {
+        let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
+        std::fs::write(&path, json).map_err(|e| format!("{path}: {e}"))?;
+    }
+    print_report(&report);
+    Ok(())
+}
 
-        let t = work.path().join("two-step");
+/// `rounds` rounds of both paths from `remote`, in fresh stores under
+/// `work`.
+fn measure(bin: &Path, remote: &str, rounds: usize, work: &Path, link: &str) -> Res<LinkResult> {
+    let (mut direct, mut copy, mut two_step) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..rounds {
+        let d = work.join(format!("direct-{round}"));
+        let t = work.join(format!("two-step-{round}"));
         std::fs::create_dir_all(&t).map_err(|e| e.to_string())?;
         let oci = format!("oci:{}:{TAG}", t.join("oci").display());
-        let c = timed(Command::new("skopeo").args([
-            "copy",
-            "--quiet",
-            "--src-tls-verify=false",
-            &remote,
-            &oci,
-        ]))?;
-        let v = timed(&mut convert(&bin, &oci, &t))?;
-        copy.push(c);
-        two_step.push(c + v);
+        for side in [round % 2, 1 - round % 2] {
+            // What the previous run left dirty is written back first.
+            sync();
+            if side == 0 {
+                direct.push(timed(&mut convert(bin, remote, &d))?);
+                continue;
+            }
+            let c = timed(Command::new("skopeo").args([
+                "copy",
+                "--quiet",
+                "--src-tls-verify=false",
+                remote,
+                &oci,
+            ]))?;
+            let v = timed(&mut convert(bin, &oci, &t))?;
+            copy.push(c);
+            two_step.push(Timing {
+                secs: c.secs + v.secs,
+                cpu_secs: c.cpu_secs + v.cpu_secs,
+            });
+        }
     }
-    let (d, c, t) = (median(direct), median(copy), median(two_step));
-    println!("convert the Debian {TAG} image from a local registry (median of {rounds})");
-    println!("{:<40} {:>10}", "path", "seconds");
+    let runs = (0..rounds)
+        .map(|i| [direct[i], copy[i], two_step[i]])
+        .collect();
+    let (direct, skopeo, two_step) = (median(direct), median(copy), median(two_step));
+    Ok(LinkResult {
+        link: link.to_owned(),
+        ratio: direct.secs / two_step.secs,
+        direct,
+        skopeo,
+        two_step,
+        runs,
+    })
+}
+
+fn print_report(r: &PullReport) {
     println!(
-        "{:<40} {:>10.2}",
-        "imagefs convert docker://",
-        d.as_secs_f64()
+        "convert the Debian {TAG} image from a local registry (median of {} rounds)",
+        r.rounds
     );
     println!(
-        "{:<40} {:>10.2}",
-        "skopeo copy docker:// oci:",
-        c.as_secs_f64()
+        "{:<12} {:<36} {:>8} {:>8}",
+        "link", "path", "seconds", "CPU s"
     );
-    println!(
-        "{:<40} {:>10.2}",
-        "skopeo copy + imagefs convert oci:",
-        t.as_secs_f64()
-    );
-    println!(
-        "ratio direct / two-step: {:.2} (goal <= 0.70)",
-        d.as_secs_f64() / t.as_secs_f64()
-    );
-    Ok(())
+    for l in &r.links {
+        for (name, t) in [
+            ("imagefs convert docker://", l.direct),
+            ("skopeo copy docker:// oci:", l.skopeo),
+            ("skopeo copy + imagefs convert oci:", l.two_step),
+        ] {
+            println!(
+                "{:<12} {name:<36} {:>8.2} {:>8.2}",
+                l.link, t.secs, t.cpu_secs
+            );
+        }
+    }
+    for l in &r.links {
+        println!(
+            "ratio direct / two-step, {}: {:.2} (goal <= 0.70)",
+            l.link, l.ratio
+        );
+    }
+    for s in &r.skipped {
+        println!("not measured: {s}");
+    }
 }

@@ -3,7 +3,7 @@
 //! layout, and then misbehaving in one chosen way that the real
 //! `docker-registry` cannot be made to: a corrupt or truncated blob, an
 //! oversized manifest, silence, a redirect to another host, a 5xx or a
-//! connection cut on a blob's first request. It is the hostile peer of
+//! connection cut on a blob's first request, or half a blob held back. It is the hostile peer of
 //! the bad-input and retry tests, not a stand-in for the registry.
 
 use std::collections::BTreeMap;
@@ -11,7 +11,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 /// How the server misbehaves.
@@ -39,6 +39,32 @@ pub enum Trick {
     /// On the first request for each layer blob, promise the full length,
     /// send half, and close; later requests are served (Range honoured).
     CutFirst,
+    /// Send the first half of each layer blob, then hold the rest until
+    /// the gate opens (or 30 s pass).
+    HoldHalf(Gate),
+}
+
+/// A gate a test opens to let a held answer go on.
+#[derive(Clone, Debug, Default)]
+pub struct Gate(Arc<(Mutex<bool>, Condvar)>);
+
+impl Gate {
+    /// Lets every held answer go on.
+    pub fn open(&self) {
+        let (open, changed) = &*self.0;
+        if let Ok(mut o) = open.lock() {
+            *o = true;
+            changed.notify_all();
+        }
+    }
+
+    /// Waits until the gate opens, at most `limit`.
+    fn wait(&self, limit: Duration) {
+        let (open, changed) = &*self.0;
+        if let Ok(o) = open.lock() {
+            let _ = changed.wait_timeout_while(o, limit, |o| !*o);
+        }
+    }
 }
 
 /// One request as the server saw it.
@@ -329,6 +355,22 @@ fn serve(s: &State, mut conn: TcpStream) -> std::io::Result<()> {
         conn.write_all(&body[..half])?;
         conn.flush()?;
         return conn.shutdown(std::net::Shutdown::Both);
+    }
+    if let Trick::HoldHalf(gate) = &s.trick
+        && is_layer
+    {
+        let head = format!(
+            "HTTP/1.1 {status}\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        let half = body.len() / 2;
+        note(code, None);
+        conn.write_all(head.as_bytes())?;
+        conn.write_all(&body[..half])?;
+        conn.flush()?;
+        gate.wait(Duration::from_secs(30));
+        conn.write_all(&body[half..])?;
+        return conn.flush();
     }
     note(code, None);
     respond(&mut conn, status, &[], &body)

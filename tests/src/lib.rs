@@ -16,7 +16,9 @@
 //!   images into it with skopeo; [`tokenissuer`] is the token service of
 //!   its `auth: token` mode (ES256 JWTs); [`hostile_registry`] is a peer
 //!   that serves a layout and misbehaves (corrupt, truncated, oversized,
-//!   silent, redirecting) for the bad-input tests.
+//!   silent, redirecting) for the bad-input tests; [`linkshape`] slows
+//!   what one loopback port sends to a link's rate (`tc`), for the
+//!   `registry_pull` benchmark's registry across a network.
 //! - [`qemu`] is the one QEMU `-M microvm` command-line builder;
 //!   [`guest`] boots a Linux guest with it against a vhost-user-blk
 //!   socket and reads what it printed. The `guest-run` binary does the
@@ -50,6 +52,7 @@ pub mod guest;
 pub mod harness;
 pub mod hostile_registry;
 pub mod imagegen;
+pub mod linkshape;
 pub mod process;
 pub mod qemu;
 pub mod registry;

@@ -6,8 +6,12 @@
 //!   result removed from the store convert again; `oci:` sources too;
 //! - a 503 on a blob's first request is retried, and a connection cut
 //!   mid-blob resumes with a Range request from the byte it stopped at;
-//!   both give the image a clean pull gives.
+//!   both give the image a clean pull gives;
+//! - a layer is read while it downloads: its first half decompresses
+//!   while the registry holds back the rest, and its end (with the digest
+//!   check) comes once the rest has arrived.
 
+use std::io::Read;
 use std::time::Duration;
 
 use cachetiers::DirStore;
@@ -18,7 +22,7 @@ use chunker::oci::ImageSource;
 use chunker::oci::registry::RegistryOptions;
 use manifest::{LocalKeyProvider, Manifest, ManifestDigest};
 use tests::e2e::error_chain;
-use tests::hostile_registry::{HostileRegistry, Trick};
+use tests::hostile_registry::{Gate, HostileRegistry, Trick};
 use tests::imagegen::{Compression, Entry, Image, Layer, noise};
 
 fn image() -> Image {
@@ -233,3 +237,36 @@ fn a_cut_connection_resumes_with_a_range_request() {
         );
     }
 }
+
+#[test]
+fn a_layer_is_read_while_it_downloads() {
+    let f = Fixture::new();
+    let gate = Gate::default();
+    let reg = f.registry(Trick::HoldHalf(gate.clone()));
+    let image = chunker::oci::Image::open(&source(&reg.host(), patient())).unwrap();
+    let layer = image.layers[0].clone();
+    let want = layer.digest.clone().expect("a layout names its blobs");
+    // The gzip layer (700 kB of noise): its first half is all the
+    // registry sends until the gate opens (or 30 s pass).
+    let (first, read) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let (mut stream, _) = image.open_layer(&layer).unwrap();
+        let mut head = vec![0u8; 100_000];
+        stream.read_exact(&mut head).unwrap();
+        first.send(head).unwrap();
+        // The image too: dropping it cancels its downloads.
+        (image, stream)
+    });
+    // A tar header, then the file's first bytes, read with half the blob
+    // still held back. (Without streaming this waits for the whole blob,
+    // which the registry sends only after 30 s.)
+    let head = read
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the layer's first half was not readable while the rest was held back");
+    assert_eq!(&head[..10], b"lib/big.so");
+    gate.open();
+    let (_image, stream) = reader.join().unwrap();
+    let digests = stream.finish().unwrap();
+    assert_eq!(digests.digest, want);
+}
+

@@ -5,12 +5,14 @@
 //! - [`store`]: reading files from a layout directory or an indexed tar;
 //! - [`image`]: following index → manifest → config to the layer list;
 //! - [`layer`]: a layer's decompressed tar stream with its digests checked;
-//! - [`registry`]: `docker://` sources, pulled with parallel downloads;
+//! - [`registry`]: `docker://` sources, pulled with parallel downloads
+//!   that the flattener reads as they arrive (`arrival`);
 //! - [`digest`], [`spec`]: digests and the JSON documents.
 //!
 //! Every blob is checked against its digest as it streams; a layer's
 //! uncompressed stream is also checked against the config's diff_id.
 
+pub(crate) mod arrival;
 pub mod digest;
 pub mod image;
 pub mod layer;

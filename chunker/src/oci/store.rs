@@ -13,17 +13,26 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::SourceError;
+use super::arrival::Arrival;
 use super::digest::Digest;
 
 /// A `Read` over a byte range of a shared file, using positioned reads so
-/// several ranges of one archive can be open at once.
+/// several ranges of one archive can be open at once. A range over a file
+/// still being downloaded reads what has arrived ([`Arrival`]).
 #[derive(Debug)]
 pub struct FileRange {
     file: Arc<File>,
     pos: u64,
     end: u64,
+    arrival: Option<Arc<Arrival>>,
+    /// For a file read once (a download's spool file): up to where its
+    /// pages have been given back.
+    freed: Option<u64>,
     _on_drop: Option<OnDrop>,
 }
+
+/// How far behind reading a once-read file's pages are freed at a time.
+const FREE_STEP: u64 = 1 << 20;
 
 /// What to do once a [`FileRange`] has been read and dropped: the
 /// registry spool gives the layer's share of its budget back.
@@ -56,7 +65,50 @@ impl FileRange {
             file,
             pos: start,
             end: start + len,
+            arrival: None,
+            freed: None,
             _on_drop: None,
+        }
+    }
+
+    /// This range over a file still arriving: reads wait for its bytes,
+    /// and its end for the download to end well.
+    pub(crate) fn arriving(mut self, arrival: Arc<Arrival>) -> Self {
+        self.arrival = Some(arrival);
+        self
+    }
+
+    /// This range over a file that nothing reads again: the pages behind
+    /// the reader are freed as it goes (punched out of the file), so the
+    /// conversion reuses them instead of growing the page cache by every
+    /// downloaded byte.
+    pub(crate) fn read_once(mut self) -> Self {
+        self.freed = Some(self.pos);
+        self
+    }
+
+    /// Frees the pages before the reader, a step at a time.
+    fn free_behind(&mut self) {
+        let Some(freed) = self.freed else { return };
+        let upto = self.pos & !(4096 - 1);
+        if upto >= freed + FREE_STEP {
+            // Only an optimisation: a file system without holes keeps them.
+            let _ = rustix::fs::fallocate(
+                &*self.file,
+                rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE,
+                freed,
+                upto - freed,
+            );
+            self.freed = Some(upto);
+        }
+    }
+
+    /// How far reading may go now, having waited for `want` (past the
+    /// position) to arrive: the range's end for a file that is all there.
+    fn readable(&self, want: u64) -> io::Result<u64> {
+        match &self.arrival {
+            Some(a) => Ok(a.wait(want)?.min(self.end)),
+            None => Ok(self.end),
         }
     }
 
@@ -73,7 +125,8 @@ impl FileRange {
 
     /// Up to `buf.len()` bytes from the start of the range, without moving.
     pub fn peek(&self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = (buf.len() as u64).min(self.remaining()) as usize;
+        let n = (buf.len() as u64).min(self.remaining());
+        let n = n.min(self.readable(self.pos + n)?.saturating_sub(self.pos)) as usize;
         let mut got = 0;
         while got < n {
             match self.file.read_at(&mut buf[got..n], self.pos + got as u64)? {
@@ -87,7 +140,19 @@ impl FileRange {
 
 impl Read for FileRange {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = (buf.len() as u64).min(self.remaining()) as usize;
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        // At the end this waits for an arriving file's check, so a range
+        // never ends on bytes that did not match.
+        let readable = self.readable(self.pos + 1)?;
+        let n = (buf.len() as u64).min(readable.saturating_sub(self.pos)) as usize;
+        if n == 0 && self.pos < self.end {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the download ended before the blob's recorded size",
+            ));
+        }
         if n == 0 {
             return Ok(0);
         }
@@ -100,13 +165,15 @@ impl Read for FileRange {
             ));
         }
         self.pos += k as u64;
+        self.free_behind();
         Ok(k)
     }
 }
 
-/// A blob whose bytes were hashed and found to match `digest` as they
-/// arrived (by the registry's spool), so reading it need not hash them
-/// again. Only the spool, having checked the digest, makes one.
+/// A blob the registry's spool hashes as it arrives, so reading it need
+/// not hash it again: its bytes can be read as they come, and its end is
+/// reached only once they all matched `digest` (a mismatch is a read
+/// error instead). Only the spool makes one.
 #[derive(Debug)]
 pub struct VerifiedBlob {
     range: FileRange,
@@ -114,7 +181,8 @@ pub struct VerifiedBlob {
 }
 
 impl VerifiedBlob {
-    /// For bytes just checked against `digest`, and nothing else.
+    /// For bytes checked against `digest` (before `range` ends), and
+    /// nothing else.
     pub(crate) fn checked(range: FileRange, digest: Digest) -> Self {
         VerifiedBlob { range, digest }
     }
@@ -131,7 +199,7 @@ impl VerifiedBlob {
 pub enum Blob {
     /// Not checked yet: the reader hashes them for the blob digest.
     Unchecked(FileRange),
-    /// Checked against their digest on arrival.
+    /// Checked against their digest as they arrive, before they end.
     Verified(VerifiedBlob),
 }
 
@@ -272,7 +340,7 @@ impl Store {
     }
 
     /// Open the blob named `digest` under `blobs/sha256/`; from a
-    /// registry, the layer blob its spool has verified.
+    /// registry, the layer blob its spool is downloading and verifying.
     pub fn open_blob(&self, digest: &Digest) -> Result<Blob, SourceError> {
         if let Store::Registry(pull) = self {
             return Ok(Blob::Verified(pull.layer(digest)?));

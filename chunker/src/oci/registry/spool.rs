@@ -4,19 +4,24 @@
 //! Up to `max_parallel` workers take layers in manifest order. A worker
 //! starts a layer only when its size fits in the spool's byte budget, or
 //! when the flattener is already waiting for it (so one layer larger than
-//! the budget still goes through, alone). A blob is hashed as it is
-//! written and only handed out once its size and digest match, so no
-//! unchecked byte reaches the flattener. A broken transfer resumes with a
-//! Range request after a backoff. A layer's budget is given back when the
-//! flattener is done with it (its blob dropped); its file is unlinked as
-//! soon as it is opened, so nothing is left behind whatever happens. The
-//! flattener's readers open a layer each ([`crate::flatten::readahead`]),
-//! so the layers they are on may all be past the budget at once: it is
-//! passed by at most one layer per reader.
+//! the budget still goes through, alone). The flattener reads a layer as
+//! it arrives ([`Arrival`]): a blob is hashed as it is written, and the
+//! reader's end of it waits until its size and digest match; a mismatch
+//! is a read error there, so the conversion fails before anything made
+//! from the layer is kept (the decompressor and tar reader see the bytes
+//! first, as they would a hostile blob that matches its digest). A broken
+//! transfer resumes with a Range request after a backoff, after the bytes
+//! already written (a server that ignores the Range has them skipped, so
+//! what was read stays what is hashed). A layer's budget is given back
+//! when the flattener is done with it (its blob dropped); its file is
+//! unlinked as soon as it is made, so nothing is left behind whatever
+//! happens. The flattener's readers open a layer each
+//! ([`crate::flatten::readahead`]), so the layers they are on may all be
+//! past the budget at once: it is passed by at most one layer per reader.
 
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom, Write};
-use std::path::PathBuf;
+use std::io::Read;
+use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, Weak};
 
@@ -27,12 +32,14 @@ use sha2::{Digest as _, Sha256};
 use super::client::Client;
 use super::{ErrorKind, RegistryError};
 use crate::oci::Digest;
+use crate::oci::arrival::{Arrival, FinishGuard};
 use crate::oci::store::{FileRange, OnDrop, VerifiedBlob};
 
 enum Slot {
     Queued,
-    Downloading,
-    Ready(PathBuf),
+    /// Downloading (or done): its file and how much of it has arrived.
+    Started(Arc<File>, Arc<Arrival>),
+    /// It could not start (no spool file).
     Failed(RegistryError),
     Taken,
 }
@@ -143,19 +150,52 @@ impl Spool {
                 st.next += 1;
                 st.reserved += self.layers[i].1;
                 st.reservations[i] = self.layers[i].1;
-                st.slots[i] = Slot::Downloading;
                 i
             };
-            let result = self.download(index);
-            let Ok(mut st) = self.state.lock() else {
-                return;
+            let file = match self.create_file(index) {
+                Ok(file) => file,
+                Err(e) => {
+                    let Ok(mut st) = self.state.lock() else {
+                        return;
+                    };
+                    st.slots[index] = Slot::Failed(e);
+                    self.changed.notify_all();
+                    continue;
+                }
             };
-            st.slots[index] = match result {
-                Ok(path) => Slot::Ready(path),
-                Err(e) => Slot::Failed(e),
-            };
-            self.changed.notify_all();
+            let arrival = Arc::new(Arrival::default());
+            {
+                let Ok(mut st) = self.state.lock() else {
+                    return;
+                };
+                st.slots[index] = Slot::Started(file.clone(), arrival.clone());
+                self.changed.notify_all();
+            }
+            let _unfinished = FinishGuard(&arrival);
+            let result = self.download(index, &file, &arrival);
+            arrival.finish(result.map_err(Into::into));
         }
+    }
+
+    /// Layer `index`'s spool file, already unlinked: it lives as long as
+    /// its handles.
+    fn create_file(&self, index: usize) -> Result<Arc<File>, RegistryError> {
+        let digest = &self.layers[index].0;
+        let path = self.dir.path().join(format!("{index}-{}", digest.hex()));
+        let spool_err = |source| {
+            self.client.error(ErrorKind::Spool {
+                dir: self.dir.path().to_owned(),
+                source,
+            })
+        };
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(spool_err)?;
+        std::fs::remove_file(&path).map_err(spool_err)?;
+        Ok(Arc::new(file))
     }
 
     fn bar(&self, index: usize, size: u64) -> Option<ProgressBar> {
@@ -171,18 +211,17 @@ impl Spool {
         Some(bar)
     }
 
-    /// Download layer `index` into the spool, resuming after breaks.
-    fn download(&self, index: usize) -> Result<PathBuf, RegistryError> {
+    /// Download layer `index` into `file`, resuming after breaks, saying
+    /// how far it has got in `arrival`; checks size and digest at the end.
+    fn download(&self, index: usize, file: &File, arrival: &Arrival) -> Result<(), RegistryError> {
         let (digest, size) = &self.layers[index];
         let what = format!("blob {digest}");
-        let path = self.dir.path().join(format!("{index}-{}", digest.hex()));
         let spool_err = |source| {
             self.client.error(ErrorKind::Spool {
                 dir: self.dir.path().to_owned(),
                 source,
             })
         };
-        let mut file = File::create(&path).map_err(spool_err)?;
         let mut hash = Sha256::new();
         let mut written = 0u64;
         let mut failures = 0u32;
@@ -195,13 +234,14 @@ impl Spool {
             let mut resp = self
                 .client
                 .get(&format!("blobs/{digest}"), None, written, &what)?;
-            if written > 0 && resp.status() != StatusCode::PARTIAL_CONTENT {
-                // The server ignored the Range: start over.
-                file.set_len(0).map_err(spool_err)?;
-                file.seek(SeekFrom::Start(0)).map_err(spool_err)?;
-                hash = Sha256::new();
-                written = 0;
-            }
+            // A server that ignored the Range sends what we have again:
+            // skipped, so the hash stays that of the file the flattener
+            // is reading, whatever those bytes are this time.
+            let mut skip = if written > 0 && resp.status() != StatusCode::PARTIAL_CONTENT {
+                written
+            } else {
+                0
+            };
             let broke = loop {
                 if self.cancelled.load(Ordering::Relaxed) {
                     return Err(self.client.error(ErrorKind::Cancelled));
@@ -209,7 +249,14 @@ impl Spool {
                 match resp.read(&mut buf) {
                     Ok(0) => break None,
                     Ok(n) => {
-                        written += n as u64;
+                        let dropped = skip.min(n as u64) as usize;
+                        skip -= dropped as u64;
+                        let fresh = &buf[dropped..n];
+                        if fresh.is_empty() {
+                            continue;
+                        }
+                        let at = written;
+                        written += fresh.len() as u64;
                         if written > *size {
                             return Err(self.client.error(ErrorKind::SizeMismatch {
                                 what,
@@ -217,8 +264,9 @@ impl Spool {
                                 actual: written,
                             }));
                         }
-                        hash.update(&buf[..n]);
-                        file.write_all(&buf[..n]).map_err(spool_err)?;
+                        hash.update(fresh);
+                        file.write_all_at(fresh, at).map_err(spool_err)?;
+                        arrival.grew(written);
                         if let Some(b) = &bar {
                             b.set_position(written);
                         }
@@ -226,7 +274,7 @@ impl Spool {
                     Err(e) => break Some(e),
                 }
             };
-            if broke.is_none() && written == *size {
+            if broke.is_none() && written == *size && skip == 0 {
                 break;
             }
             failures += 1;
@@ -255,7 +303,7 @@ impl Spool {
         if let Some(b) = bar {
             b.finish();
         }
-        Ok(path)
+        Ok(())
     }
 
     /// Gives layer `index`'s share of the budget back.
@@ -266,8 +314,9 @@ impl Spool {
         }
     }
 
-    /// The verified blob of the first not yet opened layer with `digest`,
-    /// waiting for its download. Dropping it gives its budget back.
+    /// The blob of the first not yet opened layer with `digest`, once its
+    /// download has started: it reads as the bytes arrive, and ends only
+    /// once they match the digest. Dropping it gives its budget back.
     pub fn open(self: &Arc<Self>, digest: &Digest) -> Result<VerifiedBlob, RegistryError> {
         let poisoned = || self.client.error(ErrorKind::Poisoned);
         let mut st = self.state.lock().map_err(|_| poisoned())?;
@@ -282,21 +331,15 @@ impl Spool {
         self.changed.notify_all();
         loop {
             match std::mem::replace(&mut st.slots[index], Slot::Taken) {
-                Slot::Ready(path) => {
-                    let file = File::open(&path).map_err(|source| {
-                        self.client.error(ErrorKind::Spool {
-                            dir: self.dir.path().to_owned(),
-                            source,
-                        })
-                    })?;
-                    // Open files stay readable; the name is not needed.
-                    let _ = std::fs::remove_file(&path);
+                Slot::Started(file, arrival) => {
                     let len = self.layers[index].1;
-                    // `download` checked the digest before the slot
-                    // became ready.
+                    // `download` checks the digest before `arrival` lets
+                    // the range end.
                     let spool: Weak<Spool> = Arc::downgrade(self);
-                    let range =
-                        FileRange::new(Arc::new(file), 0, len).on_drop(OnDrop::new(move || {
+                    let range = FileRange::new(file, 0, len)
+                        .arriving(arrival)
+                        .read_once()
+                        .on_drop(OnDrop::new(move || {
                             if let Some(spool) = spool.upgrade() {
                                 spool.release(index);
                             }
