@@ -16,11 +16,48 @@ pub trait ChunkConsumer {
     /// all zeros). Data chunks arrive in increasing order; chunk 0 comes last.
     fn chunk(&mut self, index: u64, data: Vec<u8>) -> io::Result<()>;
 
-    /// A zeroed buffer of `size` bytes for the next chunk. A consumer
-    /// that gets its buffers back (from the threads it hands chunks to)
-    /// may hand them out again, instead of a fresh allocation a chunk.
+    /// A buffer of `size` bytes for the next chunk, whatever they hold:
+    /// the sink zeroes every byte it does not write. A consumer that gets
+    /// its buffers back (from the threads it hands chunks to) may hand
+    /// them out again as they are, instead of a fresh allocation a chunk.
     fn buffer(&mut self, size: usize) -> Vec<u8> {
         vec![0; size]
+    }
+}
+
+/// A chunk being filled: bytes below `filled` are written or zeroed, the
+/// rest still hold whatever the buffer held, and are zeroed before the
+/// chunk is handed on. So a reused buffer is not cleared twice.
+#[derive(Debug)]
+struct Filling {
+    data: Vec<u8>,
+    filled: usize,
+}
+
+impl Filling {
+    fn new(data: Vec<u8>) -> Self {
+        Filling { data, filled: 0 }
+    }
+
+    fn write(&mut self, within: usize, buf: &[u8]) {
+        if within > self.filled {
+            self.data[self.filled..within].fill(0);
+        }
+        let end = within + buf.len();
+        self.data[within..end].copy_from_slice(buf);
+        self.filled = self.filled.max(end);
+    }
+
+    /// The whole chunk, zeroed past what was written; `None` when it is
+    /// all zeros (a hole).
+    fn finish(mut self) -> Option<Vec<u8>> {
+        let written = &self.data[..self.filled];
+        if !written.iter().any(|&b| b != 0) {
+            return None;
+        }
+        let filled = self.filled;
+        self.data[filled..].fill(0);
+        Some(self.data)
     }
 }
 
@@ -28,8 +65,8 @@ pub trait ChunkConsumer {
 #[derive(Debug)]
 pub struct ChunkingSink<C: ChunkConsumer> {
     chunk_size: u64,
-    header: Vec<u8>,
-    current: Option<(u64, Vec<u8>)>,
+    header: Option<Filling>,
+    current: Option<(u64, Filling)>,
     consumer: C,
     chunks: u64,
 }
@@ -39,7 +76,7 @@ impl<C: ChunkConsumer> ChunkingSink<C> {
     pub fn new(chunk_size: u64, consumer: C) -> Self {
         ChunkingSink {
             chunk_size,
-            header: Vec::new(),
+            header: None,
             current: None,
             consumer,
             chunks: 0,
@@ -57,8 +94,8 @@ impl<C: ChunkConsumer> ChunkingSink<C> {
     }
 
     fn flush_current(&mut self) -> io::Result<()> {
-        if let Some((index, data)) = self.current.take()
-            && data.iter().any(|&b| b != 0)
+        if let Some((index, filling)) = self.current.take()
+            && let Some(data) = filling.finish()
         {
             self.consumer.chunk(index, data)?;
         }
@@ -68,10 +105,10 @@ impl<C: ChunkConsumer> ChunkingSink<C> {
     fn write_in_chunk(&mut self, index: u64, within: usize, buf: &[u8]) -> io::Result<()> {
         let size = self.chunk_size as usize;
         if index == 0 {
-            if self.header.is_empty() {
-                self.header = self.consumer.buffer(size);
-            }
-            self.header[within..within + buf.len()].copy_from_slice(buf);
+            let consumer = &mut self.consumer;
+            self.header
+                .get_or_insert_with(|| Filling::new(consumer.buffer(size)))
+                .write(within, buf);
             return Ok(());
         }
         match &self.current {
@@ -83,11 +120,11 @@ impl<C: ChunkConsumer> ChunkingSink<C> {
             }
             _ => {
                 self.flush_current()?;
-                self.current = Some((index, self.consumer.buffer(size)));
+                self.current = Some((index, Filling::new(self.consumer.buffer(size))));
             }
         }
-        let (_, data) = self.current.as_mut().expect("current chunk was just set");
-        data[within..within + buf.len()].copy_from_slice(buf);
+        let (_, filling) = self.current.as_mut().expect("current chunk was just set");
+        filling.write(within, buf);
         Ok(())
     }
 }
@@ -121,8 +158,7 @@ impl<C: ChunkConsumer> ImageSink for ChunkingSink<C> {
             )));
         }
         self.flush_current()?;
-        let header = std::mem::take(&mut self.header);
-        if header.iter().any(|&b| b != 0) {
+        if let Some(header) = self.header.take().and_then(Filling::finish) {
             self.consumer.chunk(0, header)?;
         }
         self.chunks = len / self.chunk_size;
@@ -162,6 +198,42 @@ mod tests {
         assert_eq!(got[0].1, [1, 1, 1, 1, 0, 0, 2, 2]);
         assert_eq!(got[1].1, [2, 2, 0, 0, 0, 0, 0, 0]);
         assert_eq!(got[3].1[1], 9);
+    }
+
+    /// Hands out buffers full of 0xee, as a reused one may be.
+    #[derive(Default)]
+    struct Dirty(Collect);
+
+    impl ChunkConsumer for Dirty {
+        fn chunk(&mut self, index: u64, data: Vec<u8>) -> io::Result<()> {
+            self.0.chunk(index, data)
+        }
+
+        fn buffer(&mut self, size: usize) -> Vec<u8> {
+            vec![0xee; size]
+        }
+    }
+
+    #[test]
+    fn what_is_not_written_is_zero_whatever_the_buffer_held() {
+        let mut s = ChunkingSink::new(8, Dirty::default());
+        // A gap before, between and after writes, one of them backwards
+        // within the chunk.
+        s.write_at(10, &[1, 2]).unwrap();
+        s.write_at(14, &[3]).unwrap();
+        s.write_at(8, &[4]).unwrap();
+        // Zeros only: still a hole, dirty buffer or not.
+        s.write_at(26, &[0; 3]).unwrap();
+        s.write_at(5, &[5]).unwrap();
+        s.finish(32).unwrap();
+        let got = s.into_consumer().0.0;
+        assert_eq!(
+            got,
+            [
+                (1, vec![4, 0, 1, 2, 0, 0, 3, 0]),
+                (0, vec![0, 0, 0, 0, 0, 5, 0, 0])
+            ]
+        );
     }
 
     #[test]

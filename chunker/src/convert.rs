@@ -220,8 +220,8 @@ impl ChunkConsumer for Feeder {
 
     fn buffer(&mut self, size: usize) -> Vec<u8> {
         match self.spare.as_ref().and_then(|rx| rx.try_recv().ok()) {
+            // As it is: the sink zeroes what it does not write.
             Some(mut buf) => {
-                buf.clear();
                 buf.resize(size, 0);
                 buf
             }
