@@ -1,11 +1,16 @@
 //! The pipeline comparison: the same image converted by the serial
 //! pipeline and the overlapped one, alternately, in fresh stores, with the
-//! CPU each used. Reports are data: [`PipelineReport`] first, the table
-//! made from it.
+//! CPU each used. With `IMAGEFS_BENCH_BASELINE_BIN=IMAGEFS` (an `imagefs`
+//! built from an earlier commit, such as the one before the overlapped
+//! pipeline), that binary's `convert` takes its turn too, so "today's
+//! pipeline" is measured as it was, not only as the serial option is now.
+//! Reports are data: [`PipelineReport`] first, the table made from it.
 
 use std::fs;
 use std::io::{self, Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -18,7 +23,7 @@ const ROUNDS: usize = 5;
 /// One conversion's figures.
 #[derive(Clone, Debug, Serialize)]
 pub struct PipelineRun {
-    /// `serial` or `overlapped`.
+    /// `serial`, `overlapped` or `baseline`.
     pub pipeline: String,
     /// Wall time of the conversion.
     pub secs: f64,
@@ -63,6 +68,10 @@ pub struct PipelineCase {
     pub overlapped: PipelineRun,
     /// Overlapped throughput over serial throughput.
     pub speedup: f64,
+    /// The median run of the baseline binary, when one was given.
+    pub baseline: Option<PipelineRun>,
+    /// Overlapped throughput over the baseline binary's.
+    pub speedup_vs_baseline: Option<f64>,
 }
 
 /// The whole comparison.
@@ -76,6 +85,8 @@ pub struct PipelineReport {
     pub loadavg_before: String,
     /// See `loadavg_before`.
     pub loadavg_after: String,
+    /// The earlier `imagefs` measured as the baseline, if any.
+    pub baseline_bin: Option<PathBuf>,
     /// One entry per image.
     pub cases: Vec<PipelineCase>,
 }
@@ -99,6 +110,56 @@ fn cases_dir(name: &str) -> String {
         .collect()
 }
 
+/// CPU seconds (user, system) of the children waited for so far
+/// (`cutime`, `cstime` of `/proc/self/stat`, in USER_HZ = 100).
+fn children_cpu() -> (f64, f64) {
+    let stat = fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(f64::NAN))
+        .collect();
+    match (f.get(13), f.get(14)) {
+        (Some(u), Some(s)) => (u / 100.0, s / 100.0),
+        _ => (f64::NAN, f64::NAN),
+    }
+}
+
+/// One `BIN convert` of `source` into `store`, timed from here; `image`
+/// bytes is what the library's runs reported for the same image.
+fn run_baseline(bin: &Path, source: &str, store: &Path, keys: &Path) -> Result<Run, String> {
+    let (u0, s0) = children_cpu();
+    let t = Instant::now();
+    let out = Command::new(bin)
+        .arg("convert")
+        .arg(source)
+        .arg("--store")
+        .arg(store)
+        .arg("--keys")
+        .arg(keys)
+        .output()
+        .map_err(|e| format!("{}: {e}", bin.display()))?;
+    let secs = t.elapsed().as_secs_f64();
+    if !out.status.success() {
+        return Err(format!(
+            "{} convert {source}: {}",
+            bin.display(),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let (u1, s1) = children_cpu();
+    Ok(Run {
+        secs,
+        image: 0,
+        written: 0,
+        manifest: 0,
+        hwm_kib: 0,
+        app_layer: 0,
+        user_secs: u1 - u0,
+        sys_secs: s1 - s0,
+    })
+}
+
 fn median(mut runs: Vec<Run>) -> Run {
     runs.sort_by(|a, b| a.secs.total_cmp(&b.secs));
     runs.swap_remove(runs.len() / 2)
@@ -111,24 +172,47 @@ fn case(
     work: &Path,
     keys: &Path,
     cores: usize,
+    baseline: Option<&Path>,
 ) -> Result<PipelineCase, String> {
     let mut serial = Vec::new();
     let mut overlapped = Vec::new();
+    let mut earlier = Vec::new();
+    // Its own keys: an earlier build may not read this one's key files.
+    let baseline_keys = work.join("keys-baseline");
     for round in 0..ROUNDS {
-        for (pipeline, runs) in [("serial", &mut serial), ("overlapped", &mut overlapped)] {
+        for (pipeline, runs) in [
+            ("serial", &mut serial),
+            ("overlapped", &mut overlapped),
+            ("baseline", &mut earlier),
+        ] {
             // A fresh store each time, kept to the end: deleting one
             // makes the next runs' file creation slow (ext4 without a
             // journal steps over recently deleted inodes one by one).
             let store = work.join(format!("store-{}-{pipeline}-{round}", cases_dir(name)));
             settle();
+            if pipeline == "baseline" {
+                if let Some(bin) = baseline {
+                    runs.push(run_baseline(bin, source, &store, &baseline_keys)?);
+                }
+                continue;
+            }
             runs.push(run_child(source, &store, keys, cores, pipeline)?);
         }
     }
-    let serial = PipelineRun::new("serial", &median(serial));
+    let serial = median(serial);
+    let image = serial.image;
+    let serial = PipelineRun::new("serial", &serial);
     let overlapped = PipelineRun::new("overlapped", &median(overlapped));
+    let baseline = (!earlier.is_empty()).then(|| {
+        let mut run = median(earlier);
+        run.image = image;
+        PipelineRun::new("baseline", &run)
+    });
     Ok(PipelineCase {
         image: name.to_owned(),
         speedup: overlapped.mb_per_s / serial.mb_per_s,
+        speedup_vs_baseline: baseline.as_ref().map(|b| overlapped.mb_per_s / b.mb_per_s),
+        baseline,
         serial,
         overlapped,
     })
@@ -141,6 +225,8 @@ pub fn compare(layout: &Path, work: &Path, keys: &Path) -> Result<PipelineReport
     let plain = work.join("python-plain");
     let plain_source = uncompressed_copy(layout, "python", &plain)
         .map_err(|e| format!("uncompressing the python image: {e}"))?;
+    let baseline_bin = std::env::var_os("IMAGEFS_BENCH_BASELINE_BIN").map(PathBuf::from);
+    let baseline = baseline_bin.as_deref();
     let loadavg_before = loadavg();
     let cases = vec![
         case(
@@ -149,6 +235,7 @@ pub fn compare(layout: &Path, work: &Path, keys: &Path) -> Result<PipelineReport
             work,
             keys,
             cores,
+            baseline,
         )?,
         case(
             "python (plain tar layers)",
@@ -156,6 +243,7 @@ pub fn compare(layout: &Path, work: &Path, keys: &Path) -> Result<PipelineReport
             work,
             keys,
             cores,
+            baseline,
         )?,
     ];
     Ok(PipelineReport {
@@ -163,6 +251,7 @@ pub fn compare(layout: &Path, work: &Path, keys: &Path) -> Result<PipelineReport
         rounds: ROUNDS,
         loadavg_before,
         loadavg_after: loadavg(),
+        baseline_bin,
         cases,
     })
 }
@@ -179,7 +268,14 @@ pub fn print(report: &PipelineReport) {
         "image", "pipeline", "secs", "MB/s", "user s", "sys s", "CPU %", "sys/user"
     );
     for case in &report.cases {
-        for run in [&case.serial, &case.overlapped] {
+        for run in [
+            Some(&case.serial),
+            Some(&case.overlapped),
+            case.baseline.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        {
             println!(
                 "{:<27} {:<11} {:>7.2} {:>8.1} {:>7.2} {:>7.2} {:>6.0}% {:>8.0}%",
                 case.image,
@@ -196,6 +292,12 @@ pub fn print(report: &PipelineReport) {
             "{:<27} throughput overlapped / serial: {:.2}x",
             "", case.speedup
         );
+        if let Some(x) = case.speedup_vs_baseline {
+            println!("{:<27} throughput overlapped / baseline: {x:.2}x", "");
+        }
+    }
+    if let Some(bin) = &report.baseline_bin {
+        println!("baseline: {} convert (an earlier build)", bin.display());
     }
     println!(
         "goals (overlapped): CPU >= {:.0}% on {} cores, sys/user <= 25%, throughput >= 1.5x serial",
