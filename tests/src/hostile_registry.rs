@@ -42,6 +42,10 @@ pub enum Trick {
     /// Send the first half of each layer blob, then hold the rest until
     /// the gate opens (or 30 s pass).
     HoldHalf(Gate),
+    /// Break the first tar header of each uncompressed layer blob (its
+    /// checksum field; same size), send the first half, and hold the rest
+    /// this long: the tar breaks before the blob's digest can be checked.
+    CorruptHeaderThenHold(Duration),
 }
 
 /// A gate a test opens to let a held answer go on.
@@ -355,6 +359,26 @@ fn serve(s: &State, mut conn: TcpStream) -> std::io::Result<()> {
         conn.write_all(&body[..half])?;
         conn.flush()?;
         return conn.shutdown(std::net::Shutdown::Both);
+    }
+    if let Trick::CorruptHeaderThenHold(hold) = s.trick
+        && is_layer
+        && !body.starts_with(&[0x1f, 0x8b])
+        && range == 0
+        && body.len() > 512
+    {
+        body[150] ^= 0x55;
+        let head = format!(
+            "HTTP/1.1 {status}\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        let half = body.len() / 2;
+        note(code, None);
+        conn.write_all(head.as_bytes())?;
+        conn.write_all(&body[..half])?;
+        conn.flush()?;
+        std::thread::sleep(hold);
+        conn.write_all(&body[half..])?;
+        return conn.flush();
     }
     if let Trick::HoldHalf(gate) = &s.trick
         && is_layer

@@ -67,9 +67,14 @@ fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
 /// error holding every one of `want`; nothing is left, the store is as it
 /// was.
 fn fails(trick: Trick, opts: RegistryOptions, want: &[&str]) {
+    fails_on(image(), trick, opts, want);
+}
+
+/// [`fails`] with `image` served.
+fn fails_on(image: Image, trick: Trick, opts: RegistryOptions, want: &[&str]) {
     let tmp = tempfile::tempdir().unwrap();
     let layout = tmp.path().join("layout");
-    image().write_oci_layout(&layout, "v1").unwrap();
+    image.write_oci_layout(&layout, "v1").unwrap();
     let reg = HostileRegistry::start(&layout, "v1", [127, 0, 0, 1], trick).unwrap();
     let src = source(&reg.host(), opts);
     let out = tmp.path().join("out.img");
@@ -109,6 +114,25 @@ fn fails(trick: Trick, opts: RegistryOptions, want: &[&str]) {
 fn corrupt_blob() {
     fails(
         Trick::CorruptBlobs,
+        quick(),
+        &["does not match its digest", "blob sha256:"],
+    );
+}
+
+/// The tar of a layer still downloading breaks before its digest can be
+/// checked: the error is still the download's, naming the registry. (The
+/// uncompressed layer is large enough that its first half holds whole
+/// blocks for the flattener.)
+#[test]
+fn corrupt_blob_that_breaks_the_tar_before_it_has_arrived() {
+    let image = Image::new(vec![
+        Layer::new(vec![Entry::file("lib/big.so", noise(3, 300_000))])
+            .compressed(Compression::Gzip),
+        Layer::new(vec![Entry::file("app/x", noise(4, 2_000_000))]),
+    ]);
+    fails_on(
+        image,
+        Trick::CorruptHeaderThenHold(Duration::from_millis(700)),
         quick(),
         &["does not match its digest", "blob sha256:"],
     );

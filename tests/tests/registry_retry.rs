@@ -269,4 +269,3 @@ fn a_layer_is_read_while_it_downloads() {
     let digests = stream.finish().unwrap();
     assert_eq!(digests.digest, want);
 }
-

@@ -138,12 +138,27 @@ pub fn flatten_layers_limited<S: ImageSink>(
         builder.begin_layer();
         let (mut stream, media_type) = image.open_layer(layer)?;
         set_layer_limit(&mut stream, limits, image_bytes);
-        let entries = apply_layer(&mut stream, layer.name(), limits, &mut tree, builder)?;
-        let digests = stream.finish()?;
+        let entries = apply_layer(&mut stream, layer.name(), limits, &mut tree, builder)
+            .map_err(|e| explain(image, layer, e))?;
+        let digests = stream.finish().map_err(|e| explain(image, layer, e))?;
         image_bytes += digests.uncompressed_bytes;
         reports.push(LayerReport::new(digests, media_type, entries));
     }
     Ok((tree, reports))
+}
+
+/// `err`, from reading or applying `layer`, or the failure of the layer's
+/// download when it failed: a blob from a registry is read as it arrives,
+/// so a corrupt or short one can break the decompressor or the tar before
+/// its digest is checked at its end, and the download says what happened.
+fn explain(image: &Image, layer: &crate::oci::Layer, err: impl Into<FlattenError>) -> FlattenError {
+    match image.download_failure(layer) {
+        Some(source) => FlattenError::Source(SourceError::ReadBlob {
+            digest: layer.name().clone(),
+            source,
+        }),
+        None => err.into(),
+    }
 }
 
 /// Caps a layer's uncompressed bytes at the layer limit, or at what is

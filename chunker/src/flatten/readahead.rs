@@ -288,7 +288,7 @@ pub(crate) fn flatten_layers_with<S: ImageSink>(
         for (layer, pipe) in image.layers.iter().zip(&pipes) {
             builder.begin_layer();
             let (media_type, hash_here) = match pipe.take_opened() {
-                Some(opened) => opened?,
+                Some(opened) => opened.map_err(|e| super::explain(image, layer, e))?,
                 None => return Err(FlattenError::ReaderStopped),
             };
             let image_left = limits.max_image_bytes.saturating_sub(image_bytes);
@@ -310,8 +310,10 @@ pub(crate) fn flatten_layers_with<S: ImageSink>(
             } else {
                 HashReader::counting(incoming)
             };
-            let entries = apply_layer(&mut hashing, layer.name(), limits, &mut tree, builder)?;
-            let digests = finish(hashing, layer.name())?;
+            let entries = apply_layer(&mut hashing, layer.name(), limits, &mut tree, builder)
+                .map_err(|e| super::explain(image, layer, e))?;
+            let digests =
+                finish(hashing, layer.name()).map_err(|e| super::explain(image, layer, e))?;
             image_bytes += digests.uncompressed_bytes;
             reports.push(LayerReport::new(digests, media_type, entries));
             // Its spill given back: a reader waiting for budget may go on.

@@ -11,17 +11,34 @@
 //! from the layer is kept.
 
 use std::io;
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 type Failure = Box<dyn std::error::Error + Send + Sync>;
+
+/// How a download failed, told to everyone who asks: the reader at the
+/// layer's end, and the flattener explaining why the layer broke first.
+#[derive(Clone, Debug)]
+struct Shared(Arc<Failure>);
+
+impl std::fmt::Display for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for Shared {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
 
 #[derive(Debug, Default)]
 struct Arrived {
     /// Bytes written so far, from the start of the file.
     len: u64,
     /// `Some` once the download has ended: `Ok` when every byte came and
-    /// matched; `Err(None)` once the failure was handed to a reader.
-    end: Option<Result<(), Option<Failure>>>,
+    /// matched.
+    end: Option<Result<(), Shared>>,
 }
 
 /// How much of a file has arrived, and how its download ended.
@@ -51,7 +68,7 @@ impl Arrival {
     pub(crate) fn finish(&self, result: Result<(), Failure>) {
         let mut st = self.lock();
         if st.end.is_none() {
-            st.end = Some(result.map_err(Some));
+            st.end = Some(result.map_err(|e| Shared(Arc::new(e))));
             self.changed.notify_all();
         }
     }
@@ -62,19 +79,18 @@ impl Arrival {
     pub(crate) fn wait(&self, want: u64) -> io::Result<u64> {
         let mut st = self.lock();
         loop {
-            let len = st.len;
-            match &mut st.end {
-                Some(Ok(())) => return Ok(len),
-                Some(Err(failure)) => {
-                    return Err(match failure.take() {
-                        Some(e) => io::Error::other(e),
-                        None => io::Error::other("the download failed (reported before)"),
-                    });
-                }
-                None if len >= want => return Ok(len),
+            match &st.end {
+                Some(Ok(())) => return Ok(st.len),
+                Some(Err(failure)) => return Err(io::Error::other(failure.clone())),
+                None if st.len >= want => return Ok(st.len),
                 None => st = self.changed.wait(st).unwrap_or_else(|e| e.into_inner()),
             }
         }
+    }
+
+    /// Waits for the download to end; its failure, if it failed.
+    pub(crate) fn verdict(&self) -> Option<io::Error> {
+        self.wait(u64::MAX).err()
     }
 }
 
@@ -158,8 +174,11 @@ mod tests {
         let err = range.read_to_end(&mut all).unwrap_err();
         writer.join().unwrap();
         assert!(err.to_string().contains("does not match"), "{err}");
-        // Asked again: still an error, never a clean end.
-        assert!(range.read(&mut [0u8; 8]).is_err());
+        // Asked again, by the reader or anyone: the same error, never a
+        // clean end.
+        let again = range.read(&mut [0u8; 8]).unwrap_err();
+        assert_eq!(again.to_string(), err.to_string());
+        assert_eq!(arrival.verdict().unwrap().to_string(), err.to_string());
     }
 
     #[test]

@@ -198,6 +198,15 @@ impl Image {
         Ok(Located(found))
     }
 
+    /// How the download of `layer`'s blob failed, once it has ended, when
+    /// the image comes from a registry and it did fail; `None` otherwise.
+    pub fn download_failure(&self, layer: &Layer) -> Option<std::io::Error> {
+        match (&self.store, &layer.location) {
+            (Store::Registry(pull), Location::Blob(digest)) => pull.verdict(digest),
+            _ => None,
+        }
+    }
+
     /// Start streaming `layer` (one of [`Image::layers`]), decompressed.
     /// Its digests are checked by [`LayerStream::finish`].
     pub fn open_layer(&self, layer: &Layer) -> Result<(LayerStream, String), SourceError> {

@@ -443,6 +443,12 @@ impl Pull {
         }
     }
 
+    /// The failure of the download of layer blob `digest`, once it has
+    /// ended, if it failed ([`Spool::verdict`]).
+    pub fn verdict(&self, digest: &Digest) -> Option<std::io::Error> {
+        self.spool.get()?.verdict(digest)
+    }
+
     /// `docker://HOST/REPO`, for messages that take a location.
     pub fn location(&self) -> PathBuf {
         PathBuf::from(format!(

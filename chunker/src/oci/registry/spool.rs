@@ -53,6 +53,8 @@ struct State {
     reservations: Vec<u64>,
     /// The highest layer the flattener has asked for.
     wanted: usize,
+    /// Each started download's progress, kept to tell its verdict.
+    arrivals: Vec<Option<Arc<Arrival>>>,
 }
 
 /// The downloads of one image's layers.
@@ -109,6 +111,7 @@ impl Spool {
                 reserved: 0,
                 reservations: vec![0; n],
                 wanted: 0,
+                arrivals: vec![None; n],
             }),
             changed: Condvar::new(),
             cancelled: AtomicBool::new(false),
@@ -169,6 +172,7 @@ impl Spool {
                     return;
                 };
                 st.slots[index] = Slot::Started(file.clone(), arrival.clone());
+                st.arrivals[index] = Some(arrival.clone());
                 self.changed.notify_all();
             }
             let _unfinished = FinishGuard(&arrival);
@@ -353,6 +357,24 @@ impl Spool {
                 }
             }
         }
+    }
+}
+
+impl Spool {
+    /// How the downloads of `digest` that have started went, once they
+    /// have ended: the first failure, if one failed. A layer that breaks
+    /// while it is still arriving is explained by this first, since a
+    /// corrupt or short blob breaks the decompressor or the tar before
+    /// its digest is checked at the end.
+    pub fn verdict(&self, digest: &Digest) -> Option<std::io::Error> {
+        let arrivals: Vec<Arc<Arrival>> = {
+            let st = self.state.lock().ok()?;
+            (0..self.layers.len())
+                .filter(|&i| self.layers[i].0 == *digest)
+                .filter_map(|i| st.arrivals[i].clone())
+                .collect()
+        };
+        arrivals.iter().find_map(|a| a.verdict())
     }
 }
 
