@@ -42,7 +42,8 @@ impl Shaped {
         let current = String::from_utf8_lossy(&show.stdout);
         if !current.trim_start().starts_with("qdisc noqueue") {
             return Err(format!(
-                "{dev} already has a root qdisc: {}",
+                "{dev} already has a root qdisc ({}); if an interrupted run left it, \
+                 `tc qdisc del dev {dev} root` removes it",
                 current.trim()
             ));
         }
