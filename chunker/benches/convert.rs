@@ -71,8 +71,7 @@ fn cpu_times() -> (f64, f64) {
 }
 
 /// `--child SOURCE STORE KEYS THREADS PIPELINE`: convert once and print
-/// one result line: seconds, image bytes, new bytes written, manifest
-/// bytes, VmHWM KiB, the last layer's bytes, user and system seconds.
+/// one result line, `RESULT` and a [`Run`] as JSON.
 fn child(args: &[String]) -> Result<(), String> {
     let [source, store, keys, threads, pipeline] = args else {
         return Err("child: SOURCE STORE KEYS THREADS PIPELINE".into());
@@ -101,18 +100,23 @@ fn child(args: &[String]) -> Result<(), String> {
         .as_ref()
         .and_then(|f| f.layers.last())
         .map_or(0, |l| l.uncompressed_bytes);
-    println!(
-        "RESULT {secs} {} {} {} {hwm} {app_layer} {} {}",
-        r.image_bytes,
-        r.bytes_written,
-        r.manifest_bytes,
-        user1 - user0,
-        sys1 - sys0
-    );
+    let run = Run {
+        secs,
+        image: r.image_bytes,
+        written: r.bytes_written,
+        manifest: r.manifest_bytes,
+        hwm_kib: hwm,
+        app_layer,
+        user_secs: user1 - user0,
+        sys_secs: sys1 - sys0,
+    };
+    let json = serde_json::to_string(&run).map_err(|e| e.to_string())?;
+    println!("RESULT {json}");
     Ok(())
 }
 
-/// What one child conversion reported.
+/// What one child conversion reported (one JSON line on its stdout).
+#[derive(serde::Serialize, serde::Deserialize)]
 pub struct Run {
     secs: f64,
     image: u64,
@@ -152,20 +156,7 @@ fn run_child(
         .lines()
         .find_map(|l| l.strip_prefix("RESULT "))
         .ok_or("child printed no result")?;
-    let f: Vec<f64> = line
-        .split_whitespace()
-        .map(|x| x.parse().unwrap_or(f64::NAN))
-        .collect();
-    Ok(Run {
-        secs: f[0],
-        image: f[1] as u64,
-        written: f[2] as u64,
-        manifest: f[3] as u64,
-        hwm_kib: f[4] as u64,
-        app_layer: f[5] as u64,
-        user_secs: f[6],
-        sys_secs: f[7],
-    })
+    serde_json::from_str(line).map_err(|e| format!("the child's result: {e}"))
 }
 
 fn sha256sum_secs(path: &Path) -> Result<f64, String> {
