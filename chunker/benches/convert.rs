@@ -52,22 +52,27 @@ fn main() -> ExitCode {
     }
 }
 
-/// User and system CPU seconds of this process so far, all its threads
-/// (those that have ended too), from `/proc/self/stat` (in USER_HZ, 100
-/// a second on Linux).
-fn cpu_times() -> (f64, f64) {
+/// Two CPU-time fields of `/proc/self/stat` in seconds (USER_HZ, 100 a
+/// second on Linux), counted from the first field after the command name
+/// (which is in parentheses): 11 and 12 are this process's user and
+/// system time, all its threads (ended ones too); 13 and 14 those of the
+/// children waited for.
+pub fn stat_cpu(at: usize) -> (f64, f64) {
     let stat = fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the command name, which is in parentheses: utime and
-    // stime are the 12th and 13th.
     let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
     let f: Vec<f64> = rest
         .split_whitespace()
         .map(|x| x.parse().unwrap_or(f64::NAN))
         .collect();
-    match (f.get(11), f.get(12)) {
+    match (f.get(at), f.get(at + 1)) {
         (Some(u), Some(s)) => (u / 100.0, s / 100.0),
         _ => (f64::NAN, f64::NAN),
     }
+}
+
+/// User and system CPU seconds of this process so far.
+fn cpu_times() -> (f64, f64) {
+    stat_cpu(11)
 }
 
 /// `--child SOURCE STORE KEYS THREADS PIPELINE`: convert once and print

@@ -110,19 +110,9 @@ fn cases_dir(name: &str) -> String {
         .collect()
 }
 
-/// CPU seconds (user, system) of the children waited for so far
-/// (`cutime`, `cstime` of `/proc/self/stat`, in USER_HZ = 100).
+/// CPU seconds (user, system) of the children waited for so far.
 fn children_cpu() -> (f64, f64) {
-    let stat = fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<f64> = rest
-        .split_whitespace()
-        .map(|x| x.parse().unwrap_or(f64::NAN))
-        .collect();
-    match (f.get(13), f.get(14)) {
-        (Some(u), Some(s)) => (u / 100.0, s / 100.0),
-        _ => (f64::NAN, f64::NAN),
-    }
+    super::stat_cpu(13)
 }
 
 /// One `BIN convert` of `source` into `store`, timed from here; `image`
