@@ -206,6 +206,31 @@ fn respond(
     conn.write_all(body)
 }
 
+/// [`respond`] in two halves: the head promising the whole body, and the
+/// first half; then `between()`, and the rest if it says so, else the
+/// connection closed short.
+fn respond_in_halves(
+    conn: &mut TcpStream,
+    status: &str,
+    body: &[u8],
+    between: impl FnOnce() -> bool,
+) -> std::io::Result<()> {
+    let half = body.len() / 2;
+    let head = format!(
+        "HTTP/1.1 {status}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    conn.write_all(head.as_bytes())?;
+    conn.write_all(&body[..half])?;
+    conn.flush()?;
+    if between() {
+        conn.write_all(&body[half..])?;
+        conn.flush()
+    } else {
+        conn.shutdown(std::net::Shutdown::Both)
+    }
+}
+
 fn serve(s: &State, mut conn: TcpStream) -> std::io::Result<()> {
     let mut first = [0u8; 1];
     if conn.peek(&mut first)? == 1 && first[0] == 0x16 {
@@ -349,53 +374,27 @@ fn serve(s: &State, mut conn: TcpStream) -> std::io::Result<()> {
         _ => false,
     };
     if cut {
-        let head = format!(
-            "HTTP/1.1 {status}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
-            body.len()
-        );
-        let half = body.len() / 2;
-        note(code, Some(range + half));
-        conn.write_all(head.as_bytes())?;
-        conn.write_all(&body[..half])?;
-        conn.flush()?;
-        return conn.shutdown(std::net::Shutdown::Both);
+        note(code, Some(range + body.len() / 2));
+        return respond_in_halves(&mut conn, status, &body, || false);
     }
-    if let Trick::CorruptHeaderThenHold(hold) = s.trick
-        && is_layer
-        && !body.starts_with(&[0x1f, 0x8b])
-        && range == 0
-        && body.len() > 512
-    {
-        body[150] ^= 0x55;
-        let head = format!(
-            "HTTP/1.1 {status}\r\nContent-Length: {}\r\n\r\n",
-            body.len()
-        );
-        let half = body.len() / 2;
-        note(code, None);
-        conn.write_all(head.as_bytes())?;
-        conn.write_all(&body[..half])?;
-        conn.flush()?;
-        std::thread::sleep(hold);
-        conn.write_all(&body[half..])?;
-        return conn.flush();
-    }
-    if let Trick::HoldHalf(gate) = &s.trick
-        && is_layer
-    {
-        let head = format!(
-            "HTTP/1.1 {status}\r\nContent-Length: {}\r\n\r\n",
-            body.len()
-        );
-        let half = body.len() / 2;
-        note(code, None);
-        conn.write_all(head.as_bytes())?;
-        conn.write_all(&body[..half])?;
-        conn.flush()?;
-        gate.wait(Duration::from_secs(30));
-        conn.write_all(&body[half..])?;
-        return conn.flush();
-    }
+    let hold: Option<Box<dyn FnOnce() + '_>> = match &s.trick {
+        Trick::CorruptHeaderThenHold(hold)
+            if is_layer && range == 0 && body.len() > 512 && !body.starts_with(&[0x1f, 0x8b]) =>
+        {
+            body[150] ^= 0x55;
+            Some(Box::new(move || std::thread::sleep(*hold)))
+        }
+        Trick::HoldHalf(gate) if is_layer => {
+            Some(Box::new(move || gate.wait(Duration::from_secs(30))))
+        }
+        _ => None,
+    };
     note(code, None);
-    respond(&mut conn, status, &[], &body)
+    match hold {
+        Some(hold) => respond_in_halves(&mut conn, status, &body, || {
+            hold();
+            true
+        }),
+        None => respond(&mut conn, status, &[], &body),
+    }
 }
