@@ -13,20 +13,9 @@ pub struct Shaped {
     dev: &'static str,
 }
 
-fn tc(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("tc")
-        .args(args)
-        .output()
-        .map_err(|e| format!("tc: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "tc {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
+/// `tc ARGS`; its stdout, or why it failed.
+fn tc(args: &[&str]) -> Result<String, String> {
+    crate::harness::output(Command::new("tc").args(args))
 }
 
 impl Shaped {
@@ -35,11 +24,8 @@ impl Shaped {
     /// its own, which it would replace.
     pub fn port(port: u16, rate: &str) -> Result<Shaped, String> {
         let dev = "lo";
-        let show = Command::new("tc")
-            .args(["qdisc", "show", "dev", dev])
-            .output()
+        let current = tc(&["qdisc", "show", "dev", dev])
             .map_err(|e| format!("tc (iproute2) is not usable: {e}"))?;
-        let current = String::from_utf8_lossy(&show.stdout);
         if !current.trim_start().starts_with("qdisc noqueue") {
             return Err(format!(
                 "{dev} already has a root qdisc ({}); if an interrupted run left it, \
