@@ -22,8 +22,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
-use rustix::fs::FallocateFlags;
-
+use crate::oci::store::free_pages;
 use crate::oci::{LayerStream, SourceError};
 
 /// How much a pipe may hold, and where it spills.
@@ -312,16 +311,10 @@ impl Pipe {
                     drop(s);
                     return match file.read_exact_at(&mut buf[..n as usize], offset) {
                         Ok(()) => {
-                            // Read once: free its pages (and blocks) now,
-                            // for the next spill or the chunks to reuse,
-                            // instead of growing the page cache by every
-                            // spilled byte. Only an optimisation.
-                            let _ = rustix::fs::fallocate(
-                                &*file,
-                                FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
-                                offset,
-                                n,
-                            );
+                            // Read once: free its pages now, for the next
+                            // spill or the chunks to reuse, instead of
+                            // growing the page cache by every spilled byte.
+                            free_pages(&file, offset, n);
                             Ok(n as usize)
                         }
                         Err(e) => Err(End::Failed(spill_error(&self.bounds, e))),

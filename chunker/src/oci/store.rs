@@ -25,14 +25,27 @@ pub struct FileRange {
     pos: u64,
     end: u64,
     arrival: Option<Arc<Arrival>>,
-    /// For a file read once (a download's spool file): up to where its
-    /// pages have been given back.
+    /// For an arriving file, read once: up to where its pages have been
+    /// given back.
     freed: Option<u64>,
     _on_drop: Option<OnDrop>,
 }
 
 /// How far behind reading a once-read file's pages are freed at a time.
 const FREE_STEP: u64 = 1 << 20;
+
+/// Punches `len` bytes at `offset` out of a file that will not be read
+/// there again, so its pages (and blocks) go back now for what is written
+/// next to reuse. Only an optimisation: a file system without holes keeps
+/// them.
+pub(crate) fn free_pages(file: &File, offset: u64, len: u64) {
+    let _ = rustix::fs::fallocate(
+        file,
+        rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE,
+        offset,
+        len,
+    );
+}
 
 /// What to do once a [`FileRange`] has been read and dropped: the
 /// registry spool gives the layer's share of its budget back.
@@ -71,18 +84,13 @@ impl FileRange {
         }
     }
 
-    /// This range over a file still arriving: reads wait for its bytes,
-    /// and its end for the download to end well.
+    /// This range over a download's spool file, still arriving: reads
+    /// wait for its bytes, and its end for the download to end well.
+    /// Nothing reads the file again, so the pages behind the reader are
+    /// freed as it goes, and the conversion reuses them instead of growing
+    /// the page cache by every downloaded byte.
     pub(crate) fn arriving(mut self, arrival: Arc<Arrival>) -> Self {
         self.arrival = Some(arrival);
-        self
-    }
-
-    /// This range over a file that nothing reads again: the pages behind
-    /// the reader are freed as it goes (punched out of the file), so the
-    /// conversion reuses them instead of growing the page cache by every
-    /// downloaded byte.
-    pub(crate) fn read_once(mut self) -> Self {
         self.freed = Some(self.pos);
         self
     }
@@ -92,13 +100,7 @@ impl FileRange {
         let Some(freed) = self.freed else { return };
         let upto = self.pos & !(4096 - 1);
         if upto >= freed + FREE_STEP {
-            // Only an optimisation: a file system without holes keeps them.
-            let _ = rustix::fs::fallocate(
-                &*self.file,
-                rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE,
-                freed,
-                upto - freed,
-            );
+            free_pages(&self.file, freed, upto - freed);
             self.freed = Some(upto);
         }
     }

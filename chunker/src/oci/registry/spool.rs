@@ -342,7 +342,6 @@ impl Spool {
                     let spool: Weak<Spool> = Arc::downgrade(self);
                     let range = FileRange::new(file, 0, len)
                         .arriving(arrival)
-                        .read_once()
                         .on_drop(OnDrop::new(move || {
                             if let Some(spool) = spool.upgrade() {
                                 spool.release(index);
