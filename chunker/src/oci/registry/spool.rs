@@ -41,7 +41,8 @@ enum Slot {
     Started(Arc<File>, Arc<Arrival>),
     /// It could not start (no spool file).
     Failed(RegistryError),
-    Taken,
+    /// Handed to the flattener; its progress kept to tell its verdict.
+    Taken(Option<Arc<Arrival>>),
 }
 
 struct State {
@@ -53,8 +54,6 @@ struct State {
     reservations: Vec<u64>,
     /// The highest layer the flattener has asked for.
     wanted: usize,
-    /// Each started download's progress, kept to tell its verdict.
-    arrivals: Vec<Option<Arc<Arrival>>>,
 }
 
 /// The downloads of one image's layers.
@@ -111,7 +110,6 @@ impl Spool {
                 reserved: 0,
                 reservations: vec![0; n],
                 wanted: 0,
-                arrivals: vec![None; n],
             }),
             changed: Condvar::new(),
             cancelled: AtomicBool::new(false),
@@ -155,30 +153,36 @@ impl Spool {
                 st.reservations[i] = self.layers[i].1;
                 i
             };
-            let file = match self.create_file(index) {
-                Ok(file) => file,
-                Err(e) => {
-                    let Ok(mut st) = self.state.lock() else {
-                        return;
-                    };
-                    st.slots[index] = Slot::Failed(e);
-                    self.changed.notify_all();
-                    continue;
-                }
+            let slot = match self.create_file(index) {
+                Ok(file) => Slot::Started(file, Arc::new(Arrival::default())),
+                Err(e) => Slot::Failed(e),
             };
-            let arrival = Arc::new(Arrival::default());
+            let started = match &slot {
+                Slot::Started(file, arrival) => Some((file.clone(), arrival.clone())),
+                _ => None,
+            };
             {
                 let Ok(mut st) = self.state.lock() else {
                     return;
                 };
-                st.slots[index] = Slot::Started(file.clone(), arrival.clone());
-                st.arrivals[index] = Some(arrival.clone());
+                st.slots[index] = slot;
                 self.changed.notify_all();
             }
+            let Some((file, arrival)) = started else {
+                continue;
+            };
             let _unfinished = FinishGuard(&arrival);
             let result = self.download(index, &file, &arrival);
             arrival.finish(result.map_err(Into::into));
         }
+    }
+
+    /// A spool file could not be made or written.
+    fn spool_error(&self, source: std::io::Error) -> RegistryError {
+        self.client.error(ErrorKind::Spool {
+            dir: self.dir.path().to_owned(),
+            source,
+        })
     }
 
     /// Layer `index`'s spool file, already unlinked: it lives as long as
@@ -186,12 +190,7 @@ impl Spool {
     fn create_file(&self, index: usize) -> Result<Arc<File>, RegistryError> {
         let digest = &self.layers[index].0;
         let path = self.dir.path().join(format!("{index}-{}", digest.hex()));
-        let spool_err = |source| {
-            self.client.error(ErrorKind::Spool {
-                dir: self.dir.path().to_owned(),
-                source,
-            })
-        };
+        let spool_err = |source| self.spool_error(source);
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -220,12 +219,7 @@ impl Spool {
     fn download(&self, index: usize, file: &File, arrival: &Arrival) -> Result<(), RegistryError> {
         let (digest, size) = &self.layers[index];
         let what = format!("blob {digest}");
-        let spool_err = |source| {
-            self.client.error(ErrorKind::Spool {
-                dir: self.dir.path().to_owned(),
-                source,
-            })
-        };
+        let spool_err = |source| self.spool_error(source);
         let mut hash = Sha256::new();
         let mut written = 0u64;
         let mut failures = 0u32;
@@ -325,7 +319,7 @@ impl Spool {
         let poisoned = || self.client.error(ErrorKind::Poisoned);
         let mut st = self.state.lock().map_err(|_| poisoned())?;
         let index = (0..self.layers.len())
-            .find(|&i| self.layers[i].0 == *digest && !matches!(st.slots[i], Slot::Taken))
+            .find(|&i| self.layers[i].0 == *digest && !matches!(st.slots[i], Slot::Taken(_)))
             .ok_or_else(|| {
                 self.client.error(ErrorKind::NotFound {
                     what: format!("blob {digest} among the image's layers"),
@@ -334,19 +328,21 @@ impl Spool {
         st.wanted = st.wanted.max(index);
         self.changed.notify_all();
         loop {
-            match std::mem::replace(&mut st.slots[index], Slot::Taken) {
+            match std::mem::replace(&mut st.slots[index], Slot::Taken(None)) {
                 Slot::Started(file, arrival) => {
+                    st.slots[index] = Slot::Taken(Some(arrival.clone()));
                     let len = self.layers[index].1;
                     // `download` checks the digest before `arrival` lets
                     // the range end.
                     let spool: Weak<Spool> = Arc::downgrade(self);
-                    let range = FileRange::new(file, 0, len)
-                        .arriving(arrival)
-                        .on_drop(OnDrop::new(move || {
-                            if let Some(spool) = spool.upgrade() {
-                                spool.release(index);
-                            }
-                        }));
+                    let range =
+                        FileRange::new(file, 0, len)
+                            .arriving(arrival)
+                            .on_drop(OnDrop::new(move || {
+                                if let Some(spool) = spool.upgrade() {
+                                    spool.release(index);
+                                }
+                            }));
                     return Ok(VerifiedBlob::checked(range, digest.clone()));
                 }
                 Slot::Failed(e) => return Err(e),
@@ -357,9 +353,7 @@ impl Spool {
             }
         }
     }
-}
 
-impl Spool {
     /// How the downloads of `digest` that have started went, once they
     /// have ended: the first failure, if one failed. A layer that breaks
     /// while it is still arriving is explained by this first, since a
@@ -370,7 +364,10 @@ impl Spool {
             let st = self.state.lock().ok()?;
             (0..self.layers.len())
                 .filter(|&i| self.layers[i].0 == *digest)
-                .filter_map(|i| st.arrivals[i].clone())
+                .filter_map(|i| match &st.slots[i] {
+                    Slot::Started(_, a) | Slot::Taken(Some(a)) => Some(a.clone()),
+                    _ => None,
+                })
                 .collect()
         };
         arrivals.iter().find_map(|a| a.verdict())
