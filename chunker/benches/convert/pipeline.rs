@@ -178,15 +178,15 @@ fn case(
             // A fresh store each time, kept to the end: deleting one
             // makes the next runs' file creation slow (ext4 without a
             // journal steps over recently deleted inodes one by one).
-            let store = work.join(format!("store-{}-{pipeline}-{round}", cases_dir(name)));
-            settle();
-            if pipeline == "baseline" {
-                if let Some(bin) = baseline {
-                    runs.push(run_baseline(bin, source, &store, &baseline_keys)?);
-                }
+            if pipeline == "baseline" && baseline.is_none() {
                 continue;
             }
-            runs.push(run_child(source, &store, keys, cores, pipeline)?);
+            let store = work.join(format!("store-{}-{pipeline}-{round}", cases_dir(name)));
+            settle();
+            runs.push(match baseline.filter(|_| pipeline == "baseline") {
+                Some(bin) => run_baseline(bin, source, &store, &baseline_keys)?,
+                None => run_child(source, &store, keys, cores, pipeline)?,
+            });
         }
     }
     let serial = median(serial);
