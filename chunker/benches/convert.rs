@@ -9,7 +9,8 @@
 //!   beyond its own application layer;
 //! - the overlapped pipeline against the serial one on the same image
 //!   (as stored, and with uncompressed layers): wall time, CPU use and
-//!   system time against user time ([`pipeline`]).
+//!   system time against user time ([`pipeline`]), next to the CPU %
+//!   that threads spinning as long show on this host (`--spin`).
 //!
 //! Each conversion runs in a child process (this binary, re-executed) so
 //! its peak memory and CPU time are its own.
@@ -38,10 +39,10 @@ const GIB: f64 = (1u64 << 30) as f64;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
-    let result = if args.get(1).map(String::as_str) == Some("--child") {
-        child(&args[2..])
-    } else {
-        parent()
+    let result = match args.get(1).map(String::as_str) {
+        Some("--child") => child(&args[2..]),
+        Some("--spin") => spin(&args[2..]),
+        _ => parent(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -120,6 +121,48 @@ fn child(args: &[String]) -> Result<(), String> {
     Ok(())
 }
 
+/// `--spin SECS THREADS`: THREADS threads each busy for SECS of wall
+/// time, measured as a conversion child measures itself, then one result
+/// line as [`child`] prints it. What this host lets a job that long show
+/// as CPU %: the ceiling for the pipeline's figure.
+fn spin(args: &[String]) -> Result<(), String> {
+    let [secs, threads] = args else {
+        return Err("spin: SECS THREADS".into());
+    };
+    let secs: f64 = secs.parse().map_err(|_| "spin: SECS")?;
+    let threads: usize = threads.parse().map_err(|_| "spin: THREADS")?;
+    let (user0, sys0) = cpu_times();
+    let t = Instant::now();
+    let spinners: Vec<_> = (0..threads)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut x = 0u64;
+                while t.elapsed().as_secs_f64() < secs {
+                    x = std::hint::black_box(x.wrapping_add(1));
+                }
+            })
+        })
+        .collect();
+    for s in spinners {
+        s.join().map_err(|_| "a spinning thread panicked")?;
+    }
+    let secs = t.elapsed().as_secs_f64();
+    let (user1, sys1) = cpu_times();
+    let run = Run {
+        secs,
+        image: 0,
+        written: 0,
+        manifest: 0,
+        hwm_kib: 0,
+        app_layer: 0,
+        user_secs: user1 - user0,
+        sys_secs: sys1 - sys0,
+    };
+    let json = serde_json::to_string(&run).map_err(|e| e.to_string())?;
+    println!("RESULT {json}");
+    Ok(())
+}
+
 /// What one child conversion reported (one JSON line on its stdout).
 #[derive(serde::Serialize, serde::Deserialize)]
 pub struct Run {
@@ -140,21 +183,22 @@ fn run_child(
     threads: usize,
     pipeline: &str,
 ) -> Result<Run, String> {
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let out = Command::new(exe)
-        .arg("--child")
+    let mut cmd = Command::new(std::env::current_exe().map_err(|e| e.to_string())?);
+    cmd.arg("--child")
         .arg(source)
         .arg(store)
         .arg(keys)
         .arg(threads.to_string())
-        .arg(pipeline)
-        .output()
-        .map_err(|e| e.to_string())?;
+        .arg(pipeline);
+    child_result(&mut cmd, &format!("converting {source}"))
+}
+
+/// Runs this bench as a child (`--child`, `--spin`) and reads the [`Run`]
+/// it prints; `what` names it in an error.
+fn child_result(cmd: &mut Command, what: &str) -> Result<Run, String> {
+    let out = cmd.output().map_err(|e| format!("{what}: {e}"))?;
     if !out.status.success() {
-        return Err(format!(
-            "converting {source}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
+        return Err(format!("{what}: {}", String::from_utf8_lossy(&out.stderr)));
     }
     let text = String::from_utf8_lossy(&out.stdout);
     let line = text

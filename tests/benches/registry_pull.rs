@@ -123,8 +123,12 @@ fn median(mut v: Vec<Timing>) -> Timing {
     v[v.len() / 2]
 }
 
-fn sync() {
+/// Writes back what the previous run left dirty, then pauses: the virtual
+/// disk here is still busy for a moment after `sync` returns, and a run
+/// started at once pays for some of the last one's writes.
+fn settle() {
     let _ = Command::new("sync").status();
+    std::thread::sleep(std::time::Duration::from_secs(2));
 }
 
 fn run() -> Res<()> {
@@ -210,8 +214,7 @@ fn measure(bin: &Path, remote: &str, rounds: usize, work: &Path, link: &str) -> 
         std::fs::create_dir_all(&t).map_err(|e| e.to_string())?;
         let oci = format!("oci:{}:{TAG}", t.join("oci").display());
         for side in [round % 2, 1 - round % 2] {
-            // What the previous run left dirty is written back first.
-            sync();
+            settle();
             if side == 0 {
                 direct.push(timed(&mut convert(bin, remote, &d))?);
                 continue;

@@ -15,7 +15,7 @@ use std::time::Instant;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use super::{Run, run_child};
+use super::{Run, child_result, run_child};
 
 /// Rounds of each pipeline on each image; the median run is reported.
 const ROUNDS: usize = 9;
@@ -74,6 +74,11 @@ pub struct PipelineCase {
     pub speedup_vs_baseline: Option<f64>,
     /// The overlapped run against the goals.
     pub goals: Goals,
+    /// What this host shows for a job as long as the overlapped run with
+    /// every core busy from start to end: the median CPU % of `cores`
+    /// threads spinning that long, one spin per round. The CPU goal's
+    /// ceiling here.
+    pub ceiling_cpu_percent: f64,
 }
 
 /// The overlapped pipeline's goals, checked: CPU at least 90 % of the
@@ -185,6 +190,19 @@ fn run_baseline(bin: &Path, source: &str, store: &Path, keys: &Path) -> Result<R
     })
 }
 
+/// `threads` threads spinning for `secs` (the bench's `--spin`), as a
+/// [`PipelineRun`].
+fn run_spin(secs: f64, threads: usize) -> Result<PipelineRun, String> {
+    let mut cmd = Command::new(std::env::current_exe().map_err(|e| e.to_string())?);
+    cmd.arg("--spin")
+        .arg(secs.to_string())
+        .arg(threads.to_string());
+    Ok(PipelineRun::new(
+        "spin",
+        &child_result(&mut cmd, "spinning")?,
+    ))
+}
+
 fn median(mut runs: Vec<Run>) -> Run {
     runs.sort_by(|a, b| a.secs.total_cmp(&b.secs));
     runs.swap_remove(runs.len() / 2)
@@ -202,6 +220,7 @@ fn case(
     let mut serial = Vec::new();
     let mut overlapped = Vec::new();
     let mut earlier = Vec::new();
+    let mut ceiling = Vec::new();
     // Its own keys: an earlier build may not read this one's key files.
     let baseline_keys = work.join("keys-baseline");
     for round in 0..ROUNDS {
@@ -223,7 +242,12 @@ fn case(
                 None => run_child(source, &store, keys, cores, pipeline)?,
             });
         }
+        let this_round = overlapped.last().map_or(0.5, |r: &Run| r.secs);
+        settle();
+        ceiling.push(run_spin(this_round, cores)?.cpu_percent);
     }
+    ceiling.sort_by(f64::total_cmp);
+    let ceiling_cpu_percent = ceiling[ceiling.len() / 2];
     let serial = median(serial);
     let image = serial.image;
     let serial = PipelineRun::new("serial", &serial);
@@ -237,6 +261,7 @@ fn case(
     Ok(PipelineCase {
         image: name.to_owned(),
         goals,
+        ceiling_cpu_percent,
         speedup: overlapped.mb_per_s / serial.mb_per_s,
         speedup_vs_baseline: baseline.as_ref().map(|b| overlapped.mb_per_s / b.mb_per_s),
         baseline,
@@ -322,6 +347,10 @@ pub fn print(report: &PipelineReport) {
         if let Some(x) = case.speedup_vs_baseline {
             println!("{:<27} throughput overlapped / baseline: {x:.2}x", "");
         }
+        println!(
+            "{:<27} ceiling: {} threads spinning as long as the overlapped run: {:.0}% CPU",
+            "", report.cores, case.ceiling_cpu_percent
+        );
         let verdict = |met: bool| if met { "met" } else { "MISSED" };
         let g = &case.goals;
         println!(
