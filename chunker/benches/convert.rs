@@ -106,7 +106,7 @@ fn child(args: &[String]) -> Result<(), String> {
         .as_ref()
         .and_then(|f| f.layers.last())
         .map_or(0, |l| l.uncompressed_bytes);
-    let run = Run {
+    Run {
         secs,
         image: r.image_bytes,
         written: r.bytes_written,
@@ -115,10 +115,8 @@ fn child(args: &[String]) -> Result<(), String> {
         app_layer,
         user_secs: user1 - user0,
         sys_secs: sys1 - sys0,
-    };
-    let json = serde_json::to_string(&run).map_err(|e| e.to_string())?;
-    println!("RESULT {json}");
-    Ok(())
+    }
+    .print()
 }
 
 /// `--spin SECS THREADS`: THREADS threads each busy for SECS of wall
@@ -146,21 +144,8 @@ fn spin(args: &[String]) -> Result<(), String> {
     for s in spinners {
         s.join().map_err(|_| "a spinning thread panicked")?;
     }
-    let secs = t.elapsed().as_secs_f64();
     let (user1, sys1) = cpu_times();
-    let run = Run {
-        secs,
-        image: 0,
-        written: 0,
-        manifest: 0,
-        hwm_kib: 0,
-        app_layer: 0,
-        user_secs: user1 - user0,
-        sys_secs: sys1 - sys0,
-    };
-    let json = serde_json::to_string(&run).map_err(|e| e.to_string())?;
-    println!("RESULT {json}");
-    Ok(())
+    Run::timing(t.elapsed().as_secs_f64(), user1 - user0, sys1 - sys0).print()
 }
 
 /// What one child conversion reported (one JSON line on its stdout).
@@ -174,6 +159,31 @@ pub struct Run {
     app_layer: u64,
     user_secs: f64,
     sys_secs: f64,
+}
+
+impl Run {
+    /// Times alone, for a run that converted nothing this bench counts
+    /// (a spin, an earlier build's `convert`).
+    pub fn timing(secs: f64, user_secs: f64, sys_secs: f64) -> Self {
+        Run {
+            secs,
+            image: 0,
+            written: 0,
+            manifest: 0,
+            hwm_kib: 0,
+            app_layer: 0,
+            user_secs,
+            sys_secs,
+        }
+    }
+
+    /// The child's one result line: `RESULT` and this run as JSON, which
+    /// [`child_result`] reads.
+    fn print(&self) -> Result<(), String> {
+        let json = serde_json::to_string(self).map_err(|e| e.to_string())?;
+        println!("RESULT {json}");
+        Ok(())
+    }
 }
 
 fn run_child(

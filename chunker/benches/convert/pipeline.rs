@@ -178,16 +178,7 @@ fn run_baseline(bin: &Path, source: &str, store: &Path, keys: &Path) -> Result<R
         ));
     }
     let (u1, s1) = children_cpu();
-    Ok(Run {
-        secs,
-        image: 0,
-        written: 0,
-        manifest: 0,
-        hwm_kib: 0,
-        app_layer: 0,
-        user_secs: u1 - u0,
-        sys_secs: s1 - s0,
-    })
+    Ok(Run::timing(secs, u1 - u0, s1 - s0))
 }
 
 /// `threads` threads spinning for `secs` (the bench's `--spin`), as a
@@ -242,9 +233,8 @@ fn case(
                 None => run_child(source, &store, keys, cores, pipeline)?,
             });
         }
-        let this_round = overlapped.last().map_or(0.5, |r: &Run| r.secs);
         settle();
-        ceiling.push(run_spin(this_round, cores)?.cpu_percent);
+        ceiling.push(run_spin(overlapped[round].secs, cores)?.cpu_percent);
     }
     ceiling.sort_by(f64::total_cmp);
     let ceiling_cpu_percent = ceiling[ceiling.len() / 2];
