@@ -1,5 +1,6 @@
 //! Shared by the benchmarks: where the real Debian images are.
 
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 /// The OCI layout `scripts/build-debian-images.sh` builds (tags `base`,
@@ -10,4 +11,29 @@ pub fn layout_dir() -> PathBuf {
     }
     let cache = std::env::var("IMAGEFS_CACHE").unwrap_or_else(|_| "/var/cache/imagefs".into());
     Path::new(&cache).join("debian-images/oci")
+}
+
+/// Reads every file under `dir`, so that a timed run finds its source in
+/// the page cache whatever this shared host evicted meanwhile: the runs
+/// compared then differ in what they do, not in which of them waited for
+/// the disk. Returns the bytes read.
+pub fn warm(dir: &Path) -> io::Result<u64> {
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            total += warm(&entry.path())?;
+        } else if kind.is_file() {
+            let mut file = std::fs::File::open(entry.path())?;
+            loop {
+                match file.read(&mut buf)? {
+                    0 => break,
+                    n => total += n as u64,
+                }
+            }
+        }
+    }
+    Ok(total)
 }

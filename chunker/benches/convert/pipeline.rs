@@ -15,7 +15,7 @@ use std::time::Instant;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use super::{Run, child_result, run_child};
+use super::{Run, child_result, common, run_child};
 
 /// Rounds of each pipeline on each image; the median run is reported.
 const ROUNDS: usize = 9;
@@ -131,13 +131,18 @@ fn loadavg() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
-/// Writes back what is dirty, then pauses, so that each run starts from
-/// the same state and pays for its own writes only: the virtual disk here
-/// is still busy for a moment after `sync` returns, and a run started at
-/// once measured more system time than the same run started later.
-fn settle() {
+/// Reads the image's layout (`source`, when one is given) into the page
+/// cache, writes back what is dirty, then pauses, so that each run starts
+/// from the same state and pays for its own writes only: the virtual disk
+/// here is still busy for a moment after `sync` returns, and a run started
+/// at once measured more system time than the same run started later.
+fn settle(source: Option<&Path>) -> Result<(), String> {
+    if let Some(dir) = source {
+        common::warm(dir).map_err(|e| format!("reading {}: {e}", dir.display()))?;
+    }
     let _ = std::process::Command::new("sync").status();
     std::thread::sleep(SETTLE_PAUSE);
+    Ok(())
 }
 
 /// The pause after each `sync` (see [`settle`]).
@@ -199,9 +204,11 @@ fn median(mut runs: Vec<Run>) -> Run {
     runs.swap_remove(runs.len() / 2)
 }
 
-/// Converts `source` ROUNDS times with each pipeline, alternating.
+/// Converts `source` (the image in the layout at `layout`) ROUNDS times
+/// with each pipeline, alternating.
 fn case(
     name: &str,
+    layout: &Path,
     source: &str,
     work: &Path,
     keys: &Path,
@@ -227,13 +234,13 @@ fn case(
                 continue;
             }
             let store = work.join(format!("store-{}-{pipeline}-{round}", cases_dir(name)));
-            settle();
+            settle(Some(layout))?;
             runs.push(match baseline.filter(|_| pipeline == "baseline") {
                 Some(bin) => run_baseline(bin, source, &store, &baseline_keys)?,
                 None => run_child(source, &store, keys, cores, pipeline)?,
             });
         }
-        settle();
+        settle(None)?;
         ceiling.push(run_spin(overlapped[round].secs, cores)?.cpu_percent);
     }
     ceiling.sort_by(f64::total_cmp);
@@ -273,6 +280,7 @@ pub fn compare(layout: &Path, work: &Path, keys: &Path) -> Result<PipelineReport
     let cases = vec![
         case(
             "python (gzip layers)",
+            layout,
             &format!("oci:{}:python", layout.display()),
             work,
             keys,
@@ -281,6 +289,7 @@ pub fn compare(layout: &Path, work: &Path, keys: &Path) -> Result<PipelineReport
         )?,
         case(
             "python (plain tar layers)",
+            &plain,
             &plain_source,
             work,
             keys,
