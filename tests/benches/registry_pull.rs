@@ -127,7 +127,8 @@ fn median(mut v: Vec<Timing>) -> Timing {
 /// disk here is still busy for a moment after `sync` returns, and a run
 /// started at once pays for some of the last one's writes. First reads
 /// the registry's storage (`served`) into the page cache, so neither side
-/// waits for the disk because this shared host evicted the blobs.
+/// waits for the disk because the host's memory reclaim (DAMON's pageout,
+/// on this VM) took the blobs.
 fn settle(served: &Path) -> Res<()> {
     harness::output(
         Command::new("find")

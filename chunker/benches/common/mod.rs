@@ -14,26 +14,20 @@ pub fn layout_dir() -> PathBuf {
 }
 
 /// Reads every file under `dir`, so that a timed run finds its source in
-/// the page cache whatever this shared host evicted meanwhile: the runs
-/// compared then differ in what they do, not in which of them waited for
-/// the disk. Returns the bytes read.
-pub fn warm(dir: &Path) -> io::Result<u64> {
+/// the page cache whatever the host's memory reclaim (DAMON's pageout, on
+/// this VM) took meanwhile: the runs compared then differ in what they
+/// do, not in which of them waited for the disk.
+pub fn warm(dir: &Path) -> io::Result<()> {
     let mut buf = vec![0u8; 1 << 20];
-    let mut total = 0;
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         let kind = entry.file_type()?;
         if kind.is_dir() {
-            total += warm(&entry.path())?;
+            warm(&entry.path())?;
         } else if kind.is_file() {
             let mut file = std::fs::File::open(entry.path())?;
-            loop {
-                match file.read(&mut buf)? {
-                    0 => break,
-                    n => total += n as u64,
-                }
-            }
+            while file.read(&mut buf)? > 0 {}
         }
     }
-    Ok(total)
+    Ok(())
 }
