@@ -123,12 +123,12 @@ fn median(mut v: Vec<Timing>) -> Timing {
     v[v.len() / 2]
 }
 
-/// Writes back what the previous run left dirty, then pauses: the virtual
-/// disk here is still busy for a moment after `sync` returns, and a run
-/// started at once pays for some of the last one's writes. First reads
-/// the registry's storage (`served`) into the page cache, so neither side
-/// waits for the disk because the host's memory reclaim (DAMON's pageout,
-/// on this VM) took the blobs.
+/// Reads the registry's storage (`served`) into the page cache, so that
+/// neither side waits for the disk because the host's memory reclaim
+/// (DAMON's pageout, on this VM) took the blobs; then writes back what the
+/// previous run left dirty and pauses: the virtual disk here is still busy
+/// for a moment after `sync` returns, and a run started at once pays for
+/// some of the last one's writes.
 fn settle(served: &Path) -> Res<()> {
     harness::output(
         Command::new("find")
@@ -185,7 +185,8 @@ fn run() -> Res<()> {
         rounds,
         links: vec![measure(
             &bin,
-            (&remote, reg.dir()),
+            &remote,
+            reg.dir(),
             rounds,
             &work.path().join("loopback"),
             "loopback",
@@ -195,7 +196,8 @@ fn run() -> Res<()> {
     match Shaped::port(reg.addr().port(), &rate) {
         Ok(_shaped) => report.links.push(measure(
             &bin,
-            (&remote, reg.dir()),
+            &remote,
+            reg.dir(),
             rounds,
             &work.path().join("shaped"),
             &rate,
@@ -218,7 +220,8 @@ fn run() -> Res<()> {
 /// blobs under `served`), in fresh stores under `work`.
 fn measure(
     bin: &Path,
-    (remote, served): (&str, &Path),
+    remote: &str,
+    served: &Path,
     rounds: usize,
     work: &Path,
     link: &str,
