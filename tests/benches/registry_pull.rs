@@ -14,8 +14,10 @@
 //! the registry sends shaped to a network's rate (`IMAGEFS_BENCH_LINK`,
 //! default `1gbit`; `tc`, root; skipped with the reason otherwise), where
 //! the download takes time of its own for the direct path to hide.
-//! Prints wall and CPU times and the ratio direct / two-step (goal: ≤ 0.7)
-//! for each; `IMAGEFS_BENCH_JSON=FILE` writes the report.
+//! Prints wall and CPU times, the CPU the registry used meanwhile (on
+//! loopback it shares the two cores with the conversion), and the ratio
+//! direct / two-step (goal: ≤ 0.7) for each; `IMAGEFS_BENCH_JSON=FILE`
+//! writes the report.
 //!
 //! Needs the Debian images (`scripts/build-debian-images.sh`), skopeo,
 //! docker-registry and a release `imagefs` (`cargo build --release -p
@@ -46,6 +48,8 @@ struct Timing {
     /// CPU seconds (user + system) of the commands themselves, not the
     /// registry's.
     cpu_secs: f64,
+    /// CPU seconds the registry used while they ran.
+    registry_cpu_secs: f64,
 }
 
 /// Both paths over one link.
@@ -81,28 +85,19 @@ fn main() {
     }
 }
 
-/// CPU seconds of the children waited for so far (`cutime + cstime` of
-/// `/proc/self/stat`, in USER_HZ = 100).
-fn children_cpu() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the command name, which is in parentheses: cutime and
-    // cstime are the 14th and 15th.
-    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let f: Vec<f64> = after
-        .split_whitespace()
-        .skip(13)
-        .take(2)
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    f.iter().sum::<f64>() / 100.0
+/// CPU seconds of the children waited for so far.
+fn children_cpu() -> Res<f64> {
+    harness::proc_cpu_secs("self", true)
 }
 
-fn timed(cmd: &mut Command) -> Res<Timing> {
-    let (start, cpu) = (Instant::now(), children_cpu());
+/// Runs `cmd`: its wall time, its CPU, and the CPU `reg` used meanwhile.
+fn timed(cmd: &mut Command, reg: &Registry) -> Res<Timing> {
+    let (start, cpu, reg_cpu) = (Instant::now(), children_cpu()?, reg.cpu_secs()?);
     harness::output(cmd)?;
     Ok(Timing {
         secs: start.elapsed().as_secs_f64(),
-        cpu_secs: children_cpu() - cpu,
+        cpu_secs: children_cpu()? - cpu,
+        registry_cpu_secs: reg.cpu_secs()? - reg_cpu,
     })
 }
 
@@ -186,7 +181,7 @@ fn run() -> Res<()> {
         links: vec![measure(
             &bin,
             &remote,
-            reg.dir(),
+            &reg,
             rounds,
             &work.path().join("loopback"),
             "loopback",
@@ -197,7 +192,7 @@ fn run() -> Res<()> {
         Ok(_shaped) => report.links.push(measure(
             &bin,
             &remote,
-            reg.dir(),
+            &reg,
             rounds,
             &work.path().join("shaped"),
             &rate,
@@ -216,12 +211,12 @@ fn run() -> Res<()> {
     Ok(())
 }
 
-/// `rounds` rounds of both paths from `remote` (whose registry keeps its
-/// blobs under `served`), in fresh stores under `work`.
+/// `rounds` rounds of both paths from `remote` (served by `reg`), in fresh
+/// stores under `work`.
 fn measure(
     bin: &Path,
     remote: &str,
-    served: &Path,
+    reg: &Registry,
     rounds: usize,
     work: &Path,
     link: &str,
@@ -233,23 +228,27 @@ fn measure(
         std::fs::create_dir_all(&t).map_err(|e| e.to_string())?;
         let oci = format!("oci:{}:{TAG}", t.join("oci").display());
         for side in [round % 2, 1 - round % 2] {
-            settle(served)?;
+            settle(reg.dir())?;
             if side == 0 {
-                direct.push(timed(&mut convert(bin, remote, &d))?);
+                direct.push(timed(&mut convert(bin, remote, &d), reg)?);
                 continue;
             }
-            let c = timed(Command::new("skopeo").args([
-                "copy",
-                "--quiet",
-                "--src-tls-verify=false",
-                remote,
-                &oci,
-            ]))?;
-            let v = timed(&mut convert(bin, &oci, &t))?;
+            let c = timed(
+                Command::new("skopeo").args([
+                    "copy",
+                    "--quiet",
+                    "--src-tls-verify=false",
+                    remote,
+                    &oci,
+                ]),
+                reg,
+            )?;
+            let v = timed(&mut convert(bin, &oci, &t), reg)?;
             copy.push(c);
             two_step.push(Timing {
                 secs: c.secs + v.secs,
                 cpu_secs: c.cpu_secs + v.cpu_secs,
+                registry_cpu_secs: c.registry_cpu_secs + v.registry_cpu_secs,
             });
         }
     }
@@ -273,8 +272,8 @@ fn print_report(r: &PullReport) {
         r.rounds
     );
     println!(
-        "{:<12} {:<36} {:>8} {:>8}",
-        "link", "path", "seconds", "CPU s"
+        "{:<12} {:<36} {:>8} {:>8} {:>15}",
+        "link", "path", "seconds", "CPU s", "registry CPU s"
     );
     for l in &r.links {
         for (name, t) in [
@@ -283,8 +282,8 @@ fn print_report(r: &PullReport) {
             ("skopeo copy + imagefs convert oci:", l.two_step),
         ] {
             println!(
-                "{:<12} {name:<36} {:>8.2} {:>8.2}",
-                l.link, t.secs, t.cpu_secs
+                "{:<12} {name:<36} {:>8.2} {:>8.2} {:>15.2}",
+                l.link, t.secs, t.cpu_secs, t.registry_cpu_secs
             );
         }
     }

@@ -182,3 +182,46 @@ pub fn output(cmd: &mut Command) -> Result<String, String> {
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
+
+/// CPU seconds (user + system) from `/proc/PID/stat` (`pid` a number or
+/// `self`): the process's own when `children` is false, else those of
+/// its children it has waited for.
+pub fn proc_cpu_secs(pid: &str, children: bool) -> Result<f64, String> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))?;
+    stat_cpu_secs(&stat, children).map_err(|e| format!("{path}: {e}"))
+}
+
+/// [`proc_cpu_secs`] of one `stat` line, in USER_HZ ticks (100 a second).
+fn stat_cpu_secs(stat: &str, children: bool) -> Result<f64, String> {
+    // The fields after the command name, which is in parentheses and may
+    // hold spaces and parentheses: utime and stime are the 12th and 13th,
+    // cutime and cstime the 14th and 15th.
+    let (_, after) = stat.rsplit_once(')').ok_or("no command name")?;
+    let skip = if children { 13 } else { 11 };
+    let ticks = after
+        .split_whitespace()
+        .skip(skip)
+        .take(2)
+        .map(|f| f.parse::<u64>().map_err(|e| format!("{f:?}: {e}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    match ticks[..] {
+        [user, system] => Ok((user + system) as f64 / 100.0),
+        _ => Err("too few fields".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_fields_are_read_after_the_command_name() {
+        let line = "42 (a) b (c) S 1 42 42 0 -1 4194560 10 0 0 0 150 25 7 3 20 0 1 0 5";
+        assert_eq!(stat_cpu_secs(line, false), Ok(1.75));
+        assert_eq!(stat_cpu_secs(line, true), Ok(0.10));
+        assert!(stat_cpu_secs("42 (a) S 1 2", false).is_err());
+        assert!(stat_cpu_secs("no name", false).is_err());
+        assert!(proc_cpu_secs("self", false).is_ok());
+    }
+}

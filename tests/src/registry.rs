@@ -189,6 +189,11 @@ impl Registry {
         self.addr
     }
 
+    /// CPU seconds the registry process has used so far.
+    pub fn cpu_secs(&self) -> Result<f64, String> {
+        crate::harness::proc_cpu_secs(&self.child.id().to_string(), false)
+    }
+
     /// The registry's own directory.
     pub fn dir(&self) -> &Path {
         self.dir.path()
