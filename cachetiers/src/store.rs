@@ -226,6 +226,18 @@ pub trait ChunkStore: Send + Sync {
         Ok((id, outcome))
     }
 
+    /// [`ChunkStore::put_batched`] of several objects, in order, hashed
+    /// together ([`ChunkId::of_objects`], faster than one by one); stops
+    /// at the first that fails. The default puts each as `put_batched`'s
+    /// default does.
+    fn put_batched_all(&self, objects: &[&[u8]]) -> Result<Vec<(ChunkId, PutOutcome)>, StoreError> {
+        ChunkId::of_objects(objects)
+            .into_iter()
+            .zip(objects)
+            .map(|(id, object)| Ok((id, self.put_verified(Verified::trusted(&id, object))?)))
+            .collect()
+    }
+
     /// Makes every object stored through this handle durable, those of
     /// [`ChunkStore::put_batched`] included. A stored manifest must not
     /// name an object put before it unless this has returned `Ok` since
@@ -271,6 +283,12 @@ macro_rules! forward_store {
             }
             fn put_batched(&self, object: &[u8]) -> Result<(ChunkId, PutOutcome), StoreError> {
                 (**self).put_batched(object)
+            }
+            fn put_batched_all(
+                &self,
+                objects: &[&[u8]],
+            ) -> Result<Vec<(ChunkId, PutOutcome)>, StoreError> {
+                (**self).put_batched_all(objects)
             }
             fn sync(&self) -> Result<(), StoreError> {
                 (**self).sync()

@@ -14,7 +14,7 @@ use std::fmt;
 use aes_gcm::aead::{AeadInOut, KeyInit};
 use aes_gcm::{Aes256Gcm, Key, Nonce};
 use hmac::{Hmac, Mac};
-use sha2::Sha256;
+use sha2::{Digest as _, Sha256};
 
 use crate::ids::{ChunkId, ChunkKey};
 
@@ -107,6 +107,34 @@ pub fn derive_chunk_key(secret: &DomainSecret, plaintext: &[u8]) -> ChunkKey {
     ChunkKey(mac.finalize().into_bytes().into())
 }
 
+/// [`derive_chunk_key`] of several plaintexts, in order, their inner
+/// hashes interleaved as in [`ChunkId::of_objects`].
+pub fn derive_chunk_keys(secret: &DomainSecret, plaintexts: &[&[u8]]) -> Vec<ChunkKey> {
+    // HMAC by its definition (RFC 2104), which the hmac crate follows:
+    // H((K ^ opad) || H((K ^ ipad) || m)), K zero-padded to the block.
+    // Only the inner hash is long; it is the one interleaved.
+    let mut ipad = [0x36u8; 64];
+    let mut opad = [0x5cu8; 64];
+    for (i, b) in secret.0.iter().enumerate() {
+        ipad[i] ^= b;
+        opad[i] ^= b;
+    }
+    let mut inner = vec![[0u8; 32]; plaintexts.len()];
+    tape_sha256::hash_many_prefixed(&ipad, plaintexts, &mut inner);
+    inner
+        .iter()
+        .map(|h| {
+            ChunkKey(
+                Sha256::new()
+                    .chain_update(opad)
+                    .chain_update(h)
+                    .finalize()
+                    .into(),
+            )
+        })
+        .collect()
+}
+
 fn cipher(key: &ChunkKey) -> Aes256Gcm {
     Aes256Gcm::new(&Key::<Aes256Gcm>::from(key.0))
 }
@@ -147,16 +175,32 @@ pub fn encrypt_chunk_owned(secret: &DomainSecret, mut buffer: Vec<u8>) -> Encryp
 /// what it is given can hash it once for both.
 pub fn encrypt_chunk_in_place(secret: &DomainSecret, buffer: &mut Vec<u8>) -> ChunkKey {
     let key = derive_chunk_key(secret, buffer);
+    encrypt_under(&key, buffer);
+    key
+}
+
+/// [`encrypt_chunk_in_place`] of several chunks, their keys derived
+/// together ([`derive_chunk_keys`]); the keys, in order.
+pub fn encrypt_chunks_in_place(secret: &DomainSecret, buffers: &mut [Vec<u8>]) -> Vec<ChunkKey> {
+    let plaintexts: Vec<&[u8]> = buffers.iter().map(Vec::as_slice).collect();
+    let keys = derive_chunk_keys(secret, &plaintexts);
+    for (key, buffer) in keys.iter().zip(buffers.iter_mut()) {
+        encrypt_under(key, buffer);
+    }
+    keys
+}
+
+/// AES-256-GCM of `buffer` in place under a chunk key.
+fn encrypt_under(key: &ChunkKey, buffer: &mut Vec<u8>) {
     // The fixed nonce: see `chunk_nonce` for why it is safe with
     // plaintext-derived keys.
     let nonce = chunk_nonce();
-    cipher(&key)
+    cipher(key)
         .encrypt_in_place(&nonce, b"", buffer)
         .unwrap_or_else(|_| {
             // Only fails for plaintexts over 64 GiB; chunks are at most 4 MiB.
             unreachable!("AES-GCM refused a {}-byte chunk", buffer.len())
         });
-    key
 }
 
 /// Checks that `object` hashes to `id`. Needs no key.
@@ -233,6 +277,62 @@ mod tests {
         verify_object(&chunk.id, &chunk.object).unwrap();
         let back = decrypt_chunk(&chunk.id, &chunk.key, &chunk.object).unwrap();
         assert_eq!(back, plain);
+    }
+
+    /// Plaintexts of lengths around SHA-256's block and padding edges,
+    /// a chunk's size, and a mix of them in one batch.
+    fn batch_samples() -> Vec<Vec<u8>> {
+        [
+            0usize,
+            1,
+            55,
+            56,
+            63,
+            64,
+            65,
+            119,
+            120,
+            128,
+            4096,
+            70_000,
+            512 * 1024,
+        ]
+        .iter()
+        .enumerate()
+        .map(|(n, &len)| (0..len).map(|i| (i * 31 + n * 7 + i / 251) as u8).collect())
+        .collect()
+    }
+
+    #[test]
+    fn batched_keys_ids_and_objects_are_those_made_one_at_a_time() {
+        let samples = batch_samples();
+        // Every batch size from 1 to past the 4 streams hashed at once,
+        // each starting at a different sample so lengths mix.
+        for size in 1..=9 {
+            for start in 0..samples.len() {
+                let batch: Vec<Vec<u8>> = (0..size)
+                    .map(|k| samples[(start + k) % samples.len()].clone())
+                    .collect();
+                let plain: Vec<&[u8]> = batch.iter().map(Vec::as_slice).collect();
+                let keys = derive_chunk_keys(&secret(5), &plain);
+                let mut buffers = batch.clone();
+                let encrypted_keys = encrypt_chunks_in_place(&secret(5), &mut buffers);
+                let objects: Vec<&[u8]> = buffers.iter().map(Vec::as_slice).collect();
+                let ids = ChunkId::of_objects(&objects);
+                assert_eq!((keys.len(), ids.len()), (size, size));
+                for (k, p) in plain.iter().enumerate() {
+                    let one = encrypt_chunk(&secret(5), p);
+                    let what =
+                        format!("batch of {size} from {start}, item {k} ({} bytes)", p.len());
+                    assert_eq!(keys[k], derive_chunk_key(&secret(5), p), "{what}");
+                    assert_eq!(encrypted_keys[k], one.key, "{what}");
+                    assert_eq!(buffers[k], one.object, "{what}");
+                    assert_eq!(ids[k], one.id, "{what}");
+                }
+            }
+        }
+        assert!(derive_chunk_keys(&secret(5), &[]).is_empty());
+        assert!(ChunkId::of_objects(&[]).is_empty());
     }
 
     #[test]

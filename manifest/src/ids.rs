@@ -60,6 +60,16 @@ impl ChunkId {
         Self(Sha256::digest(object).into())
     }
 
+    /// The ids of several objects, in order: [`ChunkId::of_object`] of
+    /// each, hashed as interleaved streams. One SHA-256 stream cannot keep
+    /// the CPU's SHA unit busy (each block waits on the last); four can, so
+    /// four objects hash in about the time of two.
+    pub fn of_objects(objects: &[&[u8]]) -> Vec<Self> {
+        let mut digests = vec![[0u8; 32]; objects.len()];
+        tape_sha256::hash_many(objects, &mut digests);
+        digests.into_iter().map(Self).collect()
+    }
+
     /// The raw 32 bytes.
     pub fn as_bytes(&self) -> &[u8; 32] {
         &self.0

@@ -47,8 +47,8 @@ pub mod wire;
 pub use chunk_size::{ChunkSize, ChunkSizeError};
 pub use convergent::{
     ConvergentError, DomainSecret, EncryptedChunk, decrypt_checked_chunk_owned, decrypt_chunk,
-    decrypt_chunk_owned, derive_chunk_key, encrypt_chunk, encrypt_chunk_in_place,
-    encrypt_chunk_owned, verify_object,
+    decrypt_chunk_owned, derive_chunk_key, derive_chunk_keys, encrypt_chunk,
+    encrypt_chunk_in_place, encrypt_chunk_owned, encrypt_chunks_in_place, verify_object,
 };
 pub use conversion::{ConversionInputs, ConversionKey};
 pub use format::{ChunkEntry, DomainMismatch, FormatError, ImageConfig, Manifest};

@@ -40,6 +40,30 @@ fn temps(dir: &Path) -> Vec<String> {
 }
 
 #[test]
+fn objects_batched_together_are_each_stored_under_their_own_id() {
+    let (_tmp, store) = store();
+    let chunks: Vec<EncryptedChunk> = (1..=6).map(chunk).collect();
+    // The third twice: the second copy dedups against the first.
+    let mut objects: Vec<&[u8]> = chunks.iter().map(|c| c.object.as_slice()).collect();
+    objects.push(&chunks[2].object);
+    let put = store.put_batched_all(&objects).unwrap();
+    let ids: Vec<ChunkId> = put.iter().map(|(id, _)| *id).collect();
+    let mut expected: Vec<ChunkId> = chunks.iter().map(|c| c.id).collect();
+    expected.push(chunks[2].id);
+    assert_eq!(ids, expected, "each id is its object's SHA-256, in order");
+    let outcomes: Vec<PutOutcome> = put.iter().map(|(_, o)| *o).collect();
+    let mut stored = vec![PutOutcome::Stored; 6];
+    stored.push(PutOutcome::AlreadyPresent);
+    assert_eq!(outcomes, stored);
+    assert_eq!(temps(store.root()).len(), 6);
+    ChunkStore::sync(&store).unwrap();
+    for c in &chunks {
+        assert_eq!(fs::read(store.chunk_path(&c.id)).unwrap(), c.object);
+    }
+    assert!(store.put_batched_all(&[]).unwrap().is_empty());
+}
+
+#[test]
 fn a_batched_object_is_stored_at_once_and_in_place_after_sync() {
     let (_tmp, store) = store();
     let c = chunk(1);

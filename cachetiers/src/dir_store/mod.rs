@@ -311,6 +311,17 @@ impl ChunkStore for DirStore {
         Ok((id, self.put_batched_checked(&id, object)?))
     }
 
+    fn put_batched_all(&self, objects: &[&[u8]]) -> Result<Vec<(ChunkId, PutOutcome)>, StoreError> {
+        ChunkId::of_objects(objects)
+            .into_iter()
+            .zip(objects)
+            .map(|(id, object)| {
+                check_len(&id, object)?;
+                Ok((id, self.put_batched_checked(&id, object)?))
+            })
+            .collect()
+    }
+
     fn sync(&self) -> Result<(), StoreError> {
         DirStore::sync(self)
     }

@@ -55,6 +55,29 @@ fn file_origin_reads_what_a_dir_store_wrote() {
 }
 
 #[test]
+fn an_origin_puts_objects_batched_together_under_their_ids() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("store");
+    DirStore::create(&root).unwrap();
+    let origin = open_origin(&file_url(&root), false).unwrap();
+    let chunks: Vec<EncryptedChunk> = (1..=5).map(chunk).collect();
+    origin.put(&chunks[1].id, &chunks[1].object).unwrap();
+    let objects: Vec<&[u8]> = chunks.iter().map(|c| c.object.as_slice()).collect();
+    let put = origin.put_batched_all(&objects).unwrap();
+    for (k, (c, (id, outcome))) in chunks.iter().zip(&put).enumerate() {
+        assert_eq!(*id, c.id, "object {k}");
+        let expected = if k == 1 {
+            PutOutcome::AlreadyPresent
+        } else {
+            PutOutcome::Stored
+        };
+        assert_eq!(*outcome, expected, "object {k}");
+        assert_eq!(origin.get(&c.id).unwrap(), Some(c.object.clone()));
+    }
+    assert_eq!(put.len(), chunks.len());
+}
+
+#[test]
 fn start_profiles_cross_between_file_origin_and_dir_store() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("store");
