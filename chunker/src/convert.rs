@@ -226,7 +226,12 @@ impl ChunkConsumer for Feeder {
                 buf.resize(size, 0);
                 buf
             }
-            None => vec![0; size],
+            // Room for the tag encryption appends, so it never reallocates.
+            None => {
+                let mut buf = Vec::with_capacity(size + manifest::convergent::TAG_LEN);
+                buf.resize(size, 0);
+                buf
+            }
         }
     }
 }

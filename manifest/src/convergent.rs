@@ -11,9 +11,8 @@
 
 use std::fmt;
 
-use aes_gcm::aead::{AeadInOut, KeyInit};
-use aes_gcm::{Aes256Gcm, Key, Nonce};
-use hmac::{Hmac, Mac};
+use hmac::{Hmac, KeyInit, Mac};
+use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 use sha2::{Digest as _, Sha256};
 
 use crate::ids::{ChunkId, ChunkKey};
@@ -135,8 +134,15 @@ pub fn derive_chunk_keys(secret: &DomainSecret, plaintexts: &[&[u8]]) -> Vec<Chu
         .collect()
 }
 
-fn cipher(key: &ChunkKey) -> Aes256Gcm {
-    Aes256Gcm::new(&Key::<Aes256Gcm>::from(key.0))
+/// AES-256-GCM under a chunk key. ring's, not the aes-gcm crate the
+/// manifest's sealing uses: chunks are nearly all the bytes encrypted and
+/// decrypted, and ring's is three times as fast here. The two agree byte
+/// for byte (a test below holds them to it).
+fn cipher(key: &ChunkKey) -> LessSafeKey {
+    let key = UnboundKey::new(&AES_256_GCM, &key.0)
+        // Only fails for a key of another length; chunk keys are 32 bytes.
+        .unwrap_or_else(|_| unreachable!("ring refused a 32-byte AES-256 key"));
+    LessSafeKey::new(key)
 }
 
 /// The nonce used for every chunk.
@@ -147,8 +153,8 @@ fn cipher(key: &ChunkKey) -> Aes256Gcm {
 /// exactly one plaintext; encrypting that same plaintext again yields the
 /// identical object, which reveals nothing new. Determinism is the point:
 /// it is what makes equal chunks dedup.
-fn chunk_nonce() -> Nonce<aes_gcm::aead::consts::U12> {
-    Nonce::from([0u8; 12])
+fn chunk_nonce() -> Nonce {
+    Nonce::assume_unique_for_key([0u8; 12])
 }
 
 /// Encrypts one chunk, copying the plaintext.
@@ -196,7 +202,7 @@ fn encrypt_under(key: &ChunkKey, buffer: &mut Vec<u8>) {
     // plaintext-derived keys.
     let nonce = chunk_nonce();
     cipher(key)
-        .encrypt_in_place(&nonce, b"", buffer)
+        .seal_in_place_append_tag(nonce, Aad::empty(), buffer)
         .unwrap_or_else(|_| {
             // Only fails for plaintexts over 64 GiB; chunks are at most 4 MiB.
             unreachable!("AES-GCM refused a {}-byte chunk", buffer.len())
@@ -250,9 +256,11 @@ pub fn decrypt_checked_chunk_owned(
             len: object.len(),
         });
     }
-    cipher(key)
-        .decrypt_in_place(&chunk_nonce(), b"", &mut object)
-        .map_err(|_| ConvergentError::Authentication { id: *id })?;
+    let plain = cipher(key)
+        .open_in_place(chunk_nonce(), Aad::empty(), &mut object)
+        .map_err(|_| ConvergentError::Authentication { id: *id })?
+        .len();
+    object.truncate(plain);
     Ok(object)
 }
 
@@ -371,6 +379,22 @@ mod tests {
         let expected: [u8; 32] = mac.finalize().into_bytes().into();
         assert_eq!(derive_chunk_key(&secret(3), b"hello").0, expected);
         assert_ne!(derive_chunk_key(&secret(3), b"hellp").0, expected);
+    }
+
+    #[test]
+    fn chunk_objects_are_those_of_the_aes_gcm_crate() {
+        use aes_gcm::aead::{AeadInOut, KeyInit as _};
+        use aes_gcm::{Aes256Gcm, Key};
+        for (n, plain) in batch_samples().iter().enumerate() {
+            let chunk = encrypt_chunk(&secret(9), plain);
+            let mut other = plain.clone();
+            Aes256Gcm::new(&Key::<Aes256Gcm>::from(chunk.key.0))
+                .encrypt_in_place(&aes_gcm::Nonce::from([0u8; 12]), b"", &mut other)
+                .unwrap();
+            assert_eq!(chunk.object, other, "sample {n} ({} bytes)", plain.len());
+            let back = decrypt_chunk(&chunk.id, &chunk.key, &chunk.object).unwrap();
+            assert_eq!(&back, plain, "sample {n}");
+        }
     }
 
     #[test]

@@ -121,7 +121,7 @@ impl DataWriter {
             let buf = &mut self.buf[..want];
             src.read_exact(buf)?;
             remaining -= want as u64;
-            // A short last block is padded with zeros in the image.
+            // A short last block ends in zeros in the image.
             let blocks = want.div_ceil(BLOCK_SIZE as usize);
             let mut run_start: Option<usize> = None;
             for b in 0..=blocks {
@@ -135,15 +135,9 @@ impl DataWriter {
                     (false, Some(start)) => {
                         let bytes =
                             &buf[start * BLOCK_SIZE as usize..(b * BLOCK_SIZE as usize).min(want)];
-                        let mut block = Vec::new();
-                        let out: &[u8] = if bytes.len().is_multiple_of(BLOCK_SIZE as usize) {
-                            bytes
-                        } else {
-                            block.extend_from_slice(bytes);
-                            block.resize(bytes.len().next_multiple_of(BLOCK_SIZE as usize), 0);
-                            &block
-                        };
-                        sink.write_at(self.next * u64::from(BLOCK_SIZE), out)?;
+                        // A short last block as it is: the rest of it is
+                        // never written, and a sink reads that as zeros.
+                        sink.write_at(self.next * u64::from(BLOCK_SIZE), bytes)?;
                         let count = (b - start) as u64;
                         push_extent(&mut extents, logical + start as u64, self.next, count);
                         self.next += count;
