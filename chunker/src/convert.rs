@@ -267,11 +267,18 @@ impl Progress {
 fn store_serial(
     secret: &DomainSecret,
     store: &dyn ChunkStore,
+    index: u64,
     data: Vec<u8>,
-) -> Result<(ChunkId, ChunkKey, PutOutcome, Vec<u8>), StoreError> {
+) -> Result<Stored, StoreError> {
     let chunk = encrypt_chunk_owned(secret, data);
     let outcome = store.put(&chunk.id, &chunk.object)?;
-    Ok((chunk.id, chunk.key, outcome, chunk.object))
+    Ok(Stored {
+        index,
+        id: chunk.id,
+        key: chunk.key,
+        outcome,
+        object: chunk.object,
+    })
 }
 
 /// Encrypts and stores chunks batched: their keys derived together, the
@@ -348,16 +355,7 @@ fn worker(rx: Queue, done: Sender<Done>, ctx: WorkerCtx<'_>) {
             Some(_) => store_batched(ctx.secret, ctx.store, chunks),
             None => chunks
                 .into_iter()
-                .map(|(index, data)| {
-                    let (id, key, outcome, object) = store_serial(ctx.secret, ctx.store, data)?;
-                    Ok(Stored {
-                        index,
-                        id,
-                        key,
-                        outcome,
-                        object,
-                    })
-                })
+                .map(|(index, data)| store_serial(ctx.secret, ctx.store, index, data))
                 .collect(),
         };
         let stored = match stored {

@@ -26,7 +26,7 @@ use manifest::ChunkId;
 
 use super::DirStore;
 use super::atomic::{drop_cached, io_error, write_temp};
-use crate::checked::Bounded;
+use crate::checked::{Bounded, check_len};
 use crate::store::{MAX_OBJECT_LEN, PutOutcome, StoreError};
 
 /// Bytes of batched objects after which a put syncs the batch.
@@ -136,6 +136,17 @@ impl DirStore {
         };
         self.fanout().set_shard(a, b);
         Ok(created)
+    }
+
+    /// [`ChunkStore::put_batched`](crate::ChunkStore::put_batched) of an
+    /// object just hashed to `id`: only its length is left to check.
+    pub(super) fn put_batched_hashed(
+        &self,
+        id: ChunkId,
+        object: &[u8],
+    ) -> Result<(ChunkId, PutOutcome), StoreError> {
+        check_len(&id, object)?;
+        Ok((id, self.put_batched_checked(&id, object)?))
     }
 
     /// [`ChunkStore::put_batched`](crate::ChunkStore::put_batched) of an

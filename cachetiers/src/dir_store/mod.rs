@@ -37,7 +37,7 @@ use atomic::{Written, io_error, sync_dir, write_atomically};
 pub use batch::BATCH_BYTES;
 pub use listing::CLOCK_PROBE;
 
-use crate::checked::{Bounded, check_get, check_len, check_put};
+use crate::checked::{Bounded, check_get, check_put};
 use crate::store::{ChunkStore, MAX_OBJECT_LEN, PutOutcome, StoreError};
 
 /// A chunk store in a local directory. Cheap to share: wrap it in an `Arc`.
@@ -305,20 +305,14 @@ impl ChunkStore for DirStore {
     }
 
     fn put_batched(&self, object: &[u8]) -> Result<(ChunkId, PutOutcome), StoreError> {
-        let id = ChunkId::of_object(object);
-        // Hashed just now: only the length is left to check.
-        check_len(&id, object)?;
-        Ok((id, self.put_batched_checked(&id, object)?))
+        self.put_batched_hashed(ChunkId::of_object(object), object)
     }
 
     fn put_batched_all(&self, objects: &[&[u8]]) -> Result<Vec<(ChunkId, PutOutcome)>, StoreError> {
         ChunkId::of_objects(objects)
             .into_iter()
             .zip(objects)
-            .map(|(id, object)| {
-                check_len(&id, object)?;
-                Ok((id, self.put_batched_checked(&id, object)?))
-            })
+            .map(|(id, object)| self.put_batched_hashed(id, object))
             .collect()
     }
 
