@@ -1,10 +1,14 @@
 //! The conversion pipeline: flatten → chunk → encrypt → store → seal.
 //!
 //! Three stages run at once ([`Pipeline::Overlapped`], the default):
-//! - a reader thread reads, decompresses and checks each layer's blob
-//!   ahead of the flattener ([`crate::flatten::readahead`]);
-//! - the flattening thread parses the tars, hashes them for their
-//!   diff_ids and streams the ext4 image into a [`ChunkingSink`];
+//! - reader threads read, decompress and check the layers' blobs, several
+//!   layers at once, ahead of the flattener ([`crate::flatten::readahead`]);
+//! - preparer threads parse the tars, hash them for their diff_ids and
+//!   stream each layer's file data into a detached layer of the
+//!   [`ChunkingSink`], whose chunks are numbered within the layer; the
+//!   flattening thread applies the entries in layer order, attaches each
+//!   layer where it starts (now its chunks' numbers are known) and writes
+//!   the metadata;
 //! - worker threads take completed chunks off a bounded queue, four at a
 //!   time, encrypt them convergently in their own buffers (their keys'
 //!   hashes interleaved), and store them batched
@@ -29,6 +33,7 @@
 //! against: layers read on the flattening thread, each chunk stored (and
 //! synced) on its own.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::io::{self, IsTerminal, Write};
 use std::str::FromStr;
@@ -183,11 +188,19 @@ pub enum ConvertError {
     Worker(String),
 }
 
+/// Where a chunk goes: a chunk of the image, or of a detached layer
+/// (numbered within it) whose first chunk is known once it is attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct ChunkAt {
+    layer: Option<u64>,
+    index: u64,
+}
+
 /// The work queue the encryption workers share.
-type Queue = Arc<Mutex<Receiver<(u64, Vec<u8>)>>>;
+type Queue = Arc<Mutex<Receiver<(ChunkAt, Vec<u8>)>>>;
 
 struct Done {
-    index: u64,
+    at: ChunkAt,
     id: ChunkId,
     key: ChunkKey,
     new: bool,
@@ -195,12 +208,43 @@ struct Done {
 }
 
 /// Hands chunks to the workers; fails fast once a worker has failed.
+/// The image's feeder makes one for each detached layer.
 struct Feeder {
-    tx: Option<SyncSender<(u64, Vec<u8>)>>,
+    tx: Option<SyncSender<(ChunkAt, Vec<u8>)>>,
     failed: Arc<Mutex<Option<StoreError>>>,
-    progress: Option<Progress>,
+    progress: Option<Arc<Mutex<Progress>>>,
     /// Buffers the workers are done with, when they give them back.
-    spare: Option<Receiver<Vec<u8>>>,
+    spare: Option<Arc<Mutex<Receiver<Vec<u8>>>>>,
+    /// The detached layer this feeder's chunks are of, if one.
+    layer: Option<u64>,
+    /// The image's feeder: the next detached layer's token, and where
+    /// each attached layer starts.
+    next_layer: u64,
+    starts: HashMap<u64, u64>,
+}
+
+impl Feeder {
+    fn new(
+        tx: SyncSender<(ChunkAt, Vec<u8>)>,
+        failed: Arc<Mutex<Option<StoreError>>>,
+        progress: Option<Progress>,
+        spare: Option<Receiver<Vec<u8>>>,
+    ) -> Self {
+        Feeder {
+            tx: Some(tx),
+            failed,
+            progress: progress.map(|p| Arc::new(Mutex::new(p))),
+            spare: spare.map(|rx| Arc::new(Mutex::new(rx))),
+            layer: None,
+            next_layer: 0,
+            starts: HashMap::new(),
+        }
+    }
+
+    /// Where the chunks of the layers attached start.
+    fn into_starts(self) -> HashMap<u64, u64> {
+        self.starts
+    }
 }
 
 impl ChunkConsumer for Feeder {
@@ -208,19 +252,27 @@ impl ChunkConsumer for Feeder {
         if let Some(err) = self.failed.lock().map_err(|_| poisoned())?.as_ref() {
             return Err(io::Error::other(format!("storing chunks failed: {err}")));
         }
-        if let Some(p) = &mut self.progress {
-            p.tick(data.len() as u64);
+        if let Some(p) = &self.progress {
+            p.lock().map_err(|_| poisoned())?.tick(data.len() as u64);
         }
         let tx = self
             .tx
             .as_ref()
             .ok_or_else(|| io::Error::other("workers closed"))?;
-        tx.send((index, data))
+        let at = ChunkAt {
+            layer: self.layer,
+            index,
+        };
+        tx.send((at, data))
             .map_err(|_| io::Error::other("encryption workers stopped"))
     }
 
     fn buffer(&mut self, size: usize) -> Vec<u8> {
-        match self.spare.as_ref().and_then(|rx| rx.try_recv().ok()) {
+        let spare = self
+            .spare
+            .as_ref()
+            .and_then(|rx| rx.lock().ok()?.try_recv().ok());
+        match spare {
             // As it is: the sink zeroes what it does not write.
             Some(mut buf) => {
                 buf.resize(size, 0);
@@ -233,6 +285,33 @@ impl ChunkConsumer for Feeder {
                 buf
             }
         }
+    }
+
+    fn detach(&mut self) -> Option<(u64, Box<dyn ChunkConsumer + Send>)> {
+        if self.layer.is_some() {
+            return None;
+        }
+        let token = self.next_layer;
+        self.next_layer += 1;
+        let layer = Feeder {
+            tx: self.tx.clone(),
+            failed: self.failed.clone(),
+            progress: self.progress.clone(),
+            spare: self.spare.clone(),
+            layer: Some(token),
+            next_layer: 0,
+            starts: HashMap::new(),
+        };
+        Some((token, Box::new(layer)))
+    }
+
+    fn attach(&mut self, token: u64, first: u64) -> io::Result<()> {
+        if token >= self.next_layer || self.starts.insert(token, first).is_some() {
+            return Err(io::Error::other(format!(
+                "detached layer {token} attached twice or never detached"
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -267,13 +346,13 @@ impl Progress {
 fn store_serial(
     secret: &DomainSecret,
     store: &dyn ChunkStore,
-    index: u64,
+    at: ChunkAt,
     data: Vec<u8>,
 ) -> Result<Stored, StoreError> {
     let chunk = encrypt_chunk_owned(secret, data);
     let outcome = store.put(&chunk.id, &chunk.object)?;
     Ok(Stored {
-        index,
+        at,
         id: chunk.id,
         key: chunk.key,
         outcome,
@@ -287,19 +366,19 @@ fn store_serial(
 fn store_batched(
     secret: &DomainSecret,
     store: &dyn ChunkStore,
-    chunks: Vec<(u64, Vec<u8>)>,
+    chunks: Vec<(ChunkAt, Vec<u8>)>,
 ) -> Result<Vec<Stored>, StoreError> {
-    let (indexes, mut buffers): (Vec<u64>, Vec<Vec<u8>>) = chunks.into_iter().unzip();
+    let (places, mut buffers): (Vec<ChunkAt>, Vec<Vec<u8>>) = chunks.into_iter().unzip();
     let keys = encrypt_chunks_in_place(secret, &mut buffers);
     let objects: Vec<&[u8]> = buffers.iter().map(Vec::as_slice).collect();
     let put = store.put_batched_all(&objects)?;
-    Ok(indexes
+    Ok(places
         .into_iter()
         .zip(keys)
         .zip(put)
         .zip(buffers)
-        .map(|(((index, key), (id, outcome)), object)| Stored {
-            index,
+        .map(|(((at, key), (id, outcome)), object)| Stored {
+            at,
             id,
             key,
             outcome,
@@ -310,7 +389,7 @@ fn store_batched(
 
 /// One chunk encrypted and stored, and its buffer (the object now).
 struct Stored {
-    index: u64,
+    at: ChunkAt,
     id: ChunkId,
     key: ChunkKey,
     outcome: PutOutcome,
@@ -355,7 +434,7 @@ fn worker(rx: Queue, done: Sender<Done>, ctx: WorkerCtx<'_>) {
             Some(_) => store_batched(ctx.secret, ctx.store, chunks),
             None => chunks
                 .into_iter()
-                .map(|(index, data)| store_serial(ctx.secret, ctx.store, index, data))
+                .map(|(at, data)| store_serial(ctx.secret, ctx.store, at, data))
                 .collect(),
         };
         let stored = match stored {
@@ -369,7 +448,7 @@ fn worker(rx: Queue, done: Sender<Done>, ctx: WorkerCtx<'_>) {
         };
         for s in stored {
             let _ = done.send(Done {
-                index: s.index,
+                at: s.at,
                 id: s.id,
                 key: s.key,
                 new: s.outcome.is_new(),
@@ -443,21 +522,21 @@ fn convert_with(
     }
     let image = located.open().map_err(FlattenError::from)?;
     let threads = opts.threads.max(1);
-    let (tx, rx) = sync_channel::<(u64, Vec<u8>)>(threads * BATCH);
+    let (tx, rx) = sync_channel::<(ChunkAt, Vec<u8>)>(threads * BATCH);
     let rx = Arc::new(Mutex::new(rx));
     let (done_tx, done_rx) = channel::<Done>();
     let (spare_tx, spare_rx) = channel::<Vec<u8>>();
     let failed = Arc::new(Mutex::new(None));
-    let feeder = Feeder {
-        tx: Some(tx),
-        failed: failed.clone(),
-        progress: (opts.progress && io::stderr().is_terminal()).then(|| Progress {
+    let feeder = Feeder::new(
+        tx,
+        failed.clone(),
+        (opts.progress && io::stderr().is_terminal()).then(|| Progress {
             bytes: 0,
             last: Instant::now(),
             start: Instant::now(),
         }),
-        spare: batched.then_some(spare_rx),
-    };
+        batched.then_some(spare_rx),
+    );
     let mut flatten_opts = opts.flatten.clone();
     flatten_opts.read_ahead &= batched;
 
@@ -482,10 +561,11 @@ fn convert_with(
         // stop; on error flatten_into has dropped it already.
         flatten_image(&image, sink, &flatten_opts).map(|(sink, report)| {
             let count = sink.chunk_count();
-            if sink.into_consumer().progress.is_some() {
+            let feeder = sink.into_consumer();
+            if feeder.progress.is_some() {
                 eprintln!();
             }
-            (count, report)
+            (count, feeder.into_starts(), report)
         })
     });
     if let Some(err) = failed
@@ -495,14 +575,23 @@ fn convert_with(
     {
         return Err(ConvertError::Store(err));
     }
-    let (chunk_count, report) = flattened?;
+    let (chunk_count, starts, report) = flattened?;
 
     let mut chunks = vec![ChunkEntry::Hole; chunk_count as usize];
     let (mut new_chunks, mut existing_chunks, mut bytes_written) = (0, 0, 0);
     for d in done_rx.iter() {
-        let slot = chunks.get_mut(d.index as usize).ok_or_else(|| {
-            ConvertError::Worker(format!("chunk {} is past the image end", d.index))
-        })?;
+        let index = match d.at.layer {
+            None => d.at.index,
+            Some(layer) => {
+                let start = starts.get(&layer).ok_or_else(|| {
+                    ConvertError::Worker(format!("a chunk of layer {layer}, never attached"))
+                })?;
+                start + d.at.index
+            }
+        };
+        let slot = chunks
+            .get_mut(index as usize)
+            .ok_or_else(|| ConvertError::Worker(format!("chunk {index} is past the image end")))?;
         *slot = ChunkEntry::Present {
             id: d.id,
             key: d.key,

@@ -13,9 +13,12 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use chunker::flatten::{FlattenError, FlattenOptions, FlattenReport, flatten_to_file};
+use chunker::flatten::{
+    FlattenError, FlattenOptions, FlattenReport, flatten_into, flatten_to_file,
+};
 use chunker::oci::testimg::{TarWriter, TestImage, TestLayer, header, noise};
 use chunker::oci::{Digest, ImageSource};
+use chunker::sink::VecSink;
 
 /// A case that runs longer than this is hung (a guard, not a speed claim).
 const HANG_GUARD: Duration = Duration::from_secs(60);
@@ -118,14 +121,24 @@ fn flatten_layers(layers: Vec<TestLayer>, opts: &FlattenOptions) -> Flattened {
     let src = tempfile::tempdir().unwrap();
     let written = TestImage::new(layers).write_layout(src.path(), "t");
     let out = tempfile::tempdir().unwrap();
-    let result = flatten_to_file(
-        &ImageSource::OciLayout {
-            dir: src.path().to_owned(),
-            reference: None,
-        },
-        &out.path().join("disk.img"),
-        opts,
-    );
+    let source = ImageSource::OciLayout {
+        dir: src.path().to_owned(),
+        reference: None,
+    };
+    let result = flatten_to_file(&source, &out.path().join("disk.img"), opts);
+    // A file is written in order; a sink that takes detached layers gets
+    // the layers parsed at once and applied afterwards, and must end the
+    // same way: the same report, or the same error.
+    let detached = flatten_into(&source, VecSink::default(), opts);
+    match (&result, &detached) {
+        (Ok(a), Ok((_, b))) => assert_eq!(a, b, "detached: another report"),
+        (Err(a), Err(b)) => assert_eq!(chain(a), chain(b), "detached: another error"),
+        (a, b) => panic!(
+            "in order: {:?}; detached: {:?}",
+            a.as_ref().map(|_| ()).map_err(chain),
+            b.as_ref().map(|_| ()).map_err(chain)
+        ),
+    }
     let left = std::fs::read_dir(out.path())
         .unwrap()
         .map(|e| e.unwrap().file_name())
@@ -404,6 +417,79 @@ fn layer_and_image_byte_limits_name_the_entry() {
         &limited(|l| l.max_layer_bytes = 1 << 20),
     );
     assert!(text.contains("(the layer limit)"), "{text}");
+}
+
+/// The image limit, which depends on the layers below, passed at each
+/// place a layer's bytes can pass it: in a header, in a file's data, in
+/// the blocks that end the tar, and after them. A layer read detached
+/// (before the layers below are done) gets it applied afterwards, and
+/// must fail as the in-order flattener does (`flatten_layers` compares).
+#[test]
+fn the_image_limit_fails_a_detached_layer_where_it_fails_in_order() {
+    let mut a = TarWriter::new();
+    a.file("base", &noise(5, 600 << 10));
+    let a_len = a.finish().len() as u64;
+    let mut b = TarWriter::new();
+    b.dir("d")
+        .file("d/one", &noise(6, 10_000))
+        .file("d/two", &noise(7, 10_000))
+        .file("d/three", &noise(8, 10_000));
+    let b_tar = b.finish();
+    let mut b_tail = b_tar.clone();
+    b_tail.extend(noise(9, 4096));
+    // Where b's headers and data end: 512-byte headers, padded data.
+    let hdr = 512u64;
+    let padded = 10_240u64;
+    let ends = [
+        ("in the header of d/one", hdr + 100, "entry \"d\""),
+        ("in the data of d/one", 2 * hdr + 100, "entry \"d/one\""),
+        (
+            "in the header of d/two",
+            2 * hdr + padded + 100,
+            "entry \"d/one\"",
+        ),
+        (
+            "in the blocks that end the tar",
+            4 * hdr + 3 * padded + 100,
+            "entry \"d/three\"",
+        ),
+    ];
+    for (what, into_b, names) in ends {
+        let limit = a_len + into_b;
+        let text = flatten_err(
+            vec![
+                gz(&a),
+                TestLayer::new(b_tar.clone(), chunker::oci::Compression::Gzip),
+            ],
+            &limited(|l| l.max_image_bytes = limit),
+        );
+        assert!(text.contains(names), "{what}: {text}");
+        assert!(text.contains("(the image limit)"), "{what}: {text}");
+    }
+    // Past the tar's end, in what is read for the digests only.
+    let limit = a_len + b_tar.len() as u64 + 100;
+    let text = flatten_err(
+        vec![
+            gz(&a),
+            TestLayer::new(b_tail, chunker::oci::Compression::Gzip),
+        ],
+        &limited(|l| l.max_image_bytes = limit),
+    );
+    assert!(text.contains("(the image limit)"), "after the tar: {text}");
+    // Exactly at the limit is fine.
+    let mut c = TarWriter::new();
+    c.file("c", b"x");
+    let c_tar = c.finish();
+    let limit = a_len + c_tar.len() as u64;
+    let opts = limited(|l| l.max_image_bytes = limit);
+    let f = flatten_layers(
+        vec![
+            gz(&a),
+            TestLayer::new(c_tar, chunker::oci::Compression::Gzip),
+        ],
+        &opts,
+    );
+    assert!(f.result.is_ok(), "at the limit: {:?}", f.result.err());
 }
 
 #[test]

@@ -71,6 +71,18 @@ impl DataWriter {
         self.next
     }
 
+    /// Blocks per chunk.
+    pub fn chunk_blocks(&self) -> u64 {
+        self.chunk_blocks
+    }
+
+    /// Go on from block `next`, past blocks written elsewhere (a detached
+    /// layer).
+    pub fn skip_to(&mut self, next: u64) {
+        debug_assert!(next >= self.next, "data blocks only go forward");
+        self.next = next;
+    }
+
     /// Move to the next chunk boundary (a no-op when already on one).
     pub fn align_to_chunk(&mut self) {
         self.next = self.next.div_ceil(self.chunk_blocks) * self.chunk_blocks;

@@ -18,8 +18,9 @@
 //! blocks), `xattr`; `layout` sizes and places the metadata, `plan`
 //! numbers the inodes, and `writer` writes it all out.
 //!
-//! File data streams out while the layers are read ([`Ext4Builder::write_file`]);
-//! the metadata region is written by [`Ext4Builder::finish`] from the flattened
+//! File data streams out while the layers are read ([`Ext4Builder::write_file`],
+//! or a detached layer's [`LayerWriter`], attached in order afterwards); the
+//! metadata region is written by [`Ext4Builder::finish`] from the flattened
 //! [`Tree`]. Nothing depends on the clock, random numbers or hash-map order.
 
 mod acl;
@@ -41,8 +42,43 @@ pub use data::{FileSource, MAX_EXTENT_LEN};
 
 use std::io::{self, Read};
 
-use crate::sink::ImageSink;
+use crate::sink::{DetachedSink, ImageSink};
 use crate::tree::{FileData, Tree};
+
+/// Where a layer's file data goes: the image itself
+/// ([`Ext4Builder`]), or a detached layer ([`LayerWriter`]).
+pub trait DataOut {
+    /// Stream exactly `size` bytes of one regular file from `src`.
+    /// All-zero blocks become holes.
+    fn write_file(&mut self, src: &mut dyn Read, size: u64) -> io::Result<FileData>;
+    /// As [`DataOut::write_file`], never reading the holes `src` knows of.
+    fn write_sparse_file(&mut self, src: &mut dyn FileSource, size: u64) -> io::Result<FileData>;
+}
+
+/// One layer's data written before its place in the image is known
+/// ([`Ext4Builder::detach_layer`]): its extents count blocks from the
+/// layer's start, and are moved to its place when the tree gets them.
+pub struct LayerWriter {
+    data: DataWriter,
+    sink: Box<dyn DetachedSink>,
+}
+
+impl LayerWriter {
+    /// Blocks the layer spans so far.
+    pub fn blocks(&self) -> u64 {
+        self.data.next_block()
+    }
+}
+
+impl DataOut for LayerWriter {
+    fn write_file(&mut self, src: &mut dyn Read, size: u64) -> io::Result<FileData> {
+        self.data.write_file(&mut *self.sink, src, size)
+    }
+
+    fn write_sparse_file(&mut self, src: &mut dyn FileSource, size: u64) -> io::Result<FileData> {
+        self.data.write_sparse_file(&mut *self.sink, src, size)
+    }
+}
 
 /// The filesystem block size; the only one we write.
 pub const BLOCK_SIZE: u32 = 4096;
@@ -177,6 +213,35 @@ impl<S: ImageSink> Ext4Builder<S> {
         self.data.write_sparse_file(&mut self.sink, src, size)
     }
 
+    /// A writer for a layer whose place is not known yet, to fill on
+    /// another thread; `None` when the sink is written in order only.
+    pub fn detach_layer(&mut self) -> Option<LayerWriter> {
+        let sink = self.sink.detach()?;
+        Some(LayerWriter {
+            data: DataWriter::new(0, self.data.chunk_blocks()),
+            sink,
+        })
+    }
+
+    /// Begin the next layer ([`Ext4Builder::begin_layer`]) and say its
+    /// first block: where a detached layer attached now goes.
+    pub fn layer_start(&mut self) -> u64 {
+        self.begin_layer();
+        self.data.next_block()
+    }
+
+    /// Put a detached layer, complete, at the next layer's start (what
+    /// [`Ext4Builder::layer_start`] said); the layers after it follow it.
+    pub fn attach_layer(&mut self, mut layer: LayerWriter) -> io::Result<()> {
+        let blocks = layer.data.next_block();
+        layer.sink.finish(blocks * u64::from(BLOCK_SIZE))?;
+        let start = self.layer_start();
+        self.sink
+            .attach(layer.sink, start * u64::from(BLOCK_SIZE))?;
+        self.data.skip_to(start + blocks);
+        Ok(())
+    }
+
     /// Mix bytes that identify the content (layer digests, say) into the
     /// filesystem UUID. Without them the UUID follows the metadata alone,
     /// so two images differing only in file bytes would share it. Calls
@@ -199,5 +264,15 @@ impl<S: ImageSink> Ext4Builder<S> {
         )?;
         self.sink.finish(summary.size)?;
         Ok((self.sink, summary))
+    }
+}
+
+impl<S: ImageSink> DataOut for Ext4Builder<S> {
+    fn write_file(&mut self, src: &mut dyn Read, size: u64) -> io::Result<FileData> {
+        Ext4Builder::write_file(self, src, size)
+    }
+
+    fn write_sparse_file(&mut self, src: &mut dyn FileSource, size: u64) -> io::Result<FileData> {
+        Ext4Builder::write_sparse_file(self, src, size)
     }
 }

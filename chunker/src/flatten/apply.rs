@@ -11,13 +11,12 @@
 use std::collections::{BTreeMap, HashSet};
 use std::io::{self, Read};
 
-use super::entry::{self, Change, EntryError, PaxAttrs};
-use super::limits::{Limits, MAX_FILE_SIZE};
+use super::entry::{self, Change, EntryError};
+use super::limits::Limits;
+use super::prepare::{Parsed, Prepared, ToApply, is_file, prepare_layer};
 use super::resolve;
-use super::sparse::{self, SparseReader};
-use super::tarstream::{TarEntry, TarError, TarReader};
 use crate::ext4::Ext4Builder;
-use crate::oci::{Digest, LimitExceeded};
+use crate::oci::Digest;
 use crate::sink::ImageSink;
 use crate::tree::{InodeId, InodeKind, Tree, implicit_dir_metadata};
 
@@ -44,19 +43,6 @@ pub enum LayerError {
         /// What is wrong with it.
         source: EntryError,
     },
-}
-
-/// An entry's name for an error: lossy UTF-8, at most 256 bytes of it.
-fn entry_name(path: &[u8]) -> String {
-    const SHOWN: usize = 256;
-    if path.len() <= SHOWN {
-        return String::from_utf8_lossy(path).into_owned();
-    }
-    format!(
-        "{}... ({} bytes)",
-        String::from_utf8_lossy(&path[..SHOWN]),
-        path.len()
-    )
 }
 
 fn refs(path: &[Vec<u8>]) -> Vec<&[u8]> {
@@ -152,35 +138,20 @@ impl Applier {
         Ok(())
     }
 
-    fn apply<R: Read, S: ImageSink>(
+    /// Apply one prepared entry. A detached layer's file data is moved by
+    /// `shift` blocks, to where the layer was attached.
+    fn apply(
         &mut self,
-        reader: &mut TarReader<R>,
-        entry: &TarEntry,
+        prepared: Prepared,
         limits: &Limits,
         tree: &mut Tree,
-        builder: &mut Ext4Builder<S>,
+        shift: u64,
     ) -> Result<(), EntryError> {
-        let pax = match &entry.pax {
-            Some(pairs) => {
-                entry::pax_attrs(pairs.iter().map(|(k, v)| (k.as_slice(), v.as_slice())))?
-            }
-            None => PaxAttrs::default(),
+        let Prepared { entry, apply, .. } = prepared;
+        let Some(ToApply { parsed, data }) = apply else {
+            return Ok(());
         };
-        // A PAX sparse file's header holds a made-up name; the real one is
-        // in its records.
-        let raw_path = match pax.sparse.as_ref().and_then(|s| s.name.as_ref()) {
-            Some(name) => name,
-            None => &entry.path,
-        };
-        // Checked before anything else is done with the path.
-        if raw_path.len() > limits.max_path_bytes {
-            return Err(EntryError::PathTooLong {
-                bytes: raw_path.len(),
-                limit: limits.max_path_bytes,
-            });
-        }
-        let path = entry::normalize_path(raw_path)?;
-        entry::check_path(raw_path.len(), &path, limits)?;
+        let Parsed { meta, path, kind } = parsed?;
         // Parents that are symlinks in lower layers lead where they point.
         let path = resolve::resolve_parent(tree, &path, limits)?;
         let (name, parent) = match path.split_last() {
@@ -198,12 +169,7 @@ impl Applier {
             Change::Put => {}
         }
         let header = &entry.header;
-        let meta = entry::metadata(header, &pax)?;
-        let mut kind = header.entry_type();
-        if kind == tar::EntryType::Regular && raw_path.ends_with(b"/") && entry.size == 0 {
-            // Pre-POSIX tars mark directories only by the trailing slash.
-            kind = tar::EntryType::Directory;
-        }
+        let meta = meta?;
         if path.is_empty() {
             // `./` itself: the root directory's attributes.
             if !kind.is_dir() {
@@ -239,8 +205,17 @@ impl Applier {
             Ok(raw)
         };
         let inode = match kind {
-            tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
-                InodeKind::File(self.file(reader, entry, &pax, builder)?)
+            k if is_file(k) => {
+                // Prepared when it was read, on the same checks as here.
+                let mut file = data.unwrap_or_else(|| {
+                    Err(EntryError::Data(io::Error::other(
+                        "its data was not read (the layer was read wrongly)",
+                    )))
+                })?;
+                for extent in &mut file.extents {
+                    extent.physical += shift;
+                }
+                InodeKind::File(file)
             }
             tar::EntryType::Directory => InodeKind::Dir {
                 entries: BTreeMap::new(),
@@ -273,66 +248,6 @@ impl Applier {
         self.mark(tree, &path);
         Ok(())
     }
-
-    /// Stream a regular file's data into the image. Sparse files (PAX or
-    /// old GNU) are expanded with their holes skipped, never read.
-    fn file<R: Read, S: ImageSink>(
-        &self,
-        reader: &mut TarReader<R>,
-        entry: &TarEntry,
-        pax: &PaxAttrs,
-        builder: &mut Ext4Builder<S>,
-    ) -> Result<crate::tree::FileData, EntryError> {
-        let data_err = |e: io::Error| match LimitExceeded::find(&e) {
-            Some(limit) => EntryError::TooLarge(limit.clone()),
-            None => EntryError::Data(e),
-        };
-        let mut data = reader.data();
-        let (map, size) = match (&pax.sparse, &entry.gnu_sparse) {
-            (None, None) => {
-                return builder.write_file(&mut data, entry.size).map_err(data_err);
-            }
-            (Some(sp), _) => {
-                let size = sp.real_size.ok_or_else(|| EntryError::BadSparse {
-                    reason: "no real size".into(),
-                })?;
-                check_sparse_size(size)?;
-                let map = if sp.major == Some(1) {
-                    sparse::read_map_v1(&mut data).map_err(|e| match e {
-                        EntryError::Data(io) => data_err(io),
-                        other => other,
-                    })?
-                } else {
-                    sp.map.clone()
-                };
-                (map, size)
-            }
-            (None, Some(gnu)) => {
-                check_sparse_size(gnu.real_size)?;
-                let stored: u64 = gnu.map.iter().map(|&(_, len)| len).sum();
-                if stored != entry.size {
-                    return Err(EntryError::BadSparse {
-                        reason: format!("the map holds {stored} bytes, the entry {}", entry.size),
-                    });
-                }
-                (gnu.map.clone(), gnu.real_size)
-            }
-        };
-        sparse::check_map(&map, size)?;
-        builder
-            .write_sparse_file(&mut SparseReader::new(&mut data, &map, size), size)
-            .map_err(data_err)
-    }
-}
-
-fn check_sparse_size(size: u64) -> Result<(), EntryError> {
-    if size > MAX_FILE_SIZE {
-        return Err(EntryError::SparseTooLarge {
-            size,
-            limit: MAX_FILE_SIZE,
-        });
-    }
-    Ok(())
 }
 
 /// Apply the layer tar read from `reader` to `tree`, streaming file data into
@@ -347,55 +262,47 @@ pub fn apply_layer<R: Read, S: ImageSink>(
     tree: &mut Tree,
     builder: &mut Ext4Builder<S>,
 ) -> Result<u64, LayerError> {
-    let mut tar = TarReader::new(reader, limits);
-    let mut applier = Applier::default();
-    let mut count = 0;
-    // The last entry read: a limit reached while skipping its data is its.
-    let mut last: Option<String> = None;
-    loop {
-        let entry = match tar.next_entry() {
-            Ok(Some(entry)) => entry,
-            Ok(None) => break,
-            Err(TarError::Header { entry, error }) => {
-                return Err(LayerError::Entry {
-                    layer: layer.clone(),
-                    entry: entry_name(&entry),
-                    source: error,
-                });
-            }
-            Err(TarError::Io(source)) => {
-                return Err(match (LimitExceeded::find(&source), last) {
-                    (Some(limit), Some(entry)) => LayerError::Entry {
-                        layer: layer.clone(),
-                        entry,
-                        source: EntryError::TooLarge(limit.clone()),
-                    },
-                    _ => LayerError::Read {
-                        layer: layer.clone(),
-                        source,
-                    },
-                });
-            }
-        };
-        last = Some(entry_name(&entry.path));
-        if entry.header.entry_type().is_pax_global_extensions() {
-            // Global defaults (often just a comment); OCI layers do not
-            // rely on them and the spec leaves them to the implementation.
-            // Their data is skipped, never held.
-            continue;
+    let mut applier = LayerApplier::new(layer);
+    // Each entry is applied as soon as it is read: its data is already in
+    // place (no shift).
+    let mut apply = |p: Prepared| applier.apply(p, limits, tree, 0);
+    prepare_layer(reader, layer, limits, builder, |_| 0, &mut apply)
+}
+
+/// Applies a layer's prepared entries to the tree, in order.
+pub(crate) struct LayerApplier<'a> {
+    layer: &'a Digest,
+    applier: Applier,
+}
+
+impl<'a> LayerApplier<'a> {
+    /// Start applying `layer`.
+    pub(crate) fn new(layer: &'a Digest) -> Self {
+        LayerApplier {
+            layer,
+            applier: Applier::default(),
         }
-        count += 1;
-        applier
-            .apply(&mut tar, &entry, limits, tree, builder)
-            .map_err(|source| LayerError::Entry {
-                layer: layer.clone(),
-                // The header's path: a PAX sparse file's real name may be
-                // what failed to parse.
-                entry: entry_name(&entry.path),
-                source,
-            })?;
     }
-    Ok(count)
+
+    /// Apply one entry, its file data moved by `shift` blocks.
+    pub(crate) fn apply(
+        &mut self,
+        prepared: Prepared,
+        limits: &Limits,
+        tree: &mut Tree,
+        shift: u64,
+    ) -> Result<(), LayerError> {
+        // The header's path: a PAX sparse file's real name may be what
+        // failed to parse.
+        let entry = prepared.name.clone();
+        self.applier
+            .apply(prepared, limits, tree, shift)
+            .map_err(|source| LayerError::Entry {
+                layer: self.layer.clone(),
+                entry,
+                source,
+            })
+    }
 }
 
 #[cfg(test)]

@@ -10,11 +10,13 @@
 //! flattener ([`readahead`]) unless [`FlattenOptions::read_ahead`] is off.
 
 pub mod apply;
+mod detached;
 pub mod entry;
 mod limits;
 mod output;
 mod pax;
 mod pipe;
+mod prepare;
 pub mod readahead;
 pub mod resolve;
 pub mod sparse;

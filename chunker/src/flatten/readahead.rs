@@ -25,6 +25,7 @@ use std::io::{self, Read};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use super::detached::Detached;
 use super::limits::Limits;
 use super::pipe::{BlockPool, Closed, End, Pipe, PipeBounds, SpillBudget};
 use super::{FlattenError, LayerReport, apply::apply_layer};
@@ -155,7 +156,7 @@ fn fill(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
 }
 
 /// One layer's bytes as they arrive through its pipe.
-struct Incoming<'a> {
+pub(super) struct Incoming<'a> {
     pipe: &'a Pipe,
     block: Vec<u8>,
     len: usize,
@@ -167,7 +168,22 @@ struct Incoming<'a> {
     limit: Option<LimitExceeded>,
 }
 
-impl Incoming<'_> {
+impl<'a> Incoming<'a> {
+    /// The bytes of `pipe`'s layer, failing past `limit` (the image
+    /// limit, when it is closer than the layer's).
+    pub(super) fn new(pipe: &'a Pipe, limit: Option<LimitExceeded>) -> Self {
+        Incoming {
+            pipe,
+            block: Vec::new(),
+            len: 0,
+            pos: 0,
+            end: None,
+            failed: false,
+            read: 0,
+            limit,
+        }
+    }
+
     /// The next bytes, the end, or the reader's error.
     fn next(&mut self) -> io::Result<()> {
         if self.failed {
@@ -219,7 +235,7 @@ impl Read for Incoming<'_> {
 
 /// Reads the rest of a layer (through `hashing`, so the diff_id covers
 /// it) and checks its digests.
-fn finish(
+pub(super) fn finish(
     mut hashing: HashReader<Incoming<'_>>,
     name: &Digest,
 ) -> Result<LayerDigests, SourceError> {
@@ -235,9 +251,19 @@ fn finish(
     stream.finish_with(diff_id)
 }
 
+/// The image limit for a layer above `image_bytes` of layers, when it is
+/// closer than the layer limit (which the layer's reader applies).
+pub(super) fn image_limit(limits: &Limits, image_bytes: u64) -> Option<LimitExceeded> {
+    let image_left = limits.max_image_bytes.saturating_sub(image_bytes);
+    (image_left < limits.max_layer_bytes).then_some(LimitExceeded {
+        what: "image",
+        limit: image_left,
+    })
+}
+
 /// Closes every pipe when the flattener is done with them, however it
 /// returns, so no reader is left waiting when the scope joins it.
-struct CloseAll<'a>(&'a [Pipe]);
+pub(super) struct CloseAll<'a>(pub(super) &'a [Pipe]);
 
 impl Drop for CloseAll<'_> {
     fn drop(&mut self) {
@@ -276,9 +302,13 @@ pub(crate) fn flatten_layers_with<S: ImageSink>(
         .map(|_| Pipe::new(ahead.bounds.clone(), budget.clone(), pool.clone()))
         .collect();
     let next = AtomicUsize::new(0);
+    let detached = Detached::new(builder, image.layers.len());
     std::thread::scope(|scope| {
         for _ in 0..readers {
             scope.spawn(|| read_layers(image, limits, &pipes, &next));
+        }
+        if let Some(detached) = &detached {
+            return detached.flatten(scope, image, builder, limits, &pipes, readers);
         }
         // Dropped before the scope joins the readers, on every return.
         let _close = CloseAll(&pipes);
@@ -291,20 +321,7 @@ pub(crate) fn flatten_layers_with<S: ImageSink>(
                 Some(opened) => opened.map_err(|e| super::explain(image, layer, e))?,
                 None => return Err(FlattenError::ReaderStopped),
             };
-            let image_left = limits.max_image_bytes.saturating_sub(image_bytes);
-            let incoming = Incoming {
-                pipe,
-                block: Vec::new(),
-                len: 0,
-                pos: 0,
-                end: None,
-                failed: false,
-                read: 0,
-                limit: (image_left < limits.max_layer_bytes).then_some(LimitExceeded {
-                    what: "image",
-                    limit: image_left,
-                }),
-            };
+            let incoming = Incoming::new(pipe, image_limit(limits, image_bytes));
             let mut hashing = if hash_here {
                 HashReader::new(incoming)
             } else {

@@ -116,6 +116,11 @@ impl<R: Read> TarReader<R> {
         }
     }
 
+    /// The reader entries are read from.
+    pub fn get_ref(&self) -> &R {
+        &self.inner
+    }
+
     /// The current entry's data (what is left of it).
     pub fn data(&mut self) -> Data<'_, R> {
         Data { reader: self }

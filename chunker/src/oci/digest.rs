@@ -111,6 +111,11 @@ impl<R: Read> HashReader<R> {
         self.count == 0 && self.hash.take().is_some()
     }
 
+    /// Bytes read so far.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
     /// Read the rest of the stream so the digest covers all of it.
     pub fn drain(&mut self) -> io::Result<u64> {
         io::copy(self, &mut io::sink())

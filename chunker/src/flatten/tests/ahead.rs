@@ -1,5 +1,6 @@
-//! Layers read ahead through pipes that spill: the same image and reports
-//! as reading each layer on the flattening thread.
+//! Layers read ahead through pipes that spill, applied in order or
+//! detached: the same image and reports as reading each layer on the
+//! flattening thread.
 
 use super::*;
 use crate::flatten::readahead::{Ahead, flatten_layers_with};
@@ -36,8 +37,25 @@ fn flatten(image: &Image, ahead: Option<&Ahead>) -> (Vec<u8>, Vec<LayerReport>) 
         None => flatten_layers_limited(image, &mut b, &limits).unwrap(),
     };
     b.finish(&tree).unwrap();
-    let bytes = sink.0.borrow().clone();
+    let bytes = trimmed(sink.0.borrow().clone());
     (bytes, reports)
+}
+
+/// The image without the zeros at its end (which a sink may not write).
+fn trimmed(mut bytes: Vec<u8>) -> Vec<u8> {
+    while bytes.last() == Some(&0) {
+        bytes.pop();
+    }
+    bytes
+}
+
+/// As [`flatten`] read ahead, into a sink that takes detached layers.
+fn flatten_detached(image: &Image, ahead: &Ahead) -> (Vec<u8>, Vec<LayerReport>) {
+    let mut b = Ext4Builder::new(VecSink::default(), Ext4Options::default()).unwrap();
+    let (tree, reports) = flatten_layers_with(image, &mut b, &Limits::default(), ahead).unwrap();
+    let (sink, summary) = b.finish(&tree).unwrap();
+    assert_eq!(sink.bytes.len() as u64, summary.size);
+    (trimmed(sink.bytes), reports)
 }
 
 #[test]
@@ -59,6 +77,15 @@ fn read_ahead_through_small_pipes_gives_the_same_image() {
         assert!(
             got == serial,
             "{readers} readers, {mem_blocks} blocks, budget {budget}: a different image"
+        );
+        let got = flatten_detached(&image, &ahead);
+        assert!(
+            got.1 == serial.1,
+            "detached, {readers} readers: other reports"
+        );
+        assert!(
+            got.0 == serial.0,
+            "detached, {readers} readers, {mem_blocks} blocks, budget {budget}: a different image"
         );
     }
 }
@@ -84,4 +111,8 @@ fn a_bad_layer_ahead_stops_every_reader_with_its_error() {
     let err = flatten_layers_with(&image, &mut b, &Limits::default(), &ahead).unwrap_err();
     let text = format!("{err}: {:?}", err);
     assert!(text.contains(&image.layers[3].name().hex()[..12]), "{text}");
+    // Detached: the same error, however far the other layers got.
+    let mut b = Ext4Builder::new(VecSink::default(), Ext4Options::default()).unwrap();
+    let err = flatten_layers_with(&image, &mut b, &Limits::default(), &ahead).unwrap_err();
+    assert_eq!(format!("{err}: {:?}", err), text);
 }
