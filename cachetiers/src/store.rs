@@ -247,6 +247,13 @@ pub trait ChunkStore: Send + Sync {
         Ok(())
     }
 
+    /// Starts making what was stored so far durable, so that a later
+    /// [`ChunkStore::sync`] has less left to do (and less to wait for).
+    /// Promises nothing; the default does nothing.
+    fn flush(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     /// Whether an object is stored under `id` (without reading or checking
     /// it).
     fn contains(&self, id: &ChunkId) -> Result<bool, StoreError>;
@@ -292,6 +299,9 @@ macro_rules! forward_store {
             }
             fn sync(&self) -> Result<(), StoreError> {
                 (**self).sync()
+            }
+            fn flush(&self) -> Result<(), StoreError> {
+                (**self).flush()
             }
             fn contains(&self, id: &ChunkId) -> Result<bool, StoreError> {
                 (**self).contains(id)

@@ -37,6 +37,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::io::{self, IsTerminal, Write};
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, Sender, SyncSender, channel, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -402,6 +403,10 @@ struct Stored {
 /// ([`ChunkId::of_objects`]). The last batch may be smaller.
 const BATCH: usize = 4;
 
+/// New chunks between two [`ChunkStore::flush`]es (32 MiB of 512 KiB
+/// chunks).
+const FLUSH_EVERY: u64 = 64;
+
 /// What a worker needs besides its queue.
 struct WorkerCtx<'a> {
     secret: &'a DomainSecret,
@@ -409,6 +414,9 @@ struct WorkerCtx<'a> {
     failed: &'a Mutex<Option<StoreError>>,
     /// Where to give buffers back (the overlapped pipeline).
     spare: Option<Sender<Vec<u8>>>,
+    /// The overlapped pipeline: new chunks stored so far, and the flusher
+    /// to wake every [`FLUSH_EVERY`] of them.
+    flush: Option<(&'a AtomicU64, SyncSender<()>)>,
 }
 
 fn worker(rx: Queue, done: Sender<Done>, ctx: WorkerCtx<'_>) {
@@ -446,6 +454,14 @@ fn worker(rx: Queue, done: Sender<Done>, ctx: WorkerCtx<'_>) {
                 return;
             }
         };
+        if let Some((count, flusher)) = &ctx.flush {
+            let new = stored.iter().filter(|s| s.outcome.is_new()).count() as u64;
+            let before = count.fetch_add(new, Ordering::Relaxed);
+            if (before + new) / FLUSH_EVERY > before / FLUSH_EVERY {
+                // Busy flushing already: this one is covered.
+                let _ = flusher.try_send(());
+            }
+        }
         for s in stored {
             let _ = done.send(Done {
                 at: s.at,
@@ -540,19 +556,34 @@ fn convert_with(
     let mut flatten_opts = opts.flatten.clone();
     flatten_opts.read_ahead &= batched;
 
+    let stored = AtomicU64::new(0);
+    let (flush_tx, flush_rx) = sync_channel::<()>(1);
     let flattened = std::thread::scope(|scope| {
+        if batched {
+            // Writes back what the store holds dirty while the conversion
+            // goes on, so that the sync before the manifest, which nothing
+            // overlaps, has little left; its errors are the sync's to
+            // report.
+            scope.spawn(move || {
+                for () in flush_rx {
+                    let _ = store.flush();
+                }
+            });
+        }
         for _ in 0..threads {
             let ctx = WorkerCtx {
                 secret: &secret,
                 store,
                 failed: &failed,
                 spare: batched.then(|| spare_tx.clone()),
+                flush: batched.then(|| (&stored, flush_tx.clone())),
             };
             let (rx, done_tx) = (rx.clone(), done_tx.clone());
             scope.spawn(move || worker(rx, done_tx, ctx));
         }
         drop(done_tx);
         drop(spare_tx);
+        drop(flush_tx);
         let sink = ChunkingSink::new(chunk_size.as_u64(), feeder);
         // The workers hold the only receivers now: if they all stop, sending
         // fails instead of blocking.

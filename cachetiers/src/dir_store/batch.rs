@@ -19,7 +19,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::{self, File};
 use std::io::ErrorKind;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::PoisonError;
 
 use manifest::ChunkId;
@@ -266,24 +266,26 @@ impl DirStore {
         // Written back now: the last objects' pages can go too.
         let settled: Vec<File> = self.batch().settling.drain(..).collect();
         settled.iter().for_each(drop_cached);
-        let mut first_error = None;
-        let mut shards = Vec::new();
-        for (id, temp) in snapshot {
-            match fs::rename(&temp, self.chunk_path(&id)) {
-                Ok(()) => {
-                    let mut batch = self.batch();
-                    if let Some((_, len)) = batch.objects.remove(&id) {
-                        batch.bytes -= len;
-                    }
-                    shards.push(self.shard_dir(&id));
-                }
-                // Removed from the batch meanwhile (`remove`): not an error.
-                Err(e) if e.kind() == ErrorKind::NotFound && !self.is_batched(&id) => {}
-                Err(e) => {
-                    first_error.get_or_insert_with(|| io_error("rename", &temp)(e));
-                }
-            }
-        }
+        // The renames are a path walk and two directory updates each, and
+        // nothing else runs at the end of a conversion: split over the
+        // cores.
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+        let part = snapshot.len().div_ceil(threads);
+        let (shards, errors): (Vec<_>, Vec<_>) = std::thread::scope(|scope| {
+            let parts: Vec<_> = snapshot
+                .chunks(part)
+                .map(|objects| scope.spawn(|| self.rename_in_place(objects)))
+                .collect();
+            parts
+                .into_iter()
+                .map(|p| {
+                    p.join()
+                        .unwrap_or_else(|_| (Vec::new(), Some(renamer_panicked(self.root()))))
+                })
+                .unzip()
+        });
+        let shards: Vec<PathBuf> = shards.into_iter().flatten().collect();
+        let first_error = errors.into_iter().flatten().next();
         self.mark_dirty(shards);
         let dirty = self.take_dirty();
         if let Err(e) = self.syncfs() {
@@ -293,11 +295,44 @@ impl DirStore {
         first_error.map_or(Ok(()), Err)
     }
 
+    /// Renames batched objects into place; the shards that gained one, and
+    /// the first error.
+    fn rename_in_place(
+        &self,
+        objects: &[(ChunkId, PathBuf)],
+    ) -> (Vec<PathBuf>, Option<StoreError>) {
+        let mut first_error = None;
+        let mut shards = Vec::new();
+        for (id, temp) in objects {
+            match fs::rename(temp, self.chunk_path(id)) {
+                Ok(()) => {
+                    let mut batch = self.batch();
+                    if let Some((_, len)) = batch.objects.remove(id) {
+                        batch.bytes -= len;
+                    }
+                    shards.push(self.shard_dir(id));
+                }
+                // Removed from the batch meanwhile (`remove`): not an error.
+                Err(e) if e.kind() == ErrorKind::NotFound && !self.is_batched(id) => {}
+                Err(e) => {
+                    first_error.get_or_insert_with(|| io_error("rename", temp)(e));
+                }
+            }
+        }
+        (shards, first_error)
+    }
+
     /// `syncfs` on the store's file system: everything written to it is
     /// on disk, in one call (one journal commit) whatever the count.
-    fn syncfs(&self) -> Result<(), StoreError> {
+    pub(super) fn syncfs(&self) -> Result<(), StoreError> {
         File::open(self.root())
             .and_then(|dir| rustix::fs::syncfs(&dir).map_err(std::io::Error::from))
             .map_err(io_error("sync the file system of", self.root()))
     }
+}
+
+fn renamer_panicked(root: &Path) -> StoreError {
+    io_error("rename the batch into place in", root)(std::io::Error::other(
+        "a renaming thread panicked",
+    ))
 }

@@ -320,6 +320,13 @@ impl ChunkStore for DirStore {
         DirStore::sync(self)
     }
 
+    /// Writes back what the file system holds dirty (the objects put,
+    /// their directories and inodes) while the conversion goes on, so
+    /// that [`DirStore::sync`]'s own `syncfs` finds little left.
+    fn flush(&self) -> Result<(), StoreError> {
+        self.syncfs()
+    }
+
     fn contains(&self, id: &ChunkId) -> Result<bool, StoreError> {
         let path = self.chunk_path(id);
         match fs::symlink_metadata(&path) {
