@@ -2,10 +2,11 @@
 //!
 //! Layers, from input to output:
 //! - [`oci`]: image sources, blobs and layer streams, digests checked;
-//! - [`flatten`]: layers applied to the tree, file data streamed to ext4;
+//! - [`flatten`]: layers applied to the tree, file data streamed to ext4
+//!   (in order, or parsed at once into detached layers placed in order);
 //! - [`tree`]: the flattened file tree that layers add up to;
 //! - [`ext4`]: the ext4 writer (file data streamed, metadata at the end);
-//! - [`sink`]: where image bytes go;
+//! - [`sink`]: where image bytes go (and detached layers, placed later);
 //! - [`chunking`]: the image stream cut into chunks, holes skipped;
 //! - [`convert`]: the whole pipeline, chunks encrypted in parallel into a
 //!   store and a sealed manifest.

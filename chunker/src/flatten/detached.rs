@@ -5,7 +5,7 @@
 //! preparer threads (as many as the readers) take the layers in order,
 //! each parsing one layer's tar from its pipe, hashing it for the diff_id
 //! and writing its file data into a [`LayerWriter`] of its own ([`prepare`]).
-//! The entries go through the layer's [`Lane`] to the flattening thread,
+//! The entries go through the layer's lane ([`Lanes`]) to the flattening thread,
 //! which applies them to the tree in layer order, moving each file's
 //! extents to where the layer starts, and attaches each layer once it is
 //! read. So the layers above the first are parsed, written and encrypted
@@ -36,10 +36,15 @@ use crate::oci::{Image, LayerDigests, LimitExceeded, SourceError};
 use crate::sink::ImageSink;
 use crate::tree::Tree;
 
-/// Bytes of prepared entries a layer's lane holds before its preparer
-/// waits for the flattener (entries are a few hundred bytes each; one
-/// larger than this still goes through, alone).
+/// Bytes of prepared entries the lane of the layer being applied holds
+/// before its preparer waits for the flattener (entries are a few hundred
+/// bytes each; a batch larger than this still goes through, alone).
 pub const LANE_BYTES: usize = 16 << 20;
+
+/// Bytes of prepared entries the lanes of the layers above it hold
+/// together before their preparers wait: a layer's entries wait for the
+/// layers below it to be applied, and there may be many layers.
+pub const AHEAD_BYTES: usize = 32 << 20;
 
 /// How a layer's preparation ended.
 enum LaneEnd {
@@ -70,83 +75,115 @@ struct LaneState {
     queue: Vec<Prepared>,
     bytes: usize,
     end: Option<LaneEnd>,
+}
+
+struct Shared {
+    lanes: Vec<LaneState>,
+    /// Bytes queued in all lanes.
+    bytes: usize,
+    /// The layer the flattener applies.
+    current: usize,
     closed: bool,
 }
 
-/// One layer's prepared entries, from its preparer to the flattener, in
-/// batches ([`BATCH`]): a hand-over is a lock and often a wake-up.
-struct Lane {
-    state: Mutex<LaneState>,
+/// Each layer's prepared entries, from its preparer to the flattener, in
+/// batches ([`BATCH`]: a hand-over is a lock and often a wake-up). The
+/// lane of the layer being applied holds [`LANE_BYTES`]; those above it
+/// [`AHEAD_BYTES`] together, so memory stays bounded however many layers
+/// are read ahead, and the layer the flattener waits for can always go on.
+struct Lanes {
+    state: Mutex<Shared>,
     changed: Condvar,
-    /// Bytes of entries it holds before the preparer waits.
-    budget: usize,
+    lane_budget: usize,
+    ahead_budget: usize,
 }
 
 /// Entries a preparer hands over at once.
 const BATCH: usize = 64;
 
-impl Default for Lane {
-    fn default() -> Self {
-        Lane::new(LANE_BYTES)
-    }
-}
-
 /// The flattener has stopped.
 struct Closed;
 
-impl Lane {
-    fn new(budget: usize) -> Self {
-        Lane {
-            state: Mutex::default(),
+impl Lanes {
+    fn new(layers: usize, lane_budget: usize, ahead_budget: usize) -> Self {
+        Lanes {
+            state: Mutex::new(Shared {
+                lanes: (0..layers).map(|_| LaneState::default()).collect(),
+                bytes: 0,
+                current: 0,
+                closed: false,
+            }),
             changed: Condvar::new(),
-            budget,
+            lane_budget,
+            ahead_budget,
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, LaneState> {
+    fn lock(&self) -> MutexGuard<'_, Shared> {
         // A panicked holder leaves nothing half-updated that matters here.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn wait<'a>(&self, guard: MutexGuard<'a, LaneState>) -> MutexGuard<'a, LaneState> {
+    fn wait<'a>(&self, guard: MutexGuard<'a, Shared>) -> MutexGuard<'a, Shared> {
         self.changed.wait(guard).unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Queue entries, waiting while the lane is full.
-    fn push(&self, batch: &mut Vec<Prepared>) -> Result<(), Closed> {
+    /// Whether layer `i`'s lane has no room for `size` more bytes.
+    fn full(&self, s: &Shared, i: usize, size: usize) -> bool {
+        let lane = &s.lanes[i];
+        if i == s.current {
+            !lane.queue.is_empty() && lane.bytes + size > self.lane_budget
+        } else {
+            let ahead = s.bytes - s.lanes[s.current].bytes;
+            ahead + size > self.ahead_budget
+        }
+    }
+
+    /// Queue entries of layer `i`, waiting while there is no room.
+    fn push(&self, i: usize, batch: &mut Vec<Prepared>) -> Result<(), Closed> {
         if batch.is_empty() {
             return Ok(());
         }
         let size: usize = batch.iter().map(footprint).sum();
         let mut s = self.lock();
-        while !s.closed && !s.queue.is_empty() && s.bytes + size > self.budget {
+        while !s.closed && self.full(&s, i, size) {
             s = self.wait(s);
         }
         if s.closed {
             return Err(Closed);
         }
         s.bytes += size;
-        s.queue.append(batch);
+        let lane = &mut s.lanes[i];
+        lane.bytes += size;
+        lane.queue.append(batch);
         self.changed.notify_all();
         Ok(())
     }
 
-    fn end(&self, end: LaneEnd) {
+    fn end(&self, i: usize, end: LaneEnd) {
         let mut s = self.lock();
-        s.end.get_or_insert(end);
+        s.lanes[i].end.get_or_insert(end);
         self.changed.notify_all();
     }
 
-    /// The entries queued (at least one), or how the layer ended.
-    fn take(&self) -> Result<Vec<Prepared>, LaneEnd> {
+    /// Layer `i`'s entries queued (at least one), or how it ended; `i`
+    /// is the layer being applied from now on.
+    fn take(&self, i: usize) -> Result<Vec<Prepared>, LaneEnd> {
         let mut s = self.lock();
+        if s.current != i {
+            s.current = i;
+            self.changed.notify_all();
+        }
         loop {
-            if !s.queue.is_empty() {
-                s.bytes = 0;
+            let lane = &mut s.lanes[i];
+            if !lane.queue.is_empty() {
+                let bytes = std::mem::take(&mut lane.bytes);
+                let queue = std::mem::take(&mut lane.queue);
+                s.bytes -= bytes;
                 self.changed.notify_all();
-                return Ok(std::mem::take(&mut s.queue));
+                return Ok(queue);
             }
-            if let Some(end) = s.end.take() {
+            if let Some(end) = lane.end.take() {
                 return Err(end);
             }
             s = self.wait(s);
@@ -156,7 +193,9 @@ impl Lane {
     fn close(&self) {
         let mut s = self.lock();
         s.closed = true;
-        s.queue.clear();
+        for lane in &mut s.lanes {
+            lane.queue.clear();
+        }
         self.changed.notify_all();
     }
 }
@@ -183,24 +222,22 @@ fn footprint(p: &Prepared) -> usize {
         + p.name.len()
 }
 
-/// Closes every lane when the flattener returns, so no preparer waits on.
-struct CloseLanes<'a>(&'a [Lane]);
+/// Closes the lanes when the flattener returns, so no preparer waits on.
+struct CloseLanes<'a>(&'a Lanes);
 
 impl Drop for CloseLanes<'_> {
     fn drop(&mut self) {
-        for lane in self.0 {
-            lane.close();
-        }
+        self.0.close();
     }
 }
 
-/// Tells the lane its preparer has left, on every way out (a panic
+/// Tells a layer's lane its preparer has left, on every way out (a panic
 /// included): the flattener then stops instead of waiting.
-struct PreparerGone<'a>(&'a Lane);
+struct PreparerGone<'a>(&'a Lanes, usize);
 
 impl Drop for PreparerGone<'_> {
     fn drop(&mut self) {
-        self.0.end(LaneEnd::Stopped);
+        self.0.end(self.1, LaneEnd::Stopped);
     }
 }
 
@@ -210,21 +247,18 @@ fn prepare_layers(
     image: &Image,
     limits: &Limits,
     pipes: &[Pipe],
-    lanes: &[Lane],
+    lanes: &Lanes,
     writers: &[Mutex<Option<LayerWriter>>],
     next: &AtomicUsize,
 ) {
     loop {
         let i = next.fetch_add(1, Ordering::Relaxed);
-        let (Some(layer), Some(pipe), Some(lane), Some(writer)) = (
-            image.layers.get(i),
-            pipes.get(i),
-            lanes.get(i),
-            writers.get(i),
-        ) else {
+        let (Some(layer), Some(pipe), Some(writer)) =
+            (image.layers.get(i), pipes.get(i), writers.get(i))
+        else {
             return;
         };
-        let _gone = PreparerGone(lane);
+        let _gone = PreparerGone(lanes, i);
         let writer = writer.lock().unwrap_or_else(|e| e.into_inner()).take();
         let (Some(mut writer), Some(opened)) = (writer, pipe.take_opened()) else {
             return;
@@ -232,7 +266,7 @@ fn prepare_layers(
         let (media_type, hash_here) = match opened {
             Ok(opened) => opened,
             Err(e) => {
-                lane.end(LaneEnd::Open(e));
+                lanes.end(i, LaneEnd::Open(e));
                 continue;
             }
         };
@@ -257,7 +291,7 @@ fn prepare_layers(
                 if batch.len() < BATCH {
                     return Ok(());
                 }
-                lane.push(&mut batch).map_err(|Closed| {
+                lanes.push(i, &mut batch).map_err(|Closed| {
                     closed = true;
                     LayerError::Read {
                         layer: layer.name().clone(),
@@ -266,7 +300,7 @@ fn prepare_layers(
                 })
             },
         );
-        if closed || lane.push(&mut batch).is_err() {
+        if closed || lanes.push(i, &mut batch).is_err() {
             return;
         }
         let tar_end = hashing.count();
@@ -284,14 +318,17 @@ fn prepare_layers(
         } else {
             (None, tar_end)
         };
-        lane.end(LaneEnd::Read(Box::new(LayerRead {
-            media_type,
-            entries,
-            tar_end,
-            total,
-            digests,
-            writer,
-        })));
+        lanes.end(
+            i,
+            LaneEnd::Read(Box::new(LayerRead {
+                media_type,
+                entries,
+                tar_end,
+                total,
+                digests,
+                writer,
+            })),
+        );
         // Its spill given back: a reader waiting for budget may go on.
         for later in pipes {
             later.nudge();
@@ -315,7 +352,7 @@ fn limit_error(
 
 /// Every layer of an image detached: its writer and its lane.
 pub(super) struct Detached {
-    lanes: Vec<Lane>,
+    lanes: Lanes,
     writers: Vec<Mutex<Option<LayerWriter>>>,
     next: AtomicUsize,
 }
@@ -328,7 +365,7 @@ impl Detached {
             .map(|_| builder.detach_layer().map(|w| Mutex::new(Some(w))))
             .collect::<Option<Vec<_>>>()?;
         Some(Detached {
-            lanes: (0..layers).map(|_| Lane::default()).collect(),
+            lanes: Lanes::new(layers, LANE_BYTES, AHEAD_BYTES),
             writers,
             next: AtomicUsize::new(0),
         })
@@ -361,18 +398,19 @@ fn flatten_lanes<S: ImageSink>(
     builder: &mut Ext4Builder<S>,
     limits: &Limits,
     pipes: &[Pipe],
-    lanes: &[Lane],
+    lanes: &Lanes,
 ) -> Result<(Tree, Vec<LayerReport>), FlattenError> {
     // Dropped before the scope joins the threads, on every return.
     let _close = (CloseLanes(lanes), CloseAll(pipes));
     let mut tree = Tree::new();
     let mut reports = Vec::with_capacity(image.layers.len());
     let mut image_bytes = 0u64;
-    for (layer, lane) in image.layers.iter().zip(lanes) {
+    for (i, layer) in image.layers.iter().enumerate() {
         let start = builder.layer_start();
         let limit = image_limit(limits, image_bytes);
-        let (entries, read) = apply_lane(layer, lane, limits, limit.as_ref(), &mut tree, start)
-            .map_err(|e| super::explain(image, layer, e))?;
+        let (entries, read) =
+            apply_lane(layer, (lanes, i), limits, limit.as_ref(), &mut tree, start)
+                .map_err(|e| super::explain(image, layer, e))?;
         let digests = read
             .digests
             .unwrap_or_else(|| {
@@ -395,7 +433,7 @@ fn flatten_lanes<S: ImageSink>(
 /// starting at block `start`; its entry count and the rest of its read.
 fn apply_lane(
     layer: &crate::oci::Layer,
-    lane: &Lane,
+    (lanes, i): (&Lanes, usize),
     limits: &Limits,
     limit: Option<&LimitExceeded>,
     tree: &mut Tree,
@@ -405,7 +443,7 @@ fn apply_lane(
     let mut applier = LayerApplier::new(layer.name());
     let mut last: Option<String> = None;
     loop {
-        let batch = match lane.take() {
+        let batch = match lanes.take(i) {
             Ok(batch) => batch,
             Err(LaneEnd::Read(read)) => {
                 let mut read = *read;
@@ -454,6 +492,18 @@ mod tests {
     use super::*;
     use crate::flatten::tarstream::TarEntry;
 
+    /// Waits (a few seconds at most) until `n` entries are pushed.
+    fn until_pushed(pushed: &AtomicUsize, n: usize) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while pushed.load(Ordering::SeqCst) < n {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "only {pushed:?} pushed"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
     fn entry(name: &str) -> Prepared {
         Prepared {
             entry: TarEntry {
@@ -474,24 +524,25 @@ mod tests {
     #[test]
     fn a_full_lane_holds_its_preparer_until_the_flattener_takes_the_entries() {
         let one = footprint(&entry("a"));
-        let lane = Lane::new(2 * one);
+        let lanes = Lanes::new(1, 2 * one, 0);
         let pushed = AtomicUsize::new(0);
         std::thread::scope(|s| {
             let preparer = s.spawn(|| {
                 for name in ["a", "b", "c"] {
-                    lane.push(&mut vec![entry(name)]).map_err(|_| ()).unwrap();
+                    lanes
+                        .push(0, &mut vec![entry(name)])
+                        .map_err(|_| ())
+                        .unwrap();
                     pushed.fetch_add(1, Ordering::SeqCst);
                 }
-                lane.end(LaneEnd::Stopped);
+                lanes.end(0, LaneEnd::Stopped);
             });
             // Two fit; the third waits (long enough to see it would not).
-            while pushed.load(Ordering::SeqCst) < 2 {
-                std::thread::yield_now();
-            }
+            until_pushed(&pushed, 2);
             std::thread::sleep(Duration::from_millis(50));
             assert_eq!(pushed.load(Ordering::SeqCst), 2);
             let mut names = Vec::new();
-            while let Ok(batch) = lane.take() {
+            while let Ok(batch) = lanes.take(0) {
                 names.extend(batch.into_iter().map(|p| p.name));
             }
             assert_eq!(names, ["a", "b", "c"]);
@@ -500,20 +551,69 @@ mod tests {
     }
 
     #[test]
+    fn layers_ahead_share_a_budget_and_go_on_once_they_are_applied() {
+        // Names of one length: entries of one footprint.
+        let one = footprint(&entry("a1"));
+        // Layers 1 and 2 wait for layer 0; together they may hold two
+        // entries.
+        let lanes = Lanes::new(3, 100 * one, 2 * one);
+        let pushed = AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            // As a preparer does: a layer ended before the next is begun.
+            let ahead = s.spawn(|| {
+                for (i, name) in [(1, "b1"), (2, "c1"), (2, "c2"), (2, "c3")] {
+                    if name == "c1" {
+                        lanes.end(1, LaneEnd::Stopped);
+                    }
+                    lanes
+                        .push(i, &mut vec![entry(name)])
+                        .map_err(|_| ())
+                        .unwrap();
+                    pushed.fetch_add(1, Ordering::SeqCst);
+                }
+                lanes.end(2, LaneEnd::Stopped);
+            });
+            until_pushed(&pushed, 2);
+            std::thread::sleep(Duration::from_millis(50));
+            assert_eq!(
+                pushed.load(Ordering::SeqCst),
+                2,
+                "a third is over the budget"
+            );
+            // Layer 0, applied now, is not held back by the layers above.
+            lanes
+                .push(0, &mut vec![entry("a1"), entry("a2"), entry("a3")])
+                .map_err(|_| ())
+                .unwrap();
+            lanes.end(0, LaneEnd::Stopped);
+            assert_eq!(lanes.take(0).ok().map(|b| b.len()), Some(3));
+            assert!(lanes.take(0).is_err());
+            let mut names = Vec::new();
+            for i in 1..3 {
+                while let Ok(batch) = lanes.take(i) {
+                    names.extend(batch.into_iter().map(|p| p.name));
+                }
+            }
+            assert_eq!(names, ["b1", "c1", "c2", "c3"]);
+            ahead.join().unwrap();
+        });
+    }
+
+    #[test]
     fn a_batch_larger_than_the_lane_goes_alone_and_closing_frees_a_waiter() {
-        let lane = Lane::new(1);
+        let lanes = Lanes::new(1, 1, 1);
         let mut batch = vec![entry("big"), entry("bigger")];
-        lane.push(&mut batch).map_err(|_| ()).unwrap();
+        lanes.push(0, &mut batch).map_err(|_| ()).unwrap();
         assert!(batch.is_empty(), "handed over");
         std::thread::scope(|s| {
-            let waiting = s.spawn(|| lane.push(&mut vec![entry("next")]).is_err());
+            let waiting = s.spawn(|| lanes.push(0, &mut vec![entry("next")]).is_err());
             std::thread::sleep(Duration::from_millis(50));
-            lane.close();
-            assert!(waiting.join().unwrap(), "a closed lane refuses entries");
+            lanes.close();
+            assert!(waiting.join().unwrap(), "closed lanes refuse entries");
         });
-        // A preparer that leaves (or panics) ends the lane.
-        let lane = Lane::default();
-        drop(PreparerGone(&lane));
-        assert!(matches!(lane.take(), Err(LaneEnd::Stopped)));
+        // A preparer that leaves (or panics) ends its lane.
+        let lanes = Lanes::new(2, LANE_BYTES, AHEAD_BYTES);
+        drop(PreparerGone(&lanes, 1));
+        assert!(matches!(lanes.take(1), Err(LaneEnd::Stopped)));
     }
 }

@@ -7,7 +7,12 @@
 //! metadata. A digest mismatch found at the end of a layer is still an
 //! error: the output is discarded ([`flatten_to_file`] removes it).
 //! Layers are read and decompressed on threads of their own ahead of the
-//! flattener ([`readahead`]) unless [`FlattenOptions::read_ahead`] is off.
+//! flattener ([`readahead`]) unless [`FlattenOptions::read_ahead`] is off;
+//! then, when the sink takes detached layers, they are also parsed and
+//! written at once, each into a layer of its own, and applied to the tree
+//! and placed in order (`detached`). Applying an entry is two steps either
+//! way: what needs no tree (`prepare`: checks, file data written), then
+//! the tree ([`apply`]).
 
 pub mod apply;
 mod detached;
