@@ -1,6 +1,6 @@
 //! The conversion pipeline: flatten → chunk → encrypt → store → seal.
 //!
-//! Three stages run at once ([`Pipeline::Overlapped`], the default):
+//! The stages run at once ([`Pipeline::Overlapped`], the default):
 //! - reader threads read, decompress and check the layers' blobs, several
 //!   layers at once, ahead of the flattener ([`crate::flatten::readahead`]);
 //! - preparer threads parse the tars, hash them for their diff_ids and
@@ -17,8 +17,11 @@
 //!
 //! The batch is made durable by one [`ChunkStore::sync`] before the
 //! manifest is stored, so a manifest never names a chunk a crash could
-//! lose. Memory stays at a few chunks per worker and a few MiB of layer
-//! bytes whatever the image size; only the chunk table (64 bytes a chunk)
+//! lose; meanwhile a flusher thread calls [`ChunkStore::flush`] every
+//! 64 new chunks, so that sync, which nothing overlaps, finds
+//! little left to write. Memory stays at a few chunks per worker, a few
+//! MiB of layer bytes and at most 48 MiB of parsed entries whatever the
+//! image size; only the chunk table (64 bytes a chunk)
 //! grows with it. The image, chunks and manifest do not depend on the
 //! pipeline or the thread count: chunks are placed by index.
 //!
