@@ -18,7 +18,7 @@
 //! blocks), `xattr`; `layout` sizes and places the metadata, `plan`
 //! numbers the inodes, and `writer` writes it all out.
 //!
-//! File data streams out while the layers are read ([`Ext4Builder::write_file`],
+//! File data streams out while the layers are read ([`DataOut::write_file`],
 //! or a detached layer's [`LayerWriter`], attached in order afterwards); the
 //! metadata region is written by [`Ext4Builder::finish`] from the flattened
 //! [`Tree`]. Nothing depends on the clock, random numbers or hash-map order.
@@ -61,13 +61,6 @@ pub trait DataOut {
 pub struct LayerWriter {
     data: DataWriter,
     sink: Box<dyn DetachedSink>,
-}
-
-impl LayerWriter {
-    /// Blocks the layer spans so far.
-    pub fn blocks(&self) -> u64 {
-        self.data.next_block()
-    }
 }
 
 impl DataOut for LayerWriter {
@@ -197,22 +190,6 @@ impl<S: ImageSink> Ext4Builder<S> {
         self.data.align_to_chunk();
     }
 
-    /// Stream exactly `size` bytes of one regular file from `src` into the
-    /// image. All-zero blocks become holes.
-    pub fn write_file(&mut self, src: &mut dyn Read, size: u64) -> io::Result<FileData> {
-        self.data.write_file(&mut self.sink, src, size)
-    }
-
-    /// As [`Ext4Builder::write_file`], never reading the holes `src`
-    /// knows of.
-    pub fn write_sparse_file(
-        &mut self,
-        src: &mut dyn FileSource,
-        size: u64,
-    ) -> io::Result<FileData> {
-        self.data.write_sparse_file(&mut self.sink, src, size)
-    }
-
     /// A writer for a layer whose place is not known yet, to fill on
     /// another thread; `None` when the sink is written in order only.
     pub fn detach_layer(&mut self) -> Option<LayerWriter> {
@@ -269,10 +246,10 @@ impl<S: ImageSink> Ext4Builder<S> {
 
 impl<S: ImageSink> DataOut for Ext4Builder<S> {
     fn write_file(&mut self, src: &mut dyn Read, size: u64) -> io::Result<FileData> {
-        Ext4Builder::write_file(self, src, size)
+        self.data.write_file(&mut self.sink, src, size)
     }
 
     fn write_sparse_file(&mut self, src: &mut dyn FileSource, size: u64) -> io::Result<FileData> {
-        Ext4Builder::write_sparse_file(self, src, size)
+        self.data.write_sparse_file(&mut self.sink, src, size)
     }
 }

@@ -15,6 +15,7 @@ use super::entry::{self, Change, EntryError};
 use super::limits::Limits;
 use super::prepare::{Parsed, Prepared, ToApply, is_file, prepare_layer};
 use super::resolve;
+use super::tarstream::TarEntry;
 use crate::ext4::Ext4Builder;
 use crate::oci::Digest;
 use crate::sink::ImageSink;
@@ -142,12 +143,12 @@ impl Applier {
     /// `shift` blocks, to where the layer was attached.
     fn apply(
         &mut self,
-        prepared: Prepared,
+        entry: TarEntry,
+        apply: Option<ToApply>,
         limits: &Limits,
         tree: &mut Tree,
         shift: u64,
     ) -> Result<(), EntryError> {
-        let Prepared { entry, apply, .. } = prepared;
         let Some(ToApply { parsed, data }) = apply else {
             return Ok(());
         };
@@ -294,12 +295,14 @@ impl<'a> LayerApplier<'a> {
     ) -> Result<(), LayerError> {
         // The header's path: a PAX sparse file's real name may be what
         // failed to parse.
-        let entry = prepared.name.clone();
+        let Prepared {
+            entry, name, apply, ..
+        } = prepared;
         self.applier
-            .apply(prepared, limits, tree, shift)
+            .apply(entry, apply, limits, tree, shift)
             .map_err(|source| LayerError::Entry {
                 layer: self.layer.clone(),
-                entry,
+                entry: name,
                 source,
             })
     }

@@ -439,7 +439,8 @@ fn apply_lane(
     tree: &mut Tree,
     start: u64,
 ) -> Result<(u64, LayerRead), FlattenError> {
-    let past = |at: u64| limit.is_some_and(|l| at > l.limit);
+    // The limit, when `at` bytes are past it.
+    let passed = |at: u64| limit.filter(|l| at > l.limit);
     let mut applier = LayerApplier::new(layer.name());
     let mut last: Option<String> = None;
     loop {
@@ -447,12 +448,12 @@ fn apply_lane(
             Ok(batch) => batch,
             Err(LaneEnd::Read(read)) => {
                 let mut read = *read;
-                if let Some(l) = limit.filter(|_| past(read.tar_end)) {
+                if let Some(l) = passed(read.tar_end) {
                     return Err(limit_error(layer, l, last).into());
                 }
                 let entries =
                     std::mem::replace(&mut read.entries, Ok(0)).map_err(FlattenError::from)?;
-                if let Some(l) = limit.filter(|_| past(read.total)) {
+                if let Some(l) = passed(read.total) {
                     // Past the limit after the tar, where the in-order
                     // flattener reads the rest for the digests.
                     return Err(SourceError::ReadBlob {
@@ -467,11 +468,14 @@ fn apply_lane(
             Err(LaneEnd::Stopped) => return Err(FlattenError::ReaderStopped),
         };
         for mut p in batch {
-            if let Some(l) = limit.filter(|_| past(p.header_end)) {
+            if let Some(l) = passed(p.header_end) {
                 return Err(limit_error(layer, l, last).into());
             }
-            last = Some(p.name.clone());
-            if let Some(l) = limit.filter(|_| past(p.data_end))
+            if limit.is_some() {
+                // Only a limit's error names the last entry.
+                last = Some(p.name.clone());
+            }
+            if let Some(l) = passed(p.data_end)
                 && let Some(a) = &mut p.apply
                 && a.data.is_some()
             {

@@ -119,41 +119,33 @@ fn writes_data(p: &Parsed) -> bool {
         && p.meta.is_ok()
 }
 
-/// Read `entry`'s data from `tar` into `out`, when applying it would.
+/// What there is to apply of `entry` (`None` for a PAX global header),
+/// its data read from `tar` into `out` when applying it would.
 fn prepare_entry<R: Read>(
     tar: &mut TarReader<R>,
-    entry: TarEntry,
-    header_end: u64,
+    entry: &TarEntry,
     limits: &Limits,
     out: &mut dyn DataOut,
-) -> Prepared {
-    let name = entry_name(&entry.path);
+) -> Option<ToApply> {
     if entry.header.entry_type().is_pax_global_extensions() {
         // Global defaults (often just a comment); OCI layers do not rely
         // on them and the spec leaves them to the implementation. Their
         // data is skipped, never held.
-        return Prepared {
-            entry,
-            name,
-            header_end,
-            data_end: header_end,
-            apply: None,
-        };
+        return None;
     }
-    let (parsed, data) = match parse(&entry, limits) {
+    Some(match parse(entry, limits) {
         Ok((p, pax)) => {
-            let data = writes_data(&p).then(|| write_data(tar, &entry, &pax, out));
-            (Ok(p), data)
+            let data = writes_data(&p).then(|| write_data(tar, entry, &pax, out));
+            ToApply {
+                parsed: Ok(p),
+                data,
+            }
         }
-        Err(e) => (Err(e), None),
-    };
-    Prepared {
-        entry,
-        name,
-        header_end,
-        data_end: header_end,
-        apply: Some(ToApply { parsed, data }),
-    }
+        Err(e) => ToApply {
+            parsed: Err(e),
+            data: None,
+        },
+    })
 }
 
 /// Stream a regular file's data into `out`. Sparse files (PAX or old GNU)
@@ -262,8 +254,14 @@ pub(crate) fn prepare_layer<R: Read>(
             Err(err) => return Err(tar_error(layer, err, last)),
         };
         let header_end = pos(tar.get_ref());
-        let mut prepared = prepare_entry(&mut tar, entry, header_end, limits, out);
-        prepared.data_end = pos(tar.get_ref());
+        let apply = prepare_entry(&mut tar, &entry, limits, out);
+        let prepared = Prepared {
+            name: entry_name(&entry.path),
+            entry,
+            header_end,
+            data_end: pos(tar.get_ref()),
+            apply,
+        };
         last = Some(prepared.name.clone());
         let failed = match &prepared.apply {
             None => false,

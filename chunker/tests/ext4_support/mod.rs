@@ -12,7 +12,7 @@ use std::fs;
 use std::io::{self, Read};
 use std::path::PathBuf;
 
-use chunker::ext4::{Ext4Builder, Ext4Options, Ext4Summary};
+use chunker::ext4::{DataOut, Ext4Builder, Ext4Options, Ext4Summary};
 use chunker::sink::FileSink;
 use chunker::tree::{Inode, InodeId, InodeKind, Metadata, Tree};
 use sha2::{Digest, Sha256};

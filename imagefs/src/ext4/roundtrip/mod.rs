@@ -21,7 +21,7 @@ mod xattr;
 use std::fs::File;
 use std::sync::Arc;
 
-use chunker::ext4::{Ext4Builder, Ext4Options, Ext4Summary};
+use chunker::ext4::{DataOut, Ext4Builder, Ext4Options, Ext4Summary};
 use chunker::sink::{FileSink, ImageSink, VecSink};
 use chunker::tree::{self, FileData, InodeKind, Metadata, Tree};
 
