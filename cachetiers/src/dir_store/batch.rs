@@ -14,7 +14,12 @@
 //! `contains`, `ids`, dedup of a second put): stored, just not durable
 //! yet. A batch is synced when it reaches [`BATCH_BYTES`] (which bounds
 //! the stray temporaries a crash can leave) and when the handle is
-//! dropped.
+//! dropped. A flush ([`ChunkStore::flush`](crate::ChunkStore::flush),
+//! which a conversion calls as it goes) runs the first `syncfs` and the
+//! renames for what was batched so far, so the sync at the end has only
+//! the objects batched since to write back and rename; the names the
+//! flush made are durable after that sync's second `syncfs`, like its
+//! own.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::{self, File};
@@ -44,6 +49,9 @@ pub(super) struct Batch {
     /// The last objects written, still open: [`SETTLING`] objects later
     /// their write-back is done and their cached pages can go.
     settling: VecDeque<File>,
+    /// Objects were renamed into place by a flush, and their names are
+    /// not durable yet.
+    placed: bool,
 }
 
 /// The fan-out directories (`chunks/ab`, `chunks/ab/cd`) this handle has
@@ -247,12 +255,52 @@ impl DirStore {
 
     /// Makes the batch durable and puts it in place: `syncfs`, renames,
     /// `syncfs` (which also covers every directory marked dirty before
-    /// it). An object leaves the batch only once renamed, so readers
-    /// find it all along; one that cannot be renamed stays batched and
-    /// the sync fails, so no sync succeeds without it.
+    /// it, including those of objects [`DirStore::put_durable`] put in
+    /// place earlier). An object leaves the batch only once renamed, so
+    /// readers find it all along; one that cannot be renamed stays
+    /// batched and the sync fails, so no sync succeeds without it.
     pub(super) fn sync_batch(&self) -> Result<(), StoreError> {
         // One sync at a time: two would rename the same temporaries.
         let _one = self.syncing.lock().unwrap_or_else(PoisonError::into_inner);
+        let placed_before = std::mem::take(&mut self.batch().placed);
+        let first_error = match self.put_in_place() {
+            Ok(e) => e,
+            Err(e) => {
+                self.batch().placed |= placed_before;
+                return Err(e);
+            }
+        };
+        // Nothing batched: the directories of plain puts are synced one
+        // by one (`DirStore::sync`), cheaper than the whole file system.
+        if !std::mem::take(&mut self.batch().placed) && !placed_before {
+            return first_error.map_or(Ok(()), Err);
+        }
+        let dirty = self.take_dirty();
+        if let Err(e) = self.syncfs() {
+            self.mark_dirty(dirty);
+            self.batch().placed = true;
+            return Err(first_error.unwrap_or(e));
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// [`ChunkStore::flush`](crate::ChunkStore::flush): `syncfs`, then the
+    /// objects batched before it, durable now, renamed into place. Their
+    /// names become durable at the next sync, which then has only the
+    /// objects batched since to write back and rename: a conversion's end
+    /// waits for those alone.
+    pub(super) fn put_durable(&self) -> Result<(), StoreError> {
+        let _one = self.syncing.lock().unwrap_or_else(PoisonError::into_inner);
+        match self.put_in_place()? {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// `syncfs`, then the objects batched before it renamed into place
+    /// and their shards marked dirty; the first rename that failed. The
+    /// caller holds `syncing`.
+    fn put_in_place(&self) -> Result<Option<StoreError>, StoreError> {
         let snapshot: Vec<(ChunkId, PathBuf)> = self
             .batch()
             .objects
@@ -260,14 +308,14 @@ impl DirStore {
             .map(|(id, (temp, _))| (*id, temp.clone()))
             .collect();
         if snapshot.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         self.syncfs()?;
         // Written back now: the last objects' pages can go too.
         let settled: Vec<File> = self.batch().settling.drain(..).collect();
         settled.iter().for_each(drop_cached);
         // The renames are a path walk and two directory updates each, and
-        // nothing else runs at the end of a conversion: split over the
+        // at the end of a conversion nothing else runs: split over the
         // cores.
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
         let part = snapshot.len().div_ceil(threads);
@@ -285,14 +333,11 @@ impl DirStore {
                 .unzip()
         });
         let shards: Vec<PathBuf> = shards.into_iter().flatten().collect();
-        let first_error = errors.into_iter().flatten().next();
-        self.mark_dirty(shards);
-        let dirty = self.take_dirty();
-        if let Err(e) = self.syncfs() {
-            self.mark_dirty(dirty);
-            return Err(first_error.unwrap_or(e));
+        if !shards.is_empty() {
+            self.mark_dirty(shards);
+            self.batch().placed = true;
         }
-        first_error.map_or(Ok(()), Err)
+        Ok(errors.into_iter().flatten().next())
     }
 
     /// Renames batched objects into place; the shards that gained one, and

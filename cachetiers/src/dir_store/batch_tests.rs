@@ -201,6 +201,46 @@ fn a_sync_that_cannot_rename_fails_and_keeps_the_object_batched() {
 }
 
 #[test]
+fn a_flush_puts_the_objects_it_made_durable_in_place() {
+    let (_tmp, store) = store();
+    let (a, b, c) = (chunk(9), chunk(10), chunk(11));
+    store.put_batched(&a.object).unwrap();
+    store.put_batched(&b.object).unwrap();
+    ChunkStore::flush(&store).unwrap();
+    for x in [&a, &b] {
+        assert_eq!(fs::read(store.chunk_path(&x.id)).unwrap(), x.object);
+        assert!(!store.is_batched(&x.id));
+    }
+    assert!(temps(store.root()).is_empty());
+    // One put after the flush stays batched until the sync.
+    store.put_batched(&c.object).unwrap();
+    assert!(!store.chunk_path(&c.id).exists());
+    assert_eq!(store.get(&c.id).unwrap(), Some(c.object.clone()));
+    store.put_manifest(b"names all three").unwrap();
+    assert_eq!(fs::read(store.chunk_path(&c.id)).unwrap(), c.object);
+    assert!(temps(store.root()).is_empty());
+    let mut want = vec![a.id, b.id, c.id];
+    want.sort();
+    assert_eq!(store.ids().unwrap(), want);
+}
+
+#[test]
+fn a_flush_that_cannot_rename_fails_and_keeps_the_object_batched() {
+    let (_tmp, store) = store();
+    let c = chunk(12);
+    store.put_batched(&c.object).unwrap();
+    fs::create_dir(store.chunk_path(&c.id)).unwrap();
+    fs::write(store.chunk_path(&c.id).join("x"), b"x").unwrap();
+    let err = ChunkStore::flush(&store).unwrap_err();
+    assert!(err.to_string().contains("rename"), "{err}");
+    assert!(store.is_batched(&c.id));
+    assert!(store.put_manifest(b"must not be stored").is_err());
+    fs::remove_dir_all(store.chunk_path(&c.id)).unwrap();
+    store.sync().unwrap();
+    assert_eq!(fs::read(store.chunk_path(&c.id)).unwrap(), c.object);
+}
+
+#[test]
 fn concurrent_batched_puts_then_one_sync() {
     let (_tmp, store) = store();
     let store = Arc::new(store);

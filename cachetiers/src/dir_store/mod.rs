@@ -321,10 +321,11 @@ impl ChunkStore for DirStore {
     }
 
     /// Writes back what the file system holds dirty (the objects put,
-    /// their directories and inodes) while the conversion goes on, so
-    /// that [`DirStore::sync`]'s own `syncfs` finds little left.
+    /// their directories and inodes) while the conversion goes on, and
+    /// puts the batched objects it made durable in place, so that
+    /// [`DirStore::sync`] finds little left to write or rename.
     fn flush(&self) -> Result<(), StoreError> {
-        self.syncfs()
+        self.put_durable()
     }
 
     fn contains(&self, id: &ChunkId) -> Result<bool, StoreError> {
