@@ -164,6 +164,43 @@ fn anonymous_http_pull_is_identical_to_the_layout() {
     assert_eq!(std::fs::read_dir(&spool_dir).unwrap().count(), 0);
 }
 
+/// The converter writes the store back only while no download spool holds
+/// layers not yet read (a `syncfs` would write those too): the image says
+/// when that is.
+#[test]
+fn the_image_says_while_its_spool_holds_unread_layers() {
+    let Some(reg) = start(Auth::None, None) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = tmp.path().join("layout");
+    app_image(9).write_oci_layout(&layout, "v1").unwrap();
+    reg.push(
+        &format!("oci:{}:v1", layout.display()),
+        "team/spool:v1",
+        &[],
+    )
+    .unwrap();
+    let from_oci: ImageSource = format!("oci:{}:v1", layout.display()).parse().unwrap();
+    assert!(!chunker::oci::Image::open(&from_oci).unwrap().spooling());
+
+    let src = source(&format!("docker://{}/team/spool:v1", reg.host()), quick());
+    let image = chunker::oci::Image::open(&src).unwrap();
+    assert!(image.spooling(), "downloads started, nothing read yet");
+    let (last, below) = image.layers.split_last().unwrap();
+    for layer in below {
+        let (mut stream, _) = image.open_layer(layer).unwrap();
+        std::io::copy(&mut stream, &mut std::io::sink()).unwrap();
+        stream.finish().unwrap();
+    }
+    assert!(image.spooling(), "the top layer is not read yet");
+    let (mut stream, _) = image.open_layer(last).unwrap();
+    std::io::copy(&mut stream, &mut std::io::sink()).unwrap();
+    assert!(image.spooling(), "its blob is still open");
+    stream.finish().unwrap();
+    assert!(!image.spooling(), "every layer read and closed");
+}
+
 #[test]
 fn debian_image_from_the_registry_is_identical() {
     let layout = debian_layout();

@@ -207,6 +207,15 @@ impl Image {
         }
     }
 
+    /// Whether the image comes from a registry whose download spool
+    /// holds, or will hold, layer bytes not yet read.
+    pub fn spooling(&self) -> bool {
+        match &self.store {
+            Store::Registry(pull) => pull.spooling(),
+            _ => false,
+        }
+    }
+
     /// Start streaming `layer` (one of [`Image::layers`]), decompressed.
     /// Its digests are checked by [`LayerStream::finish`].
     pub fn open_layer(&self, layer: &Layer) -> Result<(LayerStream, String), SourceError> {

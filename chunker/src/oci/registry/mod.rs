@@ -443,6 +443,12 @@ impl Pull {
         }
     }
 
+    /// Whether the spool holds, or will hold, layer bytes not yet read
+    /// ([`Spool::holds_unread`]).
+    pub fn spooling(&self) -> bool {
+        self.spool.get().is_some_and(|s| s.holds_unread())
+    }
+
     /// The failure of the download of layer blob `digest`, once it has
     /// ended, if it failed ([`Spool::verdict`]).
     pub fn verdict(&self, digest: &Digest) -> Option<std::io::Error> {

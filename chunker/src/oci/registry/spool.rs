@@ -304,6 +304,16 @@ impl Spool {
         Ok(())
     }
 
+    /// Whether layers are still to come, or have come and not all been
+    /// read: the spool holds, or will hold, bytes the flattener has yet
+    /// to read (and dirty pages a `syncfs` would write back).
+    pub fn holds_unread(&self) -> bool {
+        self.state
+            .lock()
+            .map(|st| st.reserved > 0 || st.next < self.layers.len())
+            .unwrap_or(false)
+    }
+
     /// Gives layer `index`'s share of the budget back.
     fn release(&self, index: usize) {
         if let Ok(mut st) = self.state.lock() {
