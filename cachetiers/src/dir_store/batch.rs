@@ -263,7 +263,7 @@ impl DirStore {
         // One sync at a time: two would rename the same temporaries.
         let _one = self.syncing.lock().unwrap_or_else(PoisonError::into_inner);
         let placed_before = std::mem::take(&mut self.batch().placed);
-        let first_error = match self.put_in_place() {
+        let first_error = match self.put_in_place(true) {
             Ok(e) => e,
             Err(e) => {
                 self.batch().placed |= placed_before;
@@ -291,7 +291,7 @@ impl DirStore {
     /// waits for those alone.
     pub(super) fn put_durable(&self) -> Result<(), StoreError> {
         let _one = self.syncing.lock().unwrap_or_else(PoisonError::into_inner);
-        match self.put_in_place()? {
+        match self.put_in_place(false)? {
             Some(e) => Err(e),
             None => Ok(()),
         }
@@ -299,8 +299,10 @@ impl DirStore {
 
     /// `syncfs`, then the objects batched before it renamed into place
     /// and their shards marked dirty; the first rename that failed. The
-    /// caller holds `syncing`.
-    fn put_in_place(&self) -> Result<Option<StoreError>, StoreError> {
+    /// caller holds `syncing`. `settle`: every write has ended, so the
+    /// pages of the last objects written are clean now and can go (during
+    /// a flush, puts go on: those are left to be dropped in turn).
+    fn put_in_place(&self, settle: bool) -> Result<Option<StoreError>, StoreError> {
         let snapshot: Vec<(ChunkId, PathBuf)> = self
             .batch()
             .objects
@@ -311,9 +313,11 @@ impl DirStore {
             return Ok(None);
         }
         self.syncfs()?;
-        // Written back now: the last objects' pages can go too.
-        let settled: Vec<File> = self.batch().settling.drain(..).collect();
-        settled.iter().for_each(drop_cached);
+        if settle {
+            // Written back now: the last objects' pages can go too.
+            let settled: Vec<File> = self.batch().settling.drain(..).collect();
+            settled.iter().for_each(drop_cached);
+        }
         // The renames are a path walk and two directory updates each, and
         // at the end of a conversion nothing else runs: split over the
         // cores.
