@@ -20,11 +20,11 @@
 //! lose; meanwhile a flusher thread calls [`ChunkStore::flush`] every
 //! 64 new chunks (a directory store then writes back what it holds and
 //! puts those chunks in place), so that sync, which nothing overlaps,
-//! finds little left to write or rename; it waits while a registry's
-//! download spool holds layers not yet read. Memory stays at a few chunks per worker, a few
-//! MiB of layer bytes and at most 48 MiB of parsed entries whatever the
-//! image size; only the chunk table (64 bytes a chunk)
-//! grows with it. The image, chunks and manifest do not depend on the
+//! finds little left to write or rename. It skips its turn while a
+//! registry's download spool holds layers not yet read. Memory stays at
+//! a few chunks per worker, a few MiB of layer bytes and at most 48 MiB
+//! of parsed entries whatever the image size; only the chunk table (64
+//! bytes a chunk) grows with it. The image, chunks and manifest do not depend on the
 //! pipeline or the thread count: chunks are placed by index.
 //!
 //! Before any of that, the source is located (its manifest digest, from a
@@ -572,7 +572,7 @@ fn convert_with(
             // not yet read: a `syncfs` of the file system they share
             // (the usual case, `$TMPDIR` and the store on one disk) would
             // write those back too, only for them to be punched out once
-            // read (50 MiB more written for the python image, and 25–35 ms
+            // read (51 MiB more written for the python image, and 25–35 ms
             // slower).
             let image = &image;
             scope.spawn(move || {
