@@ -24,8 +24,9 @@
 //! registry's download spool holds layers not yet read. Memory stays at
 //! a few chunks per worker, a few MiB of layer bytes and at most 48 MiB
 //! of parsed entries whatever the image size; only the chunk table (64
-//! bytes a chunk) grows with it. The image, chunks and manifest do not depend on the
-//! pipeline or the thread count: chunks are placed by index.
+//! bytes a chunk) grows with it. The image, chunks and manifest do not
+//! depend on the pipeline or the thread count: chunks are placed by
+//! index.
 //!
 //! Before any of that, the source is located (its manifest digest, from a
 //! registry one manifest request) and looked up in the catalog's

@@ -262,25 +262,19 @@ impl DirStore {
     pub(super) fn sync_batch(&self) -> Result<(), StoreError> {
         // One sync at a time: two would rename the same temporaries.
         let _one = self.syncing.lock().unwrap_or_else(PoisonError::into_inner);
-        let placed_before = std::mem::take(&mut self.batch().placed);
-        let first_error = match self.put_in_place(true) {
-            Ok(e) => e,
-            Err(e) => {
-                self.batch().placed |= placed_before;
-                return Err(e);
-            }
-        };
-        // Nothing batched: the directories of plain puts are synced one
-        // by one (`DirStore::sync`), cheaper than the whole file system.
-        if !std::mem::take(&mut self.batch().placed) && !placed_before {
+        let first_error = self.put_in_place(true)?;
+        // Nothing put in place, now or by a flush: the directories of
+        // plain puts are synced one by one (`DirStore::sync`), cheaper
+        // than the whole file system.
+        if !self.batch().placed {
             return first_error.map_or(Ok(()), Err);
         }
         let dirty = self.take_dirty();
         if let Err(e) = self.syncfs() {
             self.mark_dirty(dirty);
-            self.batch().placed = true;
             return Err(first_error.unwrap_or(e));
         }
+        self.batch().placed = false;
         first_error.map_or(Ok(()), Err)
     }
 
@@ -291,18 +285,17 @@ impl DirStore {
     /// waits for those alone.
     pub(super) fn put_durable(&self) -> Result<(), StoreError> {
         let _one = self.syncing.lock().unwrap_or_else(PoisonError::into_inner);
-        match self.put_in_place(false)? {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
+        self.put_in_place(false)?.map_or(Ok(()), Err)
     }
 
     /// `syncfs`, then the objects batched before it renamed into place
     /// and their shards marked dirty; the first rename that failed. The
-    /// caller holds `syncing`. `settle`: every write has ended, so the
-    /// pages of the last objects written are clean now and can go (during
-    /// a flush, puts go on: those are left to be dropped in turn).
-    fn put_in_place(&self, settle: bool) -> Result<Option<StoreError>, StoreError> {
+    /// caller holds `syncing`. `last`: the sync, after every write, so
+    /// the pages of the last objects written are clean now and can go,
+    /// and nothing else runs, so the renames are split over the cores. A
+    /// flush runs while puts go on: it leaves those pages to be dropped
+    /// in turn and renames on its own thread.
+    fn put_in_place(&self, last: bool) -> Result<Option<StoreError>, StoreError> {
         let snapshot: Vec<(ChunkId, PathBuf)> = self
             .batch()
             .objects
@@ -313,18 +306,30 @@ impl DirStore {
             return Ok(None);
         }
         self.syncfs()?;
-        if settle {
+        if last {
             // Written back now: the last objects' pages can go too.
             let settled: Vec<File> = self.batch().settling.drain(..).collect();
             settled.iter().for_each(drop_cached);
         }
-        // The renames are a path walk and two directory updates each, and
-        // at the end of a conversion nothing else runs: split over the
-        // cores.
+        // The renames are a path walk and two directory updates each.
+        let (shards, first_error) = if last {
+            self.rename_split(&snapshot)
+        } else {
+            self.rename_in_place(&snapshot)
+        };
+        if !shards.is_empty() {
+            self.mark_dirty(shards);
+            self.batch().placed = true;
+        }
+        Ok(first_error)
+    }
+
+    /// [`DirStore::rename_in_place`] split over the cores.
+    fn rename_split(&self, objects: &[(ChunkId, PathBuf)]) -> (Vec<PathBuf>, Option<StoreError>) {
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
-        let part = snapshot.len().div_ceil(threads);
-        let (shards, errors): (Vec<_>, Vec<_>) = std::thread::scope(|scope| {
-            let parts: Vec<_> = snapshot
+        let part = objects.len().div_ceil(threads).max(1);
+        let (shards, errors): (Vec<Vec<PathBuf>>, Vec<_>) = std::thread::scope(|scope| {
+            let parts: Vec<_> = objects
                 .chunks(part)
                 .map(|objects| scope.spawn(|| self.rename_in_place(objects)))
                 .collect();
@@ -336,12 +341,10 @@ impl DirStore {
                 })
                 .unzip()
         });
-        let shards: Vec<PathBuf> = shards.into_iter().flatten().collect();
-        if !shards.is_empty() {
-            self.mark_dirty(shards);
-            self.batch().placed = true;
-        }
-        Ok(errors.into_iter().flatten().next())
+        (
+            shards.into_iter().flatten().collect(),
+            errors.into_iter().flatten().next(),
+        )
     }
 
     /// Renames batched objects into place; the shards that gained one, and
