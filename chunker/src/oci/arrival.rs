@@ -1,19 +1,44 @@
-//! Bytes still arriving in a file: a registry download that the flattener
-//! reads while it is written.
+//! Bytes still arriving: a registry download that the flattener reads
+//! while it comes in.
 //!
-//! The writer says how far the file has grown ([`Arrival::grew`]) and,
-//! once the download ends, whether every byte came and matched the
-//! digest ([`Arrival::finish`]). A [`super::store::FileRange`] over the
-//! file reads up to what has arrived and waits for more; its end (the
-//! read that returns 0) waits for the digest, and a failed download is an
-//! error there instead. So a layer whose blob does not match its digest
-//! never reads to its end, and a conversion fails before anything made
-//! from the layer is kept.
+//! Until a reader is on the layer, the writer puts what arrives in the
+//! spool file and says how far the file has grown ([`Arrival::grew`]).
+//! Once a reader is on it ([`Arriving`]), what comes next is handed over
+//! in memory instead ([`Arrival::hold`]): at most [`HELD_MAX`] bytes, the
+//! writer waiting for the reader past that. A layer the flattener is
+//! reading goes no faster than its reader anyway, and writing it to a
+//! file only to read it back at once, and punch it out, cost a copy, the
+//! page cache's pages and the punches. Layers no reader is on yet still
+//! download ahead into their files, within the spool's budget.
+//!
+//! Once the download ends, the writer says whether every byte came and
+//! matched the digest ([`Arrival::finish`]). The reader's end (the read
+//! that returns 0) waits for that, and a failed download is an error
+//! there instead. So a layer whose blob does not match its digest never
+//! reads to its end, and a conversion fails before anything made from the
+//! layer is kept. A reader that goes away ([`Arrival::abandon`]) lets the
+//! writer finish without waiting: what arrives is hashed and dropped, so
+//! the download's verdict still comes.
 
+use std::collections::VecDeque;
+use std::fs::File;
 use std::io;
+use std::os::unix::fs::FileExt;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
+use super::store::free_pages;
+
 type Failure = Box<dyn std::error::Error + Send + Sync>;
+
+/// Bytes handed over in memory that the writer may get ahead of the
+/// reader by; past it, the writer waits until the reader is down to half.
+pub(crate) const HELD_MAX: usize = 4 << 20;
+
+/// How far behind the reader a file's pages are freed at a time.
+const FREE_STEP: u64 = 1 << 20;
+
+/// Handed-over buffers kept for the writer to fill again.
+const SPARES: usize = 8;
 
 /// How a download failed, told to everyone who asks: the reader at the
 /// layer's end, and the flattener explaining why the layer broke first.
@@ -32,35 +57,149 @@ impl std::error::Error for Shared {
     }
 }
 
+/// Bytes handed over in memory: `buf[from..to]`, the rest of `buf` spare
+/// room (so a buffer is filled again without clearing it).
+#[derive(Debug)]
+pub(crate) struct Held {
+    buf: Vec<u8>,
+    from: usize,
+    to: usize,
+}
+
+impl Held {
+    /// The bytes `buf[from..to]`.
+    pub(crate) fn new(buf: Vec<u8>, from: usize, to: usize) -> Self {
+        let to = to.min(buf.len());
+        Held {
+            from: from.min(to),
+            to,
+            buf,
+        }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.buf[self.from..self.to]
+    }
+}
+
+/// Whether a reader is on the layer.
+#[derive(Debug, Default, PartialEq)]
+enum Reader {
+    /// Not yet: arriving bytes go to the file.
+    #[default]
+    Absent,
+    /// Arriving bytes are handed over in memory.
+    Reading,
+    /// It went away: arriving bytes are dropped (after being hashed).
+    Gone,
+}
+
 #[derive(Debug, Default)]
 struct Arrived {
-    /// Bytes written so far, from the start of the file.
+    /// Bytes arrived so far, from the start of the blob.
     len: u64,
+    /// The first `in_file` of them are in the file, the rest in `held`.
+    in_file: u64,
+    held: VecDeque<Held>,
+    /// Room the buffers in `held` take.
+    held_bytes: usize,
+    spare: Vec<Vec<u8>>,
+    reader: Reader,
     /// `Some` once the download has ended: `Ok` when every byte came and
     /// matched.
     end: Option<Result<(), Shared>>,
 }
 
-/// How much of a file has arrived, and how its download ended.
+impl Arrived {
+    fn recycle(&mut self, buf: Vec<u8>) {
+        if self.spare.len() < SPARES {
+            self.spare.push(buf);
+        }
+    }
+
+    fn failure(&self) -> Option<io::Error> {
+        match &self.end {
+            Some(Err(failure)) => Some(io::Error::other(failure.clone())),
+            _ => None,
+        }
+    }
+}
+
+/// How much of a blob has arrived, where, and how its download ended.
 #[derive(Debug, Default)]
 pub(crate) struct Arrival {
     state: Mutex<Arrived>,
     changed: Condvar,
 }
 
+/// What a reader at some position finds next.
+enum Next {
+    /// File bytes, up to this offset.
+    File(u64),
+    /// Bytes handed over in memory.
+    Held(Held),
+    /// The download ended well and everything has been read.
+    End,
+}
+
 impl Arrival {
     fn lock(&self) -> MutexGuard<'_, Arrived> {
-        // Two plain fields, consistent at every point a panic could leave.
+        // Plain fields, consistent at every point a panic could leave.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The first `len` bytes have been written.
+    fn wait<'a>(&self, st: MutexGuard<'a, Arrived>) -> MutexGuard<'a, Arrived> {
+        self.changed.wait(st).unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The first `len` bytes are in the file.
     pub(crate) fn grew(&self, len: u64) {
         let mut st = self.lock();
+        debug_assert!(st.held.is_empty() && st.len == st.in_file);
         if st.end.is_none() && len > st.len {
             st.len = len;
+            st.in_file = len;
             self.changed.notify_all();
         }
+    }
+
+    /// Whether what arrives next goes to a reader in memory
+    /// ([`Arrival::hold`]) rather than to the file: once a reader has
+    /// come, for the rest of the download.
+    pub(crate) fn to_reader(&self) -> bool {
+        self.lock().reader != Reader::Absent
+    }
+
+    /// A buffer of `size` bytes for the writer to fill: one the reader is
+    /// done with, or a new one.
+    pub(crate) fn buffer(&self, size: usize) -> Vec<u8> {
+        match self.lock().spare.pop() {
+            Some(buf) if buf.len() == size => buf,
+            _ => vec![0; size],
+        }
+    }
+
+    /// Hands `held` over to the reader, after waiting while it holds
+    /// [`HELD_MAX`] bytes or more until it is down to half. Dropped (and
+    /// counted as arrived) when the reader has gone.
+    pub(crate) fn hold(&self, held: Held) {
+        let mut st = self.lock();
+        if st.held_bytes >= HELD_MAX {
+            while st.reader == Reader::Reading && st.held_bytes > HELD_MAX / 2 {
+                st = self.wait(st);
+            }
+        }
+        if st.end.is_some() {
+            return;
+        }
+        st.len += held.bytes().len() as u64;
+        if st.reader == Reader::Gone {
+            st.recycle(held.buf);
+        } else {
+            st.held_bytes += held.buf.len();
+            st.held.push_back(held);
+        }
+        self.changed.notify_all();
     }
 
     /// The download ended: every byte came and matched (`Ok`), or not.
@@ -73,24 +212,109 @@ impl Arrival {
         }
     }
 
-    /// Waits until `want` bytes have arrived or the download has ended
-    /// well, and returns how many have arrived (fewer than `want` only at
-    /// the end). A failed download is an error, whatever had arrived.
-    pub(crate) fn wait(&self, want: u64) -> io::Result<u64> {
+    /// No reader will read any more: the writer stops handing bytes over
+    /// and goes on to the end, so the verdict still comes.
+    pub(crate) fn abandon(&self) {
         let mut st = self.lock();
-        loop {
-            match &st.end {
-                Some(Ok(())) => return Ok(st.len),
-                Some(Err(failure)) => return Err(io::Error::other(failure.clone())),
-                None if st.len >= want => return Ok(st.len),
-                None => st = self.changed.wait(st).unwrap_or_else(|e| e.into_inner()),
-            }
+        st.reader = Reader::Gone;
+        let held = std::mem::take(&mut st.held);
+        st.held_bytes = 0;
+        for h in held {
+            st.recycle(h.buf);
+        }
+        self.changed.notify_all();
+    }
+
+    /// A reader has come: what arrives next is handed over in memory.
+    fn attach(&self) {
+        let mut st = self.lock();
+        if st.reader == Reader::Absent {
+            st.reader = Reader::Reading;
         }
     }
 
-    /// Waits for the download to end; its failure, if it failed.
+    /// Waits for what a reader at `pos` reads next, taking back the
+    /// buffer it is `done` with. A failed download is an error, whatever
+    /// had arrived.
+    fn next(&self, pos: u64, done: Option<Vec<u8>>) -> io::Result<Next> {
+        let mut st = self.lock();
+        if let Some(buf) = done {
+            st.recycle(buf);
+        }
+        loop {
+            if let Some(e) = st.failure() {
+                return Err(e);
+            }
+            if pos < st.in_file {
+                return Ok(Next::File(st.in_file));
+            }
+            if let Some(held) = st.held.pop_front() {
+                st.held_bytes -= held.buf.len();
+                if st.held_bytes <= HELD_MAX / 2 {
+                    self.changed.notify_all();
+                }
+                return Ok(Next::Held(held));
+            }
+            if st.end.is_some() {
+                return Ok(Next::End);
+            }
+            st = self.wait(st);
+        }
+    }
+
+    /// Copies into `buf` the bytes from `pos`, from the file or the held
+    /// buffers still queued, waiting until they have arrived (fewer only
+    /// at the end); returns how many it copied.
+    fn peek(&self, file: &File, pos: u64, buf: &mut [u8]) -> io::Result<usize> {
+        let want = pos + buf.len() as u64;
+        let mut st = self.lock();
+        while st.end.is_none() && st.len < want {
+            st = self.wait(st);
+        }
+        if let Some(e) = st.failure() {
+            return Err(e);
+        }
+        let mut got = 0;
+        let mut at = pos;
+        while at < st.in_file && got < buf.len() {
+            let n = (buf.len() - got).min((st.in_file - at) as usize);
+            match file.read_at(&mut buf[got..got + n], at)? {
+                0 => break,
+                k => {
+                    got += k;
+                    at += k as u64;
+                }
+            }
+        }
+        // The held buffers still queued end where what has arrived does.
+        let queued: u64 = st.held.iter().map(|h| h.bytes().len() as u64).sum();
+        let mut skip = at.saturating_sub(st.len - queued) as usize;
+        for held in &st.held {
+            if got == buf.len() {
+                break;
+            }
+            let bytes = held.bytes();
+            if skip >= bytes.len() {
+                skip -= bytes.len();
+                continue;
+            }
+            let n = (buf.len() - got).min(bytes.len() - skip);
+            buf[got..got + n].copy_from_slice(&bytes[skip..skip + n]);
+            got += n;
+            skip = 0;
+        }
+        Ok(got)
+    }
+
+    /// Waits for the download to end; its failure, if it failed. Whoever
+    /// asks is done reading: the writer no longer waits for a reader.
     pub(crate) fn verdict(&self) -> Option<io::Error> {
-        self.wait(u64::MAX).err()
+        self.abandon();
+        let mut st = self.lock();
+        while st.end.is_none() {
+            st = self.wait(st);
+        }
+        st.failure()
     }
 }
 
@@ -102,6 +326,111 @@ impl Drop for FinishGuard<'_> {
     fn drop(&mut self) {
         self.0
             .finish(Err("the download stopped without finishing".into()));
+    }
+}
+
+/// A reader's side of an [`Arrival`], reading a blob from its start:
+/// the file up to where it was handed over, then the buffers. It frees
+/// the file's pages behind it, since nothing reads them again.
+#[derive(Debug)]
+pub(crate) struct Arriving {
+    arrival: Arc<Arrival>,
+    /// The buffer being read, and how far.
+    current: Option<Held>,
+    /// The file has been punched up to here.
+    freed: u64,
+}
+
+impl Arriving {
+    /// The reader of `arrival`: from now on, arriving bytes come to it in
+    /// memory.
+    pub(crate) fn new(arrival: Arc<Arrival>) -> Self {
+        arrival.attach();
+        Arriving {
+            arrival,
+            current: None,
+            freed: 0,
+        }
+    }
+
+    /// Reads at `*pos` (moving it) of a blob `end` bytes long in `file`.
+    pub(crate) fn read(
+        &mut self,
+        file: &File,
+        pos: &mut u64,
+        end: u64,
+        buf: &mut [u8],
+    ) -> io::Result<usize> {
+        loop {
+            if let Some(held) = &mut self.current
+                && held.from < held.to
+            {
+                let bytes = held.bytes();
+                let n = buf.len().min(bytes.len());
+                buf[..n].copy_from_slice(&bytes[..n]);
+                held.from += n;
+                *pos += n as u64;
+                return Ok(n);
+            }
+            let done = self.current.take().map(|h| h.buf);
+            match self.arrival.next(*pos, done)? {
+                Next::File(in_file) => {
+                    let n = (buf.len() as u64).min(in_file.min(end) - *pos) as usize;
+                    let k = file.read_at(&mut buf[..n], *pos)?;
+                    if k == 0 {
+                        return Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "the spool file ends before what was written to it",
+                        ));
+                    }
+                    *pos += k as u64;
+                    self.free_behind(file, (*pos).min(in_file));
+                    return Ok(k);
+                }
+                Next::Held(held) => {
+                    // Everything before it was in the file: all read.
+                    self.current = Some(held);
+                    self.free_behind(file, *pos);
+                }
+                Next::End if *pos < end => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the download ended before the blob's recorded size",
+                    ));
+                }
+                Next::End => return Ok(0),
+            }
+        }
+    }
+
+    /// Up to `buf.len()` bytes at `pos`, without moving.
+    pub(crate) fn peek(&self, file: &File, pos: u64, buf: &mut [u8]) -> io::Result<usize> {
+        let mut got = 0;
+        if let Some(held) = &self.current {
+            let bytes = held.bytes();
+            got = buf.len().min(bytes.len());
+            buf[..got].copy_from_slice(&bytes[..got]);
+        }
+        if got == buf.len() {
+            return Ok(got);
+        }
+        Ok(got + self.arrival.peek(file, pos + got as u64, &mut buf[got..])?)
+    }
+
+    /// Frees the file's pages before `upto`, a step at a time (all at
+    /// once when the reader has left the file).
+    fn free_behind(&mut self, file: &File, upto: u64) {
+        let upto = upto & !(4096 - 1);
+        if upto >= self.freed + FREE_STEP || (upto > self.freed && self.current.is_some()) {
+            free_pages(file, self.freed, upto - self.freed);
+            self.freed = upto;
+        }
+    }
+}
+
+impl Drop for Arriving {
+    fn drop(&mut self) {
+        self.arrival.abandon();
     }
 }
 
@@ -215,5 +544,162 @@ mod tests {
         assert_eq!(range.peek(&mut head).unwrap(), 4);
         assert_eq!(head, data[..4]);
         writer.join().unwrap();
+    }
+
+    /// Writes `data` the way the spool does: to the file until a reader
+    /// is on, then handed over in `chunk`-byte buffers.
+    fn spool_like(file: &std::fs::File, arrival: &Arrival, data: &[u8], chunk: usize) {
+        let mut at = 0;
+        for piece in data.chunks(chunk) {
+            if arrival.to_reader() {
+                let mut buf = arrival.buffer(chunk);
+                buf[..piece.len()].copy_from_slice(piece);
+                arrival.hold(Held::new(buf, 0, piece.len()));
+            } else {
+                file.write_all_at(piece, at as u64).unwrap();
+                arrival.grew((at + piece.len()) as u64);
+            }
+            at += piece.len();
+        }
+    }
+
+    #[test]
+    fn once_a_reader_is_on_what_arrives_comes_in_memory_not_through_the_file() {
+        let (file, arrival, data) = halves(300_000);
+        // Before the reader comes: the file.
+        file.write_all_at(&data[..100_000], 0).unwrap();
+        arrival.grew(100_000);
+        let mut range =
+            FileRange::new(file.clone(), 0, data.len() as u64).arriving(arrival.clone());
+        let writer = {
+            let (file, arrival, data) = (file.clone(), arrival.clone(), data.clone());
+            std::thread::spawn(move || {
+                // The rest, handed over (the offsets as the spool keeps them).
+                assert!(arrival.to_reader());
+                let mut buf = arrival.buffer(64 * 1024);
+                for piece in data[100_000..].chunks(10_000) {
+                    buf[..piece.len()].copy_from_slice(piece);
+                    let full = std::mem::replace(&mut buf, arrival.buffer(64 * 1024));
+                    arrival.hold(Held::new(full, 0, piece.len()));
+                }
+                arrival.finish(Ok(()));
+                drop(file);
+            })
+        };
+        let mut head = [0u8; 16];
+        assert_eq!(range.peek(&mut head).unwrap(), 16);
+        assert_eq!(head, data[..16]);
+        let mut all = Vec::new();
+        range.read_to_end(&mut all).unwrap();
+        writer.join().unwrap();
+        assert!(all == data, "the bytes read differ from those written");
+        // Only what came before the reader was written to the file.
+        assert_eq!(file.metadata().unwrap().len(), 100_000);
+    }
+
+    /// A reader on `total` bytes that a writer thread spools as the spool
+    /// does, ending the download with `end`.
+    struct Spooled {
+        file: Arc<std::fs::File>,
+        arrival: Arc<Arrival>,
+        data: Vec<u8>,
+        range: FileRange,
+        writer: std::thread::JoinHandle<()>,
+    }
+
+    fn spooled(total: usize, end: fn() -> Result<(), Failure>) -> Spooled {
+        let (file, arrival, data) = halves(total);
+        let range = FileRange::new(file.clone(), 0, total as u64).arriving(arrival.clone());
+        let writer = {
+            let (file, arrival, data) = (file.clone(), arrival.clone(), data.clone());
+            std::thread::spawn(move || {
+                spool_like(&file, &arrival, &data, 256 * 1024);
+                arrival.finish(end());
+            })
+        };
+        Spooled {
+            file,
+            arrival,
+            data,
+            range,
+            writer,
+        }
+    }
+
+    #[test]
+    fn the_writer_holds_no_more_than_held_max_ahead_of_its_reader() {
+        let Spooled {
+            file,
+            arrival,
+            data,
+            mut range,
+            writer,
+        } = spooled(3 * HELD_MAX + 12_345, || Ok(()));
+        let mut all = Vec::new();
+        let mut buf = vec![0u8; 100_000];
+        loop {
+            // What the writer holds: never more than one buffer past the
+            // bound, however slowly the reader goes.
+            let held = arrival.lock().held_bytes;
+            assert!(held <= HELD_MAX + 256 * 1024, "{held} bytes held");
+            match range.read(&mut buf).unwrap() {
+                0 => break,
+                n => all.extend_from_slice(&buf[..n]),
+            }
+        }
+        writer.join().unwrap();
+        assert!(all == data, "the bytes read differ from those written");
+        assert_eq!(file.metadata().unwrap().len(), 0);
+    }
+
+    /// What `f` returns, failing (not hanging) if it does not return.
+    fn within<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        let (done, ended) = mpsc::channel();
+        std::thread::spawn(move || done.send(f()));
+        ended
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("still waiting: a writer waits for a reader that is gone")
+    }
+
+    /// Waits for `writer`, failing (not hanging) if it does not end.
+    fn ends(writer: std::thread::JoinHandle<()>) {
+        assert!(within(move || writer.join().is_ok()), "the writer panicked");
+    }
+
+    #[test]
+    fn a_reader_that_goes_away_lets_the_writer_finish() {
+        let Spooled {
+            arrival,
+            data,
+            mut range,
+            writer,
+            ..
+        } = spooled(3 * HELD_MAX, || Ok(()));
+        let mut some = [0u8; 1000];
+        range.read_exact(&mut some).unwrap();
+        assert_eq!(some, data[..1000]);
+        drop(range);
+        ends(writer);
+        assert!(arrival.verdict().is_none());
+        assert!(arrival.lock().held.is_empty(), "dropped bytes still held");
+    }
+
+    #[test]
+    fn asking_for_the_verdict_stops_the_writer_waiting_for_the_reader() {
+        // The flattener asks why a layer broke while its reader, which
+        // stopped reading, is still open.
+        let Spooled {
+            arrival,
+            range,
+            writer,
+            ..
+        } = spooled(3 * HELD_MAX, || {
+            Err("blob sha256:cd does not match its digest".into())
+        });
+        let asked = arrival.clone();
+        let failure = within(move || asked.verdict()).expect("the download failed");
+        assert!(failure.to_string().contains("does not match"), "{failure}");
+        ends(writer);
+        drop(range);
     }
 }

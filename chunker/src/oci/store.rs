@@ -13,26 +13,20 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::SourceError;
-use super::arrival::Arrival;
+use super::arrival::{Arrival, Arriving};
 use super::digest::Digest;
 
 /// A `Read` over a byte range of a shared file, using positioned reads so
-/// several ranges of one archive can be open at once. A range over a file
-/// still being downloaded reads what has arrived ([`Arrival`]).
+/// several ranges of one archive can be open at once. A range over a blob
+/// still being downloaded reads what has arrived ([`Arriving`]).
 #[derive(Debug)]
 pub struct FileRange {
     file: Arc<File>,
     pos: u64,
     end: u64,
-    arrival: Option<Arc<Arrival>>,
-    /// For an arriving file, read once: up to where its pages have been
-    /// given back.
-    freed: Option<u64>,
+    arriving: Option<Arriving>,
     _on_drop: Option<OnDrop>,
 }
-
-/// How far behind reading a once-read file's pages are freed at a time.
-const FREE_STEP: u64 = 1 << 20;
 
 /// Punches `len` bytes at `offset` out of a file that will not be read
 /// there again, so its pages (and blocks) go back now for what is written
@@ -78,40 +72,18 @@ impl FileRange {
             file,
             pos: start,
             end: start + len,
-            arrival: None,
-            freed: None,
+            arriving: None,
             _on_drop: None,
         }
     }
 
-    /// This range over a download's spool file, still arriving: reads
-    /// wait for its bytes, and its end for the download to end well.
-    /// Nothing reads the file again, so the pages behind the reader are
-    /// freed as it goes, and the conversion reuses them instead of growing
-    /// the page cache by every downloaded byte.
+    /// This range, a whole blob from its start, read as its download
+    /// arrives, in `file` or handed over in memory: reads wait for its
+    /// bytes, and its end for the download to end well.
     pub(crate) fn arriving(mut self, arrival: Arc<Arrival>) -> Self {
-        self.arrival = Some(arrival);
-        self.freed = Some(self.pos);
+        debug_assert_eq!(self.pos, 0, "an arriving blob is read from its start");
+        self.arriving = Some(Arriving::new(arrival));
         self
-    }
-
-    /// Frees the pages before the reader, a step at a time.
-    fn free_behind(&mut self) {
-        let Some(freed) = self.freed else { return };
-        let upto = self.pos & !(4096 - 1);
-        if upto >= freed + FREE_STEP {
-            free_pages(&self.file, freed, upto - freed);
-            self.freed = Some(upto);
-        }
-    }
-
-    /// How far reading may go now, having waited for `want` (past the
-    /// position) to arrive: the range's end for a file that is all there.
-    fn readable(&self, want: u64) -> io::Result<u64> {
-        match &self.arrival {
-            Some(a) => Ok(a.wait(want)?.min(self.end)),
-            None => Ok(self.end),
-        }
     }
 
     /// This range, running `on_drop` when it is dropped.
@@ -127,8 +99,10 @@ impl FileRange {
 
     /// Up to `buf.len()` bytes from the start of the range, without moving.
     pub fn peek(&self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = (buf.len() as u64).min(self.remaining());
-        let n = n.min(self.readable(self.pos + n)?.saturating_sub(self.pos)) as usize;
+        let n = (buf.len() as u64).min(self.remaining()) as usize;
+        if let Some(a) = &self.arriving {
+            return a.peek(&self.file, self.pos, &mut buf[..n]);
+        }
         let mut got = 0;
         while got < n {
             match self.file.read_at(&mut buf[got..n], self.pos + got as u64)? {
@@ -145,16 +119,12 @@ impl Read for FileRange {
         if buf.is_empty() {
             return Ok(0);
         }
-        // At the end this waits for an arriving file's check, so a range
-        // never ends on bytes that did not match.
-        let readable = self.readable(self.pos + 1)?;
-        let n = (buf.len() as u64).min(readable.saturating_sub(self.pos)) as usize;
-        if n == 0 && self.pos < self.end {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "the download ended before the blob's recorded size",
-            ));
+        if let Some(a) = &mut self.arriving {
+            // At the end this waits for the download's check, so a range
+            // never ends on bytes that did not match.
+            return a.read(&self.file, &mut self.pos, self.end, buf);
         }
+        let n = (buf.len() as u64).min(self.remaining()) as usize;
         if n == 0 {
             return Ok(0);
         }
@@ -167,7 +137,6 @@ impl Read for FileRange {
             ));
         }
         self.pos += k as u64;
-        self.free_behind();
         Ok(k)
     }
 }

@@ -1,5 +1,5 @@
-//! Layers downloaded in parallel into files on disk while the flattener
-//! reads them in order.
+//! Layers downloaded in parallel, into files on disk until the flattener
+//! reads them, in order.
 //!
 //! Up to `max_parallel` workers take layers in manifest order. A worker
 //! starts a layer only when its size fits in the spool's byte budget, or
@@ -9,9 +9,12 @@
 //! reader's end of it waits until its size and digest match; a mismatch
 //! is a read error there, so the conversion fails before anything made
 //! from the layer is kept (the decompressor and tar reader see the bytes
-//! first, as they would a hostile blob that matches its digest). A broken
-//! transfer resumes with a Range request after a backoff, after the bytes
-//! already written (a server that ignores the Range has them skipped, so
+//! first, as they would a hostile blob that matches its digest). Once a
+//! reader is on a layer, the rest of it is handed to the reader in memory
+//! instead of going through its file, the download waiting on the reader
+//! past a few MiB; layers no reader is on yet download ahead into their
+//! files. A broken transfer resumes with a Range request after a
+//! backoff, after the bytes already received (a server that ignores the Range has them skipped, so
 //! what was read stays what is hashed). A layer's budget is given back
 //! when the flattener is done with it (its blob dropped); its file is
 //! unlinked as soon as it is made, so nothing is left behind whatever
@@ -32,8 +35,11 @@ use sha2::{Digest as _, Sha256};
 use super::client::Client;
 use super::{ErrorKind, RegistryError};
 use crate::oci::Digest;
-use crate::oci::arrival::{Arrival, FinishGuard};
+use crate::oci::arrival::{Arrival, FinishGuard, Held};
 use crate::oci::store::{FileRange, OnDrop, VerifiedBlob};
+
+/// Bytes read from a response at a time.
+const CHUNK: usize = 256 * 1024;
 
 enum Slot {
     Queued,
@@ -125,6 +131,14 @@ impl Spool {
     /// Stop the downloads (the image was dropped).
     pub fn cancel(&self) {
         self.cancelled.store(true, Ordering::Relaxed);
+        // A download waiting for its reader to take what it holds.
+        if let Ok(st) = self.state.lock() {
+            for slot in &st.slots {
+                if let Slot::Started(_, a) | Slot::Taken(Some(a)) = slot {
+                    a.abandon();
+                }
+            }
+        }
         self.changed.notify_all();
     }
 
@@ -224,7 +238,7 @@ impl Spool {
         let mut written = 0u64;
         let mut failures = 0u32;
         let bar = self.bar(index, *size);
-        let mut buf = vec![0u8; 256 * 1024];
+        let mut buf = arrival.buffer(CHUNK);
         loop {
             if self.cancelled.load(Ordering::Relaxed) {
                 return Err(self.client.error(ErrorKind::Cancelled));
@@ -263,8 +277,13 @@ impl Spool {
                             }));
                         }
                         hash.update(fresh);
-                        file.write_all_at(fresh, at).map_err(spool_err)?;
-                        arrival.grew(written);
+                        if arrival.to_reader() {
+                            let full = std::mem::replace(&mut buf, arrival.buffer(CHUNK));
+                            arrival.hold(Held::new(full, dropped, n));
+                        } else {
+                            file.write_all_at(fresh, at).map_err(spool_err)?;
+                            arrival.grew(written);
+                        }
                         if let Some(b) = &bar {
                             b.set_position(written);
                         }
