@@ -14,6 +14,8 @@
 //!   hashes interleaved), and store them batched
 //!   ([`ChunkStore::put_batched_all`], which hashes them once, together,
 //!   for their ids), the buffers going back to the sink for later chunks.
+//!   They run at a lower priority than the chain before them, which sets
+//!   the conversion's pace ([`crate::priority`]).
 //!
 //! The batch is made durable by one [`ChunkStore::sync`] before the
 //! manifest is stored, so a manifest never names a chunk a crash could
@@ -426,6 +428,7 @@ struct WorkerCtx<'a> {
 }
 
 fn worker(rx: Queue, done: Sender<Done>, ctx: WorkerCtx<'_>) {
+    crate::priority::give_way();
     let take = if ctx.spare.is_some() { BATCH } else { 1 };
     loop {
         // Waits for a whole batch unless the queue closes first (the

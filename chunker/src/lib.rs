@@ -9,7 +9,8 @@
 //! - [`sink`]: where image bytes go (and detached layers, placed later);
 //! - [`chunking`]: the image stream cut into chunks, holes skipped;
 //! - [`convert`]: the whole pipeline, chunks encrypted in parallel into a
-//!   store and a sealed manifest.
+//!   store and a sealed manifest; `priority`: its encrypting workers give
+//!   way to the chain before them.
 #![forbid(unsafe_code)]
 
 pub mod chunking;
@@ -19,6 +20,7 @@ pub mod flatten;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod oci;
+mod priority;
 pub mod sink;
 pub mod tree;
 
