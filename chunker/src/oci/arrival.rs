@@ -105,6 +105,9 @@ struct Arrived {
     held_bytes: usize,
     spare: Vec<Vec<u8>>,
     reader: Reader,
+    /// A peek waits for bytes past what is held: the writer hands over
+    /// more without waiting for room.
+    peeking: bool,
     /// `Some` once the download has ended: `Ok` when every byte came and
     /// matched.
     end: Option<Result<(), Shared>>,
@@ -185,7 +188,7 @@ impl Arrival {
     pub(crate) fn hold(&self, held: Held) {
         let mut st = self.lock();
         if st.held_bytes >= HELD_MAX {
-            while st.reader == Reader::Reading && st.held_bytes > HELD_MAX / 2 {
+            while st.reader == Reader::Reading && st.held_bytes > HELD_MAX / 2 && !st.peeking {
                 st = self.wait(st);
             }
         }
@@ -269,8 +272,11 @@ impl Arrival {
         let want = pos + buf.len() as u64;
         let mut st = self.lock();
         while st.end.is_none() && st.len < want {
+            st.peeking = true;
+            self.changed.notify_all();
             st = self.wait(st);
         }
+        st.peeking = false;
         if let Some(e) = st.failure() {
             return Err(e);
         }
@@ -701,5 +707,33 @@ mod tests {
         assert!(failure.to_string().contains("does not match"), "{failure}");
         ends(writer);
         drop(range);
+    }
+
+    #[test]
+    fn a_peek_past_what_is_held_does_not_wait_for_ever() {
+        // Small reads fill the held room (counted by buffer) with few
+        // bytes; a peek wanting more than those lets the writer go on.
+        let (file, arrival, data) = halves(256 * 1024);
+        let range = FileRange::new(file.clone(), 0, data.len() as u64).arriving(arrival.clone());
+        let writer = {
+            let (arrival, data) = (arrival.clone(), data.clone());
+            std::thread::spawn(move || {
+                for piece in data.chunks(1024) {
+                    let mut buf = arrival.buffer(256 * 1024);
+                    buf[..piece.len()].copy_from_slice(piece);
+                    arrival.hold(Held::new(buf, 0, piece.len()));
+                }
+                arrival.finish(Ok(()));
+            })
+        };
+        let head = within(move || {
+            let mut head = vec![0u8; 64 * 1024];
+            let n = range.peek(&mut head).unwrap();
+            (n, head)
+        });
+        assert_eq!(head.0, 64 * 1024);
+        assert!(head.1 == data[..64 * 1024], "peeked bytes differ");
+        ends(writer);
+        drop(file);
     }
 }
