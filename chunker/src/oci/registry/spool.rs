@@ -5,7 +5,7 @@
 //! starts a layer only when its size fits in the spool's byte budget, or
 //! when the flattener is already waiting for it (so one layer larger than
 //! the budget still goes through, alone). The flattener reads a layer as
-//! it arrives ([`Arrival`]): a blob is hashed as it is written, and the
+//! it arrives ([`Arrival`]): a blob is hashed as it arrives, and the
 //! reader's end of it waits until its size and digest match; a mismatch
 //! is a read error there, so the conversion fails before anything made
 //! from the layer is kept (the decompressor and tar reader see the bytes
@@ -13,12 +13,12 @@
 //! reader is on a layer, the rest of it is handed to the reader in memory
 //! instead of going through its file, the download waiting on the reader
 //! past a few MiB; layers no reader is on yet download ahead into their
-//! files. A broken transfer resumes with a Range request after a
-//! backoff, after the bytes already received (a server that ignores the Range has them skipped, so
-//! what was read stays what is hashed). A layer's budget is given back
-//! when the flattener is done with it (its blob dropped); its file is
-//! unlinked as soon as it is made, so nothing is left behind whatever
-//! happens. The flattener's readers open a layer each
+//! files. A broken transfer resumes with a Range request after a backoff,
+//! after the bytes already received (a server that ignores the Range has
+//! them skipped, so what was read stays what is hashed). A layer's budget
+//! is given back when the flattener is done with it (its blob dropped);
+//! its file is unlinked as soon as it is made, so nothing is left behind
+//! whatever happens. The flattener's readers open a layer each
 //! ([`crate::flatten::readahead`]), so the layers they are on may all be
 //! past the budget at once: it is passed by at most one layer per reader.
 
