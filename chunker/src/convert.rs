@@ -15,7 +15,7 @@
 //!   ([`ChunkStore::put_batched_all`], which hashes them once, together,
 //!   for their ids), the buffers going back to the sink for later chunks.
 //!   They run at a lower priority than the chain before them, which sets
-//!   the conversion's pace ([`crate::priority`]).
+//!   the conversion's pace (the `priority` module).
 //!
 //! The batch is made durable by one [`ChunkStore::sync`] before the
 //! manifest is stored, so a manifest never names a chunk a crash could

@@ -18,7 +18,7 @@ use super::digest::Digest;
 
 /// A `Read` over a byte range of a shared file, using positioned reads so
 /// several ranges of one archive can be open at once. A range over a blob
-/// still being downloaded reads what has arrived ([`Arriving`]).
+/// still being downloaded reads what has arrived (`arrival::Arriving`).
 #[derive(Debug)]
 pub struct FileRange {
     file: Arc<File>,

@@ -5,7 +5,7 @@
 //! starts a layer only when its size fits in the spool's byte budget, or
 //! when the flattener is already waiting for it (so one layer larger than
 //! the budget still goes through, alone). The flattener reads a layer as
-//! it arrives ([`Arrival`]): a blob is hashed as it arrives, and the
+//! it arrives (`arrival::Arrival`): a blob is hashed as it arrives, and the
 //! reader's end of it waits until its size and digest match; a mismatch
 //! is a read error there, so the conversion fails before anything made
 //! from the layer is kept (the decompressor and tar reader see the bytes
