@@ -20,6 +20,7 @@ pub mod flatten;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod oci;
+mod pool;
 mod priority;
 pub mod sink;
 pub mod tree;

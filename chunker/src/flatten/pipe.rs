@@ -24,6 +24,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use crate::oci::store::free_pages;
 use crate::oci::{LayerStream, SourceError};
+use crate::pool::BlockPool;
 
 /// How much a pipe may hold, and where it spills.
 #[derive(Clone, Debug)]
@@ -34,45 +35,6 @@ pub(super) struct PipeBounds {
     pub mem_blocks: usize,
     /// Where spill files are made (unlinked at once).
     pub spill_dir: PathBuf,
-}
-
-/// Blocks handed back, for the next puts: every pipe's reader takes from
-/// it and the flattener gives back, so blocks are not allocated (and
-/// zeroed) again for each. Holds at most `cap` blocks.
-#[derive(Debug)]
-pub(super) struct BlockPool {
-    block: usize,
-    cap: usize,
-    free: Mutex<Vec<Vec<u8>>>,
-}
-
-impl BlockPool {
-    pub(super) fn new(block: usize, cap: usize) -> Self {
-        BlockPool {
-            block,
-            cap,
-            free: Mutex::new(Vec::new()),
-        }
-    }
-
-    /// A block of the block size.
-    pub(super) fn get(&self) -> Vec<u8> {
-        let reused = self.free.lock().ok().and_then(|mut free| free.pop());
-        reused.unwrap_or_else(|| vec![0; self.block])
-    }
-
-    /// Gives `block` back (dropped if the pool is full or it is not a
-    /// whole block).
-    pub(super) fn put(&self, block: Vec<u8>) {
-        if block.len() != self.block {
-            return;
-        }
-        if let Ok(mut free) = self.free.lock()
-            && free.len() < self.cap
-        {
-            free.push(block);
-        }
-    }
 }
 
 /// The spill bytes every layer's pipe may hold together.

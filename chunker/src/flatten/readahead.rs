@@ -27,11 +27,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::detached::Detached;
 use super::limits::Limits;
-use super::pipe::{BlockPool, Closed, End, Pipe, PipeBounds, SpillBudget};
+use super::pipe::{Closed, End, Pipe, PipeBounds, SpillBudget};
 use super::{FlattenError, LayerReport, apply::apply_layer};
 use crate::ext4::Ext4Builder;
 use crate::oci::digest::HashReader;
 use crate::oci::{Digest, Image, Layer, LayerDigests, LayerStream, LimitExceeded, SourceError};
+use crate::pool::BlockPool;
 use crate::sink::ImageSink;
 use crate::tree::Tree;
 

@@ -4,7 +4,7 @@
 //! Until a reader is on the layer, the writer puts what arrives in the
 //! spool file and says how far the file has grown ([`Arrival::grew`]).
 //! Once a reader is on it ([`Arriving`]), what comes next is handed over
-//! in memory instead ([`Arrival::hold`]): at most [`HELD_MAX`] bytes, the
+//! in memory instead ([`Arrival::hand_over`]): at most [`HELD_MAX`] bytes, the
 //! writer waiting for the reader past that. A layer the flattener is
 //! reading goes no faster than its reader anyway, and writing it to a
 //! file only to read it back at once, and punch it out, cost a copy, the
@@ -27,6 +27,7 @@ use std::os::unix::fs::FileExt;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use super::store::free_pages;
+use crate::pool::BlockPool;
 
 type Failure = Box<dyn std::error::Error + Send + Sync>;
 
@@ -39,6 +40,9 @@ const FREE_STEP: u64 = 1 << 20;
 
 /// Handed-over buffers kept for the writer to fill again.
 const SPARES: usize = 8;
+
+/// Bytes in one handed-over buffer (the writer's reads).
+pub(crate) const BUFFER: usize = 256 * 1024;
 
 /// How a download failed, told to everyone who asks: the reader at the
 /// layer's end, and the flattener explaining why the layer broke first.
@@ -60,7 +64,7 @@ impl std::error::Error for Shared {
 /// Bytes handed over in memory: `buf[from..to]`, the rest of `buf` spare
 /// room (so a buffer is filled again without clearing it).
 #[derive(Debug)]
-pub(crate) struct Held {
+struct Held {
     buf: Vec<u8>,
     from: usize,
     to: usize,
@@ -68,7 +72,7 @@ pub(crate) struct Held {
 
 impl Held {
     /// The bytes `buf[from..to]`.
-    pub(crate) fn new(buf: Vec<u8>, from: usize, to: usize) -> Self {
+    fn new(buf: Vec<u8>, from: usize, to: usize) -> Self {
         let to = to.min(buf.len());
         Held {
             from: from.min(to),
@@ -103,7 +107,6 @@ struct Arrived {
     held: VecDeque<Held>,
     /// Room the buffers in `held` take.
     held_bytes: usize,
-    spare: Vec<Vec<u8>>,
     reader: Reader,
     /// A peek waits for bytes past what is held: the writer hands over
     /// more without waiting for room.
@@ -114,12 +117,6 @@ struct Arrived {
 }
 
 impl Arrived {
-    fn recycle(&mut self, buf: Vec<u8>) {
-        if self.spare.len() < SPARES {
-            self.spare.push(buf);
-        }
-    }
-
     fn failure(&self) -> Option<io::Error> {
         match &self.end {
             Some(Err(failure)) => Some(io::Error::other(failure.clone())),
@@ -129,10 +126,12 @@ impl Arrived {
 }
 
 /// How much of a blob has arrived, where, and how its download ended.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Arrival {
     state: Mutex<Arrived>,
     changed: Condvar,
+    /// Buffers the reader is done with, for the writer to fill again.
+    spare: BlockPool,
 }
 
 /// What a reader at some position finds next.
@@ -146,6 +145,15 @@ enum Next {
 }
 
 impl Arrival {
+    /// Nothing arrived yet.
+    pub(crate) fn new() -> Self {
+        Arrival {
+            state: Mutex::default(),
+            changed: Condvar::new(),
+            spare: BlockPool::new(BUFFER, SPARES),
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, Arrived> {
         // Plain fields, consistent at every point a panic could leave.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
@@ -166,43 +174,46 @@ impl Arrival {
         }
     }
 
-    /// Whether what arrives next goes to a reader in memory
-    /// ([`Arrival::hold`]) rather than to the file: once a reader has
-    /// come, for the rest of the download.
-    pub(crate) fn to_reader(&self) -> bool {
-        self.lock().reader != Reader::Absent
-    }
-
-    /// A buffer of `size` bytes for the writer to fill: one the reader is
+    /// A [`BUFFER`]-byte buffer for the writer to fill: one the reader is
     /// done with, or a new one.
-    pub(crate) fn buffer(&self, size: usize) -> Vec<u8> {
-        match self.lock().spare.pop() {
-            Some(buf) if buf.len() == size => buf,
-            _ => vec![0; size],
-        }
+    pub(crate) fn buffer(&self) -> Vec<u8> {
+        self.spare.get()
     }
 
-    /// Hands `held` over to the reader, after waiting while it holds
-    /// [`HELD_MAX`] bytes or more until it is down to half. Dropped (and
-    /// counted as arrived) when the reader has gone.
-    pub(crate) fn hold(&self, held: Held) {
+    /// Hands `buf[from..to]` over to a reader, once one has come, and
+    /// gives the writer a buffer to fill next; before that, `Err(buf)`
+    /// back, for the writer to put in the file ([`Arrival::grew`]). The
+    /// writer first waits while [`HELD_MAX`] bytes or more are held,
+    /// until the reader is down to half. Dropped (and counted as arrived)
+    /// when the reader has gone.
+    pub(crate) fn hand_over(
+        &self,
+        buf: Vec<u8>,
+        from: usize,
+        to: usize,
+    ) -> Result<Vec<u8>, Vec<u8>> {
+        let held = Held::new(buf, from, to);
         let mut st = self.lock();
+        if st.reader == Reader::Absent {
+            return Err(held.buf);
+        }
         if st.held_bytes >= HELD_MAX {
             while st.reader == Reader::Reading && st.held_bytes > HELD_MAX / 2 && !st.peeking {
                 st = self.wait(st);
             }
         }
-        if st.end.is_some() {
-            return;
+        if st.end.is_none() {
+            st.len += held.bytes().len() as u64;
+            if st.reader == Reader::Gone {
+                self.spare.put(held.buf);
+            } else {
+                st.held_bytes += held.buf.len();
+                st.held.push_back(held);
+            }
+            self.changed.notify_all();
         }
-        st.len += held.bytes().len() as u64;
-        if st.reader == Reader::Gone {
-            st.recycle(held.buf);
-        } else {
-            st.held_bytes += held.buf.len();
-            st.held.push_back(held);
-        }
-        self.changed.notify_all();
+        drop(st);
+        Ok(self.spare.get())
     }
 
     /// The download ended: every byte came and matched (`Ok`), or not.
@@ -223,7 +234,7 @@ impl Arrival {
         let held = std::mem::take(&mut st.held);
         st.held_bytes = 0;
         for h in held {
-            st.recycle(h.buf);
+            self.spare.put(h.buf);
         }
         self.changed.notify_all();
     }
@@ -240,10 +251,10 @@ impl Arrival {
     /// buffer it is `done` with. A failed download is an error, whatever
     /// had arrived.
     fn next(&self, pos: u64, done: Option<Vec<u8>>) -> io::Result<Next> {
-        let mut st = self.lock();
         if let Some(buf) = done {
-            st.recycle(buf);
+            self.spare.put(buf);
         }
+        let mut st = self.lock();
         loop {
             if let Some(e) = st.failure() {
                 return Err(e);
@@ -455,7 +466,7 @@ mod tests {
     fn halves(total: usize) -> (Arc<std::fs::File>, Arc<Arrival>, Vec<u8>) {
         let file = Arc::new(tempfile::tempfile().unwrap());
         let data: Vec<u8> = (0..total).map(|i| (i * 7 + i / 251) as u8).collect();
-        (file, Arc::new(Arrival::default()), data)
+        (file, Arc::new(Arrival::new()), data)
     }
 
     #[test]
@@ -552,19 +563,22 @@ mod tests {
         writer.join().unwrap();
     }
 
-    /// Writes `data` the way the spool does: to the file until a reader
-    /// is on, then handed over in `chunk`-byte buffers.
+    /// Writes `data` the way the spool does, `chunk` bytes (at most
+    /// [`BUFFER`]) at a time: to the file until a reader is on, then
+    /// handed over in memory.
     fn spool_like(file: &std::fs::File, arrival: &Arrival, data: &[u8], chunk: usize) {
         let mut at = 0;
+        let mut buf = arrival.buffer();
         for piece in data.chunks(chunk) {
-            if arrival.to_reader() {
-                let mut buf = arrival.buffer(chunk);
-                buf[..piece.len()].copy_from_slice(piece);
-                arrival.hold(Held::new(buf, 0, piece.len()));
-            } else {
-                file.write_all_at(piece, at as u64).unwrap();
-                arrival.grew((at + piece.len()) as u64);
-            }
+            buf[..piece.len()].copy_from_slice(piece);
+            buf = match arrival.hand_over(buf, 0, piece.len()) {
+                Ok(next) => next,
+                Err(back) => {
+                    file.write_all_at(piece, at as u64).unwrap();
+                    arrival.grew((at + piece.len()) as u64);
+                    back
+                }
+            };
             at += piece.len();
         }
     }
@@ -581,12 +595,12 @@ mod tests {
             let (file, arrival, data) = (file.clone(), arrival.clone(), data.clone());
             std::thread::spawn(move || {
                 // The rest, handed over (the offsets as the spool keeps them).
-                assert!(arrival.to_reader());
-                let mut buf = arrival.buffer(64 * 1024);
+                let mut buf = arrival.buffer();
                 for piece in data[100_000..].chunks(10_000) {
                     buf[..piece.len()].copy_from_slice(piece);
-                    let full = std::mem::replace(&mut buf, arrival.buffer(64 * 1024));
-                    arrival.hold(Held::new(full, 0, piece.len()));
+                    buf = arrival
+                        .hand_over(buf, 0, piece.len())
+                        .expect("a reader is on the layer");
                 }
                 arrival.finish(Ok(()));
                 drop(file);
@@ -718,10 +732,10 @@ mod tests {
         let writer = {
             let (arrival, data) = (arrival.clone(), data.clone());
             std::thread::spawn(move || {
+                let mut buf = arrival.buffer();
                 for piece in data.chunks(1024) {
-                    let mut buf = arrival.buffer(256 * 1024);
                     buf[..piece.len()].copy_from_slice(piece);
-                    arrival.hold(Held::new(buf, 0, piece.len()));
+                    buf = arrival.hand_over(buf, 0, piece.len()).unwrap();
                 }
                 arrival.finish(Ok(()));
             })

@@ -35,11 +35,8 @@ use sha2::{Digest as _, Sha256};
 use super::client::Client;
 use super::{ErrorKind, RegistryError};
 use crate::oci::Digest;
-use crate::oci::arrival::{Arrival, FinishGuard, Held};
+use crate::oci::arrival::{Arrival, FinishGuard};
 use crate::oci::store::{FileRange, OnDrop, VerifiedBlob};
-
-/// Bytes read from a response at a time.
-const CHUNK: usize = 256 * 1024;
 
 enum Slot {
     Queued,
@@ -168,7 +165,7 @@ impl Spool {
                 i
             };
             let slot = match self.create_file(index) {
-                Ok(file) => Slot::Started(file, Arc::new(Arrival::default())),
+                Ok(file) => Slot::Started(file, Arc::new(Arrival::new())),
                 Err(e) => Slot::Failed(e),
             };
             let started = match &slot {
@@ -238,7 +235,7 @@ impl Spool {
         let mut written = 0u64;
         let mut failures = 0u32;
         let bar = self.bar(index, *size);
-        let mut buf = arrival.buffer(CHUNK);
+        let mut buf = arrival.buffer();
         loop {
             if self.cancelled.load(Ordering::Relaxed) {
                 return Err(self.client.error(ErrorKind::Cancelled));
@@ -277,13 +274,15 @@ impl Spool {
                             }));
                         }
                         hash.update(fresh);
-                        if arrival.to_reader() {
-                            let full = std::mem::replace(&mut buf, arrival.buffer(CHUNK));
-                            arrival.hold(Held::new(full, dropped, n));
-                        } else {
-                            file.write_all_at(fresh, at).map_err(spool_err)?;
-                            arrival.grew(written);
-                        }
+                        buf = match arrival.hand_over(buf, dropped, n) {
+                            Ok(next) => next,
+                            Err(back) => {
+                                file.write_all_at(&back[dropped..n], at)
+                                    .map_err(spool_err)?;
+                                arrival.grew(written);
+                                back
+                            }
+                        };
                         if let Some(b) = &bar {
                             b.set_position(written);
                         }
