@@ -324,6 +324,20 @@ fn basic_auth_over_tls_with_a_test_ca() {
         flatten_digest(&with(Some("puller:s3cret-pw"), true), &out),
         flatten_digest(&from_oci, &out)
     );
+    // --tls-verify=false: a CA nobody gave us, and the pull goes on (over
+    // TLS still: the registry answers nothing else).
+    let unverified = source(
+        &reference,
+        RegistryOptions {
+            creds: Some("puller:s3cret-pw".parse::<Credentials>().unwrap()),
+            tls_verify: false,
+            ..quick()
+        },
+    );
+    assert_eq!(
+        flatten_digest(&unverified, &out),
+        flatten_digest(&from_oci, &out)
+    );
 
     // Credentials from an auth file ($REGISTRY_AUTH_FILE is read only by
     // a child process here: the environment is process-wide).

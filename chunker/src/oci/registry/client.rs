@@ -7,7 +7,7 @@
 //! the middle of a pull, and redirects followed without credentials. It is
 //! also async, and the rest of chunker is synchronous. reqwest is already in
 //! the tree with rustls and ring (its `rustls` feature would pull aws-lc-rs,
-//! a cmake C build); its platform verifier reads the system roots.
+//! a cmake C build). Certificates are checked by [`super::tls`].
 //!
 //! Every request goes through [`Client::get`]: it adds credentials, follows
 //! redirects (without them), answers a 401 with one fresh token, and
@@ -63,53 +63,28 @@ fn is_transient(status: StatusCode) -> bool {
     status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS
 }
 
-/// The CA certificates in `dir` (`*.crt`, as skopeo's --cert-dir).
-fn read_cert_dir(dir: &std::path::Path) -> Result<Vec<reqwest::Certificate>, ErrorKind> {
-    let bad = |reason: String| ErrorKind::CertDir {
-        dir: dir.to_owned(),
-        reason,
-    };
-    let mut certs = Vec::new();
-    let entries = std::fs::read_dir(dir).map_err(|e| bad(e.to_string()))?;
-    let mut paths: Vec<_> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "crt"))
-        .collect();
-    paths.sort();
-    for path in paths {
-        let pem = std::fs::read(&path).map_err(|e| bad(format!("{}: {e}", path.display())))?;
-        let found = reqwest::Certificate::from_pem_bundle(&pem)
-            .map_err(|e| bad(format!("{}: {e}", path.display())))?;
-        certs.extend(found);
-    }
-    Ok(certs)
-}
-
 impl Client {
     /// Connect to the registry `reference` names and learn how it wants us
     /// to authenticate: HTTPS first; plain HTTP only for a loopback
     /// registry or with `tls_verify` off.
     pub fn connect(reference: &Reference, opts: &RegistryOptions) -> Result<Client, RegistryError> {
         let err = |kind| RegistryError::new(&reference.host, &reference.repository, kind);
-        // reqwest without a bundled provider uses rustls' process default.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let mut builder = Http::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(opts.timeout)
-            // Per wait: for the answer head, then for each read of the
-            // body; a registry that stops answering fails within it.
-            .timeout(opts.timeout)
-            .user_agent(concat!("imagefs/", env!("CARGO_PKG_VERSION")));
-        if let Some(dir) = &opts.cert_dir {
-            builder = builder.tls_certs_merge(read_cert_dir(dir).map_err(err)?);
-        }
         if !opts.tls_verify {
             tracing::warn!(
                 "TLS certificates of {} are not verified (--tls-verify=false)",
                 reference.host
             );
-            builder = builder.tls_danger_accept_invalid_certs(true);
         }
+        let tls =
+            super::tls::client_config(opts.cert_dir.as_deref(), opts.tls_verify).map_err(err)?;
+        let builder = Http::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(opts.timeout)
+            // Per wait: for the answer head, then for each read of the
+            // body; a registry that stops answering fails within it.
+            .timeout(opts.timeout)
+            .user_agent(concat!("imagefs/", env!("CARGO_PKG_VERSION")))
+            .tls_backend_preconfigured(tls);
         let http = builder.build().map_err(|e| err(ErrorKind::Transport(e)))?;
         let creds = match &opts.creds {
             Some(c) => Some(c.clone()),

@@ -5,7 +5,9 @@
 //! - [`auth`]: credentials (flags, auth files), challenges, tokens, and
 //!   [`auth::Secret`], which never prints;
 //! - [`client`]: the HTTP API (why reqwest and not `oci-client` is there);
-//! - [`spool`]: parallel layer downloads into a bounded spool on disk.
+//! - [`spool`]: parallel layer downloads into a bounded spool on disk;
+//! - `tls`: certificate checks, with the system roots read only when a
+//!   handshake needs them.
 //!
 //! [`Image::open`](crate::oci::Image::open) resolves index → manifest →
 //! config through [`Pull`] exactly as for a layout, then starts the layer
@@ -16,6 +18,7 @@ pub mod auth;
 pub mod client;
 pub mod reference;
 pub mod spool;
+mod tls;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -327,6 +330,9 @@ pub enum ErrorKind {
         /// Why.
         reason: String,
     },
+    /// The TLS configuration could not be made.
+    #[error("TLS set-up: {0}")]
+    Tls(String),
     /// The spool directory failed.
     #[error("spool in {}", dir.display())]
     Spool {
