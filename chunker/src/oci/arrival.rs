@@ -354,8 +354,12 @@ pub(crate) struct Arriving {
     arrival: Arc<Arrival>,
     /// The buffer being read, and how far.
     current: Option<Held>,
-    /// The file has been punched up to here.
-    freed: u64,
+    /// The file has been punched up to here; `None` once the reader has
+    /// left it for good (all that comes after is handed over in memory).
+    freed: Option<u64>,
+    /// How many times the file was punched.
+    #[cfg(test)]
+    punches: usize,
 }
 
 impl Arriving {
@@ -366,7 +370,9 @@ impl Arriving {
         Arriving {
             arrival,
             current: None,
-            freed: 0,
+            freed: Some(0),
+            #[cfg(test)]
+            punches: 0,
         }
     }
 
@@ -401,13 +407,14 @@ impl Arriving {
                         ));
                     }
                     *pos += k as u64;
-                    self.free_behind(file, (*pos).min(in_file));
+                    self.free_behind(file, (*pos).min(in_file), false);
                     return Ok(k);
                 }
                 Next::Held(held) => {
-                    // Everything before it was in the file: all read.
+                    // Everything before it was in the file, all read, and
+                    // the file gets no more: freed to its end, once.
+                    self.free_behind(file, *pos, true);
                     self.current = Some(held);
-                    self.free_behind(file, *pos);
                 }
                 Next::End if *pos < end => {
                     return Err(io::Error::new(
@@ -434,13 +441,23 @@ impl Arriving {
         Ok(got + self.arrival.peek(file, pos + got as u64, &mut buf[got..])?)
     }
 
-    /// Frees the file's pages before `upto`, a step at a time (all at
-    /// once when the reader has left the file).
-    fn free_behind(&mut self, file: &File, upto: u64) {
+    /// Frees the file's pages before `upto`, a step at a time, or all at
+    /// once when the reader is `leaving` the file for good.
+    fn free_behind(&mut self, file: &File, upto: u64, leaving: bool) {
+        let Some(freed) = self.freed else {
+            return;
+        };
         let upto = upto & !(4096 - 1);
-        if upto >= self.freed + FREE_STEP || (upto > self.freed && self.current.is_some()) {
-            free_pages(file, self.freed, upto - self.freed);
-            self.freed = upto;
+        if upto > freed && (leaving || upto >= freed + FREE_STEP) {
+            free_pages(file, freed, upto - freed);
+            self.freed = Some(upto);
+            #[cfg(test)]
+            {
+                self.punches += 1;
+            }
+        }
+        if leaving {
+            self.freed = None;
         }
     }
 }
@@ -615,6 +632,42 @@ mod tests {
         assert!(all == data, "the bytes read differ from those written");
         // Only what came before the reader was written to the file.
         assert_eq!(file.metadata().unwrap().len(), 100_000);
+    }
+
+    #[test]
+    fn the_file_is_freed_once_when_the_reader_leaves_it() {
+        let (file, arrival, data) = halves(300_000);
+        file.write_all_at(&data[..100_000], 0).unwrap();
+        arrival.grew(100_000);
+        let mut reader = Arriving::new(arrival.clone());
+        let writer = {
+            let (arrival, data) = (arrival.clone(), data.clone());
+            std::thread::spawn(move || {
+                let mut buf = arrival.buffer();
+                for piece in data[100_000..].chunks(10_000) {
+                    buf[..piece.len()].copy_from_slice(piece);
+                    buf = arrival.hand_over(buf, 0, piece.len()).unwrap();
+                }
+                arrival.finish(Ok(()));
+            })
+        };
+        let (mut pos, mut all) = (0u64, Vec::new());
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match reader
+                .read(&file, &mut pos, data.len() as u64, &mut buf)
+                .unwrap()
+            {
+                0 => break,
+                n => all.extend_from_slice(&buf[..n]),
+            }
+        }
+        writer.join().unwrap();
+        assert!(all == data, "the bytes read differ from those written");
+        // One punch, as the reader left the file for the held buffers; none
+        // for the twenty buffers after (they were never in the file).
+        assert_eq!(reader.punches, 1);
+        assert_eq!(reader.freed, None);
     }
 
     /// A reader on `total` bytes that a writer thread spools as the spool
