@@ -21,6 +21,8 @@ pub enum Trick {
     None,
     /// Flip a byte in every layer blob (same size).
     CorruptBlobs,
+    /// Flip a byte in the config blob (same size); layers are served.
+    CorruptConfig,
     /// Promise a layer blob's full length, send half of it, close.
     TruncateBlobs,
     /// Serve every manifest padded past 4 MiB.
@@ -358,7 +360,12 @@ fn serve(s: &State, mut conn: TcpStream) -> std::io::Result<()> {
         _ => {}
     }
     let mut body = blob[range.min(blob.len())..].to_vec();
-    if is_layer && matches!(s.trick, Trick::CorruptBlobs) && !body.is_empty() {
+    let corrupt = match s.trick {
+        Trick::CorruptBlobs => is_layer,
+        Trick::CorruptConfig => !is_layer,
+        _ => false,
+    };
+    if corrupt && !body.is_empty() {
         let mid = body.len() / 2;
         body[mid] ^= 0xff;
     }

@@ -76,7 +76,15 @@ fn fails_on(image: Image, trick: Trick, opts: RegistryOptions, want: &[&str]) {
     let layout = tmp.path().join("layout");
     image.write_oci_layout(&layout, "v1").unwrap();
     let reg = HostileRegistry::start(&layout, "v1", [127, 0, 0, 1], trick).unwrap();
-    let src = source(&reg.host(), opts);
+    let spool = tmp.path().join("spool");
+    std::fs::create_dir(&spool).unwrap();
+    let src = source(
+        &reg.host(),
+        RegistryOptions {
+            spool_dir: Some(spool.clone()),
+            ..opts
+        },
+    );
     let out = tmp.path().join("out.img");
     let err = flatten_to_file(&src, &out, &FlattenOptions::default()).unwrap_err();
     let msg = error_chain(&err);
@@ -84,7 +92,9 @@ fn fails_on(image: Image, trick: Trick, opts: RegistryOptions, want: &[&str]) {
         assert!(msg.contains(w), "{w:?} not in: {msg}");
     }
     assert!(!out.exists(), "output left behind");
-    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 1);
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 2);
+    // Gone by the time the error is back, downloads still running or not.
+    assert_eq!(std::fs::read_dir(&spool).unwrap().count(), 0, "spool left");
 
     let store = DirStore::create(tmp.path().join("store")).unwrap();
     let keys = LocalKeyProvider::create(tmp.path().join("keys")).unwrap();
@@ -108,6 +118,7 @@ fn fails_on(image: Image, trick: Trick, opts: RegistryOptions, want: &[&str]) {
         "{msg}"
     );
     assert_eq!(snapshot(&tmp.path().join("store")), before, "store changed");
+    assert_eq!(std::fs::read_dir(&spool).unwrap().count(), 0, "spool left");
 }
 
 #[test]
@@ -135,6 +146,17 @@ fn corrupt_blob_that_breaks_the_tar_before_it_has_arrived() {
         Trick::CorruptHeaderThenHold(Duration::from_millis(700)),
         quick(),
         &["does not match its digest", "blob sha256:"],
+    );
+}
+
+/// The config is fetched while the layers already download: its failure
+/// stops them, and their spool goes at once.
+#[test]
+fn corrupt_config_while_the_layers_download() {
+    fails(
+        Trick::CorruptConfig,
+        quick(),
+        &["does not match its digest", "config sha256:"],
     );
 }
 

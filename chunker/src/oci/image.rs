@@ -117,23 +117,13 @@ impl Located {
     }
 
     /// Read the config and locate the layers; from a registry, start
-    /// downloading them.
+    /// downloading them (before the config is fetched).
     pub fn open(self) -> Result<Image, SourceError> {
         let (store, desc, bytes) = match self.0 {
             Found::Manifest { store, desc, bytes } => (store, desc, bytes),
             Found::Opened(image) => return Ok(image),
         };
-        let image = open_manifest(store, &desc, &bytes)?;
-        if let Store::Registry(pull) = &image.store {
-            pull.start(
-                image
-                    .layers
-                    .iter()
-                    .map(|l| (l.name().clone(), l.size.unwrap_or(0)))
-                    .collect(),
-            )?;
-        }
-        Ok(image)
+        open_manifest(store, &desc, &bytes)
     }
 }
 
@@ -455,6 +445,30 @@ fn find_manifest(
 /// config and locate its layers.
 fn open_manifest(store: Store, desc: &Descriptor, bytes: &[u8]) -> Result<Image, SourceError> {
     let manifest: Manifest = parse(bytes, &format!("manifest {}", desc.digest))?;
+    // Media types first: a layer we cannot read fails before any download.
+    let compressions = manifest
+        .layers
+        .iter()
+        .map(|l| {
+            spec::layer_compression(&l.media_type).map_err(|spec::UnknownMediaType| {
+                SourceError::UnknownLayerMediaType {
+                    media_type: l.media_type.clone(),
+                    digest: l.digest.clone(),
+                }
+            })
+        })
+        .collect::<Result<Vec<_>, SourceError>>()?;
+    // From a registry, the layers start to download while the config comes
+    // (a failure below drops the pull, which cancels them).
+    if let Store::Registry(pull) = &store {
+        pull.start(
+            manifest
+                .layers
+                .iter()
+                .map(|l| (l.digest.clone(), l.size))
+                .collect(),
+        )?;
+    }
     let config_bytes = read_blob(&store, &manifest.config, "config")?;
     let config: ConfigFile = parse(&config_bytes, &format!("config {}", manifest.config.digest))?;
     let config = ImageConfig::from(config);
@@ -469,24 +483,16 @@ fn open_manifest(store: Store, desc: &Descriptor, bytes: &[u8]) -> Result<Image,
         .layers
         .iter()
         .zip(&config.diff_ids)
-        .map(|(l, diff_id)| {
-            let compression =
-                spec::layer_compression(&l.media_type).map_err(|spec::UnknownMediaType| {
-                    SourceError::UnknownLayerMediaType {
-                        media_type: l.media_type.clone(),
-                        digest: l.digest.clone(),
-                    }
-                })?;
-            Ok(Layer {
-                digest: Some(l.digest.clone()),
-                diff_id: diff_id.clone(),
-                media_type: l.media_type.clone(),
-                size: Some(l.size),
-                compression,
-                location: Location::Blob(l.digest.clone()),
-            })
+        .zip(compressions)
+        .map(|((l, diff_id), compression)| Layer {
+            digest: Some(l.digest.clone()),
+            diff_id: diff_id.clone(),
+            media_type: l.media_type.clone(),
+            size: Some(l.size),
+            compression,
+            location: Location::Blob(l.digest.clone()),
         })
-        .collect::<Result<Vec<_>, SourceError>>()?;
+        .collect();
     Ok(Image {
         store,
         digest: desc.digest.clone(),

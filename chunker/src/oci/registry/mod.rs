@@ -10,8 +10,9 @@
 //!   handshake needs them.
 //!
 //! [`Image::open`](crate::oci::Image::open) resolves index → manifest →
-//! config through [`Pull`] exactly as for a layout, then starts the layer
-//! downloads; [`Image::open_layer`](crate::oci::Image::open_layer) waits for
+//! config through [`Pull`] exactly as for a layout, starting the layer
+//! downloads as soon as it has the manifest, so the config comes while
+//! they run; [`Image::open_layer`](crate::oci::Image::open_layer) waits for
 //! each verified layer in turn.
 
 pub mod auth;

@@ -125,9 +125,14 @@ impl Spool {
         Ok(spool)
     }
 
-    /// Stop the downloads (the image was dropped).
+    /// Stop the downloads (the image was dropped), and remove the spool's
+    /// directory now: a download may take until its timeout to notice,
+    /// and a process that exits first would leave the directory behind.
+    /// Its files are unlinked as they are made, so it is empty; a file
+    /// made after this fails, and its download with it.
     pub fn cancel(&self) {
         self.cancelled.store(true, Ordering::Relaxed);
+        let _ = std::fs::remove_dir(self.dir.path());
         // A download waiting for its reader to take what it holds.
         if let Ok(st) = self.state.lock() {
             for slot in &st.slots {
