@@ -7,7 +7,7 @@
 //! the middle of a pull, and redirects followed without credentials. It is
 //! also async, and the rest of chunker is synchronous. reqwest is already in
 //! the tree with rustls and ring (its `rustls` feature would pull aws-lc-rs,
-//! a cmake C build). Certificates are checked by [`super::tls`].
+//! a cmake C build). Certificates are checked by the private `tls` module.
 //!
 //! Every request goes through [`Client::get`]: it adds credentials, follows
 //! redirects (without them), answers a 401 with one fresh token, and
