@@ -202,16 +202,17 @@ impl Arrival {
                 st = self.wait(st);
             }
         }
-        if st.end.is_none() {
-            st.len += held.bytes().len() as u64;
-            if st.reader == Reader::Gone {
-                self.spare.put(held.buf);
-            } else {
-                st.held_bytes += held.buf.len();
-                st.held.push_back(held);
-            }
-            self.changed.notify_all();
+        if st.end.is_some() {
+            return Ok(held.buf);
         }
+        st.len += held.bytes().len() as u64;
+        self.changed.notify_all();
+        if st.reader == Reader::Gone {
+            // Nobody will read it: the writer fills the same buffer again.
+            return Ok(held.buf);
+        }
+        st.held_bytes += held.buf.len();
+        st.held.push_back(held);
         drop(st);
         Ok(self.spare.get())
     }
