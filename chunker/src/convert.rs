@@ -572,12 +572,15 @@ fn convert_with(
             // Writes back what the store holds dirty while the conversion
             // goes on, so that the sync before the manifest, which nothing
             // overlaps, has little left; its errors are the sync's to
-            // report. Not while a registry's download spool holds layers
-            // not yet read: a `syncfs` of the file system they share
-            // (the usual case, `$TMPDIR` and the store on one disk) would
-            // write those back too, only for them to be punched out once
-            // read (51 MiB more written for the python image, and 25–35 ms
-            // slower).
+            // report. Not while a registry's download spool holds layer
+            // bytes in its files not yet read: a `syncfs` of the file
+            // system they share (the usual case, `$TMPDIR` and the store
+            // on one disk) would write those back too, only for them to
+            // be punched out once read (51 MiB more written for the python
+            // image, and 25–35 ms slower, when layers waited in files).
+            // Layers read as they arrive hold nothing there, and then the
+            // store is written back as from a layout (the python image:
+            // the sync at the end 2 ms instead of 9).
             let image = &image;
             scope.spawn(move || {
                 for () in flush_rx {

@@ -164,9 +164,10 @@ fn anonymous_http_pull_is_identical_to_the_layout() {
     assert_eq!(std::fs::read_dir(&spool_dir).unwrap().count(), 0);
 }
 
-/// The converter writes the store back only while no download spool holds
-/// layers not yet read (a `syncfs` would write those too): the image says
-/// when that is.
+/// The converter writes the store back only while no download spool's
+/// files hold layer bytes not yet read (a `syncfs` would write those too):
+/// the image says when that is. (Whether a layer read as it arrives
+/// counts depends on when its reader came: the arrival tests hold that.)
 #[test]
 fn the_image_says_while_its_spool_holds_unread_layers() {
     let Some(reg) = start(Auth::None, None) else {
@@ -196,7 +197,6 @@ fn the_image_says_while_its_spool_holds_unread_layers() {
     assert!(image.spooling(), "the top layer is not read yet");
     let (mut stream, _) = image.open_layer(last).unwrap();
     std::io::copy(&mut stream, &mut std::io::sink()).unwrap();
-    assert!(image.spooling(), "its blob is still open");
     stream.finish().unwrap();
     assert!(!image.spooling(), "every layer read and closed");
 }

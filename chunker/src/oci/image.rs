@@ -197,8 +197,9 @@ impl Image {
         }
     }
 
-    /// Whether the image comes from a registry whose download spool
-    /// holds, or will hold, layer bytes not yet read.
+    /// Whether the image comes from a registry whose download spool's
+    /// files hold, or will hold, layer bytes not yet read (bytes read as
+    /// they arrive are handed over in memory and do not count).
     pub fn spooling(&self) -> bool {
         match &self.store {
             Store::Registry(pull) => pull.spooling(),

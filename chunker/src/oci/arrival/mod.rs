@@ -111,6 +111,9 @@ struct Arrived {
     /// A peek waits for bytes past what is held: the writer hands over
     /// more without waiting for room.
     peeking: bool,
+    /// The reader has read the file's bytes and freed them: it reads
+    /// only what is handed over from now on.
+    left_file: bool,
     /// `Some` once the download has ended: `Ok` when every byte came and
     /// matched.
     end: Option<Result<(), Shared>>,
@@ -324,6 +327,24 @@ impl Arrival {
         Ok(got)
     }
 
+    /// Whether the file holds bytes, or will get more, that are still to
+    /// be read and freed: true until a reader is on the blob and has left
+    /// the file (or has gone). Until then a `syncfs` would write back
+    /// pages that are only read once and punched out.
+    pub(crate) fn file_unread(&self) -> bool {
+        let st = self.lock();
+        match st.reader {
+            Reader::Absent => true,
+            Reader::Reading => st.in_file > 0 && !st.left_file,
+            Reader::Gone => false,
+        }
+    }
+
+    /// The reader has read the file to its end and freed it.
+    fn left_file(&self) {
+        self.lock().left_file = true;
+    }
+
     /// Waits for the download to end; its failure, if it failed. Whoever
     /// asks is done reading: the writer no longer waits for a reader.
     pub(crate) fn verdict(&self) -> Option<io::Error> {
@@ -459,6 +480,7 @@ impl Arriving {
         }
         if leaving {
             self.freed = None;
+            self.arrival.left_file();
         }
     }
 }

@@ -168,7 +168,9 @@ fn the_file_is_freed_once_when_the_reader_leaves_it() {
     let (file, arrival, data) = halves(300_000);
     file.write_all_at(&data[..100_000], 0).unwrap();
     arrival.grew(100_000);
+    assert!(arrival.file_unread(), "no reader yet");
     let mut reader = Arriving::new(arrival.clone());
+    assert!(arrival.file_unread(), "the file's bytes are not read yet");
     let writer = {
         let (arrival, data) = (arrival.clone(), data.clone());
         std::thread::spawn(move || {
@@ -197,6 +199,40 @@ fn the_file_is_freed_once_when_the_reader_leaves_it() {
     // for the twenty buffers after (they were never in the file).
     assert_eq!(reader.punches, 1);
     assert_eq!(reader.freed, None);
+    assert!(!arrival.file_unread(), "the reader has left the file");
+}
+
+/// What the converter asks before writing its store back: whether the
+/// file holds bytes still to be read (dirty pages a `syncfs` would write).
+#[test]
+fn the_file_counts_as_unread_only_while_it_holds_bytes_to_read() {
+    // A reader on the blob before anything arrives: all in memory.
+    let (file, arrival, data) = halves(100_000);
+    let mut range = FileRange::new(file.clone(), 0, data.len() as u64).arriving(arrival.clone());
+    assert!(
+        !arrival.file_unread(),
+        "a reader is on it, the file is empty"
+    );
+    spool_like(&file, &arrival, &data, 10_000);
+    arrival.finish(Ok(()));
+    assert!(!arrival.file_unread(), "everything was handed over");
+    let mut all = Vec::new();
+    range.read_to_end(&mut all).unwrap();
+    assert!(all == data, "the bytes read differ from those written");
+
+    // A blob that arrived whole before its reader came: in the file
+    // until the reader is done with it.
+    let (file, arrival, data) = halves(100_000);
+    spool_like(&file, &arrival, &data, 10_000);
+    arrival.finish(Ok(()));
+    assert!(arrival.file_unread(), "no reader yet");
+    let mut range = FileRange::new(file.clone(), 0, data.len() as u64).arriving(arrival.clone());
+    let mut all = Vec::new();
+    range.read_to_end(&mut all).unwrap();
+    assert!(all == data, "the bytes read differ from those written");
+    assert!(arrival.file_unread(), "read, but the reader is still on it");
+    drop(range);
+    assert!(!arrival.file_unread(), "the reader has gone");
 }
 
 /// A reader on `total` bytes that a writer thread spools as the spool

@@ -450,8 +450,8 @@ impl Pull {
         }
     }
 
-    /// Whether the spool holds, or will hold, layer bytes not yet read
-    /// ([`Spool::holds_unread`]).
+    /// Whether the spool's files hold, or will hold, layer bytes not yet
+    /// read ([`Spool::holds_unread`]).
     pub fn spooling(&self) -> bool {
         self.spool.get().is_some_and(|s| s.holds_unread())
     }

@@ -327,14 +327,21 @@ impl Spool {
         Ok(())
     }
 
-    /// Whether layers are still to come, or have come and not all been
-    /// read: the spool holds, or will hold, bytes the flattener has yet
-    /// to read (and dirty pages a `syncfs` would write back).
+    /// Whether the spool's files hold, or will hold, bytes the flattener
+    /// has yet to read (dirty pages a `syncfs` would write back, only for
+    /// them to be punched out once read): layers still to start, layers
+    /// no reader is on yet, and layers whose readers are still reading
+    /// what went into the file before they came. A layer read as it
+    /// arrives is handed over in memory and holds nothing there.
     pub fn holds_unread(&self) -> bool {
-        self.state
-            .lock()
-            .map(|st| st.reserved > 0 || st.next < self.layers.len())
-            .unwrap_or(false)
+        let Ok(st) = self.state.lock() else {
+            return false;
+        };
+        st.next < self.layers.len()
+            || st.slots.iter().any(|slot| match slot {
+                Slot::Started(_, arrival) | Slot::Taken(Some(arrival)) => arrival.file_unread(),
+                Slot::Queued | Slot::Failed(_) | Slot::Taken(None) => false,
+            })
     }
 
     /// Gives layer `index`'s share of the budget back.
