@@ -14,7 +14,7 @@
 //! retries 5xx answers and broken connections with backoff.
 
 use std::io::Read;
-use std::sync::Mutex;
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -101,49 +101,52 @@ impl Client {
             retries: opts.retries,
             backoff: opts.backoff,
         };
+        let http_base = format!("http://{}", reference.api_host());
+        // On this machine plain HTTP is asked at the same time as HTTPS
+        // (a ping carries nothing secret), so a plain-HTTP registry does
+        // not wait for a failed handshake first; its answer is not waited
+        // for when HTTPS answers (a TLS server may take its time to drop
+        // a request it cannot read). Elsewhere plain HTTP is asked only
+        // after HTTPS fails at the transport, with --tls-verify=false.
+        let early_http = reference.is_loopback().then(|| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let (http, base) = (client.http.clone(), http_base.clone());
+            std::thread::spawn(move || tx.send(ping(&http, &base)));
+            rx
+        });
+        let https = ping(&client.http, &client.base).map_err(|kind| client.err(kind));
         let allow_http = reference.is_loopback() || !opts.tls_verify;
-        match client.ping() {
-            Ok(()) => Ok(client),
+        let challenge = match https {
+            Ok(challenge) => challenge,
             Err(e) if allow_http && matches!(e.kind, ErrorKind::Transport(_)) => {
-                client.base = format!("http://{}", reference.api_host());
-                client.ping().map(|()| client).map_err(|http_err| {
+                let http = match early_http {
+                    Some(rx) => rx.recv().unwrap_or(Err(ErrorKind::Poisoned)),
+                    None => ping(&client.http, &http_base),
+                }
+                .map_err(|kind| client.err(kind));
+                client.base = http_base;
+                http.map_err(|http_err| {
                     // Both failed. An HTTPS server answers plain HTTP with
                     // 400, and then the TLS error is the telling one.
                     match http_err.kind {
                         ErrorKind::Transport(_) | ErrorKind::Status { status: 400, .. } => e,
                         _ => http_err,
                     }
-                })
+                })?
             }
-            Err(e) => Err(e),
-        }
+            Err(e) => return Err(e),
+        };
+        // Nothing else has the client yet: the lock cannot be poisoned.
+        client
+            .auth
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .challenge = challenge;
+        Ok(client)
     }
 
     fn err(&self, kind: ErrorKind) -> RegistryError {
         RegistryError::new(&self.registry, &self.repository, kind)
-    }
-
-    /// `GET /v2/`: does it answer, and what challenge does it send.
-    fn ping(&self) -> Result<(), RegistryError> {
-        let url = format!("{}/v2/", self.base);
-        let resp = self
-            .http
-            .get(&url)
-            .send()
-            .map_err(|e| self.err(transport(e)))?;
-        if resp.status() == StatusCode::UNAUTHORIZED {
-            let challenge = challenge_of(resp.headers());
-            self.auth
-                .lock()
-                .map_err(|_| self.err(ErrorKind::Poisoned))?
-                .challenge = challenge;
-        } else if !resp.status().is_success() {
-            return Err(self.err(ErrorKind::Status {
-                what: "the API root /v2/".into(),
-                status: resp.status().as_u16(),
-            }));
-        }
-        Ok(())
     }
 
     /// The Authorization header value to send now, fetching a token when
@@ -502,6 +505,21 @@ fn is_known_manifest(media_type: &str) -> bool {
 enum FollowError {
     Transport(reqwest::Error),
     Fatal(ErrorKind),
+}
+
+/// `GET {base}/v2/`: does it answer, and what challenge does it send.
+fn ping(http: &Http, base: &str) -> Result<Option<Challenge>, ErrorKind> {
+    let resp = http.get(format!("{base}/v2/")).send().map_err(transport)?;
+    if resp.status() == StatusCode::UNAUTHORIZED {
+        Ok(challenge_of(resp.headers()))
+    } else if resp.status().is_success() {
+        Ok(None)
+    } else {
+        Err(ErrorKind::Status {
+            what: "the API root /v2/".into(),
+            status: resp.status().as_u16(),
+        })
+    }
 }
 
 fn challenge_of(headers: &HeaderMap) -> Option<Challenge> {
