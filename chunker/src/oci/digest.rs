@@ -6,7 +6,7 @@
 //! read twice and nothing is held in memory.
 
 use std::fmt;
-use std::io::{self, Read};
+use std::io::{self, BufRead, Read};
 use std::str::FromStr;
 
 use sha2::{Digest as _, Sha256};
@@ -131,6 +131,30 @@ impl<R: Read> HashReader<R> {
     }
 }
 
+/// For a decoder that takes its input in place: what it consumes is
+/// hashed (and counted) then, and what it leaves is not.
+impl<R: BufRead> BufRead for HashReader<R> {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        self.inner.fill_buf()
+    }
+
+    fn consume(&mut self, n: usize) {
+        if n == 0 {
+            return;
+        }
+        if let Some(h) = &mut self.hash {
+            // The bytes `fill_buf` showed, still there: asking again reads
+            // nothing. Should it fail, the digest is wrong and the blob's
+            // check fails, as it must, since these bytes went unhashed.
+            if let Ok(bytes) = self.inner.fill_buf() {
+                h.update(&bytes[..n.min(bytes.len())]);
+            }
+        }
+        self.count += n as u64;
+        self.inner.consume(n);
+    }
+}
+
 impl<R: Read> Read for HashReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
@@ -177,5 +201,19 @@ mod tests {
         let mut c = HashReader::counting(&b"abc"[..]);
         assert_eq!(c.drain().unwrap(), 3);
         assert_eq!(c.finish().1, None);
+    }
+
+    #[test]
+    fn hash_reader_hashes_what_is_consumed_in_place() {
+        let mut r = HashReader::new(&b"hello world"[..]);
+        assert_eq!(r.fill_buf().unwrap(), b"hello world");
+        r.consume(6);
+        // Shown again but not consumed: not hashed twice.
+        assert_eq!(r.fill_buf().unwrap(), b"world");
+        let mut rest = [0; 5];
+        r.read_exact(&mut rest).unwrap();
+        let (_, d, n) = r.finish();
+        assert_eq!(n, 11);
+        assert_eq!(d, Some(Digest::of(b"hello world")));
     }
 }

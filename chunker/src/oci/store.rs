@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::SourceError;
-use super::arrival::{Arrival, Arriving};
+use super::arrival::{Ahead, Arrival, Arriving};
 use super::digest::Digest;
 
 /// A `Read` over a byte range of a shared file, using positioned reads so
@@ -90,6 +90,28 @@ impl FileRange {
     pub(crate) fn on_drop(mut self, on_drop: OnDrop) -> Self {
         self._on_drop = Some(on_drop);
         self
+    }
+
+    /// Whether the next bytes were handed over in memory by a download,
+    /// to be read in place ([`FileRange::in_memory`]) instead of copied;
+    /// otherwise they are `read`. Waits for them to arrive.
+    pub(crate) fn next_in_memory(&mut self) -> io::Result<bool> {
+        match &mut self.arriving {
+            Some(a) => Ok(a.ready(&self.file, self.pos, self.end)? == Ahead::InMemory),
+            None => Ok(false),
+        }
+    }
+
+    /// The bytes [`FileRange::next_in_memory`] found in memory.
+    pub(crate) fn in_memory(&self) -> &[u8] {
+        self.arriving.as_ref().map_or(&[], Arriving::held)
+    }
+
+    /// Moves past `n` of the [`FileRange::in_memory`] bytes.
+    pub(crate) fn consume_in_memory(&mut self, n: usize) {
+        if let Some(a) = &mut self.arriving {
+            self.pos += a.consume_held(n) as u64;
+        }
     }
 
     /// Bytes left to read.

@@ -137,6 +137,17 @@ pub(crate) struct Arrival {
     spare: BlockPool,
 }
 
+/// Where the bytes at a reader's position are ([`Arriving::ready`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ahead {
+    /// Handed over in memory: [`Arriving::held`].
+    InMemory,
+    /// In the file, up to this offset.
+    InFile(u64),
+    /// The blob has been read to its end, and its download ended well.
+    End,
+}
+
 /// What a reader at some position finds next.
 enum Next {
     /// File bytes, up to this offset.
@@ -398,6 +409,52 @@ impl Arriving {
         }
     }
 
+    /// Waits for what comes at `pos` of a blob `end` bytes long in
+    /// `file`: bytes handed over in memory, to be read in place
+    /// ([`Arriving::held`]), bytes in the file up to an offset, or the
+    /// end, once the download has ended well.
+    pub(crate) fn ready(&mut self, file: &File, pos: u64, end: u64) -> io::Result<Ahead> {
+        loop {
+            if self.current.as_ref().is_some_and(|h| h.from < h.to) {
+                return Ok(Ahead::InMemory);
+            }
+            let done = self.current.take().map(|h| h.buf);
+            match self.arrival.next(pos, done)? {
+                Next::File(in_file) => return Ok(Ahead::InFile(in_file.min(end))),
+                Next::Held(held) => {
+                    // Everything before it was in the file, all read, and
+                    // the file gets no more: freed to its end, once.
+                    self.free_behind(file, pos, true);
+                    self.current = Some(held);
+                }
+                Next::End if pos < end => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the download ended before the blob's recorded size",
+                    ));
+                }
+                Next::End => return Ok(Ahead::End),
+            }
+        }
+    }
+
+    /// The handed-over bytes [`Arriving::ready`] found (none otherwise).
+    pub(crate) fn held(&self) -> &[u8] {
+        self.current.as_ref().map_or(&[], Held::bytes)
+    }
+
+    /// Moves past `n` of the [`Arriving::held`] bytes; how many it did.
+    pub(crate) fn consume_held(&mut self, n: usize) -> usize {
+        match &mut self.current {
+            Some(held) => {
+                let n = n.min(held.to - held.from);
+                held.from += n;
+                n
+            }
+            None => 0,
+        }
+    }
+
     /// Reads at `*pos` (moving it) of a blob `end` bytes long in `file`.
     pub(crate) fn read(
         &mut self,
@@ -406,46 +463,29 @@ impl Arriving {
         end: u64,
         buf: &mut [u8],
     ) -> io::Result<usize> {
-        loop {
-            if let Some(held) = &mut self.current
-                && held.from < held.to
-            {
-                let bytes = held.bytes();
+        match self.ready(file, *pos, end)? {
+            Ahead::InMemory => {
+                let bytes = self.held();
                 let n = buf.len().min(bytes.len());
                 buf[..n].copy_from_slice(&bytes[..n]);
-                held.from += n;
+                self.consume_held(n);
                 *pos += n as u64;
-                return Ok(n);
+                Ok(n)
             }
-            let done = self.current.take().map(|h| h.buf);
-            match self.arrival.next(*pos, done)? {
-                Next::File(in_file) => {
-                    let n = (buf.len() as u64).min(in_file.min(end) - *pos) as usize;
-                    let k = file.read_at(&mut buf[..n], *pos)?;
-                    if k == 0 {
-                        return Err(io::Error::new(
-                            io::ErrorKind::UnexpectedEof,
-                            "the spool file ends before what was written to it",
-                        ));
-                    }
-                    *pos += k as u64;
-                    self.free_behind(file, (*pos).min(in_file), false);
-                    return Ok(k);
-                }
-                Next::Held(held) => {
-                    // Everything before it was in the file, all read, and
-                    // the file gets no more: freed to its end, once.
-                    self.free_behind(file, *pos, true);
-                    self.current = Some(held);
-                }
-                Next::End if *pos < end => {
+            Ahead::InFile(in_file) => {
+                let n = (buf.len() as u64).min(in_file - *pos) as usize;
+                let k = file.read_at(&mut buf[..n], *pos)?;
+                if k == 0 {
                     return Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
-                        "the download ended before the blob's recorded size",
+                        "the spool file ends before what was written to it",
                     ));
                 }
-                Next::End => return Ok(0),
+                *pos += k as u64;
+                self.free_behind(file, *pos, false);
+                Ok(k)
             }
+            Ahead::End => Ok(0),
         }
     }
 
