@@ -114,7 +114,7 @@ impl Decoder {
         match self {
             Decoder::Plain(r) => r,
             Decoder::Gzip(r) => r.into_inner(),
-            Decoder::Zstd(r) => r.finish(),
+            Decoder::Zstd(r) => r.into_inner(),
         }
     }
 }
