@@ -19,7 +19,7 @@ use super::digest::{Digest, HashReader};
 use super::spec::Compression;
 #[cfg(doc)]
 use super::store::VerifiedBlob;
-use super::store::{Blob, FileRange};
+use super::store::{Blob, FileRange, Fill};
 
 /// Bytes a layer's blob is read in (and its uncompressed tar, when the blob
 /// is one), so reading it takes few system calls.
@@ -69,13 +69,17 @@ impl BufRead for BlobBuf {
         if self.pos < self.filled {
             return Ok(&self.buf[self.pos..self.filled]);
         }
-        self.in_memory = self.range.next_in_memory()?;
-        if self.in_memory {
-            return Ok(self.range.in_memory());
+        match self.range.fill(&mut self.buf)? {
+            Fill::InMemory => {
+                self.in_memory = true;
+                Ok(self.range.in_memory())
+            }
+            Fill::Read(n) => {
+                self.in_memory = false;
+                (self.pos, self.filled) = (0, n);
+                Ok(&self.buf[..n])
+            }
         }
-        self.filled = self.range.read(&mut self.buf)?;
-        self.pos = 0;
-        Ok(&self.buf[..self.filled])
     }
 
     fn consume(&mut self, n: usize) {

@@ -41,6 +41,15 @@ pub(crate) fn free_pages(file: &File, offset: u64, len: u64) {
     );
 }
 
+/// Where [`FileRange::fill`] put the next bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fill {
+    /// They are in memory: [`FileRange::in_memory`].
+    InMemory,
+    /// This many were read into the buffer.
+    Read(usize),
+}
+
 /// What to do once a [`FileRange`] has been read and dropped: the
 /// registry spool gives the layer's share of its budget back.
 pub(crate) struct OnDrop(Option<Box<dyn FnOnce() + Send + Sync>>);
@@ -92,17 +101,23 @@ impl FileRange {
         self
     }
 
-    /// Whether the next bytes were handed over in memory by a download,
-    /// to be read in place ([`FileRange::in_memory`]) instead of copied;
-    /// otherwise they are `read`. Waits for them to arrive.
-    pub(crate) fn next_in_memory(&mut self) -> io::Result<bool> {
-        match &mut self.arriving {
-            Some(a) => Ok(a.ready(&self.file, self.pos, self.end)? == Ahead::InMemory),
-            None => Ok(false),
+    /// The next bytes, waiting for them to arrive: left in memory, to be
+    /// read in place ([`FileRange::in_memory`]), when a download handed
+    /// them over; otherwise read into `buf` (0 at the end).
+    pub(crate) fn fill(&mut self, buf: &mut [u8]) -> io::Result<Fill> {
+        let Some(a) = &mut self.arriving else {
+            return self.read(buf).map(Fill::Read);
+        };
+        match a.ready(&self.file, self.pos, self.end)? {
+            Ahead::InMemory => Ok(Fill::InMemory),
+            Ahead::InFile(in_file) => a
+                .read_file(&self.file, &mut self.pos, in_file, buf)
+                .map(Fill::Read),
+            Ahead::End => Ok(Fill::Read(0)),
         }
     }
 
-    /// The bytes [`FileRange::next_in_memory`] found in memory.
+    /// The bytes [`FileRange::fill`] left in memory.
     pub(crate) fn in_memory(&self) -> &[u8] {
         self.arriving.as_ref().map_or(&[], Arriving::held)
     }

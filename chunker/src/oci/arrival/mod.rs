@@ -111,8 +111,8 @@ struct Arrived {
     /// A peek waits for bytes past what is held: the writer hands over
     /// more without waiting for room.
     peeking: bool,
-    /// The reader has read the file's bytes and freed them: it reads
-    /// only what is handed over from now on.
+    /// The reader has read the file's bytes (and frees them as it goes
+    /// on): it reads only what is handed over from now on.
     left_file: bool,
     /// `Some` once the download has ended: `Ok` when every byte came and
     /// matched.
@@ -278,6 +278,8 @@ impl Arrival {
                 return Ok(Next::File(st.in_file));
             }
             if let Some(held) = st.held.pop_front() {
+                // Held bytes come after all of the file's: it is read.
+                st.left_file = true;
                 st.held_bytes -= held.buf.len();
                 if st.held_bytes <= HELD_MAX / 2 {
                     self.changed.notify_all();
@@ -349,11 +351,6 @@ impl Arrival {
             Reader::Reading => st.in_file > 0 && !st.left_file,
             Reader::Gone => false,
         }
-    }
-
-    /// The reader has read the file to its end and freed it.
-    fn left_file(&self) {
-        self.lock().left_file = true;
     }
 
     /// Waits for the download to end; its failure, if it failed. Whoever
@@ -472,21 +469,31 @@ impl Arriving {
                 *pos += n as u64;
                 Ok(n)
             }
-            Ahead::InFile(in_file) => {
-                let n = (buf.len() as u64).min(in_file - *pos) as usize;
-                let k = file.read_at(&mut buf[..n], *pos)?;
-                if k == 0 {
-                    return Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "the spool file ends before what was written to it",
-                    ));
-                }
-                *pos += k as u64;
-                self.free_behind(file, *pos, false);
-                Ok(k)
-            }
+            Ahead::InFile(in_file) => self.read_file(file, pos, in_file, buf),
             Ahead::End => Ok(0),
         }
+    }
+
+    /// Reads at `*pos` (moving it) from the file, which holds the blob up
+    /// to `in_file` ([`Ahead::InFile`]), freeing its pages behind.
+    pub(crate) fn read_file(
+        &mut self,
+        file: &File,
+        pos: &mut u64,
+        in_file: u64,
+        buf: &mut [u8],
+    ) -> io::Result<usize> {
+        let n = (buf.len() as u64).min(in_file - *pos) as usize;
+        let k = file.read_at(&mut buf[..n], *pos)?;
+        if k == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the spool file ends before what was written to it",
+            ));
+        }
+        *pos += k as u64;
+        self.free_behind(file, *pos, false);
+        Ok(k)
     }
 
     /// Up to `buf.len()` bytes at `pos`, without moving.
@@ -520,7 +527,6 @@ impl Arriving {
         }
         if leaving {
             self.freed = None;
-            self.arrival.left_file();
         }
     }
 }
