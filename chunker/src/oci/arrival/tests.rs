@@ -213,7 +213,9 @@ fn the_file_counts_as_unread_only_while_it_holds_bytes_to_read() {
         !arrival.file_unread(),
         "a reader is on it, the file is empty"
     );
-    spool_like(&file, &arrival, &data, 10_000);
+    // Two buffers: this thread is the reader too, so the writer must not
+    // reach HELD_MAX and wait for it.
+    spool_like(&file, &arrival, &data, 50_000);
     arrival.finish(Ok(()));
     assert!(!arrival.file_unread(), "everything was handed over");
     let mut all = Vec::new();

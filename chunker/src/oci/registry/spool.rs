@@ -12,7 +12,7 @@
 //! first, as they would a hostile blob that matches its digest). Once a
 //! reader is on a layer, the rest of it is handed to the reader in memory
 //! instead of going through its file, the download waiting on the reader
-//! past a few MiB; layers no reader is on yet download ahead into their
+//! past 1 MiB; layers no reader is on yet download ahead into their
 //! files. A broken transfer resumes with a Range request after a backoff,
 //! after the bytes already received (a server that ignores the Range has
 //! them skipped, so what was read stays what is hashed). A layer's budget
