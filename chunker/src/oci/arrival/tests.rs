@@ -202,6 +202,10 @@ fn the_file_is_freed_once_when_the_reader_leaves_it() {
     assert!(!arrival.file_unread(), "the reader has left the file");
 }
 
+// Two held buffers stay under HELD_MAX: the next test's writer shares its
+// reader's thread, and past HELD_MAX it would wait for ever.
+const _: () = assert!(2 * BUFFER <= HELD_MAX);
+
 /// What the converter asks before writing its store back: whether the
 /// file holds bytes still to be read (dirty pages a `syncfs` would write).
 #[test]
@@ -214,7 +218,7 @@ fn the_file_counts_as_unread_only_while_it_holds_bytes_to_read() {
         "a reader is on it, the file is empty"
     );
     // Two buffers: this thread is the reader too, so the writer must not
-    // reach HELD_MAX and wait for it.
+    // reach HELD_MAX and wait for it (held to at compile time, above).
     spool_like(&file, &arrival, &data, 50_000);
     arrival.finish(Ok(()));
     assert!(!arrival.file_unread(), "everything was handed over");
