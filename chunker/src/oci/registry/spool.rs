@@ -26,7 +26,7 @@ use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::sync::{Arc, Condvar, Mutex, PoisonError, Weak};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use reqwest::StatusCode;
@@ -68,6 +68,10 @@ pub struct Spool {
     state: Mutex<State>,
     changed: Condvar,
     cancelled: AtomicBool,
+    /// Held while a spool file has a name (from its creation to its
+    /// unlinking), and by `cancel` as it removes the directory: so the
+    /// directory is empty when `cancel` removes it.
+    naming: Mutex<()>,
     bars: Option<MultiProgress>,
 }
 
@@ -116,6 +120,7 @@ impl Spool {
             }),
             changed: Condvar::new(),
             cancelled: AtomicBool::new(false),
+            naming: Mutex::new(()),
             bars,
         });
         for _ in 0..parallel.clamp(1, n.max(1)) {
@@ -132,7 +137,12 @@ impl Spool {
     /// made after this fails, and its download with it.
     pub fn cancel(&self) {
         self.cancelled.store(true, Ordering::Relaxed);
-        let _ = std::fs::remove_dir(self.dir.path());
+        {
+            // Not between a file's creation and its unlinking, when the
+            // directory is not empty and would stay.
+            let _naming = self.naming.lock().unwrap_or_else(PoisonError::into_inner);
+            let _ = std::fs::remove_dir(self.dir.path());
+        }
         // A download waiting for its reader to take what it holds.
         if let Ok(st) = self.state.lock() {
             for slot in &st.slots {
@@ -207,6 +217,8 @@ impl Spool {
         let digest = &self.layers[index].0;
         let path = self.dir.path().join(format!("{index}-{}", digest.hex()));
         let spool_err = |source| self.spool_error(source);
+        // After `cancel` the directory is gone and the open fails.
+        let _naming = self.naming.lock().unwrap_or_else(PoisonError::into_inner);
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
