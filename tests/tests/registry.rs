@@ -11,7 +11,7 @@ use cachetiers::DirStore;
 use chunker::convert::{ConvertOptions, convert};
 use chunker::flatten::{FlattenOptions, flatten_to_file};
 use chunker::oci::ImageSource;
-use chunker::oci::registry::{Credentials, Platform, RegistryOptions};
+use chunker::oci::registry::{CredentialSource, Credentials, Platform, RegistryOptions};
 use manifest::LocalKeyProvider;
 use tests::delayproxy::DelayProxy;
 use tests::e2e::{debian_layout, error_chain, image_digest, layout_tags};
@@ -61,6 +61,11 @@ fn quick() -> RegistryOptions {
         backoff: Duration::from_millis(10),
         ..RegistryOptions::default()
     }
+}
+
+/// `--creds USER:PASSWORD`.
+fn given(creds: &str) -> CredentialSource {
+    CredentialSource::Given(creds.parse::<Credentials>().unwrap())
 }
 
 fn flatten_digest(src: &ImageSource, out: &Path) -> String {
@@ -312,7 +317,8 @@ fn basic_auth_over_tls_with_a_test_ca() {
         source(
             &reference,
             RegistryOptions {
-                creds: creds.map(|c| c.parse::<Credentials>().unwrap()),
+                // None: anonymous, whatever this machine's auth files hold.
+                credentials: creds.map_or(CredentialSource::Anonymous, given),
                 cert_dir: cert_dir.then(|| certs.clone()),
                 ..quick()
             },
@@ -329,7 +335,7 @@ fn basic_auth_over_tls_with_a_test_ca() {
     let unverified = source(
         &reference,
         RegistryOptions {
-            creds: Some("puller:s3cret-pw".parse::<Credentials>().unwrap()),
+            credentials: given("puller:s3cret-pw"),
             tls_verify: false,
             ..quick()
         },
@@ -339,8 +345,40 @@ fn basic_auth_over_tls_with_a_test_ca() {
         flatten_digest(&from_oci, &out)
     );
 
-    // Credentials from an auth file ($REGISTRY_AUTH_FILE is read only by
-    // a child process here: the environment is process-wide).
+    // An auth file named as --authfile names it. (The files found through
+    // the environment are tried in a child process, by the CLI's tests:
+    // the environment is process-wide.)
+    let auth_file = tmp.path().join("auth.json");
+    let entry = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        "puller:s3cret-pw",
+    );
+    let auths = serde_json::json!({"auths": {reg.host(): {"auth": entry}}});
+    std::fs::write(&auth_file, auths.to_string()).unwrap();
+    let from_file = |file: &Path| {
+        source(
+            &reference,
+            RegistryOptions {
+                credentials: CredentialSource::AuthFile(file.to_owned()),
+                cert_dir: Some(certs.clone()),
+                ..quick()
+            },
+        )
+    };
+    assert_eq!(
+        flatten_digest(&from_file(&auth_file), &out),
+        flatten_digest(&from_oci, &out)
+    );
+    // One that is not there is an error, not an anonymous pull.
+    let missing = tmp.path().join("no-such-auth.json");
+    let err = flatten_to_file(&from_file(&missing), &out, &FlattenOptions::default()).unwrap_err();
+    let msg = error_chain(&err);
+    assert!(
+        msg.contains("no-such-auth.json") && msg.contains(&reg.host()),
+        "{msg}"
+    );
+    assert!(!out.exists());
+
     // Wrong password, no password, unknown CA: clear errors, no secret.
     for (creds, cert_dir, want) in [
         (
@@ -416,7 +454,7 @@ fn bearer_tokens_are_refreshed_when_they_expire_mid_pull() {
     let proxy_host = proxy.endpoint().trim_start_matches("http://").to_owned();
     let reference = format!("docker://{proxy_host}/tok/app:v1");
     let creds = |c: &str| RegistryOptions {
-        creds: Some(c.parse::<Credentials>().unwrap()),
+        credentials: given(c),
         max_parallel: 1,
         ..quick()
     };
@@ -515,7 +553,7 @@ fn bearer_tokens_are_refreshed_before_they_expire() {
     let from_reg = source(
         &format!("docker://{proxy_host}/fresh/app:v1"),
         RegistryOptions {
-            creds: Some("tokuser:tok-pw-secret".parse::<Credentials>().unwrap()),
+            credentials: given("tokuser:tok-pw-secret"),
             max_parallel: 1,
             ..quick()
         },

@@ -13,7 +13,7 @@ use cachetiers::DirStore;
 use chunker::convert::{ConvertOptions, convert};
 use chunker::flatten::{FlattenOptions, flatten_to_file};
 use chunker::oci::ImageSource;
-use chunker::oci::registry::{Credentials, RegistryOptions};
+use chunker::oci::registry::{CredentialSource, Credentials, RegistryOptions};
 use manifest::LocalKeyProvider;
 use tests::e2e::{error_chain, image_digest};
 use tests::hostile_registry::{HostileRegistry, Trick};
@@ -218,7 +218,9 @@ fn redirect_to_another_host_carries_no_credentials() {
     let src = source(
         &reg.host(),
         RegistryOptions {
-            creds: Some("u:redirect-secret".parse::<Credentials>().unwrap()),
+            credentials: CredentialSource::Given(
+                "u:redirect-secret".parse::<Credentials>().unwrap(),
+            ),
             ..quick()
         },
     );

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use chunker::oci::ImageSource;
-use chunker::oci::registry::{Credentials, Platform};
+use chunker::oci::registry::{CredentialSource, Credentials, Platform};
 use imagefs::tiers::parse_size;
 
 /// How to pull a `docker://` source (ignored for the other transports).
@@ -13,10 +13,18 @@ pub struct RegistryArgs {
     /// host's).
     #[arg(long)]
     platform: Option<Platform>,
-    /// USER:PASSWORD for the registry (otherwise $REGISTRY_AUTH_FILE,
-    /// $XDG_RUNTIME_DIR/containers/auth.json, ~/.docker/config.json).
+    /// USER:PASSWORD for the registry (otherwise --authfile, or else
+    /// $REGISTRY_AUTH_FILE, $XDG_RUNTIME_DIR/containers/auth.json,
+    /// ~/.docker/config.json).
     #[arg(long, env = "IMAGEFS_CREDS", hide_env_values = true)]
     creds: Option<Credentials>,
+    /// The auth file to read credentials from, alone (as skopeo's
+    /// --authfile); it must exist.
+    #[arg(long, value_name = "PATH", conflicts_with = "creds")]
+    authfile: Option<PathBuf>,
+    /// Pull anonymously, whatever credentials the auth files hold.
+    #[arg(long, conflicts_with_all = ["creds", "authfile"])]
+    no_creds: bool,
     /// A directory of *.crt CA certificates to trust besides the system's.
     #[arg(long)]
     cert_dir: Option<PathBuf>,
@@ -40,7 +48,12 @@ impl RegistryArgs {
     pub fn apply(&self, source: &mut ImageSource, progress: bool) {
         if let Some(o) = source.registry_options_mut() {
             o.platform = self.platform.clone();
-            o.creds = self.creds.clone();
+            o.credentials = match (&self.creds, &self.authfile, self.no_creds) {
+                (_, _, true) => CredentialSource::Anonymous,
+                (Some(c), _, _) => CredentialSource::Given(c.clone()),
+                (None, Some(f), _) => CredentialSource::AuthFile(f.clone()),
+                (None, None, false) => CredentialSource::AuthFiles,
+            };
             o.cert_dir = self.cert_dir.clone();
             o.tls_verify = self.tls_verify;
             o.max_parallel = self.max_parallel_downloads.max(1);

@@ -1,7 +1,8 @@
 //! `imagefs convert docker://…` against a real `docker-registry` with
 //! htpasswd over TLS: credentials found in each place skopeo looks
 //! (`$REGISTRY_AUTH_FILE`, `$XDG_RUNTIME_DIR/containers/auth.json`,
-//! `~/.docker/config.json`, `--creds`), `--cert-dir`, `--tls-verify=false`
+//! `~/.docker/config.json`, `--creds`, `--authfile`; none with
+//! `--no-creds`), `--cert-dir`, `--tls-verify=false`
 //! with its warning, and no password in any output. SKIP without
 //! docker-registry, skopeo, openssl or htpasswd.
 
@@ -140,6 +141,36 @@ fn credentials_from_every_place_and_none_printed() {
     let t = text(&o);
     assert!(o.status.success(), "{t}");
     assert!(t.contains("not verified") && !t.contains(PASSWORD), "{t}");
+
+    // --authfile alone, with nothing in the environment.
+    let authfile = format!("--authfile={}", file.display());
+    let o = convert(tmp.path(), &src, &[&authfile, &cert_dir], &[]);
+    let t = text(&o);
+    assert!(o.status.success() && !t.contains(PASSWORD), "{t}");
+    // --no-creds: anonymous, though $REGISTRY_AUTH_FILE holds the password.
+    let o = convert(tmp.path(), &src, &["--no-creds", &cert_dir], &file_env);
+    let t = text(&o);
+    assert!(
+        !o.status.success() && t.contains("wants credentials"),
+        "{t}"
+    );
+    // Flags that contradict each other, and a named auth file that is not
+    // there.
+    let o = convert(tmp.path(), &src, &["--no-creds", &creds], &[]);
+    let t = text(&o);
+    assert!(
+        !o.status.success() && t.contains("cannot be used with"),
+        "{t}"
+    );
+    assert!(!t.contains(PASSWORD), "{t}");
+    let missing = tmp.path().join("no-such-auth.json");
+    let missing = format!("--authfile={}", missing.display());
+    let o = convert(tmp.path(), &src, &[&missing, &cert_dir], &file_env);
+    let t = text(&o);
+    assert!(
+        !o.status.success() && t.contains("no-such-auth.json") && t.contains(&reg.host()),
+        "{t}"
+    );
 
     // Wrong and missing credentials.
     for (args, want) in [

@@ -1,9 +1,11 @@
 //! Credentials and tokens: where they come from, and how they stay secret.
 //!
-//! Credentials are looked up as skopeo and podman look them up: `--creds`,
-//! then `$REGISTRY_AUTH_FILE`, `$XDG_RUNTIME_DIR/containers/auth.json` and
-//! `~/.docker/config.json` (`auths` entries with a base64 `auth`). Credential
-//! helpers (`credHelpers`, `credsStore`) are not run. Every secret is a
+//! Credentials are looked up as skopeo and podman look them up
+//! ([`CredentialSource`]): `--creds`, `--authfile`, or else
+//! `$REGISTRY_AUTH_FILE`, `$XDG_RUNTIME_DIR/containers/auth.json` and
+//! `~/.docker/config.json` (`auths` entries with a base64 `auth`);
+//! `--no-creds` pulls anonymously whatever those hold. Credential helpers
+//! (`credHelpers`, `credsStore`) are not run. Every secret is a
 //! [`Secret`], whose `Debug` prints `<redacted>` and which has no `Display`,
 //! so it cannot reach a log line, an error or a report by accident.
 
@@ -43,6 +45,47 @@ pub struct Credentials {
     pub username: String,
     /// The password.
     pub password: Secret,
+}
+
+/// Where a pull's credentials come from: skopeo's `--creds`, `--authfile`
+/// and `--no-creds`, or else the auth files it reads by default.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum CredentialSource {
+    /// The auth files skopeo reads when told nothing ([`auth_files`]).
+    #[default]
+    AuthFiles,
+    /// `--authfile`: this file alone, which must exist.
+    AuthFile(PathBuf),
+    /// `--creds USER:PASSWORD`.
+    Given(Credentials),
+    /// `--no-creds`: anonymous, whatever the auth files hold.
+    Anonymous,
+}
+
+impl CredentialSource {
+    /// The credentials to offer `host`/`repository`, if any.
+    pub fn resolve(
+        &self,
+        host: &str,
+        repository: &str,
+    ) -> Result<Option<Credentials>, CredentialsError> {
+        match self {
+            CredentialSource::AuthFiles => lookup(host, repository),
+            CredentialSource::AuthFile(path) => {
+                // Named on purpose: a typo is an error, not an anonymous
+                // pull (skopeo and podman refuse a missing --authfile too).
+                if let Err(e) = std::fs::metadata(path) {
+                    return Err(CredentialsError::AuthFile {
+                        path: path.clone(),
+                        reason: e.to_string(),
+                    });
+                }
+                from_auth_file(path, host, repository)
+            }
+            CredentialSource::Given(c) => Ok(Some(c.clone())),
+            CredentialSource::Anonymous => Ok(None),
+        }
+    }
 }
 
 /// `--creds` or an auth file entry we cannot read.
@@ -186,7 +229,7 @@ pub fn from_auth_file(
 }
 
 /// The first credentials the auth files hold for `host`/`repository`.
-pub fn lookup(host: &str, repository: &str) -> Result<Option<Credentials>, CredentialsError> {
+fn lookup(host: &str, repository: &str) -> Result<Option<Credentials>, CredentialsError> {
     for file in auth_files() {
         if let Some(c) = from_auth_file(&file, host, repository)? {
             return Ok(Some(c));
@@ -331,6 +374,39 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
+    }
+
+    #[test]
+    fn each_credential_source() {
+        let tmp = tempfile::tempdir().unwrap();
+        let f = tmp.path().join("auth.json");
+        let enc = base64::engine::general_purpose::STANDARD.encode("u1:p1");
+        std::fs::write(
+            &f,
+            serde_json::json!({"auths": {"reg.example": {"auth": enc}}}).to_string(),
+        )
+        .unwrap();
+        let user = |source: CredentialSource| {
+            source
+                .resolve("reg.example", "app")
+                .unwrap()
+                .map(|c| c.username)
+        };
+        assert_eq!(
+            user(CredentialSource::AuthFile(f.clone())).as_deref(),
+            Some("u1")
+        );
+        let given = "u2:p2".parse().unwrap();
+        assert_eq!(user(CredentialSource::Given(given)).as_deref(), Some("u2"));
+        assert_eq!(user(CredentialSource::Anonymous), None);
+        // A file named on purpose must be there; one found by searching
+        // may be missing.
+        let missing = tmp.path().join("gone.json");
+        let err = CredentialSource::AuthFile(missing)
+            .resolve("reg.example", "app")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("gone.json"), "{err}");
     }
 
     #[test]

@@ -86,11 +86,10 @@ impl Client {
             .user_agent(concat!("imagefs/", env!("CARGO_PKG_VERSION")))
             .tls_backend_preconfigured(tls);
         let http = builder.build().map_err(|e| err(ErrorKind::Transport(e)))?;
-        let creds = match &opts.creds {
-            Some(c) => Some(c.clone()),
-            None => super::auth::lookup(&reference.host, &reference.repository)
-                .map_err(|e| err(ErrorKind::Credentials(e)))?,
-        };
+        let creds = opts
+            .credentials
+            .resolve(&reference.host, &reference.repository)
+            .map_err(|e| err(ErrorKind::Credentials(e)))?;
         let mut client = Client {
             http,
             base: format!("https://{}", reference.api_host()),

@@ -25,7 +25,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use auth::{Credentials, Secret};
+pub use auth::{CredentialSource, Credentials, Secret};
 pub use reference::{Reference, ReferenceError, Target};
 
 use crate::oci::Digest;
@@ -105,8 +105,9 @@ impl std::fmt::Display for Platform {
 /// How to pull: everything that is not in the source string.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RegistryOptions {
-    /// `--creds`; otherwise the auth files are searched.
-    pub creds: Option<Credentials>,
+    /// `--creds`, `--authfile`, `--no-creds`, or the auth files skopeo
+    /// reads by default.
+    pub credentials: CredentialSource,
     /// `--cert-dir`: `*.crt` files trusted as CAs besides the system roots.
     pub cert_dir: Option<PathBuf>,
     /// `--tls-verify=false` turns certificate checks off (with a warning)
@@ -133,7 +134,7 @@ pub struct RegistryOptions {
 impl Default for RegistryOptions {
     fn default() -> Self {
         RegistryOptions {
-            creds: None,
+            credentials: CredentialSource::AuthFiles,
             cert_dir: None,
             tls_verify: true,
             platform: None,
@@ -217,7 +218,7 @@ pub enum ErrorKind {
     /// The registry refused our credentials, or wants some we lack.
     #[error("{}", match user {
         Some(u) => format!("access denied for user {u:?} (wrong credentials?)"),
-        None => "access denied: the registry wants credentials (--creds or an auth file)".to_owned(),
+        None => "access denied: the registry wants credentials (--creds, --authfile or an auth file)".to_owned(),
     })]
     Unauthorized {
         /// Who we tried as (never the password).
