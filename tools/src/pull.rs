@@ -16,7 +16,7 @@ pub struct RegistryArgs {
     /// USER:PASSWORD for the registry (otherwise --authfile, or else
     /// $REGISTRY_AUTH_FILE, $XDG_RUNTIME_DIR/containers/auth.json,
     /// ~/.docker/config.json).
-    #[arg(long, env = "IMAGEFS_CREDS", hide_env_values = true)]
+    #[arg(long, env = "IMAGEFS_CREDS", hide_env_values = true, value_parser = CredsParser)]
     creds: Option<Credentials>,
     /// The auth file to read credentials from, alone (as skopeo's
     /// --authfile); it must exist.
@@ -61,5 +61,29 @@ impl RegistryArgs {
             o.spool_dir = self.spool_dir.clone();
             o.progress = progress;
         }
+    }
+}
+
+/// `--creds`, parsed without clap's "invalid value '…'" message: a value
+/// without a colon may still be a password or a token, and is not shown.
+#[derive(Clone)]
+struct CredsParser;
+
+impl clap::builder::TypedValueParser for CredsParser {
+    type Value = Credentials;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        _arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<Credentials, clap::Error> {
+        value.to_str().and_then(|v| v.parse().ok()).ok_or_else(|| {
+            clap::Error::raw(
+                clap::error::ErrorKind::ValueValidation,
+                "--creds (or $IMAGEFS_CREDS) must be USER:PASSWORD (the value given is not shown)\n",
+            )
+            .with_cmd(cmd)
+        })
     }
 }

@@ -191,3 +191,22 @@ fn credentials_from_every_place_and_none_printed() {
         assert!(!t.contains("nope-Zq81") && !t.contains(PASSWORD), "{t}");
     }
 }
+
+/// Needs no registry: the flags are refused before any request.
+#[test]
+fn a_malformed_creds_value_is_not_echoed() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A token given without a user: no colon, and still a secret.
+    let o = convert(
+        tmp.path(),
+        "docker://127.0.0.1:9/app:v1",
+        &["--creds=tok-Zq81-secret"],
+        &[],
+    );
+    let t = text(&o);
+    assert!(!o.status.success(), "{t}");
+    assert!(
+        t.contains("USER:PASSWORD") && !t.contains("tok-Zq81"),
+        "{t}"
+    );
+}
