@@ -11,8 +11,8 @@
 //!   TOML configuration, and its statistics;
 //! - [`lazy`]: [`LazyImage`], the image as a block device fetched on
 //!   demand, writes copy-on-write into the dedicated tier;
-//! - [`verify`]: check every chunk of an image (present, id, decryption);
-//! - [`export`]: reassemble the plaintext image into a sparse file;
+//! - [`verify`](mod@verify): check every chunk of an image (present, id, decryption);
+//! - [`export`](mod@export): reassemble the plaintext image into a sparse file;
 //! - [`images`]: the images of a catalog with their tags, sizes and
 //!   unique bytes (`imagefs image ls`), and removing one (`image rm`);
 //! - [`gc`]: garbage collection of an origin (`imagefs gc`): what no tag

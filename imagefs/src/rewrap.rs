@@ -3,7 +3,7 @@
 //! a chunk.
 //!
 //! A manifest's digest covers its ciphertext, not its wrapped key (see
-//! [`manifest::seal`]), so a re-wrapped manifest keeps its digest: it is
+//! [`manifest::seal`](fn@manifest::seal)), so a re-wrapped manifest keeps its digest: it is
 //! replaced in place, atomically, and every tag and start profile that
 //! names it stays valid. Each manifest is read under either key at every
 //! moment, so a rewrap stopped half way leaves every image readable (as

@@ -139,7 +139,7 @@ impl DirStore {
     /// [`Catalog::remove_object`](crate::Catalog::remove_object). A chunk
     /// is first renamed aside and its time read there: a put that
     /// refreshed it before the rename shows, and a put after it finds the
-    /// chunk gone (its check of the name, see [`DirStore::touch`]) and
+    /// chunk gone (its check of the name, see `DirStore::touch`) and
     /// writes it again, so no put is told "already there" about a chunk
     /// deleted under it. A chunk found young is renamed back.
     pub fn remove_object(

@@ -17,7 +17,7 @@ pub const MAX_EXTENT_LEN: u32 = 32768;
 /// Bytes read from a file per step; a multiple of the block size.
 const READ_STEP: usize = 256 * 1024;
 
-/// A file's bytes for [`DataWriter::write_file`]: a reader that may know
+/// A file's bytes for `DataWriter::write_file`: a reader that may know
 /// where its holes are, so they are skipped instead of read as zeros.
 pub trait FileSource: Read {
     /// Bytes from the current position known to read as zeros.

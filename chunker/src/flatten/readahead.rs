@@ -3,7 +3,7 @@
 //! Reader threads (one per core, at most [`MAX_READERS`]) take the layers
 //! in order, each reading one blob, decompressing it and checking its
 //! blob digest ([`LayerStream`]), and hand the uncompressed bytes over
-//! that layer's [`Pipe`]; the flattening thread parses the tar from them
+//! that layer's `Pipe`; the flattening thread parses the tar from them
 //! and hashes them for the diff_id as it goes. So decompression and the
 //! blob digests overlap the tar parsing, the ext4 writing and the diff_id,
 //! and the layers decompress at once, one per reader: decompression, one

@@ -3,7 +3,7 @@
 //! - [`Agent`]: the VM table and what the control API asks of it (start,
 //!   stop, list, show, metrics), the connect-timeout reaper, and the
 //!   restore after a restart;
-//! - [`vm`]: one VM (its [`LazyImage`](crate::LazyImage), its
+//! - `vm`: one VM (its [`LazyImage`](crate::LazyImage), its
 //!   vhost-user-blk server and the thread running it);
 //! - [`fair`]: the host-wide [`FairGate`] every VM's fetches pass;
 //! - [`state`]: the VM table on disk (format: [`manifest::agent`]);

@@ -8,7 +8,7 @@ use manifest::{ChunkId, ChunkIndex, ConvergentError};
 
 use super::DedicatedError;
 
-/// Errors from a [`LazyImage`]. Cloneable: one failed fetch is reported to
+/// Errors from a [`LazyImage`](crate::LazyImage). Cloneable: one failed fetch is reported to
 /// every reader that waited for it.
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]

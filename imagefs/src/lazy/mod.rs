@@ -18,8 +18,8 @@
 //! [`SingleFlight`]). Images opened with a host-wide [`SharedPlain`]
 //! ([`LazyImage::open_with`]; the agent's VMs) take a chunk's plaintext
 //! from it, or from another image's fetch through it, before fetching
-//! ([`fetch`]). A read that covers several chunks missing locally
-//! fetches them at once ([`parallel`], bounded by
+//! (`fetch`). A read that covers several chunks missing locally
+//! fetches them at once (`parallel`, bounded by
 //! [`LazyOptions::parallel_fetches`]) instead of one after another.
 //! Optional read-ahead ([`readahead`]) fetches the next chunks after a
 //! read in background threads, and [`prefetch`] fetches a start

@@ -6,7 +6,7 @@
 //! a hole, or already queued is skipped, and when the queue is full the
 //! hint is dropped. A fetch started by read-ahead goes through the same
 //! single-flight as readers, so a reader arriving meanwhile waits for it
-//! instead of fetching again. Dropping the [`Readahead`] stops the threads
+//! instead of fetching again. Dropping the `Readahead` stops the threads
 //! after their current fetch.
 //!
 //! With a start profile, a read of a chunk the profile names reads nothing

@@ -19,7 +19,7 @@
 //!   cache warm): the backend comparison's reference;
 //! - `az-ec`, `az-ec-1-stopped`, `az-replicated`, `az-replicated-1-stopped`
 //!   (only when asked for): like `az-warm`, but a fleet of five cache nodes
-//!   ([`fleet`]) in the erasure-coded or the replicated mode, primed by one
+//!   (`fleet`) in the erasure-coded or the replicated mode, primed by one
 //!   earlier run, with all nodes healthy or with one SIGSTOPped after the
 //!   priming.
 //!

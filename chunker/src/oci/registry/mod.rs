@@ -1,7 +1,7 @@
 //! `docker://HOST[:PORT]/REPO[:TAG|@sha256:DIGEST]`: images pulled from a
 //! registry straight into the flattener.
 //!
-//! - [`reference`]: the source string;
+//! - [`reference`](mod@reference): the source string;
 //! - [`auth`]: credentials (flags, auth files), challenges, tokens, and
 //!   [`auth::Secret`], which never prints;
 //! - [`client`]: the HTTP API (why reqwest and not `oci-client` is there);

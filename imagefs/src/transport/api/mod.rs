@@ -4,10 +4,10 @@
 //!
 //! | route | answer |
 //! | --- | --- |
-//! | `POST /v1/vms` ([`VmSpec`]) | 201 [`VmInfo`] (its `socket` is ready) |
+//! | `POST /v1/vms` ([`VmSpec`]) | 201 [`VmInfo`](manifest::agent::VmInfo) (its `socket` is ready) |
 //! | `GET /v1/vms` | 200 `[VmInfo]` |
-//! | `GET /v1/vms/{id}` | 200 [`VmInfo`] |
-//! | `DELETE /v1/vms/{id}` | 200 [`VmInfo`] (its last counters) |
+//! | `GET /v1/vms/{id}` | 200 [`VmInfo`](manifest::agent::VmInfo) |
+//! | `DELETE /v1/vms/{id}` | 200 [`VmInfo`](manifest::agent::VmInfo) (its last counters) |
 //! | `GET /v1/tiers` | 200 [`HostTiers`](manifest::agent::HostTiers) |
 //! | `GET /metrics` | 200 Prometheus text |
 //! | `GET /healthz` | 200 `{"status":"ok","vms":N}` |

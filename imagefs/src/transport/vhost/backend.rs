@@ -1,12 +1,12 @@
 //! The block device behind one frontend connection.
 //!
-//! One worker per queue ([`super::worker`]) takes every available chain
+//! One worker per queue (`super::worker`) takes every available chain
 //! off its queue, marks it in flight in the inflight region (when the
 //! frontend gave one, [`super::inflight`]), parses it ([`request::read`])
 //! and serves a read that needs no fetch (its chunks
 //! are in the dedicated tier, or holes) itself; anything else goes to a
 //! small pool of I/O threads shared by all queues. Whichever thread serves
-//! a request does the [`BlockDevice`](crate::device::BlockDevice) read or write, writes the status byte
+//! a request does the [`BlockDevice`] read or write, writes the status byte
 //! and puts the chain on the used ring itself, under the vring's lock,
 //! signalling the guest when EVENT_IDX says so. So a request waiting on a
 //! cold chunk holds one pool thread and nothing else: requests behind it

@@ -1,7 +1,7 @@
 //! The `vhost_request` fuzz target's harness (and its regression tests):
 //! fuzzer bytes become a guest's memory, with a split virtqueue in it,
 //! and go through the code the queue worker runs: the available ring
-//! ([`super::guard::take_heads`]), the chain walker, the request parser,
+//! (`super::guard::take_heads`), the chain walker, the request parser,
 //! and the backend itself against a small in-memory device.
 //!
 //! Input: byte 0 picks the queue size (2 to 256), byte 1 the features

@@ -9,8 +9,8 @@
 //! - [`request`]: a walked chain parsed into a request (pure);
 //! - [`backend`]: the device of one connection (the I/O pool, out-of-order
 //!   completion, inflight tracking);
-//! - [`handler`]: the vhost-user protocol (our own request handler, as
-//!   vhost-user-backend's refuses inflight tracking), [`worker`]: one
+//! - `handler`: the vhost-user protocol (our own request handler, as
+//!   vhost-user-backend's refuses inflight tracking), `worker`: one
 //!   thread per running queue;
 //! - [`inflight`]: the shared inflight region (`INFLIGHT_SHMFD`): a
 //!   backend restarted after a crash resubmits what was in flight;
