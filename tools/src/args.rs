@@ -345,7 +345,7 @@ impl Command {
                 output,
                 layout,
             } => {
-                registry.apply(&mut source, true);
+                registry.apply(&mut source, true)?;
                 let opts = layout.flatten();
                 let flattened = flatten_to_file(&source, &output, &opts)?;
                 report::flattened(&mut stdout(), &flattened, &output)?;
@@ -362,7 +362,7 @@ impl Command {
                 layout,
                 json,
             } => {
-                registry.apply(&mut source, !json);
+                registry.apply(&mut source, !json)?;
                 let (dir, keys) = store.open(true)?;
                 let mut opts = ConvertOptions {
                     flatten: layout.flatten(),

@@ -13,10 +13,10 @@ pub struct RegistryArgs {
     /// host's).
     #[arg(long)]
     platform: Option<Platform>,
-    /// USER:PASSWORD for the registry (otherwise --authfile, or else
-    /// $REGISTRY_AUTH_FILE, $XDG_RUNTIME_DIR/containers/auth.json,
-    /// ~/.docker/config.json).
-    #[arg(long, env = "IMAGEFS_CREDS", hide_env_values = true, value_parser = CredsParser)]
+    /// USER:PASSWORD for the registry. Without it: --authfile, or
+    /// $IMAGEFS_CREDS unless --no-creds, or else $REGISTRY_AUTH_FILE,
+    /// $XDG_RUNTIME_DIR/containers/auth.json, ~/.docker/config.json.
+    #[arg(long, value_parser = CredsParser)]
     creds: Option<Credentials>,
     /// The auth file to read credentials from, alone (as skopeo's
     /// --authfile); it must exist.
@@ -44,15 +44,25 @@ pub struct RegistryArgs {
 }
 
 impl RegistryArgs {
-    /// Put the flags into `source` when it is a registry source.
-    pub fn apply(&self, source: &mut ImageSource, progress: bool) {
+    /// Put the flags into `source` when it is a registry source. Fails
+    /// only on a `$IMAGEFS_CREDS` that is not USER:PASSWORD.
+    pub fn apply(&self, source: &mut ImageSource, progress: bool) -> Result<(), CredsEnvError> {
         if let Some(o) = source.registry_options_mut() {
             o.platform = self.platform.clone();
             o.credentials = match (&self.creds, &self.authfile, self.no_creds) {
                 (_, _, true) => CredentialSource::Anonymous,
                 (Some(c), _, _) => CredentialSource::Given(c.clone()),
                 (None, Some(f), _) => CredentialSource::AuthFile(f.clone()),
-                (None, None, false) => CredentialSource::AuthFiles,
+                // Read here, not by clap: a flag that says where else to
+                // look overrides the variable instead of conflicting with it.
+                (None, None, false) => match std::env::var_os(CREDS_ENV) {
+                    Some(v) => CredentialSource::Given(
+                        v.to_str()
+                            .and_then(|v| v.parse().ok())
+                            .ok_or(CredsEnvError)?,
+                    ),
+                    None => CredentialSource::AuthFiles,
+                },
             };
             o.cert_dir = self.cert_dir.clone();
             o.tls_verify = self.tls_verify;
@@ -61,8 +71,17 @@ impl RegistryArgs {
             o.spool_dir = self.spool_dir.clone();
             o.progress = progress;
         }
+        Ok(())
     }
 }
+
+/// Credentials for the registry, as `--creds` takes them.
+const CREDS_ENV: &str = "IMAGEFS_CREDS";
+
+/// `$IMAGEFS_CREDS` is set but is not USER:PASSWORD.
+#[derive(Debug, thiserror::Error)]
+#[error("${CREDS_ENV} must be USER:PASSWORD (its value is not shown)")]
+pub struct CredsEnvError;
 
 /// `--creds`, parsed without clap's "invalid value '…'" message: a value
 /// without a colon may still be a password or a token, and is not shown.
@@ -81,7 +100,7 @@ impl clap::builder::TypedValueParser for CredsParser {
         value.to_str().and_then(|v| v.parse().ok()).ok_or_else(|| {
             clap::Error::raw(
                 clap::error::ErrorKind::ValueValidation,
-                "--creds (or $IMAGEFS_CREDS) must be USER:PASSWORD (the value given is not shown)\n",
+                "--creds must be USER:PASSWORD (the value given is not shown)\n",
             )
             .with_cmd(cmd)
         })

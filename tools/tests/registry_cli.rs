@@ -32,6 +32,7 @@ fn convert(dir: &Path, src: &str, args: &[&str], env: &[(&str, &Path)]) -> Outpu
         .arg("--json")
         .args(args)
         .env_remove("REGISTRY_AUTH_FILE")
+        .env_remove("IMAGEFS_CREDS")
         .env_remove("XDG_RUNTIME_DIR")
         .env("HOME", dir.join("empty-home"));
     for (k, v) in env {
@@ -154,6 +155,18 @@ fn credentials_from_every_place_and_none_printed() {
         !o.status.success() && t.contains("wants credentials"),
         "{t}"
     );
+    // $IMAGEFS_CREDS, which --no-creds overrides instead of conflicting.
+    let creds_value = format!("cli:{PASSWORD}");
+    let creds_env: [(&str, &Path); 1] = [("IMAGEFS_CREDS", Path::new(&creds_value))];
+    let o = convert(tmp.path(), &src, &[&cert_dir], &creds_env);
+    let t = text(&o);
+    assert!(o.status.success() && !t.contains(PASSWORD), "{t}");
+    let o = convert(tmp.path(), &src, &["--no-creds", &cert_dir], &creds_env);
+    let t = text(&o);
+    assert!(
+        !o.status.success() && t.contains("wants credentials"),
+        "{t}"
+    );
     // Flags that contradict each other, and a named auth file that is not
     // there.
     let o = convert(tmp.path(), &src, &["--no-creds", &creds], &[]);
@@ -207,6 +220,19 @@ fn a_malformed_creds_value_is_not_echoed() {
     assert!(!o.status.success(), "{t}");
     assert!(
         t.contains("USER:PASSWORD") && !t.contains("tok-Zq81"),
+        "{t}"
+    );
+    // The same in the environment.
+    let o = convert(
+        tmp.path(),
+        "docker://127.0.0.1:9/app:v1",
+        &[],
+        &[("IMAGEFS_CREDS", Path::new("tok-Zq81-secret"))],
+    );
+    let t = text(&o);
+    assert!(!o.status.success(), "{t}");
+    assert!(
+        t.contains("$IMAGEFS_CREDS must be USER:PASSWORD") && !t.contains("tok-Zq81"),
         "{t}"
     );
 }
