@@ -56,11 +56,7 @@ impl RegistryArgs {
                 // Read here, not by clap: a flag that says where else to
                 // look overrides the variable instead of conflicting with it.
                 (None, None, false) => match std::env::var_os(CREDS_ENV) {
-                    Some(v) => CredentialSource::Given(
-                        v.to_str()
-                            .and_then(|v| v.parse().ok())
-                            .ok_or(CredsEnvError)?,
-                    ),
+                    Some(v) => CredentialSource::Given(parse_creds(&v).ok_or(CredsEnvError)?),
                     None => CredentialSource::AuthFiles,
                 },
             };
@@ -77,6 +73,12 @@ impl RegistryArgs {
 
 /// Credentials for the registry, as `--creds` takes them.
 const CREDS_ENV: &str = "IMAGEFS_CREDS";
+
+/// USER:PASSWORD from the flag or the variable; `None` says only that it
+/// is not (the callers' errors must not show the value).
+fn parse_creds(value: &std::ffi::OsStr) -> Option<Credentials> {
+    value.to_str()?.parse().ok()
+}
 
 /// `$IMAGEFS_CREDS` is set but is not USER:PASSWORD.
 #[derive(Debug, thiserror::Error)]
@@ -97,7 +99,7 @@ impl clap::builder::TypedValueParser for CredsParser {
         _arg: Option<&clap::Arg>,
         value: &std::ffi::OsStr,
     ) -> Result<Credentials, clap::Error> {
-        value.to_str().and_then(|v| v.parse().ok()).ok_or_else(|| {
+        parse_creds(value).ok_or_else(|| {
             clap::Error::raw(
                 clap::error::ErrorKind::ValueValidation,
                 "--creds must be USER:PASSWORD (the value given is not shown)\n",
