@@ -35,8 +35,8 @@ pub enum Trick {
     Basic(String, String),
     /// Basic auth, and blobs redirected to `base`.
     BasicThenRedirect(String, String, String),
-    /// Answer the first request for each layer blob with a 503, then
-    /// serve it.
+    /// Answer the first request for the API root `/v2/` and for each
+    /// layer blob with a 503, then serve them.
     FailFirst,
     /// On the first request for each layer blob, promise the full length,
     /// send half, and close; later requests are served (Range honoured).
@@ -302,6 +302,15 @@ fn serve(s: &State, mut conn: TcpStream) -> std::io::Result<()> {
         );
     }
     if path == "/v2/" {
+        let first = s
+            .seen
+            .lock()
+            .is_ok_and(|seen| seen.iter().filter(|r| r.path == "/v2/").count() == 1);
+        if matches!(s.trick, Trick::FailFirst) && first {
+            note(503, None);
+            return respond(&mut conn, "503 Service Unavailable", &[], b"busy");
+        }
+        note(200, None);
         return respond(&mut conn, "200 OK", &[], b"{}");
     }
     let Some(rest) = path.strip_prefix("/v2/") else {

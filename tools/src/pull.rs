@@ -1,10 +1,13 @@
 //! Flags of `flatten` and `convert` for `docker://` sources.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use chunker::oci::ImageSource;
-use chunker::oci::registry::{CredentialSource, Credentials, Platform};
+use chunker::oci::registry::{CredentialSource, Credentials, Platform, RegistryOptions};
 use imagefs::tiers::parse_size;
+
+use crate::profile::parse_duration;
 
 /// How to pull a `docker://` source (ignored for the other transports).
 #[derive(Debug, clap::Args)]
@@ -41,6 +44,16 @@ pub struct RegistryArgs {
     /// Where the download spool lives (default: $TMPDIR).
     #[arg(long)]
     spool_dir: Option<PathBuf>,
+    /// Times to retry a request the registry failed (5xx, 429, a reset
+    /// connection, a timeout) or a transfer that broke off (resumed where
+    /// it stopped), with doubling backoff; 0 retries nothing.
+    #[arg(long, value_name = "N", default_value_t = RegistryOptions::default().retries)]
+    retry_times: u32,
+    /// How long to wait for the registry: for a connection, for an
+    /// answer, and for each next read of a body (not a bound on the whole
+    /// pull), e.g. 30s, 500ms, 2m.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_timeout)]
+    registry_timeout: Duration,
 }
 
 impl RegistryArgs {
@@ -65,9 +78,20 @@ impl RegistryArgs {
             o.max_parallel = self.max_parallel_downloads.max(1);
             o.spool_budget = self.spool_budget;
             o.spool_dir = self.spool_dir.clone();
+            o.retries = self.retry_times;
+            o.timeout = self.registry_timeout;
             o.progress = progress;
         }
         Ok(())
+    }
+}
+
+/// `--registry-timeout`: a duration, and not zero (every request would
+/// fail at once).
+fn parse_timeout(text: &str) -> Result<Duration, String> {
+    match parse_duration(text)? {
+        d if d.is_zero() => Err(format!("`{text}` would time out every request")),
+        d => Ok(d),
     }
 }
 
@@ -106,5 +130,46 @@ impl clap::builder::TypedValueParser for CredsParser {
             )
             .with_cmd(cmd)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        registry: RegistryArgs,
+    }
+
+    fn options(args: &[&str]) -> RegistryOptions {
+        let cli =
+            Cli::try_parse_from(std::iter::once("imagefs").chain(args.iter().copied())).unwrap();
+        let mut source: ImageSource = "docker://127.0.0.1:5000/app:v1".parse().unwrap();
+        cli.registry.apply(&mut source, false).unwrap();
+        source.registry_options_mut().unwrap().clone()
+    }
+
+    #[test]
+    fn defaults_are_the_library_defaults() {
+        let o = options(&[]);
+        let d = RegistryOptions::default();
+        assert_eq!((o.retries, o.timeout), (d.retries, d.timeout));
+        assert_eq!(
+            (o.max_parallel, o.spool_budget),
+            (d.max_parallel, d.spool_budget)
+        );
+    }
+
+    #[test]
+    fn retry_and_timeout_flags() {
+        let o = options(&["--retry-times", "0", "--registry-timeout", "1500ms"]);
+        assert_eq!((o.retries, o.timeout), (0, Duration::from_millis(1500)));
+        for bad in [&["--registry-timeout", "0s"][..], &["--retry-times", "-1"]] {
+            let args = std::iter::once("imagefs").chain(bad.iter().copied());
+            assert!(Cli::try_parse_from(args).is_err(), "{bad:?} accepted");
+        }
     }
 }

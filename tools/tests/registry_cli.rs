@@ -10,6 +10,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use tests::harness::{require_tool, skip};
+use tests::hostile_registry::{HostileRegistry, Trick};
 use tests::imagegen::{Compression, Entry, Image, Layer, noise};
 use tests::registry::{Auth, Registry, RegistryStartError, make_tls};
 
@@ -230,6 +231,47 @@ fn a_malformed_creds_value_is_not_echoed() {
     assert!(!o.status.success(), "{t}");
     assert!(
         t.contains("$IMAGEFS_CREDS must be USER:PASSWORD") && !t.contains("tok-Zq81"),
+        "{t}"
+    );
+}
+
+/// `--retry-times` and `--registry-timeout` reach the pull: a 503 is
+/// retried by default and not with `--retry-times 0`; a registry that
+/// stops answering fails after the timeout given, which the error names.
+#[test]
+fn retry_times_and_registry_timeout() {
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = tmp.path().join("layout");
+    Image::new(vec![
+        Layer::new(vec![Entry::file("bin/tool", noise(5, 100_000))]).compressed(Compression::Gzip),
+    ])
+    .write_oci_layout(&layout, "v1")
+    .unwrap();
+    let start = |trick| HostileRegistry::start(&layout, "v1", [127, 0, 0, 1], trick).unwrap();
+
+    let reg = start(Trick::FailFirst);
+    let src = format!("docker://{}/cli/app:v1", reg.host());
+    let o = convert(tmp.path(), &src, &["--retry-times", "0"], &[]);
+    let t = text(&o);
+    assert!(!o.status.success(), "{t}");
+    assert!(
+        t.contains("/v2/: gave up after 1 attempts")
+            && t.contains("503")
+            && t.contains(&reg.host()),
+        "{t}"
+    );
+    let o = convert(tmp.path(), &src, &[], &[]);
+    assert!(o.status.success(), "{}", text(&o));
+
+    let reg = start(Trick::StallBlobs);
+    let src = format!("docker://{}/cli/app:v1", reg.host());
+    // Forced: the store already has this image from the pull above.
+    let args = ["--retry-times", "0", "--registry-timeout", "1s", "--force"];
+    let o = convert(tmp.path(), &src, &args, &[]);
+    let t = text(&o);
+    assert!(!o.status.success(), "{t}");
+    assert!(
+        t.contains("did not answer within 1s") && t.contains(&reg.host()),
         "{t}"
     );
 }

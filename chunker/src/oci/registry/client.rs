@@ -55,8 +55,23 @@ pub struct Client {
     repository: String,
     creds: Option<Credentials>,
     auth: Mutex<AuthState>,
+    patience: Patience,
+}
+
+/// How long to wait for the registry, and how often to try again.
+#[derive(Clone, Copy, Debug)]
+struct Patience {
+    timeout: Duration,
     retries: u32,
     backoff: Duration,
+}
+
+impl Patience {
+    /// Backoff before retry `attempt` (1-based): doubling, capped.
+    fn backoff_for(&self, attempt: u32) -> Duration {
+        (self.backoff * 2u32.saturating_pow(attempt.saturating_sub(1).min(6)))
+            .min(Duration::from_secs(10))
+    }
 }
 
 fn is_transient(status: StatusCode) -> bool {
@@ -97,8 +112,11 @@ impl Client {
             repository: reference.repository.clone(),
             creds,
             auth: Mutex::new(AuthState::default()),
-            retries: opts.retries,
-            backoff: opts.backoff,
+            patience: Patience {
+                timeout: opts.timeout,
+                retries: opts.retries,
+                backoff: opts.backoff,
+            },
         };
         let http_base = format!("http://{}", reference.api_host());
         // On this machine plain HTTP is asked at the same time as HTTPS
@@ -110,17 +128,19 @@ impl Client {
         let early_http = reference.is_loopback().then(|| {
             let (tx, rx) = std::sync::mpsc::channel();
             let (http, base) = (client.http.clone(), http_base.clone());
-            std::thread::spawn(move || tx.send(ping(&http, &base)));
+            let patience = client.patience;
+            std::thread::spawn(move || tx.send(ping(&http, &base, patience)));
             rx
         });
-        let https = ping(&client.http, &client.base).map_err(|kind| client.err(kind));
+        let https =
+            ping(&client.http, &client.base, client.patience).map_err(|kind| client.err(kind));
         let allow_http = reference.is_loopback() || !opts.tls_verify;
         let challenge = match https {
             Ok(challenge) => challenge,
             Err(e) if allow_http && matches!(e.kind, ErrorKind::Transport(_)) => {
                 let http = match early_http {
                     Some(rx) => rx.recv().unwrap_or(Err(ErrorKind::Poisoned)),
-                    None => ping(&client.http, &http_base),
+                    None => ping(&client.http, &http_base, client.patience),
                 }
                 .map_err(|kind| client.err(kind));
                 client.base = http_base;
@@ -306,11 +326,11 @@ impl Client {
                         status: resp.status().as_u16(),
                     }));
                 }
-                Err(FollowError::Transport(e)) => transport(e),
+                Err(FollowError::Transport(e)) => transport(e, self.patience.timeout),
                 Err(FollowError::Fatal(kind)) => return Err(self.err(kind)),
             };
             attempt += 1;
-            if attempt > self.retries {
+            if attempt > self.patience.retries {
                 return Err(self.err(ErrorKind::GaveUp {
                     what: what.into(),
                     attempts: attempt,
@@ -323,13 +343,26 @@ impl Client {
 
     /// Backoff before retry `attempt` (1-based): doubling, capped.
     pub fn backoff_for(&self, attempt: u32) -> Duration {
-        (self.backoff * 2u32.saturating_pow(attempt.saturating_sub(1).min(6)))
-            .min(Duration::from_secs(10))
+        self.patience.backoff_for(attempt)
+    }
+
+    /// Reading `what`'s body failed with `e`: a timeout says how long
+    /// nothing came.
+    pub fn read_failed(&self, what: String, e: std::io::Error) -> ErrorKind {
+        if is_timeout(&e) {
+            ErrorKind::ReadTimeout {
+                what,
+                after: self.patience.timeout,
+                source: e,
+            }
+        } else {
+            ErrorKind::Read { what, source: e }
+        }
     }
 
     /// Retries allowed after a failed transfer.
     pub fn retries(&self) -> u32 {
-        self.retries
+        self.patience.retries
     }
 
     /// Send, following redirects; credentials go only to the first URL.
@@ -415,12 +448,7 @@ impl Client {
         let mut bytes = Vec::new();
         resp.take(MAX_MANIFEST + 1)
             .read_to_end(&mut bytes)
-            .map_err(|e| {
-                self.err(ErrorKind::Read {
-                    what: what.clone(),
-                    source: e,
-                })
-            })?;
+            .map_err(|e| self.err(self.read_failed(what.clone(), e)))?;
         if bytes.len() as u64 > MAX_MANIFEST {
             return Err(too_large(bytes.len() as u64));
         }
@@ -461,12 +489,9 @@ impl Client {
         }
         let resp = self.get(&format!("blobs/{digest}"), None, 0, &what)?;
         let mut bytes = Vec::new();
-        resp.take(size + 1).read_to_end(&mut bytes).map_err(|e| {
-            self.err(ErrorKind::Read {
-                what: what.clone(),
-                source: e,
-            })
-        })?;
+        resp.take(size + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| self.err(self.read_failed(what.clone(), e)))?;
         if bytes.len() as u64 != size {
             return Err(self.err(ErrorKind::SizeMismatch {
                 what,
@@ -507,17 +532,40 @@ enum FollowError {
 }
 
 /// `GET {base}/v2/`: does it answer, and what challenge does it send.
-fn ping(http: &Http, base: &str) -> Result<Option<Challenge>, ErrorKind> {
-    let resp = http.get(format!("{base}/v2/")).send().map_err(transport)?;
-    if resp.status() == StatusCode::UNAUTHORIZED {
-        Ok(challenge_of(resp.headers()))
-    } else if resp.status().is_success() {
-        Ok(None)
-    } else {
-        Err(ErrorKind::Status {
-            what: "the API root /v2/".into(),
-            status: resp.status().as_u16(),
-        })
+/// A transient status or a timeout is retried as [`Client::get`] does;
+/// a failed connection is returned at once (the caller may try plain
+/// HTTP next).
+fn ping(http: &Http, base: &str, patience: Patience) -> Result<Option<Challenge>, ErrorKind> {
+    let what = "the API root /v2/";
+    let mut attempt = 0;
+    loop {
+        let failed = match http.get(format!("{base}/v2/")).send() {
+            Ok(resp) if resp.status() == StatusCode::UNAUTHORIZED => {
+                return Ok(challenge_of(resp.headers()));
+            }
+            Ok(resp) if resp.status().is_success() => return Ok(None),
+            Ok(resp) => {
+                let kind = ErrorKind::Status {
+                    what: what.into(),
+                    status: resp.status().as_u16(),
+                };
+                if !is_transient(resp.status()) {
+                    return Err(kind);
+                }
+                kind
+            }
+            Err(e) if e.is_timeout() => transport(e, patience.timeout),
+            Err(e) => return Err(transport(e, patience.timeout)),
+        };
+        attempt += 1;
+        if attempt > patience.retries {
+            return Err(ErrorKind::GaveUp {
+                what: what.into(),
+                attempts: attempt,
+                last: Box::new(failed),
+            });
+        }
+        std::thread::sleep(patience.backoff_for(attempt));
     }
 }
 
@@ -531,10 +579,28 @@ fn challenge_of(headers: &HeaderMap) -> Option<Challenge> {
         .max_by_key(|c| matches!(c, Challenge::Bearer { .. }))
 }
 
-fn transport(e: reqwest::Error) -> ErrorKind {
+fn transport(e: reqwest::Error, after: Duration) -> ErrorKind {
     if e.is_timeout() {
-        ErrorKind::Timeout(e)
+        ErrorKind::Timeout { after, source: e }
     } else {
         ErrorKind::Transport(e)
     }
+}
+
+/// Whether a body read failed because nothing came in time (reqwest's
+/// timeout, wrapped in the io::Error its reader returns).
+fn is_timeout(e: &std::io::Error) -> bool {
+    if e.kind() == std::io::ErrorKind::TimedOut {
+        return true;
+    }
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = e.get_ref().map(|r| r as _);
+    while let Some(c) = cause {
+        if c.downcast_ref::<reqwest::Error>()
+            .is_some_and(|r| r.is_timeout())
+        {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }

@@ -205,13 +205,20 @@ pub enum ErrorKind {
     #[error("cannot reach the registry")]
     Transport(#[source] reqwest::Error),
     /// No answer within the timeout.
-    #[error("the registry did not answer in time")]
-    Timeout(#[source] reqwest::Error),
+    #[error("the registry did not answer within {after:?} (--registry-timeout)")]
+    Timeout {
+        /// The timeout.
+        after: Duration,
+        /// The request's error.
+        source: reqwest::Error,
+    },
     /// The body stopped coming within the timeout.
-    #[error("reading {what} timed out")]
+    #[error("reading {what} timed out: no bytes for {after:?} (--registry-timeout)")]
     ReadTimeout {
         /// The object.
         what: String,
+        /// The timeout.
+        after: Duration,
         /// The read error.
         source: std::io::Error,
     },

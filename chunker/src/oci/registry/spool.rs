@@ -313,8 +313,7 @@ impl Spool {
             failures += 1;
             if failures > self.client.retries() {
                 let kind = match broke {
-                    Some(source) if is_timeout(&source) => ErrorKind::ReadTimeout { what, source },
-                    Some(source) => ErrorKind::Read { what, source },
+                    Some(source) => self.client.read_failed(what, source),
                     None => ErrorKind::Truncated {
                         what,
                         expected: *size,
@@ -424,20 +423,4 @@ impl Spool {
         };
         arrivals.iter().find_map(|a| a.verdict())
     }
-}
-
-fn is_timeout(e: &std::io::Error) -> bool {
-    if e.kind() == std::io::ErrorKind::TimedOut {
-        return true;
-    }
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = e.get_ref().map(|r| r as _);
-    while let Some(c) = cause {
-        if c.downcast_ref::<reqwest::Error>()
-            .is_some_and(|r| r.is_timeout())
-        {
-            return true;
-        }
-        cause = c.source();
-    }
-    false
 }
