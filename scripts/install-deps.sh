@@ -13,7 +13,8 @@
 #   --images  what scripts/build-debian-images.sh needs (debootstrap, umoci).
 #   --all     (the default) everything the tests and benchmarks use: both of
 #             the above, skopeo, docker-registry, openssl, apache2-utils (htpasswd), attr,
-#             fonts-dejavu-core, fuse3, and Garage (built with cargo
+#             fonts-dejavu-core, softhsm2, docker-credential-pass (with pass
+#             and gnupg), fuse3, and Garage (built with cargo
 #             into ${IMAGEFS_CACHE:-/var/cache/imagefs}/tools: not in Debian).
 set -euo pipefail
 
@@ -34,8 +35,11 @@ images=(debootstrap umoci zstd tar util-linux)
 # qemu-storage-daemon, the vhost benchmark's reference backend;
 # fonts-dejavu-core is the TrueType font `vmm-shim coldstart --plots` draws
 # its text with, read by plotters' pure-Rust ab_glyph: no fontconfig;
-# softhsm2 is the PKCS#11 token the key provider tests initialise).
-tests_only=(skopeo attr fonts-dejavu-core docker-registry openssl apache2-utils softhsm2)
+# softhsm2 is the PKCS#11 token the key provider tests initialise;
+# golang-docker-credential-helpers' docker-credential-pass, with pass and
+# gnupg, is the credential helper the registry CLI tests log in through).
+tests_only=(skopeo attr fonts-dejavu-core docker-registry openssl apache2-utils softhsm2
+    golang-docker-credential-helpers pass gnupg)
 
 profile=all
 case "${1:-}" in

@@ -2,9 +2,12 @@
 //! htpasswd over TLS: credentials found in each place skopeo looks
 //! (`$REGISTRY_AUTH_FILE`, `$XDG_RUNTIME_DIR/containers/auth.json`,
 //! `~/.docker/config.json`, `--creds`, `--authfile`; none with
-//! `--no-creds`), `--cert-dir`, `--tls-verify=false`
-//! with its warning, and no password in any output. SKIP without
-//! docker-registry, skopeo, openssl or htpasswd.
+//! `--no-creds`), credential helpers (`credHelpers`, `credsStore`, with
+//! Debian's `docker-credential-pass`), `--cert-dir`, `--tls-verify=false`
+//! with its warning, and no password in any output; `--retry-times` and
+//! `--registry-timeout` against `tests::hostile_registry`. SKIP without
+//! docker-registry, skopeo, openssl or htpasswd (and, for the helpers,
+//! docker-credential-pass, pass or gpg).
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -50,16 +53,18 @@ fn text(o: &Output) -> String {
     )
 }
 
-#[test]
-fn credentials_from_every_place_and_none_printed() {
+/// A registry over TLS (its CA in `tmp/certs`) that wants user `cli`
+/// with [`PASSWORD`], holding `cli/app:v1`; with the source to convert
+/// and the `--cert-dir` flag. `None` (after a SKIP line) without
+/// docker-registry, skopeo, openssl or htpasswd.
+fn private_registry(tmp: &Path) -> Option<(Registry, String, String)> {
     for tool in ["skopeo", "openssl", "htpasswd"] {
         if !require_tool(tool) {
-            return;
+            return None;
         }
     }
-    let tmp = tempfile::tempdir().unwrap();
-    let (ca, tls) = make_tls(tmp.path()).unwrap();
-    let certs = tmp.path().join("certs");
+    let (ca, tls) = make_tls(tmp).unwrap();
+    let certs = tmp.join("certs");
     std::fs::create_dir(&certs).unwrap();
     std::fs::copy(&ca, certs.join("ca.crt")).unwrap();
     let auth = Auth::Htpasswd {
@@ -70,11 +75,11 @@ fn credentials_from_every_place_and_none_printed() {
         Ok(r) => r,
         Err(RegistryStartError::NotInstalled) => {
             skip("docker-registry is not installed (scripts/install-deps.sh)");
-            return;
+            return None;
         }
         Err(e) => panic!("{e}"),
     };
-    let layout = tmp.path().join("layout");
+    let layout = tmp.join("layout");
     Image::new(vec![
         Layer::new(vec![Entry::file("bin/tool", noise(9, 200_000))]).compressed(Compression::Gzip),
     ])
@@ -91,6 +96,15 @@ fn credentials_from_every_place_and_none_printed() {
     .unwrap();
     let src = format!("docker://{}/cli/app:v1", reg.host());
     let cert_dir = format!("--cert-dir={}", certs.display());
+    Some((reg, src, cert_dir))
+}
+
+#[test]
+fn credentials_from_every_place_and_none_printed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some((reg, src, cert_dir)) = private_registry(tmp.path()) else {
+        return;
+    };
 
     // Each place a credential may live, one at a time.
     let good = auth_json("cli", PASSWORD, &reg.host());
@@ -272,6 +286,181 @@ fn retry_times_and_registry_timeout() {
     assert!(!o.status.success(), "{t}");
     assert!(
         t.contains("did not answer within 1s") && t.contains(&reg.host()),
+        "{t}"
+    );
+}
+
+/// `gpg` and `pass` set up in `dir` for `docker-credential-pass`: the
+/// variables that point them there, and the gpg-agent stopped on drop.
+struct PassStore {
+    env: Vec<(&'static str, std::path::PathBuf)>,
+}
+
+impl PassStore {
+    fn new(dir: &Path) -> PassStore {
+        let gnupg = dir.join("gnupg");
+        std::fs::create_dir(&gnupg).unwrap();
+        std::fs::set_permissions(&gnupg, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .unwrap();
+        let store = PassStore {
+            env: vec![
+                ("GNUPGHOME", gnupg),
+                ("PASSWORD_STORE_DIR", dir.join("pass")),
+            ],
+        };
+        store.run(
+            "gpg",
+            &["--batch", "--pinentry-mode", "loopback", "--passphrase", ""]
+                .iter()
+                .chain(&[
+                    "--quick-gen-key",
+                    "imagefs-test",
+                    "default",
+                    "default",
+                    "never",
+                ])
+                .copied()
+                .collect::<Vec<_>>(),
+            "",
+        );
+        store.run("pass", &["init", "imagefs-test"], "");
+        store
+    }
+
+    fn run(&self, tool: &str, args: &[&str], stdin: &str) {
+        use std::io::Write as _;
+        let mut child = Command::new(tool)
+            .args(args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        let o = child.wait_with_output().unwrap();
+        assert!(o.status.success(), "{tool} {args:?}: {}", text(&o));
+    }
+
+    /// What `docker login` does with a helper: store `user:password`.
+    fn store(&self, server: &str, user: &str, password: &str) {
+        let json = serde_json::json!({"ServerURL": server, "Username": user, "Secret": password});
+        self.run("docker-credential-pass", &["store"], &json.to_string());
+    }
+
+    fn env(&self) -> Vec<(&str, &Path)> {
+        self.env.iter().map(|(k, v)| (*k, v.as_path())).collect()
+    }
+}
+
+impl Drop for PassStore {
+    fn drop(&mut self) {
+        let _ = Command::new("gpgconf")
+            .args(["--kill", "gpg-agent"])
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .status();
+    }
+}
+
+/// Credential helpers, with Debian's `docker-credential-pass` as the
+/// helper: named for the registry (`credHelpers`, skopeo's and Docker's)
+/// and as the default (`credsStore`, Docker's); a helper that is not
+/// installed is an error when named for the registry and passed over with
+/// a warning when it is the default. SKIP without docker-credential-pass,
+/// pass or gpg (or what `private_registry` needs).
+#[test]
+fn credential_helpers() {
+    for tool in ["docker-credential-pass", "pass", "gpg", "gpgconf"] {
+        if !require_tool(tool) {
+            return;
+        }
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let Some((reg, src, cert_dir)) = private_registry(tmp.path()) else {
+        return;
+    };
+    let pass = PassStore::new(tmp.path());
+    pass.store(&reg.host(), "cli", PASSWORD);
+
+    // credHelpers, in the file $REGISTRY_AUTH_FILE names, before an
+    // `auths` entry for the same registry (a wrong one here).
+    let file = tmp.path().join("auth.json");
+    let wrong_auth = || {
+        use base64::Engine as _;
+        serde_json::json!({"auth": base64::engine::general_purpose::STANDARD.encode("cli:nope-Zq81")})
+    };
+    let helpers = |name: &str| {
+        serde_json::json!({"credHelpers": {reg.host(): name}, "auths": {reg.host(): wrong_auth()}})
+            .to_string()
+    };
+    std::fs::write(&file, helpers("pass")).unwrap();
+    let mut env = pass.env();
+    env.push(("REGISTRY_AUTH_FILE", &file));
+    let o = convert(tmp.path(), &src, &[&cert_dir], &env);
+    let t = text(&o);
+    assert!(o.status.success() && !t.contains(PASSWORD), "{t}");
+
+    // credsStore, in ~/.docker/config.json, with the empty `auths` entry
+    // `docker login` leaves there.
+    let home = tmp.path().join("home");
+    std::fs::create_dir_all(home.join(".docker")).unwrap();
+    let store_with = |name: &str, entry: serde_json::Value| {
+        let cfg = serde_json::json!({"auths": {reg.host(): entry}, "credsStore": name});
+        std::fs::write(home.join(".docker/config.json"), cfg.to_string()).unwrap();
+    };
+    let store = |name: &str| store_with(name, serde_json::json!({}));
+    store("pass");
+    let mut env = pass.env();
+    env.push(("HOME", &home));
+    let o = convert(tmp.path(), &src, &[&cert_dir, "--force"], &env);
+    let t = text(&o);
+    assert!(o.status.success() && !t.contains(PASSWORD), "{t}");
+
+    // What the helper holds is what is sent.
+    pass.store(&reg.host(), "cli", "wrong-Zq81");
+    let o = convert(tmp.path(), &src, &[&cert_dir, "--force"], &env);
+    let t = text(&o);
+    assert!(
+        !o.status.success() && t.contains("access denied for user \"cli\""),
+        "{t}"
+    );
+    assert!(!t.contains("wrong-Zq81"), "{t}");
+    // An `auths` entry with a password comes before credsStore.
+    let good = auth_json("cli", PASSWORD, &reg.host());
+    let good: serde_json::Value = serde_json::from_str(&good).unwrap();
+    store_with("pass", good["auths"][reg.host()].clone());
+    let o = convert(tmp.path(), &src, &[&cert_dir, "--force"], &env);
+    assert!(o.status.success(), "{}", text(&o));
+
+    // A helper that is not installed: named for the registry, an error
+    // naming it, the file and the registry; as the default, a warning and
+    // an anonymous pull (which this registry refuses).
+    std::fs::write(&file, helpers("imagefs-none")).unwrap();
+    let o = convert(
+        tmp.path(),
+        &src,
+        &[&cert_dir],
+        &[("REGISTRY_AUTH_FILE", &file)],
+    );
+    let t = text(&o);
+    assert!(!o.status.success(), "{t}");
+    for want in [
+        "docker-credential-imagefs-none is not installed",
+        "auth.json",
+        &reg.host(),
+    ] {
+        assert!(t.contains(want), "{want:?} not in {t}");
+    }
+    store("imagefs-none");
+    let o = convert(tmp.path(), &src, &[&cert_dir], &[("HOME", &home)]);
+    let t = text(&o);
+    assert!(
+        !o.status.success() && t.contains("going on without it") && t.contains("wants credentials"),
         "{t}"
     );
 }

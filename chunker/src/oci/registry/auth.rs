@@ -3,9 +3,11 @@
 //! Credentials are looked up as skopeo and podman look them up
 //! ([`CredentialSource`]): `--creds`, `--authfile`, or else
 //! `$REGISTRY_AUTH_FILE`, `$XDG_RUNTIME_DIR/containers/auth.json` and
-//! `~/.docker/config.json` (`auths` entries with a base64 `auth`);
-//! `--no-creds` pulls anonymously whatever those hold. Credential helpers
-//! (`credHelpers`, `credsStore`) are not run. Every secret is a
+//! `~/.docker/config.json`. In each file, a credential helper named for the
+//! registry (`credHelpers`, run by [`credhelper`](super::credhelper)), then
+//! an `auths` entry with a base64 `auth`, then the default helper
+//! (`credsStore`); `--no-creds` pulls anonymously whatever those hold.
+//! Every secret is a
 //! [`Secret`], whose `Debug` prints `<redacted>` and which has no `Display`,
 //! so it cannot reach a log line, an error or a report by accident.
 
@@ -88,7 +90,7 @@ impl CredentialSource {
     }
 }
 
-/// `--creds` or an auth file entry we cannot read.
+/// `--creds`, an auth file entry or a credential helper we cannot use.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum CredentialsError {
@@ -102,6 +104,17 @@ pub enum CredentialsError {
         path: PathBuf,
         /// Why (never containing the file's content).
         reason: String,
+    },
+    /// A credential helper the file names gave no usable answer.
+    #[error("auth file {}: credential helper for {registry}", path.display())]
+    Helper {
+        /// The file naming the helper.
+        path: PathBuf,
+        /// The registry it was asked about.
+        registry: String,
+        /// What went wrong (boxed: errors travel by value up the pull).
+        #[source]
+        source: Box<super::credhelper::HelperError>,
     },
     /// An `auth` entry that is not base64 of `user:password`.
     #[error("auth file {}: the entry for {key} is not base64 of USER:PASSWORD", path.display())]
@@ -147,6 +160,12 @@ pub fn auth_files() -> Vec<PathBuf> {
 struct AuthFile {
     #[serde(default)]
     auths: BTreeMap<String, AuthEntry>,
+    /// Registry → helper name (`docker-credential-NAME`).
+    #[serde(default, rename = "credHelpers")]
+    cred_helpers: BTreeMap<String, String>,
+    /// The helper for registries without one of their own (Docker's).
+    #[serde(default, rename = "credsStore")]
+    creds_store: Option<String>,
 }
 
 #[derive(serde::Deserialize)]
@@ -168,9 +187,11 @@ fn normalize_key(key: &str) -> &str {
         .unwrap_or(key)
 }
 
-/// The credentials for `host`/`repository` in one auth file: the longest
-/// `host/path` key that is a prefix of the repository wins, as in podman.
-/// `None` when the file does not exist or has no entry.
+/// The credentials for `host`/`repository` in one auth file: its
+/// `credHelpers` helper for the host if it names one, else the `auths`
+/// entry whose `host/path` key is the longest prefix of the repository (as
+/// in podman), else its `credsStore` helper. `None` when the file does not
+/// exist or none of those has credentials.
 pub fn from_auth_file(
     path: &Path,
     host: &str,
@@ -196,6 +217,27 @@ pub fn from_auth_file(
     } else {
         &[host]
     };
+    // Docker asks helpers about Docker Hub by its old index URL.
+    let server = if host == "docker.io" {
+        "https://index.docker.io/v1/"
+    } else {
+        host
+    };
+    let helper = |name: &str| super::credhelper::get(name, server);
+    let named = |source| CredentialsError::Helper {
+        path: path.into(),
+        registry: host.into(),
+        source: Box::new(source),
+    };
+    // Helpers are named per registry (no repository paths), and first.
+    if let Some(name) = file
+        .cred_helpers
+        .iter()
+        .find(|(key, _)| hosts.contains(&normalize_key(key)))
+        .map(|(_, name)| name)
+    {
+        return helper(name).map_err(named);
+    }
     let mut best: Option<(usize, &String, &AuthEntry)> = None;
     for (key, entry) in &file.auths {
         let k = normalize_key(key);
@@ -210,7 +252,22 @@ pub fn from_auth_file(
         }
     }
     let Some((_, key, entry)) = best else {
-        return Ok(None);
+        return match &file.creds_store {
+            // A default helper that is not there is often a config copied
+            // from another machine (Docker Desktop's `desktop`): said, and
+            // passed over. A helper named for this registry is not.
+            Some(name) if !name.is_empty() => match helper(name) {
+                Err(e @ super::credhelper::HelperError::NotInstalled { .. }) => {
+                    tracing::warn!(
+                        "auth file {}: credsStore: {e}; going on without it",
+                        path.display()
+                    );
+                    Ok(None)
+                }
+                other => other.map_err(named),
+            },
+            _ => Ok(None),
+        };
     };
     let bad = || CredentialsError::BadEntry {
         path: path.into(),

@@ -4,6 +4,7 @@
 //! - [`reference`](mod@reference): the source string;
 //! - [`auth`]: credentials (flags, auth files), challenges, tokens, and
 //!   [`auth::Secret`], which never prints;
+//! - [`credhelper`]: Docker credential helpers an auth file names;
 //! - [`client`]: the HTTP API (why reqwest and not `oci-client` is there);
 //! - [`spool`]: parallel layer downloads into a bounded spool on disk;
 //! - `tls`: certificate checks, with the system roots read only when a
@@ -17,6 +18,7 @@
 
 pub mod auth;
 pub mod client;
+pub mod credhelper;
 pub mod reference;
 pub mod spool;
 mod tls;
