@@ -123,6 +123,10 @@ pub fn run(
         program: program.into(),
         source,
     };
+    let timed_out = || HelperError::Timeout {
+        program: program.into(),
+        after: timeout,
+    };
     let mut child = Command::new(path)
         .arg("get")
         .stdin(Stdio::piped())
@@ -161,18 +165,21 @@ pub fn run(
         match rx.recv_timeout(left) {
             Ok((i, Ok(bytes))) => out[i] = bytes,
             Ok((_, Err(e))) => return Err(kill(child, spawn_err(e))),
-            Err(_) => {
-                return Err(kill(
-                    child,
-                    HelperError::Timeout {
-                        program: program.into(),
-                        after: timeout,
-                    },
-                ));
-            }
+            Err(_) => return Err(kill(child, timed_out())),
         }
     }
-    let status = child.wait().map_err(spawn_err)?;
+    // Its pipes are closed, so it has exited or is about to (unless it
+    // closed them early): still bounded by the deadline.
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            Ok(None) => return Err(kill(child, timed_out())),
+            Err(e) => return Err(kill(child, spawn_err(e))),
+        }
+    };
     let [stdout, stderr] = out;
     answer(program, status, &stdout, &stderr)
 }
@@ -198,6 +205,10 @@ fn answer(
         let said = |b: &[u8]| {
             let text = String::from_utf8_lossy(b);
             let line = text.lines().find(|l| !l.trim().is_empty())?.trim();
+            // An answer printed before failing may hold the secret.
+            if line.starts_with('{') {
+                return Some("(its answer is not shown)".to_owned());
+            }
             Some(line.chars().take(200).collect::<String>())
         };
         let message = said(stdout).or_else(|| said(stderr)).unwrap_or_default();
@@ -298,6 +309,12 @@ echo '{"ServerURL":"reg.example:5000","Username":"u","Secret":"pw-Zq81"}'"#,
             e.contains("keyring locked") && e.contains("docker-credential-t"),
             "{e}"
         );
+        let h = script(
+            tmp.path(),
+            r#"echo '{"Username":"u","Secret":"pw-Zq81"}'; exit 1"#,
+        );
+        let e = ask(&h, t).unwrap_err().to_string();
+        assert!(e.contains("not shown") && !e.contains("pw-Zq81"), "{e}");
         let h = script(tmp.path(), "echo 'pw-Zq81 is not json'");
         let e = ask(&h, t).unwrap_err().to_string();
         assert!(
