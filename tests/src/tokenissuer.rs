@@ -37,6 +37,9 @@ pub struct IssuerConfig {
     pub life: i64,
     /// What the client is told (`expires_in`).
     pub expires_in: u64,
+    /// An identity token (OAuth2 refresh token) accepted in a POSTed
+    /// `grant_type=refresh_token` form, as Docker sends one.
+    pub refresh_token: Option<String>,
 }
 
 struct Shared {
@@ -46,6 +49,7 @@ struct Shared {
     life: AtomicI64,
     issued: AtomicU64,
     refused: AtomicU64,
+    refreshed: AtomicU64,
     stop: AtomicBool,
 }
 
@@ -100,6 +104,7 @@ impl TokenIssuer {
             cert_der,
             issued: AtomicU64::new(0),
             refused: AtomicU64::new(0),
+            refreshed: AtomicU64::new(0),
             stop: AtomicBool::new(false),
         });
         crate::registry::accept_loop(
@@ -138,6 +143,11 @@ impl TokenIssuer {
     /// Token requests refused (wrong or missing credentials).
     pub fn refused(&self) -> u64 {
         self.shared.refused.load(Ordering::SeqCst)
+    }
+
+    /// Tokens issued for the identity token.
+    pub fn refreshed(&self) -> u64 {
+        self.shared.refreshed.load(Ordering::SeqCst)
     }
 }
 
@@ -186,19 +196,31 @@ fn serve(s: &Shared, conn: TcpStream) -> std::io::Result<()> {
     let mut request_line = String::new();
     reader.read_line(&mut request_line)?;
     let mut authorization = None;
+    let mut length = 0usize;
     loop {
         let mut line = String::new();
         if reader.read_line(&mut line)? == 0 || line == "\r\n" || line == "\n" {
             break;
         }
-        if let Some((k, v)) = line.split_once(':')
-            && k.eq_ignore_ascii_case("authorization")
-        {
-            authorization = Some(v.trim().to_owned());
+        if let Some((k, v)) = line.split_once(':') {
+            if k.eq_ignore_ascii_case("authorization") {
+                authorization = Some(v.trim().to_owned());
+            } else if k.eq_ignore_ascii_case("content-length") {
+                length = v.trim().parse().unwrap_or(0).min(64 * 1024);
+            }
         }
     }
     let target = request_line.split(' ').nth(1).unwrap_or("");
-    let query = target.split_once('?').map_or("", |(_, q)| q);
+    // A POST carries its parameters as a form (OAuth2), a GET in the query.
+    let post = request_line.starts_with("POST ");
+    let mut form = vec![0u8; if post { length } else { 0 }];
+    std::io::Read::read_exact(&mut reader, &mut form)?;
+    let form = String::from_utf8_lossy(&form).into_owned();
+    let query = if post {
+        form.as_str()
+    } else {
+        target.split_once('?').map_or("", |(_, q)| q)
+    };
     let user = authorization
         .as_deref()
         .and_then(|a| a.strip_prefix("Basic "))
@@ -206,9 +228,15 @@ fn serve(s: &Shared, conn: TcpStream) -> std::io::Result<()> {
         .and_then(|b| String::from_utf8(b).ok())
         .and_then(|s| s.split_once(':').map(|(u, p)| (u.to_owned(), p.to_owned())));
     let mut conn = conn;
-    let allowed = match &s.config.user {
-        None => true,
-        Some(want) => user.as_ref() == Some(want),
+    let allowed = if post {
+        query_param(query, "grant_type").as_deref() == Some("refresh_token")
+            && s.config.refresh_token.is_some()
+            && query_param(query, "refresh_token") == s.config.refresh_token
+    } else {
+        match &s.config.user {
+            None => true,
+            Some(want) => user.as_ref() == Some(want),
+        }
     };
     if !allowed {
         s.refused.fetch_add(1, Ordering::SeqCst);
@@ -254,7 +282,14 @@ fn serve(s: &Shared, conn: TcpStream) -> std::io::Result<()> {
         .sign(&SystemRandom::new(), signing_input.as_bytes())
         .map_err(|_| std::io::Error::other("signing failed"))?;
     let token = format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(sig.as_ref()));
-    let body = serde_json::json!({"token": token, "expires_in": s.config.expires_in}).to_string();
+    // OAuth2's answer names the token `access_token`.
+    let body = if post {
+        s.refreshed.fetch_add(1, Ordering::SeqCst);
+        serde_json::json!({"access_token": token, "expires_in": s.config.expires_in})
+    } else {
+        serde_json::json!({"token": token, "expires_in": s.config.expires_in})
+    }
+    .to_string();
     write!(
         conn,
         "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\

@@ -405,27 +405,30 @@ fn basic_auth_over_tls_with_a_test_ca() {
     }
 }
 
-/// The registry's allowance for clock skew on a token's `exp`
-/// (distribution's `Leeway`), which a token's life must cancel to expire
-/// when the test means it to.
-const REGISTRY_LEEWAY: i64 = 60;
-
-#[test]
-fn bearer_tokens_are_refreshed_when_they_expire_mid_pull() {
+/// A token issuer for user `tokuser` (password `tok-pw-secret`), and the
+/// identity token `refresh_token` if given, telling clients its tokens
+/// last `expires_in` seconds; and a registry that trusts it, holding
+/// `app_image(seed)` as `repo:v1` (its layout in `tmp/layout`). `None`
+/// after a SKIP line.
+fn token_registry(
+    tmp: &Path,
+    expires_in: u64,
+    refresh_token: Option<&str>,
+    seed: u64,
+    repo: &str,
+) -> Option<(TokenIssuer, Registry)> {
     if !require_tool("openssl") {
-        return;
+        return None;
     }
-    let tmp = tempfile::tempdir().unwrap();
     let issuer = TokenIssuer::start(
-        tmp.path(),
+        tmp,
         IssuerConfig {
             user: Some(("tokuser".into(), "tok-pw-secret".into())),
             issuer: "imagefs-test-issuer".into(),
             service: "imagefs-test-registry".into(),
             life: 600,
-            // The client is told the tokens last long: only the registry's
-            // 401 tells it otherwise.
-            expires_in: 600,
+            expires_in,
+            refresh_token: refresh_token.map(Into::into),
         },
     )
     .unwrap();
@@ -435,17 +438,32 @@ fn bearer_tokens_are_refreshed_when_they_expire_mid_pull() {
         issuer: "imagefs-test-issuer".into(),
         root_cert_bundle: issuer.cert_pem().to_owned(),
     };
-    let Some(reg) = start(auth, None) else {
-        return;
-    };
-    let layout = tmp.path().join("layout");
-    app_image(50).write_oci_layout(&layout, "v1").unwrap();
+    let reg = start(auth, None)?;
+    let layout = tmp.join("layout");
+    app_image(seed).write_oci_layout(&layout, "v1").unwrap();
     reg.push(
         &format!("oci:{}:v1", layout.display()),
-        "tok/app:v1",
+        &format!("{repo}:v1"),
         &["--dest-creds=tokuser:tok-pw-secret"],
     )
     .unwrap();
+    Some((issuer, reg))
+}
+
+/// The registry's allowance for clock skew on a token's `exp`
+/// (distribution's `Leeway`), which a token's life must cancel to expire
+/// when the test means it to.
+const REGISTRY_LEEWAY: i64 = 60;
+
+#[test]
+fn bearer_tokens_are_refreshed_when_they_expire_mid_pull() {
+    let tmp = tempfile::tempdir().unwrap();
+    // The client is told the tokens last long: only the registry's
+    // 401 tells it otherwise.
+    let Some((issuer, reg)) = token_registry(tmp.path(), 600, None, 50, "tok/app") else {
+        return;
+    };
+    let layout = tmp.path().join("layout");
     // From now on a token is good at the registry for one second; every
     // request through the proxy is held 400 ms, so a pull (ping,
     // manifest, config, three layers) outlives its first token.
@@ -508,39 +526,12 @@ fn unauthorized(reg: &Registry, repo: &str) -> usize {
 
 #[test]
 fn bearer_tokens_are_refreshed_before_they_expire() {
-    if !require_tool("openssl") {
-        return;
-    }
     let tmp = tempfile::tempdir().unwrap();
-    let issuer = TokenIssuer::start(
-        tmp.path(),
-        IssuerConfig {
-            user: Some(("tokuser".into(), "tok-pw-secret".into())),
-            issuer: "imagefs-test-issuer".into(),
-            service: "imagefs-test-registry".into(),
-            life: 600,
-            // What the client is told: it must refresh before this.
-            expires_in: 1,
-        },
-    )
-    .unwrap();
-    let auth = Auth::Token {
-        realm: issuer.realm(),
-        service: "imagefs-test-registry".into(),
-        issuer: "imagefs-test-issuer".into(),
-        root_cert_bundle: issuer.cert_pem().to_owned(),
-    };
-    let Some(reg) = start(auth, None) else {
+    // What the client is told: it must refresh before this.
+    let Some((issuer, reg)) = token_registry(tmp.path(), 1, None, 70, "fresh/app") else {
         return;
     };
     let layout = tmp.path().join("layout");
-    app_image(70).write_oci_layout(&layout, "v1").unwrap();
-    reg.push(
-        &format!("oci:{}:v1", layout.display()),
-        "fresh/app:v1",
-        &["--dest-creds=tokuser:tok-pw-secret"],
-    )
-    .unwrap();
     // A token is good at the registry for 3 s (its `exp` is in whole
     // seconds, so at least 2); the client, told 1 s, must switch before
     // then, and a request it sends with a token under 1 s old arrives
@@ -579,4 +570,67 @@ fn bearer_tokens_are_refreshed_before_they_expire() {
         "log:\n{}",
         reg.log_tail(40)
     );
+}
+
+/// An identity token (an auth file's `identitytoken`, as `az acr login`
+/// writes one) is exchanged at the token service through OAuth2's
+/// refresh-token grant, and never sent as basic auth; a wrong one is an
+/// error that does not show it.
+#[test]
+fn identity_tokens_are_exchanged_through_oauth2() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some((issuer, reg)) =
+        token_registry(tmp.path(), 600, Some("rt-Zq81-identity"), 90, "acr/app")
+    else {
+        return;
+    };
+    let layout = tmp.path().join("layout");
+    // As Azure writes it: a placeholder user with no password in `auth`.
+    let file = tmp.path().join("auth.json");
+    let write = |token: &str| {
+        use base64::Engine as _;
+        let placeholder = base64::engine::general_purpose::STANDARD
+            .encode("00000000-0000-0000-0000-000000000000:");
+        let entry = serde_json::json!({"auth": placeholder, "identitytoken": token});
+        std::fs::write(
+            &file,
+            serde_json::json!({"auths": {reg.host(): entry}}).to_string(),
+        )
+        .unwrap();
+    };
+    write("rt-Zq81-identity");
+    let opts = || RegistryOptions {
+        credentials: CredentialSource::AuthFile(file.clone()),
+        ..quick()
+    };
+    let reference = format!("docker://{}/acr/app:v1", reg.host());
+    let out = tmp.path().join("out.img");
+    let from_oci: ImageSource = format!("oci:{}:v1", layout.display()).parse().unwrap();
+    assert_eq!(
+        flatten_digest(&source(&reference, opts()), &out),
+        flatten_digest(&from_oci, &out)
+    );
+    assert!(
+        issuer.refreshed() > 0,
+        "no token came from the identity token"
+    );
+    assert_eq!(issuer.refused(), 0);
+
+    write("rt-wrong");
+    let err = flatten_to_file(
+        &source(&reference, opts()),
+        &out,
+        &FlattenOptions::default(),
+    )
+    .unwrap_err();
+    let msg = error_chain(&err);
+    assert!(
+        msg.contains("access denied for the identity token") && msg.contains("acr/app"),
+        "{msg}"
+    );
+    assert!(
+        !msg.contains("rt-wrong") && !msg.contains("rt-Zq81"),
+        "{msg}"
+    );
+    assert!(!out.exists());
 }

@@ -5,7 +5,8 @@
 //! `$REGISTRY_AUTH_FILE`, `$XDG_RUNTIME_DIR/containers/auth.json` and
 //! `~/.docker/config.json`. In each file, a credential helper named for the
 //! registry (`credHelpers`, run by [`credhelper`](super::credhelper)), then
-//! an `auths` entry with a base64 `auth`, then the default helper
+//! an `auths` entry with a base64 `auth` or an `identitytoken` (an OAuth2
+//! refresh token, see [`Credentials`]), then the default helper
 //! (`credsStore`); `--no-creds` pulls anonymously whatever those hold.
 //! Every secret is a
 //! [`Secret`], whose `Debug` prints `<redacted>` and which has no `Display`,
@@ -40,13 +41,35 @@ impl fmt::Debug for Secret {
     }
 }
 
-/// A user name and password for basic auth or the token service.
+/// A user name and password for basic auth or the token service; or,
+/// with the user [`IDENTITY_TOKEN_USER`], an identity token (an OAuth2
+/// refresh token) for the token service, as Docker's credential helpers
+/// give one.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Credentials {
     /// The user name (not secret: it names who failed).
     pub username: String,
-    /// The password.
+    /// The password, or the identity token.
     pub password: Secret,
+}
+
+/// The user name that says the password is an identity token.
+pub const IDENTITY_TOKEN_USER: &str = "<token>";
+
+impl Credentials {
+    /// An identity token, exchanged for bearer tokens through OAuth2.
+    pub fn identity_token(token: impl Into<String>) -> Credentials {
+        Credentials {
+            username: IDENTITY_TOKEN_USER.into(),
+            password: Secret::new(token),
+        }
+    }
+
+    /// Whether the password is an identity token (sent only to the token
+    /// service, never as basic auth).
+    pub fn is_identity_token(&self) -> bool {
+        self.username == IDENTITY_TOKEN_USER
+    }
 }
 
 /// Where a pull's credentials come from: skopeo's `--creds`, `--authfile`
@@ -172,6 +195,16 @@ struct AuthFile {
 struct AuthEntry {
     #[serde(default)]
     auth: Option<String>,
+    /// An OAuth2 refresh token (`az acr login` writes one); used instead
+    /// of `auth` when present.
+    #[serde(default)]
+    identitytoken: Option<String>,
+}
+
+impl AuthEntry {
+    fn has_credentials(&self) -> bool {
+        self.auth.is_some() || self.identitytoken.as_deref().is_some_and(|t| !t.is_empty())
+    }
 }
 
 /// An auth file key without scheme and trailing path, as Docker writes
@@ -246,7 +279,7 @@ pub fn from_auth_file(
             let matches = k == *h
                 || (k.starts_with(&format!("{h}/"))
                     && (full == k || full.starts_with(&format!("{k}/"))));
-            if matches && entry.auth.is_some() && best.is_none_or(|(len, _, _)| k.len() > len) {
+            if matches && entry.has_credentials() && best.is_none_or(|(len, _, _)| k.len() > len) {
                 best = Some((k.len(), key, entry));
             }
         }
@@ -273,6 +306,9 @@ pub fn from_auth_file(
         path: path.into(),
         key: key.clone(),
     };
+    if let Some(token) = entry.identitytoken.as_deref().filter(|t| !t.is_empty()) {
+        return Ok(Some(Credentials::identity_token(token)));
+    }
     let encoded = entry.auth.as_deref().unwrap_or_default();
     let decoded = base64::engine::general_purpose::STANDARD
         .decode(encoded.trim())
@@ -405,6 +441,8 @@ mod tests {
                 "reg.example:5000/team": {"auth": enc("u2:p:2")},
                 "https://index.docker.io/v1/": {"auth": enc("hub:hp")},
                 "broken.example": {"auth": "!!!"},
+                "acr.example": {"auth": enc("00000000-0000-0000-0000-000000000000:"), "identitytoken": "rt1"},
+                "empty.example": {"identitytoken": ""},
             }})
             .to_string(),
         )
@@ -421,6 +459,9 @@ mod tests {
             "hub"
         );
         assert!(get("other.example", "x").unwrap().is_none());
+        let c = get("acr.example", "x").unwrap().unwrap();
+        assert!(c.is_identity_token() && c.password.expose() == "rt1");
+        assert!(get("empty.example", "x").unwrap().is_none());
         let err = get("broken.example", "x").unwrap_err().to_string();
         assert!(
             err.contains("broken.example") && !err.contains("!!!"),

@@ -177,7 +177,8 @@ impl Client {
             .map_err(|_| self.err(ErrorKind::Poisoned))?;
         match auth.challenge.clone() {
             None => Ok(None),
-            Some(Challenge::Basic) => Ok(self.creds.as_ref().map(|c| {
+            // An identity token is for the token service only.
+            Some(Challenge::Basic) => Ok(self.basic().map(|c| {
                 let raw = format!("{}:{}", c.username, c.password.expose());
                 Secret::new(format!(
                     "Basic {}",
@@ -208,15 +209,38 @@ impl Client {
                 reason: format!("not a URL: {e}"),
             })
         })?;
-        url.query_pairs_mut()
-            .append_pair("scope", &format!("repository:{}:pull", self.repository));
-        if let Some(s) = service {
-            url.query_pairs_mut().append_pair("service", s);
-        }
-        let mut req = self.http.get(url);
-        if let Some(c) = &self.creds {
-            req = req.basic_auth(&c.username, Some(c.password.expose()));
-        }
+        let scope = format!("repository:{}:pull", self.repository);
+        let req = match &self.creds {
+            // OAuth2's refresh-token grant (RFC 6749 section 6), as Docker
+            // and skopeo send an identity token: in a POSTed form.
+            Some(c) if c.is_identity_token() => {
+                let mut form = url.clone();
+                form.set_query(None);
+                form.query_pairs_mut()
+                    .append_pair("grant_type", "refresh_token")
+                    .append_pair("refresh_token", c.password.expose())
+                    .append_pair("client_id", "imagefs")
+                    .append_pair("scope", &scope);
+                if let Some(s) = service {
+                    form.query_pairs_mut().append_pair("service", s);
+                }
+                self.http
+                    .post(url)
+                    .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                    .body(form.query().unwrap_or_default().to_owned())
+            }
+            creds => {
+                url.query_pairs_mut().append_pair("scope", &scope);
+                if let Some(s) = service {
+                    url.query_pairs_mut().append_pair("service", s);
+                }
+                let req = self.http.get(url);
+                match creds {
+                    Some(c) => req.basic_auth(&c.username, Some(c.password.expose())),
+                    None => req,
+                }
+            }
+        };
         let resp = req.send().map_err(|source| {
             self.err(ErrorKind::TokenUnreachable {
                 realm: realm.into(),
@@ -253,6 +277,11 @@ impl Client {
             })
         })?;
         Ok(Token::new(Secret::new(value), parsed.expires_in))
+    }
+
+    /// The credentials to send as basic auth: not an identity token.
+    fn basic(&self) -> Option<&Credentials> {
+        self.creds.as_ref().filter(|c| !c.is_identity_token())
     }
 
     fn unauthorized(&self) -> ErrorKind {

@@ -21,10 +21,6 @@ use super::auth::{Credentials, Secret};
 /// service).
 pub const HELPER_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The user name a helper gives with an identity token instead of a
-/// password.
-const IDENTITY_TOKEN_USER: &str = "<token>";
-
 /// Why a helper gave no usable answer (the caller adds which file named it).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -71,13 +67,6 @@ pub enum HelperError {
     /// Its answer is not the protocol's JSON (the answer is not shown).
     #[error("{program} gave an answer that is not credentials JSON")]
     Malformed {
-        /// `docker-credential-NAME`.
-        program: String,
-    },
-    /// It gave an identity token (`Username: "<token>"`), which is
-    /// exchanged through OAuth2, not sent as a password.
-    #[error("{program} gave an identity token, which imagefs cannot use (use --creds)")]
-    IdentityToken {
         /// `docker-credential-NAME`.
         program: String,
     },
@@ -224,11 +213,6 @@ fn answer(
     let a: Answer = serde_json::from_slice(stdout).map_err(|_| HelperError::Malformed {
         program: program.into(),
     })?;
-    if a.username == IDENTITY_TOKEN_USER {
-        return Err(HelperError::IdentityToken {
-            program: program.into(),
-        });
-    }
     if a.username.is_empty() && a.secret.is_empty() {
         return Ok(None);
     }
@@ -321,8 +305,9 @@ echo '{"ServerURL":"reg.example:5000","Username":"u","Secret":"pw-Zq81"}'"#,
             e.contains("not credentials JSON") && !e.contains("pw-Zq81"),
             "{e}"
         );
+        // An identity token, as helpers give one.
         let h = script(tmp.path(), r#"echo '{"Username":"<token>","Secret":"rt"}'"#);
-        assert!(matches!(ask(&h, t), Err(HelperError::IdentityToken { .. })));
+        assert!(ask(&h, t).unwrap().unwrap().is_identity_token());
         let e = ask(&tmp.path().join("docker-credential-none"), t).unwrap_err();
         assert!(matches!(e, HelperError::NotInstalled { .. }), "{e}");
     }

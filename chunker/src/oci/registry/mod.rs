@@ -226,6 +226,7 @@ pub enum ErrorKind {
     },
     /// The registry refused our credentials, or wants some we lack.
     #[error("{}", match user {
+        Some(u) if u == auth::IDENTITY_TOKEN_USER => "access denied for the identity token (expired or revoked?)".to_owned(),
         Some(u) => format!("access denied for user {u:?} (wrong credentials?)"),
         None => "access denied: the registry wants credentials (--creds, --authfile or an auth file)".to_owned(),
     })]
