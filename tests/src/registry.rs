@@ -51,6 +51,9 @@ pub struct Tls {
     pub cert: PathBuf,
     /// Its key.
     pub key: PathBuf,
+    /// CAs whose client certificates the registry requires (none: no
+    /// client certificate asked for).
+    pub client_cas: Vec<PathBuf>,
 }
 
 /// Starting the registry failed.
@@ -113,6 +116,12 @@ impl Registry {
                 tls.cert.display(),
                 tls.key.display()
             );
+            if !tls.client_cas.is_empty() {
+                config.push_str("    clientcas:\n");
+                for ca in &tls.client_cas {
+                    let _ = writeln!(config, "      - {}", ca.display());
+                }
+            }
         }
         match &auth {
             Auth::None => {}
@@ -314,7 +323,6 @@ pub fn ec_key(
 /// A CA and a server certificate for 127.0.0.1/localhost made with the
 /// `openssl` command: `ca.crt`, `server.crt`, `server.key` in `dir`.
 pub fn make_tls(dir: &Path) -> Result<(PathBuf, Tls), String> {
-    let run = |args: &[&str]| openssl(dir, args);
     ec_key(
         dir,
         "ca",
@@ -334,28 +342,56 @@ pub fn make_tls(dir: &Path) -> Result<(PathBuf, Tls), String> {
           extendedKeyUsage=serverAuth\n",
     )
     .map_err(|e| e.to_string())?;
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.crt",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "server.crt",
-        "-days",
-        "2",
-        "-extfile",
-        "server.ext",
-    ])?;
+    sign(dir, "server")?;
     Ok((
         dir.join("ca.crt"),
         Tls {
             cert: dir.join("server.crt"),
             key: dir.join("server.key"),
+            client_cas: Vec::new(),
         },
     ))
+}
+
+/// Sign `STEM.csr` with `make_tls`'s CA, with the extensions in
+/// `STEM.ext`, into `STEM.crt`.
+fn sign(dir: &Path, stem: &str) -> Result<(), String> {
+    let (csr, crt, ext) = (
+        format!("{stem}.csr"),
+        format!("{stem}.crt"),
+        format!("{stem}.ext"),
+    );
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &crt,
+            "-days",
+            "2",
+            "-extfile",
+            &ext,
+        ],
+    )
+}
+
+/// A client certificate from `make_tls`'s CA (run first, in `dir`):
+/// `client.crt` and `client.key`.
+pub fn make_client_cert(dir: &Path) -> Result<(PathBuf, PathBuf), String> {
+    ec_key(dir, "client", "/CN=imagefs test client", false, &[])?;
+    std::fs::write(
+        dir.join("client.ext"),
+        "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
+    )
+    .map_err(|e| e.to_string())?;
+    sign(dir, "client")?;
+    Ok((dir.join("client.crt"), dir.join("client.key")))
 }

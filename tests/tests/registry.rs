@@ -17,7 +17,7 @@ use tests::delayproxy::DelayProxy;
 use tests::e2e::{debian_layout, error_chain, image_digest, layout_tags};
 use tests::harness::{require_tool, skip};
 use tests::imagegen::{Compression, Entry, Image, Layer, noise};
-use tests::registry::{Auth, Registry, make_tls};
+use tests::registry::{Auth, Registry, make_client_cert, make_tls};
 use tests::tokenissuer::{IssuerConfig, TokenIssuer};
 
 fn start(auth: Auth, tls: Option<tests::registry::Tls>) -> Option<Registry> {
@@ -633,4 +633,75 @@ fn identity_tokens_are_exchanged_through_oauth2() {
         "{msg}"
     );
     assert!(!out.exists());
+}
+
+/// A registry that requires a client certificate (`http.tls.clientcas`):
+/// `--cert-dir`'s `NAME.cert` and `NAME.key` are offered, as skopeo
+/// offers them; without them the handshake is refused, and a certificate
+/// without its key is an error that names the file.
+#[test]
+fn client_certificates_from_the_cert_dir() {
+    if !require_tool("openssl") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (ca, mut tls) = make_tls(tmp.path()).unwrap();
+    let (client_cert, client_key) = make_client_cert(tmp.path()).unwrap();
+    tls.client_cas = vec![ca.clone()];
+    let Some(reg) = start(Auth::None, Some(tls)) else {
+        return;
+    };
+    let certs = tmp.path().join("certs.d");
+    std::fs::create_dir(&certs).unwrap();
+    std::fs::copy(&ca, certs.join("ca.crt")).unwrap();
+    std::fs::copy(&client_cert, certs.join("client.cert")).unwrap();
+    std::fs::copy(&client_key, certs.join("client.key")).unwrap();
+    let layout = tmp.path().join("layout");
+    app_image(95).write_oci_layout(&layout, "v1").unwrap();
+    reg.push(
+        &format!("oci:{}:v1", layout.display()),
+        "mtls/app:v1",
+        &[&format!("--dest-cert-dir={}", certs.display())],
+    )
+    .unwrap();
+    let reference = format!("docker://{}/mtls/app:v1", reg.host());
+    let with = |dir: &Path| {
+        source(
+            &reference,
+            RegistryOptions {
+                cert_dir: Some(dir.to_owned()),
+                credentials: CredentialSource::Anonymous,
+                ..quick()
+            },
+        )
+    };
+    let out = tmp.path().join("out.img");
+    let from_oci: ImageSource = format!("oci:{}:v1", layout.display()).parse().unwrap();
+    assert_eq!(
+        flatten_digest(&with(&certs), &out),
+        flatten_digest(&from_oci, &out)
+    );
+
+    // The CA alone: the registry refuses the handshake.
+    let ca_only = tmp.path().join("ca-only");
+    std::fs::create_dir(&ca_only).unwrap();
+    std::fs::copy(&ca, ca_only.join("ca.crt")).unwrap();
+    let err = flatten_to_file(&with(&ca_only), &out, &FlattenOptions::default()).unwrap_err();
+    let msg = error_chain(&err);
+    assert!(
+        msg.contains(&reg.host())
+            && msg.contains("mtls/app")
+            && msg.contains("may want a client certificate"),
+        "{msg}"
+    );
+    assert!(!out.exists());
+
+    // A certificate without its key.
+    std::fs::remove_file(certs.join("client.key")).unwrap();
+    let err = flatten_to_file(&with(&certs), &out, &FlattenOptions::default()).unwrap_err();
+    let msg = error_chain(&err);
+    assert!(
+        msg.contains("client.cert") && msg.contains("client.key is missing"),
+        "{msg}"
+    );
 }

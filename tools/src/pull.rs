@@ -28,7 +28,8 @@ pub struct RegistryArgs {
     /// Pull anonymously, whatever credentials the auth files hold.
     #[arg(long, conflicts_with_all = ["creds", "authfile"])]
     no_creds: bool,
-    /// A directory of *.crt CA certificates to trust besides the system's.
+    /// A directory of *.crt CA certificates to trust besides the system's,
+    /// and of a client certificate NAME.cert with its key NAME.key.
     #[arg(long)]
     cert_dir: Option<PathBuf>,
     /// Verify the registry's TLS certificate; `false` also allows plain

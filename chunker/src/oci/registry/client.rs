@@ -611,25 +611,53 @@ fn challenge_of(headers: &HeaderMap) -> Option<Challenge> {
 fn transport(e: reqwest::Error, after: Duration) -> ErrorKind {
     if e.is_timeout() {
         ErrorKind::Timeout { after, source: e }
+    } else if refused_our_certificate(&e) {
+        ErrorKind::ClientCertRefused(e)
     } else {
         ErrorKind::Transport(e)
     }
 }
 
+/// Whether the server's TLS alert was about our certificate: sent without
+/// one (`certificate_required`, or `bad_certificate` from TLS 1.2 and Go's
+/// servers) or with one it does not trust.
+fn refused_our_certificate(e: &reqwest::Error) -> bool {
+    use rustls::AlertDescription as A;
+    any_cause(e, |c| {
+        matches!(
+            c.downcast_ref::<rustls::Error>(),
+            Some(rustls::Error::AlertReceived(
+                A::BadCertificate | A::CertificateRequired | A::UnknownCA
+            ))
+        )
+    })
+}
+
+/// Whether `e` or any error under it is one `is` picks. An `io::Error`'s
+/// `source` skips the error it wraps, so that one is stepped into.
+fn any_cause(
+    e: &(dyn std::error::Error + 'static),
+    is: impl Fn(&(dyn std::error::Error + 'static)) -> bool,
+) -> bool {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if is(c) {
+            return true;
+        }
+        cause = match c.downcast_ref::<std::io::Error>() {
+            Some(io) => io.get_ref().map(|r| r as _),
+            None => c.source(),
+        };
+    }
+    false
+}
+
 /// Whether a body read failed because nothing came in time (reqwest's
 /// timeout, wrapped in the io::Error its reader returns).
 fn is_timeout(e: &std::io::Error) -> bool {
-    if e.kind() == std::io::ErrorKind::TimedOut {
-        return true;
-    }
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = e.get_ref().map(|r| r as _);
-    while let Some(c) = cause {
-        if c.downcast_ref::<reqwest::Error>()
-            .is_some_and(|r| r.is_timeout())
-        {
-            return true;
-        }
-        cause = c.source();
-    }
-    false
+    e.kind() == std::io::ErrorKind::TimedOut
+        || any_cause(e, |c| {
+            c.downcast_ref::<reqwest::Error>()
+                .is_some_and(|r| r.is_timeout())
+        })
 }

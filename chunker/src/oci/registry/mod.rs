@@ -206,6 +206,13 @@ pub enum ErrorKind {
     /// Connecting or sending failed.
     #[error("cannot reach the registry")]
     Transport(#[source] reqwest::Error),
+    /// The registry ended the TLS handshake over our certificate (or
+    /// its lack).
+    #[error(
+        "the registry refused the TLS handshake: it may want a client certificate \
+         (NAME.cert and NAME.key in --cert-dir)"
+    )]
+    ClientCertRefused(#[source] reqwest::Error),
     /// No answer within the timeout.
     #[error("the registry did not answer within {after:?} (--registry-timeout)")]
     Timeout {

@@ -1,6 +1,8 @@
 //! How a pull checks a registry's certificate: the system roots, plus
 //! `--cert-dir`'s CAs, loaded on the first handshake that needs them; or,
-//! with `--tls-verify=false`, no check of the chain at all.
+//! with `--tls-verify=false`, no check of the chain at all. A client
+//! certificate in `--cert-dir` (`NAME.cert` with `NAME.key`, as skopeo
+//! and Docker lay them out) is offered to a registry that asks for one.
 //!
 //! Why not reqwest's own verifier: it reads every system root (about 150
 //! files here, 8–10 ms) when the client is built, before the first
@@ -8,14 +10,14 @@
 //! for) never needs them, and for one spoken to over HTTPS the loading
 //! now happens where the handshake is, once per pull.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
 
 use super::ErrorKind;
@@ -26,43 +28,100 @@ pub(crate) fn client_config(
     verify: bool,
 ) -> Result<ClientConfig, ErrorKind> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let extra = match cert_dir {
+    let CertDir { cas, client } = match cert_dir {
         Some(dir) => read_cert_dir(dir)?,
-        None => Vec::new(),
+        None => CertDir::default(),
     };
     let verifier = Arc::new(Verifier {
         provider: provider.clone(),
-        roots: verify.then(|| LazyRoots::new(extra)),
+        roots: verify.then(|| LazyRoots::new(cas)),
     });
-    let config = ClientConfig::builder_with_provider(provider)
+    let builder = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| ErrorKind::Tls(e.to_string()))?
         .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_no_client_auth();
-    Ok(config)
+        .with_custom_certificate_verifier(verifier);
+    match client {
+        Some((path, chain, key)) => {
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| ErrorKind::CertDir {
+                    dir: path.parent().unwrap_or(&path).to_owned(),
+                    reason: format!(
+                        "{}: not a usable client certificate and key: {e}",
+                        path.display()
+                    ),
+                })
+        }
+        None => Ok(builder.with_no_client_auth()),
+    }
 }
 
-/// The CA certificates in `dir` (`*.crt`, as skopeo's --cert-dir).
-fn read_cert_dir(dir: &Path) -> Result<Vec<CertificateDer<'static>>, ErrorKind> {
+/// What a `--cert-dir` holds.
+#[derive(Default)]
+struct CertDir {
+    /// `*.crt`: CAs.
+    cas: Vec<CertificateDer<'static>>,
+    /// The first `NAME.cert` (by name) with its `NAME.key`: the `.cert`
+    /// file, its chain, and the key.
+    client: Option<(
+        PathBuf,
+        Vec<CertificateDer<'static>>,
+        PrivateKeyDer<'static>,
+    )>,
+}
+
+/// Read `dir` as skopeo's --cert-dir: `*.crt` CA certificates, and client
+/// certificates `NAME.cert` each with its key `NAME.key` (one without the
+/// other is an error, as in skopeo).
+fn read_cert_dir(dir: &Path) -> Result<CertDir, ErrorKind> {
     let bad = |reason: String| ErrorKind::CertDir {
         dir: dir.to_owned(),
         reason,
     };
     let entries = std::fs::read_dir(dir).map_err(|e| bad(e.to_string()))?;
-    let mut paths: Vec<_> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "crt"))
-        .collect();
+    let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
     paths.sort();
-    let mut certs = Vec::new();
-    for path in paths {
-        let pem = std::fs::read(&path).map_err(|e| bad(format!("{}: {e}", path.display())))?;
-        for cert in CertificateDer::pem_slice_iter(&pem) {
-            certs.push(cert.map_err(|e| bad(format!("{}: {e}", path.display())))?);
+    let has = |p: &Path, ext: &str| p.extension().is_some_and(|x| x == ext);
+    let read =
+        |path: &Path| std::fs::read(path).map_err(|e| bad(format!("{}: {e}", path.display())));
+    let mut out = CertDir::default();
+    for path in paths.iter().filter(|p| has(p, "crt")) {
+        for cert in CertificateDer::pem_slice_iter(&read(path)?) {
+            out.cas
+                .push(cert.map_err(|e| bad(format!("{}: {e}", path.display())))?);
         }
     }
-    Ok(certs)
+    for path in &paths {
+        let (other, what) = if has(path, "cert") {
+            (path.with_extension("key"), "its key")
+        } else if has(path, "key") {
+            (path.with_extension("cert"), "its client certificate")
+        } else {
+            continue;
+        };
+        if !paths.contains(&other) {
+            return Err(bad(format!(
+                "{}: {what} {} is missing",
+                path.display(),
+                other.display()
+            )));
+        }
+    }
+    if let Some(cert) = paths.iter().find(|p| has(p, "cert")) {
+        let chain = CertificateDer::pem_slice_iter(&read(cert)?)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| bad(format!("{}: {e}", cert.display())))?;
+        if chain.is_empty() {
+            return Err(bad(format!("{}: no certificate in it", cert.display())));
+        }
+        let key_path = cert.with_extension("key");
+        // The key's bytes never reach a message, only its file's name.
+        let key = PrivateKeyDer::from_pem_slice(&read(&key_path)?)
+            .map_err(|_| bad(format!("{}: not a PEM private key", key_path.display())))?;
+        out.client = Some((cert.clone(), chain, key));
+    }
+    Ok(out)
 }
 
 /// The system roots and the extra CAs, read on the first certificate
@@ -217,6 +276,33 @@ mod tests {
             Err(ErrorKind::CertDir { dir: d, .. }) => assert_eq!(d, dir),
             other => panic!("expected a CertDir error, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn client_certificate_pairs_are_checked() {
+        let reason = |files: &[(&str, &str)]| {
+            let dir = tempfile::tempdir().unwrap();
+            for (name, text) in files {
+                std::fs::write(dir.path().join(name), text).unwrap();
+            }
+            match client_config(Some(dir.path()), true) {
+                Err(ErrorKind::CertDir { reason, .. }) => reason,
+                other => panic!("expected a CertDir error, got {other:?}"),
+            }
+        };
+        let r = reason(&[("me.cert", "")]);
+        assert!(
+            r.contains("me.cert") && r.contains("me.key is missing"),
+            "{r}"
+        );
+        let r = reason(&[("me.key", "")]);
+        assert!(r.contains("me.cert is missing"), "{r}");
+        let r = reason(&[("me.cert", ""), ("me.key", "")]);
+        assert!(r.contains("me.cert: no certificate"), "{r}");
+        let cert = "-----BEGIN CERTIFICATE-----\nMAMCAQA=\n-----END CERTIFICATE-----\n";
+        let r = reason(&[("me.cert", cert), ("me.key", "s3cret-key-bytes")]);
+        assert!(r.contains("me.key: not a PEM private key"), "{r}");
+        assert!(!r.contains("s3cret"), "{r}");
     }
 
     #[test]
