@@ -145,6 +145,15 @@ impl TokenIssuer {
         self.shared.refused.load(Ordering::SeqCst)
     }
 
+    /// A token that lets `sub` pull `repository`, issued out of band (as a
+    /// CI system hands a job one).
+    pub fn pull_token(&self, sub: &str, repository: &str) -> String {
+        let access = serde_json::json!({
+            "type": "repository", "name": repository, "actions": ["pull"],
+        });
+        mint(&self.shared, sub, vec![access]).unwrap_or_else(|e| panic!("{e}"))
+    }
+
     /// Tokens issued for the identity token.
     pub fn refreshed(&self) -> u64 {
         self.shared.refreshed.load(Ordering::SeqCst)
@@ -189,6 +198,40 @@ fn percent_decode(s: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A signed token for `sub` with `access` claims.
+fn mint(s: &Shared, sub: &str, access: Vec<serde_json::Value>) -> std::io::Result<String> {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let n = s.issued.fetch_add(1, Ordering::SeqCst);
+    let header = serde_json::json!({
+        "typ": "JWT", "alg": "ES256", "x5c": [STANDARD.encode(&s.cert_der)],
+    });
+    let claims = serde_json::json!({
+        "iss": s.config.issuer,
+        "sub": sub,
+        "aud": s.config.service,
+        "exp": now + s.life.load(Ordering::SeqCst),
+        "nbf": now - 120,
+        "iat": now - 120,
+        "jti": format!("token-{n}"),
+        "access": access,
+    });
+    let signing_input = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(header.to_string()),
+        URL_SAFE_NO_PAD.encode(claims.to_string())
+    );
+    let sig = s
+        .key
+        .sign(&SystemRandom::new(), signing_input.as_bytes())
+        .map_err(|_| std::io::Error::other("signing failed"))?;
+    Ok(format!(
+        "{signing_input}.{}",
+        URL_SAFE_NO_PAD.encode(sig.as_ref())
+    ))
 }
 
 fn serve(s: &Shared, conn: TcpStream) -> std::io::Result<()> {
@@ -255,33 +298,7 @@ fn serve(s: &Shared, conn: TcpStream) -> std::io::Result<()> {
             }))
         })
         .collect();
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
-    let n = s.issued.fetch_add(1, Ordering::SeqCst);
-    let header = serde_json::json!({
-        "typ": "JWT", "alg": "ES256", "x5c": [STANDARD.encode(&s.cert_der)],
-    });
-    let claims = serde_json::json!({
-        "iss": s.config.issuer,
-        "sub": user.map(|u| u.0).unwrap_or_default(),
-        "aud": s.config.service,
-        "exp": now + s.life.load(Ordering::SeqCst),
-        "nbf": now - 120,
-        "iat": now - 120,
-        "jti": format!("token-{n}"),
-        "access": access,
-    });
-    let signing_input = format!(
-        "{}.{}",
-        URL_SAFE_NO_PAD.encode(header.to_string()),
-        URL_SAFE_NO_PAD.encode(claims.to_string())
-    );
-    let sig = s
-        .key
-        .sign(&SystemRandom::new(), signing_input.as_bytes())
-        .map_err(|_| std::io::Error::other("signing failed"))?;
-    let token = format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(sig.as_ref()));
+    let token = mint(s, &user.map(|u| u.0).unwrap_or_default(), access)?;
     // OAuth2's answer names the token `access_token`.
     let body = if post {
         s.refreshed.fetch_add(1, Ordering::SeqCst);

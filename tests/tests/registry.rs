@@ -11,7 +11,7 @@ use cachetiers::DirStore;
 use chunker::convert::{ConvertOptions, convert};
 use chunker::flatten::{FlattenOptions, flatten_to_file};
 use chunker::oci::ImageSource;
-use chunker::oci::registry::{CredentialSource, Credentials, Platform, RegistryOptions};
+use chunker::oci::registry::{CredentialSource, Credentials, Platform, RegistryOptions, Secret};
 use manifest::LocalKeyProvider;
 use tests::delayproxy::DelayProxy;
 use tests::e2e::{debian_layout, error_chain, image_digest, layout_tags};
@@ -704,4 +704,45 @@ fn client_certificates_from_the_cert_dir() {
         msg.contains("client.cert") && msg.contains("client.key is missing"),
         "{msg}"
     );
+}
+
+/// `--registry-token`: a bearer token handed over out of band is sent as
+/// it is, and no token service is asked; one for another repository is
+/// refused with an error that says which login failed and not the token.
+#[test]
+fn a_registry_token_is_sent_as_it_is() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some((issuer, reg)) = token_registry(tmp.path(), 600, None, 92, "ci/app") else {
+        return;
+    };
+    let layout = tmp.path().join("layout");
+    let reference = format!("docker://{}/ci/app:v1", reg.host());
+    let with = |token: String| {
+        source(
+            &reference,
+            RegistryOptions {
+                credentials: CredentialSource::BearerToken(Secret::new(token)),
+                ..quick()
+            },
+        )
+    };
+    let token = issuer.pull_token("ci-job", "ci/app");
+    let issued = issuer.issued();
+    let out = tmp.path().join("out.img");
+    let from_oci: ImageSource = format!("oci:{}:v1", layout.display()).parse().unwrap();
+    assert_eq!(
+        flatten_digest(&with(token), &out),
+        flatten_digest(&from_oci, &out)
+    );
+    assert_eq!(issuer.issued(), issued, "the pull asked the token service");
+
+    let other = issuer.pull_token("ci-job", "other/app");
+    let err = flatten_to_file(&with(other.clone()), &out, &FlattenOptions::default()).unwrap_err();
+    let msg = error_chain(&err);
+    assert!(
+        msg.contains("access denied for the --registry-token") && msg.contains("ci/app"),
+        "{msg}"
+    );
+    assert!(!msg.contains(&other), "{msg}");
+    assert!(!out.exists());
 }

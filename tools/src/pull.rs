@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use chunker::oci::ImageSource;
-use chunker::oci::registry::{CredentialSource, Credentials, Platform, RegistryOptions};
+use chunker::oci::registry::{CredentialSource, Credentials, Platform, RegistryOptions, Secret};
 use imagefs::tiers::parse_size;
 
 use crate::profile::parse_duration;
@@ -28,6 +28,15 @@ pub struct RegistryArgs {
     /// Pull anonymously, whatever credentials the auth files hold.
     #[arg(long, conflicts_with_all = ["creds", "authfile"])]
     no_creds: bool,
+    /// A bearer token to send as it is (skopeo's --registry-token), to a
+    /// registry that asks for one; no token service is asked.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        value_parser = parse_token,
+        conflicts_with_all = ["creds", "authfile", "no_creds"]
+    )]
+    registry_token: Option<Secret>,
     /// A directory of *.crt CA certificates to trust besides the system's,
     /// and of a client certificate NAME.cert with its key NAME.key.
     #[arg(long)]
@@ -63,13 +72,19 @@ impl RegistryArgs {
     pub fn apply(&self, source: &mut ImageSource, progress: bool) -> Result<(), CredsEnvError> {
         if let Some(o) = source.registry_options_mut() {
             o.platform = self.platform.clone();
-            o.credentials = match (&self.creds, &self.authfile, self.no_creds) {
-                (_, _, true) => CredentialSource::Anonymous,
-                (Some(c), _, _) => CredentialSource::Given(c.clone()),
-                (None, Some(f), _) => CredentialSource::AuthFile(f.clone()),
+            o.credentials = match (
+                &self.creds,
+                &self.authfile,
+                self.no_creds,
+                &self.registry_token,
+            ) {
+                (_, _, _, Some(t)) => CredentialSource::BearerToken(t.clone()),
+                (_, _, true, None) => CredentialSource::Anonymous,
+                (Some(c), _, _, None) => CredentialSource::Given(c.clone()),
+                (None, Some(f), _, None) => CredentialSource::AuthFile(f.clone()),
                 // Read here, not by clap: a flag that says where else to
                 // look overrides the variable instead of conflicting with it.
-                (None, None, false) => match std::env::var_os(CREDS_ENV) {
+                (None, None, false, None) => match std::env::var_os(CREDS_ENV) {
                     Some(v) => CredentialSource::Given(parse_creds(&v).ok_or(CredsEnvError)?),
                     None => CredentialSource::AuthFiles,
                 },
@@ -84,6 +99,15 @@ impl RegistryArgs {
             o.progress = progress;
         }
         Ok(())
+    }
+}
+
+/// `--registry-token`: any text but none (never shown).
+fn parse_token(text: &str) -> Result<Secret, String> {
+    if text.is_empty() {
+        Err("an empty --registry-token".into())
+    } else {
+        Ok(Secret::new(text))
     }
 }
 
@@ -162,6 +186,24 @@ mod tests {
             (o.max_parallel, o.spool_budget),
             (d.max_parallel, d.spool_budget)
         );
+    }
+
+    #[test]
+    fn registry_token_flag() {
+        let o = options(&["--registry-token", "tok-Zq81"]);
+        match o.credentials {
+            CredentialSource::BearerToken(t) => assert_eq!(format!("{t:?}"), "<redacted>"),
+            other => panic!("{other:?}"),
+        }
+        for bad in [
+            &["--registry-token", ""][..],
+            &["--registry-token", "t", "--creds", "u:p"],
+            &["--registry-token", "t", "--no-creds"],
+            &["--registry-token", "t", "--authfile", "f"],
+        ] {
+            let args = std::iter::once("imagefs").chain(bad.iter().copied());
+            assert!(Cli::try_parse_from(args).is_err(), "{bad:?} accepted");
+        }
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Credentials and tokens: where they come from, and how they stay secret.
 //!
 //! Credentials are looked up as skopeo and podman look them up
-//! ([`CredentialSource`]): `--creds`, `--authfile`, or else
+//! ([`CredentialSource`]): `--creds`, `--authfile`, `--registry-token` (a
+//! bearer token sent as it is), or else
 //! `$REGISTRY_AUTH_FILE`, `$XDG_RUNTIME_DIR/containers/auth.json` and
 //! `~/.docker/config.json`. In each file, a credential helper named for the
 //! registry (`credHelpers`, run by [`credhelper`](super::credhelper)), then
@@ -85,6 +86,9 @@ pub enum CredentialSource {
     Given(Credentials),
     /// `--no-creds`: anonymous, whatever the auth files hold.
     Anonymous,
+    /// `--registry-token`: a bearer token sent as it is, to a registry
+    /// that asks for one, without asking a token service.
+    BearerToken(Secret),
 }
 
 impl CredentialSource {
@@ -108,7 +112,8 @@ impl CredentialSource {
                 from_auth_file(path, host, repository)
             }
             CredentialSource::Given(c) => Ok(Some(c.clone())),
-            CredentialSource::Anonymous => Ok(None),
+            // No credentials for anyone: the token itself is the login.
+            CredentialSource::Anonymous | CredentialSource::BearerToken(_) => Ok(None),
         }
     }
 }

@@ -22,8 +22,10 @@ use reqwest::StatusCode;
 use reqwest::blocking::{Client as Http, RequestBuilder, Response};
 use reqwest::header::{self, HeaderMap};
 
-use super::auth::{Challenge, Credentials, Secret, Token, TokenResponse, parse_challenge};
-use super::{ErrorKind, RegistryError, RegistryOptions};
+use super::auth::{
+    Challenge, CredentialSource, Credentials, Secret, Token, TokenResponse, parse_challenge,
+};
+use super::{ErrorKind, RegistryError, RegistryOptions, Who};
 use crate::oci::Digest;
 use crate::oci::registry::reference::Reference;
 use crate::oci::spec;
@@ -54,6 +56,8 @@ pub struct Client {
     registry: String,
     repository: String,
     creds: Option<Credentials>,
+    /// `--registry-token`: sent as the bearer token, never fetched.
+    given_token: Option<Secret>,
     auth: Mutex<AuthState>,
     patience: Patience,
 }
@@ -105,12 +109,17 @@ impl Client {
             .credentials
             .resolve(&reference.host, &reference.repository)
             .map_err(|e| err(ErrorKind::Credentials(e)))?;
+        let given_token = match &opts.credentials {
+            CredentialSource::BearerToken(t) => Some(t.clone()),
+            _ => None,
+        };
         let mut client = Client {
             http,
             base: format!("https://{}", reference.api_host()),
             registry: reference.host.clone(),
             repository: reference.repository.clone(),
             creds,
+            given_token,
             auth: Mutex::new(AuthState::default()),
             patience: Patience {
                 timeout: opts.timeout,
@@ -190,6 +199,10 @@ impl Client {
                 service,
                 scope: _,
             }) => {
+                if let Some(t) = &self.given_token {
+                    // Nothing to fetch, and nothing fresher to get.
+                    return Ok(Some(Secret::new(format!("Bearer {}", t.expose()))));
+                }
                 if !force_new && let Some(t) = auth.token.as_ref().filter(|t| t.fresh()) {
                     return Ok(Some(Secret::new(format!("Bearer {}", t.value.expose()))));
                 }
@@ -286,7 +299,12 @@ impl Client {
 
     fn unauthorized(&self) -> ErrorKind {
         ErrorKind::Unauthorized {
-            user: self.creds.as_ref().map(|c| c.username.clone()),
+            who: match &self.creds {
+                _ if self.given_token.is_some() => Who::RegistryToken,
+                None => Who::Anonymous,
+                Some(c) if c.is_identity_token() => Who::IdentityToken,
+                Some(c) => Who::User(c.username.clone()),
+            },
         }
     }
 

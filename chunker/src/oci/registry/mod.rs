@@ -199,6 +199,20 @@ impl RegistryError {
     }
 }
 
+/// Who a refused request went as; never the secret itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Who {
+    /// Nobody: no credentials.
+    Anonymous,
+    /// This user, with a password.
+    User(String),
+    /// An identity token from an auth file or a helper.
+    IdentityToken,
+    /// The bearer token given as `--registry-token`.
+    RegistryToken,
+}
+
 /// What went wrong talking to a registry. No variant holds a secret.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -232,14 +246,15 @@ pub enum ErrorKind {
         source: std::io::Error,
     },
     /// The registry refused our credentials, or wants some we lack.
-    #[error("{}", match user {
-        Some(u) if u == auth::IDENTITY_TOKEN_USER => "access denied for the identity token (expired or revoked?)".to_owned(),
-        Some(u) => format!("access denied for user {u:?} (wrong credentials?)"),
-        None => "access denied: the registry wants credentials (--creds, --authfile or an auth file)".to_owned(),
+    #[error("{}", match who {
+        Who::Anonymous => "access denied: the registry wants credentials (--creds, --authfile or an auth file)".to_owned(),
+        Who::User(u) => format!("access denied for user {u:?} (wrong credentials?)"),
+        Who::IdentityToken => "access denied for the identity token (expired or revoked?)".to_owned(),
+        Who::RegistryToken => "access denied for the --registry-token (expired, or not for this repository?)".to_owned(),
     })]
     Unauthorized {
-        /// Who we tried as (never the password).
-        user: Option<String>,
+        /// Who we tried as (never the secret).
+        who: Who,
     },
     /// The token service cannot be reached.
     #[error("cannot reach the token service {realm}")]
