@@ -207,8 +207,13 @@ struct AuthEntry {
 }
 
 impl AuthEntry {
+    /// The identity token, when there is one (an empty one is none).
+    fn identity_token(&self) -> Option<&str> {
+        self.identitytoken.as_deref().filter(|t| !t.is_empty())
+    }
+
     fn has_credentials(&self) -> bool {
-        self.auth.is_some() || self.identitytoken.as_deref().is_some_and(|t| !t.is_empty())
+        self.auth.is_some() || self.identity_token().is_some()
     }
 }
 
@@ -311,7 +316,7 @@ pub fn from_auth_file(
         path: path.into(),
         key: key.clone(),
     };
-    if let Some(token) = entry.identitytoken.as_deref().filter(|t| !t.is_empty()) {
+    if let Some(token) = entry.identity_token() {
         return Ok(Some(Credentials::identity_token(token)));
     }
     let encoded = entry.auth.as_deref().unwrap_or_default();

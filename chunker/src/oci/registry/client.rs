@@ -55,11 +55,32 @@ pub struct Client {
     base: String,
     registry: String,
     repository: String,
-    creds: Option<Credentials>,
-    /// `--registry-token`: sent as the bearer token, never fetched.
-    given_token: Option<Secret>,
+    login: Login,
     auth: Mutex<AuthState>,
     patience: Patience,
+}
+
+/// What the client logs in with, sorted once from the credentials.
+#[derive(Debug)]
+enum Login {
+    Anonymous,
+    /// Basic auth, or basic auth at the token service.
+    Password(Credentials),
+    /// An OAuth2 refresh token, for the token service only.
+    IdentityToken(Secret),
+    /// `--registry-token`: sent as the bearer token, never fetched.
+    RegistryToken(Secret),
+}
+
+impl Login {
+    fn who(&self) -> Who {
+        match self {
+            Login::Anonymous => Who::Anonymous,
+            Login::Password(c) => Who::User(c.username.clone()),
+            Login::IdentityToken(_) => Who::IdentityToken,
+            Login::RegistryToken(_) => Who::RegistryToken,
+        }
+    }
 }
 
 /// How long to wait for the registry, and how often to try again.
@@ -71,6 +92,21 @@ struct Patience {
 }
 
 impl Patience {
+    /// After the `attempt`th failure of `what` (`failed`): wait out the
+    /// backoff before the next try, or give up if the retries are spent.
+    fn retry(&self, attempt: &mut u32, what: &str, failed: ErrorKind) -> Result<(), ErrorKind> {
+        *attempt += 1;
+        if *attempt > self.retries {
+            return Err(ErrorKind::GaveUp {
+                what: what.into(),
+                attempts: *attempt,
+                last: Box::new(failed),
+            });
+        }
+        std::thread::sleep(self.backoff_for(*attempt));
+        Ok(())
+    }
+
     /// Backoff before retry `attempt` (1-based): doubling, capped.
     fn backoff_for(&self, attempt: u32) -> Duration {
         (self.backoff * 2u32.saturating_pow(attempt.saturating_sub(1).min(6)))
@@ -105,21 +141,23 @@ impl Client {
             .user_agent(concat!("imagefs/", env!("CARGO_PKG_VERSION")))
             .tls_backend_preconfigured(tls);
         let http = builder.build().map_err(|e| err(ErrorKind::Transport(e)))?;
-        let creds = opts
-            .credentials
-            .resolve(&reference.host, &reference.repository)
-            .map_err(|e| err(ErrorKind::Credentials(e)))?;
-        let given_token = match &opts.credentials {
-            CredentialSource::BearerToken(t) => Some(t.clone()),
-            _ => None,
+        let login = match &opts.credentials {
+            CredentialSource::BearerToken(t) => Login::RegistryToken(t.clone()),
+            source => match source
+                .resolve(&reference.host, &reference.repository)
+                .map_err(|e| err(ErrorKind::Credentials(e)))?
+            {
+                None => Login::Anonymous,
+                Some(c) if c.is_identity_token() => Login::IdentityToken(c.password),
+                Some(c) => Login::Password(c),
+            },
         };
         let mut client = Client {
             http,
             base: format!("https://{}", reference.api_host()),
             registry: reference.host.clone(),
             repository: reference.repository.clone(),
-            creds,
-            given_token,
+            login,
             auth: Mutex::new(AuthState::default()),
             patience: Patience {
                 timeout: opts.timeout,
@@ -186,20 +224,23 @@ impl Client {
             .map_err(|_| self.err(ErrorKind::Poisoned))?;
         match auth.challenge.clone() {
             None => Ok(None),
-            // An identity token is for the token service only.
-            Some(Challenge::Basic) => Ok(self.basic().map(|c| {
-                let raw = format!("{}:{}", c.username, c.password.expose());
-                Secret::new(format!(
-                    "Basic {}",
-                    base64::engine::general_purpose::STANDARD.encode(raw)
-                ))
-            })),
+            // Tokens are for the token service only.
+            Some(Challenge::Basic) => Ok(match &self.login {
+                Login::Password(c) => {
+                    let raw = format!("{}:{}", c.username, c.password.expose());
+                    Some(Secret::new(format!(
+                        "Basic {}",
+                        base64::engine::general_purpose::STANDARD.encode(raw)
+                    )))
+                }
+                _ => None,
+            }),
             Some(Challenge::Bearer {
                 realm,
                 service,
                 scope: _,
             }) => {
-                if let Some(t) = &self.given_token {
+                if let Login::RegistryToken(t) = &self.login {
                     // Nothing to fetch, and nothing fresher to get.
                     return Ok(Some(Secret::new(format!("Bearer {}", t.expose()))));
                 }
@@ -223,15 +264,15 @@ impl Client {
             })
         })?;
         let scope = format!("repository:{}:pull", self.repository);
-        let req = match &self.creds {
+        let req = match &self.login {
             // OAuth2's refresh-token grant (RFC 6749 section 6), as Docker
             // and skopeo send an identity token: in a POSTed form.
-            Some(c) if c.is_identity_token() => {
+            Login::IdentityToken(token) => {
                 let mut form = url.clone();
                 form.set_query(None);
                 form.query_pairs_mut()
                     .append_pair("grant_type", "refresh_token")
-                    .append_pair("refresh_token", c.password.expose())
+                    .append_pair("refresh_token", token.expose())
                     .append_pair("client_id", "imagefs")
                     .append_pair("scope", &scope);
                 if let Some(s) = service {
@@ -242,15 +283,16 @@ impl Client {
                     .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
                     .body(form.query().unwrap_or_default().to_owned())
             }
-            creds => {
+            login => {
                 url.query_pairs_mut().append_pair("scope", &scope);
                 if let Some(s) = service {
                     url.query_pairs_mut().append_pair("service", s);
                 }
                 let req = self.http.get(url);
-                match creds {
-                    Some(c) => req.basic_auth(&c.username, Some(c.password.expose())),
-                    None => req,
+                match login {
+                    Login::Password(c) => req.basic_auth(&c.username, Some(c.password.expose())),
+                    // A registry token never gets here: it is not fetched.
+                    _ => req,
                 }
             }
         };
@@ -292,19 +334,9 @@ impl Client {
         Ok(Token::new(Secret::new(value), parsed.expires_in))
     }
 
-    /// The credentials to send as basic auth: not an identity token.
-    fn basic(&self) -> Option<&Credentials> {
-        self.creds.as_ref().filter(|c| !c.is_identity_token())
-    }
-
     fn unauthorized(&self) -> ErrorKind {
         ErrorKind::Unauthorized {
-            who: match &self.creds {
-                _ if self.given_token.is_some() => Who::RegistryToken,
-                None => Who::Anonymous,
-                Some(c) if c.is_identity_token() => Who::IdentityToken,
-                Some(c) => Who::User(c.username.clone()),
-            },
+            who: self.login.who(),
         }
     }
 
@@ -376,15 +408,9 @@ impl Client {
                 Err(FollowError::Transport(e)) => transport(e, self.patience.timeout),
                 Err(FollowError::Fatal(kind)) => return Err(self.err(kind)),
             };
-            attempt += 1;
-            if attempt > self.patience.retries {
-                return Err(self.err(ErrorKind::GaveUp {
-                    what: what.into(),
-                    attempts: attempt,
-                    last: Box::new(retry),
-                }));
-            }
-            std::thread::sleep(self.backoff_for(attempt));
+            self.patience
+                .retry(&mut attempt, what, retry)
+                .map_err(|kind| self.err(kind))?;
         }
     }
 
@@ -604,15 +630,7 @@ fn ping(http: &Http, base: &str, patience: Patience) -> Result<Option<Challenge>
             Err(e) if e.is_timeout() => transport(e, patience.timeout),
             Err(e) => return Err(transport(e, patience.timeout)),
         };
-        attempt += 1;
-        if attempt > patience.retries {
-            return Err(ErrorKind::GaveUp {
-                what: what.into(),
-                attempts: attempt,
-                last: Box::new(failed),
-            });
-        }
-        std::thread::sleep(patience.backoff_for(attempt));
+        patience.retry(&mut attempt, what, failed)?;
     }
 }
 
